@@ -1,0 +1,3 @@
+//! Herald's log engine (work in progress).
+pub mod metrics;
+pub use metrics::LogMetrics;
