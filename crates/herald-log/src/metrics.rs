@@ -71,6 +71,26 @@ impl LogMetrics {
         Arc::new(Self::default())
     }
 
+    /// Group-commit rounds so far.
+    pub fn commit_rounds_total(&self) -> u64 {
+        self.commit_rounds.get()
+    }
+
+    /// Corrupt batches found so far.
+    pub fn corrupt_batches_total(&self) -> u64 {
+        self.corrupt_batches.get()
+    }
+
+    /// Bytes recovery has truncated so far.
+    pub fn recovery_truncated_bytes_total(&self) -> u64 {
+        self.recovery_truncated_bytes.get()
+    }
+
+    /// Records appended so far.
+    pub fn appended_records_total(&self) -> u64 {
+        self.appended_records.get()
+    }
+
     /// Registers every metric with `registry`.
     pub fn register(&self, registry: &mut Registry) {
         use prometheus_client::registry::Unit;

@@ -1,0 +1,1337 @@
+//! The log of one partition: segments, appends, reads, recovery, retention.
+//!
+//! [`Log`] is the single writer. It is synchronous and owns the active
+//! segment; [`crate::writer`] runs it on its own thread and feeds it group
+//! commit rounds. [`LogReader`] is the cheap, cloneable read side: it takes a
+//! read lock only to locate bytes, then reads without holding it.
+//!
+//! Visibility: readers see a record only once its commit round has finished,
+//! i.e. once it is durable under the log's fsync policy. Under
+//! `fsync = always` a reader therefore never sees a record that a crash could
+//! take back.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::watch;
+use tracing::{debug, error, info, warn};
+
+use crate::clock::{Clock, SystemClock};
+use crate::error::LogError;
+use crate::format::{
+    BATCH_HEADER_LEN, BatchHeader, FormatError, MAX_BATCH_LEN, NewRecord, Record, decode_batch,
+    encode_batch, validate_batch,
+};
+use crate::fs::{File, Filesystem, StdFs};
+use crate::index::{OffsetIndex, TimeIndex};
+use crate::metrics::LogMetrics;
+
+/// Name of the marker a clean close leaves in the log directory.
+pub const CLEAN_MARKER: &str = "CLEAN";
+/// The largest segment size: positions in the index are `u32`, and a segment
+/// may exceed `segment_bytes` by one commit round.
+pub const MAX_SEGMENT_BYTES: u64 = 1 << 30;
+
+/// When appends are made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// Every commit round is fsynced before any of its appends is acknowledged.
+    Always,
+    /// Appends are acknowledged once written to the OS; the writer fsyncs at
+    /// most this long after the first unsynced write. A crash of the machine
+    /// (not of the process) loses at most this window.
+    Interval(Duration),
+    /// Appends are acknowledged once written to the OS; the log fsyncs only
+    /// when it seals a segment and when it closes.
+    Never,
+}
+
+/// Retention limits; each removes whole sealed segments from the front.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// Remove a segment once its newest record is older than this.
+    pub max_age: Option<Duration>,
+    /// Remove the oldest segments while the rest still hold at least this
+    /// many bytes.
+    pub max_bytes: Option<u64>,
+    /// Remove the oldest segments while the rest still hold at least this
+    /// many records.
+    pub max_records: Option<u64>,
+}
+
+/// How one log behaves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogOptions {
+    /// Durability of acknowledged appends.
+    pub fsync: FsyncPolicy,
+    /// Roll to a new segment once the active one reaches this size
+    /// (a soft limit: one commit round may cross it). At most 1 GiB.
+    pub segment_bytes: u64,
+    /// Roll to a new segment once the active one's first record is this old.
+    pub segment_age: Duration,
+    /// Bytes between sparse index entries; a lookup reads about this many
+    /// bytes past the entry it lands on. 4 KiB: one page.
+    pub index_interval_bytes: u32,
+    /// The largest append (encoded batch) accepted.
+    pub max_batch_bytes: usize,
+    /// Retention limits.
+    pub retention: Retention,
+}
+
+impl Default for LogOptions {
+    fn default() -> Self {
+        Self {
+            fsync: FsyncPolicy::Always,
+            segment_bytes: 64 * 1024 * 1024,
+            segment_age: Duration::from_secs(7 * 24 * 3600),
+            index_interval_bytes: 4096,
+            max_batch_bytes: 16 * 1024 * 1024,
+            retention: Retention::default(),
+        }
+    }
+}
+
+impl LogOptions {
+    /// Checks the options, naming the first bad one.
+    pub fn validate(&self) -> Result<(), LogError> {
+        let invalid = |key, reason: &str| {
+            Err(LogError::InvalidOptions {
+                key,
+                reason: reason.into(),
+            })
+        };
+        if self.segment_bytes == 0 || self.segment_bytes > MAX_SEGMENT_BYTES {
+            return invalid("segment_bytes", "must be between 1 byte and 1 GiB");
+        }
+        if self.index_interval_bytes == 0 {
+            return invalid("index_interval_bytes", "must be positive");
+        }
+        if self.max_batch_bytes < BATCH_HEADER_LEN || self.max_batch_bytes > MAX_BATCH_LEN {
+            return invalid("max_batch_bytes", "must be between 40 bytes and 64 MiB");
+        }
+        if let FsyncPolicy::Interval(interval) = self.fsync
+            && interval.is_zero()
+        {
+            return invalid("fsync_interval", "must be positive (use always instead)");
+        }
+        Ok(())
+    }
+}
+
+/// What the log needs from its surroundings: files, time and metrics.
+#[derive(Debug, Clone)]
+pub struct LogEnv {
+    /// Where the files live.
+    pub fs: Arc<dyn Filesystem>,
+    /// Where time comes from.
+    pub clock: Arc<dyn Clock>,
+    /// Where measurements go.
+    pub metrics: Arc<LogMetrics>,
+}
+
+impl Default for LogEnv {
+    fn default() -> Self {
+        Self {
+            fs: Arc::new(StdFs),
+            clock: Arc::new(SystemClock),
+            metrics: LogMetrics::new(),
+        }
+    }
+}
+
+/// Where an acknowledged append landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendAck {
+    /// Offset of the first record.
+    pub base_offset: u64,
+    /// Offset of the last record.
+    pub last_offset: u64,
+    /// The append timestamp every record got (ms since the Unix epoch).
+    pub timestamp: i64,
+}
+
+/// The single writer of one partition's log.
+#[derive(Debug)]
+pub struct Log {
+    dir: PathBuf,
+    options: LogOptions,
+    env: LogEnv,
+    shared: Arc<Shared>,
+    active: ActiveWriter,
+    /// Unsynced bytes exist since this instant (for the interval policy).
+    dirty_since: Option<Instant>,
+    poisoned: bool,
+    buffer: Vec<u8>,
+}
+
+/// The writer's private view of the active segment.
+#[derive(Debug)]
+struct ActiveWriter {
+    file: Arc<dyn File>,
+    base_offset: u64,
+    position: u64,
+    next_offset: u64,
+    indexer: Indexer,
+    last_timestamp: i64,
+}
+
+/// The read side of a log. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct LogReader {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    dir: PathBuf,
+    state: RwLock<State>,
+    /// The end offset (one past the last visible record).
+    end: watch::Sender<u64>,
+    metrics: Arc<LogMetrics>,
+}
+
+#[derive(Debug)]
+struct State {
+    /// Ordered by base offset; the last one is active. Never empty.
+    segments: Vec<Segment>,
+    closed: bool,
+}
+
+#[derive(Debug)]
+struct Segment {
+    base_offset: u64,
+    /// One past the last record (visible records only, for the active one).
+    next_offset: u64,
+    /// Bytes of valid, visible batches.
+    size: u64,
+    file: Arc<dyn File>,
+    index: OffsetIndex,
+    time_index: TimeIndex,
+    /// Timestamp of the first record, if any.
+    first_timestamp: Option<i64>,
+    /// Largest record timestamp, `i64::MIN` when empty.
+    max_timestamp: i64,
+}
+
+/// Decides when a batch gets index entries; shared by appends and recovery
+/// so both build the same index.
+#[derive(Debug, Clone, Copy)]
+struct Indexer {
+    interval: u64,
+    bytes_since_offset_entry: u64,
+    bytes_since_time_entry: u64,
+}
+
+impl Indexer {
+    fn new(interval: u32) -> Self {
+        Self {
+            interval: u64::from(interval),
+            bytes_since_offset_entry: 0,
+            bytes_since_time_entry: 0,
+        }
+    }
+
+    fn on_batch(&mut self, segment: &mut Segment, header: &BatchHeader, position: u64) {
+        let relative = (header.base_offset - segment.base_offset) as u32;
+        if self.bytes_since_offset_entry >= self.interval {
+            segment.index.push(relative, position as u32);
+            self.bytes_since_offset_entry = 0;
+        }
+        if self.bytes_since_time_entry >= self.interval
+            && segment
+                .time_index
+                .last_timestamp()
+                .is_none_or(|last| header.first_timestamp > last)
+        {
+            segment.time_index.push(header.first_timestamp, relative);
+            self.bytes_since_time_entry = 0;
+        }
+        let length = header.total_len() as u64;
+        self.bytes_since_offset_entry += length;
+        self.bytes_since_time_entry += length;
+        segment.next_offset = header.next_offset();
+        segment.size = position + length;
+        segment
+            .first_timestamp
+            .get_or_insert(header.first_timestamp);
+        segment.max_timestamp = segment.max_timestamp.max(header.max_timestamp);
+    }
+}
+
+fn segment_file_name(base_offset: u64, extension: &str) -> String {
+    format!("{base_offset:020}.{extension}")
+}
+
+impl Log {
+    /// Opens (creating if needed) the log in `dir`, recovering it after a
+    /// crash: see the crate documentation for the procedure.
+    pub fn open(
+        dir: impl Into<PathBuf>,
+        options: LogOptions,
+        env: LogEnv,
+    ) -> Result<Self, LogError> {
+        options.validate()?;
+        let dir = dir.into();
+        let started = Instant::now();
+        let fs = &env.fs;
+        fs.create_dir_all(&dir)
+            .map_err(|source| LogError::io("create directory", &dir, source))?;
+        let names = fs
+            .list(&dir)
+            .map_err(|source| LogError::io("list", &dir, source))?;
+        let clean = names.iter().any(|name| name == CLEAN_MARKER);
+        let mut bases: Vec<u64> = names
+            .iter()
+            .filter_map(|name| name.strip_suffix(".log"))
+            .filter_map(|stem| stem.parse().ok())
+            .collect();
+        bases.sort_unstable();
+        remove_orphan_indexes(fs.as_ref(), &dir, &names, &bases)?;
+
+        let recovery = Recovery {
+            dir: &dir,
+            options: &options,
+            env: &env,
+        };
+        let mut segments = Vec::with_capacity(bases.len().max(1));
+        if bases.is_empty() {
+            segments.push(recovery.create_segment(0)?);
+        }
+        for (position, base) in bases.iter().enumerate() {
+            match bases.get(position + 1) {
+                Some(next_base) => segments.push(recovery.open_sealed(*base, *next_base)?),
+                None => segments.push(recovery.open_active(*base, clean)?),
+            }
+        }
+        if clean {
+            let marker = dir.join(CLEAN_MARKER);
+            fs.remove(&marker)
+                .map_err(|source| LogError::io("remove", &marker, source))?;
+            fs.sync_dir(&dir)
+                .map_err(|source| LogError::io("sync directory", &dir, source))?;
+        }
+
+        let active = segments.last().map(|segment| {
+            let mut indexer = Indexer::new(options.index_interval_bytes);
+            // Entries already cover the start; count from the last one.
+            let covered = segment.index.last().map_or(0, |entry| u64::from(entry.1));
+            indexer.bytes_since_offset_entry = segment.size - covered;
+            indexer.bytes_since_time_entry = segment.size - covered;
+            ActiveWriter {
+                file: Arc::clone(&segment.file),
+                base_offset: segment.base_offset,
+                position: segment.size,
+                next_offset: segment.next_offset,
+                indexer,
+                last_timestamp: segment.max_timestamp,
+            }
+        });
+        let Some(active) = active else {
+            return Err(LogError::InvalidOptions {
+                key: "dir",
+                reason: "no segment".into(),
+            });
+        };
+        let last_timestamp = segments
+            .iter()
+            .map(|segment| segment.max_timestamp)
+            .max()
+            .unwrap_or(i64::MIN);
+        let end = active.next_offset;
+        let start = segments.first().map_or(0, |segment| segment.base_offset);
+        info!(
+            dir = %dir.display(),
+            segments = segments.len(),
+            start,
+            end,
+            clean,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "Opened log."
+        );
+        let shared = Arc::new(Shared {
+            dir: dir.clone(),
+            state: RwLock::new(State {
+                segments,
+                closed: false,
+            }),
+            end: watch::Sender::new(end),
+            metrics: Arc::clone(&env.metrics),
+        });
+        Ok(Self {
+            dir,
+            options,
+            env,
+            shared,
+            active: ActiveWriter {
+                last_timestamp,
+                ..active
+            },
+            dirty_since: None,
+            poisoned: false,
+            buffer: Vec::new(),
+        })
+    }
+
+    /// A reader of this log.
+    pub fn reader(&self) -> LogReader {
+        LogReader {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// The log's options.
+    pub fn options(&self) -> &LogOptions {
+        &self.options
+    }
+
+    /// The log's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// When the interval policy next requires a sync, if it does.
+    pub fn sync_deadline(&self) -> Option<Instant> {
+        match (self.options.fsync, self.dirty_since) {
+            (FsyncPolicy::Interval(interval), Some(since)) => Some(since + interval),
+            _ => None,
+        }
+    }
+
+    /// Checks that `records` can be appended; returns their encoded size.
+    pub fn check_append(&self, records: &[NewRecord]) -> Result<usize, LogError> {
+        if records.is_empty() {
+            return Err(LogError::EmptyAppend);
+        }
+        let bytes = BATCH_HEADER_LEN + records.iter().map(NewRecord::encoded_len).sum::<usize>();
+        if bytes > self.options.max_batch_bytes {
+            return Err(LogError::BatchTooLarge {
+                bytes,
+                max: self.options.max_batch_bytes,
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// Appends one commit round: each element of `appends` becomes one batch;
+    /// all are written with one write and, under `fsync = always`, made
+    /// durable with one fsync before this returns. All or nothing: on error
+    /// none of them is acknowledged, and the log is poisoned.
+    pub fn append_round(&mut self, appends: &[&[NewRecord]]) -> Result<Vec<AppendAck>, LogError> {
+        if self.poisoned {
+            return Err(LogError::Poisoned {
+                path: self.dir.clone(),
+            });
+        }
+        let mut round_bytes = 0;
+        for records in appends {
+            round_bytes += self.check_append(records)?;
+        }
+        if appends.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = self.env.clock.now_ms();
+        if self.should_roll(round_bytes as u64, now) {
+            self.roll()?;
+        }
+        // Append timestamps never go backwards within a partition, so the
+        // time index stays sorted even if the wall clock steps back.
+        let timestamp = now.max(self.active.last_timestamp);
+        let mut buffer = std::mem::take(&mut self.buffer);
+        buffer.clear();
+        let mut headers = Vec::with_capacity(appends.len());
+        let mut acks = Vec::with_capacity(appends.len());
+        let mut next_offset = self.active.next_offset;
+        for records in appends {
+            let position = self.active.position + buffer.len() as u64;
+            let header = encode_batch(&mut buffer, next_offset, timestamp, records);
+            acks.push(AppendAck {
+                base_offset: next_offset,
+                last_offset: header.next_offset() - 1,
+                timestamp,
+            });
+            next_offset = header.next_offset();
+            headers.push((header, position));
+        }
+        let result = self.write_and_sync(&buffer);
+        let written = buffer.len() as u64;
+        self.buffer = buffer;
+        result?;
+
+        // Publish: index the batches and move the visible end.
+        {
+            let mut state = self.shared.write_state();
+            let Some(segment) = state.segments.last_mut() else {
+                return Err(LogError::Poisoned {
+                    path: self.dir.clone(),
+                });
+            };
+            for (header, position) in &headers {
+                self.active.indexer.on_batch(segment, header, *position);
+            }
+        }
+        self.active.position += written;
+        self.active.next_offset = next_offset;
+        self.active.last_timestamp = timestamp;
+        let metrics = &self.env.metrics;
+        metrics.commit_rounds.inc();
+        metrics.appended_bytes.inc_by(written);
+        metrics
+            .appended_records
+            .inc_by(appends.iter().map(|records| records.len() as u64).sum());
+        self.shared.end.send_replace(next_offset);
+        Ok(acks)
+    }
+
+    fn write_and_sync(&mut self, bytes: &[u8]) -> Result<(), LogError> {
+        let position = self.active.position;
+        if let Err(source) = self.active.file.write_all_at(bytes, position) {
+            // The bytes past `position` are in an unknown state; try to cut
+            // them so readers of the file never meet half a round, and refuse
+            // further appends until recovery has run.
+            let _ = self.active.file.set_len(position);
+            return Err(self.poison(LogError::io("write", self.active_path(), source)));
+        }
+        match self.options.fsync {
+            FsyncPolicy::Always => self.sync_active(),
+            FsyncPolicy::Interval(_) => {
+                self.dirty_since.get_or_insert_with(Instant::now);
+                Ok(())
+            }
+            FsyncPolicy::Never => {
+                self.dirty_since.get_or_insert_with(Instant::now);
+                Ok(())
+            }
+        }
+    }
+
+    /// Makes every acknowledged append durable now.
+    pub fn sync(&mut self) -> Result<(), LogError> {
+        if self.poisoned {
+            return Err(LogError::Poisoned {
+                path: self.dir.clone(),
+            });
+        }
+        if self.dirty_since.is_some() {
+            self.sync_active()
+        } else {
+            Ok(())
+        }
+    }
+
+    fn sync_active(&mut self) -> Result<(), LogError> {
+        let started = Instant::now();
+        if let Err(source) = self.active.file.sync_data() {
+            // After a failed fsync the page cache may have dropped the dirty
+            // pages: retrying would report success for lost data.
+            return Err(self.poison(LogError::io("fsync", self.active_path(), source)));
+        }
+        self.env
+            .metrics
+            .fsync_latency
+            .observe(started.elapsed().as_secs_f64());
+        self.dirty_since = None;
+        Ok(())
+    }
+
+    fn poison(&mut self, error: LogError) -> LogError {
+        error!(dir = %self.dir.display(), %error, "Log write failed; refusing appends until reopened.");
+        self.poisoned = true;
+        error
+    }
+
+    fn active_path(&self) -> PathBuf {
+        self.dir
+            .join(segment_file_name(self.active.base_offset, "log"))
+    }
+
+    fn should_roll(&self, incoming: u64, now: i64) -> bool {
+        if self.active.position == 0 {
+            return false;
+        }
+        if self.active.position + incoming > self.options.segment_bytes {
+            return true;
+        }
+        let state = self.shared.read_state();
+        let first = state
+            .segments
+            .last()
+            .and_then(|segment| segment.first_timestamp);
+        let age_limit = i64::try_from(self.options.segment_age.as_millis()).unwrap_or(i64::MAX);
+        first.is_some_and(|first| now.saturating_sub(first) >= age_limit)
+    }
+
+    /// Seals the active segment (fsync its data, write and fsync its indexes)
+    /// and starts a new one at the next offset.
+    pub fn roll(&mut self) -> Result<(), LogError> {
+        if self.poisoned {
+            return Err(LogError::Poisoned {
+                path: self.dir.clone(),
+            });
+        }
+        if self.active.position == 0 {
+            return Ok(());
+        }
+        self.sync_active()?;
+        self.write_active_indexes()?;
+        let recovery = Recovery {
+            dir: &self.dir,
+            options: &self.options,
+            env: &self.env,
+        };
+        let segment = recovery
+            .create_segment(self.active.next_offset)
+            .map_err(|error| self.poison(error))?;
+        self.active = ActiveWriter {
+            file: Arc::clone(&segment.file),
+            base_offset: segment.base_offset,
+            position: 0,
+            next_offset: segment.base_offset,
+            indexer: Indexer::new(self.options.index_interval_bytes),
+            last_timestamp: self.active.last_timestamp,
+        };
+        self.shared.write_state().segments.push(segment);
+        debug!(dir = %self.dir.display(), base_offset = self.active.base_offset, "Rolled segment.");
+        Ok(())
+    }
+
+    fn write_active_indexes(&mut self) -> Result<(), LogError> {
+        let (index, time_index) = {
+            let state = self.shared.read_state();
+            let segment = state.segments.last().ok_or(LogError::Closed)?;
+            (segment.index.encode(), segment.time_index.encode())
+        };
+        let base = self.active.base_offset;
+        for (extension, bytes) in [("index", index), ("timeindex", time_index)] {
+            let path = self.dir.join(segment_file_name(base, extension));
+            write_file(self.env.fs.as_ref(), &path, &bytes).map_err(|error| self.poison(error))?;
+        }
+        Ok(())
+    }
+
+    /// Removes the sealed segments that retention no longer keeps; returns how
+    /// many. If the whole active segment is past `max_age`, it is sealed first
+    /// so an idle log still ages out.
+    pub fn apply_retention(&mut self) -> Result<usize, LogError> {
+        let retention = self.options.retention;
+        let now = self.env.clock.now_ms();
+        let cutoff = retention
+            .max_age
+            .map(|age| now.saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX)));
+        if let Some(cutoff) = cutoff
+            && self.active.position > 0
+            && self.active.last_timestamp < cutoff
+        {
+            self.roll()?;
+        }
+        let mut removed = 0;
+        loop {
+            let victim = {
+                let state = self.shared.read_state();
+                let segments = &state.segments;
+                let Some((oldest, rest)) = segments.split_first() else {
+                    break;
+                };
+                if rest.is_empty() {
+                    break;
+                }
+                let total_bytes: u64 = segments.iter().map(|segment| segment.size).sum();
+                let end = segments.last().map_or(0, |segment| segment.next_offset);
+                let expired = cutoff.is_some_and(|cutoff| oldest.max_timestamp < cutoff);
+                let over_bytes = retention
+                    .max_bytes
+                    .is_some_and(|max| total_bytes - oldest.size >= max);
+                let over_records = retention
+                    .max_records
+                    .is_some_and(|max| end - oldest.next_offset >= max);
+                if !(expired || over_bytes || over_records) {
+                    break;
+                }
+                oldest.base_offset
+            };
+            self.shared.write_state().segments.remove(0);
+            let fs = self.env.fs.as_ref();
+            for extension in ["log", "index", "timeindex"] {
+                let path = self.dir.join(segment_file_name(victim, extension));
+                match fs.remove(&path) {
+                    Ok(()) => {}
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(source) => return Err(LogError::io("remove", path, source)),
+                }
+            }
+            removed += 1;
+            self.env.metrics.segments_deleted.inc();
+            info!(dir = %self.dir.display(), base_offset = victim, "Removed segment by retention.");
+        }
+        if removed > 0 {
+            self.env
+                .fs
+                .sync_dir(&self.dir)
+                .map_err(|source| LogError::io("sync directory", &self.dir, source))?;
+        }
+        Ok(removed)
+    }
+
+    /// Closes the log cleanly: fsync, write the active segment's indexes, and
+    /// leave the clean marker so the next open can trust them.
+    pub fn close(mut self) -> Result<(), LogError> {
+        self.shared.mark_closed();
+        if self.poisoned {
+            return Err(LogError::Poisoned {
+                path: self.dir.clone(),
+            });
+        }
+        self.sync_active()?;
+        self.write_active_indexes()?;
+        let marker = self.dir.join(CLEAN_MARKER);
+        write_file(self.env.fs.as_ref(), &marker, &[])?;
+        self.env
+            .fs
+            .sync_dir(&self.dir)
+            .map_err(|source| LogError::io("sync directory", &self.dir, source))?;
+        debug!(dir = %self.dir.display(), "Closed log.");
+        Ok(())
+    }
+}
+
+/// Writes a whole small file durably (truncate, write, fsync).
+fn write_file(fs: &dyn Filesystem, path: &Path, bytes: &[u8]) -> Result<(), LogError> {
+    let file = fs
+        .open(path, true)
+        .map_err(|source| LogError::io("open", path, source))?;
+    file.set_len(0)
+        .map_err(|source| LogError::io("truncate", path, source))?;
+    file.write_all_at(bytes, 0)
+        .map_err(|source| LogError::io("write", path, source))?;
+    file.sync_data()
+        .map_err(|source| LogError::io("fsync", path, source))
+}
+
+fn read_file(fs: &dyn Filesystem, path: &Path) -> Option<Vec<u8>> {
+    let file = fs.open(path, false).ok()?;
+    let len = usize::try_from(file.len().ok()?).ok()?;
+    let mut bytes = vec![0; len];
+    file.read_exact_at(&mut bytes, 0).ok()?;
+    Some(bytes)
+}
+
+fn remove_orphan_indexes(
+    fs: &dyn Filesystem,
+    dir: &Path,
+    names: &[String],
+    bases: &[u64],
+) -> Result<(), LogError> {
+    for name in names {
+        let stem = name
+            .strip_suffix(".index")
+            .or_else(|| name.strip_suffix(".timeindex"));
+        let Some(base) = stem.and_then(|stem| stem.parse::<u64>().ok()) else {
+            continue;
+        };
+        if bases.binary_search(&base).is_err() {
+            let path = dir.join(name);
+            fs.remove(&path)
+                .map_err(|source| LogError::io("remove", &path, source))?;
+        }
+    }
+    Ok(())
+}
+
+/// Opening segments at start-up.
+struct Recovery<'a> {
+    dir: &'a Path,
+    options: &'a LogOptions,
+    env: &'a LogEnv,
+}
+
+/// Where a scan of batches stopped.
+struct ScanEnd {
+    /// The first byte not part of the valid chain.
+    position: u64,
+    /// Why the chain ended before the file's end, if it did.
+    damage: Option<FormatError>,
+}
+
+impl Recovery<'_> {
+    fn path(&self, base: u64, extension: &str) -> PathBuf {
+        self.dir.join(segment_file_name(base, extension))
+    }
+
+    /// Creates an empty segment file and makes its directory entry durable.
+    fn create_segment(&self, base: u64) -> Result<Segment, LogError> {
+        let path = self.path(base, "log");
+        let file = self
+            .env
+            .fs
+            .open(&path, true)
+            .map_err(|source| LogError::io("create", &path, source))?;
+        self.env
+            .fs
+            .sync_dir(self.dir)
+            .map_err(|source| LogError::io("sync directory", self.dir, source))?;
+        Ok(empty_segment(base, file))
+    }
+
+    fn open_file(&self, base: u64) -> Result<(Arc<dyn File>, u64), LogError> {
+        let path = self.path(base, "log");
+        let file = self
+            .env
+            .fs
+            .open(&path, false)
+            .map_err(|source| LogError::io("open", &path, source))?;
+        let len = file
+            .len()
+            .map_err(|source| LogError::io("stat", &path, source))?;
+        Ok((file, len))
+    }
+
+    /// Loads both index files, if present and consistent with the segment.
+    fn load_indexes(
+        &self,
+        base: u64,
+        file: &dyn File,
+        len: u64,
+    ) -> Option<(OffsetIndex, TimeIndex)> {
+        let fs = self.env.fs.as_ref();
+        let index = OffsetIndex::decode(&read_file(fs, &self.path(base, "index"))?, len)?;
+        // The last entry must point at a batch that starts where it says.
+        if let Some((relative, position)) = index.last() {
+            let mut header = [0u8; BATCH_HEADER_LEN];
+            file.read_exact_at(&mut header, u64::from(position)).ok()?;
+            let header = BatchHeader::parse(&header).ok()?;
+            if header.base_offset != base + u64::from(relative) {
+                return None;
+            }
+        }
+        let time_index =
+            TimeIndex::decode(&read_file(fs, &self.path(base, "timeindex"))?, u64::MAX)?;
+        Some((index, time_index))
+    }
+
+    /// A sealed segment was fsynced with its indexes when it was sealed: trust
+    /// the indexes if they check out, and validate only the stretch after the
+    /// last index entry to learn the segment's end. Damage found here is a
+    /// disk fault, reported (error log, metric) and fenced off: the lost
+    /// offsets read as [`LogError::Lost`].
+    fn open_sealed(&self, base: u64, next_base: u64) -> Result<Segment, LogError> {
+        let (file, len) = self.open_file(base)?;
+        let path = self.path(base, "log");
+        let mut segment = empty_segment(base, Arc::clone(&file));
+        let loaded = self.load_indexes(base, file.as_ref(), len);
+        let rebuilt = loaded.is_none();
+        let (start, mut indexer) = match loaded {
+            Some((index, time_index)) => {
+                let (relative, position) = index.last().unwrap_or((0, 0));
+                segment.index = index;
+                segment.time_index = time_index;
+                segment.next_offset = base + u64::from(relative);
+                (
+                    u64::from(position),
+                    Indexer::new(self.options.index_interval_bytes),
+                )
+            }
+            None => {
+                warn!(segment = %path.display(), "Rebuilding a missing or inconsistent segment index.");
+                (0, Indexer::new(self.options.index_interval_bytes))
+            }
+        };
+        if start > 0 {
+            // The first timestamp comes from the first batch.
+            let mut header = [0u8; BATCH_HEADER_LEN];
+            if file.read_exact_at(&mut header, 0).is_ok()
+                && let Ok(header) = BatchHeader::parse(&header)
+            {
+                segment.first_timestamp = Some(header.first_timestamp);
+            }
+            segment.size = start;
+        }
+        let end = scan(
+            file.as_ref(),
+            start,
+            len,
+            &mut segment,
+            &mut indexer,
+            start > 0,
+        )
+        .map_err(|source| LogError::io("read", &path, source))?;
+        if let Some(damage) = end.damage {
+            self.env.metrics.corrupt_batches.inc();
+            error!(
+                segment = %path.display(),
+                position = end.position,
+                %damage,
+                lost_from = segment.next_offset,
+                lost_to = next_base,
+                "Sealed segment is damaged; its tail is fenced off and will not be served."
+            );
+        }
+        if segment.next_offset > next_base {
+            return Err(LogError::Corrupt {
+                path,
+                position: end.position,
+                source: FormatError::BadRecord {
+                    index: 0,
+                    reason: "segment overlaps the next one",
+                },
+            });
+        }
+        if rebuilt && end.position == len {
+            self.persist_indexes(&segment)?;
+        }
+        Ok(segment)
+    }
+
+    /// The active segment may end in a torn or partly synced write. After a
+    /// clean close its indexes are current: validate from the last index entry.
+    /// After a crash, validate every batch. Cut the file after the last valid
+    /// batch, and fsync the cut.
+    fn open_active(&self, base: u64, clean: bool) -> Result<Segment, LogError> {
+        let (file, len) = self.open_file(base)?;
+        let path = self.path(base, "log");
+        let mut segment = empty_segment(base, Arc::clone(&file));
+        let mut indexer = Indexer::new(self.options.index_interval_bytes);
+        let mut start = 0;
+        if clean && let Some((index, time_index)) = self.load_indexes(base, file.as_ref(), len) {
+            let (relative, position) = index.last().unwrap_or((0, 0));
+            let mut header = [0u8; BATCH_HEADER_LEN];
+            if position > 0
+                && file.read_exact_at(&mut header, 0).is_ok()
+                && let Ok(first) = BatchHeader::parse(&header)
+            {
+                segment.first_timestamp = Some(first.first_timestamp);
+                segment.index = index;
+                segment.time_index = time_index;
+                segment.next_offset = base + u64::from(relative);
+                segment.size = u64::from(position);
+                start = u64::from(position);
+            }
+        }
+        let mut end = scan(
+            file.as_ref(),
+            start,
+            len,
+            &mut segment,
+            &mut indexer,
+            start > 0,
+        )
+        .map_err(|source| LogError::io("read", &path, source))?;
+        if start > 0 && end.position == start && end.damage.is_some() {
+            // The index pointed at a bad batch after all: scan everything.
+            segment = empty_segment(base, Arc::clone(&file));
+            indexer = Indexer::new(self.options.index_interval_bytes);
+            end = scan(file.as_ref(), 0, len, &mut segment, &mut indexer, false)
+                .map_err(|source| LogError::io("read", &path, source))?;
+        }
+        if end.position < len {
+            let cut = len - end.position;
+            warn!(
+                segment = %path.display(),
+                position = end.position,
+                truncated_bytes = cut,
+                reason = %end.damage.as_ref().map_or_else(|| "incomplete batch".to_owned(), ToString::to_string),
+                "Truncating the torn or corrupt tail of the active segment."
+            );
+            if end.damage.is_some() {
+                self.env.metrics.corrupt_batches.inc();
+            }
+            self.env.metrics.recovery_truncated_bytes.inc_by(cut);
+            file.set_len(end.position)
+                .map_err(|source| LogError::io("truncate", &path, source))?;
+            file.sync_data()
+                .map_err(|source| LogError::io("fsync", &path, source))?;
+        }
+        Ok(segment)
+    }
+
+    fn persist_indexes(&self, segment: &Segment) -> Result<(), LogError> {
+        let fs = self.env.fs.as_ref();
+        write_file(
+            fs,
+            &self.path(segment.base_offset, "index"),
+            &segment.index.encode(),
+        )?;
+        write_file(
+            fs,
+            &self.path(segment.base_offset, "timeindex"),
+            &segment.time_index.encode(),
+        )
+    }
+}
+
+fn empty_segment(base: u64, file: Arc<dyn File>) -> Segment {
+    Segment {
+        base_offset: base,
+        next_offset: base,
+        size: 0,
+        file,
+        index: OffsetIndex::default(),
+        time_index: TimeIndex::default(),
+        first_timestamp: None,
+        max_timestamp: i64::MIN,
+    }
+}
+
+/// Reads batches from `position` to `len`, validating each one's framing,
+/// checksum and offset continuity, and feeding valid ones to `indexer`
+/// (which moves `segment`'s end). `resuming` means the first batch is one the
+/// index already covers. Stops at the first invalid or incomplete batch.
+fn scan(
+    file: &dyn File,
+    mut position: u64,
+    len: u64,
+    segment: &mut Segment,
+    indexer: &mut Indexer,
+    resuming: bool,
+) -> std::io::Result<ScanEnd> {
+    /// Recovery reads the file in chunks this large.
+    const CHUNK: usize = 1 << 20;
+    let mut chunk: Vec<u8> = Vec::new();
+    let mut chunk_start = position;
+    let mut first = resuming;
+    while position < len {
+        let offset_in_chunk = (position - chunk_start) as usize;
+        let available = chunk.len().saturating_sub(offset_in_chunk);
+        if available < BATCH_HEADER_LEN {
+            let want = CHUNK.min((len - position) as usize);
+            chunk.resize(want, 0);
+            file.read_exact_at(&mut chunk, position)?;
+            chunk_start = position;
+        }
+        let offset_in_chunk = (position - chunk_start) as usize;
+        let header = match BatchHeader::parse(&chunk[offset_in_chunk..]) {
+            Ok(header) => header,
+            // Too few bytes for a header: a torn write, not damage.
+            Err(FormatError::Truncated { .. }) => {
+                return Ok(ScanEnd {
+                    position,
+                    damage: None,
+                });
+            }
+            Err(damage) => {
+                return Ok(ScanEnd {
+                    position,
+                    damage: Some(damage),
+                });
+            }
+        };
+        let total = header.total_len();
+        if position + total as u64 > len {
+            return Ok(ScanEnd {
+                position,
+                damage: None,
+            });
+        }
+        if chunk.len() - offset_in_chunk < total {
+            chunk.resize(total.max(CHUNK.min((len - position) as usize)), 0);
+            file.read_exact_at(&mut chunk, position)?;
+            chunk_start = position;
+        }
+        let offset_in_chunk = (position - chunk_start) as usize;
+        if let Err(damage) = validate_batch(&chunk[offset_in_chunk..offset_in_chunk + total]) {
+            return Ok(ScanEnd {
+                position,
+                damage: Some(damage),
+            });
+        }
+        if header.base_offset != segment.next_offset {
+            let damage = FormatError::BadRecord {
+                index: 0,
+                reason: "batch offset breaks the sequence",
+            };
+            return Ok(ScanEnd {
+                position,
+                damage: Some(damage),
+            });
+        }
+        if first {
+            // Already indexed: only move the end.
+            let mut skip_indexing = *indexer;
+            skip_indexing.bytes_since_offset_entry = 0;
+            skip_indexing.bytes_since_time_entry = 0;
+            skip_indexing.on_batch(segment, &header, position);
+            *indexer = skip_indexing;
+            first = false;
+        } else {
+            indexer.on_batch(segment, &header, position);
+        }
+        position += total as u64;
+    }
+    Ok(ScanEnd {
+        position,
+        damage: None,
+    })
+}
+
+impl Drop for Log {
+    fn drop(&mut self) {
+        self.shared.mark_closed();
+    }
+}
+
+impl Shared {
+    /// Wakes every reader waiting for data; they see the log closed.
+    fn mark_closed(&self) {
+        self.write_state().closed = true;
+        self.end.send_modify(|_| {});
+    }
+
+    fn read_state(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write_state(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Records returned by a read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReadBatch {
+    /// The records, in offset order, starting at the offset asked for.
+    pub records: Vec<Record>,
+    /// The offset to read next.
+    pub next_offset: u64,
+}
+
+impl LogReader {
+    /// The first offset still in the log.
+    pub fn start_offset(&self) -> u64 {
+        self.shared
+            .read_state()
+            .segments
+            .first()
+            .map_or(0, |segment| segment.base_offset)
+    }
+
+    /// One past the last visible record.
+    pub fn end_offset(&self) -> u64 {
+        *self.shared.end.borrow()
+    }
+
+    /// Total bytes of the log's segments.
+    pub fn size_bytes(&self) -> u64 {
+        self.shared
+            .read_state()
+            .segments
+            .iter()
+            .map(|segment| segment.size)
+            .sum()
+    }
+
+    /// Reads visible records from offset `from`, about `max_bytes` of batches
+    /// (at least one batch when any record is visible). Every batch is
+    /// checksummed before any of its records is returned. Blocking I/O: call it
+    /// from a blocking context.
+    pub fn read(&self, from: u64, max_bytes: usize) -> Result<ReadBatch, LogError> {
+        let max_bytes = max_bytes.max(1);
+        let mut records = Vec::new();
+        let mut next = from;
+        let mut bytes_read = 0;
+        loop {
+            let location = self.locate(next)?;
+            let Some(location) = location else { break };
+            let progressed =
+                self.read_segment(&location, next, max_bytes, &mut records, &mut bytes_read)?;
+            next = records.last().map_or(next, |record| record.offset + 1);
+            if !progressed || bytes_read >= max_bytes {
+                break;
+            }
+        }
+        Ok(ReadBatch {
+            records,
+            next_offset: next,
+        })
+    }
+
+    /// Where offset `from` lives, or `None` at the end of the log.
+    fn locate(&self, from: u64) -> Result<Option<Location>, LogError> {
+        let state = self.shared.read_state();
+        let segments = &state.segments;
+        let start = segments.first().map_or(0, |segment| segment.base_offset);
+        if from < start {
+            return Err(LogError::OffsetOutOfRange {
+                offset: from,
+                start,
+            });
+        }
+        let position = segments.partition_point(|segment| segment.base_offset <= from);
+        let Some(segment) = position
+            .checked_sub(1)
+            .and_then(|index| segments.get(index))
+        else {
+            return Ok(None);
+        };
+        if from >= segment.next_offset {
+            return match segments.get(position) {
+                Some(next) => Err(LogError::Lost {
+                    path: self
+                        .shared
+                        .dir
+                        .join(segment_file_name(segment.base_offset, "log")),
+                    from,
+                    resume_at: next.base_offset,
+                }),
+                None => Ok(None),
+            };
+        }
+        let (relative, file_position) = segment.index.floor((from - segment.base_offset) as u32);
+        Ok(Some(Location {
+            file: Arc::clone(&segment.file),
+            base_offset: segment.base_offset,
+            expected_offset: segment.base_offset + u64::from(relative),
+            position: u64::from(file_position),
+            end: segment.size,
+        }))
+    }
+
+    /// Reads from one segment; returns whether any record was added.
+    fn read_segment(
+        &self,
+        location: &Location,
+        from: u64,
+        max_bytes: usize,
+        records: &mut Vec<Record>,
+        bytes_read: &mut usize,
+    ) -> Result<bool, LogError> {
+        /// Extra bytes read past `max_bytes`: the lookup may land up to one
+        /// index interval before the offset asked for.
+        const SLACK: usize = 8 * 1024;
+        let path = || {
+            self.shared
+                .dir
+                .join(segment_file_name(location.base_offset, "log"))
+        };
+        let corrupt = |position, source| {
+            self.shared.metrics.corrupt_batches.inc();
+            error!(segment = %path().display(), position, %source, "Refusing to serve a corrupt batch.");
+            LogError::Corrupt {
+                path: path(),
+                position,
+                source,
+            }
+        };
+        let mut position = location.position;
+        let mut expected = location.expected_offset;
+        let added_before = records.len();
+        while position < location.end && *bytes_read < max_bytes {
+            let want = (max_bytes - *bytes_read + SLACK).min((location.end - position) as usize);
+            let want = want.max(BATCH_HEADER_LEN.min((location.end - position) as usize));
+            let mut chunk = vec![0u8; want];
+            location
+                .file
+                .read_exact_at(&mut chunk, position)
+                .map_err(|source| LogError::io("read", path(), source))?;
+            let mut chunk = Bytes::from(chunk);
+            let mut cursor = 0usize;
+            while cursor + BATCH_HEADER_LEN <= chunk.len() && *bytes_read < max_bytes {
+                let at = position + cursor as u64;
+                let header =
+                    BatchHeader::parse(&chunk[cursor..]).map_err(|source| corrupt(at, source))?;
+                let total = header.total_len();
+                if at + total as u64 > location.end {
+                    return Err(corrupt(
+                        at,
+                        FormatError::Truncated {
+                            needed: total,
+                            available: (location.end - at) as usize,
+                        },
+                    ));
+                }
+                let batch = if cursor + total <= chunk.len() {
+                    chunk.slice(cursor..cursor + total)
+                } else if records.len() == added_before && cursor == 0 {
+                    // A batch larger than the chunk: read it whole.
+                    let mut whole = vec![0u8; total];
+                    location
+                        .file
+                        .read_exact_at(&mut whole, at)
+                        .map_err(|source| LogError::io("read", path(), source))?;
+                    chunk = Bytes::from(whole);
+                    chunk.clone()
+                } else {
+                    break;
+                };
+                if header.base_offset != expected {
+                    let reason = "batch offset breaks the sequence";
+                    return Err(corrupt(at, FormatError::BadRecord { index: 0, reason }));
+                }
+                let (header, batch_records) =
+                    decode_batch(&batch).map_err(|source| corrupt(at, source))?;
+                expected = header.next_offset();
+                cursor += total;
+                if header.next_offset() <= from {
+                    continue;
+                }
+                *bytes_read += total;
+                records.extend(
+                    batch_records
+                        .into_iter()
+                        .filter(|record| record.offset >= from),
+                );
+            }
+            if cursor == 0 {
+                break;
+            }
+            position += cursor as u64;
+        }
+        Ok(records.len() > added_before)
+    }
+
+    /// The offset of the first record appended at or after `timestamp` (ms),
+    /// or the end offset if there is none.
+    pub fn offset_for_timestamp(&self, timestamp: i64) -> Result<u64, LogError> {
+        let scan_from = {
+            let state = self.shared.read_state();
+            let segment = state
+                .segments
+                .iter()
+                .find(|segment| segment.max_timestamp >= timestamp);
+            match segment {
+                Some(segment) => {
+                    segment.base_offset + u64::from(segment.time_index.scan_start(timestamp))
+                }
+                None => return Ok(self.end_offset()),
+            }
+        };
+        let mut from = scan_from.max(self.start_offset());
+        loop {
+            let batch = self.read(from, 64 * 1024)?;
+            if let Some(record) = batch
+                .records
+                .iter()
+                .find(|record| record.timestamp >= timestamp)
+            {
+                return Ok(record.offset);
+            }
+            if batch.records.is_empty() {
+                return Ok(batch.next_offset);
+            }
+            from = batch.next_offset;
+        }
+    }
+
+    /// Waits until a record at `offset` or later is visible; returns the end
+    /// offset then. Returns `Err(Closed)` if the log closes first.
+    pub async fn wait_for(&self, offset: u64) -> Result<u64, LogError> {
+        let mut receiver = self.shared.end.subscribe();
+        loop {
+            let end = *receiver.borrow_and_update();
+            if end > offset {
+                return Ok(end);
+            }
+            if self.shared.read_state().closed {
+                return Err(LogError::Closed);
+            }
+            receiver.changed().await.map_err(|_| LogError::Closed)?;
+        }
+    }
+}
+
+struct Location {
+    file: Arc<dyn File>,
+    base_offset: u64,
+    expected_offset: u64,
+    position: u64,
+    end: u64,
+}

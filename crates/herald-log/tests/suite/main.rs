@@ -1,0 +1,8 @@
+//! herald-log's integration tests, in one binary to keep builds lean.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+mod basic;
+mod crash_images;
+mod kill;
+mod model;
+mod support;
