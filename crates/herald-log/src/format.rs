@@ -10,8 +10,9 @@
 //! 8    4     length           u32  bytes from pos 12 to the end of the batch
 //! 12   4     crc              u32  CRC32C (Castagnoli) of bytes 16..end
 //! 16   1     magic            u8   format version, 1
-//! 17   1     reserved         u8   0
-//! 18   2     attributes       u16  0 (reserved: compression, control batches)
+//! 17   1     reserved         u8   0 (anything else is rejected)
+//! 18   2     attributes       u16  0 (reserved for compression and control
+//!                                     batches; version 1 rejects any flag)
 //! 20   4     record_count     u32  >= 1
 //! 24   8     first_timestamp  i64  ms since the Unix epoch
 //! 32   8     max_timestamp    i64  >= first_timestamp
@@ -158,6 +159,10 @@ impl BatchHeader {
         if header.magic != MAGIC {
             return Err(FormatError::BadMagic(header.magic));
         }
+        // Version 1 defines no flags: anything set is damage, not a feature.
+        if header.attributes != 0 || bytes[17] != 0 {
+            return Err(FormatError::UnknownAttributes(header.attributes));
+        }
         let total = header.total_len();
         if !(BATCH_HEADER_LEN..=MAX_BATCH_LEN).contains(&total) {
             return Err(FormatError::BadLength(header.length));
@@ -206,6 +211,9 @@ pub enum FormatError {
     /// Unknown format version.
     #[error("unknown batch format version {0}")]
     BadMagic(u8),
+    /// Flags this format version does not define.
+    #[error("unknown batch attributes {0:#06x}")]
+    UnknownAttributes(u16),
     /// The length field is out of bounds.
     #[error("batch length {0} out of bounds")]
     BadLength(u32),
@@ -277,7 +285,7 @@ pub fn encode_batch(
     }
     let length = (buffer.len() - start - LENGTH_PREFIX_LEN) as u32;
     buffer[start + 8..start + 12].copy_from_slice(&length.to_le_bytes());
-    let crc = crc32c::crc32c(&buffer[start + 16..]);
+    let crc = checksum(&buffer[start + 16..]);
     buffer[start + 12..start + 16].copy_from_slice(&crc.to_le_bytes());
     BatchHeader {
         base_offset,
@@ -291,6 +299,11 @@ pub fn encode_batch(
     }
 }
 
+/// The batch checksum (CRC32C) of `bytes`.
+pub fn checksum(bytes: &[u8]) -> u32 {
+    crc32c::crc32c(bytes)
+}
+
 /// Checks the batch's header and checksum. `bytes` must hold exactly one batch.
 pub fn validate_batch(bytes: &[u8]) -> Result<BatchHeader, FormatError> {
     let header = BatchHeader::parse(bytes)?;
@@ -301,7 +314,7 @@ pub fn validate_batch(bytes: &[u8]) -> Result<BatchHeader, FormatError> {
             available: bytes.len(),
         });
     }
-    let computed = crc32c::crc32c(&bytes[16..total]);
+    let computed = checksum(&bytes[16..total]);
     if computed != header.crc {
         return Err(FormatError::Checksum {
             stored: header.crc,
