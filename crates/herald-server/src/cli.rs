@@ -1,0 +1,117 @@
+//! The `herald` command line.
+//!
+//! One subcommand per activity: `serve` runs the server; later subcommands
+//! act on resources (`herald topic …`, `herald publish …`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::builder::{NonEmptyStringValueParser, TypedValueParser};
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{LogFormat, LogLevel, LogOverrides, Overrides};
+
+/// Herald: an event backbone in one binary.
+#[derive(Debug, Parser)]
+#[command(name = "herald", version, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+}
+
+/// `herald serve`. Flags override `HERALD_*` variables, which override the
+/// configuration file, which overrides the defaults.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Configuration file [default: ./herald.toml, if it exists]
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// Address to listen on; port 0 picks a free port [default: 127.0.0.1:7800]
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+
+    /// Directory for all durable state [default: ./herald-data]
+    // UTF-8 and non-empty, like every other layer's value (TOML and HERALD_*
+    // are UTF-8): a bad path is refused here, by a message naming the flag.
+    #[arg(
+        long,
+        value_name = "PATH",
+        value_parser = NonEmptyStringValueParser::new().map(PathBuf::from)
+    )]
+    pub data_dir: Option<PathBuf>,
+
+    /// Log line format [default: text]
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+
+    /// Log filter, e.g. `info` or `herald_server=debug,info` [default: info]
+    #[arg(long, value_name = "DIRECTIVE")]
+    pub log_level: Option<LogLevel>,
+}
+
+impl ServeArgs {
+    /// The configuration layer these flags form.
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            listen: self.listen,
+            data_dir: self.data_dir.clone(),
+            log: LogOverrides {
+                format: self.log_format,
+                level: self.log_level.clone(),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn given_cli_definition_should_be_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn given_serve_flags_when_parsed_should_become_overrides() {
+        let cli = Cli::try_parse_from([
+            "herald",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--log-level",
+            "debug",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command;
+        let overrides = args.overrides();
+        assert_eq!(overrides.listen, Some("127.0.0.1:0".parse().unwrap()));
+        assert_eq!(overrides.log.format, Some(LogFormat::Json));
+        assert_eq!(overrides.data_dir, None);
+    }
+
+    #[test]
+    fn given_empty_data_dir_flag_when_parsed_should_fail_naming_flag() {
+        let error = Cli::try_parse_from(["herald", "serve", "--data-dir", ""]).unwrap_err();
+        assert!(error.to_string().contains("--data-dir"), "{error}");
+    }
+
+    #[test]
+    fn given_bad_listen_flag_when_parsed_should_fail() {
+        let error = Cli::try_parse_from(["herald", "serve", "--listen", "nope"]).unwrap_err();
+        assert!(error.to_string().contains("--listen"), "{error}");
+    }
+}

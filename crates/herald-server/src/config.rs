@@ -1,0 +1,867 @@
+//! Configuration: the typed [`Options`] and the layering that fills them.
+//!
+//! Layers, lowest to highest precedence:
+//!
+//! 1. built-in defaults ([`Options::default`], documented by `herald.example.toml`);
+//! 2. a TOML file: `--config <path>` (must exist) or `./herald.toml` (if it exists);
+//! 3. environment variables `HERALD_<KEY>`, with `__` for nesting
+//!    (`HERALD_LISTEN`, `HERALD_LOG__FORMAT`);
+//! 4. command-line flags ([`Overrides`]).
+//!
+//! Unknown keys refuse to boot, in the file and in the environment alike: a
+//! typo (`lisen`, `HERALD_LISTN`) must not silently leave a default in place.
+//! Every error names the key and the layer it came from, in one line.
+//!
+//! Only variables whose name starts with exactly `HERALD_` (upper case) are
+//! configuration. That is why the environment layer is a small provider of
+//! our own rather than figment's `Env`: `Env::prefixed` matches the prefix
+//! case-insensitively and reads the process environment directly, whereas
+//! this one is handed the variables (so tests need not mutate the process
+//! environment) and remembers each key's variable name for error messages.
+//! Likewise the file layer is parsed here (not by `figment::providers::Toml`)
+//! so that a syntax error is reported as one line with its line and column.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
+use serde::{Deserialize, Serialize};
+
+/// The file read when `--config` is not given, relative to the working directory.
+pub const DEFAULT_CONFIG_FILE: &str = "herald.toml";
+/// Prefix of the environment variables that configure Herald.
+pub const ENV_PREFIX: &str = "HERALD_";
+/// Separator of nested keys in environment variable names (`HERALD_LOG__FORMAT`).
+pub const ENV_NESTING: &str = "__";
+
+/// Everything `herald serve` can be configured with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Options {
+    /// Address of the one listener (HTTP API, health, metrics).
+    pub listen: SocketAddr,
+    /// Directory holding all durable state; locked by one server at a time.
+    pub data_dir: PathBuf,
+    /// Logging to stderr.
+    pub log: LogOptions,
+    /// Upper bound on draining in-flight requests at shutdown, in milliseconds.
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 7800)),
+            data_dir: PathBuf::from("herald-data"),
+            log: LogOptions::default(),
+            shutdown_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl Options {
+    /// [`Options::shutdown_timeout_ms`] as a [`Duration`].
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.shutdown_timeout_ms)
+    }
+}
+
+/// Logging options (`[log]`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogOptions {
+    /// Line format of log records.
+    pub format: LogFormat,
+    /// Which records to emit, as a `tracing` `EnvFilter` directive.
+    pub level: LogLevel,
+}
+
+/// Line format of log records.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A validated `tracing_subscriber::EnvFilter` directive, such as `info` or
+/// `herald_server=debug,info`.
+///
+/// Note that a bare word is a valid directive meaning "everything from that
+/// target": `level = "verbose"` parses, and enables target `verbose`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct LogLevel(String);
+
+impl LogLevel {
+    /// The directive as written.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for LogLevel {
+    fn default() -> Self {
+        Self("info".to_owned())
+    }
+}
+
+impl FromStr for LogLevel {
+    type Err = tracing_subscriber::filter::ParseError;
+
+    fn from_str(directive: &str) -> Result<Self, Self::Err> {
+        tracing_subscriber::EnvFilter::builder().parse(directive)?;
+        Ok(Self(directive.to_owned()))
+    }
+}
+
+impl TryFrom<String> for LogLevel {
+    type Error = tracing_subscriber::filter::ParseError;
+
+    fn try_from(directive: String) -> Result<Self, Self::Error> {
+        directive.parse()
+    }
+}
+
+impl From<LogLevel> for String {
+    fn from(level: LogLevel) -> Self {
+        level.0
+    }
+}
+
+impl fmt::Display for LogLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Values given as command-line flags; `None` leaves the lower layers in charge.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Overrides {
+    /// `--listen`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// `--data-dir`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// `--log-format`, `--log-level`. Left out when empty: an empty table
+    /// would replace a wrong-typed `log` from a lower layer (`HERALD_LOG=x`)
+    /// instead of letting it fail.
+    #[serde(skip_serializing_if = "LogOverrides::is_empty")]
+    pub log: LogOverrides,
+}
+
+/// Command-line overrides of [`LogOptions`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct LogOverrides {
+    /// `--log-format`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub format: Option<LogFormat>,
+    /// `--log-level`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub level: Option<LogLevel>,
+}
+
+impl LogOverrides {
+    /// Whether no log flag was given.
+    pub fn is_empty(&self) -> bool {
+        self.format.is_none() && self.level.is_none()
+    }
+}
+
+/// Which configuration file to read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigFile {
+    /// Named explicitly (`--config`): it must exist.
+    Required(PathBuf),
+    /// The conventional location: read if it exists, skipped otherwise.
+    IfExists(PathBuf),
+    /// No file layer.
+    None,
+}
+
+/// The inputs of [`load`], one per layer above the defaults.
+#[derive(Clone, Debug)]
+pub struct Sources {
+    /// The file layer.
+    pub file: ConfigFile,
+    /// The process environment (all of it; only `HERALD_*` is looked at).
+    pub env: Vec<(OsString, OsString)>,
+    /// The command-line layer.
+    pub overrides: Overrides,
+}
+
+impl Sources {
+    /// The sources of a real process: `--config` or `./herald.toml`, and
+    /// the process environment.
+    pub fn from_process(config: Option<PathBuf>, overrides: Overrides) -> Self {
+        let file = match config {
+            Some(path) => ConfigFile::Required(path),
+            None => ConfigFile::IfExists(PathBuf::from(DEFAULT_CONFIG_FILE)),
+        };
+        Self {
+            file,
+            env: std::env::vars_os().collect(),
+            overrides,
+        }
+    }
+}
+
+/// Where a configuration value came from, for error messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// The built-in defaults.
+    Defaults,
+    /// A configuration file.
+    File(PathBuf),
+    /// An environment variable, by name.
+    Env(String),
+    /// Command-line flags.
+    Flags,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Defaults => f.write_str("in the built-in defaults"),
+            Self::File(path) => write!(f, "in {}", path.display()),
+            Self::Env(name) => write!(f, "from environment variable {name}"),
+            Self::Flags => f.write_str("from the command line"),
+        }
+    }
+}
+
+/// Why the configuration could not be loaded. Every message is one line and
+/// names the offending key or file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The configuration file could not be read.
+    #[error("cannot read configuration file {}", path.display())]
+    ReadFile {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// The configuration file is not valid TOML.
+    ///
+    /// The `toml` error is not kept as a source: its `Display` is a
+    /// multi-line snippet. Its message and position are kept instead.
+    #[error("cannot parse {}{}: {message}", path.display(), Position(*position))]
+    ParseFile {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line and column of the error, when known.
+        position: Option<(usize, usize)>,
+        /// What is wrong.
+        message: String,
+    },
+    /// A key that no option has.
+    #[error(
+        "unknown configuration key '{key}' {origin} (expected one of: {})",
+        expected.join(", ")
+    )]
+    UnknownKey {
+        /// Dotted path of the key (`log.colour`).
+        key: String,
+        /// Where it was set.
+        origin: Origin,
+        /// The keys valid at that level.
+        expected: Vec<String>,
+    },
+    /// A key whose value does not fit its type.
+    #[error("invalid value for configuration key '{key}'{}: {message}", OriginSuffix(origin.as_ref()))]
+    InvalidValue {
+        /// Dotted path of the key.
+        key: String,
+        /// Where the value was set, when known.
+        origin: Option<Origin>,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A `HERALD_*` variable whose name or value is not valid Unicode.
+    #[error("environment variable {name} is not valid Unicode")]
+    EnvNotUnicode {
+        /// The variable's name (lossily decoded).
+        name: String,
+    },
+}
+
+/// Builds the options from every layer of `sources`.
+pub fn load(sources: &Sources) -> Result<Options, Error> {
+    let file = read_file(&sources.file)?;
+    let env = EnvLayer::from_vars(&sources.env)?;
+    let flags = Layer::new(Origin::Flags, to_dict(&sources.overrides, Origin::Flags)?);
+    extract(file, &env, flags)
+}
+
+/// Parses a whole TOML document as configuration, on top of the defaults only.
+/// `name` stands for the document in error messages.
+pub fn from_toml_str(name: &Path, text: &str) -> Result<Options, Error> {
+    let file = parse_file(name, text)?;
+    extract(
+        Some(file),
+        &EnvLayer::default(),
+        Layer::new(Origin::Flags, Dict::new()),
+    )
+}
+
+/// Checks the layers for unknown keys, then merges them over the defaults.
+fn extract(file: Option<Layer>, env: &EnvLayer, flags: Layer) -> Result<Options, Error> {
+    let defaults = Layer::new(
+        Origin::Defaults,
+        to_dict(&Options::default(), Origin::Defaults)?,
+    );
+    let mut figment = Figment::from(defaults.clone());
+    if let Some(file) = file {
+        check_known_keys(&file.dict, &defaults.dict, &mut Vec::new(), &|_| {
+            file.origin.clone()
+        })?;
+        figment = figment.merge(file);
+    }
+    check_known_keys(&env.layer.dict, &defaults.dict, &mut Vec::new(), &|key| {
+        Origin::Env(env.var_name(key))
+    })?;
+    // Flags need no check: clap only accepts the flags that exist.
+    figment
+        .merge(env.layer.clone())
+        .merge(flags)
+        .extract::<Options>()
+        .map_err(|error| invalid_value(&error, env))
+}
+
+/// One layer of configuration: a dictionary and where it came from.
+#[derive(Clone, Debug)]
+struct Layer {
+    origin: Origin,
+    dict: Dict,
+}
+
+impl Layer {
+    fn new(origin: Origin, dict: Dict) -> Self {
+        Self { origin, dict }
+    }
+}
+
+/// Provider names, so an error's metadata maps back to its [`Origin`].
+mod layer_names {
+    pub(super) const DEFAULTS: &str = "herald defaults";
+    pub(super) const FILE: &str = "herald config file";
+    pub(super) const ENV: &str = "herald environment";
+    pub(super) const FLAGS: &str = "herald command line";
+}
+
+impl Provider for Layer {
+    fn metadata(&self) -> Metadata {
+        match &self.origin {
+            Origin::Defaults => Metadata::named(layer_names::DEFAULTS),
+            Origin::File(path) => Metadata::from(layer_names::FILE, path.as_path()),
+            Origin::Env(_) => Metadata::named(layer_names::ENV),
+            Origin::Flags => Metadata::named(layer_names::FLAGS),
+        }
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        Ok(Profile::Default.collect(self.dict.clone()))
+    }
+}
+
+/// The environment layer, and which variable set each key.
+#[derive(Clone, Debug)]
+struct EnvLayer {
+    layer: Layer,
+    /// Dotted key → variable name.
+    names: Map<String, String>,
+}
+
+impl Default for EnvLayer {
+    fn default() -> Self {
+        Self {
+            layer: Layer::new(Origin::Env(String::new()), Dict::new()),
+            names: Map::new(),
+        }
+    }
+}
+
+impl EnvLayer {
+    fn from_vars(vars: &[(OsString, OsString)]) -> Result<Self, Error> {
+        let mut env = Self::default();
+        for (name, value) in vars {
+            if !name.as_encoded_bytes().starts_with(ENV_PREFIX.as_bytes()) {
+                continue;
+            }
+            let (Some(name), Some(value)) = (name.to_str(), value.to_str()) else {
+                return Err(Error::EnvNotUnicode {
+                    name: name.to_string_lossy().into_owned(),
+                });
+            };
+            let key = name[ENV_PREFIX.len()..]
+                .to_ascii_lowercase()
+                .replace(ENV_NESTING, ".");
+            // Values are parsed like figment's own `Env` does: `100` is an
+            // integer, `true` a boolean, anything else a string.
+            let value = value
+                .parse::<Value>()
+                .unwrap_or_else(|never| match never {});
+            merge_into(&mut env.layer.dict, nest(&key, value));
+            env.names.insert(key, name.to_owned());
+        }
+        Ok(env)
+    }
+
+    /// The variable that set `key`; `HERALD_A__B` spelled out if none did.
+    fn var_name(&self, key: &str) -> String {
+        self.names.get(key).cloned().unwrap_or_else(|| {
+            format!(
+                "{ENV_PREFIX}{}",
+                key.to_ascii_uppercase().replace('.', ENV_NESTING)
+            )
+        })
+    }
+}
+
+/// `a.b` = v as `{a: {b: v}}`, keeping empty segments (figment's own `nest`
+/// drops them) so that `HERALD_` or `HERALD_LOG____X` surface as unknown keys.
+fn nest(key: &str, value: Value) -> Dict {
+    let mut segments = key.rsplit('.');
+    let last = segments.next().unwrap_or_default();
+    let mut dict = Dict::new();
+    dict.insert(last.to_owned(), value);
+    for segment in segments {
+        let mut outer = Dict::new();
+        outer.insert(segment.to_owned(), Value::from(dict));
+        dict = outer;
+    }
+    dict
+}
+
+/// Merges `addition` into `target`, recursing into tables both have.
+fn merge_into(target: &mut Dict, addition: Dict) {
+    for (name, value) in addition {
+        match (target.get_mut(&name), value) {
+            (Some(Value::Dict(_, existing)), Value::Dict(_, inner)) => merge_into(existing, inner),
+            (_, value) => {
+                target.insert(name, value);
+            }
+        }
+    }
+}
+
+fn read_file(file: &ConfigFile) -> Result<Option<Layer>, Error> {
+    let (path, required) = match file {
+        ConfigFile::Required(path) => (path, true),
+        ConfigFile::IfExists(path) => (path, false),
+        ConfigFile::None => return Ok(None),
+    };
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == io::ErrorKind::NotFound && !required => return Ok(None),
+        Err(source) => {
+            return Err(Error::ReadFile {
+                path: path.clone(),
+                source,
+            });
+        }
+    };
+    parse_file(path, &text).map(Some)
+}
+
+fn parse_file(path: &Path, text: &str) -> Result<Layer, Error> {
+    let dict = toml::from_str::<Dict>(text).map_err(|error| Error::ParseFile {
+        path: path.to_owned(),
+        position: error.span().map(|span| line_and_column(text, span.start)),
+        message: one_line(error.message()),
+    })?;
+    Ok(Layer::new(Origin::File(path.to_owned()), dict))
+}
+
+/// `text`'s non-empty lines joined with `; `, so an error fits on one line.
+fn one_line(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// 1-based line and column (in characters) of byte `offset` in `text`.
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |newline| newline + 1);
+    let column = before[line_start..].chars().count() + 1;
+    (line, column)
+}
+
+/// Fails on the first key of `given` that `known` does not have.
+fn check_known_keys(
+    given: &Dict,
+    known: &Dict,
+    path: &mut Vec<String>,
+    origin_of: &dyn Fn(&str) -> Origin,
+) -> Result<(), Error> {
+    for (name, value) in given {
+        path.push(name.clone());
+        match (known.get(name), value) {
+            (None, _) => {
+                let key = path.join(".");
+                return Err(Error::UnknownKey {
+                    origin: origin_of(&key),
+                    key,
+                    expected: known.keys().cloned().collect(),
+                });
+            }
+            (Some(Value::Dict(_, known_inner)), Value::Dict(_, given_inner)) => {
+                check_known_keys(given_inner, known_inner, path, origin_of)?;
+            }
+            // A type mismatch (a table where a string belongs, or the reverse)
+            // is left to deserialization, which names the key and the type.
+            (Some(_), _) => {}
+        }
+        path.pop();
+    }
+    Ok(())
+}
+
+/// `value` (options, or flags) as a table. Fails only on values that have
+/// no TOML form, such as a non-UTF-8 path given as a flag.
+fn to_dict<T: Serialize>(value: &T, origin: Origin) -> Result<Dict, Error> {
+    match Value::serialize(value) {
+        Ok(Value::Dict(_, dict)) => Ok(dict),
+        Ok(other) => Err(Error::InvalidValue {
+            key: String::new(),
+            origin: Some(origin),
+            message: format!("expected a table, found {}", other.to_actual()),
+        }),
+        Err(error) => Err(Error::InvalidValue {
+            key: error.path.join("."),
+            origin: Some(origin),
+            message: error.kind.to_string(),
+        }),
+    }
+}
+
+fn invalid_value(error: &figment::Error, env: &EnvLayer) -> Error {
+    let key = error.path.join(".");
+    let origin = error
+        .metadata
+        .as_ref()
+        .and_then(|metadata| match metadata.name.as_ref() {
+            layer_names::DEFAULTS => Some(Origin::Defaults),
+            layer_names::FILE => metadata
+                .source
+                .as_ref()
+                .and_then(figment::Source::file_path)
+                .map(|path| Origin::File(path.to_owned())),
+            layer_names::ENV => Some(Origin::Env(env.var_name(&key))),
+            layer_names::FLAGS => Some(Origin::Flags),
+            _ => None,
+        });
+    Error::InvalidValue {
+        key,
+        origin,
+        message: error.kind.to_string(),
+    }
+}
+
+/// Formats `Some((line, column))` as `:line:column`.
+struct Position(Option<(usize, usize)>);
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some((line, column)) => write!(f, ":{line}:{column}"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Formats `Some(origin)` as ` <origin>`.
+struct OriginSuffix<'a>(Option<&'a Origin>);
+
+impl fmt::Display for OriginSuffix<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(origin) => write!(f, " {origin}"),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../../herald.example.toml");
+
+    fn sources(file: ConfigFile, env: &[(&str, &str)], overrides: Overrides) -> Sources {
+        Sources {
+            file,
+            env: env
+                .iter()
+                .map(|(name, value)| (OsString::from(name), OsString::from(value)))
+                .collect(),
+            overrides,
+        }
+    }
+
+    fn write_config(dir: &tempfile::TempDir, text: &str) -> PathBuf {
+        let path = dir.path().join("herald.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn leaf_keys(dict: &Dict, prefix: &str, out: &mut Vec<String>) {
+        for (name, value) in dict {
+            let key = format!("{prefix}{name}");
+            match value {
+                Value::Dict(_, inner) => leaf_keys(inner, &format!("{key}."), out),
+                _ => out.push(key),
+            }
+        }
+    }
+
+    #[test]
+    fn given_example_config_when_parsed_should_equal_defaults() {
+        let options = from_toml_str(Path::new("herald.example.toml"), EXAMPLE).unwrap();
+        assert_eq!(options, Options::default());
+    }
+
+    #[test]
+    fn given_example_config_should_spell_out_every_key() {
+        let example = toml::from_str::<Dict>(EXAMPLE).unwrap();
+        let (mut in_example, mut known) = (Vec::new(), Vec::new());
+        leaf_keys(&example, "", &mut in_example);
+        leaf_keys(
+            &to_dict(&Options::default(), Origin::Defaults).unwrap(),
+            "",
+            &mut known,
+        );
+        assert_eq!(in_example, known, "herald.example.toml must set every key");
+    }
+
+    #[test]
+    fn given_nothing_when_loaded_should_use_defaults() {
+        let options = load(&sources(ConfigFile::None, &[], Overrides::default())).unwrap();
+        assert_eq!(options, Options::default());
+        assert_eq!(options.listen.to_string(), "127.0.0.1:7800");
+        assert_eq!(options.shutdown_timeout(), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn given_missing_default_file_when_loaded_should_skip_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = ConfigFile::IfExists(dir.path().join("herald.toml"));
+        let options = load(&sources(file, &[], Overrides::default())).unwrap();
+        assert_eq!(options, Options::default());
+    }
+
+    #[test]
+    fn given_missing_explicit_file_when_loaded_should_fail_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nope.toml");
+        let error = load(&sources(
+            ConfigFile::Required(path.clone()),
+            &[],
+            Overrides::default(),
+        ))
+        .unwrap_err();
+        assert!(matches!(&error, Error::ReadFile { path: p, .. } if *p == path));
+        assert!(error.to_string().contains("nope.toml"), "{error}");
+    }
+
+    #[test]
+    fn given_all_layers_when_loaded_should_prefer_flags_then_env_then_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_config(
+            &dir,
+            "listen = \"127.0.0.1:1\"\ndata_dir = \"from-file\"\nshutdown_timeout_ms = 1\n\
+             [log]\nformat = \"json\"\nlevel = \"warn\"\n",
+        );
+        let env = [
+            ("HERALD_DATA_DIR", "from-env"),
+            ("HERALD_SHUTDOWN_TIMEOUT_MS", "250"),
+            ("HERALD_LOG__LEVEL", "debug"),
+            ("PATH", "/usr/bin"),
+        ];
+        let overrides = Overrides {
+            data_dir: Some(PathBuf::from("from-flag")),
+            log: LogOverrides {
+                level: Some("trace".parse().unwrap()),
+                ..LogOverrides::default()
+            },
+            ..Overrides::default()
+        };
+        let options = load(&sources(ConfigFile::Required(path), &env, overrides)).unwrap();
+        assert_eq!(options.listen.to_string(), "127.0.0.1:1"); // file
+        assert_eq!(options.shutdown_timeout_ms, 250); // env over file
+        assert_eq!(options.log.format, LogFormat::Json); // file
+        assert_eq!(options.data_dir, PathBuf::from("from-flag")); // flag over env
+        assert_eq!(options.log.level.as_str(), "trace"); // flag over env
+    }
+
+    #[test]
+    fn given_unknown_key_in_file_when_loaded_should_fail_naming_key_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_config(&dir, "lisen = \"127.0.0.1:0\"\n");
+        let error = load(&sources(
+            ConfigFile::Required(path.clone()),
+            &[],
+            Overrides::default(),
+        ))
+        .unwrap_err();
+        let message = error.to_string();
+        assert!(
+            message.starts_with(&format!(
+                "unknown configuration key 'lisen' in {}",
+                path.display()
+            )),
+            "{message}"
+        );
+        assert!(
+            message.contains("listen"),
+            "lists the valid keys: {message}"
+        );
+    }
+
+    #[test]
+    fn given_unknown_nested_key_in_file_when_loaded_should_name_dotted_key() {
+        let error = from_toml_str(Path::new("h.toml"), "[log]\ncolour = true\n").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "unknown configuration key 'log.colour' in h.toml (expected one of: format, level)"
+        );
+    }
+
+    #[test]
+    fn given_unknown_herald_env_var_when_loaded_should_fail_naming_variable() {
+        let error = load(&sources(
+            ConfigFile::None,
+            &[("HERALD_LISTN", "127.0.0.1:0")],
+            Overrides::default(),
+        ))
+        .unwrap_err();
+        assert!(
+            error.to_string().starts_with(
+                "unknown configuration key 'listn' from environment variable HERALD_LISTN"
+            ),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn given_unrelated_env_vars_when_loaded_should_ignore_them() {
+        let env = [
+            ("HERALDRY", "x"),
+            ("herald_listen", "nope"),
+            ("MY_HERALD_X", "1"),
+        ];
+        let options = load(&sources(ConfigFile::None, &env, Overrides::default())).unwrap();
+        assert_eq!(options, Options::default());
+    }
+
+    #[test]
+    fn given_empty_env_key_when_loaded_should_fail_naming_variable() {
+        let error = load(&sources(
+            ConfigFile::None,
+            &[("HERALD_", "x")],
+            Overrides::default(),
+        ))
+        .unwrap_err();
+        assert!(error.to_string().contains("HERALD_"), "{error}");
+    }
+
+    #[test]
+    fn given_nested_env_var_when_loaded_should_set_nested_key() {
+        let env = [
+            ("HERALD_LOG__FORMAT", "json"),
+            ("HERALD_LISTEN", "127.0.0.1:0"),
+        ];
+        let options = load(&sources(ConfigFile::None, &env, Overrides::default())).unwrap();
+        assert_eq!(options.log.format, LogFormat::Json);
+        assert_eq!(options.listen.port(), 0);
+    }
+
+    #[test]
+    fn given_bad_listen_in_file_when_loaded_should_fail_naming_key_and_file() {
+        let error = from_toml_str(Path::new("herald.toml"), "listen = \"nope\"\n").unwrap_err();
+        let message = error.to_string();
+        assert!(
+            message.starts_with("invalid value for configuration key 'listen' in herald.toml: "),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn given_bad_env_value_when_loaded_should_fail_naming_variable() {
+        let env = [("HERALD_LOG__FORMAT", "xml")];
+        let error = load(&sources(ConfigFile::None, &env, Overrides::default())).unwrap_err();
+        let message = error.to_string();
+        assert!(
+            message.starts_with(
+                "invalid value for configuration key 'log.format' from environment variable \
+                 HERALD_LOG__FORMAT: "
+            ),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn given_env_table_set_to_a_string_when_loaded_should_fail_naming_variable() {
+        let env = [("HERALD_LOG", "json")];
+        let error = load(&sources(ConfigFile::None, &env, Overrides::default())).unwrap_err();
+        assert!(
+            error.to_string().starts_with(
+                "invalid value for configuration key 'log' from environment variable HERALD_LOG: "
+            ),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn given_bad_log_level_when_loaded_should_fail_naming_key() {
+        let error =
+            from_toml_str(Path::new("herald.toml"), "[log]\nlevel = \"info,[\"\n").unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("invalid value for configuration key 'log.level' in herald.toml"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn given_toml_syntax_error_when_loaded_should_fail_with_one_line_and_position() {
+        let error = from_toml_str(Path::new("herald.toml"), "listen = \"127.0.0.1:0\"\nx = \n")
+            .unwrap_err();
+        let message = error.to_string();
+        assert!(
+            message.starts_with("cannot parse herald.toml:2:"),
+            "{message}"
+        );
+        assert!(!message.contains('\n'), "{message}");
+    }
+
+    #[test]
+    fn given_wrong_type_when_loaded_should_fail_naming_key() {
+        let error = from_toml_str(Path::new("herald.toml"), "shutdown_timeout_ms = \"soon\"\n")
+            .unwrap_err();
+        assert!(
+            error.to_string().starts_with(
+                "invalid value for configuration key 'shutdown_timeout_ms' in herald.toml"
+            ),
+            "{error}"
+        );
+    }
+}

@@ -1,0 +1,127 @@
+//! The `herald` binary: parse the command line, then hand over to the library.
+//!
+//! Exit codes: 0 after a clean shutdown; 2 for a usage or configuration
+//! error (as clap does for bad flags); 1 for any other failure. Fatal errors
+//! are printed to stderr as one line, `error: <what>: <why>`.
+
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use herald_server::cli::{Cli, Command, ServeArgs};
+use herald_server::config::{self, Sources};
+use herald_server::{Options, Server, telemetry};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            if error.downcast_ref::<config::Error>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn serve(args: &ServeArgs) -> anyhow::Result<()> {
+    let options = config::load(&Sources::from_process(
+        args.config.clone(),
+        args.overrides(),
+    ))?;
+    telemetry::init(&options.log)?;
+    debug!(?options, "Loaded configuration.");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("herald-worker")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(run(options))
+}
+
+async fn run(options: Options) -> anyhow::Result<()> {
+    let server = Server::bind(options).await?;
+    // Installed before the address is announced: a SIGTERM sent by whoever
+    // reads the announcement must find the handler in place, not kill us.
+    let signals = Signals::install().context("cannot install signal handlers")?;
+    announce(server.local_addr());
+
+    let cancel = CancellationToken::new();
+    tokio::spawn(signals.cancel_on_signal(cancel.clone()));
+    server.run(cancel).await?;
+    Ok(())
+}
+
+/// Tells a supervisor or test harness where we listen, on stdout, once.
+fn announce(addr: SocketAddr) {
+    let mut stdout = io::stdout().lock();
+    // Without a stdout (closed pipe) there is no one to tell; that must not
+    // stop the server, and the address is in the logs too.
+    if let Err(error) = writeln!(stdout, "herald listening on {addr}").and_then(|()| stdout.flush())
+    {
+        warn!(%error, "Cannot write the listening address to stdout.");
+    }
+}
+
+/// SIGINT and SIGTERM: the first starts a graceful shutdown, a second one
+/// exits at once (without draining; storage must survive that anyway).
+struct Signals {
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                terminate: signal(SignalKind::terminate())?,
+                interrupt: signal(SignalKind::interrupt())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    async fn next(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.terminate.recv() => "SIGTERM",
+                _ = self.interrupt.recv() => "SIGINT",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            "ctrl-c"
+        }
+    }
+
+    async fn cancel_on_signal(mut self, cancel: CancellationToken) {
+        let signal = self.next().await;
+        info!(signal, "Received signal; shutting down gracefully.");
+        cancel.cancel();
+        let signal = self.next().await;
+        warn!(
+            signal,
+            "Received a second signal; exiting without draining."
+        );
+        std::process::exit(130);
+    }
+}

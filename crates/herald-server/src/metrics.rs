@@ -1,0 +1,203 @@
+//! The process's metrics registry: the server's own metrics and every
+//! component's (the log engine's today), exposed on `GET /metrics`.
+//!
+//! prometheus-client keeps no global state, so the registry is built once
+//! here and shared behind an `Arc`. Labels are bounded: HTTP metrics are
+//! labelled by method (a fixed set), route *template* (`/v1/topics/{name}`,
+//! never the concrete path) and status class.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{Method, StatusCode};
+use herald_log::LogMetrics;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+/// Media type of the exposition format prometheus-client writes. Prometheus
+/// misreads OpenMetrics text (`_total`, `# EOF`) served as `text/plain`.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Metric names, as registered: counters get `_total` appended on exposition
+/// and histograms registered with a unit get `_seconds`.
+pub mod names {
+    /// HTTP requests answered.
+    pub const HTTP_REQUESTS: &str = "herald_http_requests";
+    /// Time from receiving a request to having its response head.
+    pub const HTTP_REQUEST_DURATION: &str = "herald_http_request_duration";
+}
+
+/// Route label of requests that matched no route (404s): one value for
+/// every unknown path, so scanners cannot blow up the label set.
+pub const UNMATCHED_ROUTE: &str = "unmatched";
+
+/// Every metric of the process.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    http: HttpMetrics,
+    log: Arc<LogMetrics>,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Arc<Self> {
+        let mut registry = Registry::default();
+        let http = HttpMetrics::default();
+        http.register(&mut registry);
+        let log = LogMetrics::new();
+        log.register(&mut registry);
+        Arc::new(Self {
+            registry,
+            http,
+            log,
+        })
+    }
+
+    /// The HTTP layer's metrics.
+    pub fn http(&self) -> &HttpMetrics {
+        &self.http
+    }
+
+    /// The log engine's metrics, to hand to the engine when it opens.
+    pub fn log(&self) -> &Arc<LogMetrics> {
+        &self.log
+    }
+
+    /// Every metric in OpenMetrics text format ([`CONTENT_TYPE`]).
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
+        Ok(text)
+    }
+}
+
+/// Labels of the HTTP metrics. Every field has a bounded set of values.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    /// A standard method name, or `OTHER`.
+    pub method: &'static str,
+    /// The matched route template, or [`UNMATCHED_ROUTE`].
+    pub route: String,
+    /// `1xx` … `5xx`.
+    pub status: &'static str,
+}
+
+impl HttpLabels {
+    /// Labels of one request.
+    pub fn new(method: &Method, route: Option<&str>, status: StatusCode) -> Self {
+        Self {
+            method: method_label(method),
+            route: route.unwrap_or(UNMATCHED_ROUTE).to_owned(),
+            status: status_class(status),
+        }
+    }
+}
+
+type HistogramFamily = Family<HttpLabels, Histogram, fn() -> Histogram>;
+
+/// Request count and latency per method, route and status class.
+#[derive(Clone, Debug)]
+pub struct HttpMetrics {
+    requests: Family<HttpLabels, Counter>,
+    duration: HistogramFamily,
+}
+
+impl Default for HttpMetrics {
+    fn default() -> Self {
+        Self {
+            requests: Family::default(),
+            duration: HistogramFamily::new_with_constructor(|| {
+                // 100 µs to ~26 s, doubling: a health check lands in the
+                // first buckets, a long-poll fetch in the last ones.
+                Histogram::new(exponential_buckets(0.000_1, 2.0, 19))
+            }),
+        }
+    }
+}
+
+impl HttpMetrics {
+    /// Records one answered request.
+    pub fn observe(&self, labels: &HttpLabels, elapsed: Duration) {
+        self.requests.get_or_create(labels).inc();
+        self.duration
+            .get_or_create(labels)
+            .observe(elapsed.as_secs_f64());
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            names::HTTP_REQUESTS,
+            "HTTP requests answered, by method, route template and status class",
+            self.requests.clone(),
+        );
+        registry.register_with_unit(
+            names::HTTP_REQUEST_DURATION,
+            "Time to produce an HTTP response head, by method, route template and status class",
+            Unit::Seconds,
+            self.duration.clone(),
+        );
+    }
+}
+
+fn method_label(method: &Method) -> &'static str {
+    match method.as_str() {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "PATCH" => "PATCH",
+        "DELETE" => "DELETE",
+        "OPTIONS" => "OPTIONS",
+        "CONNECT" => "CONNECT",
+        "TRACE" => "TRACE",
+        _ => "OTHER",
+    }
+}
+
+fn status_class(status: StatusCode) -> &'static str {
+    match status.as_u16() / 100 {
+        1 => "1xx",
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        _ => "5xx",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn given_request_when_observed_should_expose_counter_and_histogram_with_labels() {
+        let metrics = Metrics::new();
+        let labels = HttpLabels::new(&Method::GET, Some("/healthz"), StatusCode::OK);
+        metrics.http().observe(&labels, Duration::from_millis(3));
+        let text = metrics.encode().unwrap();
+        assert!(
+            text.contains(
+                r#"herald_http_requests_total{method="GET",route="/healthz",status="2xx"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("herald_http_request_duration_seconds_bucket{"),
+            "{text}"
+        );
+        assert!(text.contains("herald_log_append_latency_seconds"), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn given_unusual_method_and_status_when_labelled_should_stay_bounded() {
+        let method = Method::from_bytes(b"BREW").unwrap();
+        let labels = HttpLabels::new(&method, None, StatusCode::from_u16(599).unwrap());
+        assert_eq!(labels.method, "OTHER");
+        assert_eq!(labels.route, UNMATCHED_ROUTE);
+        assert_eq!(labels.status, "5xx");
+    }
+}

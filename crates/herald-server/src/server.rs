@@ -1,0 +1,223 @@
+//! The server: built from [`Options`], run until cancelled.
+//!
+//! ```text
+//! Server::bind(options)     lock the data directory, bind the listener
+//! Server::run(cancel)       serve HTTP at once (/healthz 200, /readyz 503)
+//!                           open storage on a blocking thread → /readyz 200
+//!   cancel fires:
+//!     1. /readyz → 503 ("stopping")
+//!     2. stop accepting; drain in-flight requests, for at most
+//!        shutdown_timeout_ms (then the stragglers are dropped)
+//!     3. close storage: flush, fsync, close, release the data-dir lock
+//! ```
+//!
+//! Storage closes last so that no request still running can write to a
+//! closed store; HTTP serves before storage is open so that liveness probes
+//! answer during a long recovery.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::task::{JoinError, JoinHandle};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::Options;
+use crate::data_dir::{self, DataDir};
+use crate::http::{self, AppState, Phase, Readiness};
+use crate::metrics::Metrics;
+use crate::storage::{self, Storage};
+
+/// A bound, not yet serving, Herald server.
+#[derive(Debug)]
+pub struct Server {
+    options: Options,
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    data_dir: DataDir,
+    metrics: Arc<Metrics>,
+    readiness: Readiness,
+}
+
+/// Why the server could not start or did not stop cleanly. Every message
+/// names the path or address involved.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The data directory could not be created or locked.
+    #[error(transparent)]
+    DataDir(#[from] data_dir::Error),
+    /// The listener could not be bound.
+    #[error("cannot listen on {addr}")]
+    Bind {
+        /// The configured address.
+        addr: SocketAddr,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// Storage failed to open.
+    #[error("cannot open storage")]
+    OpenStorage(#[source] storage::Error),
+    /// Storage failed to close cleanly.
+    #[error("cannot close storage")]
+    CloseStorage(#[source] storage::Error),
+    /// The HTTP server stopped with an error.
+    #[error("the HTTP server failed")]
+    Http(#[source] io::Error),
+    /// The HTTP server stopped although nothing asked it to.
+    #[error("the HTTP server stopped unexpectedly")]
+    HttpStopped,
+    /// A server task panicked or was cancelled.
+    #[error("server task `{task}` failed")]
+    Task {
+        /// The task's name.
+        task: &'static str,
+        /// Why it did not complete.
+        #[source]
+        source: JoinError,
+    },
+}
+
+impl Server {
+    /// Locks the data directory and binds the listener. Connections queue
+    /// in the listen backlog until [`Server::run`] serves them.
+    ///
+    /// Fails fast, before anything is served, if either is unavailable.
+    pub async fn bind(options: Options) -> Result<Self, Error> {
+        // Blocking, but at startup: nothing is being served yet.
+        let data_dir = DataDir::open(&options.data_dir)?;
+        info!(path = %data_dir.path().display(), "Locked data directory.");
+        let bind_error = |source| Error::Bind {
+            addr: options.listen,
+            source,
+        };
+        let listener = TcpListener::bind(options.listen)
+            .await
+            .map_err(bind_error)?;
+        let local_addr = listener.local_addr().map_err(bind_error)?;
+        info!(addr = %local_addr, "Listening.");
+        Ok(Self {
+            options,
+            listener,
+            local_addr,
+            data_dir,
+            metrics: Metrics::new(),
+            readiness: Readiness::default(),
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The process's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The readiness state `/readyz` reports.
+    pub fn readiness(&self) -> &Readiness {
+        &self.readiness
+    }
+
+    /// Serves until `cancel` fires, then shuts down in order (see the module
+    /// docs). Returns `Ok` after a clean shutdown, also when draining timed
+    /// out.
+    pub async fn run(self, cancel: CancellationToken) -> Result<(), Error> {
+        let Self {
+            options,
+            listener,
+            local_addr: _,
+            data_dir,
+            metrics,
+            readiness,
+        } = self;
+
+        let app = http::router(AppState {
+            metrics: Arc::clone(&metrics),
+            readiness: readiness.clone(),
+        });
+        let stop_http = CancellationToken::new();
+        let mut http_task: JoinHandle<io::Result<()>> = tokio::spawn(
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop_http.clone().cancelled_owned())
+                .into_future(),
+        );
+
+        // Storage opens on a blocking thread: recovery reads files. A signal
+        // that arrives meanwhile takes effect once it has opened.
+        let log_metrics = Arc::clone(metrics.log());
+        let opening = tokio::task::spawn_blocking(move || Storage::open(data_dir, log_metrics));
+        let storage = tokio::select! {
+            opened = opening => match opened {
+                Ok(Ok(storage)) => storage,
+                Ok(Err(error)) => {
+                    stop_http.cancel();
+                    http_task.abort();
+                    return Err(Error::OpenStorage(error));
+                }
+                Err(source) => {
+                    http_task.abort();
+                    return Err(Error::Task { task: "open-storage", source });
+                }
+            },
+            served = &mut http_task => return Err(http_outcome(served).err().unwrap_or(Error::HttpStopped)),
+        };
+        readiness.set(Phase::Ready);
+        info!("Ready.");
+
+        let stopped_early = tokio::select! {
+            () = cancel.cancelled() => None,
+            served = &mut http_task => Some(served),
+        };
+        let http_result = match stopped_early {
+            Some(served) => Err(http_outcome(served).err().unwrap_or(Error::HttpStopped)),
+            None => {
+                info!("Shutting down.");
+                readiness.set(Phase::Stopping);
+                stop_http.cancel();
+                drain(http_task, &options).await
+            }
+        };
+
+        // Storage closes whatever happened to HTTP; an HTTP error is
+        // reported first since it came first.
+        let closed = storage.shutdown().await.map_err(Error::CloseStorage);
+        http_result.and(closed)?;
+        info!("Stopped.");
+        Ok(())
+    }
+}
+
+/// Waits for in-flight requests, at most `shutdown_timeout_ms`.
+async fn drain(mut http_task: JoinHandle<io::Result<()>>, options: &Options) -> Result<(), Error> {
+    match tokio::time::timeout(options.shutdown_timeout(), &mut http_task).await {
+        Ok(served) => {
+            info!("Drained in-flight requests.");
+            http_outcome(served)
+        }
+        Err(_elapsed) => {
+            warn!(
+                timeout_ms = options.shutdown_timeout_ms,
+                "In-flight requests did not finish in time; dropping them."
+            );
+            http_task.abort();
+            Ok(())
+        }
+    }
+}
+
+fn http_outcome(served: Result<io::Result<()>, JoinError>) -> Result<(), Error> {
+    match served {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(Error::Http(error)),
+        Err(source) => Err(Error::Task {
+            task: "http",
+            source,
+        }),
+    }
+}

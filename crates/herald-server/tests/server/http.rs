@@ -1,0 +1,88 @@
+//! The HTTP endpoints of a running server.
+
+use crate::support::{TestServer, wait_for_status};
+
+#[tokio::test]
+async fn given_running_server_when_get_healthz_should_answer_ok() {
+    let server = TestServer::start().await;
+    let response = reqwest::get(server.url("/healthz")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body, serde_json::json!({"status": "ok"}));
+}
+
+#[tokio::test]
+async fn given_storage_open_when_get_readyz_should_answer_ready() {
+    let server = TestServer::start().await;
+    let client = reqwest::Client::new();
+    let response = wait_for_status(&client, &server.url("/readyz"), 200).await;
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body, serde_json::json!({"status": "ready"}));
+}
+
+#[tokio::test]
+async fn given_requests_when_get_metrics_should_expose_log_and_http_metrics_as_openmetrics() {
+    let server = TestServer::start().await;
+    let client = reqwest::Client::new();
+    for path in ["/healthz", "/healthz", "/no/such/path"] {
+        client.get(server.url(path)).send().await.unwrap();
+    }
+
+    let response = client.get(server.url("/metrics")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    let text = response.text().await.unwrap();
+    for expected in [
+        "# TYPE herald_log_append_latency_seconds histogram",
+        "# TYPE herald_log_fsync_latency_seconds histogram",
+        r#"herald_http_requests_total{method="GET",route="/healthz",status="2xx"} 2"#,
+        r#"herald_http_requests_total{method="GET",route="unmatched",status="4xx"} 1"#,
+        r#"herald_http_request_duration_seconds_count{method="GET",route="/healthz",status="2xx"} 2"#,
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    assert!(
+        !text.contains("/no/such/path"),
+        "raw paths must not become labels"
+    );
+}
+
+#[tokio::test]
+async fn given_unknown_path_when_requested_should_answer_404_problem_json() {
+    let server = TestServer::start().await;
+    let response = reqwest::get(server.url("/no/such/path")).await.unwrap();
+    assert_eq!(response.status(), 404);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let problem: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(problem["type"], "urn:herald:problem:not_found");
+    assert_eq!(problem["title"], "Not found");
+    assert_eq!(problem["status"], 404);
+    assert_eq!(problem["code"], "not_found");
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(detail.contains("/no/such/path"), "{detail}");
+}
+
+#[tokio::test]
+async fn given_known_path_when_wrong_method_should_answer_405_problem_json() {
+    let server = TestServer::start().await;
+    let response = reqwest::Client::new()
+        .post(server.url("/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let problem: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(problem["code"], "method_not_allowed");
+    assert_eq!(problem["status"], 405);
+}

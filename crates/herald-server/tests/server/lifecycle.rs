@@ -1,0 +1,101 @@
+//! Startup failures and graceful shutdown.
+
+use tokio::io::AsyncWriteExt;
+
+use crate::support::{
+    TestServer, run_to_exit, serve, serve_with_data_dir, single_error, wait_for_status,
+};
+
+#[tokio::test]
+async fn given_running_server_when_sigterm_should_exit_zero_and_release_the_data_dir() {
+    let server = TestServer::start().await;
+    let response = reqwest::get(server.url("/healthz")).await.unwrap();
+    assert_eq!(response.status(), 200);
+
+    server.signal("TERM").await;
+    let (status, stderr, dir) = server.wait().await;
+    assert_eq!(status.code(), Some(0), "stderr:\n{stderr}");
+    assert!(stderr.contains("Stopped."), "stderr:\n{stderr}");
+
+    // The lock went with the process: a new server can take the directory.
+    let command = serve(dir.path());
+    let restarted = TestServer::spawn(dir, command).await;
+    restarted.signal("TERM").await;
+    let (status, stderr, _dir) = restarted.wait().await;
+    assert_eq!(status.code(), Some(0), "stderr:\n{stderr}");
+}
+
+#[tokio::test]
+async fn given_running_server_when_sigint_should_exit_zero() {
+    let server = TestServer::start().await;
+    server.signal("INT").await;
+    let (status, stderr, _dir) = server.wait().await;
+    assert_eq!(status.code(), Some(0), "stderr:\n{stderr}");
+}
+
+#[tokio::test]
+async fn given_locked_data_dir_when_second_server_starts_should_fail_naming_dir() {
+    let first = TestServer::start().await;
+    let data_dir = first.data_dir();
+
+    let second_cwd = tempfile::tempdir().unwrap();
+    let output = run_to_exit(serve_with_data_dir(second_cwd.path(), &data_dir)).await;
+
+    let error = single_error(&output, 1);
+    assert!(error.contains(&data_dir.display().to_string()), "{error}");
+    assert!(
+        error.contains("locked by another herald process"),
+        "{error}"
+    );
+
+    first.signal("TERM").await;
+    let (status, _, _) = first.wait().await;
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn given_data_dir_under_regular_file_when_serve_should_fail_with_one_line_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, b"").unwrap();
+    let data_dir = file.join("data");
+
+    let output = run_to_exit(serve_with_data_dir(dir.path(), &data_dir)).await;
+
+    let error = single_error(&output, 1);
+    assert!(
+        error.starts_with(&format!(
+            "error: cannot create data directory {}: ",
+            data_dir.display()
+        )),
+        "{error}"
+    );
+    assert!(error.contains("Not a directory"), "{error}");
+}
+
+#[tokio::test]
+async fn given_request_in_flight_when_sigterm_should_drain_at_most_shutdown_timeout_then_exit_zero()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = serve(dir.path());
+    command.env("HERALD_SHUTDOWN_TIMEOUT_MS", "200");
+    let server = TestServer::spawn(dir, command).await;
+    // A request whose head never completes stays in flight until dropped.
+    let mut stalled = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    stalled
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: herald\r\n")
+        .await
+        .unwrap();
+    let client = reqwest::Client::new();
+    wait_for_status(&client, &server.url("/readyz"), 200).await;
+
+    server.signal("TERM").await;
+    let (status, stderr, _dir) = server.wait().await;
+
+    assert_eq!(status.code(), Some(0), "stderr:\n{stderr}");
+    assert!(
+        stderr.contains("did not finish in time"),
+        "stderr:\n{stderr}"
+    );
+    assert!(stderr.contains("Closed storage."), "stderr:\n{stderr}");
+}

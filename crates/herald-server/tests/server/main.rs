@@ -1,0 +1,10 @@
+//! End-to-end tests of the `herald` binary, run as a child process: each test
+//! gets its own temp directory (working directory and data directory) and
+//! port 0, and readies the server by the address it prints on stdout.
+//!
+//! One test binary for the crate (builds are slow); areas are modules.
+
+mod config;
+mod http;
+mod lifecycle;
+mod support;

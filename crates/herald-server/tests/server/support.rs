@@ -1,0 +1,200 @@
+//! Spawning `herald` and talking to it.
+//!
+//! Helpers of tests: a step that fails fails the test, with a message.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test helpers; clippy only exempts #[test] functions themselves"
+)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Output, Stdio};
+use std::time::Duration;
+
+use tempfile::TempDir;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::process::{Child, ChildStdout, Command};
+use tokio::task::JoinHandle;
+
+/// Generous: a cold machine under a parallel test run is slow to exec.
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a server may take to stop after SIGTERM.
+pub const EXIT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Prefix of the line `herald serve` prints once bound.
+pub const LISTENING: &str = "herald listening on ";
+
+/// `herald <args>` isolated from the caller: no inherited `HERALD_*`
+/// variables, working directory `cwd`, no stdin, killed if dropped.
+pub fn herald(cwd: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
+    for (name, _) in std::env::vars_os() {
+        if name.as_encoded_bytes().starts_with(b"HERALD_") {
+            command.env_remove(name);
+        }
+    }
+    command
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    command
+}
+
+/// `herald serve` in `dir` on port 0, with data directory `dir/data`.
+pub fn serve(dir: &Path) -> Command {
+    serve_with_data_dir(dir, &dir.join("data"))
+}
+
+/// `herald serve` in `cwd` on port 0, with data directory `data_dir`.
+pub fn serve_with_data_dir(cwd: &Path, data_dir: &Path) -> Command {
+    let mut command = herald(cwd);
+    command.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]);
+    command.arg(data_dir);
+    command
+}
+
+/// Runs `command` to completion (it must exit within [`STARTUP_TIMEOUT`]).
+pub async fn run_to_exit(mut command: Command) -> Output {
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    tokio::time::timeout(STARTUP_TIMEOUT, command.output())
+        .await
+        .expect("herald should exit by itself")
+        .expect("herald should spawn")
+}
+
+/// The lines of `stderr` that report a fatal error.
+pub fn error_lines(output: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&output.stderr)
+        .lines()
+        .filter(|line| line.starts_with("error:"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Asserts that `output` failed with `code` and exactly one `error:` line,
+/// which it returns.
+pub fn single_error(output: &Output, code: i32) -> String {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(code), "stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "stderr: {stderr}");
+    let errors = error_lines(output);
+    assert_eq!(errors.len(), 1, "stderr: {stderr}");
+    errors.into_iter().next().unwrap_or_default()
+}
+
+/// A running `herald serve`.
+pub struct TestServer {
+    /// The address it reported.
+    pub addr: SocketAddr,
+    /// Its working directory; the data directory is `data` inside it.
+    pub dir: TempDir,
+    child: Child,
+    stderr: JoinHandle<String>,
+}
+
+impl TestServer {
+    /// Starts a server in a fresh temp directory.
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let command = serve(dir.path());
+        Self::spawn(dir, command).await
+    }
+
+    /// Spawns `command` (a `herald serve`) and waits for its address.
+    pub async fn spawn(dir: TempDir, mut command: Command) -> Self {
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("herald should spawn");
+        let mut stderr = child.stderr.take().unwrap();
+        let stderr = tokio::spawn(async move {
+            let mut text = String::new();
+            let _ = stderr.read_to_string(&mut text).await;
+            text
+        });
+        let stdout = child.stdout.take().unwrap();
+        let addr = match tokio::time::timeout(STARTUP_TIMEOUT, read_address(stdout)).await {
+            Ok(Some(addr)) => addr,
+            Ok(None) => {
+                let status = child.wait().await.unwrap();
+                panic!(
+                    "herald exited ({status}) without listening; stderr:\n{}",
+                    stderr.await.unwrap()
+                );
+            }
+            Err(_) => panic!("herald did not report its address in {STARTUP_TIMEOUT:?}"),
+        };
+        Self {
+            addr,
+            dir,
+            child,
+            stderr,
+        }
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// `http://<addr><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Sends `signal` (`TERM`, `INT`) to the server.
+    pub async fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("server still running");
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .await
+            .unwrap();
+        assert!(status.success(), "kill -{signal} {pid} failed");
+    }
+
+    /// Waits for the server to exit (within [`EXIT_TIMEOUT`]); returns its
+    /// status and everything it wrote to stderr.
+    pub async fn wait(mut self) -> (ExitStatus, String, TempDir) {
+        let status = tokio::time::timeout(EXIT_TIMEOUT, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("herald did not exit within {EXIT_TIMEOUT:?}"))
+            .unwrap();
+        let stderr = self.stderr.await.unwrap();
+        (status, stderr, self.dir)
+    }
+}
+
+/// Reads stdout until the listening line; `None` if stdout closes first.
+async fn read_address(stdout: ChildStdout) -> Option<SocketAddr> {
+    let mut lines = BufReader::new(stdout).lines();
+    while let Some(line) = lines.next_line().await.ok()? {
+        if let Some(addr) = line.strip_prefix(LISTENING) {
+            return Some(addr.trim().parse().expect("a socket address"));
+        }
+    }
+    None
+}
+
+/// Polls `url` until it answers `status`, for at most [`STARTUP_TIMEOUT`].
+pub async fn wait_for_status(
+    client: &reqwest::Client,
+    url: &str,
+    status: u16,
+) -> reqwest::Response {
+    let deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
+    loop {
+        let response = client.get(url).send().await.unwrap();
+        if response.status().as_u16() == status {
+            return response;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{url} still answers {} after {STARTUP_TIMEOUT:?}",
+            response.status()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
