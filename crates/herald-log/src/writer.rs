@@ -14,6 +14,15 @@
 //! ways — that is the whole of group commit, and it needs no timer: an
 //! append that arrives at an idle writer goes out at once.
 //!
+//! One refinement makes the rounds full under `fsync = always`. Callers that
+//! keep one append in flight come back in cohorts: the callers acknowledged
+//! by round `k` re-append while round `k + 1` is in its fsync, so without
+//! help the rounds alternate between two halves of the callers. So when the
+//! previous round carried `n > 1` appends, the next one waits (at most
+//! `commit_linger`, from its first append) until `n` appends have arrived.
+//! A lone caller (`n = 1`) never waits, so serial latency is one write plus
+//! one fsync.
+//!
 //! The writer is a dedicated OS thread (its work is blocking file I/O, which
 //! must never run on an async request task). Callers are async: they wait
 //! for a queue permit (backpressure) and for their acknowledgement without
@@ -30,7 +39,7 @@ use tracing::{error, warn};
 
 use crate::error::LogError;
 use crate::format::NewRecord;
-use crate::log::{AppendAck, Log, LogReader};
+use crate::log::{AppendAck, FsyncPolicy, Log, LogReader};
 use crate::metrics::LogMetrics;
 
 /// How the writer thread runs.
@@ -45,6 +54,11 @@ pub struct WriterOptions {
     pub max_round_bytes: usize,
     /// How often retention runs.
     pub retention_interval: Duration,
+    /// Under `fsync = always`, how long a round may wait for the callers of
+    /// the previous round to come back (see the module docs). Zero turns it
+    /// off. 100 µs: measured best of 0/50/100/200/400 µs with 64 appenders on
+    /// the development machine (about half of one fdatasync there).
+    pub commit_linger: Duration,
 }
 
 impl Default for WriterOptions {
@@ -53,6 +67,7 @@ impl Default for WriterOptions {
             queue_capacity: 4096,
             max_round_bytes: 4 * 1024 * 1024,
             retention_interval: Duration::from_secs(30),
+            commit_linger: Duration::from_micros(100),
         }
     }
 }
@@ -98,6 +113,7 @@ impl LogHandle {
         );
         let permits = Arc::new(Semaphore::new(options.queue_capacity.max(1)));
         let writer = Writer {
+            last_round_appends: 0,
             log: Some(log),
             receiver,
             options,
@@ -180,6 +196,8 @@ impl LogHandle {
 }
 
 struct Writer {
+    /// Appends the previous commit round carried.
+    last_round_appends: usize,
     log: Option<Log>,
     receiver: mpsc::Receiver<Command>,
     options: WriterOptions,
@@ -223,6 +241,12 @@ impl Writer {
             };
             let mut control = None;
             let mut round_bytes = 0;
+            let linger_until = Instant::now() + self.options.commit_linger;
+            let cohort = if log.options().fsync == FsyncPolicy::Always {
+                self.last_round_appends
+            } else {
+                0
+            };
             let mut next = Some(first);
             while let Some(command) = next.take() {
                 match command {
@@ -252,8 +276,13 @@ impl Writer {
                 }
                 if round_bytes < self.options.max_round_bytes {
                     next = self.receiver.try_recv().ok();
+                    if next.is_none() && round.len() < cohort {
+                        let left = linger_until.saturating_duration_since(Instant::now());
+                        next = self.receiver.recv_timeout(left).ok();
+                    }
                 }
             }
+            self.last_round_appends = round.len();
             self.commit(&mut round);
             if let Some(command) = control
                 && self.on_control(command)
