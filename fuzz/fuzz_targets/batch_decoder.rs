@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
     if data.len() >= BATCH_HEADER_LEN {
         let mut fixed = data.to_vec();
         let length = u32::from_le_bytes([data[8], data[9], data[10], data[11]]) as usize;
-        let end = (12 + length).min(fixed.len());
+        let end = (12 + length).clamp(16, fixed.len());
         let crc = crc32c(&fixed[16..end]);
         fixed[12..16].copy_from_slice(&crc.to_le_bytes());
         check(&fixed);
