@@ -1,0 +1,17 @@
+//! Herald's value types: the names of topics, groups and streams; positions
+//! in a topic; Kafka-compatible key partitioning; and RFC 3339 timestamps.
+//!
+//! Pure values and pure functions: no I/O, no async. Every parser here is
+//! total: bad input gives an error that says what to fix, never a panic.
+
+mod names;
+mod partition;
+mod position;
+mod time;
+
+pub use names::{GroupName, InvalidName, MAX_NAME_LEN, StreamId, TopicName};
+pub use partition::{murmur2, partition_for_key};
+pub use position::{InvalidPosition, Position, Positions};
+pub use time::{
+    InvalidTimestamp, MAX_RFC3339_MS, MIN_RFC3339_MS, format_rfc3339_ms, parse_rfc3339_ms,
+};
