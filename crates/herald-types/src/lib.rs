@@ -1,14 +1,19 @@
-//! Herald's value types: the names of topics, groups and streams; positions
-//! in a topic; Kafka-compatible key partitioning; and RFC 3339 timestamps.
+//! Herald's value types: the names of topics, groups and streams; the event
+//! envelope (CloudEvents 1.0 plus Herald's attributes) with its JSON and HTTP
+//! binary-mode codecs; positions in a topic; Kafka-compatible key
+//! partitioning; and RFC 3339 timestamps.
 //!
-//! Pure values and pure functions: no I/O, no async. Every parser here is
+//! Pure values and pure functions: no I/O, no async, no global state beyond
+//! the counter that keeps generated event ids monotonic. Every parser here is
 //! total: bad input gives an error that says what to fix, never a panic.
 
+mod event;
 mod names;
 mod partition;
 mod position;
 mod time;
 
+pub use event::{Event, EventError, EventInput, ExtensionValue, SPEC_VERSION, StoredEvent};
 pub use names::{GroupName, InvalidName, MAX_NAME_LEN, StreamId, TopicName};
 pub use partition::{murmur2, partition_for_key};
 pub use position::{InvalidPosition, Position, Positions};
