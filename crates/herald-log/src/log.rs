@@ -386,6 +386,12 @@ impl Log {
         &self.options
     }
 
+    /// Replaces the retention limits; they apply from the next
+    /// [`Log::apply_retention`].
+    pub fn set_retention(&mut self, retention: Retention) {
+        self.options.retention = retention;
+    }
+
     /// The log's directory.
     pub fn dir(&self) -> &Path {
         &self.dir

@@ -92,6 +92,7 @@ enum Command {
     Sync(oneshot::Sender<Result<(), LogError>>),
     Roll(oneshot::Sender<Result<(), LogError>>),
     Retention(oneshot::Sender<Result<usize, LogError>>),
+    SetRetention(crate::log::Retention, oneshot::Sender<Result<(), LogError>>),
     Close(oneshot::Sender<Result<(), LogError>>),
 }
 
@@ -164,6 +165,12 @@ impl LogHandle {
     /// Applies retention now; returns how many segments were removed.
     pub async fn apply_retention(&self) -> Result<usize, LogError> {
         self.request(Command::Retention).await
+    }
+
+    /// Replaces the retention limits (applied at the next retention run).
+    pub async fn set_retention(&self, retention: crate::log::Retention) -> Result<(), LogError> {
+        self.request(|reply| Command::SetRetention(retention, reply))
+            .await
     }
 
     /// Finishes the appends queued so far, closes the log cleanly and stops
@@ -339,6 +346,11 @@ impl Writer {
             Command::Retention(reply) => {
                 self.last_retention = Instant::now();
                 let _ = reply.send(log.apply_retention());
+                false
+            }
+            Command::SetRetention(retention, reply) => {
+                log.set_retention(retention);
+                let _ = reply.send(Ok(()));
                 false
             }
             Command::Close(reply) => {

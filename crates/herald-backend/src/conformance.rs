@@ -1,0 +1,1499 @@
+//! The conformance suite: the semantics of [`Backend`] as executable checks.
+//! Every backend runs all of it through [`conformance_suite!`]:
+//!
+//! ```ignore
+//! struct Embedded { /* temp dir, backend */ }
+//! #[async_trait::async_trait]
+//! impl herald_backend::conformance::Harness for Embedded { /* start, backend, restart */ }
+//! herald_backend::conformance_suite!(Embedded);
+//! ```
+//!
+//! Checks wait on conditions (a fetch's long-poll, a bounded retry loop),
+//! never on fixed sleeps, and assert outcomes. Lease and delay timings use
+//! short settings (hundreds of ms) so the suite stays quick.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test support"
+)]
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use herald_types::{Event, EventInput, GroupName, TopicName};
+
+use crate::{
+    Backend, CommitRequest, Delivery, Error, Expect, FetchRequest, Fsync, GroupFilter, GroupMode,
+    GroupSpec, PartitionOffset, RetentionSpec, StartPosition, TopicSpec, TopicUpdate,
+};
+
+/// What the suite needs from a backend's test setup.
+#[async_trait]
+pub trait Harness: Send + Sync + Sized + 'static {
+    /// A fresh backend on empty storage.
+    async fn start() -> Self;
+    /// The backend under test.
+    fn backend(&self) -> Arc<dyn Backend>;
+    /// Shuts the backend down cleanly and opens it again on the same storage.
+    async fn restart(self) -> Self;
+}
+
+/// Generates one `#[tokio::test]` per conformance check for harness `$harness`.
+#[macro_export]
+macro_rules! conformance_suite {
+    ($harness:ty) => {
+        $crate::conformance_suite!(@tests $harness;
+            topics_are_created_listed_described_updated_and_deleted,
+            invalid_topic_settings_are_refused_and_change_nothing,
+            publish_assigns_dense_offsets_and_keys_keep_their_partition,
+            a_batch_lands_in_order_and_an_invalid_event_fails_it_whole,
+            republished_ids_within_the_window_are_not_appended_twice,
+            reads_by_offset_and_time_and_waits_for_new_events,
+            queue_hands_out_each_event_once_and_acked_events_never_return,
+            acks_are_idempotent_and_unknown_ids_are_reported,
+            an_expired_lease_is_redelivered_to_another_member,
+            nack_redelivers_after_the_delay_and_backoff,
+            max_deliveries_sends_the_event_to_dead_letters_and_redrive_brings_it_back,
+            reject_dead_letters_at_once_and_copies_to_the_dead_letter_topic,
+            extend_keeps_the_lease,
+            a_member_that_leaves_returns_its_leases_at_once,
+            max_in_flight_limits_outstanding_leases,
+            delayed_events_are_not_delivered_before_their_time,
+            filters_skip_events_and_count_them_as_handled,
+            start_positions_and_reset_move_the_group,
+            keyed_groups_keep_one_event_per_key_in_flight_in_order,
+            stream_groups_assign_partitions_and_fence_stale_generations,
+            stream_commits_survive_a_restart,
+            queue_state_survives_a_restart,
+            topics_groups_and_dedup_survive_a_restart,
+            kv_compare_and_set,
+        );
+    };
+    (@tests $harness:ty; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                $crate::conformance::$name::<$harness>().await;
+            }
+        )*
+    };
+}
+
+// ---------------------------------------------------------------- helpers --
+
+fn topic(name: &str) -> TopicName {
+    name.parse().unwrap()
+}
+
+fn group(name: &str) -> GroupName {
+    name.parse().unwrap()
+}
+
+fn event(id: &str, ty: &str) -> EventInput {
+    let mut event = Event::new(id, "/conformance", ty);
+    event.data = Some(Bytes::from(format!("{{\"id\":\"{id}\"}}")));
+    event.datacontenttype = Some("application/json".into());
+    EventInput {
+        event,
+        partition: None,
+    }
+}
+
+fn keyed(id: &str, key: &str) -> EventInput {
+    let mut input = event(id, "test.keyed");
+    input.event.key = Some(key.into());
+    input
+}
+
+async fn make_topic(backend: &dyn Backend, name: &str, partitions: u32) -> TopicName {
+    let mut spec = TopicSpec::new(topic(name));
+    spec.partitions = partitions;
+    backend.create_topic(spec).await.unwrap();
+    topic(name)
+}
+
+fn queue_spec(mode: GroupMode) -> GroupSpec {
+    let mut spec = GroupSpec::new(mode);
+    spec.ack_wait_ms = 300;
+    spec.backoff_ms = vec![50];
+    spec.max_deliveries = 3;
+    spec
+}
+
+fn fetch_request(member: &str, max: u32, wait_ms: u64) -> FetchRequest {
+    FetchRequest {
+        member: member.into(),
+        max,
+        wait_ms,
+    }
+}
+
+fn ids(deliveries: &[Delivery]) -> Vec<String> {
+    deliveries
+        .iter()
+        .map(|delivery| delivery.delivery_id.clone())
+        .collect()
+}
+
+fn event_ids(deliveries: &[Delivery]) -> Vec<String> {
+    deliveries
+        .iter()
+        .map(|delivery| delivery.event.event.id.clone())
+        .collect()
+}
+
+/// Fetches until `count` deliveries arrived in total or `timeout` passed.
+async fn fetch_until(
+    backend: &dyn Backend,
+    topic: &TopicName,
+    group: &GroupName,
+    member: &str,
+    count: usize,
+    timeout: Duration,
+) -> Vec<Delivery> {
+    let deadline = Instant::now() + timeout;
+    let mut all = Vec::new();
+    while all.len() < count && Instant::now() < deadline {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let wait = u64::try_from(left.as_millis())
+            .unwrap_or(u64::MAX)
+            .min(1_000);
+        let want = u32::try_from(count - all.len()).unwrap_or(u32::MAX);
+        let response = backend
+            .fetch(topic, group, fetch_request(member, want, wait))
+            .await
+            .unwrap();
+        all.extend(response.deliveries);
+    }
+    all
+}
+
+async fn publish_all(backend: &dyn Backend, topic: &TopicName, events: Vec<EventInput>) {
+    backend.publish(topic, events).await.unwrap();
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+const LONG: Duration = Duration::from_secs(10);
+
+// ----------------------------------------------------------------- topics --
+
+/// Topics: create, list, describe, update, delete; duplicates and unknowns.
+pub async fn topics_are_created_listed_described_updated_and_deleted<H: Harness>() {
+    let harness = H::start().await;
+    let backend = harness.backend();
+    let orders = make_topic(&*backend, "orders", 3).await;
+    assert!(matches!(
+        backend.create_topic(TopicSpec::new(orders.clone())).await,
+        Err(Error::TopicExists { .. })
+    ));
+    make_topic(&*backend, "audit", 1).await;
+    let names: Vec<String> = backend
+        .list_topics()
+        .await
+        .unwrap()
+        .iter()
+        .map(|info| info.spec.name.to_string())
+        .collect();
+    assert_eq!(names, ["audit", "orders"]);
+    let described = backend.describe_topic(&orders).await.unwrap();
+    assert_eq!(described.partition_info.len(), 3);
+    assert!(
+        described
+            .partition_info
+            .iter()
+            .all(|partition| partition.end_offset == 0)
+    );
+
+    let update = TopicUpdate {
+        retention: Some(RetentionSpec {
+            max_events: Some(1_000),
+            ..RetentionSpec::default()
+        }),
+        max_event_bytes: Some(4096),
+        ..TopicUpdate::default()
+    };
+    let updated = backend.update_topic(&orders, update).await.unwrap();
+    assert_eq!(updated.spec.max_event_bytes, 4096);
+    assert_eq!(updated.spec.retention.max_events, Some(1_000));
+    assert_eq!(
+        backend
+            .describe_topic(&orders)
+            .await
+            .unwrap()
+            .info
+            .spec
+            .max_event_bytes,
+        4096
+    );
+
+    backend.delete_topic(&orders).await.unwrap();
+    assert!(matches!(
+        backend.describe_topic(&orders).await,
+        Err(Error::TopicNotFound { .. })
+    ));
+    assert!(matches!(
+        backend.delete_topic(&orders).await,
+        Err(Error::TopicNotFound { .. })
+    ));
+    assert!(matches!(
+        backend.publish(&orders, vec![event("a", "t")]).await,
+        Err(Error::TopicNotFound { .. })
+    ));
+    // The name can be used again, and starts empty.
+    make_topic(&*backend, "orders", 1).await;
+    assert_eq!(
+        backend
+            .describe_topic(&orders)
+            .await
+            .unwrap()
+            .partition_info[0]
+            .end_offset,
+        0
+    );
+    backend.shutdown().await.unwrap();
+}
+
+/// Invalid settings are refused with the offending field and change nothing.
+pub async fn invalid_topic_settings_are_refused_and_change_nothing<H: Harness>() {
+    let harness = H::start().await;
+    let backend = harness.backend();
+    let mut spec = TopicSpec::new(topic("bad"));
+    spec.partitions = 0;
+    match backend.create_topic(spec).await {
+        Err(Error::InvalidArgument { field, .. }) => assert_eq!(field, "partitions"),
+        other => panic!("expected invalid partitions, got {other:?}"),
+    }
+    let mut spec = TopicSpec::new(topic("bad"));
+    spec.fsync = Fsync::Interval;
+    spec.fsync_interval_ms = 0;
+    assert!(matches!(
+        backend.create_topic(spec).await,
+        Err(Error::InvalidArgument { .. })
+    ));
+    assert!(backend.list_topics().await.unwrap().is_empty());
+    let good = make_topic(&*backend, "good", 1).await;
+    let update = TopicUpdate {
+        max_event_bytes: Some(0),
+        ..TopicUpdate::default()
+    };
+    assert!(matches!(
+        backend.update_topic(&good, update).await,
+        Err(Error::InvalidArgument { .. })
+    ));
+    assert_eq!(
+        backend
+            .describe_topic(&good)
+            .await
+            .unwrap()
+            .info
+            .spec
+            .max_event_bytes,
+        1024 * 1024
+    );
+    backend.shutdown().await.unwrap();
+}
+
+// ----------------------------------------------------------------- events --
+
+/// Offsets are dense per partition; a key always maps to the same partition;
+/// an explicit partition is honoured and an unknown one refused.
+pub async fn publish_assigns_dense_offsets_and_keys_keep_their_partition<H: Harness>() {
+    let harness = H::start().await;
+    let backend = harness.backend();
+    let orders = make_topic(&*backend, "orders", 4).await;
+    let mut by_key: HashMap<String, BTreeSet<u32>> = HashMap::new();
+    let mut offsets: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+    for index in 0..40 {
+        let key = format!("customer-{}", index % 5);
+        let results = backend
+            .publish(&orders, vec![keyed(&format!("e{index}"), &key)])
+            .await
+            .unwrap();
+        by_key.entry(key).or_default().insert(results[0].partition);
+        offsets
+            .entry(results[0].partition)
+            .or_default()
+            .push(results[0].offset);
+    }
+    assert!(
+        by_key.values().all(|partitions| partitions.len() == 1),
+        "a key moved: {by_key:?}"
+    );
+    for (partition, list) in &offsets {
+        assert_eq!(
+            *list,
+            (0..list.len() as u64).collect::<Vec<_>>(),
+            "partition {partition} not dense"
+        );
+    }
+    let mut explicit = event("explicit", "t");
+    explicit.partition = Some(3);
+    assert_eq!(
+        backend.publish(&orders, vec![explicit]).await.unwrap()[0].partition,
+        3
+    );
+    let mut wrong = event("wrong", "t");
+    wrong.partition = Some(4);
+    assert!(matches!(
+        backend.publish(&orders, vec![wrong]).await,
+        Err(Error::PartitionNotFound { .. })
+    ));
+    backend.shutdown().await.unwrap();
+}
+
+/// A batch's events of one partition land contiguously and in order; one
+/// invalid event (too large) fails the whole batch and appends nothing.
+pub async fn a_batch_lands_in_order_and_an_invalid_event_fails_it_whole<H: Harness>() {
+    let harness = H::start().await;
+    let backend = harness.backend();
+    let mut spec = TopicSpec::new(topic("batch"));
+    spec.max_event_bytes = 2048;
+    backend.create_topic(spec).await.unwrap();
+    let batch = topic("batch");
+    let events: Vec<EventInput> = (0..10)
+        .map(|index| event(&format!("b{index}"), "t"))
+        .collect();
+    let results = backend.publish(&batch, events).await.unwrap();
+    assert_eq!(
+        results
+            .iter()
+            .map(|result| result.offset)
+            .collect::<Vec<_>>(),
+        (0..10).collect::<Vec<_>>()
+    );
+    let read = backend.read(&batch, 0, 0, 100).await.unwrap();
+    assert_eq!(
+        read.events
+            .iter()
+            .map(|stored| stored.event.id.clone())
+            .collect::<Vec<_>>(),
+        (0..10).map(|index| format!("b{index}")).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        read.events[3].event.data,
+        Some(Bytes::from("{\"id\":\"b3\"}"))
+    );
+
+    let mut too_big = event("big", "t");
+    too_big.event.data = Some(Bytes::from(vec![b'x'; 4096]));
+    let mixed = vec![event("ok-1", "t"), too_big, event("ok-2", "t")];
+    assert!(matches!(
+        backend.publish(&batch, mixed).await,
+        Err(Error::PayloadTooLarge { max: 2048, .. })
+    ));
+    assert_eq!(
+        backend.describe_topic(&batch).await.unwrap().partition_info[0].end_offset,
+        10
+    );
+    assert!(matches!(
+        backend.publish(&batch, Vec::new()).await,
+        Err(Error::InvalidArgument { .. })
+    ));
+    backend.shutdown().await.unwrap();
+}
+
+/// Re-publishing an id within the dedup window returns the original position.
+pub async fn republished_ids_within_the_window_are_not_appended_twice<H: Harness>() {
+    let harness = H::start().await;
+    let backend = harness.backend();
+    let orders = make_topic(&*backend, "orders", 2).await;
+    let first = backend
+        .publish(&orders, vec![keyed("order-1", "a")])
+        .await
+        .unwrap();
+    assert!(!first[0].duplicate);
+    let again = backend
+        .publish(&orders, vec![keyed("order-1", "a"), keyed("order-2", "a")])
+        .await
+        .unwrap();
+    assert!(again[0].duplicate);
+    assert_eq!(
+        (again[0].partition, again[0].offset),
+        (first[0].partition, first[0].offset)
+    );
+    assert!(!again[1].duplicate);
+    let same_call = backend
+        .publish(&orders, vec![keyed("order-3", "b"), keyed("order-3", "b")])
+        .await
+        .unwrap();
+    assert!(!same_call[0].duplicate && same_call[1].duplicate);
+    assert_eq!(same_call[0].offset, same_call[1].offset);
+    // Concurrent publishes of one id: exactly one appends.
+    let racers: Vec<_> = (0..8)
+        .map(|_| {
+            let backend = Arc::clone(&backend);
+            let orders = orders.clone();
+            tokio::spawn(async move {
+                backend
+                    .publish(&orders, vec![keyed("raced", "c")])
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut appended = 0;
+    let mut positions = BTreeSet::new();
+    for racer in racers {
+        let result = racer.await.unwrap();
+        appended += usize::from(!result[0].duplicate);
+        positions.insert((result[0].partition, result[0].offset));
+    }
+    assert_eq!(appended, 1);
+    assert_eq!(positions.len(), 1);
+    let total: u64 = backend
+        .describe_topic(&orders)
+        .await
+        .unwrap()
+        .partition_info
+        .iter()
+        .map(|p| p.end_offset)
+        .sum();
+    assert_eq!(total, 4, "order-1, order-2, order-3, raced");
+    backend.shutdown().await.unwrap();
+}
+
+/// Reads from an offset, seeks by time, and wakes a waiter on a new event.
+pub async fn reads_by_offset_and_time_and_waits_for_new_events<H: Harness>() {
+    let harness = H::start().await;
+    let backend = harness.backend();
+    let log = make_topic(&*backend, "log", 1).await;
+    let before = now_ms();
+    publish_all(
+        &*backend,
+        &log,
+        (0..5)
+            .map(|index| event(&format!("r{index}"), "t"))
+            .collect(),
+    )
+    .await;
+    let read = backend.read(&log, 0, 2, 2).await.unwrap();
+    assert_eq!(
+        read.events
+            .iter()
+            .map(|stored| stored.offset)
+            .collect::<Vec<_>>(),
+        [2, 3]
+    );
+    assert_eq!(read.next_offset, 4);
+    assert!(
+        read.events
+            .iter()
+            .all(|stored| stored.appended_at >= before - 1000)
+    );
+    assert_eq!(
+        backend
+            .offset_for_time(&log, 0, before - 60_000)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        backend
+            .offset_for_time(&log, 0, now_ms() + 60_000)
+            .await
+            .unwrap(),
+        5
+    );
+    assert!(matches!(
+        backend.read(&log, 9, 0, 1).await,
+        Err(Error::PartitionNotFound { .. })
+    ));
+
+    let waiter = {
+        let (backend, log) = (Arc::clone(&backend), log.clone());
+        tokio::spawn(async move { backend.wait_for(&log, 0, 5, LONG).await.unwrap() })
+    };
+    publish_all(&*backend, &log, vec![event("r5", "t")]).await;
+    assert_eq!(waiter.await.unwrap(), 6);
+    backend.shutdown().await.unwrap();
+}
+
+// ------------------------------------------------------------ queue groups --
+
+/// Two members share a queue group: every event goes to exactly one of
+/// them; acked events never come back.
+pub async fn queue_hands_out_each_event_once_and_acked_events_never_return<H: Harness>() {
+    let harness = H::start().await;
+    let backend = harness.backend();
+    let jobs = make_topic(&*backend, "jobs", 3).await;
+    let workers = group("workers");
+    let (_, created) = backend
+        .put_group(&jobs, &workers, queue_spec(GroupMode::Queue))
+        .await
+        .unwrap();
+    assert!(created);
+    publish_all(
+        &*backend,
+        &jobs,
+        (0..30)
+            .map(|index| event(&format!("j{index}"), "t"))
+            .collect(),
+    )
+    .await;
+    let first = fetch_until(&*backend, &jobs, &workers, "w1", 15, LONG).await;
+    let second = fetch_until(&*backend, &jobs, &workers, "w2", 15, LONG).await;
+    let mut seen: Vec<String> = event_ids(&first)
+        .into_iter()
+        .chain(event_ids(&second))
+        .collect();
+    seen.sort();
+    let mut expected: Vec<String> = (0..30).map(|index| format!("j{index}")).collect();
+    expected.sort();
+    assert_eq!(seen, expected, "each event to exactly one member");
+    assert!(
+        first
+            .iter()
+            .chain(&second)
+            .all(|delivery| delivery.attempt == 1)
+    );
+    let outcome = backend.ack(&jobs, &workers, &ids(&first)).await.unwrap();
+    assert_eq!(outcome.acked, 15);
+    backend.ack(&jobs, &workers, &ids(&second)).await.unwrap();
+    // Well past the ack wait: nothing comes back.
+    let later = backend
+        .fetch(&jobs, &workers, fetch_request("w1", 100, 800))
+        .await
+        .unwrap();
+    assert!(
+        later.deliveries.is_empty(),
+        "acked events returned: {:?}",
+        event_ids(&later.deliveries)
+    );
+    let status = backend.group_status(&jobs, &workers).await.unwrap();
+    assert_eq!(status.in_flight, 0);
+    assert_eq!(
+        status
+            .partitions
+            .iter()
+            .map(|partition| partition.lag)
+            .sum::<u64>(),
+        0
+    );
+    backend.shutdown().await.unwrap();
+}
+
+/// Acking twice, or an unknown or malformed id, changes nothing and is reported.
+pub async fn acks_are_idempotent_and_unknown_ids_are_reported<H: Harness>() {
+    let harness = H::start().await;
+    let backend = harness.backend();
+    let jobs = make_topic(&*backend, "jobs", 1).await;
+    let workers = group("workers");
+    backend
+        .put_group(&jobs, &workers, queue_spec(GroupMode::Queue))
+        .await
+        .unwrap();
+    publish_all(&*backend, &jobs, vec![event("only", "t")]).await;
+    let deliveries = fetch_until(&*backend, &jobs, &workers, "w", 1, LONG).await;
+    let id = deliveries[0].delivery_id.clone();
+    assert_eq!(
+        backend
+            .ack(&jobs, &workers, std::slice::from_ref(&id))
+            .await
+            .unwrap()
+            .acked,
+        1
+    );
+    let again = backend
+        .ack(
+            &jobs,
+            &workers,
+            &[id.clone(), "garbage".into(), "0.99.1".into()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.acked, 0);
+    assert_eq!(
+        again.unknown,
+        [id, "garbage".to_owned(), "0.99.1".to_owned()]
+    );
+    assert!(matches!(
+        backend.ack(&jobs, &group("nobody"), &[]).await,
+        Err(Error::GroupNotFound { .. })
+    ));
+    backend.shutdown().await.unwrap();
+}
+
+/// A member that takes an event and dies (never acks): once the lease expires
+/// another member gets it, as attempt 2.
+pub async fn an_expired_lease_is_redelivered_to_another_member<H: Harness>() {
+    let harness = H::start().await;
+    let backend = harness.backend();
+    let jobs = make_topic(&*backend, "jobs", 1).await;
+    let workers = group("workers");
+    backend
+        .put_group(&jobs, &workers, queue_spec(GroupMode::Queue))
+        .await
+        .unwrap();
+    publish_all(&*backend, &jobs, vec![event("fragile", "t")]).await;
+    let taken = fetch_until(&*backend, &jobs, &workers, "doomed", 1, LONG).await;
+    assert_eq!(taken[0].attempt, 1);
+    let retried = fetch_until(&*backend, &jobs, &workers, "survivor", 1, LONG).await;
+    assert_eq!(retried.len(), 1, "the expired lease was not redelivered");
+    assert_eq!(retried[0].event.event.id, "fragile");
+    assert_eq!(retried[0].attempt, 2);
+    // The dead member's late ack of its old delivery still settles the event.
+    assert_eq!(
+        backend
+            .ack(&jobs, &workers, &ids(&taken))
+            .await
+            .unwrap()
+            .acked,
+        1
+    );
+    assert!(
+        backend
+            .ack(&jobs, &workers, &ids(&retried))
+            .await
+            .unwrap()
+            .acked
+            == 0
+    );
+    backend.shutdown().await.unwrap();
+}
+
+/// A nack with a delay is redelivered after it, not before; without a delay
+/// the backoff applies.
+pub async fn nack_redelivers_after_the_delay_and_backoff<H: Harness>() {
+    let harness = H::start().await;
+    let backend = harness.backend();
+    let jobs = make_topic(&*backend, "jobs", 1).await;
+    let workers = group("workers");
+    let mut spec = queue_spec(GroupMode::Queue);
+    spec.ack_wait_ms = 10_000;
+    backend.put_group(&jobs, &workers, spec).await.unwrap();
+    publish_all(&*backend, &jobs, vec![event("again", "t")]).await;
+    let first = fetch_until(&*backend, &jobs, &workers, "w", 1, LONG).await;
+    let nacked_at = now_ms();
+    let outcome = backend
+        .nack(
+            &jobs,
+            &workers,
+            &ids(&first),
+            Some(Duration::from_millis(400)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcome.acked, 1);
+    let immediate = backend
+        .fetch(&jobs, &workers, fetch_request("w", 1, 0))
+        .await
+        .unwrap();
+    assert!(
+        immediate.deliveries.is_empty(),
+        "redelivered before the nack delay"
+    );
+    let second = fetch_until(&*backend, &jobs, &workers, "w", 1, LONG).await;
+    assert!(
+        now_ms() >= nacked_at + 400,
+        "redelivered before the nack delay"
+    );
+    assert_eq!(second[0].attempt, 2);
+    // A stale delivery id cannot nack the new lease.
+    assert_eq!(
+        backend
+            .nack(&jobs, &workers, &ids(&first), None)
+            .await
+            .unwrap()
+            .acked,
+        0
+    );
+    backend
+        .nack(&jobs, &workers, &ids(&second), None)
+        .await
+        .unwrap();
+    let third = fetch_until(&*backend, &jobs, &workers, "w", 1, LONG).await;
+    assert_eq!(third[0].attempt, 3);
+    backend.shutdown().await.unwrap();
+}
+
+/// After `max_deliveries` the event goes to dead letters with its reason,
+/// attempts and coordinates; redrive makes it deliverable again.
+pub async fn max_deliveries_sends_the_event_to_dead_letters_and_redrive_brings_it_back<
+    H: Harness,
+>() {
+    let harness = H::start().await;
+    let backend = harness.backend();
+    let jobs = make_topic(&*backend, "jobs", 1).await;
+    let workers = group("workers");
+    backend
+        .put_group(&jobs, &workers, queue_spec(GroupMode::Queue))
+        .await
+        .unwrap();
+    publish_all(
+        &*backend,
+        &jobs,
+        vec![event("poison", "t"), event("fine", "t")],
+    )
+    .await;
+    let mut attempts = Vec::new();
+    for _ in 0..3 {
+        let deliveries = fetch_until(&*backend, &jobs, &workers, "w", 1, LONG).await;
+        let poison: Vec<Delivery> = deliveries
+            .iter()
+            .filter(|delivery| delivery.event.event.id == "poison")
+            .cloned()
+            .collect();
+        let fine: Vec<Delivery> = deliveries
+            .iter()
+            .filter(|delivery| delivery.event.event.id != "poison")
+            .cloned()
+            .collect();
+        backend.ack(&jobs, &workers, &ids(&fine)).await.unwrap();
+        if poison.is_empty() {
+            let more = fetch_until(&*backend, &jobs, &workers, "w", 1, LONG).await;
+            attempts.push(more[0].attempt);
+            backend
+                .nack(&jobs, &workers, &ids(&more), None)
+                .await
+                .unwrap();
+        } else {
+            attempts.push(poison[0].attempt);
+            backend
+                .nack(&jobs, &workers, &ids(&poison), None)
+                .await
+                .unwrap();
+        }
+    }
+    assert_eq!(attempts, [1, 2, 3]);
+    let letters = backend.dead_letters(&jobs, &workers, 10).await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].attempts, 3);
+    assert_eq!(
+        letters[0].original,
+        PartitionOffset {
+            partition: 0,
+            offset: 0
+        }
+    );
+    assert!(
+        letters[0].reason.contains("max deliveries"),
+        "{}",
+        letters[0].reason
+    );
+    assert_eq!(
+        letters[0]
+            .event
+            .as_ref()
+            .map(|stored| stored.event.id.as_str()),
+        Some("poison")
+    );
+    assert_eq!(
+        backend
+            .group_status(&jobs, &workers)
+            .await
+            .unwrap()
+            .dead_letters,
+        1
+    );
+    let nothing = backend
+        .fetch(&jobs, &workers, fetch_request("w", 1, 300))
+        .await
+        .unwrap();
+    assert!(nothing.deliveries.is_empty());
+
+    assert_eq!(backend.redrive(&jobs, &workers, None).await.unwrap(), 1);
+    assert!(
+        backend
+            .dead_letters(&jobs, &workers, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let back = fetch_until(&*backend, &jobs, &workers, "w", 1, LONG).await;
+    assert_eq!(back[0].event.event.id, "poison");
+    assert_eq!(back[0].attempt, 1);
+    backend.shutdown().await.unwrap();
+}
+
+/// Reject dead-letters at once, and a topic's dead-letter topic gets a copy
+/// that says where it came from.
+pub async fn reject_dead_letters_at_once_and_copies_to_the_dead_letter_topic<H: Harness>() {
+    let harness = H::start().await;
+    let backend = harness.backend();
+    let dead = make_topic(&*backend, "jobs-dead", 1).await;
+    let mut spec = TopicSpec::new(topic("jobs"));
+    spec.dead_letter_topic = Some(dead.clone());
+    backend.create_topic(spec).await.unwrap();
+    let jobs = topic("jobs");
+    let workers = group("workers");
+    backend
+        .put_group(&jobs, &workers, queue_spec(GroupMode::Queue))
+        .await
+        .unwrap();
+    publish_all(&*backend, &jobs, vec![event("malformed", "t")]).await;
+    let deliveries = fetch_until(&*backend, &jobs, &workers, "w", 1, LONG).await;
+    let outcome = backend
+        .reject(&jobs, &workers, &ids(&deliveries), "schema mismatch")
+        .await
+        .unwrap();
+    assert_eq!(outcome.acked, 1);
+    let letters = backend.dead_letters(&jobs, &workers, 10).await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert!(letters[0].reason.contains("schema mismatch"));
+    assert_eq!(letters[0].attempts, 1);
+    let copies = backend.read(&dead, 0, 0, 10).await.unwrap();
+    assert_eq!(copies.events.len(), 1);
+    let copy = &copies.events[0].event;
+    assert_eq!(copy.ty, "t");
+    assert!(copy.extensions.contains_key("dlreason") && copy.extensions.contains_key("dloffset"));
+    backend.shutdown().await.unwrap();
+}
+
+/// Extending a lease keeps it past the original ack wait.
+pub async fn extend_keeps_the_lease<H: Harness>() {
+    let harness = H::start().await;
+    let backend = harness.backend();
+    let jobs = make_topic(&*backend, "jobs", 1).await;
+    let workers = group("workers");
+    backend
+        .put_group(&jobs, &workers, queue_spec(GroupMode::Queue))
+        .await
+        .unwrap();
+    publish_all(&*backend, &jobs, vec![event("slow", "t")]).await;
+    let deliveries = fetch_until(&*backend, &jobs, &workers, "w", 1, LONG).await;
+    let outcome = backend
+        .extend(
+            &jobs,
+            &workers,
+            &ids(&deliveries),
+            Some(Duration::from_secs(30)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcome.acked, 1);
+    // Three original ack waits later, still leased to the first member.
+    let other = backend
+        .fetch(&jobs, &workers, fetch_request("other", 1, 900))
+        .await
+        .unwrap();
+    assert!(
+        other.deliveries.is_empty(),
+        "an extended lease was redelivered"
+    );
+    assert_eq!(
+        backend
+            .ack(&jobs, &workers, &ids(&deliveries))
+            .await
+            .unwrap()
+            .acked,
+        1
+    );
+    backend.shutdown().await.unwrap();
+}
+
+/// When a member leaves, its leases go to others at once, not after the ack wait.
+pub async fn a_member_that_leaves_returns_its_leases_at_once<H: Harness>() {
+    let harness = H::start().await;
+    let backend = harness.backend();
+    let jobs = make_topic(&*backend, "jobs", 1).await;
+    let workers = group("workers");
+    let mut spec = queue_spec(GroupMode::Queue);
+    spec.ack_wait_ms = 60_000;
+    backend.put_group(&jobs, &workers, spec).await.unwrap();
+    publish_all(&*backend, &jobs, vec![event("handoff", "t")]).await;
+    fetch_until(&*backend, &jobs, &workers, "leaving", 1, LONG).await;
+    backend.leave(&jobs, &workers, "leaving").await.unwrap();
+    let taken = backend
+        .fetch(&jobs, &workers, fetch_request("staying", 1, 5_000))
+        .await
+        .unwrap();
+    assert_eq!(event_ids(&taken.deliveries), ["handoff"]);
+    backend.shutdown().await.unwrap();
+}
+
+/// No more than `max_in_flight` leases are outstanding.
+pub async fn max_in_flight_limits_outstanding_leases<H: Harness>() {
+    let harness = H::start().await;
+    let backend = harness.backend();
+    let jobs = make_topic(&*backend, "jobs", 2).await;
+    let workers = group("workers");
+    let mut spec = queue_spec(GroupMode::Queue);
+    spec.max_in_flight = 5;
+    spec.ack_wait_ms = 60_000;
+    backend.put_group(&jobs, &workers, spec).await.unwrap();
+    publish_all(
+        &*backend,
+        &jobs,
+        (0..20)
+            .map(|index| event(&format!("f{index}"), "t"))
+            .collect(),
+    )
+    .await;
+    let first = fetch_until(&*backend, &jobs, &workers, "w", 5, LONG).await;
+    assert_eq!(first.len(), 5);
+    let more = backend
+        .fetch(&jobs, &workers, fetch_request("w", 10, 200))
+        .await
+        .unwrap();
+    assert!(more.deliveries.is_empty(), "exceeded max_in_flight");
+    assert_eq!(
+        backend
+            .group_status(&jobs, &workers)
+            .await
+            .unwrap()
+            .in_flight,
+        5
+    );
+    backend
+        .ack(&jobs, &workers, &ids(&first[..2]))
+        .await
+        .unwrap();
+    let after = backend
+        .fetch(&jobs, &workers, fetch_request("w", 10, 1_000))
+        .await
+        .unwrap();
+    assert_eq!(after.deliveries.len(), 2);
+    backend.shutdown().await.unwrap();
+}
+
+/// An event with `deliver_at` in the future is not handed out before then;
+/// events after it are not held up.
+pub async fn delayed_events_are_not_delivered_before_their_time<H: Harness>() {
+    let harness = H::start().await;
+    let backend = harness.backend();
+    let jobs = make_topic(&*backend, "jobs", 1).await;
+    let workers = group("workers");
+    backend
+        .put_group(&jobs, &workers, queue_spec(GroupMode::Queue))
+        .await
+        .unwrap();
+    let due = now_ms() + 600;
+    let mut later = event("later", "t");
+    later.event.deliver_at = Some(due);
+    publish_all(&*backend, &jobs, vec![later, event("now", "t")]).await;
+    let first = fetch_until(&*backend, &jobs, &workers, "w", 1, LONG).await;
+    assert_eq!(event_ids(&first), ["now"]);
+    backend.ack(&jobs, &workers, &ids(&first)).await.unwrap();
+    let second = fetch_until(&*backend, &jobs, &workers, "w", 1, LONG).await;
+    assert_eq!(event_ids(&second), ["later"]);
+    assert!(now_ms() >= due, "delivered before deliver_at");
+    backend.shutdown().await.unwrap();
+}
+
+/// Filters by type and subject prefix; skipped events count as handled.
+pub async fn filters_skip_events_and_count_them_as_handled<H: Harness>() {
+    let harness = H::start().await;
+    let backend = harness.backend();
+    let orders = make_topic(&*backend, "orders", 1).await;
+    let billing = group("billing");
+    let mut spec = queue_spec(GroupMode::Queue);
+    spec.filter = GroupFilter {
+        types: vec!["order.paid".into()],
+        subject_prefix: Some("eu/".into()),
+    };
+    backend.put_group(&orders, &billing, spec).await.unwrap();
+    let mut paid_eu = event("paid-eu", "order.paid");
+    paid_eu.event.subject = Some("eu/42".into());
+    let mut paid_us = event("paid-us", "order.paid");
+    paid_us.event.subject = Some("us/7".into());
+    let mut created_eu = event("created-eu", "order.created");
+    created_eu.event.subject = Some("eu/42".into());
+    publish_all(&*backend, &orders, vec![created_eu, paid_us, paid_eu]).await;
+    let deliveries = fetch_until(&*backend, &orders, &billing, "w", 1, LONG).await;
+    assert_eq!(event_ids(&deliveries), ["paid-eu"]);
+    backend
+        .ack(&orders, &billing, &ids(&deliveries))
+        .await
+        .unwrap();
+    let status = backend.group_status(&orders, &billing).await.unwrap();
+    assert_eq!(status.partitions[0].committed, 3);
+    assert_eq!(status.partitions[0].lag, 0);
+    backend.shutdown().await.unwrap();
+}
+
+/// Groups start at earliest, latest, an offset or a time, and reset moves them.
+pub async fn start_positions_and_reset_move_the_group<H: Harness>() {
+    let harness = H::start().await;
+    let backend = harness.backend();
+    let log = make_topic(&*backend, "log", 1).await;
+    publish_all(
+        &*backend,
+        &log,
+        (0..5)
+            .map(|index| event(&format!("s{index}"), "t"))
+            .collect(),
+    )
+    .await;
+    let mut latest = queue_spec(GroupMode::Queue);
+    latest.start = StartPosition::Latest;
+    backend
+        .put_group(&log, &group("latest"), latest)
+        .await
+        .unwrap();
+    let mut at_offset = queue_spec(GroupMode::Queue);
+    at_offset.start = StartPosition::Offset { offset: 3 };
+    backend
+        .put_group(&log, &group("offset"), at_offset)
+        .await
+        .unwrap();
+    let mut by_time = queue_spec(GroupMode::Queue);
+    by_time.start = StartPosition::Time {
+        time_ms: now_ms() + 60_000,
+    };
+    backend
+        .put_group(&log, &group("time"), by_time)
+        .await
+        .unwrap();
+    backend
+        .put_group(&log, &group("earliest"), queue_spec(GroupMode::Queue))
+        .await
+        .unwrap();
+    publish_all(&*backend, &log, vec![event("s5", "t")]).await;
+
+    let first_of = |deliveries: Vec<Delivery>| {
+        deliveries
+            .first()
+            .map(|delivery| delivery.event.event.id.clone())
+    };
+    assert_eq!(
+        first_of(fetch_until(&*backend, &log, &group("latest"), "w", 1, LONG).await).as_deref(),
+        Some("s5")
+    );
+    assert_eq!(
+        first_of(fetch_until(&*backend, &log, &group("offset"), "w", 1, LONG).await).as_deref(),
+        Some("s3")
+    );
+    assert_eq!(
+        first_of(fetch_until(&*backend, &log, &group("time"), "w", 1, LONG).await).as_deref(),
+        Some("s5")
+    );
+    assert_eq!(
+        first_of(fetch_until(&*backend, &log, &group("earliest"), "w", 1, LONG).await).as_deref(),
+        Some("s0")
+    );
+
+    backend
+        .reset(&log, &group("latest"), StartPosition::Offset { offset: 1 })
+        .await
+        .unwrap();
+    let status = backend.group_status(&log, &group("latest")).await.unwrap();
+    assert_eq!(status.partitions[0].committed, 1);
+    assert_eq!(status.in_flight, 0);
+    let after_reset = fetch_until(&*backend, &log, &group("latest"), "w", 5, LONG).await;
+    assert_eq!(event_ids(&after_reset), ["s1", "s2", "s3", "s4", "s5"]);
+    backend.shutdown().await.unwrap();
+}
+
+// ------------------------------------------------------------ keyed groups --
+
+/// Keyed: per key one event in flight and in publish order, across many
+/// members; different keys in parallel.
+pub async fn keyed_groups_keep_one_event_per_key_in_flight_in_order<H: Harness>() {
+    let harness = H::start().await;
+    let backend = harness.backend();
+    let accounts = make_topic(&*backend, "accounts", 2).await;
+    let ledger = group("ledger");
+    let mut spec = queue_spec(GroupMode::Keyed);
+    spec.ack_wait_ms = 60_000;
+    backend.put_group(&accounts, &ledger, spec).await.unwrap();
+    let keys = ["alice", "bob", "carol", "dave"];
+    let mut events = Vec::new();
+    for sequence in 0..5 {
+        for key in keys {
+            events.push(keyed(&format!("{key}-{sequence}"), key));
+        }
+    }
+    publish_all(&*backend, &accounts, events).await;
+    // First fetch: one event per key (the heads), not more.
+    let heads = backend
+        .fetch(&accounts, &ledger, fetch_request("m1", 100, 2_000))
+        .await
+        .unwrap()
+        .deliveries;
+    let mut head_ids = event_ids(&heads);
+    head_ids.sort();
+    assert_eq!(head_ids, ["alice-0", "bob-0", "carol-0", "dave-0"]);
+    let nothing = backend
+        .fetch(&accounts, &ledger, fetch_request("m2", 100, 200))
+        .await
+        .unwrap();
+    assert!(
+        nothing.deliveries.is_empty(),
+        "a second event of a key went out while the first was in flight"
+    );
+    // Ack in turn from several members: each key's events come in order.
+    let mut order: HashMap<String, Vec<u32>> = HashMap::new();
+    let mut in_hand = heads;
+    let mut round = 0;
+    while !in_hand.is_empty() {
+        for delivery in &in_hand {
+            let (key, sequence) = delivery.event.event.id.split_once('-').unwrap();
+            order
+                .entry(key.to_owned())
+                .or_default()
+                .push(sequence.parse().unwrap());
+        }
+        backend
+            .ack(&accounts, &ledger, &ids(&in_hand))
+            .await
+            .unwrap();
+        round += 1;
+        let member = format!("m{}", round % 3);
+        in_hand = backend
+            .fetch(&accounts, &ledger, fetch_request(&member, 100, 1_000))
+            .await
+            .unwrap()
+            .deliveries;
+        let mut per_key = BTreeSet::new();
+        for delivery in &in_hand {
+            assert!(
+                per_key.insert(delivery.event.event.key.clone()),
+                "two events of one key in flight"
+            );
+        }
+    }
+    for key in keys {
+        assert_eq!(order[key], [0, 1, 2, 3, 4], "key {key} out of order");
+    }
+    backend.shutdown().await.unwrap();
+}
+
+// ----------------------------------------------------------- stream groups --
+
+/// Stream: partitions are dealt out over members, each read in order; a join
+/// bumps the generation; a stale generation cannot commit.
+pub async fn stream_groups_assign_partitions_and_fence_stale_generations<H: Harness>() {
+    let harness = H::start().await;
+    let backend = harness.backend();
+    let clicks = make_topic(&*backend, "clicks", 4).await;
+    let analytics = group("analytics");
+    let mut spec = GroupSpec::new(GroupMode::Stream);
+    spec.session_timeout_ms = 60_000;
+    backend.put_group(&clicks, &analytics, spec).await.unwrap();
+    for partition in 0..4u32 {
+        let events = (0..3)
+            .map(|index| {
+                let mut input = event(&format!("p{partition}-{index}"), "click");
+                input.partition = Some(partition);
+                input
+            })
+            .collect();
+        publish_all(&*backend, &clicks, events).await;
+    }
+    let alone = backend
+        .fetch(&clicks, &analytics, fetch_request("a", 100, 1_000))
+        .await
+        .unwrap();
+    assert_eq!(alone.assignment.as_deref(), Some(&[0, 1, 2, 3][..]));
+    let first_generation = alone.generation.unwrap();
+    let mut per_partition: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+    for delivery in &alone.deliveries {
+        per_partition
+            .entry(delivery.event.partition)
+            .or_default()
+            .push(delivery.event.offset);
+    }
+    assert!(
+        per_partition
+            .values()
+            .all(|offsets| offsets.windows(2).all(|pair| pair[0] < pair[1]))
+    );
+
+    let joined = backend
+        .fetch(&clicks, &analytics, fetch_request("b", 100, 0))
+        .await
+        .unwrap();
+    let generation = joined.generation.unwrap();
+    assert!(generation > first_generation);
+    let b_partitions = joined.assignment.clone().unwrap();
+    let a_partitions = backend
+        .fetch(&clicks, &analytics, fetch_request("a", 1, 0))
+        .await
+        .unwrap()
+        .assignment
+        .unwrap();
+    assert_eq!(a_partitions.len() + b_partitions.len(), 4);
+    assert!(
+        a_partitions
+            .iter()
+            .all(|partition| !b_partitions.contains(partition))
+    );
+
+    let stale = CommitRequest {
+        member: "a".into(),
+        generation: first_generation,
+        offsets: vec![PartitionOffset {
+            partition: a_partitions[0],
+            offset: 1,
+        }],
+    };
+    assert!(matches!(
+        backend.commit(&clicks, &analytics, stale).await,
+        Err(Error::StaleGeneration { .. })
+    ));
+    let not_owned = CommitRequest {
+        member: "a".into(),
+        generation,
+        offsets: vec![PartitionOffset {
+            partition: b_partitions[0],
+            offset: 1,
+        }],
+    };
+    assert!(matches!(
+        backend.commit(&clicks, &analytics, not_owned).await,
+        Err(Error::StaleGeneration { .. })
+    ));
+    let current = CommitRequest {
+        member: "a".into(),
+        generation,
+        offsets: vec![PartitionOffset {
+            partition: a_partitions[0],
+            offset: 2,
+        }],
+    };
+    backend.commit(&clicks, &analytics, current).await.unwrap();
+    let status = backend.group_status(&clicks, &analytics).await.unwrap();
+    assert_eq!(status.partitions[a_partitions[0] as usize].committed, 2);
+    assert_eq!(status.members.len(), 2);
+
+    // When b leaves, a owns everything again, from the committed offsets.
+    backend.leave(&clicks, &analytics, "b").await.unwrap();
+    let regained = backend
+        .fetch(&clicks, &analytics, fetch_request("a", 100, 1_000))
+        .await
+        .unwrap();
+    assert_eq!(regained.assignment.as_deref(), Some(&[0, 1, 2, 3][..]));
+    let b_first = b_partitions[0];
+    let replayed: Vec<u64> = regained
+        .deliveries
+        .iter()
+        .filter(|delivery| delivery.event.partition == b_first)
+        .map(|delivery| delivery.event.offset)
+        .collect();
+    assert_eq!(
+        replayed,
+        [0, 1, 2],
+        "b's partition restarts from its committed offset"
+    );
+    backend.shutdown().await.unwrap();
+}
+
+/// Stream commits survive a restart; the generation moves on so members of
+/// before the restart are fenced.
+pub async fn stream_commits_survive_a_restart<H: Harness>() {
+    let harness = H::start().await;
+    let backend = harness.backend();
+    let clicks = make_topic(&*backend, "clicks", 1).await;
+    let analytics = group("analytics");
+    backend
+        .put_group(&clicks, &analytics, GroupSpec::new(GroupMode::Stream))
+        .await
+        .unwrap();
+    publish_all(
+        &*backend,
+        &clicks,
+        (0..6)
+            .map(|index| event(&format!("c{index}"), "click"))
+            .collect(),
+    )
+    .await;
+    let fetched = backend
+        .fetch(&clicks, &analytics, fetch_request("a", 3, 1_000))
+        .await
+        .unwrap();
+    let generation = fetched.generation.unwrap();
+    let commit = CommitRequest {
+        member: "a".into(),
+        generation,
+        offsets: vec![PartitionOffset {
+            partition: 0,
+            offset: 3,
+        }],
+    };
+    backend
+        .commit(&clicks, &analytics, commit.clone())
+        .await
+        .unwrap();
+    drop(backend);
+    let harness = harness.restart().await;
+    let backend = harness.backend();
+    assert!(matches!(
+        backend.commit(&clicks, &analytics, commit).await,
+        Err(Error::StaleGeneration { .. })
+    ));
+    let resumed = backend
+        .fetch(&clicks, &analytics, fetch_request("a", 10, 1_000))
+        .await
+        .unwrap();
+    assert_eq!(event_ids(&resumed.deliveries), ["c3", "c4", "c5"]);
+    backend.shutdown().await.unwrap();
+}
+
+/// After a clean restart: acked events stay acked, unacked ones come back,
+/// dead letters are kept.
+pub async fn queue_state_survives_a_restart<H: Harness>() {
+    let harness = H::start().await;
+    let backend = harness.backend();
+    let jobs = make_topic(&*backend, "jobs", 2).await;
+    let workers = group("workers");
+    let mut spec = queue_spec(GroupMode::Queue);
+    spec.ack_wait_ms = 60_000;
+    backend.put_group(&jobs, &workers, spec).await.unwrap();
+    publish_all(
+        &*backend,
+        &jobs,
+        (0..10)
+            .map(|index| event(&format!("q{index}"), "t"))
+            .collect(),
+    )
+    .await;
+    let taken = fetch_until(&*backend, &jobs, &workers, "w", 10, LONG).await;
+    let (acked, unacked) = taken.split_at(6);
+    backend.ack(&jobs, &workers, &ids(acked)).await.unwrap();
+    backend
+        .reject(&jobs, &workers, &ids(&unacked[..1]), "bad")
+        .await
+        .unwrap();
+    drop(backend);
+    let harness = harness.restart().await;
+    let backend = harness.backend();
+    let again = fetch_until(&*backend, &jobs, &workers, "w", 3, LONG).await;
+    let mut returned = event_ids(&again);
+    returned.sort();
+    let mut expected = event_ids(&unacked[1..]);
+    expected.sort();
+    assert_eq!(returned, expected, "exactly the unacked events come back");
+    assert!(
+        again.iter().all(|delivery| delivery.attempt == 2),
+        "delivery counts survive"
+    );
+    let extra = backend
+        .fetch(&jobs, &workers, fetch_request("w", 10, 300))
+        .await
+        .unwrap();
+    assert!(extra.deliveries.is_empty());
+    assert_eq!(
+        backend
+            .dead_letters(&jobs, &workers, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    backend.shutdown().await.unwrap();
+}
+
+/// Topics, groups and the dedup window survive a restart.
+pub async fn topics_groups_and_dedup_survive_a_restart<H: Harness>() {
+    let harness = H::start().await;
+    let backend = harness.backend();
+    let orders = make_topic(&*backend, "orders", 2).await;
+    backend
+        .put_group(&orders, &group("billing"), queue_spec(GroupMode::Keyed))
+        .await
+        .unwrap();
+    let first = backend
+        .publish(&orders, vec![keyed("order-1", "x")])
+        .await
+        .unwrap();
+    drop(backend);
+    let harness = harness.restart().await;
+    let backend = harness.backend();
+    assert_eq!(
+        backend
+            .describe_topic(&orders)
+            .await
+            .unwrap()
+            .info
+            .spec
+            .partitions,
+        2
+    );
+    let status = backend
+        .group_status(&orders, &group("billing"))
+        .await
+        .unwrap();
+    assert_eq!(status.info.spec.mode, GroupMode::Keyed);
+    let again = backend
+        .publish(&orders, vec![keyed("order-1", "x")])
+        .await
+        .unwrap();
+    assert!(again[0].duplicate, "dedup forgot the id across a restart");
+    assert_eq!(again[0].offset, first[0].offset);
+    // Mode cannot change.
+    assert!(matches!(
+        backend
+            .put_group(&orders, &group("billing"), queue_spec(GroupMode::Queue))
+            .await,
+        Err(Error::GroupConflict { .. })
+    ));
+    backend.shutdown().await.unwrap();
+}
+
+// --------------------------------------------------------------------- kv --
+
+/// Small durable state: revisions, compare-and-set, delete.
+pub async fn kv_compare_and_set<H: Harness>() {
+    let harness = H::start().await;
+    let backend = harness.backend();
+    assert_eq!(backend.kv_get("jobs", "j1").await.unwrap(), None);
+    let first = backend
+        .kv_put("jobs", "j1", Bytes::from("pending"), Expect::Absent)
+        .await
+        .unwrap();
+    assert!(matches!(
+        backend
+            .kv_put("jobs", "j1", Bytes::from("again"), Expect::Absent)
+            .await,
+        Err(Error::RevisionMismatch {
+            current: Some(_),
+            ..
+        })
+    ));
+    let second = backend
+        .kv_put(
+            "jobs",
+            "j1",
+            Bytes::from("running"),
+            Expect::Revision(first),
+        )
+        .await
+        .unwrap();
+    assert!(second > first);
+    assert!(matches!(
+        backend
+            .kv_put("jobs", "j1", Bytes::from("stale"), Expect::Revision(first))
+            .await,
+        Err(Error::RevisionMismatch { .. })
+    ));
+    let entry = backend.kv_get("jobs", "j1").await.unwrap().unwrap();
+    assert_eq!(
+        (entry.value, entry.revision),
+        (Bytes::from("running"), second)
+    );
+    backend
+        .kv_put("jobs", "j2", Bytes::from("x"), Expect::Any)
+        .await
+        .unwrap();
+    backend
+        .kv_put("other", "j3", Bytes::from("x"), Expect::Any)
+        .await
+        .unwrap();
+    assert_eq!(
+        backend.kv_keys("jobs", "j", None, 10).await.unwrap(),
+        ["j1", "j2"]
+    );
+    assert_eq!(
+        backend.kv_keys("jobs", "j", Some("j1"), 10).await.unwrap(),
+        ["j2"]
+    );
+    assert!(
+        backend
+            .kv_delete("jobs", "j1", Expect::Revision(second))
+            .await
+            .unwrap()
+    );
+    assert!(!backend.kv_delete("jobs", "j1", Expect::Any).await.unwrap());
+    backend.shutdown().await.unwrap();
+}

@@ -1,0 +1,288 @@
+//! The backend boundary: where topics, events, consumer groups and small
+//! durable state live.
+//!
+//! Services (jobs, workflows, webhooks) and the gateway talk to storage only
+//! through [`Backend`]. Two backends implement it — `herald-embedded` (the
+//! default: Herald's own log plus redb) and, later, `herald-nats` (JetStream) —
+//! and both run the same conformance suite (`conformance`, feature
+//! `test-util`), so the semantics below are held by tests, not by prose alone.
+//!
+//! The doc comment of each method is its contract. Common to all:
+//!
+//! - Calls are cancel-safe to drop, but a dropped `publish` may still have
+//!   been applied (the caller must treat it as unknown and re-publish with the
+//!   same event ids: deduplication makes that safe).
+//! - Bad input returns [`Error::InvalidArgument`] (or a more specific variant)
+//!   and changes nothing.
+//! - Errors say whether retrying can help ([`Error::is_retryable`]).
+
+pub mod error;
+pub mod group;
+pub mod kv;
+pub mod topic;
+
+#[cfg(feature = "test-util")]
+pub mod conformance;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use herald_types::{EventInput, GroupName, StoredEvent, TopicName};
+use serde::Serialize;
+
+pub use error::{Error, Result};
+pub use group::{
+    AckOutcome, CommitRequest, DeadLetter, Delivery, FetchRequest, FetchResponse, GroupFilter,
+    GroupInfo, GroupMode, GroupPartitionStatus, GroupSpec, GroupStatus, MemberStatus,
+    PartitionOffset, StartPosition,
+};
+pub use kv::{Expect, KvEntry};
+pub use topic::{
+    Fsync, PartitionInfo, RetentionSpec, TopicDescription, TopicInfo, TopicSpec, TopicUpdate,
+};
+
+/// Where one published event landed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PublishResult {
+    /// The event's id (assigned by Herald if the publisher gave none).
+    pub id: String,
+    /// Its partition.
+    pub partition: u32,
+    /// Its offset in the partition.
+    pub offset: u64,
+    /// Whether the id was seen within the dedup window: the position is the
+    /// original one and nothing was appended.
+    pub duplicate: bool,
+}
+
+/// Events read from one partition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadResult {
+    /// The events, in offset order, from the offset asked for.
+    pub events: Vec<StoredEvent>,
+    /// The offset to read next.
+    pub next_offset: u64,
+}
+
+/// Topics: create, list, describe, change, delete.
+#[async_trait]
+pub trait Topics: Send + Sync {
+    /// Creates a topic. Durable when it returns: the topic survives a
+    /// restart. [`Error::TopicExists`] if the name is taken.
+    async fn create_topic(&self, spec: TopicSpec) -> Result<TopicInfo>;
+
+    /// Every topic, by name.
+    async fn list_topics(&self) -> Result<Vec<TopicInfo>>;
+
+    /// A topic with its partitions' extents.
+    async fn describe_topic(&self, topic: &TopicName) -> Result<TopicDescription>;
+
+    /// Changes retention, limits or the dead-letter topic.
+    async fn update_topic(&self, topic: &TopicName, update: TopicUpdate) -> Result<TopicInfo>;
+
+    /// Deletes a topic, its events and its groups.
+    async fn delete_topic(&self, topic: &TopicName) -> Result<()>;
+}
+
+/// Publishing and reading events.
+#[async_trait]
+pub trait Events: Send + Sync {
+    /// Appends `events` to `topic`, each to its explicit partition, else the
+    /// partition of its key ([`herald_types::partition_for_key`]), else round
+    /// robin. Returns one result per event, in order, only once every appended
+    /// event is durable under the topic's fsync policy.
+    ///
+    /// - All events are validated first (size, partition); any invalid event
+    ///   fails the whole call and nothing is appended.
+    /// - The events of one call that land in one partition are appended
+    ///   atomically and contiguously, in call order.
+    /// - An event whose id was published to the topic within the dedup window
+    ///   (also before a restart, also earlier in the same call) is not
+    ///   appended again: its result carries the original position and
+    ///   `duplicate = true`.
+    async fn publish(
+        &self,
+        topic: &TopicName,
+        events: Vec<EventInput>,
+    ) -> Result<Vec<PublishResult>>;
+
+    /// Reads up to `max` events of one partition from offset `from`.
+    /// [`Error::OffsetOutOfRange`] if `from` was removed by retention; an
+    /// empty result at the end.
+    async fn read(
+        &self,
+        topic: &TopicName,
+        partition: u32,
+        from: u64,
+        max: usize,
+    ) -> Result<ReadResult>;
+
+    /// The offset of the first event of the partition appended at or after
+    /// `time_ms`, or the end offset.
+    async fn offset_for_time(&self, topic: &TopicName, partition: u32, time_ms: i64)
+    -> Result<u64>;
+
+    /// Waits until the partition has an event at `offset` or later, or until
+    /// `timeout`; returns the partition's end offset then.
+    async fn wait_for(
+        &self,
+        topic: &TopicName,
+        partition: u32,
+        offset: u64,
+        timeout: Duration,
+    ) -> Result<u64>;
+}
+
+/// Consumer groups in stream, queue and keyed mode.
+#[async_trait]
+pub trait Groups: Send + Sync {
+    /// Creates a group, or updates the settings of an existing one (its mode
+    /// cannot change: [`Error::GroupConflict`]). Returns the group and whether
+    /// it was created. Durable when it returns.
+    async fn put_group(
+        &self,
+        topic: &TopicName,
+        group: &GroupName,
+        spec: GroupSpec,
+    ) -> Result<(GroupInfo, bool)>;
+
+    /// The group's members, positions, lag, in-flight and dead-letter counts.
+    async fn group_status(&self, topic: &TopicName, group: &GroupName) -> Result<GroupStatus>;
+
+    /// Deletes the group and its state.
+    async fn delete_group(&self, topic: &TopicName, group: &GroupName) -> Result<()>;
+
+    /// Hands out up to `max` deliveries to `member`, waiting up to `wait_ms`
+    /// for the first. Fetching is also the member's heartbeat.
+    ///
+    /// - stream: the member's assigned partitions are read in order from its
+    ///   position; the response carries the assignment and generation;
+    ///   joining, leaving and missed heartbeats rebalance and bump the
+    ///   generation.
+    /// - queue: any event to any member; each delivery is a lease of
+    ///   `ack_wait_ms`; at most `max_in_flight` leases outstanding; delayed
+    ///   events (`deliver_at`) are not handed out before their time.
+    /// - keyed: as queue, and per key at most one event in flight, in
+    ///   publish order.
+    ///
+    /// Delivery is at least once: an event whose lease expires or is nacked
+    /// is delivered again (after the backoff), to any member, until acked,
+    /// rejected, or `max_deliveries` is reached (then dead-lettered).
+    async fn fetch(
+        &self,
+        topic: &TopicName,
+        group: &GroupName,
+        request: FetchRequest,
+    ) -> Result<FetchResponse>;
+
+    /// Settles deliveries as handled. Idempotent: an id already settled, or
+    /// unknown, is reported in `unknown` and changes nothing. An acked event
+    /// is never delivered again while the backend runs; after a crash it may
+    /// come back once if acked within the backend's documented ack window.
+    async fn ack(
+        &self,
+        topic: &TopicName,
+        group: &GroupName,
+        delivery_ids: &[String],
+    ) -> Result<AckOutcome>;
+
+    /// Returns deliveries for redelivery after `delay` (or the backoff), or
+    /// dead-letters those that reached `max_deliveries`.
+    async fn nack(
+        &self,
+        topic: &TopicName,
+        group: &GroupName,
+        delivery_ids: &[String],
+        delay: Option<Duration>,
+    ) -> Result<AckOutcome>;
+
+    /// Extends leases by `ack_wait` from now (the group's `ack_wait_ms` if none).
+    async fn extend(
+        &self,
+        topic: &TopicName,
+        group: &GroupName,
+        delivery_ids: &[String],
+        ack_wait: Option<Duration>,
+    ) -> Result<AckOutcome>;
+
+    /// Sends deliveries straight to dead letters with `reason`.
+    async fn reject(
+        &self,
+        topic: &TopicName,
+        group: &GroupName,
+        delivery_ids: &[String],
+        reason: &str,
+    ) -> Result<AckOutcome>;
+
+    /// Stream mode: records the member's next offsets. A member of an older
+    /// generation, or one committing a partition it does not own, gets
+    /// [`Error::StaleGeneration`]. Durable when it returns.
+    async fn commit(
+        &self,
+        topic: &TopicName,
+        group: &GroupName,
+        request: CommitRequest,
+    ) -> Result<()>;
+
+    /// Moves the group to `to` in every partition, dropping leases and
+    /// pending redeliveries (stream mode: bumps the generation).
+    async fn reset(&self, topic: &TopicName, group: &GroupName, to: StartPosition) -> Result<()>;
+
+    /// The member leaves: its leases return to the group at once and (stream
+    /// mode) its partitions are reassigned.
+    async fn leave(&self, topic: &TopicName, group: &GroupName, member: &str) -> Result<()>;
+
+    /// Up to `limit` dead letters, oldest first.
+    async fn dead_letters(
+        &self,
+        topic: &TopicName,
+        group: &GroupName,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>>;
+
+    /// Delivers the given dead letters (all when `ids` is `None`) again, as
+    /// first deliveries; returns how many.
+    async fn redrive(
+        &self,
+        topic: &TopicName,
+        group: &GroupName,
+        ids: Option<&[u64]>,
+    ) -> Result<u64>;
+}
+
+/// Small durable state with compare-and-set.
+#[async_trait]
+pub trait Kv: Send + Sync {
+    /// The value at `key` in `bucket`, if any.
+    async fn kv_get(&self, bucket: &str, key: &str) -> Result<Option<KvEntry>>;
+
+    /// Writes `value` if the current state matches `expect`; returns the new
+    /// revision. [`Error::RevisionMismatch`] otherwise. Durable when it returns.
+    async fn kv_put(&self, bucket: &str, key: &str, value: Bytes, expect: Expect) -> Result<u64>;
+
+    /// Deletes `key` if the current state matches `expect`; returns whether
+    /// there was a value.
+    async fn kv_delete(&self, bucket: &str, key: &str, expect: Expect) -> Result<bool>;
+
+    /// Keys of `bucket` starting with `prefix`, in order, after `after`, at most `limit`.
+    async fn kv_keys(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>>;
+}
+
+/// A whole backend.
+#[async_trait]
+pub trait Backend: Topics + Events + Groups + Kv + std::fmt::Debug {
+    /// Whether storage is open and serving.
+    fn is_ready(&self) -> bool;
+
+    /// Stops background work, persists group state, and closes storage
+    /// cleanly (each partition flushed and fsynced). Calls after it fail with
+    /// [`Error::ShuttingDown`].
+    async fn shutdown(&self) -> Result<()>;
+}

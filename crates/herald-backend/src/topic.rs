@@ -1,0 +1,224 @@
+//! Topics: their settings and what describing one returns.
+
+use herald_types::TopicName;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The most partitions a topic may have. Each open partition has a writer
+/// thread in the embedded backend; 1,024 bounds that.
+pub const MAX_PARTITIONS: u32 = 1024;
+/// The largest `max_event_bytes` a topic may set (a log batch is at most
+/// 64 MiB; larger payloads belong in blobs).
+pub const MAX_EVENT_BYTES_LIMIT: u64 = 16 * 1024 * 1024;
+
+/// When an acknowledged publish is durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fsync {
+    /// fsynced before the publish is acknowledged (survives power loss).
+    #[default]
+    Always,
+    /// fsynced at most `fsync_interval_ms` after the acknowledgement.
+    Interval,
+    /// Left to the OS (survives a process crash, not power loss).
+    Never,
+}
+
+/// Retention limits; whole segments are removed once past any of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionSpec {
+    /// Remove events older than this.
+    pub max_age_ms: Option<u64>,
+    /// Keep at most about this many bytes per partition.
+    pub max_bytes: Option<u64>,
+    /// Keep at most about this many events per partition.
+    pub max_events: Option<u64>,
+}
+
+/// A topic's settings, as created (`POST /v1/topics`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicSpec {
+    /// The topic's name.
+    pub name: TopicName,
+    /// Number of partitions (1 to 1,024). Fixed at creation.
+    #[serde(default = "defaults::partitions")]
+    pub partitions: u32,
+    /// Durability policy.
+    #[serde(default)]
+    pub fsync: Fsync,
+    /// With `fsync = interval`: the interval.
+    #[serde(default = "defaults::fsync_interval_ms")]
+    pub fsync_interval_ms: u64,
+    /// Retention limits.
+    #[serde(default)]
+    pub retention: RetentionSpec,
+    /// A re-published event id within this window returns the original
+    /// position instead of appending again. 0 disables deduplication.
+    #[serde(default = "defaults::dedup_window_ms")]
+    pub dedup_window_ms: u64,
+    /// The largest event accepted.
+    #[serde(default = "defaults::max_event_bytes")]
+    pub max_event_bytes: u64,
+    /// Where groups send events that exhausted their deliveries, besides
+    /// keeping them in the group's dead-letter list.
+    #[serde(default)]
+    pub dead_letter_topic: Option<TopicName>,
+}
+
+mod defaults {
+    pub fn partitions() -> u32 {
+        1
+    }
+    pub fn fsync_interval_ms() -> u64 {
+        100
+    }
+    pub fn dedup_window_ms() -> u64 {
+        120_000
+    }
+    pub fn max_event_bytes() -> u64 {
+        1024 * 1024
+    }
+}
+
+impl TopicSpec {
+    /// A topic named `name` with every default.
+    pub fn new(name: TopicName) -> Self {
+        Self {
+            name,
+            partitions: defaults::partitions(),
+            fsync: Fsync::default(),
+            fsync_interval_ms: defaults::fsync_interval_ms(),
+            retention: RetentionSpec::default(),
+            dedup_window_ms: defaults::dedup_window_ms(),
+            max_event_bytes: defaults::max_event_bytes(),
+            dead_letter_topic: None,
+        }
+    }
+
+    /// Checks every setting, naming the first bad one.
+    pub fn validate(&self) -> Result<()> {
+        if !(1..=MAX_PARTITIONS).contains(&self.partitions) {
+            return Err(Error::invalid(
+                "partitions",
+                format!("must be between 1 and {MAX_PARTITIONS}"),
+            ));
+        }
+        if self.fsync == Fsync::Interval && self.fsync_interval_ms == 0 {
+            return Err(Error::invalid(
+                "fsync_interval_ms",
+                "must be positive with fsync = interval",
+            ));
+        }
+        if !(1..=MAX_EVENT_BYTES_LIMIT).contains(&self.max_event_bytes) {
+            return Err(Error::invalid(
+                "max_event_bytes",
+                format!(
+                    "must be between 1 and {MAX_EVENT_BYTES_LIMIT}; larger payloads belong in blobs"
+                ),
+            ));
+        }
+        if self.retention.max_age_ms == Some(0) {
+            return Err(Error::invalid(
+                "retention.max_age_ms",
+                "must be positive (omit it to keep forever)",
+            ));
+        }
+        if self.retention.max_bytes == Some(0) {
+            return Err(Error::invalid(
+                "retention.max_bytes",
+                "must be positive (omit it for no limit)",
+            ));
+        }
+        if self.retention.max_events == Some(0) {
+            return Err(Error::invalid(
+                "retention.max_events",
+                "must be positive (omit it for no limit)",
+            ));
+        }
+        if self.dead_letter_topic.as_ref() == Some(&self.name) {
+            return Err(Error::invalid(
+                "dead_letter_topic",
+                "a topic cannot be its own dead-letter topic",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Applies `update`, returning the new settings (not yet validated).
+    pub fn updated(&self, update: &TopicUpdate) -> Self {
+        let mut spec = self.clone();
+        if let Some(retention) = update.retention {
+            spec.retention = retention;
+        }
+        if let Some(window) = update.dedup_window_ms {
+            spec.dedup_window_ms = window;
+        }
+        if let Some(max) = update.max_event_bytes {
+            spec.max_event_bytes = max;
+        }
+        if let Some(topic) = &update.dead_letter_topic {
+            spec.dead_letter_topic = topic.clone();
+        }
+        spec
+    }
+}
+
+/// What `PATCH /v1/topics/{topic}` may change. Absent fields stay as they are.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TopicUpdate {
+    /// New retention limits (replacing the old ones whole).
+    pub retention: Option<RetentionSpec>,
+    /// New deduplication window.
+    pub dedup_window_ms: Option<u64>,
+    /// New event size limit.
+    pub max_event_bytes: Option<u64>,
+    /// New dead-letter topic; `null` removes it.
+    #[serde(default, deserialize_with = "double_option")]
+    pub dead_letter_topic: Option<Option<TopicName>>,
+}
+
+fn double_option<'de, D, T>(deserializer: D) -> std::result::Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+/// A topic as stored: its settings and when it was created.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicInfo {
+    /// The settings.
+    #[serde(flatten)]
+    pub spec: TopicSpec,
+    /// Creation time, ms since the Unix epoch.
+    pub created_at: i64,
+}
+
+/// One partition's extent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionInfo {
+    /// The partition.
+    pub partition: u32,
+    /// The first offset still kept.
+    pub start_offset: u64,
+    /// One past the last event.
+    pub end_offset: u64,
+    /// Bytes on disk.
+    pub bytes: u64,
+}
+
+/// A topic with its partitions' extents (`GET /v1/topics/{topic}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicDescription {
+    /// The topic.
+    #[serde(flatten)]
+    pub info: TopicInfo,
+    /// Per partition, in order.
+    #[serde(rename = "partition_info")]
+    pub partition_info: Vec<PartitionInfo>,
+}

@@ -1,0 +1,204 @@
+//! How an event is stored as a log record.
+//!
+//! The payload is the record's value, untouched (no copy, no re-encoding);
+//! the partition key is the record's key; every other attribute is a record
+//! header with a short name:
+//!
+//! | header | attribute | encoding |
+//! |---|---|---|
+//! | `id` `src` `type` `sv` | id, source, type, specversion | UTF-8 |
+//! | `sub` `time` `dct` `dsc` | subject, time, datacontenttype, dataschema | UTF-8 |
+//! | `cor` `cau` `tp` `ts` | correlationid, causationid, traceparent, tracestate | UTF-8 |
+//! | `at` | deliver_at | i64 LE, ms since the Unix epoch |
+//! | `nodata` | the event has no data (value empty) | empty |
+//! | `x:<name>` | extension `<name>` | `s` + UTF-8, `b` + 0/1, or `i` + i64 LE |
+//!
+//! Unknown headers are ignored on read, so later versions may add some.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use herald_log::{Header, NewRecord, Record};
+use herald_types::{Event, ExtensionValue, StoredEvent, TopicName};
+
+/// The record for `event`.
+pub(crate) fn encode(event: &Event) -> NewRecord {
+    let mut headers = Vec::with_capacity(8);
+    let mut text = |name: &str, value: &str| {
+        headers.push(Header {
+            name: name.to_owned(),
+            value: Bytes::copy_from_slice(value.as_bytes()),
+        });
+    };
+    text("id", &event.id);
+    text("src", &event.source);
+    text("type", &event.ty);
+    text("sv", &event.specversion);
+    let optional = [
+        ("sub", &event.subject),
+        ("time", &event.time),
+        ("dct", &event.datacontenttype),
+        ("dsc", &event.dataschema),
+        ("cor", &event.correlationid),
+        ("cau", &event.causationid),
+        ("tp", &event.traceparent),
+        ("ts", &event.tracestate),
+    ];
+    for (name, value) in optional {
+        if let Some(value) = value {
+            text(name, value);
+        }
+    }
+    if let Some(at) = event.deliver_at {
+        headers.push(Header {
+            name: "at".into(),
+            value: Bytes::copy_from_slice(&at.to_le_bytes()),
+        });
+    }
+    if event.data.is_none() {
+        headers.push(Header {
+            name: "nodata".into(),
+            value: Bytes::new(),
+        });
+    }
+    for (name, value) in &event.extensions {
+        let mut bytes = BytesMut::new();
+        match value {
+            ExtensionValue::String(text) => {
+                bytes.put_u8(b's');
+                bytes.put_slice(text.as_bytes());
+            }
+            ExtensionValue::Bool(flag) => {
+                bytes.put_u8(b'b');
+                bytes.put_u8(u8::from(*flag));
+            }
+            ExtensionValue::Integer(number) => {
+                bytes.put_u8(b'i');
+                bytes.put_i64_le(*number);
+            }
+        }
+        headers.push(Header {
+            name: format!("x:{name}"),
+            value: bytes.freeze(),
+        });
+    }
+    NewRecord {
+        key: event
+            .key
+            .as_ref()
+            .map(|key| Bytes::copy_from_slice(key.as_bytes())),
+        headers,
+        value: event.data.clone().unwrap_or_default(),
+    }
+}
+
+/// Why a record is not a valid event.
+#[derive(Debug, thiserror::Error)]
+#[error("record at offset {offset} is not a valid event: {reason}")]
+pub(crate) struct DecodeError {
+    offset: u64,
+    reason: String,
+}
+
+/// The event stored in `record` of `topic`'s `partition`.
+pub(crate) fn decode(
+    topic: &TopicName,
+    partition: u32,
+    record: Record,
+) -> Result<StoredEvent, DecodeError> {
+    let offset = record.offset;
+    let bad = |reason: String| DecodeError { offset, reason };
+    let text = |value: &Bytes| {
+        String::from_utf8(value.to_vec()).map_err(|_| bad("attribute is not UTF-8".into()))
+    };
+    let mut event = Event {
+        id: String::new(),
+        source: String::new(),
+        ty: String::new(),
+        specversion: String::new(),
+        subject: None,
+        time: None,
+        datacontenttype: None,
+        dataschema: None,
+        data: Some(record.value),
+        key: None,
+        correlationid: None,
+        causationid: None,
+        traceparent: None,
+        tracestate: None,
+        deliver_at: None,
+        extensions: Default::default(),
+    };
+    for header in &record.headers {
+        match header.name.as_str() {
+            "id" => event.id = text(&header.value)?,
+            "src" => event.source = text(&header.value)?,
+            "type" => event.ty = text(&header.value)?,
+            "sv" => event.specversion = text(&header.value)?,
+            "sub" => event.subject = Some(text(&header.value)?),
+            "time" => event.time = Some(text(&header.value)?),
+            "dct" => event.datacontenttype = Some(text(&header.value)?),
+            "dsc" => event.dataschema = Some(text(&header.value)?),
+            "cor" => event.correlationid = Some(text(&header.value)?),
+            "cau" => event.causationid = Some(text(&header.value)?),
+            "tp" => event.traceparent = Some(text(&header.value)?),
+            "ts" => event.tracestate = Some(text(&header.value)?),
+            "at" => {
+                let bytes: [u8; 8] = header
+                    .value
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| bad("deliver_at is not 8 bytes".into()))?;
+                event.deliver_at = Some(i64::from_le_bytes(bytes));
+            }
+            "nodata" => event.data = None,
+            name => {
+                if let Some(extension) = name.strip_prefix("x:") {
+                    let value = decode_extension(&header.value)
+                        .ok_or_else(|| bad(format!("extension {extension} is malformed")))?;
+                    event.extensions.insert(extension.to_owned(), value);
+                }
+            }
+        }
+    }
+    if event.id.is_empty()
+        || event.source.is_empty()
+        || event.ty.is_empty()
+        || event.specversion.is_empty()
+    {
+        return Err(bad("a required attribute is missing".into()));
+    }
+    event.key = record.key.map(|key| text(&key)).transpose()?;
+    Ok(StoredEvent {
+        topic: topic.clone(),
+        partition,
+        offset,
+        appended_at: record.timestamp,
+        event,
+    })
+}
+
+fn decode_extension(bytes: &[u8]) -> Option<ExtensionValue> {
+    let (tag, rest) = bytes.split_first()?;
+    match tag {
+        b's' => String::from_utf8(rest.to_vec())
+            .ok()
+            .map(ExtensionValue::String),
+        b'b' => match rest {
+            [flag] => Some(ExtensionValue::Bool(*flag != 0)),
+            _ => None,
+        },
+        b'i' => rest
+            .try_into()
+            .ok()
+            .map(|bytes: [u8; 8]| ExtensionValue::Integer(i64::from_le_bytes(bytes))),
+        _ => None,
+    }
+}
+
+/// The event id of a stored record, without decoding the rest.
+pub(crate) fn record_id(record: &Record) -> Option<&[u8]> {
+    record
+        .headers
+        .iter()
+        .find(|header| header.name == "id")
+        .map(|header| header.value.as_ref())
+}

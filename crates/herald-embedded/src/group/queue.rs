@@ -1,0 +1,719 @@
+//! The queue and keyed group state machine. Pure: no I/O, time passed in.
+//! Its effects (dead letters to record) are returned as data for the caller
+//! to carry out.
+//!
+//! Per partition the group keeps a **floor** (every offset below it is
+//! finished: acked, dead-lettered or filtered out), the finished offsets
+//! above it as ranges, a **frontier** (the next offset to read from the log)
+//! and a small read-ahead buffer. Every event handed out and not finished
+//! is **pending**, in one of three states: leased to a member until a
+//! deadline; waiting until a time (a backoff, a nack delay, or a delayed
+//! event's `deliver_at`); or, in keyed mode, blocked behind an earlier event
+//! of its key. Two heaps order the leases by deadline and the waiting events
+//! by time, so every operation costs O(log pending) — nothing scans the
+//! backlog, and the backlog stays on disk: memory is bounded by the
+//! read-ahead and `max_pending`.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::Arc;
+
+use herald_backend::{Delivery, GroupSpec};
+use herald_types::StoredEvent;
+use serde::{Deserialize, Serialize};
+
+use super::ranges::RangeSet;
+
+/// Read-ahead per partition: refill below this many buffered events.
+pub(crate) const LOW_WATER: usize = 256;
+
+/// An event leaving the group for its dead-letter list.
+#[derive(Debug, Clone)]
+pub(crate) struct DeadLetterEffect {
+    pub(crate) event: Arc<StoredEvent>,
+    pub(crate) reason: String,
+    pub(crate) attempts: u32,
+}
+
+#[derive(Debug)]
+struct Cursor {
+    floor: u64,
+    finished: RangeSet,
+    frontier: u64,
+    buffer: VecDeque<Arc<StoredEvent>>,
+}
+
+#[derive(Debug)]
+enum EntryState {
+    Leased {
+        deadline: i64,
+        member: String,
+        attempt: u32,
+    },
+    Waiting {
+        at: i64,
+    },
+    Blocked,
+}
+
+#[derive(Debug)]
+struct Entry {
+    event: Arc<StoredEvent>,
+    attempts: u32,
+    state: EntryState,
+}
+
+type Coordinates = (u32, u64);
+
+/// What survives a restart: per partition the floor, the finished ranges, and
+/// the delivery counts of pending events (so `max_deliveries` holds across
+/// restarts).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct QueueSnapshot {
+    pub(crate) partitions: Vec<PartitionSnapshot>,
+}
+
+/// One partition of a [`QueueSnapshot`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct PartitionSnapshot {
+    pub(crate) floor: u64,
+    pub(crate) finished: RangeSet,
+    /// `(offset, attempts)` of pending events.
+    pub(crate) attempts: Vec<(u64, u32)>,
+}
+
+/// The state of a queue or keyed group.
+#[derive(Debug)]
+pub(crate) struct QueueState {
+    keyed: bool,
+    spec: GroupSpec,
+    cursors: Vec<Cursor>,
+    pending: HashMap<Coordinates, Entry>,
+    /// `(deadline, partition, offset, attempt)` — stale entries are skipped.
+    leases: BinaryHeap<Reverse<(i64, u32, u64, u32)>>,
+    /// `(at, partition, offset)` — stale entries are skipped.
+    waiting: BinaryHeap<Reverse<(i64, u32, u64)>>,
+    /// Keyed mode: per partition and key, the pending offsets in order; the
+    /// head is the one that may be in flight.
+    keys: HashMap<(u32, Vec<u8>), VecDeque<u64>>,
+    leased: usize,
+    /// Delivery counts restored after a restart, consumed as events are read.
+    restored_attempts: HashMap<Coordinates, u32>,
+    next_partition: usize,
+    /// Bumped by `reset`, so reads started before it are discarded.
+    epoch: u64,
+}
+
+impl QueueState {
+    /// A fresh group starting at `starts` (one offset per partition).
+    pub(crate) fn new(spec: GroupSpec, starts: &[u64]) -> Self {
+        let snapshot = QueueSnapshot {
+            partitions: starts
+                .iter()
+                .map(|&floor| PartitionSnapshot {
+                    floor,
+                    ..PartitionSnapshot::default()
+                })
+                .collect(),
+        };
+        Self::restore(spec, snapshot)
+    }
+
+    /// A group as persisted.
+    pub(crate) fn restore(spec: GroupSpec, snapshot: QueueSnapshot) -> Self {
+        let mut restored_attempts = HashMap::new();
+        let cursors = snapshot
+            .partitions
+            .into_iter()
+            .enumerate()
+            .map(|(partition, saved)| {
+                for (offset, attempts) in saved.attempts {
+                    restored_attempts.insert((partition as u32, offset), attempts);
+                }
+                Cursor {
+                    floor: saved.floor,
+                    finished: saved.finished,
+                    frontier: saved.floor,
+                    buffer: VecDeque::new(),
+                }
+            })
+            .collect();
+        Self {
+            keyed: spec.mode == herald_backend::GroupMode::Keyed,
+            spec,
+            cursors,
+            pending: HashMap::new(),
+            leases: BinaryHeap::new(),
+            waiting: BinaryHeap::new(),
+            keys: HashMap::new(),
+            leased: 0,
+            restored_attempts,
+            next_partition: 0,
+            epoch: 0,
+        }
+    }
+
+    /// What must survive a restart.
+    pub(crate) fn snapshot(&self) -> QueueSnapshot {
+        let mut partitions: Vec<PartitionSnapshot> = self
+            .cursors
+            .iter()
+            .map(|cursor| PartitionSnapshot {
+                floor: cursor.floor,
+                finished: cursor.finished.clone(),
+                attempts: Vec::new(),
+            })
+            .collect();
+        for ((partition, offset), entry) in &self.pending {
+            if entry.attempts > 0
+                && let Some(saved) = partitions.get_mut(*partition as usize)
+            {
+                saved.attempts.push((*offset, entry.attempts));
+            }
+        }
+        for ((partition, offset), attempts) in &self.restored_attempts {
+            if let Some(saved) = partitions.get_mut(*partition as usize) {
+                saved.attempts.push((*offset, *attempts));
+            }
+        }
+        for saved in &mut partitions {
+            saved.attempts.sort_unstable();
+        }
+        QueueSnapshot { partitions }
+    }
+
+    /// Replaces the settings (mode is fixed).
+    pub(crate) fn set_spec(&mut self, spec: GroupSpec) {
+        self.spec = spec;
+    }
+
+    /// The current epoch (see [`QueueState::add_read`]).
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Events pending beyond which no new events are read: leases plus
+    /// waiting plus blocked. Bounds memory whatever the backlog.
+    fn max_pending(&self) -> usize {
+        (self.spec.max_in_flight as usize)
+            .saturating_mul(4)
+            .max(10_000)
+    }
+
+    /// Partitions whose read-ahead needs refilling, with the offset to read
+    /// from: `ends[p]` is the partition's end offset.
+    pub(crate) fn reads_needed(&self, ends: &[u64]) -> Vec<(u32, u64)> {
+        if self.pending.len() >= self.max_pending() {
+            return Vec::new();
+        }
+        self.cursors
+            .iter()
+            .enumerate()
+            .filter(|(partition, cursor)| {
+                cursor.buffer.len() < LOW_WATER
+                    && ends
+                        .get(*partition)
+                        .is_some_and(|end| cursor.frontier < *end)
+            })
+            .map(|(partition, cursor)| (partition as u32, cursor.frontier))
+            .collect()
+    }
+
+    /// Adds events read from `partition` starting at `from`, up to `next`.
+    /// Ignored if the cursor moved meanwhile (another read, or a reset in
+    /// another `epoch`).
+    pub(crate) fn add_read(
+        &mut self,
+        epoch: u64,
+        partition: u32,
+        from: u64,
+        events: Vec<StoredEvent>,
+        next: u64,
+    ) {
+        let Some(cursor) = self.cursors.get_mut(partition as usize) else {
+            return;
+        };
+        if epoch != self.epoch || cursor.frontier != from {
+            return;
+        }
+        cursor.frontier = next;
+        cursor.buffer.extend(events.into_iter().map(Arc::new));
+    }
+
+    /// When the partition's retention removed offsets below the floor: move
+    /// the floor (and frontier) up to `start`.
+    pub(crate) fn skip_to(&mut self, partition: u32, start: u64) {
+        let Some(cursor) = self.cursors.get_mut(partition as usize) else {
+            return;
+        };
+        if cursor.frontier < start {
+            cursor.frontier = start;
+            cursor.buffer.clear();
+        }
+        if cursor.floor < start {
+            cursor.floor = start;
+            cursor.finished.drop_below(start);
+            Self::advance_floor(cursor);
+        }
+    }
+
+    /// Hands out up to `max` deliveries to `member`. Expired leases are
+    /// processed first; their dead letters come back as effects.
+    pub(crate) fn take(
+        &mut self,
+        member: &str,
+        max: usize,
+        now: i64,
+    ) -> (Vec<Delivery>, Vec<DeadLetterEffect>) {
+        let effects = self.expire(now);
+        let mut deliveries = Vec::new();
+        let max_in_flight = self.spec.max_in_flight as usize;
+        while deliveries.len() < max && self.leased < max_in_flight {
+            let Some(coordinates) = self.pop_due(now).or_else(|| self.next_new(now)) else {
+                break;
+            };
+            deliveries.extend(self.lease(coordinates, member, now));
+        }
+        (deliveries, effects)
+    }
+
+    /// The earliest time something changes without outside input: a lease
+    /// expiring or a waiting event coming due.
+    pub(crate) fn next_timer(&self) -> Option<i64> {
+        let lease = self.leases.peek().map(|Reverse(entry)| entry.0);
+        let waiting = self.waiting.peek().map(|Reverse(entry)| entry.0);
+        match (lease, waiting) {
+            (Some(lease), Some(waiting)) => Some(lease.min(waiting)),
+            (one, other) => one.or(other),
+        }
+    }
+
+    /// Processes leases that expired by `now`: each is retried after its
+    /// backoff, or dead-lettered once it had `max_deliveries`.
+    pub(crate) fn expire(&mut self, now: i64) -> Vec<DeadLetterEffect> {
+        let mut effects = Vec::new();
+        while let Some(Reverse((deadline, partition, offset, attempt))) =
+            self.leases.peek().copied()
+        {
+            if deadline > now {
+                break;
+            }
+            self.leases.pop();
+            let current = matches!(
+                self.pending.get(&(partition, offset)),
+                Some(Entry { state: EntryState::Leased { deadline: current, attempt: leased, .. }, .. })
+                    if *current == deadline && *leased == attempt
+            );
+            if current {
+                self.unlease((partition, offset), now);
+                if let Some(effect) =
+                    self.retry_or_bury((partition, offset), now, None, "ack deadline exceeded")
+                {
+                    effects.push(effect);
+                }
+            }
+        }
+        effects
+    }
+
+    fn pop_due(&mut self, now: i64) -> Option<Coordinates> {
+        while let Some(Reverse((at, partition, offset))) = self.waiting.peek().copied() {
+            if at > now {
+                return None;
+            }
+            self.waiting.pop();
+            let due = matches!(
+                self.pending.get(&(partition, offset)),
+                Some(Entry { state: EntryState::Waiting { at: current }, .. }) if *current == at
+            );
+            if due {
+                return Some((partition, offset));
+            }
+        }
+        None
+    }
+
+    /// The next new event that can be leased now, from the read-ahead,
+    /// partitions in turn. Filtered-out events are finished on the way;
+    /// delayed ones start waiting; keyed ones behind their key are blocked.
+    fn next_new(&mut self, now: i64) -> Option<Coordinates> {
+        let partitions = self.cursors.len();
+        for _ in 0..partitions {
+            let partition = self.next_partition % partitions;
+            self.next_partition = partition + 1;
+            while self.pending.len() < self.max_pending() {
+                let Some(event) = self.cursors[partition].buffer.pop_front() else {
+                    break;
+                };
+                let coordinates = (partition as u32, event.offset);
+                let cursor = &self.cursors[partition];
+                if event.offset < cursor.floor
+                    || cursor.finished.contains(event.offset)
+                    || self.pending.contains_key(&coordinates)
+                {
+                    continue;
+                }
+                if !self
+                    .spec
+                    .filter
+                    .matches(&event.event.ty, event.event.subject.as_deref())
+                {
+                    self.finish_offset(coordinates);
+                    continue;
+                }
+                let attempts = self.restored_attempts.remove(&coordinates).unwrap_or(0);
+                let key = self.key_of(&event);
+                let blocked = self.enqueue_key(coordinates, key);
+                let deliver_at = event.event.deliver_at.filter(|at| *at > now);
+                let state = match (blocked, deliver_at) {
+                    (true, _) => EntryState::Blocked,
+                    (false, Some(at)) => {
+                        self.waiting
+                            .push(Reverse((at, coordinates.0, coordinates.1)));
+                        EntryState::Waiting { at }
+                    }
+                    // Leased by the caller right away.
+                    (false, None) => EntryState::Waiting { at: now },
+                };
+                self.pending.insert(
+                    coordinates,
+                    Entry {
+                        event,
+                        attempts,
+                        state,
+                    },
+                );
+                if !blocked && deliver_at.is_none() {
+                    return Some(coordinates);
+                }
+            }
+        }
+        None
+    }
+
+    /// Keyed mode: the key that orders `event`, if it has one.
+    fn key_of(&self, event: &StoredEvent) -> Option<Vec<u8>> {
+        if self.keyed {
+            event.event.key.as_ref().map(|key| key.as_bytes().to_vec())
+        } else {
+            None
+        }
+    }
+
+    /// Queues `coordinates` behind its key; returns whether an earlier event
+    /// of the key is still pending (so this one must wait its turn).
+    fn enqueue_key(&mut self, coordinates: Coordinates, key: Option<Vec<u8>>) -> bool {
+        let Some(key) = key else { return false };
+        let queue = self.keys.entry((coordinates.0, key)).or_default();
+        queue.push_back(coordinates.1);
+        queue.len() > 1
+    }
+
+    fn lease(&mut self, coordinates: Coordinates, member: &str, now: i64) -> Option<Delivery> {
+        let ack_wait = i64::try_from(self.spec.ack_wait_ms).unwrap_or(i64::MAX);
+        let deadline = now.saturating_add(ack_wait);
+        let entry = self.pending.get_mut(&coordinates)?;
+        entry.attempts += 1;
+        let attempt = entry.attempts;
+        entry.state = EntryState::Leased {
+            deadline,
+            member: member.to_owned(),
+            attempt,
+        };
+        let event = (*entry.event).clone();
+        self.leases
+            .push(Reverse((deadline, coordinates.0, coordinates.1, attempt)));
+        self.leased += 1;
+        Some(Delivery {
+            delivery_id: delivery_id(coordinates, attempt),
+            attempt,
+            event,
+        })
+    }
+
+    /// Acks: the event is finished. Any pending, unblocked event may be acked,
+    /// also by the id of an earlier delivery (the work was done). Returns
+    /// whether it applied.
+    pub(crate) fn ack(&mut self, id: &str, now: i64) -> bool {
+        let Some((coordinates, _)) = parse_delivery_id(id) else {
+            return false;
+        };
+        match self.pending.get(&coordinates) {
+            Some(Entry {
+                state: EntryState::Leased { .. } | EntryState::Waiting { .. },
+                attempts,
+                ..
+            }) if *attempts > 0 => {
+                self.finish(coordinates, now);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Nacks the current lease: redelivered after `delay` (or the backoff),
+    /// or dead-lettered if it had `max_deliveries`.
+    pub(crate) fn nack(
+        &mut self,
+        id: &str,
+        delay_ms: Option<u64>,
+        now: i64,
+    ) -> (bool, Option<DeadLetterEffect>) {
+        let Some(coordinates) = self.current_lease(id) else {
+            return (false, None);
+        };
+        self.unlease(coordinates, now);
+        (
+            true,
+            self.retry_or_bury(coordinates, now, delay_ms, "nacked"),
+        )
+    }
+
+    /// Extends the current lease to `now + ack_wait_ms`.
+    pub(crate) fn extend(&mut self, id: &str, ack_wait_ms: Option<u64>, now: i64) -> bool {
+        let Some(coordinates) = self.current_lease(id) else {
+            return false;
+        };
+        let ack_wait =
+            i64::try_from(ack_wait_ms.unwrap_or(self.spec.ack_wait_ms)).unwrap_or(i64::MAX);
+        let deadline = now.saturating_add(ack_wait);
+        if let Some(Entry {
+            state:
+                EntryState::Leased {
+                    deadline: current,
+                    attempt,
+                    ..
+                },
+            ..
+        }) = self.pending.get_mut(&coordinates)
+        {
+            *current = deadline;
+            self.leases
+                .push(Reverse((deadline, coordinates.0, coordinates.1, *attempt)));
+        }
+        true
+    }
+
+    /// Sends the event straight to dead letters.
+    pub(crate) fn reject(&mut self, id: &str, reason: &str, now: i64) -> Option<DeadLetterEffect> {
+        let (coordinates, _) = parse_delivery_id(id)?;
+        match self.pending.get(&coordinates) {
+            Some(Entry {
+                state: EntryState::Leased { .. } | EntryState::Waiting { .. },
+                attempts,
+                ..
+            }) if *attempts > 0 => self.bury(coordinates, now, format!("rejected: {reason}")),
+            _ => None,
+        }
+    }
+
+    /// Every lease of `member` returns to the group, due now.
+    pub(crate) fn release_member(&mut self, member: &str, now: i64) -> usize {
+        let released: Vec<Coordinates> = self
+            .pending
+            .iter()
+            .filter(|(_, entry)| matches!(&entry.state, EntryState::Leased { member: holder, .. } if holder == member))
+            .map(|(coordinates, _)| *coordinates)
+            .collect();
+        for coordinates in &released {
+            self.unlease(*coordinates, now);
+            self.waiting
+                .push(Reverse((now, coordinates.0, coordinates.1)));
+        }
+        released.len()
+    }
+
+    /// Makes `event` (a dead letter being redriven) deliverable again as a
+    /// first delivery. It stays finished for the floor; it is pending until
+    /// settled again.
+    pub(crate) fn redrive(&mut self, event: StoredEvent, now: i64) {
+        let coordinates = (event.partition, event.offset);
+        if self.pending.contains_key(&coordinates) {
+            return;
+        }
+        let key = self.key_of(&event);
+        let state = if self.enqueue_key(coordinates, key) {
+            EntryState::Blocked
+        } else {
+            self.waiting
+                .push(Reverse((now, coordinates.0, coordinates.1)));
+            EntryState::Waiting { at: now }
+        };
+        self.pending.insert(
+            coordinates,
+            Entry {
+                event: Arc::new(event),
+                attempts: 0,
+                state,
+            },
+        );
+    }
+
+    /// Moves every partition to `starts`, dropping all pending state.
+    pub(crate) fn reset(&mut self, starts: &[u64]) {
+        let spec = self.spec.clone();
+        let epoch = self.epoch + 1;
+        *self = Self::new(spec, starts);
+        self.epoch = epoch;
+    }
+
+    /// Leased deliveries outstanding.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.leased
+    }
+
+    /// Events pending but not leased (waiting or blocked).
+    pub(crate) fn waiting(&self) -> usize {
+        self.pending.len() - self.leased
+    }
+
+    /// Per partition: the floor (everything below is finished).
+    pub(crate) fn floors(&self) -> Vec<u64> {
+        self.cursors.iter().map(|cursor| cursor.floor).collect()
+    }
+
+    /// The frontier of each partition (the next offset to read).
+    pub(crate) fn frontiers(&self) -> Vec<u64> {
+        self.cursors.iter().map(|cursor| cursor.frontier).collect()
+    }
+
+    /// Whether new events are wanted from the log (room for them, nothing
+    /// buffered): a fetcher with nothing to hand out should wait for the log.
+    pub(crate) fn wants_events(&self) -> bool {
+        self.pending.len() < self.max_pending()
+            && self.cursors.iter().all(|cursor| cursor.buffer.is_empty())
+    }
+
+    fn current_lease(&self, id: &str) -> Option<Coordinates> {
+        let (coordinates, attempt) = parse_delivery_id(id)?;
+        match self.pending.get(&coordinates) {
+            Some(Entry {
+                state:
+                    EntryState::Leased {
+                        attempt: leased, ..
+                    },
+                ..
+            }) if *leased == attempt => Some(coordinates),
+            _ => None,
+        }
+    }
+
+    /// Ends a lease: the entry waits (the caller says until when).
+    fn unlease(&mut self, coordinates: Coordinates, now: i64) {
+        if let Some(entry) = self.pending.get_mut(&coordinates)
+            && matches!(entry.state, EntryState::Leased { .. })
+        {
+            entry.state = EntryState::Waiting { at: now };
+            self.leased -= 1;
+        }
+    }
+
+    fn retry_or_bury(
+        &mut self,
+        coordinates: Coordinates,
+        now: i64,
+        delay_ms: Option<u64>,
+        reason: &str,
+    ) -> Option<DeadLetterEffect> {
+        let attempts = self.pending.get(&coordinates)?.attempts;
+        if attempts >= self.spec.max_deliveries {
+            let reason = format!(
+                "{reason}; max deliveries ({}) reached",
+                self.spec.max_deliveries
+            );
+            return self.bury(coordinates, now, reason);
+        }
+        let delay = delay_ms.unwrap_or_else(|| self.spec.backoff(attempts));
+        let at = now.saturating_add(i64::try_from(delay).unwrap_or(i64::MAX));
+        if let Some(entry) = self.pending.get_mut(&coordinates) {
+            entry.state = EntryState::Waiting { at };
+        }
+        self.waiting
+            .push(Reverse((at, coordinates.0, coordinates.1)));
+        None
+    }
+
+    fn bury(
+        &mut self,
+        coordinates: Coordinates,
+        now: i64,
+        reason: String,
+    ) -> Option<DeadLetterEffect> {
+        let entry = self.pending.get(&coordinates)?;
+        let effect = DeadLetterEffect {
+            event: Arc::clone(&entry.event),
+            reason,
+            attempts: entry.attempts,
+        };
+        self.finish(coordinates, now);
+        Some(effect)
+    }
+
+    /// The event is finished: forget it, move the floor, unblock its key.
+    fn finish(&mut self, coordinates: Coordinates, now: i64) {
+        let Some(entry) = self.pending.remove(&coordinates) else {
+            return;
+        };
+        if matches!(entry.state, EntryState::Leased { .. }) {
+            self.leased -= 1;
+        }
+        self.finish_offset(coordinates);
+        if self.keyed
+            && let Some(key) = entry.event.event.key.as_ref()
+        {
+            let slot = (coordinates.0, key.as_bytes().to_vec());
+            let next = self.keys.get_mut(&slot).and_then(|queue| {
+                queue.retain(|offset| *offset != coordinates.1);
+                queue.front().copied()
+            });
+            match next {
+                Some(offset) => self.unblock((coordinates.0, offset), now),
+                None => {
+                    self.keys.remove(&slot);
+                }
+            }
+        }
+    }
+
+    fn unblock(&mut self, coordinates: Coordinates, now: i64) {
+        if let Some(entry) = self.pending.get_mut(&coordinates)
+            && matches!(entry.state, EntryState::Blocked)
+        {
+            let at = entry.event.event.deliver_at.unwrap_or(now).max(now);
+            entry.state = EntryState::Waiting { at };
+            self.waiting
+                .push(Reverse((at, coordinates.0, coordinates.1)));
+        }
+    }
+
+    fn finish_offset(&mut self, (partition, offset): Coordinates) {
+        let Some(cursor) = self.cursors.get_mut(partition as usize) else {
+            return;
+        };
+        if offset < cursor.floor {
+            return;
+        }
+        cursor.finished.insert(offset);
+        Self::advance_floor(cursor);
+    }
+
+    fn advance_floor(cursor: &mut Cursor) {
+        while let Some(end) = cursor.finished.take_range_at(cursor.floor) {
+            cursor.floor = end;
+        }
+    }
+}
+
+/// `"<partition>.<offset>.<attempt>"`.
+pub(crate) fn delivery_id((partition, offset): Coordinates, attempt: u32) -> String {
+    format!("{partition}.{offset}.{attempt}")
+}
+
+/// The coordinates and attempt of a delivery id, or `None` if malformed.
+pub(crate) fn parse_delivery_id(id: &str) -> Option<(Coordinates, u32)> {
+    let mut parts = id.splitn(3, '.');
+    let partition = parts.next()?.parse().ok()?;
+    let offset = parts.next()?.parse().ok()?;
+    let attempt = parts.next()?.parse().ok()?;
+    Some(((partition, offset), attempt))
+}

@@ -1,0 +1,1015 @@
+//! The embedded backend: Herald's own log ([`herald_log`]) for events, redb
+//! for metadata and group state. The default backend; one process, one data
+//! directory:
+//!
+//! ```text
+//! <data_dir>/
+//!   meta.redb                    topics, groups, group state, dead letters, kv
+//!   topics/<topic>/<partition>/  one herald-log per partition
+//! ```
+//!
+//! # Durability of group state
+//!
+//! Topics, groups, commits (stream mode), resets and dead letters are written
+//! to redb (fsynced) before the call returns. Acks, nacks and lease changes of
+//! queue and keyed groups are applied in memory at once and persisted by a
+//! background flush every `flush_interval` (default 50 ms), batched into one
+//! redb transaction for all groups. So after a crash, an event acked less than
+//! one flush interval before it may be delivered once more; nothing acked
+//! earlier is, and every event not acked is delivered again.
+//!
+//! # Background tasks
+//!
+//! `group-flush` persists dirty group state; `group-timer` expires leases
+//! (redelivery, dead letters) and silent stream members. Both stop on
+//! [`Backend::shutdown`], which flushes once more and closes every log.
+
+mod codec;
+mod group;
+mod meta;
+mod topic;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use herald_backend::{
+    AckOutcome, Backend, CommitRequest, DeadLetter, Error, Events, Expect, FetchRequest,
+    FetchResponse, GroupInfo, GroupSpec, GroupStatus, Groups, Kv, KvEntry, PartitionOffset,
+    PublishResult, ReadResult, Result, StartPosition, TopicDescription, TopicInfo, TopicSpec,
+    TopicUpdate, Topics,
+};
+use herald_log::{Log, LogEnv, LogHandle, LogMetrics, SystemClock, WriterOptions};
+use herald_types::{Event, EventInput, ExtensionValue, GroupName, StoredEvent, TopicName};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use group::queue::DeadLetterEffect;
+use group::{GroupRuntime, Snapshot};
+use meta::{DeadLetterRecord, Meta, group_key};
+use topic::TopicRuntime;
+
+/// How the embedded backend runs.
+#[derive(Debug, Clone)]
+pub struct EmbeddedOptions {
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// Each partition's writer thread.
+    pub writer: WriterOptions,
+    /// How often queue-group acks are persisted: the window in which an ack
+    /// may be lost to a crash (and its event delivered once more).
+    pub flush_interval: Duration,
+    /// How often leases are expired and silent members dropped without a
+    /// fetch to prompt it.
+    pub tick_interval: Duration,
+}
+
+impl EmbeddedOptions {
+    /// Defaults for `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            writer: WriterOptions::default(),
+            flush_interval: Duration::from_millis(50),
+            tick_interval: Duration::from_millis(100),
+        }
+    }
+}
+
+/// The embedded backend. Cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct EmbeddedBackend {
+    inner: Arc<Inner>,
+    cancel: CancellationToken,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    data_dir: PathBuf,
+    meta: Meta,
+    topics: RwLock<BTreeMap<TopicName, Arc<TopicRuntime>>>,
+    env: LogEnv,
+    writer: WriterOptions,
+    /// Serializes topic and group creation and deletion.
+    admin: tokio::sync::Mutex<()>,
+    ready: AtomicBool,
+    closed: AtomicBool,
+}
+
+fn task_error(error: &tokio::task::JoinError) -> Error {
+    Error::Unavailable {
+        detail: format!("blocking task failed: {error}"),
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|error| task_error(&error))?
+}
+
+impl EmbeddedBackend {
+    /// Opens the backend in `options.data_dir`, recovering every topic's logs
+    /// and every group's state.
+    pub async fn open(options: EmbeddedOptions, metrics: Arc<LogMetrics>) -> Result<Self> {
+        let env = LogEnv {
+            metrics,
+            clock: Arc::new(SystemClock),
+            ..LogEnv::default()
+        };
+        Self::open_with(options, env).await
+    }
+
+    /// Like [`EmbeddedBackend::open`], with the log environment given
+    /// (filesystem, clock, metrics).
+    pub async fn open_with(options: EmbeddedOptions, env: LogEnv) -> Result<Self> {
+        let data_dir = options.data_dir.clone();
+        let topics_dir = data_dir.join("topics");
+        let meta = {
+            let (data_dir, topics_dir) = (data_dir.clone(), topics_dir.clone());
+            blocking(move || {
+                std::fs::create_dir_all(&topics_dir).map_err(|error| Error::Unavailable {
+                    detail: format!("cannot create {}: {error}", topics_dir.display()),
+                })?;
+                Meta::open(&data_dir.join("meta.redb"))
+            })
+            .await?
+        };
+        let inner = Arc::new(Inner {
+            data_dir,
+            meta,
+            topics: RwLock::new(BTreeMap::new()),
+            env,
+            writer: options.writer.clone(),
+            admin: tokio::sync::Mutex::new(()),
+            ready: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+        });
+        inner.recover().await?;
+        let cancel = CancellationToken::new();
+        let tasks = vec![
+            tokio::spawn(flush_loop(
+                Arc::clone(&inner),
+                options.flush_interval,
+                cancel.clone(),
+            )),
+            tokio::spawn(timer_loop(
+                Arc::clone(&inner),
+                options.tick_interval,
+                cancel.clone(),
+            )),
+        ];
+        inner.ready.store(true, Ordering::SeqCst);
+        Ok(Self {
+            inner,
+            cancel,
+            tasks: Mutex::new(tasks),
+        })
+    }
+}
+
+impl Inner {
+    fn now(&self) -> i64 {
+        self.env.clock.now_ms()
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::SeqCst) {
+            Err(Error::ShuttingDown)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn topic(&self, name: &TopicName) -> Result<Arc<TopicRuntime>> {
+        self.check_open()?;
+        self.topics
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::TopicNotFound {
+                topic: name.to_string(),
+            })
+    }
+
+    fn group(
+        &self,
+        topic: &TopicName,
+        group: &GroupName,
+    ) -> Result<(Arc<TopicRuntime>, Arc<GroupRuntime>)> {
+        let runtime = self.topic(topic)?;
+        let found = runtime
+            .groups
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(group)
+            .cloned();
+        let found = found.ok_or_else(|| Error::GroupNotFound {
+            topic: topic.to_string(),
+            group: group.to_string(),
+        })?;
+        Ok((runtime, found))
+    }
+
+    fn topic_dir(&self, name: &TopicName) -> PathBuf {
+        self.data_dir.join("topics").join(name.as_str())
+    }
+
+    /// Opens the logs of a topic's partitions.
+    async fn open_partitions(&self, spec: &TopicSpec) -> Result<Vec<LogHandle>> {
+        let dir = self.topic_dir(&spec.name);
+        let options = topic::log_options(spec);
+        let mut handles = Vec::with_capacity(spec.partitions as usize);
+        for partition in 0..spec.partitions {
+            let (dir, options, env, writer) = (
+                dir.join(partition.to_string()),
+                options.clone(),
+                self.env.clone(),
+                self.writer.clone(),
+            );
+            let handle = blocking(move || {
+                let metrics = Arc::clone(&env.metrics);
+                let log = Log::open(dir, options, env)
+                    .map_err(|error| topic::log_error(partition, error))?;
+                LogHandle::spawn(log, writer, metrics)
+                    .map_err(|error| topic::log_error(partition, error))
+            })
+            .await?;
+            handles.push(handle);
+        }
+        Ok(handles)
+    }
+
+    async fn recover(self: &Arc<Self>) -> Result<()> {
+        let meta = self.meta.clone();
+        let topics = blocking(move || meta.topics()).await?;
+        let now = self.now();
+        for info in topics {
+            let partitions = self.open_partitions(&info.spec).await?;
+            let runtime = Arc::new(TopicRuntime::new(
+                info.clone(),
+                self.topic_dir(&info.spec.name),
+                partitions,
+            ));
+            runtime.rebuild_dedup(now).await?;
+            self.topics
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(info.spec.name.clone(), runtime);
+        }
+        self.remove_orphan_topic_dirs().await?;
+        let meta = self.meta.clone();
+        let groups = blocking(move || meta.groups()).await?;
+        for (key, info, state) in groups {
+            let Some((topic_name, _)) = key.split_once('/') else {
+                continue;
+            };
+            let Ok(topic_name) = topic_name.parse::<TopicName>() else {
+                continue;
+            };
+            let Ok(runtime) = self.topic(&topic_name) else {
+                continue;
+            };
+            let snapshot = match state.as_deref().map(serde_json::from_slice::<Snapshot>) {
+                Some(Ok(snapshot)) => Some(snapshot),
+                Some(Err(error)) => {
+                    error!(group = %key, %error, "Group state is unreadable; starting the group from its start position.");
+                    None
+                }
+                None => None,
+            };
+            let starts = match snapshot {
+                Some(_) => Vec::new(),
+                None => runtime.start_offsets(info.spec.start).await?,
+            };
+            let group = Arc::new(GroupRuntime::new(key, info.clone(), &starts, snapshot));
+            runtime
+                .groups
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(info.name.clone(), group);
+        }
+        info!(data_dir = %self.data_dir.display(), topics = self.topics.read().unwrap_or_else(PoisonError::into_inner).len(), "Embedded backend open.");
+        Ok(())
+    }
+
+    /// Removes topic directories no topic owns (left by a delete that crashed).
+    async fn remove_orphan_topic_dirs(&self) -> Result<()> {
+        let topics_dir = self.data_dir.join("topics");
+        let known: Vec<String> = self
+            .topics
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .map(ToString::to_string)
+            .collect();
+        blocking(move || {
+            let entries = std::fs::read_dir(&topics_dir).map_err(|error| Error::Unavailable {
+                detail: format!("{}: {error}", topics_dir.display()),
+            })?;
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if !known.contains(&name) {
+                    warn!(dir = %entry.path().display(), "Removing the files of a deleted topic.");
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Persists the state of every group that changed.
+    async fn flush(&self) -> Result<()> {
+        let groups = self.all_groups();
+        let mut states = Vec::new();
+        let mut flushed = Vec::new();
+        for group in groups {
+            if let Some(snapshot) = group.take_dirty_snapshot() {
+                let bytes = serde_json::to_vec(&snapshot).map_err(|error| Error::Corrupt {
+                    detail: format!("group state: {error}"),
+                })?;
+                states.push((group.key.clone(), bytes));
+                flushed.push(group);
+            }
+        }
+        if states.is_empty() {
+            return Ok(());
+        }
+        let meta = self.meta.clone();
+        let result = blocking(move || meta.put_group_states(&states)).await;
+        if result.is_err() {
+            for group in flushed {
+                group.mark_dirty();
+            }
+        }
+        result
+    }
+
+    /// Persists one group's state now.
+    async fn persist_group(&self, group: &GroupRuntime) -> Result<()> {
+        let bytes = serde_json::to_vec(&group.snapshot()).map_err(|error| Error::Corrupt {
+            detail: format!("group state: {error}"),
+        })?;
+        let (meta, key) = (self.meta.clone(), group.key.clone());
+        blocking(move || meta.put_group_states(&[(key, bytes)])).await
+    }
+
+    fn all_groups(&self) -> Vec<Arc<GroupRuntime>> {
+        let topics: Vec<Arc<TopicRuntime>> = self
+            .topics
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        topics
+            .iter()
+            .flat_map(|topic| {
+                topic
+                    .groups
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .values()
+                    .cloned()
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// Records dead letters in the group's list and, when the topic names a
+    /// dead-letter topic, publishes a copy there.
+    async fn bury(
+        &self,
+        topic: &TopicRuntime,
+        group: &GroupRuntime,
+        effects: Vec<DeadLetterEffect>,
+    ) {
+        if effects.is_empty() {
+            return;
+        }
+        let now = self.now();
+        let records: Vec<DeadLetterRecord> = effects
+            .iter()
+            .map(|effect| DeadLetterRecord {
+                original: PartitionOffset {
+                    partition: effect.event.partition,
+                    offset: effect.event.offset,
+                },
+                reason: effect.reason.clone(),
+                attempts: effect.attempts,
+                dead_at: now,
+            })
+            .collect();
+        let (meta, key) = (self.meta.clone(), group.key.clone());
+        if let Err(error) = blocking(move || meta.add_dead_letters(&key, &records)).await {
+            error!(group = %group.key, %error, "Could not record dead letters.");
+        }
+        let Some(target) = topic.info().spec.dead_letter_topic else {
+            return;
+        };
+        let Ok(target) = self.topic(&target) else {
+            warn!(topic = %topic.name, dead_letter_topic = %target, "The dead-letter topic does not exist; kept in the group's list only.");
+            return;
+        };
+        let copies = effects
+            .iter()
+            .map(|effect| dead_letter_copy(effect, &group.name, now))
+            .collect();
+        if let Err(error) = target.publish(copies, now).await {
+            error!(topic = %target.name, %error, "Could not publish dead letters to the dead-letter topic.");
+        }
+    }
+}
+
+/// The event published to a dead-letter topic: the original, with a new id
+/// and extensions saying where it came from and why.
+fn dead_letter_copy(effect: &DeadLetterEffect, group: &GroupName, now: i64) -> EventInput {
+    let original = &effect.event;
+    let mut event: Event = original.event.clone();
+    event.id = format!(
+        "{}.{}.{}.{}.{}",
+        original.topic, original.partition, original.offset, group, now
+    );
+    event.deliver_at = None;
+    let extensions = [
+        (
+            "dltopic",
+            ExtensionValue::String(original.topic.to_string()),
+        ),
+        ("dlgroup", ExtensionValue::String(group.to_string())),
+        (
+            "dlpartition",
+            ExtensionValue::Integer(i64::from(original.partition)),
+        ),
+        (
+            "dloffset",
+            ExtensionValue::Integer(i64::try_from(original.offset).unwrap_or(i64::MAX)),
+        ),
+        ("dlreason", ExtensionValue::String(effect.reason.clone())),
+        (
+            "dlattempts",
+            ExtensionValue::Integer(i64::from(effect.attempts)),
+        ),
+        ("dlid", ExtensionValue::String(original.event.id.clone())),
+    ];
+    for (name, value) in extensions {
+        event.extensions.insert(name.to_owned(), value);
+    }
+    EventInput {
+        event,
+        partition: None,
+    }
+}
+
+async fn flush_loop(inner: Arc<Inner>, interval: Duration, cancel: CancellationToken) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        if let Err(error) = inner.flush().await {
+            warn!(%error, "Persisting group state failed; will retry.");
+        }
+    }
+}
+
+async fn timer_loop(inner: Arc<Inner>, interval: Duration, cancel: CancellationToken) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let topics: Vec<Arc<TopicRuntime>> = inner
+            .topics
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        for topic in topics {
+            let groups: Vec<Arc<GroupRuntime>> = topic
+                .groups
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .values()
+                .cloned()
+                .collect();
+            for group in groups {
+                let effects = group.tick(inner.now());
+                inner.bury(&topic, &group, effects).await;
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Topics for EmbeddedBackend {
+    async fn create_topic(&self, spec: TopicSpec) -> Result<TopicInfo> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        spec.validate()?;
+        let _admin = inner.admin.lock().await;
+        if inner.topic(&spec.name).is_ok() {
+            return Err(Error::TopicExists {
+                topic: spec.name.to_string(),
+            });
+        }
+        let dir = inner.topic_dir(&spec.name);
+        {
+            let dir = dir.clone();
+            blocking(move || {
+                if dir.exists() {
+                    std::fs::remove_dir_all(&dir).map_err(|error| Error::Unavailable {
+                        detail: format!("{}: {error}", dir.display()),
+                    })?;
+                }
+                Ok(())
+            })
+            .await?;
+        }
+        let info = TopicInfo {
+            spec: spec.clone(),
+            created_at: inner.now(),
+        };
+        let partitions = inner.open_partitions(&spec).await?;
+        let runtime = Arc::new(TopicRuntime::new(info.clone(), dir, partitions));
+        let (meta, stored) = (inner.meta.clone(), info.clone());
+        if let Err(error) = blocking(move || meta.put_topic(&stored)).await {
+            let _ = runtime.close().await;
+            return Err(error);
+        }
+        inner
+            .topics
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(spec.name.clone(), runtime);
+        info!(topic = %spec.name, partitions = spec.partitions, "Created topic.");
+        Ok(info)
+    }
+
+    async fn list_topics(&self) -> Result<Vec<TopicInfo>> {
+        self.inner.check_open()?;
+        let topics = self
+            .inner
+            .topics
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        Ok(topics.values().map(|topic| topic.info()).collect())
+    }
+
+    async fn describe_topic(&self, topic: &TopicName) -> Result<TopicDescription> {
+        let runtime = self.inner.topic(topic)?;
+        Ok(TopicDescription {
+            info: runtime.info(),
+            partition_info: runtime.partition_info(),
+        })
+    }
+
+    async fn update_topic(&self, topic: &TopicName, update: TopicUpdate) -> Result<TopicInfo> {
+        let inner = &self.inner;
+        let _admin = inner.admin.lock().await;
+        let runtime = inner.topic(topic)?;
+        let mut info = runtime.info();
+        let spec = info.spec.updated(&update);
+        spec.validate()?;
+        info.spec = spec;
+        let (meta, stored) = (inner.meta.clone(), info.clone());
+        blocking(move || meta.put_topic(&stored)).await?;
+        runtime.set_info(info.clone());
+        runtime.set_retention(&info.spec).await?;
+        Ok(info)
+    }
+
+    async fn delete_topic(&self, topic: &TopicName) -> Result<()> {
+        let inner = &self.inner;
+        let _admin = inner.admin.lock().await;
+        let runtime = inner.topic(topic)?;
+        let (meta, name) = (inner.meta.clone(), topic.to_string());
+        blocking(move || meta.delete_topic(&name)).await?;
+        inner
+            .topics
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(topic);
+        runtime.close().await?;
+        let dir = runtime.dir.clone();
+        blocking(move || {
+            std::fs::remove_dir_all(&dir).map_err(|error| Error::Unavailable {
+                detail: format!("{}: {error}", dir.display()),
+            })
+        })
+        .await?;
+        info!(topic = %topic, "Deleted topic.");
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Events for EmbeddedBackend {
+    async fn publish(
+        &self,
+        topic: &TopicName,
+        events: Vec<EventInput>,
+    ) -> Result<Vec<PublishResult>> {
+        let runtime = self.inner.topic(topic)?;
+        runtime.publish(events, self.inner.now()).await
+    }
+
+    async fn read(
+        &self,
+        topic: &TopicName,
+        partition: u32,
+        from: u64,
+        max: usize,
+    ) -> Result<ReadResult> {
+        self.inner.topic(topic)?.read(partition, from, max).await
+    }
+
+    async fn offset_for_time(
+        &self,
+        topic: &TopicName,
+        partition: u32,
+        time_ms: i64,
+    ) -> Result<u64> {
+        self.inner
+            .topic(topic)?
+            .offset_for_time(partition, time_ms)
+            .await
+    }
+
+    async fn wait_for(
+        &self,
+        topic: &TopicName,
+        partition: u32,
+        offset: u64,
+        timeout: Duration,
+    ) -> Result<u64> {
+        self.inner
+            .topic(topic)?
+            .wait_for(partition, offset, timeout)
+            .await
+    }
+}
+
+#[async_trait]
+impl Groups for EmbeddedBackend {
+    async fn put_group(
+        &self,
+        topic: &TopicName,
+        group: &GroupName,
+        spec: GroupSpec,
+    ) -> Result<(GroupInfo, bool)> {
+        let inner = &self.inner;
+        spec.validate()?;
+        let _admin = inner.admin.lock().await;
+        let runtime = inner.topic(topic)?;
+        let key = group_key(topic.as_str(), group.as_str());
+        let existing = runtime
+            .groups
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(group)
+            .cloned();
+        if let Some(existing) = existing {
+            let mut info = existing.info();
+            if info.spec.mode != spec.mode {
+                return Err(Error::GroupConflict {
+                    group: group.to_string(),
+                    existing: info.spec.mode.to_string(),
+                });
+            }
+            info.spec = spec.clone();
+            let (meta, stored) = (inner.meta.clone(), info.clone());
+            blocking(move || meta.put_group(&key, &stored, None)).await?;
+            existing.set_spec(spec);
+            return Ok((info, false));
+        }
+        let info = GroupInfo {
+            name: group.clone(),
+            spec: spec.clone(),
+            created_at: inner.now(),
+        };
+        let starts = runtime.start_offsets(spec.start).await?;
+        let created = Arc::new(GroupRuntime::new(key.clone(), info.clone(), &starts, None));
+        let state = serde_json::to_vec(&created.snapshot()).map_err(|error| Error::Corrupt {
+            detail: format!("group state: {error}"),
+        })?;
+        let (meta, stored) = (inner.meta.clone(), info.clone());
+        blocking(move || meta.put_group(&key, &stored, Some(&state))).await?;
+        runtime
+            .groups
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(group.clone(), created);
+        info!(topic = %topic, group = %group, mode = %spec.mode, "Created group.");
+        Ok((info, true))
+    }
+
+    async fn group_status(&self, topic: &TopicName, group: &GroupName) -> Result<GroupStatus> {
+        let (runtime, found) = self.inner.group(topic, group)?;
+        let (members, partitions, in_flight, pending, generation) =
+            found.status(&runtime.end_offsets(), self.inner.now());
+        let (meta, key) = (self.inner.meta.clone(), found.key.clone());
+        let dead_letters = blocking(move || meta.dead_letter_count(&key)).await?;
+        Ok(GroupStatus {
+            info: found.info(),
+            members,
+            partitions,
+            in_flight,
+            pending,
+            dead_letters,
+            generation,
+        })
+    }
+
+    async fn delete_group(&self, topic: &TopicName, group: &GroupName) -> Result<()> {
+        let inner = &self.inner;
+        let _admin = inner.admin.lock().await;
+        let (runtime, found) = inner.group(topic, group)?;
+        let (meta, key) = (inner.meta.clone(), found.key.clone());
+        blocking(move || meta.delete_group(&key)).await?;
+        runtime
+            .groups
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(group);
+        Ok(())
+    }
+
+    async fn fetch(
+        &self,
+        topic: &TopicName,
+        group: &GroupName,
+        request: FetchRequest,
+    ) -> Result<FetchResponse> {
+        request.validate()?;
+        let (runtime, found) = self.inner.group(topic, group)?;
+        let clock = Arc::clone(&self.inner.env.clock);
+        let (response, effects) = found
+            .fetch(&runtime, &request, move || clock.now_ms())
+            .await?;
+        self.inner.bury(&runtime, &found, effects).await;
+        Ok(response)
+    }
+
+    async fn ack(
+        &self,
+        topic: &TopicName,
+        group: &GroupName,
+        delivery_ids: &[String],
+    ) -> Result<AckOutcome> {
+        let (_, found) = self.inner.group(topic, group)?;
+        let now = self.inner.now();
+        let (outcome, _) = found.settle(delivery_ids, |state, id| (state.ack(id, now), None));
+        Ok(outcome)
+    }
+
+    async fn nack(
+        &self,
+        topic: &TopicName,
+        group: &GroupName,
+        delivery_ids: &[String],
+        delay: Option<Duration>,
+    ) -> Result<AckOutcome> {
+        let (runtime, found) = self.inner.group(topic, group)?;
+        let now = self.inner.now();
+        let delay_ms = delay.map(|delay| u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
+        let (outcome, effects) =
+            found.settle(delivery_ids, |state, id| state.nack(id, delay_ms, now));
+        self.inner.bury(&runtime, &found, effects).await;
+        Ok(outcome)
+    }
+
+    async fn extend(
+        &self,
+        topic: &TopicName,
+        group: &GroupName,
+        delivery_ids: &[String],
+        ack_wait: Option<Duration>,
+    ) -> Result<AckOutcome> {
+        let (_, found) = self.inner.group(topic, group)?;
+        let now = self.inner.now();
+        let ack_wait_ms = ack_wait.map(|wait| u64::try_from(wait.as_millis()).unwrap_or(u64::MAX));
+        let (outcome, _) = found.settle(delivery_ids, |state, id| {
+            (state.extend(id, ack_wait_ms, now), None)
+        });
+        Ok(outcome)
+    }
+
+    async fn reject(
+        &self,
+        topic: &TopicName,
+        group: &GroupName,
+        delivery_ids: &[String],
+        reason: &str,
+    ) -> Result<AckOutcome> {
+        let (runtime, found) = self.inner.group(topic, group)?;
+        let now = self.inner.now();
+        let (outcome, effects) = found.settle(delivery_ids, |state, id| {
+            let effect = state.reject(id, reason, now);
+            (effect.is_some(), effect)
+        });
+        self.inner.bury(&runtime, &found, effects).await;
+        Ok(outcome)
+    }
+
+    async fn commit(
+        &self,
+        topic: &TopicName,
+        group: &GroupName,
+        request: CommitRequest,
+    ) -> Result<()> {
+        let (runtime, found) = self.inner.group(topic, group)?;
+        let offsets: Vec<(u32, u64)> = request
+            .offsets
+            .iter()
+            .map(|entry| (entry.partition, entry.offset))
+            .collect();
+        found.commit(
+            &request.member,
+            request.generation,
+            &offsets,
+            &runtime.end_offsets(),
+        )?;
+        self.inner.persist_group(&found).await
+    }
+
+    async fn reset(&self, topic: &TopicName, group: &GroupName, to: StartPosition) -> Result<()> {
+        let (runtime, found) = self.inner.group(topic, group)?;
+        let starts = runtime.start_offsets(to).await?;
+        found.reset(&starts);
+        self.inner.persist_group(&found).await
+    }
+
+    async fn leave(&self, topic: &TopicName, group: &GroupName, member: &str) -> Result<()> {
+        let (_, found) = self.inner.group(topic, group)?;
+        found.leave(member, self.inner.now());
+        Ok(())
+    }
+
+    async fn dead_letters(
+        &self,
+        topic: &TopicName,
+        group: &GroupName,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>> {
+        let (runtime, found) = self.inner.group(topic, group)?;
+        let (meta, key) = (self.inner.meta.clone(), found.key.clone());
+        let records = blocking(move || meta.dead_letters(&key, limit)).await?;
+        let mut letters = Vec::with_capacity(records.len());
+        for (id, record) in records {
+            let event = read_one(&runtime, record.original).await?;
+            letters.push(DeadLetter {
+                id,
+                event,
+                reason: record.reason,
+                attempts: record.attempts,
+                original: record.original,
+                dead_at: record.dead_at,
+            });
+        }
+        Ok(letters)
+    }
+
+    async fn redrive(
+        &self,
+        topic: &TopicName,
+        group: &GroupName,
+        ids: Option<&[u64]>,
+    ) -> Result<u64> {
+        let (runtime, found) = self.inner.group(topic, group)?;
+        let (meta, key, ids) = (
+            self.inner.meta.clone(),
+            found.key.clone(),
+            ids.map(<[u64]>::to_vec),
+        );
+        let records = blocking(move || meta.take_dead_letters(&key, ids.as_deref())).await?;
+        let mut events = Vec::with_capacity(records.len());
+        for record in records {
+            if let Some(event) = read_one(&runtime, record.original).await? {
+                events.push(event);
+            }
+        }
+        let count = events.len() as u64;
+        found.redrive(events, self.inner.now());
+        self.inner.persist_group(&found).await?;
+        Ok(count)
+    }
+}
+
+/// The event at `position`, or `None` if retention removed it.
+async fn read_one(topic: &TopicRuntime, position: PartitionOffset) -> Result<Option<StoredEvent>> {
+    match topic.read(position.partition, position.offset, 1).await {
+        Ok(read) => Ok(read
+            .events
+            .into_iter()
+            .next()
+            .filter(|event| event.offset == position.offset)),
+        Err(Error::OffsetOutOfRange { .. }) => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
+/// Bucket and key names for the kv store: 1–200 bytes, no NUL.
+fn check_kv_name(field: &str, name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > 200 || name.contains('\0') {
+        return Err(Error::invalid(field, "must be 1 to 200 bytes without NUL"));
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Kv for EmbeddedBackend {
+    async fn kv_get(&self, bucket: &str, key: &str) -> Result<Option<KvEntry>> {
+        self.inner.check_open()?;
+        check_kv_name("bucket", bucket)?;
+        check_kv_name("key", key)?;
+        let (meta, bucket, key) = (self.inner.meta.clone(), bucket.to_owned(), key.to_owned());
+        blocking(move || meta.kv_get(&bucket, &key)).await
+    }
+
+    async fn kv_put(&self, bucket: &str, key: &str, value: Bytes, expect: Expect) -> Result<u64> {
+        self.inner.check_open()?;
+        check_kv_name("bucket", bucket)?;
+        check_kv_name("key", key)?;
+        let (meta, bucket, key) = (self.inner.meta.clone(), bucket.to_owned(), key.to_owned());
+        blocking(move || meta.kv_put(&bucket, &key, &value, expect)).await
+    }
+
+    async fn kv_delete(&self, bucket: &str, key: &str, expect: Expect) -> Result<bool> {
+        self.inner.check_open()?;
+        check_kv_name("bucket", bucket)?;
+        check_kv_name("key", key)?;
+        let (meta, bucket, key) = (self.inner.meta.clone(), bucket.to_owned(), key.to_owned());
+        blocking(move || meta.kv_delete(&bucket, &key, expect)).await
+    }
+
+    async fn kv_keys(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>> {
+        self.inner.check_open()?;
+        check_kv_name("bucket", bucket)?;
+        let (meta, bucket, prefix, after) = (
+            self.inner.meta.clone(),
+            bucket.to_owned(),
+            prefix.to_owned(),
+            after.map(str::to_owned),
+        );
+        blocking(move || meta.kv_keys(&bucket, &prefix, after.as_deref(), limit)).await
+    }
+}
+
+#[async_trait]
+impl Backend for EmbeddedBackend {
+    fn is_ready(&self) -> bool {
+        self.inner.ready.load(Ordering::SeqCst)
+    }
+
+    async fn shutdown(&self) -> Result<()> {
+        let inner = &self.inner;
+        if inner.closed.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        inner.ready.store(false, Ordering::SeqCst);
+        self.cancel.cancel();
+        let tasks: Vec<JoinHandle<()>> =
+            std::mem::take(&mut *self.tasks.lock().unwrap_or_else(PoisonError::into_inner));
+        for task in tasks {
+            let _ = task.await;
+        }
+        let flushed = inner.flush().await;
+        let topics: Vec<Arc<TopicRuntime>> = inner
+            .topics
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        let mut result = flushed;
+        for topic in topics {
+            if let Err(error) = topic.close().await {
+                result = result.and(Err(error));
+            }
+        }
+        info!(data_dir = %inner.data_dir.display(), "Embedded backend closed.");
+        result
+    }
+}

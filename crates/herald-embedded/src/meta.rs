@@ -1,0 +1,376 @@
+//! Metadata in redb (`<data_dir>/meta.redb`): topics, groups, group state,
+//! dead letters and the small key-value state.
+//!
+//! Every call is one write or read transaction and does blocking I/O: the
+//! backend runs them on `spawn_blocking`. Write transactions commit with
+//! redb's default (immediate, fsynced) durability, so what a call wrote
+//! survives a crash once it returns.
+//!
+//! | table | key | value |
+//! |---|---|---|
+//! | `topics` | topic | JSON [`TopicInfo`] |
+//! | `groups` | `topic/group` | JSON [`GroupInfo`] |
+//! | `group_state` | `topic/group` | JSON queue or stream snapshot |
+//! | `dead_letters` | (`topic/group`, id) | JSON [`DeadLetterRecord`] |
+//! | `kv` | (bucket, key) | (revision, value) |
+//! | `kv_revisions` | bucket | last revision given out |
+//!
+//! `/` cannot occur in names, so `topic/group` is unambiguous.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use herald_backend::{Error, Expect, GroupInfo, KvEntry, PartitionOffset, Result, TopicInfo};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+const TOPICS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("topics");
+const GROUPS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("groups");
+const GROUP_STATE: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("group_state");
+const DEAD_LETTERS: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("dead_letters");
+const KV: TableDefinition<'_, (&str, &str), (u64, &[u8])> = TableDefinition::new("kv");
+const KV_REVISIONS: TableDefinition<'_, &str, u64> = TableDefinition::new("kv_revisions");
+
+/// A dead letter as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct DeadLetterRecord {
+    pub(crate) original: PartitionOffset,
+    pub(crate) reason: String,
+    pub(crate) attempts: u32,
+    pub(crate) dead_at: i64,
+}
+
+/// A stored group: its key, settings and persisted state.
+pub(crate) type StoredGroup = (String, GroupInfo, Option<Vec<u8>>);
+
+/// The metadata store.
+#[derive(Debug, Clone)]
+pub(crate) struct Meta {
+    db: Arc<Database>,
+}
+
+/// The key of a group in the group tables.
+pub(crate) fn group_key(topic: &str, group: &str) -> String {
+    format!("{topic}/{group}")
+}
+
+fn storage(error: impl std::fmt::Display) -> Error {
+    Error::Unavailable {
+        detail: format!("metadata store: {error}"),
+    }
+}
+
+fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|error| Error::Corrupt {
+        detail: format!("encoding metadata: {error}"),
+    })
+}
+
+fn from_json<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|error| Error::Corrupt {
+        detail: format!("{what}: {error}"),
+    })
+}
+
+impl Meta {
+    /// Opens (or creates) the store at `path` and its tables.
+    pub(crate) fn open(path: &Path) -> Result<Self> {
+        let db = Database::create(path)
+            .map_err(|error| storage(format!("{}: {error}", path.display())))?;
+        let txn = db.begin_write().map_err(storage)?;
+        {
+            txn.open_table(TOPICS).map_err(storage)?;
+            txn.open_table(GROUPS).map_err(storage)?;
+            txn.open_table(GROUP_STATE).map_err(storage)?;
+            txn.open_table(DEAD_LETTERS).map_err(storage)?;
+            txn.open_table(KV).map_err(storage)?;
+            txn.open_table(KV_REVISIONS).map_err(storage)?;
+        }
+        txn.commit().map_err(storage)?;
+        Ok(Self { db: Arc::new(db) })
+    }
+
+    pub(crate) fn topics(&self) -> Result<Vec<TopicInfo>> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(TOPICS).map_err(storage)?;
+        let mut topics = Vec::new();
+        for entry in table.iter().map_err(storage)? {
+            let (_, value) = entry.map_err(storage)?;
+            topics.push(from_json("topic", value.value())?);
+        }
+        Ok(topics)
+    }
+
+    pub(crate) fn put_topic(&self, info: &TopicInfo) -> Result<()> {
+        let bytes = to_json(info)?;
+        self.write(|txn| {
+            txn.open_table(TOPICS)?
+                .insert(info.spec.name.as_str(), bytes.as_slice())?;
+            Ok(())
+        })
+    }
+
+    /// Removes the topic and everything of its groups.
+    pub(crate) fn delete_topic(&self, topic: &str) -> Result<()> {
+        let prefix = format!("{topic}/");
+        self.write(|txn| {
+            txn.open_table(TOPICS)?.remove(topic)?;
+            for table in [GROUPS, GROUP_STATE] {
+                let mut table = txn.open_table(table)?;
+                table.retain(|key, _| !key.starts_with(&prefix))?;
+            }
+            txn.open_table(DEAD_LETTERS)?
+                .retain(|(key, _), _| !key.starts_with(&prefix))?;
+            Ok(())
+        })
+    }
+
+    pub(crate) fn groups(&self) -> Result<Vec<StoredGroup>> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let groups = txn.open_table(GROUPS).map_err(storage)?;
+        let states = txn.open_table(GROUP_STATE).map_err(storage)?;
+        let mut found = Vec::new();
+        for entry in groups.iter().map_err(storage)? {
+            let (key, value) = entry.map_err(storage)?;
+            let key = key.value().to_owned();
+            let info: GroupInfo = from_json("group", value.value())?;
+            let state = states
+                .get(key.as_str())
+                .map_err(storage)?
+                .map(|state| state.value().to_vec());
+            found.push((key, info, state));
+        }
+        Ok(found)
+    }
+
+    /// Stores a group's settings, and its state if given.
+    pub(crate) fn put_group(
+        &self,
+        key: &str,
+        info: &GroupInfo,
+        state: Option<&[u8]>,
+    ) -> Result<()> {
+        let bytes = to_json(info)?;
+        self.write(|txn| {
+            txn.open_table(GROUPS)?.insert(key, bytes.as_slice())?;
+            if let Some(state) = state {
+                txn.open_table(GROUP_STATE)?.insert(key, state)?;
+            }
+            Ok(())
+        })
+    }
+
+    pub(crate) fn delete_group(&self, key: &str) -> Result<()> {
+        self.write(|txn| {
+            txn.open_table(GROUPS)?.remove(key)?;
+            txn.open_table(GROUP_STATE)?.remove(key)?;
+            txn.open_table(DEAD_LETTERS)?
+                .retain(|(group, _), _| group != key)?;
+            Ok(())
+        })
+    }
+
+    /// Stores the state of several groups in one transaction (one fsync).
+    pub(crate) fn put_group_states(&self, states: &[(String, Vec<u8>)]) -> Result<()> {
+        if states.is_empty() {
+            return Ok(());
+        }
+        self.write(|txn| {
+            let groups = txn.open_table(GROUPS)?;
+            let mut table = txn.open_table(GROUP_STATE)?;
+            for (key, state) in states {
+                // A group deleted meanwhile stays deleted.
+                if groups.get(key.as_str())?.is_some() {
+                    table.insert(key.as_str(), state.as_slice())?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Appends dead letters to a group's list; returns their ids.
+    pub(crate) fn add_dead_letters(
+        &self,
+        key: &str,
+        records: &[DeadLetterRecord],
+    ) -> Result<Vec<u64>> {
+        let encoded: Vec<Vec<u8>> = records.iter().map(to_json).collect::<Result<_>>()?;
+        self.write(|txn| {
+            let mut table = txn.open_table(DEAD_LETTERS)?;
+            let last = table
+                .range((key, 0)..=(key, u64::MAX))?
+                .next_back()
+                .transpose()?
+                .map(|(id, _)| id.value().1);
+            let first = last.map_or(1, |last| last + 1);
+            let mut ids = Vec::with_capacity(encoded.len());
+            for (id, bytes) in (first..).zip(&encoded) {
+                table.insert((key, id), bytes.as_slice())?;
+                ids.push(id);
+            }
+            Ok(ids)
+        })
+    }
+
+    /// Up to `limit` dead letters of a group, oldest first.
+    pub(crate) fn dead_letters(
+        &self,
+        key: &str,
+        limit: usize,
+    ) -> Result<Vec<(u64, DeadLetterRecord)>> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(DEAD_LETTERS).map_err(storage)?;
+        let mut found = Vec::new();
+        for entry in table
+            .range((key, 0)..=(key, u64::MAX))
+            .map_err(storage)?
+            .take(limit)
+        {
+            let (id, value) = entry.map_err(storage)?;
+            found.push((id.value().1, from_json("dead letter", value.value())?));
+        }
+        Ok(found)
+    }
+
+    pub(crate) fn dead_letter_count(&self, key: &str) -> Result<u64> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(DEAD_LETTERS).map_err(storage)?;
+        let count = table
+            .range((key, 0)..=(key, u64::MAX))
+            .map_err(storage)?
+            .count();
+        Ok(count as u64)
+    }
+
+    /// Removes dead letters (all when `ids` is `None`) and returns them.
+    pub(crate) fn take_dead_letters(
+        &self,
+        key: &str,
+        ids: Option<&[u64]>,
+    ) -> Result<Vec<DeadLetterRecord>> {
+        self.write(|txn| {
+            let mut table = txn.open_table(DEAD_LETTERS)?;
+            let wanted: Vec<u64> = match ids {
+                Some(ids) => ids.to_vec(),
+                None => {
+                    let mut all = Vec::new();
+                    for entry in table.range((key, 0)..=(key, u64::MAX))? {
+                        all.push(entry?.0.value().1);
+                    }
+                    all
+                }
+            };
+            let mut taken = Vec::new();
+            for id in wanted {
+                if let Some(value) = table.remove((key, id))? {
+                    taken.push(value.value().to_vec());
+                }
+            }
+            Ok(taken)
+        })?
+        .iter()
+        .map(|bytes| from_json("dead letter", bytes))
+        .collect()
+    }
+
+    pub(crate) fn kv_get(&self, bucket: &str, key: &str) -> Result<Option<KvEntry>> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(KV).map_err(storage)?;
+        let entry = table.get((bucket, key)).map_err(storage)?;
+        Ok(entry.map(|entry| {
+            let (revision, value) = entry.value();
+            KvEntry {
+                value: bytes::Bytes::copy_from_slice(value),
+                revision,
+            }
+        }))
+    }
+
+    pub(crate) fn kv_put(
+        &self,
+        bucket: &str,
+        key: &str,
+        value: &[u8],
+        expect: Expect,
+    ) -> Result<u64> {
+        self.write(|txn| {
+            let mut table = txn.open_table(KV)?;
+            let current = table.get((bucket, key))?.map(|entry| entry.value().0);
+            if let Some(mismatch) = mismatch(key, current, expect) {
+                return Ok(Err(mismatch));
+            }
+            let mut revisions = txn.open_table(KV_REVISIONS)?;
+            let revision = revisions.get(bucket)?.map_or(0, |last| last.value()) + 1;
+            revisions.insert(bucket, revision)?;
+            table.insert((bucket, key), (revision, value))?;
+            Ok(Ok(revision))
+        })?
+    }
+
+    pub(crate) fn kv_delete(&self, bucket: &str, key: &str, expect: Expect) -> Result<bool> {
+        self.write(|txn| {
+            let mut table = txn.open_table(KV)?;
+            let current = table.get((bucket, key))?.map(|entry| entry.value().0);
+            if let Some(mismatch) = mismatch(key, current, expect) {
+                return Ok(Err(mismatch));
+            }
+            Ok(Ok(table.remove((bucket, key))?.is_some()))
+        })?
+    }
+
+    pub(crate) fn kv_keys(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(KV).map_err(storage)?;
+        let start = after.map_or(prefix, |after| after.max(prefix));
+        let mut keys = Vec::new();
+        for entry in table.range((bucket, start)..).map_err(storage)? {
+            let (key, _) = entry.map_err(storage)?;
+            let (entry_bucket, entry_key) = key.value();
+            if entry_bucket != bucket || !entry_key.starts_with(prefix) {
+                break;
+            }
+            if after.is_some_and(|after| entry_key <= after) {
+                continue;
+            }
+            keys.push(entry_key.to_owned());
+            if keys.len() >= limit {
+                break;
+            }
+        }
+        Ok(keys)
+    }
+
+    /// Runs `body` in one write transaction and commits it.
+    fn write<T>(
+        &self,
+        body: impl FnOnce(&redb::WriteTransaction) -> std::result::Result<T, redb::Error>,
+    ) -> Result<T> {
+        let txn = self.db.begin_write().map_err(storage)?;
+        let value = body(&txn).map_err(storage)?;
+        txn.commit().map_err(storage)?;
+        Ok(value)
+    }
+}
+
+fn mismatch(key: &str, current: Option<u64>, expect: Expect) -> Option<Error> {
+    let ok = match expect {
+        Expect::Any => true,
+        Expect::Absent => current.is_none(),
+        Expect::Revision(revision) => current == Some(revision),
+    };
+    let expected = match expect {
+        Expect::Revision(revision) => Some(revision),
+        Expect::Any | Expect::Absent => None,
+    };
+    (!ok).then(|| Error::RevisionMismatch {
+        key: key.to_owned(),
+        expected,
+        current,
+    })
+}

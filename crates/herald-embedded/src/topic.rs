@@ -1,0 +1,621 @@
+//! A topic at run time: one log per partition, the deduplication index, and
+//! its groups.
+//!
+//! Deduplication keeps, for the last `dedup_window_ms`, a map from a 128-bit
+//! hash of each event id to the position it was appended at. The log is the
+//! source of truth: on open the map is rebuilt by reading the window's tail
+//! of every partition, so a re-publish after a crash is still caught. A
+//! publish reserves its ids before appending; a concurrent publish of the
+//! same id waits for that append and then reports the original position.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::{BuildHasher, RandomState};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::Duration;
+
+use herald_backend::{
+    Error, Fsync, PartitionInfo, PublishResult, ReadResult, Result, TopicInfo, TopicSpec,
+};
+use herald_log::{FsyncPolicy, LogError, LogHandle, LogOptions, Retention};
+use herald_types::{EventInput, GroupName, TopicName, partition_for_key};
+use tokio::sync::watch;
+
+use crate::codec;
+use crate::group::GroupRuntime;
+
+/// Bytes read from a log per read call.
+const READ_BYTES: usize = 1024 * 1024;
+
+/// The log options a topic's settings call for.
+pub(crate) fn log_options(spec: &TopicSpec) -> LogOptions {
+    let fsync = match spec.fsync {
+        Fsync::Always => FsyncPolicy::Always,
+        Fsync::Interval => FsyncPolicy::Interval(Duration::from_millis(spec.fsync_interval_ms)),
+        Fsync::Never => FsyncPolicy::Never,
+    };
+    LogOptions {
+        fsync,
+        retention: retention(spec),
+        ..LogOptions::default()
+    }
+}
+
+fn retention(spec: &TopicSpec) -> Retention {
+    Retention {
+        max_age: spec.retention.max_age_ms.map(Duration::from_millis),
+        max_bytes: spec.retention.max_bytes,
+        max_records: spec.retention.max_events,
+    }
+}
+
+/// Maps a log error to the backend's.
+pub(crate) fn log_error(partition: u32, error: LogError) -> Error {
+    match error {
+        LogError::OffsetOutOfRange { offset, start } => Error::OffsetOutOfRange {
+            partition,
+            offset,
+            start,
+        },
+        LogError::Corrupt { .. } | LogError::Lost { .. } => Error::Corrupt {
+            detail: error.to_string(),
+        },
+        LogError::Closed => Error::ShuttingDown,
+        other => Error::Unavailable {
+            detail: other.to_string(),
+        },
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Slot {
+    /// Appended at this position and time.
+    Done {
+        partition: u32,
+        offset: u64,
+        appended_at: i64,
+    },
+    /// Being appended by a publish in flight.
+    Pending,
+}
+
+#[derive(Debug)]
+struct Dedup {
+    hashers: (RandomState, RandomState),
+    slots: HashMap<u128, Slot>,
+    /// `(appended_at, hash)` in append order, for expiry.
+    order: VecDeque<(i64, u128)>,
+    /// Bumped when pending publishes finish, for the publishes waiting on them.
+    finished: watch::Sender<u64>,
+}
+
+impl Dedup {
+    fn new() -> Self {
+        Self {
+            hashers: (RandomState::new(), RandomState::new()),
+            slots: HashMap::new(),
+            order: VecDeque::new(),
+            finished: watch::Sender::new(0),
+        }
+    }
+
+    fn hash(&self, id: &[u8]) -> u128 {
+        (u128::from(self.hashers.0.hash_one(id)) << 64) | u128::from(self.hashers.1.hash_one(id))
+    }
+
+    fn record(&mut self, hash: u128, partition: u32, offset: u64, appended_at: i64) {
+        self.slots.insert(
+            hash,
+            Slot::Done {
+                partition,
+                offset,
+                appended_at,
+            },
+        );
+        self.order.push_back((appended_at, hash));
+    }
+
+    fn expire(&mut self, cutoff: i64) {
+        while let Some(&(appended_at, hash)) = self.order.front() {
+            if appended_at >= cutoff {
+                break;
+            }
+            self.order.pop_front();
+            if matches!(self.slots.get(&hash), Some(Slot::Done { appended_at: at, .. }) if *at == appended_at)
+            {
+                self.slots.remove(&hash);
+            }
+        }
+    }
+}
+
+/// A topic of the embedded backend.
+#[derive(Debug)]
+pub(crate) struct TopicRuntime {
+    pub(crate) name: TopicName,
+    pub(crate) dir: PathBuf,
+    info: RwLock<TopicInfo>,
+    partitions: Vec<LogHandle>,
+    dedup: Mutex<Dedup>,
+    round_robin: AtomicU64,
+    pub(crate) groups: RwLock<BTreeMap<GroupName, Arc<GroupRuntime>>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// How one event of a publish is resolved.
+enum Plan {
+    Append {
+        partition: u32,
+        hash: Option<u128>,
+    },
+    /// A duplicate of an earlier event of the same call.
+    SameAs(usize),
+    Duplicate {
+        partition: u32,
+        offset: u64,
+    },
+    /// The id is being appended by another publish: wait for it.
+    Wait {
+        hash: u128,
+    },
+}
+
+impl TopicRuntime {
+    pub(crate) fn new(info: TopicInfo, dir: PathBuf, partitions: Vec<LogHandle>) -> Self {
+        Self {
+            name: info.spec.name.clone(),
+            dir,
+            info: RwLock::new(info),
+            partitions,
+            dedup: Mutex::new(Dedup::new()),
+            round_robin: AtomicU64::new(0),
+            groups: RwLock::new(BTreeMap::new()),
+        }
+    }
+
+    pub(crate) fn info(&self) -> TopicInfo {
+        self.info
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub(crate) fn set_info(&self, info: TopicInfo) {
+        *self.info.write().unwrap_or_else(PoisonError::into_inner) = info;
+    }
+
+    pub(crate) fn partition_count(&self) -> u32 {
+        self.partitions.len() as u32
+    }
+
+    fn handle(&self, partition: u32) -> Result<&LogHandle> {
+        self.partitions
+            .get(partition as usize)
+            .ok_or_else(|| Error::PartitionNotFound {
+                topic: self.name.to_string(),
+                partition,
+                partitions: self.partition_count(),
+            })
+    }
+
+    /// One past the last event, per partition.
+    pub(crate) fn end_offsets(&self) -> Vec<u64> {
+        self.partitions
+            .iter()
+            .map(|handle| handle.reader().end_offset())
+            .collect()
+    }
+
+    pub(crate) fn partition_info(&self) -> Vec<PartitionInfo> {
+        self.partitions
+            .iter()
+            .enumerate()
+            .map(|(partition, handle)| PartitionInfo {
+                partition: partition as u32,
+                start_offset: handle.reader().start_offset(),
+                end_offset: handle.reader().end_offset(),
+                bytes: handle.reader().size_bytes(),
+            })
+            .collect()
+    }
+
+    /// Rebuilds the dedup index from the tail of every partition.
+    pub(crate) async fn rebuild_dedup(&self, now: i64) -> Result<()> {
+        let window = i64::try_from(self.info().spec.dedup_window_ms).unwrap_or(i64::MAX);
+        if window == 0 {
+            return Ok(());
+        }
+        let cutoff = now.saturating_sub(window);
+        for (partition, handle) in self.partitions.iter().enumerate() {
+            let reader = handle.reader().clone();
+            let entries = tokio::task::spawn_blocking(
+                move || -> std::result::Result<Vec<(Vec<u8>, u64, i64)>, LogError> {
+                    let mut next = reader.offset_for_timestamp(cutoff)?;
+                    let mut entries = Vec::new();
+                    loop {
+                        let batch = reader.read(next, READ_BYTES)?;
+                        if batch.records.is_empty() {
+                            return Ok(entries);
+                        }
+                        next = batch.next_offset;
+                        for record in &batch.records {
+                            if let Some(id) = codec::record_id(record) {
+                                entries.push((id.to_vec(), record.offset, record.timestamp));
+                            }
+                        }
+                    }
+                },
+            )
+            .await
+            .map_err(|error| Error::Unavailable {
+                detail: format!("dedup rebuild task: {error}"),
+            })?
+            .map_err(|error| log_error(partition as u32, error))?;
+            let mut dedup = lock(&self.dedup);
+            for (id, offset, appended_at) in entries {
+                let hash = dedup.hash(&id);
+                dedup.record(hash, partition as u32, offset, appended_at);
+            }
+        }
+        let mut dedup = lock(&self.dedup);
+        let mut order: Vec<(i64, u128)> = dedup.order.drain(..).collect();
+        order.sort_unstable();
+        dedup.order = order.into();
+        Ok(())
+    }
+
+    /// See [`herald_backend::Events::publish`].
+    pub(crate) async fn publish(
+        &self,
+        inputs: Vec<EventInput>,
+        now: i64,
+    ) -> Result<Vec<PublishResult>> {
+        let spec = self.info().spec;
+        let partitions = self.partition_count();
+        for (index, input) in inputs.iter().enumerate() {
+            input
+                .event
+                .validate()
+                .map_err(|error| Error::invalid(format!("events[{index}]"), error.to_string()))?;
+            let size = input.event.encoded_len();
+            if size as u64 > spec.max_event_bytes {
+                return Err(Error::PayloadTooLarge {
+                    size,
+                    max: spec.max_event_bytes as usize,
+                });
+            }
+            if let Some(partition) = input.partition
+                && partition >= partitions
+            {
+                return Err(Error::PartitionNotFound {
+                    topic: self.name.to_string(),
+                    partition,
+                    partitions,
+                });
+            }
+        }
+        if inputs.is_empty() {
+            return Err(Error::invalid("events", "at least one event is needed"));
+        }
+        loop {
+            let plans = self.plan(&inputs, spec.dedup_window_ms, now);
+            if self.wait_for_pending(&plans).await {
+                continue;
+            }
+            return self.execute(&inputs, plans, spec.dedup_window_ms > 0).await;
+        }
+    }
+
+    /// Decides, under the dedup lock, what happens to each event, reserving
+    /// the ids to append.
+    fn plan(&self, inputs: &[EventInput], window_ms: u64, now: i64) -> Vec<Plan> {
+        let mut dedup = lock(&self.dedup);
+        if window_ms > 0 {
+            dedup.expire(now.saturating_sub(i64::try_from(window_ms).unwrap_or(i64::MAX)));
+        }
+        let mut seen: HashMap<u128, usize> = HashMap::new();
+        let mut plans = Vec::with_capacity(inputs.len());
+        let waiting = inputs.iter().any(|input| {
+            window_ms > 0
+                && matches!(
+                    dedup.slots.get(&dedup.hash(input.event.id.as_bytes())),
+                    Some(Slot::Pending)
+                )
+        });
+        for (index, input) in inputs.iter().enumerate() {
+            let partition = self.choose_partition(input);
+            if window_ms == 0 {
+                plans.push(Plan::Append {
+                    partition,
+                    hash: None,
+                });
+                continue;
+            }
+            let hash = dedup.hash(input.event.id.as_bytes());
+            if let Some(&first) = seen.get(&hash) {
+                plans.push(Plan::SameAs(first));
+                continue;
+            }
+            match dedup.slots.get(&hash) {
+                Some(Slot::Done {
+                    partition, offset, ..
+                }) => {
+                    plans.push(Plan::Duplicate {
+                        partition: *partition,
+                        offset: *offset,
+                    });
+                }
+                Some(Slot::Pending) => plans.push(Plan::Wait { hash }),
+                None => {
+                    seen.insert(hash, index);
+                    if !waiting {
+                        dedup.slots.insert(hash, Slot::Pending);
+                    }
+                    plans.push(Plan::Append {
+                        partition,
+                        hash: Some(hash),
+                    });
+                }
+            }
+        }
+        plans
+    }
+
+    /// If some ids are being appended by another publish, waits until a
+    /// publish finishes and returns true (the caller plans again).
+    async fn wait_for_pending(&self, plans: &[Plan]) -> bool {
+        if !plans.iter().any(|plan| matches!(plan, Plan::Wait { .. })) {
+            return false;
+        }
+        let mut finished = lock(&self.dedup).finished.subscribe();
+        let still_pending = {
+            let dedup = lock(&self.dedup);
+            plans.iter().any(|plan| matches!(plan, Plan::Wait { hash } if matches!(dedup.slots.get(hash), Some(Slot::Pending))))
+        };
+        if still_pending {
+            let _ = finished.changed().await;
+        }
+        true
+    }
+
+    async fn execute(
+        &self,
+        inputs: &[EventInput],
+        plans: Vec<Plan>,
+        dedup: bool,
+    ) -> Result<Vec<PublishResult>> {
+        // Group the appends by partition, keeping call order.
+        let mut by_partition: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+        for (index, plan) in plans.iter().enumerate() {
+            if let Plan::Append { partition, .. } = plan {
+                by_partition.entry(*partition).or_default().push(index);
+            }
+        }
+        let appends = by_partition.iter().map(|(&partition, indexes)| {
+            let records = indexes
+                .iter()
+                .map(|&index| codec::encode(&inputs[index].event))
+                .collect();
+            let handle = &self.partitions[partition as usize];
+            async move { (partition, handle.append(records).await) }
+        });
+        let outcomes = futures::future::join_all(appends).await;
+
+        let mut positions: HashMap<usize, (u32, u64)> = HashMap::new();
+        let mut failure = None;
+        {
+            let mut state = lock(&self.dedup);
+            for (partition, outcome) in outcomes {
+                let indexes = &by_partition[&partition];
+                match outcome {
+                    Ok(ack) => {
+                        for (position, &index) in indexes.iter().enumerate() {
+                            let offset = ack.base_offset + position as u64;
+                            positions.insert(index, (partition, offset));
+                            if let Plan::Append {
+                                hash: Some(hash), ..
+                            } = plans[index]
+                            {
+                                state.record(hash, partition, offset, ack.timestamp);
+                            }
+                        }
+                    }
+                    Err(error) => {
+                        for &index in indexes {
+                            if let Plan::Append {
+                                hash: Some(hash), ..
+                            } = plans[index]
+                            {
+                                state.slots.remove(&hash);
+                            }
+                        }
+                        failure = Some(log_error(partition, error));
+                    }
+                }
+            }
+            if dedup {
+                state.finished.send_modify(|count| *count += 1);
+            }
+        }
+        if let Some(error) = failure {
+            return Err(error);
+        }
+        let unresolved = || Error::Unavailable {
+            detail: "a publish raced another of the same event id; retry".into(),
+        };
+        plans
+            .iter()
+            .enumerate()
+            .map(|(index, plan)| {
+                let id = inputs[index].event.id.clone();
+                let (partition, offset, duplicate) = match plan {
+                    Plan::Append { .. } => {
+                        let (partition, offset) =
+                            positions.get(&index).copied().ok_or_else(unresolved)?;
+                        (partition, offset, false)
+                    }
+                    Plan::SameAs(first) => {
+                        let (partition, offset) =
+                            positions.get(first).copied().ok_or_else(unresolved)?;
+                        (partition, offset, true)
+                    }
+                    Plan::Duplicate { partition, offset } => (*partition, *offset, true),
+                    Plan::Wait { .. } => return Err(unresolved()),
+                };
+                Ok(PublishResult {
+                    id,
+                    partition,
+                    offset,
+                    duplicate,
+                })
+            })
+            .collect()
+    }
+
+    fn choose_partition(&self, input: &EventInput) -> u32 {
+        let partitions = self.partition_count();
+        if let Some(partition) = input.partition {
+            return partition;
+        }
+        match &input.event.key {
+            Some(key) => partition_for_key(key.as_bytes(), partitions),
+            None => {
+                (self.round_robin.fetch_add(1, Ordering::Relaxed) % u64::from(partitions)) as u32
+            }
+        }
+    }
+
+    /// See [`herald_backend::Events::read`].
+    pub(crate) async fn read(&self, partition: u32, from: u64, max: usize) -> Result<ReadResult> {
+        let reader = self.handle(partition)?.reader().clone();
+        let topic = self.name.clone();
+        let max = max.max(1);
+        tokio::task::spawn_blocking(move || {
+            let mut events = Vec::new();
+            let mut next = from;
+            while events.len() < max {
+                let batch = reader
+                    .read(next, READ_BYTES)
+                    .map_err(|error| log_error(partition, error))?;
+                if batch.records.is_empty() {
+                    break;
+                }
+                for record in batch.records {
+                    if events.len() == max {
+                        break;
+                    }
+                    next = record.offset + 1;
+                    let event = codec::decode(&topic, partition, record).map_err(|error| {
+                        Error::Corrupt {
+                            detail: error.to_string(),
+                        }
+                    })?;
+                    events.push(event);
+                }
+            }
+            Ok(ReadResult {
+                events,
+                next_offset: next,
+            })
+        })
+        .await
+        .map_err(|error| Error::Unavailable {
+            detail: format!("read task: {error}"),
+        })?
+    }
+
+    /// See [`herald_backend::Events::offset_for_time`].
+    pub(crate) async fn offset_for_time(&self, partition: u32, time_ms: i64) -> Result<u64> {
+        let reader = self.handle(partition)?.reader().clone();
+        tokio::task::spawn_blocking(move || reader.offset_for_timestamp(time_ms))
+            .await
+            .map_err(|error| Error::Unavailable {
+                detail: format!("seek task: {error}"),
+            })?
+            .map_err(|error| log_error(partition, error))
+    }
+
+    /// See [`herald_backend::Events::wait_for`].
+    pub(crate) async fn wait_for(
+        &self,
+        partition: u32,
+        offset: u64,
+        timeout: Duration,
+    ) -> Result<u64> {
+        let reader = self.handle(partition)?.reader();
+        match tokio::time::timeout(timeout, reader.wait_for(offset)).await {
+            Ok(result) => result.map_err(|error| log_error(partition, error)),
+            Err(_) => Ok(reader.end_offset()),
+        }
+    }
+
+    /// Resolves when any of `(partition, offset)` has an event at or after
+    /// `offset`; never, if the list is empty.
+    pub(crate) async fn wait_any(&self, waits: &[(u32, u64)]) {
+        let futures: Vec<_> = waits
+            .iter()
+            .filter_map(|&(partition, offset)| {
+                let reader = self.partitions.get(partition as usize)?.reader().clone();
+                Some(Box::pin(async move {
+                    let _ = reader.wait_for(offset).await;
+                }))
+            })
+            .collect();
+        if futures.is_empty() {
+            std::future::pending::<()>().await;
+        }
+        futures::future::select_all(futures).await;
+    }
+
+    /// Where each partition starts for a group starting at `start`.
+    pub(crate) async fn start_offsets(
+        &self,
+        start: herald_backend::StartPosition,
+    ) -> Result<Vec<u64>> {
+        use herald_backend::StartPosition;
+        let mut starts = Vec::with_capacity(self.partitions.len());
+        for (partition, handle) in self.partitions.iter().enumerate() {
+            let reader = handle.reader();
+            let offset = match start {
+                StartPosition::Earliest => reader.start_offset(),
+                StartPosition::Latest => reader.end_offset(),
+                StartPosition::Offset { offset } => {
+                    offset.clamp(reader.start_offset(), reader.end_offset())
+                }
+                StartPosition::Time { time_ms } => {
+                    self.offset_for_time(partition as u32, time_ms).await?
+                }
+            };
+            starts.push(offset);
+        }
+        Ok(starts)
+    }
+
+    /// Applies new retention to every partition's log.
+    pub(crate) async fn set_retention(&self, spec: &TopicSpec) -> Result<()> {
+        for (partition, handle) in self.partitions.iter().enumerate() {
+            handle
+                .set_retention(retention(spec))
+                .await
+                .map_err(|error| log_error(partition as u32, error))?;
+        }
+        Ok(())
+    }
+
+    /// Closes every partition cleanly.
+    pub(crate) async fn close(&self) -> Result<()> {
+        let mut first_error = None;
+        for (partition, handle) in self.partitions.iter().enumerate() {
+            if let Err(error) = handle.close().await
+                && !matches!(error, LogError::Closed)
+            {
+                first_error.get_or_insert(log_error(partition as u32, error));
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}

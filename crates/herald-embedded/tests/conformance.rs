@@ -1,0 +1,45 @@
+//! The backend conformance suite on the embedded backend.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+use std::sync::Arc;
+
+use herald_backend::Backend;
+use herald_backend::conformance::Harness;
+use herald_embedded::{EmbeddedBackend, EmbeddedOptions};
+use herald_log::LogMetrics;
+
+struct Embedded {
+    dir: tempfile::TempDir,
+    backend: Arc<EmbeddedBackend>,
+}
+
+async fn open(dir: &std::path::Path) -> Arc<EmbeddedBackend> {
+    Arc::new(
+        EmbeddedBackend::open(EmbeddedOptions::new(dir), LogMetrics::new())
+            .await
+            .unwrap(),
+    )
+}
+
+#[async_trait::async_trait]
+impl Harness for Embedded {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = open(dir.path()).await;
+        Self { dir, backend }
+    }
+
+    fn backend(&self) -> Arc<dyn Backend> {
+        Arc::clone(&self.backend) as Arc<dyn Backend>
+    }
+
+    async fn restart(self) -> Self {
+        self.backend.shutdown().await.unwrap();
+        let Self { dir, backend } = self;
+        drop(backend);
+        let backend = open(dir.path()).await;
+        Self { dir, backend }
+    }
+}
+
+herald_backend::conformance_suite!(Embedded);
