@@ -3,9 +3,10 @@
 //! binary-mode codecs; positions in a topic; Kafka-compatible key
 //! partitioning; and RFC 3339 timestamps.
 //!
-//! Pure values and pure functions: no I/O, no async, no global state beyond
-//! the counter that keeps generated event ids monotonic. Every parser here is
-//! total: bad input gives an error that says what to fix, never a panic.
+//! Pure values and pure functions: no I/O, no async, no global state (the one
+//! impurity is the randomness in the UUIDv7 ids assigned to events sent
+//! without one). Every parser here is total: bad input gives an error that
+//! says what to fix, never a panic.
 
 mod event;
 mod names;
