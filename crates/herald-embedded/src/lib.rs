@@ -176,6 +176,15 @@ impl EmbeddedBackend {
     }
 }
 
+impl EmbeddedBackend {
+    /// Persists every group's changed state now, as the background flush
+    /// does every `flush_interval`: acks made before this returns survive a
+    /// crash.
+    pub async fn flush_group_state(&self) -> Result<()> {
+        self.inner.flush().await
+    }
+}
+
 impl Inner {
     fn now(&self) -> i64 {
         self.env.clock.now_ms()

@@ -717,3 +717,142 @@ pub(crate) fn parse_delivery_id(id: &str) -> Option<(Coordinates, u32)> {
     let attempt = parts.next()?.parse().ok()?;
     Some(((partition, offset), attempt))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, HashMap};
+
+    use bytes::Bytes;
+    use herald_backend::{GroupMode, GroupSpec};
+    use herald_types::{Event, StoredEvent};
+    use proptest::prelude::*;
+
+    use super::{QueueState, parse_delivery_id};
+
+    fn stored(partition: u32, offset: u64, key: &str) -> StoredEvent {
+        let mut event = Event::new(format!("{partition}-{offset}"), "/test", "t");
+        event.key = Some(key.to_owned());
+        event.data = Some(Bytes::new());
+        StoredEvent {
+            topic: "t".parse().unwrap(),
+            partition,
+            offset,
+            appended_at: 0,
+            event,
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Fetch { member: u8, max: u8 },
+        Ack { pick: u16 },
+        Nack { pick: u16 },
+        Leave { member: u8 },
+        Advance { ms: u16 },
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            4 => (0u8..6, 1u8..8).prop_map(|(member, max)| Step::Fetch { member, max }),
+            4 => any::<u16>().prop_map(|pick| Step::Ack { pick }),
+            1 => any::<u16>().prop_map(|pick| Step::Nack { pick }),
+            1 => (0u8..6).prop_map(|member| Step::Leave { member }),
+            1 => (0u16..2_000).prop_map(|ms| Step::Advance { ms }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// Many members race on a keyed group with acks, nacks, lease
+        /// expiries and members leaving: no key ever has two events in
+        /// flight, and a key's events are first delivered in publish order,
+        /// each only after the one before it was finished.
+        #[test]
+        fn given_racing_members_when_keyed_should_keep_one_in_flight_per_key_in_order(
+            keys in prop::collection::vec(0u8..5, 1..60),
+            steps in prop::collection::vec(step(), 1..200),
+        ) {
+            let mut spec = GroupSpec::new(GroupMode::Keyed);
+            spec.ack_wait_ms = 500;
+            spec.backoff_ms = vec![100];
+            spec.max_deliveries = 1_000;
+            let mut state = QueueState::new(spec, &[0, 0]);
+            // Two partitions; a key lives in one partition (as the partitioner does).
+            let mut per_partition: [Vec<StoredEvent>; 2] = [Vec::new(), Vec::new()];
+            for key in &keys {
+                let partition = u32::from(key % 2);
+                let offset = per_partition[partition as usize].len() as u64;
+                per_partition[partition as usize].push(stored(partition, offset, &format!("k{key}")));
+            }
+            for (partition, events) in per_partition.iter().enumerate() {
+                let next = events.len() as u64;
+                state.add_read(0, partition as u32, 0, events.clone(), next);
+            }
+            let mut now = 0i64;
+            // Delivery id → key, for leases believed outstanding.
+            let mut in_hand: BTreeMap<String, String> = BTreeMap::new();
+            // Per key: offsets finished, and the order of first deliveries.
+            let mut finished: HashMap<String, Vec<u64>> = HashMap::new();
+            let mut first_seen: HashMap<String, Vec<u64>> = HashMap::new();
+            for step in steps {
+                match step {
+                    Step::Fetch { member, max } => {
+                        let (deliveries, _) = state.take(&format!("m{member}"), usize::from(max), now);
+                        for delivery in deliveries {
+                            let key = delivery.event.event.key.clone().unwrap();
+                            let offset = delivery.event.offset;
+                            // Every earlier event of the key is finished already.
+                            let earlier: Vec<u64> = per_partition[delivery.event.partition as usize]
+                                .iter()
+                                .filter(|event| event.event.key.as_deref() == Some(&key) && event.offset < offset)
+                                .map(|event| event.offset)
+                                .collect();
+                            let done = finished.entry(key.clone()).or_default();
+                            prop_assert!(earlier.iter().all(|offset| done.contains(offset)),
+                                "key {} delivered {} before earlier events finished", key, offset);
+                            let seen = first_seen.entry(key.clone()).or_default();
+                            if !seen.contains(&offset) {
+                                prop_assert!(seen.last().is_none_or(|last| *last < offset), "key {} out of order", key);
+                                seen.push(offset);
+                            }
+                            in_hand.insert(delivery.delivery_id, key);
+                        }
+                    }
+                    Step::Ack { pick } => {
+                        if let Some(id) = in_hand.keys().nth(usize::from(pick) % in_hand.len().max(1)).cloned() {
+                            let key = in_hand.remove(&id).unwrap();
+                            if state.ack(&id, now) {
+                                let ((_, offset), _) = parse_delivery_id(&id).unwrap();
+                                finished.entry(key).or_default().push(offset);
+                            }
+                        }
+                    }
+                    Step::Nack { pick } => {
+                        if let Some(id) = in_hand.keys().nth(usize::from(pick) % in_hand.len().max(1)).cloned() {
+                            in_hand.remove(&id);
+                            state.nack(&id, None, now);
+                        }
+                    }
+                    Step::Leave { member } => {
+                        state.release_member(&format!("m{member}"), now);
+                    }
+                    Step::Advance { ms } => {
+                        now += i64::from(ms);
+                        state.expire(now);
+                    }
+                }
+                // Invariant: at most one leased event per key.
+                let mut leased_keys: HashMap<String, usize> = HashMap::new();
+                for (coordinates, entry) in &state.pending {
+                    if matches!(entry.state, super::EntryState::Leased { .. }) {
+                        let key = entry.event.event.key.clone().unwrap();
+                        *leased_keys.entry(key.clone()).or_default() += 1;
+                        prop_assert!(leased_keys[&key] == 1, "key {} has two events in flight ({:?})", key, coordinates);
+                    }
+                }
+                prop_assert_eq!(state.in_flight(), state.pending.values().filter(|entry| matches!(entry.state, super::EntryState::Leased { .. })).count());
+            }
+        }
+    }
+}

@@ -1,5 +1,8 @@
-//! The backend conformance suite on the embedded backend.
+//! The embedded backend's integration tests, in one binary: the backend
+//! conformance suite, and `kill -9` of a process using the backend.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+mod kill;
 
 use std::sync::Arc;
 
