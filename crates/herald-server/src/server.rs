@@ -148,10 +148,11 @@ impl Server {
                 .into_future(),
         );
 
-        // Storage opens on a blocking thread: recovery reads files. A signal
-        // that arrives meanwhile takes effect once it has opened.
+        // Storage opens in its own task (its file work on blocking threads):
+        // recovery reads files. A signal that arrives meanwhile takes effect
+        // once it has opened.
         let log_metrics = Arc::clone(metrics.log());
-        let opening = tokio::task::spawn_blocking(move || Storage::open(data_dir, log_metrics));
+        let opening = tokio::spawn(Storage::open(data_dir, log_metrics));
         let storage = tokio::select! {
             opened = opening => match opened {
                 Ok(Ok(storage)) => storage,

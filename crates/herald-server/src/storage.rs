@@ -1,15 +1,17 @@
 //! The storage layer as the server sees it: opened once the listener is up,
 //! closed last at shutdown.
 //!
-//! Placeholder: the log engine (`herald-log`) is not wired in yet, so
-//! opening only takes ownership of the locked [`DataDir`] and the engine's
-//! metrics, and closing releases the lock. The engine plugs in here:
-//! [`Storage::open`] runs its recovery (blocking, on a blocking thread) and
-//! [`Storage::shutdown`] flushes, fsyncs and closes it, then drops the lock.
+//! Storage is a [`Backend`]; this is the one place that names a concrete
+//! one (today the embedded backend: herald-log plus redb in the data
+//! directory). [`Storage::open`] recovers it; [`Storage::shutdown`] persists
+//! group state, flushes and fsyncs every log, closes them, then releases the
+//! data directory's lock.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use herald_backend::Backend;
+use herald_embedded::{EmbeddedBackend, EmbeddedOptions};
 use herald_log::LogMetrics;
 use tracing::info;
 
@@ -19,9 +21,7 @@ use crate::data_dir::DataDir;
 #[derive(Debug)]
 pub struct Storage {
     data_dir: DataDir,
-    /// Handed to the engine, which records into the registered metrics.
-    #[expect(dead_code, reason = "read by the log engine once it is wired in")]
-    metrics: Arc<LogMetrics>,
+    backend: Arc<EmbeddedBackend>,
 }
 
 /// Why storage could not be opened or closed.
@@ -37,24 +37,38 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The backend failed to open or close.
+    #[error("storage backend: {0}")]
+    Backend(#[source] herald_backend::Error),
 }
 
 impl Storage {
-    /// Opens (and, after a crash, recovers) storage in `data_dir`.
-    ///
-    /// Blocking: the server runs it on a blocking thread, never on a
-    /// request-handling task.
-    pub fn open(data_dir: DataDir, metrics: Arc<LogMetrics>) -> Result<Self, Error> {
+    /// Opens (and, after a crash, recovers) storage in `data_dir`. The
+    /// backend's file work runs on blocking threads.
+    pub async fn open(data_dir: DataDir, metrics: Arc<LogMetrics>) -> Result<Self, Error> {
+        let options = EmbeddedOptions::new(data_dir.path());
+        let backend = EmbeddedBackend::open(options, metrics)
+            .await
+            .map_err(Error::Backend)?;
         info!(path = %data_dir.path().display(), "Opened storage.");
-        Ok(Self { data_dir, metrics })
+        Ok(Self {
+            data_dir,
+            backend: Arc::new(backend),
+        })
+    }
+
+    /// The backend, for the API handlers.
+    pub fn backend(&self) -> Arc<dyn Backend> {
+        Arc::clone(&self.backend) as Arc<dyn Backend>
     }
 
     /// Flushes and closes storage, then releases the data directory.
     /// Called once HTTP has drained, so no request can still write.
     pub async fn shutdown(self) -> Result<(), Error> {
         let path = self.data_dir.path().display().to_string();
+        let closed = self.backend.shutdown().await.map_err(Error::Backend);
         self.data_dir.close();
         info!(%path, "Closed storage.");
-        Ok(())
+        closed
     }
 }
