@@ -491,6 +491,29 @@ impl TopicRuntime {
 
     /// See [`herald_backend::Events::read`].
     pub(crate) async fn read(&self, partition: u32, from: u64, max: usize) -> Result<ReadResult> {
+        self.read_bounded(partition, from, max, READ_BYTES).await
+    }
+
+    /// Reads about `max_bytes` of whole batches from `from`: every event they
+    /// hold at or after `from`, however many (for read-ahead, which keeps
+    /// them all rather than decode a batch twice).
+    pub(crate) async fn read_chunk(
+        &self,
+        partition: u32,
+        from: u64,
+        max_bytes: usize,
+    ) -> Result<ReadResult> {
+        self.read_bounded(partition, from, usize::MAX, max_bytes)
+            .await
+    }
+
+    async fn read_bounded(
+        &self,
+        partition: u32,
+        from: u64,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<ReadResult> {
         let reader = self.handle(partition)?.reader().clone();
         let topic = self.name.clone();
         let max = max.max(1);
@@ -499,7 +522,7 @@ impl TopicRuntime {
             let mut next = from;
             while events.len() < max {
                 let batch = reader
-                    .read(next, READ_BYTES)
+                    .read(next, max_bytes)
                     .map_err(|error| log_error(partition, error))?;
                 if batch.records.is_empty() {
                     break;
@@ -515,6 +538,9 @@ impl TopicRuntime {
                         }
                     })?;
                     events.push(event);
+                }
+                if max == usize::MAX {
+                    break;
                 }
             }
             Ok(ReadResult {

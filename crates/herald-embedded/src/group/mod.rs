@@ -29,8 +29,9 @@ use crate::topic::TopicRuntime;
 use queue::{DeadLetterEffect, QueueSnapshot, QueueState};
 use stream::{StreamSnapshot, StreamState};
 
-/// Events read from a partition per refill.
-const READ_AHEAD_EVENTS: usize = 512;
+/// Bytes of batches read from a partition per refill (all their events are
+/// kept: a batch is decoded once).
+const READ_AHEAD_BYTES: usize = 256 * 1024;
 
 /// A group's persisted state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -239,7 +240,7 @@ impl GroupRuntime {
             Machine::Stream(state) => (state.epoch(), state.reads_needed(member, &ends)),
         };
         for (partition, from) in needed {
-            match topic.read(partition, from, READ_AHEAD_EVENTS).await {
+            match topic.read_chunk(partition, from, READ_AHEAD_BYTES).await {
                 Ok(read) => match &mut *lock(&self.machine) {
                     Machine::Queue(state) => {
                         state.add_read(epoch, partition, from, read.events, read.next_offset);

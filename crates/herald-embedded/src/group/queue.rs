@@ -266,6 +266,7 @@ impl QueueState {
         now: i64,
     ) -> (Vec<Delivery>, Vec<DeadLetterEffect>) {
         let effects = self.expire(now);
+        self.compact_heaps();
         let mut deliveries = Vec::new();
         let max_in_flight = self.spec.max_in_flight as usize;
         while deliveries.len() < max && self.leased < max_in_flight {
@@ -407,6 +408,36 @@ impl QueueState {
         let queue = self.keys.entry((coordinates.0, key)).or_default();
         queue.push_back(coordinates.1);
         queue.len() > 1
+    }
+
+    /// The heaps drop settled entries lazily, when they reach the top. So
+    /// that memory stays bounded by what is pending (not by the rate times the
+    /// ack wait), rebuild a heap once stale entries outnumber live ones.
+    fn compact_heaps(&mut self) {
+        const SLACK: usize = 1024;
+        if self.leases.len() > 2 * self.leased + SLACK {
+            let live = self
+                .pending
+                .iter()
+                .filter_map(|(coordinates, entry)| match entry.state {
+                    EntryState::Leased {
+                        deadline, attempt, ..
+                    } => Some(Reverse((deadline, coordinates.0, coordinates.1, attempt))),
+                    _ => None,
+                });
+            self.leases = live.collect();
+        }
+        let waiting = self.pending.len() - self.leased;
+        if self.waiting.len() > 2 * waiting + SLACK {
+            let live = self
+                .pending
+                .iter()
+                .filter_map(|(coordinates, entry)| match entry.state {
+                    EntryState::Waiting { at } => Some(Reverse((at, coordinates.0, coordinates.1))),
+                    _ => None,
+                });
+            self.waiting = live.collect();
+        }
     }
 
     fn lease(&mut self, coordinates: Coordinates, member: &str, now: i64) -> Option<Delivery> {
