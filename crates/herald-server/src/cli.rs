@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use clap::builder::{NonEmptyStringValueParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 
+use crate::commands::{ClientArgs, ClientCommand};
 use crate::config::{LogFormat, LogLevel, LogOverrides, Overrides};
 
 /// Herald: an event backbone in one binary.
@@ -18,6 +19,10 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+
+    /// Where the server is and how to print (client subcommands).
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 /// The subcommands.
@@ -25,6 +30,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the server.
     Serve(ServeArgs),
+    /// Talk to a running server (topics, publish, consume, groups).
+    #[command(flatten)]
+    Client(ClientCommand),
 }
 
 /// `herald serve`. Flags override `HERALD_*` variables, which override the
@@ -96,7 +104,9 @@ mod tests {
             "debug",
         ])
         .unwrap();
-        let Command::Serve(args) = cli.command;
+        let Command::Serve(args) = cli.command else {
+            panic!("parsed as another command");
+        };
         let overrides = args.overrides();
         assert_eq!(overrides.listen, Some("127.0.0.1:0".parse().unwrap()));
         assert_eq!(overrides.log.format, Some(LogFormat::Json));
@@ -107,6 +117,28 @@ mod tests {
     fn given_empty_data_dir_flag_when_parsed_should_fail_naming_flag() {
         let error = Cli::try_parse_from(["herald", "serve", "--data-dir", ""]).unwrap_err();
         assert!(error.to_string().contains("--data-dir"), "{error}");
+    }
+
+    #[test]
+    fn given_client_subcommands_when_parsed_should_take_global_flags() {
+        let cli = Cli::try_parse_from([
+            "herald",
+            "topic",
+            "create",
+            "orders",
+            "--partitions",
+            "3",
+            "--server",
+            "http://127.0.0.1:9",
+            "--output",
+            "json",
+        ])
+        .unwrap();
+        assert!(matches!(cli.command, Command::Client(_)));
+        assert_eq!(cli.client.server, "http://127.0.0.1:9");
+        assert_eq!(cli.client.output, crate::commands::Output::Json);
+        let error = Cli::try_parse_from(["herald", "publish", "orders"]).unwrap_err();
+        assert!(error.to_string().contains("--type"), "{error}");
     }
 
     #[test]

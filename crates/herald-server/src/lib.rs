@@ -22,6 +22,7 @@
 //! address so `main` can print it as a single line.
 
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod data_dir;
 pub mod http;

@@ -20,6 +20,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(&args),
+        Command::Client(command) => {
+            return match herald_server::commands::run(&cli.client, command) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    error.exit_code()
+                }
+            };
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,317 @@
+//! The client subcommands of `herald`: they talk to a running server over
+//! its REST API (`--server`, default `http://127.0.0.1:7800`).
+//!
+//! Output is a human table by default, `--output json` for scripts. Exit
+//! codes scripts can rely on:
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 0 | done |
+//! | 1 | the server refused the request (the problem's `code` and `detail` are printed) |
+//! | 2 | bad command line |
+//! | 3 | the server could not be reached or answered something that is not Herald's API |
+//! | 4 | a local file could not be read |
+
+mod consume;
+mod group;
+mod publish;
+mod topic;
+
+use std::fmt::Write as _;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::Value;
+
+pub use consume::ConsumeArgs;
+pub use group::GroupCommand;
+pub use publish::PublishArgs;
+pub use topic::TopicCommand;
+
+/// Where the server is and how to print.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// The server's base URL (client subcommands)
+    #[arg(long, default_value = "http://127.0.0.1:7800", global = true)]
+    pub server: String,
+
+    /// How to print results (client subcommands)
+    #[arg(long, value_enum, default_value_t = Output::Table, global = true)]
+    pub output: Output,
+}
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Aligned columns for people.
+    Table,
+    /// The server's JSON, one document per result.
+    Json,
+}
+
+/// A client subcommand.
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Create, list, describe, update and delete topics.
+    #[command(subcommand)]
+    Topic(TopicCommand),
+    /// Publish one event from flags, or many from an NDJSON file or stdin.
+    Publish(PublishArgs),
+    /// Join a consumer group and print (and ack) what it delivers.
+    Consume(ConsumeArgs),
+    /// Inspect and steer consumer groups.
+    #[command(subcommand)]
+    Group(GroupCommand),
+}
+
+/// Why a client command failed; each maps to an exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The server answered with a problem.
+    #[error("{code}: {detail}")]
+    Problem {
+        /// HTTP status.
+        status: u16,
+        /// The problem's stable code.
+        code: String,
+        /// What to fix.
+        detail: String,
+    },
+    /// Bad arguments.
+    #[error("{0}")]
+    Usage(String),
+    /// The server could not be reached, or answered garbage.
+    #[error("{0}")]
+    Connection(String),
+    /// A local file.
+    #[error("{0}")]
+    File(String),
+}
+
+impl Error {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> ExitCode {
+        ExitCode::from(match self {
+            Self::Problem { .. } => 1,
+            Self::Usage(_) => 2,
+            Self::Connection(_) => 3,
+            Self::File(_) => 4,
+        })
+    }
+}
+
+/// Runs a client command to completion.
+pub fn run(client: &ClientArgs, command: ClientCommand) -> Result<(), Error> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| Error::Connection(format!("cannot start the async runtime: {error}")))?;
+    let api = Api::new(client)?;
+    runtime.block_on(async {
+        match command {
+            ClientCommand::Topic(command) => topic::run(&api, command).await,
+            ClientCommand::Publish(args) => publish::run(&api, args).await,
+            ClientCommand::Consume(args) => consume::run(&api, args).await,
+            ClientCommand::Group(command) => group::run(&api, command).await,
+        }
+    })
+}
+
+/// A thin REST client: JSON in, JSON out, problems as [`Error::Problem`].
+#[derive(Debug, Clone)]
+pub(crate) struct Api {
+    base: String,
+    http: reqwest::Client,
+    pub(crate) output: Output,
+}
+
+impl Api {
+    fn new(client: &ClientArgs) -> Result<Self, Error> {
+        let base = client.server.trim_end_matches('/').to_owned();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(Error::Usage(format!(
+                "--server {base:?} must start with http:// or https://"
+            )));
+        }
+        let http = reqwest::Client::builder()
+            .build()
+            .map_err(|error| Error::Connection(format!("cannot build the HTTP client: {error}")))?;
+        Ok(Self {
+            base,
+            http,
+            output: client.output,
+        })
+    }
+
+    /// A path segment, percent-encoded.
+    pub(crate) fn segment(value: &str) -> String {
+        let mut encoded = String::with_capacity(value.len());
+        for byte in value.bytes() {
+            if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+                encoded.push(char::from(byte));
+            } else {
+                let _ = write!(encoded, "%{byte:02X}");
+            }
+        }
+        encoded
+    }
+
+    pub(crate) async fn get(&self, path: &str) -> Result<Value, Error> {
+        self.send(self.http.get(self.url(path))).await
+    }
+
+    pub(crate) async fn post(&self, path: &str, body: &Value) -> Result<Value, Error> {
+        self.send(self.http.post(self.url(path)).json(body)).await
+    }
+
+    pub(crate) async fn post_raw(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Result<Value, Error> {
+        self.send(
+            self.http
+                .post(self.url(path))
+                .header("content-type", content_type)
+                .body(body),
+        )
+        .await
+    }
+
+    pub(crate) async fn put(&self, path: &str, body: &Value) -> Result<Value, Error> {
+        self.send(self.http.put(self.url(path)).json(body)).await
+    }
+
+    pub(crate) async fn patch(&self, path: &str, body: &Value) -> Result<Value, Error> {
+        self.send(self.http.patch(self.url(path)).json(body)).await
+    }
+
+    pub(crate) async fn delete(&self, path: &str) -> Result<Value, Error> {
+        self.send(self.http.delete(self.url(path))).await
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<Value, Error> {
+        let response = request.send().await.map_err(|error| {
+            Error::Connection(format!(
+                "cannot reach {}: {}",
+                self.base,
+                root_cause(&error)
+            ))
+        })?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(|error| {
+            Error::Connection(format!("reading the answer from {}: {error}", self.base))
+        })?;
+        let body: Value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).map_err(|_| {
+                Error::Connection(format!(
+                    "{} answered {status} with something that is not JSON",
+                    self.base
+                ))
+            })?
+        };
+        if status.is_success() {
+            return Ok(body);
+        }
+        let text = |field: &str| body.get(field).and_then(Value::as_str).map(str::to_owned);
+        Err(Error::Problem {
+            status: status.as_u16(),
+            code: text("code").unwrap_or_else(|| format!("http_{}", status.as_u16())),
+            detail: text("detail")
+                .or_else(|| text("title"))
+                .unwrap_or_else(|| status.to_string()),
+        })
+    }
+
+    /// Prints `value` as JSON, or as a table of `columns` over `rows`.
+    pub(crate) fn print(&self, value: &Value, columns: &[&str], rows: &[Value]) {
+        match self.output {
+            Output::Json => print_json(value),
+            Output::Table => print_table(columns, rows),
+        }
+    }
+}
+
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = error;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    cause.to_string()
+}
+
+/// One JSON document on stdout.
+pub(crate) fn print_json(value: &Value) {
+    let text = serde_json::to_string_pretty(value).unwrap_or_default();
+    emit(&text);
+}
+
+/// Writes a line to stdout, ignoring a closed pipe (`herald … | head`).
+pub(crate) fn emit(line: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{line}");
+}
+
+/// A cell: strings bare, `null` as `-`, anything else as compact JSON.
+pub(crate) fn cell(value: Option<&Value>) -> String {
+    match value {
+        None | Some(Value::Null) => "-".to_owned(),
+        Some(Value::String(text)) => text.clone(),
+        Some(other) => other.to_string(),
+    }
+}
+
+/// Aligned columns; each row is an object, each column a field path with
+/// `.` for nesting.
+pub(crate) fn print_table(columns: &[&str], rows: &[Value]) {
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| {
+            columns
+                .iter()
+                .map(|column| cell(lookup(row, column)))
+                .collect()
+        })
+        .collect();
+    let widths: Vec<usize> = columns
+        .iter()
+        .enumerate()
+        .map(|(index, column)| {
+            cells
+                .iter()
+                .map(|row| row[index].chars().count())
+                .chain([column.len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |values: Vec<String>| {
+        values
+            .iter()
+            .zip(&widths)
+            .map(|(value, width)| format!("{value:<width$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    emit(&line(
+        columns.iter().map(|column| column.to_uppercase()).collect(),
+    ));
+    for row in cells {
+        emit(&line(row));
+    }
+}
+
+fn lookup<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.')
+        .try_fold(value, |value, field| value.get(field))
+}
