@@ -70,6 +70,7 @@ macro_rules! conformance_suite {
             stream_groups_assign_partitions_and_fence_stale_generations,
             stream_commits_survive_a_restart,
             queue_state_survives_a_restart,
+            redriven_dead_letters_survive_a_restart,
             topics_groups_and_dedup_survive_a_restart,
             kv_compare_and_set,
         );
@@ -1380,6 +1381,45 @@ pub async fn queue_state_survives_a_restart<H: Harness>() {
             .unwrap()
             .len(),
         1
+    );
+    backend.shutdown().await.unwrap();
+}
+
+/// A dead letter that was redriven but not yet delivered again is still
+/// delivered after a restart (the redrive removed it from the list).
+pub async fn redriven_dead_letters_survive_a_restart<H: Harness>() {
+    let harness = H::start().await;
+    let backend = harness.backend();
+    let jobs = make_topic(&*backend, "jobs", 1).await;
+    let workers = group("workers");
+    backend
+        .put_group(&jobs, &workers, queue_spec(GroupMode::Queue))
+        .await
+        .unwrap();
+    publish_all(
+        &*backend,
+        &jobs,
+        vec![event("doomed", "t"), event("after", "t")],
+    )
+    .await;
+    let first = fetch_until(&*backend, &jobs, &workers, "w", 2, LONG).await;
+    let (doomed, after): (Vec<Delivery>, Vec<Delivery>) = first
+        .into_iter()
+        .partition(|delivery| delivery.event.event.id == "doomed");
+    backend
+        .reject(&jobs, &workers, &ids(&doomed), "bad")
+        .await
+        .unwrap();
+    backend.ack(&jobs, &workers, &ids(&after)).await.unwrap();
+    assert_eq!(backend.redrive(&jobs, &workers, None).await.unwrap(), 1);
+    drop(backend);
+    let harness = harness.restart().await;
+    let backend = harness.backend();
+    let again = fetch_until(&*backend, &jobs, &workers, "w", 1, LONG).await;
+    assert_eq!(
+        event_ids(&again),
+        ["doomed"],
+        "the redriven event was lost in the restart"
     );
     backend.shutdown().await.unwrap();
 }

@@ -153,7 +153,7 @@ impl GroupRuntime {
                 if let Machine::Stream(state) = &mut *lock(&self.machine) {
                     state.heartbeat(&request.member, now());
                 }
-                self.refill(topic, &request.member).await?;
+                self.refill(topic, &request.member, now()).await?;
                 let mut machine = lock(&self.machine);
                 let now = now();
                 match &mut *machine {
@@ -232,8 +232,34 @@ impl GroupRuntime {
         }
     }
 
-    /// Refills the read-ahead of the partitions that need it.
-    async fn refill(&self, topic: &TopicRuntime, member: &str) -> Result<()> {
+    /// Refills the read-ahead of the partitions that need it, and reads back
+    /// redriven events restored from a snapshot.
+    async fn refill(&self, topic: &TopicRuntime, member: &str, now: i64) -> Result<()> {
+        let reloads = match &mut *lock(&self.machine) {
+            Machine::Queue(state) => state.take_reloads(),
+            Machine::Stream(_) => Vec::new(),
+        };
+        for (index, &(partition, offset)) in reloads.iter().enumerate() {
+            match topic.read(partition, offset, 1).await {
+                Ok(read) => {
+                    if let Some(event) =
+                        read.events.into_iter().find(|event| event.offset == offset)
+                        && let Machine::Queue(state) = &mut *lock(&self.machine)
+                    {
+                        state.redrive(event, now);
+                    }
+                }
+                // Retention removed it: nothing left to deliver.
+                Err(Error::OffsetOutOfRange { .. }) => {}
+                Err(error) => {
+                    // Keep the rest for the next fetch.
+                    if let Machine::Queue(state) = &mut *lock(&self.machine) {
+                        state.keep_reloads(&reloads[index..]);
+                    }
+                    return Err(error);
+                }
+            }
+        }
         let ends = topic.end_offsets();
         let (epoch, needed) = match &*lock(&self.machine) {
             Machine::Queue(state) => (state.epoch(), state.reads_needed(&ends)),

@@ -80,6 +80,10 @@ pub(crate) struct PartitionSnapshot {
     pub(crate) finished: RangeSet,
     /// `(offset, attempts)` of pending events.
     pub(crate) attempts: Vec<(u64, u32)>,
+    /// Finished offsets made pending again by a redrive and not yet settled:
+    /// read again from the log after a restart.
+    #[serde(default)]
+    pub(crate) redriven: Vec<u64>,
 }
 
 /// The state of a queue or keyed group.
@@ -102,6 +106,8 @@ pub(crate) struct QueueState {
     next_partition: usize,
     /// Bumped by `reset`, so reads started before it are discarded.
     epoch: u64,
+    /// Redriven events to read again from the log (after a restart).
+    reloads: Vec<Coordinates>,
 }
 
 impl QueueState {
@@ -122,14 +128,25 @@ impl QueueState {
     /// A group as persisted.
     pub(crate) fn restore(spec: GroupSpec, snapshot: QueueSnapshot) -> Self {
         let mut restored_attempts = HashMap::new();
+        let mut reloads = Vec::new();
         let cursors = snapshot
             .partitions
             .into_iter()
             .enumerate()
             .map(|(partition, saved)| {
-                for (offset, attempts) in saved.attempts {
+                // Counts of events finished since are stale: drop them.
+                let live = saved.attempts.into_iter().filter(|(offset, _)| {
+                    *offset >= saved.floor && !saved.finished.contains(*offset)
+                });
+                for (offset, attempts) in live {
                     restored_attempts.insert((partition as u32, offset), attempts);
                 }
+                reloads.extend(
+                    saved
+                        .redriven
+                        .iter()
+                        .map(|offset| (partition as u32, *offset)),
+                );
                 Cursor {
                     floor: saved.floor,
                     finished: saved.finished,
@@ -150,7 +167,18 @@ impl QueueState {
             restored_attempts,
             next_partition: 0,
             epoch: 0,
+            reloads,
         }
+    }
+
+    /// Redriven events to read from the log and hand to [`QueueState::redrive`].
+    pub(crate) fn take_reloads(&mut self) -> Vec<Coordinates> {
+        std::mem::take(&mut self.reloads)
+    }
+
+    /// Puts back reloads that could not be read yet.
+    pub(crate) fn keep_reloads(&mut self, reloads: &[Coordinates]) {
+        self.reloads.extend_from_slice(reloads);
     }
 
     /// What must survive a restart.
@@ -162,13 +190,23 @@ impl QueueState {
                 floor: cursor.floor,
                 finished: cursor.finished.clone(),
                 attempts: Vec::new(),
+                redriven: Vec::new(),
             })
             .collect();
         for ((partition, offset), entry) in &self.pending {
-            if entry.attempts > 0
-                && let Some(saved) = partitions.get_mut(*partition as usize)
-            {
+            let Some(saved) = partitions.get_mut(*partition as usize) else {
+                continue;
+            };
+            if entry.attempts > 0 {
                 saved.attempts.push((*offset, entry.attempts));
+            }
+            if *offset < saved.floor || saved.finished.contains(*offset) {
+                saved.redriven.push(*offset);
+            }
+        }
+        for (partition, offset) in &self.reloads {
+            if let Some(saved) = partitions.get_mut(*partition as usize) {
+                saved.redriven.push(*offset);
             }
         }
         for ((partition, offset), attempts) in &self.restored_attempts {
@@ -178,6 +216,7 @@ impl QueueState {
         }
         for saved in &mut partitions {
             saved.attempts.sort_unstable();
+            saved.redriven.sort_unstable();
         }
         QueueSnapshot { partitions }
     }
