@@ -1,13 +1,13 @@
 //! RFC 9457 problem details (`application/problem+json`): the one shape of
-//! every error the HTTP API returns, and the table of stable error codes.
+//! every error the HTTP API returns, and **the** table of stable error codes.
 //!
 //! ```json
 //! {
-//!   "type": "urn:herald:problem:not_found",
-//!   "title": "Not found",
+//!   "type": "urn:herald:problem:topic_not_found",
+//!   "title": "Topic not found",
 //!   "status": 404,
-//!   "detail": "No route for GET /nope.",
-//!   "code": "not_found"
+//!   "detail": "topic \"orders\" does not exist",
+//!   "code": "topic_not_found"
 //! }
 //! ```
 //!
@@ -17,12 +17,29 @@
 //! promise to stay put, and a URN identifies without pretending to resolve.
 //! `title` is fixed per code; `detail` is free text about this occurrence.
 //!
-//! A code, once released, never changes meaning. New failure modes add codes
-//! to [`Code`], each with its HTTP status (and, later, its gRPC code).
+//! # The code table
+//!
+//! [`Code`] is the single place where a failure gets its public identity:
+//! each code has one HTTP status and one gRPC status (recorded now, used by
+//! the gRPC gateway later), and `docs/errors.md` lists the same table for
+//! clients (a unit test keeps the two equal). The backend's codes
+//! ([`herald_backend::Error::code`]) and the event codec's
+//! ([`herald_types::EventError::code`]) are entries of this table; a test
+//! checks that every one of them is.
+//!
+//! A code, once released, never changes meaning, status or gRPC status. New
+//! failure modes add codes.
+//!
+//! Only two kinds of code answer 5xx: `unavailable` and `shutting_down`
+//! (503, with `Retry-After`: try again), and `corrupt_data` / `internal` (500:
+//! the server is at fault, an operator must look). No request input can
+//! produce the latter two.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use herald_types::{EventError, InvalidName};
 use serde::Serialize;
+use tracing::{error, warn};
 
 /// Media type of problem details.
 pub const CONTENT_TYPE: &str = "application/problem+json";
@@ -30,44 +47,107 @@ pub const CONTENT_TYPE: &str = "application/problem+json";
 /// Prefix of the `type` URI; the code follows it.
 pub const TYPE_PREFIX: &str = "urn:herald:problem:";
 
-/// The stable error codes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Code {
+/// Seconds a client is asked to wait (`Retry-After`) before retrying a 503.
+pub const RETRY_AFTER_SECS: u64 = 1;
+
+/// Declares [`Code`] and its columns from one table, so that a code cannot
+/// exist without its wire name, HTTP status, gRPC status and title.
+macro_rules! codes {
+    ($(
+        $(#[doc = $doc:literal])*
+        $variant:ident => $wire:literal, $status:ident, $grpc:ident, $title:literal;
+    )*) => {
+        /// The stable error codes (see the module docs).
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[non_exhaustive]
+        pub enum Code {
+            $( $(#[doc = $doc])* $variant, )*
+        }
+
+        impl Code {
+            /// Every code, in table order.
+            pub const ALL: &'static [Code] = &[$(Self::$variant),*];
+
+            /// The code as it appears on the wire.
+            pub const fn as_str(self) -> &'static str {
+                match self { $(Self::$variant => $wire,)* }
+            }
+
+            /// The HTTP status this code is returned with.
+            pub const fn status(self) -> StatusCode {
+                match self { $(Self::$variant => StatusCode::$status,)* }
+            }
+
+            /// The gRPC status this code is returned with, by its canonical
+            /// name (`NOT_FOUND`, …).
+            pub const fn grpc(self) -> &'static str {
+                match self { $(Self::$variant => stringify!($grpc),)* }
+            }
+
+            /// The short, fixed, human-readable summary.
+            pub const fn title(self) -> &'static str {
+                match self { $(Self::$variant => $title,)* }
+            }
+        }
+    };
+}
+
+codes! {
     /// No resource at this path.
-    NotFound,
+    NotFound => "not_found", NOT_FOUND, NOT_FOUND, "Not found";
     /// The path exists but not for this method.
-    MethodNotAllowed,
+    MethodNotAllowed => "method_not_allowed", METHOD_NOT_ALLOWED, UNIMPLEMENTED, "Method not allowed";
+    /// The body is not JSON at all (a syntax error or a truncated document).
+    MalformedJson => "malformed_json", BAD_REQUEST, INVALID_ARGUMENT, "Malformed JSON";
+    /// An event breaks the CloudEvents or Herald rules (a missing `source`, a
+    /// bad `time`, …).
+    InvalidEvent => "invalid_event", BAD_REQUEST, INVALID_ARGUMENT, "Invalid event";
+    /// A topic or group name breaks the naming rule.
+    InvalidName => "invalid_name", BAD_REQUEST, INVALID_ARGUMENT, "Invalid name";
+    /// A field or query parameter is unknown, missing, of the wrong type, or
+    /// out of range.
+    InvalidArgument => "invalid_argument", BAD_REQUEST, INVALID_ARGUMENT, "Invalid argument";
+    /// The request's content type is not one this endpoint accepts.
+    UnsupportedMediaType => "unsupported_media_type", UNSUPPORTED_MEDIA_TYPE, INVALID_ARGUMENT, "Unsupported media type";
+    /// The request body exceeds `limits.max_request_bytes`, or an event the
+    /// topic's `max_event_bytes`.
+    PayloadTooLarge => "payload_too_large", PAYLOAD_TOO_LARGE, RESOURCE_EXHAUSTED, "Payload too large";
+    /// No topic by that name.
+    TopicNotFound => "topic_not_found", NOT_FOUND, NOT_FOUND, "Topic not found";
+    /// No group by that name on the topic.
+    GroupNotFound => "group_not_found", NOT_FOUND, NOT_FOUND, "Group not found";
+    /// The topic has no such partition.
+    PartitionNotFound => "partition_not_found", NOT_FOUND, NOT_FOUND, "Partition not found";
+    /// A topic by that name exists already.
+    TopicExists => "topic_exists", CONFLICT, ALREADY_EXISTS, "Topic exists";
+    /// The group exists with a mode that cannot change.
+    GroupConflict => "group_conflict", CONFLICT, FAILED_PRECONDITION, "Group conflict";
+    /// The offset was removed by retention.
+    OffsetOutOfRange => "offset_out_of_range", BAD_REQUEST, OUT_OF_RANGE, "Offset out of range";
+    /// A stream-mode commit from an older generation, or for a partition the
+    /// member no longer owns.
+    StaleGeneration => "stale_generation", CONFLICT, ABORTED, "Stale generation";
+    /// A compare-and-set found another revision.
+    RevisionMismatch => "revision_mismatch", CONFLICT, ABORTED, "Revision mismatch";
+    /// Stored data failed validation and was not served.
+    CorruptData => "corrupt_data", INTERNAL_SERVER_ERROR, DATA_LOSS, "Corrupt data";
+    /// Storage is not open yet, or failed; retry later.
+    Unavailable => "unavailable", SERVICE_UNAVAILABLE, UNAVAILABLE, "Service unavailable";
+    /// The server is shutting down; retry against it (or another) later.
+    ShuttingDown => "shutting_down", SERVICE_UNAVAILABLE, UNAVAILABLE, "Shutting down";
     /// The server failed; nothing the client can fix.
-    Internal,
+    Internal => "internal", INTERNAL_SERVER_ERROR, INTERNAL, "Internal server error";
 }
 
 impl Code {
-    /// The code as it appears on the wire.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::NotFound => "not_found",
-            Self::MethodNotAllowed => "method_not_allowed",
-            Self::Internal => "internal",
-        }
+    /// The code whose wire name is `wire`, if any.
+    pub fn from_wire(wire: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|code| code.as_str() == wire)
     }
 
-    /// The HTTP status this code is returned with.
-    pub const fn status(self) -> StatusCode {
-        match self {
-            Self::NotFound => StatusCode::NOT_FOUND,
-            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-
-    /// The short, fixed, human-readable summary.
-    pub const fn title(self) -> &'static str {
-        match self {
-            Self::NotFound => "Not found",
-            Self::MethodNotAllowed => "Method not allowed",
-            Self::Internal => "Internal server error",
-        }
+    /// Whether the same request may succeed later (a 503).
+    pub const fn is_retryable(self) -> bool {
+        matches!(self, Self::Unavailable | Self::ShuttingDown)
     }
 }
 
@@ -98,6 +178,35 @@ impl Problem {
     }
 }
 
+impl From<herald_backend::Error> for Problem {
+    /// Maps a backend error by its stable code. Server-side failures are
+    /// logged here, once, since the client cannot act on them.
+    fn from(failure: herald_backend::Error) -> Self {
+        let code = Code::from_wire(failure.code()).unwrap_or(Code::Internal);
+        if code.status().is_server_error() {
+            if code.is_retryable() {
+                warn!(code = failure.code(), error = %failure, "Backend unavailable.");
+            } else {
+                error!(code = failure.code(), error = %failure, "Backend failed.");
+            }
+        }
+        Self::new(code, failure.to_string())
+    }
+}
+
+impl From<EventError> for Problem {
+    fn from(failure: EventError) -> Self {
+        let code = Code::from_wire(failure.code()).unwrap_or(Code::InvalidEvent);
+        Self::new(code, failure.to_string())
+    }
+}
+
+impl From<InvalidName> for Problem {
+    fn from(failure: InvalidName) -> Self {
+        Self::new(Code::InvalidName, failure.to_string())
+    }
+}
+
 /// The document as serialized: members in RFC 9457 order, then extensions.
 #[derive(Serialize)]
 struct Wire<'a> {
@@ -125,17 +234,24 @@ impl Serialize for Problem {
 
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
+        let retryable = self.code.is_retryable();
         let mut response = (self.code.status(), axum::Json(self)).into_response();
-        response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+        if retryable {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        }
         response
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
+
+    const ERRORS_MD: &str = include_str!("../../../docs/errors.md");
 
     #[test]
     fn given_not_found_when_serialized_should_carry_rfc9457_members_and_code() {
@@ -158,5 +274,119 @@ mod tests {
         let response = Problem::new(Code::MethodNotAllowed, "x").into_response();
         assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(response.headers()[header::CONTENT_TYPE], CONTENT_TYPE);
+        assert!(response.headers().get(header::RETRY_AFTER).is_none());
+    }
+
+    #[test]
+    fn given_retryable_code_when_into_response_should_answer_503_with_retry_after() {
+        for code in [Code::Unavailable, Code::ShuttingDown] {
+            let response = Problem::new(code, "x").into_response();
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+        }
+    }
+
+    #[test]
+    fn given_code_table_should_have_unique_wire_names_and_only_503_or_500_server_errors() {
+        let mut seen = std::collections::HashSet::new();
+        for &code in Code::ALL {
+            assert!(seen.insert(code.as_str()), "duplicate {}", code.as_str());
+            assert_eq!(Code::from_wire(code.as_str()), Some(code));
+            let status = code.status();
+            if status.is_server_error() {
+                assert!(
+                    status == StatusCode::SERVICE_UNAVAILABLE
+                        || matches!(code, Code::Internal | Code::CorruptData),
+                    "{} must not answer {status}",
+                    code.as_str()
+                );
+            }
+            assert_eq!(
+                code.is_retryable(),
+                status == StatusCode::SERVICE_UNAVAILABLE
+            );
+        }
+    }
+
+    #[test]
+    fn given_every_backend_error_when_mapped_should_have_its_own_table_entry() {
+        use herald_backend::Error;
+        let errors = [
+            Error::TopicNotFound { topic: "t".into() },
+            Error::TopicExists { topic: "t".into() },
+            Error::GroupNotFound {
+                topic: "t".into(),
+                group: "g".into(),
+            },
+            Error::GroupConflict {
+                group: "g".into(),
+                existing: "queue".into(),
+            },
+            Error::PartitionNotFound {
+                topic: "t".into(),
+                partition: 3,
+                partitions: 1,
+            },
+            Error::invalid("max", "too big"),
+            Error::PayloadTooLarge { size: 2, max: 1 },
+            Error::OffsetOutOfRange {
+                partition: 0,
+                offset: 1,
+                start: 2,
+            },
+            Error::StaleGeneration {
+                generation: 1,
+                current: 2,
+            },
+            Error::RevisionMismatch {
+                key: "k".into(),
+                expected: None,
+                current: Some(1),
+            },
+            Error::Corrupt { detail: "x".into() },
+            Error::Unavailable { detail: "x".into() },
+            Error::ShuttingDown,
+        ];
+        for failure in errors {
+            let wire = failure.code();
+            let code = Code::from_wire(wire);
+            assert!(code.is_some(), "backend code {wire} is not in the table");
+            assert_eq!(Problem::from(failure).code().as_str(), wire);
+        }
+        for wire in ["malformed_json", "invalid_event"] {
+            assert!(Code::from_wire(wire).is_some(), "event code {wire}");
+        }
+    }
+
+    /// `docs/errors.md` rows: `| `code` | status | GRPC | …`.
+    fn documented_codes() -> BTreeMap<String, (u16, String)> {
+        ERRORS_MD
+            .lines()
+            .filter_map(|line| {
+                let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+                let code = cells.get(1)?.strip_prefix('`')?.strip_suffix('`')?;
+                let status = cells.get(2)?.parse().ok()?;
+                let grpc = cells.get(3)?.trim_matches('`');
+                Some((code.to_owned(), (status, grpc.to_owned())))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn given_docs_errors_md_should_list_exactly_the_code_table() {
+        let documented = documented_codes();
+        let table: BTreeMap<String, (u16, String)> = Code::ALL
+            .iter()
+            .map(|code| {
+                (
+                    code.as_str().to_owned(),
+                    (code.status().as_u16(), code.grpc().to_owned()),
+                )
+            })
+            .collect();
+        assert_eq!(
+            documented, table,
+            "docs/errors.md and problem::Code disagree; update the doc's table"
+        );
     }
 }
