@@ -25,6 +25,7 @@ use std::ffi::OsString;
 use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -52,6 +53,8 @@ pub struct Options {
     pub log: LogOptions,
     /// Upper bound on draining in-flight requests at shutdown, in milliseconds.
     pub shutdown_timeout_ms: u64,
+    /// Limits on what clients may send.
+    pub limits: LimitsOptions,
 }
 
 impl Default for Options {
@@ -61,6 +64,7 @@ impl Default for Options {
             data_dir: PathBuf::from("herald-data"),
             log: LogOptions::default(),
             shutdown_timeout_ms: 5_000,
+            limits: LimitsOptions::default(),
         }
     }
 }
@@ -69,6 +73,31 @@ impl Options {
     /// [`Options::shutdown_timeout_ms`] as a [`Duration`].
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_millis(self.shutdown_timeout_ms)
+    }
+}
+
+/// Limits on requests (`[limits]`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsOptions {
+    /// The largest request body accepted, in bytes; a larger one is refused
+    /// with 413 before it is read whole. Each event is further bounded by its
+    /// topic's `max_event_bytes`.
+    pub max_request_bytes: NonZeroU64,
+}
+
+impl Default for LimitsOptions {
+    fn default() -> Self {
+        Self {
+            max_request_bytes: NonZeroU64::new(16 * 1024 * 1024).unwrap_or(NonZeroU64::MIN),
+        }
+    }
+}
+
+impl LimitsOptions {
+    /// [`LimitsOptions::max_request_bytes`] as a `usize` (saturating).
+    pub fn max_request_bytes(&self) -> usize {
+        usize::try_from(self.max_request_bytes.get()).unwrap_or(usize::MAX)
     }
 }
 
@@ -851,6 +880,21 @@ mod tests {
             "{message}"
         );
         assert!(!message.contains('\n'), "{message}");
+    }
+
+    #[test]
+    fn given_zero_request_limit_when_loaded_should_fail_naming_key() {
+        let error = from_toml_str(
+            Path::new("herald.toml"),
+            "[limits]\nmax_request_bytes = 0\n",
+        )
+        .unwrap_err();
+        assert!(
+            error.to_string().starts_with(
+                "invalid value for configuration key 'limits.max_request_bytes' in herald.toml"
+            ),
+            "{error}"
+        );
     }
 
     #[test]
