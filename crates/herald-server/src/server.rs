@@ -2,10 +2,12 @@
 //!
 //! ```text
 //! Server::bind(options)     lock the data directory, bind the listener
-//! Server::run(cancel)       serve HTTP at once (/healthz 200, /readyz 503)
-//!                           open storage on a blocking thread → /readyz 200
+//! Server::run(cancel)       serve HTTP at once (/healthz 200, /readyz 503,
+//!                           the API 503 `unavailable`)
+//!                           open storage on a blocking thread → the API
+//!                           serves, /readyz 200
 //!   cancel fires:
-//!     1. /readyz → 503 ("stopping")
+//!     1. /readyz → 503 ("stopping"); waiting long-poll fetches answer 503
 //!     2. stop accepting; drain in-flight requests, for at most
 //!        shutdown_timeout_ms (then the stragglers are dropped)
 //!     3. close storage: flush, fsync, close, release the data-dir lock
@@ -19,6 +21,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use herald_log::SystemClock;
 use tokio::net::TcpListener;
 use tokio::task::{JoinError, JoinHandle};
 use tokio_util::sync::CancellationToken;
@@ -26,7 +29,7 @@ use tracing::{info, warn};
 
 use crate::config::Options;
 use crate::data_dir::{self, DataDir};
-use crate::http::{self, AppState, Phase, Readiness};
+use crate::http::{self, AppState, Phase, Readiness, StorageSlot};
 use crate::metrics::Metrics;
 use crate::storage::{self, Storage};
 
@@ -137,9 +140,14 @@ impl Server {
             readiness,
         } = self;
 
+        let storage_slot = StorageSlot::default();
         let app = http::router(AppState {
             metrics: Arc::clone(&metrics),
             readiness: readiness.clone(),
+            storage: storage_slot.clone(),
+            clock: Arc::new(SystemClock),
+            stopping: cancel.clone(),
+            max_request_bytes: options.limits.max_request_bytes(),
         });
         let stop_http = CancellationToken::new();
         let mut http_task: JoinHandle<io::Result<()>> = tokio::spawn(
@@ -168,6 +176,7 @@ impl Server {
             },
             served = &mut http_task => return Err(http_outcome(served).err().unwrap_or(Error::HttpStopped)),
         };
+        storage_slot.set(storage.handle());
         readiness.set(Phase::Ready);
         info!("Ready.");
 

@@ -24,6 +24,29 @@ pub struct Storage {
     backend: Arc<EmbeddedBackend>,
 }
 
+/// What request handlers hold of open storage. Cheap to clone. It stays
+/// valid after [`Storage::shutdown`]; calls then fail with
+/// [`herald_backend::Error::ShuttingDown`].
+#[derive(Clone, Debug)]
+pub struct StorageHandle {
+    backend: Arc<EmbeddedBackend>,
+}
+
+impl StorageHandle {
+    /// The backend.
+    pub fn backend(&self) -> &dyn Backend {
+        &*self.backend
+    }
+
+    /// Persists consumer-group state now (acks, nacks, leases), as the
+    /// backend's background flush does every 50 ms: acks made before this
+    /// returns survive a crash. For operations and tests
+    /// (`POST /v1/admin/flush`).
+    pub async fn flush_group_state(&self) -> Result<(), herald_backend::Error> {
+        self.backend.flush_group_state().await
+    }
+}
+
 /// Why storage could not be opened or closed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -60,6 +83,14 @@ impl Storage {
     /// The backend, for the API handlers.
     pub fn backend(&self) -> Arc<dyn Backend> {
         Arc::clone(&self.backend) as Arc<dyn Backend>
+    }
+
+    /// A cheap handle for the API handlers: the backend, plus the
+    /// operations of this storage that are not part of the backend trait.
+    pub fn handle(&self) -> StorageHandle {
+        StorageHandle {
+            backend: Arc::clone(&self.backend),
+        }
     }
 
     /// Flushes and closes storage, then releases the data directory.

@@ -1,25 +1,50 @@
 //! The HTTP surface: one axum [`Router`] served on the one listener.
 //!
-//! Today: `GET /healthz`, `GET /readyz`, `GET /metrics`, and RFC 9457
-//! problems for unknown paths (404) and methods (405). Every request passes
-//! through a metrics middleware, which counts it by method, route template and
+//! - `GET /healthz`, `GET /readyz`, `GET /metrics`;
+//! - the REST API under `/v1` (the contract is `api.md`): topics
+//!   ([`topics`]) and events ([`events`]);
+//! - RFC 9457 problems for everything that fails, including unknown paths
+//!   (404) and methods (405).
+//!
+//! Handlers are thin: parse (with the extractors of [`extract`], whose
+//! failures are problems, never axum's plain-text rejections) → one backend
+//! call → map the result. Backend errors become problems through the code
+//! table in [`crate::problem`].
+//!
+//! The router is built before storage opens (liveness answers during
+//! recovery), so the storage sits in a [`StorageSlot`] filled once it has
+//! opened; until then every API call answers 503 `unavailable`.
+//!
+//! Every request passes through two middlewares: one that turns a panic in
+//! a handler into a 500 problem (the connection survives, the panic is
+//! logged), and one that counts requests by method, route template and
 //! status class.
 
+pub mod events;
+pub mod extract;
 pub mod health;
+pub mod topics;
 
-use std::sync::Arc;
+use std::any::Any;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{Method, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
+use futures::FutureExt as _;
+use herald_backend::Backend;
+use herald_log::Clock;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, error};
 
 use crate::metrics::{self, HttpLabels, Metrics};
 use crate::problem::{Code, Problem};
+use crate::storage::StorageHandle;
 
 pub use health::{Phase, Readiness};
 
@@ -30,16 +55,58 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Whether storage is open and the server is not stopping.
     pub readiness: Readiness,
+    /// Storage, once open.
+    pub storage: StorageSlot,
+    /// Wall-clock time for parsing events (`delay_ms`, generated ids).
+    pub clock: Arc<dyn Clock>,
+    /// Fires when shutdown begins: long polls stop waiting.
+    pub stopping: CancellationToken,
+    /// The largest request body accepted (`limits.max_request_bytes`).
+    pub max_request_bytes: usize,
+}
+
+impl AppState {
+    /// The backend, or 503 `unavailable` while storage is still opening.
+    pub fn backend(&self) -> Result<&dyn Backend, Problem> {
+        Ok(self.storage.get()?.backend())
+    }
+}
+
+/// Where storage goes once it has opened; empty before. Cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct StorageSlot(Arc<OnceLock<StorageHandle>>);
+
+impl StorageSlot {
+    /// Fills the slot; a second call is ignored (storage opens once).
+    pub fn set(&self, storage: StorageHandle) {
+        // Storage opens once per process; a second value would be a bug, and
+        // keeping the first is the safe reaction to it.
+        let _ = self.0.set(storage);
+    }
+
+    /// The storage, or 503 `unavailable` (with `Retry-After`) while empty.
+    pub fn get(&self) -> Result<&StorageHandle, Problem> {
+        self.0.get().ok_or_else(|| {
+            Problem::new(
+                Code::Unavailable,
+                "Storage is still opening (recovering the data directory); retry shortly.",
+            )
+        })
+    }
 }
 
 /// The whole HTTP API.
 pub fn router(state: AppState) -> Router {
+    let body_limit = DefaultBodyLimit::max(state.max_request_bytes);
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics_text))
+        .merge(api_routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(body_limit)
+        .layer(middleware::from_fn(catch_panic))
         // `Router::layer` runs after routing, so `MatchedPath` is known; it
         // also wraps the fallbacks, so 404s and 405s are counted too.
         .layer(middleware::from_fn_with_state(
@@ -47,6 +114,22 @@ pub fn router(state: AppState) -> Router {
             record_metrics,
         ))
         .with_state(state)
+}
+
+/// The `/v1` REST API (`api.md`: Topics, Events).
+fn api_routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/topics", post(topics::create).get(topics::list))
+        .route(
+            "/v1/topics/{topic}",
+            get(topics::describe)
+                .patch(topics::update)
+                .delete(topics::delete),
+        )
+        .route(
+            "/v1/topics/{topic}/events",
+            post(events::publish).get(events::read),
+        )
 }
 
 async fn metrics_text(State(state): State<AppState>) -> Response {
@@ -73,6 +156,29 @@ async fn method_not_allowed(method: Method, uri: Uri) -> Problem {
     )
 }
 
+/// Answers a panicking handler with a 500 problem instead of dropping the
+/// connection. A panic is a bug: it is logged at ERROR with its message.
+async fn catch_panic(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    match AssertUnwindSafe(next.run(request)).catch_unwind().await {
+        Ok(response) => response,
+        Err(panic) => {
+            let message = panic_message(panic.as_ref());
+            error!(%method, %path, panic = message, "Handler panicked.");
+            Problem::new(Code::Internal, "The server failed on this request.").into_response()
+        }
+    }
+}
+
+fn panic_message(panic: &(dyn Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(not a string)")
+}
+
 /// Counts and times every request (to its response head).
 async fn record_metrics(
     State(metrics): State<Arc<Metrics>>,
@@ -97,4 +203,21 @@ async fn record_metrics(
         "Answered request."
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::{StatusCode, header};
+
+    use super::*;
+
+    #[test]
+    fn given_storage_not_open_when_handler_asks_for_backend_should_answer_503_unavailable() {
+        let slot = StorageSlot::default();
+        let problem = slot.get().unwrap_err();
+        assert_eq!(problem.code(), Code::Unavailable);
+        let response = problem.into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(response.headers().contains_key(header::RETRY_AFTER));
+    }
 }

@@ -1,6 +1,6 @@
 //! The HTTP endpoints of a running server.
 
-use crate::support::{TestServer, wait_for_status};
+use crate::support::{TestServer, expect_problem, wait_for_status};
 
 #[tokio::test]
 async fn given_running_server_when_get_healthz_should_answer_ok() {
@@ -85,4 +85,31 @@ async fn given_known_path_when_wrong_method_should_answer_405_problem_json() {
     let problem: serde_json::Value = response.json().await.unwrap();
     assert_eq!(problem["code"], "method_not_allowed");
     assert_eq!(problem["status"], 405);
+}
+
+#[tokio::test]
+async fn given_api_routes_when_unknown_path_or_method_should_answer_problem_json() {
+    let (_server, api) = TestServer::start_ready().await;
+    expect_problem(api.get("/v1/nope").await, 404, "not_found").await;
+    expect_problem(api.get("/v1/topics/orders/nope").await, 404, "not_found").await;
+    let response = api.put("/v1/topics", &serde_json::json!({})).await;
+    expect_problem(response, 405, "method_not_allowed").await;
+    let response = api.post("/v1/topics/orders", &serde_json::json!({})).await;
+    expect_problem(response, 405, "method_not_allowed").await;
+}
+
+#[tokio::test]
+async fn given_api_requests_when_get_metrics_should_label_them_by_route_template() {
+    let (_server, api) = TestServer::start_ready().await;
+    api.get("/v1/topics/orders").await;
+    api.get("/v1/topics/payments").await;
+
+    let text = api.get("/metrics").await.text().await.unwrap();
+    assert!(
+        text.contains(
+            r#"herald_http_requests_total{method="GET",route="/v1/topics/{topic}",status="4xx"} 2"#
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("payments"), "names must not become labels");
 }

@@ -5,6 +5,8 @@
 //! One test binary for the crate (builds are slow); areas are modules.
 
 mod config;
+mod events;
 mod http;
 mod lifecycle;
 mod support;
+mod topics;

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Output, Stdio};
 use std::time::Duration;
 
+use serde_json::{Value, json};
 use tempfile::TempDir;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, ChildStdout, Command};
@@ -197,4 +198,190 @@ pub async fn wait_for_status(
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+impl TestServer {
+    /// Starts a server in a fresh temp directory and waits until it is ready
+    /// (storage open).
+    pub async fn start_ready() -> (Self, Api) {
+        Self::ready(Self::start().await).await
+    }
+
+    /// Waits until `server` is ready; returns it with a client for it.
+    pub async fn ready(server: Self) -> (Self, Api) {
+        let api = Api::new(&server);
+        wait_for_status(&api.client, &server.url("/readyz"), 200).await;
+        (server, api)
+    }
+}
+
+/// A JSON client for one server's REST API.
+#[derive(Clone, Debug)]
+pub struct Api {
+    /// The HTTP client.
+    pub client: reqwest::Client,
+    base: String,
+}
+
+impl Api {
+    /// A client for `server`.
+    pub fn new(server: &TestServer) -> Self {
+        Self {
+            client: reqwest::Client::new(),
+            base: server.url(""),
+        }
+    }
+
+    /// `http://<addr><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// `GET path`.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.unwrap()
+    }
+
+    /// `DELETE path`.
+    pub async fn delete(&self, path: &str) -> reqwest::Response {
+        self.client.delete(self.url(path)).send().await.unwrap()
+    }
+
+    /// `POST path` with a JSON body.
+    pub async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// `PUT path` with a JSON body.
+    pub async fn put(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .put(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// `PATCH path` with a JSON body.
+    pub async fn patch(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .patch(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// `method path` with raw bytes, a content type (if any) and headers.
+    pub async fn send_raw(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        content_type: Option<&str>,
+        headers: &[(&str, &str)],
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::Response {
+        let mut request = self.client.request(method, self.url(path));
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.body(body).send().await.unwrap()
+    }
+
+    /// `POST path` with raw bytes (see [`Api::send_raw`]).
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        content_type: Option<&str>,
+        headers: &[(&str, &str)],
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::Response {
+        self.send_raw(reqwest::Method::POST, path, content_type, headers, body)
+            .await
+    }
+
+    /// `POST /v1/topics` → the topic (asserts 201).
+    pub async fn create_topic(&self, spec: Value) -> Value {
+        expect_json(self.post("/v1/topics", &spec).await, 201).await
+    }
+
+    /// Publishes a batch → the `results` (asserts 201).
+    pub async fn publish(&self, topic: &str, events: Value) -> Vec<Value> {
+        let response = self
+            .post_raw(
+                &format!("/v1/topics/{topic}/events"),
+                Some("application/cloudevents-batch+json"),
+                &[],
+                events.to_string(),
+            )
+            .await;
+        let body = expect_json(response, 201).await;
+        body["results"].as_array().unwrap().clone()
+    }
+}
+
+/// Asserts `status` and returns the JSON body.
+pub async fn expect_json(response: reqwest::Response, status: u16) -> Value {
+    let actual = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    assert_eq!(actual, status, "body: {text}");
+    serde_json::from_str(&text).unwrap_or_else(|error| panic!("not JSON ({error}): {text}"))
+}
+
+/// Asserts that `response` is an RFC 9457 problem with `status` and `code`;
+/// returns it.
+pub async fn expect_problem(response: reqwest::Response, status: u16, code: &str) -> Value {
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|value| value.to_str().unwrap().to_owned());
+    let retry_after = response.headers().contains_key("retry-after");
+    let problem = expect_json(response, status).await;
+    assert_eq!(
+        content_type.as_deref(),
+        Some("application/problem+json"),
+        "{problem}"
+    );
+    assert_eq!(problem["code"], code, "{problem}");
+    assert_eq!(problem["status"], status, "{problem}");
+    assert_eq!(
+        problem["type"],
+        format!("urn:herald:problem:{code}"),
+        "{problem}"
+    );
+    assert!(
+        problem["title"]
+            .as_str()
+            .is_some_and(|title| !title.is_empty())
+    );
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|detail| !detail.is_empty())
+    );
+    assert_eq!(
+        retry_after,
+        status == 503,
+        "Retry-After on 503 only: {problem}"
+    );
+    problem
+}
+
+/// A structured-mode event with `id` (and the required attributes).
+pub fn event(id: &str) -> Value {
+    json!({
+        "specversion": "1.0",
+        "id": id,
+        "source": "/tests",
+        "type": "test.event",
+        "data": {"id": id},
+    })
 }

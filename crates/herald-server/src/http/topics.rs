@@ -1,0 +1,124 @@
+//! Topics: `POST /v1/topics`, `GET /v1/topics`, and `GET`, `PATCH`,
+//! `DELETE /v1/topics/{topic}`.
+//!
+//! Bodies are the backend's [`TopicSpec`] and [`TopicUpdate`] (unknown
+//! fields refused). Answers render a topic as its settings plus
+//! `created_at` as RFC 3339 (the backend keeps ms; the API speaks RFC 3339).
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use herald_backend::{PartitionInfo, TopicDescription, TopicInfo, TopicSpec, TopicUpdate};
+use herald_types::format_rfc3339_ms;
+use serde::Serialize;
+
+use super::AppState;
+use super::extract::{JsonBody, NoQuery, TopicPath, check_topic_name_field, from_value};
+use crate::problem::Problem;
+
+/// `POST /v1/topics` → 201 topic, with `Location`.
+pub async fn create(
+    State(state): State<AppState>,
+    _query: NoQuery,
+    JsonBody(body): JsonBody<serde_json::Value>,
+) -> Result<Response, Problem> {
+    let backend = state.backend()?;
+    check_topic_name_field(&body, "name")?;
+    check_topic_name_field(&body, "dead_letter_topic")?;
+    let spec: TopicSpec = from_value(body)?;
+    let info = backend.create_topic(spec).await?;
+    let location = format!("/v1/topics/{}", info.spec.name);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(TopicView::from(info)),
+    )
+        .into_response())
+}
+
+/// `GET /v1/topics` → 200 `{topics: [...]}`.
+pub async fn list(
+    State(state): State<AppState>,
+    _query: NoQuery,
+) -> Result<Json<TopicList>, Problem> {
+    let topics = state.backend()?.list_topics().await?;
+    Ok(Json(TopicList {
+        topics: topics.into_iter().map(TopicView::from).collect(),
+    }))
+}
+
+/// `GET /v1/topics/{topic}` → 200 topic with `partition_info`.
+pub async fn describe(
+    State(state): State<AppState>,
+    TopicPath(topic): TopicPath,
+    _query: NoQuery,
+) -> Result<Json<TopicDescriptionView>, Problem> {
+    let description = state.backend()?.describe_topic(&topic).await?;
+    Ok(Json(TopicDescriptionView::from(description)))
+}
+
+/// `PATCH /v1/topics/{topic}` (retention, limits, dead-letter topic) → 200 topic.
+pub async fn update(
+    State(state): State<AppState>,
+    TopicPath(topic): TopicPath,
+    _query: NoQuery,
+    JsonBody(body): JsonBody<serde_json::Value>,
+) -> Result<Json<TopicView>, Problem> {
+    let backend = state.backend()?;
+    check_topic_name_field(&body, "dead_letter_topic")?;
+    let update: TopicUpdate = from_value(body)?;
+    let info = backend.update_topic(&topic, update).await?;
+    Ok(Json(TopicView::from(info)))
+}
+
+/// `DELETE /v1/topics/{topic}` → 204.
+pub async fn delete(
+    State(state): State<AppState>,
+    TopicPath(topic): TopicPath,
+    _query: NoQuery,
+) -> Result<StatusCode, Problem> {
+    state.backend()?.delete_topic(&topic).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A topic as the API renders it: its settings and `created_at`.
+#[derive(Debug, Serialize)]
+pub struct TopicView {
+    #[serde(flatten)]
+    spec: TopicSpec,
+    /// Creation time, RFC 3339.
+    created_at: String,
+}
+
+impl From<TopicInfo> for TopicView {
+    fn from(info: TopicInfo) -> Self {
+        Self {
+            created_at: format_rfc3339_ms(info.created_at),
+            spec: info.spec,
+        }
+    }
+}
+
+/// `GET /v1/topics`.
+#[derive(Debug, Serialize)]
+pub struct TopicList {
+    topics: Vec<TopicView>,
+}
+
+/// `GET /v1/topics/{topic}`: the topic and each partition's extent.
+#[derive(Debug, Serialize)]
+pub struct TopicDescriptionView {
+    #[serde(flatten)]
+    topic: TopicView,
+    partition_info: Vec<PartitionInfo>,
+}
+
+impl From<TopicDescription> for TopicDescriptionView {
+    fn from(description: TopicDescription) -> Self {
+        Self {
+            topic: TopicView::from(description.info),
+            partition_info: description.partition_info,
+        }
+    }
+}
