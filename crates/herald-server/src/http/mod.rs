@@ -2,7 +2,8 @@
 //!
 //! - `GET /healthz`, `GET /readyz`, `GET /metrics`;
 //! - the REST API under `/v1` (the contract is `api.md`): topics
-//!   ([`topics`]) and events ([`events`]);
+//!   ([`topics`]), events ([`events`]), consumer groups ([`groups`]), and
+//!   `POST /v1/admin/flush` ([`admin`]);
 //! - RFC 9457 problems for everything that fails, including unknown paths
 //!   (404) and methods (405).
 //!
@@ -20,8 +21,10 @@
 //! logged), and one that counts requests by method, route template and
 //! status class.
 
+pub mod admin;
 pub mod events;
 pub mod extract;
+pub mod groups;
 pub mod health;
 pub mod topics;
 
@@ -35,7 +38,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{Method, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use futures::FutureExt as _;
 use herald_backend::Backend;
 use herald_log::Clock;
@@ -116,8 +119,10 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// The `/v1` REST API (`api.md`: Topics, Events).
+/// The `/v1` REST API (`api.md`: Topics, Events, Consumer groups).
 fn api_routes() -> Router<AppState> {
+    const GROUP: &str = "/v1/topics/{topic}/groups/{group}";
+    let group = |suffix: &str| format!("{GROUP}{suffix}");
     Router::new()
         .route("/v1/topics", post(topics::create).get(topics::list))
         .route(
@@ -130,6 +135,21 @@ fn api_routes() -> Router<AppState> {
             "/v1/topics/{topic}/events",
             post(events::publish).get(events::read),
         )
+        .route(
+            GROUP,
+            put(groups::put).get(groups::status).delete(groups::delete),
+        )
+        .route(&group("/fetch"), post(groups::fetch))
+        .route(&group("/ack"), post(groups::ack))
+        .route(&group("/nack"), post(groups::nack))
+        .route(&group("/extend"), post(groups::extend))
+        .route(&group("/reject"), post(groups::reject))
+        .route(&group("/commit"), post(groups::commit))
+        .route(&group("/reset"), post(groups::reset))
+        .route(&group("/leave"), post(groups::leave))
+        .route(&group("/dead-letters"), get(groups::dead_letters))
+        .route(&group("/dead-letters/redrive"), post(groups::redrive))
+        .route("/v1/admin/flush", post(admin::flush))
 }
 
 async fn metrics_text(State(state): State<AppState>) -> Response {

@@ -1,6 +1,6 @@
 //! The HTTP endpoints of a running server.
 
-use crate::support::{TestServer, expect_problem, wait_for_status};
+use crate::support::{TestServer, expect_json, expect_problem, wait_for_status};
 
 #[tokio::test]
 async fn given_running_server_when_get_healthz_should_answer_ok() {
@@ -95,6 +95,15 @@ async fn given_api_routes_when_unknown_path_or_method_should_answer_problem_json
     let response = api.put("/v1/topics", &serde_json::json!({})).await;
     expect_problem(response, 405, "method_not_allowed").await;
     let response = api.post("/v1/topics/orders", &serde_json::json!({})).await;
+    expect_problem(response, 405, "method_not_allowed").await;
+}
+
+#[tokio::test]
+async fn given_admin_flush_when_posted_should_answer_200_once_group_state_is_persisted() {
+    let (_server, api) = TestServer::start_ready().await;
+    let answer = expect_json(api.post_raw("/v1/admin/flush", None, &[], "").await, 200).await;
+    assert_eq!(answer, serde_json::json!({"flushed": true}));
+    let response = api.get("/v1/admin/flush").await;
     expect_problem(response, 405, "method_not_allowed").await;
 }
 

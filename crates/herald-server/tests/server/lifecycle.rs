@@ -3,7 +3,8 @@
 use tokio::io::AsyncWriteExt;
 
 use crate::support::{
-    TestServer, run_to_exit, serve, serve_with_data_dir, single_error, wait_for_status,
+    TestServer, expect_problem, run_to_exit, serve, serve_with_data_dir, single_error,
+    wait_for_status,
 };
 
 #[tokio::test]
@@ -98,4 +99,41 @@ async fn given_request_in_flight_when_sigterm_should_drain_at_most_shutdown_time
         "stderr:\n{stderr}"
     );
     assert!(stderr.contains("Closed storage."), "stderr:\n{stderr}");
+}
+
+#[tokio::test]
+async fn given_long_poll_fetch_waiting_when_sigterm_should_answer_503_and_exit_promptly() {
+    let (server, api) = TestServer::start_ready().await;
+    api.create_topic(serde_json::json!({"name": "orders"}))
+        .await;
+    api.put_group("orders", "audit", serde_json::json!({"mode": "stream"}))
+        .await;
+    let poller = api.clone();
+    let fetch = tokio::spawn(async move {
+        poller
+            .post(
+                "/v1/topics/orders/groups/audit/fetch",
+                &serde_json::json!({"member": "m1", "max": 10, "wait_ms": 120_000}),
+            )
+            .await
+    });
+    // The fetch has joined the group once the member shows in the status.
+    loop {
+        let status = api.group_status("orders", "audit").await;
+        if status["members"]
+            .as_array()
+            .is_some_and(|members| !members.is_empty())
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+
+    server.signal("TERM").await;
+
+    let response = fetch.await.unwrap();
+    expect_problem(response, 503, "shutting_down").await;
+    // Within EXIT_TIMEOUT (5 s), far below the fetch's 120 s wait.
+    let (status, stderr, _dir) = server.wait().await;
+    assert_eq!(status.code(), Some(0), "stderr:\n{stderr}");
 }

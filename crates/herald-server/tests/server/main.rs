@@ -6,6 +6,7 @@
 
 mod config;
 mod events;
+mod groups;
 mod http;
 mod lifecycle;
 mod support;

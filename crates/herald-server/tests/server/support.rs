@@ -326,6 +326,69 @@ impl Api {
         let body = expect_json(response, 201).await;
         body["results"].as_array().unwrap().clone()
     }
+
+    /// `PUT` a group → its answer (asserts 200 or 201).
+    pub async fn put_group(&self, topic: &str, group: &str, spec: Value) -> Value {
+        let response = self
+            .put(&format!("/v1/topics/{topic}/groups/{group}"), &spec)
+            .await;
+        let status = response.status().as_u16();
+        assert!(status == 200 || status == 201, "PUT group: {status}");
+        response.json().await.unwrap()
+    }
+
+    /// `POST .../groups/{group}/<action>` → the JSON answer (asserts 200).
+    pub async fn group_call(&self, topic: &str, group: &str, action: &str, body: Value) -> Value {
+        let response = self
+            .post(
+                &format!("/v1/topics/{topic}/groups/{group}/{action}"),
+                &body,
+            )
+            .await;
+        expect_json(response, 200).await
+    }
+
+    /// A fetch → the whole answer (asserts 200).
+    pub async fn fetch(
+        &self,
+        topic: &str,
+        group: &str,
+        member: &str,
+        max: u32,
+        wait_ms: u64,
+    ) -> Value {
+        self.group_call(
+            topic,
+            group,
+            "fetch",
+            json!({"member": member, "max": max, "wait_ms": wait_ms}),
+        )
+        .await
+    }
+
+    /// Fetches until a fetch that waited `quiet_ms` brings nothing; returns
+    /// every delivery.
+    pub async fn drain(&self, topic: &str, group: &str, member: &str, quiet_ms: u64) -> Vec<Value> {
+        let mut deliveries = Vec::new();
+        loop {
+            let fetched = self.fetch(topic, group, member, 1000, quiet_ms).await;
+            let batch = fetched["deliveries"].as_array().unwrap().clone();
+            if batch.is_empty() {
+                return deliveries;
+            }
+            deliveries.extend(batch);
+        }
+    }
+
+    /// `GET` a group's status (asserts 200).
+    pub async fn group_status(&self, topic: &str, group: &str) -> Value {
+        expect_json(
+            self.get(&format!("/v1/topics/{topic}/groups/{group}"))
+                .await,
+            200,
+        )
+        .await
+    }
 }
 
 /// Asserts `status` and returns the JSON body.
@@ -373,6 +436,22 @@ pub async fn expect_problem(response: reqwest::Response, status: u16, code: &str
         "Retry-After on 503 only: {problem}"
     );
     problem
+}
+
+/// The `event.id` of each delivery.
+pub fn delivered_ids(deliveries: &[Value]) -> Vec<String> {
+    deliveries
+        .iter()
+        .map(|delivery| delivery["event"]["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The `delivery_id` of each delivery.
+pub fn delivery_ids(deliveries: &[Value]) -> Vec<String> {
+    deliveries
+        .iter()
+        .map(|delivery| delivery["delivery_id"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 /// A structured-mode event with `id` (and the required attributes).

@@ -249,6 +249,7 @@ async fn given_invalid_name_in_path_should_answer_400_invalid_name() {
         "/v1/topics/%FF".to_owned(),
         format!("/v1/topics/{long}"),
         format!("/v1/topics/{long}/events"),
+        "/v1/topics/orders/groups/bad%20group".to_owned(),
     ] {
         expect_problem(api.get(&path).await, 400, "invalid_name").await;
     }

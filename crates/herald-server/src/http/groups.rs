@@ -1,0 +1,421 @@
+//! Consumer groups: everything under `/v1/topics/{topic}/groups/{group}`.
+//!
+//! | method and path | body | answer |
+//! |---|---|---|
+//! | `PUT …/{group}` | [`GroupSpec`] | 201 (created) or 200 (updated) group |
+//! | `GET …/{group}` | | 200 status |
+//! | `DELETE …/{group}` | | 204 |
+//! | `POST …/fetch` | `{member, max, wait_ms}` | 200 `{deliveries, assignment?, generation?}` |
+//! | `POST …/ack` | `{delivery_ids}` | 200 `{acked, unknown}` |
+//! | `POST …/nack` | `{delivery_ids, delay_ms?}` | 200 `{acked, unknown}` |
+//! | `POST …/extend` | `{delivery_ids, ack_wait_ms?}` | 200 `{acked, unknown}` |
+//! | `POST …/reject` | `{delivery_ids, reason?}` | 200 `{acked, unknown}` |
+//! | `POST …/commit` | `{member, generation, offsets}` | 200 `{}` |
+//! | `POST …/reset` | `{to}` | 200 `{}` |
+//! | `POST …/leave` | `{member}` | 200 `{}` |
+//! | `GET …/dead-letters?limit=` | | 200 `{events: [...]}` |
+//! | `POST …/dead-letters/redrive` | `{ids?}` | 200 `{redriven}` |
+//!
+//! A fetch long-polls up to `wait_ms`; when the server starts shutting down,
+//! a waiting fetch answers 503 `shutting_down` at once instead of holding
+//! the shutdown up.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use herald_backend::{
+    AckOutcome, CommitRequest, DeadLetter, FetchRequest, FetchResponse, GroupInfo,
+    GroupPartitionStatus, GroupSpec, GroupStatus, MemberStatus, PartitionOffset, StartPosition,
+};
+use herald_types::{StoredEvent, format_rfc3339_ms};
+use serde::{Deserialize, Serialize};
+
+use super::AppState;
+use super::extract::{GroupPath, JsonBody, NoQuery, Query};
+use crate::problem::{Code, Problem};
+
+/// Dead letters listed when `limit` is not given.
+pub const DEFAULT_DEAD_LETTER_LIMIT: u32 = 100;
+/// The most dead letters one listing returns.
+pub const MAX_DEAD_LETTER_LIMIT: u32 = 10_000;
+/// The longest `reason` a reject may carry, in bytes.
+pub const MAX_REASON_BYTES: usize = 4096;
+/// The longest member id, in bytes (as the backend's fetch allows).
+pub const MAX_MEMBER_BYTES: usize = 200;
+
+/// `PUT …/groups/{group}` → 201 with `Location` if created, else 200.
+pub async fn put(
+    State(state): State<AppState>,
+    path: GroupPath,
+    _query: NoQuery,
+    JsonBody(spec): JsonBody<GroupSpec>,
+) -> Result<Response, Problem> {
+    let (info, created) = state
+        .backend()?
+        .put_group(&path.topic, &path.group, spec)
+        .await?;
+    let view = Json(GroupView::from(info));
+    Ok(if created {
+        let location = format!("/v1/topics/{}/groups/{}", path.topic, path.group);
+        (StatusCode::CREATED, [(header::LOCATION, location)], view).into_response()
+    } else {
+        view.into_response()
+    })
+}
+
+/// `GET …/groups/{group}` → 200 status.
+pub async fn status(
+    State(state): State<AppState>,
+    path: GroupPath,
+    _query: NoQuery,
+) -> Result<Json<GroupStatusView>, Problem> {
+    let status = state
+        .backend()?
+        .group_status(&path.topic, &path.group)
+        .await?;
+    Ok(Json(GroupStatusView::from(status)))
+}
+
+/// `DELETE …/groups/{group}` → 204.
+pub async fn delete(
+    State(state): State<AppState>,
+    path: GroupPath,
+    _query: NoQuery,
+) -> Result<StatusCode, Problem> {
+    state
+        .backend()?
+        .delete_group(&path.topic, &path.group)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST …/fetch` → 200 deliveries (long-polls up to `wait_ms`).
+pub async fn fetch(
+    State(state): State<AppState>,
+    path: GroupPath,
+    _query: NoQuery,
+    JsonBody(request): JsonBody<FetchRequest>,
+) -> Result<Json<FetchResponse>, Problem> {
+    let backend = state.backend()?;
+    // Dropping a fetch is safe (backend contract); a delivery it may have
+    // leased is delivered again after its lease, or after the restart.
+    tokio::select! {
+        biased;
+        fetched = backend.fetch(&path.topic, &path.group, request) => Ok(Json(fetched?)),
+        () = state.stopping.cancelled() => Err(Problem::new(
+            Code::ShuttingDown,
+            "The server is shutting down; fetch again once it is back (or from another).",
+        )),
+    }
+}
+
+/// `POST …/ack` `{delivery_ids}` → 200 `{acked, unknown}`.
+pub async fn ack(
+    State(state): State<AppState>,
+    path: GroupPath,
+    _query: NoQuery,
+    JsonBody(request): JsonBody<AckRequest>,
+) -> Result<Json<AckOutcome>, Problem> {
+    let outcome = state
+        .backend()?
+        .ack(&path.topic, &path.group, &request.delivery_ids)
+        .await?;
+    Ok(Json(outcome))
+}
+
+/// `POST …/nack` `{delivery_ids, delay_ms?}` → 200 `{acked, unknown}`.
+pub async fn nack(
+    State(state): State<AppState>,
+    path: GroupPath,
+    _query: NoQuery,
+    JsonBody(request): JsonBody<NackRequest>,
+) -> Result<Json<AckOutcome>, Problem> {
+    let delay = request.delay_ms.map(Duration::from_millis);
+    let outcome = state
+        .backend()?
+        .nack(&path.topic, &path.group, &request.delivery_ids, delay)
+        .await?;
+    Ok(Json(outcome))
+}
+
+/// `POST …/extend` `{delivery_ids, ack_wait_ms?}` → 200 `{acked, unknown}`.
+pub async fn extend(
+    State(state): State<AppState>,
+    path: GroupPath,
+    _query: NoQuery,
+    JsonBody(request): JsonBody<ExtendRequest>,
+) -> Result<Json<AckOutcome>, Problem> {
+    if request.ack_wait_ms == Some(0) {
+        return Err(Problem::new(
+            Code::InvalidArgument,
+            "invalid ack_wait_ms: must be positive (omit it for the group's ack_wait_ms)",
+        ));
+    }
+    let ack_wait = request.ack_wait_ms.map(Duration::from_millis);
+    let outcome = state
+        .backend()?
+        .extend(&path.topic, &path.group, &request.delivery_ids, ack_wait)
+        .await?;
+    Ok(Json(outcome))
+}
+
+/// `POST …/reject` `{delivery_ids, reason?}` → 200 `{acked, unknown}`.
+pub async fn reject(
+    State(state): State<AppState>,
+    path: GroupPath,
+    _query: NoQuery,
+    JsonBody(request): JsonBody<RejectRequest>,
+) -> Result<Json<AckOutcome>, Problem> {
+    let reason = request.reason.as_deref().unwrap_or("no reason given");
+    if reason.is_empty() || reason.len() > MAX_REASON_BYTES {
+        return Err(Problem::new(
+            Code::InvalidArgument,
+            format!("invalid reason: must be 1 to {MAX_REASON_BYTES} bytes"),
+        ));
+    }
+    let outcome = state
+        .backend()?
+        .reject(&path.topic, &path.group, &request.delivery_ids, reason)
+        .await?;
+    Ok(Json(outcome))
+}
+
+/// `POST …/commit` (stream mode) → 200 `{}`; 409 `stale_generation`.
+pub async fn commit(
+    State(state): State<AppState>,
+    path: GroupPath,
+    _query: NoQuery,
+    JsonBody(request): JsonBody<CommitRequest>,
+) -> Result<Json<Empty>, Problem> {
+    state
+        .backend()?
+        .commit(&path.topic, &path.group, request)
+        .await?;
+    Ok(Json(Empty {}))
+}
+
+/// `POST …/reset` `{to}` → 200 `{}`.
+pub async fn reset(
+    State(state): State<AppState>,
+    path: GroupPath,
+    _query: NoQuery,
+    JsonBody(request): JsonBody<ResetRequest>,
+) -> Result<Json<Empty>, Problem> {
+    state
+        .backend()?
+        .reset(&path.topic, &path.group, request.to)
+        .await?;
+    Ok(Json(Empty {}))
+}
+
+/// `POST …/leave` `{member}` → 200 `{}`: the member's leases return to the
+/// group at once and (stream mode) its partitions are reassigned.
+pub async fn leave(
+    State(state): State<AppState>,
+    path: GroupPath,
+    _query: NoQuery,
+    JsonBody(request): JsonBody<LeaveRequest>,
+) -> Result<Json<Empty>, Problem> {
+    if request.member.is_empty() || request.member.len() > MAX_MEMBER_BYTES {
+        return Err(Problem::new(
+            Code::InvalidArgument,
+            format!("invalid member: must be 1 to {MAX_MEMBER_BYTES} characters"),
+        ));
+    }
+    state
+        .backend()?
+        .leave(&path.topic, &path.group, &request.member)
+        .await?;
+    Ok(Json(Empty {}))
+}
+
+/// `GET …/dead-letters?limit=` → 200 `{events: [...]}`, oldest first.
+pub async fn dead_letters(
+    State(state): State<AppState>,
+    path: GroupPath,
+    Query(query): Query<LimitQuery>,
+) -> Result<Json<DeadLetterList>, Problem> {
+    let limit = query.limit.unwrap_or(DEFAULT_DEAD_LETTER_LIMIT);
+    if !(1..=MAX_DEAD_LETTER_LIMIT).contains(&limit) {
+        return Err(Problem::new(
+            Code::InvalidArgument,
+            format!("invalid limit: must be between 1 and {MAX_DEAD_LETTER_LIMIT}"),
+        ));
+    }
+    let letters = state
+        .backend()?
+        .dead_letters(&path.topic, &path.group, limit as usize)
+        .await?;
+    Ok(Json(DeadLetterList {
+        events: letters.into_iter().map(DeadLetterView::from).collect(),
+    }))
+}
+
+/// `POST …/dead-letters/redrive` `{ids?}` → 200 `{redriven}`.
+pub async fn redrive(
+    State(state): State<AppState>,
+    path: GroupPath,
+    _query: NoQuery,
+    JsonBody(request): JsonBody<RedriveRequest>,
+) -> Result<Json<RedriveResponse>, Problem> {
+    let redriven = state
+        .backend()?
+        .redrive(&path.topic, &path.group, request.ids.as_deref())
+        .await?;
+    Ok(Json(RedriveResponse { redriven }))
+}
+
+/// `{delivery_ids}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AckRequest {
+    delivery_ids: Vec<String>,
+}
+
+/// `{delivery_ids, delay_ms?}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NackRequest {
+    delivery_ids: Vec<String>,
+    /// Redeliver after this long; the group's backoff when absent.
+    #[serde(default)]
+    delay_ms: Option<u64>,
+}
+
+/// `{delivery_ids, ack_wait_ms?}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtendRequest {
+    delivery_ids: Vec<String>,
+    /// The new lease, from now; the group's `ack_wait_ms` when absent.
+    #[serde(default)]
+    ack_wait_ms: Option<u64>,
+}
+
+/// `{delivery_ids, reason?}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RejectRequest {
+    delivery_ids: Vec<String>,
+    /// Why; kept with the dead letter.
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// `{to}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResetRequest {
+    to: StartPosition,
+}
+
+/// `{member}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaveRequest {
+    member: String,
+}
+
+/// `{ids?}`: all dead letters when absent.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedriveRequest {
+    #[serde(default)]
+    ids: Option<Vec<u64>>,
+}
+
+/// `?limit=`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitQuery {
+    limit: Option<u32>,
+}
+
+/// `{}`.
+#[derive(Debug, Serialize)]
+pub struct Empty {}
+
+/// `{redriven}`.
+#[derive(Debug, Serialize)]
+pub struct RedriveResponse {
+    redriven: u64,
+}
+
+/// A group as the API renders it: name, settings, `created_at` (RFC 3339).
+#[derive(Debug, Serialize)]
+pub struct GroupView {
+    name: String,
+    #[serde(flatten)]
+    spec: GroupSpec,
+    created_at: String,
+}
+
+impl From<GroupInfo> for GroupView {
+    fn from(info: GroupInfo) -> Self {
+        Self {
+            name: info.name.into_string(),
+            spec: info.spec,
+            created_at: format_rfc3339_ms(info.created_at),
+        }
+    }
+}
+
+/// `GET …/groups/{group}`.
+#[derive(Debug, Serialize)]
+pub struct GroupStatusView {
+    #[serde(flatten)]
+    group: GroupView,
+    members: Vec<MemberStatus>,
+    partitions: Vec<GroupPartitionStatus>,
+    in_flight: u64,
+    pending: u64,
+    dead_letters: u64,
+    generation: u64,
+}
+
+impl From<GroupStatus> for GroupStatusView {
+    fn from(status: GroupStatus) -> Self {
+        Self {
+            group: GroupView::from(status.info),
+            members: status.members,
+            partitions: status.partitions,
+            in_flight: status.in_flight,
+            pending: status.pending,
+            dead_letters: status.dead_letters,
+            generation: status.generation,
+        }
+    }
+}
+
+/// `GET …/dead-letters`.
+#[derive(Debug, Serialize)]
+pub struct DeadLetterList {
+    events: Vec<DeadLetterView>,
+}
+
+/// One dead letter: `dead_at` as RFC 3339.
+#[derive(Debug, Serialize)]
+pub struct DeadLetterView {
+    id: u64,
+    event: Option<StoredEvent>,
+    reason: String,
+    attempts: u32,
+    original: PartitionOffset,
+    dead_at: String,
+}
+
+impl From<DeadLetter> for DeadLetterView {
+    fn from(letter: DeadLetter) -> Self {
+        Self {
+            id: letter.id,
+            event: letter.event,
+            reason: letter.reason,
+            attempts: letter.attempts,
+            original: letter.original,
+            dead_at: format_rfc3339_ms(letter.dead_at),
+        }
+    }
+}
