@@ -9,5 +9,7 @@ mod events;
 mod groups;
 mod http;
 mod lifecycle;
+mod restart;
+mod robustness;
 mod support;
 mod topics;
