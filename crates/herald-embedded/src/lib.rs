@@ -1130,10 +1130,15 @@ impl Backend for EmbeddedBackend {
             .cloned()
             .collect();
         let mut result = flushed;
-        for topic in topics {
+        for topic in &topics {
             if let Err(error) = topic.close().await {
                 result = result.and(Err(error));
             }
+        }
+        // The logs are closed: nothing is in flight, every checkpoint can
+        // move to its partition's end.
+        if let Err(error) = inner.streams.checkpoint(&topics).await {
+            result = result.and(Err(error));
         }
         if let Err(error) = inner.streams.close().await {
             result = result.and(Err(error));

@@ -241,6 +241,12 @@ enum Op {
         version: u64,
         state: Vec<u8>,
     },
+    /// Moves the checkpoints of these partitions as far as they can go
+    /// (used at shutdown, so partitions that only had plain publishes are
+    /// not re-read on the next open).
+    Checkpoint {
+        partitions: Vec<(String, u32, Arc<PartitionTracker>)>,
+    },
     /// Removes everything of a topic (deleted or created anew).
     Purge { topic: String },
     /// Commits durably and stops the thread.
@@ -317,6 +323,24 @@ impl StreamStore {
     /// Commits everything durably and stops the writer thread.
     pub(crate) async fn close(&self) -> Result<()> {
         self.send(Op::Stop).await
+    }
+
+    /// Moves every partition's checkpoint of `topics` to what is indexed
+    /// (at shutdown: their ends). Durable when it returns.
+    pub(crate) async fn checkpoint(&self, topics: &[Arc<TopicRuntime>]) -> Result<()> {
+        let partitions = topics
+            .iter()
+            .flat_map(|topic| {
+                topic
+                    .stream_trackers
+                    .iter()
+                    .zip(0u32..)
+                    .map(|(tracker, partition)| {
+                        (topic.name.to_string(), partition, Arc::clone(tracker))
+                    })
+            })
+            .collect();
+        self.send(Op::Checkpoint { partitions }).await
     }
 
     /// Removes the index of a topic. Durable when it returns.
@@ -983,6 +1007,11 @@ fn commit_ops(
                         version,
                         state,
                     } => *outcome = tables.snapshot(topic, stream, *version, state)?,
+                    Op::Checkpoint { partitions } => {
+                        for (topic, partition, tracker) in partitions {
+                            trackers.insert((topic.as_str(), *partition), tracker);
+                        }
+                    }
                     Op::Purge { topic } => {
                         tables.purge(topic)?;
                         trackers.retain(|(name, _), _| name != topic);
