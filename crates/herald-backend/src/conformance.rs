@@ -25,11 +25,12 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use herald_types::{Event, EventInput, GroupName, TopicName};
+use herald_types::{Event, EventInput, GroupName, StreamId, TopicName};
 
 use crate::{
-    Backend, CommitRequest, Delivery, Error, Expect, FetchRequest, Fsync, GroupFilter, GroupMode,
-    GroupSpec, PartitionOffset, RetentionSpec, StartPosition, TopicSpec, TopicUpdate,
+    Backend, CommitRequest, Delivery, Direction, Error, Expect, ExpectedVersion, FetchRequest,
+    Fsync, GroupFilter, GroupMode, GroupSpec, PartitionOffset, RetentionSpec, StartPosition,
+    TopicSpec, TopicUpdate,
 };
 
 /// What the suite needs from a backend's test setup.
@@ -73,6 +74,12 @@ macro_rules! conformance_suite {
             redriven_dead_letters_survive_a_restart,
             topics_groups_and_dedup_survive_a_restart,
             kv_compare_and_set,
+            stream_appends_honour_each_expectation_and_conflicts_change_nothing,
+            stream_versions_are_dense_and_reads_page_forward_and_backward,
+            stream_metadata_and_soft_and_hard_delete,
+            stream_snapshots_are_kept_up_to_the_stream_version,
+            streams_survive_a_restart,
+            writers_racing_on_one_stream_get_one_winner_per_version,
         );
     };
     (@tests $harness:ty; $($name:ident),* $(,)?) => {
@@ -1536,4 +1543,579 @@ pub async fn kv_compare_and_set<H: Harness>() {
     );
     assert!(!backend.kv_delete("jobs", "j1", Expect::Any).await.unwrap());
     backend.shutdown().await.unwrap();
+}
+
+// ---------------------------------------------------------------- streams --
+
+fn stream(name: &str) -> StreamId {
+    name.parse().unwrap()
+}
+
+fn stream_events(prefix: &str, count: usize) -> Vec<EventInput> {
+    (0..count)
+        .map(|index| event(&format!("{prefix}-{index}"), "test.stream"))
+        .collect()
+}
+
+async fn stream_ids(
+    backend: &dyn Backend,
+    topic: &TopicName,
+    id: &StreamId,
+    from: u64,
+    direction: Direction,
+    limit: usize,
+) -> (Vec<(u64, String)>, Option<u64>) {
+    let slice = backend
+        .read_stream(topic, id, from, direction, limit)
+        .await
+        .unwrap();
+    let events = slice
+        .events
+        .into_iter()
+        .map(|(version, event)| (version, event.event.id))
+        .collect();
+    (events, slice.next_version)
+}
+
+/// Every expectation, conflicts carrying the current version and changing
+/// nothing; the events are ordinary events of the topic, keyed by the stream.
+pub async fn stream_appends_honour_each_expectation_and_conflicts_change_nothing<H: Harness>() {
+    let harness = H::start().await;
+    let backend = harness.backend();
+    let topic = make_topic(backend.as_ref(), "orders", 3).await;
+    let order = stream("order-1");
+
+    let missing = backend
+        .append(
+            &topic,
+            &order,
+            stream_events("e", 1),
+            ExpectedVersion::Exists,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(missing, Error::VersionConflict { current: None, .. }),
+        "{missing:?}"
+    );
+    assert_eq!(missing.code(), "version_conflict");
+    let created = backend
+        .append(
+            &topic,
+            &order,
+            stream_events("a", 2),
+            ExpectedVersion::NoStream,
+        )
+        .await
+        .unwrap();
+    assert_eq!((created.first_version, created.last_version), (0, 1));
+    assert_eq!(created.positions.len(), 2);
+    let partition = herald_types::partition_for_key(b"order-1", 3);
+    assert!(
+        created
+            .positions
+            .iter()
+            .all(|position| position.partition == partition)
+    );
+    assert_eq!(created.positions[1].offset, created.positions[0].offset + 1);
+
+    for (expected, current) in [
+        (ExpectedVersion::NoStream, Some(1)),
+        (ExpectedVersion::Exact(0), Some(1)),
+        (ExpectedVersion::Exact(7), Some(1)),
+    ] {
+        match backend
+            .append(&topic, &order, stream_events("x", 3), expected)
+            .await
+        {
+            Err(Error::VersionConflict {
+                current: got,
+                expected: echoed,
+                ..
+            }) => {
+                assert_eq!(got, current, "conflict on {expected}");
+                assert_eq!(echoed, expected);
+            }
+            other => panic!("{expected}: {other:?}"),
+        }
+    }
+    let exists = backend
+        .append(
+            &topic,
+            &order,
+            stream_events("b", 1),
+            ExpectedVersion::Exists,
+        )
+        .await
+        .unwrap();
+    assert_eq!(exists.first_version, 2);
+    let exact = backend
+        .append(
+            &topic,
+            &order,
+            stream_events("c", 1),
+            ExpectedVersion::Exact(2),
+        )
+        .await
+        .unwrap();
+    assert_eq!(exact.first_version, 3);
+    let any = backend
+        .append(&topic, &order, stream_events("d", 2), ExpectedVersion::Any)
+        .await
+        .unwrap();
+    assert_eq!((any.first_version, any.last_version), (4, 5));
+
+    // The conflicts appended nothing: the stream and the topic hold 6 events.
+    let (events, next) =
+        stream_ids(backend.as_ref(), &topic, &order, 0, Direction::Forward, 100).await;
+    let ids: Vec<&str> = events.iter().map(|(_, id)| id.as_str()).collect();
+    assert_eq!(ids, ["a-0", "a-1", "b-0", "c-0", "d-0", "d-1"]);
+    assert_eq!(next, None);
+    let read = backend.read(&topic, partition, 0, 100).await.unwrap();
+    assert_eq!(read.events.len(), 6, "a conflict appended to the topic");
+    assert!(
+        read.events
+            .iter()
+            .all(|event| event.event.key.as_deref() == Some("order-1"))
+    );
+
+    let empty = backend
+        .append(&topic, &order, Vec::new(), ExpectedVersion::Any)
+        .await
+        .unwrap_err();
+    assert_eq!(empty.code(), "invalid_argument");
+    let unknown = backend
+        .read_stream(&topic, &stream("order-2"), 0, Direction::Forward, 10)
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), "stream_not_found");
+}
+
+/// Versions are dense from 0 across appends; reads page both ways.
+pub async fn stream_versions_are_dense_and_reads_page_forward_and_backward<H: Harness>() {
+    let harness = H::start().await;
+    let backend = harness.backend();
+    let topic = make_topic(backend.as_ref(), "accounts", 2).await;
+    let account = stream("acc-7");
+    let other = stream("acc-8");
+    for round in 0..5 {
+        backend
+            .append(
+                &topic,
+                &account,
+                stream_events(&format!("r{round}"), 2),
+                ExpectedVersion::Any,
+            )
+            .await
+            .unwrap();
+        backend
+            .append(
+                &topic,
+                &other,
+                stream_events(&format!("o{round}"), 1),
+                ExpectedVersion::Any,
+            )
+            .await
+            .unwrap();
+    }
+    let mut forward = Vec::new();
+    let mut from = 0;
+    loop {
+        let (page, next) = stream_ids(
+            backend.as_ref(),
+            &topic,
+            &account,
+            from,
+            Direction::Forward,
+            3,
+        )
+        .await;
+        assert!(page.len() <= 3);
+        forward.extend(page);
+        match next {
+            Some(next) => from = next,
+            None => break,
+        }
+    }
+    let versions: Vec<u64> = forward.iter().map(|(version, _)| *version).collect();
+    assert_eq!(versions, (0..10).collect::<Vec<_>>());
+    assert_eq!(forward[9].1, "r4-1");
+
+    let mut backward = Vec::new();
+    let mut from = u64::MAX;
+    loop {
+        let (page, next) = stream_ids(
+            backend.as_ref(),
+            &topic,
+            &account,
+            from,
+            Direction::Backward,
+            4,
+        )
+        .await;
+        backward.extend(page);
+        match next {
+            Some(next) => from = next,
+            None => break,
+        }
+    }
+    let mut reversed = forward.clone();
+    reversed.reverse();
+    assert_eq!(backward, reversed);
+
+    let (middle, next) = stream_ids(
+        backend.as_ref(),
+        &topic,
+        &account,
+        6,
+        Direction::Backward,
+        2,
+    )
+    .await;
+    assert_eq!(
+        middle
+            .iter()
+            .map(|(version, _)| *version)
+            .collect::<Vec<_>>(),
+        [6, 5]
+    );
+    assert_eq!(next, Some(4));
+    let (past_end, next) = stream_ids(
+        backend.as_ref(),
+        &topic,
+        &account,
+        10,
+        Direction::Forward,
+        5,
+    )
+    .await;
+    assert!(past_end.is_empty() && next.is_none());
+    let (others, _) =
+        stream_ids(backend.as_ref(), &topic, &other, 0, Direction::Forward, 100).await;
+    assert_eq!(others.len(), 5, "streams must not see each other's events");
+}
+
+/// Metadata, then soft delete (reads as deleted, events stay in the topic),
+/// then hard delete (index gone).
+pub async fn stream_metadata_and_soft_and_hard_delete<H: Harness>() {
+    let harness = H::start().await;
+    let backend = harness.backend();
+    let topic = make_topic(backend.as_ref(), "carts", 1).await;
+    let cart = stream("cart-1");
+    let before = now_ms();
+    backend
+        .append(
+            &topic,
+            &cart,
+            stream_events("c", 3),
+            ExpectedVersion::NoStream,
+        )
+        .await
+        .unwrap();
+    let metadata = backend.stream_metadata(&topic, &cart).await.unwrap();
+    assert_eq!(metadata.stream, cart);
+    assert_eq!(metadata.version, 2);
+    assert!(!metadata.deleted);
+    assert!(metadata.created_at >= before - 1_000 && metadata.updated_at >= metadata.created_at);
+    assert_eq!(
+        backend
+            .stream_metadata(&topic, &stream("nope"))
+            .await
+            .unwrap_err()
+            .code(),
+        "stream_not_found"
+    );
+    assert_eq!(
+        backend
+            .delete_stream(&topic, &stream("nope"), false)
+            .await
+            .unwrap_err()
+            .code(),
+        "stream_not_found"
+    );
+
+    backend.delete_stream(&topic, &cart, false).await.unwrap();
+    let read = backend
+        .read_stream(&topic, &cart, 0, Direction::Forward, 10)
+        .await
+        .unwrap_err();
+    assert_eq!(read.code(), "stream_not_found");
+    let metadata = backend.stream_metadata(&topic, &cart).await.unwrap();
+    assert!(metadata.deleted);
+    assert_eq!(metadata.version, 2);
+    let append = backend
+        .append(&topic, &cart, stream_events("z", 1), ExpectedVersion::Any)
+        .await
+        .unwrap_err();
+    assert_eq!(append.code(), "stream_deleted");
+    let in_topic = backend.read(&topic, 0, 0, 100).await.unwrap();
+    assert_eq!(
+        in_topic.events.len(),
+        3,
+        "a soft delete keeps the events for consumers"
+    );
+
+    // Hard delete of another stream; its neighbours are untouched.
+    let (gone, kept) = (stream("cart-2"), stream("cart-3"));
+    for id in [&gone, &kept] {
+        backend
+            .append(
+                &topic,
+                id,
+                stream_events(id.as_str(), 2),
+                ExpectedVersion::NoStream,
+            )
+            .await
+            .unwrap();
+    }
+    backend
+        .put_snapshot(&topic, &gone, 1, serde_json::json!({"n": 2}))
+        .await
+        .unwrap();
+    backend.delete_stream(&topic, &gone, true).await.unwrap();
+    assert_eq!(
+        backend
+            .read_stream(&topic, &gone, 0, Direction::Forward, 10)
+            .await
+            .unwrap_err()
+            .code(),
+        "stream_not_found"
+    );
+    assert!(
+        backend
+            .stream_metadata(&topic, &gone)
+            .await
+            .unwrap()
+            .deleted
+    );
+    assert_eq!(
+        backend
+            .get_snapshot(&topic, &gone)
+            .await
+            .unwrap_err()
+            .code(),
+        "stream_not_found"
+    );
+    let (kept_events, _) =
+        stream_ids(backend.as_ref(), &topic, &kept, 0, Direction::Forward, 10).await;
+    assert_eq!(kept_events.len(), 2);
+    // Soft then hard upgrades.
+    backend.delete_stream(&topic, &cart, true).await.unwrap();
+    assert!(
+        backend
+            .stream_metadata(&topic, &cart)
+            .await
+            .unwrap()
+            .deleted
+    );
+}
+
+/// Snapshots: none at first, replaced by later ones, never past the version.
+pub async fn stream_snapshots_are_kept_up_to_the_stream_version<H: Harness>() {
+    let harness = H::start().await;
+    let backend = harness.backend();
+    let topic = make_topic(backend.as_ref(), "ledgers", 1).await;
+    let ledger = stream("ledger-1");
+    assert_eq!(
+        backend
+            .put_snapshot(&topic, &ledger, 0, serde_json::json!({}))
+            .await
+            .unwrap_err()
+            .code(),
+        "stream_not_found"
+    );
+    backend
+        .append(
+            &topic,
+            &ledger,
+            stream_events("l", 4),
+            ExpectedVersion::NoStream,
+        )
+        .await
+        .unwrap();
+    assert_eq!(backend.get_snapshot(&topic, &ledger).await.unwrap(), None);
+    backend
+        .put_snapshot(&topic, &ledger, 1, serde_json::json!({"balance": 10}))
+        .await
+        .unwrap();
+    backend
+        .put_snapshot(&topic, &ledger, 3, serde_json::json!({"balance": 25}))
+        .await
+        .unwrap();
+    let past = backend
+        .put_snapshot(&topic, &ledger, 4, serde_json::json!({"balance": 99}))
+        .await
+        .unwrap_err();
+    assert_eq!(past.code(), "invalid_argument");
+    let snapshot = backend
+        .get_snapshot(&topic, &ledger)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(snapshot.version, 3);
+    assert_eq!(snapshot.state, serde_json::json!({"balance": 25}));
+}
+
+/// Streams, their versions, deletions and snapshots survive a restart, and
+/// appends continue at the next version.
+pub async fn streams_survive_a_restart<H: Harness>() {
+    let harness = H::start().await;
+    let backend = harness.backend();
+    let topic = make_topic(backend.as_ref(), "shipments", 2).await;
+    for index in 0..20 {
+        let id = stream(&format!("ship-{index}"));
+        backend
+            .append(
+                &topic,
+                &id,
+                stream_events(&format!("s{index}"), index % 3 + 1),
+                ExpectedVersion::NoStream,
+            )
+            .await
+            .unwrap();
+    }
+    backend
+        .put_snapshot(&topic, &stream("ship-2"), 2, serde_json::json!("folded"))
+        .await
+        .unwrap();
+    backend
+        .delete_stream(&topic, &stream("ship-4"), false)
+        .await
+        .unwrap();
+    backend
+        .delete_stream(&topic, &stream("ship-5"), true)
+        .await
+        .unwrap();
+    drop(backend);
+    let harness = harness.restart().await;
+    let backend = harness.backend();
+    for index in 0..20 {
+        let id = stream(&format!("ship-{index}"));
+        if index == 4 || index == 5 {
+            assert!(backend.stream_metadata(&topic, &id).await.unwrap().deleted);
+            assert_eq!(
+                backend
+                    .read_stream(&topic, &id, 0, Direction::Forward, 10)
+                    .await
+                    .unwrap_err()
+                    .code(),
+                "stream_not_found"
+            );
+            continue;
+        }
+        let count = (index % 3 + 1) as u64;
+        let (events, _) =
+            stream_ids(backend.as_ref(), &topic, &id, 0, Direction::Forward, 10).await;
+        assert_eq!(events.len() as u64, count, "{id}");
+        let next = backend
+            .append(
+                &topic,
+                &id,
+                stream_events("after", 1),
+                ExpectedVersion::Exact(count - 1),
+            )
+            .await
+            .unwrap();
+        assert_eq!(next.first_version, count);
+    }
+    let snapshot = backend
+        .get_snapshot(&topic, &stream("ship-2"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (snapshot.version, snapshot.state),
+        (2, serde_json::json!("folded"))
+    );
+}
+
+/// 32 writers race on one stream, each appending with the exact version it
+/// read and retrying on conflict: exactly one winner per version, no gaps,
+/// no duplicates, and every loser is told the current version.
+pub async fn writers_racing_on_one_stream_get_one_winner_per_version<H: Harness>() {
+    const WRITERS: usize = 32;
+    const APPENDS_EACH: usize = 8;
+    let harness = H::start().await;
+    let backend = harness.backend();
+    let topic = make_topic(backend.as_ref(), "race", 4).await;
+    let id = stream("contested");
+    backend
+        .append(
+            &topic,
+            &id,
+            stream_events("seed", 1),
+            ExpectedVersion::NoStream,
+        )
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for writer in 0..WRITERS {
+        let (backend, topic, id) = (Arc::clone(&backend), topic.clone(), id.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut won = Vec::new();
+            let mut conflicts = 0u64;
+            let mut version = backend.stream_metadata(&topic, &id).await.unwrap().version;
+            while won.len() < APPENDS_EACH {
+                let event = event(&format!("w{writer}-{}", won.len()), "test.race");
+                match backend
+                    .append(&topic, &id, vec![event], ExpectedVersion::Exact(version))
+                    .await
+                {
+                    Ok(result) => {
+                        assert_eq!(result.first_version, version + 1);
+                        won.push((result.first_version, format!("w{writer}-{}", won.len())));
+                        version = result.last_version;
+                    }
+                    Err(Error::VersionConflict { current, .. }) => {
+                        let current = current.expect("the stream exists");
+                        assert!(current > version, "a loser must learn a newer version");
+                        let actual = backend.stream_metadata(&topic, &id).await.unwrap().version;
+                        assert!(actual >= current, "the reported version went backwards");
+                        conflicts += 1;
+                        version = current;
+                    }
+                    Err(other) => panic!("writer {writer}: {other:?}"),
+                }
+            }
+            (won, conflicts)
+        }));
+    }
+    let mut winners: BTreeMap<u64, String> = BTreeMap::new();
+    let mut conflicts = 0;
+    for task in tasks {
+        let (won, lost) = task.await.unwrap();
+        conflicts += lost;
+        for (version, event_id) in won {
+            assert!(
+                winners.insert(version, event_id).is_none(),
+                "version {version} won twice"
+            );
+        }
+    }
+    let total = (WRITERS * APPENDS_EACH) as u64;
+    assert_eq!(
+        winners.keys().copied().collect::<Vec<_>>(),
+        (1..=total).collect::<Vec<_>>(),
+        "gaps"
+    );
+    assert!(conflicts > 0, "the writers never raced");
+    let mut stored = Vec::new();
+    let mut from = 0;
+    loop {
+        let (page, next) =
+            stream_ids(backend.as_ref(), &topic, &id, from, Direction::Forward, 100).await;
+        stored.extend(page);
+        match next {
+            Some(next) => from = next,
+            None => break,
+        }
+    }
+    assert_eq!(stored.len() as u64, total + 1, "duplicates or losses");
+    for (version, event_id) in stored.into_iter().skip(1) {
+        assert_eq!(
+            winners.get(&version),
+            Some(&event_id),
+            "version {version} holds a loser"
+        );
+    }
 }

@@ -92,6 +92,33 @@ pub enum Error {
         /// The current revision (`None`: absent).
         current: Option<u64>,
     },
+    /// An append's expected version did not match the stream; nothing was
+    /// appended.
+    #[error("stream {stream:?} is at version {current:?}, not at the expected {expected}")]
+    VersionConflict {
+        /// The stream.
+        stream: String,
+        /// What the caller expected.
+        expected: crate::ExpectedVersion,
+        /// The stream's current version (`None`: the stream does not exist).
+        current: Option<u64>,
+    },
+    /// No stream by that id on the topic, or it was deleted.
+    #[error("stream {stream:?} does not exist on topic {topic:?}")]
+    StreamNotFound {
+        /// The topic.
+        topic: String,
+        /// The stream asked for.
+        stream: String,
+    },
+    /// The stream was deleted: it takes no more events.
+    #[error("stream {stream:?} on topic {topic:?} was deleted; it takes no more events")]
+    StreamDeleted {
+        /// The topic.
+        topic: String,
+        /// The stream.
+        stream: String,
+    },
     /// Stored data failed validation; it was not served.
     #[error("corrupt data: {detail}")]
     Corrupt {
@@ -124,6 +151,9 @@ impl Error {
             Self::OffsetOutOfRange { .. } => "offset_out_of_range",
             Self::StaleGeneration { .. } => "stale_generation",
             Self::RevisionMismatch { .. } => "revision_mismatch",
+            Self::VersionConflict { .. } => "version_conflict",
+            Self::StreamNotFound { .. } => "stream_not_found",
+            Self::StreamDeleted { .. } => "stream_deleted",
             Self::Corrupt { .. } => "corrupt_data",
             Self::Unavailable { .. } => "unavailable",
             Self::ShuttingDown => "shutting_down",

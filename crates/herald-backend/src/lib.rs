@@ -19,6 +19,7 @@
 pub mod error;
 pub mod group;
 pub mod kv;
+pub mod stream;
 pub mod topic;
 
 #[cfg(feature = "test-util")]
@@ -28,7 +29,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use herald_types::{EventInput, GroupName, StoredEvent, TopicName};
+use herald_types::{EventInput, GroupName, StoredEvent, StreamId, TopicName};
 use serde::Serialize;
 
 pub use error::{Error, Result};
@@ -38,6 +39,7 @@ pub use group::{
     PartitionOffset, StartPosition,
 };
 pub use kv::{Expect, KvEntry};
+pub use stream::{AppendResult, Direction, ExpectedVersion, Snapshot, StreamMetadata, StreamSlice};
 pub use topic::{
     Fsync, PartitionInfo, RetentionSpec, TopicDescription, TopicInfo, TopicSpec, TopicUpdate,
 };
@@ -275,9 +277,96 @@ pub trait Kv: Send + Sync {
     ) -> Result<Vec<String>>;
 }
 
+/// Event streams (event sourcing): per-aggregate histories on a topic with
+/// optimistic concurrency.
+///
+/// A stream lives on a topic (its category) and is identified by its
+/// [`StreamId`]. Its events are ordinary events of the topic — consumer
+/// groups, reads and subscriptions see them — whose key is the stream id, so
+/// they all land in the partition [`herald_types::partition_for_key`] gives
+/// it, in version order. Versions are dense from 0. A topic with streams
+/// should not have retention limits: an event removed by retention is
+/// silently missing from the stream's reads.
+#[async_trait]
+pub trait Streams: Send + Sync {
+    /// Appends `events` to `stream` on `topic` if its current version meets
+    /// `expected`, atomically: all of them with consecutive versions from
+    /// the stream's next, contiguous in one partition, or none.
+    ///
+    /// - Each event's `key` is set to the stream id (any key or explicit
+    ///   partition given is replaced).
+    /// - A mismatch is [`Error::VersionConflict`] carrying the current
+    ///   version (`None`: no stream) and appends nothing.
+    /// - A deleted stream takes no more events, whatever the expectation:
+    ///   [`Error::StreamDeleted`].
+    /// - Appends to one stream are serialized; appends to different streams
+    ///   run concurrently. Returns once durable under the topic's fsync
+    ///   policy, and once the events are readable with
+    ///   [`Streams::read_stream`].
+    /// - Stream appends are not deduplicated by event id: the expected
+    ///   version is what makes a retry safe.
+    /// - Empty `events`, or an invalid event: [`Error::InvalidArgument`].
+    async fn append(
+        &self,
+        topic: &TopicName,
+        stream: &StreamId,
+        events: Vec<EventInput>,
+        expected: ExpectedVersion,
+    ) -> Result<AppendResult>;
+
+    /// Reads up to `limit` (at least 1) events of `stream` from
+    /// `from_version`: forward in ascending versions, backward in descending
+    /// versions (from `min(from_version, version)`: pass `u64::MAX` to read
+    /// from the end). Costs O(events read), never a scan of the topic.
+    /// [`Error::StreamNotFound`] if the stream does not exist or was
+    /// deleted. A forward read past the end is empty.
+    async fn read_stream(
+        &self,
+        topic: &TopicName,
+        stream: &StreamId,
+        from_version: u64,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<StreamSlice>;
+
+    /// The stream's version and times, also for a deleted stream
+    /// (`deleted = true`). [`Error::StreamNotFound`] if it never existed.
+    async fn stream_metadata(&self, topic: &TopicName, stream: &StreamId)
+    -> Result<StreamMetadata>;
+
+    /// Deletes a stream. Durable when it returns.
+    ///
+    /// - soft (`hard = false`): the stream reads as deleted
+    ///   ([`Error::StreamNotFound`]; metadata says `deleted`) and takes no
+    ///   more events; its events stay in the topic for consumers.
+    /// - hard: as soft, and the stream's index and snapshot are removed, so
+    ///   no stream API can reach its events. (Physically erasing the events
+    ///   from the topic's files by compacting their segments is a
+    ///   follow-up: until then they stay readable through the topic.)
+    ///
+    /// Deleting a deleted stream again is allowed (soft then hard upgrades).
+    /// [`Error::StreamNotFound`] if it never existed.
+    async fn delete_stream(&self, topic: &TopicName, stream: &StreamId, hard: bool) -> Result<()>;
+
+    /// Stores a snapshot of the stream's state folded up to `version`,
+    /// replacing any earlier one. `version` must not exceed the stream's
+    /// version ([`Error::InvalidArgument`]). Durable when it returns.
+    async fn put_snapshot(
+        &self,
+        topic: &TopicName,
+        stream: &StreamId,
+        version: u64,
+        state: serde_json::Value,
+    ) -> Result<()>;
+
+    /// The stream's latest snapshot, if any. [`Error::StreamNotFound`] if the
+    /// stream does not exist or was deleted.
+    async fn get_snapshot(&self, topic: &TopicName, stream: &StreamId) -> Result<Option<Snapshot>>;
+}
+
 /// A whole backend.
 #[async_trait]
-pub trait Backend: Topics + Events + Groups + Kv + std::fmt::Debug {
+pub trait Backend: Topics + Events + Groups + Kv + Streams + std::fmt::Debug {
     /// Whether storage is open and serving.
     fn is_ready(&self) -> bool;
 

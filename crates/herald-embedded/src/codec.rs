@@ -12,6 +12,13 @@
 //! | `at` | deliver_at | i64 LE, ms since the Unix epoch |
 //! | `nodata` | the event has no data (value empty) | empty |
 //! | `x:<name>` | extension `<name>` | `s` + UTF-8, `b` + 0/1, or `i` + i64 LE |
+//! | `stm` | the event-sourcing stream the event belongs to | UTF-8 stream id |
+//! | `ver` | its version in that stream | u64 LE |
+//!
+//! `stm` and `ver` are what the stream index is derived from: replaying a
+//! partition's records rebuilds every (stream, version) → offset entry, so
+//! the index can always catch up with the log (see `stream.rs`). They are not
+//! event attributes and are not returned as such.
 //!
 //! Unknown headers are ignored on read, so later versions may add some.
 
@@ -88,6 +95,43 @@ pub(crate) fn encode(event: &Event) -> NewRecord {
         headers,
         value: event.data.clone().unwrap_or_default(),
     }
+}
+
+/// The record for `event` appended to `stream` at `version`: the event's
+/// record plus the `stm` and `ver` headers.
+pub(crate) fn encode_in_stream(event: &Event, stream: &str, version: u64) -> NewRecord {
+    let mut record = encode(event);
+    record.headers.push(Header {
+        name: STREAM_HEADER.into(),
+        value: Bytes::copy_from_slice(stream.as_bytes()),
+    });
+    record.headers.push(Header {
+        name: VERSION_HEADER.into(),
+        value: Bytes::copy_from_slice(&version.to_le_bytes()),
+    });
+    record
+}
+
+const STREAM_HEADER: &str = "stm";
+const VERSION_HEADER: &str = "ver";
+
+/// The stream and version a record was appended at, if it was appended to a
+/// stream (both headers present and well formed).
+pub(crate) fn record_stream(record: &Record) -> Option<(&str, u64)> {
+    let mut stream = None;
+    let mut version = None;
+    for header in &record.headers {
+        match header.name.as_str() {
+            STREAM_HEADER => stream = std::str::from_utf8(&header.value).ok(),
+            VERSION_HEADER => {
+                version = <[u8; 8]>::try_from(header.value.as_ref())
+                    .ok()
+                    .map(u64::from_le_bytes);
+            }
+            _ => {}
+        }
+    }
+    Some((stream?, version?))
 }
 
 /// Why a record is not a valid event.

@@ -5,8 +5,25 @@
 //! ```text
 //! <data_dir>/
 //!   meta.redb                    topics, groups, group state, dead letters, kv
+//!   streams.redb                 the stream index (derived from the logs)
 //!   topics/<topic>/<partition>/  one herald-log per partition
 //! ```
+//!
+//! # Event streams
+//!
+//! A stream's events are ordinary events of its topic, in the partition of
+//! its id, each carrying its stream id and version in record headers. The
+//! stream index (`streams.redb`: (topic, stream) → version and times;
+//! (topic, stream, version) → (partition, offset); a per-partition
+//! checkpoint) is derived from those headers: its writes are group-committed
+//! by one thread without an fsync of their own, and on open every
+//! partition's log is re-indexed from its checkpoint, so the index always
+//! catches up with the log, which stays the source of truth. Reading a stream
+//! is a range scan of the index plus one log read per event. Appends to one
+//! stream are serialized by a per-stream lock held only while used;
+//! appends to different streams run concurrently and share group commits.
+//! Hard delete removes the index entries and snapshot (the events stay in
+//! the segments until compaction, a follow-up). Details: `stream.rs`.
 //!
 //! # Durability of group state
 //!
@@ -27,6 +44,7 @@
 mod codec;
 mod group;
 mod meta;
+mod stream;
 mod topic;
 
 use std::collections::BTreeMap;
@@ -38,13 +56,16 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use herald_backend::{
-    AckOutcome, Backend, CommitRequest, DeadLetter, Error, Events, Expect, FetchRequest,
-    FetchResponse, GroupInfo, GroupSpec, GroupStatus, Groups, Kv, KvEntry, PartitionOffset,
-    PublishResult, ReadResult, Result, StartPosition, TopicDescription, TopicInfo, TopicSpec,
+    AckOutcome, AppendResult, Backend, CommitRequest, DeadLetter, Direction, Error, Events, Expect,
+    ExpectedVersion, FetchRequest, FetchResponse, GroupInfo, GroupSpec, GroupStatus, Groups, Kv,
+    KvEntry, PartitionOffset, PublishResult, ReadResult, Result, Snapshot as StreamSnapshot,
+    StartPosition, StreamMetadata, StreamSlice, Streams, TopicDescription, TopicInfo, TopicSpec,
     TopicUpdate, Topics,
 };
 use herald_log::{Log, LogEnv, LogHandle, LogMetrics, SystemClock, WriterOptions};
-use herald_types::{Event, EventInput, ExtensionValue, GroupName, StoredEvent, TopicName};
+use herald_types::{
+    Event, EventInput, ExtensionValue, GroupName, StoredEvent, StreamId, TopicName,
+};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -52,6 +73,7 @@ use tracing::{error, info, warn};
 use group::queue::DeadLetterEffect;
 use group::{GroupRuntime, Snapshot};
 use meta::{DeadLetterRecord, Meta, group_key};
+use stream::StreamStore;
 use topic::TopicRuntime;
 
 /// How the embedded backend runs.
@@ -93,6 +115,7 @@ pub struct EmbeddedBackend {
 struct Inner {
     data_dir: PathBuf,
     meta: Meta,
+    streams: Arc<StreamStore>,
     topics: RwLock<BTreeMap<TopicName, Arc<TopicRuntime>>>,
     env: LogEnv,
     writer: WriterOptions,
@@ -133,19 +156,22 @@ impl EmbeddedBackend {
     pub async fn open_with(options: EmbeddedOptions, env: LogEnv) -> Result<Self> {
         let data_dir = options.data_dir.clone();
         let topics_dir = data_dir.join("topics");
-        let meta = {
+        let (meta, streams) = {
             let (data_dir, topics_dir) = (data_dir.clone(), topics_dir.clone());
             blocking(move || {
                 std::fs::create_dir_all(&topics_dir).map_err(|error| Error::Unavailable {
                     detail: format!("cannot create {}: {error}", topics_dir.display()),
                 })?;
-                Meta::open(&data_dir.join("meta.redb"))
+                let meta = Meta::open(&data_dir.join("meta.redb"))?;
+                let streams = StreamStore::open(&data_dir.join("streams.redb"))?;
+                Ok((meta, streams))
             })
             .await?
         };
         let inner = Arc::new(Inner {
             data_dir,
             meta,
+            streams: Arc::new(streams),
             topics: RwLock::new(BTreeMap::new()),
             env,
             writer: options.writer.clone(),
@@ -276,6 +302,7 @@ impl Inner {
                 .insert(info.spec.name.clone(), runtime);
         }
         self.remove_orphan_topic_dirs().await?;
+        self.recover_streams().await?;
         let meta = self.meta.clone();
         let groups = blocking(move || meta.groups()).await?;
         for (key, info, state) in groups {
@@ -308,6 +335,24 @@ impl Inner {
                 .insert(info.name.clone(), group);
         }
         info!(data_dir = %self.data_dir.display(), topics = self.topics.read().unwrap_or_else(PoisonError::into_inner).len(), "Embedded backend open.");
+        Ok(())
+    }
+
+    /// Catches the stream index up with every topic's log, and drops the
+    /// index of topics that no longer exist.
+    async fn recover_streams(&self) -> Result<()> {
+        let topics: Vec<Arc<TopicRuntime>> = self
+            .topics
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        let names = topics.iter().map(|topic| topic.name.to_string()).collect();
+        self.streams.purge_others(names).await?;
+        for topic in topics {
+            self.streams.catch_up(&topic).await?;
+        }
         Ok(())
     }
 
@@ -554,6 +599,8 @@ impl Topics for EmbeddedBackend {
             spec: spec.clone(),
             created_at: inner.now(),
         };
+        // A topic of the same name deleted earlier leaves no stream index.
+        inner.streams.purge(&spec.name).await?;
         let partitions = inner.open_partitions(&spec).await?;
         let runtime = Arc::new(TopicRuntime::new(info.clone(), dir, partitions));
         let (meta, stored) = (inner.meta.clone(), info.clone());
@@ -615,6 +662,7 @@ impl Topics for EmbeddedBackend {
             .unwrap_or_else(PoisonError::into_inner)
             .remove(topic);
         runtime.close().await?;
+        inner.streams.purge(topic).await?;
         let dir = runtime.dir.clone();
         blocking(move || {
             std::fs::remove_dir_all(&dir).map_err(|error| Error::Unavailable {
@@ -987,6 +1035,75 @@ impl Kv for EmbeddedBackend {
 }
 
 #[async_trait]
+impl Streams for EmbeddedBackend {
+    async fn append(
+        &self,
+        topic: &TopicName,
+        stream: &StreamId,
+        events: Vec<EventInput>,
+        expected: ExpectedVersion,
+    ) -> Result<AppendResult> {
+        let runtime = self.inner.topic(topic)?;
+        self.inner
+            .streams
+            .append(runtime, stream, events, expected)
+            .await
+    }
+
+    async fn read_stream(
+        &self,
+        topic: &TopicName,
+        stream: &StreamId,
+        from_version: u64,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<StreamSlice> {
+        let runtime = self.inner.topic(topic)?;
+        self.inner
+            .streams
+            .read(&runtime, stream, from_version, direction, limit)
+            .await
+    }
+
+    async fn stream_metadata(
+        &self,
+        topic: &TopicName,
+        stream: &StreamId,
+    ) -> Result<StreamMetadata> {
+        self.inner.topic(topic)?;
+        self.inner.streams.metadata(topic, stream).await
+    }
+
+    async fn delete_stream(&self, topic: &TopicName, stream: &StreamId, hard: bool) -> Result<()> {
+        self.inner.topic(topic)?;
+        self.inner.streams.delete(topic, stream, hard).await
+    }
+
+    async fn put_snapshot(
+        &self,
+        topic: &TopicName,
+        stream: &StreamId,
+        version: u64,
+        state: serde_json::Value,
+    ) -> Result<()> {
+        self.inner.topic(topic)?;
+        self.inner
+            .streams
+            .put_snapshot(topic, stream, version, &state)
+            .await
+    }
+
+    async fn get_snapshot(
+        &self,
+        topic: &TopicName,
+        stream: &StreamId,
+    ) -> Result<Option<StreamSnapshot>> {
+        self.inner.topic(topic)?;
+        self.inner.streams.get_snapshot(topic, stream).await
+    }
+}
+
+#[async_trait]
 impl Backend for EmbeddedBackend {
     fn is_ready(&self) -> bool {
         self.inner.ready.load(Ordering::SeqCst)
@@ -1013,10 +1130,18 @@ impl Backend for EmbeddedBackend {
             .cloned()
             .collect();
         let mut result = flushed;
-        for topic in topics {
+        for topic in &topics {
             if let Err(error) = topic.close().await {
                 result = result.and(Err(error));
             }
+        }
+        // The logs are closed: nothing is in flight, every checkpoint can
+        // move to its partition's end.
+        if let Err(error) = inner.streams.checkpoint(&topics).await {
+            result = result.and(Err(error));
+        }
+        if let Err(error) = inner.streams.close().await {
+            result = result.and(Err(error));
         }
         info!(data_dir = %inner.data_dir.display(), "Embedded backend closed.");
         result

@@ -139,6 +139,9 @@ pub(crate) struct TopicRuntime {
     partitions: Vec<LogHandle>,
     dedup: Mutex<Dedup>,
     round_robin: AtomicU64,
+    /// Per partition: the stream appends in flight, for the stream index's
+    /// checkpoint.
+    pub(crate) stream_trackers: Vec<Arc<crate::stream::PartitionTracker>>,
     pub(crate) groups: RwLock<BTreeMap<GroupName, Arc<GroupRuntime>>>,
 }
 
@@ -166,6 +169,14 @@ enum Plan {
 
 impl TopicRuntime {
     pub(crate) fn new(info: TopicInfo, dir: PathBuf, partitions: Vec<LogHandle>) -> Self {
+        let stream_trackers = partitions
+            .iter()
+            .map(|handle| {
+                Arc::new(crate::stream::PartitionTracker::new(
+                    handle.reader().clone(),
+                ))
+            })
+            .collect();
         Self {
             name: info.spec.name.clone(),
             dir,
@@ -173,6 +184,7 @@ impl TopicRuntime {
             partitions,
             dedup: Mutex::new(Dedup::new()),
             round_robin: AtomicU64::new(0),
+            stream_trackers,
             groups: RwLock::new(BTreeMap::new()),
         }
     }
@@ -192,7 +204,7 @@ impl TopicRuntime {
         self.partitions.len() as u32
     }
 
-    fn handle(&self, partition: u32) -> Result<&LogHandle> {
+    pub(crate) fn handle(&self, partition: u32) -> Result<&LogHandle> {
         self.partitions
             .get(partition as usize)
             .ok_or_else(|| Error::PartitionNotFound {
@@ -275,6 +287,19 @@ impl TopicRuntime {
         now: i64,
     ) -> Result<Vec<PublishResult>> {
         let spec = self.info().spec;
+        self.validate(&inputs, &spec)?;
+        loop {
+            let plans = self.plan(&inputs, spec.dedup_window_ms, now);
+            if self.wait_for_pending(&plans).await {
+                continue;
+            }
+            return self.execute(&inputs, plans, spec.dedup_window_ms > 0).await;
+        }
+    }
+
+    /// Checks every event of a publish or stream append: valid, within the
+    /// size limit, to an existing partition; and that there is one.
+    pub(crate) fn validate(&self, inputs: &[EventInput], spec: &TopicSpec) -> Result<()> {
         let partitions = self.partition_count();
         for (index, input) in inputs.iter().enumerate() {
             input
@@ -301,13 +326,7 @@ impl TopicRuntime {
         if inputs.is_empty() {
             return Err(Error::invalid("events", "at least one event is needed"));
         }
-        loop {
-            let plans = self.plan(&inputs, spec.dedup_window_ms, now);
-            if self.wait_for_pending(&plans).await {
-                continue;
-            }
-            return self.execute(&inputs, plans, spec.dedup_window_ms > 0).await;
-        }
+        Ok(())
     }
 
     /// Decides, under the dedup lock, what happens to each event, reserving

@@ -1,8 +1,10 @@
 //! The embedded backend's integration tests, in one binary: the backend
-//! conformance suite, and `kill -9` of a process using the backend.
+//! conformance suite, and `kill -9` of processes using the backend (groups,
+//! streams).
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
 mod kill;
+mod stream_kill;
 
 use std::sync::Arc;
 

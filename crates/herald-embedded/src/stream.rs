@@ -1,0 +1,1253 @@
+//! Event streams: the stream index and appends with optimistic concurrency.
+//!
+//! The log is the source of truth. Each event appended to a stream carries
+//! its stream id and version in record headers (`stm`, `ver`: see
+//! `codec.rs`); the index in `<data_dir>/streams.redb` is derived from them:
+//!
+//! | table | key | value |
+//! |---|---|---|
+//! | `streams` | (topic, stream) | (last version, created_at, updated_at, state: 0 live, 1 soft deleted, 2 hard deleted) |
+//! | `stream_events` | (topic, stream, version) | (partition, offset) |
+//! | `stream_positions` | (topic, partition, offset) | (stream, version) — the reverse map |
+//! | `stream_checkpoints` | (topic, partition) | every stream record below this offset is indexed |
+//! | `stream_snapshots` | (topic, stream) | (version, JSON state) |
+//!
+//! # Writing the index without an fsync per append
+//!
+//! One thread, `stream-index`, owns the index's write transactions. An
+//! append sends its entries over a channel and waits; the thread takes every
+//! request queued, applies them in one redb transaction and answers them all
+//! (group commit, as the log writer does). Those commits use
+//! `Durability::None` (no fsync); every [`DURABLE_EVERY`], when the thread
+//! falls idle for [`IDLE_SYNC`], for deletes, snapshots and topic purges,
+//! and on shutdown, a commit is `Immediate`, which makes everything before it
+//! durable. A crash therefore loses at most the index's recent tail, never
+//! the log's — and the tail is rebuilt from the log on open:
+//!
+//! # Recovery (catch-up from the log)
+//!
+//! Each partition has a checkpoint written in the same transaction as the
+//! entries it covers. On open, before serving, for every partition:
+//!
+//! 1. entries at or past the log's end (a log that lost an unsynced tail,
+//!    `fsync = never`/`interval`) are removed and their streams' versions
+//!    set back to the last entry left — the index never points past the log;
+//! 2. the log is read from the checkpoint to its end and every record with
+//!    `stm`/`ver` headers is indexed (idempotent: an entry already there is
+//!    written again), then the checkpoint moves to the end.
+//!
+//! The checkpoint must never pass a stream record that is not indexed. Appends
+//! to different streams of a partition finish in any order, so each append
+//! registers the partition's end offset (a lower bound of its own offsets)
+//! in the partition's [`PartitionTracker`] before appending and deregisters
+//! once its entries are committed; a commit writes as checkpoint the lowest
+//! registered offset, or the end offset when none is in flight.
+//!
+//! # Concurrency
+//!
+//! Appends to one stream are serialized by a per-stream async lock (a
+//! sharded map whose entries are removed as soon as no one holds or waits
+//! for them, so memory follows the streams being appended to, not the
+//! streams that exist). The critical section — read the version, check the
+//! expectation, append to the log, commit the index entries — runs in a
+//! spawned task, so a caller that goes away cannot leave an event in the log
+//! that the index never heard of. Appends to different streams run
+//! concurrently and share the log's group commit and the index's.
+//!
+//! If an index commit fails after its events are in the log, the index is
+//! behind the log and versions could be given out twice: stream operations
+//! then fail with `unavailable` until the backend is reopened, which rebuilds
+//! the index from the log.
+//!
+//! # Deletion
+//!
+//! Soft delete marks the stream deleted (reads say not found; appends are
+//! refused); its events stay in the topic. Hard delete also removes the
+//! stream's index entries and snapshot; the row stays as a tombstone so the
+//! stream id cannot be reused and catch-up does not index its events again.
+//! Physically erasing the events from the segments (compaction) is a
+//! follow-up: today they remain readable through the topic.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher, RandomState};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use herald_backend::{
+    AppendResult, Direction, Error, ExpectedVersion, PublishResult, Result, Snapshot,
+    StreamMetadata, StreamSlice,
+};
+use herald_log::{LogReader, Record};
+use herald_types::{EventInput, StreamId, TopicName, partition_for_key};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction,
+};
+use tokio::sync::oneshot;
+use tracing::{error, info};
+
+use crate::codec;
+use crate::topic::{TopicRuntime, log_error};
+
+/// The longest the index goes without an `Immediate` commit while busy: the
+/// most index work a crash can cost at recovery (re-reading this much log).
+pub(crate) const DURABLE_EVERY: Duration = Duration::from_secs(1);
+/// After this long without requests, pending non-durable commits are made
+/// durable.
+pub(crate) const IDLE_SYNC: Duration = Duration::from_millis(200);
+/// At most this many requests in one index transaction.
+const MAX_ROUND: usize = 4096;
+/// Bytes read from the log per read during catch-up.
+const CATCH_UP_BYTES: usize = 1024 * 1024;
+/// Bytes read from the log to fetch one stream event (and its neighbours).
+const EVENT_READ_BYTES: usize = 64 * 1024;
+/// Shards of the per-stream lock map.
+const LOCK_SHARDS: usize = 64;
+
+const STREAMS: TableDefinition<'_, (&str, &str), (u64, i64, i64, u8)> =
+    TableDefinition::new("streams");
+const STREAM_EVENTS: TableDefinition<'_, (&str, &str, u64), (u32, u64)> =
+    TableDefinition::new("stream_events");
+const STREAM_POSITIONS: TableDefinition<'_, (&str, u32, u64), (&str, u64)> =
+    TableDefinition::new("stream_positions");
+const CHECKPOINTS: TableDefinition<'_, (&str, u32), u64> =
+    TableDefinition::new("stream_checkpoints");
+const SNAPSHOTS: TableDefinition<'_, (&str, &str), (u64, &[u8])> =
+    TableDefinition::new("stream_snapshots");
+
+const LIVE: u8 = 0;
+const SOFT_DELETED: u8 = 1;
+const HARD_DELETED: u8 = 2;
+
+/// A stream's row in the `streams` table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Row {
+    version: u64,
+    created_at: i64,
+    updated_at: i64,
+    state: u8,
+}
+
+impl Row {
+    fn from_tuple((version, created_at, updated_at, state): (u64, i64, i64, u8)) -> Self {
+        Self {
+            version,
+            created_at,
+            updated_at,
+            state,
+        }
+    }
+
+    fn tuple(self) -> (u64, i64, i64, u8) {
+        (self.version, self.created_at, self.updated_at, self.state)
+    }
+
+    fn deleted(self) -> bool {
+        self.state != LIVE
+    }
+}
+
+fn storage(error: impl std::fmt::Display) -> Error {
+    Error::Unavailable {
+        detail: format!("stream index: {error}"),
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|error| Error::Unavailable {
+            detail: format!("stream index task: {error}"),
+        })?
+}
+
+/// The stream appends in flight on one partition, so that the index's
+/// checkpoint never passes an append whose entries are not committed yet.
+#[derive(Debug)]
+pub(crate) struct PartitionTracker {
+    reader: LogReader,
+    /// Lower bounds of the offsets of appends in flight, with their counts.
+    in_flight: Mutex<BTreeMap<u64, usize>>,
+}
+
+impl PartitionTracker {
+    pub(crate) fn new(reader: LogReader) -> Self {
+        Self {
+            reader,
+            in_flight: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Registers an append about to start; returns its lower bound. The end
+    /// offset is read under the lock [`PartitionTracker::checkpoint`] takes,
+    /// so a checkpoint computed before the registration is at most this.
+    fn register(&self) -> u64 {
+        let mut in_flight = lock(&self.in_flight);
+        let low = self.reader.end_offset();
+        *in_flight.entry(low).or_default() += 1;
+        low
+    }
+
+    fn release(&self, low: u64) {
+        let mut in_flight = lock(&self.in_flight);
+        if let Some(count) = in_flight.get_mut(&low) {
+            *count -= 1;
+            if *count == 0 {
+                in_flight.remove(&low);
+            }
+        }
+    }
+
+    /// An offset below which every stream record is indexed once the
+    /// appends committed so far are.
+    fn checkpoint(&self) -> u64 {
+        let in_flight = lock(&self.in_flight);
+        in_flight
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or_else(|| self.reader.end_offset())
+    }
+}
+
+/// A request to the index writer thread.
+enum Op {
+    Append {
+        topic: String,
+        stream: String,
+        partition: u32,
+        first_version: u64,
+        base_offset: u64,
+        count: u64,
+        appended_at: i64,
+        tracker: Arc<PartitionTracker>,
+    },
+    Delete {
+        topic: String,
+        stream: String,
+        hard: bool,
+    },
+    Snapshot {
+        topic: String,
+        stream: String,
+        version: u64,
+        state: Vec<u8>,
+    },
+    /// Moves the checkpoints of these partitions as far as they can go
+    /// (used at shutdown, so partitions that only had plain publishes are
+    /// not re-read on the next open).
+    Checkpoint {
+        partitions: Vec<(String, u32, Arc<PartitionTracker>)>,
+    },
+    /// Removes everything of a topic (deleted or created anew).
+    Purge { topic: String },
+    /// Commits durably and stops the thread.
+    Stop,
+}
+
+impl Op {
+    fn needs_durability(&self) -> bool {
+        !matches!(self, Self::Append { .. })
+    }
+}
+
+struct Request {
+    op: Op,
+    done: oneshot::Sender<Result<()>>,
+}
+
+/// The stream index and the per-stream locks. One per backend.
+#[derive(Debug)]
+pub(crate) struct StreamStore {
+    db: Arc<Database>,
+    writer: mpsc::Sender<Request>,
+    locks: Arc<StreamLocks>,
+    /// Set when an index commit failed after its events were appended.
+    failed: AtomicBool,
+}
+
+impl StreamStore {
+    /// Opens (or creates) the index at `path` and starts its writer thread.
+    pub(crate) fn open(path: &Path) -> Result<Self> {
+        let db = Database::create(path)
+            .map_err(|error| storage(format!("{}: {error}", path.display())))?;
+        let txn = db.begin_write().map_err(storage)?;
+        {
+            txn.open_table(STREAMS).map_err(storage)?;
+            txn.open_table(STREAM_EVENTS).map_err(storage)?;
+            txn.open_table(STREAM_POSITIONS).map_err(storage)?;
+            txn.open_table(CHECKPOINTS).map_err(storage)?;
+            txn.open_table(SNAPSHOTS).map_err(storage)?;
+        }
+        txn.commit().map_err(storage)?;
+        let db = Arc::new(db);
+        let (writer, requests) = mpsc::channel();
+        let thread_db = Arc::clone(&db);
+        std::thread::Builder::new()
+            .name("stream-index".into())
+            .spawn(move || run_writer(&thread_db, &requests))
+            .map_err(|error| storage(format!("cannot start the index writer: {error}")))?;
+        Ok(Self {
+            db,
+            writer,
+            locks: Arc::new(StreamLocks::new()),
+            failed: AtomicBool::new(false),
+        })
+    }
+
+    async fn send(&self, op: Op) -> Result<()> {
+        let (done, answer) = oneshot::channel();
+        self.writer
+            .send(Request { op, done })
+            .map_err(|_| Error::ShuttingDown)?;
+        answer.await.map_err(|_| Error::ShuttingDown)?
+    }
+
+    fn check_healthy(&self) -> Result<()> {
+        if self.failed.load(Ordering::SeqCst) {
+            return Err(Error::Unavailable {
+                detail: "the stream index fell behind the log after a write failure; reopen the backend to rebuild it".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Commits everything durably and stops the writer thread.
+    pub(crate) async fn close(&self) -> Result<()> {
+        self.send(Op::Stop).await
+    }
+
+    /// Moves every partition's checkpoint of `topics` to what is indexed
+    /// (at shutdown: their ends). Durable when it returns.
+    pub(crate) async fn checkpoint(&self, topics: &[Arc<TopicRuntime>]) -> Result<()> {
+        let partitions = topics
+            .iter()
+            .flat_map(|topic| {
+                topic
+                    .stream_trackers
+                    .iter()
+                    .zip(0u32..)
+                    .map(|(tracker, partition)| {
+                        (topic.name.to_string(), partition, Arc::clone(tracker))
+                    })
+            })
+            .collect();
+        self.send(Op::Checkpoint { partitions }).await
+    }
+
+    /// Removes the index of a topic. Durable when it returns.
+    pub(crate) async fn purge(&self, topic: &TopicName) -> Result<()> {
+        self.send(Op::Purge {
+            topic: topic.to_string(),
+        })
+        .await
+    }
+
+    /// Removes the index of every topic not in `topics` (left by a topic
+    /// delete that crashed before its purge was durable).
+    pub(crate) async fn purge_others(&self, topics: Vec<String>) -> Result<()> {
+        let db = Arc::clone(&self.db);
+        let orphans = blocking(move || {
+            let txn = db.begin_read().map_err(storage)?;
+            let table = txn.open_table(CHECKPOINTS).map_err(storage)?;
+            let mut orphans = Vec::new();
+            for entry in table.iter().map_err(storage)? {
+                let (key, _) = entry.map_err(storage)?;
+                let topic = key.value().0.to_owned();
+                if !topics.contains(&topic) && !orphans.contains(&topic) {
+                    orphans.push(topic);
+                }
+            }
+            Ok(orphans)
+        })
+        .await?;
+        for topic in orphans {
+            self.send(Op::Purge { topic }).await?;
+        }
+        Ok(())
+    }
+
+    /// Brings the index of `topic` up to its log (see the module docs).
+    pub(crate) async fn catch_up(&self, topic: &TopicRuntime) -> Result<()> {
+        for partition in 0..topic.partition_count() {
+            let reader = topic.handle(partition)?.reader().clone();
+            let (db, name) = (Arc::clone(&self.db), topic.name.to_string());
+            let indexed =
+                blocking(move || catch_up_partition(&db, &name, partition, &reader)).await?;
+            if indexed > 0 {
+                info!(topic = %topic.name, partition, records = indexed, "Stream index caught up with the log.");
+            }
+        }
+        Ok(())
+    }
+
+    /// See [`herald_backend::Streams::append`].
+    pub(crate) async fn append(
+        self: &Arc<Self>,
+        topic: Arc<TopicRuntime>,
+        stream: &StreamId,
+        mut events: Vec<EventInput>,
+        expected: ExpectedVersion,
+    ) -> Result<AppendResult> {
+        self.check_healthy()?;
+        for input in &mut events {
+            input.event.key = Some(stream.to_string());
+            input.partition = None;
+        }
+        topic.validate(&events, &topic.info().spec)?;
+        let guard = self.locks.lock(topic.name.as_str(), stream.as_str()).await;
+        let (store, stream) = (Arc::clone(self), stream.clone());
+        // The critical section runs to completion even if the caller goes
+        // away: see "Concurrency" in the module docs.
+        tokio::spawn(async move {
+            let result = store.append_locked(&topic, &stream, events, expected).await;
+            drop(guard);
+            result
+        })
+        .await
+        .map_err(|error| Error::Unavailable {
+            detail: format!("stream append task: {error}"),
+        })?
+    }
+
+    async fn append_locked(
+        &self,
+        topic: &TopicRuntime,
+        stream: &StreamId,
+        events: Vec<EventInput>,
+        expected: ExpectedVersion,
+    ) -> Result<AppendResult> {
+        let row = self.row(&topic.name, stream).await?;
+        if row.is_some_and(Row::deleted) {
+            return Err(Error::StreamDeleted {
+                topic: topic.name.to_string(),
+                stream: stream.to_string(),
+            });
+        }
+        let current = row.map(|row| row.version);
+        if !expected.admits(current) {
+            return Err(Error::VersionConflict {
+                stream: stream.to_string(),
+                expected,
+                current,
+            });
+        }
+        let first_version = current.map_or(0, |version| version + 1);
+        let partition = partition_for_key(stream.as_str().as_bytes(), topic.partition_count());
+        let records = events
+            .iter()
+            .zip(first_version..)
+            .map(|(input, version)| codec::encode_in_stream(&input.event, stream.as_str(), version))
+            .collect();
+        let tracker = Arc::clone(&topic.stream_trackers[partition as usize]);
+        let low = tracker.register();
+        let ack = match topic.handle(partition)?.append(records).await {
+            Ok(ack) => ack,
+            Err(error) => {
+                tracker.release(low);
+                return Err(log_error(partition, error));
+            }
+        };
+        let count = events.len() as u64;
+        let indexed = self
+            .send(Op::Append {
+                topic: topic.name.to_string(),
+                stream: stream.to_string(),
+                partition,
+                first_version,
+                base_offset: ack.base_offset,
+                count,
+                appended_at: ack.timestamp,
+                tracker: Arc::clone(&tracker),
+            })
+            .await;
+        tracker.release(low);
+        if let Err(error) = indexed {
+            self.failed.store(true, Ordering::SeqCst);
+            error!(topic = %topic.name, stream = %stream, %error, "Stream index write failed after the log append; stream operations stop until the backend is reopened.");
+            return Err(error);
+        }
+        let positions = events
+            .into_iter()
+            .zip(ack.base_offset..)
+            .map(|(input, offset)| PublishResult {
+                id: input.event.id,
+                partition,
+                offset,
+                duplicate: false,
+            })
+            .collect();
+        Ok(AppendResult {
+            first_version,
+            last_version: first_version + count - 1,
+            positions,
+        })
+    }
+
+    async fn row(&self, topic: &TopicName, stream: &StreamId) -> Result<Option<Row>> {
+        let (db, topic, stream) = (Arc::clone(&self.db), topic.to_string(), stream.to_string());
+        blocking(move || {
+            let txn = db.begin_read().map_err(storage)?;
+            let table = txn.open_table(STREAMS).map_err(storage)?;
+            let row = table
+                .get((topic.as_str(), stream.as_str()))
+                .map_err(storage)?;
+            Ok(row.map(|row| Row::from_tuple(row.value())))
+        })
+        .await
+    }
+
+    async fn live_row(&self, topic: &TopicName, stream: &StreamId) -> Result<Row> {
+        self.check_healthy()?;
+        match self.row(topic, stream).await? {
+            Some(row) if !row.deleted() => Ok(row),
+            _ => Err(not_found(topic, stream)),
+        }
+    }
+
+    /// See [`herald_backend::Streams::read_stream`].
+    pub(crate) async fn read(
+        &self,
+        topic: &TopicRuntime,
+        stream: &StreamId,
+        from_version: u64,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<StreamSlice> {
+        let row = self.live_row(&topic.name, stream).await?;
+        let limit = limit.max(1);
+        let (db, name, id) = (
+            Arc::clone(&self.db),
+            topic.name.to_string(),
+            stream.to_string(),
+        );
+        let entries = blocking(move || {
+            let txn = db.begin_read().map_err(storage)?;
+            let table = txn.open_table(STREAM_EVENTS).map_err(storage)?;
+            let (name, id) = (name.as_str(), id.as_str());
+            let mut entries = Vec::with_capacity(limit.min(1024));
+            let mut push = |entry: EventEntry<'_>| -> Result<()> {
+                let (key, value) = entry.map_err(storage)?;
+                let (partition, offset) = value.value();
+                entries.push((key.value().2, partition, offset));
+                Ok(())
+            };
+            match direction {
+                Direction::Forward => {
+                    let range = table
+                        .range((name, id, from_version)..=(name, id, u64::MAX))
+                        .map_err(storage)?;
+                    for entry in range.take(limit) {
+                        push(entry)?;
+                    }
+                }
+                Direction::Backward => {
+                    let range = table
+                        .range((name, id, 0)..=(name, id, from_version))
+                        .map_err(storage)?;
+                    for entry in range.rev().take(limit) {
+                        push(entry)?;
+                    }
+                }
+            }
+            Ok(entries)
+        })
+        .await?;
+        let next_version = match (direction, entries.last()) {
+            (Direction::Forward, Some(&(last, ..))) if last < row.version => Some(last + 1),
+            (Direction::Backward, Some(&(last, ..))) if last > 0 => Some(last - 1),
+            _ => None,
+        };
+        let events = self.fetch_events(topic, stream, entries).await?;
+        Ok(StreamSlice {
+            events,
+            next_version,
+        })
+    }
+
+    /// Reads the events at the given `(version, partition, offset)`s, one
+    /// log read per event at most (neighbours read together are reused).
+    async fn fetch_events(
+        &self,
+        topic: &TopicRuntime,
+        stream: &StreamId,
+        entries: Vec<(u64, u32, u64)>,
+    ) -> Result<Vec<(u64, herald_types::StoredEvent)>> {
+        let Some(&(_, partition, _)) = entries.first() else {
+            return Ok(Vec::new());
+        };
+        let reader = topic.handle(partition)?.reader().clone();
+        let (name, stream) = (topic.name.clone(), stream.to_string());
+        blocking(move || {
+            let mut wanted: Vec<u64> = entries.iter().map(|&(_, _, offset)| offset).collect();
+            wanted.sort_unstable();
+            let mut records: HashMap<u64, Record> = HashMap::with_capacity(wanted.len());
+            for offset in wanted {
+                if records.contains_key(&offset) {
+                    continue;
+                }
+                let batch = match reader.read(offset, EVENT_READ_BYTES) {
+                    Ok(batch) => batch,
+                    // Removed by retention: missing from the stream's reads.
+                    Err(herald_log::LogError::OffsetOutOfRange { .. }) => continue,
+                    Err(error) => return Err(log_error(partition, error)),
+                };
+                for record in batch.records {
+                    if record.offset >= offset {
+                        records.insert(record.offset, record);
+                    }
+                }
+            }
+            let mut events = Vec::with_capacity(entries.len());
+            for (version, partition, offset) in entries {
+                let Some(record) = records.remove(&offset) else {
+                    continue;
+                };
+                if codec::record_stream(&record) != Some((stream.as_str(), version)) {
+                    return Err(Error::Corrupt {
+                        detail: format!(
+                            "stream index: {stream} version {version} points at partition {partition} offset {offset}, which holds another record"
+                        ),
+                    });
+                }
+                let event = codec::decode(&name, partition, record).map_err(|error| {
+                    Error::Corrupt {
+                        detail: error.to_string(),
+                    }
+                })?;
+                events.push((version, event));
+            }
+            Ok(events)
+        })
+        .await
+    }
+
+    /// See [`herald_backend::Streams::stream_metadata`].
+    pub(crate) async fn metadata(
+        &self,
+        topic: &TopicName,
+        stream: &StreamId,
+    ) -> Result<StreamMetadata> {
+        self.check_healthy()?;
+        let row = self
+            .row(topic, stream)
+            .await?
+            .ok_or_else(|| not_found(topic, stream))?;
+        Ok(StreamMetadata {
+            stream: stream.clone(),
+            version: row.version,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+            deleted: row.deleted(),
+        })
+    }
+
+    /// See [`herald_backend::Streams::delete_stream`].
+    pub(crate) async fn delete(
+        &self,
+        topic: &TopicName,
+        stream: &StreamId,
+        hard: bool,
+    ) -> Result<()> {
+        self.check_healthy()?;
+        let _guard = self.locks.lock(topic.as_str(), stream.as_str()).await;
+        self.send(Op::Delete {
+            topic: topic.to_string(),
+            stream: stream.to_string(),
+            hard,
+        })
+        .await
+    }
+
+    /// See [`herald_backend::Streams::put_snapshot`].
+    pub(crate) async fn put_snapshot(
+        &self,
+        topic: &TopicName,
+        stream: &StreamId,
+        version: u64,
+        state: &serde_json::Value,
+    ) -> Result<()> {
+        self.check_healthy()?;
+        let state = serde_json::to_vec(state)
+            .map_err(|error| Error::invalid("state", error.to_string()))?;
+        self.send(Op::Snapshot {
+            topic: topic.to_string(),
+            stream: stream.to_string(),
+            version,
+            state,
+        })
+        .await
+    }
+
+    /// See [`herald_backend::Streams::get_snapshot`].
+    pub(crate) async fn get_snapshot(
+        &self,
+        topic: &TopicName,
+        stream: &StreamId,
+    ) -> Result<Option<Snapshot>> {
+        self.live_row(topic, stream).await?;
+        let (db, name, id) = (Arc::clone(&self.db), topic.to_string(), stream.to_string());
+        let stored = blocking(move || {
+            let txn = db.begin_read().map_err(storage)?;
+            let table = txn.open_table(SNAPSHOTS).map_err(storage)?;
+            let stored = table.get((name.as_str(), id.as_str())).map_err(storage)?;
+            Ok(stored.map(|stored| {
+                let (version, state) = stored.value();
+                (version, state.to_vec())
+            }))
+        })
+        .await?;
+        stored
+            .map(|(version, state)| {
+                let state = serde_json::from_slice(&state).map_err(|error| Error::Corrupt {
+                    detail: format!("snapshot of {stream}: {error}"),
+                })?;
+                Ok(Snapshot { version, state })
+            })
+            .transpose()
+    }
+}
+
+/// One entry of a `stream_events` range.
+type EventEntry<'a> = std::result::Result<
+    (
+        redb::AccessGuard<'a, (&'static str, &'static str, u64)>,
+        redb::AccessGuard<'a, (u32, u64)>,
+    ),
+    redb::StorageError,
+>;
+
+fn not_found(topic: &TopicName, stream: &StreamId) -> Error {
+    Error::StreamNotFound {
+        topic: topic.to_string(),
+        stream: stream.to_string(),
+    }
+}
+
+// ------------------------------------------------------------ the writer --
+
+/// The index writer thread: group-commits queued requests (see the module
+/// docs).
+fn run_writer(db: &Database, requests: &mpsc::Receiver<Request>) {
+    let mut last_durable = Instant::now();
+    let mut pending_durability = false;
+    loop {
+        let first = if pending_durability {
+            match requests.recv_timeout(IDLE_SYNC) {
+                Ok(request) => request,
+                Err(RecvTimeoutError::Timeout) => {
+                    if let Err(error) = commit(db, &mut [], true) {
+                        error!(%error, "Stream index durable commit failed; will retry.");
+                    } else {
+                        pending_durability = false;
+                        last_durable = Instant::now();
+                    }
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    let _ = commit(db, &mut [], true);
+                    return;
+                }
+            }
+        } else {
+            match requests.recv() {
+                Ok(request) => request,
+                Err(_) => return,
+            }
+        };
+        let mut round = vec![first];
+        while round.len() < MAX_ROUND {
+            match requests.try_recv() {
+                Ok(request) => round.push(request),
+                Err(_) => break,
+            }
+        }
+        let stop = round.iter().any(|request| matches!(request.op, Op::Stop));
+        let durable = stop
+            || round.iter().any(|request| request.op.needs_durability())
+            || last_durable.elapsed() >= DURABLE_EVERY;
+        let mut outcomes: Vec<Result<()>> = round.iter().map(|_| Ok(())).collect();
+        let ops: Vec<&Op> = round.iter().map(|request| &request.op).collect();
+        match commit_ops(db, &ops, &mut outcomes, durable) {
+            Ok(()) => {
+                if durable {
+                    last_durable = Instant::now();
+                    pending_durability = false;
+                } else {
+                    pending_durability = true;
+                }
+            }
+            Err(error) => {
+                error!(%error, "Stream index commit failed.");
+                outcomes = round.iter().map(|_| Err(error.clone())).collect();
+            }
+        }
+        for (request, outcome) in round.into_iter().zip(outcomes) {
+            let _ = request.done.send(outcome);
+        }
+        if stop {
+            return;
+        }
+    }
+}
+
+fn commit(db: &Database, outcomes: &mut [Result<()>], durable: bool) -> Result<()> {
+    commit_ops(db, &[], outcomes, durable)
+}
+
+/// The tables of one index write transaction.
+struct Tables<'txn> {
+    streams: Table<'txn, (&'static str, &'static str), (u64, i64, i64, u8)>,
+    events: Table<'txn, (&'static str, &'static str, u64), (u32, u64)>,
+    positions: Table<'txn, (&'static str, u32, u64), (&'static str, u64)>,
+    checkpoints: Table<'txn, (&'static str, u32), u64>,
+    snapshots: Table<'txn, (&'static str, &'static str), (u64, &'static [u8])>,
+}
+
+impl<'txn> Tables<'txn> {
+    fn open(txn: &'txn WriteTransaction) -> std::result::Result<Self, redb::Error> {
+        Ok(Self {
+            streams: txn.open_table(STREAMS)?,
+            events: txn.open_table(STREAM_EVENTS)?,
+            positions: txn.open_table(STREAM_POSITIONS)?,
+            checkpoints: txn.open_table(CHECKPOINTS)?,
+            snapshots: txn.open_table(SNAPSHOTS)?,
+        })
+    }
+
+    /// Records events `first_version..` of `stream` at `base_offset..`.
+    /// Idempotent; a hard-deleted stream's events are not indexed again.
+    #[allow(clippy::too_many_arguments, reason = "one append's coordinates")]
+    fn index(
+        &mut self,
+        topic: &str,
+        stream: &str,
+        partition: u32,
+        first_version: u64,
+        base_offset: u64,
+        count: u64,
+        appended_at: i64,
+    ) -> std::result::Result<(), redb::Error> {
+        let row = self
+            .streams
+            .get((topic, stream))?
+            .map(|row| Row::from_tuple(row.value()));
+        if row.is_some_and(|row| row.state == HARD_DELETED) || count == 0 {
+            return Ok(());
+        }
+        for index in 0..count {
+            let (version, offset) = (first_version + index, base_offset + index);
+            self.events
+                .insert((topic, stream, version), (partition, offset))?;
+            self.positions
+                .insert((topic, partition, offset), (stream, version))?;
+        }
+        let last = first_version + count - 1;
+        let row = match row {
+            Some(row) => Row {
+                version: row.version.max(last),
+                updated_at: row.updated_at.max(appended_at),
+                ..row
+            },
+            None => Row {
+                version: last,
+                created_at: appended_at,
+                updated_at: appended_at,
+                state: LIVE,
+            },
+        };
+        self.streams.insert((topic, stream), row.tuple())?;
+        Ok(())
+    }
+
+    fn delete(
+        &mut self,
+        topic: &str,
+        stream: &str,
+        hard: bool,
+    ) -> std::result::Result<Result<()>, redb::Error> {
+        let Some(mut row) = self
+            .streams
+            .get((topic, stream))?
+            .map(|row| Row::from_tuple(row.value()))
+        else {
+            return Ok(Err(Error::StreamNotFound {
+                topic: topic.to_owned(),
+                stream: stream.to_owned(),
+            }));
+        };
+        if hard {
+            let mut removed = Vec::new();
+            for entry in self
+                .events
+                .extract_from_if((topic, stream, 0)..=(topic, stream, u64::MAX), |_, _| true)?
+            {
+                let (_, value) = entry?;
+                removed.push(value.value());
+            }
+            for (partition, offset) in removed {
+                self.positions.remove((topic, partition, offset))?;
+            }
+            self.snapshots.remove((topic, stream))?;
+            row.state = HARD_DELETED;
+        } else {
+            row.state = row.state.max(SOFT_DELETED);
+        }
+        self.streams.insert((topic, stream), row.tuple())?;
+        Ok(Ok(()))
+    }
+
+    fn snapshot(
+        &mut self,
+        topic: &str,
+        stream: &str,
+        version: u64,
+        state: &[u8],
+    ) -> std::result::Result<Result<()>, redb::Error> {
+        let row = self
+            .streams
+            .get((topic, stream))?
+            .map(|row| Row::from_tuple(row.value()));
+        match row {
+            Some(row) if !row.deleted() => {
+                if version > row.version {
+                    return Ok(Err(Error::invalid(
+                        "version",
+                        format!(
+                            "snapshot version {version} is past the stream's version {}",
+                            row.version
+                        ),
+                    )));
+                }
+                self.snapshots.insert((topic, stream), (version, state))?;
+                Ok(Ok(()))
+            }
+            _ => Ok(Err(Error::StreamNotFound {
+                topic: topic.to_owned(),
+                stream: stream.to_owned(),
+            })),
+        }
+    }
+
+    fn purge(&mut self, topic: &str) -> std::result::Result<(), redb::Error> {
+        self.streams.retain(|(name, _), _| name != topic)?;
+        self.events.retain(|(name, _, _), _| name != topic)?;
+        self.positions.retain(|(name, _, _), _| name != topic)?;
+        self.checkpoints.retain(|(name, _), _| name != topic)?;
+        self.snapshots.retain(|(name, _), _| name != topic)?;
+        Ok(())
+    }
+
+    fn set_checkpoint(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+    ) -> std::result::Result<(), redb::Error> {
+        self.checkpoints.insert((topic, partition), offset)?;
+        Ok(())
+    }
+}
+
+/// Applies `ops` in one transaction; logical failures (a missing stream) go
+/// to `outcomes`, storage failures fail the whole transaction.
+fn commit_ops(
+    db: &Database,
+    ops: &[&Op],
+    outcomes: &mut [Result<()>],
+    durable: bool,
+) -> Result<()> {
+    let mut run = || -> std::result::Result<(), redb::Error> {
+        let mut txn = db.begin_write()?;
+        if !durable {
+            txn.set_durability(Durability::None)?;
+        }
+        {
+            let mut tables = Tables::open(&txn)?;
+            let mut trackers: BTreeMap<(&str, u32), &Arc<PartitionTracker>> = BTreeMap::new();
+            for (op, outcome) in ops.iter().zip(outcomes.iter_mut()) {
+                match op {
+                    Op::Append {
+                        topic,
+                        stream,
+                        partition,
+                        first_version,
+                        base_offset,
+                        count,
+                        appended_at,
+                        tracker,
+                    } => {
+                        tables.index(
+                            topic,
+                            stream,
+                            *partition,
+                            *first_version,
+                            *base_offset,
+                            *count,
+                            *appended_at,
+                        )?;
+                        trackers.insert((topic.as_str(), *partition), tracker);
+                    }
+                    Op::Delete {
+                        topic,
+                        stream,
+                        hard,
+                    } => *outcome = tables.delete(topic, stream, *hard)?,
+                    Op::Snapshot {
+                        topic,
+                        stream,
+                        version,
+                        state,
+                    } => *outcome = tables.snapshot(topic, stream, *version, state)?,
+                    Op::Checkpoint { partitions } => {
+                        for (topic, partition, tracker) in partitions {
+                            trackers.insert((topic.as_str(), *partition), tracker);
+                        }
+                    }
+                    Op::Purge { topic } => {
+                        tables.purge(topic)?;
+                        trackers.retain(|(name, _), _| name != topic);
+                    }
+                    Op::Stop => {}
+                }
+            }
+            for ((topic, partition), tracker) in trackers {
+                let checkpoint = tracker.checkpoint();
+                let current = tables
+                    .checkpoints
+                    .get((topic, partition))?
+                    .map_or(0, |stored| stored.value());
+                if checkpoint > current {
+                    tables.set_checkpoint(topic, partition, checkpoint)?;
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    };
+    run().map_err(storage)
+}
+
+/// Repairs and catches up one partition's index (see "Recovery"). Returns
+/// how many stream records were indexed.
+fn catch_up_partition(
+    db: &Database,
+    topic: &str,
+    partition: u32,
+    reader: &LogReader,
+) -> Result<u64> {
+    let end = reader.end_offset();
+    // 1. Entries past the log's end: the log lost an unsynced tail.
+    let txn = db.begin_write().map_err(storage)?;
+    let mut from = {
+        let mut tables = Tables::open(&txn).map_err(storage)?;
+        let mut lost: Vec<(String, u64)> = Vec::new();
+        for entry in tables
+            .positions
+            .extract_from_if(
+                (topic, partition, end)..=(topic, partition, u64::MAX),
+                |_, _| true,
+            )
+            .map_err(storage)?
+        {
+            let (_, value) = entry.map_err(storage)?;
+            let (stream, version) = value.value();
+            lost.push((stream.to_owned(), version));
+        }
+        for (stream, version) in &lost {
+            tables
+                .events
+                .remove((topic, stream.as_str(), *version))
+                .map_err(storage)?;
+        }
+        for (stream, _) in &lost {
+            let last = tables
+                .events
+                .range((topic, stream.as_str(), 0)..=(topic, stream.as_str(), u64::MAX))
+                .map_err(storage)?
+                .next_back()
+                .transpose()
+                .map_err(storage)?
+                .map(|(key, _)| key.value().2);
+            let row = tables
+                .streams
+                .get((topic, stream.as_str()))
+                .map_err(storage)?
+                .map(|row| Row::from_tuple(row.value()));
+            match (last, row) {
+                (Some(version), Some(row)) => {
+                    let row = Row { version, ..row };
+                    tables
+                        .streams
+                        .insert((topic, stream.as_str()), row.tuple())
+                        .map_err(storage)?;
+                }
+                (None, Some(row)) if row.state == LIVE => {
+                    tables
+                        .streams
+                        .remove((topic, stream.as_str()))
+                        .map_err(storage)?;
+                }
+                _ => {}
+            }
+        }
+        if !lost.is_empty() {
+            info!(
+                topic,
+                partition,
+                entries = lost.len(),
+                "Removed stream index entries past the end of the log."
+            );
+        }
+        let checkpoint = tables
+            .checkpoints
+            .get((topic, partition))
+            .map_err(storage)?
+            .map_or(0, |stored| stored.value());
+        checkpoint.min(end).max(reader.start_offset())
+    };
+    txn.commit().map_err(storage)?;
+
+    // 2. Index the log from the checkpoint to its end.
+    let mut indexed = 0;
+    while from < end {
+        let batch = reader
+            .read(from, CATCH_UP_BYTES)
+            .map_err(|error| log_error(partition, error))?;
+        if batch.records.is_empty() {
+            break;
+        }
+        let txn = db.begin_write().map_err(storage)?;
+        {
+            let mut tables = Tables::open(&txn).map_err(storage)?;
+            for record in &batch.records {
+                if let Some((stream, version)) = codec::record_stream(record) {
+                    tables
+                        .index(
+                            topic,
+                            stream,
+                            partition,
+                            version,
+                            record.offset,
+                            1,
+                            record.timestamp,
+                        )
+                        .map_err(storage)?;
+                    indexed += 1;
+                }
+            }
+            tables
+                .set_checkpoint(topic, partition, batch.next_offset)
+                .map_err(storage)?;
+        }
+        txn.commit().map_err(storage)?;
+        from = batch.next_offset;
+    }
+    Ok(indexed)
+}
+
+// ----------------------------------------------------- per-stream locks --
+
+/// Per-stream async locks in a sharded map; an entry lives only while
+/// someone holds or waits for it.
+#[derive(Debug)]
+struct StreamLocks {
+    hasher: RandomState,
+    shards: Vec<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+}
+
+/// Holds a stream's lock; removes the map entry on drop when no one else
+/// wants it.
+pub(crate) struct StreamGuard {
+    locks: Arc<StreamLocks>,
+    key: String,
+    entry: Arc<tokio::sync::Mutex<()>>,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl StreamLocks {
+    fn new() -> Self {
+        Self {
+            hasher: RandomState::new(),
+            shards: (0..LOCK_SHARDS)
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
+        }
+    }
+
+    fn shard(&self, key: &str) -> &Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>> {
+        let index = self.hasher.hash_one(key) as usize % self.shards.len();
+        &self.shards[index]
+    }
+
+    async fn lock(self: &Arc<Self>, topic: &str, stream: &str) -> StreamGuard {
+        let key = format!("{topic}/{stream}");
+        let entry = Arc::clone(lock(self.shard(&key)).entry(key.clone()).or_default());
+        let guard = Arc::clone(&entry).lock_owned().await;
+        StreamGuard {
+            locks: Arc::clone(self),
+            key,
+            entry,
+            guard: Some(guard),
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.shards.iter().map(|shard| lock(shard).len()).sum()
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut shard = lock(self.locks.shard(&self.key));
+        // The map's reference and ours: no one else holds or waits.
+        if Arc::strong_count(&self.entry) == 2 {
+            shard.remove(&self.key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+
+    use super::*;
+
+    #[tokio::test]
+    async fn given_stream_locks_when_released_should_leave_no_entry_behind() {
+        let locks = Arc::new(StreamLocks::new());
+        {
+            let _first = locks.lock("t", "a").await;
+            let _other = locks.lock("t", "b").await;
+            assert_eq!(locks.len(), 2);
+        }
+        assert_eq!(locks.len(), 0, "idle streams must not stay in memory");
+    }
+
+    #[tokio::test]
+    async fn given_a_held_stream_lock_when_another_waits_should_serialize_and_then_clean_up() {
+        let locks = Arc::new(StreamLocks::new());
+        let held = locks.lock("t", "a").await;
+        let waiter = {
+            let locks = Arc::clone(&locks);
+            tokio::spawn(async move {
+                let _guard = locks.lock("t", "a").await;
+            })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        drop(held);
+        waiter.await.unwrap();
+        assert_eq!(locks.len(), 0);
+    }
+}
