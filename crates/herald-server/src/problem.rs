@@ -129,7 +129,13 @@ codes! {
     StaleGeneration => "stale_generation", CONFLICT, ABORTED, "Stale generation";
     /// A compare-and-set found another revision.
     RevisionMismatch => "revision_mismatch", CONFLICT, ABORTED, "Revision mismatch";
-    /// Stored data failed validation and was not served.
+    /// An append's expected version did not match the stream's.
+    VersionConflict => "version_conflict", CONFLICT, ABORTED, "Version conflict";
+    /// No stream by that id on the topic.
+    StreamNotFound => "stream_not_found", NOT_FOUND, NOT_FOUND, "Stream not found";
+    /// The stream was deleted; it takes no more events.
+    StreamDeleted => "stream_deleted", GONE, FAILED_PRECONDITION, "Stream deleted";
+    /// Stored bytes failed validation; they were not served.
     CorruptData => "corrupt_data", INTERNAL_SERVER_ERROR, DATA_LOSS, "Corrupt data";
     /// Storage is not open yet, or failed; retry later.
     Unavailable => "unavailable", SERVICE_UNAVAILABLE, UNAVAILABLE, "Service unavailable";
@@ -342,6 +348,19 @@ mod tests {
                 key: "k".into(),
                 expected: None,
                 current: Some(1),
+            },
+            Error::VersionConflict {
+                stream: "order-1".into(),
+                expected: herald_backend::ExpectedVersion::Exact(1),
+                current: Some(2),
+            },
+            Error::StreamNotFound {
+                topic: "t".into(),
+                stream: "s".into(),
+            },
+            Error::StreamDeleted {
+                topic: "t".into(),
+                stream: "s".into(),
             },
             Error::Corrupt { detail: "x".into() },
             Error::Unavailable { detail: "x".into() },
