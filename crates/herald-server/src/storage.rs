@@ -38,6 +38,11 @@ impl StorageHandle {
         &*self.backend
     }
 
+    /// The backend as a shared handle.
+    pub fn shared_backend(&self) -> Arc<dyn Backend> {
+        Arc::clone(&self.backend) as Arc<dyn Backend>
+    }
+
     /// Persists consumer-group state now (acks, nacks, leases), as the
     /// backend's background flush does every 50 ms: acks made before this
     /// returns survive a crash. For operations and tests

@@ -26,6 +26,8 @@ pub mod events;
 pub mod extract;
 pub mod groups;
 pub mod health;
+mod push;
+mod tail;
 pub mod topics;
 
 use std::any::Any;
@@ -72,6 +74,12 @@ impl AppState {
     /// The backend, or 503 `unavailable` while storage is still opening.
     pub fn backend(&self) -> Result<&dyn Backend, Problem> {
         Ok(self.storage.get()?.backend())
+    }
+
+    /// The backend as a shared handle, for work that outlives the request
+    /// (subscriptions).
+    pub fn shared_backend(&self) -> Result<Arc<dyn Backend>, Problem> {
+        Ok(self.storage.get()?.shared_backend())
     }
 }
 
@@ -149,6 +157,9 @@ fn api_routes() -> Router<AppState> {
         .route(&group("/leave"), post(groups::leave))
         .route(&group("/dead-letters"), get(groups::dead_letters))
         .route(&group("/dead-letters/redrive"), post(groups::redrive))
+        .route("/v1/topics/{topic}/events/stream", get(push::sse))
+        .route("/v1/topics/{topic}/ws", get(push::tail_ws))
+        .route(&group("/ws"), get(push::group_ws))
         .route("/v1/admin/flush", post(admin::flush))
 }
 

@@ -4,11 +4,13 @@
 //!
 //! One test binary for the crate (builds are slow); areas are modules.
 
+mod cli;
 mod config;
 mod events;
 mod groups;
 mod http;
 mod lifecycle;
+mod push;
 mod restart;
 mod robustness;
 mod support;

@@ -1,0 +1,347 @@
+//! Push to clients: SSE and WebSocket subscriptions to a topic, and
+//! consuming a group over a WebSocket.
+//!
+//! - `GET /v1/topics/{topic}/events/stream` (SSE): one SSE event per Herald
+//!   event, `data` = the event's JSON, `id` = the positions after it (see
+//!   [`tail`](super::tail)), so `Last-Event-ID` resumes exactly. Query:
+//!   `from=earliest|latest|<p>:<o>,…` (default `latest`; `Last-Event-ID` wins),
+//!   `type` (comma-separated), `subject` (prefix), `correlationid`. Keep-alive
+//!   comments every 15 s.
+//! - `GET /v1/topics/{topic}/ws`: the same query; one JSON text message per
+//!   event: `{"id": "<positions>", "event": {…}}`.
+//! - `GET /v1/topics/{topic}/groups/{group}/ws?member=&max=`: deliveries out
+//!   (`{"delivery": {delivery_id, attempt, event}}`), settlements in
+//!   (`{"ack": [ids]}`, `{"nack": [ids], "delay_ms": n}`, `{"extend": [ids]}`,
+//!   `{"reject": [ids], "reason": "…"}`). At most `max` deliveries are
+//!   unsettled on the socket; when it closes the member leaves the group, so
+//!   its leases return at once.
+//!
+//! Errors after the stream started: SSE sends `event: error` with the problem
+//! JSON and ends; WebSocket sends `{"error": {…}}` and closes.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::{SinkExt, StreamExt};
+use herald_backend::{Backend, FetchRequest};
+use herald_types::{GroupName, TopicName};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use super::AppState;
+use super::extract::{GroupPath, Query, TopicPath};
+use super::tail::{self, Filter, Start};
+use crate::problem::{Code, Problem};
+
+/// The query of a topic subscription.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TailQuery {
+    from: Option<String>,
+    #[serde(rename = "type")]
+    types: Option<String>,
+    subject: Option<String>,
+    correlationid: Option<String>,
+}
+
+/// Resolves a subscription: the topic, where it starts, its filter.
+async fn subscription(
+    backend: &dyn Backend,
+    topic: &TopicName,
+    query: TailQuery,
+    last_event_id: Option<&str>,
+) -> Result<(Vec<u64>, Filter), Problem> {
+    let start_text = last_event_id.or(query.from.as_deref()).unwrap_or("latest");
+    let start: Start = start_text.parse().map_err(|error| {
+        Problem::new(
+            Code::InvalidArgument,
+            format!("Bad start position {start_text:?}: {error}."),
+        )
+    })?;
+    let positions = tail::start(backend, topic, &start).await?;
+    let filter = Filter {
+        types: query
+            .types
+            .map(|types| {
+                types
+                    .split(',')
+                    .filter(|ty| !ty.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default(),
+        subject: query.subject,
+        correlationid: query.correlationid,
+    };
+    Ok((positions, filter))
+}
+
+/// A request to a WebSocket endpoint that is not a WebSocket upgrade.
+#[expect(clippy::needless_pass_by_value, reason = "used as a map_err function")]
+fn upgrade_problem(rejection: WebSocketUpgradeRejection) -> Problem {
+    Problem::new(
+        Code::InvalidArgument,
+        format!("This endpoint speaks WebSocket: {}.", rejection.body_text()),
+    )
+}
+
+fn problem_json(problem: &Problem) -> Value {
+    serde_json::to_value(problem).unwrap_or(Value::Null)
+}
+
+/// `GET /v1/topics/{topic}/events/stream`.
+pub(crate) async fn sse(
+    State(state): State<AppState>,
+    TopicPath(topic): TopicPath,
+    Query(query): Query<TailQuery>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let backend = state.shared_backend()?;
+    let last_event_id = headers
+        .get("last-event-id")
+        .and_then(|value| value.to_str().ok());
+    let (positions, filter) = subscription(&*backend, &topic, query, last_event_id).await?;
+    let events = tail::follow(backend, topic, positions, filter)
+        .map(|item| {
+            Ok::<_, std::convert::Infallible>(match item {
+                Ok(tailed) => Event::default()
+                    .id(tailed.resume.to_string())
+                    .json_data(&tailed.event)
+                    .unwrap_or_else(|error| {
+                        Event::default().event("error").data(error.to_string())
+                    }),
+                Err(error) => Event::default()
+                    .event("error")
+                    .data(problem_json(&Problem::from(error)).to_string()),
+            })
+        })
+        // Shutdown must not wait for subscribers: their streams end, and a
+        // client reconnects with its Last-Event-ID.
+        .take_until(state.stopping.clone().cancelled_owned());
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+/// `GET /v1/topics/{topic}/ws`.
+pub(crate) async fn tail_ws(
+    State(state): State<AppState>,
+    TopicPath(topic): TopicPath,
+    Query(query): Query<TailQuery>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, Problem> {
+    let backend = state.shared_backend()?;
+    let (positions, filter) = subscription(&*backend, &topic, query, None).await?;
+    let upgrade = upgrade.map_err(upgrade_problem)?;
+    let stopping = state.stopping.clone();
+    Ok(upgrade
+        .on_upgrade(move |socket| tail_socket(socket, backend, topic, positions, filter, stopping)))
+}
+
+async fn tail_socket(
+    socket: WebSocket,
+    backend: Arc<dyn Backend>,
+    topic: TopicName,
+    positions: Vec<u64>,
+    filter: Filter,
+    stopping: CancellationToken,
+) {
+    let (mut sender, mut receiver) = socket.split();
+    let mut events = Box::pin(tail::follow(backend, topic, positions, filter));
+    loop {
+        tokio::select! {
+            item = events.next() => {
+                let message = match item {
+                    Some(Ok(tailed)) => json!({ "id": tailed.resume.to_string(), "event": tailed.event }),
+                    Some(Err(error)) => json!({ "error": problem_json(&Problem::from(error)) }),
+                    None => return,
+                };
+                let failed = message.get("error").is_some();
+                if sender.send(Message::text(message.to_string())).await.is_err() || failed {
+                    let _ = sender.close().await;
+                    return;
+                }
+            }
+            incoming = receiver.next() => match incoming {
+                Some(Ok(Message::Close(_)) | Err(_)) | None => return,
+                Some(Ok(_)) => {}
+            },
+            () = stopping.cancelled() => {
+                let _ = sender.close().await;
+                return;
+            }
+        }
+    }
+}
+
+/// The query of a group socket.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct GroupSocketQuery {
+    member: Option<String>,
+    max: Option<u32>,
+}
+
+/// A settlement from the client.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settlement {
+    ack: Option<Vec<String>>,
+    nack: Option<Vec<String>>,
+    delay_ms: Option<u64>,
+    extend: Option<Vec<String>>,
+    ack_wait_ms: Option<u64>,
+    reject: Option<Vec<String>>,
+    reason: Option<String>,
+}
+
+/// `GET /v1/topics/{topic}/groups/{group}/ws`.
+pub(crate) async fn group_ws(
+    State(state): State<AppState>,
+    GroupPath { topic, group }: GroupPath,
+    Query(query): Query<GroupSocketQuery>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, Problem> {
+    let backend = state.shared_backend()?;
+    // Fail before the upgrade if the group does not exist.
+    backend.group_status(&topic, &group).await?;
+    let upgrade = upgrade.map_err(upgrade_problem)?;
+    let stopping = state.stopping.clone();
+    Ok(upgrade
+        .on_upgrade(move |socket| group_socket(socket, backend, topic, group, query, stopping)))
+}
+
+async fn group_socket(
+    socket: WebSocket,
+    backend: Arc<dyn Backend>,
+    topic: TopicName,
+    group: GroupName,
+    query: GroupSocketQuery,
+    stopping: CancellationToken,
+) {
+    let member = query
+        .member
+        .unwrap_or_else(|| format!("ws-{}", uuid_like()));
+    let max = query.max.unwrap_or(100).clamp(1, 10_000) as usize;
+    let (mut sender, mut receiver) = socket.split();
+    let mut unsettled: HashSet<String> = HashSet::new();
+    loop {
+        let credit = max.saturating_sub(unsettled.len());
+        let fetch = async {
+            if credit == 0 {
+                std::future::pending::<()>().await;
+            }
+            let request = FetchRequest {
+                member: member.clone(),
+                max: credit as u32,
+                wait_ms: 5_000,
+            };
+            backend.fetch(&topic, &group, request).await
+        };
+        tokio::select! {
+            fetched = fetch => match fetched {
+                Ok(response) => {
+                    for delivery in response.deliveries {
+                        unsettled.insert(delivery.delivery_id.clone());
+                        let message = json!({ "delivery": delivery });
+                        if sender.send(Message::text(message.to_string())).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+                Err(error) => {
+                    let message = json!({ "error": problem_json(&Problem::from(error)) });
+                    let _ = sender.send(Message::text(message.to_string())).await;
+                    break;
+                }
+            },
+            incoming = receiver.next() => match incoming {
+                Some(Ok(Message::Text(text))) => {
+                    let reply = settle(&*backend, &topic, &group, &text, &mut unsettled).await;
+                    if sender.send(Message::text(reply.to_string())).await.is_err() {
+                        break;
+                    }
+                }
+                Some(Ok(Message::Close(_)) | Err(_)) | None => break,
+                Some(Ok(_)) => {}
+            },
+            () = stopping.cancelled() => {
+                let _ = sender.close().await;
+                break;
+            }
+        }
+    }
+    // Return the leases now rather than after the ack wait.
+    let _ = backend.leave(&topic, &group, &member).await;
+}
+
+async fn settle(
+    backend: &dyn Backend,
+    topic: &TopicName,
+    group: &GroupName,
+    text: &str,
+    unsettled: &mut HashSet<String>,
+) -> Value {
+    let settlement: Settlement = match serde_json::from_str(text) {
+        Ok(settlement) => settlement,
+        Err(error) => {
+            let problem = Problem::new(
+                Code::MalformedJson,
+                format!("Bad settlement message: {error}."),
+            );
+            return json!({ "error": problem_json(&problem) });
+        }
+    };
+    let mut outcome = json!({});
+    let mut forget = |ids: &[String]| {
+        for id in ids {
+            unsettled.remove(id);
+        }
+    };
+    if let Some(ids) = &settlement.ack {
+        forget(ids);
+        outcome["ack"] = result_json(backend.ack(topic, group, ids).await);
+    }
+    if let Some(ids) = &settlement.nack {
+        forget(ids);
+        let delay = settlement.delay_ms.map(Duration::from_millis);
+        outcome["nack"] = result_json(backend.nack(topic, group, ids, delay).await);
+    }
+    if let Some(ids) = &settlement.extend {
+        let wait = settlement.ack_wait_ms.map(Duration::from_millis);
+        outcome["extend"] = result_json(backend.extend(topic, group, ids, wait).await);
+    }
+    if let Some(ids) = &settlement.reject {
+        forget(ids);
+        let reason = settlement
+            .reason
+            .as_deref()
+            .unwrap_or("rejected over WebSocket");
+        outcome["reject"] = result_json(backend.reject(topic, group, ids, reason).await);
+    }
+    outcome
+}
+
+fn result_json(result: herald_backend::Result<herald_backend::AckOutcome>) -> Value {
+    match result {
+        Ok(outcome) => json!(outcome),
+        Err(error) => json!({ "error": problem_json(&Problem::from(error)) }),
+    }
+}
+
+/// A short random-enough member id for anonymous sockets.
+fn uuid_like() -> String {
+    use std::hash::{BuildHasher, RandomState};
+    format!(
+        "{:016x}",
+        RandomState::new().hash_one(std::time::SystemTime::now())
+    )
+}
