@@ -510,7 +510,11 @@ impl TopicRuntime {
 
     /// See [`herald_backend::Events::read`].
     pub(crate) async fn read(&self, partition: u32, from: u64, max: usize) -> Result<ReadResult> {
-        self.read_bounded(partition, from, max, READ_BYTES).await
+        // Read about what `max` events need (2 KiB each, 64 KiB to 1 MiB),
+        // not a fixed megabyte: many small readers (subscriptions at the
+        // tail) would each hold a megabyte buffer otherwise.
+        let max_bytes = max.saturating_mul(2048).clamp(64 * 1024, READ_BYTES);
+        self.read_bounded(partition, from, max, max_bytes).await
     }
 
     /// Reads about `max_bytes` of whole batches from `from`: every event they

@@ -120,7 +120,7 @@ async fn bulk(api: &Api, path: &str, file: &PathBuf, batch: usize) -> Result<(),
     let progress = match size {
         Some(bytes) => ProgressBar::new(bytes).with_style(
             ProgressStyle::with_template(
-                "{bar:40} {bytes}/{total_bytes} {msg} ({per_sec}, ETA {eta})",
+                "{bar:40} {bytes}/{total_bytes} {msg} ({binary_bytes_per_sec}, ETA {eta})",
             )
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
         ),

@@ -24,7 +24,7 @@ use herald_backend::{Backend, Error, Result};
 use herald_types::{Position, Positions, StoredEvent, TopicName};
 
 /// Events read from a partition per read.
-pub(crate) const READ_EVENTS: usize = 256;
+pub(crate) const READ_EVENTS: usize = 64;
 /// How long one wait for new events lasts before it is renewed.
 const WAIT: Duration = Duration::from_secs(30);
 
