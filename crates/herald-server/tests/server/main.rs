@@ -5,6 +5,7 @@
 //! One test binary for the crate (builds are slow); areas are modules.
 
 mod cli;
+mod cloudevents;
 mod config;
 mod events;
 mod groups;
