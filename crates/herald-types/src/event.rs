@@ -996,9 +996,49 @@ fn json_extension(name: &str, value: &RawValue) -> Result<Option<ExtensionValue>
     }
 }
 
+/// The deepest nesting JSON `data` may have. Herald stores the text as is
+/// and could serve any depth, but common JSON parsers (serde_json's default
+/// among them) refuse documents nested past 128 levels, so one deeper event
+/// would make every read or delivery that contains it unreadable to them.
+pub const MAX_DATA_DEPTH: usize = 64;
+
+/// The deepest array/object nesting of JSON text (brackets in strings
+/// don't count).
+fn json_depth(text: &str) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for byte in text.bytes() {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
 /// Structured-mode `data` to bytes by the content type.
 fn json_data(data: &RawValue, content_type: Option<&str>) -> Result<Bytes, EventError> {
     if is_json_content_type(content_type) {
+        let depth = json_depth(data.get());
+        if depth > MAX_DATA_DEPTH {
+            return Err(EventError::invalid(
+                "data",
+                format!("is nested {depth} levels deep; at most {MAX_DATA_DEPTH} are accepted"),
+            ));
+        }
         return Ok(Bytes::from(minify_json(data.get())));
     }
     if data.get().starts_with('"') {
@@ -1930,25 +1970,33 @@ mod tests {
     }
 
     #[test]
-    fn given_deeply_nested_data_when_parsed_should_not_overflow_the_stack() {
-        let depth = 100_000;
-        let body = format!(
-            r#"{{"specversion":"1.0","source":"/s","type":"t","data":{}{}}}"#,
-            "[".repeat(depth),
-            "]".repeat(depth)
-        );
-        let data = EventInput::from_json(body.as_bytes(), NOW)
+    fn given_deeply_nested_data_when_parsed_should_refuse_it_without_overflowing_the_stack() {
+        let nested = |depth: usize| {
+            format!(
+                r#"{{"specversion":"1.0","source":"/s","type":"t","data":{}"[{{\"]"{}}}"#,
+                "[".repeat(depth),
+                "]".repeat(depth)
+            )
+        };
+        // At the limit (brackets inside strings don't count): accepted.
+        let data = EventInput::from_json(nested(MAX_DATA_DEPTH).as_bytes(), NOW)
             .unwrap()
             .event
             .data
             .unwrap();
-        assert_eq!(data.len(), 2 * depth);
+        assert!(data.len() > 2 * MAX_DATA_DEPTH);
         let rendered = serde_json::to_string(&Event {
             data: Some(data),
             ..Event::new("a", "/s", "t")
         })
         .unwrap();
-        assert!(rendered.len() > 2 * depth);
+        assert!(serde_json::from_str::<serde_json::Value>(&rendered).is_ok());
+        // Past it, and far past it: refused, naming data.
+        for depth in [MAX_DATA_DEPTH + 1, 100_000] {
+            let error = EventInput::from_json(nested(depth).as_bytes(), NOW).unwrap_err();
+            assert!(error.to_string().contains("data"), "{error}");
+        }
+        let depth = 100_000;
         let deep_extension = format!(
             r#"{{"specversion":"1.0","source":"/s","type":"t","ext":{}{}}}"#,
             "[".repeat(depth),
