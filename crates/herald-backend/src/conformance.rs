@@ -588,6 +588,16 @@ pub async fn queue_hands_out_each_event_once_and_acked_events_never_return<H: Ha
             .sum::<u64>(),
         0
     );
+    let members: Vec<&str> = status
+        .members
+        .iter()
+        .map(|member| member.member.as_str())
+        .collect();
+    assert_eq!(
+        members,
+        ["w1", "w2"],
+        "members that fetched show in the status"
+    );
     backend.shutdown().await.unwrap();
 }
 

@@ -43,7 +43,7 @@ pub(crate) enum Snapshot {
 
 #[derive(Debug)]
 enum Machine {
-    Queue(QueueState),
+    Queue(Box<QueueState>),
     Stream(StreamState),
 }
 
@@ -86,8 +86,10 @@ impl GroupRuntime {
                     committed: starts.to_vec(),
                 },
             )),
-            (_, Some(Snapshot::Queue(saved))) => Machine::Queue(QueueState::restore(spec, saved)),
-            (_, _) => Machine::Queue(QueueState::new(spec, starts)),
+            (_, Some(Snapshot::Queue(saved))) => {
+                Machine::Queue(Box::new(QueueState::restore(spec, saved)))
+            }
+            (_, _) => Machine::Queue(Box::new(QueueState::new(spec, starts))),
         };
         Self {
             key,
@@ -404,15 +406,24 @@ impl GroupRuntime {
         ends: &[u64],
         now: i64,
     ) -> (Vec<MemberStatus>, Vec<GroupPartitionStatus>, u64, u64, u64) {
-        let machine = lock(&self.machine);
-        let (committed, owners, members, in_flight, pending, generation) = match &*machine {
+        let mut machine = lock(&self.machine);
+        let (committed, owners, members, in_flight, pending, generation) = match &mut *machine {
             Machine::Queue(state) => {
                 let floors = state.floors();
                 let owners = vec![None; floors.len()];
+                let members = state
+                    .members(now)
+                    .into_iter()
+                    .map(|(member, idle_ms)| MemberStatus {
+                        member,
+                        partitions: Vec::new(),
+                        idle_ms,
+                    })
+                    .collect();
                 (
                     floors,
                     owners,
-                    Vec::new(),
+                    members,
                     state.in_flight() as u64,
                     state.waiting() as u64,
                     0,

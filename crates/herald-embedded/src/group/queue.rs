@@ -108,6 +108,9 @@ pub(crate) struct QueueState {
     epoch: u64,
     /// Redriven events to read again from the log (after a restart).
     reloads: Vec<Coordinates>,
+    /// Members that fetched recently → when (ms), for status. Soft state:
+    /// queue members hold no assignment, only leases.
+    members: std::collections::BTreeMap<String, i64>,
 }
 
 impl QueueState {
@@ -168,6 +171,7 @@ impl QueueState {
             next_partition: 0,
             epoch: 0,
             reloads,
+            members: std::collections::BTreeMap::new(),
         }
     }
 
@@ -306,6 +310,7 @@ impl QueueState {
     ) -> (Vec<Delivery>, Vec<DeadLetterEffect>) {
         let effects = self.expire(now);
         self.compact_heaps();
+        self.members.insert(member.to_owned(), now);
         let mut deliveries = Vec::new();
         let max_in_flight = self.spec.max_in_flight as usize;
         while deliveries.len() < max && self.leased < max_in_flight {
@@ -577,8 +582,27 @@ impl QueueState {
         }
     }
 
+    /// Members that fetched within the last `max(2 x ack_wait, 60 s)`, with
+    /// how long ago (ms), in id order.
+    pub(crate) fn members(&mut self, now: i64) -> Vec<(String, u64)> {
+        let window =
+            i64::try_from(self.spec.ack_wait_ms.saturating_mul(2).max(60_000)).unwrap_or(i64::MAX);
+        self.members
+            .retain(|_, seen| now.saturating_sub(*seen) <= window);
+        self.members
+            .iter()
+            .map(|(member, seen)| {
+                (
+                    member.clone(),
+                    u64::try_from(now.saturating_sub(*seen)).unwrap_or(0),
+                )
+            })
+            .collect()
+    }
+
     /// Every lease of `member` returns to the group, due now.
     pub(crate) fn release_member(&mut self, member: &str, now: i64) -> usize {
+        self.members.remove(member);
         let released: Vec<Coordinates> = self
             .pending
             .iter()
