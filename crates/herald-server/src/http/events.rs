@@ -41,7 +41,7 @@ pub const MAX_READ_LIMIT: u32 = 10_000;
 #[utoipa::path(
     post, path = "/v1/topics/{topic}/events", tag = "events",
     params(
-        ("topic" = TopicName, Path, description = "The topic."),
+        ("topic" = TopicName, Path, description = "The topic.", example = "orders"),
         ("ce-specversion" = Option<String>, Header, description = "Binary mode: its presence makes the body the event's data and the `ce-*` headers its attributes (`ce-id`, `ce-source`, `ce-type`, `ce-subject`, `ce-key`, `ce-partition`, `ce-delay_ms`, …)."),
         ("ce-source" = Option<String>, Header, description = "Binary mode: the source."),
         ("ce-type" = Option<String>, Header, description = "Binary mode: the type."),
@@ -74,7 +74,7 @@ pub async fn publish(
 
 #[utoipa::path(
     get, path = "/v1/topics/{topic}/events", tag = "events",
-    params(("topic" = TopicName, Path, description = "The topic."), ReadQuery),
+    params(("topic" = TopicName, Path, description = "The topic.", example = "orders"), ReadQuery),
     responses((status = 200, description = "Events of one partition, in offset order.", body = ReadResponse))
 )]
 /// `GET /v1/topics/{topic}/events?partition=&from_offset=|from_time=&limit=`

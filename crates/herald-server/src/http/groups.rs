@@ -49,7 +49,7 @@ pub const MAX_MEMBER_BYTES: usize = 200;
 /// `PUT …/groups/{group}` → 201 with `Location` if created, else 200.
 #[utoipa::path(
     put, path = "/v1/topics/{topic}/groups/{group}", tag = "groups",
-    params(("topic" = TopicName, Path, description = "The topic."), ("group" = GroupName, Path, description = "The group.")),
+    params(("topic" = TopicName, Path, description = "The topic.", example = "orders"), ("group" = GroupName, Path, description = "The group.", example = "workers")),
     request_body = GroupSpec,
     responses(
         (status = 201, description = "Created.", body = GroupView,
@@ -79,7 +79,7 @@ pub async fn put(
 /// `GET …/groups/{group}` → 200 status.
 #[utoipa::path(
     get, path = "/v1/topics/{topic}/groups/{group}", tag = "groups",
-    params(("topic" = TopicName, Path, description = "The topic."), ("group" = GroupName, Path, description = "The group.")),
+    params(("topic" = TopicName, Path, description = "The topic.", example = "orders"), ("group" = GroupName, Path, description = "The group.", example = "workers")),
     responses((status = 200, description = "The group's state.", body = GroupStatusView))
 )]
 pub async fn status(
@@ -97,7 +97,7 @@ pub async fn status(
 /// `DELETE …/groups/{group}` → 204.
 #[utoipa::path(
     delete, path = "/v1/topics/{topic}/groups/{group}", tag = "groups",
-    params(("topic" = TopicName, Path, description = "The topic."), ("group" = GroupName, Path, description = "The group.")),
+    params(("topic" = TopicName, Path, description = "The topic.", example = "orders"), ("group" = GroupName, Path, description = "The group.", example = "workers")),
     responses((status = 204, description = "Deleted."))
 )]
 pub async fn delete(
@@ -115,7 +115,7 @@ pub async fn delete(
 /// `POST …/fetch` → 200 deliveries (long-polls up to `wait_ms`).
 #[utoipa::path(
     post, path = "/v1/topics/{topic}/groups/{group}/fetch", tag = "groups",
-    params(("topic" = TopicName, Path, description = "The topic."), ("group" = GroupName, Path, description = "The group.")),
+    params(("topic" = TopicName, Path, description = "The topic.", example = "orders"), ("group" = GroupName, Path, description = "The group.", example = "workers")),
     request_body = FetchRequest,
     responses((status = 200, description = "Deliveries, possibly none (after waiting up to `wait_ms`).", body = FetchResponse))
 )]
@@ -141,7 +141,7 @@ pub async fn fetch(
 /// `POST …/ack` `{delivery_ids}` → 200 `{acked, unknown}`.
 #[utoipa::path(
     post, path = "/v1/topics/{topic}/groups/{group}/ack", tag = "groups",
-    params(("topic" = TopicName, Path, description = "The topic."), ("group" = GroupName, Path, description = "The group.")),
+    params(("topic" = TopicName, Path, description = "The topic.", example = "orders"), ("group" = GroupName, Path, description = "The group.", example = "workers")),
     request_body = AckRequest,
     responses((status = 200, description = "What was acked; idempotent.", body = AckOutcome))
 )]
@@ -161,7 +161,7 @@ pub async fn ack(
 /// `POST …/nack` `{delivery_ids, delay_ms?}` → 200 `{acked, unknown}`.
 #[utoipa::path(
     post, path = "/v1/topics/{topic}/groups/{group}/nack", tag = "groups",
-    params(("topic" = TopicName, Path, description = "The topic."), ("group" = GroupName, Path, description = "The group.")),
+    params(("topic" = TopicName, Path, description = "The topic.", example = "orders"), ("group" = GroupName, Path, description = "The group.", example = "workers")),
     request_body = NackRequest,
     responses((status = 200, description = "What was released for redelivery.", body = AckOutcome))
 )]
@@ -182,7 +182,7 @@ pub async fn nack(
 /// `POST …/extend` `{delivery_ids, ack_wait_ms?}` → 200 `{acked, unknown}`.
 #[utoipa::path(
     post, path = "/v1/topics/{topic}/groups/{group}/extend", tag = "groups",
-    params(("topic" = TopicName, Path, description = "The topic."), ("group" = GroupName, Path, description = "The group.")),
+    params(("topic" = TopicName, Path, description = "The topic.", example = "orders"), ("group" = GroupName, Path, description = "The group.", example = "workers")),
     request_body = ExtendRequest,
     responses((status = 200, description = "Whose leases were extended.", body = AckOutcome))
 )]
@@ -209,7 +209,7 @@ pub async fn extend(
 /// `POST …/reject` `{delivery_ids, reason?}` → 200 `{acked, unknown}`.
 #[utoipa::path(
     post, path = "/v1/topics/{topic}/groups/{group}/reject", tag = "groups",
-    params(("topic" = TopicName, Path, description = "The topic."), ("group" = GroupName, Path, description = "The group.")),
+    params(("topic" = TopicName, Path, description = "The topic.", example = "orders"), ("group" = GroupName, Path, description = "The group.", example = "workers")),
     request_body = RejectRequest,
     responses((status = 200, description = "What went to the dead letters.", body = AckOutcome))
 )]
@@ -236,7 +236,7 @@ pub async fn reject(
 /// `POST …/commit` (stream mode) → 200 `{}`; 409 `stale_generation`.
 #[utoipa::path(
     post, path = "/v1/topics/{topic}/groups/{group}/commit", tag = "groups",
-    params(("topic" = TopicName, Path, description = "The topic."), ("group" = GroupName, Path, description = "The group.")),
+    params(("topic" = TopicName, Path, description = "The topic.", example = "orders"), ("group" = GroupName, Path, description = "The group.", example = "workers")),
     request_body = CommitRequest,
     responses((status = 200, description = "Committed.", body = Empty))
 )]
@@ -256,7 +256,7 @@ pub async fn commit(
 /// `POST …/reset` `{to}` → 200 `{}`.
 #[utoipa::path(
     post, path = "/v1/topics/{topic}/groups/{group}/reset", tag = "groups",
-    params(("topic" = TopicName, Path, description = "The topic."), ("group" = GroupName, Path, description = "The group.")),
+    params(("topic" = TopicName, Path, description = "The topic.", example = "orders"), ("group" = GroupName, Path, description = "The group.", example = "workers")),
     request_body = ResetRequest,
     responses((status = 200, description = "Reset.", body = Empty))
 )]
@@ -277,7 +277,7 @@ pub async fn reset(
 /// group at once and (stream mode) its partitions are reassigned.
 #[utoipa::path(
     post, path = "/v1/topics/{topic}/groups/{group}/leave", tag = "groups",
-    params(("topic" = TopicName, Path, description = "The topic."), ("group" = GroupName, Path, description = "The group.")),
+    params(("topic" = TopicName, Path, description = "The topic.", example = "orders"), ("group" = GroupName, Path, description = "The group.", example = "workers")),
     request_body = LeaveRequest,
     responses((status = 200, description = "Left.", body = Empty))
 )]
@@ -303,7 +303,7 @@ pub async fn leave(
 /// `GET …/dead-letters?limit=` → 200 `{events: [...]}`, oldest first.
 #[utoipa::path(
     get, path = "/v1/topics/{topic}/groups/{group}/dead-letters", tag = "groups",
-    params(("topic" = TopicName, Path, description = "The topic."), ("group" = GroupName, Path, description = "The group."), LimitQuery),
+    params(("topic" = TopicName, Path, description = "The topic.", example = "orders"), ("group" = GroupName, Path, description = "The group.", example = "workers"), LimitQuery),
     responses((status = 200, description = "Dead letters, oldest first.", body = DeadLetterList))
 )]
 pub async fn dead_letters(
@@ -330,7 +330,7 @@ pub async fn dead_letters(
 /// `POST …/dead-letters/redrive` `{ids?}` → 200 `{redriven}`.
 #[utoipa::path(
     post, path = "/v1/topics/{topic}/groups/{group}/dead-letters/redrive", tag = "groups",
-    params(("topic" = TopicName, Path, description = "The topic."), ("group" = GroupName, Path, description = "The group.")),
+    params(("topic" = TopicName, Path, description = "The topic.", example = "orders"), ("group" = GroupName, Path, description = "The group.", example = "workers")),
     request_body = RedriveRequest,
     responses((status = 200, description = "How many were published again.", body = RedriveResponse))
 )]

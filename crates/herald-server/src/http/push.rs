@@ -108,7 +108,7 @@ fn problem_json(problem: &Problem) -> Value {
 #[utoipa::path(
     get, path = "/v1/topics/{topic}/events/stream", tag = "events",
     params(
-        ("topic" = TopicName, Path, description = "The topic."), TailQuery,
+        ("topic" = TopicName, Path, description = "The topic.", example = "orders"), TailQuery,
         ("Last-Event-ID" = Option<String>, Header, description = "Resume exactly after the event with this SSE id (it wins over `from`)."),
     ),
     responses(
@@ -152,7 +152,7 @@ pub(crate) async fn sse(
 /// `GET /v1/topics/{topic}/ws`.
 #[utoipa::path(
     get, path = "/v1/topics/{topic}/ws", tag = "events",
-    params(("topic" = TopicName, Path, description = "The topic."), TailQuery),
+    params(("topic" = TopicName, Path, description = "The topic.", example = "orders"), TailQuery),
     responses(
         (status = 101, description = "Switching Protocols to a WebSocket: one JSON text message per event, `{\"id\": \"<positions>\", \"event\": {…}}`."),
     )
@@ -234,7 +234,7 @@ struct Settlement {
 /// `GET /v1/topics/{topic}/groups/{group}/ws`.
 #[utoipa::path(
     get, path = "/v1/topics/{topic}/groups/{group}/ws", tag = "groups",
-    params(("topic" = TopicName, Path, description = "The topic."), ("group" = GroupName, Path, description = "The group."), GroupSocketQuery),
+    params(("topic" = TopicName, Path, description = "The topic.", example = "orders"), ("group" = GroupName, Path, description = "The group.", example = "workers"), GroupSocketQuery),
     responses(
         (status = 101, description = "Switching Protocols to a WebSocket: deliveries out (`{\"delivery\": {…}}`), settlements in (`{\"ack\": [ids]}`, `{\"nack\": [ids], \"delay_ms\": n}`, `{\"extend\": [ids]}`, `{\"reject\": [ids], \"reason\": \"…\"}`)."),
     )

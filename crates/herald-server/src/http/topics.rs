@@ -62,7 +62,7 @@ pub async fn list(
 
 /// `GET /v1/topics/{topic}` → 200 topic with `partition_info`.
 #[utoipa::path(
-    get, path = "/v1/topics/{topic}", tag = "topics", params(("topic" = TopicName, Path, description = "The topic.")),
+    get, path = "/v1/topics/{topic}", tag = "topics", params(("topic" = TopicName, Path, description = "The topic.", example = "orders")),
     responses((status = 200, description = "The topic and its partitions.", body = TopicDescriptionView))
 )]
 pub async fn describe(
@@ -76,7 +76,7 @@ pub async fn describe(
 
 /// `PATCH /v1/topics/{topic}` (retention, limits, dead-letter topic) → 200 topic.
 #[utoipa::path(
-    patch, path = "/v1/topics/{topic}", tag = "topics", params(("topic" = TopicName, Path, description = "The topic.")),
+    patch, path = "/v1/topics/{topic}", tag = "topics", params(("topic" = TopicName, Path, description = "The topic.", example = "orders")),
     request_body(content = TopicUpdate, description = "The settings to change; absent ones stay."),
     responses((status = 200, description = "The changed topic.", body = TopicView))
 )]
@@ -95,7 +95,7 @@ pub async fn update(
 
 /// `DELETE /v1/topics/{topic}` → 204.
 #[utoipa::path(
-    delete, path = "/v1/topics/{topic}", tag = "topics", params(("topic" = TopicName, Path, description = "The topic.")),
+    delete, path = "/v1/topics/{topic}", tag = "topics", params(("topic" = TopicName, Path, description = "The topic.", example = "orders")),
     responses((status = 204, description = "Deleted, with its events and groups."))
 )]
 pub async fn delete(
