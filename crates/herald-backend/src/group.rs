@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 /// How a group hands out events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum GroupMode {
     /// Each partition is assigned to one live member and read in order;
     /// members commit offsets.
@@ -64,6 +65,51 @@ enum NamedStart {
     Latest,
 }
 
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for StartPosition {
+    /// `"earliest"`, `"latest"`, `{"offset": n}` or `{"time": "<RFC 3339>"}`.
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{
+            KnownFormat, ObjectBuilder, OneOfBuilder, SchemaFormat, Type,
+        };
+        OneOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .enum_values(Some(["earliest", "latest"])),
+            )
+            .item(
+                ObjectBuilder::new()
+                    .property(
+                        "offset",
+                        ObjectBuilder::new()
+                            .schema_type(Type::Integer)
+                            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+                            .minimum(Some(0)),
+                    )
+                    .required("offset"),
+            )
+            .item(
+                ObjectBuilder::new()
+                    .property(
+                        "time",
+                        ObjectBuilder::new()
+                            .schema_type(Type::String)
+                            .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime))),
+                    )
+                    .required("time"),
+            )
+            .description(Some(
+                "Where to start: the earliest event kept, only new events, an offset in every \
+                 partition, or the first event at or after a time (RFC 3339).",
+            ))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for StartPosition {}
+
 impl TryFrom<StartRepr> for StartPosition {
     type Error = String;
 
@@ -97,6 +143,7 @@ impl From<StartPosition> for StartRepr {
 /// handled).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GroupFilter {
     /// Event types to receive; empty means all.
     pub types: Vec<String>,
@@ -119,6 +166,7 @@ impl GroupFilter {
 /// A group's settings (`PUT /v1/topics/{topic}/groups/{group}`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GroupSpec {
     /// Delivery mode; fixed for the group's life.
     pub mode: GroupMode,
@@ -234,14 +282,18 @@ pub struct GroupInfo {
 /// A fetch (`POST .../fetch`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FetchRequest {
     /// The member asking (any stable string naming a consumer instance).
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 200))]
     pub member: String,
     /// Deliveries wanted at most.
     #[serde(default = "default_fetch_max")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 10_000))]
     pub max: u32,
     /// Wait up to this long for at least one delivery.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(maximum = 300_000))]
     pub wait_ms: u64,
 }
 
@@ -278,6 +330,7 @@ impl FetchRequest {
 
 /// One delivery of an event to a member.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Delivery {
     /// Opaque id to ack, nack, extend or reject this delivery with.
     pub delivery_id: String,
@@ -289,6 +342,7 @@ pub struct Delivery {
 
 /// What a fetch returns.
 #[derive(Debug, Clone, PartialEq, Default, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FetchResponse {
     /// The deliveries, possibly none.
     pub deliveries: Vec<Delivery>,
@@ -302,6 +356,7 @@ pub struct FetchResponse {
 
 /// What an ack, nack, extend or reject did.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AckOutcome {
     /// Deliveries it applied to.
     pub acked: u64,
@@ -312,6 +367,7 @@ pub struct AckOutcome {
 /// A stream-mode commit.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CommitRequest {
     /// The member committing.
     pub member: String,
@@ -323,6 +379,7 @@ pub struct CommitRequest {
 
 /// An offset in a partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PartitionOffset {
     /// The partition.
     pub partition: u32,
@@ -332,6 +389,7 @@ pub struct PartitionOffset {
 
 /// A member of a group.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MemberStatus {
     /// The member's id.
     pub member: String,
@@ -343,6 +401,7 @@ pub struct MemberStatus {
 
 /// One partition of a group's status.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GroupPartitionStatus {
     /// The partition.
     pub partition: u32,

@@ -46,6 +46,7 @@ pub use topic::{
 
 /// Where one published event landed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PublishResult {
     /// The event's id (assigned by Herald if the publisher gave none).
     pub id: String,

@@ -15,6 +15,7 @@ pub const MAX_EVENT_BYTES_LIMIT: u64 = 16 * 1024 * 1024;
 /// When an acknowledged publish is durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Fsync {
     /// fsynced before the publish is acknowledged (survives power loss).
     #[default]
@@ -28,6 +29,7 @@ pub enum Fsync {
 /// Retention limits; whole segments are removed once past any of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RetentionSpec {
     /// Remove events older than this.
     pub max_age_ms: Option<u64>,
@@ -40,11 +42,13 @@ pub struct RetentionSpec {
 /// A topic's settings, as created (`POST /v1/topics`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TopicSpec {
     /// The topic's name.
     pub name: TopicName,
     /// Number of partitions (1 to 1,024). Fixed at creation.
     #[serde(default = "defaults::partitions")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 1024))]
     pub partitions: u32,
     /// Durability policy.
     #[serde(default)]
@@ -169,6 +173,7 @@ impl TopicSpec {
 /// What `PATCH /v1/topics/{topic}` may change. Absent fields stay as they are.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TopicUpdate {
     /// New retention limits (replacing the old ones whole).
     pub retention: Option<RetentionSpec>,
@@ -178,6 +183,7 @@ pub struct TopicUpdate {
     pub max_event_bytes: Option<u64>,
     /// New dead-letter topic; `null` removes it.
     #[serde(default, deserialize_with = "double_option")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<TopicName>))]
     pub dead_letter_topic: Option<Option<TopicName>>,
 }
 
@@ -201,6 +207,7 @@ pub struct TopicInfo {
 
 /// One partition's extent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PartitionInfo {
     /// The partition.
     pub partition: u32,

@@ -238,6 +238,75 @@ impl Serialize for Problem {
     }
 }
 
+impl utoipa::PartialSchema for Code {
+    /// A string enum of every wire name, in table order.
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .enum_values(Some(Self::ALL.iter().map(|code| code.as_str())))
+            .description(Some(
+                "The stable error code (docs/errors.md): clients match on it.",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Code {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "ErrorCode".into()
+    }
+}
+
+impl utoipa::PartialSchema for Problem {
+    /// The members [`Wire`] serializes.
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::ToSchema as _;
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        let string = |description: &str| {
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .description(Some(description))
+        };
+        ObjectBuilder::new()
+            .property(
+                "type",
+                string("A URN naming the kind of problem: urn:herald:problem:<code>."),
+            )
+            .property("title", string("A short summary, fixed per code."))
+            .property(
+                "status",
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .minimum(Some(400))
+                    .maximum(Some(599))
+                    .description(Some("The HTTP status.")),
+            )
+            .property(
+                "detail",
+                string("What went wrong this time, and what to fix."),
+            )
+            .property("code", utoipa::openapi::Ref::from_schema_name(Code::name()))
+            .required("type")
+            .required("title")
+            .required("status")
+            .required("code")
+            .description(Some("An RFC 9457 problem details document."))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Problem {
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        use utoipa::PartialSchema as _;
+        schemas.push((Code::name().into_owned(), Code::schema()));
+    }
+}
+
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let retryable = self.code.is_retryable();

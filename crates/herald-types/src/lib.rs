@@ -10,6 +10,8 @@
 
 mod event;
 mod names;
+#[cfg(feature = "openapi")]
+pub mod openapi;
 mod partition;
 mod position;
 mod time;

@@ -14,6 +14,10 @@ use super::extract::NoQuery;
 use crate::problem::Problem;
 
 /// `POST /v1/admin/flush` → 200 `{"flushed": true}` once group state is durable.
+#[utoipa::path(
+    post, path = "/v1/admin/flush", tag = "operations",
+    responses((status = 200, description = "Group state is durable.", body = Flushed))
+)]
 pub async fn flush(
     State(state): State<AppState>,
     _query: NoQuery,
@@ -23,7 +27,7 @@ pub async fn flush(
 }
 
 /// The answer of a flush.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Flushed {
     flushed: bool,
 }

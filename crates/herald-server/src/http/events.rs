@@ -18,7 +18,7 @@ use axum::Json;
 use axum::extract::{FromRequest, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use herald_backend::PublishResult;
-use herald_types::{EventInput, StoredEvent, parse_rfc3339_ms};
+use herald_types::{EventInput, StoredEvent, TopicName, parse_rfc3339_ms};
 use serde::{Deserialize, Serialize};
 
 use super::AppState;
@@ -38,6 +38,30 @@ pub const DEFAULT_READ_LIMIT: u32 = 100;
 pub const MAX_READ_LIMIT: u32 = 10_000;
 
 /// `POST /v1/topics/{topic}/events` → 201 `{results: [{id, partition, offset, duplicate}]}`.
+#[utoipa::path(
+    post, path = "/v1/topics/{topic}/events", tag = "events",
+    params(
+        ("topic" = TopicName, Path, description = "The topic.", example = "orders"),
+        ("ce-specversion" = Option<String>, Header, description = "Binary mode: its presence makes the body the event's data and the `ce-*` headers its attributes (`ce-id`, `ce-source`, `ce-type`, `ce-subject`, `ce-key`, `ce-partition`, `ce-delay_ms`, …)."),
+        ("ce-source" = Option<String>, Header, description = "Binary mode: the source."),
+        ("ce-type" = Option<String>, Header, description = "Binary mode: the type."),
+        ("ce-id" = Option<String>, Header, description = "Binary mode: the id (assigned when absent)."),
+    ),
+    request_body(
+        description = "One CloudEvent (structured mode), a JSON array of them (batch mode), or \
+                       any body with `ce-*` headers (binary mode).",
+        content(
+            (EventInput = "application/cloudevents+json"),
+            (EventInput = "application/json"),
+            (Vec<EventInput> = "application/cloudevents-batch+json"),
+            (Vec<u8> = "application/octet-stream"),
+        )
+    ),
+    responses(
+        (status = 201, description = "Appended, and durable under the topic's fsync policy.",
+         body = PublishResponse),
+    )
+)]
 pub async fn publish(
     State(state): State<AppState>,
     TopicPath(topic): TopicPath,
@@ -48,6 +72,11 @@ pub async fn publish(
     Ok((StatusCode::CREATED, Json(PublishResponse { results })))
 }
 
+#[utoipa::path(
+    get, path = "/v1/topics/{topic}/events", tag = "events",
+    params(("topic" = TopicName, Path, description = "The topic.", example = "orders"), ReadQuery),
+    responses((status = 200, description = "Events of one partition, in offset order.", body = ReadResponse))
+)]
 /// `GET /v1/topics/{topic}/events?partition=&from_offset=|from_time=&limit=`
 /// → 200 `{events: [...], next_offset}`. Without `from_offset` or
 /// `from_time`, reads from the first event still kept.
@@ -80,13 +109,14 @@ pub async fn read(
 }
 
 /// Publish answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct PublishResponse {
     results: Vec<PublishResult>,
 }
 
 /// Query of a read.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ReadQuery {
     /// The partition (default 0).
@@ -94,8 +124,10 @@ pub struct ReadQuery {
     /// Read from this offset…
     from_offset: Option<u64>,
     /// …or from the first event appended at or after this RFC 3339 time.
+    #[param(format = DateTime)]
     from_time: Option<String>,
     /// At most this many events (default 100, at most 10,000).
+    #[param(minimum = 1, maximum = 10_000)]
     limit: Option<u32>,
 }
 
@@ -139,7 +171,7 @@ enum ReadFrom {
 }
 
 /// Read answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ReadResponse {
     events: Vec<StoredEvent>,
     next_offset: u64,

@@ -30,7 +30,7 @@ use herald_backend::{
     AckOutcome, CommitRequest, DeadLetter, FetchRequest, FetchResponse, GroupInfo,
     GroupPartitionStatus, GroupSpec, GroupStatus, MemberStatus, PartitionOffset, StartPosition,
 };
-use herald_types::{StoredEvent, format_rfc3339_ms};
+use herald_types::{GroupName, StoredEvent, TopicName, format_rfc3339_ms};
 use serde::{Deserialize, Serialize};
 
 use super::AppState;
@@ -47,6 +47,16 @@ pub const MAX_REASON_BYTES: usize = 4096;
 pub const MAX_MEMBER_BYTES: usize = 200;
 
 /// `PUT …/groups/{group}` → 201 with `Location` if created, else 200.
+#[utoipa::path(
+    put, path = "/v1/topics/{topic}/groups/{group}", tag = "groups",
+    params(("topic" = TopicName, Path, description = "The topic.", example = "orders"), ("group" = GroupName, Path, description = "The group.", example = "workers")),
+    request_body = GroupSpec,
+    responses(
+        (status = 201, description = "Created.", body = GroupView,
+         headers(("Location" = String, description = "The group's URL."))),
+        (status = 200, description = "Updated (the mode cannot change).", body = GroupView),
+    )
+)]
 pub async fn put(
     State(state): State<AppState>,
     path: GroupPath,
@@ -67,6 +77,11 @@ pub async fn put(
 }
 
 /// `GET …/groups/{group}` → 200 status.
+#[utoipa::path(
+    get, path = "/v1/topics/{topic}/groups/{group}", tag = "groups",
+    params(("topic" = TopicName, Path, description = "The topic.", example = "orders"), ("group" = GroupName, Path, description = "The group.", example = "workers")),
+    responses((status = 200, description = "The group's state.", body = GroupStatusView))
+)]
 pub async fn status(
     State(state): State<AppState>,
     path: GroupPath,
@@ -80,6 +95,11 @@ pub async fn status(
 }
 
 /// `DELETE …/groups/{group}` → 204.
+#[utoipa::path(
+    delete, path = "/v1/topics/{topic}/groups/{group}", tag = "groups",
+    params(("topic" = TopicName, Path, description = "The topic.", example = "orders"), ("group" = GroupName, Path, description = "The group.", example = "workers")),
+    responses((status = 204, description = "Deleted."))
+)]
 pub async fn delete(
     State(state): State<AppState>,
     path: GroupPath,
@@ -93,6 +113,12 @@ pub async fn delete(
 }
 
 /// `POST …/fetch` → 200 deliveries (long-polls up to `wait_ms`).
+#[utoipa::path(
+    post, path = "/v1/topics/{topic}/groups/{group}/fetch", tag = "groups",
+    params(("topic" = TopicName, Path, description = "The topic.", example = "orders"), ("group" = GroupName, Path, description = "The group.", example = "workers")),
+    request_body = FetchRequest,
+    responses((status = 200, description = "Deliveries, possibly none (after waiting up to `wait_ms`).", body = FetchResponse))
+)]
 pub async fn fetch(
     State(state): State<AppState>,
     path: GroupPath,
@@ -113,6 +139,12 @@ pub async fn fetch(
 }
 
 /// `POST …/ack` `{delivery_ids}` → 200 `{acked, unknown}`.
+#[utoipa::path(
+    post, path = "/v1/topics/{topic}/groups/{group}/ack", tag = "groups",
+    params(("topic" = TopicName, Path, description = "The topic.", example = "orders"), ("group" = GroupName, Path, description = "The group.", example = "workers")),
+    request_body = AckRequest,
+    responses((status = 200, description = "What was acked; idempotent.", body = AckOutcome))
+)]
 pub async fn ack(
     State(state): State<AppState>,
     path: GroupPath,
@@ -127,6 +159,12 @@ pub async fn ack(
 }
 
 /// `POST …/nack` `{delivery_ids, delay_ms?}` → 200 `{acked, unknown}`.
+#[utoipa::path(
+    post, path = "/v1/topics/{topic}/groups/{group}/nack", tag = "groups",
+    params(("topic" = TopicName, Path, description = "The topic.", example = "orders"), ("group" = GroupName, Path, description = "The group.", example = "workers")),
+    request_body = NackRequest,
+    responses((status = 200, description = "What was released for redelivery.", body = AckOutcome))
+)]
 pub async fn nack(
     State(state): State<AppState>,
     path: GroupPath,
@@ -142,6 +180,12 @@ pub async fn nack(
 }
 
 /// `POST …/extend` `{delivery_ids, ack_wait_ms?}` → 200 `{acked, unknown}`.
+#[utoipa::path(
+    post, path = "/v1/topics/{topic}/groups/{group}/extend", tag = "groups",
+    params(("topic" = TopicName, Path, description = "The topic.", example = "orders"), ("group" = GroupName, Path, description = "The group.", example = "workers")),
+    request_body = ExtendRequest,
+    responses((status = 200, description = "Whose leases were extended.", body = AckOutcome))
+)]
 pub async fn extend(
     State(state): State<AppState>,
     path: GroupPath,
@@ -163,6 +207,12 @@ pub async fn extend(
 }
 
 /// `POST …/reject` `{delivery_ids, reason?}` → 200 `{acked, unknown}`.
+#[utoipa::path(
+    post, path = "/v1/topics/{topic}/groups/{group}/reject", tag = "groups",
+    params(("topic" = TopicName, Path, description = "The topic.", example = "orders"), ("group" = GroupName, Path, description = "The group.", example = "workers")),
+    request_body = RejectRequest,
+    responses((status = 200, description = "What went to the dead letters.", body = AckOutcome))
+)]
 pub async fn reject(
     State(state): State<AppState>,
     path: GroupPath,
@@ -184,6 +234,12 @@ pub async fn reject(
 }
 
 /// `POST …/commit` (stream mode) → 200 `{}`; 409 `stale_generation`.
+#[utoipa::path(
+    post, path = "/v1/topics/{topic}/groups/{group}/commit", tag = "groups",
+    params(("topic" = TopicName, Path, description = "The topic.", example = "orders"), ("group" = GroupName, Path, description = "The group.", example = "workers")),
+    request_body = CommitRequest,
+    responses((status = 200, description = "Committed.", body = Empty))
+)]
 pub async fn commit(
     State(state): State<AppState>,
     path: GroupPath,
@@ -198,6 +254,12 @@ pub async fn commit(
 }
 
 /// `POST …/reset` `{to}` → 200 `{}`.
+#[utoipa::path(
+    post, path = "/v1/topics/{topic}/groups/{group}/reset", tag = "groups",
+    params(("topic" = TopicName, Path, description = "The topic.", example = "orders"), ("group" = GroupName, Path, description = "The group.", example = "workers")),
+    request_body = ResetRequest,
+    responses((status = 200, description = "Reset.", body = Empty))
+)]
 pub async fn reset(
     State(state): State<AppState>,
     path: GroupPath,
@@ -213,6 +275,12 @@ pub async fn reset(
 
 /// `POST …/leave` `{member}` → 200 `{}`: the member's leases return to the
 /// group at once and (stream mode) its partitions are reassigned.
+#[utoipa::path(
+    post, path = "/v1/topics/{topic}/groups/{group}/leave", tag = "groups",
+    params(("topic" = TopicName, Path, description = "The topic.", example = "orders"), ("group" = GroupName, Path, description = "The group.", example = "workers")),
+    request_body = LeaveRequest,
+    responses((status = 200, description = "Left.", body = Empty))
+)]
 pub async fn leave(
     State(state): State<AppState>,
     path: GroupPath,
@@ -233,6 +301,11 @@ pub async fn leave(
 }
 
 /// `GET …/dead-letters?limit=` → 200 `{events: [...]}`, oldest first.
+#[utoipa::path(
+    get, path = "/v1/topics/{topic}/groups/{group}/dead-letters", tag = "groups",
+    params(("topic" = TopicName, Path, description = "The topic.", example = "orders"), ("group" = GroupName, Path, description = "The group.", example = "workers"), LimitQuery),
+    responses((status = 200, description = "Dead letters, oldest first.", body = DeadLetterList))
+)]
 pub async fn dead_letters(
     State(state): State<AppState>,
     path: GroupPath,
@@ -255,6 +328,12 @@ pub async fn dead_letters(
 }
 
 /// `POST …/dead-letters/redrive` `{ids?}` → 200 `{redriven}`.
+#[utoipa::path(
+    post, path = "/v1/topics/{topic}/groups/{group}/dead-letters/redrive", tag = "groups",
+    params(("topic" = TopicName, Path, description = "The topic.", example = "orders"), ("group" = GroupName, Path, description = "The group.", example = "workers")),
+    request_body = RedriveRequest,
+    responses((status = 200, description = "How many were published again.", body = RedriveResponse))
+)]
 pub async fn redrive(
     State(state): State<AppState>,
     path: GroupPath,
@@ -269,14 +348,14 @@ pub async fn redrive(
 }
 
 /// `{delivery_ids}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AckRequest {
     delivery_ids: Vec<String>,
 }
 
 /// `{delivery_ids, delay_ms?}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NackRequest {
     delivery_ids: Vec<String>,
@@ -286,7 +365,7 @@ pub struct NackRequest {
 }
 
 /// `{delivery_ids, ack_wait_ms?}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExtendRequest {
     delivery_ids: Vec<String>,
@@ -296,7 +375,7 @@ pub struct ExtendRequest {
 }
 
 /// `{delivery_ids, reason?}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RejectRequest {
     delivery_ids: Vec<String>,
@@ -306,21 +385,21 @@ pub struct RejectRequest {
 }
 
 /// `{to}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResetRequest {
     to: StartPosition,
 }
 
 /// `{member}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LeaveRequest {
     member: String,
 }
 
 /// `{ids?}`: all dead letters when absent.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedriveRequest {
     #[serde(default)]
@@ -328,28 +407,33 @@ pub struct RedriveRequest {
 }
 
 /// `?limit=`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct LimitQuery {
+    /// At most this many (default 100, at most 10,000).
+    #[param(minimum = 1, maximum = 10_000)]
     limit: Option<u32>,
 }
 
 /// `{}`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Empty {}
 
 /// `{redriven}`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct RedriveResponse {
     redriven: u64,
 }
 
 /// A group as the API renders it: name, settings, `created_at` (RFC 3339).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Group)]
 pub struct GroupView {
     name: String,
     #[serde(flatten)]
     spec: GroupSpec,
+    #[schema(format = DateTime)]
     created_at: String,
 }
 
@@ -364,7 +448,8 @@ impl From<GroupInfo> for GroupView {
 }
 
 /// `GET …/groups/{group}`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = GroupStatus)]
 pub struct GroupStatusView {
     #[serde(flatten)]
     group: GroupView,
@@ -391,19 +476,21 @@ impl From<GroupStatus> for GroupStatusView {
 }
 
 /// `GET …/dead-letters`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DeadLetterList {
     events: Vec<DeadLetterView>,
 }
 
 /// One dead letter: `dead_at` as RFC 3339.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = DeadLetter)]
 pub struct DeadLetterView {
     id: u64,
     event: Option<StoredEvent>,
     reason: String,
     attempts: u32,
     original: PartitionOffset,
+    #[schema(format = DateTime)]
     dead_at: String,
 }
 

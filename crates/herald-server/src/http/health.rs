@@ -78,18 +78,30 @@ impl Readiness {
 }
 
 /// Body of both endpoints.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Status {
     /// `ok` for liveness; a [`Phase`] for readiness.
+    #[schema(value_type = String, example = "ok")]
     pub status: &'static str,
 }
 
 /// `GET /healthz`: 200 `{"status":"ok"}`.
+#[utoipa::path(
+    get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "The process answers.", body = Status))
+)]
 pub async fn healthz() -> Json<Status> {
     Json(Status { status: "ok" })
 }
 
 /// `GET /readyz`: 200 `{"status":"ready"}`, or 503 with the phase.
+#[utoipa::path(
+    get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Storage is open; serving.", body = Status),
+        (status = 503, description = "Starting (recovering storage) or stopping.", body = Status),
+    )
+)]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Status>) {
     let phase = state.readiness.phase();
     let code = if phase == Phase::Ready {

@@ -4,6 +4,8 @@
 //! - the REST API under `/v1` (the contract is `api.md`): topics
 //!   ([`topics`]), events ([`events`]), consumer groups ([`groups`]), and
 //!   `POST /v1/admin/flush` ([`admin`]);
+//! - `GET /openapi.json` (OpenAPI 3.1, generated from the handlers'
+//!   `#[utoipa::path]` attributes) and `GET /docs` ([`openapi`]);
 //! - RFC 9457 problems for everything that fails, including unknown paths
 //!   (404) and methods (405).
 //!
@@ -26,6 +28,7 @@ pub mod events;
 pub mod extract;
 pub mod groups;
 pub mod health;
+pub mod openapi;
 mod push;
 mod tail;
 pub mod topics;
@@ -40,12 +43,14 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{Method, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::get;
 use futures::FutureExt as _;
 use herald_backend::Backend;
 use herald_log::Clock;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::metrics::{self, HttpLabels, Metrics};
 use crate::problem::{Code, Problem};
@@ -106,14 +111,19 @@ impl StorageSlot {
     }
 }
 
-/// The whole HTTP API.
+/// The whole HTTP API, with its OpenAPI document at `/openapi.json` and a
+/// browsable page at `/docs`.
 pub fn router(state: AppState) -> Router {
     let body_limit = DefaultBodyLimit::max(state.max_request_bytes);
+    let (routes, document) = documented_routes().split_for_parts();
+    let document = Arc::new(openapi::finish(document));
     Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(metrics_text))
-        .merge(api_routes())
+        .merge(routes)
+        .route(
+            "/openapi.json",
+            get(openapi::serve).with_state(Arc::clone(&document)),
+        )
+        .merge(openapi::docs_page())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(body_limit)
@@ -127,42 +137,54 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// The `/v1` REST API (`api.md`: Topics, Events, Consumer groups).
-fn api_routes() -> Router<AppState> {
-    const GROUP: &str = "/v1/topics/{topic}/groups/{group}";
-    let group = |suffix: &str| format!("{GROUP}{suffix}");
-    Router::new()
-        .route("/v1/topics", post(topics::create).get(topics::list))
-        .route(
-            "/v1/topics/{topic}",
-            get(topics::describe)
-                .patch(topics::update)
-                .delete(topics::delete),
-        )
-        .route(
-            "/v1/topics/{topic}/events",
-            post(events::publish).get(events::read),
-        )
-        .route(
-            GROUP,
-            put(groups::put).get(groups::status).delete(groups::delete),
-        )
-        .route(&group("/fetch"), post(groups::fetch))
-        .route(&group("/ack"), post(groups::ack))
-        .route(&group("/nack"), post(groups::nack))
-        .route(&group("/extend"), post(groups::extend))
-        .route(&group("/reject"), post(groups::reject))
-        .route(&group("/commit"), post(groups::commit))
-        .route(&group("/reset"), post(groups::reset))
-        .route(&group("/leave"), post(groups::leave))
-        .route(&group("/dead-letters"), get(groups::dead_letters))
-        .route(&group("/dead-letters/redrive"), post(groups::redrive))
-        .route("/v1/topics/{topic}/events/stream", get(push::sse))
-        .route("/v1/topics/{topic}/ws", get(push::tail_ws))
-        .route(&group("/ws"), get(push::group_ws))
-        .route("/v1/admin/flush", post(admin::flush))
+/// The OpenAPI document of [`router`] (as JSON), without a server behind it.
+pub fn openapi_document() -> serde_json::Value {
+    openapi::finish(documented_routes().into_openapi())
 }
 
+/// Every documented route: each handler's `#[utoipa::path]` gives both its
+/// route and its OpenAPI operation, so the two cannot drift apart.
+fn documented_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::base())
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(metrics_text))
+        .merge(api_routes())
+}
+
+/// The `/v1` REST API (`api.md`: Topics, Events, Consumer groups).
+fn api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(topics::create, topics::list))
+        .routes(routes!(topics::describe, topics::update, topics::delete))
+        .routes(routes!(events::publish, events::read))
+        .routes(routes!(groups::put, groups::status, groups::delete))
+        .routes(routes!(groups::fetch))
+        .routes(routes!(groups::ack))
+        .routes(routes!(groups::nack))
+        .routes(routes!(groups::extend))
+        .routes(routes!(groups::reject))
+        .routes(routes!(groups::commit))
+        .routes(routes!(groups::reset))
+        .routes(routes!(groups::leave))
+        .routes(routes!(groups::dead_letters))
+        .routes(routes!(groups::redrive))
+        .routes(routes!(push::sse))
+        .routes(routes!(push::tail_ws))
+        .routes(routes!(push::group_ws))
+        .routes(routes!(admin::flush))
+}
+
+/// `GET /metrics`: Prometheus (OpenMetrics) text.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Every metric, in OpenMetrics text format.",
+         content_type = "application/openmetrics-text", body = String),
+    )
+)]
 async fn metrics_text(State(state): State<AppState>) -> Response {
     match state.metrics.encode() {
         Ok(text) => ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response(),

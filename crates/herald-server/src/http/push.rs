@@ -42,13 +42,20 @@ use super::tail::{self, Filter, Start};
 use crate::problem::{Code, Problem};
 
 /// The query of a topic subscription.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct TailQuery {
+    /// Where to start: `earliest`, `latest` (default) or
+    /// `<partition>:<offset>,…` (as an SSE id).
     from: Option<String>,
+    /// Only these event types (comma-separated).
     #[serde(rename = "type")]
+    #[param(rename = "type")]
     types: Option<String>,
+    /// Only events whose subject starts with this.
     subject: Option<String>,
+    /// Only events with this correlation id.
     correlationid: Option<String>,
 }
 
@@ -98,6 +105,17 @@ fn problem_json(problem: &Problem) -> Value {
 }
 
 /// `GET /v1/topics/{topic}/events/stream`.
+#[utoipa::path(
+    get, path = "/v1/topics/{topic}/events/stream", tag = "events",
+    params(
+        ("topic" = TopicName, Path, description = "The topic.", example = "orders"), TailQuery,
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume exactly after the event with this SSE id (it wins over `from`)."),
+    ),
+    responses(
+        (status = 200, description = "Server-sent events: one per Herald event, `data` = the event's JSON, `id` = the positions to resume after it; keep-alive comments every 15 s; `event: error` with a problem JSON if the stream fails.",
+         content_type = "text/event-stream", body = String),
+    )
+)]
 pub(crate) async fn sse(
     State(state): State<AppState>,
     TopicPath(topic): TopicPath,
@@ -132,6 +150,13 @@ pub(crate) async fn sse(
 }
 
 /// `GET /v1/topics/{topic}/ws`.
+#[utoipa::path(
+    get, path = "/v1/topics/{topic}/ws", tag = "events",
+    params(("topic" = TopicName, Path, description = "The topic.", example = "orders"), TailQuery),
+    responses(
+        (status = 101, description = "Switching Protocols to a WebSocket: one JSON text message per event, `{\"id\": \"<positions>\", \"event\": {…}}`."),
+    )
+)]
 pub(crate) async fn tail_ws(
     State(state): State<AppState>,
     TopicPath(topic): TopicPath,
@@ -183,10 +208,13 @@ async fn tail_socket(
 }
 
 /// The query of a group socket.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct GroupSocketQuery {
+    /// The member id (generated when absent).
     member: Option<String>,
+    /// Deliveries unsettled on the socket at most.
     max: Option<u32>,
 }
 
@@ -204,6 +232,13 @@ struct Settlement {
 }
 
 /// `GET /v1/topics/{topic}/groups/{group}/ws`.
+#[utoipa::path(
+    get, path = "/v1/topics/{topic}/groups/{group}/ws", tag = "groups",
+    params(("topic" = TopicName, Path, description = "The topic.", example = "orders"), ("group" = GroupName, Path, description = "The group.", example = "workers"), GroupSocketQuery),
+    responses(
+        (status = 101, description = "Switching Protocols to a WebSocket: deliveries out (`{\"delivery\": {…}}`), settlements in (`{\"ack\": [ids]}`, `{\"nack\": [ids], \"delay_ms\": n}`, `{\"extend\": [ids]}`, `{\"reject\": [ids], \"reason\": \"…\"}`)."),
+    )
+)]
 pub(crate) async fn group_ws(
     State(state): State<AppState>,
     GroupPath { topic, group }: GroupPath,

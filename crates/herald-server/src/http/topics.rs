@@ -10,7 +10,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use herald_backend::{PartitionInfo, TopicDescription, TopicInfo, TopicSpec, TopicUpdate};
-use herald_types::format_rfc3339_ms;
+use herald_types::{TopicName, format_rfc3339_ms};
 use serde::Serialize;
 
 use super::AppState;
@@ -18,6 +18,14 @@ use super::extract::{JsonBody, NoQuery, TopicPath, check_topic_name_field, from_
 use crate::problem::Problem;
 
 /// `POST /v1/topics` → 201 topic, with `Location`.
+#[utoipa::path(
+    post, path = "/v1/topics", tag = "topics",
+    request_body(content = TopicSpec, description = "The topic's settings; all but `name` optional."),
+    responses(
+        (status = 201, description = "Created.", body = TopicView,
+         headers(("Location" = String, description = "The topic's URL."))),
+    )
+)]
 pub async fn create(
     State(state): State<AppState>,
     _query: NoQuery,
@@ -38,6 +46,10 @@ pub async fn create(
 }
 
 /// `GET /v1/topics` → 200 `{topics: [...]}`.
+#[utoipa::path(
+    get, path = "/v1/topics", tag = "topics",
+    responses((status = 200, description = "Every topic.", body = TopicList))
+)]
 pub async fn list(
     State(state): State<AppState>,
     _query: NoQuery,
@@ -49,6 +61,10 @@ pub async fn list(
 }
 
 /// `GET /v1/topics/{topic}` → 200 topic with `partition_info`.
+#[utoipa::path(
+    get, path = "/v1/topics/{topic}", tag = "topics", params(("topic" = TopicName, Path, description = "The topic.", example = "orders")),
+    responses((status = 200, description = "The topic and its partitions.", body = TopicDescriptionView))
+)]
 pub async fn describe(
     State(state): State<AppState>,
     TopicPath(topic): TopicPath,
@@ -59,6 +75,11 @@ pub async fn describe(
 }
 
 /// `PATCH /v1/topics/{topic}` (retention, limits, dead-letter topic) → 200 topic.
+#[utoipa::path(
+    patch, path = "/v1/topics/{topic}", tag = "topics", params(("topic" = TopicName, Path, description = "The topic.", example = "orders")),
+    request_body(content = TopicUpdate, description = "The settings to change; absent ones stay."),
+    responses((status = 200, description = "The changed topic.", body = TopicView))
+)]
 pub async fn update(
     State(state): State<AppState>,
     TopicPath(topic): TopicPath,
@@ -73,6 +94,10 @@ pub async fn update(
 }
 
 /// `DELETE /v1/topics/{topic}` → 204.
+#[utoipa::path(
+    delete, path = "/v1/topics/{topic}", tag = "topics", params(("topic" = TopicName, Path, description = "The topic.", example = "orders")),
+    responses((status = 204, description = "Deleted, with its events and groups."))
+)]
 pub async fn delete(
     State(state): State<AppState>,
     TopicPath(topic): TopicPath,
@@ -83,11 +108,13 @@ pub async fn delete(
 }
 
 /// A topic as the API renders it: its settings and `created_at`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Topic)]
 pub struct TopicView {
     #[serde(flatten)]
     spec: TopicSpec,
     /// Creation time, RFC 3339.
+    #[schema(format = DateTime)]
     created_at: String,
 }
 
@@ -101,13 +128,14 @@ impl From<TopicInfo> for TopicView {
 }
 
 /// `GET /v1/topics`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TopicList {
     topics: Vec<TopicView>,
 }
 
 /// `GET /v1/topics/{topic}`: the topic and each partition's extent.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = TopicDescription)]
 pub struct TopicDescriptionView {
     #[serde(flatten)]
     topic: TopicView,

@@ -11,6 +11,7 @@ mod events;
 mod groups;
 mod http;
 mod lifecycle;
+mod openapi;
 mod push;
 mod restart;
 mod robustness;

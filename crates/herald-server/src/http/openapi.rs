@@ -1,0 +1,218 @@
+//! The OpenAPI 3.1 document (`GET /openapi.json`) and the browsable page
+//! (`GET /docs`, Swagger UI with its assets compiled into the binary: no CDN).
+//!
+//! The document is generated from the code: each handler's
+//! `#[utoipa::path]` attribute registers its route *and* its operation
+//! (utoipa-axum's `routes!`), request and response types derive
+//! `utoipa::ToSchema` (in herald-types and herald-backend behind their
+//! `openapi` feature), and the types with hand-written serde have schemas
+//! written to match it. [`finish`] then adds the error responses every
+//! operation can give, as `application/problem+json` with the [`Problem`]
+//! schema, from the one code table ([`Code`]).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use utoipa::openapi::path::{Operation, PathItem};
+use utoipa::openapi::{ContentBuilder, OpenApi, RefOr, ResponseBuilder};
+use utoipa::{OpenApi as _, ToSchema};
+use utoipa_swagger_ui::{Config, SwaggerUi};
+
+use herald_types::{GroupName, TopicName};
+use serde_json::Value;
+
+use super::AppState;
+use crate::problem::{CONTENT_TYPE, Code, Problem};
+
+/// Where the document is served.
+pub const DOCUMENT_PATH: &str = "/openapi.json";
+/// Where the browsable page is served.
+pub const DOCS_PATH: &str = "/docs";
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "Herald",
+        description = "Herald's REST API: topics, CloudEvents publishing and reading, consumer \
+                       groups, push over SSE and WebSocket. Every error is an RFC 9457 problem \
+                       (`application/problem+json`) with a stable `code`.",
+        license(name = "Apache-2.0", identifier = "Apache-2.0"),
+    ),
+    tags(
+        (name = "topics", description = "Create, list, describe, change and delete topics."),
+        (name = "events", description = "Publish CloudEvents and read them back; follow a topic."),
+        (name = "groups", description = "Consumer groups: fetch, settle, commit, dead letters."),
+        (name = "operations", description = "Health, readiness, metrics, admin."),
+    ),
+    components(schemas(Problem, Code, TopicName, GroupName))
+)]
+struct ApiDoc;
+
+/// The document before routes are added: info, tags, shared schemas.
+pub(super) fn base() -> OpenApi {
+    let mut document = ApiDoc::openapi();
+    document.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    document
+}
+
+/// The document as served: [`with_problems`], then [`inline_closed_bases`].
+pub(super) fn finish(document: OpenApi) -> Value {
+    let mut json = serde_json::to_value(with_problems(document)).unwrap_or(Value::Null);
+    let schemas = json
+        .pointer("/components/schemas")
+        .cloned()
+        .unwrap_or(Value::Null);
+    inline_closed_bases(&mut json, &schemas);
+    json
+}
+
+/// A response view flattens a request type (`Topic` = `TopicSpec` +
+/// `created_at`); utoipa renders that as `allOf: [{$ref: TopicSpec}, …]`,
+/// but `TopicSpec` refuses unknown fields (`additionalProperties: false`,
+/// true of the request), which no rendered topic could then satisfy. Such a
+/// base is inlined into the `allOf` without that one keyword.
+fn inline_closed_bases(value: &mut Value, schemas: &Value) {
+    match value {
+        Value::Object(object) => {
+            if let Some(Value::Array(parts)) = object.get_mut("allOf") {
+                for part in parts.iter_mut() {
+                    let target = part
+                        .get("$ref")
+                        .and_then(Value::as_str)
+                        .and_then(|reference| reference.strip_prefix("#/components/schemas/"))
+                        .and_then(|name| schemas.get(name));
+                    if let Some(Value::Object(base)) = target
+                        && base.get("additionalProperties") == Some(&Value::Bool(false))
+                    {
+                        let mut open = base.clone();
+                        open.remove("additionalProperties");
+                        *part = Value::Object(open);
+                    }
+                }
+            }
+            for child in object.values_mut() {
+                inline_closed_bases(child, schemas);
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                inline_closed_bases(item, schemas);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Adds the problem responses to every operation (see [`error_codes`]).
+fn with_problems(mut document: OpenApi) -> OpenApi {
+    for (path, item) in &mut document.paths.paths {
+        for (method, operation) in operations(item) {
+            for (status, codes) in error_codes(method, path, operation) {
+                let description = format!(
+                    "A problem (RFC 9457) with code {}.",
+                    codes
+                        .iter()
+                        .map(|code| format!("`{}`", code.as_str()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                let response = ResponseBuilder::new()
+                    .description(description)
+                    .content(
+                        CONTENT_TYPE,
+                        ContentBuilder::new()
+                            .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(
+                                Problem::name(),
+                            ))))
+                            .build(),
+                    )
+                    .build();
+                operation
+                    .responses
+                    .responses
+                    .entry(status.to_string())
+                    .or_insert(RefOr::T(response));
+            }
+        }
+    }
+    document
+}
+
+/// `GET /openapi.json`.
+pub(super) async fn serve(State(document): State<Arc<Value>>) -> Json<Arc<Value>> {
+    Json(document)
+}
+
+/// `GET /docs`: Swagger UI over [`DOCUMENT_PATH`].
+pub(super) fn docs_page() -> Router<AppState> {
+    Router::from(SwaggerUi::new(DOCS_PATH).config(Config::new([DOCUMENT_PATH])))
+}
+
+fn operations(item: &mut PathItem) -> Vec<(&'static str, &mut Operation)> {
+    [
+        ("get", item.get.as_mut()),
+        ("put", item.put.as_mut()),
+        ("post", item.post.as_mut()),
+        ("delete", item.delete.as_mut()),
+        ("patch", item.patch.as_mut()),
+    ]
+    .into_iter()
+    .filter_map(|(method, operation)| operation.map(|operation| (method, operation)))
+    .collect()
+}
+
+/// The problem codes an operation can answer with, by HTTP status.
+fn error_codes(
+    method: &str,
+    path: &str,
+    operation: &Operation,
+) -> std::collections::BTreeMap<u16, Vec<Code>> {
+    let mut codes = Vec::new();
+    if path.starts_with("/v1/") {
+        codes.extend([Code::InvalidArgument, Code::Unavailable, Code::ShuttingDown]);
+        codes.extend([Code::Internal, Code::CorruptData]);
+    }
+    if path.contains("{topic}") {
+        codes.extend([Code::InvalidName, Code::TopicNotFound]);
+    }
+    if path.contains("{group}") {
+        codes.extend([Code::GroupNotFound]);
+    }
+    if operation.request_body.is_some() {
+        codes.extend([
+            Code::MalformedJson,
+            Code::UnsupportedMediaType,
+            Code::PayloadTooLarge,
+        ]);
+    }
+    match (method, path) {
+        ("post", "/v1/topics") => codes.extend([Code::InvalidName, Code::TopicExists]),
+        ("patch", "/v1/topics/{topic}") => codes.push(Code::TopicNotFound),
+        ("post", "/v1/topics/{topic}/events") => {
+            codes.extend([Code::InvalidEvent, Code::PartitionNotFound]);
+        }
+        ("get", "/v1/topics/{topic}/events") => {
+            codes.extend([Code::PartitionNotFound, Code::OffsetOutOfRange]);
+        }
+        ("get", "/v1/topics/{topic}/events/stream" | "/v1/topics/{topic}/ws") => {
+            codes.push(Code::PartitionNotFound);
+        }
+        ("put", "/v1/topics/{topic}/groups/{group}") => codes.push(Code::GroupConflict),
+        (_, path) if path.ends_with("/commit") => {
+            codes.extend([Code::StaleGeneration, Code::PartitionNotFound]);
+        }
+        (_, path) if path.ends_with("/reset") => codes.push(Code::OffsetOutOfRange),
+        ("get", "/metrics") => codes.push(Code::Internal),
+        _ => {}
+    }
+    let mut by_status = std::collections::BTreeMap::<u16, Vec<Code>>::new();
+    for code in codes {
+        let entry = by_status.entry(code.status().as_u16()).or_default();
+        if !entry.contains(&code) {
+            entry.push(code);
+        }
+    }
+    by_status
+}
