@@ -15,6 +15,7 @@
 mod consume;
 mod group;
 mod publish;
+mod tail;
 mod topic;
 
 use std::fmt::Write as _;
@@ -26,6 +27,7 @@ use serde_json::Value;
 pub use consume::ConsumeArgs;
 pub use group::GroupCommand;
 pub use publish::PublishArgs;
+pub use tail::TailArgs;
 pub use topic::TopicCommand;
 
 /// Where the server is and how to print.
@@ -57,6 +59,8 @@ pub enum ClientCommand {
     Topic(TopicCommand),
     /// Publish one event from flags, or many from an NDJSON file or stdin.
     Publish(PublishArgs),
+    /// Follow a topic over SSE, with filters; resumes where it left off after a cut.
+    Tail(TailArgs),
     /// Join a consumer group and print (and ack) what it delivers.
     Consume(ConsumeArgs),
     /// Inspect and steer consumer groups.
@@ -111,6 +115,7 @@ pub fn run(client: &ClientArgs, command: ClientCommand) -> Result<(), Error> {
         match command {
             ClientCommand::Topic(command) => topic::run(&api, command).await,
             ClientCommand::Publish(args) => publish::run(&api, args).await,
+            ClientCommand::Tail(args) => tail::run(&api, args).await,
             ClientCommand::Consume(args) => consume::run(&api, args).await,
             ClientCommand::Group(command) => group::run(&api, command).await,
         }
@@ -187,6 +192,42 @@ impl Api {
         self.send(self.http.patch(self.url(path)).json(body)).await
     }
 
+    /// Opens a streaming GET (SSE); a problem answer becomes [`Error::Problem`].
+    pub(crate) async fn stream(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        last_event_id: Option<&str>,
+    ) -> Result<reqwest::Response, Error> {
+        let query: Vec<String> = query
+            .iter()
+            .map(|(name, value)| format!("{name}={}", Self::segment(value)))
+            .collect();
+        let url = format!("{}?{}", self.url(path), query.join("&"));
+        let mut request = self.http.get(url).header("accept", "text/event-stream");
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id);
+        }
+        let response = request.send().await.map_err(|error| {
+            Error::Connection(format!(
+                "cannot reach {}: {}",
+                self.base,
+                root_cause(&error)
+            ))
+        })?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status();
+        match self.answer(response).await {
+            Err(error) => Err(error),
+            Ok(_) => Err(Error::Connection(format!(
+                "{} answered {status} to a stream request",
+                self.base
+            ))),
+        }
+    }
+
     pub(crate) async fn delete(&self, path: &str) -> Result<Value, Error> {
         self.send(self.http.delete(self.url(path))).await
     }
@@ -203,6 +244,11 @@ impl Api {
                 root_cause(&error)
             ))
         })?;
+        self.answer(response).await
+    }
+
+    /// The JSON of a success, or the problem of a failure.
+    async fn answer(&self, response: reqwest::Response) -> Result<Value, Error> {
         let status = response.status();
         let bytes = response.bytes().await.map_err(|error| {
             Error::Connection(format!("reading the answer from {}: {error}", self.base))

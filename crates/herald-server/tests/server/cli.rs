@@ -121,6 +121,36 @@ async fn given_a_live_server_when_driven_by_the_cli_should_create_publish_consum
         .sum();
     assert_eq!(total, 1001);
 
+    let tailed = stdout(
+        &cli(
+            &server,
+            &[
+                "tail",
+                "orders",
+                "--from",
+                "earliest",
+                "--type",
+                "order.created",
+                "--count",
+                "1",
+                "--output",
+                "json",
+            ],
+        )
+        .await,
+    );
+    let event: Value = serde_json::from_str(tailed.lines().next().unwrap()).unwrap();
+    assert_eq!(event["type"], "order.created");
+    assert_eq!(event["key"], "o-1");
+    let three = stdout(
+        &cli(
+            &server,
+            &["tail", "orders", "--from", "earliest", "--count", "3"],
+        )
+        .await,
+    );
+    assert_eq!(three.lines().count(), 4, "a header and three rows: {three}");
+
     let consumed = stdout(
         &cli(
             &server,
