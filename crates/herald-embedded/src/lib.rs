@@ -341,13 +341,7 @@ impl Inner {
     /// Catches the stream index up with every topic's log, and drops the
     /// index of topics that no longer exist.
     async fn recover_streams(&self) -> Result<()> {
-        let topics: Vec<Arc<TopicRuntime>> = self
-            .topics
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .cloned()
-            .collect();
+        let topics = self.topic_list();
         let names = topics.iter().map(|topic| topic.name.to_string()).collect();
         self.streams.purge_others(names).await?;
         for topic in topics {
@@ -418,25 +412,20 @@ impl Inner {
         blocking(move || meta.put_group_states(&[(key, bytes)])).await
     }
 
-    fn all_groups(&self) -> Vec<Arc<GroupRuntime>> {
-        let topics: Vec<Arc<TopicRuntime>> = self
-            .topics
+    /// The open topics, as a snapshot (no lock held afterwards).
+    fn topic_list(&self) -> Vec<Arc<TopicRuntime>> {
+        self.topics
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .values()
             .cloned()
-            .collect();
-        topics
+            .collect()
+    }
+
+    fn all_groups(&self) -> Vec<Arc<GroupRuntime>> {
+        self.topic_list()
             .iter()
-            .flat_map(|topic| {
-                topic
-                    .groups
-                    .read()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .values()
-                    .cloned()
-                    .collect::<Vec<_>>()
-            })
+            .flat_map(|topic| topic.group_list())
             .collect()
     }
 
@@ -547,21 +536,9 @@ async fn timer_loop(inner: Arc<Inner>, interval: Duration, cancel: CancellationT
             () = cancel.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        let topics: Vec<Arc<TopicRuntime>> = inner
-            .topics
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .cloned()
-            .collect();
+        let topics = inner.topic_list();
         for topic in topics {
-            let groups: Vec<Arc<GroupRuntime>> = topic
-                .groups
-                .read()
-                .unwrap_or_else(PoisonError::into_inner)
-                .values()
-                .cloned()
-                .collect();
+            let groups = topic.group_list();
             for group in groups {
                 let effects = group.tick(inner.now());
                 inner.bury(&topic, &group, effects).await;
@@ -1122,13 +1099,7 @@ impl Backend for EmbeddedBackend {
             let _ = task.await;
         }
         let flushed = inner.flush().await;
-        let topics: Vec<Arc<TopicRuntime>> = inner
-            .topics
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .cloned()
-            .collect();
+        let topics = inner.topic_list();
         let mut result = flushed;
         for topic in &topics {
             if let Err(error) = topic.close().await {

@@ -189,6 +189,16 @@ impl TopicRuntime {
         }
     }
 
+    /// The topic's groups, as a snapshot (no lock held afterwards).
+    pub(crate) fn group_list(&self) -> Vec<Arc<GroupRuntime>> {
+        self.groups
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
+    }
+
     pub(crate) fn info(&self) -> TopicInfo {
         self.info
             .read()
