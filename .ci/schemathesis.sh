@@ -48,12 +48,16 @@ curl -sf -X POST "${base}/v1/topics" -H 'content-type: application/json' \
 curl -sf -X PUT "${base}/v1/topics/orders/groups/workers" -H 'content-type: application/json' \
     -d '{"mode": "queue"}' >/dev/null
 
+# The stateful phase is off: it infers links between operations from
+# Location headers and pairs a group's Location with the stream paths
+# (schemathesis 4.32 reports that as an invalid link and stops).
 # Excluded: the WebSocket endpoints (schemathesis speaks plain HTTP), the SSE
 # stream (it never ends), and the admin flush (no input to fuzz).
 status=0
 SCHEMATHESIS_HOOKS=schemathesis_hooks PYTHONPATH=.ci schemathesis run "${base}/openapi.json" \
     --checks not_a_server_error,response_schema_conformance \
     --max-examples "${MAX_EXAMPLES}" \
+    --phases examples,coverage,fuzzing \
     --exclude-path-regex '/ws$|/events/stream$|/admin/flush$' \
     --request-timeout 10 \
     --generation-database none \

@@ -162,6 +162,8 @@ impl Code {
 pub struct Problem {
     code: Code,
     detail: Option<String>,
+    /// Extension members (RFC 9457 §3.2), e.g. `current_version`.
+    extensions: Vec<(&'static str, serde_json::Value)>,
 }
 
 impl Problem {
@@ -170,7 +172,14 @@ impl Problem {
         Self {
             code,
             detail: Some(detail.into()),
+            extensions: Vec::new(),
         }
+    }
+
+    /// Adds an extension member to the document.
+    pub fn with(mut self, name: &'static str, value: serde_json::Value) -> Self {
+        self.extensions.push((name, value));
+        self
     }
 
     /// The stable code.
@@ -189,6 +198,12 @@ impl From<herald_backend::Error> for Problem {
     /// logged here, once, since the client cannot act on them.
     fn from(failure: herald_backend::Error) -> Self {
         let code = Code::from_wire(failure.code()).unwrap_or(Code::Internal);
+        let current_version = match &failure {
+            herald_backend::Error::VersionConflict { current, .. } => {
+                Some(serde_json::json!(current))
+            }
+            _ => None,
+        };
         if code.status().is_server_error() {
             if code.is_retryable() {
                 warn!(code = failure.code(), error = %failure, "Backend unavailable.");
@@ -196,7 +211,11 @@ impl From<herald_backend::Error> for Problem {
                 error!(code = failure.code(), error = %failure, "Backend failed.");
             }
         }
-        Self::new(code, failure.to_string())
+        let problem = Self::new(code, failure.to_string());
+        match current_version {
+            Some(version) => problem.with("current_version", version),
+            None => problem,
+        }
     }
 }
 
@@ -227,14 +246,23 @@ struct Wire<'a> {
 
 impl Serialize for Problem {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        Wire {
+        let wire = Wire {
             type_uri: format!("{TYPE_PREFIX}{}", self.code.as_str()),
             title: self.code.title(),
             status: self.code.status().as_u16(),
             detail: self.detail.as_deref(),
             code: self.code.as_str(),
+        };
+        if self.extensions.is_empty() {
+            return wire.serialize(serializer);
         }
-        .serialize(serializer)
+        let mut document = serde_json::to_value(&wire).map_err(serde::ser::Error::custom)?;
+        if let Some(members) = document.as_object_mut() {
+            for (name, value) in &self.extensions {
+                members.insert((*name).to_owned(), value.clone());
+            }
+        }
+        document.serialize(serializer)
     }
 }
 

@@ -30,6 +30,7 @@ pub mod groups;
 pub mod health;
 pub mod openapi;
 mod push;
+pub mod streams;
 mod tail;
 pub mod topics;
 
@@ -169,6 +170,9 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(groups::leave))
         .routes(routes!(groups::dead_letters))
         .routes(routes!(groups::redrive))
+        .routes(routes!(streams::append, streams::read))
+        .routes(routes!(streams::metadata, streams::delete))
+        .routes(routes!(streams::put_snapshot, streams::get_snapshot))
         .routes(routes!(push::sse))
         .routes(routes!(push::tail_ws))
         .routes(routes!(push::group_ws))

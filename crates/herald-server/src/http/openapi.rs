@@ -180,6 +180,9 @@ fn error_codes(
     if path.contains("{group}") {
         codes.extend([Code::GroupNotFound]);
     }
+    if path.contains("{stream}") {
+        codes.extend([Code::StreamNotFound]);
+    }
     if operation.request_body.is_some() {
         codes.extend([
             Code::MalformedJson,
@@ -200,6 +203,14 @@ fn error_codes(
             codes.push(Code::PartitionNotFound);
         }
         ("put", "/v1/topics/{topic}/groups/{group}") => codes.push(Code::GroupConflict),
+        ("post", "/v1/topics/{topic}/streams/{stream}/events") => {
+            codes.extend([
+                Code::InvalidEvent,
+                Code::VersionConflict,
+                Code::StreamDeleted,
+            ]);
+        }
+        ("get", "/v1/topics/{topic}/streams/{stream}/snapshot") => codes.push(Code::NotFound),
         (_, path) if path.ends_with("/commit") => {
             codes.extend([Code::StaleGeneration, Code::PartitionNotFound]);
         }

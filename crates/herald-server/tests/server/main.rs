@@ -15,5 +15,6 @@ mod openapi;
 mod push;
 mod restart;
 mod robustness;
+mod streams;
 mod support;
 mod topics;
