@@ -94,7 +94,10 @@ pub enum Error {
     },
     /// An append's expected version did not match the stream; nothing was
     /// appended.
-    #[error("stream {stream:?} is at version {current:?}, not at the expected {expected}")]
+    #[error(
+        "stream {stream:?} {}, not at the expected {expected}",
+        current.map_or_else(|| "does not exist".to_owned(), |version| format!("is at version {version}"))
+    )]
     VersionConflict {
         /// The stream.
         stream: String,
