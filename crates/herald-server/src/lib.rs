@@ -25,6 +25,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod data_dir;
+pub mod grpc;
 pub mod http;
 pub mod metrics;
 pub mod problem;

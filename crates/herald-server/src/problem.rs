@@ -191,6 +191,11 @@ impl Problem {
     pub fn detail(&self) -> Option<&str> {
         self.detail.as_deref()
     }
+
+    /// The extension members (for the gRPC `ErrorInfo` metadata).
+    pub fn extensions(&self) -> &[(&'static str, serde_json::Value)] {
+        &self.extensions
+    }
 }
 
 impl From<herald_backend::Error> for Problem {

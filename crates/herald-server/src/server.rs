@@ -2,8 +2,9 @@
 //!
 //! ```text
 //! Server::bind(options)     lock the data directory, bind the listener
-//! Server::run(cancel)       serve HTTP at once (/healthz 200, /readyz 503,
-//!                           the API 503 `unavailable`)
+//! Server::run(cancel)       serve HTTP and gRPC on the one listener at once
+//!                           (/healthz 200, /readyz 503, the API 503
+//!                           `unavailable`, gRPC health NOT_SERVING)
 //!                           open storage on a blocking thread → the API
 //!                           serves, /readyz 200
 //!   cancel fires:
@@ -29,6 +30,7 @@ use tracing::{info, warn};
 
 use crate::config::Options;
 use crate::data_dir::{self, DataDir};
+use crate::grpc::{self, GrpcState};
 use crate::http::{self, AppState, Phase, Readiness, StorageSlot};
 use crate::metrics::Metrics;
 use crate::storage::{self, Storage};
@@ -141,14 +143,24 @@ impl Server {
         } = self;
 
         let storage_slot = StorageSlot::default();
-        let app = http::router(AppState {
-            metrics: Arc::clone(&metrics),
-            readiness: readiness.clone(),
+        let (grpc_routes, health) = grpc::router(GrpcState {
             storage: storage_slot.clone(),
             clock: Arc::new(SystemClock),
             stopping: cancel.clone(),
-            max_request_bytes: options.limits.max_request_bytes(),
+            max_message_bytes: options.limits.max_request_bytes(),
         });
+        grpc::set_serving(&health, false).await;
+        let app = http::router(
+            AppState {
+                metrics: Arc::clone(&metrics),
+                readiness: readiness.clone(),
+                storage: storage_slot.clone(),
+                clock: Arc::new(SystemClock),
+                stopping: cancel.clone(),
+                max_request_bytes: options.limits.max_request_bytes(),
+            },
+            grpc_routes,
+        );
         let stop_http = CancellationToken::new();
         let mut http_task: JoinHandle<io::Result<()>> = tokio::spawn(
             axum::serve(listener, app)
@@ -178,6 +190,7 @@ impl Server {
         };
         storage_slot.set(storage.handle());
         readiness.set(Phase::Ready);
+        grpc::set_serving(&health, true).await;
         info!("Ready.");
 
         let stopped_early = tokio::select! {
@@ -189,6 +202,7 @@ impl Server {
             None => {
                 info!("Shutting down.");
                 readiness.set(Phase::Stopping);
+                grpc::set_serving(&health, false).await;
                 stop_http.cancel();
                 drain(http_task, &options).await
             }

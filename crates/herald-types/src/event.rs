@@ -492,6 +492,57 @@ impl EventInput {
     }
 }
 
+impl From<Event> for EventInput {
+    /// The event, partitioned by its key (or round robin).
+    fn from(event: Event) -> Self {
+        Self {
+            event,
+            partition: None,
+        }
+    }
+}
+
+impl EventInput {
+    /// An event built in code or decoded from a binary protocol (gRPC): the
+    /// same rules as the JSON codecs. An empty `id` gets a generated one, an
+    /// empty `specversion` means 1.0, and `delay_ms` (ms from `now_ms`)
+    /// becomes `deliver_at` (sending both is refused). Then
+    /// [`Event::validate`].
+    pub fn from_parts(
+        mut event: Event,
+        partition: Option<u32>,
+        delay_ms: Option<u64>,
+        now_ms: i64,
+    ) -> Result<EventInput, EventError> {
+        if event.id.is_empty() {
+            event.id = Event::generate_id(now_ms);
+        }
+        if event.specversion.is_empty() {
+            SPEC_VERSION.clone_into(&mut event.specversion);
+        }
+        if let Some(delay) = delay_ms {
+            if event.deliver_at.is_some() {
+                return Err(EventError::ConflictingAttributes {
+                    first: "deliver_at",
+                    second: "delay_ms",
+                });
+            }
+            event.deliver_at = Some(deliver_at_after(delay, now_ms)?);
+        }
+        event.validate()?;
+        Ok(EventInput { event, partition })
+    }
+}
+
+impl Event {
+    /// A new event id as Herald assigns them: a UUIDv7 carrying `now_ms`, so
+    /// ids sort by time. Publishers that retry should assign ids up front
+    /// (with this or their own scheme) so a retried publish deduplicates.
+    pub fn generate_id(now_ms: i64) -> String {
+        new_event_id(now_ms)
+    }
+}
+
 impl StoredEvent {
     /// Parses a stored event as [`StoredEvent`]'s [`Serialize`] renders it
     /// (what a client reads back): the event plus `topic`, `partition`,
@@ -870,18 +921,7 @@ impl<'a> Draft<'a> {
                 parse_rfc3339_ms(&text)
                     .map_err(|error| EventError::invalid("deliver_at", error.to_string()))?,
             ),
-            (None, Some(delay)) => Some(
-                i64::try_from(delay)
-                    .ok()
-                    .and_then(|delay| now_ms.checked_add(delay))
-                    .filter(|deliver_at| *deliver_at <= MAX_RFC3339_MS)
-                    .ok_or_else(|| {
-                        EventError::invalid(
-                            "delay_ms",
-                            "is too large: the delivery time would be after the year 9999",
-                        )
-                    })?,
-            ),
+            (None, Some(delay)) => Some(deliver_at_after(delay, now_ms)?),
             (None, None) => None,
         };
         let data = match (self.data, self.data_base64, self.body) {
@@ -933,6 +973,20 @@ fn new_event_id(now_ms: i64) -> String {
     let ms = u64::try_from(now_ms).unwrap_or(0);
     let (seconds, subsec_nanos) = (ms / 1000, (ms % 1000) as u32 * 1_000_000);
     Uuid::new_v7(Timestamp::from_unix(NoContext, seconds, subsec_nanos)).to_string()
+}
+
+/// The delivery time `delay` ms after `now_ms`, if representable.
+fn deliver_at_after(delay: u64, now_ms: i64) -> Result<i64, EventError> {
+    i64::try_from(delay)
+        .ok()
+        .and_then(|delay| now_ms.checked_add(delay))
+        .filter(|deliver_at| *deliver_at <= MAX_RFC3339_MS)
+        .ok_or_else(|| {
+            EventError::invalid(
+                "delay_ms",
+                "is too large: the delivery time would be after the year 9999",
+            )
+        })
 }
 
 /// A string attribute: a JSON string, or `null` for absent.

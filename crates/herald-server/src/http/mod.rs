@@ -31,7 +31,7 @@ pub mod health;
 pub mod openapi;
 mod push;
 pub mod streams;
-mod tail;
+pub(crate) mod tail;
 pub mod topics;
 
 use std::any::Any;
@@ -114,8 +114,12 @@ impl StorageSlot {
 
 /// The whole HTTP API, with its OpenAPI document at `/openapi.json` and a
 /// browsable page at `/docs`.
-pub fn router(state: AppState) -> Router {
+///
+/// `grpc` (the gRPC services, see [`crate::grpc`]) is merged in before the
+/// middlewares, so gRPC calls are counted and guarded the same way.
+pub fn router(state: AppState, grpc: Router) -> Router {
     let body_limit = DefaultBodyLimit::max(state.max_request_bytes);
+    let metrics = Arc::clone(&state.metrics);
     let (routes, document) = documented_routes().split_for_parts();
     let document = Arc::new(openapi::finish(document));
     Router::new()
@@ -127,15 +131,13 @@ pub fn router(state: AppState) -> Router {
         .merge(openapi::docs_page())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+        .merge(grpc)
         .layer(body_limit)
         .layer(middleware::from_fn(catch_panic))
         // `Router::layer` runs after routing, so `MatchedPath` is known; it
         // also wraps the fallbacks, so 404s and 405s are counted too.
-        .layer(middleware::from_fn_with_state(
-            Arc::clone(&state.metrics),
-            record_metrics,
-        ))
-        .with_state(state)
+        .layer(middleware::from_fn_with_state(metrics, record_metrics))
 }
 
 /// The OpenAPI document of [`router`] (as JSON), without a server behind it.

@@ -23,6 +23,11 @@ use super::AppState;
 use super::extract::{NoQuery, Query, read_body};
 use crate::problem::{Code, Problem};
 
+/// Events a stream read returns when `limit` is not given.
+pub const DEFAULT_READ_LIMIT: u32 = 100;
+/// The most events one stream read returns.
+pub const MAX_READ_LIMIT: u32 = 1_000;
+
 /// The topic and stream of a stream path.
 #[derive(Debug)]
 pub struct StreamPath {
@@ -251,8 +256,8 @@ pub async fn read(
 ) -> Result<Json<StreamPage>, Problem> {
     let backend = state.backend()?;
     let direction = query.direction.unwrap_or_default();
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=1_000).contains(&limit) {
+    let limit = query.limit.unwrap_or(DEFAULT_READ_LIMIT);
+    if !(1..=MAX_READ_LIMIT).contains(&limit) {
         return Err(Problem::new(
             Code::InvalidArgument,
             "limit must be between 1 and 1000.",

@@ -15,6 +15,7 @@ mod openapi;
 mod push;
 mod restart;
 mod robustness;
+mod sdk;
 mod streams;
 mod support;
 mod topics;

@@ -1,0 +1,270 @@
+//! Wire messages ↔ backend types for the gRPC services. Everything a client
+//! sends is checked here or by the backend; nothing is trusted.
+
+use std::str::FromStr;
+
+use herald_backend::{
+    DeadLetter, Delivery, Fsync, GroupFilter, GroupInfo, GroupMode, GroupSpec, GroupStatus,
+    PublishResult, RetentionSpec, StartPosition, TopicDescription, TopicInfo, TopicSpec,
+};
+use herald_proto::v1;
+use herald_types::{EventInput, InvalidName};
+use tonic::Status;
+
+use crate::problem::Problem;
+
+/// A name (topic, group, stream) from a request field.
+pub(super) fn name<T>(text: &str) -> Result<T, Status>
+where
+    T: FromStr<Err = InvalidName>,
+{
+    text.parse()
+        .map_err(|error: InvalidName| Problem::from(error).into())
+}
+
+/// The events of a publish or append, checked; `now_ms` for generated ids
+/// and `delay_ms`.
+pub(super) fn inputs(events: Vec<v1::Event>, now_ms: i64) -> Result<Vec<EventInput>, Problem> {
+    events
+        .into_iter()
+        .enumerate()
+        .map(|(index, event)| {
+            event.into_input(now_ms).map_err(|error| {
+                let problem = Problem::from(error);
+                let detail = format!("events[{index}]: {}", problem.detail().unwrap_or_default());
+                Problem::new(problem.code(), detail)
+            })
+        })
+        .collect()
+}
+
+pub(super) fn publish_result(result: PublishResult) -> v1::PublishResult {
+    v1::PublishResult {
+        id: result.id,
+        partition: result.partition,
+        offset: result.offset,
+        duplicate: result.duplicate,
+    }
+}
+
+pub(super) fn fsync(fsync: Fsync) -> v1::Fsync {
+    match fsync {
+        Fsync::Always => v1::Fsync::Always,
+        Fsync::Interval => v1::Fsync::Interval,
+        Fsync::Never => v1::Fsync::Never,
+    }
+}
+
+pub(super) fn retention(retention: RetentionSpec) -> v1::Retention {
+    v1::Retention {
+        max_age_ms: retention.max_age_ms,
+        max_bytes: retention.max_bytes,
+        max_events: retention.max_events,
+    }
+}
+
+pub(super) fn retention_spec(retention: &v1::Retention) -> RetentionSpec {
+    RetentionSpec {
+        max_age_ms: retention.max_age_ms,
+        max_bytes: retention.max_bytes,
+        max_events: retention.max_events,
+    }
+}
+
+pub(super) fn topic(info: TopicInfo) -> v1::Topic {
+    let spec = info.spec;
+    v1::Topic {
+        name: spec.name.into_string(),
+        partitions: spec.partitions,
+        fsync: fsync(spec.fsync).into(),
+        fsync_interval_ms: spec.fsync_interval_ms,
+        retention: Some(retention(spec.retention)),
+        dedup_window_ms: Some(spec.dedup_window_ms),
+        max_event_bytes: Some(spec.max_event_bytes),
+        dead_letter_topic: spec
+            .dead_letter_topic
+            .map(herald_types::TopicName::into_string),
+        created_at_ms: info.created_at,
+    }
+}
+
+/// A create request's topic: unset fields take the defaults.
+pub(super) fn topic_spec(topic: &v1::Topic) -> Result<TopicSpec, Status> {
+    let mut spec = TopicSpec::new(name(&topic.name)?);
+    if topic.partitions != 0 {
+        spec.partitions = topic.partitions;
+    }
+    spec.fsync = match v1::Fsync::try_from(topic.fsync) {
+        Ok(v1::Fsync::Unspecified | v1::Fsync::Always) => Fsync::Always,
+        Ok(v1::Fsync::Interval) => Fsync::Interval,
+        Ok(v1::Fsync::Never) => Fsync::Never,
+        Err(_) => return Err(super::invalid("fsync", "unknown value")),
+    };
+    if topic.fsync_interval_ms != 0 {
+        spec.fsync_interval_ms = topic.fsync_interval_ms;
+    }
+    if let Some(retention) = &topic.retention {
+        spec.retention = retention_spec(retention);
+    }
+    if let Some(window) = topic.dedup_window_ms {
+        spec.dedup_window_ms = window;
+    }
+    if let Some(max) = topic.max_event_bytes {
+        spec.max_event_bytes = max;
+    }
+    spec.dead_letter_topic = topic.dead_letter_topic.as_deref().map(name).transpose()?;
+    Ok(spec)
+}
+
+pub(super) fn topic_description(description: TopicDescription) -> v1::TopicDescription {
+    v1::TopicDescription {
+        topic: Some(topic(description.info)),
+        partitions: description
+            .partition_info
+            .into_iter()
+            .map(|partition| v1::PartitionInfo {
+                partition: partition.partition,
+                start_offset: partition.start_offset,
+                end_offset: partition.end_offset,
+                bytes: partition.bytes,
+            })
+            .collect(),
+    }
+}
+
+pub(super) fn mode(mode: GroupMode) -> v1::GroupMode {
+    match mode {
+        GroupMode::Stream => v1::GroupMode::Stream,
+        GroupMode::Queue => v1::GroupMode::Queue,
+        GroupMode::Keyed => v1::GroupMode::Keyed,
+    }
+}
+
+pub(super) fn start(start: StartPosition) -> v1::Start {
+    use v1::start::Start;
+    let start = match start {
+        StartPosition::Earliest => Start::Earliest(true),
+        StartPosition::Latest => Start::Latest(true),
+        StartPosition::Offset { offset } => Start::Offset(offset),
+        StartPosition::Time { time_ms } => Start::TimeMs(time_ms),
+    };
+    v1::Start { start: Some(start) }
+}
+
+/// A start position; absent means `default`.
+pub(super) fn start_position(
+    start: Option<v1::Start>,
+    default: StartPosition,
+) -> Result<StartPosition, Status> {
+    use v1::start::Start;
+    Ok(match start.and_then(|start| start.start) {
+        None => default,
+        Some(Start::Earliest(_)) => StartPosition::Earliest,
+        Some(Start::Latest(_)) => StartPosition::Latest,
+        Some(Start::Offset(offset)) => StartPosition::Offset { offset },
+        Some(Start::TimeMs(time_ms)) => StartPosition::Time { time_ms },
+    })
+}
+
+pub(super) fn group(info: GroupInfo) -> v1::Group {
+    let spec = info.spec;
+    v1::Group {
+        name: info.name.into_string(),
+        mode: mode(spec.mode).into(),
+        start: Some(start(spec.start)),
+        ack_wait_ms: spec.ack_wait_ms,
+        max_deliveries: spec.max_deliveries,
+        backoff_ms: spec.backoff_ms,
+        max_in_flight: spec.max_in_flight,
+        session_timeout_ms: spec.session_timeout_ms,
+        filter_types: spec.filter.types,
+        filter_subject_prefix: spec.filter.subject_prefix,
+        created_at_ms: info.created_at,
+    }
+}
+
+/// A put request's group: unset (zero) fields take the defaults.
+pub(super) fn group_spec(group: v1::Group) -> Result<GroupSpec, Status> {
+    let mode = match v1::GroupMode::try_from(group.mode) {
+        Ok(v1::GroupMode::Stream) => GroupMode::Stream,
+        Ok(v1::GroupMode::Queue) => GroupMode::Queue,
+        Ok(v1::GroupMode::Keyed) => GroupMode::Keyed,
+        Ok(v1::GroupMode::Unspecified) | Err(_) => {
+            return Err(super::invalid("mode", "must be stream, queue or keyed"));
+        }
+    };
+    let mut spec = GroupSpec::new(mode);
+    spec.start = start_position(group.start, spec.start)?;
+    if group.ack_wait_ms != 0 {
+        spec.ack_wait_ms = group.ack_wait_ms;
+    }
+    if group.max_deliveries != 0 {
+        spec.max_deliveries = group.max_deliveries;
+    }
+    if !group.backoff_ms.is_empty() {
+        spec.backoff_ms = group.backoff_ms;
+    }
+    if group.max_in_flight != 0 {
+        spec.max_in_flight = group.max_in_flight;
+    }
+    if group.session_timeout_ms != 0 {
+        spec.session_timeout_ms = group.session_timeout_ms;
+    }
+    spec.filter = GroupFilter {
+        types: group.filter_types,
+        subject_prefix: group.filter_subject_prefix,
+    };
+    Ok(spec)
+}
+
+pub(super) fn group_status(status: GroupStatus) -> v1::GroupStatus {
+    v1::GroupStatus {
+        group: Some(group(status.info)),
+        members: status
+            .members
+            .into_iter()
+            .map(|member| v1::MemberStatus {
+                member: member.member,
+                partitions: member.partitions,
+                idle_ms: member.idle_ms,
+            })
+            .collect(),
+        partitions: status
+            .partitions
+            .into_iter()
+            .map(|partition| v1::GroupPartitionStatus {
+                partition: partition.partition,
+                committed: partition.committed,
+                end_offset: partition.end_offset,
+                lag: partition.lag,
+                assigned_to: partition.assigned_to,
+            })
+            .collect(),
+        in_flight: status.in_flight,
+        pending: status.pending,
+        dead_letters: status.dead_letters,
+        generation: status.generation,
+    }
+}
+
+pub(super) fn delivery(delivery: Delivery) -> v1::Delivery {
+    v1::Delivery {
+        delivery_id: delivery.delivery_id,
+        attempt: delivery.attempt,
+        event: Some(delivery.event.into()),
+    }
+}
+
+pub(super) fn dead_letter(dead: DeadLetter) -> v1::DeadLetter {
+    v1::DeadLetter {
+        id: dead.id,
+        event: dead.event.map(Into::into),
+        reason: dead.reason,
+        attempts: dead.attempts,
+        original: Some(v1::PartitionOffset {
+            partition: dead.original.partition,
+            offset: dead.original.offset,
+        }),
+        dead_at_ms: dead.dead_at,
+    }
+}

@@ -1,0 +1,193 @@
+//! The gRPC surface, `herald.v1` (the protocol is `herald-proto`), served on
+//! the same listener as REST: a request whose content type is
+//! `application/grpc` on HTTP/2 (h2c or TLS) goes to the tonic services,
+//! everything else to the REST router ([`crate::http`]).
+//!
+//! - [`events`]: `Publish`, `PublishStream` (pipelined batches, acks in send
+//!   order), `Read`, `Subscribe`;
+//! - [`topics`]: topic administration;
+//! - [`groups`]: group administration and `Consume` (credits, pipelined
+//!   settles, the member leaves when the call ends);
+//! - [`streams`]: event streams (append with expectations, reads,
+//!   metadata, deletion, snapshots);
+//! - `grpc.health.v1.Health` (SERVING once storage is open, NOT_SERVING
+//!   while it opens and once shutdown starts) and
+//!   `grpc.reflection.v1.ServerReflection`.
+//!
+//! Services are thin, like the REST handlers: decode → one backend call →
+//! encode. Failures go through the same code table ([`crate::problem`]) and
+//! carry the stable code in a `google.rpc.ErrorInfo` detail.
+
+mod convert;
+mod events;
+mod groups;
+mod streams;
+mod topics;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use herald_backend::Backend;
+use herald_log::Clock;
+use herald_proto::v1;
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+use crate::http::StorageSlot;
+use crate::problem::{Code, Problem};
+
+/// What every service can reach.
+#[derive(Clone, Debug)]
+pub struct GrpcState {
+    /// Storage, once open.
+    pub storage: StorageSlot,
+    /// Wall-clock time (generated ids, `delay_ms`).
+    pub clock: Arc<dyn Clock>,
+    /// Fires when shutdown begins: long-lived calls end.
+    pub stopping: CancellationToken,
+    /// The largest message accepted, in bytes (`limits.max_request_bytes`).
+    pub max_message_bytes: usize,
+}
+
+impl GrpcState {
+    /// The backend, or `UNAVAILABLE` while storage is still opening.
+    fn backend(&self) -> Result<Arc<dyn Backend>, Status> {
+        Ok(self.storage.get()?.shared_backend())
+    }
+}
+
+/// The gRPC services as an axum router, to be merged with the REST one, and
+/// the health reporter to flip once storage is open.
+pub fn router(state: GrpcState) -> (axum::Router, tonic_health::server::HealthReporter) {
+    let limit = state.max_message_bytes;
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(herald_proto::FILE_DESCRIPTOR_SET)
+        .build_v1();
+    let mut router = axum::Router::new();
+    router = route(
+        router,
+        v1::events_server::EventsServer::new(events::EventsService::new(state.clone()))
+            .max_decoding_message_size(limit),
+    );
+    router = route(
+        router,
+        v1::topics_server::TopicsServer::new(topics::TopicsService::new(state.clone()))
+            .max_decoding_message_size(limit),
+    );
+    router = route(
+        router,
+        v1::groups_server::GroupsServer::new(groups::GroupsService::new(state.clone()))
+            .max_decoding_message_size(limit),
+    );
+    router = route(
+        router,
+        v1::streams_server::StreamsServer::new(streams::StreamsService::new(state))
+            .max_decoding_message_size(limit),
+    );
+    router = route(router, health);
+    if let Ok(reflection) = reflection {
+        router = route(router, reflection);
+    }
+    (router, reporter)
+}
+
+/// Routes `/<package.Service>/<method>` to a tonic service. (Like tonic's
+/// own `Routes`, but without its catch-all fallback, so the REST router's
+/// 404 problem stays the one fallback.)
+fn route<S>(router: axum::Router, service: S) -> axum::Router
+where
+    S: tower::Service<
+            axum::http::Request<tonic::body::Body>,
+            Response = axum::http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + tonic::server::NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    use tower::ServiceExt as _;
+    let service = service
+        .map_request(|request: axum::http::Request<axum::body::Body>| {
+            request.map(tonic::body::Body::new)
+        })
+        .map_response(axum::response::IntoResponse::into_response);
+    router.route_service(&format!("/{}/{{*method}}", S::NAME), service)
+}
+
+/// Marks every Herald service (and the server as a whole, `""`) serving or
+/// not in `grpc.health.v1`.
+pub async fn set_serving(reporter: &tonic_health::server::HealthReporter, serving: bool) {
+    let status = if serving {
+        tonic_health::ServingStatus::Serving
+    } else {
+        tonic_health::ServingStatus::NotServing
+    };
+    for service in [
+        "",
+        "herald.v1.Events",
+        "herald.v1.Topics",
+        "herald.v1.Groups",
+        "herald.v1.Streams",
+    ] {
+        reporter.set_service_status(service, status).await;
+    }
+}
+
+impl From<Problem> for Status {
+    /// The problem's code as the gRPC status (per the code table), its
+    /// detail as the message, and an `ErrorInfo` with the stable code and
+    /// the problem's extensions.
+    fn from(problem: Problem) -> Self {
+        let code = problem.code();
+        let metadata: HashMap<String, String> = problem
+            .extensions()
+            .iter()
+            .map(|(name, value)| {
+                let text = match value {
+                    serde_json::Value::String(text) => text.clone(),
+                    other => other.to_string(),
+                };
+                ((*name).to_owned(), text)
+            })
+            .collect();
+        herald_proto::status(
+            herald_proto::grpc_code(code.grpc()),
+            code.as_str(),
+            problem.detail().unwrap_or(code.title()),
+            metadata,
+        )
+    }
+}
+
+/// A failure inside a stream that goes on (`PublishAck.error`,
+/// `Settled.error`).
+fn failure(problem: &Problem) -> v1::Failure {
+    let code = problem.code();
+    v1::Failure {
+        code: code.as_str().to_owned(),
+        message: problem.detail().unwrap_or(code.title()).to_owned(),
+        grpc_code: herald_proto::grpc_code(code.grpc()) as i32,
+    }
+}
+
+/// A backend error as a status.
+fn backend_status(error: herald_backend::Error) -> Status {
+    Problem::from(error).into()
+}
+
+/// `INVALID_ARGUMENT` (`invalid_argument`) naming the field.
+fn invalid(field: &str, reason: impl std::fmt::Display) -> Status {
+    Problem::new(Code::InvalidArgument, format!("{field}: {reason}")).into()
+}
+
+/// The server is stopping: long-lived calls end with this.
+fn shutting_down() -> Status {
+    Problem::new(
+        Code::ShuttingDown,
+        "The server is shutting down; reconnect and resume.",
+    )
+    .into()
+}

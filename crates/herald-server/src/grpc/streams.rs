@@ -1,0 +1,173 @@
+//! `herald.v1.Streams`: event streams (event sourcing) over topics.
+
+use herald_backend::{Direction, ExpectedVersion};
+use herald_proto::v1;
+use herald_types::{StreamId, TopicName};
+use tonic::{Request, Response, Status};
+
+use super::{GrpcState, backend_status, convert, invalid};
+use crate::http::streams::{DEFAULT_READ_LIMIT, MAX_READ_LIMIT};
+
+/// The `Streams` service.
+#[derive(Debug)]
+pub(super) struct StreamsService {
+    state: GrpcState,
+}
+
+impl StreamsService {
+    pub(super) fn new(state: GrpcState) -> Self {
+        Self { state }
+    }
+}
+
+fn names(topic: &str, stream: &str) -> Result<(TopicName, StreamId), Status> {
+    Ok((convert::name(topic)?, convert::name(stream)?))
+}
+
+#[tonic::async_trait]
+impl v1::streams_server::Streams for StreamsService {
+    async fn append(
+        &self,
+        request: Request<v1::AppendRequest>,
+    ) -> Result<Response<v1::AppendResponse>, Status> {
+        use v1::expectation::Expected;
+        let backend = self.state.backend()?;
+        let request = request.into_inner();
+        let (topic, stream) = names(&request.topic, &request.stream)?;
+        let expected = match request.expected.and_then(|expected| expected.expected) {
+            None | Some(Expected::Any(_)) => ExpectedVersion::Any,
+            Some(Expected::NoStream(_)) => ExpectedVersion::NoStream,
+            Some(Expected::Exists(_)) => ExpectedVersion::Exists,
+            Some(Expected::Version(version)) => ExpectedVersion::Exact(version),
+        };
+        let inputs = convert::inputs(request.events, self.state.clock.now_ms())?;
+        let appended = backend
+            .append(&topic, &stream, inputs, expected)
+            .await
+            .map_err(backend_status)?;
+        Ok(Response::new(v1::AppendResponse {
+            first_version: appended.first_version,
+            last_version: appended.last_version,
+            positions: appended
+                .positions
+                .into_iter()
+                .map(convert::publish_result)
+                .collect(),
+        }))
+    }
+
+    async fn read_stream(
+        &self,
+        request: Request<v1::ReadStreamRequest>,
+    ) -> Result<Response<v1::ReadStreamResponse>, Status> {
+        let backend = self.state.backend()?;
+        let request = request.into_inner();
+        let (topic, stream) = names(&request.topic, &request.stream)?;
+        let limit = match request.limit {
+            0 => DEFAULT_READ_LIMIT,
+            limit if limit <= MAX_READ_LIMIT => limit,
+            _ => {
+                return Err(invalid(
+                    "limit",
+                    format!("must be between 1 and {MAX_READ_LIMIT}"),
+                ));
+            }
+        };
+        let (direction, from) = if request.backward {
+            (
+                Direction::Backward,
+                request.from_version.unwrap_or(u64::MAX),
+            )
+        } else {
+            (Direction::Forward, request.from_version.unwrap_or(0))
+        };
+        let slice = backend
+            .read_stream(&topic, &stream, from, direction, limit as usize)
+            .await
+            .map_err(backend_status)?;
+        Ok(Response::new(v1::ReadStreamResponse {
+            events: slice
+                .events
+                .into_iter()
+                .map(|(version, event)| v1::VersionedEvent {
+                    version,
+                    event: Some(event.into()),
+                })
+                .collect(),
+            next_version: slice.next_version,
+        }))
+    }
+
+    async fn get_stream(
+        &self,
+        request: Request<v1::StreamRequest>,
+    ) -> Result<Response<v1::StreamMetadata>, Status> {
+        let backend = self.state.backend()?;
+        let request = request.into_inner();
+        let (topic, stream) = names(&request.topic, &request.stream)?;
+        let metadata = backend
+            .stream_metadata(&topic, &stream)
+            .await
+            .map_err(backend_status)?;
+        Ok(Response::new(v1::StreamMetadata {
+            stream: metadata.stream.into_string(),
+            version: metadata.version,
+            created_at_ms: metadata.created_at,
+            updated_at_ms: metadata.updated_at,
+        }))
+    }
+
+    async fn delete_stream(
+        &self,
+        request: Request<v1::DeleteStreamRequest>,
+    ) -> Result<Response<v1::Empty>, Status> {
+        let backend = self.state.backend()?;
+        let request = request.into_inner();
+        let (topic, stream) = names(&request.topic, &request.stream)?;
+        backend
+            .delete_stream(&topic, &stream, request.hard)
+            .await
+            .map_err(backend_status)?;
+        Ok(Response::new(v1::Empty {}))
+    }
+
+    async fn put_snapshot(
+        &self,
+        request: Request<v1::PutSnapshotRequest>,
+    ) -> Result<Response<v1::Empty>, Status> {
+        let backend = self.state.backend()?;
+        let request = request.into_inner();
+        let (topic, stream) = names(&request.topic, &request.stream)?;
+        let snapshot = request
+            .snapshot
+            .ok_or_else(|| invalid("snapshot", "is required"))?;
+        let state: serde_json::Value = serde_json::from_slice(&snapshot.state_json)
+            .map_err(|error| invalid("snapshot.state_json", format!("not JSON: {error}")))?;
+        backend
+            .put_snapshot(&topic, &stream, snapshot.version, state)
+            .await
+            .map_err(backend_status)?;
+        Ok(Response::new(v1::Empty {}))
+    }
+
+    async fn get_snapshot(
+        &self,
+        request: Request<v1::StreamRequest>,
+    ) -> Result<Response<v1::GetSnapshotResponse>, Status> {
+        let backend = self.state.backend()?;
+        let request = request.into_inner();
+        let (topic, stream) = names(&request.topic, &request.stream)?;
+        let snapshot = backend
+            .get_snapshot(&topic, &stream)
+            .await
+            .map_err(backend_status)?;
+        Ok(Response::new(v1::GetSnapshotResponse {
+            snapshot: snapshot.map(|snapshot| v1::Snapshot {
+                version: snapshot.version,
+                state_json: serde_json::to_vec(&snapshot.state)
+                    .unwrap_or_default()
+                    .into(),
+            }),
+        }))
+    }
+}

@@ -1,0 +1,697 @@
+//! The gRPC API through the Rust SDK (`herald-client`) against the real
+//! binary: publishing (unary, batched, pipelined), every group mode through
+//! `Consume`, subscriptions from a position, disconnects, typed errors, and
+//! the decider-style aggregate.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test helpers; clippy only exempts #[test] functions themselves"
+)]
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use bytes::Bytes;
+use herald_client::{
+    Aggregate, Client, Decider, Error, ErrorCode, Event, Expected, From, GroupMode, GroupOptions,
+    HandleError, TopicOptions,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::support::TestServer;
+
+/// Long enough that only a prompt release (not expiry) explains a
+/// redelivery within a test.
+const LONG_ACK_WAIT: Duration = Duration::from_secs(120);
+/// How long a test waits for something that should happen at once.
+const PROMPTLY: Duration = Duration::from_secs(10);
+
+async fn server_and_client() -> (TestServer, Client) {
+    let (server, _api) = TestServer::start_ready().await;
+    let client = Client::connect(format!("http://{}", server.addr))
+        .await
+        .unwrap();
+    (server, client)
+}
+
+fn keyed(id: &str, key: &str) -> Event {
+    let mut event = Event::new(id, "/sdk-tests", "test.event");
+    event.key = Some(key.to_owned());
+    event.data = Some(Bytes::from(format!("{{\"id\":\"{id}\"}}")));
+    event
+}
+
+async fn next_within(consumer: &mut herald_client::Consumer) -> herald_client::Delivery {
+    tokio::time::timeout(PROMPTLY, consumer.next())
+        .await
+        .expect("a delivery in time")
+        .expect("the consumer is open")
+        .unwrap()
+}
+
+#[tokio::test]
+async fn given_sdk_when_publishing_single_batched_and_pipelined_should_store_each_once_in_order() {
+    let (_server, client) = server_and_client().await;
+    client
+        .create_topic(TopicOptions::new("orders").partitions(4))
+        .await
+        .unwrap();
+
+    let single = client
+        .publish("orders", [keyed("s-1", "k0")])
+        .await
+        .unwrap();
+    assert_eq!(single.len(), 1);
+    assert_eq!(single[0].id, "s-1");
+    let batch: Vec<Event> = (0..10).map(|n| keyed(&format!("b-{n}"), "k1")).collect();
+    let results = client.publish("orders", batch).await.unwrap();
+    assert_eq!(results.len(), 10);
+    assert!(
+        results
+            .windows(2)
+            .all(|pair| pair[0].offset + 1 == pair[1].offset)
+    );
+
+    // Pipelined: 5,000 events over 16 keys, many batches in flight.
+    let publisher = client
+        .publisher("orders")
+        .max_batch(100)
+        .window(16)
+        .linger(Duration::from_millis(2))
+        .build();
+    let mut pending = Vec::new();
+    for n in 0..5_000 {
+        let key = format!("key-{}", n % 16);
+        pending.push((
+            key.clone(),
+            publisher
+                .publish(keyed(&format!("p-{n}"), &key))
+                .await
+                .unwrap(),
+        ));
+    }
+    let mut last_offset: HashMap<String, (u32, u64)> = HashMap::new();
+    let mut positions = HashSet::new();
+    for (key, ack) in pending {
+        let stored = ack.await.unwrap();
+        assert!(!stored.duplicate);
+        assert!(positions.insert((stored.partition, stored.offset)));
+        if let Some((partition, offset)) = last_offset.get(&key) {
+            assert_eq!(*partition, stored.partition, "one key, one partition");
+            assert!(stored.offset > *offset, "publish order kept per key");
+        }
+        last_offset.insert(key, (stored.partition, stored.offset));
+    }
+
+    // Everything is readable back, once.
+    let mut total = 0;
+    for partition in 0..4 {
+        let (events, _) = client.read("orders", partition, 0, 10_000).await.unwrap();
+        total += events.len();
+    }
+    assert_eq!(total, 5_011);
+
+    // A retried publish with the same id is a duplicate, not a new event.
+    let again = client
+        .publish("orders", [keyed("s-1", "k0")])
+        .await
+        .unwrap();
+    assert!(again[0].duplicate);
+    assert_eq!(again[0].offset, single[0].offset);
+}
+
+#[tokio::test]
+async fn given_bad_requests_when_called_through_sdk_should_get_typed_errors() {
+    let (_server, client) = server_and_client().await;
+
+    let unknown = client
+        .publish("missing", [keyed("x", "k")])
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        unknown,
+        Error::Api {
+            code: ErrorCode::TopicNotFound,
+            ..
+        }
+    ));
+    let publisher = client.publisher("missing").build();
+    let pending = publisher.publish(keyed("y", "k")).await.unwrap();
+    assert_eq!(
+        pending.await.unwrap_err().code(),
+        Some(&ErrorCode::TopicNotFound)
+    );
+
+    client
+        .create_topic(TopicOptions::new("orders"))
+        .await
+        .unwrap();
+    let exists = client
+        .create_topic(TopicOptions::new("orders"))
+        .await
+        .unwrap_err();
+    assert_eq!(exists.code(), Some(&ErrorCode::TopicExists));
+    let bad_name = client
+        .create_topic(TopicOptions::new("no spaces"))
+        .await
+        .unwrap_err();
+    assert_eq!(bad_name.code(), Some(&ErrorCode::InvalidName));
+    let no_group = client
+        .consumer("orders", "nobody")
+        .build()
+        .await
+        .unwrap_err();
+    assert_eq!(no_group.code(), Some(&ErrorCode::GroupNotFound));
+
+    // An invalid event is refused before it is sent.
+    let invalid = client
+        .publish("orders", [Event::new("z", "", "t")])
+        .await
+        .unwrap_err();
+    assert!(matches!(invalid, Error::InvalidEvent(_)));
+
+    // A version conflict says where the stream is.
+    client
+        .append(
+            "orders",
+            "order-1",
+            [keyed("c-1", "order-1")],
+            Expected::NoStream,
+        )
+        .await
+        .unwrap();
+    let conflict = client
+        .append(
+            "orders",
+            "order-1",
+            [keyed("c-2", "order-1")],
+            Expected::NoStream,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(conflict.code(), Some(&ErrorCode::VersionConflict));
+    assert_eq!(conflict.current_version(), Some(0));
+    let (events, _) = client
+        .read_stream("orders", "order-1", None, false, 100)
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 1, "the refused append changed nothing");
+}
+
+#[tokio::test]
+async fn given_queue_group_when_two_consumers_ack_should_process_every_event_once() {
+    let (_server, client) = server_and_client().await;
+    client
+        .create_topic(TopicOptions::new("jobs").partitions(2))
+        .await
+        .unwrap();
+    client
+        .put_group("jobs", GroupOptions::new("workers", GroupMode::Queue))
+        .await
+        .unwrap();
+    let events: Vec<Event> = (0..1_000)
+        .map(|n| keyed(&format!("j-{n}"), &format!("k{n}")))
+        .collect();
+    client.publish("jobs", events).await.unwrap();
+
+    let mut handles = Vec::new();
+    for member in ["a", "b"] {
+        let mut consumer = client
+            .consumer("jobs", "workers")
+            .member(member)
+            .credits(64)
+            .build()
+            .await
+            .unwrap();
+        assert_eq!(consumer.mode(), GroupMode::Queue);
+        handles.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while let Ok(Some(delivery)) =
+                tokio::time::timeout(Duration::from_secs(2), consumer.next()).await
+            {
+                let delivery = delivery.unwrap();
+                seen.push(delivery.event().event.id.clone());
+                delivery.ack().unwrap();
+            }
+            seen
+        }));
+    }
+    let mut all = Vec::new();
+    for handle in handles {
+        all.extend(handle.await.unwrap());
+    }
+    let unique: HashSet<&String> = all.iter().collect();
+    assert_eq!(unique.len(), 1_000);
+    assert_eq!(all.len(), 1_000, "no event delivered twice");
+
+    let status = client.group_status("jobs", "workers").await.unwrap();
+    assert_eq!(status.in_flight, 0);
+    assert!(
+        status
+            .partitions
+            .iter()
+            .all(|partition| partition.committed == partition.end_offset)
+    );
+}
+
+#[tokio::test]
+async fn given_keyed_group_when_consuming_should_keep_one_in_flight_per_key_in_order() {
+    let (_server, client) = server_and_client().await;
+    client
+        .create_topic(TopicOptions::new("accounts"))
+        .await
+        .unwrap();
+    client
+        .put_group("accounts", GroupOptions::new("ledger", GroupMode::Keyed))
+        .await
+        .unwrap();
+    let events: Vec<Event> = (0..60)
+        .map(|n| keyed(&format!("{}-{n}", n % 3), &format!("acct-{}", n % 3)))
+        .collect();
+    client.publish("accounts", events).await.unwrap();
+
+    let mut consumer = client
+        .consumer("accounts", "ledger")
+        .credits(100)
+        .build()
+        .await
+        .unwrap();
+    let mut per_key: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for _ in 0..60 {
+        // Take everything deliverable now: at most one per key.
+        let first = next_within(&mut consumer).await;
+        let mut batch = vec![first];
+        while let Ok(Some(Ok(more))) =
+            tokio::time::timeout(Duration::from_millis(100), consumer.next()).await
+        {
+            batch.push(more);
+        }
+        let keys: HashSet<String> = batch
+            .iter()
+            .map(|delivery| delivery.event().event.key.clone().unwrap())
+            .collect();
+        assert_eq!(keys.len(), batch.len(), "one in flight per key");
+        for delivery in batch {
+            let event = &delivery.event().event;
+            let n: usize = event.id.split('-').nth(1).unwrap().parse().unwrap();
+            per_key
+                .entry(event.key.clone().unwrap())
+                .or_default()
+                .push(n);
+            delivery.ack().unwrap();
+        }
+        if per_key.values().map(Vec::len).sum::<usize>() == 60 {
+            break;
+        }
+    }
+    for (key, order) in per_key {
+        assert_eq!(order.len(), 20, "{key}");
+        assert!(
+            order.windows(2).all(|pair| pair[0] < pair[1]),
+            "{key}: {order:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn given_stream_group_when_consumer_acks_should_commit_and_rebalance_on_leave() {
+    let (_server, client) = server_and_client().await;
+    client
+        .create_topic(TopicOptions::new("clicks").partitions(2))
+        .await
+        .unwrap();
+    client
+        .put_group(
+            "clicks",
+            GroupOptions::new("analytics", GroupMode::Stream).session_timeout(LONG_ACK_WAIT),
+        )
+        .await
+        .unwrap();
+    let events: Vec<Event> = (0..100)
+        .map(|n| keyed(&format!("c-{n}"), &format!("u{n}")))
+        .collect();
+    client.publish("clicks", events).await.unwrap();
+
+    let mut first = client
+        .consumer("clicks", "analytics")
+        .member("first")
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(first.mode(), GroupMode::Stream);
+    let mut last_offset: HashMap<u32, u64> = HashMap::new();
+    for _ in 0..100 {
+        let delivery = next_within(&mut first).await;
+        let event = delivery.event();
+        if let Some(previous) = last_offset.get(&event.partition) {
+            assert_eq!(event.offset, previous + 1, "in order per partition");
+        }
+        last_offset.insert(event.partition, event.offset);
+        delivery.ack().unwrap();
+    }
+    assert_eq!(
+        first.assignment().map(|(partitions, _)| partitions),
+        Some(vec![0, 1])
+    );
+    // Commits are pipelined: wait until they are applied.
+    let deadline = tokio::time::Instant::now() + PROMPTLY;
+    loop {
+        let status = client.group_status("clicks", "analytics").await.unwrap();
+        if status.partitions.iter().all(|partition| partition.lag == 0) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "commits not applied: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // A second member takes a partition; when the first leaves (its call
+    // ends), the second gets both at once, long before the session timeout.
+    let mut second = client
+        .consumer("clicks", "analytics")
+        .member("second")
+        .build()
+        .await
+        .unwrap();
+    client
+        .publish(
+            "clicks",
+            (0..10).map(|n| keyed(&format!("d-{n}"), &format!("u{n}"))),
+        )
+        .await
+        .unwrap();
+    let delivery = next_within(&mut second).await;
+    drop(delivery);
+    drop(first);
+    let deadline = tokio::time::Instant::now() + PROMPTLY;
+    loop {
+        let status = client.group_status("clicks", "analytics").await.unwrap();
+        let members: Vec<&str> = status
+            .members
+            .iter()
+            .map(|member| member.member.as_str())
+            .collect();
+        if members == ["second"] {
+            assert_eq!(status.members[0].partitions, vec![0, 1]);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "first never left: {members:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn given_consumer_dropped_with_unacked_leases_should_redeliver_them_to_another_promptly() {
+    let (_server, client) = server_and_client().await;
+    client
+        .create_topic(TopicOptions::new("tasks"))
+        .await
+        .unwrap();
+    client
+        .put_group(
+            "tasks",
+            GroupOptions::new("workers", GroupMode::Queue).ack_wait(LONG_ACK_WAIT),
+        )
+        .await
+        .unwrap();
+    client
+        .publish("tasks", (0..10).map(|n| keyed(&format!("t-{n}"), "k")))
+        .await
+        .unwrap();
+
+    let mut doomed = client
+        .consumer("tasks", "workers")
+        .member("doomed")
+        .credits(10)
+        .build()
+        .await
+        .unwrap();
+    let mut held = Vec::new();
+    for _ in 0..10 {
+        held.push(next_within(&mut doomed).await);
+    }
+    let status = client.group_status("tasks", "workers").await.unwrap();
+    assert_eq!(status.in_flight, 10);
+
+    // The consumer goes away while still holding its deliveries.
+    drop(doomed);
+    let mut survivor = client
+        .consumer("tasks", "workers")
+        .member("survivor")
+        .credits(10)
+        .build()
+        .await
+        .unwrap();
+    let mut redelivered = HashSet::new();
+    for _ in 0..10 {
+        let delivery = next_within(&mut survivor).await;
+        assert_eq!(delivery.attempt(), 2);
+        redelivered.insert(delivery.event().event.id.clone());
+        delivery.ack().unwrap();
+    }
+    assert_eq!(redelivered.len(), 10);
+    // The old deliveries can no longer be settled.
+    let stale = held.pop().unwrap();
+    assert!(matches!(stale.ack(), Err(Error::Closed) | Ok(())));
+}
+
+#[tokio::test]
+async fn given_raw_consume_call_when_client_disconnects_should_release_leases_at_once() {
+    use herald_proto::v1;
+    let (server, client) = server_and_client().await;
+    client
+        .create_topic(TopicOptions::new("tasks"))
+        .await
+        .unwrap();
+    client
+        .put_group(
+            "tasks",
+            GroupOptions::new("workers", GroupMode::Queue).ack_wait(LONG_ACK_WAIT),
+        )
+        .await
+        .unwrap();
+    client
+        .publish("tasks", (0..5).map(|n| keyed(&format!("t-{n}"), "k")))
+        .await
+        .unwrap();
+
+    // A client on its own connection that vanishes without a goodbye.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut raw = v1::groups_client::GroupsClient::new(channel);
+    let (requests, receiver) = tokio::sync::mpsc::channel(8);
+    requests
+        .send(v1::ConsumeRequest {
+            request: Some(v1::consume_request::Request::Start(v1::ConsumeStart {
+                topic: "tasks".into(),
+                group: "workers".into(),
+                member: "raw".into(),
+                credit: 5,
+            })),
+            seq: 0,
+        })
+        .await
+        .unwrap();
+    let mut responses = raw
+        .consume(tokio_stream::wrappers::ReceiverStream::new(receiver))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut received = 0;
+    while received < 5 {
+        let message = responses.message().await.unwrap().unwrap();
+        if let Some(v1::consume_response::Response::Deliveries(batch)) = message.response {
+            received += batch.deliveries.len();
+        }
+    }
+    drop(requests);
+    drop(responses);
+    drop(raw);
+
+    let mut other = client
+        .consumer("tasks", "workers")
+        .credits(5)
+        .build()
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        let delivery = next_within(&mut other).await;
+        assert_eq!(delivery.attempt(), 2);
+        delivery.ack().unwrap();
+    }
+}
+
+#[tokio::test]
+async fn given_subscriber_from_position_should_get_events_from_there_then_live_ones() {
+    let (_server, client) = server_and_client().await;
+    client
+        .create_topic(TopicOptions::new("feed"))
+        .await
+        .unwrap();
+    client
+        .publish("feed", (0..20).map(|n| keyed(&format!("f-{n}"), "k")))
+        .await
+        .unwrap();
+    let mut subscriber = client
+        .subscribe("feed")
+        .from(From::Positions(vec![(0, 15)]))
+        .build()
+        .await
+        .unwrap();
+    for expected in 15..20 {
+        let event = tokio::time::timeout(PROMPTLY, subscriber.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(event.offset, expected);
+    }
+    client.publish("feed", [keyed("live", "k")]).await.unwrap();
+    let live = tokio::time::timeout(PROMPTLY, subscriber.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(live.event.id, "live");
+    assert_eq!(subscriber.positions(), vec![(0, 21)]);
+
+    let filtered = client
+        .subscribe("feed")
+        .from(From::Earliest)
+        .types(["other.type"])
+        .build()
+        .await
+        .unwrap();
+    drop(filtered);
+    let missing = client.subscribe("nope").build().await.unwrap_err();
+    assert_eq!(missing.code(), Some(&ErrorCode::TopicNotFound));
+}
+
+#[tokio::test]
+async fn given_grpc_health_should_report_serving_once_ready() {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+    let (server, _client) = server_and_client().await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel);
+    for service in ["", "herald.v1.Events", "herald.v1.Groups"] {
+        let answer = health
+            .check(HealthCheckRequest {
+                service: service.to_owned(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(answer.status, ServingStatus::Serving as i32, "{service:?}");
+    }
+}
+
+#[test]
+fn given_every_server_error_code_should_be_known_to_the_sdk() {
+    for code in herald_server::problem::Code::ALL {
+        let parsed: ErrorCode = code.as_str().parse().unwrap();
+        assert!(
+            !matches!(parsed, ErrorCode::Other(_)),
+            "the SDK does not know {}",
+            code.as_str()
+        );
+    }
+}
+
+// ------------------------------------------------------------ aggregates
+
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+struct Order {
+    created: bool,
+    paid_by: Option<String>,
+}
+
+enum Command {
+    Create,
+    Pay(String),
+}
+
+struct Orders;
+
+impl Decider for Orders {
+    type State = Order;
+    type Command = Command;
+    type Refusal = String;
+
+    fn evolve(mut state: Order, event: &Event) -> Order {
+        match event.ty.as_str() {
+            "order.created" => state.created = true,
+            "order.paid" => {
+                state.paid_by = event.subject.clone();
+            }
+            _ => {}
+        }
+        state
+    }
+
+    fn decide(command: &Command, state: &Order) -> Result<Vec<Event>, String> {
+        match command {
+            Command::Create if state.created => Err("exists".into()),
+            Command::Create => Ok(vec![Event::new("", "/orders", "order.created")]),
+            Command::Pay(_) if !state.created => Err("no such order".into()),
+            Command::Pay(_) if state.paid_by.is_some() => Err("already paid".into()),
+            Command::Pay(payer) => {
+                let mut paid = Event::new("", "/orders", "order.paid");
+                paid.subject = Some(payer.clone());
+                Ok(vec![paid])
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn given_two_concurrent_payments_when_handled_by_aggregate_should_let_exactly_one_win() {
+    let (_server, client) = server_and_client().await;
+    client
+        .create_topic(TopicOptions::new("orders"))
+        .await
+        .unwrap();
+    let orders = Aggregate::<Orders>::new(client.clone(), "orders").snapshot_every(1);
+    let created = orders.handle("order-7", &Command::Create).await.unwrap();
+    assert_eq!(created.version, Some(0));
+
+    let (alice, bob) = (Command::Pay("alice".into()), Command::Pay("bob".into()));
+    let (first, second) = tokio::join!(
+        orders.handle("order-7", &alice),
+        orders.handle("order-7", &bob),
+    );
+    let outcomes = [first, second];
+    let wins = outcomes.iter().filter(|outcome| outcome.is_ok()).count();
+    assert_eq!(wins, 1, "exactly one payment wins");
+    assert!(outcomes.iter().any(|outcome| matches!(
+        outcome,
+        Err(HandleError::Refused(reason)) if reason == "already paid"
+    )));
+
+    let loaded = orders.load("order-7").await.unwrap();
+    assert_eq!(loaded.version, Some(1));
+    assert!(loaded.state.created && loaded.state.paid_by.is_some());
+    // Every append snapshots here: the snapshot holds the latest state.
+    let (version, state) = client
+        .get_snapshot("orders", "order-7")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(version, 1);
+    assert_eq!(
+        serde_json::from_value::<Order>(state).unwrap(),
+        loaded.state
+    );
+}
