@@ -46,6 +46,8 @@
 //! The SDK depends on no server crate: only the protocol (`herald-proto`)
 //! and the shared types (`herald-types`).
 
+#![warn(missing_docs)]
+
 mod aggregate;
 mod consumer;
 mod error;

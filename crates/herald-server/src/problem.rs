@@ -20,8 +20,9 @@
 //! # The code table
 //!
 //! [`Code`] is the single place where a failure gets its public identity:
-//! each code has one HTTP status and one gRPC status (recorded now, used by
-//! the gRPC gateway later), and `docs/errors.md` lists the same table for
+//! each code has one HTTP status and one gRPC status (the gRPC services
+//! answer with it and put the code in a `google.rpc.ErrorInfo` detail), and
+//! `docs/errors.md` lists the same table for
 //! clients (a unit test keeps the two equal). The backend's codes
 //! ([`herald_backend::Error::code`]) and the event codec's
 //! ([`herald_types::EventError::code`]) are entries of this table; a test
