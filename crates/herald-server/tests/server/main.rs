@@ -7,6 +7,7 @@
 mod cli;
 mod cloudevents;
 mod config;
+mod erasure;
 mod events;
 mod groups;
 mod http;
