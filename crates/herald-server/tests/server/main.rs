@@ -13,6 +13,7 @@ mod groups;
 mod http;
 mod lifecycle;
 mod openapi;
+mod order_payment;
 mod push;
 mod restart;
 mod robustness;
