@@ -698,8 +698,8 @@ impl Log {
     /// key, no headers, an empty value; same offset and timestamp), so
     /// offsets stay dense and every other record keeps its offset and bytes.
     /// Offsets outside the log (removed by retention, not yet written) are
-    /// ignored; erasing an erased record again is a no-op. If an offset is in
-    /// the active segment, the segment is rolled first.
+    /// ignored; erasing an erased record again is a no-op (no rewrite). If an
+    /// offset is in the active segment, the segment is rolled first.
     ///
     /// Crash safety: each segment is rewritten into `<base>.log.compacting`
     /// (and its indexes into `.index.compacting`, `.timeindex.compacting`),
@@ -731,6 +731,18 @@ impl Log {
             )
         };
         offsets.retain(|offset| (start..end).contains(offset));
+        // Records already erased need no rewrite (an erase repeated after a
+        // restart, before its caller recorded it as done).
+        let reader = self.reader();
+        offsets.retain(|offset| {
+            reader.read(*offset, 1).map_or(true, |batch| {
+                batch
+                    .records
+                    .iter()
+                    .find(|record| record.offset == *offset)
+                    .is_none_or(|record| !record.is_erased())
+            })
+        });
         let mut report = Erased::default();
         if offsets.is_empty() {
             return Ok(report);
