@@ -1190,11 +1190,18 @@ impl Streams for EmbeddedBackend {
 
     async fn delete_stream(&self, topic: &TopicName, stream: &StreamId, hard: bool) -> Result<()> {
         let runtime = self.inner.topic(topic)?;
-        let erased = self.inner.streams.delete(topic, stream, hard).await?;
-        if !erased.is_empty() {
-            self.inner.mark_erased(&runtime, &erased);
-        }
-        Ok(())
+        let (inner, topic, stream) = (Arc::clone(&self.inner), topic.clone(), stream.clone());
+        // Runs to completion even if the caller goes away: once the delete
+        // is committed, its events must become unreadable and be compacted.
+        tokio::spawn(async move {
+            let erased = inner.streams.delete(&topic, &stream, hard).await?;
+            if !erased.is_empty() {
+                inner.mark_erased(&runtime, &erased);
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|error| task_error(&error))?
     }
 
     async fn put_snapshot(
