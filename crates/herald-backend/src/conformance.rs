@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use herald_types::{Event, EventInput, GroupName, StreamId, TopicName};
+use herald_types::{Event, EventInput, GroupName, StoredEvent, StreamId, TopicName};
 
 use crate::{
     Backend, CommitRequest, Delivery, Direction, Error, Expect, ExpectedVersion, FetchRequest,
@@ -1806,7 +1806,7 @@ pub async fn stream_versions_are_dense_and_reads_page_forward_and_backward<H: Ha
 }
 
 /// Metadata, then soft delete (reads as deleted, events stay in the topic),
-/// then hard delete (index gone).
+/// then hard delete (index gone, events hidden from topic reads).
 pub async fn stream_metadata_and_soft_and_hard_delete<H: Harness>() {
     let harness = H::start().await;
     let backend = harness.backend();
@@ -1909,7 +1909,32 @@ pub async fn stream_metadata_and_soft_and_hard_delete<H: Harness>() {
     let (kept_events, _) =
         stream_ids(backend.as_ref(), &topic, &kept, 0, Direction::Forward, 10).await;
     assert_eq!(kept_events.len(), 2);
-    // Soft then hard upgrades.
+    // No topic read serves the hard-deleted events; the others keep their
+    // offsets (one partition: cart-1 at 0..3, cart-2 at 3..5, cart-3 at 5..7).
+    let positions = |events: Vec<StoredEvent>| -> Vec<(String, u64)> {
+        events
+            .into_iter()
+            .map(|event| (event.event.id, event.offset))
+            .collect()
+    };
+    let expected = |ids: &[(&str, u64)]| -> Vec<(String, u64)> {
+        ids.iter()
+            .map(|(id, offset)| ((*id).to_owned(), *offset))
+            .collect()
+    };
+    let in_topic = backend.read(&topic, 0, 0, 100).await.unwrap();
+    assert_eq!(
+        positions(in_topic.events),
+        expected(&[
+            ("c-0", 0),
+            ("c-1", 1),
+            ("c-2", 2),
+            ("cart-3-0", 5),
+            ("cart-3-1", 6)
+        ]),
+        "a hard delete hides the stream's events from topic reads"
+    );
+    // Soft then hard upgrades, and hides the events too.
     backend.delete_stream(&topic, &cart, true).await.unwrap();
     assert!(
         backend
@@ -1917,6 +1942,11 @@ pub async fn stream_metadata_and_soft_and_hard_delete<H: Harness>() {
             .await
             .unwrap()
             .deleted
+    );
+    let in_topic = backend.read(&topic, 0, 0, 100).await.unwrap();
+    assert_eq!(
+        positions(in_topic.events),
+        expected(&[("cart-3-0", 5), ("cart-3-1", 6)])
     );
 }
 

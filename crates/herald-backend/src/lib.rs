@@ -112,7 +112,8 @@ pub trait Events: Send + Sync {
 
     /// Reads up to `max` events of one partition from offset `from`.
     /// [`Error::OffsetOutOfRange`] if `from` was removed by retention; an
-    /// empty result at the end.
+    /// empty result at the end. Offsets of events erased by a hard stream
+    /// delete are skipped, so offsets in a result may have gaps.
     async fn read(
         &self,
         topic: &TopicName,
@@ -340,10 +341,12 @@ pub trait Streams: Send + Sync {
     /// - soft (`hard = false`): the stream reads as deleted
     ///   ([`Error::StreamNotFound`]; metadata says `deleted`) and takes no
     ///   more events; its events stay in the topic for consumers.
-    /// - hard: as soft, and the stream's index and snapshot are removed, so
-    ///   no stream API can reach its events. (Physically erasing the events
-    ///   from the topic's files by compacting their segments is a
-    ///   follow-up: until then they stay readable through the topic.)
+    /// - hard: as soft, and the stream's index and snapshot are removed, and
+    ///   from when this returns its events are read by no API: topic reads,
+    ///   subscriptions and group deliveries skip their offsets (leases on
+    ///   them end). The backend then removes their bytes from its files
+    ///   (the embedded backend: by compacting the segments holding them,
+    ///   soon after; pending erasures survive a restart).
     ///
     /// Deleting a deleted stream again is allowed (soft then hard upgrades).
     /// [`Error::StreamNotFound`] if it never existed.

@@ -22,8 +22,13 @@
 //! is a range scan of the index plus one log read per event. Appends to one
 //! stream are serialized by a per-stream lock held only while used;
 //! appends to different streams run concurrently and share group commits.
-//! Hard delete removes the index entries and snapshot (the events stay in
-//! the segments until compaction, a follow-up). Details: `stream.rs`.
+//! Hard delete removes the index entries and snapshot, makes the events
+//! unreadable through every API at once (a per-partition erased set every
+//! topic read consults), and schedules their physical erasure: the
+//! `stream-compactor` task rewrites the segments holding them soon after
+//! (`herald_log::LogHandle::erase`) and compacts `streams.redb`. Pending
+//! erasures are kept in `streams.redb`, so they survive a restart. Details:
+//! `stream.rs`, `erasure.rs`.
 //!
 //! # Durability of group state
 //!
@@ -38,10 +43,14 @@
 //! # Background tasks
 //!
 //! `group-flush` persists dirty group state; `group-timer` expires leases
-//! (redelivery, dead letters) and silent stream members. Both stop on
-//! [`Backend::shutdown`], which flushes once more and closes every log.
+//! (redelivery, dead letters) and silent stream members; `stream-compactor`
+//! erases hard-deleted events from the segments (at open, and
+//! `compaction_delay` after each hard delete). All stop on
+//! [`Backend::shutdown`] (a compaction pass in progress finishes first),
+//! which flushes once more and closes every log.
 
 mod codec;
+mod erasure;
 mod group;
 mod meta;
 mod stream;
@@ -89,6 +98,10 @@ pub struct EmbeddedOptions {
     /// How often leases are expired and silent members dropped without a
     /// fetch to prompt it.
     pub tick_interval: Duration,
+    /// How soon after a hard delete the segments holding its events are
+    /// compacted; deletes within this window share one pass. 200 ms: soon,
+    /// and a burst of deletes costs one rewrite per segment, not one each.
+    pub compaction_delay: Duration,
 }
 
 impl EmbeddedOptions {
@@ -99,6 +112,7 @@ impl EmbeddedOptions {
             writer: WriterOptions::default(),
             flush_interval: Duration::from_millis(50),
             tick_interval: Duration::from_millis(100),
+            compaction_delay: Duration::from_millis(200),
         }
     }
 }
@@ -123,7 +137,25 @@ struct Inner {
     admin: tokio::sync::Mutex<()>,
     ready: AtomicBool,
     closed: AtomicBool,
+    /// Wakes the `stream-compactor` task (a hard delete scheduled erasures).
+    compaction_wanted: tokio::sync::Notify,
+    /// One compaction pass at a time (the task's, or a forced one).
+    compacting: tokio::sync::Mutex<()>,
 }
+
+/// What a compaction pass did (see `erasure.rs`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CompactionReport {
+    /// Partitions whose pending erasures were carried out.
+    pub partitions: usize,
+    /// Segments rewritten.
+    pub segments: usize,
+    /// Events whose contents were erased from the segments.
+    pub events: u64,
+}
+
+/// After a failed compaction pass, the next try waits this long.
+const COMPACTION_RETRY: Duration = Duration::from_secs(5);
 
 fn task_error(error: &tokio::task::JoinError) -> Error {
     Error::Unavailable {
@@ -178,6 +210,8 @@ impl EmbeddedBackend {
             admin: tokio::sync::Mutex::new(()),
             ready: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            compaction_wanted: tokio::sync::Notify::new(),
+            compacting: tokio::sync::Mutex::new(()),
         });
         inner.recover().await?;
         let cancel = CancellationToken::new();
@@ -190,6 +224,11 @@ impl EmbeddedBackend {
             tokio::spawn(timer_loop(
                 Arc::clone(&inner),
                 options.tick_interval,
+                cancel.clone(),
+            )),
+            tokio::spawn(compaction_loop(
+                Arc::clone(&inner),
+                options.compaction_delay,
                 cancel.clone(),
             )),
         ];
@@ -208,6 +247,15 @@ impl EmbeddedBackend {
     /// crash.
     pub async fn flush_group_state(&self) -> Result<()> {
         self.inner.flush().await
+    }
+
+    /// Carries out every pending erasure of hard-deleted streams now (the
+    /// `stream-compactor` task does it soon after each hard delete) and
+    /// returns once their bytes are gone from the segments and from the
+    /// stream index file.
+    pub async fn compact(&self) -> Result<CompactionReport> {
+        self.inner.check_open()?;
+        self.inner.compact().await
     }
 }
 
@@ -338,8 +386,9 @@ impl Inner {
         Ok(())
     }
 
-    /// Catches the stream index up with every topic's log, and drops the
-    /// index of topics that no longer exist.
+    /// Catches the stream index up with every topic's log, drops the index
+    /// of topics that no longer exist, and makes the erasures a restart left
+    /// pending unreadable again (the compactor carries them out soon after).
     async fn recover_streams(&self) -> Result<()> {
         let topics = self.topic_list();
         let names = topics.iter().map(|topic| topic.name.to_string()).collect();
@@ -347,7 +396,73 @@ impl Inner {
         for topic in topics {
             self.streams.catch_up(&topic).await?;
         }
+        for (topic, partition, offsets) in self.streams.pending_erasures().await? {
+            let runtime = topic.parse().ok().and_then(|name| self.topic(&name).ok());
+            if let Some(erased) =
+                runtime.and_then(|runtime| runtime.erased.get(partition as usize).cloned())
+            {
+                erased.insert(offsets);
+            }
+        }
         Ok(())
+    }
+
+    /// A hard delete made these `(partition, offset)`s unreadable: reads skip
+    /// them from now on, groups drop them, and the compactor is woken.
+    fn mark_erased(&self, topic: &TopicRuntime, erased: &[(u32, u64)]) {
+        let mut by_partition: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+        for &(partition, offset) in erased {
+            by_partition.entry(partition).or_default().push(offset);
+        }
+        let groups = topic.group_list();
+        for (partition, mut offsets) in by_partition {
+            offsets.sort_unstable();
+            if let Some(set) = topic.erased.get(partition as usize) {
+                set.insert(offsets.iter().copied());
+            }
+            for group in &groups {
+                group.erase(partition, &offsets, self.now());
+            }
+        }
+        self.compaction_wanted.notify_one();
+    }
+
+    /// One compaction pass: every partition's pending erasures go to its
+    /// log, then leave the index and the erased set; then the index file is
+    /// compacted so no freed page keeps a deleted snapshot.
+    async fn compact(&self) -> Result<CompactionReport> {
+        let _pass = self.compacting.lock().await;
+        let mut report = CompactionReport::default();
+        for (topic, partition, offsets) in self.streams.pending_erasures().await? {
+            let Some(runtime) = topic.parse().ok().and_then(|name| self.topic(&name).ok()) else {
+                // A deleted topic: its purge removes the rows.
+                continue;
+            };
+            let erased = runtime
+                .handle(partition)?
+                .erase(offsets.clone())
+                .await
+                .map_err(|error| topic::log_error(partition, error))?;
+            self.streams
+                .erasures_done(&topic, partition, offsets.clone())
+                .await?;
+            if let Some(set) = runtime.erased.get(partition as usize) {
+                set.remove(&offsets);
+            }
+            report.partitions += 1;
+            report.segments += erased.segments;
+            report.events += erased.records;
+        }
+        if report.partitions > 0 {
+            self.streams.compact_file().await?;
+            info!(
+                partitions = report.partitions,
+                segments = report.segments,
+                events = report.events,
+                "Erased hard-deleted events from disk."
+            );
+        }
+        Ok(report)
     }
 
     /// Removes topic directories no topic owns (left by a delete that crashed).
@@ -543,6 +658,28 @@ async fn timer_loop(inner: Arc<Inner>, interval: Duration, cancel: CancellationT
                 let effects = group.tick(inner.now());
                 inner.bury(&topic, &group, effects).await;
             }
+        }
+    }
+}
+
+/// The `stream-compactor` task: a compaction pass at start (erasures a
+/// restart left pending) and `delay` after each wake-up.
+async fn compaction_loop(inner: Arc<Inner>, delay: Duration, cancel: CancellationToken) {
+    loop {
+        if let Err(error) = inner.compact().await {
+            warn!(%error, "Compacting away hard-deleted events failed; will retry.");
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(COMPACTION_RETRY) => continue,
+            }
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = inner.compaction_wanted.notified() => {}
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(delay) => {}
         }
     }
 }
@@ -1052,8 +1189,19 @@ impl Streams for EmbeddedBackend {
     }
 
     async fn delete_stream(&self, topic: &TopicName, stream: &StreamId, hard: bool) -> Result<()> {
-        self.inner.topic(topic)?;
-        self.inner.streams.delete(topic, stream, hard).await
+        let runtime = self.inner.topic(topic)?;
+        let (inner, topic, stream) = (Arc::clone(&self.inner), topic.clone(), stream.clone());
+        // Runs to completion even if the caller goes away: once the delete
+        // is committed, its events must become unreadable and be compacted.
+        tokio::spawn(async move {
+            let erased = inner.streams.delete(&topic, &stream, hard).await?;
+            if !erased.is_empty() {
+                inner.mark_erased(&runtime, &erased);
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|error| task_error(&error))?
     }
 
     async fn put_snapshot(

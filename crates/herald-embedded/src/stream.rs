@@ -11,6 +11,7 @@
 //! | `stream_positions` | (topic, partition, offset) | (stream, version) — the reverse map |
 //! | `stream_checkpoints` | (topic, partition) | every stream record below this offset is indexed |
 //! | `stream_snapshots` | (topic, stream) | (version, JSON state) |
+//! | `stream_erasures` | (topic, partition, offset) | () — events of hard-deleted streams not yet compacted away |
 //!
 //! # Writing the index without an fsync per append
 //!
@@ -62,18 +63,22 @@
 //! # Deletion
 //!
 //! Soft delete marks the stream deleted (reads say not found; appends are
-//! refused); its events stay in the topic. Hard delete also removes the
-//! stream's index entries and snapshot; the row stays as a tombstone so the
-//! stream id cannot be reused and catch-up does not index its events again.
-//! Physically erasing the events from the segments (compaction) is a
-//! follow-up: today they remain readable through the topic.
+//! refused); its events stay in the topic. Hard delete, in one durable
+//! transaction, removes the stream's index entries and snapshot, keeps the
+//! row as a tombstone (the stream id cannot be reused, and catch-up does not
+//! index its events again), and moves the events' positions from
+//! `stream_positions` to `stream_erasures`. The backend then makes those
+//! offsets unreadable at once and has them compacted out of the segments
+//! soon after; `erasure.rs` describes how. If catch-up meets an event of a
+//! hard-deleted stream that the delete did not know of, it schedules its
+//! erasure the same way.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, RandomState};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 use herald_backend::{
@@ -116,6 +121,7 @@ const CHECKPOINTS: TableDefinition<'_, (&str, u32), u64> =
     TableDefinition::new("stream_checkpoints");
 const SNAPSHOTS: TableDefinition<'_, (&str, &str), (u64, &[u8])> =
     TableDefinition::new("stream_snapshots");
+const ERASURES: TableDefinition<'_, (&str, u32, u64), ()> = TableDefinition::new("stream_erasures");
 
 const LIVE: u8 = 0;
 const SOFT_DELETED: u8 = 1;
@@ -249,6 +255,12 @@ enum Op {
     },
     /// Removes everything of a topic (deleted or created anew).
     Purge { topic: String },
+    /// The log erased these offsets: drop their `stream_erasures` rows.
+    Erased {
+        topic: String,
+        partition: u32,
+        offsets: Vec<u64>,
+    },
     /// Commits durably and stops the thread.
     Stop,
 }
@@ -259,15 +271,31 @@ impl Op {
     }
 }
 
+/// What an op reports back: the `(partition, offset)`s a hard delete
+/// scheduled for erasure (empty for every other op).
+type Outcome = Vec<(u32, u64)>;
+
 struct Request {
     op: Op,
-    done: oneshot::Sender<Result<()>>,
+    done: oneshot::Sender<Result<Outcome>>,
+}
+
+/// The index database behind a lock that every transaction holds shared:
+/// compacting the file ([`StreamStore::compact_file`]) needs it alone.
+#[derive(Debug)]
+struct Index(RwLock<Database>);
+
+impl Index {
+    /// The database, for transactions that end before the guard does.
+    fn shared(&self) -> RwLockReadGuard<'_, Database> {
+        self.0.read().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// The stream index and the per-stream locks. One per backend.
 #[derive(Debug)]
 pub(crate) struct StreamStore {
-    db: Arc<Database>,
+    db: Arc<Index>,
     writer: mpsc::Sender<Request>,
     locks: Arc<StreamLocks>,
     /// Set when an index commit failed after its events were appended.
@@ -286,9 +314,10 @@ impl StreamStore {
             txn.open_table(STREAM_POSITIONS).map_err(storage)?;
             txn.open_table(CHECKPOINTS).map_err(storage)?;
             txn.open_table(SNAPSHOTS).map_err(storage)?;
+            txn.open_table(ERASURES).map_err(storage)?;
         }
         txn.commit().map_err(storage)?;
-        let db = Arc::new(db);
+        let db = Arc::new(Index(RwLock::new(db)));
         let (writer, requests) = mpsc::channel();
         let thread_db = Arc::clone(&db);
         std::thread::Builder::new()
@@ -304,6 +333,10 @@ impl StreamStore {
     }
 
     async fn send(&self, op: Op) -> Result<()> {
+        self.request(op).await.map(drop)
+    }
+
+    async fn request(&self, op: Op) -> Result<Outcome> {
         let (done, answer) = oneshot::channel();
         self.writer
             .send(Request { op, done })
@@ -356,6 +389,7 @@ impl StreamStore {
     pub(crate) async fn purge_others(&self, topics: Vec<String>) -> Result<()> {
         let db = Arc::clone(&self.db);
         let orphans = blocking(move || {
+            let db = db.shared();
             let txn = db.begin_read().map_err(storage)?;
             let table = txn.open_table(CHECKPOINTS).map_err(storage)?;
             let mut orphans = Vec::new();
@@ -381,7 +415,8 @@ impl StreamStore {
             let reader = topic.handle(partition)?.reader().clone();
             let (db, name) = (Arc::clone(&self.db), topic.name.to_string());
             let indexed =
-                blocking(move || catch_up_partition(&db, &name, partition, &reader)).await?;
+                blocking(move || catch_up_partition(&db.shared(), &name, partition, &reader))
+                    .await?;
             if indexed > 0 {
                 info!(topic = %topic.name, partition, records = indexed, "Stream index caught up with the log.");
             }
@@ -495,6 +530,7 @@ impl StreamStore {
     async fn row(&self, topic: &TopicName, stream: &StreamId) -> Result<Option<Row>> {
         let (db, topic, stream) = (Arc::clone(&self.db), topic.to_string(), stream.to_string());
         blocking(move || {
+            let db = db.shared();
             let txn = db.begin_read().map_err(storage)?;
             let table = txn.open_table(STREAMS).map_err(storage)?;
             let row = table
@@ -530,6 +566,7 @@ impl StreamStore {
             stream.to_string(),
         );
         let entries = blocking(move || {
+            let db = db.shared();
             let txn = db.begin_read().map_err(storage)?;
             let table = txn.open_table(STREAM_EVENTS).map_err(storage)?;
             let (name, id) = (name.as_str(), id.as_str());
@@ -650,19 +687,76 @@ impl StreamStore {
         })
     }
 
-    /// See [`herald_backend::Streams::delete_stream`].
+    /// See [`herald_backend::Streams::delete_stream`]. A hard delete returns
+    /// the `(partition, offset)`s of the events it scheduled for erasure,
+    /// durably recorded in `stream_erasures` (see `erasure.rs`).
     pub(crate) async fn delete(
         &self,
         topic: &TopicName,
         stream: &StreamId,
         hard: bool,
-    ) -> Result<()> {
+    ) -> Result<Vec<(u32, u64)>> {
         self.check_healthy()?;
         let _guard = self.locks.lock(topic.as_str(), stream.as_str()).await;
-        self.send(Op::Delete {
+        self.request(Op::Delete {
             topic: topic.to_string(),
             stream: stream.to_string(),
             hard,
+        })
+        .await
+    }
+
+    /// The erasures still pending compaction: per (topic, partition), the
+    /// offsets, ascending.
+    pub(crate) async fn pending_erasures(&self) -> Result<Vec<(String, u32, Vec<u64>)>> {
+        let db = Arc::clone(&self.db);
+        blocking(move || {
+            let db = db.shared();
+            let txn = db.begin_read().map_err(storage)?;
+            let table = txn.open_table(ERASURES).map_err(storage)?;
+            let mut pending: Vec<(String, u32, Vec<u64>)> = Vec::new();
+            for entry in table.iter().map_err(storage)? {
+                let (key, _) = entry.map_err(storage)?;
+                let (topic, partition, offset) = key.value();
+                match pending.last_mut() {
+                    Some((last_topic, last_partition, offsets))
+                        if last_topic == topic && *last_partition == partition =>
+                    {
+                        offsets.push(offset);
+                    }
+                    _ => pending.push((topic.to_owned(), partition, vec![offset])),
+                }
+            }
+            Ok(pending)
+        })
+        .await
+    }
+
+    /// Compacts `streams.redb` so the pages freed by hard deletes (snapshot
+    /// states, index entries) are dropped from the file or reused, rather than
+    /// left behind with their old bytes. Waits for the transactions in
+    /// flight and holds off new ones while it runs.
+    pub(crate) async fn compact_file(&self) -> Result<()> {
+        let db = Arc::clone(&self.db);
+        blocking(move || {
+            let mut db = db.0.write().unwrap_or_else(PoisonError::into_inner);
+            db.compact().map_err(storage)?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Forgets erasures the log has carried out. Durable when it returns.
+    pub(crate) async fn erasures_done(
+        &self,
+        topic: &str,
+        partition: u32,
+        offsets: Vec<u64>,
+    ) -> Result<()> {
+        self.send(Op::Erased {
+            topic: topic.to_owned(),
+            partition,
+            offsets,
         })
         .await
     }
@@ -696,6 +790,7 @@ impl StreamStore {
         self.live_row(topic, stream).await?;
         let (db, name, id) = (Arc::clone(&self.db), topic.to_string(), stream.to_string());
         let stored = blocking(move || {
+            let db = db.shared();
             let txn = db.begin_read().map_err(storage)?;
             let table = txn.open_table(SNAPSHOTS).map_err(storage)?;
             let stored = table.get((name.as_str(), id.as_str())).map_err(storage)?;
@@ -736,7 +831,7 @@ fn not_found(topic: &TopicName, stream: &StreamId) -> Error {
 
 /// The index writer thread: group-commits queued requests (see the module
 /// docs).
-fn run_writer(db: &Database, requests: &mpsc::Receiver<Request>) {
+fn run_writer(index: &Index, requests: &mpsc::Receiver<Request>) {
     let mut last_durable = Instant::now();
     let mut pending_durability = false;
     loop {
@@ -744,7 +839,7 @@ fn run_writer(db: &Database, requests: &mpsc::Receiver<Request>) {
             match requests.recv_timeout(IDLE_SYNC) {
                 Ok(request) => request,
                 Err(RecvTimeoutError::Timeout) => {
-                    if let Err(error) = commit(db, &mut [], true) {
+                    if let Err(error) = commit(&index.shared(), &mut [], true) {
                         error!(%error, "Stream index durable commit failed; will retry.");
                     } else {
                         pending_durability = false;
@@ -753,7 +848,7 @@ fn run_writer(db: &Database, requests: &mpsc::Receiver<Request>) {
                     continue;
                 }
                 Err(RecvTimeoutError::Disconnected) => {
-                    let _ = commit(db, &mut [], true);
+                    let _ = commit(&index.shared(), &mut [], true);
                     return;
                 }
             }
@@ -774,9 +869,9 @@ fn run_writer(db: &Database, requests: &mpsc::Receiver<Request>) {
         let durable = stop
             || round.iter().any(|request| request.op.needs_durability())
             || last_durable.elapsed() >= DURABLE_EVERY;
-        let mut outcomes: Vec<Result<()>> = round.iter().map(|_| Ok(())).collect();
+        let mut outcomes: Vec<Result<Outcome>> = round.iter().map(|_| Ok(Vec::new())).collect();
         let ops: Vec<&Op> = round.iter().map(|request| &request.op).collect();
-        match commit_ops(db, &ops, &mut outcomes, durable) {
+        match commit_ops(&index.shared(), &ops, &mut outcomes, durable) {
             Ok(()) => {
                 if durable {
                     last_durable = Instant::now();
@@ -799,7 +894,7 @@ fn run_writer(db: &Database, requests: &mpsc::Receiver<Request>) {
     }
 }
 
-fn commit(db: &Database, outcomes: &mut [Result<()>], durable: bool) -> Result<()> {
+fn commit(db: &Database, outcomes: &mut [Result<Outcome>], durable: bool) -> Result<()> {
     commit_ops(db, &[], outcomes, durable)
 }
 
@@ -810,6 +905,7 @@ struct Tables<'txn> {
     positions: Table<'txn, (&'static str, u32, u64), (&'static str, u64)>,
     checkpoints: Table<'txn, (&'static str, u32), u64>,
     snapshots: Table<'txn, (&'static str, &'static str), (u64, &'static [u8])>,
+    erasures: Table<'txn, (&'static str, u32, u64), ()>,
 }
 
 impl<'txn> Tables<'txn> {
@@ -820,11 +916,14 @@ impl<'txn> Tables<'txn> {
             positions: txn.open_table(STREAM_POSITIONS)?,
             checkpoints: txn.open_table(CHECKPOINTS)?,
             snapshots: txn.open_table(SNAPSHOTS)?,
+            erasures: txn.open_table(ERASURES)?,
         })
     }
 
     /// Records events `first_version..` of `stream` at `base_offset..`.
-    /// Idempotent; a hard-deleted stream's events are not indexed again.
+    /// Idempotent; a hard-deleted stream's events are not indexed again but
+    /// scheduled for erasure (catch-up meeting events the delete did not
+    /// know of).
     #[allow(clippy::too_many_arguments, reason = "one append's coordinates")]
     fn index(
         &mut self,
@@ -840,7 +939,13 @@ impl<'txn> Tables<'txn> {
             .streams
             .get((topic, stream))?
             .map(|row| Row::from_tuple(row.value()));
-        if row.is_some_and(|row| row.state == HARD_DELETED) || count == 0 {
+        if count == 0 {
+            return Ok(());
+        }
+        if row.is_some_and(|row| row.state == HARD_DELETED) {
+            for offset in base_offset..base_offset + count {
+                self.erasures.insert((topic, partition, offset), ())?;
+            }
             return Ok(());
         }
         for index in 0..count {
@@ -873,7 +978,7 @@ impl<'txn> Tables<'txn> {
         topic: &str,
         stream: &str,
         hard: bool,
-    ) -> std::result::Result<Result<()>, redb::Error> {
+    ) -> std::result::Result<Result<Outcome>, redb::Error> {
         let Some(mut row) = self
             .streams
             .get((topic, stream))?
@@ -893,16 +998,18 @@ impl<'txn> Tables<'txn> {
                 let (_, value) = entry?;
                 removed.push(value.value());
             }
-            for (partition, offset) in removed {
+            for &(partition, offset) in &removed {
                 self.positions.remove((topic, partition, offset))?;
+                self.erasures.insert((topic, partition, offset), ())?;
             }
             self.snapshots.remove((topic, stream))?;
             row.state = HARD_DELETED;
-        } else {
-            row.state = row.state.max(SOFT_DELETED);
+            self.streams.insert((topic, stream), row.tuple())?;
+            return Ok(Ok(removed));
         }
+        row.state = row.state.max(SOFT_DELETED);
         self.streams.insert((topic, stream), row.tuple())?;
-        Ok(Ok(()))
+        Ok(Ok(Vec::new()))
     }
 
     fn snapshot(
@@ -911,7 +1018,7 @@ impl<'txn> Tables<'txn> {
         stream: &str,
         version: u64,
         state: &[u8],
-    ) -> std::result::Result<Result<()>, redb::Error> {
+    ) -> std::result::Result<Result<Outcome>, redb::Error> {
         let row = self
             .streams
             .get((topic, stream))?
@@ -928,7 +1035,7 @@ impl<'txn> Tables<'txn> {
                     )));
                 }
                 self.snapshots.insert((topic, stream), (version, state))?;
-                Ok(Ok(()))
+                Ok(Ok(Vec::new()))
             }
             _ => Ok(Err(Error::StreamNotFound {
                 topic: topic.to_owned(),
@@ -943,6 +1050,7 @@ impl<'txn> Tables<'txn> {
         self.positions.retain(|(name, _, _), _| name != topic)?;
         self.checkpoints.retain(|(name, _), _| name != topic)?;
         self.snapshots.retain(|(name, _), _| name != topic)?;
+        self.erasures.retain(|(name, _, _), _| name != topic)?;
         Ok(())
     }
 
@@ -962,7 +1070,7 @@ impl<'txn> Tables<'txn> {
 fn commit_ops(
     db: &Database,
     ops: &[&Op],
-    outcomes: &mut [Result<()>],
+    outcomes: &mut [Result<Outcome>],
     durable: bool,
 ) -> Result<()> {
     let mut run = || -> std::result::Result<(), redb::Error> {
@@ -1015,6 +1123,17 @@ fn commit_ops(
                     Op::Purge { topic } => {
                         tables.purge(topic)?;
                         trackers.retain(|(name, _), _| name != topic);
+                    }
+                    Op::Erased {
+                        topic,
+                        partition,
+                        offsets,
+                    } => {
+                        for offset in offsets {
+                            tables
+                                .erasures
+                                .remove((topic.as_str(), *partition, *offset))?;
+                        }
                     }
                     Op::Stop => {}
                 }

@@ -23,6 +23,7 @@ use herald_types::{EventInput, GroupName, TopicName, partition_for_key};
 use tokio::sync::watch;
 
 use crate::codec;
+use crate::erasure::ErasedOffsets;
 use crate::group::GroupRuntime;
 
 /// Bytes read from a log per read call.
@@ -142,6 +143,9 @@ pub(crate) struct TopicRuntime {
     /// Per partition: the stream appends in flight, for the stream index's
     /// checkpoint.
     pub(crate) stream_trackers: Vec<Arc<crate::stream::PartitionTracker>>,
+    /// Per partition: offsets of hard-deleted events not yet compacted away;
+    /// reads skip them (see `erasure.rs`).
+    pub(crate) erased: Vec<Arc<ErasedOffsets>>,
     pub(crate) groups: RwLock<BTreeMap<GroupName, Arc<GroupRuntime>>>,
 }
 
@@ -177,6 +181,7 @@ impl TopicRuntime {
                 ))
             })
             .collect();
+        let erased = partitions.iter().map(|_| Arc::default()).collect();
         Self {
             name: info.spec.name.clone(),
             dir,
@@ -185,6 +190,7 @@ impl TopicRuntime {
             dedup: Mutex::new(Dedup::new()),
             round_robin: AtomicU64::new(0),
             stream_trackers,
+            erased,
             groups: RwLock::new(BTreeMap::new()),
         }
     }
@@ -548,15 +554,31 @@ impl TopicRuntime {
         max_bytes: usize,
     ) -> Result<ReadResult> {
         let reader = self.handle(partition)?.reader().clone();
+        let erased = Arc::clone(&self.erased[partition as usize]);
         let topic = self.name.clone();
         let max = max.max(1);
         tokio::task::spawn_blocking(move || {
             let mut events = Vec::new();
             let mut next = from;
             while events.len() < max {
-                let batch = reader
-                    .read(next, max_bytes)
-                    .map_err(|error| log_error(partition, error))?;
+                // Erased events are skipped: those pending compaction by the
+                // set, those compacted by their empty records. A removal from
+                // the set during the log read means a compaction switched
+                // segments meanwhile: read again (see `erasure.rs`).
+                let (batch, skip) = loop {
+                    let removals = erased.removals();
+                    let batch = reader
+                        .read(next, max_bytes)
+                        .map_err(|error| log_error(partition, error))?;
+                    let range = batch
+                        .records
+                        .first()
+                        .map_or((0, 0), |first| (first.offset, batch.next_offset));
+                    let skip = erased.within(range.0, range.1);
+                    if erased.removals() == removals {
+                        break (batch, skip);
+                    }
+                };
                 if batch.records.is_empty() {
                     break;
                 }
@@ -565,6 +587,13 @@ impl TopicRuntime {
                         break;
                     }
                     next = record.offset + 1;
+                    if record.is_erased()
+                        || skip
+                            .as_ref()
+                            .is_some_and(|skip| skip.contains(&record.offset))
+                    {
+                        continue;
+                    }
                     let event = codec::decode(&topic, partition, record).map_err(|error| {
                         Error::Corrupt {
                             detail: error.to_string(),

@@ -9,6 +9,9 @@
 //!   appenders, each keeping one append (one record) in flight, through the
 //!   writer thread and group commit.
 //! - `read/sequential/{size}B`: bytes/s reading a 64 MiB log front to back.
+//! - `erase/segment_64MiB/1KiB`: time of one `LogHandle::erase` of one
+//!   record in a sealed 64 MiB segment of 1 KiB records (the whole segment is
+//!   rewritten and fsynced, and the partition's appends wait meanwhile).
 //! - `machine/write_bandwidth`: sequential 1 MiB writes and one final
 //!   fdatasync, bytes/s.
 //! - `machine/append_fdatasync`: one writer, 128 B append + fdatasync per
@@ -120,19 +123,9 @@ fn read(criterion: &mut Criterion) {
     for size in [128usize, 1024] {
         let dir = bench_dir();
         let handle = open(dir.path(), FsyncPolicy::Never);
-        let total_bytes = 64 * 1024 * 1024;
-        let records = total_bytes / size;
-        runtime.block_on(async {
-            let value = Bytes::from(vec![0x5au8; size]);
-            for _ in 0..records / 100 {
-                handle
-                    .append(vec![NewRecord::new(value.clone()); 100])
-                    .await
-                    .unwrap();
-            }
-        });
+        let records = fill_64_mib(&runtime, &handle, size);
         let reader = handle.reader().clone();
-        group.throughput(Throughput::Bytes((records / 100 * 100 * size) as u64));
+        group.throughput(Throughput::Bytes(records * size as u64));
         group.bench_function(
             BenchmarkId::new("sequential", format!("{size}B")),
             |bencher| {
@@ -153,6 +146,41 @@ fn read(criterion: &mut Criterion) {
         );
         runtime.block_on(handle.close()).unwrap();
     }
+    group.finish();
+}
+
+/// Appends about 64 MiB of `size`-byte records, 100 per append; returns how
+/// many.
+fn fill_64_mib(runtime: &tokio::runtime::Runtime, handle: &LogHandle, size: usize) -> u64 {
+    let appends = 64 * 1024 * 1024 / size / 100;
+    runtime.block_on(async {
+        let value = Bytes::from(vec![0x5au8; size]);
+        for _ in 0..appends {
+            handle
+                .append(vec![NewRecord::new(value.clone()); 100])
+                .await
+                .unwrap();
+        }
+    });
+    (appends * 100) as u64
+}
+
+fn erase(criterion: &mut Criterion) {
+    let runtime = runtime();
+    let mut group = criterion.benchmark_group("erase");
+    group.sample_size(10);
+    let dir = bench_dir();
+    let handle = open(dir.path(), FsyncPolicy::Never);
+    let records = fill_64_mib(&runtime, &handle, 1024);
+    runtime.block_on(handle.roll()).unwrap();
+    let mut offset = 0u64;
+    group.bench_function(BenchmarkId::new("segment_64MiB", "1KiB"), |bencher| {
+        bencher.iter(|| {
+            offset = (offset + 7919) % records;
+            runtime.block_on(handle.erase(vec![offset])).unwrap()
+        });
+    });
+    runtime.block_on(handle.close()).unwrap();
     group.finish();
 }
 
@@ -193,5 +221,5 @@ fn machine(criterion: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, machine, append, read);
+criterion_group!(benches, machine, append, read, erase);
 criterion_main!(benches);

@@ -111,6 +111,16 @@ pub struct Record {
     pub value: Bytes,
 }
 
+impl Record {
+    /// Whether this is an erased record: no key, no headers, an empty value
+    /// (what [`erase_records`] leaves in place of a record's contents). An
+    /// append of such a record reads the same; callers that must tell them
+    /// apart never append one.
+    pub fn is_erased(&self) -> bool {
+        self.key.is_none() && self.headers.is_empty() && self.value.is_empty()
+    }
+}
+
 /// The fixed header of a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchHeader {
@@ -253,49 +263,144 @@ pub fn encode_batch(
     records: &[NewRecord],
 ) -> BatchHeader {
     debug_assert!(!records.is_empty(), "a batch has at least one record");
+    let start = begin_batch(
+        buffer,
+        base_offset,
+        records.len() as u32,
+        timestamp,
+        timestamp,
+    );
+    for record in records {
+        encode_record(
+            buffer,
+            0,
+            record.key.as_ref(),
+            &record.headers,
+            &record.value,
+        );
+    }
+    finish_batch(buffer, start)
+}
+
+/// Rewrites the batch in `batch` (one whole, valid batch) into `buffer` with
+/// the records whose offset `erase` selects replaced by *erased records*: no
+/// key, no headers, an empty value, the same timestamp. Offsets, the record
+/// count and the batch timestamps stay; the length and CRC are recomputed.
+/// Returns the new header and how many records were erased (records already
+/// empty are not counted).
+pub fn erase_records(
+    buffer: &mut Vec<u8>,
+    batch: &Bytes,
+    erase: impl Fn(u64) -> bool,
+) -> Result<(BatchHeader, u32), FormatError> {
+    let (header, records) = decode_batch(batch)?;
+    let start = begin_batch(
+        buffer,
+        header.base_offset,
+        header.record_count,
+        header.first_timestamp,
+        header.max_timestamp,
+    );
+    let mut erased = 0;
+    for record in &records {
+        // decode_batch checked first_timestamp <= timestamp <= max_timestamp.
+        let delta = (record.timestamp - header.first_timestamp) as u32;
+        if erase(record.offset) {
+            if !record.is_erased() {
+                erased += 1;
+            }
+            encode_record(buffer, delta, None, &[], &Bytes::new());
+        } else {
+            encode_record(
+                buffer,
+                delta,
+                record.key.as_ref(),
+                &record.headers,
+                &record.value,
+            );
+        }
+    }
+    Ok((finish_batch(buffer, start), erased))
+}
+
+/// Writes a batch header with the length and CRC left blank; returns where
+/// the batch starts. [`finish_batch`] fills them in.
+fn begin_batch(
+    buffer: &mut Vec<u8>,
+    base_offset: u64,
+    record_count: u32,
+    first_timestamp: i64,
+    max_timestamp: i64,
+) -> usize {
     let start = buffer.len();
     buffer.extend_from_slice(&base_offset.to_le_bytes());
-    buffer.extend_from_slice(&[0; 8]); // length and crc, filled below
+    buffer.extend_from_slice(&[0; 8]); // length and crc, filled by finish_batch
     buffer.push(MAGIC);
     buffer.push(0);
     buffer.extend_from_slice(&0u16.to_le_bytes());
-    buffer.extend_from_slice(&(records.len() as u32).to_le_bytes());
-    buffer.extend_from_slice(&timestamp.to_le_bytes());
-    buffer.extend_from_slice(&timestamp.to_le_bytes());
-    for record in records {
-        let length = record.encoded_len() - 4;
-        buffer.extend_from_slice(&(length as u32).to_le_bytes());
-        buffer.extend_from_slice(&0u32.to_le_bytes()); // timestamp delta
-        match &record.key {
-            Some(key) => {
-                buffer.extend_from_slice(&(key.len() as u32).to_le_bytes());
-                buffer.extend_from_slice(key);
-            }
-            None => buffer.extend_from_slice(&NO_KEY.to_le_bytes()),
+    buffer.extend_from_slice(&record_count.to_le_bytes());
+    buffer.extend_from_slice(&first_timestamp.to_le_bytes());
+    buffer.extend_from_slice(&max_timestamp.to_le_bytes());
+    start
+}
+
+fn encode_record(
+    buffer: &mut Vec<u8>,
+    timestamp_delta: u32,
+    key: Option<&Bytes>,
+    headers: &[Header],
+    value: &Bytes,
+) {
+    let length = MIN_RECORD_LEN - 4
+        + key.map_or(0, Bytes::len)
+        + headers
+            .iter()
+            .map(|header| 2 + header.name.len() + 4 + header.value.len())
+            .sum::<usize>()
+        + value.len();
+    buffer.extend_from_slice(&(length as u32).to_le_bytes());
+    buffer.extend_from_slice(&timestamp_delta.to_le_bytes());
+    match key {
+        Some(key) => {
+            buffer.extend_from_slice(&(key.len() as u32).to_le_bytes());
+            buffer.extend_from_slice(key);
         }
-        buffer.extend_from_slice(&(record.headers.len() as u16).to_le_bytes());
-        for header in &record.headers {
-            buffer.extend_from_slice(&(header.name.len() as u16).to_le_bytes());
-            buffer.extend_from_slice(header.name.as_bytes());
-            buffer.extend_from_slice(&(header.value.len() as u32).to_le_bytes());
-            buffer.extend_from_slice(&header.value);
-        }
-        buffer.extend_from_slice(&(record.value.len() as u32).to_le_bytes());
-        buffer.extend_from_slice(&record.value);
+        None => buffer.extend_from_slice(&NO_KEY.to_le_bytes()),
     }
+    buffer.extend_from_slice(&(headers.len() as u16).to_le_bytes());
+    for header in headers {
+        buffer.extend_from_slice(&(header.name.len() as u16).to_le_bytes());
+        buffer.extend_from_slice(header.name.as_bytes());
+        buffer.extend_from_slice(&(header.value.len() as u32).to_le_bytes());
+        buffer.extend_from_slice(&header.value);
+    }
+    buffer.extend_from_slice(&(value.len() as u32).to_le_bytes());
+    buffer.extend_from_slice(value);
+}
+
+/// Fills in the length and CRC of the batch starting at `start`, which runs
+/// to the end of `buffer`; returns its header.
+fn finish_batch(buffer: &mut [u8], start: usize) -> BatchHeader {
     let length = (buffer.len() - start - LENGTH_PREFIX_LEN) as u32;
     buffer[start + 8..start + 12].copy_from_slice(&length.to_le_bytes());
     let crc = checksum(&buffer[start + 16..]);
     buffer[start + 12..start + 16].copy_from_slice(&crc.to_le_bytes());
+    let field = |from: usize| {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(&buffer[start + from..start + from + 8]);
+        bytes
+    };
+    let mut count = [0u8; 4];
+    count.copy_from_slice(&buffer[start + 20..start + 24]);
     BatchHeader {
-        base_offset,
+        base_offset: u64::from_le_bytes(field(0)),
         length,
         crc,
         magic: MAGIC,
         attributes: 0,
-        record_count: records.len() as u32,
-        first_timestamp: timestamp,
-        max_timestamp: timestamp,
+        record_count: u32::from_le_bytes(count),
+        first_timestamp: i64::from_le_bytes(field(24)),
+        max_timestamp: i64::from_le_bytes(field(32)),
     }
 }
 
@@ -441,6 +546,27 @@ mod tests {
         assert_eq!(records[0].headers, sample()[0].headers);
         assert_eq!(records[1].key, None);
         assert_eq!(records[1].timestamp, 1_700_000_000_000);
+    }
+
+    #[test]
+    fn given_a_batch_when_a_record_is_erased_should_keep_offsets_and_the_other_record() {
+        let mut buffer = Vec::new();
+        let original = encode_batch(&mut buffer, 42, 1_700_000_000_000, &sample());
+        let mut rewritten = Vec::new();
+        let (header, erased) =
+            erase_records(&mut rewritten, &Bytes::from(buffer), |offset| offset == 42).unwrap();
+        assert_eq!(erased, 1);
+        assert_eq!(header.base_offset, 42);
+        assert_eq!(header.record_count, original.record_count);
+        assert!(header.total_len() < original.total_len());
+        let (_, records) = decode_batch(&Bytes::from(rewritten)).unwrap();
+        assert!(records[0].is_erased());
+        assert_eq!(records[0].offset, 42);
+        assert_eq!(records[0].timestamp, 1_700_000_000_000);
+        assert_eq!(records[1].offset, 43);
+        // The second record was empty to begin with: it reads as erased too,
+        // which is why herald-embedded never appends empty records.
+        assert!(records[1].is_erased());
     }
 
     #[test]

@@ -64,9 +64,34 @@
 //! (by age of their newest record, total bytes, record count) and the start
 //! offset advances to the next segment's base.
 //!
+//! # Erasure (compaction)
+//!
+//! [`Log::erase`] (on the writer thread: [`LogHandle::erase`]) removes the
+//! contents of given records for good, e.g. the events of a hard-deleted
+//! stream. The format does not change: each batch holding such a record is
+//! rewritten with the record replaced by an *erased record* — no key, no
+//! headers, an empty value, the same timestamp delta — so offsets stay dense,
+//! the record count and batch timestamps stay, and the length and CRC are
+//! recomputed ([`Record::is_erased`]). Other batches are copied byte for
+//! byte. The active segment is rolled first if it holds such a record, so
+//! only sealed segments are ever rewritten, and always whole:
+//!
+//! ```text
+//! 1. write <base>.log.compacting, .index.compacting, .timeindex.compacting; fsync each
+//! 2. remove <base>.index, <base>.timeindex; fsync the directory
+//! 3. rename <base>.log.compacting -> <base>.log;  fsync the directory   (the switch)
+//! 4. rename the two index files into place;       fsync the directory
+//! ```
+//!
+//! A crash before 3 leaves the old segment; after it, the new one; a segment
+//! without indexes (crash between 2 and 4) has them rebuilt by a scan, and
+//! recovery deletes `*.compacting` leftovers first. Readers that located a
+//! batch before the switch finish on the old file's open handle.
+//!
 //! # Recovery
 //!
-//! On open, for each sealed segment: load its indexes and check them (sizes,
+//! On open, remove leftover `*.compacting` files; then for each sealed
+//! segment: load its indexes and check them (sizes,
 //! monotonic entries, positions inside the file, the last entry pointing at a
 //! batch with the right base offset), rebuilding them by a scan if they fail;
 //! then validate the batches after the last index entry to find the end. For
@@ -92,7 +117,9 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::LogError;
 pub use format::{Header, NewRecord, Record};
 pub use fs::{File, Filesystem, StdFs};
-pub use log::{AppendAck, FsyncPolicy, Log, LogEnv, LogOptions, LogReader, ReadBatch, Retention};
+pub use log::{
+    AppendAck, Erased, FsyncPolicy, Log, LogEnv, LogOptions, LogReader, ReadBatch, Retention,
+};
 pub use mem::{MemFs, Tail};
 pub use metrics::LogMetrics;
 pub use writer::{LogHandle, WriterOptions};

@@ -22,12 +22,15 @@ use crate::clock::{Clock, SystemClock};
 use crate::error::LogError;
 use crate::format::{
     BATCH_HEADER_LEN, BatchHeader, FormatError, MAX_BATCH_LEN, NewRecord, Record, decode_batch,
-    encode_batch, validate_batch,
+    encode_batch, erase_records, validate_batch,
 };
 use crate::fs::{File, Filesystem, StdFs};
 use crate::index::{OffsetIndex, TimeIndex};
 use crate::metrics::LogMetrics;
 
+/// Suffix of the files a compaction writes before renaming them into place;
+/// recovery removes any it finds.
+pub const COMPACTING_SUFFIX: &str = "compacting";
 /// Name of the marker a clean close leaves in the log directory.
 pub const CLEAN_MARKER: &str = "CLEAN";
 /// The largest segment size: positions in the index are `u32`, and a segment
@@ -150,6 +153,16 @@ pub struct AppendAck {
     pub last_offset: u64,
     /// The append timestamp every record got (ms since the Unix epoch).
     pub timestamp: i64,
+}
+
+/// What an erase did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Erased {
+    /// Segments rewritten.
+    pub segments: usize,
+    /// Records whose contents were removed (records already erased are not
+    /// counted again).
+    pub records: u64,
 }
 
 /// The single writer of one partition's log.
@@ -281,6 +294,7 @@ impl Log {
         let names = fs
             .list(&dir)
             .map_err(|source| LogError::io("list", &dir, source))?;
+        let names = remove_compaction_leftovers(fs.as_ref(), &dir, names)?;
         let clean = names.iter().any(|name| name == CLEAN_MARKER);
         let mut bases: Vec<u64> = names
             .iter()
@@ -679,6 +693,245 @@ impl Log {
         Ok(removed)
     }
 
+    /// Physically erases the records at `offsets`: every segment holding
+    /// one is rewritten with those records replaced by erased records (no
+    /// key, no headers, an empty value; same offset and timestamp), so
+    /// offsets stay dense and every other record keeps its offset and bytes.
+    /// Offsets outside the log (removed by retention, not yet written) are
+    /// ignored; erasing an erased record again is a no-op (no rewrite). If an
+    /// offset is in the active segment, the segment is rolled first.
+    ///
+    /// Crash safety: each segment is rewritten into `<base>.log.compacting`
+    /// (and its indexes into `.index.compacting`, `.timeindex.compacting`),
+    /// fsynced; then the old indexes are removed and the directory fsynced;
+    /// then the new segment is renamed over the old one and the directory
+    /// fsynced; then the new indexes are renamed into place and the directory
+    /// fsynced. A crash at any point leaves either the old or the new segment
+    /// under the `.log` name (rename is atomic), never a mix; a segment found
+    /// without indexes has them rebuilt by a scan, and recovery removes
+    /// leftover `.compacting` files. Readers that located a batch before the
+    /// swap finish reading the old file through their open handle.
+    pub fn erase(&mut self, offsets: &[u64]) -> Result<Erased, LogError> {
+        if self.poisoned {
+            return Err(LogError::Poisoned {
+                path: self.dir.clone(),
+            });
+        }
+        let mut offsets: Vec<u64> = offsets.to_vec();
+        offsets.sort_unstable();
+        offsets.dedup();
+        let (start, end) = {
+            let state = self.shared.read_state();
+            (
+                state
+                    .segments
+                    .first()
+                    .map_or(0, |segment| segment.base_offset),
+                self.active.next_offset,
+            )
+        };
+        offsets.retain(|offset| (start..end).contains(offset));
+        // Records already erased need no rewrite (an erase repeated after a
+        // restart, before its caller recorded it as done).
+        let reader = self.reader();
+        offsets.retain(|offset| {
+            reader.read(*offset, 1).map_or(true, |batch| {
+                batch
+                    .records
+                    .iter()
+                    .find(|record| record.offset == *offset)
+                    .is_none_or(|record| !record.is_erased())
+            })
+        });
+        let mut report = Erased::default();
+        if offsets.is_empty() {
+            return Ok(report);
+        }
+        if offsets
+            .last()
+            .is_some_and(|last| *last >= self.active.base_offset)
+        {
+            self.roll()?;
+        }
+        let bases: Vec<u64> = {
+            let state = self.shared.read_state();
+            let mut bases = Vec::new();
+            for offset in &offsets {
+                let index = state
+                    .segments
+                    .partition_point(|segment| segment.base_offset <= *offset);
+                if let Some(segment) = index.checked_sub(1).and_then(|i| state.segments.get(i))
+                    && *offset < segment.next_offset
+                    && bases.last() != Some(&segment.base_offset)
+                {
+                    bases.push(segment.base_offset);
+                }
+            }
+            bases
+        };
+        for base in bases {
+            let erased = self.compact_segment(base, &offsets)?;
+            report.segments += 1;
+            report.records += erased;
+        }
+        self.env.metrics.erased_records.inc_by(report.records);
+        info!(
+            dir = %self.dir.display(),
+            segments = report.segments,
+            records = report.records,
+            "Erased records by compaction."
+        );
+        Ok(report)
+    }
+
+    /// Rewrites the sealed segment at `base` without the contents of the
+    /// records in `offsets` (sorted); returns how many were erased. See
+    /// [`Log::erase`] for the crash-safe sequence.
+    fn compact_segment(&mut self, base: u64, offsets: &[u64]) -> Result<u64, LogError> {
+        let old = {
+            let state = self.shared.read_state();
+            let segment = state
+                .segments
+                .iter()
+                .find(|segment| segment.base_offset == base)
+                .ok_or(LogError::Closed)?;
+            empty_segment_like(segment)
+        };
+        let fs = Arc::clone(&self.env.fs);
+        let fs = fs.as_ref();
+        let log_path = self.dir.join(segment_file_name(base, "log"));
+        let temp_path = |extension: &str| {
+            self.dir.join(format!(
+                "{}.{COMPACTING_SUFFIX}",
+                segment_file_name(base, extension)
+            ))
+        };
+        let temp_log = temp_path("log");
+        let temp = fs
+            .open(&temp_log, true)
+            .map_err(|source| LogError::io("create", &temp_log, source))?;
+        temp.set_len(0)
+            .map_err(|source| LogError::io("truncate", &temp_log, source))?;
+
+        // 1. Copy the segment batch by batch, rewriting the batches that hold
+        //    an offset to erase; index the copy as appends would.
+        let mut segment = empty_segment(base, Arc::clone(&temp));
+        segment.first_timestamp = old.first_timestamp;
+        let mut indexer = Indexer::new(self.options.index_interval_bytes);
+        let mut position = 0u64;
+        let mut erased = 0u64;
+        let mut buffer = Vec::new();
+        while position < old.size {
+            let mut header = [0u8; BATCH_HEADER_LEN];
+            old.file
+                .read_exact_at(&mut header, position)
+                .map_err(|source| LogError::io("read", &log_path, source))?;
+            let corrupt = |source| LogError::Corrupt {
+                path: log_path.clone(),
+                position,
+                source,
+            };
+            let parsed = BatchHeader::parse(&header).map_err(corrupt)?;
+            let mut batch = vec![0u8; parsed.total_len()];
+            old.file
+                .read_exact_at(&mut batch, position)
+                .map_err(|source| LogError::io("read", &log_path, source))?;
+            let batch = Bytes::from(batch);
+            let first = offsets.partition_point(|offset| *offset < parsed.base_offset);
+            let touched = offsets
+                .get(first)
+                .is_some_and(|offset| *offset < parsed.next_offset());
+            let written = if touched {
+                buffer.clear();
+                let (header, count) = erase_records(&mut buffer, &batch, |offset| {
+                    offsets.binary_search(&offset).is_ok()
+                })
+                .map_err(corrupt)?;
+                erased += u64::from(count);
+                temp.write_all_at(&buffer, segment.size)
+                    .map_err(|source| LogError::io("write", &temp_log, source))?;
+                header
+            } else {
+                validate_batch(&batch).map_err(corrupt)?;
+                temp.write_all_at(&batch, segment.size)
+                    .map_err(|source| LogError::io("write", &temp_log, source))?;
+                parsed
+            };
+            let at = segment.size;
+            indexer.on_batch(&mut segment, &written, at);
+            position += parsed.total_len() as u64;
+        }
+        segment.max_timestamp = old.max_timestamp;
+        temp.sync_data()
+            .map_err(|source| LogError::io("fsync", &temp_log, source))?;
+        let (temp_index, temp_time_index) = (temp_path("index"), temp_path("timeindex"));
+        write_file(fs, &temp_index, &segment.index.encode())?;
+        write_file(fs, &temp_time_index, &segment.time_index.encode())?;
+
+        // 2.-4. The switch. A failure part way leaves the files in a state
+        // recovery resolves but the in-memory view may disagree with them:
+        // refuse appends until the log is reopened.
+        let switched = self.switch_compacted(base, &temp_log, &temp_index, &temp_time_index);
+        if let Err(error) = switched {
+            return Err(self.poison(error));
+        }
+
+        let mut state = self.shared.write_state();
+        if let Some(slot) = state
+            .segments
+            .iter_mut()
+            .find(|slot| slot.base_offset == base)
+        {
+            segment.next_offset = slot.next_offset.max(segment.next_offset);
+            *slot = segment;
+        }
+        drop(state);
+        debug!(dir = %self.dir.display(), base_offset = base, erased, "Compacted segment.");
+        Ok(erased)
+    }
+
+    /// Puts a compacted segment's files in place of the old ones (steps 2-4
+    /// of the sequence in [`Log::erase`]).
+    fn switch_compacted(
+        &self,
+        base: u64,
+        temp_log: &Path,
+        temp_index: &Path,
+        temp_time_index: &Path,
+    ) -> Result<(), LogError> {
+        let fs = self.env.fs.as_ref();
+        // 2. Drop the old indexes: a crash from here on finds the segment
+        //    without indexes and rebuilds them by a scan.
+        for extension in ["index", "timeindex"] {
+            let path = self.dir.join(segment_file_name(base, extension));
+            match fs.remove(&path) {
+                Ok(()) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(LogError::io("remove", path, source)),
+            }
+        }
+        self.sync_dir()?;
+        // 3. The atomic switch of the data.
+        let log_path = self.dir.join(segment_file_name(base, "log"));
+        fs.rename(temp_log, &log_path)
+            .map_err(|source| LogError::io("rename", temp_log, source))?;
+        self.sync_dir()?;
+        // 4. The new indexes.
+        for (from, extension) in [(temp_index, "index"), (temp_time_index, "timeindex")] {
+            let to = self.dir.join(segment_file_name(base, extension));
+            fs.rename(from, &to)
+                .map_err(|source| LogError::io("rename", from, source))?;
+        }
+        self.sync_dir()
+    }
+
+    fn sync_dir(&self) -> Result<(), LogError> {
+        self.env
+            .fs
+            .sync_dir(&self.dir)
+            .map_err(|source| LogError::io("sync directory", &self.dir, source))
+    }
+
     /// Closes the log cleanly: fsync, write the active segment's indexes, and
     /// leave the clean marker so the next open can trust them.
     pub fn close(mut self) -> Result<(), LogError> {
@@ -720,6 +973,30 @@ fn read_file(fs: &dyn Filesystem, path: &Path) -> Option<Vec<u8>> {
     let mut bytes = vec![0; len];
     file.read_exact_at(&mut bytes, 0).ok()?;
     Some(bytes)
+}
+
+/// Removes the files of a compaction that did not finish (its `.log` was
+/// never renamed into place, or its indexes were not); returns the other
+/// names. The removals are made durable before recovery reads anything.
+fn remove_compaction_leftovers(
+    fs: &dyn Filesystem,
+    dir: &Path,
+    names: Vec<String>,
+) -> Result<Vec<String>, LogError> {
+    let suffix = format!(".{COMPACTING_SUFFIX}");
+    let (leftovers, names): (Vec<String>, Vec<String>) =
+        names.into_iter().partition(|name| name.ends_with(&suffix));
+    for name in &leftovers {
+        let path = dir.join(name);
+        fs.remove(&path)
+            .map_err(|source| LogError::io("remove", &path, source))?;
+        info!(file = %path.display(), "Removed the leftover of an unfinished compaction.");
+    }
+    if !leftovers.is_empty() {
+        fs.sync_dir(dir)
+            .map_err(|source| LogError::io("sync directory", dir, source))?;
+    }
+    Ok(names)
 }
 
 fn remove_orphan_indexes(
@@ -962,6 +1239,17 @@ impl Recovery<'_> {
             &self.path(segment.base_offset, "timeindex"),
             &segment.time_index.encode(),
         )
+    }
+}
+
+/// The fields of `segment` a compaction reads, without its indexes.
+fn empty_segment_like(segment: &Segment) -> Segment {
+    Segment {
+        next_offset: segment.next_offset,
+        size: segment.size,
+        first_timestamp: segment.first_timestamp,
+        max_timestamp: segment.max_timestamp,
+        ..empty_segment(segment.base_offset, Arc::clone(&segment.file))
     }
 }
 

@@ -29,6 +29,8 @@ pub mod names {
     pub const RECOVERY_TRUNCATED_BYTES: &str = "herald_log_recovery_truncated_bytes";
     /// Segments removed by retention.
     pub const SEGMENTS_DELETED: &str = "herald_log_segments_deleted";
+    /// Records whose contents a compaction erased.
+    pub const ERASED_RECORDS: &str = "herald_log_erased_records";
 }
 
 /// Latency buckets: 10 µs to ~5 s, doubling. An fsync on a virtio disk takes
@@ -48,6 +50,7 @@ pub struct LogMetrics {
     pub(crate) corrupt_batches: Counter,
     pub(crate) recovery_truncated_bytes: Counter,
     pub(crate) segments_deleted: Counter,
+    pub(crate) erased_records: Counter,
 }
 
 impl Default for LogMetrics {
@@ -61,6 +64,7 @@ impl Default for LogMetrics {
             corrupt_batches: Counter::default(),
             recovery_truncated_bytes: Counter::default(),
             segments_deleted: Counter::default(),
+            erased_records: Counter::default(),
         }
     }
 }
@@ -89,6 +93,11 @@ impl LogMetrics {
     /// Records appended so far.
     pub fn appended_records_total(&self) -> u64 {
         self.appended_records.get()
+    }
+
+    /// Records erased by compaction so far.
+    pub fn erased_records_total(&self) -> u64 {
+        self.erased_records.get()
     }
 
     /// Registers every metric with `registry`.
@@ -137,6 +146,11 @@ impl LogMetrics {
             names::SEGMENTS_DELETED,
             "Sealed segments removed by retention",
             self.segments_deleted.clone(),
+        );
+        registry.register(
+            names::ERASED_RECORDS,
+            "Records whose contents a compaction erased (hard delete)",
+            self.erased_records.clone(),
         );
     }
 }

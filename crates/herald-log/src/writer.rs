@@ -39,7 +39,7 @@ use tracing::{error, warn};
 
 use crate::error::LogError;
 use crate::format::NewRecord;
-use crate::log::{AppendAck, FsyncPolicy, Log, LogReader};
+use crate::log::{AppendAck, Erased, FsyncPolicy, Log, LogReader};
 use crate::metrics::LogMetrics;
 
 /// How the writer thread runs.
@@ -93,6 +93,7 @@ enum Command {
     Roll(oneshot::Sender<Result<(), LogError>>),
     Retention(oneshot::Sender<Result<usize, LogError>>),
     SetRetention(crate::log::Retention, oneshot::Sender<Result<(), LogError>>),
+    Erase(Vec<u64>, oneshot::Sender<Result<Erased, LogError>>),
     Close(oneshot::Sender<Result<(), LogError>>),
 }
 
@@ -171,6 +172,14 @@ impl LogHandle {
     pub async fn set_retention(&self, retention: crate::log::Retention) -> Result<(), LogError> {
         self.request(|reply| Command::SetRetention(retention, reply))
             .await
+    }
+
+    /// Physically erases the records at `offsets` by compacting the segments
+    /// that hold them (see [`Log::erase`]). Runs on the writer thread, so
+    /// appends to this partition wait while a segment is rewritten (about
+    /// one segment's read and write: 64 MiB at the default size).
+    pub async fn erase(&self, offsets: Vec<u64>) -> Result<Erased, LogError> {
+        self.request(|reply| Command::Erase(offsets, reply)).await
     }
 
     /// Finishes the appends queued so far, closes the log cleanly and stops
@@ -351,6 +360,10 @@ impl Writer {
             Command::SetRetention(retention, reply) => {
                 log.set_retention(retention);
                 let _ = reply.send(Ok(()));
+                false
+            }
+            Command::Erase(offsets, reply) => {
+                let _ = reply.send(log.erase(&offsets));
                 false
             }
             Command::Close(reply) => {

@@ -50,6 +50,16 @@ impl StorageHandle {
     pub async fn flush_group_state(&self) -> Result<(), herald_backend::Error> {
         self.backend.flush_group_state().await
     }
+
+    /// Carries out every pending erasure of hard-deleted streams now (the
+    /// backend does it in the background soon after each hard delete) and
+    /// returns once their bytes are gone from the data directory. For
+    /// operations and tests (`POST /v1/admin/compact`).
+    pub async fn compact(
+        &self,
+    ) -> Result<herald_embedded::CompactionReport, herald_backend::Error> {
+        self.backend.compact().await
+    }
 }
 
 /// Why storage could not be opened or closed.

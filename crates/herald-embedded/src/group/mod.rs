@@ -136,6 +136,17 @@ impl GroupRuntime {
         self.dirty.store(true, Ordering::SeqCst);
     }
 
+    /// Hard delete: `offsets` (sorted) of `partition` must not be delivered
+    /// any more, including those already read ahead or leased.
+    pub(crate) fn erase(&self, partition: u32, offsets: &[u64], now: i64) {
+        match &mut *lock(&self.machine) {
+            Machine::Queue(state) => state.erase(partition, offsets, now),
+            Machine::Stream(state) => state.erase(partition, offsets),
+        }
+        self.mark_dirty();
+        self.changed.notify_waiters();
+    }
+
     /// Hands out deliveries per the mode, long-polling up to `wait_ms`.
     /// Returns the response and dead letters to record.
     pub(crate) async fn fetch(

@@ -280,7 +280,40 @@ impl QueueState {
             return;
         }
         cursor.frontier = next;
+        // Offsets the read skipped are erased events (hard-deleted streams):
+        // finished, so the floor moves past them.
+        let mut expected = from;
+        let mut gaps = Vec::new();
+        for event in &events {
+            gaps.extend(expected..event.offset);
+            expected = event.offset + 1;
+        }
+        gaps.extend(expected..next);
         cursor.buffer.extend(events.into_iter().map(Arc::new));
+        for offset in gaps {
+            self.finish_offset((partition, offset));
+        }
+    }
+
+    /// Hard delete: `offsets` (sorted) of `partition` are no longer
+    /// readable. Drops them from the read-ahead, ends their pending
+    /// deliveries (a later ack of one is unknown), and marks them finished.
+    pub(crate) fn erase(&mut self, partition: u32, offsets: &[u64], now: i64) {
+        let Some(cursor) = self.cursors.get_mut(partition as usize) else {
+            return;
+        };
+        cursor
+            .buffer
+            .retain(|event| offsets.binary_search(&event.offset).is_err());
+        let frontier = cursor.frontier;
+        for &offset in offsets.iter().take_while(|offset| **offset < frontier) {
+            let coordinates = (partition, offset);
+            if self.pending.contains_key(&coordinates) {
+                self.finish(coordinates, now);
+            } else {
+                self.finish_offset(coordinates);
+            }
+        }
     }
 
     /// When the partition's retention removed offsets below the floor: move

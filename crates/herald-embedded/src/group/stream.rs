@@ -199,6 +199,16 @@ impl StreamState {
         state.buffer.extend(events.into_iter().map(Arc::new));
     }
 
+    /// Hard delete: drops `offsets` (sorted) of `partition` from the
+    /// read-ahead; reads from the log skip them from now on.
+    pub(crate) fn erase(&mut self, partition: u32, offsets: &[u64]) {
+        if let Some(state) = self.partitions.get_mut(partition as usize) {
+            state
+                .buffer
+                .retain(|event| offsets.binary_search(&event.offset).is_err());
+        }
+    }
+
     /// Retention removed everything below `start`.
     pub(crate) fn skip_to(&mut self, partition: u32, start: u64) {
         let Some(state) = self.partitions.get_mut(partition as usize) else {

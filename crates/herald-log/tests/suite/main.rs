@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
 mod basic;
+mod compaction;
 mod crash_images;
 mod kill;
 mod model;

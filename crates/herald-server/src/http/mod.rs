@@ -3,7 +3,7 @@
 //! - `GET /healthz`, `GET /readyz`, `GET /metrics`;
 //! - the REST API under `/v1` (the contract is `api.md`): topics
 //!   ([`topics`]), events ([`events`]), consumer groups ([`groups`]), and
-//!   `POST /v1/admin/flush` ([`admin`]);
+//!   `POST /v1/admin/flush`, `POST /v1/admin/compact` ([`admin`]);
 //! - `GET /openapi.json` (OpenAPI 3.1, generated from the handlers'
 //!   `#[utoipa::path]` attributes) and `GET /docs` ([`openapi`]);
 //! - RFC 9457 problems for everything that fails, including unknown paths
@@ -179,6 +179,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(push::tail_ws))
         .routes(routes!(push::group_ws))
         .routes(routes!(admin::flush))
+        .routes(routes!(admin::compact))
 }
 
 /// `GET /metrics`: Prometheus (OpenMetrics) text.

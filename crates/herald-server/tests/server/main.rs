@@ -7,11 +7,13 @@
 mod cli;
 mod cloudevents;
 mod config;
+mod erasure;
 mod events;
 mod groups;
 mod http;
 mod lifecycle;
 mod openapi;
+mod order_payment;
 mod push;
 mod restart;
 mod robustness;

@@ -41,6 +41,7 @@ const CONTRACT: &[(&str, &str)] = &[
     ),
     ("get", "/v1/topics/{topic}/groups/{group}/ws"),
     ("post", "/v1/admin/flush"),
+    ("post", "/v1/admin/compact"),
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/metrics"),

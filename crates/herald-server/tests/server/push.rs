@@ -15,7 +15,7 @@ fn event(id: &str, ty: &str, key: &str) -> Value {
 }
 
 /// Reads SSE frames until `count` events arrived: `(id, event)` pairs.
-async fn sse_events(response: reqwest::Response, count: usize) -> Vec<(String, Value)> {
+pub(crate) async fn sse_events(response: reqwest::Response, count: usize) -> Vec<(String, Value)> {
     let mut stream = response.bytes_stream();
     let mut buffer = String::new();
     let mut events = Vec::new();
