@@ -8,7 +8,13 @@
 //!     [events=200000] [size=128] [fsync=always|never] [window=64] [batch=1000]
 //! ```
 //!
-//! It starts `target/release/herald` (or `$HERALD_BIN`) on a temp data dir
+//! With `workload=append` it measures event-store appends instead (W6):
+//! `writers` tasks append `batch` events of `size` bytes per append to
+//! `streams` streams (each writer owns the streams `s % writers == w`, so it
+//! knows the version to expect) for `seconds`, each append with its exact
+//! expected version, and reports appends/s, events/s and p50/p99.
+//!
+//! It starts `target/release/herald` (or `$BENCH_HERALD_BIN`) on a temp data dir
 //! and port 0, and stops it at the end.
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 
@@ -26,7 +32,10 @@ const TICKS_PER_SECOND: f64 = 100.0;
 async fn main() {
     let args: Vec<(String, String)> = std::env::args()
         .skip(1)
-        .filter_map(|arg| arg.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+        .filter_map(|arg| {
+            arg.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        })
         .collect();
     let get = |name: &str, default: &str| {
         args.iter()
@@ -48,12 +57,28 @@ async fn main() {
     let client = Client::connect(format!("http://{addr}")).await.unwrap();
     // Retried while storage opens.
     client.list_topics().await.unwrap();
+    if get("workload", "stream") == "append" {
+        let writers: u64 = get("writers", "32").parse().unwrap();
+        let streams: u64 = get("streams", "10000").parse().unwrap();
+        let seconds: u64 = get("seconds", "10").parse().unwrap();
+        let per_append: usize = get("batch", "1").parse().unwrap();
+        appends(
+            &client, pid, fsync, writers, streams, per_append, size, seconds,
+        )
+        .await;
+        let _ = server.kill();
+        let _ = server.wait();
+        return;
+    }
     client
         .create_topic(TopicOptions::new("bench").fsync(fsync))
         .await
         .unwrap();
     client
-        .put_group("bench", GroupOptions::new("drain", GroupMode::Queue).max_in_flight(100_000))
+        .put_group(
+            "bench",
+            GroupOptions::new("drain", GroupMode::Queue).max_in_flight(100_000),
+        )
         .await
         .unwrap();
 
@@ -110,7 +135,11 @@ async fn main() {
     let consume_elapsed = started.elapsed().as_secs_f64();
     let consume_cpu = cpu_seconds(pid) - cpu_before;
 
-    let fsync_name = if fsync == Fsync::Never { "never" } else { "always" };
+    let fsync_name = if fsync == Fsync::Never {
+        "never"
+    } else {
+        "always"
+    };
     println!(
         "publish  {events} x {size} B fsync={fsync_name} window={window} batch={batch}: \
          {:.0} events/s, {:.1} MB/s, server CPU {:.2} us/event",
@@ -129,20 +158,110 @@ async fn main() {
     let _ = server.wait();
 }
 
+/// W6: appends with an exact expected version from `writers` tasks.
+#[allow(clippy::too_many_arguments)]
+async fn appends(
+    client: &Client,
+    pid: u32,
+    fsync: Fsync,
+    writers: u64,
+    streams: u64,
+    per_append: usize,
+    size: usize,
+    seconds: u64,
+) {
+    use herald_client::Expected;
+    client
+        .create_topic(TopicOptions::new("accounts").fsync(fsync))
+        .await
+        .unwrap();
+    let payload = Bytes::from(vec![b'x'; size]);
+    let cpu_before = cpu_seconds(pid);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for writer in 0..writers {
+        let (client, payload) = (client.clone(), payload.clone());
+        tasks.push(tokio::spawn(async move {
+            let owned: Vec<u64> = (0..streams).filter(|s| s % writers == writer).collect();
+            let mut versions: Vec<Option<u64>> = vec![None; owned.len()];
+            let mut latencies = Vec::new();
+            let mut next = writer as usize % owned.len().max(1);
+            while Instant::now() < deadline {
+                next = (next * 7 + 13) % owned.len();
+                let stream = format!("account-{}", owned[next]);
+                let events = (0..per_append).map(|_| {
+                    let mut event = Event::new("", "/bench", "account.credited");
+                    event.datacontenttype = Some("application/octet-stream".to_owned());
+                    event.data = Some(payload.clone());
+                    event
+                });
+                let sent = Instant::now();
+                let appended = client
+                    .append(
+                        "accounts",
+                        &stream,
+                        events,
+                        Expected::from_current(versions[next]),
+                    )
+                    .await
+                    .unwrap();
+                latencies.push(sent.elapsed());
+                versions[next] = Some(appended.last_version);
+            }
+            latencies
+        }));
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await.unwrap());
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(pid) - cpu_before;
+    latencies.sort();
+    let quantile = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q) as usize];
+    let appends = latencies.len();
+    println!(
+        "append   {writers} writers, {streams} streams, {per_append} x {size} B per append, \
+         fsync={}: {:.0} appends/s, {:.0} events/s, p50 {:?}, p99 {:?}, server CPU {:.1} us/append",
+        if fsync == Fsync::Never {
+            "never"
+        } else {
+            "always"
+        },
+        appends as f64 / elapsed,
+        (appends * per_append) as f64 / elapsed,
+        quantile(0.5),
+        quantile(0.99),
+        cpu * 1e6 / appends as f64,
+    );
+}
+
 /// Starts herald on port 0; returns it with the address it reports.
 fn start_server(data_dir: &std::path::Path) -> (Child, String) {
-    let binary = std::env::var("HERALD_BIN").unwrap_or_else(|_| "target/release/herald".to_owned());
+    let binary =
+        std::env::var("BENCH_HERALD_BIN").unwrap_or_else(|_| "target/release/herald".to_owned());
     let mut child = Command::new(&binary)
-        .args(["serve", "--listen", "127.0.0.1:0", "--log-level", "warn", "--data-dir"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-level",
+            "warn",
+            "--data-dir",
+        ])
         .arg(data_dir)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::inherit())
         .spawn()
         .unwrap_or_else(|error| panic!("cannot start {binary}: {error}"));
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
     let addr = loop {
-        let line = lines.next().expect("herald printed its address").unwrap();
+        let Some(line) = lines.next() else {
+            panic!("{binary} exited before listening: {:?}", child.wait());
+        };
+        let line = line.unwrap();
         if let Some(addr) = line.strip_prefix("herald listening on ") {
             break addr.trim().to_owned();
         }

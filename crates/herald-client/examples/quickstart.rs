@@ -16,7 +16,10 @@ async fn main() -> herald_client::Result<()> {
         .unwrap_or_else(|| "http://127.0.0.1:7800".to_owned());
     let client = Client::connect(endpoint).await?;
 
-    match client.create_topic(TopicOptions::new("quickstart").partitions(2)).await {
+    match client
+        .create_topic(TopicOptions::new("quickstart").partitions(2))
+        .await
+    {
         Ok(_) => {}
         Err(error) if error.code() == Some(&ErrorCode::TopicExists) => {}
         Err(error) => return Err(error),
@@ -35,12 +38,17 @@ async fn main() -> herald_client::Result<()> {
     }
     for ack in pending {
         let stored = ack.await?;
-        println!("published {} at {}:{}", stored.id, stored.partition, stored.offset);
+        println!(
+            "published {} at {}:{}",
+            stored.id, stored.partition, stored.offset
+        );
     }
 
     let mut consumer = client.consumer("quickstart", "workers").build().await?;
     for _ in 0..10 {
-        let Some(delivery) = consumer.next().await else { break };
+        let Some(delivery) = consumer.next().await else {
+            break;
+        };
         let delivery = delivery?;
         println!(
             "consumed {} (attempt {})",

@@ -87,6 +87,8 @@ impl ConsumerBuilder {
             epoch: 0,
             generation: 0,
             outstanding: HashSet::new(),
+            in_hand: 0,
+            owed: 0,
         };
         let call = task.open().await?;
         let (deliveries_in, deliveries) = mpsc::unbounded_channel();
@@ -301,6 +303,13 @@ struct Session {
     generation: u64,
     /// Unsettled delivery ids of this call (for auto-extension).
     outstanding: HashSet<String>,
+    /// Deliveries of this call handed out and not yet settled (queue,
+    /// keyed) or not yet taken by the application (stream).
+    in_hand: u64,
+    /// Credits earned back but not yet granted: granted in chunks of a
+    /// quarter of `credits` (or when nothing is in hand), so the server
+    /// fetches in batches rather than one event per settle.
+    owed: u32,
 }
 
 fn request(request: v1::consume_request::Request) -> v1::ConsumeRequest {
@@ -349,6 +358,8 @@ impl Session {
         }
         self.epoch += 1;
         self.outstanding.clear();
+        self.in_hand = 0;
+        self.owed = 0;
         Ok(Call {
             requests,
             responses,
@@ -470,6 +481,7 @@ impl Session {
                     if self.auto_extend {
                         self.outstanding.insert(delivery.delivery_id.clone());
                     }
+                    self.in_hand += 1;
                     let _ = deliveries.send(Ok(Delivery {
                         id: delivery.delivery_id,
                         attempt: delivery.attempt,
@@ -563,8 +575,10 @@ impl Session {
                     .collect(),
             }));
         }
-        if credit > 0 {
-            out.push(Request::Credit(credit));
+        self.in_hand = self.in_hand.saturating_sub(u64::from(credit));
+        self.owed += credit;
+        if self.owed > 0 && (self.owed >= (self.credits / 4).max(1) || self.in_hand == 0) {
+            out.push(Request::Credit(std::mem::take(&mut self.owed)));
         }
         for message in out {
             if call.requests.send(request(message)).await.is_err() {

@@ -22,11 +22,12 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::serve::ListenerExt as _;
 use herald_log::SystemClock;
 use tokio::net::TcpListener;
 use tokio::task::{JoinError, JoinHandle};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::Options;
 use crate::data_dir::{self, DataDir};
@@ -163,9 +164,18 @@ impl Server {
         );
         let stop_http = CancellationToken::new();
         let mut http_task: JoinHandle<io::Result<()>> = tokio::spawn(
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stop_http.clone().cancelled_owned())
-                .into_future(),
+            // No Nagle: small responses (acks, deliveries' tails) must not
+            // wait for the peer's delayed ACK.
+            axum::serve(
+                listener.tap_io(|tcp| {
+                    if let Err(error) = tcp.set_nodelay(true) {
+                        debug!(%error, "Cannot set TCP_NODELAY.");
+                    }
+                }),
+                app,
+            )
+            .with_graceful_shutdown(stop_http.clone().cancelled_owned())
+            .into_future(),
         );
 
         // Storage opens in its own task (its file work on blocking threads):
