@@ -10,6 +10,7 @@ mod config;
 mod events;
 mod groups;
 mod http;
+mod jobs;
 mod lifecycle;
 mod openapi;
 mod push;
