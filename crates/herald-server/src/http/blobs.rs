@@ -18,6 +18,7 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use futures::StreamExt as _;
 use serde::Serialize;
 
 use super::AppState;
@@ -57,10 +58,19 @@ pub async fn upload(
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
         .and_then(|text| text.parse::<u64>().ok());
+    let mut stream = body.into_data_stream();
     if announced.is_some_and(|length| length > max) {
+        drain(&mut stream).await;
         return Err(blobs::Error::TooLarge { max }.into());
     }
-    let BlobInfo { id, size } = state.blobs.put(body.into_data_stream()).await?;
+    let BlobInfo { id, size } = match state.blobs.put(&mut stream).await {
+        Ok(info) => info,
+        Err(error @ blobs::Error::TooLarge { .. }) => {
+            drain(&mut stream).await;
+            return Err(error.into());
+        }
+        Err(error) => return Err(error.into()),
+    };
     let location = format!("/v1/blobs/{id}");
     Ok((
         StatusCode::CREATED,
@@ -69,6 +79,28 @@ pub async fn upload(
     )
         .into_response())
 }
+
+/// Reads and discards up to [`DRAIN_BYTES`] more of a refused upload, so
+/// that a client still sending (most do not wait for `100 Continue`) reads
+/// the 413 instead of a broken pipe. A larger rest is cut off.
+async fn drain(stream: &mut axum::body::BodyDataStream) {
+    let mut drained = 0_u64;
+    let read = async {
+        while let Some(Ok(chunk)) = stream.next().await {
+            drained += chunk.len() as u64;
+            if drained > DRAIN_BYTES {
+                return;
+            }
+        }
+    };
+    // A client that stalls does not hold the refusal up for long.
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, read).await;
+}
+
+/// How much of a refused upload is read (and discarded) before answering.
+pub const DRAIN_BYTES: u64 = 16 * 1024 * 1024;
+/// How long a refused upload is read before answering.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// `GET /v1/blobs/{id}` → 200 or 206, streamed.
 #[utoipa::path(

@@ -4,6 +4,7 @@
 //!
 //! One test binary for the crate (builds are slow); areas are modules.
 
+mod blobs;
 mod cli;
 mod cloudevents;
 mod config;
