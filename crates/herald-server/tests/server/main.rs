@@ -17,6 +17,7 @@ mod openapi;
 mod push;
 mod restart;
 mod robustness;
+mod scenarios;
 mod streams;
 mod support;
 mod topics;
