@@ -25,7 +25,7 @@ use std::ffi::OsString;
 use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::num::NonZeroU64;
+use std::num::{NonZeroU32, NonZeroU64};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -135,12 +135,12 @@ impl Default for BlobOptions {
 #[serde(default, deny_unknown_fields)]
 pub struct JobOptions {
     /// Partitions of a queue's auto-created topic `jobs.<queue>`.
-    pub queue_partitions: u32,
+    pub queue_partitions: NonZeroU32,
     /// How long a worker's delivery of a request is leased, in milliseconds;
     /// a worker that dies has the request redelivered after it.
-    pub ack_wait_ms: u64,
+    pub ack_wait_ms: NonZeroU64,
     /// Deliveries of a request before the job (or part) fails.
-    pub max_attempts: u32,
+    pub max_attempts: NonZeroU32,
     /// Redelivery delays after failed attempts, in milliseconds.
     pub backoff_ms: Vec<u64>,
     /// How long an ended job's result is kept when a submit does not say.
@@ -150,9 +150,9 @@ pub struct JobOptions {
 impl Default for JobOptions {
     fn default() -> Self {
         Self {
-            queue_partitions: 4,
-            ack_wait_ms: 30_000,
-            max_attempts: 5,
+            queue_partitions: NonZeroU32::new(4).unwrap_or(NonZeroU32::MIN),
+            ack_wait_ms: NonZeroU64::new(30_000).unwrap_or(NonZeroU64::MIN),
+            max_attempts: NonZeroU32::new(5).unwrap_or(NonZeroU32::MIN),
             backoff_ms: vec![1_000, 5_000, 30_000],
             default_result_ttl_ms: 24 * 3_600_000,
         }
@@ -163,9 +163,13 @@ impl JobOptions {
     /// The job service's options from these.
     pub fn service_options(&self) -> herald_jobs::Options {
         herald_jobs::Options {
-            queue_partitions: self.queue_partitions,
-            ack_wait_ms: self.ack_wait_ms,
-            max_attempts: self.max_attempts,
+            // The backend's limit; more would fail the first submit instead.
+            queue_partitions: self
+                .queue_partitions
+                .get()
+                .min(herald_backend::topic::MAX_PARTITIONS),
+            ack_wait_ms: self.ack_wait_ms.get(),
+            max_attempts: self.max_attempts.get(),
             backoff_ms: self.backoff_ms.clone(),
             default_result_ttl_ms: self.default_result_ttl_ms,
             ..herald_jobs::Options::default()
@@ -964,6 +968,20 @@ mod tests {
             "{message}"
         );
         assert!(!message.contains('\n'), "{message}");
+    }
+
+    #[test]
+    fn given_zero_job_setting_when_loaded_should_fail_naming_key() {
+        for key in ["queue_partitions", "ack_wait_ms", "max_attempts"] {
+            let error = from_toml_str(Path::new("herald.toml"), &format!("[jobs]\n{key} = 0\n"))
+                .unwrap_err();
+            assert!(
+                error.to_string().starts_with(&format!(
+                    "invalid value for configuration key 'jobs.{key}' in herald.toml"
+                )),
+                "{error}"
+            );
+        }
     }
 
     #[test]
