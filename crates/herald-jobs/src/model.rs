@@ -29,7 +29,7 @@ use crate::error::{Error, Result};
 /// Where a job is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = JobStatus))]
 pub enum Status {
     /// Submitted; no worker has reported yet.
     Pending,
@@ -76,7 +76,7 @@ pub enum PartStatus {
 
 /// What a worker reported for a part (or the whole job).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = JobOutcome))]
 pub struct Outcome {
     /// The result, any JSON.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -91,7 +91,7 @@ pub struct Outcome {
 
 /// One part of a scatter-gather job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = JobPart))]
 pub struct Part {
     /// The part's key: its routing key and its name in calls.
     pub key: String,
@@ -107,7 +107,7 @@ pub struct Part {
 
 /// Progress: parts done of the total, and the latest report.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = JobProgress))]
 pub struct Progress {
     /// Parts reported (a job without parts has one).
     pub done: u32,

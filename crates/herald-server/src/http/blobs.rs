@@ -44,7 +44,6 @@ pub struct BlobView {
     responses(
         (status = 201, description = "Stored (or already there: the same id).", body = BlobView,
          headers(("Location" = String, description = "The blob's URL."))),
-        (status = 413, description = "Larger than `limits.max_blob_bytes`; nothing kept.", body = Problem),
     )
 )]
 pub async fn upload(
@@ -110,8 +109,6 @@ const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
     responses(
         (status = 200, description = "The whole blob.", content_type = "application/octet-stream", body = Vec<u8>),
         (status = 206, description = "The range asked for, with `Content-Range`.", content_type = "application/octet-stream", body = Vec<u8>),
-        (status = 404, description = "No such blob.", body = Problem),
-        (status = 416, description = "The range starts past the end.", body = Problem),
     )
 )]
 pub async fn download(

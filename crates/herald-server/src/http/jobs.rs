@@ -152,8 +152,6 @@ pub struct Settled {
     responses(
         (status = 202, description = "Accepted; its requests are on the queue.", body = Submitted,
          headers(("Location" = String, description = "The job's URL."))),
-        (status = 400, description = "Invalid request (e.g. a malformed part list); nothing was submitted.", body = Problem),
-        (status = 404, description = "The input blob does not exist.", body = Problem),
     )
 )]
 pub async fn submit(
@@ -185,7 +183,6 @@ pub async fn submit(
     params(("job_id" = String, Path, description = "The job."), WaitQuery),
     responses(
         (status = 200, description = "The job (ended, or as it is when `wait_ms` ran out).", body = Job),
-        (status = 404, description = "No such job (or its result expired).", body = Problem),
     )
 )]
 pub async fn status(
@@ -215,8 +212,7 @@ pub async fn status(
     params(("job_id" = String, Path, description = "The job.")),
     responses(
         (status = 200, description = "`text/event-stream`: event `status` with the job now, `progress` with the job after each change, `result` with the ended job (then the stream ends).",
-         content_type = "text/event-stream", body = String),
-        (status = 404, description = "No such job.", body = Problem),
+         content_type = "text/event-stream", body = JobStreamEvent),
     )
 )]
 pub async fn events(
@@ -250,6 +246,21 @@ pub async fn events(
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response())
+}
+
+/// One event of `GET /v1/jobs/{job_id}/events` (documentation only).
+#[derive(Debug, utoipa::ToSchema)]
+#[allow(
+    dead_code,
+    reason = "describes the SSE frames for OpenAPI; never built"
+)]
+pub struct JobStreamEvent {
+    /// `status` (the first), `progress`, or `result` (the last).
+    pub event: String,
+    /// The job's version after the change.
+    pub id: String,
+    /// The job, as JSON text.
+    pub data: String,
 }
 
 /// One job's changes as SSE events.
@@ -296,7 +307,6 @@ fn sse_event(kind: &str, job: &Job) -> Event {
     request_body = ProgressRequest,
     responses(
         (status = 200, description = "Recorded (ignored once the job ended).", body = Job),
-        (status = 404, description = "No such job or part.", body = Problem),
     )
 )]
 pub async fn progress(
@@ -315,8 +325,6 @@ pub async fn progress(
     request_body = CompleteRequest,
     responses(
         (status = 200, description = "Recorded, or the same outcome was recorded before.", body = Job),
-        (status = 404, description = "No such job, part or result blob.", body = Problem),
-        (status = 409, description = "`job_conflict`: the part already has a different outcome, or the job ended without it; nothing changed.", body = Problem),
     )
 )]
 pub async fn complete(

@@ -185,6 +185,12 @@ fn error_codes(
     if path.contains("{stream}") {
         codes.extend([Code::StreamNotFound]);
     }
+    if path.contains("{job_id}") {
+        codes.push(Code::JobNotFound);
+    }
+    if path.contains("{queue}") {
+        codes.push(Code::InvalidName);
+    }
     if operation.request_body.is_some() {
         codes.extend([
             Code::MalformedJson,
@@ -213,6 +219,12 @@ fn error_codes(
             ]);
         }
         ("get", "/v1/topics/{topic}/streams/{stream}/snapshot") => codes.push(Code::NotFound),
+        ("post", "/v1/queues/{queue}/jobs") => codes.push(Code::BlobNotFound),
+        ("post", "/v1/jobs/{job_id}/progress") => codes.push(Code::PartNotFound),
+        ("post", "/v1/jobs/{job_id}/complete") => {
+            codes.extend([Code::PartNotFound, Code::BlobNotFound, Code::JobConflict]);
+        }
+        ("get", "/v1/blobs/{id}") => codes.extend([Code::BlobNotFound, Code::RangeNotSatisfiable]),
         (_, path) if path.ends_with("/commit") => {
             codes.extend([Code::StaleGeneration, Code::PartitionNotFound]);
         }
