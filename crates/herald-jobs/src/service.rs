@@ -200,22 +200,14 @@ struct Shared {
 }
 
 impl Service {
-    /// Creates the job events and dead-letter topics and the dead-letter
-    /// group if missing.
+    /// The service over `backend`. Its topics (`herald.jobs`,
+    /// `herald.jobs.dead`, `jobs.<queue>`) and groups are created on first
+    /// use, so a server that never runs a job has none of them.
     pub async fn start(
         backend: Arc<dyn Backend>,
         options: Options,
         clock: Arc<dyn Clock>,
     ) -> Result<Self> {
-        for topic in [&options.events_topic, &options.dead_letter_topic] {
-            create_topic(&*backend, TopicSpec::new(topic.clone())).await?;
-        }
-        let mut spec = GroupSpec::new(GroupMode::Queue);
-        spec.start = StartPosition::Earliest;
-        spec.ack_wait_ms = 30_000;
-        backend
-            .put_group(&options.dead_letter_topic, &options.dead_letter_group, spec)
-            .await?;
         let (updates, _) = broadcast::channel(UPDATES_CAPACITY);
         Ok(Self {
             shared: Arc::new(Shared {
@@ -487,12 +479,21 @@ impl Shared {
     }
 
     /// Creates the queue's topic (with the dead-letter topic) and its
-    /// worker group, once per process.
+    /// worker group, once per process; the first time, also the job events
+    /// topic, the dead-letter topic and the service's group on it.
     async fn ensure_queue(&self, queue: &str, topic: &TopicName) -> Result<()> {
         if self.queues_known(queue) {
             return Ok(());
         }
         let options = &self.options;
+        for system in [&options.events_topic, &options.dead_letter_topic] {
+            create_topic(&*self.backend, TopicSpec::new(system.clone())).await?;
+        }
+        let mut dead = GroupSpec::new(GroupMode::Queue);
+        dead.start = StartPosition::Earliest;
+        self.backend
+            .put_group(&options.dead_letter_topic, &options.dead_letter_group, dead)
+            .await?;
         let mut spec = TopicSpec::new(topic.clone());
         spec.partitions = options.queue_partitions;
         spec.dead_letter_topic = Some(options.dead_letter_topic.clone());
@@ -793,6 +794,16 @@ async fn dead_letter_loop(shared: &Shared, cancel: &CancellationToken) {
         };
         let deliveries = match fetched {
             Ok(fetched) => fetched.deliveries,
+            // No job has run yet: the topic and group come with the first queue.
+            Err(
+                herald_backend::Error::TopicNotFound { .. }
+                | herald_backend::Error::GroupNotFound { .. },
+            ) => {
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
             Err(error) => {
                 warn!(%error, "Could not fetch dead letters; retrying in a second.");
                 tokio::select! {
