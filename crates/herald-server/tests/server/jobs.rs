@@ -4,10 +4,9 @@
 
 use std::time::Duration;
 
-use futures::StreamExt as _;
 use serde_json::{Value, json};
 
-use crate::support::{Api, TestServer, expect_json, expect_problem, serve};
+use crate::support::{Api, TestServer, expect_json, expect_problem, serve, sse_frames};
 
 /// Submits `body` to `queue` → the job id (asserts 202 and `Location`).
 pub async fn submit(api: &Api, queue: &str, body: Value) -> String {
@@ -75,35 +74,15 @@ async fn complete(api: &Api, job_id: &str, body: Value) -> reqwest::Response {
 
 /// Reads SSE frames until one of type `result`: `(event type, data)` pairs.
 async fn sse_until_result(response: reqwest::Response) -> Vec<(String, Value)> {
-    let mut stream = response.bytes_stream();
-    let mut buffer = String::new();
-    let mut frames = Vec::new();
-    loop {
-        let chunk = tokio::time::timeout(Duration::from_secs(20), stream.next())
-            .await
-            .expect("an SSE frame within 20 s")
-            .expect("the stream went on")
-            .unwrap();
-        buffer.push_str(std::str::from_utf8(&chunk).unwrap());
-        while let Some(end) = buffer.find("\n\n") {
-            let frame: String = buffer.drain(..end + 2).collect();
-            let kind = frame
-                .lines()
-                .find_map(|line| line.strip_prefix("event:"))
-                .map(|kind| kind.trim().to_owned());
-            let data = frame
-                .lines()
-                .find_map(|line| line.strip_prefix("data:"))
-                .map(str::trim);
-            if let (Some(kind), Some(data)) = (kind, data) {
-                let ended = kind == "result";
-                frames.push((kind, serde_json::from_str(data).unwrap()));
-                if ended {
-                    return frames;
-                }
-            }
-        }
-    }
+    sse_frames(response, |frames| {
+        frames
+            .last()
+            .is_some_and(|frame| frame.event.as_deref() == Some("result"))
+    })
+    .await
+    .into_iter()
+    .map(|frame| (frame.event.unwrap_or_default(), frame.data))
+    .collect()
 }
 
 #[tokio::test]
