@@ -30,7 +30,7 @@ pub struct Cli {
 pub enum Command {
     /// Run the server.
     Serve(ServeArgs),
-    /// Talk to a running server (topics, publish, consume, groups).
+    /// Talk to a running server (topics, publish, consume, groups, jobs, blobs).
     #[command(flatten)]
     Client(ClientCommand),
 }

@@ -25,7 +25,7 @@ use std::ffi::OsString;
 use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::num::NonZeroU64;
+use std::num::{NonZeroU32, NonZeroU64};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -55,6 +55,10 @@ pub struct Options {
     pub shutdown_timeout_ms: u64,
     /// Limits on what clients may send.
     pub limits: LimitsOptions,
+    /// Blob storage (`[blobs]`).
+    pub blobs: BlobOptions,
+    /// The job service (`[jobs]`).
+    pub jobs: JobOptions,
 }
 
 impl Default for Options {
@@ -65,6 +69,8 @@ impl Default for Options {
             log: LogOptions::default(),
             shutdown_timeout_ms: 5_000,
             limits: LimitsOptions::default(),
+            blobs: BlobOptions::default(),
+            jobs: JobOptions::default(),
         }
     }
 }
@@ -84,12 +90,89 @@ pub struct LimitsOptions {
     /// with 413 before it is read whole. Each event is further bounded by its
     /// topic's `max_event_bytes`.
     pub max_request_bytes: NonZeroU64,
+    /// The largest blob `POST /v1/blobs` accepts, in bytes; a larger one is
+    /// refused with 413 (before reading when `Content-Length` says so,
+    /// else as soon as the stream passes it) and leaves nothing behind.
+    pub max_blob_bytes: NonZeroU64,
 }
 
 impl Default for LimitsOptions {
     fn default() -> Self {
         Self {
             max_request_bytes: NonZeroU64::new(16 * 1024 * 1024).unwrap_or(NonZeroU64::MIN),
+            max_blob_bytes: NonZeroU64::new(4 * 1024 * 1024 * 1024).unwrap_or(NonZeroU64::MIN),
+        }
+    }
+}
+
+/// Blob storage (`[blobs]`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BlobOptions {
+    /// A blob no job references is removed once it is older than this, in
+    /// milliseconds.
+    pub unreferenced_ttl_ms: u64,
+    /// How often unreferenced blobs are looked for, in milliseconds.
+    pub gc_interval_ms: u64,
+    /// Keep blobs in this S3 bucket (credentials and region from the
+    /// standard `AWS_*` variables) instead of `<data_dir>/blobs`. Needs a
+    /// build with the `s3` feature; empty means the data directory.
+    pub s3_bucket: String,
+}
+
+impl Default for BlobOptions {
+    fn default() -> Self {
+        Self {
+            unreferenced_ttl_ms: 24 * 3_600_000,
+            gc_interval_ms: 60_000,
+            s3_bucket: String::new(),
+        }
+    }
+}
+
+/// The job service (`[jobs]`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobOptions {
+    /// Partitions of a queue's auto-created topic `jobs.<queue>`.
+    pub queue_partitions: NonZeroU32,
+    /// How long a worker's delivery of a request is leased, in milliseconds;
+    /// a worker that dies has the request redelivered after it.
+    pub ack_wait_ms: NonZeroU64,
+    /// Deliveries of a request before the job (or part) fails.
+    pub max_attempts: NonZeroU32,
+    /// Redelivery delays after failed attempts, in milliseconds.
+    pub backoff_ms: Vec<u64>,
+    /// How long an ended job's result is kept when a submit does not say.
+    pub default_result_ttl_ms: u64,
+}
+
+impl Default for JobOptions {
+    fn default() -> Self {
+        Self {
+            queue_partitions: NonZeroU32::new(4).unwrap_or(NonZeroU32::MIN),
+            ack_wait_ms: NonZeroU64::new(30_000).unwrap_or(NonZeroU64::MIN),
+            max_attempts: NonZeroU32::new(5).unwrap_or(NonZeroU32::MIN),
+            backoff_ms: vec![1_000, 5_000, 30_000],
+            default_result_ttl_ms: 24 * 3_600_000,
+        }
+    }
+}
+
+impl JobOptions {
+    /// The job service's options from these.
+    pub fn service_options(&self) -> herald_jobs::Options {
+        herald_jobs::Options {
+            // The backend's limit; more would fail the first submit instead.
+            queue_partitions: self
+                .queue_partitions
+                .get()
+                .min(herald_backend::topic::MAX_PARTITIONS),
+            ack_wait_ms: self.ack_wait_ms.get(),
+            max_attempts: self.max_attempts.get(),
+            backoff_ms: self.backoff_ms.clone(),
+            default_result_ttl_ms: self.default_result_ttl_ms,
+            ..herald_jobs::Options::default()
         }
     }
 }
@@ -98,6 +181,11 @@ impl LimitsOptions {
     /// [`LimitsOptions::max_request_bytes`] as a `usize` (saturating).
     pub fn max_request_bytes(&self) -> usize {
         usize::try_from(self.max_request_bytes.get()).unwrap_or(usize::MAX)
+    }
+
+    /// [`LimitsOptions::max_blob_bytes`] as a `u64`.
+    pub fn max_blob_bytes(&self) -> u64 {
+        self.max_blob_bytes.get()
     }
 }
 
@@ -880,6 +968,20 @@ mod tests {
             "{message}"
         );
         assert!(!message.contains('\n'), "{message}");
+    }
+
+    #[test]
+    fn given_zero_job_setting_when_loaded_should_fail_naming_key() {
+        for key in ["queue_partitions", "ack_wait_ms", "max_attempts"] {
+            let error = from_toml_str(Path::new("herald.toml"), &format!("[jobs]\n{key} = 0\n"))
+                .unwrap_err();
+            assert!(
+                error.to_string().starts_with(&format!(
+                    "invalid value for configuration key 'jobs.{key}' in herald.toml"
+                )),
+                "{error}"
+            );
+        }
     }
 
     #[test]

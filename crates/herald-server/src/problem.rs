@@ -110,8 +110,8 @@ codes! {
     InvalidArgument => "invalid_argument", BAD_REQUEST, INVALID_ARGUMENT, "Invalid argument";
     /// The request's content type is not one this endpoint accepts.
     UnsupportedMediaType => "unsupported_media_type", UNSUPPORTED_MEDIA_TYPE, INVALID_ARGUMENT, "Unsupported media type";
-    /// The request body exceeds `limits.max_request_bytes`, or an event the
-    /// topic's `max_event_bytes`.
+    /// The request body exceeds `limits.max_request_bytes`, an event the
+    /// topic's `max_event_bytes`, or a blob `limits.max_blob_bytes`.
     PayloadTooLarge => "payload_too_large", PAYLOAD_TOO_LARGE, RESOURCE_EXHAUSTED, "Payload too large";
     /// No topic by that name.
     TopicNotFound => "topic_not_found", NOT_FOUND, NOT_FOUND, "Topic not found";
@@ -136,6 +136,17 @@ codes! {
     StreamNotFound => "stream_not_found", NOT_FOUND, NOT_FOUND, "Stream not found";
     /// The stream was deleted; it takes no more events.
     StreamDeleted => "stream_deleted", GONE, FAILED_PRECONDITION, "Stream deleted";
+    /// No job by that id (never submitted, or its result expired).
+    JobNotFound => "job_not_found", NOT_FOUND, NOT_FOUND, "Job not found";
+    /// The job has no part with that key.
+    PartNotFound => "part_not_found", NOT_FOUND, NOT_FOUND, "Part not found";
+    /// A completion contradicts what the job recorded: the part already has
+    /// a different outcome, or the job ended without it.
+    JobConflict => "job_conflict", CONFLICT, FAILED_PRECONDITION, "Job conflict";
+    /// No blob by that id.
+    BlobNotFound => "blob_not_found", NOT_FOUND, NOT_FOUND, "Blob not found";
+    /// The `Range` starts at or past the end of the blob.
+    RangeNotSatisfiable => "range_not_satisfiable", RANGE_NOT_SATISFIABLE, OUT_OF_RANGE, "Range not satisfiable";
     /// Stored bytes failed validation; they were not served.
     CorruptData => "corrupt_data", INTERNAL_SERVER_ERROR, DATA_LOSS, "Corrupt data";
     /// Storage is not open yet, or failed; retry later.
@@ -473,6 +484,22 @@ mod tests {
             let wire = failure.code();
             let code = Code::from_wire(wire);
             assert!(code.is_some(), "backend code {wire} is not in the table");
+            assert_eq!(Problem::from(failure).code().as_str(), wire);
+        }
+        for failure in [
+            herald_jobs::Error::JobNotFound { job_id: "j".into() },
+            herald_jobs::Error::PartNotFound {
+                job_id: "j".into(),
+                part: "p".into(),
+            },
+            herald_jobs::Error::Conflict {
+                job_id: "j".into(),
+                detail: "d".into(),
+            },
+            herald_jobs::Error::invalid("parts", "empty"),
+        ] {
+            let wire = failure.code();
+            assert!(Code::from_wire(wire).is_some(), "job code {wire}");
             assert_eq!(Problem::from(failure).code().as_str(), wire);
         }
         for wire in ["malformed_json", "invalid_event"] {

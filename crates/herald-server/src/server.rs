@@ -29,10 +29,11 @@ use tokio::task::{JoinError, JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::blobs::{self, BlobStore};
 use crate::config::Options;
 use crate::data_dir::{self, DataDir};
 use crate::grpc::{self, GrpcState};
-use crate::http::{self, AppState, Phase, Readiness, StorageSlot};
+use crate::http::{self, AppState, JobsSlot, Phase, Readiness, StorageSlot};
 use crate::metrics::Metrics;
 use crate::storage::{self, Storage};
 
@@ -45,6 +46,7 @@ pub struct Server {
     data_dir: DataDir,
     metrics: Arc<Metrics>,
     readiness: Readiness,
+    blobs: BlobStore,
 }
 
 /// Why the server could not start or did not stop cleanly. Every message
@@ -67,6 +69,12 @@ pub enum Error {
     /// Storage failed to open.
     #[error("cannot open storage")]
     OpenStorage(#[source] storage::Error),
+    /// Blob storage failed to open.
+    #[error("cannot open blob storage")]
+    OpenBlobs(#[source] blobs::Error),
+    /// The job service could not start.
+    #[error("cannot start the job service")]
+    StartJobs(#[source] herald_jobs::Error),
     /// Storage failed to close cleanly.
     #[error("cannot close storage")]
     CloseStorage(#[source] storage::Error),
@@ -104,6 +112,12 @@ impl Server {
             .await
             .map_err(bind_error)?;
         let local_addr = listener.local_addr().map_err(bind_error)?;
+        let blobs = BlobStore::open(
+            data_dir.path(),
+            &options.blobs.s3_bucket,
+            options.limits.max_blob_bytes(),
+        )
+        .map_err(Error::OpenBlobs)?;
         info!(addr = %local_addr, "Listening.");
         Ok(Self {
             options,
@@ -112,6 +126,7 @@ impl Server {
             data_dir,
             metrics: Metrics::new(),
             readiness: Readiness::default(),
+            blobs,
         })
     }
 
@@ -141,6 +156,7 @@ impl Server {
             data_dir,
             metrics,
             readiness,
+            blobs,
         } = self;
 
         let storage_slot = StorageSlot::default();
@@ -151,6 +167,7 @@ impl Server {
             max_message_bytes: options.limits.max_request_bytes(),
         });
         grpc::set_serving(&health, false).await;
+        let jobs_slot = JobsSlot::default();
         let app = http::router(
             AppState {
                 metrics: Arc::clone(&metrics),
@@ -159,6 +176,8 @@ impl Server {
                 clock: Arc::new(SystemClock),
                 stopping: cancel.clone(),
                 max_request_bytes: options.limits.max_request_bytes(),
+                blobs: blobs.clone(),
+                jobs: jobs_slot.clone(),
             },
             grpc_routes,
         );
@@ -199,6 +218,17 @@ impl Server {
             served = &mut http_task => return Err(http_outcome(served).err().unwrap_or(Error::HttpStopped)),
         };
         storage_slot.set(storage.handle());
+        let services = CancellationToken::new();
+        let service_tasks =
+            match start_services(&options, &storage, blobs, &jobs_slot, &services).await {
+                Ok(tasks) => tasks,
+                Err(error) => {
+                    stop_http.cancel();
+                    http_task.abort();
+                    let _ = storage.shutdown().await;
+                    return Err(error);
+                }
+            };
         readiness.set(Phase::Ready);
         grpc::set_serving(&health, true).await;
         info!("Ready.");
@@ -218,6 +248,14 @@ impl Server {
             }
         };
 
+        // The services stop before storage closes: nothing may write after.
+        services.cancel();
+        for task in service_tasks {
+            if let Err(source) = task.await {
+                warn!(error = %source, "A service task failed.");
+            }
+        }
+
         // Storage closes whatever happened to HTTP; an HTTP error is
         // reported first since it came first.
         let closed = storage.shutdown().await.map_err(Error::CloseStorage);
@@ -225,6 +263,35 @@ impl Server {
         info!("Stopped.");
         Ok(())
     }
+}
+
+/// Starts the job service and the blob collector on open storage; returns
+/// their tasks (they stop when `cancel` fires).
+async fn start_services(
+    options: &Options,
+    storage: &Storage,
+    blobs: BlobStore,
+    jobs_slot: &JobsSlot,
+    cancel: &CancellationToken,
+) -> Result<Vec<JoinHandle<()>>, Error> {
+    let backend = storage.backend();
+    let service = herald_jobs::Service::start(
+        Arc::clone(&backend),
+        options.jobs.service_options(),
+        Arc::new(herald_jobs::SystemClock),
+    )
+    .await
+    .map_err(Error::StartJobs)?;
+    jobs_slot.set(service.handle());
+    let jobs = tokio::spawn(service.run(cancel.clone()));
+    let collector = tokio::spawn(crate::blobs::collect_loop(
+        blobs,
+        backend,
+        options.blobs.unreferenced_ttl_ms,
+        options.blobs.gc_interval_ms,
+        cancel.clone(),
+    ));
+    Ok(vec![jobs, collector])
 }
 
 /// Waits for in-flight requests, at most `shutdown_timeout_ms`.

@@ -12,8 +12,10 @@
 //! | 3 | the server could not be reached or answered something that is not Herald's API |
 //! | 4 | a local file could not be read |
 
+mod blob;
 mod consume;
 mod group;
+mod job;
 mod publish;
 mod tail;
 mod topic;
@@ -24,8 +26,10 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::Value;
 
+pub use blob::BlobCommand;
 pub use consume::ConsumeArgs;
 pub use group::GroupCommand;
+pub use job::JobCommand;
 pub use publish::PublishArgs;
 pub use tail::TailArgs;
 pub use topic::TopicCommand;
@@ -66,6 +70,12 @@ pub enum ClientCommand {
     /// Inspect and steer consumer groups.
     #[command(subcommand)]
     Group(GroupCommand),
+    /// Submit jobs and follow them.
+    #[command(subcommand)]
+    Job(JobCommand),
+    /// Upload and download blobs.
+    #[command(subcommand)]
+    Blob(BlobCommand),
 }
 
 /// Why a client command failed; each maps to an exit code.
@@ -118,6 +128,8 @@ pub fn run(client: &ClientArgs, command: ClientCommand) -> Result<(), Error> {
             ClientCommand::Tail(args) => tail::run(&api, args).await,
             ClientCommand::Consume(args) => consume::run(&api, args).await,
             ClientCommand::Group(command) => group::run(&api, command).await,
+            ClientCommand::Job(command) => job::run(&api, command).await,
+            ClientCommand::Blob(command) => blob::run(&api, command).await,
         }
     })
 }
@@ -174,6 +186,15 @@ impl Api {
         path: &str,
         content_type: &str,
         body: Vec<u8>,
+    ) -> Result<Value, Error> {
+        self.post_body(path, content_type, body.into()).await
+    }
+
+    pub(crate) async fn post_body(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: reqwest::Body,
     ) -> Result<Value, Error> {
         self.send(
             self.http

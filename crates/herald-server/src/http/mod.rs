@@ -2,8 +2,9 @@
 //!
 //! - `GET /healthz`, `GET /readyz`, `GET /metrics`;
 //! - the REST API under `/v1` (the contract is `api.md`): topics
-//!   ([`topics`]), events ([`events`]), consumer groups ([`groups`]), and
-//!   `POST /v1/admin/flush`, `POST /v1/admin/compact` ([`admin`]);
+//!   ([`topics`]), events ([`events`]), consumer groups ([`groups`]), jobs
+//!   ([`jobs`]), blobs ([`blobs`]), and `POST /v1/admin/flush`,
+//!   `POST /v1/admin/compact` ([`admin`]);
 //! - `GET /openapi.json` (OpenAPI 3.1, generated from the handlers'
 //!   `#[utoipa::path]` attributes) and `GET /docs` ([`openapi`]);
 //! - RFC 9457 problems for everything that fails, including unknown paths
@@ -24,10 +25,12 @@
 //! status class.
 
 pub mod admin;
+pub mod blobs;
 pub mod events;
 pub mod extract;
 pub mod groups;
 pub mod health;
+pub mod jobs;
 pub mod openapi;
 mod push;
 pub mod streams;
@@ -50,9 +53,10 @@ use herald_backend::Backend;
 use herald_log::Clock;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error};
-use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt as _};
 use utoipa_axum::routes;
 
+use crate::blobs::BlobStore;
 use crate::metrics::{self, HttpLabels, Metrics};
 use crate::problem::{Code, Problem};
 use crate::storage::StorageHandle;
@@ -74,6 +78,10 @@ pub struct AppState {
     pub stopping: CancellationToken,
     /// The largest request body accepted (`limits.max_request_bytes`).
     pub max_request_bytes: usize,
+    /// Blob storage (open before the backend: it needs only the data directory).
+    pub blobs: BlobStore,
+    /// The job service, once storage is open.
+    pub jobs: JobsSlot,
 }
 
 impl AppState {
@@ -86,6 +94,29 @@ impl AppState {
     /// (subscriptions).
     pub fn shared_backend(&self) -> Result<Arc<dyn Backend>, Problem> {
         Ok(self.storage.get()?.shared_backend())
+    }
+}
+
+/// Where the job service goes once storage has opened; empty before.
+#[derive(Clone, Debug, Default)]
+pub struct JobsSlot(Arc<OnceLock<herald_jobs::Handle>>);
+
+impl JobsSlot {
+    /// Fills the slot; a second call is ignored (the service starts once).
+    pub fn set(&self, jobs: herald_jobs::Handle) {
+        let _ = self.0.set(jobs);
+    }
+}
+
+impl AppState {
+    /// The job service, or 503 `unavailable` while storage is still opening.
+    pub fn jobs(&self) -> Result<&herald_jobs::Handle, Problem> {
+        self.jobs.0.get().ok_or_else(|| {
+            Problem::new(
+                Code::Unavailable,
+                "Storage is still opening (recovering the data directory); retry shortly.",
+            )
+        })
     }
 }
 
@@ -180,6 +211,18 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(push::group_ws))
         .routes(routes!(admin::flush))
         .routes(routes!(admin::compact))
+        .routes(routes!(jobs::submit))
+        .routes(routes!(jobs::status))
+        .routes(routes!(jobs::events))
+        .routes(routes!(jobs::progress))
+        .routes(routes!(jobs::complete))
+        .routes(routes!(jobs::fetch))
+        .routes(routes!(jobs::ack))
+        .routes(routes!(jobs::nack))
+        // Blob uploads stream to storage, bounded by limits.max_blob_bytes
+        // (checked as they stream), not by the request body limit.
+        .routes(routes!(blobs::upload).layer(DefaultBodyLimit::disable()))
+        .routes(routes!(blobs::download, blobs::head))
 }
 
 /// `GET /metrics`: Prometheus (OpenMetrics) text.

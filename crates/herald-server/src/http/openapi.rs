@@ -36,7 +36,7 @@ pub const DOCS_PATH: &str = "/docs";
     info(
         title = "Herald",
         description = "Herald's REST API: topics, CloudEvents publishing and reading, consumer \
-                       groups, push over SSE and WebSocket. Every error is an RFC 9457 problem \
+                       groups, push over SSE and WebSocket, jobs and blobs. Every error is an RFC 9457 problem \
                        (`application/problem+json`) with a stable `code`.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
@@ -44,6 +44,8 @@ pub const DOCS_PATH: &str = "/docs";
         (name = "topics", description = "Create, list, describe, change and delete topics."),
         (name = "events", description = "Publish CloudEvents and read them back; follow a topic."),
         (name = "groups", description = "Consumer groups: fetch, settle, commit, dead letters."),
+        (name = "jobs", description = "Jobs and scatter-gather parts: submit, await (long-poll or SSE), and the worker side. Workers fetch from `/v1/queues/{queue}/fetch` (group `workers` of topic `jobs.<queue>`) or consume that topic with a group of their own; each request event's data is `{job_id, queue, part, data, blob}`, keyed by the part key."),
+        (name = "blobs", description = "Content-addressed blobs (`sha256:<hex>`): streamed upload, download with `Range`."),
         (name = "operations", description = "Health, readiness, metrics, admin."),
     ),
     components(schemas(Problem, Code, TopicName, GroupName))
@@ -183,6 +185,12 @@ fn error_codes(
     if path.contains("{stream}") {
         codes.extend([Code::StreamNotFound]);
     }
+    if path.contains("{job_id}") {
+        codes.push(Code::JobNotFound);
+    }
+    if path.contains("{queue}") {
+        codes.push(Code::InvalidName);
+    }
     if operation.request_body.is_some() {
         codes.extend([
             Code::MalformedJson,
@@ -211,6 +219,12 @@ fn error_codes(
             ]);
         }
         ("get", "/v1/topics/{topic}/streams/{stream}/snapshot") => codes.push(Code::NotFound),
+        ("post", "/v1/queues/{queue}/jobs") => codes.push(Code::BlobNotFound),
+        ("post", "/v1/jobs/{job_id}/progress") => codes.push(Code::PartNotFound),
+        ("post", "/v1/jobs/{job_id}/complete") => {
+            codes.extend([Code::PartNotFound, Code::BlobNotFound, Code::JobConflict]);
+        }
+        ("get", "/v1/blobs/{id}") => codes.extend([Code::BlobNotFound, Code::RangeNotSatisfiable]),
         (_, path) if path.ends_with("/commit") => {
             codes.extend([Code::StaleGeneration, Code::PartitionNotFound]);
         }

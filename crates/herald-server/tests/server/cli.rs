@@ -214,3 +214,75 @@ async fn given_failures_when_running_the_cli_should_print_one_line_and_exit_with
     .await;
     single_error(&absent, 4);
 }
+
+#[tokio::test]
+async fn given_a_live_server_when_jobs_and_blobs_are_driven_by_the_cli_should_round_trip() {
+    let (server, _api) = TestServer::start_ready().await;
+    let input = server.dir.path().join("input.bin");
+    let bytes: Vec<u8> = (0..300_000_u32).map(|index| (index % 241) as u8).collect();
+    std::fs::write(&input, &bytes).unwrap();
+
+    let put = cli(
+        &server,
+        &["--output", "json", "blob", "put", input.to_str().unwrap()],
+    )
+    .await;
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+    let stored: Value = serde_json::from_str(&stdout(&put)).unwrap();
+    assert_eq!(stored["size"], 300_000);
+    let id = stored["id"].as_str().unwrap();
+
+    let copy = server.dir.path().join("copy.bin");
+    let get = cli(&server, &["blob", "get", id, "-o", copy.to_str().unwrap()]).await;
+    assert!(
+        get.status.success(),
+        "{}",
+        String::from_utf8_lossy(&get.stderr)
+    );
+    assert_eq!(std::fs::read(&copy).unwrap(), bytes);
+
+    // No worker answers: the job ends partial at its deadline, listing both parts.
+    let submitted = cli(
+        &server,
+        &[
+            "--output",
+            "json",
+            "job",
+            "submit",
+            "cli-queue",
+            "--blob",
+            id,
+            "--part",
+            "a",
+            "--part",
+            "b={\"n\": 2}",
+            "--deadline-ms",
+            "300",
+            "--wait",
+        ],
+    )
+    .await;
+    assert!(
+        submitted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&submitted.stderr)
+    );
+    let job: Value = serde_json::from_str(&stdout(&submitted)).unwrap();
+    assert_eq!(job["status"], "partial");
+    assert_eq!(job["missing"], serde_json::json!(["a", "b"]));
+    let job_id = job["job_id"].as_str().unwrap();
+
+    let status = cli(&server, &["job", "status", job_id]).await;
+    assert!(status.status.success());
+    assert!(stdout(&status).contains("partial"), "{}", stdout(&status));
+    let watched = cli(&server, &["job", "watch", job_id]).await;
+    assert!(watched.status.success());
+    assert!(stdout(&watched).contains("partial"), "{}", stdout(&watched));
+
+    let unknown = cli(&server, &["job", "status", "no-such-job"]).await;
+    assert!(single_error(&unknown, 1).contains("job_not_found"));
+}

@@ -4,6 +4,7 @@
 //!
 //! One test binary for the crate (builds are slow); areas are modules.
 
+mod blobs;
 mod cli;
 mod cloudevents;
 mod config;
@@ -11,6 +12,7 @@ mod erasure;
 mod events;
 mod groups;
 mod http;
+mod jobs;
 mod lifecycle;
 mod openapi;
 mod order_payment;
@@ -18,6 +20,7 @@ mod push;
 mod restart;
 mod robustness;
 mod sdk;
+mod scenarios;
 mod streams;
 mod support;
 mod topics;

@@ -8,7 +8,7 @@ use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::TestServer;
+use crate::support::{TestServer, sse_frames};
 
 fn event(id: &str, ty: &str, key: &str) -> Value {
     json!({ "specversion": "1.0", "id": id, "source": "/test", "type": ty, "key": key, "data": { "id": id } })
@@ -16,32 +16,13 @@ fn event(id: &str, ty: &str, key: &str) -> Value {
 
 /// Reads SSE frames until `count` events arrived: `(id, event)` pairs.
 pub(crate) async fn sse_events(response: reqwest::Response, count: usize) -> Vec<(String, Value)> {
-    let mut stream = response.bytes_stream();
-    let mut buffer = String::new();
-    let mut events = Vec::new();
-    while events.len() < count {
-        let chunk = tokio::time::timeout(Duration::from_secs(10), stream.next())
-            .await
-            .expect("an SSE event within 10 s")
-            .expect("the stream went on")
-            .unwrap();
-        buffer.push_str(std::str::from_utf8(&chunk).unwrap());
-        while let Some(end) = buffer.find("\n\n") {
-            let frame: String = buffer.drain(..end + 2).collect();
-            let id = frame
-                .lines()
-                .find_map(|line| line.strip_prefix("id:"))
-                .map(|id| id.trim().to_owned());
-            let data = frame
-                .lines()
-                .find_map(|line| line.strip_prefix("data:"))
-                .map(str::trim);
-            if let (Some(id), Some(data)) = (id, data) {
-                events.push((id, serde_json::from_str(data).unwrap()));
-            }
-        }
-    }
-    events
+    sse_frames(response, |frames| {
+        frames.iter().filter(|frame| frame.id.is_some()).count() >= count
+    })
+    .await
+    .into_iter()
+    .filter_map(|frame| Some((frame.id?, frame.data)))
+    .collect()
 }
 
 #[tokio::test]

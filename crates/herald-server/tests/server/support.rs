@@ -134,6 +134,11 @@ impl TestServer {
         }
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("server still running")
+    }
+
     /// The data directory.
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
@@ -463,4 +468,51 @@ pub fn event(id: &str) -> Value {
         "type": "test.event",
         "data": {"id": id},
     })
+}
+
+/// One Server-Sent Events frame that carried data.
+#[derive(Debug, Clone)]
+pub struct SseFrame {
+    /// Its `event:` type, if any.
+    pub event: Option<String>,
+    /// Its `id:`, if any.
+    pub id: Option<String>,
+    /// Its `data:`, parsed as JSON.
+    pub data: Value,
+}
+
+/// Reads SSE frames with data until `done` says so (each chunk within 20 s).
+pub async fn sse_frames(
+    response: reqwest::Response,
+    mut done: impl FnMut(&[SseFrame]) -> bool,
+) -> Vec<SseFrame> {
+    use futures::StreamExt as _;
+    let mut stream = response.bytes_stream();
+    let mut buffer = String::new();
+    let mut frames = Vec::new();
+    while !done(&frames) {
+        let chunk = tokio::time::timeout(Duration::from_secs(20), stream.next())
+            .await
+            .expect("an SSE frame within 20 s")
+            .expect("the stream went on")
+            .unwrap();
+        buffer.push_str(std::str::from_utf8(&chunk).unwrap());
+        while let Some(end) = buffer.find("\n\n") {
+            let frame: String = buffer.drain(..end + 2).collect();
+            let field = |name: &str| {
+                frame
+                    .lines()
+                    .find_map(|line| line.strip_prefix(name))
+                    .map(|value| value.trim().to_owned())
+            };
+            if let Some(data) = field("data:") {
+                frames.push(SseFrame {
+                    event: field("event:"),
+                    id: field("id:"),
+                    data: serde_json::from_str(&data).unwrap(),
+                });
+            }
+        }
+    }
+    frames
 }

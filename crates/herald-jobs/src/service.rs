@@ -1,0 +1,874 @@
+//! The job service: [`Options`] → [`Service`] (owns the timer and
+//! dead-letter loops, `run(cancel)`) → [`Handle`] (cheap to clone; every
+//! API call).
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use herald_backend::{
+    Backend, Delivery, Expect, FetchRequest, GroupMode, GroupSpec, StartPosition, TopicSpec,
+};
+use herald_types::{Event, EventInput, ExtensionValue, GroupName, TopicName};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::error::{Error, Result};
+use crate::model::{
+    self, Applied, Command, CompleteRequest, Effect, Job, ProgressRequest, Status, SubmitLimits,
+    SubmitRequest, TimerKind,
+};
+
+/// The `Kv` bucket of job records.
+pub const JOBS_BUCKET: &str = "jobs";
+/// The `Kv` bucket of timers (deadlines, result expiry).
+pub const TIMERS_BUCKET: &str = "jobs.timers";
+/// The `Kv` bucket of blob references: `<blob id>/<job id>`.
+pub const BLOB_REFS_BUCKET: &str = "blob.refs";
+
+/// The source of every event the service publishes.
+const SOURCE: &str = "/herald/jobs";
+/// The type of a request event on a queue topic.
+const REQUEST_TYPE: &str = "herald.job.request";
+/// How often a compare-and-set is retried under contention before giving up.
+const MAX_CAS_ATTEMPTS: usize = 64;
+/// Timers handled per tick at most (the rest wait for the next tick).
+const TIMERS_PER_TICK: usize = 256;
+/// Updates buffered for waiters; one that falls behind re-reads the record.
+const UPDATES_CAPACITY: usize = 4096;
+
+/// Wall-clock time, injected so tests can control it.
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    /// Ms since the Unix epoch.
+    fn now_ms(&self) -> i64;
+}
+
+/// The system clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+    }
+}
+
+/// The service's settings.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Transitions are published here.
+    pub events_topic: TopicName,
+    /// Every queue topic's dead-letter topic.
+    pub dead_letter_topic: TopicName,
+    /// The service's group on the dead-letter topic.
+    pub dead_letter_group: GroupName,
+    /// Workers' group on each queue topic.
+    pub worker_group: GroupName,
+    /// Partitions of an auto-created queue topic.
+    pub queue_partitions: u32,
+    /// Workers' lease on a request.
+    pub ack_wait_ms: u64,
+    /// Deliveries of a request before it is dead-lettered (the job's attempts).
+    pub max_attempts: u32,
+    /// Redelivery backoff.
+    pub backoff_ms: Vec<u64>,
+    /// The most parts a job may have.
+    pub max_parts: usize,
+    /// Result TTL when a submit gives none.
+    pub default_result_ttl_ms: u64,
+    /// The longest result TTL or deadline.
+    pub max_ttl_ms: u64,
+    /// How often due timers are looked for (deadline precision).
+    pub timer_interval: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            events_topic: name("herald.jobs"),
+            dead_letter_topic: name("herald.jobs.dead"),
+            dead_letter_group: name("herald-jobs"),
+            worker_group: name("workers"),
+            queue_partitions: 4,
+            ack_wait_ms: 30_000,
+            max_attempts: 5,
+            backoff_ms: vec![1_000, 5_000, 30_000],
+            max_parts: 10_000,
+            default_result_ttl_ms: 24 * 3_600_000,
+            max_ttl_ms: 30 * 24 * 3_600_000,
+            timer_interval: Duration::from_millis(100),
+        }
+    }
+}
+
+/// A name known to be valid.
+fn name<T: std::str::FromStr>(text: &str) -> T
+where
+    T::Err: std::fmt::Debug,
+{
+    match text.parse() {
+        Ok(parsed) => parsed,
+        // The callers pass literals that follow the naming rule.
+        Err(error) => unreachable!("{text:?} is a valid name: {error:?}"),
+    }
+}
+
+/// What workers receive: the request of a job or of one of its parts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct JobRequest {
+    /// The job.
+    pub job_id: String,
+    /// Its queue.
+    pub queue: String,
+    /// The part (absent for a job without parts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part: Option<String>,
+    /// The request data (the part's for a part).
+    #[serde(default)]
+    pub data: Value,
+    /// The job's input blob.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blob: Option<String>,
+}
+
+/// One request handed to a worker (`POST /v1/queues/{queue}/fetch`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct JobDelivery {
+    /// Give it to `complete` (or ack/nack it on the queue).
+    pub delivery_id: String,
+    /// 1 for the first delivery, then 2, 3…
+    pub attempt: u32,
+    /// The request.
+    #[serde(flatten)]
+    pub request: JobRequest,
+}
+
+/// The data of a transition event on the job events topic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct JobEvent {
+    /// The job.
+    pub job_id: String,
+    /// Its queue.
+    pub queue: String,
+    /// What happened: `submitted`, `running`, `progress`, `part_completed`,
+    /// `succeeded`, `failed`, `partial`.
+    pub kind: String,
+    /// The job's status after it.
+    pub status: Status,
+    /// Parts done of the total.
+    pub done: u32,
+    /// Parts in all.
+    pub total: u32,
+    /// Why it failed or is partial.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// `partial`: the parts that never reported.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<String>,
+}
+
+/// The job service; [`Service::run`] drives its loops.
+#[derive(Debug)]
+pub struct Service {
+    shared: Arc<Shared>,
+}
+
+/// The API of the job service. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Handle {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    backend: Arc<dyn Backend>,
+    options: Options,
+    clock: Arc<dyn Clock>,
+    updates: broadcast::Sender<Arc<Job>>,
+    /// Queues whose topic and group exist (checked once per process).
+    queues: Mutex<HashSet<String>>,
+}
+
+impl Service {
+    /// The service over `backend`. Its topics (`herald.jobs`,
+    /// `herald.jobs.dead`, `jobs.<queue>`) and groups are created on first
+    /// use, so a server that never runs a job has none of them.
+    pub async fn start(
+        backend: Arc<dyn Backend>,
+        options: Options,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self> {
+        let (updates, _) = broadcast::channel(UPDATES_CAPACITY);
+        Ok(Self {
+            shared: Arc::new(Shared {
+                backend,
+                options,
+                clock,
+                updates,
+                queues: Mutex::new(HashSet::new()),
+            }),
+        })
+    }
+
+    /// The API.
+    pub fn handle(&self) -> Handle {
+        Handle {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// Runs the timer loop and the dead-letter loop until `cancel` fires.
+    pub async fn run(self, cancel: CancellationToken) {
+        info!("Job service running.");
+        tokio::join!(
+            timer_loop(&self.shared, &cancel),
+            dead_letter_loop(&self.shared, &cancel)
+        );
+        info!("Job service stopped.");
+    }
+}
+
+impl Handle {
+    /// Submits a job to `queue`: stores it, then publishes its requests.
+    pub async fn submit(&self, queue: &str, request: SubmitRequest) -> Result<Job> {
+        let shared = &self.shared;
+        let topic = shared.queue_topic(queue)?;
+        let options = &shared.options;
+        let limits = SubmitLimits {
+            max_parts: options.max_parts,
+            max_key_bytes: herald_types::MAX_NAME_LEN,
+            default_result_ttl_ms: options.default_result_ttl_ms,
+            max_ttl_ms: options.max_ttl_ms,
+        };
+        let job_id = uuid::Uuid::now_v7().to_string();
+        let now = shared.clock.now_ms();
+        let (job, effects) = model::new_job(job_id, queue.to_owned(), request, limits, now)?;
+        let requests = requests_of(&job)?;
+        shared.ensure_queue(queue, &topic).await?;
+        let value = encode(&job)?;
+        shared
+            .backend
+            .kv_put(JOBS_BUCKET, &job.job_id, value, Expect::Absent)
+            .await?;
+        if let Err(error) = shared.backend.publish(&topic, requests).await {
+            // Nothing reached a worker: take the job back.
+            let _ = shared
+                .backend
+                .kv_delete(JOBS_BUCKET, &job.job_id, Expect::Any)
+                .await;
+            return Err(error.into());
+        }
+        let effects = effects
+            .into_iter()
+            .filter(|effect| *effect != Effect::Dispatch)
+            .collect();
+        shared.execute(&job, effects).await;
+        Ok(job)
+    }
+
+    /// The job.
+    pub async fn get(&self, job_id: &str) -> Result<Job> {
+        self.shared.load(job_id).await.map(|(job, _)| job)
+    }
+
+    /// The job once it has ended, or as it is after `wait`.
+    pub async fn wait(&self, job_id: &str, wait: Duration) -> Result<Job> {
+        let mut updates = self.shared.updates.subscribe();
+        let job = self.get(job_id).await?;
+        if job.status.is_terminal() || wait.is_zero() {
+            return Ok(job);
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, updates.recv()).await {
+                Err(_elapsed) => return self.get(job_id).await,
+                Ok(Ok(update)) if update.job_id == job_id && update.status.is_terminal() => {
+                    return Ok((*update).clone());
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(broadcast::error::RecvError::Lagged(_))) => {
+                    let job = self.get(job_id).await?;
+                    if job.status.is_terminal() {
+                        return Ok(job);
+                    }
+                }
+                Ok(Err(broadcast::error::RecvError::Closed)) => return self.get(job_id).await,
+            }
+        }
+    }
+
+    /// Every stored change of every job, as it happens (subscribe before
+    /// reading the job, then filter by id). A receiver that lags must
+    /// re-read the job.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Job>> {
+        self.shared.updates.subscribe()
+    }
+
+    /// A worker's progress report; extends the delivery's lease if given.
+    pub async fn progress(&self, job_id: &str, request: ProgressRequest) -> Result<Job> {
+        let command = Command::Progress {
+            part: request.part,
+            progress: request.progress,
+            message: request.message,
+        };
+        let job = self.shared.update(job_id, &command).await?;
+        if let Some(delivery_id) = request.delivery_id {
+            let topic = self.shared.queue_topic(&job.queue)?;
+            let group = &self.shared.options.worker_group;
+            self.shared
+                .backend
+                .extend(&topic, group, &[delivery_id], None)
+                .await?;
+        }
+        Ok(job)
+    }
+
+    /// A worker's outcome for the job or one part; idempotent per part. Acks
+    /// the delivery, if given, once the outcome is stored.
+    pub async fn complete(&self, job_id: &str, request: CompleteRequest) -> Result<Job> {
+        let command = Command::Complete {
+            part: request.part,
+            outcome: request.outcome,
+        };
+        let job = self.shared.update(job_id, &command).await?;
+        if let Some(delivery_id) = request.delivery_id {
+            let topic = self.shared.queue_topic(&job.queue)?;
+            let group = &self.shared.options.worker_group;
+            self.shared
+                .backend
+                .ack(&topic, group, &[delivery_id])
+                .await?;
+        }
+        Ok(job)
+    }
+
+    /// Hands `member` up to `max` requests of `queue`, waiting up to
+    /// `wait_ms`. Requests of jobs that have ended (or expired) are acked and
+    /// skipped; the others mark their job `running`.
+    pub async fn fetch(&self, queue: &str, request: FetchRequest) -> Result<Vec<JobDelivery>> {
+        let shared = &self.shared;
+        let topic = shared.queue_topic(queue)?;
+        shared.ensure_queue(queue, &topic).await?;
+        let fetched = shared
+            .backend
+            .fetch(&topic, &shared.options.worker_group, request)
+            .await?;
+        let mut deliveries = Vec::with_capacity(fetched.deliveries.len());
+        let mut stale = Vec::new();
+        for delivery in fetched.deliveries {
+            let Some(request) = decode_request(&delivery) else {
+                warn!(queue, delivery = %delivery.delivery_id, "Not a job request; dead-lettering it.");
+                shared
+                    .backend
+                    .reject(
+                        &topic,
+                        &shared.options.worker_group,
+                        std::slice::from_ref(&delivery.delivery_id),
+                        "not a job request",
+                    )
+                    .await?;
+                continue;
+            };
+            let started = Command::Started {
+                part: request.part.clone(),
+            };
+            match shared.update(&request.job_id, &started).await {
+                Ok(job) if part_is_pending(&job, &request) => {
+                    deliveries.push(JobDelivery {
+                        delivery_id: delivery.delivery_id,
+                        attempt: delivery.attempt,
+                        request,
+                    });
+                }
+                Ok(_) | Err(Error::JobNotFound { .. } | Error::PartNotFound { .. }) => {
+                    stale.push(delivery.delivery_id);
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        if !stale.is_empty() {
+            debug!(
+                queue,
+                count = stale.len(),
+                "Skipped requests of ended jobs."
+            );
+            shared
+                .backend
+                .ack(&topic, &shared.options.worker_group, &stale)
+                .await?;
+        }
+        Ok(deliveries)
+    }
+
+    /// Acks deliveries of `queue` (a worker that completes with
+    /// `delivery_id` need not).
+    pub async fn ack(&self, queue: &str, delivery_ids: &[String]) -> Result<u64> {
+        let topic = self.shared.queue_topic(queue)?;
+        let outcome = self
+            .shared
+            .backend
+            .ack(&topic, &self.shared.options.worker_group, delivery_ids)
+            .await?;
+        Ok(outcome.acked)
+    }
+
+    /// Returns deliveries of `queue` for redelivery after `delay` (or the
+    /// backoff).
+    pub async fn nack(
+        &self,
+        queue: &str,
+        delivery_ids: &[String],
+        delay: Option<Duration>,
+    ) -> Result<u64> {
+        let topic = self.shared.queue_topic(queue)?;
+        let outcome = self
+            .shared
+            .backend
+            .nack(
+                &topic,
+                &self.shared.options.worker_group,
+                delivery_ids,
+                delay,
+            )
+            .await?;
+        Ok(outcome.acked)
+    }
+
+    /// The topic of `queue` (`jobs.<queue>`), for workers that consume it
+    /// with their own groups.
+    pub fn queue_topic(&self, queue: &str) -> Result<TopicName> {
+        self.shared.queue_topic(queue)
+    }
+}
+
+/// Whether any job still references `blob` (a result or input blob of a
+/// job whose record has not expired).
+pub async fn blob_is_referenced(backend: &dyn Backend, blob: &str) -> Result<bool> {
+    let keys = backend
+        .kv_keys(BLOB_REFS_BUCKET, &format!("{blob}/"), None, 1)
+        .await?;
+    Ok(!keys.is_empty())
+}
+
+/// Whether the request still has work to do: its job has not ended and its
+/// part has not reported.
+fn part_is_pending(job: &Job, request: &JobRequest) -> bool {
+    !job.status.is_terminal()
+        && request.part.as_ref().is_none_or(|key| {
+            job.parts
+                .iter()
+                .any(|part| &part.key == key && part.status == model::PartStatus::Pending)
+        })
+}
+
+impl Shared {
+    fn queue_topic(&self, queue: &str) -> Result<TopicName> {
+        format!("jobs.{queue}")
+            .parse()
+            .map_err(|error: herald_types::InvalidName| Error::invalid("queue", error.to_string()))
+    }
+
+    /// Creates the queue's topic (with the dead-letter topic) and its
+    /// worker group, once per process; the first time, also the job events
+    /// topic, the dead-letter topic and the service's group on it.
+    async fn ensure_queue(&self, queue: &str, topic: &TopicName) -> Result<()> {
+        if self.queues_known(queue) {
+            return Ok(());
+        }
+        let options = &self.options;
+        for system in [&options.events_topic, &options.dead_letter_topic] {
+            create_topic(&*self.backend, TopicSpec::new(system.clone())).await?;
+        }
+        let mut dead = GroupSpec::new(GroupMode::Queue);
+        dead.start = StartPosition::Earliest;
+        self.backend
+            .put_group(&options.dead_letter_topic, &options.dead_letter_group, dead)
+            .await?;
+        let mut spec = TopicSpec::new(topic.clone());
+        spec.partitions = options.queue_partitions;
+        spec.dead_letter_topic = Some(options.dead_letter_topic.clone());
+        create_topic(&*self.backend, spec).await?;
+        let mut group = GroupSpec::new(GroupMode::Queue);
+        group.ack_wait_ms = options.ack_wait_ms;
+        group.max_deliveries = options.max_attempts;
+        group.backoff_ms.clone_from(&options.backoff_ms);
+        self.backend
+            .put_group(topic, &options.worker_group, group)
+            .await?;
+        if let Ok(mut queues) = self.queues.lock() {
+            queues.insert(queue.to_owned());
+        }
+        Ok(())
+    }
+
+    fn queues_known(&self, queue: &str) -> bool {
+        self.queues
+            .lock()
+            .map(|queues| queues.contains(queue))
+            .unwrap_or(false)
+    }
+
+    async fn load(&self, job_id: &str) -> Result<(Job, u64)> {
+        let not_found = || Error::JobNotFound {
+            job_id: job_id.to_owned(),
+        };
+        if uuid::Uuid::parse_str(job_id).is_err() {
+            return Err(not_found());
+        }
+        let entry = self
+            .backend
+            .kv_get(JOBS_BUCKET, job_id)
+            .await?
+            .ok_or_else(not_found)?;
+        let job = serde_json::from_slice(&entry.value).map_err(|error| Error::Corrupt {
+            job_id: job_id.to_owned(),
+            detail: error.to_string(),
+        })?;
+        Ok((job, entry.revision))
+    }
+
+    /// Applies `command` by compare-and-set, then executes its effects.
+    async fn update(&self, job_id: &str, command: &Command) -> Result<Job> {
+        for _ in 0..MAX_CAS_ATTEMPTS {
+            let (job, revision) = self.load(job_id).await?;
+            let now = self.clock.now_ms();
+            let Applied::Changed(next, effects) = model::apply(&job, command, now)? else {
+                return Ok(job);
+            };
+            let stored = self
+                .backend
+                .kv_put(
+                    JOBS_BUCKET,
+                    job_id,
+                    encode(&next)?,
+                    Expect::Revision(revision),
+                )
+                .await;
+            match stored {
+                Ok(_) => {
+                    self.execute(&next, effects).await;
+                    return Ok(*next);
+                }
+                Err(herald_backend::Error::RevisionMismatch { .. }) => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Err(herald_backend::Error::Unavailable {
+            detail: format!("job {job_id:?} is changing too fast to update; retry"),
+        }
+        .into())
+    }
+
+    /// Executes a stored transition's effects. Failures are logged: the
+    /// record is already the truth (see the crate docs).
+    async fn execute(&self, job: &Job, effects: Vec<Effect>) {
+        for effect in effects {
+            let done = match effect {
+                Effect::Emit(kind) => self.emit(job, kind).await,
+                Effect::Schedule { due_ms, kind } => {
+                    let key = timer_key(due_ms, kind, &job.job_id);
+                    self.backend
+                        .kv_put(TIMERS_BUCKET, &key, Bytes::new(), Expect::Any)
+                        .await
+                        .map(drop)
+                }
+                Effect::PinBlob(blob) => self
+                    .backend
+                    .kv_put(
+                        BLOB_REFS_BUCKET,
+                        &format!("{blob}/{}", job.job_id),
+                        Bytes::new(),
+                        Expect::Any,
+                    )
+                    .await
+                    .map(drop),
+                // Submit publishes the requests itself, before anything else.
+                Effect::Dispatch => Ok(()),
+            };
+            if let Err(error) = done {
+                warn!(job = %job.job_id, %error, "Could not execute a job effect.");
+            }
+        }
+        // No receivers is fine: nobody is waiting.
+        let _ = self.updates.send(Arc::new(job.clone()));
+    }
+
+    async fn emit(&self, job: &Job, kind: &'static str) -> herald_backend::Result<()> {
+        let data = JobEvent {
+            job_id: job.job_id.clone(),
+            queue: job.queue.clone(),
+            kind: kind.to_owned(),
+            status: job.status,
+            done: job.progress.done,
+            total: job.progress.total,
+            error: job.error.clone(),
+            missing: job.missing.clone(),
+        };
+        let mut event = Event::new(
+            format!("{}.{}", job.job_id, job.version),
+            SOURCE,
+            format!("herald.job.{kind}"),
+        );
+        event.subject = Some(job.job_id.clone());
+        event.key = Some(job.job_id.clone());
+        event.datacontenttype = Some("application/json".into());
+        event.data = Some(Bytes::from(serde_json::to_vec(&data).unwrap_or_default()));
+        let input = EventInput {
+            event,
+            partition: None,
+        };
+        self.backend
+            .publish(&self.options.events_topic, vec![input])
+            .await
+            .map(drop)
+    }
+}
+
+async fn create_topic(backend: &dyn Backend, spec: TopicSpec) -> Result<()> {
+    match backend.create_topic(spec).await {
+        Ok(_) | Err(herald_backend::Error::TopicExists { .. }) => Ok(()),
+        Err(error) => Err(error.into()),
+    }
+}
+
+fn encode(job: &Job) -> Result<Bytes> {
+    serde_json::to_vec(job)
+        .map(Bytes::from)
+        .map_err(|error| Error::Corrupt {
+            job_id: job.job_id.clone(),
+            detail: error.to_string(),
+        })
+}
+
+/// The request events of a job: one per part, else one.
+fn requests_of(job: &Job) -> Result<Vec<EventInput>> {
+    let request = |part: Option<&str>, data: &Value| -> Result<EventInput> {
+        let body = JobRequest {
+            job_id: job.job_id.clone(),
+            queue: job.queue.clone(),
+            part: part.map(str::to_owned),
+            data: data.clone(),
+            blob: job.blob.clone(),
+        };
+        let key = part.unwrap_or(&job.job_id).to_owned();
+        let id = match part {
+            Some(_) => format!("{}.{}", job.job_id, key),
+            None => job.job_id.clone(),
+        };
+        let mut event = Event::new(id, SOURCE, REQUEST_TYPE);
+        event.subject = Some(key.clone());
+        event.key = Some(key);
+        event.datacontenttype = Some("application/json".into());
+        event.data =
+            Some(Bytes::from(serde_json::to_vec(&body).map_err(|error| {
+                Error::invalid("data", error.to_string())
+            })?));
+        Ok(EventInput {
+            event,
+            partition: None,
+        })
+    };
+    if job.parts.is_empty() {
+        return Ok(vec![request(None, &job.data)?]);
+    }
+    job.parts
+        .iter()
+        .map(|part| request(Some(&part.key), &part.data))
+        .collect()
+}
+
+/// The job request a delivery carries, if it is one.
+fn decode_request(delivery: &Delivery) -> Option<JobRequest> {
+    let data = delivery.event.event.data.as_ref()?;
+    serde_json::from_slice(data).ok()
+}
+
+fn timer_key(due_ms: i64, kind: TimerKind, job_id: &str) -> String {
+    format!("{:020}.{}.{job_id}", due_ms.max(0), kind.as_str())
+}
+
+fn parse_timer_key(key: &str) -> Option<(i64, TimerKind, &str)> {
+    let mut fields = key.splitn(3, '.');
+    let due = fields.next()?.parse().ok()?;
+    let kind = fields.next()?.parse().ok()?;
+    Some((due, kind, fields.next()?))
+}
+
+/// Every `timer_interval`: fires the timers that are due, oldest first.
+async fn timer_loop(shared: &Shared, cancel: &CancellationToken) {
+    let mut ticker = tokio::time::interval(shared.options.timer_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        if let Err(error) = fire_due_timers(shared).await {
+            warn!(%error, "Could not fire job timers; retrying next tick.");
+        }
+    }
+}
+
+async fn fire_due_timers(shared: &Shared) -> Result<()> {
+    let keys = shared
+        .backend
+        .kv_keys(TIMERS_BUCKET, "", None, TIMERS_PER_TICK)
+        .await?;
+    let now = shared.clock.now_ms();
+    for key in keys {
+        let Some((due, kind, job_id)) = parse_timer_key(&key) else {
+            warn!(key, "Dropping a malformed job timer.");
+            shared
+                .backend
+                .kv_delete(TIMERS_BUCKET, &key, Expect::Any)
+                .await?;
+            continue;
+        };
+        if due > now {
+            break;
+        }
+        match kind {
+            TimerKind::Deadline => match shared.update(job_id, &Command::Deadline).await {
+                Ok(_) | Err(Error::JobNotFound { .. }) => {}
+                Err(error) => return Err(error),
+            },
+            TimerKind::Expire => expire(shared, job_id).await?,
+        }
+        shared
+            .backend
+            .kv_delete(TIMERS_BUCKET, &key, Expect::Any)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Removes an ended job's record and its blob references.
+async fn expire(shared: &Shared, job_id: &str) -> Result<()> {
+    let job = match shared.load(job_id).await {
+        Ok((job, _)) => job,
+        Err(Error::JobNotFound { .. }) => return Ok(()),
+        Err(error) => return Err(error),
+    };
+    let blobs = job.blob.iter().chain(job.result_blob.iter()).chain(
+        job.parts
+            .iter()
+            .filter_map(|part| part.outcome.result_blob.as_ref()),
+    );
+    for blob in blobs {
+        shared
+            .backend
+            .kv_delete(BLOB_REFS_BUCKET, &format!("{blob}/{job_id}"), Expect::Any)
+            .await?;
+    }
+    shared
+        .backend
+        .kv_delete(JOBS_BUCKET, job_id, Expect::Any)
+        .await?;
+    debug!(job = job_id, "Removed an expired job.");
+    Ok(())
+}
+
+/// Consumes the dead-letter topic: a request that exhausted its attempts
+/// fails its part (or job) with the group's reason.
+async fn dead_letter_loop(shared: &Shared, cancel: &CancellationToken) {
+    let options = &shared.options;
+    loop {
+        let request = FetchRequest {
+            member: "herald-jobs".into(),
+            max: 100,
+            wait_ms: 1_000,
+        };
+        let fetched = tokio::select! {
+            () = cancel.cancelled() => return,
+            fetched = shared.backend.fetch(&options.dead_letter_topic, &options.dead_letter_group, request) => fetched,
+        };
+        let deliveries = match fetched {
+            Ok(fetched) => fetched.deliveries,
+            // No job has run yet: the topic and group come with the first queue.
+            Err(
+                herald_backend::Error::TopicNotFound { .. }
+                | herald_backend::Error::GroupNotFound { .. },
+            ) => {
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+            Err(error) => {
+                warn!(%error, "Could not fetch dead letters; retrying in a second.");
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        let mut handled = Vec::with_capacity(deliveries.len());
+        for delivery in deliveries {
+            if let Err(error) = bury(shared, &delivery).await {
+                warn!(%error, "Could not record a dead-lettered job request; it comes back.");
+                continue;
+            }
+            handled.push(delivery.delivery_id);
+        }
+        if !handled.is_empty()
+            && let Err(error) = shared
+                .backend
+                .ack(
+                    &options.dead_letter_topic,
+                    &options.dead_letter_group,
+                    &handled,
+                )
+                .await
+        {
+            warn!(%error, "Could not ack dead letters; they come back (handling is idempotent).");
+        }
+    }
+}
+
+async fn bury(shared: &Shared, delivery: &Delivery) -> Result<()> {
+    let Some(request) = decode_request(delivery) else {
+        return Ok(());
+    };
+    let extensions = &delivery.event.event.extensions;
+    let reason = match extensions.get("dlreason") {
+        Some(ExtensionValue::String(reason)) => reason.clone(),
+        _ => "dead-lettered".to_owned(),
+    };
+    let reason = match extensions.get("dlattempts") {
+        Some(ExtensionValue::Integer(attempts)) => format!("{reason} (after {attempts} attempts)"),
+        _ => reason,
+    };
+    let command = Command::DeadLetter {
+        part: request.part,
+        reason,
+    };
+    match shared.update(&request.job_id, &command).await {
+        Ok(_) | Err(Error::JobNotFound { .. } | Error::PartNotFound { .. }) => Ok(()),
+        Err(error) => Err(error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+
+    use super::*;
+
+    #[test]
+    fn given_timer_key_should_sort_by_due_and_parse_back() {
+        let early = timer_key(5, TimerKind::Deadline, "a");
+        let late = timer_key(40, TimerKind::Expire, "b");
+        assert!(early < late);
+        assert_eq!(parse_timer_key(&late), Some((40, TimerKind::Expire, "b")));
+    }
+}
