@@ -161,6 +161,17 @@ pub enum ErrorCode {
     StreamNotFound,
     /// `stream_deleted`.
     StreamDeleted,
+    /// `job_not_found`.
+    JobNotFound,
+    /// `part_not_found`: the job has no part with that key.
+    PartNotFound,
+    /// `job_conflict`: a part completed twice with different results, or a
+    /// job already ended.
+    JobConflict,
+    /// `blob_not_found`.
+    BlobNotFound,
+    /// `range_not_satisfiable`: a blob range outside the blob.
+    RangeNotSatisfiable,
     /// `corrupt_data`: stored bytes failed validation.
     CorruptData,
     /// `unavailable`: storage not open yet; retry.
@@ -194,6 +205,11 @@ const CODES: &[(ErrorCode, &str)] = &[
     (ErrorCode::VersionConflict, "version_conflict"),
     (ErrorCode::StreamNotFound, "stream_not_found"),
     (ErrorCode::StreamDeleted, "stream_deleted"),
+    (ErrorCode::JobNotFound, "job_not_found"),
+    (ErrorCode::PartNotFound, "part_not_found"),
+    (ErrorCode::JobConflict, "job_conflict"),
+    (ErrorCode::BlobNotFound, "blob_not_found"),
+    (ErrorCode::RangeNotSatisfiable, "range_not_satisfiable"),
     (ErrorCode::CorruptData, "corrupt_data"),
     (ErrorCode::Unavailable, "unavailable"),
     (ErrorCode::ShuttingDown, "shutting_down"),

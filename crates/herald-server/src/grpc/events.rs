@@ -171,8 +171,9 @@ async fn publish(
 /// Runs a `PublishStream` call: reads batches while fewer than
 /// [`PUBLISH_WINDOW`] are in flight, publishes each at once, and sends the
 /// acks in the order the batches came. Batches to one partition are appended
-/// in the order they came too: each publish reaches its partition's writer
-/// queue on its first poll, and [`FuturesOrdered`] first-polls in order.
+/// in the order they came too: [`FuturesOrdered`] first-polls in order, a
+/// publish runs without a cooperative budget up to its partitions' writer
+/// queues, and those queues (a fair semaphore, then a channel) are FIFO.
 async fn pipeline(
     backend: Arc<dyn Backend>,
     mut incoming: Streaming<v1::PublishRequest>,
@@ -197,7 +198,13 @@ async fn pipeline(
                 Some(Ok(request)) => {
                     let backend = Arc::clone(&backend);
                     let now_ms = state.clock.now_ms();
-                    in_flight.push_back(async move {
+                    // Unconstrained: with Tokio's cooperative budget a
+                    // batch could be told "not now" halfway through its
+                    // partitions and a later batch, polled with a fresh
+                    // budget, could reach a shared partition first —
+                    // breaking append order. Without it a batch only waits
+                    // in the partition writers' queues, which are FIFO.
+                    in_flight.push_back(tokio::task::unconstrained(async move {
                         let request_id = request.request_id;
                         match publish(&*backend, request, now_ms).await {
                             Ok(results) => v1::PublishAck { request_id, results, error: None },
@@ -207,7 +214,7 @@ async fn pipeline(
                                 error: Some(failure(&problem)),
                             },
                         }
-                    });
+                    }));
                 }
                 // The client finished sending (or went away): answer what
                 // is in flight, then end.

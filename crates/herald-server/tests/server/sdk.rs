@@ -98,7 +98,12 @@ async fn given_sdk_when_publishing_single_batched_and_pipelined_should_store_eac
         assert!(positions.insert((stored.partition, stored.offset)));
         if let Some((partition, offset)) = last_offset.get(&key) {
             assert_eq!(*partition, stored.partition, "one key, one partition");
-            assert!(stored.offset > *offset, "publish order kept per key");
+            assert!(
+                stored.offset > *offset,
+                "publish order kept per key: {key} {} after {offset} ({})",
+                stored.offset,
+                stored.id
+            );
         }
         last_offset.insert(key, (stored.partition, stored.offset));
     }
