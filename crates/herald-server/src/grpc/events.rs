@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{GrpcState, backend_status, convert, failure, invalid, shutting_down};
+use super::{GrpcState, backend_status, convert, failure, limit, shutting_down};
 use crate::http::events::{DEFAULT_READ_LIMIT, MAX_READ_LIMIT};
 use crate::http::tail::{self, Filter, Start};
 use crate::problem::Problem;
@@ -75,23 +75,9 @@ impl v1::events_server::Events for EventsService {
         let backend = self.state.backend()?;
         let request = request.into_inner();
         let topic: TopicName = convert::name(&request.topic)?;
-        let limit = match request.limit {
-            0 => DEFAULT_READ_LIMIT,
-            limit if limit <= MAX_READ_LIMIT => limit,
-            _ => {
-                return Err(invalid(
-                    "limit",
-                    format!("must be between 1 and {MAX_READ_LIMIT}"),
-                ));
-            }
-        };
+        let limit = limit(request.limit, DEFAULT_READ_LIMIT, MAX_READ_LIMIT)?;
         let read = backend
-            .read(
-                &topic,
-                request.partition,
-                request.from_offset,
-                limit as usize,
-            )
+            .read(&topic, request.partition, request.from_offset, limit)
             .await
             .map_err(backend_status)?;
         Ok(Response::new(v1::ReadResponse {

@@ -38,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::debug;
 
-use super::{GrpcState, backend_status, convert, failure, invalid, shutting_down};
+use super::{GrpcState, backend_status, convert, failure, invalid, limit, shutting_down};
 use crate::problem::Problem;
 
 /// Deliveries one fetch asks for at most.
@@ -143,10 +143,7 @@ impl v1::groups_server::Groups for GroupsService {
         let backend = self.state.backend()?;
         let request = request.into_inner();
         let (topic, group) = names(&request.topic, &request.group)?;
-        let limit = match request.limit {
-            0 => 100,
-            limit => limit.min(10_000) as usize,
-        };
+        let limit = limit(request.limit, 100, 10_000)?;
         let dead = backend
             .dead_letters(&topic, &group, limit)
             .await

@@ -183,6 +183,15 @@ fn invalid(field: &str, reason: impl std::fmt::Display) -> Status {
     Problem::new(Code::InvalidArgument, format!("{field}: {reason}")).into()
 }
 
+/// A request's `limit`: 0 means `default`, more than `max` is refused.
+fn limit(requested: u32, default: u32, max: u32) -> Result<usize, Status> {
+    match requested {
+        0 => Ok(default as usize),
+        limit if limit <= max => Ok(limit as usize),
+        _ => Err(invalid("limit", format!("must be between 1 and {max}"))),
+    }
+}
+
 /// The server is stopping: long-lived calls end with this.
 fn shutting_down() -> Status {
     Problem::new(

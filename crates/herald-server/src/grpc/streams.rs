@@ -5,7 +5,7 @@ use herald_proto::v1;
 use herald_types::{StreamId, TopicName};
 use tonic::{Request, Response, Status};
 
-use super::{GrpcState, backend_status, convert, invalid};
+use super::{GrpcState, backend_status, convert, invalid, limit};
 use crate::http::streams::{DEFAULT_READ_LIMIT, MAX_READ_LIMIT};
 
 /// The `Streams` service.
@@ -63,16 +63,7 @@ impl v1::streams_server::Streams for StreamsService {
         let backend = self.state.backend()?;
         let request = request.into_inner();
         let (topic, stream) = names(&request.topic, &request.stream)?;
-        let limit = match request.limit {
-            0 => DEFAULT_READ_LIMIT,
-            limit if limit <= MAX_READ_LIMIT => limit,
-            _ => {
-                return Err(invalid(
-                    "limit",
-                    format!("must be between 1 and {MAX_READ_LIMIT}"),
-                ));
-            }
-        };
+        let limit = limit(request.limit, DEFAULT_READ_LIMIT, MAX_READ_LIMIT)?;
         let (direction, from) = if request.backward {
             (
                 Direction::Backward,
@@ -82,7 +73,7 @@ impl v1::streams_server::Streams for StreamsService {
             (Direction::Forward, request.from_version.unwrap_or(0))
         };
         let slice = backend
-            .read_stream(&topic, &stream, from, direction, limit as usize)
+            .read_stream(&topic, &stream, from, direction, limit)
             .await
             .map_err(backend_status)?;
         Ok(Response::new(v1::ReadStreamResponse {
