@@ -12,6 +12,9 @@
 //!   [`reject`](Delivery::reject);
 //! - [`Subscriber`]: a tail of a topic from a position, resuming after a
 //!   lost connection;
+//! - jobs and blobs: [`Client::submit_job`] (with an input blob from
+//!   [`Client::put_blob`] and scatter-gather parts), [`Client::wait_job`] /
+//!   [`Client::watch_job`] for the result, and [`JobWorker`] for workers;
 //! - [`Aggregate`]: an event-sourced aggregate in the decider style
 //!   (`evolve`, `decide`), loaded from its latest snapshot plus newer events
 //!   and appended with optimistic concurrency.
@@ -51,6 +54,7 @@
 mod aggregate;
 mod consumer;
 mod error;
+mod jobs;
 mod options;
 mod publisher;
 mod subscriber;
@@ -71,6 +75,7 @@ pub use error::{Error, ErrorCode, Result};
 pub use herald_proto::v1 as proto;
 pub use herald_proto::v1::{PublishResult, StreamMetadata, TopicDescription};
 pub use herald_types::{Event, EventInput, ExtensionValue, StoredEvent};
+pub use jobs::{BlobInfo, Job, JobSpec, JobStatus, JobTask, JobWorker};
 pub use options::{Expected, Fsync, GroupMode, GroupOptions, Start, TopicOptions};
 pub use publisher::{PendingPublish, Publisher, PublisherBuilder};
 pub use subscriber::{From, Subscriber, SubscriberBuilder};
@@ -213,7 +218,7 @@ impl ClientBuilder {
 /// A connection to Herald. Cheap to clone: clones share the connection.
 #[derive(Debug, Clone)]
 pub struct Client {
-    channel: Channel,
+    pub(crate) channel: Channel,
     request_timeout: Option<Duration>,
     retry: RetryPolicy,
 }

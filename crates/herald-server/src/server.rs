@@ -160,14 +160,16 @@ impl Server {
         } = self;
 
         let storage_slot = StorageSlot::default();
+        let jobs_slot = JobsSlot::default();
         let (grpc_routes, health) = grpc::router(GrpcState {
             storage: storage_slot.clone(),
             clock: Arc::new(SystemClock),
             stopping: cancel.clone(),
             max_message_bytes: options.limits.max_request_bytes(),
+            jobs: jobs_slot.clone(),
+            blobs: blobs.clone(),
         });
         grpc::set_serving(&health, false).await;
-        let jobs_slot = JobsSlot::default();
         let app = http::router(
             AppState {
                 metrics: Arc::clone(&metrics),

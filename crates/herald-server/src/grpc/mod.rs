@@ -10,6 +10,9 @@
 //!   settles, the member leaves when the call ends);
 //! - [`streams`]: event streams (append with expectations, reads,
 //!   metadata, deletion, snapshots);
+//! - [`jobs`]: jobs (submit, wait, watch, worker fetch/progress/complete,
+//!   with JSON documents in the REST shapes) and blob upload/download as
+//!   chunk streams;
 //! - `grpc.health.v1.Health` (SERVING once storage is open, NOT_SERVING
 //!   while it opens and once shutdown starts) and
 //!   `grpc.reflection.v1.ServerReflection`.
@@ -21,6 +24,7 @@
 mod convert;
 mod events;
 mod groups;
+mod jobs;
 mod streams;
 mod topics;
 
@@ -47,6 +51,10 @@ pub struct GrpcState {
     pub stopping: CancellationToken,
     /// The largest message accepted, in bytes (`limits.max_request_bytes`).
     pub max_message_bytes: usize,
+    /// The job service, once storage is open.
+    pub jobs: crate::http::JobsSlot,
+    /// Blob storage.
+    pub blobs: crate::blobs::BlobStore,
 }
 
 impl GrpcState {
@@ -82,7 +90,12 @@ pub fn router(state: GrpcState) -> (axum::Router, tonic_health::server::HealthRe
     );
     router = route(
         router,
-        v1::streams_server::StreamsServer::new(streams::StreamsService::new(state))
+        v1::streams_server::StreamsServer::new(streams::StreamsService::new(state.clone()))
+            .max_decoding_message_size(limit),
+    );
+    router = route(
+        router,
+        v1::jobs_server::JobsServer::new(jobs::JobsService::new(state))
             .max_decoding_message_size(limit),
     );
     router = route(router, health);
@@ -131,6 +144,7 @@ pub async fn set_serving(reporter: &tonic_health::server::HealthReporter, servin
         "herald.v1.Topics",
         "herald.v1.Groups",
         "herald.v1.Streams",
+        "herald.v1.Jobs",
     ] {
         reporter.set_service_status(service, status).await;
     }

@@ -162,7 +162,7 @@ pub async fn submit(
 ) -> Result<Response, Problem> {
     let jobs = state.jobs()?;
     if let Some(blob) = &request.blob {
-        require_blob(&state, "blob", blob).await?;
+        require_blob(&state.blobs, "blob", blob).await?;
     }
     let job = jobs.submit(&queue, request).await?;
     let location = format!("/v1/jobs/{}", job.job_id);
@@ -264,15 +264,18 @@ pub struct JobStreamEvent {
 }
 
 /// One job's changes as SSE events.
-struct Follow {
-    jobs: herald_jobs::Handle,
-    job_id: String,
-    updates: broadcast::Receiver<Arc<Job>>,
-    ended: bool,
+/// A job's changes after `updates` was subscribed, until it ends (also
+/// behind the gRPC `WatchJob`).
+pub(crate) struct Follow {
+    pub(crate) jobs: herald_jobs::Handle,
+    pub(crate) job_id: String,
+    pub(crate) updates: broadcast::Receiver<Arc<Job>>,
+    pub(crate) ended: bool,
 }
 
 impl Follow {
-    async fn next(mut self) -> Option<(Event, Self)> {
+    /// The job after its next change; `None` once it has ended.
+    pub(crate) async fn next_job(mut self) -> Option<(Job, Self)> {
         if self.ended {
             return None;
         }
@@ -286,9 +289,14 @@ impl Follow {
                 Err(broadcast::error::RecvError::Closed) => return None,
             };
             self.ended = job.status.is_terminal();
-            let kind = if self.ended { "result" } else { "progress" };
-            return Some((sse_event(kind, &job), self));
+            return Some((job, self));
         }
+    }
+
+    async fn next(self) -> Option<(Event, Self)> {
+        let (job, follow) = self.next_job().await?;
+        let kind = if follow.ended { "result" } else { "progress" };
+        Some((sse_event(kind, &job), follow))
     }
 }
 
@@ -335,7 +343,7 @@ pub async fn complete(
 ) -> Result<Json<Job>, Problem> {
     let jobs = state.jobs()?;
     if let Some(blob) = &request.outcome.result_blob {
-        require_blob(&state, "result_blob", blob).await?;
+        require_blob(&state.blobs, "result_blob", blob).await?;
     }
     Ok(Json(jobs.complete(&job_id, request).await?))
 }
@@ -408,7 +416,12 @@ pub async fn nack(
     Ok(Json(Settled { acked }))
 }
 
-async fn require_blob(state: &AppState, field: &str, blob: &str) -> Result<(), Problem> {
+/// Refuses a blob id that is malformed or names no stored blob.
+pub(crate) async fn require_blob(
+    blobs: &crate::blobs::BlobStore,
+    field: &str,
+    blob: &str,
+) -> Result<(), Problem> {
     if !herald_jobs::model::is_blob_id(blob) {
         return Err(Problem::new(
             Code::InvalidArgument,
@@ -417,7 +430,7 @@ async fn require_blob(state: &AppState, field: &str, blob: &str) -> Result<(), P
             ),
         ));
     }
-    if state.blobs.exists(blob).await? {
+    if blobs.exists(blob).await? {
         Ok(())
     } else {
         Err(Problem::new(

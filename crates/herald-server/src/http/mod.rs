@@ -106,17 +106,22 @@ impl JobsSlot {
     pub fn set(&self, jobs: herald_jobs::Handle) {
         let _ = self.0.set(jobs);
     }
-}
 
-impl AppState {
     /// The job service, or 503 `unavailable` while storage is still opening.
-    pub fn jobs(&self) -> Result<&herald_jobs::Handle, Problem> {
-        self.jobs.0.get().ok_or_else(|| {
+    pub fn get(&self) -> Result<&herald_jobs::Handle, Problem> {
+        self.0.get().ok_or_else(|| {
             Problem::new(
                 Code::Unavailable,
                 "Storage is still opening (recovering the data directory); retry shortly.",
             )
         })
+    }
+}
+
+impl AppState {
+    /// The job service, or 503 `unavailable` while storage is still opening.
+    pub fn jobs(&self) -> Result<&herald_jobs::Handle, Problem> {
+        self.jobs.get()
     }
 }
 

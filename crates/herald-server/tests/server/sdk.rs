@@ -700,3 +700,104 @@ async fn given_two_concurrent_payments_when_handled_by_aggregate_should_let_exac
         loaded.state
     );
 }
+
+// ------------------------------------------------------------ jobs and blobs
+
+#[tokio::test]
+async fn given_sdk_job_with_blob_when_a_worker_completes_it_should_notify_and_return_the_result() {
+    use futures::StreamExt as _;
+    use herald_client::{JobSpec, JobStatus};
+    use serde_json::json;
+
+    let (_server, client) = server_and_client().await;
+    let text = "alpha beta gamma";
+    let blob = client
+        .put_blob_bytes(text.as_bytes().to_vec())
+        .await
+        .unwrap();
+    assert!(blob.id.starts_with("sha256:"));
+    assert_eq!(blob.size, text.len() as u64);
+    let again = client
+        .put_blob_bytes(text.as_bytes().to_vec())
+        .await
+        .unwrap();
+    assert_eq!(again, blob, "content-addressed: stored once");
+
+    let job = client
+        .submit_job(
+            "wordcount",
+            JobSpec::new(json!({"lang": "en"})).blob(&blob.id),
+        )
+        .await
+        .unwrap();
+    assert_eq!(job.status, JobStatus::Pending);
+    let mut watch = Box::pin(client.watch_job(&job.job_id).await.unwrap());
+    let watcher = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while let Some(update) = watch.next().await {
+            seen.push(update.unwrap());
+        }
+        seen
+    });
+
+    let mut worker = client.job_worker("wordcount").member("w1");
+    let task = tokio::time::timeout(PROMPTLY, worker.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(task.job_id, job.job_id);
+    assert_eq!(task.data, json!({"lang": "en"}));
+    let input = client
+        .get_blob_bytes(task.blob.as_deref().unwrap())
+        .await
+        .unwrap();
+    let words = std::str::from_utf8(&input).unwrap().split(' ').count();
+    task.progress(Some(0.5), Some("counting")).await.unwrap();
+    let done = task.complete(json!({"words": words})).await.unwrap();
+    assert_eq!(done.status, JobStatus::Succeeded);
+
+    let result = client.wait_job(&job.job_id, PROMPTLY).await.unwrap();
+    assert_eq!(result.status, JobStatus::Succeeded);
+    assert_eq!(result.result, Some(json!({"words": 3})));
+    let seen = tokio::time::timeout(PROMPTLY, watcher)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(seen.first().map(|job| job.status), Some(JobStatus::Pending));
+    assert_eq!(
+        seen.last().map(|job| job.status),
+        Some(JobStatus::Succeeded)
+    );
+    assert!(
+        seen.iter().any(|job| job.status == JobStatus::Running),
+        "{seen:?}"
+    );
+
+    // A range of the blob.
+    let mut range = Box::pin(client.get_blob(&blob.id, Some(6..10)).await.unwrap());
+    let mut part = Vec::new();
+    while let Some(chunk) = range.next().await {
+        part.extend_from_slice(&chunk.unwrap());
+    }
+    assert_eq!(part, b"beta");
+}
+
+#[tokio::test]
+async fn given_bad_job_requests_through_sdk_should_get_typed_errors() {
+    use herald_client::JobSpec;
+    use serde_json::json;
+
+    let (_server, client) = server_and_client().await;
+    let missing = client.job("no-such-job").await.unwrap_err();
+    assert_eq!(missing.code(), Some(&ErrorCode::JobNotFound));
+    let no_blob = client
+        .submit_job(
+            "q",
+            JobSpec::new(json!({})).blob(format!("sha256:{}", "0".repeat(64))),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(no_blob.code(), Some(&ErrorCode::BlobNotFound));
+    let unknown_blob = client.get_blob_bytes("sha256:nothex").await.unwrap_err();
+    assert_eq!(unknown_blob.code(), Some(&ErrorCode::BlobNotFound));
+}
