@@ -11,9 +11,11 @@
 //!
 //! Each run gets a fresh server on a fresh temp dir. Per run it writes
 //! `<out>/<point>-<pair>-<system>.json`; at the end it prints one table row
-//! per point (median, min–max, ratio per pair) and writes `summary.json`.
+//! per point (median, min–max, ratio per pair) and writes `summary.json`,
+//! `throughput.svg` and `latency.svg` (`--replot <dir>` redraws them).
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod charts;
 mod noise;
 mod peers;
 mod workloads;
@@ -74,6 +76,9 @@ struct Args {
     /// Where servers keep their data (default: the system temp dir).
     #[arg(long)]
     tmp: Option<PathBuf>,
+    /// Only redraw the charts of an earlier run from its `summary.json`.
+    #[arg(long)]
+    replot: Option<PathBuf>,
 }
 
 /// One point of a workload: compared across `pairs` runs of each system.
@@ -106,6 +111,13 @@ impl Point {
 #[tokio::main]
 async fn main() -> Result<()> {
     let mut args = Args::parse();
+    if let Some(dir) = &args.replot {
+        let summary: Value = serde_json::from_slice(&std::fs::read(dir.join("summary.json"))?)?;
+        let points = summary["points"].as_array().cloned().unwrap_or_default();
+        charts::write(dir, &points)?;
+        eprintln!("charts: {}", dir.display());
+        return Ok(());
+    }
     if args.quick {
         args.pairs = 1;
         args.seconds = args.seconds.min(3.0);
@@ -251,6 +263,7 @@ async fn main() -> Result<()> {
         args.out.join("summary.json"),
         serde_json::to_string_pretty(&summary)?,
     )?;
+    charts::write(&args.out, &rows)?;
     eprintln!("JSON: {}", args.out.display());
     Ok(())
 }
