@@ -1,0 +1,258 @@
+//! The noise record of a run, from `/proc` and `/sys/block`: CPU of this
+//! process (the client), of the server's process tree, of everything else,
+//! device flushes and bytes written, bytes the server wrote.
+//!
+//! CPU times are in `USER_HZ` ticks (100 per second on Linux). A process's
+//! reaped children are counted in its `cutime`/`cstime` (PostgreSQL's
+//! backends, pgbench under this process), so a tree's CPU is the sum over
+//! its live processes of own plus reaped children's time.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use serde_json::{Value, json};
+
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// Counters at one instant.
+#[derive(Debug, Clone, Copy)]
+pub struct Snapshot {
+    at: Instant,
+    client_ticks: u64,
+    server_ticks: u64,
+    server_write_bytes: u64,
+    busy_ticks: u64,
+    flushes: u64,
+    device_writes: u64,
+    device_write_sectors: u64,
+}
+
+impl Snapshot {
+    /// Takes the counters now; `server` is the root of the server's process
+    /// tree (none: no server).
+    pub fn take(server: Option<u32>) -> Self {
+        let client_ticks = read_stat(std::process::id()).map_or(0, ProcStat::total);
+        let (server_ticks, server_write_bytes) = server.map_or((0, 0), tree_counters);
+        let (flushes, device_writes, device_write_sectors) = block_counters();
+        Self {
+            at: Instant::now(),
+            client_ticks,
+            server_ticks,
+            server_write_bytes,
+            busy_ticks: busy_ticks(),
+            flushes,
+            device_writes,
+            device_write_sectors,
+        }
+    }
+
+    /// Seconds from `earlier` to this one.
+    pub fn seconds_since(&self, earlier: &Self) -> f64 {
+        self.at.duration_since(earlier.at).as_secs_f64()
+    }
+
+    /// The noise record from `earlier` to this one.
+    pub fn since(&self, earlier: &Self) -> Noise {
+        let seconds = self.seconds_since(earlier);
+        let ticks = |now: u64, then: u64| now.saturating_sub(then) as f64 / TICKS_PER_SECOND;
+        let client = ticks(self.client_ticks, earlier.client_ticks);
+        let server = ticks(self.server_ticks, earlier.server_ticks);
+        let busy = ticks(self.busy_ticks, earlier.busy_ticks);
+        Noise {
+            seconds,
+            client_cpu: client,
+            server_cpu: server,
+            other_cpu: (busy - client - server).max(0.0),
+            flushes: self.flushes.saturating_sub(earlier.flushes),
+            device_writes: self.device_writes.saturating_sub(earlier.device_writes),
+            device_bytes_written: self
+                .device_write_sectors
+                .saturating_sub(earlier.device_write_sectors)
+                * 512,
+            server_bytes_written: self
+                .server_write_bytes
+                .saturating_sub(earlier.server_write_bytes),
+            load_average: load_average(),
+        }
+    }
+}
+
+/// What happened on the machine during a measured interval.
+#[derive(Debug, Clone, Copy)]
+pub struct Noise {
+    pub seconds: f64,
+    /// CPU seconds of this process (and children it reaped: pgbench).
+    pub client_cpu: f64,
+    /// CPU seconds of the server's process tree.
+    pub server_cpu: f64,
+    /// CPU seconds of everything else (all busy CPU minus the two above).
+    pub other_cpu: f64,
+    /// Flush requests completed by the block devices.
+    pub flushes: u64,
+    pub device_writes: u64,
+    pub device_bytes_written: u64,
+    /// Bytes the server's processes caused to be written to storage.
+    pub server_bytes_written: u64,
+    /// 1-minute load average at the end.
+    pub load_average: f64,
+}
+
+impl Noise {
+    /// Other processes' CPU as a share of one core.
+    pub fn other_cores(&self) -> f64 {
+        if self.seconds > 0.0 {
+            self.other_cpu / self.seconds
+        } else {
+            0.0
+        }
+    }
+
+    pub fn to_json(self) -> Value {
+        json!({
+            "seconds": self.seconds,
+            "client_cpu_s": self.client_cpu,
+            "server_cpu_s": self.server_cpu,
+            "other_cpu_s": self.other_cpu,
+            "other_cores": self.other_cores(),
+            "device_flushes": self.flushes,
+            "device_writes": self.device_writes,
+            "device_bytes_written": self.device_bytes_written,
+            "server_bytes_written": self.server_bytes_written,
+            "load_average_1m": self.load_average,
+        })
+    }
+}
+
+/// Fields of `/proc/<pid>/stat` that matter here.
+#[derive(Debug, Clone, Copy)]
+struct ProcStat {
+    ppid: u32,
+    utime: u64,
+    stime: u64,
+    cutime: u64,
+    cstime: u64,
+}
+
+impl ProcStat {
+    fn total(self) -> u64 {
+        self.utime + self.stime + self.cutime + self.cstime
+    }
+}
+
+fn read_stat(pid: u32) -> Option<ProcStat> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name (which may hold spaces).
+    let after = stat.get(stat.rfind(')')? + 2..)?;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let field = |index: usize| fields.get(index).and_then(|f| f.parse::<u64>().ok());
+    Some(ProcStat {
+        ppid: u32::try_from(field(1)?).ok()?,
+        utime: field(11)?,
+        stime: field(12)?,
+        cutime: field(13)?,
+        cstime: field(14)?,
+    })
+}
+
+/// CPU ticks and `write_bytes` of `root` and all its descendants.
+fn tree_counters(root: u32) -> (u64, u64) {
+    let mut stats = HashMap::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if let Some(stat) = read_stat(pid) {
+                stats.insert(pid, stat);
+            }
+        }
+    }
+    let mut tree = vec![root];
+    let mut index = 0;
+    while let Some(&parent) = tree.get(index) {
+        tree.extend(
+            stats
+                .iter()
+                .filter(|(_, stat)| stat.ppid == parent)
+                .map(|(&pid, _)| pid),
+        );
+        index += 1;
+    }
+    let ticks = tree
+        .iter()
+        .filter_map(|pid| stats.get(pid))
+        .map(|stat| stat.total())
+        .sum();
+    let bytes = tree.iter().map(|&pid| write_bytes(pid)).sum();
+    (ticks, bytes)
+}
+
+fn write_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .ok()
+        .and_then(|io| {
+            io.lines()
+                .find_map(|line| line.strip_prefix("write_bytes:"))
+                .and_then(|value| value.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Busy ticks of all CPUs (user, nice, system, irq, softirq).
+fn busy_ticks() -> u64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return 0;
+    };
+    let Some(line) = stat.lines().find(|line| line.starts_with("cpu ")) else {
+        return 0;
+    };
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal …
+    [0, 1, 2, 5, 6].iter().filter_map(|&i| fields.get(i)).sum()
+}
+
+/// Flushes, write requests and sectors written, summed over the physical
+/// block devices (loop, ram, zram and device-mapper devices are skipped).
+fn block_counters() -> (u64, u64, u64) {
+    let mut totals = (0, 0, 0);
+    let Ok(entries) = std::fs::read_dir("/sys/block") else {
+        return totals;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if ["loop", "ram", "zram", "dm-", "sr", "nbd"]
+            .iter()
+            .any(|prefix| name.starts_with(prefix))
+        {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let fields: Vec<u64> = stat
+            .split_whitespace()
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        let field = |i: usize| fields.get(i).copied().unwrap_or(0);
+        totals.0 += field(15);
+        totals.1 += field(4);
+        totals.2 += field(6);
+    }
+    totals
+}
+
+/// The 1-minute load average.
+pub fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().and_then(|f| f.parse().ok()))
+        .unwrap_or(0.0)
+}
