@@ -22,6 +22,8 @@ def map_query(ctx, query):
     # exists (the fuzzer submits jobs) would wait past --request-timeout.
     if isinstance(query, dict):
         wait = query.get("wait_ms")
+        if isinstance(wait, str) and wait.isdigit():
+            wait = int(wait)
         if isinstance(wait, int) and not isinstance(wait, bool) and wait > 50:
             query["wait_ms"] = 50
     return query
