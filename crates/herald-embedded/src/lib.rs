@@ -1190,11 +1190,11 @@ impl Streams for EmbeddedBackend {
 
     async fn delete_stream(&self, topic: &TopicName, stream: &StreamId, hard: bool) -> Result<()> {
         let runtime = self.inner.topic(topic)?;
-        let (inner, topic, stream) = (Arc::clone(&self.inner), topic.clone(), stream.clone());
+        let (inner, stream) = (Arc::clone(&self.inner), stream.clone());
         // Runs to completion even if the caller goes away: once the delete
         // is committed, its events must become unreadable and be compacted.
         tokio::spawn(async move {
-            let erased = inner.streams.delete(&topic, &stream, hard).await?;
+            let erased = inner.streams.delete(&runtime, &stream, hard).await?;
             if !erased.is_empty() {
                 inner.mark_erased(&runtime, &erased);
             }

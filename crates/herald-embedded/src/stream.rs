@@ -110,6 +110,9 @@ const CATCH_UP_BYTES: usize = 1024 * 1024;
 const EVENT_READ_BYTES: usize = 64 * 1024;
 /// Shards of the per-stream lock map.
 const LOCK_SHARDS: usize = 64;
+/// Shards of a topic's [`RowCache`], and the rows each keeps at most.
+const ROW_CACHE_SHARDS: usize = 64;
+const ROW_CACHE_SHARD_ROWS: usize = 512;
 
 const STREAMS: TableDefinition<'_, (&str, &str), (u64, i64, i64, u8)> =
     TableDefinition::new("streams");
@@ -221,6 +224,58 @@ impl PartitionTracker {
             .next()
             .copied()
             .unwrap_or_else(|| self.reader.end_offset())
+    }
+}
+
+/// The rows of a topic's recently appended streams, so that an append
+/// learns the stream's version without a read transaction (and the thread
+/// hop of a blocking task).
+///
+/// Only code holding the stream's lock reads or changes a stream's entry:
+/// an append reads it, and after its index commit stores the row it wrote;
+/// a delete forgets it before releasing the lock. The index writer thread
+/// applies exactly what the append computed, so the cached row is the
+/// committed row. Each shard is cleared when it is full (the next append of
+/// those streams reads the index again), which bounds the memory to about
+/// `ROW_CACHE_SHARDS * ROW_CACHE_SHARD_ROWS` rows per topic. A topic created
+/// anew gets a new runtime and with it an empty cache.
+#[derive(Debug)]
+pub(crate) struct RowCache {
+    hasher: RandomState,
+    shards: Vec<Mutex<HashMap<Box<str>, Row>>>,
+}
+
+impl Default for RowCache {
+    fn default() -> Self {
+        Self {
+            hasher: RandomState::new(),
+            shards: (0..ROW_CACHE_SHARDS)
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
+        }
+    }
+}
+
+impl RowCache {
+    fn shard(&self, stream: &str) -> MutexGuard<'_, HashMap<Box<str>, Row>> {
+        let index = self.hasher.hash_one(stream) as usize % self.shards.len();
+        lock(&self.shards[index])
+    }
+
+    fn get(&self, stream: &str) -> Option<Row> {
+        self.shard(stream).get(stream).copied()
+    }
+
+    fn put(&self, stream: &str, row: Row) {
+        let mut shard = self.shard(stream);
+        if shard.len() >= ROW_CACHE_SHARD_ROWS && !shard.contains_key(stream) {
+            shard.clear();
+        }
+        shard.insert(stream.into(), row);
+    }
+
+    fn forget(&self, stream: &str) {
+        self.shard(stream).remove(stream);
     }
 }
 
@@ -460,7 +515,10 @@ impl StreamStore {
         events: Vec<EventInput>,
         expected: ExpectedVersion,
     ) -> Result<AppendResult> {
-        let row = self.row(&topic.name, stream).await?;
+        let row = match topic.stream_rows.get(stream.as_str()) {
+            Some(row) => Some(row),
+            None => self.row(&topic.name, stream).await?,
+        };
         if row.is_some_and(Row::deleted) {
             return Err(Error::StreamDeleted {
                 topic: topic.name.to_string(),
@@ -510,6 +568,24 @@ impl StreamStore {
             error!(topic = %topic.name, stream = %stream, %error, "Stream index write failed after the log append; stream operations stop until the backend is reopened.");
             return Err(error);
         }
+        // The row the index writer just committed (see `Tables::index`).
+        let last_version = first_version + count - 1;
+        topic.stream_rows.put(
+            stream.as_str(),
+            match row {
+                Some(row) => Row {
+                    version: row.version.max(last_version),
+                    updated_at: row.updated_at.max(ack.timestamp),
+                    ..row
+                },
+                None => Row {
+                    version: last_version,
+                    created_at: ack.timestamp,
+                    updated_at: ack.timestamp,
+                    state: LIVE,
+                },
+            },
+        );
         let positions = events
             .into_iter()
             .zip(ack.base_offset..)
@@ -522,7 +598,7 @@ impl StreamStore {
             .collect();
         Ok(AppendResult {
             first_version,
-            last_version: first_version + count - 1,
+            last_version,
             positions,
         })
     }
@@ -692,14 +768,17 @@ impl StreamStore {
     /// durably recorded in `stream_erasures` (see `erasure.rs`).
     pub(crate) async fn delete(
         &self,
-        topic: &TopicName,
+        topic: &TopicRuntime,
         stream: &StreamId,
         hard: bool,
     ) -> Result<Vec<(u32, u64)>> {
         self.check_healthy()?;
-        let _guard = self.locks.lock(topic.as_str(), stream.as_str()).await;
+        let _guard = self.locks.lock(topic.name.as_str(), stream.as_str()).await;
+        // Forgotten under the lock, whatever the outcome: the next append
+        // reads the row the delete left.
+        topic.stream_rows.forget(stream.as_str());
         self.request(Op::Delete {
-            topic: topic.to_string(),
+            topic: topic.name.to_string(),
             stream: stream.to_string(),
             hard,
         })

@@ -146,6 +146,8 @@ pub(crate) struct TopicRuntime {
     /// Per partition: offsets of hard-deleted events not yet compacted away;
     /// reads skip them (see `erasure.rs`).
     pub(crate) erased: Vec<Arc<ErasedOffsets>>,
+    /// Rows of recently appended streams (see `stream.rs`).
+    pub(crate) stream_rows: crate::stream::RowCache,
     pub(crate) groups: RwLock<BTreeMap<GroupName, Arc<GroupRuntime>>>,
 }
 
@@ -191,6 +193,7 @@ impl TopicRuntime {
             round_robin: AtomicU64::new(0),
             stream_trackers,
             erased,
+            stream_rows: crate::stream::RowCache::default(),
             groups: RwLock::new(BTreeMap::new()),
         }
     }

@@ -23,6 +23,9 @@ pub mod names {
     pub const APPENDED_BYTES: &str = "herald_log_appended_bytes";
     /// Group-commit rounds (one write, at most one fsync each).
     pub const COMMIT_ROUNDS: &str = "herald_log_commit_rounds";
+    /// Appends written on the caller's thread (an idle writer, no fsync per
+    /// round); also counted as rounds.
+    pub const INLINE_APPENDS: &str = "herald_log_inline_appends";
     /// Batches found corrupt (checksum or framing) when read or recovered.
     pub const CORRUPT_BATCHES: &str = "herald_log_corrupt_batches";
     /// Bytes cut off the tail of a segment by recovery.
@@ -47,6 +50,7 @@ pub struct LogMetrics {
     pub(crate) appended_records: Counter,
     pub(crate) appended_bytes: Counter,
     pub(crate) commit_rounds: Counter,
+    pub(crate) inline_appends: Counter,
     pub(crate) corrupt_batches: Counter,
     pub(crate) recovery_truncated_bytes: Counter,
     pub(crate) segments_deleted: Counter,
@@ -61,6 +65,7 @@ impl Default for LogMetrics {
             appended_records: Counter::default(),
             appended_bytes: Counter::default(),
             commit_rounds: Counter::default(),
+            inline_appends: Counter::default(),
             corrupt_batches: Counter::default(),
             recovery_truncated_bytes: Counter::default(),
             segments_deleted: Counter::default(),
@@ -78,6 +83,11 @@ impl LogMetrics {
     /// Group-commit rounds so far.
     pub fn commit_rounds_total(&self) -> u64 {
         self.commit_rounds.get()
+    }
+
+    /// Appends written on the caller's thread so far.
+    pub fn inline_appends_total(&self) -> u64 {
+        self.inline_appends.get()
     }
 
     /// Corrupt batches found so far.
@@ -130,6 +140,11 @@ impl LogMetrics {
             names::COMMIT_ROUNDS,
             "Group-commit rounds: one write and at most one fsync each",
             self.commit_rounds.clone(),
+        );
+        registry.register(
+            names::INLINE_APPENDS,
+            "Appends written on the caller's thread because the writer was idle (no fsync per round)",
+            self.inline_appends.clone(),
         );
         registry.register(
             names::CORRUPT_BATCHES,

@@ -357,15 +357,22 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-#[test]
-fn given_concurrent_appenders_when_fsync_always_should_group_commit_and_ack_every_append() {
+const APPENDERS: u64 = 32;
+const EACH: u64 = 20;
+
+/// Runs `APPENDERS` tasks each appending `EACH` records in sequence; checks
+/// that every append is acknowledged once at a dense offset, in each
+/// appender's order, and stored as sent. Returns the commit rounds.
+fn concurrent_appends(fsync: FsyncPolicy) -> u64 {
     let dir = tempfile::tempdir().unwrap();
     let env = std_env();
     let metrics = Arc::clone(&env.metrics);
-    let log = Log::open(dir.path().join("p0"), LogOptions::default(), env).unwrap();
+    let options = LogOptions {
+        fsync,
+        ..LogOptions::default()
+    };
+    let log = Log::open(dir.path().join("p0"), options, env).unwrap();
     let handle = LogHandle::spawn(log, WriterOptions::default(), Arc::clone(&metrics)).unwrap();
-    const APPENDERS: u64 = 32;
-    const EACH: u64 = 20;
     runtime().block_on(async {
         let tasks: Vec<_> = (0..APPENDERS)
             .map(|appender| {
@@ -385,7 +392,12 @@ fn given_concurrent_appenders_when_fsync_always_should_group_commit_and_ack_ever
             .collect();
         let mut acked = Vec::new();
         for task in tasks {
-            acked.extend(task.await.unwrap());
+            let offsets = task.await.unwrap();
+            assert!(
+                offsets.windows(2).all(|pair| pair[0].0 < pair[1].0),
+                "one appender's appends are stored in its order"
+            );
+            acked.extend(offsets);
         }
         acked.sort_unstable();
         let offsets: Vec<u64> = acked.iter().map(|(offset, _)| *offset).collect();
@@ -407,12 +419,24 @@ fn given_concurrent_appenders_when_fsync_always_should_group_commit_and_ack_ever
             Err(LogError::Closed)
         ));
     });
-    let rounds = metrics.commit_rounds_total();
+    metrics.commit_rounds_total()
+}
+
+#[test]
+fn given_concurrent_appenders_when_fsync_always_should_group_commit_and_ack_every_append() {
+    let rounds = concurrent_appends(FsyncPolicy::Always);
     assert!(
         rounds < APPENDERS * EACH,
         "{rounds} rounds for {} appends: no group commit",
         APPENDERS * EACH
     );
+}
+
+/// Under `never`, an append to an idle writer is written on the caller's
+/// thread and the rest queue: the mix must keep every guarantee.
+#[test]
+fn given_concurrent_appenders_when_fsync_never_should_ack_every_append_once_in_order() {
+    concurrent_appends(FsyncPolicy::Never);
 }
 
 #[test]
@@ -435,6 +459,55 @@ fn given_reader_at_tail_when_record_appended_should_wake() {
         let waiter = tokio::spawn(async move { reader.wait_for(5).await });
         handle.close().await.unwrap();
         assert!(matches!(waiter.await.unwrap(), Err(LogError::Closed)));
+    });
+}
+
+/// An append written on the caller's thread while the writer sleeps must
+/// still get its interval fsync: the writer is woken to schedule it.
+#[test]
+fn given_interval_policy_when_inline_append_dirties_a_clean_log_should_sync_it() {
+    let fs = MemFs::new();
+    let options = LogOptions {
+        fsync: FsyncPolicy::Interval(Duration::from_millis(5)),
+        ..LogOptions::default()
+    };
+    let log = Log::open(
+        mem_dir(),
+        options,
+        mem_env(&fs, Arc::new(ManualClock::new(0))),
+    )
+    .unwrap();
+    let metrics = LogMetrics::new();
+    let handle = LogHandle::spawn(log, WriterOptions::default(), Arc::clone(&metrics)).unwrap();
+    let wait_for_sync = |after: u64| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while fs.syncs() == after {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no interval fsync within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    runtime().block_on(async {
+        // Until an append goes inline onto a clean log (the writer may hold
+        // its lock for a moment and take one through the queue instead).
+        for tag in 0..1000 {
+            // A round trip through the writer, then a moment for it to go
+            // back to sleep (if it has not, this only makes the test weaker).
+            handle.sync().await.unwrap();
+            std::thread::sleep(Duration::from_millis(10));
+            let syncs = fs.syncs();
+            let inline = metrics.inline_appends_total();
+            handle.append(vec![record(tag, 100)]).await.unwrap();
+            if metrics.inline_appends_total() > inline {
+                wait_for_sync(syncs);
+                handle.close().await.unwrap();
+                return;
+            }
+            wait_for_sync(syncs);
+        }
+        panic!("no append was written inline");
     });
 }
 
