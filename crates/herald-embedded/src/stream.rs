@@ -104,6 +104,13 @@ pub(crate) const DURABLE_EVERY: Duration = Duration::from_secs(1);
 pub(crate) const IDLE_SYNC: Duration = Duration::from_millis(200);
 /// At most this many requests in one index transaction.
 const MAX_ROUND: usize = 4096;
+/// How long a round may wait for the appends of the previous round's size
+/// to arrive. A log commit round acknowledges its appends together, but
+/// their tasks reach this thread one by one over some tens of
+/// microseconds; without the wait they would be split over several redb
+/// commits, and a commit (pages copied and checksummed per table touched)
+/// costs more than the entries it writes. Half the log's commit linger.
+const ROUND_LINGER: Duration = Duration::from_micros(50);
 /// Bytes read from the log per read during catch-up.
 const CATCH_UP_BYTES: usize = 1024 * 1024;
 /// Bytes read from the log to fetch one stream event (and its neighbours).
@@ -913,6 +920,7 @@ fn not_found(topic: &TopicName, stream: &StreamId) -> Error {
 fn run_writer(index: &Index, requests: &mpsc::Receiver<Request>) {
     let mut last_durable = Instant::now();
     let mut pending_durability = false;
+    let mut last_round = 0;
     loop {
         let first = if pending_durability {
             match requests.recv_timeout(IDLE_SYNC) {
@@ -937,13 +945,24 @@ fn run_writer(index: &Index, requests: &mpsc::Receiver<Request>) {
                 Err(_) => return,
             }
         };
+        // As in the log writer: wait (briefly) for as many requests as the
+        // previous round carried, so one commit carries a whole cohort.
+        let linger_until = Instant::now() + ROUND_LINGER;
         let mut round = vec![first];
         while round.len() < MAX_ROUND {
-            match requests.try_recv() {
-                Ok(request) => round.push(request),
-                Err(_) => break,
+            let next = match requests.try_recv() {
+                Ok(request) => Some(request),
+                Err(_) if round.len() < last_round => requests
+                    .recv_timeout(linger_until.saturating_duration_since(Instant::now()))
+                    .ok(),
+                Err(_) => None,
+            };
+            match next {
+                Some(request) => round.push(request),
+                None => break,
             }
         }
+        last_round = round.len();
         let stop = round.iter().any(|request| matches!(request.op, Op::Stop));
         let durable = stop
             || round.iter().any(|request| request.op.needs_durability())
