@@ -469,6 +469,14 @@ fn describe(point: &Point, run: &Run) -> String {
         ),
         None => format!("{:.0} {}", run.throughput, point.unit),
     };
+    let figure = match &run.extra["verification"]["ok"] {
+        Value::Bool(true) => format!("{figure}, conflicts 0, events stored = acknowledged"),
+        Value::Bool(false) => format!(
+            "{figure}, VERIFICATION FAILED: {} conflicts, {}",
+            run.extra["conflicts"], run.extra["verification"]
+        ),
+        _ => figure,
+    };
     format!(
         "{figure} | cpu server {:.2}s client {:.2}s other {:.2} cores | flushes {} dev {:.0} MB srv {:.0} MB | load {:.2}",
         n.server_cpu,

@@ -398,10 +398,11 @@ pub async fn w3_herald(
 
 /// What the consumer tasks of a run saw. Payloads of W5 start with their
 /// scheduled send time (ns since `clock`, little endian); a delivery of an
-/// event scheduled inside `window` is recorded end to end.
+/// event scheduled inside the window (set by `open`, ns since `clock`) is
+/// recorded end to end.
 struct Deliveries {
     clock: Instant,
-    window: std::ops::Range<u64>,
+    window: [AtomicU64; 2],
     delivered: AtomicU64,
     delivered_in_window: AtomicU64,
     redelivered: AtomicU64,
@@ -409,10 +410,10 @@ struct Deliveries {
 }
 
 impl Deliveries {
-    fn new(clock: Instant, window: std::ops::Range<u64>) -> Result<Arc<Self>> {
+    fn new() -> Result<Arc<Self>> {
         Ok(Arc::new(Self {
-            clock,
-            window,
+            clock: Instant::now(),
+            window: [AtomicU64::new(0), AtomicU64::new(0)],
             delivered: AtomicU64::new(0),
             delivered_in_window: AtomicU64::new(0),
             redelivered: AtomicU64::new(0),
@@ -420,22 +421,32 @@ impl Deliveries {
         }))
     }
 
+    fn open(&self, window: std::ops::Range<u64>) {
+        self.window[1].store(window.end, Ordering::Relaxed);
+        self.window[0].store(window.start, Ordering::Relaxed);
+    }
+
+    fn window(&self) -> std::ops::Range<u64> {
+        self.window[0].load(Ordering::Relaxed)..self.window[1].load(Ordering::Relaxed)
+    }
+
     fn record(&self, payload: &[u8], redelivered: bool) {
         self.delivered.fetch_add(1, Ordering::Relaxed);
         if redelivered {
             self.redelivered.fetch_add(1, Ordering::Relaxed);
         }
-        if self.window.is_empty() {
+        let window = self.window();
+        if window.is_empty() {
             return;
         }
         let now = nanos(self.clock.elapsed());
-        if self.window.contains(&now) {
+        if window.contains(&now) {
             self.delivered_in_window.fetch_add(1, Ordering::Relaxed);
         }
         let scheduled = payload
             .first_chunk::<8>()
             .map_or(u64::MAX, |b| u64::from_le_bytes(*b));
-        if self.window.contains(&scheduled)
+        if window.contains(&scheduled)
             && let Ok(mut hist) = self.e2e.lock()
         {
             hist.saturating_record((now.saturating_sub(scheduled) / 1000).max(1));
@@ -611,6 +622,11 @@ async fn herald_send(
     Ok(async move { ack.await.map(drop).map_err(anyhow::Error::from) })
 }
 
+/// Acks in flight while filling a W4 backlog, both sides: below
+/// async-nats's own limit (5,000 by default; past it `publish` waits for
+/// acks this loop has not awaited yet, a deadlock).
+const FILL_WINDOW: usize = 4096;
+
 /// Publishes `count` events of `size` as fast as the window allows (not
 /// measured): `publish` returns an ack to await.
 async fn fill<P, F, A>(count: u64, size: usize, window: usize, mut publish: P) -> Result<()>
@@ -643,13 +659,13 @@ pub async fn w4_nats(
     size: usize,
 ) -> Result<Run> {
     let js = nats_stream(url).await?;
-    fill(backlog, size, 10_000, |payload| {
+    fill(backlog, size, FILL_WINDOW, |payload| {
         nats_send(js.clone(), payload)
     })
     .await?;
     nats_consumer(&js, "drain").await?;
     let before = Snapshot::take(Some(pid));
-    let sink = Deliveries::new(Instant::now(), 0..0)?;
+    let sink = Deliveries::new()?;
     let mut tasks = Consumers::default();
     for _ in 0..consumers {
         tasks
@@ -673,12 +689,12 @@ pub async fn w4_herald(
     let client = herald_topic(endpoint, level).await?;
     herald_group(&client, "drain").await?;
     let publisher = client.publisher("bench").max_batch(1000).window(64).build();
-    fill(backlog, size, 10_000, |payload| {
+    fill(backlog, size, FILL_WINDOW, |payload| {
         herald_send(publisher.clone(), payload)
     })
     .await?;
     let before = Snapshot::take(Some(pid));
-    let sink = Deliveries::new(Instant::now(), 0..0)?;
+    let sink = Deliveries::new()?;
     let mut tasks = Consumers::default();
     for _ in 0..consumers {
         tasks
@@ -753,7 +769,6 @@ async fn end_to_end<P, F, A>(
     pid: u32,
     spec: E2e,
     t: Timing,
-    clock: Instant,
     sink: Arc<Deliveries>,
     mut tasks: Consumers,
     mut publish: P,
@@ -763,9 +778,27 @@ where
     F: Future<Output = Result<A>>,
     A: Future<Output = Result<()>> + Send + 'static,
 {
+    // Prime: one untimed event through before the schedule starts, so the
+    // consumer is live on both sides (a fresh Herald group consumer can
+    // otherwise sit in its first long poll for up to 5 s).
+    publish(Bytes::from(vec![b'x'; spec.size.max(8)]))
+        .await?
+        .await?;
+    let primed = wait_for(Some(Instant::now() + Duration::from_secs(30)), || {
+        let checked = tasks.check().map(|()| sink.delivered() >= 1);
+        async move { checked }
+    })
+    .await?;
+    if !primed {
+        bail!("the consumer got nothing within 30 s");
+    }
+    let start = Instant::now();
+    let base = nanos(start - sink.clock);
+    let window = base + nanos(t.warmup)..base + nanos(t.warmup + t.measure);
+    sink.open(window.clone());
+    let clock = sink.clock;
     let per_tick = (spec.rate / 1000).max(1);
-    let mut meter = Window::starting(clock, t, pid);
-    let window = sink.window.clone();
+    let mut meter = Window::starting(start, t, pid);
     let slots = Arc::new(Semaphore::new(spec.window));
     let (acks, mut unacked) =
         mpsc::unbounded_channel::<(u64, A, tokio::sync::OwnedSemaphorePermit)>();
@@ -786,29 +819,30 @@ where
     let cutoff = meter.end + t.measure;
     let (mut tick, mut published, mut max_lag, mut not_sent) = (0u64, 0u64, 0u64, 0u64);
     loop {
-        let scheduled = Duration::from_millis(tick);
-        if clock + scheduled >= meter.end {
+        let at = start + Duration::from_millis(tick);
+        let scheduled = nanos(at - clock);
+        if at >= meter.end {
             break;
         }
         if Instant::now() >= cutoff {
-            not_sent = nanos(meter.end - (clock + scheduled)) * spec.rate / 1_000_000_000;
+            not_sent = nanos(meter.end - at) * spec.rate / 1_000_000_000;
             break;
         }
-        pace(clock + scheduled).await;
+        pace(at).await;
         meter.tick(published);
         tasks.check()?;
         let mut payload = vec![b'x'; spec.size.max(8)];
-        payload[..8].copy_from_slice(&nanos(scheduled).to_le_bytes());
+        payload[..8].copy_from_slice(&scheduled.to_le_bytes());
         let payload = Bytes::from(payload);
         for _ in 0..per_tick {
             let slot = slots.clone().acquire_owned().await?;
             let ack = publish(payload.clone()).await?;
             published += 1;
-            acks.send((nanos(scheduled), ack, slot))
+            acks.send((scheduled, ack, slot))
                 .map_err(|_| anyhow::anyhow!("the ack task ended"))?;
         }
         if meter.measuring() {
-            max_lag = max_lag.max(published.saturating_sub(sink.delivered()));
+            max_lag = max_lag.max((published + 1).saturating_sub(sink.delivered()));
         }
         tick += 1;
     }
@@ -819,7 +853,7 @@ where
     // not catch up).
     let deadline = Instant::now() + t.measure.max(Duration::from_secs(5));
     let complete = wait_for(Some(deadline), || {
-        let checked = tasks.check().map(|()| sink.delivered() >= published);
+        let checked = tasks.check().map(|()| sink.delivered() > published);
         async move { checked }
     })
     .await?;
@@ -836,7 +870,7 @@ where
         noise,
         extra: json!({
             "offered_per_s": spec.rate, "window": spec.window, "producers": 1, "consumers": 1,
-            "published": published, "delivered": sink.delivered(),
+            "published": published, "delivered": sink.delivered() - 1,
             "redelivered": sink.redelivered.load(Ordering::Relaxed),
             "all_delivered": complete, "not_sent_at_cutoff": not_sent,
             "max_lag": max_lag,
@@ -846,18 +880,13 @@ where
     })
 }
 
-fn e2e_window(t: Timing) -> std::ops::Range<u64> {
-    nanos(t.warmup)..nanos(t.warmup + t.measure)
-}
-
 /// W5 on NATS: async publish, a durable pull consumer with explicit acks.
 pub async fn w5_nats(url: &str, pid: u32, spec: E2e, t: Timing) -> Result<Run> {
     let js = nats_stream(url).await?;
     nats_consumer(&js, "e2e").await?;
-    let clock = Instant::now();
-    let sink = Deliveries::new(clock, e2e_window(t))?;
+    let sink = Deliveries::new()?;
     let tasks = Consumers(vec![nats_subscriber(url, "e2e", sink.clone()).await?]);
-    end_to_end(pid, spec, t, clock, sink, tasks, |payload| {
+    end_to_end(pid, spec, t, sink, tasks, |payload| {
         nats_send(js.clone(), payload)
     })
     .await
@@ -875,12 +904,11 @@ pub async fn w5_herald(
     let client = herald_topic(endpoint, level).await?;
     herald_group(&client, "e2e").await?;
     let publisher = client.publisher("bench").linger(Duration::ZERO).build();
-    let clock = Instant::now();
-    let sink = Deliveries::new(clock, e2e_window(t))?;
+    let sink = Deliveries::new()?;
     let tasks = Consumers(vec![
         herald_subscriber(endpoint, "e2e", sink.clone()).await?,
     ]);
-    end_to_end(pid, spec, t, clock, sink, tasks, |payload| {
+    end_to_end(pid, spec, t, sink, tasks, |payload| {
         herald_send(publisher.clone(), payload)
     })
     .await
