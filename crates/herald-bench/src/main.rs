@@ -43,7 +43,7 @@ struct Args {
     pairs: usize,
     /// Measured seconds per run (after the warm-up). The default keeps the
     /// full suite under 30 minutes on 2 cores (BENCHMARKS.md).
-    #[arg(long, default_value_t = 3.0)]
+    #[arg(long, default_value_t = 2.0)]
     seconds: f64,
     /// Warm-up seconds per run (not measured).
     #[arg(long, default_value_t = 1.0)]

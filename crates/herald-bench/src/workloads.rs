@@ -555,7 +555,7 @@ async fn nats_subscriber(
 
 /// Whether the server has every ack of `durable` and nothing pending.
 async fn nats_settled(js: &jetstream::Context, durable: &str) -> Result<bool> {
-    let consumer = nats_pull(&js, durable).await?;
+    let consumer = nats_pull(js, durable).await?;
     let info = consumer.get_info().await?;
     Ok(info.num_ack_pending == 0 && info.num_pending == 0)
 }
@@ -816,7 +816,10 @@ where
         }
         Ok::<_, anyhow::Error>(hist)
     });
-    let cutoff = meter.end + t.measure;
+    // An overloaded system gets 1 s to catch up on its schedule, then 3 s
+    // to deliver; what is left is reported (not_sent_at_cutoff,
+    // all_delivered), its latency (at least that late) is not recorded.
+    let cutoff = meter.end + Duration::from_secs(1);
     let (mut tick, mut published, mut max_lag, mut not_sent) = (0u64, 0u64, 0u64, 0u64);
     loop {
         let at = start + Duration::from_millis(tick);
@@ -851,7 +854,7 @@ where
     let (noise, _, _) = meter.finish(published)?;
     // Every published event delivered (bounded: an overloaded system may
     // not catch up).
-    let deadline = Instant::now() + t.measure.max(Duration::from_secs(5));
+    let deadline = Instant::now() + Duration::from_secs(3);
     let complete = wait_for(Some(deadline), || {
         let checked = tasks.check().map(|()| sink.delivered() > published);
         async move { checked }
