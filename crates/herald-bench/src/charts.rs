@@ -25,8 +25,8 @@ pub fn write(dir: &Path, points: &[Value]) -> Result<()> {
 }
 
 fn throughput(points: &[Value]) -> String {
-    let rows: Vec<&Value> = points.iter().filter(|p| p["workload"] != "w3").collect();
-    let (row_h, left, width) = (44.0, 230.0, 760.0);
+    let rows: Vec<&Value> = points.iter().filter(|p| !latency_headline(p)).collect();
+    let (row_h, left, width) = (44.0, 300.0, 830.0);
     let bar_w = width - left - 120.0;
     let height = 50.0 + row_h * rows.len() as f64;
     let mut svg = header(
@@ -153,6 +153,12 @@ fn latency(points: &[Value]) -> String {
     }
     svg.push_str("</svg>\n");
     svg
+}
+
+/// Points whose headline is a latency (W3, W5): they go to the latency
+/// chart only.
+fn latency_headline(point: &Value) -> bool {
+    point["headline"] == "p99 latency" || point["workload"] == "w3" || point["workload"] == "w5"
 }
 
 fn header(width: f64, height: f64, title: &str) -> String {

@@ -21,32 +21,35 @@ mod peers;
 mod workloads;
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 
 use crate::peers::{Binaries, Herald, Level, Nats, Postgres};
-use crate::workloads::{Run, Timing};
+use crate::workloads::{E2e, Run, Timing, W6};
 
 #[derive(Debug, Parser)]
 #[command(about = "Herald side by side with NATS JetStream and PostgreSQL")]
 struct Args {
-    /// One pair per point, short runs (the whole pass in under 3 minutes).
+    /// One pair per point, fewer points, short runs (the whole pass in
+    /// under 3 minutes).
     #[arg(long)]
     quick: bool,
     /// Peer/Herald pairs per point.
     #[arg(long, default_value_t = 5)]
     pairs: usize,
-    /// Measured seconds per run (after the warm-up).
-    #[arg(long, default_value_t = 10.0)]
+    /// Measured seconds per run (after the warm-up). The default keeps the
+    /// full suite under 30 minutes on 2 cores (BENCHMARKS.md).
+    #[arg(long, default_value_t = 2.0)]
     seconds: f64,
     /// Warm-up seconds per run (not measured).
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, default_value_t = 1.0)]
     warmup: f64,
-    /// Workloads, in order (w1, w2, w3, w4, w6).
-    #[arg(long, value_delimiter = ',', default_value = "w1,w3,w4,w6,w2")]
+    /// Workloads, in order (w1, w2, w3, w4, w5, w6).
+    #[arg(long, value_delimiter = ',', default_value = "w1,w3,w5,w4,w6,w2")]
     workloads: Vec<String>,
     /// Acks in flight for W1, on both sides (events).
     #[arg(long, default_value_t = 1000)]
@@ -55,11 +58,14 @@ struct Args {
     #[arg(long, default_value_t = 250)]
     herald_batch: usize,
     /// Backlog for W4 (events of 128 B).
-    #[arg(long, default_value_t = 500_000)]
+    #[arg(long, default_value_t = 1_000_000)]
     backlog: u64,
-    /// Writers for W6.
-    #[arg(long, default_value_t = 32)]
-    writers: u64,
+    /// W3 offered rate at D1 (sends per second, one in flight).
+    #[arg(long, default_value_t = 2000)]
+    w3_rate_d1: u64,
+    /// W3 offered rate at D2 (sends per second, one in flight).
+    #[arg(long, default_value_t = 400)]
+    w3_rate_d2: u64,
     /// Output dir for the JSON files.
     #[arg(long, default_value = "bench-out")]
     out: PathBuf,
@@ -90,22 +96,171 @@ struct Point {
     peer: &'static str,
     /// What the headline figure is.
     unit: &'static str,
-    /// Concurrent producers (W2), 0 when not applicable.
+    /// Concurrent producers (W2) or writers (W6), 0 when not applicable.
     producers: u64,
+    /// Partitions (W2; NATS: streams).
+    partitions: u32,
+    /// Consumers (W4), 0 when not applicable.
+    consumers: u64,
+    /// Offered events/s (W3, W5), 0 when not applicable.
+    rate: u64,
+    /// Events per append (W6), 0 when not applicable.
+    events: u64,
+    /// Zipf stream choice (W6).
+    zipf: bool,
 }
 
 impl Point {
+    fn new(workload: &'static str, level: Level, size: usize) -> Self {
+        let (peer, unit) = match workload {
+            "w6" => ("postgres", "appends/s"),
+            "w3" | "w5" => ("nats", "p99 µs"),
+            _ => ("nats", "events/s"),
+        };
+        Self {
+            workload,
+            level,
+            size,
+            peer,
+            unit,
+            producers: 0,
+            partitions: 1,
+            consumers: 0,
+            rate: 0,
+            events: 0,
+            zipf: false,
+        }
+    }
+
     fn id(&self) -> String {
         let mut id = format!("{}-{}-{}B", self.workload, self.level.name(), self.size);
-        if self.producers > 0 {
-            id.push_str(&format!("-{}p", self.producers));
+        match self.workload {
+            "w2" => id.push_str(&format!("-{}p", self.producers)),
+            "w4" => id.push_str(&format!("-{}c", self.consumers)),
+            "w5" => id.push_str(&format!("-{}k", self.rate / 1000)),
+            "w6" => id.push_str(&format!("-{}w-{}e", self.producers, self.events)),
+            _ => {}
+        }
+        if self.partitions > 1 {
+            id.push_str(&format!("-{}part", self.partitions));
+        }
+        if self.zipf {
+            id.push_str("-zipf");
         }
         id
     }
 
+    /// Whether the headline is a latency (p99, lower is better).
     fn latency(&self) -> bool {
-        self.workload == "w3"
+        matches!(self.workload, "w3" | "w5")
     }
+
+    fn w6(&self) -> W6 {
+        W6 {
+            writers: self.producers,
+            streams: 10_000,
+            events: self.events,
+            zipf: self.zipf,
+        }
+    }
+
+    fn params(&self) -> Value {
+        json!({"producers": self.producers, "partitions": self.partitions,
+               "consumers": self.consumers, "offered_per_s": self.rate,
+               "events_per_append": self.events, "zipf": self.zipf})
+    }
+}
+
+/// The points of the selected workloads, in order.
+fn points(args: &Args) -> Result<Vec<Point>> {
+    let quick = args.quick;
+    let mut points = Vec::new();
+    for workload in &args.workloads {
+        match workload.as_str() {
+            "w1" => {
+                let sizes: &[usize] = if quick { &[128] } else { &[128, 1024, 4096] };
+                for level in [Level::D1, Level::D2] {
+                    for &size in sizes {
+                        points.push(Point::new("w1", level, size));
+                    }
+                }
+            }
+            "w2" => {
+                let shapes: &[(u64, u32)] = if quick {
+                    &[(64, 1), (64, 4)]
+                } else {
+                    &[(4, 1), (16, 1), (64, 1), (64, 4)]
+                };
+                for &(producers, partitions) in shapes {
+                    points.push(Point {
+                        producers,
+                        partitions,
+                        ..Point::new("w2", Level::D2, 128)
+                    });
+                }
+            }
+            "w3" => {
+                let sizes: &[usize] = if quick { &[128] } else { &[128, 1024] };
+                for (level, rate) in [(Level::D1, args.w3_rate_d1), (Level::D2, args.w3_rate_d2)] {
+                    for &size in sizes {
+                        points.push(Point {
+                            rate,
+                            ..Point::new("w3", level, size)
+                        });
+                    }
+                }
+            }
+            "w4" => {
+                for consumers in [1, 2, 4] {
+                    points.push(Point {
+                        consumers,
+                        ..Point::new("w4", Level::D1, 128)
+                    });
+                }
+            }
+            "w5" => {
+                let shapes: &[(Level, &[u64])] = if quick {
+                    &[(Level::D1, &[10_000, 50_000])]
+                } else {
+                    &[
+                        (Level::D1, &[10_000, 25_000, 50_000]),
+                        (Level::D2, &[10_000, 25_000, 50_000]),
+                    ]
+                };
+                for &(level, rates) in shapes {
+                    for &rate in rates {
+                        points.push(Point {
+                            rate,
+                            ..Point::new("w5", level, 128)
+                        });
+                    }
+                }
+            }
+            "w6" => {
+                let shapes: &[(u64, u64, bool)] = if quick {
+                    &[(32, 1, false), (32, 10, false), (32, 1, true)]
+                } else {
+                    &[
+                        (1, 1, false),
+                        (1, 10, false),
+                        (32, 1, false),
+                        (32, 10, false),
+                        (32, 1, true),
+                    ]
+                };
+                for &(producers, events, zipf) in shapes {
+                    points.push(Point {
+                        producers,
+                        events,
+                        zipf,
+                        ..Point::new("w6", Level::D2, 128)
+                    });
+                }
+            }
+            other => anyhow::bail!("unknown workload {other} (w1, w2, w3, w4, w5, w6)"),
+        }
+    }
+    Ok(points)
 }
 
 #[tokio::main]
@@ -118,9 +273,10 @@ async fn main() -> Result<()> {
         eprintln!("charts: {}", dir.display());
         return Ok(());
     }
+    let started = Instant::now();
     if args.quick {
         args.pairs = 1;
-        args.seconds = args.seconds.min(3.0);
+        args.seconds = args.seconds.min(2.0);
         args.warmup = args.warmup.min(1.0);
         args.backlog = args.backlog.min(100_000);
     }
@@ -146,72 +302,24 @@ async fn main() -> Result<()> {
     });
     eprintln!("herald-bench: {machine}");
 
-    let mut points = Vec::new();
-    for workload in &args.workloads {
-        match workload.as_str() {
-            "w1" => {
-                for level in [Level::D1, Level::D2] {
-                    for size in [128, 1024] {
-                        points.push(Point {
-                            workload: "w1",
-                            level,
-                            size,
-                            peer: "nats",
-                            unit: "events/s",
-                            producers: 0,
-                        });
-                    }
-                }
-            }
-            "w3" => {
-                for level in [Level::D1, Level::D2] {
-                    let sizes: &[usize] = if args.quick { &[128] } else { &[128, 1024] };
-                    for &size in sizes {
-                        points.push(Point {
-                            workload: "w3",
-                            level,
-                            size,
-                            peer: "nats",
-                            unit: "p99 µs",
-                            producers: 0,
-                        });
-                    }
-                }
-            }
-            "w4" => points.push(Point {
-                workload: "w4",
-                level: Level::D1,
-                size: 128,
-                peer: "nats",
-                unit: "events/s",
-                producers: 0,
-            }),
-            "w6" => points.push(Point {
-                workload: "w6",
-                level: Level::D2,
-                size: 128,
-                peer: "postgres",
-                unit: "appends/s",
-                producers: 0,
-            }),
-            "w2" => {
-                let counts: &[u64] = if args.quick { &[64] } else { &[4, 16, 64] };
-                for &producers in counts {
-                    points.push(Point {
-                        workload: "w2",
-                        level: Level::D2,
-                        size: 128,
-                        peer: "nats",
-                        unit: "events/s",
-                        producers,
-                    });
-                }
-            }
-            other => anyhow::bail!("unknown workload {other} (w1, w2, w3, w4, w6)"),
-        }
-    }
-
+    let points = points(&args)?;
     let total = points.len() * args.pairs * 2;
+    let bar = ProgressBar::new(total as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{elapsed_precise} [{wide_bar}] {pos}/{len} runs, ETA {eta_precise} | {msg}",
+        )?
+        .progress_chars("=> "),
+    );
+    bar.enable_steady_tick(Duration::from_millis(500));
+    // A hidden bar (stderr not a terminal) prints nothing: say it plainly.
+    let say = |line: String| {
+        if bar.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            bar.println(line);
+        }
+    };
     let mut done = 0;
     let mut rows = Vec::new();
     for point in &points {
@@ -220,24 +328,30 @@ async fn main() -> Result<()> {
         for pair in 1..=args.pairs {
             for system in [point.peer, "herald"] {
                 done += 1;
-                eprint!(
-                    "[{done:>3}/{total}] {} {system:<8} pair {pair}/{} … ",
-                    point.id(),
-                    args.pairs
-                );
+                let what = format!("{} {system:<8} pair {pair}/{}", point.id(), args.pairs);
+                bar.set_message(what.clone());
                 let run = run_one(&args, &bins, point, system, timing)
                     .await
                     .with_context(|| format!("{} on {system}", point.id()))?;
-                eprintln!("{}", describe(point, &run));
+                say(format!(
+                    "[{done:>3}/{total}] {what} {}",
+                    describe(point, &run)
+                ));
+                bar.inc(1);
                 let record = json!({
                     "point": point.id(),
                     "workload": point.workload,
                     "durability": point.level.name(),
                     "size": point.size,
+                    "params": point.params(),
                     "system": system,
                     "pair": pair,
                     "throughput": run.throughput,
-                    "throughput_unit": if point.workload == "w6" { "appends/s" } else { "events/s" },
+                    "throughput_unit": match point.workload {
+                        "w6" => "appends/s",
+                        "w5" => "delivered events/s",
+                        _ => "events/s",
+                    },
                     "latency": run.latency.map(workloads::Latency::to_json),
                     "noise": run.noise.to_json(),
                     "extra": run.extra,
@@ -256,8 +370,16 @@ async fn main() -> Result<()> {
         rows.push(summarise(point, &peer_runs, &herald_runs));
     }
 
+    bar.finish_and_clear();
+    let elapsed = started.elapsed().as_secs_f64();
     print_table(&rows, &args);
+    println!(
+        "total elapsed: {:.0} s ({:.1} min) for {total} runs",
+        elapsed,
+        elapsed / 60.0
+    );
     let summary = json!({"machine": machine, "args": format!("{args:?}"), "points": rows,
+                         "runs": total, "elapsed_seconds": elapsed,
                          "load_average_at_end": noise::load_average()});
     std::fs::write(
         args.out.join("summary.json"),
@@ -275,20 +397,29 @@ async fn run_one(
     system: &str,
     timing: Timing,
 ) -> Result<Run> {
-    let size = point.size;
+    let (size, level) = (point.size, point.level);
+    let e2e = E2e {
+        rate: point.rate,
+        window: args.window,
+        size,
+    };
     match (point.workload, system) {
         ("w6", "postgres") => {
             let pg = tokio::task::block_in_place(|| Postgres::start(bins))?;
-            workloads::w6_postgres(&pg, args.writers, 10_000, size, timing).await
+            workloads::w6_postgres(&pg, point.w6(), size, timing).await
         }
         (workload, "nats") => {
-            let nats = Nats::start(bins, point.level)?;
+            let nats = Nats::start(bins, level)?;
             let (url, pid) = (nats.url.clone(), nats.pid());
             match workload {
                 "w1" => workloads::w1_nats(&url, pid, size, args.window, timing).await,
-                "w3" => workloads::w3_nats(&url, pid, size, timing).await,
-                "w2" => workloads::w2_nats(&url, pid, point.producers, size, timing).await,
-                _ => workloads::w4_nats(&url, pid, args.backlog, size).await,
+                "w3" => workloads::w3_nats(&url, pid, size, point.rate, timing).await,
+                "w2" => {
+                    let (producers, partitions) = (point.producers, point.partitions);
+                    workloads::w2_nats(&url, pid, producers, partitions, size, timing).await
+                }
+                "w5" => workloads::w5_nats(&url, pid, e2e, timing).await,
+                _ => workloads::w4_nats(&url, pid, args.backlog, point.consumers, size).await,
             }
         }
         (workload, _) => {
@@ -296,24 +427,21 @@ async fn run_one(
             let (endpoint, pid) = (herald.endpoint.clone(), herald.pid());
             match workload {
                 "w1" => {
-                    workloads::w1_herald(
-                        &endpoint,
-                        pid,
-                        point.level,
-                        size,
-                        args.window,
-                        args.herald_batch,
-                        timing,
-                    )
-                    .await
+                    let (window, batch) = (args.window, args.herald_batch);
+                    workloads::w1_herald(&endpoint, pid, level, size, window, batch, timing).await
                 }
-                "w3" => workloads::w3_herald(&endpoint, pid, point.level, size, timing).await,
+                "w3" => workloads::w3_herald(&endpoint, pid, level, size, point.rate, timing).await,
                 "w2" => {
-                    workloads::w2_herald(&endpoint, pid, point.level, point.producers, size, timing)
+                    let (producers, partitions) = (point.producers, point.partitions);
+                    workloads::w2_herald(&endpoint, pid, level, producers, partitions, size, timing)
                         .await
                 }
-                "w4" => workloads::w4_herald(&endpoint, pid, point.level, args.backlog, size).await,
-                _ => workloads::w6_herald(&endpoint, pid, args.writers, 10_000, size, timing).await,
+                "w4" => {
+                    let (backlog, consumers) = (args.backlog, point.consumers);
+                    workloads::w4_herald(&endpoint, pid, level, backlog, consumers, size).await
+                }
+                "w5" => workloads::w5_herald(&endpoint, pid, level, e2e, timing).await,
+                _ => workloads::w6_herald(&endpoint, pid, point.w6(), size, timing).await,
             }
         }
     }
@@ -340,6 +468,14 @@ fn describe(point: &Point, run: &Run) -> String {
             run.throughput, point.unit, l.p50, l.p99
         ),
         None => format!("{:.0} {}", run.throughput, point.unit),
+    };
+    let figure = match &run.extra["verification"]["ok"] {
+        Value::Bool(true) => format!("{figure}, conflicts 0, events stored = acknowledged"),
+        Value::Bool(false) => format!(
+            "{figure}, VERIFICATION FAILED: {} conflicts, {}",
+            run.extra["conflicts"], run.extra["verification"]
+        ),
+        _ => figure,
     };
     format!(
         "{figure} | cpu server {:.2}s client {:.2}s other {:.2} cores | flushes {} dev {:.0} MB srv {:.0} MB | load {:.2}",
@@ -404,6 +540,8 @@ fn summarise(point: &Point, peer: &[Run], herald: &[Run]) -> Value {
         "workload": point.workload,
         "durability": point.level.name(),
         "size": point.size,
+        "params": point.params(),
+        "headline": if point.latency() { "p99 latency" } else { "throughput" },
         "unit": point.unit,
         "peer": point.peer,
         "peer_figures": side(peer, &p),
@@ -423,7 +561,7 @@ fn print_table(rows: &[Value], args: &Args) {
         noise::load_average()
     );
     println!(
-        "{:<16} {:<4} {:<10} {:<9} {:>10} {:>21} {:>10} {:>21} {:>8} {:>16} {:>12}",
+        "{:<24} {:<4} {:<10} {:<9} {:>10} {:>21} {:>10} {:>21} {:>8} {:>16} {:>12}",
         "point",
         "dur",
         "unit",
@@ -446,7 +584,7 @@ fn print_table(rows: &[Value], args: &Args) {
         let (rlo, rhi) = min_max(&ratios);
         let other = num(p, "other_cores_max").max(num(h, "other_cores_max"));
         println!(
-            "{:<16} {:<4} {:<10} {:<9} {:>10.0} {:>21} {:>10.0} {:>21} {:>7.2}× {:>16} {:>12.2}",
+            "{:<24} {:<4} {:<10} {:<9} {:>10.0} {:>21} {:>10.0} {:>21} {:>7.2}× {:>16} {:>12.2}",
             row["point"].as_str().unwrap_or(""),
             row["durability"].as_str().unwrap_or(""),
             row["unit"].as_str().unwrap_or(""),
@@ -459,10 +597,10 @@ fn print_table(rows: &[Value], args: &Args) {
             format!("{rlo:.2}–{rhi:.2}"),
             other,
         );
-        if row["workload"] != "w1" && row["workload"] != "w4" {
+        if !matches!(row["workload"].as_str(), Some("w1" | "w4")) {
             for (name, side) in [(row["peer"].as_str().unwrap_or(""), p), ("herald", h)] {
                 println!(
-                    "{:>16}   {name:<8} medians: p50 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs, max {:.0} µs, {:.0}/s",
+                    "{:>24}   {name:<8} medians: p50 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs, max {:.0} µs, {:.0}/s",
                     "",
                     num(side, "p50_us_median"),
                     num(side, "p99_us_median"),
@@ -475,5 +613,8 @@ fn print_table(rows: &[Value], args: &Args) {
     }
     println!(
         "ratio = herald ÷ peer per pair (throughput: higher is better for herald; p99: lower is better)"
+    );
+    println!(
+        "W3/W5 latency from the scheduled send time (open loop); W5 = publish→delivery; W6 = D2, conflicts expected 0 (see extra.verification)"
     );
 }

@@ -207,6 +207,15 @@ impl Postgres {
         .map(drop)
     }
 
+    /// Runs one query; returns its unaligned, tuples-only output.
+    pub fn query(&self, sql: &str) -> Result<String> {
+        as_postgres(&format!(
+            "'{}/psql' -h 127.0.0.1 -p {} -U bench -d postgres -At -c '{sql}'",
+            self.bin.display(),
+            self.port
+        ))
+    }
+
     /// Runs pgbench with `script` (a file in the cluster's dir); returns its
     /// stdout.
     pub fn pgbench(&self, args: &str) -> Result<String> {
