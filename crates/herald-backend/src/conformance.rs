@@ -57,6 +57,7 @@ macro_rules! conformance_suite {
             reads_by_offset_and_time_and_waits_for_new_events,
             queue_hands_out_each_event_once_and_acked_events_never_return,
             acks_are_idempotent_and_unknown_ids_are_reported,
+            a_caught_up_long_poll_wakes_for_events_published_while_it_waits,
             an_expired_lease_is_redelivered_to_another_member,
             nack_redelivers_after_the_delay_and_backoff,
             max_deliveries_sends_the_event_to_dead_letters_and_redrive_brings_it_back,
@@ -602,6 +603,52 @@ pub async fn queue_hands_out_each_event_once_and_acked_events_never_return<H: Ha
 }
 
 /// Acking twice, or an unknown or malformed id, changes nothing and is reported.
+/// A consumer that has caught up long-polls while a producer keeps
+/// publishing: every fetch must wake for the new events, never sleep until
+/// its (here one minute) deadline. Events that land between the fetch's read
+/// of the log and the start of its wait are the race this checks for.
+pub async fn a_caught_up_long_poll_wakes_for_events_published_while_it_waits<H: Harness>() {
+    const EVENTS: usize = 3_000;
+    let harness = H::start().await;
+    let backend = harness.backend();
+    let live = make_topic(&*backend, "live", 1).await;
+    let workers = group("workers");
+    // No lease timer may end a stalled wait early.
+    let mut spec = GroupSpec::new(GroupMode::Queue);
+    spec.ack_wait_ms = 600_000;
+    backend.put_group(&live, &workers, spec).await.unwrap();
+    let producer = {
+        let (backend, live) = (Arc::clone(&backend), live.clone());
+        tokio::spawn(async move {
+            for index in 0..EVENTS {
+                publish_all(&*backend, &live, vec![event(&format!("e{index}"), "t")]).await;
+            }
+        })
+    };
+    let consumed = tokio::time::timeout(Duration::from_secs(50), async {
+        let mut received = 0;
+        while received < EVENTS {
+            let response = backend
+                .fetch(&live, &workers, fetch_request("w1", 1_000, 60_000))
+                .await
+                .unwrap();
+            received += response.deliveries.len();
+            backend
+                .ack(&live, &workers, &ids(&response.deliveries))
+                .await
+                .unwrap();
+        }
+        received
+    })
+    .await;
+    producer.await.unwrap();
+    assert_eq!(
+        consumed.ok(),
+        Some(EVENTS),
+        "a long poll slept through new events"
+    );
+}
+
 pub async fn acks_are_idempotent_and_unknown_ids_are_reported<H: Harness>() {
     let harness = H::start().await;
     let backend = harness.backend();

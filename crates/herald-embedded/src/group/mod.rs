@@ -174,15 +174,15 @@ impl GroupRuntime {
                         let (deliveries, expired) =
                             state.take(&request.member, request.max as usize, now);
                         effects.extend(expired);
-                        let ends = topic.end_offsets();
+                        // Every partition, at its frontier: one whose log
+                        // grew since the refill above wakes the wait at once
+                        // (filtering those out lost that wake-up, and the
+                        // fetch slept until its deadline).
                         let waits: Vec<(u32, u64)> = if state.wants_events() {
                             state
                                 .frontiers()
                                 .into_iter()
                                 .enumerate()
-                                .filter(|(partition, frontier)| {
-                                    ends.get(*partition).is_some_and(|end| frontier >= end)
-                                })
                                 .map(|(partition, frontier)| (partition as u32, frontier))
                                 .collect()
                         } else {
@@ -203,15 +203,7 @@ impl GroupRuntime {
                             assignment: Some(state.assignment(&request.member)),
                             generation: Some(state.generation()),
                         };
-                        let ends = topic.end_offsets();
-                        let waits = state
-                            .frontiers(&request.member)
-                            .into_iter()
-                            .filter(|(partition, frontier)| {
-                                ends.get(*partition as usize)
-                                    .is_some_and(|end| frontier >= end)
-                            })
-                            .collect();
+                        let waits = state.frontiers(&request.member);
                         let session = lock(&self.info).spec.session_timeout_ms;
                         (response, waits, None, Some(session))
                     }
