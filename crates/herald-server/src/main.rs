@@ -16,6 +16,12 @@ use herald_server::{Options, Server, telemetry};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+/// mimalloc instead of glibc malloc: the request paths allocate per event
+/// and per request, and glibc's malloc/free took ~17% of the server's CPU
+/// there (BENCHMARKS.md, "Allocator").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
