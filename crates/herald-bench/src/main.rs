@@ -198,6 +198,13 @@ fn points(args: &Args) -> Result<Vec<Point>> {
                         ..Point::new("w2", Level::D2, 128)
                     });
                 }
+                // The same 64 producers at D1: the aim wants D2 at least
+                // half of it.
+                points.push(Point {
+                    producers: 64,
+                    partitions: 1,
+                    ..Point::new("w2", Level::D1, 128)
+                });
             }
             "w3" => {
                 let sizes: &[usize] = if quick { &[128] } else { &[128, 1024] };
@@ -292,7 +299,9 @@ async fn main() -> Result<()> {
         warmup: Duration::from_secs_f64(args.warmup),
         measure: Duration::from_secs_f64(args.seconds),
     };
+    let fdatasync = noise::fdatasync_probe(&bins.tmp, if args.quick { 1.0 } else { 3.0 })?;
     let machine = json!({
+        "fdatasync_at_start": fdatasync,
         "cpus": std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
         "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
         "load_average_at_start": noise::load_average(),
@@ -378,8 +387,14 @@ async fn main() -> Result<()> {
         elapsed,
         elapsed / 60.0
     );
+    let fdatasync_end = noise::fdatasync_probe(&bins.tmp, if args.quick { 1.0 } else { 3.0 })?;
+    println!(
+        "one 128 B pwrite + fdatasync on this disk: p50 {} µs at the start, {} µs at the end (the W3 D2 aim: Herald's p50 within 1.5× of it)",
+        machine["fdatasync_at_start"]["p50_us"], fdatasync_end["p50_us"]
+    );
     let summary = json!({"machine": machine, "args": format!("{args:?}"), "points": rows,
                          "runs": total, "elapsed_seconds": elapsed,
+                         "fdatasync_at_end": fdatasync_end,
                          "load_average_at_end": noise::load_average()});
     std::fs::write(
         args.out.join("summary.json"),

@@ -256,3 +256,29 @@ pub fn load_average() -> f64 {
         .and_then(|l| l.split_whitespace().next().and_then(|f| f.parse().ok()))
         .unwrap_or(0.0)
 }
+
+/// The disk's cost of one durable append, measured like a D2 serial
+/// publish without any server: `pwrite` 128 B at the end of a file in `dir`,
+/// then `fdatasync`, for `seconds`. The W3 D2 aim is stated against this.
+pub fn fdatasync_probe(dir: &std::path::Path, seconds: f64) -> anyhow::Result<Value> {
+    use std::os::unix::fs::FileExt as _;
+    let file = tempfile::tempfile_in(dir)?;
+    let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let record = [b'x'; 128];
+    let started = Instant::now();
+    let mut offset = 0u64;
+    while started.elapsed().as_secs_f64() < seconds {
+        let at = Instant::now();
+        file.write_all_at(&record, offset)?;
+        file.sync_data()?;
+        hist.saturating_record(u64::try_from(at.elapsed().as_micros()).unwrap_or(u64::MAX));
+        offset += record.len() as u64;
+    }
+    Ok(json!({
+        "what": "pwrite 128 B + fdatasync, one at a time",
+        "count": hist.len(),
+        "p50_us": hist.value_at_quantile(0.5),
+        "p99_us": hist.value_at_quantile(0.99),
+        "per_second": hist.len() as f64 / started.elapsed().as_secs_f64(),
+    }))
+}
