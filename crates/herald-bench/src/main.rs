@@ -18,6 +18,7 @@
 mod charts;
 mod noise;
 mod peers;
+mod report;
 mod workloads;
 
 use std::path::PathBuf;
@@ -82,7 +83,8 @@ struct Args {
     /// Where servers keep their data (default: the system temp dir).
     #[arg(long)]
     tmp: Option<PathBuf>,
-    /// Only redraw the charts of an earlier run from its `summary.json`.
+    /// Only redraw the charts and `summary.md` of an earlier run from its
+    /// `summary.json`.
     #[arg(long)]
     replot: Option<PathBuf>,
 }
@@ -277,7 +279,8 @@ async fn main() -> Result<()> {
         let summary: Value = serde_json::from_slice(&std::fs::read(dir.join("summary.json"))?)?;
         let points = summary["points"].as_array().cloned().unwrap_or_default();
         charts::write(dir, &points)?;
-        eprintln!("charts: {}", dir.display());
+        std::fs::write(dir.join("summary.md"), report::markdown(&summary))?;
+        eprintln!("charts and summary.md: {}", dir.display());
         return Ok(());
     }
     let started = Instant::now();
@@ -401,7 +404,8 @@ async fn main() -> Result<()> {
         serde_json::to_string_pretty(&summary)?,
     )?;
     charts::write(&args.out, &rows)?;
-    eprintln!("JSON: {}", args.out.display());
+    std::fs::write(args.out.join("summary.md"), report::markdown(&summary))?;
+    eprintln!("JSON, charts and summary.md: {}", args.out.display());
     Ok(())
 }
 
