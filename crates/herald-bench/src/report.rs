@@ -28,6 +28,15 @@ fn fig(value: f64) -> String {
     if value < 0.0 { format!("-{out}") } else { out }
 }
 
+/// A latency figure; an empty histogram (nothing measured) reads as 0.
+fn lat(value: f64) -> String {
+    if value > 0.0 {
+        fig(value)
+    } else {
+        "—".to_owned()
+    }
+}
+
 fn latency_headline(point: &Value) -> bool {
     point["headline"].as_str() == Some("p99")
 }
@@ -36,10 +45,12 @@ fn ratios(point: &Value) -> (f64, f64) {
     point["ratios"]
         .as_array()
         .map(|ratios| {
-            ratios.iter().filter_map(Value::as_f64).fold(
-                (f64::INFINITY, f64::NEG_INFINITY),
-                |(lo, hi), r| (lo.min(r), hi.max(r)),
-            )
+            ratios
+                .iter()
+                .filter_map(Value::as_f64)
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), r| {
+                    (lo.min(r), hi.max(r))
+                })
         })
         .unwrap_or((f64::NAN, f64::NAN))
 }
@@ -68,7 +79,9 @@ pub fn markdown(summary: &Value) -> String {
         let (peer, herald) = (&point["peer_figures"], &point["herald_figures"]);
         let (lo, hi) = ratios(point);
         let ratio = num(point, "ratio_median");
-        let ratio = if latency_headline(point) {
+        let ratio = if !ratio.is_finite() || ratio <= 0.0 {
+            "— (a side delivered nothing scheduled in the window in time)".to_owned()
+        } else if latency_headline(point) {
             format!("{ratio:.2}× ({lo:.2}–{hi:.2}) of the peer's p99")
         } else {
             format!("{ratio:.2}× ({lo:.2}–{hi:.2})")
@@ -80,12 +93,12 @@ pub fn markdown(summary: &Value) -> String {
             point["durability"].as_str().unwrap_or(""),
             point["unit"].as_str().unwrap_or(""),
             point["peer"].as_str().unwrap_or(""),
-            fig(num(peer, "median")),
-            fig(num(peer, "min")),
-            fig(num(peer, "max")),
-            fig(num(herald, "median")),
-            fig(num(herald, "min")),
-            fig(num(herald, "max")),
+            lat(num(peer, "median")),
+            lat(num(peer, "min")),
+            lat(num(peer, "max")),
+            lat(num(herald, "median")),
+            lat(num(herald, "min")),
+            lat(num(herald, "max")),
             ratio,
             num(peer, "other_cores_max").max(num(herald, "other_cores_max")),
             num(peer, "load_average_max").max(num(herald, "load_average_max")),
@@ -112,10 +125,10 @@ pub fn markdown(summary: &Value) -> String {
                 out,
                 "| {} | {name} | {} | {} | {} | {} | {} |",
                 point["point"].as_str().unwrap_or(""),
-                fig(num(side, "p50_us_median")),
-                fig(num(side, "p99_us_median")),
-                fig(num(side, "p999_us_median")),
-                fig(num(side, "max_us_median")),
+                lat(num(side, "p50_us_median")),
+                lat(num(side, "p99_us_median")),
+                lat(num(side, "p999_us_median")),
+                lat(num(side, "max_us_median")),
                 fig(num(side, "throughput_median")),
             );
         }

@@ -462,11 +462,8 @@ fn given_reader_at_tail_when_record_appended_should_wake() {
     });
 }
 
-/// An append written on the caller's thread while the writer sleeps must
-/// still get its interval fsync: the writer is woken to schedule it.
-#[test]
-fn given_interval_policy_when_inline_append_dirties_a_clean_log_should_sync_it() {
-    let fs = MemFs::new();
+/// A log on `fs` under `fsync = interval` (5 ms) and its writer.
+fn interval_log(fs: &MemFs, metrics: Arc<LogMetrics>) -> LogHandle {
     let options = LogOptions {
         fsync: FsyncPolicy::Interval(Duration::from_millis(5)),
         ..LogOptions::default()
@@ -474,21 +471,31 @@ fn given_interval_policy_when_inline_append_dirties_a_clean_log_should_sync_it()
     let log = Log::open(
         mem_dir(),
         options,
-        mem_env(&fs, Arc::new(ManualClock::new(0))),
+        mem_env(fs, Arc::new(ManualClock::new(0))),
     )
     .unwrap();
+    LogHandle::spawn(log, WriterOptions::default(), metrics).unwrap()
+}
+
+/// Waits (bounded) until `fs` has synced more than `after` times.
+fn wait_for_sync(fs: &MemFs, after: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while fs.syncs() == after {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no interval fsync within 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// An append written on the caller's thread while the writer sleeps must
+/// still get its interval fsync: the writer is woken to schedule it.
+#[test]
+fn given_interval_policy_when_inline_append_dirties_a_clean_log_should_sync_it() {
+    let fs = MemFs::new();
     let metrics = LogMetrics::new();
-    let handle = LogHandle::spawn(log, WriterOptions::default(), Arc::clone(&metrics)).unwrap();
-    let wait_for_sync = |after: u64| {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while fs.syncs() == after {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no interval fsync within 10 s"
-            );
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    };
+    let handle = interval_log(&fs, Arc::clone(&metrics));
     runtime().block_on(async {
         // Until an append goes inline onto a clean log (the writer may hold
         // its lock for a moment and take one through the queue instead).
@@ -501,11 +508,11 @@ fn given_interval_policy_when_inline_append_dirties_a_clean_log_should_sync_it()
             let inline = metrics.inline_appends_total();
             handle.append(vec![record(tag, 100)]).await.unwrap();
             if metrics.inline_appends_total() > inline {
-                wait_for_sync(syncs);
+                wait_for_sync(&fs, syncs);
                 handle.close().await.unwrap();
                 return;
             }
-            wait_for_sync(syncs);
+            wait_for_sync(&fs, syncs);
         }
         panic!("no append was written inline");
     });
@@ -514,29 +521,11 @@ fn given_interval_policy_when_inline_append_dirties_a_clean_log_should_sync_it()
 #[test]
 fn given_interval_policy_when_idle_should_sync_within_the_interval() {
     let fs = MemFs::new();
-    let options = LogOptions {
-        fsync: FsyncPolicy::Interval(Duration::from_millis(5)),
-        ..LogOptions::default()
-    };
-    let log = Log::open(
-        mem_dir(),
-        options,
-        mem_env(&fs, Arc::new(ManualClock::new(0))),
-    )
-    .unwrap();
-    let handle = LogHandle::spawn(log, WriterOptions::default(), LogMetrics::new()).unwrap();
+    let handle = interval_log(&fs, LogMetrics::new());
     let syncs_before = fs.syncs();
     runtime().block_on(async {
         handle.append(vec![record(1, 100)]).await.unwrap();
-        // Wait for the condition (the background fsync), bounded.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while fs.syncs() == syncs_before {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no interval fsync within 10 s"
-            );
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        wait_for_sync(&fs, syncs_before);
         let image = fs.crash_image(Tail::Lost);
         let recovered = Log::open(
             mem_dir(),
