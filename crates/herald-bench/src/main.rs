@@ -432,7 +432,13 @@ async fn run_one(
             let (url, pid) = (nats.url.clone(), nats.pid());
             match workload {
                 "w1" => workloads::w1_nats(&url, pid, size, args.window, timing).await,
-                "w3" => workloads::w3_nats(&url, pid, size, point.rate, timing).await,
+                "w3" => {
+                    let (url, rate) = (url.clone(), point.rate);
+                    workloads::on_own_thread(move || async move {
+                        workloads::w3_nats(&url, pid, size, rate, timing).await
+                    })
+                    .await
+                }
                 "w2" => {
                     let (producers, partitions) = (point.producers, point.partitions);
                     workloads::w2_nats(&url, pid, producers, partitions, size, timing).await
@@ -449,7 +455,13 @@ async fn run_one(
                     let (window, batch) = (args.window, args.herald_batch);
                     workloads::w1_herald(&endpoint, pid, level, size, window, batch, timing).await
                 }
-                "w3" => workloads::w3_herald(&endpoint, pid, level, size, point.rate, timing).await,
+                "w3" => {
+                    let (endpoint, rate) = (endpoint.clone(), point.rate);
+                    workloads::on_own_thread(move || async move {
+                        workloads::w3_herald(&endpoint, pid, level, size, rate, timing).await
+                    })
+                    .await
+                }
                 "w2" => {
                     let (producers, partitions) = (point.producers, point.partitions);
                     workloads::w2_herald(&endpoint, pid, level, producers, partitions, size, timing)

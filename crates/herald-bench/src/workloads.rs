@@ -378,6 +378,31 @@ pub async fn w3_nats(url: &str, pid: u32, size: usize, rate: u64, t: Timing) -> 
     .await
 }
 
+/// Runs `work` (a W3 run) on its own OS thread with a single-threaded
+/// runtime, on both sides alike. A serial client has one request in flight;
+/// on the shared multi-threaded runtime each request and its reply hopped
+/// between worker threads (the caller, the connection task, tonic's buffer
+/// task), each hop a wake-up of an idle vCPU, which is client latency, not
+/// the server's.
+pub async fn on_own_thread<F, Fut>(work: F) -> Result<Run>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<Run>>,
+{
+    let (done, result) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("serial-client".into())
+        .spawn(move || {
+            let run = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|runtime| runtime.block_on(work()));
+            let _ = done.send(run);
+        })?;
+    result.await?
+}
+
 /// W3 on Herald: one unary Publish of one event in flight, open loop.
 pub async fn w3_herald(
     endpoint: &str,
