@@ -5,14 +5,15 @@
 //!
 //! ```text
 //! cargo build --release -p herald-server --bin herald -p herald-bench
-//! target/release/herald-bench --quick
-//! target/release/herald-bench --pairs 5 --seconds 10 --out bench-out
+//! target/release/herald-bench --quick            # ~1.5 min
+//! target/release/herald-bench --out bench-out    # W1–W6, 5 pairs, ~23 min
 //! ```
 //!
 //! Each run gets a fresh server on a fresh temp dir. Per run it writes
 //! `<out>/<point>-<pair>-<system>.json`; at the end it prints one table row
 //! per point (median, min–max, ratio per pair) and writes `summary.json`,
-//! `throughput.svg` and `latency.svg` (`--replot <dir>` redraws them).
+//! `summary.md` (the tables BENCHMARKS.md embeds), `throughput.svg` and
+//! `latency.svg` (`--replot <dir>` redraws the last three).
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod charts;

@@ -694,16 +694,18 @@ pub async fn w4_nats(
     })
     .await?;
     nats_consumer(&js, "drain").await?;
-    let before = Snapshot::take(Some(pid));
-    let sink = Deliveries::new()?;
-    let mut tasks = Consumers::default();
-    for _ in 0..consumers {
-        tasks
-            .0
-            .push(nats_subscriber(url, "drain", sink.clone()).await?);
-    }
-    drain(tasks, &sink, backlog, || nats_settled(&js, "drain")).await?;
-    drained(before, pid, backlog, consumers, &sink, size)
+    let drain = Drain {
+        pid,
+        backlog,
+        consumers,
+        size,
+    };
+    drain
+        .run(
+            |sink| nats_subscriber(url, "drain", sink),
+            || nats_settled(&js, "drain"),
+        )
+        .await
 }
 
 /// W4 on Herald: the same backlog drained by `consumers` Consumers of one
@@ -723,62 +725,68 @@ pub async fn w4_herald(
         herald_send(publisher.clone(), payload)
     })
     .await?;
-    let before = Snapshot::take(Some(pid));
-    let sink = Deliveries::new()?;
-    let mut tasks = Consumers::default();
-    for _ in 0..consumers {
-        tasks
-            .0
-            .push(herald_subscriber(endpoint, "drain", sink.clone()).await?);
-    }
-    drain(tasks, &sink, backlog, || herald_settled(&client, "drain")).await?;
-    drained(before, pid, backlog, consumers, &sink, size)
+    let drain = Drain {
+        pid,
+        backlog,
+        consumers,
+        size,
+    };
+    drain
+        .run(
+            |sink| herald_subscriber(endpoint, "drain", sink),
+            || herald_settled(&client, "drain"),
+        )
+        .await
 }
 
-/// Until `backlog` deliveries are in and the server has every ack.
-async fn drain<F, Fut>(
-    mut tasks: Consumers,
-    sink: &Deliveries,
-    backlog: u64,
-    settled: F,
-) -> Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<bool>>,
-{
-    wait_for(None, || {
-        let checked = tasks.check().map(|()| sink.delivered() >= backlog);
-        async move { checked }
-    })
-    .await?;
-    wait_for(None, settled).await?;
-    Ok(())
-}
-
-fn drained(
-    before: Snapshot,
+/// A W4 drain, measured from the first consumer's start.
+struct Drain {
     pid: u32,
-    events: u64,
+    backlog: u64,
     consumers: u64,
-    sink: &Deliveries,
     size: usize,
-) -> Result<Run> {
-    let after = Snapshot::take(Some(pid));
-    let noise = after.since(&before);
-    let rate = events as f64 / noise.seconds;
-    Ok(Run {
-        throughput: rate,
-        latency: None,
-        noise,
-        extra: json!({
-            "backlog": events,
-            "consumers": consumers,
-            "delivered": sink.delivered(),
-            "redelivered": sink.redelivered.load(Ordering::Relaxed),
-            "mb_per_s": rate * size as f64 / 1e6,
-            "server_cpu_us_per_event": noise.server_cpu * 1e6 / events.max(1) as f64,
-        }),
-    })
+}
+
+impl Drain {
+    /// Starts `consumers` consumer tasks with `subscribe`, waits until
+    /// `backlog` deliveries are in and `settled` says the server has every
+    /// ack, and reports the rate.
+    async fn run<S, SF, F, Fut>(self, mut subscribe: S, settled: F) -> Result<Run>
+    where
+        S: FnMut(Arc<Deliveries>) -> SF,
+        SF: Future<Output = Result<JoinHandle<Result<()>>>>,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<bool>>,
+    {
+        let before = Snapshot::take(Some(self.pid));
+        let sink = Deliveries::new()?;
+        let mut tasks = Consumers::default();
+        for _ in 0..self.consumers {
+            tasks.0.push(subscribe(sink.clone()).await?);
+        }
+        wait_for(None, || {
+            let checked = tasks.check().map(|()| sink.delivered() >= self.backlog);
+            async move { checked }
+        })
+        .await?;
+        wait_for(None, settled).await?;
+        let noise = Snapshot::take(Some(self.pid)).since(&before);
+        let events = self.backlog;
+        let rate = events as f64 / noise.seconds;
+        Ok(Run {
+            throughput: rate,
+            latency: None,
+            noise,
+            extra: json!({
+                "backlog": events,
+                "consumers": self.consumers,
+                "delivered": sink.delivered(),
+                "redelivered": sink.redelivered.load(Ordering::Relaxed),
+                "mb_per_s": rate * self.size as f64 / 1e6,
+                "server_cpu_us_per_event": noise.server_cpu * 1e6 / events.max(1) as f64,
+            }),
+        })
+    }
 }
 
 // ------------------------------------------------------------------ W5
