@@ -305,11 +305,12 @@ async fn pace(deadline: Instant) {
     }
     let now = Instant::now();
     if deadline > now {
-        // The last < 2 ms on the OS timer, blocking this worker: the
-        // runtime's other worker runs the connection tasks meanwhile.
-        // (`block_in_place` here handed the worker's core to another thread
-        // on every send, which cost the client ~130 µs of CPU per send and
-        // delayed replies, more so for clients with more tasks.)
+        // The last < 2 ms on the OS timer, blocking this thread. W3 runs on
+        // its own single-threaded runtime with nothing in flight while it
+        // waits; W5's producer blocks one worker and the other runs the
+        // consumer and connection tasks. (`block_in_place` here handed the
+        // worker's core to another thread on every send: ~130 µs of client
+        // CPU per send, and delayed replies.)
         std::thread::sleep(deadline - now);
     }
 }
