@@ -303,9 +303,12 @@ async fn main() -> Result<()> {
         warmup: Duration::from_secs_f64(args.warmup),
         measure: Duration::from_secs_f64(args.seconds),
     };
-    let fdatasync = noise::fdatasync_probe(&bins.tmp, if args.quick { 1.0 } else { 3.0 })?;
+    let probe_seconds = if args.quick { 1.0 } else { 3.0 };
+    let fdatasync = noise::fdatasync_probe(&bins.tmp, probe_seconds, None)?;
+    let paced = noise::fdatasync_probe(&bins.tmp, probe_seconds, Some(args.w3_rate_d2))?;
     let machine = json!({
         "fdatasync_at_start": fdatasync,
+        "fdatasync_paced_at_start": paced,
         "cpus": std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
         "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
         "load_average_at_start": noise::load_average(),
@@ -391,10 +394,13 @@ async fn main() -> Result<()> {
         elapsed,
         elapsed / 60.0
     );
-    let fdatasync_end = noise::fdatasync_probe(&bins.tmp, if args.quick { 1.0 } else { 3.0 })?;
+    let fdatasync_end = noise::fdatasync_probe(&bins.tmp, probe_seconds, None)?;
     println!(
-        "one 128 B pwrite + fdatasync on this disk: p50 {} µs at the start, {} µs at the end (the W3 D2 aim: Herald's p50 within 1.5× of it)",
-        machine["fdatasync_at_start"]["p50_us"], fdatasync_end["p50_us"]
+        "one 128 B pwrite + fdatasync on this disk: p50 {} µs at the start, {} µs at the end; paced at the W3 D2 rate ({}/s): p50 {} µs (the W3 D2 aim: Herald's p50 within 1.5× of one fdatasync)",
+        machine["fdatasync_at_start"]["p50_us"],
+        fdatasync_end["p50_us"],
+        args.w3_rate_d2,
+        machine["fdatasync_paced_at_start"]["p50_us"]
     );
     let summary = json!({"machine": machine, "args": format!("{args:?}"), "points": rows,
                          "runs": total, "elapsed_seconds": elapsed,

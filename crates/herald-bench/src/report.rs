@@ -62,13 +62,15 @@ pub fn markdown(summary: &Value) -> String {
     let machine = &summary["machine"];
     let _ = writeln!(
         out,
-        "Run: {} runs in {:.1} min; load average {} at the start, {} at the end; one 128 B pwrite + fdatasync: p50 {} µs at the start, {} µs at the end.\n",
+        "Run: {} runs in {:.1} min; load average {} at the start, {} at the end; one 128 B pwrite + fdatasync: p50 {} µs at the start, {} µs at the end, {} µs paced at {}/s (the W3 D2 rate).\n",
         summary["runs"],
         num(summary, "elapsed_seconds") / 60.0,
         machine["load_average_at_start"],
         summary["load_average_at_end"],
         machine["fdatasync_at_start"]["p50_us"],
         summary["fdatasync_at_end"]["p50_us"],
+        machine["fdatasync_paced_at_start"]["p50_us"],
+        machine["fdatasync_paced_at_start"]["paced_per_s"],
     );
     let _ = writeln!(
         out,

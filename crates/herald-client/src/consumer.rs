@@ -338,7 +338,7 @@ impl Session {
             .await;
         let mut responses = self
             .client
-            .groups()
+            .groups_stream()
             .consume(ReceiverStream::new(receiver))
             .await?
             .into_inner();

@@ -199,7 +199,13 @@ fn encode(value: &impl Serialize) -> Result<Bytes> {
 }
 
 impl Client {
-    fn jobs(&self) -> JobsClient<Channel> {
+    /// Unary calls of `Jobs`.
+    fn jobs(&self) -> JobsClient<crate::unary::Unary> {
+        JobsClient::new(self.unary.clone()).max_decoding_message_size(usize::MAX)
+    }
+
+    /// Streaming calls of `Jobs` (watches and blobs).
+    fn jobs_stream(&self) -> JobsClient<Channel> {
         JobsClient::new(self.channel.clone()).max_decoding_message_size(usize::MAX)
     }
 
@@ -237,7 +243,7 @@ impl Client {
         let request = v1::WatchJobRequest {
             job_id: job_id.to_owned(),
         };
-        let stream = self.jobs().watch_job(request).await?.into_inner();
+        let stream = self.jobs_stream().watch_job(request).await?.into_inner();
         Ok(stream.map(|update| decode("Job", &update?.job_json)))
     }
 
@@ -248,7 +254,7 @@ impl Client {
         chunks: impl Stream<Item = Bytes> + Send + 'static,
     ) -> Result<BlobInfo> {
         let chunks = chunks.map(|data| v1::BlobChunk { data });
-        let info = self.jobs().put_blob(chunks).await?.into_inner();
+        let info = self.jobs_stream().put_blob(chunks).await?.into_inner();
         Ok(BlobInfo {
             id: info.id,
             size: info.size,
@@ -276,7 +282,7 @@ impl Client {
             offset: range.as_ref().map(|range| range.start),
             length: range.map(|range| range.end.saturating_sub(range.start)),
         };
-        let stream = self.jobs().get_blob(request).await?.into_inner();
+        let stream = self.jobs_stream().get_blob(request).await?.into_inner();
         Ok(stream.map(|chunk| Ok(chunk?.data)))
     }
 

@@ -58,6 +58,7 @@ mod jobs;
 mod options;
 mod publisher;
 mod subscriber;
+mod unary;
 
 use std::future::Future;
 use std::time::Duration;
@@ -200,15 +201,35 @@ impl ClientBuilder {
                 .tls_config(tonic::transport::ClientTlsConfig::new().with_native_roots())
                 .map_err(Error::Connect)?;
         }
-        let channel = if self.lazy {
+        // Plain-text endpoints send unary calls on their own HTTP/2
+        // connection (`unary.rs`); the channel then carries only streams and
+        // connects on the first one.
+        let direct = if self.endpoint.starts_with("http://") {
+            unary::Direct::new(endpoint.uri(), self.connect_timeout)
+        } else {
+            None
+        };
+        let channel = if self.lazy || direct.is_some() {
             endpoint.connect_lazy()
         } else {
             self.retry
                 .run(|| async { endpoint.connect().await.map_err(Error::Connect) })
                 .await?
         };
+        let unary = match direct {
+            Some(direct) => {
+                if !self.lazy {
+                    self.retry
+                        .run(|| async { Ok(direct.connect().await?) })
+                        .await?;
+                }
+                unary::Unary::Direct(direct)
+            }
+            None => unary::Unary::Channel(channel.clone()),
+        };
         Ok(Client {
             channel,
+            unary,
             request_timeout: self.request_timeout,
             retry: self.retry,
         })
@@ -218,7 +239,10 @@ impl ClientBuilder {
 /// A connection to Herald. Cheap to clone: clones share the connection.
 #[derive(Debug, Clone)]
 pub struct Client {
+    /// Streaming calls (and, over TLS, unary ones).
     pub(crate) channel: Channel,
+    /// Unary calls.
+    pub(crate) unary: unary::Unary,
     request_timeout: Option<Duration>,
     retry: RetryPolicy,
 }
@@ -240,20 +264,32 @@ impl Client {
         Self::builder(endpoint).connect().await
     }
 
-    pub(crate) fn events(&self) -> EventsClient<Channel> {
+    /// Unary calls of `Events`.
+    fn events(&self) -> EventsClient<unary::Unary> {
+        EventsClient::new(self.unary.clone()).max_decoding_message_size(usize::MAX)
+    }
+
+    /// Streaming calls of `Events`.
+    pub(crate) fn events_stream(&self) -> EventsClient<Channel> {
         EventsClient::new(self.channel.clone()).max_decoding_message_size(usize::MAX)
     }
 
-    pub(crate) fn groups(&self) -> GroupsClient<Channel> {
+    /// Unary calls of `Groups`.
+    fn groups(&self) -> GroupsClient<unary::Unary> {
+        GroupsClient::new(self.unary.clone()).max_decoding_message_size(usize::MAX)
+    }
+
+    /// Streaming calls of `Groups`.
+    pub(crate) fn groups_stream(&self) -> GroupsClient<Channel> {
         GroupsClient::new(self.channel.clone()).max_decoding_message_size(usize::MAX)
     }
 
-    fn topics(&self) -> TopicsClient<Channel> {
-        TopicsClient::new(self.channel.clone())
+    fn topics(&self) -> TopicsClient<unary::Unary> {
+        TopicsClient::new(self.unary.clone())
     }
 
-    pub(crate) fn streams(&self) -> StreamsClient<Channel> {
-        StreamsClient::new(self.channel.clone()).max_decoding_message_size(usize::MAX)
+    pub(crate) fn streams(&self) -> StreamsClient<unary::Unary> {
+        StreamsClient::new(self.unary.clone()).max_decoding_message_size(usize::MAX)
     }
 
     pub(crate) fn retry_policy(&self) -> RetryPolicy {

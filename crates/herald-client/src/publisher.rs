@@ -346,7 +346,7 @@ impl Batcher {
         }
         let response = self
             .client
-            .events()
+            .events_stream()
             .publish_stream(ReceiverStream::new(receiver))
             .await?;
         Ok(Connection {

@@ -187,7 +187,12 @@ impl Subscriber {
             subject_prefix: self.subject_prefix.clone(),
             correlationid: self.correlationid.clone(),
         };
-        let responses = self.client.events().subscribe(request).await?.into_inner();
+        let responses = self
+            .client
+            .events_stream()
+            .subscribe(request)
+            .await?
+            .into_inner();
         self.responses = Some(responses);
         Ok(())
     }

@@ -14,11 +14,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use herald_client::{
     Aggregate, Client, Decider, Error, ErrorCode, Event, Expected, From, GroupMode, GroupOptions,
-    HandleError, TopicOptions,
+    HandleError, RetryPolicy, TopicOptions,
 };
 use serde::{Deserialize, Serialize};
 
-use crate::support::TestServer;
+use crate::support::{TestServer, herald};
 
 /// Long enough that only a prompt release (not expiry) explains a
 /// redelivery within a test.
@@ -123,6 +123,47 @@ async fn given_sdk_when_publishing_single_batched_and_pipelined_should_store_eac
         .unwrap();
     assert!(again[0].duplicate);
     assert_eq!(again[0].offset, single[0].offset);
+}
+
+#[tokio::test]
+async fn given_server_restarted_on_its_address_when_calling_unary_should_reconnect_without_retries()
+{
+    let (server, _api) = TestServer::start_ready().await;
+    let addr = server.addr;
+    // No retries: only the reconnect of a connection found closed before
+    // the call was sent can make the calls after the restart succeed.
+    let client = Client::builder(format!("http://{addr}"))
+        .retry(RetryPolicy::none())
+        .connect()
+        .await
+        .unwrap();
+    client
+        .create_topic(TopicOptions::new("restarts"))
+        .await
+        .unwrap();
+    let before = client
+        .publish("restarts", [keyed("before", "k")])
+        .await
+        .unwrap();
+    assert_eq!(before[0].offset, 0);
+
+    server.signal("TERM").await;
+    let (status, _stderr, dir) = server.wait().await;
+    assert!(status.success(), "graceful stop: {status}");
+    let mut command = herald(dir.path());
+    command
+        .args(["serve", "--listen", &addr.to_string(), "--data-dir"])
+        .arg(dir.path().join("data"));
+    let (_server, _api) = TestServer::ready(TestServer::spawn(dir, command).await).await;
+
+    let after = client
+        .publish("restarts", [keyed("after", "k")])
+        .await
+        .unwrap();
+    assert_eq!(after[0].offset, 1, "the second event follows the first");
+    let (events, _) = client.read("restarts", 0, 0, 10).await.unwrap();
+    let ids: Vec<&str> = events.iter().map(|e| e.event.id.as_str()).collect();
+    assert_eq!(ids, ["before", "after"]);
 }
 
 #[tokio::test]

@@ -1,0 +1,99 @@
+//! Serial unary publishes of 128 B (fsync never) from a current-thread
+//! runtime against a running Herald: wall time and this process's CPU per
+//! publish, the client's own cost of a serial call. `PACE_US=500` sends on
+//! a fixed schedule instead of back to back, and lists the calls slower
+//! than 600 µs with their time into the run.
+//!
+//! ```text
+//! herald serve --listen 127.0.0.1:7811 --data-dir /tmp/serial &
+//! target/release/examples/serial http://127.0.0.1:7811 20000
+//! ```
+
+#![allow(clippy::print_stdout)]
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use herald_client::{Client, Event, Fsync, TopicOptions};
+
+/// This process's user + system CPU seconds.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks = |index: usize| {
+        fields
+            .get(index)
+            .and_then(|field| field.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let endpoint = args
+        .next()
+        .unwrap_or_else(|| "http://127.0.0.1:7800".into());
+    let count: u64 = args
+        .next()
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(20_000);
+    let pace = std::env::var("PACE_US")
+        .ok()
+        .and_then(|value| value.parse::<u64>().ok())
+        .map(Duration::from_micros);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let client = Client::connect(endpoint).await?;
+        let _ = client
+            .create_topic(TopicOptions::new("serial").fsync(Fsync::Never))
+            .await;
+        let payload = Bytes::from(vec![b'x'; 128]);
+        let event = || {
+            let mut event = Event::new("", "/bench", "bench.event");
+            event.datacontenttype = Some("application/octet-stream".to_owned());
+            event.data = Some(payload.clone());
+            event
+        };
+        for _ in 0..1000 {
+            client.publish("serial", [event()]).await?;
+        }
+        let (started, cpu) = (Instant::now(), cpu_seconds());
+        let mut slow = Vec::new();
+        for sent in 0..count {
+            if let Some(pace) = pace {
+                let due = started + pace * u32::try_from(sent).unwrap_or(u32::MAX);
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+            }
+            let at = Instant::now();
+            client.publish("serial", [event()]).await?;
+            let took = at.elapsed();
+            if took > Duration::from_micros(600) {
+                slow.push(((at - started).as_millis(), took.as_micros()));
+            }
+        }
+        let (wall, cpu) = (started.elapsed().as_secs_f64(), cpu_seconds() - cpu);
+        println!(
+            "{count} serial publishes: {:.1} µs wall, {:.1} µs client CPU per publish",
+            wall * 1e6 / count as f64,
+            cpu * 1e6 / count as f64
+        );
+        if pace.is_some() {
+            println!(
+                "{} slower than 600 µs (ms into the run, µs): {slow:?}",
+                slow.len()
+            );
+        }
+        anyhow::Ok(())
+    })
+}
