@@ -56,12 +56,28 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     ))?;
     telemetry::init(&options.log)?;
     debug!(?options, "Loaded configuration.");
+    disable_transparent_huge_pages();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("herald-worker")
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(run(options))
+}
+
+/// Turns transparent huge pages off for this process. mimalloc asks for
+/// them on its arenas, so the first touch of a fresh 2 MiB region faults in
+/// and zeroes a whole huge page inside one allocation: on a VM, 4–7 ms in
+/// the middle of one request, each time the heap grows (the dedup window's
+/// map and queue doubling at 1,792/2,048/3,584/4,096 events: W3's slowest
+/// publishes; BENCHMARKS.md). With 4 KiB pages that cost is spread over
+/// the allocations that touch them. Latency-bound servers (Redis, MongoDB)
+/// give the same advice.
+fn disable_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    if let Err(error) = rustix::thread::disable_transparent_huge_pages(true) {
+        warn!(%error, "Cannot turn transparent huge pages off; latency may spike as the heap grows.");
+    }
 }
 
 async fn run(options: Options) -> anyhow::Result<()> {

@@ -137,3 +137,17 @@ async fn given_long_poll_fetch_waiting_when_sigterm_should_answer_503_and_exit_p
     let (status, stderr, _dir) = server.wait().await;
     assert_eq!(status.code(), Some(0), "stderr:\n{stderr}");
 }
+
+/// Transparent huge pages are off for the server (a 2 MiB page zeroed on
+/// first touch stalled one request for 4–7 ms each time the heap grew).
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn given_running_server_should_have_transparent_huge_pages_off() {
+    let server = TestServer::start().await;
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
+    let thp = status
+        .lines()
+        .find_map(|line| line.strip_prefix("THP_enabled:"))
+        .map(str::trim);
+    assert_eq!(thp, Some("0"), "/proc/<pid>/status:\n{status}");
+}
