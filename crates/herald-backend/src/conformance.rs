@@ -59,6 +59,7 @@ macro_rules! conformance_suite {
             acks_are_idempotent_and_unknown_ids_are_reported,
             a_caught_up_long_poll_wakes_for_events_published_while_it_waits,
             an_expired_lease_is_redelivered_to_another_member,
+            the_first_group_expires_its_leases_without_being_fetched,
             nack_redelivers_after_the_delay_and_backoff,
             max_deliveries_sends_the_event_to_dead_letters_and_redrive_brings_it_back,
             reject_dead_letters_at_once_and_copies_to_the_dead_letter_topic,
@@ -724,6 +725,40 @@ pub async fn an_expired_lease_is_redelivered_to_another_member<H: Harness>() {
             .acked
             == 0
     );
+    backend.shutdown().await.unwrap();
+}
+
+/// The group timer runs for the first group of a backend that had none (an
+/// idle backend may let it sleep): a lease that expires on its last allowed
+/// delivery reaches the dead letters with nobody fetching again.
+pub async fn the_first_group_expires_its_leases_without_being_fetched<H: Harness>() {
+    let harness = H::start().await;
+    let backend = harness.backend();
+    let jobs = make_topic(&*backend, "jobs", 1).await;
+    let workers = group("workers");
+    let mut spec = queue_spec(GroupMode::Queue);
+    spec.max_deliveries = 1;
+    backend.put_group(&jobs, &workers, spec).await.unwrap();
+    publish_all(&*backend, &jobs, vec![event("abandoned", "t")]).await;
+    let taken = fetch_until(&*backend, &jobs, &workers, "gone", 1, LONG).await;
+    assert_eq!(taken[0].attempt, 1);
+    let deadline = tokio::time::Instant::now() + LONG;
+    loop {
+        let letters = backend.dead_letters(&jobs, &workers, 10).await.unwrap();
+        if letters.len() == 1 {
+            let id = letters[0]
+                .event
+                .as_ref()
+                .map(|stored| stored.event.id.as_str());
+            assert_eq!(id, Some("abandoned"));
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the expired lease never reached the dead letters"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     backend.shutdown().await.unwrap();
 }
 

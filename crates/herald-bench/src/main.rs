@@ -4,7 +4,7 @@
 //! every run recorded. The method is `../shared/design/benchmarks.md`.
 //!
 //! ```text
-//! cargo build --release -p herald-server --bin herald -p herald-bench
+//! cargo build --release --bin herald --bin herald-bench
 //! target/release/herald-bench --quick            # ~1.5 min
 //! target/release/herald-bench --out bench-out    # W1–W6, 5 pairs, ~23 min
 //! ```

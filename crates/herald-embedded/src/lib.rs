@@ -43,7 +43,10 @@
 //! # Background tasks
 //!
 //! `group-flush` persists dirty group state; `group-timer` expires leases
-//! (redelivery, dead letters) and silent stream members; `stream-compactor`
+//! (redelivery, dead letters) and silent stream members; both sleep while
+//! there is no group at all (an idle tick every 50 or 100 ms woke a worker
+//! thread that delayed the request it shared a CPU with: W3's p99,
+//! BENCHMARKS.md). `stream-compactor`
 //! erases hard-deleted events from the segments (at open, and
 //! `compaction_delay` after each hard delete). All stop on
 //! [`Backend::shutdown`] (a compaction pass in progress finishes first),
@@ -141,6 +144,9 @@ struct Inner {
     compaction_wanted: tokio::sync::Notify,
     /// One compaction pass at a time (the task's, or a forced one).
     compacting: tokio::sync::Mutex<()>,
+    /// Wakes the group tasks when a group is added (they sleep while there
+    /// is none).
+    group_added: tokio::sync::Notify,
 }
 
 /// What a compaction pass did (see `erasure.rs`).
@@ -212,6 +218,7 @@ impl EmbeddedBackend {
             closed: AtomicBool::new(false),
             compaction_wanted: tokio::sync::Notify::new(),
             compacting: tokio::sync::Mutex::new(()),
+            group_added: tokio::sync::Notify::new(),
         });
         inner.recover().await?;
         let cancel = CancellationToken::new();
@@ -537,6 +544,27 @@ impl Inner {
             .collect()
     }
 
+    /// Returns once some topic has a group (at once if one has).
+    async fn until_a_group_exists(&self) {
+        loop {
+            let added = self.group_added.notified();
+            tokio::pin!(added);
+            // Registered before the check: a group added after it wakes us.
+            added.as_mut().enable();
+            let any = self.topic_list().iter().any(|topic| {
+                !topic
+                    .groups
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .is_empty()
+            });
+            if any {
+                return;
+            }
+            added.await;
+        }
+    }
+
     fn all_groups(&self) -> Vec<Arc<GroupRuntime>> {
         self.topic_list()
             .iter()
@@ -635,6 +663,10 @@ async fn flush_loop(inner: Arc<Inner>, interval: Duration, cancel: CancellationT
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,
+            () = inner.until_a_group_exists() => {}
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return,
             _ = ticker.tick() => {}
         }
         if let Err(error) = inner.flush().await {
@@ -647,6 +679,10 @@ async fn timer_loop(inner: Arc<Inner>, interval: Duration, cancel: CancellationT
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = inner.until_a_group_exists() => {}
+        }
         tokio::select! {
             () = cancel.cancelled() => return,
             _ = ticker.tick() => {}
@@ -886,6 +922,7 @@ impl Groups for EmbeddedBackend {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(group.clone(), created);
+        inner.group_added.notify_waiters();
         info!(topic = %topic, group = %group, mode = %spec.mode, "Created group.");
         Ok((info, true))
     }

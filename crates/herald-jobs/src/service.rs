@@ -197,6 +197,8 @@ struct Shared {
     updates: broadcast::Sender<Arc<Job>>,
     /// Queues whose topic and group exist (checked once per process).
     queues: Mutex<HashSet<String>>,
+    /// Wakes the timer loop, which sleeps while no timer is stored.
+    timer_added: tokio::sync::Notify,
 }
 
 impl Service {
@@ -216,6 +218,7 @@ impl Service {
                 clock,
                 updates,
                 queues: Mutex::new(HashSet::new()),
+                timer_added: tokio::sync::Notify::new(),
             }),
         })
     }
@@ -577,10 +580,13 @@ impl Shared {
                 Effect::Emit(kind) => self.emit(job, kind).await,
                 Effect::Schedule { due_ms, kind } => {
                     let key = timer_key(due_ms, kind, &job.job_id);
-                    self.backend
+                    let stored = self
+                        .backend
                         .kv_put(TIMERS_BUCKET, &key, Bytes::new(), Expect::Any)
                         .await
-                        .map(drop)
+                        .map(drop);
+                    self.timer_added.notify_waiters();
+                    stored
                 }
                 Effect::PinBlob(blob) => self
                     .backend
@@ -705,6 +711,10 @@ fn parse_timer_key(key: &str) -> Option<(i64, TimerKind, &str)> {
 }
 
 /// Every `timer_interval`: fires the timers that are due, oldest first.
+/// While none is stored it sleeps until one is added (or `IDLE_RESCAN`
+/// passes), so an idle server does not read the timer bucket ten times a
+/// second: each such tick woke a runtime thread and a blocking thread
+/// (BENCHMARKS.md, W3).
 async fn timer_loop(shared: &Shared, cancel: &CancellationToken) {
     let mut ticker = tokio::time::interval(shared.options.timer_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -713,18 +723,47 @@ async fn timer_loop(shared: &Shared, cancel: &CancellationToken) {
             () = cancel.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        if let Err(error) = fire_due_timers(shared).await {
-            warn!(%error, "Could not fire job timers; retrying next tick.");
+        // Registered before the scan: a timer added after it wakes us.
+        let added = shared.timer_added.notified();
+        tokio::pin!(added);
+        added.as_mut().enable();
+        match fire_due_timers(shared).await {
+            Ok(Pending::None) => {
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = &mut added => {}
+                    () = tokio::time::sleep(IDLE_RESCAN) => {}
+                }
+                ticker.reset_immediately();
+            }
+            Ok(Pending::Some) => {}
+            Err(error) => warn!(%error, "Could not fire job timers; retrying next tick."),
         }
     }
 }
 
-async fn fire_due_timers(shared: &Shared) -> Result<()> {
+/// How long the timer loop sleeps with no timer stored before it looks
+/// again anyway (a timer written by another process of a shared backend).
+const IDLE_RESCAN: Duration = Duration::from_secs(10);
+
+/// Whether timers are left after a scan.
+enum Pending {
+    None,
+    Some,
+}
+
+async fn fire_due_timers(shared: &Shared) -> Result<Pending> {
     let keys = shared
         .backend
         .kv_keys(TIMERS_BUCKET, "", None, TIMERS_PER_TICK)
         .await?;
     let now = shared.clock.now_ms();
+    // A full page may have more behind it.
+    let mut left = if keys.len() >= TIMERS_PER_TICK {
+        Pending::Some
+    } else {
+        Pending::None
+    };
     for key in keys {
         let Some((due, kind, job_id)) = parse_timer_key(&key) else {
             warn!(key, "Dropping a malformed job timer.");
@@ -735,6 +774,7 @@ async fn fire_due_timers(shared: &Shared) -> Result<()> {
             continue;
         };
         if due > now {
+            left = Pending::Some;
             break;
         }
         match kind {
@@ -749,7 +789,7 @@ async fn fire_due_timers(shared: &Shared) -> Result<()> {
             .kv_delete(TIMERS_BUCKET, &key, Expect::Any)
             .await?;
     }
-    Ok(())
+    Ok(left)
 }
 
 /// Removes an ended job's record and its blob references.
