@@ -90,7 +90,6 @@ pub(crate) struct Direct {
 struct Inner {
     /// `host:port` to connect to.
     address: String,
-    scheme: Scheme,
     authority: Authority,
     connect_timeout: Duration,
     user_agent: HeaderValue,
@@ -109,7 +108,6 @@ impl Direct {
         Some(Self {
             inner: Arc::new(Inner {
                 address: format!("{}:{port}", authority.host()),
-                scheme: endpoint.scheme().cloned().unwrap_or(Scheme::HTTP),
                 authority,
                 connect_timeout,
                 user_agent: HeaderValue::from_static(concat!(
@@ -247,11 +245,11 @@ impl Direct {
         Ok(sender)
     }
 
-    /// The request URI: this endpoint's scheme and authority, the call's
-    /// path.
+    /// The request URI: `http://`, this endpoint's authority, the call's
+    /// path (only plain-text endpoints take this transport).
     fn uri(&self, path: Option<&PathAndQuery>) -> Result<Uri, Status> {
         Uri::builder()
-            .scheme(self.inner.scheme.clone())
+            .scheme(Scheme::HTTP)
             .authority(self.inner.authority.clone())
             .path_and_query(
                 path.cloned()
