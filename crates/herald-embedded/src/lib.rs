@@ -53,6 +53,7 @@
 //! which flushes once more and closes every log.
 
 mod codec;
+mod dedup;
 mod erasure;
 mod group;
 mod meta;

@@ -8,23 +8,21 @@
 //! publish reserves its ids before appending; a concurrent publish of the
 //! same id waits for that append and then reports the original position.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::hash::{BuildHasher, RandomState};
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
+use crate::codec;
+use crate::dedup::{Dedup, Slot};
+use crate::erasure::ErasedOffsets;
+use crate::group::GroupRuntime;
 use herald_backend::{
     Error, Fsync, PartitionInfo, PublishResult, ReadResult, Result, TopicInfo, TopicSpec,
 };
 use herald_log::{FsyncPolicy, LogError, LogHandle, LogOptions, Retention};
 use herald_types::{EventInput, GroupName, TopicName, partition_for_key};
-use tokio::sync::watch;
-
-use crate::codec;
-use crate::erasure::ErasedOffsets;
-use crate::group::GroupRuntime;
 
 /// Bytes read from a log per read call.
 const READ_BYTES: usize = 1024 * 1024;
@@ -66,68 +64,6 @@ pub(crate) fn log_error(partition: u32, error: LogError) -> Error {
         other => Error::Unavailable {
             detail: other.to_string(),
         },
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Slot {
-    /// Appended at this position and time.
-    Done {
-        partition: u32,
-        offset: u64,
-        appended_at: i64,
-    },
-    /// Being appended by a publish in flight.
-    Pending,
-}
-
-#[derive(Debug)]
-struct Dedup {
-    hashers: (RandomState, RandomState),
-    slots: HashMap<u128, Slot>,
-    /// `(appended_at, hash)` in append order, for expiry.
-    order: VecDeque<(i64, u128)>,
-    /// Bumped when pending publishes finish, for the publishes waiting on them.
-    finished: watch::Sender<u64>,
-}
-
-impl Dedup {
-    fn new() -> Self {
-        Self {
-            hashers: (RandomState::new(), RandomState::new()),
-            slots: HashMap::new(),
-            order: VecDeque::new(),
-            finished: watch::Sender::new(0),
-        }
-    }
-
-    fn hash(&self, id: &[u8]) -> u128 {
-        (u128::from(self.hashers.0.hash_one(id)) << 64) | u128::from(self.hashers.1.hash_one(id))
-    }
-
-    fn record(&mut self, hash: u128, partition: u32, offset: u64, appended_at: i64) {
-        self.slots.insert(
-            hash,
-            Slot::Done {
-                partition,
-                offset,
-                appended_at,
-            },
-        );
-        self.order.push_back((appended_at, hash));
-    }
-
-    fn expire(&mut self, cutoff: i64) {
-        while let Some(&(appended_at, hash)) = self.order.front() {
-            if appended_at >= cutoff {
-                break;
-            }
-            self.order.pop_front();
-            if matches!(self.slots.get(&hash), Some(Slot::Done { appended_at: at, .. }) if *at == appended_at)
-            {
-                self.slots.remove(&hash);
-            }
-        }
     }
 }
 
@@ -292,10 +228,7 @@ impl TopicRuntime {
                 dedup.record(hash, partition as u32, offset, appended_at);
             }
         }
-        let mut dedup = lock(&self.dedup);
-        let mut order: Vec<(i64, u128)> = dedup.order.drain(..).collect();
-        order.sort_unstable();
-        dedup.order = order.into();
+        lock(&self.dedup).sort_order();
         Ok(())
     }
 
@@ -360,7 +293,7 @@ impl TopicRuntime {
         let waiting = inputs.iter().any(|input| {
             window_ms > 0
                 && matches!(
-                    dedup.slots.get(&dedup.hash(input.event.id.as_bytes())),
+                    dedup.get(&dedup.hash(input.event.id.as_bytes())),
                     Some(Slot::Pending)
                 )
         });
@@ -378,7 +311,7 @@ impl TopicRuntime {
                 plans.push(Plan::SameAs(first));
                 continue;
             }
-            match dedup.slots.get(&hash) {
+            match dedup.get(&hash) {
                 Some(Slot::Done {
                     partition, offset, ..
                 }) => {
@@ -391,7 +324,7 @@ impl TopicRuntime {
                 None => {
                     seen.insert(hash, index);
                     if !waiting {
-                        dedup.slots.insert(hash, Slot::Pending);
+                        dedup.reserve(hash);
                     }
                     plans.push(Plan::Append {
                         partition,
@@ -412,7 +345,7 @@ impl TopicRuntime {
         let mut finished = lock(&self.dedup).finished.subscribe();
         let still_pending = {
             let dedup = lock(&self.dedup);
-            plans.iter().any(|plan| matches!(plan, Plan::Wait { hash } if matches!(dedup.slots.get(hash), Some(Slot::Pending))))
+            plans.iter().any(|plan| matches!(plan, Plan::Wait { hash } if matches!(dedup.get(hash), Some(Slot::Pending))))
         };
         if still_pending {
             let _ = finished.changed().await;
@@ -468,7 +401,7 @@ impl TopicRuntime {
                                 hash: Some(hash), ..
                             } = plans[index]
                             {
-                                state.slots.remove(&hash);
+                                state.release(hash);
                             }
                         }
                         failure = Some(log_error(partition, error));
