@@ -39,22 +39,15 @@
 //! lock is free, [`LogHandle::append`] writes the batch itself under that
 //! lock ([`INLINE_MAX_BYTES`] at most) and never suspends. Order holds: an
 //! inline append takes no permit but only runs when no permit is taken, and
-//! it finishes before its caller can start another.
-//!
-//! Under `fsync = always` the same holds for a *lone* appender: when the
-//! previous round carried at most one append (nobody else is appending to
-//! this partition, so there is no fsync to share), the caller writes and
-//! fsyncs the batch itself, saving the two wake-ups around a durable serial
-//! append (about a third of it on this VM: BENCHMARKS.md). That blocks the
-//! caller's runtime thread for one fdatasync, so at most one such append
-//! runs at a time in the whole process ([`INLINE_SYNC`]): any other caller
-//! goes through its writer thread, and a runtime never has more than one
-//! thread in an inline fsync. As soon as appends overlap, rounds carry more
-//! than one and every append goes through the thread again, where rounds
-//! share an fsync.
+//! it finishes before its caller can start another. Under `fsync = always`
+//! appends always go through the thread, where rounds share an fsync: an
+//! inline append would hold a runtime thread for a whole fdatasync. (Tried
+//! for lone appenders: it saved 50–100 µs of a sporadic serial durable
+//! publish, but a pipelined producer whose rounds carry one batch each then
+//! kept a runtime thread in fdatasync most of the time, and its end-to-end
+//! p50 went from 1.3–1.9 ms to 15–34 ms: BENCHMARKS.md, issue 7.)
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -71,29 +64,6 @@ use crate::metrics::LogMetrics;
 /// about 50 µs of `pwrite` at the disk's write bandwidth, so a runtime
 /// thread is never held for long.
 pub const INLINE_MAX_BYTES: usize = 64 * 1024;
-
-/// Taken while an append is written *and fsynced* on its caller's thread
-/// (see the module docs): one at a time per process, so at most one runtime
-/// thread ever waits in an inline fdatasync.
-static INLINE_SYNC: AtomicBool = AtomicBool::new(false);
-
-/// Holds [`INLINE_SYNC`]; frees it when dropped.
-struct InlineSync;
-
-impl InlineSync {
-    fn take() -> Option<Self> {
-        INLINE_SYNC
-            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .ok()
-            .map(|_| Self)
-    }
-}
-
-impl Drop for InlineSync {
-    fn drop(&mut self) {
-        INLINE_SYNC.store(false, Ordering::Release);
-    }
-}
 
 /// How the writer thread runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,10 +114,6 @@ struct Shared {
     /// whole round or control command; inline appends only try it.
     log: Mutex<Option<Log>>,
     metrics: Arc<LogMetrics>,
-    /// Appends the last commit round carried (an inline append counts as a
-    /// round of one): more than one means appends overlap, so under
-    /// `fsync = always` they go through the writer to share its fsyncs.
-    last_round_appends: AtomicUsize,
 }
 
 impl Shared {
@@ -195,9 +161,9 @@ impl LogHandle {
         let shared = Arc::new(Shared {
             log: Mutex::new(Some(log)),
             metrics,
-            last_round_appends: AtomicUsize::new(0),
         });
         let writer = Writer {
+            last_round_appends: 0,
             shared: Arc::clone(&shared),
             receiver,
             options,
@@ -239,23 +205,18 @@ impl LogHandle {
         acknowledged.await.map_err(|_| LogError::Closed)?
     }
 
-    /// Appends on the caller's thread if the writer is idle and, under
-    /// `fsync = always`, the caller is appending alone (see the module docs);
-    /// `None` when the append must go through the writer thread.
+    /// Appends on the caller's thread if the writer is idle and the log's
+    /// policy does not fsync every round (see the module docs); `None` when
+    /// the append must go through the writer thread.
     fn append_inline(&self, records: &[NewRecord]) -> Option<Result<AppendAck, LogError>> {
         if self.permits.available_permits() != self.capacity {
             return None;
         }
         let mut guard = self.shared.log.try_lock().ok()?;
         let log = guard.as_mut()?;
-        let _sync = if log.options().fsync == FsyncPolicy::Always {
-            if self.shared.last_round_appends.load(Ordering::Relaxed) > 1 {
-                return None;
-            }
-            Some(InlineSync::take()?)
-        } else {
-            None
-        };
+        if log.options().fsync == FsyncPolicy::Always {
+            return None;
+        }
         match log.check_append(records) {
             Ok(bytes) if bytes <= INLINE_MAX_BYTES => {}
             Ok(_) => return None,
@@ -267,7 +228,6 @@ impl LogHandle {
             .append_round(&[records])
             .and_then(|mut acks| acks.pop().ok_or(LogError::EmptyAppend));
         let wake = clean && log.sync_deadline().is_some();
-        self.shared.last_round_appends.store(1, Ordering::Relaxed);
         drop(guard);
         if result.is_ok() {
             let metrics = &self.shared.metrics;
@@ -343,6 +303,8 @@ impl LogHandle {
 }
 
 struct Writer {
+    /// Appends the previous commit round carried.
+    last_round_appends: usize,
     shared: Arc<Shared>,
     receiver: mpsc::Receiver<Command>,
     options: WriterOptions,
@@ -395,7 +357,7 @@ impl Writer {
             let mut round_bytes = 0;
             let linger_until = Instant::now() + self.options.commit_linger;
             let cohort = if log.options().fsync == FsyncPolicy::Always {
-                shared.last_round_appends.load(Ordering::Relaxed)
+                self.last_round_appends
             } else {
                 0
             };
@@ -434,11 +396,7 @@ impl Writer {
                     }
                 }
             }
-            if !round.is_empty() {
-                shared
-                    .last_round_appends
-                    .store(round.len(), Ordering::Relaxed);
-            }
+            self.last_round_appends = round.len();
             commit(log, &shared.metrics, &mut round);
             if let Some(command) = control
                 && self.on_control(&mut guard, command)
