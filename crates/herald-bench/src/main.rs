@@ -6,7 +6,7 @@
 //! ```text
 //! cargo build --release --bin herald --bin herald-bench
 //! target/release/herald-bench --quick            # ~1.5 min
-//! target/release/herald-bench --out bench-out    # W1–W6, 5 pairs, ~23 min
+//! target/release/herald-bench --out bench-out    # W1–W6, 5 pairs, ~26 min
 //! ```
 //!
 //! Each run gets a fresh server on a fresh temp dir. Per run it writes

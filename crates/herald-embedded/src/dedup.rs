@@ -34,11 +34,19 @@ pub(crate) enum Slot {
     Pending,
 }
 
+/// One of the window's maps.
+type Shard = HashMap<u128, Slot, BuildHasherDefault<KeyedHash>>;
+
+/// Which shard holds `hash`: its top `log2(SHARDS)` bits.
+fn shard_of(hash: u128) -> usize {
+    (hash >> (128 - SHARDS.trailing_zeros())) as usize
+}
+
 /// The window of one topic.
 #[derive(Debug)]
 pub(crate) struct Dedup {
     hashers: (RandomState, RandomState),
-    shards: Box<[HashMap<u128, Slot, BuildHasherDefault<KeyedHash>>]>,
+    shards: Box<[Shard]>,
     /// `(appended_at, hash)` in append order, for expiry.
     order: Chunked<(i64, u128)>,
     /// Bumped when pending publishes finish, for the publishes waiting on them.
@@ -62,12 +70,12 @@ impl Dedup {
     }
 
     /// The shard of a hash: its top bits (the maps hash by its low half).
-    fn shard(&self, hash: u128) -> &HashMap<u128, Slot, BuildHasherDefault<KeyedHash>> {
-        &self.shards[(hash >> (128 - SHARDS.trailing_zeros())) as usize]
+    fn shard(&self, hash: u128) -> &Shard {
+        &self.shards[shard_of(hash)]
     }
 
-    fn shard_mut(&mut self, hash: u128) -> &mut HashMap<u128, Slot, BuildHasherDefault<KeyedHash>> {
-        &mut self.shards[(hash >> (128 - SHARDS.trailing_zeros())) as usize]
+    fn shard_mut(&mut self, hash: u128) -> &mut Shard {
+        &mut self.shards[shard_of(hash)]
     }
 
     pub(crate) fn get(&self, hash: &u128) -> Option<&Slot> {

@@ -14,15 +14,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
-use crate::codec;
-use crate::dedup::{Dedup, Slot};
-use crate::erasure::ErasedOffsets;
-use crate::group::GroupRuntime;
 use herald_backend::{
     Error, Fsync, PartitionInfo, PublishResult, ReadResult, Result, TopicInfo, TopicSpec,
 };
 use herald_log::{FsyncPolicy, LogError, LogHandle, LogOptions, Retention};
 use herald_types::{EventInput, GroupName, TopicName, partition_for_key};
+
+use crate::codec;
+use crate::dedup::{Dedup, Slot};
+use crate::erasure::ErasedOffsets;
+use crate::group::GroupRuntime;
 
 /// Bytes read from a log per read call.
 const READ_BYTES: usize = 1024 * 1024;

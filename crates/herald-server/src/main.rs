@@ -68,9 +68,9 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
 /// Turns transparent huge pages off for this process. mimalloc asks for
 /// them on its arenas, so the first touch of a fresh 2 MiB region faults in
 /// and zeroes a whole huge page inside one allocation: on a VM, 4–7 ms in
-/// the middle of one request, each time the heap grows (the dedup window's
-/// map and queue doubling at 1,792/2,048/3,584/4,096 events: W3's slowest
-/// publishes; BENCHMARKS.md). With 4 KiB pages that cost is spread over
+/// the middle of one request, each time the heap grows (found as W3's
+/// slowest publishes, where the dedup window's map and queue doubled:
+/// BENCHMARKS.md). With 4 KiB pages that cost is spread over
 /// the allocations that touch them. Latency-bound servers (Redis, MongoDB)
 /// give the same advice.
 fn disable_transparent_huge_pages() {
