@@ -80,6 +80,13 @@ async fn given_a_websocket_message_over_the_request_limit_when_sent_should_close
     assert_eq!(api.get("/healthz").await.status(), 200);
 }
 
+/// Asserts the problem's status and code, and that its detail names `key`.
+async fn refused_naming(response: reqwest::Response, status: u16, code: &str, key: &str) {
+    let problem = expect_problem(response, status, code).await;
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(detail.contains(key), "{problem}");
+}
+
 #[tokio::test]
 async fn given_topic_limits_when_creating_past_them_should_answer_limit_exceeded_and_create_nothing()
  {
@@ -92,40 +99,31 @@ async fn given_topic_limits_when_creating_past_them_should_answer_limit_exceeded
     let too_wide = api
         .post("/v1/topics", &json!({"name": "wide", "partitions": 5}))
         .await;
-    let problem = expect_problem(too_wide, 400, "invalid_argument").await;
-    assert!(
-        problem["detail"]
-            .as_str()
-            .unwrap()
-            .contains("limits.max_partitions_per_topic"),
-        "{problem}"
-    );
+    refused_naming(
+        too_wide,
+        400,
+        "invalid_argument",
+        "limits.max_partitions_per_topic",
+    )
+    .await;
     api.create_topic(json!({"name": "a", "partitions": 4}))
         .await;
     let over_partitions = api
         .post("/v1/topics", &json!({"name": "b", "partitions": 3}))
         .await;
-    let problem = expect_problem(over_partitions, 409, "limit_exceeded").await;
-    assert!(
-        problem["detail"]
-            .as_str()
-            .unwrap()
-            .contains("limits.max_partitions"),
-        "{problem}"
-    );
+    refused_naming(
+        over_partitions,
+        409,
+        "limit_exceeded",
+        "limits.max_partitions",
+    )
+    .await;
     api.create_topic(json!({"name": "b", "partitions": 1}))
         .await;
     api.create_topic(json!({"name": "c", "partitions": 1}))
         .await;
     let over_topics = api.post("/v1/topics", &json!({"name": "d"})).await;
-    let problem = expect_problem(over_topics, 409, "limit_exceeded").await;
-    assert!(
-        problem["detail"]
-            .as_str()
-            .unwrap()
-            .contains("limits.max_topics"),
-        "{problem}"
-    );
+    refused_naming(over_topics, 409, "limit_exceeded", "limits.max_topics").await;
     let listed = expect_json(api.get("/v1/topics").await, 200).await;
     let names: Vec<&str> = listed["topics"]
         .as_array()
