@@ -122,6 +122,17 @@ pub enum Error {
         /// The stream.
         stream: String,
     },
+    /// Creating the resource would pass a limit the server is configured
+    /// with (topics per server, partitions per server); nothing was created.
+    #[error("{what} would exceed {limit} = {max}; delete some first, or raise the limit")]
+    LimitExceeded {
+        /// What the call would have created (`a topic of 4 partitions`).
+        what: String,
+        /// The configuration key of the limit (`limits.max_topics`).
+        limit: &'static str,
+        /// Its value.
+        max: u64,
+    },
     /// Stored data failed validation; it was not served.
     #[error("corrupt data: {detail}")]
     Corrupt {
@@ -157,6 +168,7 @@ impl Error {
             Self::VersionConflict { .. } => "version_conflict",
             Self::StreamNotFound { .. } => "stream_not_found",
             Self::StreamDeleted { .. } => "stream_deleted",
+            Self::LimitExceeded { .. } => "limit_exceeded",
             Self::Corrupt { .. } => "corrupt_data",
             Self::Unavailable { .. } => "unavailable",
             Self::ShuttingDown => "shutting_down",

@@ -6,11 +6,71 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 
 /// The most partitions a topic may have. Each open partition has a writer
-/// thread in the embedded backend; 1,024 bounds that.
+/// thread in the embedded backend; 1,024 bounds that per topic, and
+/// [`TopicLimits::max_partitions`] across the server.
 pub const MAX_PARTITIONS: u32 = 1024;
 /// The largest `max_event_bytes` a topic may set (a log batch is at most
 /// 64 MiB; larger payloads belong in blobs).
 pub const MAX_EVENT_BYTES_LIMIT: u64 = 16 * 1024 * 1024;
+
+/// How many topics and partitions a backend holds at most (the server's
+/// `[limits]`). Checked when a topic is created; a server that already
+/// holds more (the limits were lowered) keeps them, and creates no more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicLimits {
+    /// Topics at most.
+    pub max_topics: u32,
+    /// Partitions of one topic at most (at most [`MAX_PARTITIONS`]).
+    pub max_partitions_per_topic: u32,
+    /// Partitions of all topics together at most.
+    pub max_partitions: u32,
+}
+
+impl Default for TopicLimits {
+    /// 1,000 topics, [`MAX_PARTITIONS`] per topic, 4,096 partitions.
+    fn default() -> Self {
+        Self {
+            max_topics: 1_000,
+            max_partitions_per_topic: MAX_PARTITIONS,
+            max_partitions: 4_096,
+        }
+    }
+}
+
+impl TopicLimits {
+    /// Checks that a backend holding `topics` topics with `partitions`
+    /// partitions in all may create `spec` (already validated).
+    pub fn check(&self, spec: &TopicSpec, topics: usize, partitions: u64) -> Result<()> {
+        if spec.partitions > self.max_partitions_per_topic {
+            return Err(Error::invalid(
+                "partitions",
+                format!(
+                    "must be between 1 and {} (limits.max_partitions_per_topic)",
+                    self.max_partitions_per_topic
+                ),
+            ));
+        }
+        if topics >= self.max_topics as usize {
+            return Err(Error::LimitExceeded {
+                what: format!("topic {:?}", spec.name.as_str()),
+                limit: "limits.max_topics",
+                max: self.max_topics.into(),
+            });
+        }
+        if partitions + u64::from(spec.partitions) > u64::from(self.max_partitions) {
+            return Err(Error::LimitExceeded {
+                what: format!(
+                    "topic {:?} with {} partitions (the server has {partitions})",
+                    spec.name.as_str(),
+                    spec.partitions
+                ),
+                limit: "limits.max_partitions",
+                max: self.max_partitions.into(),
+            });
+        }
+        Ok(())
+    }
+}
 
 /// When an acknowledged publish is durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -228,4 +288,47 @@ pub struct TopicDescription {
     /// Per partition, in order.
     #[serde(rename = "partition_info")]
     pub partition_info: Vec<PartitionInfo>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(partitions: u32) -> TopicSpec {
+        let mut spec = TopicSpec::new("orders".parse().unwrap());
+        spec.partitions = partitions;
+        spec
+    }
+
+    #[test]
+    fn given_limits_when_a_topic_would_pass_one_should_name_its_key() {
+        let limits = TopicLimits {
+            max_topics: 2,
+            max_partitions_per_topic: 8,
+            max_partitions: 10,
+        };
+        assert!(limits.check(&spec(8), 1, 2).is_ok());
+        assert!(limits.check(&spec(1), 1, 9).is_ok(), "exactly at the limit");
+        let refused = |result: Result<()>| match result {
+            Err(Error::LimitExceeded { limit, .. }) => limit,
+            Err(Error::InvalidArgument { field, reason }) => {
+                assert!(
+                    reason.contains("limits.max_partitions_per_topic"),
+                    "{reason}"
+                );
+                if field == "partitions" {
+                    "per topic"
+                } else {
+                    "?"
+                }
+            }
+            other => panic!("not refused: {other:?}"),
+        };
+        assert_eq!(refused(limits.check(&spec(9), 0, 0)), "per topic");
+        assert_eq!(refused(limits.check(&spec(1), 2, 2)), "limits.max_topics");
+        assert_eq!(
+            refused(limits.check(&spec(2), 1, 9)),
+            "limits.max_partitions"
+        );
+    }
 }

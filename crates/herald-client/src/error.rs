@@ -147,6 +147,9 @@ pub enum ErrorCode {
     PartitionNotFound,
     /// `topic_exists`.
     TopicExists,
+    /// `limit_exceeded`: creating it would pass a server limit
+    /// (`limits.max_topics`, `limits.max_partitions`).
+    LimitExceeded,
     /// `group_conflict`: the group exists with another mode.
     GroupConflict,
     /// `offset_out_of_range`: removed by retention.
@@ -165,6 +168,8 @@ pub enum ErrorCode {
     JobNotFound,
     /// `part_not_found`: the job has no part with that key.
     PartNotFound,
+    /// `queue_not_found`: no job was ever submitted to that queue.
+    QueueNotFound,
     /// `job_conflict`: a part completed twice with different results, or a
     /// job already ended.
     JobConflict,
@@ -198,6 +203,7 @@ const CODES: &[(ErrorCode, &str)] = &[
     (ErrorCode::GroupNotFound, "group_not_found"),
     (ErrorCode::PartitionNotFound, "partition_not_found"),
     (ErrorCode::TopicExists, "topic_exists"),
+    (ErrorCode::LimitExceeded, "limit_exceeded"),
     (ErrorCode::GroupConflict, "group_conflict"),
     (ErrorCode::OffsetOutOfRange, "offset_out_of_range"),
     (ErrorCode::StaleGeneration, "stale_generation"),
@@ -207,6 +213,7 @@ const CODES: &[(ErrorCode, &str)] = &[
     (ErrorCode::StreamDeleted, "stream_deleted"),
     (ErrorCode::JobNotFound, "job_not_found"),
     (ErrorCode::PartNotFound, "part_not_found"),
+    (ErrorCode::QueueNotFound, "queue_not_found"),
     (ErrorCode::JobConflict, "job_conflict"),
     (ErrorCode::BlobNotFound, "blob_not_found"),
     (ErrorCode::RangeNotSatisfiable, "range_not_satisfiable"),

@@ -307,6 +307,9 @@ impl Client {
     }
 }
 
+/// How often a [`JobWorker`] looks again for a queue that does not exist yet.
+const QUEUE_POLL: Duration = Duration::from_secs(1);
+
 /// Takes job requests of one queue, one at a time. A request is leased: a
 /// worker that dies has it redelivered to another after the lease.
 #[derive(Debug)]
@@ -324,7 +327,9 @@ impl JobWorker {
         self
     }
 
-    /// The next job request, waiting (long-polling) until there is one.
+    /// The next job request, waiting (long-polling) until there is one; on
+    /// a queue no job was submitted to yet, until the first submit creates
+    /// it.
     pub async fn next(&mut self) -> Result<JobTask> {
         loop {
             let request = v1::FetchJobsRequest {
@@ -333,7 +338,22 @@ impl JobWorker {
                 max: 1,
                 wait_ms: millis(self.wait),
             };
-            let fetched = self.client.jobs().fetch_jobs(request).await?.into_inner();
+            let fetched = match self.client.jobs().fetch_jobs(request).await {
+                Ok(fetched) => fetched.into_inner(),
+                // No job was ever submitted to the queue: a fetch does not
+                // create it (unless the server says so), so wait for the
+                // first submit as a long-poll would.
+                Err(status) => match Error::from(status) {
+                    Error::Api {
+                        code: ErrorCode::QueueNotFound,
+                        ..
+                    } => {
+                        tokio::time::sleep(self.wait.min(QUEUE_POLL)).await;
+                        continue;
+                    }
+                    error => return Err(error),
+                },
+            };
             let mut tasks: Vec<TaskWire> = decode("JobDelivery", &fetched.deliveries_json)?;
             if let Some(task) = tasks.pop() {
                 return Ok(JobTask {

@@ -73,7 +73,7 @@ use herald_backend::{
     ExpectedVersion, FetchRequest, FetchResponse, GroupInfo, GroupSpec, GroupStatus, Groups, Kv,
     KvEntry, PartitionOffset, PublishResult, ReadResult, Result, Snapshot as StreamSnapshot,
     StartPosition, StreamMetadata, StreamSlice, Streams, TopicDescription, TopicInfo, TopicSpec,
-    TopicUpdate, Topics,
+    TopicUpdate, Topics, topic::TopicLimits,
 };
 use herald_log::{Log, LogEnv, LogHandle, LogMetrics, SystemClock, WriterOptions};
 use herald_types::{
@@ -106,6 +106,9 @@ pub struct EmbeddedOptions {
     /// compacted; deletes within this window share one pass. 200 ms: soon,
     /// and a burst of deletes costs one rewrite per segment, not one each.
     pub compaction_delay: Duration,
+    /// Topics and partitions the backend creates at most (each partition
+    /// has its own writer thread: this bounds them).
+    pub topic_limits: TopicLimits,
 }
 
 impl EmbeddedOptions {
@@ -117,6 +120,7 @@ impl EmbeddedOptions {
             flush_interval: Duration::from_millis(50),
             tick_interval: Duration::from_millis(100),
             compaction_delay: Duration::from_millis(200),
+            topic_limits: TopicLimits::default(),
         }
     }
 }
@@ -137,6 +141,8 @@ struct Inner {
     topics: RwLock<BTreeMap<TopicName, Arc<TopicRuntime>>>,
     env: LogEnv,
     writer: WriterOptions,
+    /// Checked when a topic is created.
+    topic_limits: TopicLimits,
     /// Serializes topic and group creation and deletion.
     admin: tokio::sync::Mutex<()>,
     ready: AtomicBool,
@@ -214,6 +220,7 @@ impl EmbeddedBackend {
             topics: RwLock::new(BTreeMap::new()),
             env,
             writer: options.writer.clone(),
+            topic_limits: options.topic_limits,
             admin: tokio::sync::Mutex::new(()),
             ready: AtomicBool::new(false),
             closed: AtomicBool::new(false),
@@ -732,6 +739,14 @@ impl Topics for EmbeddedBackend {
             return Err(Error::TopicExists {
                 topic: spec.name.to_string(),
             });
+        }
+        {
+            let topics = inner.topics.read().unwrap_or_else(PoisonError::into_inner);
+            let partitions = topics
+                .values()
+                .map(|topic| u64::from(topic.info().spec.partitions))
+                .sum();
+            inner.topic_limits.check(&spec, topics.len(), partitions)?;
         }
         let dir = inner.topic_dir(&spec.name);
         {

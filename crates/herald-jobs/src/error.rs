@@ -19,6 +19,13 @@ pub enum Error {
         /// The part key asked for.
         part: String,
     },
+    /// No queue by that name: no job was ever submitted to it (a worker
+    /// fetch does not create a queue unless configured to).
+    #[error("queue {queue:?} does not exist; submitting a job to it creates it")]
+    QueueNotFound {
+        /// The queue asked for.
+        queue: String,
+    },
     /// The call contradicts what the job already recorded (a part completed
     /// again with a different outcome, or after the job ended without it).
     /// Nothing was changed.
@@ -56,6 +63,7 @@ impl Error {
         match self {
             Self::JobNotFound { .. } => "job_not_found",
             Self::PartNotFound { .. } => "part_not_found",
+            Self::QueueNotFound { .. } => "queue_not_found",
             Self::Conflict { .. } => "job_conflict",
             Self::InvalidArgument { .. } => "invalid_argument",
             Self::Corrupt { .. } => "corrupt_data",

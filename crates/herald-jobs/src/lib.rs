@@ -8,7 +8,7 @@
 //! | job records | `Kv` bucket `jobs`, key = job id, updated by compare-and-set |
 //! | timers (deadlines, result expiry) | `Kv` bucket `jobs.timers`, key `<due ms, 20 digits>.<kind>.<job id>`, so keys sort by due time |
 //! | blob references | `Kv` bucket `blob.refs`, key `<blob id>/<job id>` |
-//! | requests to workers | topic `jobs.<queue>` (auto-created), one event per part, keyed by the part key (or the job id), subject = the key; group `workers` (queue mode) |
+//! | requests to workers | topic `jobs.<queue>` (created by the queue's first submit), one event per part, keyed by the part key (or the job id), subject = the key; group `workers` (queue mode) |
 //! | dead letters | every queue topic's dead-letter topic is `herald.jobs.dead`; the service consumes it with the queue group `herald-jobs` |
 //! | transitions | topic `herald.jobs`: one event per transition, type `herald.job.<kind>`, subject and key = job id |
 //!

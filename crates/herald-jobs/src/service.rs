@@ -87,6 +87,10 @@ pub struct Options {
     pub max_ttl_ms: u64,
     /// How often due timers are looked for (deadline precision).
     pub timer_interval: Duration,
+    /// Whether a worker fetch on a queue that does not exist creates it;
+    /// otherwise it fails with [`Error::QueueNotFound`] (only a submit
+    /// creates a queue).
+    pub create_queues_on_fetch: bool,
 }
 
 impl Default for Options {
@@ -104,6 +108,7 @@ impl Default for Options {
             default_result_ttl_ms: 24 * 3_600_000,
             max_ttl_ms: 30 * 24 * 3_600_000,
             timer_interval: Duration::from_millis(100),
+            create_queues_on_fetch: false,
         }
     }
 }
@@ -203,8 +208,10 @@ struct Shared {
 
 impl Service {
     /// The service over `backend`. Its topics (`herald.jobs`,
-    /// `herald.jobs.dead`, `jobs.<queue>`) and groups are created on first
-    /// use, so a server that never runs a job has none of them.
+    /// `herald.jobs.dead`, `jobs.<queue>`) and groups are created by the
+    /// first submit to a queue (a worker fetch creates none unless
+    /// [`Options::create_queues_on_fetch`]), so a server that never runs a
+    /// job has none of them.
     pub async fn start(
         backend: Arc<dyn Backend>,
         options: Options,
@@ -361,7 +368,7 @@ impl Handle {
     pub async fn fetch(&self, queue: &str, request: FetchRequest) -> Result<Vec<JobDelivery>> {
         let shared = &self.shared;
         let topic = shared.queue_topic(queue)?;
-        shared.ensure_queue(queue, &topic).await?;
+        shared.ensure_queue_for_fetch(queue, &topic).await?;
         let fetched = shared
             .backend
             .fetch(&topic, &shared.options.worker_group, request)
@@ -512,6 +519,23 @@ impl Shared {
             queues.insert(queue.to_owned());
         }
         Ok(())
+    }
+
+    /// A fetch's [`Shared::ensure_queue`]: a queue that does not exist yet
+    /// (its topic was never created) is created only if the options say so.
+    async fn ensure_queue_for_fetch(&self, queue: &str, topic: &TopicName) -> Result<()> {
+        if self.options.create_queues_on_fetch || self.queues_known(queue) {
+            return self.ensure_queue(queue, topic).await;
+        }
+        match self.backend.describe_topic(topic).await {
+            // It exists (submitted to before, maybe by an earlier process):
+            // make sure of its group, as a submit would.
+            Ok(_) => self.ensure_queue(queue, topic).await,
+            Err(herald_backend::Error::TopicNotFound { .. }) => Err(Error::QueueNotFound {
+                queue: queue.to_owned(),
+            }),
+            Err(error) => Err(error.into()),
+        }
     }
 
     fn queues_known(&self, queue: &str) -> bool {

@@ -60,28 +60,57 @@ pub fn error_info(status: &tonic::Status) -> Option<(String, HashMap<String, Str
     (info.domain == ERROR_DOMAIN).then_some((info.reason, info.metadata))
 }
 
-/// The gRPC status code named as in the error table (`NOT_FOUND`, …);
-/// unknown names are `INTERNAL`.
-pub fn grpc_code(name: &str) -> tonic::Code {
-    use tonic::Code;
-    match name {
-        "OK" => Code::Ok,
-        "CANCELLED" => Code::Cancelled,
-        "INVALID_ARGUMENT" => Code::InvalidArgument,
-        "DEADLINE_EXCEEDED" => Code::DeadlineExceeded,
-        "NOT_FOUND" => Code::NotFound,
-        "ALREADY_EXISTS" => Code::AlreadyExists,
-        "PERMISSION_DENIED" => Code::PermissionDenied,
-        "RESOURCE_EXHAUSTED" => Code::ResourceExhausted,
-        "FAILED_PRECONDITION" => Code::FailedPrecondition,
-        "ABORTED" => Code::Aborted,
-        "OUT_OF_RANGE" => Code::OutOfRange,
-        "UNIMPLEMENTED" => Code::Unimplemented,
-        "UNAVAILABLE" => Code::Unavailable,
-        "DATA_LOSS" => Code::DataLoss,
-        "UNAUTHENTICATED" => Code::Unauthenticated,
-        _ => Code::Internal,
+/// Every gRPC status by its canonical name (`NOT_FOUND`, …), as the error
+/// table (`docs/errors.md`) names them.
+pub const GRPC_CODES: [(&str, tonic::Code); 17] = [
+    ("OK", tonic::Code::Ok),
+    ("CANCELLED", tonic::Code::Cancelled),
+    ("UNKNOWN", tonic::Code::Unknown),
+    ("INVALID_ARGUMENT", tonic::Code::InvalidArgument),
+    ("DEADLINE_EXCEEDED", tonic::Code::DeadlineExceeded),
+    ("NOT_FOUND", tonic::Code::NotFound),
+    ("ALREADY_EXISTS", tonic::Code::AlreadyExists),
+    ("PERMISSION_DENIED", tonic::Code::PermissionDenied),
+    ("RESOURCE_EXHAUSTED", tonic::Code::ResourceExhausted),
+    ("FAILED_PRECONDITION", tonic::Code::FailedPrecondition),
+    ("ABORTED", tonic::Code::Aborted),
+    ("OUT_OF_RANGE", tonic::Code::OutOfRange),
+    ("UNIMPLEMENTED", tonic::Code::Unimplemented),
+    ("INTERNAL", tonic::Code::Internal),
+    ("UNAVAILABLE", tonic::Code::Unavailable),
+    ("DATA_LOSS", tonic::Code::DataLoss),
+    ("UNAUTHENTICATED", tonic::Code::Unauthenticated),
+];
+
+/// The gRPC status named `name` ([`GRPC_CODES`]); `None` for a name that is
+/// not one. There is no fallback: a `const` caller turns a typo in its
+/// table into a compile error (the server's code table does), never into
+/// `INTERNAL`.
+pub const fn grpc_code(name: &str) -> Option<tonic::Code> {
+    let mut index = 0;
+    while index < GRPC_CODES.len() {
+        let (known, code) = GRPC_CODES[index];
+        if same(known.as_bytes(), name.as_bytes()) {
+            return Some(code);
+        }
+        index += 1;
     }
+    None
+}
+
+/// `a == b`, usable in a `const fn`.
+const fn same(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut index = 0;
+    while index < a.len() {
+        if a[index] != b[index] {
+            return false;
+        }
+        index += 1;
+    }
+    true
 }
 
 // ------------------------------------------------------------ conversions
@@ -282,6 +311,28 @@ mod tests {
         };
         let refused = wire.into_input(0).err();
         assert_eq!(refused.map(|error| error.code()), Some("invalid_event"));
+    }
+
+    #[test]
+    fn given_every_canonical_status_name_when_mapped_should_give_that_status_never_internal() {
+        // Each status's canonical name from tonic's own variant name
+        // (`NotFound` → `NOT_FOUND`), not from the table under test.
+        for number in 0..=16 {
+            let code = tonic::Code::from_i32(number);
+            let mut name = String::new();
+            for (index, letter) in format!("{code:?}").chars().enumerate() {
+                if letter.is_uppercase() && index > 0 {
+                    name.push('_');
+                }
+                name.push(letter.to_ascii_uppercase());
+            }
+            assert_eq!(grpc_code(&name), Some(code), "{name}");
+        }
+    }
+
+    #[test]
+    fn given_an_unknown_status_name_when_mapped_should_give_none_not_internal() {
+        assert_eq!(grpc_code("NOT_FUOND"), None);
     }
 
     #[test]

@@ -53,8 +53,10 @@ pub struct Options {
     pub log: LogOptions,
     /// Upper bound on draining in-flight requests at shutdown, in milliseconds.
     pub shutdown_timeout_ms: u64,
-    /// Limits on what clients may send.
+    /// Limits on what clients may send and create.
     pub limits: LimitsOptions,
+    /// Timeouts of client connections (`[connections]`).
+    pub connections: ConnectionOptions,
     /// Blob storage (`[blobs]`).
     pub blobs: BlobOptions,
     /// The job service (`[jobs]`).
@@ -69,6 +71,7 @@ impl Default for Options {
             log: LogOptions::default(),
             shutdown_timeout_ms: 5_000,
             limits: LimitsOptions::default(),
+            connections: ConnectionOptions::default(),
             blobs: BlobOptions::default(),
             jobs: JobOptions::default(),
         }
@@ -94,6 +97,20 @@ pub struct LimitsOptions {
     /// refused with 413 (before reading when `Content-Length` says so,
     /// else as soon as the stream passes it) and leaves nothing behind.
     pub max_blob_bytes: NonZeroU64,
+    /// Bytes of `PublishStream` batches one call may have in flight
+    /// (published, not yet acknowledged); the server stops reading the
+    /// call's requests past it (HTTP/2 flow control then pauses the client).
+    /// A single batch larger than this still goes through, alone.
+    pub max_publish_stream_bytes: NonZeroU64,
+    /// Topics the server holds at most; creating one more is refused with
+    /// 409 `limit_exceeded`. The job service's topics count too.
+    pub max_topics: NonZeroU32,
+    /// Partitions one topic may have (at most 1,024).
+    pub max_partitions_per_topic: NonZeroU32,
+    /// Partitions of all topics together. Each open partition has its own
+    /// writer thread and a few open files, so this bounds both; creating a
+    /// topic past it is refused with 409 `limit_exceeded`.
+    pub max_partitions: NonZeroU32,
 }
 
 impl Default for LimitsOptions {
@@ -101,7 +118,61 @@ impl Default for LimitsOptions {
         Self {
             max_request_bytes: NonZeroU64::new(16 * 1024 * 1024).unwrap_or(NonZeroU64::MIN),
             max_blob_bytes: NonZeroU64::new(4 * 1024 * 1024 * 1024).unwrap_or(NonZeroU64::MIN),
+            max_publish_stream_bytes: NonZeroU64::new(64 * 1024 * 1024).unwrap_or(NonZeroU64::MIN),
+            max_topics: NonZeroU32::new(1_000).unwrap_or(NonZeroU32::MIN),
+            max_partitions_per_topic: NonZeroU32::new(herald_backend::topic::MAX_PARTITIONS)
+                .unwrap_or(NonZeroU32::MIN),
+            max_partitions: NonZeroU32::new(4_096).unwrap_or(NonZeroU32::MIN),
         }
+    }
+}
+
+/// Timeouts of client connections (`[connections]`): a client that sends
+/// half a request, or nothing, must not hold a connection for long.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConnectionOptions {
+    /// HTTP/1: the whole request head (request line and headers) must
+    /// arrive within this many milliseconds of the server starting to wait
+    /// for it, which it also does between requests of a keep-alive
+    /// connection: so this is HTTP/1's idle timeout too.
+    pub header_read_timeout_ms: NonZeroU64,
+    /// A connection with no request in flight for this many milliseconds is
+    /// closed (also one that never sends a request, and HTTP/2 connections
+    /// with no open stream); and a REST request body that sends nothing for
+    /// this long fails. Streams in flight (long-polls, SSE, gRPC streams)
+    /// keep their connection open.
+    pub idle_timeout_ms: NonZeroU64,
+    /// HTTP/2: the server pings the client this often, in milliseconds, and
+    /// drops the connection when a ping is not answered within 20 s; so a
+    /// vanished client does not hold its streams.
+    pub keep_alive_interval_ms: NonZeroU64,
+}
+
+impl Default for ConnectionOptions {
+    fn default() -> Self {
+        Self {
+            header_read_timeout_ms: NonZeroU64::new(10_000).unwrap_or(NonZeroU64::MIN),
+            idle_timeout_ms: NonZeroU64::new(60_000).unwrap_or(NonZeroU64::MIN),
+            keep_alive_interval_ms: NonZeroU64::new(30_000).unwrap_or(NonZeroU64::MIN),
+        }
+    }
+}
+
+impl ConnectionOptions {
+    /// [`ConnectionOptions::header_read_timeout_ms`] as a [`Duration`].
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms.get())
+    }
+
+    /// [`ConnectionOptions::idle_timeout_ms`] as a [`Duration`].
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms.get())
+    }
+
+    /// [`ConnectionOptions::keep_alive_interval_ms`] as a [`Duration`].
+    pub fn keep_alive_interval(&self) -> Duration {
+        Duration::from_millis(self.keep_alive_interval_ms.get())
     }
 }
 
@@ -145,6 +216,11 @@ pub struct JobOptions {
     pub backoff_ms: Vec<u64>,
     /// How long an ended job's result is kept when a submit does not say.
     pub default_result_ttl_ms: u64,
+    /// Whether a worker fetch on a queue that does not exist yet creates it
+    /// (its topic and group). Off: such a fetch answers 404
+    /// `queue_not_found`, so a typo in a worker's queue name cannot make
+    /// topics; the first submit creates a queue.
+    pub create_queues_on_fetch: bool,
 }
 
 impl Default for JobOptions {
@@ -155,6 +231,7 @@ impl Default for JobOptions {
             max_attempts: NonZeroU32::new(5).unwrap_or(NonZeroU32::MIN),
             backoff_ms: vec![1_000, 5_000, 30_000],
             default_result_ttl_ms: 24 * 3_600_000,
+            create_queues_on_fetch: false,
         }
     }
 }
@@ -172,6 +249,7 @@ impl JobOptions {
             max_attempts: self.max_attempts.get(),
             backoff_ms: self.backoff_ms.clone(),
             default_result_ttl_ms: self.default_result_ttl_ms,
+            create_queues_on_fetch: self.create_queues_on_fetch,
             ..herald_jobs::Options::default()
         }
     }
@@ -186,6 +264,20 @@ impl LimitsOptions {
     /// [`LimitsOptions::max_blob_bytes`] as a `u64`.
     pub fn max_blob_bytes(&self) -> u64 {
         self.max_blob_bytes.get()
+    }
+
+    /// [`LimitsOptions::max_publish_stream_bytes`] as a `usize` (saturating).
+    pub fn max_publish_stream_bytes(&self) -> usize {
+        usize::try_from(self.max_publish_stream_bytes.get()).unwrap_or(usize::MAX)
+    }
+
+    /// The topic limits the backend enforces.
+    pub fn topic_limits(&self) -> herald_backend::topic::TopicLimits {
+        herald_backend::topic::TopicLimits {
+            max_topics: self.max_topics.get(),
+            max_partitions_per_topic: self.max_partitions_per_topic.get(),
+            max_partitions: self.max_partitions.get(),
+        }
     }
 }
 
@@ -451,11 +543,26 @@ fn extract(file: Option<Layer>, env: &EnvLayer, flags: Layer) -> Result<Options,
         Origin::Env(env.var_name(key))
     })?;
     // Flags need no check: clap only accepts the flags that exist.
-    figment
+    let options = figment
         .merge(env.layer.clone())
         .merge(flags)
         .extract::<Options>()
-        .map_err(|error| invalid_value(&error, env))
+        .map_err(|error| invalid_value(&error, env))?;
+    check_ranges(&options)?;
+    Ok(options)
+}
+
+/// The checks a value's type cannot make.
+fn check_ranges(options: &Options) -> Result<(), Error> {
+    let max = herald_backend::topic::MAX_PARTITIONS;
+    if options.limits.max_partitions_per_topic.get() > max {
+        return Err(Error::InvalidValue {
+            key: "limits.max_partitions_per_topic".to_owned(),
+            origin: None,
+            message: format!("must be at most {max}"),
+        });
+    }
+    Ok(())
 }
 
 /// One layer of configuration: a dictionary and where it came from.

@@ -25,6 +25,7 @@ pub mod blobs;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod connections;
 pub mod data_dir;
 pub mod grpc;
 pub mod http;

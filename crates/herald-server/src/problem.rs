@@ -85,6 +85,21 @@ macro_rules! codes {
                 match self { $(Self::$variant => stringify!($grpc),)* }
             }
 
+            /// The gRPC status this code is returned with. Resolved at
+            /// compile time: a name in the table that is not a gRPC status
+            /// fails the build instead of falling back to `INTERNAL`.
+            pub const fn grpc_status(self) -> tonic::Code {
+                match self {
+                    $(Self::$variant => {
+                        const STATUS: tonic::Code = match herald_proto::grpc_code(stringify!($grpc)) {
+                            Some(status) => status,
+                            None => panic!(concat!("not a gRPC status: ", stringify!($grpc))),
+                        };
+                        STATUS
+                    })*
+                }
+            }
+
             /// The short, fixed, human-readable summary.
             pub const fn title(self) -> &'static str {
                 match self { $(Self::$variant => $title,)* }
@@ -121,6 +136,9 @@ codes! {
     PartitionNotFound => "partition_not_found", NOT_FOUND, NOT_FOUND, "Partition not found";
     /// A topic by that name exists already.
     TopicExists => "topic_exists", CONFLICT, ALREADY_EXISTS, "Topic exists";
+    /// Creating it would pass a configured limit (`limits.max_topics`,
+    /// `limits.max_partitions`); nothing was created.
+    LimitExceeded => "limit_exceeded", CONFLICT, RESOURCE_EXHAUSTED, "Limit exceeded";
     /// The group exists with a mode that cannot change.
     GroupConflict => "group_conflict", CONFLICT, FAILED_PRECONDITION, "Group conflict";
     /// The offset was removed by retention.
@@ -140,6 +158,8 @@ codes! {
     JobNotFound => "job_not_found", NOT_FOUND, NOT_FOUND, "Job not found";
     /// The job has no part with that key.
     PartNotFound => "part_not_found", NOT_FOUND, NOT_FOUND, "Part not found";
+    /// No queue by that name (no job was ever submitted to it).
+    QueueNotFound => "queue_not_found", NOT_FOUND, NOT_FOUND, "Queue not found";
     /// A completion contradicts what the job recorded: the part already has
     /// a different outcome, or the job ended without it.
     JobConflict => "job_conflict", CONFLICT, FAILED_PRECONDITION, "Job conflict";
@@ -246,6 +266,37 @@ impl From<EventError> for Problem {
 impl From<InvalidName> for Problem {
     fn from(failure: InvalidName) -> Self {
         Self::new(Code::InvalidName, failure.to_string())
+    }
+}
+
+impl From<herald_jobs::Error> for Problem {
+    fn from(failure: herald_jobs::Error) -> Self {
+        match failure {
+            herald_jobs::Error::Backend(error) => Self::from(error),
+            failure => {
+                let code = Code::from_wire(failure.code()).unwrap_or(Code::Internal);
+                if code.status().is_server_error() {
+                    error!(code = failure.code(), error = %failure, "Job service failed.");
+                }
+                Self::new(code, failure.to_string())
+            }
+        }
+    }
+}
+
+impl From<crate::blobs::Error> for Problem {
+    fn from(failure: crate::blobs::Error) -> Self {
+        let code = match &failure {
+            crate::blobs::Error::NotFound { .. } => Code::BlobNotFound,
+            crate::blobs::Error::TooLarge { .. } => Code::PayloadTooLarge,
+            crate::blobs::Error::RangeNotSatisfiable { .. } => Code::RangeNotSatisfiable,
+            crate::blobs::Error::CutOff(_) => Code::InvalidArgument,
+            crate::blobs::Error::Store(_) | crate::blobs::Error::Open { .. } => {
+                error!(error = %failure, source = ?std::error::Error::source(&failure), "Blob storage failed.");
+                Code::Unavailable
+            }
+        };
+        Self::new(code, failure.to_string())
     }
 }
 
@@ -476,6 +527,11 @@ mod tests {
                 topic: "t".into(),
                 stream: "s".into(),
             },
+            Error::LimitExceeded {
+                what: "topic \"t\"".into(),
+                limit: "limits.max_topics",
+                max: 1,
+            },
             Error::Corrupt { detail: "x".into() },
             Error::Unavailable { detail: "x".into() },
             Error::ShuttingDown,
@@ -492,6 +548,7 @@ mod tests {
                 job_id: "j".into(),
                 part: "p".into(),
             },
+            herald_jobs::Error::QueueNotFound { queue: "q".into() },
             herald_jobs::Error::Conflict {
                 job_id: "j".into(),
                 detail: "d".into(),
@@ -505,6 +562,39 @@ mod tests {
         for wire in ["malformed_json", "invalid_event"] {
             assert!(Code::from_wire(wire).is_some(), "event code {wire}");
         }
+    }
+
+    /// Every `.rs` file under `dir`, recursively.
+    fn sources(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                sources(&path, out);
+            } else if path.extension().is_some_and(|ext| ext == "rs") {
+                out.push(path);
+            }
+        }
+    }
+
+    #[test]
+    fn given_the_crate_sources_should_convert_to_problem_only_in_this_module() {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = Vec::new();
+        sources(&src, &mut files);
+        let elsewhere: Vec<String> = files
+            .iter()
+            .filter(|path| !path.ends_with("problem.rs"))
+            .filter(|path| {
+                std::fs::read_to_string(path)
+                    .unwrap()
+                    .contains(" for Problem {")
+            })
+            .map(|path| path.display().to_string())
+            .collect();
+        assert!(
+            elsewhere.is_empty(),
+            "every `From<…> for Problem` lives in problem.rs, the code table: {elsewhere:?}"
+        );
     }
 
     /// `docs/errors.md` rows: `| `code` | status | GRPC | …`.

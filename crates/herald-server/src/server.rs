@@ -9,10 +9,14 @@
 //!                           serves, /readyz 200
 //!   cancel fires:
 //!     1. /readyz → 503 ("stopping"); waiting long-poll fetches answer 503
-//!     2. stop accepting; drain in-flight requests, for at most
+//!     2. stop accepting (the listener closes); every connection closes
+//!        gracefully: drain in-flight requests, for at most
 //!        shutdown_timeout_ms (then the stragglers are dropped)
 //!     3. close storage: flush, fsync, close, release the data-dir lock
 //! ```
+//!
+//! Connections (the accept loop, header-read and idle timeouts) are
+//! `connections.rs`.
 //!
 //! Storage closes last so that no request still running can write to a
 //! closed store; HTTP serves before storage is open so that liveness probes
@@ -22,15 +26,15 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::serve::ListenerExt as _;
 use herald_log::SystemClock;
 use tokio::net::TcpListener;
 use tokio::task::{JoinError, JoinHandle};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::blobs::{self, BlobStore};
 use crate::config::Options;
+use crate::connections;
 use crate::data_dir::{self, DataDir};
 use crate::grpc::{self, GrpcState};
 use crate::http::{self, AppState, JobsSlot, Phase, Readiness, StorageSlot};
@@ -166,6 +170,7 @@ impl Server {
             clock: Arc::new(SystemClock),
             stopping: cancel.clone(),
             max_message_bytes: options.limits.max_request_bytes(),
+            max_publish_stream_bytes: options.limits.max_publish_stream_bytes(),
             jobs: jobs_slot.clone(),
             blobs: blobs.clone(),
         });
@@ -178,32 +183,29 @@ impl Server {
                 clock: Arc::new(SystemClock),
                 stopping: cancel.clone(),
                 max_request_bytes: options.limits.max_request_bytes(),
+                body_idle_timeout: options.connections.idle_timeout(),
                 blobs: blobs.clone(),
                 jobs: jobs_slot.clone(),
             },
             grpc_routes,
         );
         let stop_http = CancellationToken::new();
-        let mut http_task: JoinHandle<io::Result<()>> = tokio::spawn(
-            // No Nagle: small responses (acks, deliveries' tails) must not
-            // wait for the peer's delayed ACK.
-            axum::serve(
-                listener.tap_io(|tcp| {
-                    if let Err(error) = tcp.set_nodelay(true) {
-                        debug!(%error, "Cannot set TCP_NODELAY.");
-                    }
-                }),
-                app,
-            )
-            .with_graceful_shutdown(stop_http.clone().cancelled_owned())
-            .into_future(),
-        );
+        let mut http_task: JoinHandle<io::Result<()>> = tokio::spawn(connections::serve(
+            listener,
+            app,
+            options.connections.clone(),
+            stop_http.clone(),
+        ));
 
         // Storage opens in its own task (its file work on blocking threads):
         // recovery reads files. A signal that arrives meanwhile takes effect
         // once it has opened.
         let log_metrics = Arc::clone(metrics.log());
-        let opening = tokio::spawn(Storage::open(data_dir, log_metrics));
+        let opening = tokio::spawn(Storage::open(
+            data_dir,
+            log_metrics,
+            options.limits.topic_limits(),
+        ));
         let storage = tokio::select! {
             opened = opening => match opened {
                 Ok(Ok(storage)) => storage,

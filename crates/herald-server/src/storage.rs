@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use herald_backend::Backend;
+use herald_backend::topic::TopicLimits;
 use herald_embedded::{EmbeddedBackend, EmbeddedOptions};
 use herald_log::LogMetrics;
 use tracing::info;
@@ -81,10 +82,18 @@ pub enum Error {
 }
 
 impl Storage {
-    /// Opens (and, after a crash, recovers) storage in `data_dir`. The
-    /// backend's file work runs on blocking threads.
-    pub async fn open(data_dir: DataDir, metrics: Arc<LogMetrics>) -> Result<Self, Error> {
-        let options = EmbeddedOptions::new(data_dir.path());
+    /// Opens (and, after a crash, recovers) storage in `data_dir`, creating
+    /// topics within `topic_limits`. The backend's file work runs on
+    /// blocking threads.
+    pub async fn open(
+        data_dir: DataDir,
+        metrics: Arc<LogMetrics>,
+        topic_limits: TopicLimits,
+    ) -> Result<Self, Error> {
+        let options = EmbeddedOptions {
+            topic_limits,
+            ..EmbeddedOptions::new(data_dir.path())
+        };
         let backend = EmbeddedBackend::open(options, metrics)
             .await
             .map_err(Error::Backend)?;

@@ -176,8 +176,19 @@ pub async fn run_worker(
             .send();
         let fetched = tokio::select! {
             () = cancel.cancelled() => return Ok(completed),
-            fetched = fetch => expect(fetched?, 200).await?,
+            fetched = fetch => fetched?,
         };
+        // A fetch does not create the queue: until the first submit it is
+        // 404 queue_not_found, and the worker waits as a long-poll would.
+        if fetched.status() == 404 {
+            let problem = expect(fetched, 404).await?;
+            ensure!(problem["code"] == "queue_not_found", "fetch: {problem}");
+            tokio::select! {
+                () = cancel.cancelled() => return Ok(completed),
+                () = tokio::time::sleep(Duration::from_millis(500)) => continue,
+            }
+        }
+        let fetched = expect(fetched, 200).await?;
         for delivery in fetched["deliveries"].as_array().into_iter().flatten() {
             process(&http, &server, delivery, &options).await?;
             completed += 1;

@@ -144,6 +144,11 @@ async fn worker(
             () = cancel.cancelled() => return Ok(()),
             response = fetch => response?,
         };
+        // 404 queue_not_found until the first submit creates the queue.
+        if response.status() == 404 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
         let fetched: Value = response.json().await?;
         for delivery in fetched["deliveries"].as_array().into_iter().flatten() {
             let job_id = delivery["job_id"].as_str().context("job_id")?;

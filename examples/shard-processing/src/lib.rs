@@ -55,21 +55,36 @@ pub async fn run(
 ) -> Result<Report> {
     ensure!((1..=100).contains(&shards), "1 to 100 shards");
     let http = reqwest::Client::new();
-    // The queue's topic and worker group exist from the first queue call.
-    let ensured = http
-        .post(format!("{server}/v1/queues/{QUEUE}/fetch"))
-        .json(&json!({"member": "setup", "max": 1, "wait_ms": 0}))
+    let parts: Vec<Value> = (0..shards)
+        .map(|shard| {
+            let updates: Vec<Value> = (0..users)
+                .filter(|user| user % shards == shard)
+                .map(|user| json!({"user_id": user, "set": {"tier": if user % 3 == 0 { "gold" } else { "silver" }}}))
+                .collect();
+            json!({"key": shard_key(shard), "data": {"updates": updates}})
+        })
+        .collect();
+    let submitted = http
+        .post(format!("{server}/v1/queues/{QUEUE}/jobs"))
+        .json(&json!({"parts": parts, "deadline_ms": deadline_ms}))
         .send()
         .await
         .context("cannot reach Herald")?;
-    expect(ensured, 200).await?;
+    let job_id = expect(submitted, 202).await?["job_id"]
+        .as_str()
+        .context("job_id")?
+        .to_owned();
+
+    // The submit created the queue (its topic jobs.<queue>); each shard's
+    // group reads it from the start and skips other jobs' requests, so
+    // groups made after the submit still see this job's parts.
     for shard in 0..shards {
         let key = shard_key(shard);
         let group = http
             .put(format!("{server}/v1/topics/jobs.{QUEUE}/groups/{key}"))
             .json(&json!({
                 "mode": "queue",
-                "start": "latest",
+                "start": "earliest",
                 "ack_wait_ms": 60_000,
                 "filter": {"subject_prefix": key},
             }))
@@ -89,6 +104,7 @@ pub async fn run(
             tokio::spawn(shard_worker(
                 http.clone(),
                 server.to_owned(),
+                job_id.clone(),
                 shard_key(shard),
                 silent == Some(shard),
                 Arc::clone(&seen),
@@ -96,25 +112,6 @@ pub async fn run(
             ))
         })
         .collect();
-
-    let parts: Vec<Value> = (0..shards)
-        .map(|shard| {
-            let updates: Vec<Value> = (0..users)
-                .filter(|user| user % shards == shard)
-                .map(|user| json!({"user_id": user, "set": {"tier": if user % 3 == 0 { "gold" } else { "silver" }}}))
-                .collect();
-            json!({"key": shard_key(shard), "data": {"updates": updates}})
-        })
-        .collect();
-    let submitted = http
-        .post(format!("{server}/v1/queues/{QUEUE}/jobs"))
-        .json(&json!({"parts": parts, "deadline_ms": deadline_ms}))
-        .send()
-        .await?;
-    let job_id = expect(submitted, 202).await?["job_id"]
-        .as_str()
-        .context("job_id")?
-        .to_owned();
 
     let job = loop {
         let job = http
@@ -158,11 +155,13 @@ pub async fn run(
     })
 }
 
-/// One shard's worker: fetches its group's parts, applies the updates and
-/// completes its part (unless `silent`), then acks.
+/// One shard's worker: fetches its group's parts of job `job_id` (acking
+/// other jobs' requests unseen), applies the updates and completes its part
+/// (unless `silent`), then acks.
 async fn shard_worker(
     http: reqwest::Client,
     server: String,
+    job_id: String,
     key: String,
     silent: bool,
     seen: Arc<Mutex<BTreeMap<String, BTreeSet<String>>>>,
@@ -180,6 +179,10 @@ async fn shard_worker(
         };
         for delivery in fetched["deliveries"].as_array().into_iter().flatten() {
             let request: Value = delivery["event"]["data"].clone();
+            if request["job_id"] != job_id.as_str() {
+                ack(&http, &group_url, delivery).await?;
+                continue;
+            }
             let part = request["part"].as_str().context("part")?.to_owned();
             if let Ok(mut seen) = seen.lock() {
                 seen.entry(key.clone()).or_default().insert(part.clone());
@@ -195,21 +198,26 @@ async fn shard_worker(
                 .iter()
                 .filter(|update| update["set"]["tier"] == "gold")
                 .count();
-            let job_id = request["job_id"].as_str().context("job_id")?;
             let done = http
                 .post(format!("{server}/v1/jobs/{job_id}/complete"))
                 .json(&json!({"part": part, "result": {"users_updated": updates.len(), "gold": gold}}))
                 .send()
                 .await?;
             expect(done, 200).await?;
-            let acked = http
-                .post(format!("{group_url}/ack"))
-                .json(&json!({"delivery_ids": [delivery["delivery_id"]]}))
-                .send()
-                .await?;
-            expect(acked, 200).await?;
+            ack(&http, &group_url, delivery).await?;
         }
     }
+}
+
+/// Acks `delivery` in the group at `group_url`.
+async fn ack(http: &reqwest::Client, group_url: &str, delivery: &Value) -> Result<()> {
+    let acked = http
+        .post(format!("{group_url}/ack"))
+        .json(&json!({"delivery_ids": [delivery["delivery_id"]]}))
+        .send()
+        .await?;
+    expect(acked, 200).await?;
+    Ok(())
 }
 
 async fn expect(response: reqwest::Response, status: u16) -> Result<Value> {

@@ -1,5 +1,6 @@
 //! `herald.v1.Events`: publish (unary and pipelined), read, subscribe.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -18,8 +19,9 @@ use crate::http::tail::{self, Filter, Start};
 use crate::problem::Problem;
 
 /// Batches one `PublishStream` call may have in flight (published, not yet
-/// acknowledged). A client sending faster is paused by HTTP/2 flow control:
-/// the server stops reading its requests.
+/// acknowledged), besides their bytes (`limits.max_publish_stream_bytes`).
+/// A client sending faster is paused by HTTP/2 flow control: the server
+/// stops reading its requests.
 const PUBLISH_WINDOW: usize = 4_096;
 /// Acks (or subscription batches) buffered toward a slow client before the
 /// server stops producing more.
@@ -64,7 +66,37 @@ impl v1::events_server::Events for EventsService {
         let backend = self.state.backend()?;
         let incoming = request.into_inner();
         let (sender, receiver) = mpsc::channel(SEND_BUFFER);
-        tokio::spawn(pipeline(backend, incoming, sender, self.state.clone()));
+        let clock = Arc::clone(&self.state.clock);
+        let publish = move |request: v1::PublishRequest| {
+            let backend = Arc::clone(&backend);
+            let now_ms = clock.now_ms();
+            async move {
+                let request_id = request.request_id;
+                match publish(&*backend, request, now_ms).await {
+                    Ok(results) => v1::PublishAck {
+                        request_id,
+                        results,
+                        error: None,
+                    },
+                    Err(problem) => v1::PublishAck {
+                        request_id,
+                        results: Vec::new(),
+                        error: Some(failure(&problem)),
+                    },
+                }
+            }
+        };
+        let window = Window {
+            batches: PUBLISH_WINDOW,
+            bytes: self.state.max_publish_stream_bytes,
+        };
+        tokio::spawn(pipeline(
+            incoming,
+            publish,
+            sender,
+            self.state.stopping.clone(),
+            window,
+        ));
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
 
@@ -154,36 +186,56 @@ async fn publish(
     Ok(results.into_iter().map(convert::publish_result).collect())
 }
 
-/// Runs a `PublishStream` call: reads batches while fewer than
-/// [`PUBLISH_WINDOW`] are in flight, publishes each at once, and sends the
-/// acks in the order the batches came. Batches to one partition are appended
-/// in the order they came too: [`FuturesOrdered`] first-polls in order, a
-/// publish runs without a cooperative budget up to its partitions' writer
-/// queues, and those queues (a fair semaphore, then a channel) are FIFO.
-async fn pipeline(
-    backend: Arc<dyn Backend>,
-    mut incoming: Streaming<v1::PublishRequest>,
+/// How much one `PublishStream` call may have in flight.
+#[derive(Clone, Copy, Debug)]
+struct Window {
+    /// Batches.
+    batches: usize,
+    /// Bytes of batches (their encoded size). The next batch is read while
+    /// fewer are in flight, so the bound is this plus one batch (itself at
+    /// most `limits.max_request_bytes`).
+    bytes: usize,
+}
+
+/// Runs a `PublishStream` call: reads batches while the [`Window`] has room,
+/// publishes each at once, and sends the acks in the order the batches came.
+/// Batches to one partition are appended in the order they came too:
+/// [`FuturesOrdered`] first-polls in order, a publish runs without a
+/// cooperative budget up to its partitions' writer queues, and those queues
+/// (a fair semaphore, then a channel) are FIFO.
+async fn pipeline<Incoming, Publish, Publishing>(
+    mut incoming: Incoming,
+    publish: Publish,
     sender: mpsc::Sender<Result<v1::PublishAck, Status>>,
-    state: GrpcState,
-) {
+    stopping: tokio_util::sync::CancellationToken,
+    window: Window,
+) where
+    Incoming: Stream<Item = Result<v1::PublishRequest, Status>> + Unpin,
+    Publish: Fn(v1::PublishRequest) -> Publishing,
+    Publishing: Future<Output = v1::PublishAck>,
+{
     let mut in_flight = FuturesOrdered::new();
+    let mut in_flight_bytes = 0_usize;
     let mut reading = true;
     loop {
+        let room = in_flight.len() < window.batches && in_flight_bytes < window.bytes;
         tokio::select! {
             biased;
-            () = state.stopping.cancelled() => {
+            () = stopping.cancelled() => {
                 let _ = sender.send(Err(shutting_down())).await;
                 return;
             }
-            Some(ack) = in_flight.next(), if !in_flight.is_empty() => {
+            Some((ack, bytes)) = in_flight.next(), if !in_flight.is_empty() => {
+                in_flight_bytes -= bytes;
                 if sender.send(Ok(ack)).await.is_err() {
                     return;
                 }
             }
-            next = incoming.next(), if reading && in_flight.len() < PUBLISH_WINDOW => match next {
+            next = incoming.next(), if reading && room => match next {
                 Some(Ok(request)) => {
-                    let backend = Arc::clone(&backend);
-                    let now_ms = state.clock.now_ms();
+                    let bytes = prost::Message::encoded_len(&request);
+                    in_flight_bytes += bytes;
+                    let publishing = publish(request);
                     // Unconstrained: with Tokio's cooperative budget a
                     // batch could be told "not now" halfway through its
                     // partitions and a later batch, polled with a fresh
@@ -191,15 +243,7 @@ async fn pipeline(
                     // breaking append order. Without it a batch only waits
                     // in the partition writers' queues, which are FIFO.
                     in_flight.push_back(tokio::task::unconstrained(async move {
-                        let request_id = request.request_id;
-                        match publish(&*backend, request, now_ms).await {
-                            Ok(results) => v1::PublishAck { request_id, results, error: None },
-                            Err(problem) => v1::PublishAck {
-                                request_id,
-                                results: Vec::new(),
-                                error: Some(failure(&problem)),
-                            },
-                        }
+                        (publishing.await, bytes)
                     }));
                 }
                 // The client finished sending (or went away): answer what
@@ -208,5 +252,67 @@ async fn pipeline(
             },
             else => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    fn batch(request_id: u64, data_bytes: usize) -> v1::PublishRequest {
+        v1::PublishRequest {
+            topic: "orders".to_owned(),
+            request_id,
+            events: vec![v1::Event {
+                source: "/test".to_owned(),
+                r#type: "t".to_owned(),
+                data: Some(bytes::Bytes::from(vec![7; data_bytes])),
+                ..v1::Event::default()
+            }],
+        }
+    }
+
+    /// Publishes that never finish (a disk that stalls): the pipeline must
+    /// stop reading once the window's bytes are in flight.
+    #[tokio::test(flavor = "current_thread")]
+    async fn given_publishes_that_do_not_finish_when_batches_keep_coming_should_read_no_more_than_the_byte_window()
+     {
+        const BATCH: usize = 64 * 1024;
+        const WINDOW: usize = 1024 * 1024;
+        let read = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&read);
+        let incoming =
+            futures::stream::iter((0..1_000).map(|id| Ok(batch(id, BATCH)))).inspect(move |_| {
+                counted.fetch_add(1, Ordering::SeqCst);
+            });
+        let (sender, _receiver) = mpsc::channel(SEND_BUFFER);
+        let stopping = tokio_util::sync::CancellationToken::new();
+        let window = Window {
+            batches: PUBLISH_WINDOW,
+            bytes: WINDOW,
+        };
+        let publish = |_request| std::future::pending::<v1::PublishAck>();
+        let running = tokio::spawn(pipeline(
+            Box::pin(incoming),
+            publish,
+            sender,
+            stopping.clone(),
+            window,
+        ));
+        // Single-threaded: after enough turns the pipeline has read all it
+        // will; every input is ready at once, so this waits on no clock.
+        for _ in 0..1_000 {
+            tokio::task::yield_now().await;
+        }
+        let batches_read = read.load(Ordering::SeqCst);
+        stopping.cancel();
+        running.await.unwrap();
+        assert!(
+            batches_read <= WINDOW / BATCH + 1,
+            "read {batches_read} batches of {BATCH} bytes with a {WINDOW}-byte window"
+        );
+        assert!(batches_read >= WINDOW / BATCH, "read only {batches_read}");
     }
 }

@@ -1,7 +1,10 @@
 //! The gRPC surface, `herald.v1` (the protocol is `herald-proto`), served on
-//! the same listener as REST: a request whose content type is
-//! `application/grpc` on HTTP/2 (h2c or TLS) goes to the tonic services,
-//! everything else to the REST router ([`crate::http`]).
+//! the same listener as REST: a request whose path is
+//! `/<package.Service>/<method>` of one of the services below goes to tonic,
+//! everything else to the REST router ([`crate::http`]). gRPC runs over
+//! cleartext HTTP/2 (h2c, prior knowledge) on that listener: Herald itself
+//! does not terminate TLS; put a TLS-terminating proxy in front of it for
+//! encrypted traffic.
 //!
 //! - [`events`]: `Publish`, `PublishStream` (pipelined batches, acks in send
 //!   order), `Read`, `Subscribe`;
@@ -51,6 +54,9 @@ pub struct GrpcState {
     pub stopping: CancellationToken,
     /// The largest message accepted, in bytes (`limits.max_request_bytes`).
     pub max_message_bytes: usize,
+    /// Bytes of batches one `PublishStream` call may have in flight
+    /// (`limits.max_publish_stream_bytes`).
+    pub max_publish_stream_bytes: usize,
     /// The job service, once storage is open.
     pub jobs: crate::http::JobsSlot,
     /// Blob storage.
@@ -168,7 +174,7 @@ impl From<Problem> for Status {
             })
             .collect();
         herald_proto::status(
-            herald_proto::grpc_code(code.grpc()),
+            code.grpc_status(),
             code.as_str(),
             problem.detail().unwrap_or(code.title()),
             metadata,
@@ -183,7 +189,7 @@ fn failure(problem: &Problem) -> v1::Failure {
     v1::Failure {
         code: code.as_str().to_owned(),
         message: problem.detail().unwrap_or(code.title()).to_owned(),
-        grpc_code: herald_proto::grpc_code(code.grpc()) as i32,
+        grpc_code: code.grpc_status() as i32,
     }
 }
 
@@ -213,4 +219,33 @@ fn shutting_down() -> Status {
         "The server is shutting down; reconnect and resume.",
     )
     .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn given_every_code_when_sent_over_grpc_should_carry_the_status_its_table_row_names() {
+        for &code in Code::ALL {
+            let expected = herald_proto::grpc_code(code.grpc());
+            assert_eq!(expected, Some(code.grpc_status()), "{}", code.as_str());
+            let problem = Problem::new(code, "detail");
+            let status = Status::from(problem.clone());
+            assert_eq!(Some(status.code()), expected, "{}", code.as_str());
+            assert_eq!(
+                herald_proto::error_info(&status).map(|(reason, _)| reason),
+                Some(code.as_str().to_owned())
+            );
+            assert_eq!(
+                status.code() == tonic::Code::Internal,
+                code == Code::Internal,
+                "only `internal` answers INTERNAL, not {}",
+                code.as_str()
+            );
+            let in_stream = failure(&problem);
+            assert_eq!(in_stream.code, code.as_str());
+            assert_eq!(in_stream.grpc_code, status.code() as i32);
+        }
+    }
 }

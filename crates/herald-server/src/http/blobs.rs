@@ -24,7 +24,7 @@ use serde::Serialize;
 use super::AppState;
 use super::extract::NoQuery;
 use crate::blobs::{self, BlobInfo};
-use crate::problem::{Code, Problem};
+use crate::problem::Problem;
 
 /// A stored blob (`POST /v1/blobs`).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -269,22 +269,6 @@ fn first_byte(text: &str) -> Option<u64> {
         .trim()
         .parse()
         .ok()
-}
-
-impl From<blobs::Error> for Problem {
-    fn from(failure: blobs::Error) -> Self {
-        let code = match &failure {
-            blobs::Error::NotFound { .. } => Code::BlobNotFound,
-            blobs::Error::TooLarge { .. } => Code::PayloadTooLarge,
-            blobs::Error::RangeNotSatisfiable { .. } => Code::RangeNotSatisfiable,
-            blobs::Error::CutOff(_) => Code::InvalidArgument,
-            blobs::Error::Store(_) | blobs::Error::Open { .. } => {
-                tracing::error!(error = %failure, source = ?std::error::Error::source(&failure), "Blob storage failed.");
-                Code::Unavailable
-            }
-        };
-        Self::new(code, failure.to_string())
-    }
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 //! | `GET /v1/jobs/{job_id}/events` | | SSE: `status` (now), `progress` (each change), `result` (the end; then the stream closes) |
 //! | `POST /v1/jobs/{job_id}/progress` | [`ProgressRequest`] | 200 [`Job`] |
 //! | `POST /v1/jobs/{job_id}/complete` | [`CompleteRequest`] (idempotent per part) | 200 [`Job`]; 409 `job_conflict` for a different outcome |
-//! | `POST /v1/queues/{queue}/fetch` | `{member, max, wait_ms}` | 200 `{deliveries: [{delivery_id, attempt, job_id, part, data, blob}]}` |
+//! | `POST /v1/queues/{queue}/fetch` | `{member, max, wait_ms}` | 200 `{deliveries: [{delivery_id, attempt, job_id, part, data, blob}]}`; 404 `queue_not_found` if no job was ever submitted to the queue (a fetch creates it only with `jobs.create_queues_on_fetch`) |
 //! | `POST /v1/queues/{queue}/ack` | `{delivery_ids}` | 200 `{acked}` |
 //! | `POST /v1/queues/{queue}/nack` | `{delivery_ids, delay_ms?}` | 200 `{acked}` |
 //!
@@ -147,7 +147,7 @@ pub struct Settled {
 /// `POST /v1/queues/{queue}/jobs` → 202.
 #[utoipa::path(
     post, path = "/v1/queues/{queue}/jobs", tag = "jobs",
-    params(("queue" = String, Path, description = "The queue (its topic is `jobs.<queue>`, created on first use).", example = "thumbnails")),
+    params(("queue" = String, Path, description = "The queue (its topic is `jobs.<queue>`, created by its first submit).", example = "thumbnails")),
     request_body = SubmitRequest,
     responses(
         (status = 202, description = "Accepted; its requests are on the queue.", body = Submitted,
@@ -437,20 +437,5 @@ pub(crate) async fn require_blob(
             Code::BlobNotFound,
             format!("{field} {blob:?} does not exist; upload it with POST /v1/blobs first"),
         ))
-    }
-}
-
-impl From<herald_jobs::Error> for Problem {
-    fn from(failure: herald_jobs::Error) -> Self {
-        match failure {
-            herald_jobs::Error::Backend(error) => Self::from(error),
-            failure => {
-                let code = Code::from_wire(failure.code()).unwrap_or(Code::Internal);
-                if code.status().is_server_error() {
-                    tracing::error!(code = failure.code(), error = %failure, "Job service failed.");
-                }
-                Self::new(code, failure.to_string())
-            }
-        }
     }
 }

@@ -43,6 +43,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{Method, Uri, header};
 use axum::middleware::{self, Next};
@@ -57,6 +58,7 @@ use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt as _};
 use utoipa_axum::routes;
 
 use crate::blobs::BlobStore;
+use crate::connections::IdleBody;
 use crate::metrics::{self, HttpLabels, Metrics};
 use crate::problem::{Code, Problem};
 use crate::storage::StorageHandle;
@@ -76,8 +78,12 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     /// Fires when shutdown begins: long polls stop waiting.
     pub stopping: CancellationToken,
-    /// The largest request body accepted (`limits.max_request_bytes`).
+    /// The largest request body accepted (`limits.max_request_bytes`); also
+    /// the largest WebSocket message.
     pub max_request_bytes: usize,
+    /// A REST request body that sends nothing for this long fails
+    /// (`connections.idle_timeout_ms`).
+    pub body_idle_timeout: std::time::Duration,
     /// Blob storage (open before the backend: it needs only the data directory).
     pub blobs: BlobStore,
     /// The job service, once storage is open.
@@ -155,6 +161,7 @@ impl StorageSlot {
 /// middlewares, so gRPC calls are counted and guarded the same way.
 pub fn router(state: AppState, grpc: Router) -> Router {
     let body_limit = DefaultBodyLimit::max(state.max_request_bytes);
+    let body_idle_timeout = state.body_idle_timeout;
     let metrics = Arc::clone(&state.metrics);
     let (routes, document) = documented_routes().split_for_parts();
     let document = Arc::new(openapi::finish(document));
@@ -168,6 +175,12 @@ pub fn router(state: AppState, grpc: Router) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
+        // REST bodies only: a gRPC stream's body may rightly be silent.
+        .layer(middleware::map_request(
+            move |request: Request| async move {
+                request.map(|body| Body::new(IdleBody::new(body, body_idle_timeout)))
+            },
+        ))
         .merge(grpc)
         .layer(body_limit)
         .layer(middleware::from_fn(catch_panic))

@@ -199,7 +199,9 @@ fn error_codes(
         ]);
     }
     match (method, path) {
-        ("post", "/v1/topics") => codes.extend([Code::InvalidName, Code::TopicExists]),
+        ("post", "/v1/topics") => {
+            codes.extend([Code::InvalidName, Code::TopicExists, Code::LimitExceeded]);
+        }
         ("patch", "/v1/topics/{topic}") => codes.push(Code::TopicNotFound),
         ("post", "/v1/topics/{topic}/events") => {
             codes.extend([Code::InvalidEvent, Code::PartitionNotFound]);
@@ -219,7 +221,13 @@ fn error_codes(
             ]);
         }
         ("get", "/v1/topics/{topic}/streams/{stream}/snapshot") => codes.push(Code::NotFound),
-        ("post", "/v1/queues/{queue}/jobs") => codes.push(Code::BlobNotFound),
+        // The first submit creates the queue's topic: within the limits.
+        ("post", "/v1/queues/{queue}/jobs") => {
+            codes.extend([Code::BlobNotFound, Code::LimitExceeded]);
+        }
+        ("post", "/v1/queues/{queue}/fetch") => {
+            codes.extend([Code::QueueNotFound, Code::LimitExceeded]);
+        }
         ("post", "/v1/jobs/{job_id}/progress") => codes.push(Code::PartNotFound),
         ("post", "/v1/jobs/{job_id}/complete") => {
             codes.extend([Code::PartNotFound, Code::BlobNotFound, Code::JobConflict]);

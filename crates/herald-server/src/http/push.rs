@@ -17,7 +17,9 @@
 //!   its leases return at once.
 //!
 //! Errors after the stream started: SSE sends `event: error` with the problem
-//! JSON and ends; WebSocket sends `{"error": {…}}` and closes.
+//! JSON and ends; WebSocket sends `{"error": {…}}` and closes. A WebSocket
+//! message (or frame) larger than `limits.max_request_bytes` closes the
+//! socket.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -100,6 +102,16 @@ fn upgrade_problem(rejection: WebSocketUpgradeRejection) -> Problem {
     )
 }
 
+/// A socket's incoming messages (and frames) are bounded like request
+/// bodies, by `limits.max_request_bytes` (axum's own default is 64 MiB): a
+/// larger one closes the socket before it is
+/// buffered whole.
+fn limited(upgrade: WebSocketUpgrade, state: &AppState) -> WebSocketUpgrade {
+    upgrade
+        .max_message_size(state.max_request_bytes)
+        .max_frame_size(state.max_request_bytes)
+}
+
 fn problem_json(problem: &Problem) -> Value {
     serde_json::to_value(problem).unwrap_or(Value::Null)
 }
@@ -165,7 +177,7 @@ pub(crate) async fn tail_ws(
 ) -> Result<Response, Problem> {
     let backend = state.shared_backend()?;
     let (positions, filter) = subscription(&*backend, &topic, query, None).await?;
-    let upgrade = upgrade.map_err(upgrade_problem)?;
+    let upgrade = limited(upgrade.map_err(upgrade_problem)?, &state);
     let stopping = state.stopping.clone();
     Ok(upgrade
         .on_upgrade(move |socket| tail_socket(socket, backend, topic, positions, filter, stopping)))
@@ -248,7 +260,7 @@ pub(crate) async fn group_ws(
     let backend = state.shared_backend()?;
     // Fail before the upgrade if the group does not exist.
     backend.group_status(&topic, &group).await?;
-    let upgrade = upgrade.map_err(upgrade_problem)?;
+    let upgrade = limited(upgrade.map_err(upgrade_problem)?, &state);
     let stopping = state.stopping.clone();
     Ok(upgrade
         .on_upgrade(move |socket| group_socket(socket, backend, topic, group, query, stopping)))

@@ -151,3 +151,49 @@ async fn given_running_server_should_have_transparent_huge_pages_off() {
         .map(str::trim);
     assert_eq!(thp, Some("0"), "/proc/<pid>/status:\n{status}");
 }
+
+/// The exit codes `herald serve` can end with, as README lists them.
+const README: &str = include_str!("../../../../README.md");
+
+#[test]
+fn given_readme_exit_codes_should_list_every_code_serve_exits_with() {
+    let list = README
+        .split("Exit codes: ")
+        .nth(1)
+        .and_then(|rest| rest.split("\n\n").next())
+        .expect("README has an `Exit codes: ` paragraph");
+    for code in ["0 ", "1 ", "2 ", "130 "] {
+        assert!(
+            list.contains(code),
+            "README's exit codes lack {code}: {list}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn given_a_draining_server_when_a_second_signal_arrives_should_exit_130_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = serve(dir.path());
+    command.env("HERALD_SHUTDOWN_TIMEOUT_MS", "600000");
+    let server = TestServer::spawn(dir, command).await;
+    let client = reqwest::Client::new();
+    wait_for_status(&client, &server.url("/readyz"), 200).await;
+    // A request whose head never completes keeps the drain waiting.
+    let mut stalled = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    stalled
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: herald\r\n")
+        .await
+        .unwrap();
+
+    server.signal("TERM").await;
+    // The first signal was taken once the listener stops accepting.
+    while tokio::net::TcpStream::connect(server.addr).await.is_ok() {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    server.signal("TERM").await;
+    let (status, stderr, _dir) = server.wait().await;
+
+    assert_eq!(status.code(), Some(130), "stderr:\n{stderr}");
+    assert!(stderr.contains("second signal"), "stderr:\n{stderr}");
+    drop(stalled);
+}

@@ -14,6 +14,7 @@ mod groups;
 mod http;
 mod jobs;
 mod lifecycle;
+mod limits;
 mod openapi;
 mod order_payment;
 mod push;

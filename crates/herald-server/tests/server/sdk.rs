@@ -824,6 +824,32 @@ async fn given_sdk_job_with_blob_when_a_worker_completes_it_should_notify_and_re
 }
 
 #[tokio::test]
+async fn given_a_job_worker_started_before_its_queue_exists_when_a_job_is_submitted_should_receive_it()
+ {
+    use herald_client::JobSpec;
+    use serde_json::json;
+
+    let (_server, client) = server_and_client().await;
+    let mut worker = client.job_worker("later").member("w1");
+    // The queue does not exist yet: the worker waits (its fetches answer
+    // queue_not_found, which it does not surface) and creates nothing.
+    let early = tokio::time::timeout(Duration::from_millis(1_500), worker.next()).await;
+    assert!(early.is_err(), "a task before any submit: {early:?}");
+    let topics = client.list_topics().await.unwrap();
+    assert!(topics.is_empty(), "{topics:?}");
+
+    let job = client
+        .submit_job("later", JobSpec::new(json!({"n": 1})))
+        .await
+        .unwrap();
+    let task = tokio::time::timeout(PROMPTLY, worker.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(task.job_id, job.job_id);
+}
+
+#[tokio::test]
 async fn given_bad_job_requests_through_sdk_should_get_typed_errors() {
     use herald_client::JobSpec;
     use serde_json::json;
