@@ -21,8 +21,8 @@ use tracing::{debug, error, info, warn};
 use crate::clock::{Clock, SystemClock};
 use crate::error::LogError;
 use crate::format::{
-    BATCH_HEADER_LEN, BatchHeader, FormatError, MAX_BATCH_LEN, NewRecord, Record, decode_batch,
-    encode_batch, erase_records, validate_batch,
+    BATCH_HEADER_LEN, BatchHeader, FormatError, MAX_BATCH_LEN, MIN_RECORD_LEN, NewRecord, Record,
+    decode_batch, encode_batch, erase_records, validate_batch,
 };
 use crate::fs::{File, Filesystem, StdFs};
 use crate::index::{OffsetIndex, TimeIndex};
@@ -316,7 +316,7 @@ impl Log {
         for (position, base) in bases.iter().enumerate() {
             match bases.get(position + 1) {
                 Some(next_base) => segments.push(recovery.open_sealed(*base, *next_base)?),
-                None => segments.push(recovery.open_active(*base, clean)?),
+                None => segments.extend(recovery.open_active(*base, clean)?),
             }
         }
         if clean {
@@ -1028,6 +1028,17 @@ struct Recovery<'a> {
     env: &'a LogEnv,
 }
 
+/// Damage in the middle of the active segment, and where the valid batches
+/// resume after it.
+struct Split {
+    /// Where the damaged batch starts (the end of the valid batches before it).
+    damaged_at: u64,
+    /// Where the next valid batch starts.
+    resume_position: u64,
+    /// That batch's base offset: the first offset kept after the damage.
+    resume_base: u64,
+}
+
 /// Where a scan of batches stopped.
 struct ScanEnd {
     /// The first byte not part of the valid chain.
@@ -1165,11 +1176,36 @@ impl Recovery<'_> {
         Ok(segment)
     }
 
-    /// The active segment may end in a torn or partly synced write. After a
-    /// clean close its indexes are current: validate from the last index entry.
-    /// After a crash, validate every batch. Cut the file after the last valid
-    /// batch, and fsync the cut.
-    fn open_active(&self, base: u64, clean: bool) -> Result<Segment, LogError> {
+    /// Opens the active segment, and the segments its recovery splits off
+    /// (see [`Recovery::split_active`]): the last one returned is active.
+    fn open_active(&self, base: u64, clean: bool) -> Result<Vec<Segment>, LogError> {
+        let mut segments = Vec::new();
+        let (mut base, mut clean) = (base, clean);
+        loop {
+            let (segment, split) = self.open_active_once(base, clean)?;
+            let Some(split) = split else {
+                segments.push(segment);
+                return Ok(segments);
+            };
+            segments.push(self.split_active(segment, &split)?);
+            (base, clean) = (split.resume_base, false);
+        }
+    }
+
+    /// The active segment may end in a torn or partly synced write, and may
+    /// hold a damaged batch (a disk fault) in bytes that were synced and
+    /// acknowledged. After a clean close its indexes are current: validate
+    /// from the last index entry. After a crash, validate every batch. Where
+    /// validation stops, look for a valid batch that continues the sequence
+    /// further on ([`find_continuation`]): if there is one, the damage is in
+    /// the middle and is returned for [`Recovery::split_active`] to fence
+    /// off; if not, it is a torn tail: cut the file after the last valid
+    /// batch and fsync the cut.
+    fn open_active_once(
+        &self,
+        base: u64,
+        clean: bool,
+    ) -> Result<(Segment, Option<Split>), LogError> {
         let (file, len) = self.open_file(base)?;
         let path = self.path(base, "log");
         let mut segment = empty_segment(base, Arc::clone(&file));
@@ -1207,6 +1243,32 @@ impl Recovery<'_> {
                 .map_err(|source| LogError::io("read", &path, source))?;
         }
         if end.position < len {
+            let continuation = find_continuation(
+                file.as_ref(),
+                end.position,
+                len,
+                segment.next_offset,
+                segment.max_timestamp,
+            )
+            .map_err(|source| LogError::io("read", &path, source))?;
+            if let Some((resume_position, resume_base)) = continuation {
+                self.env.metrics.corrupt_batches.inc();
+                error!(
+                    segment = %path.display(),
+                    position = end.position,
+                    reason = %end.damage.as_ref().map_or_else(|| "bad batch length".to_owned(), ToString::to_string),
+                    lost_from = segment.next_offset,
+                    lost_to = resume_base,
+                    resumes_at_position = resume_position,
+                    "Active segment is damaged in the middle; the damaged batch is fenced off and will not be served, the valid batches after it are kept."
+                );
+                let split = Split {
+                    damaged_at: end.position,
+                    resume_position,
+                    resume_base,
+                };
+                return Ok((segment, Some(split)));
+            }
             let cut = len - end.position;
             warn!(
                 segment = %path.display(),
@@ -1224,7 +1286,99 @@ impl Recovery<'_> {
             file.sync_data()
                 .map_err(|source| LogError::io("fsync", &path, source))?;
         }
-        Ok(segment)
+        Ok((segment, None))
+    }
+
+    /// Fences off damage in the middle of the active segment `damaged`:
+    /// the valid batches from `split.resume_position` on move to a new
+    /// active segment named by their base offset, and `damaged` is cut at
+    /// the damage and sealed, so the offsets in between read as
+    /// [`LogError::Lost`] like damage in any sealed segment. Crash-safe at
+    /// every step:
+    ///
+    /// ```text
+    /// 1. remove <damaged>.index, .timeindex; fsync the directory
+    ///    (a crash from here rebuilds them by a scan, which stops at the damage)
+    /// 2. copy the rest of the file to <resume>.log.compacting; fdatasync it
+    /// 3. rename it to <resume>.log; fsync the directory     <- the switch
+    /// 4. truncate <damaged>.log at the damage; fdatasync; write its indexes
+    /// ```
+    ///
+    /// Before 3 the disk holds the damaged segment as it was (recovery does
+    /// this again); after it, a sealed segment whose scan stops at the damage
+    /// and the new active segment.
+    fn split_active(&self, mut damaged: Segment, split: &Split) -> Result<Segment, LogError> {
+        let fs = self.env.fs.as_ref();
+        let base = damaged.base_offset;
+        let path = self.path(base, "log");
+        // 1.
+        for extension in ["index", "timeindex"] {
+            let index = self.path(base, extension);
+            match fs.remove(&index) {
+                Ok(()) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(LogError::io("remove", index, source)),
+            }
+        }
+        self.sync_dir()?;
+        // 2.
+        let target = self.path(split.resume_base, "log");
+        let temp = self.dir.join(format!(
+            "{}.{COMPACTING_SUFFIX}",
+            segment_file_name(split.resume_base, "log")
+        ));
+        let copy = fs
+            .open(&temp, true)
+            .map_err(|source| LogError::io("create", &temp, source))?;
+        copy.set_len(0)
+            .map_err(|source| LogError::io("truncate", &temp, source))?;
+        let len = damaged
+            .file
+            .len()
+            .map_err(|source| LogError::io("stat", &path, source))?;
+        let mut chunk = Vec::new();
+        let mut position = split.resume_position;
+        while position < len {
+            chunk.resize((len - position).min(1 << 20) as usize, 0);
+            damaged
+                .file
+                .read_exact_at(&mut chunk, position)
+                .map_err(|source| LogError::io("read", &path, source))?;
+            copy.write_all_at(&chunk, position - split.resume_position)
+                .map_err(|source| LogError::io("write", &temp, source))?;
+            position += chunk.len() as u64;
+        }
+        copy.sync_data()
+            .map_err(|source| LogError::io("fsync", &temp, source))?;
+        // 3.
+        fs.rename(&temp, &target)
+            .map_err(|source| LogError::io("rename", &temp, source))?;
+        self.sync_dir()?;
+        // 4.
+        damaged
+            .file
+            .set_len(split.damaged_at)
+            .map_err(|source| LogError::io("truncate", &path, source))?;
+        damaged
+            .file
+            .sync_data()
+            .map_err(|source| LogError::io("fsync", &path, source))?;
+        damaged.size = split.damaged_at;
+        self.persist_indexes(&damaged)?;
+        info!(
+            segment = %path.display(),
+            sealed_at = split.damaged_at,
+            next_segment = %target.display(),
+            "Split the damaged active segment: sealed before the damage, the rest continues in the next segment."
+        );
+        Ok(damaged)
+    }
+
+    fn sync_dir(&self) -> Result<(), LogError> {
+        self.env
+            .fs
+            .sync_dir(self.dir)
+            .map_err(|source| LogError::io("sync directory", self.dir, source))
     }
 
     fn persist_indexes(&self, segment: &Segment) -> Result<(), LogError> {
@@ -1357,6 +1511,90 @@ fn scan(
     })
 }
 
+/// After the chain of valid batches stopped at `damaged_at` (expecting
+/// offset `expected` next), finds where it resumes: the position and base
+/// offset of a later batch that is itself valid and continues the sequence
+/// plausibly. `None` means nothing valid follows: a torn tail.
+///
+/// A candidate must pass every check a batch in sequence passes (framing,
+/// CRC) and: its base offset is past `expected`; the offsets it skips fit in
+/// the bytes it skips (each skipped record took at least 18 bytes, each batch
+/// 40); its first timestamp is not before `min_timestamp` (a partition's
+/// timestamps never go back). When the damaged batch's header is intact
+/// (its base offset is `expected`), the candidate is where that header says
+/// the next batch starts, with the base offset it says follows; a batch
+/// shaped like one inside a damaged batch's payload is never taken then.
+/// Otherwise the first candidate after the damage, byte by byte, is taken.
+///
+/// Stale bytes past a truncation cannot pose as later batches: the log
+/// fsyncs every truncation of the active segment (torn-tail recovery, the
+/// recovery from a failed write) before it writes past the cut, and a
+/// filesystem reads never-written blocks as zeros.
+fn find_continuation(
+    file: &dyn File,
+    damaged_at: u64,
+    len: u64,
+    expected: u64,
+    min_timestamp: i64,
+) -> std::io::Result<Option<(u64, u64)>> {
+    let header_len = BATCH_HEADER_LEN as u64;
+    let read_header = |position: u64| -> std::io::Result<Option<BatchHeader>> {
+        if position + header_len > len {
+            return Ok(None);
+        }
+        let mut bytes = [0u8; BATCH_HEADER_LEN];
+        file.read_exact_at(&mut bytes, position)?;
+        Ok(BatchHeader::parse(&bytes).ok())
+    };
+    let plausible = |position: u64, header: &BatchHeader| {
+        let skipped_bytes = position - damaged_at;
+        header.base_offset > expected
+            && header.first_timestamp >= min_timestamp
+            && position + header.total_len() as u64 <= len
+            && (header.base_offset - expected)
+                .saturating_mul(MIN_RECORD_LEN as u64)
+                .saturating_add(header_len)
+                <= skipped_bytes
+    };
+    let valid = |position: u64, header: &BatchHeader| -> std::io::Result<bool> {
+        let mut batch = vec![0u8; header.total_len()];
+        file.read_exact_at(&mut batch, position)?;
+        Ok(validate_batch(&batch).is_ok())
+    };
+    if let Some(damaged) = read_header(damaged_at)?
+        && damaged.base_offset == expected
+    {
+        let next = damaged_at + damaged.total_len() as u64;
+        if let Some(header) = read_header(next)?
+            && header.base_offset == damaged.next_offset()
+            && plausible(next, &header)
+            && valid(next, &header)?
+        {
+            return Ok(Some((next, header.base_offset)));
+        }
+    }
+    const CHUNK: u64 = 1 << 20;
+    let mut chunk = Vec::new();
+    let mut chunk_start = damaged_at + 1;
+    let mut position = chunk_start;
+    while position + header_len <= len {
+        if position + header_len > chunk_start + chunk.len() as u64 {
+            chunk_start = position;
+            chunk.resize((len - position).min(CHUNK) as usize, 0);
+            file.read_exact_at(&mut chunk, position)?;
+        }
+        let at = (position - chunk_start) as usize;
+        if let Ok(header) = BatchHeader::parse(&chunk[at..])
+            && plausible(position, &header)
+            && valid(position, &header)?
+        {
+            return Ok(Some((position, header.base_offset)));
+        }
+        position += 1;
+    }
+    Ok(None)
+}
+
 impl Drop for Log {
     fn drop(&mut self) {
         self.shared.mark_closed();
@@ -1415,18 +1653,46 @@ impl LogReader {
 
     /// Reads visible records from offset `from`, about `max_bytes` of batches
     /// (at least one batch when any record is visible). Every batch is
-    /// checksummed before any of its records is returned. Blocking I/O: call it
-    /// from a blocking context.
+    /// checksummed before any of its records is returned. A read that meets
+    /// damage ([`LogError::Lost`], [`LogError::Corrupt`]) after some records
+    /// returns those; the next read, from there, fails with it. Blocking I/O:
+    /// call it from a blocking context.
     pub fn read(&self, from: u64, max_bytes: usize) -> Result<ReadBatch, LogError> {
         let max_bytes = max_bytes.max(1);
         let mut records = Vec::new();
         let mut next = from;
         let mut bytes_read = 0;
         loop {
-            let location = self.locate(next)?;
-            let Some(location) = location else { break };
-            let progressed =
-                self.read_segment(&location, next, max_bytes, &mut records, &mut bytes_read)?;
+            // Damage (a fenced range, a corrupt batch) past records already
+            // read ends this read with them; the next read reports it.
+            let location = match self.locate(next) {
+                Ok(Some(location)) => location,
+                Ok(None) => break,
+                Err(_) if !records.is_empty() => break,
+                Err(error) => return Err(error),
+            };
+            let progressed = match self.read_segment(
+                &location,
+                next,
+                max_bytes,
+                &mut records,
+                &mut bytes_read,
+            ) {
+                Ok(progressed) => progressed,
+                Err(_) if !records.is_empty() => false,
+                Err(error) => {
+                    if let LogError::Corrupt {
+                        path,
+                        position,
+                        source,
+                    } = &error
+                    {
+                        self.shared.metrics.corrupt_batches.inc();
+                        error!(segment = %path.display(), position, %source, "Refusing to serve a corrupt batch.");
+                    }
+                    return Err(error);
+                }
+            };
             next = records.last().map_or(next, |record| record.offset + 1);
             if !progressed || bytes_read >= max_bytes {
                 break;
@@ -1496,14 +1762,10 @@ impl LogReader {
                 .dir
                 .join(segment_file_name(location.base_offset, "log"))
         };
-        let corrupt = |position, source| {
-            self.shared.metrics.corrupt_batches.inc();
-            error!(segment = %path().display(), position, %source, "Refusing to serve a corrupt batch.");
-            LogError::Corrupt {
-                path: path(),
-                position,
-                source,
-            }
+        let corrupt = |position, source| LogError::Corrupt {
+            path: path(),
+            position,
+            source,
         };
         let mut position = location.position;
         let mut expected = location.expected_offset;
@@ -1550,13 +1812,18 @@ impl LogReader {
                     let reason = "batch offset breaks the sequence";
                     return Err(corrupt(at, FormatError::BadRecord { index: 0, reason }));
                 }
+                if header.next_offset() <= from {
+                    // Before the offset asked for: skipped by its framing,
+                    // not decoded, so damage there does not block a read
+                    // past it.
+                    expected = header.next_offset();
+                    cursor += total;
+                    continue;
+                }
                 let (header, batch_records) =
                     decode_batch(&batch).map_err(|source| corrupt(at, source))?;
                 expected = header.next_offset();
                 cursor += total;
-                if header.next_offset() <= from {
-                    continue;
-                }
                 *bytes_read += total;
                 records.extend(
                     batch_records

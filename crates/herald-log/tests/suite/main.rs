@@ -3,6 +3,7 @@
 
 mod basic;
 mod compaction;
+mod corruption;
 mod crash_images;
 mod kill;
 mod model;
