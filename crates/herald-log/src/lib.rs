@@ -6,7 +6,10 @@
 //! - **An acknowledged append under `fsync = always` survives `kill -9` and
 //!   power loss.** Acknowledgement follows the fsync of the round that carried
 //!   the append; nothing is acknowledged from a round whose write or fsync
-//!   failed, and such a failure stops the log until it is reopened.
+//!   failed. Such a failure (a full disk, an I/O error) puts the log in a
+//!   failed state that refuses appends fast; the writer probes it with
+//!   backoff and recovers it by itself once the disk works again, without
+//!   losing or duplicating anything acknowledged ([`Log::recover`]).
 //! - **Recovery yields a valid prefix, never a corrupt record.** Every batch
 //!   carries a CRC32C; reads and recovery validate it; a torn or corrupt tail
 //!   of the active segment is cut; a damaged batch in its middle (valid
@@ -128,7 +131,8 @@ pub use error::LogError;
 pub use format::{Header, NewRecord, Record};
 pub use fs::{File, Filesystem, StdFs};
 pub use log::{
-    AppendAck, Erased, FsyncPolicy, Log, LogEnv, LogOptions, LogReader, ReadBatch, Retention,
+    AppendAck, Erased, FsyncPolicy, Log, LogEnv, LogFailure, LogOptions, LogReader, ReadBatch,
+    Retention,
 };
 pub use mem::{Fault, MemFs, Tail};
 pub use metrics::LogMetrics;

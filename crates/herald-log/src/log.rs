@@ -175,8 +175,49 @@ pub struct Log {
     active: ActiveWriter,
     /// Unsynced bytes exist since this instant (for the interval policy).
     dirty_since: Option<Instant>,
-    poisoned: bool,
+    /// Where the active segment is known durable up to: the end of the last
+    /// successful fsync (position, offset). Past it, under `interval` and
+    /// `never`, are acknowledged bytes only the page cache holds.
+    durable: (u64, u64),
+    /// Set while the log refuses appends after an I/O error.
+    failed: Option<Failed>,
     buffer: Vec<u8>,
+}
+
+/// The first delay before probing a failed log, doubled after each failed
+/// probe up to [`PROBE_MAX`].
+pub const PROBE_MIN: Duration = Duration::from_millis(50);
+/// The longest delay between two probes of a failed log.
+pub const PROBE_MAX: Duration = Duration::from_secs(1);
+/// The least a probe writes (and syncs) past the end of the active segment
+/// to learn whether the disk takes writes again; at least the failed
+/// round's size.
+const PROBE_BYTES: usize = 64 * 1024;
+
+/// The writer's record of its failed state.
+#[derive(Debug)]
+struct Failed {
+    error: LogError,
+    /// Bytes of the round that failed (the probe writes at least this many).
+    round_bytes: usize,
+    /// Set once a probe found acknowledged records gone: the offset the
+    /// next segment must start at (see [`Log::recover`], step 4).
+    fence_to: Option<u64>,
+    next_probe: Instant,
+    backoff: Duration,
+}
+
+/// Why a log refuses appends, for health reports.
+#[derive(Debug, Clone)]
+pub struct LogFailure {
+    /// The write or fsync error that failed the log.
+    pub error: LogError,
+    /// When it failed (ms since the Unix epoch, by the log's clock).
+    pub since_ms: i64,
+    /// Recovery probes that have failed since.
+    pub failed_probes: u64,
+    /// The last failed probe's error.
+    pub last_probe_error: Option<LogError>,
 }
 
 /// The writer's private view of the active segment.
@@ -203,6 +244,8 @@ struct Shared {
     /// The end offset (one past the last visible record).
     end: watch::Sender<u64>,
     metrics: Arc<LogMetrics>,
+    /// Set while the log is failed (see [`Log::recover`]).
+    failure: std::sync::Mutex<Option<LogFailure>>,
 }
 
 #[derive(Debug)]
@@ -353,7 +396,20 @@ impl Log {
             .map(|segment| segment.max_timestamp)
             .max()
             .unwrap_or(i64::MIN);
+        if !clean && active.position > 0 {
+            // What a crash left may be only in the page cache: make it
+            // durable before serving it, so a later failure's recovery can
+            // trust everything before the end to be on disk.
+            active.file.sync_data().map_err(|source| {
+                LogError::io(
+                    "fsync",
+                    dir.join(segment_file_name(active.base_offset, "log")),
+                    source,
+                )
+            })?;
+        }
         let end = active.next_offset;
+        let durable = (active.position, active.next_offset);
         let start = segments.first().map_or(0, |segment| segment.base_offset);
         info!(
             dir = %dir.display(),
@@ -372,6 +428,7 @@ impl Log {
             }),
             end: watch::Sender::new(end),
             metrics: Arc::clone(&env.metrics),
+            failure: std::sync::Mutex::new(None),
         });
         Ok(Self {
             dir,
@@ -383,9 +440,32 @@ impl Log {
                 ..active
             },
             dirty_since: None,
-            poisoned: false,
+            durable,
+            failed: None,
             buffer: Vec::new(),
         })
+    }
+
+    /// The metrics this log reports to.
+    pub fn metrics(&self) -> &Arc<LogMetrics> {
+        &self.env.metrics
+    }
+
+    /// Refuses with [`LogError::Failed`] while the log is failed.
+    fn check_healthy(&self) -> Result<(), LogError> {
+        match &self.failed {
+            Some(failed) => Err(LogError::Failed {
+                path: self.dir.clone(),
+                cause: Box::new(failed.error.clone()),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// When the writer should next call [`Log::recover`], if the log is
+    /// failed.
+    pub fn probe_deadline(&self) -> Option<Instant> {
+        self.failed.as_ref().map(|failed| failed.next_probe)
     }
 
     /// A reader of this log.
@@ -437,13 +517,11 @@ impl Log {
     /// Appends one commit round: each element of `appends` becomes one batch;
     /// all are written with one write and, under `fsync = always`, made
     /// durable with one fsync before this returns. All or nothing: on error
-    /// none of them is acknowledged, and the log is poisoned.
+    /// none of them is acknowledged. A failed write or fsync fails the log:
+    /// later appends are refused with [`LogError::Failed`], touching no
+    /// file, until [`Log::recover`] succeeds.
     pub fn append_round(&mut self, appends: &[&[NewRecord]]) -> Result<Vec<AppendAck>, LogError> {
-        if self.poisoned {
-            return Err(LogError::Poisoned {
-                path: self.dir.clone(),
-            });
-        }
+        self.check_healthy()?;
         let mut round_bytes = 0;
         for records in appends {
             round_bytes += self.check_append(records)?;
@@ -483,9 +561,7 @@ impl Log {
         {
             let mut state = self.shared.write_state();
             let Some(segment) = state.segments.last_mut() else {
-                return Err(LogError::Poisoned {
-                    path: self.dir.clone(),
-                });
+                return Err(LogError::Closed);
             };
             for (header, position) in &headers {
                 self.active.indexer.on_batch(segment, header, *position);
@@ -494,6 +570,9 @@ impl Log {
         self.active.position += written;
         self.active.next_offset = next_offset;
         self.active.last_timestamp = timestamp;
+        if self.options.fsync == FsyncPolicy::Always {
+            self.mark_durable();
+        }
         let metrics = &self.env.metrics;
         metrics.commit_rounds.inc();
         metrics.appended_bytes.inc_by(written);
@@ -507,14 +586,15 @@ impl Log {
     fn write_and_sync(&mut self, bytes: &[u8]) -> Result<(), LogError> {
         let position = self.active.position;
         if let Err(source) = self.active.file.write_all_at(bytes, position) {
-            // The bytes past `position` are in an unknown state; try to cut
-            // them so readers of the file never meet half a round, and refuse
-            // further appends until recovery has run.
+            // The bytes past `position` are in an unknown state (a short
+            // write): try to cut them now; recovery cuts them for sure, and
+            // fsyncs the cut, before anything is written past it.
             let _ = self.active.file.set_len(position);
-            return Err(self.poison(LogError::io("write", self.active_path(), source)));
+            let error = LogError::io("write", self.active_path(), source);
+            return Err(self.fail(error, bytes.len()));
         }
         match self.options.fsync {
-            FsyncPolicy::Always => self.sync_active(),
+            FsyncPolicy::Always => self.sync_active(bytes.len()),
             FsyncPolicy::Interval(_) => {
                 self.dirty_since.get_or_insert_with(Instant::now);
                 Ok(())
@@ -528,24 +608,25 @@ impl Log {
 
     /// Makes every acknowledged append durable now.
     pub fn sync(&mut self) -> Result<(), LogError> {
-        if self.poisoned {
-            return Err(LogError::Poisoned {
-                path: self.dir.clone(),
-            });
-        }
+        self.check_healthy()?;
         if self.dirty_since.is_some() {
-            self.sync_active()
-        } else {
-            Ok(())
+            self.sync_active(0)?;
+            self.mark_durable();
         }
+        Ok(())
     }
 
-    fn sync_active(&mut self) -> Result<(), LogError> {
+    /// Fsyncs the active segment; `round_bytes` are the bytes of the round
+    /// being appended, if any (for the failed state). The caller moves
+    /// `durable`.
+    fn sync_active(&mut self, round_bytes: usize) -> Result<(), LogError> {
         let started = Instant::now();
         if let Err(source) = self.active.file.sync_data() {
             // After a failed fsync the page cache may have dropped the dirty
-            // pages: retrying would report success for lost data.
-            return Err(self.poison(LogError::io("fsync", self.active_path(), source)));
+            // pages (Linux marks them clean): retrying the fsync would report
+            // success for lost data. Recovery writes them again.
+            let error = LogError::io("fsync", self.active_path(), source);
+            return Err(self.fail(error, round_bytes));
         }
         self.env
             .metrics
@@ -555,10 +636,171 @@ impl Log {
         Ok(())
     }
 
-    fn poison(&mut self, error: LogError) -> LogError {
-        error!(dir = %self.dir.display(), %error, "Log write failed; refusing appends until reopened.");
-        self.poisoned = true;
+    /// Everything written to the active segment is durable now.
+    fn mark_durable(&mut self) {
+        self.durable = (self.active.position, self.active.next_offset);
+    }
+
+    /// Puts the log in its failed state after `error` (see
+    /// [`Log::recover`]); returns the error for the caller.
+    fn fail(&mut self, error: LogError, round_bytes: usize) -> LogError {
+        let metrics = &self.env.metrics;
+        metrics.io_failures.inc();
+        if self.failed.is_none() {
+            metrics.failed_logs.inc();
+            error!(dir = %self.dir.display(), %error, "Log write failed; refusing appends until the disk works again (probing).");
+            *self.shared.lock_failure() = Some(LogFailure {
+                error: error.clone(),
+                since_ms: self.env.clock.now_ms(),
+                failed_probes: 0,
+                last_probe_error: None,
+            });
+            self.failed = Some(Failed {
+                error: error.clone(),
+                round_bytes,
+                fence_to: None,
+                next_probe: Instant::now() + PROBE_MIN,
+                backoff: PROBE_MIN,
+            });
+        }
         error
+    }
+
+    /// Tries to bring a failed log back (a no-op for a healthy one); the
+    /// writer thread calls it with backoff ([`Log::probe_deadline`]).
+    ///
+    /// Nothing acknowledged is lost and nothing is duplicated:
+    ///
+    /// 1. Reopen the active segment (a new file handle: the old one may keep
+    ///    reporting, or have swallowed, the error).
+    /// 2. Bytes acknowledged but not known durable (`interval`, `never`): a
+    ///    failed fsync may have dropped their dirty pages, so they are read
+    ///    back, validated batch by batch, and written again.
+    /// 3. Cut the file to the end of what readers see (a failed round's
+    ///    partial bytes go), write a probe of zeros past it (at least the
+    ///    failed round's size) and fsync; cut the probe and fsync again.
+    /// 4. If step 2 found records gone (pages dropped and evicted), their
+    ///    offsets are fenced off: the segment is sealed where the valid
+    ///    bytes end and the next one starts at the old end, so those
+    ///    offsets read as [`LogError::Lost`] and are never given to new
+    ///    records.
+    ///
+    /// A failed round was never acknowledged nor visible: its offsets are
+    /// given to the next appends.
+    pub fn recover(&mut self) -> Result<(), LogError> {
+        if self.failed.is_none() {
+            return Ok(());
+        }
+        match self.try_recover() {
+            Ok(()) => {
+                self.failed = None;
+                *self.shared.lock_failure() = None;
+                let metrics = &self.env.metrics;
+                metrics.recoveries.inc();
+                metrics.failed_logs.dec();
+                info!(dir = %self.dir.display(), "Log recovered from its I/O failure; accepting appends again.");
+                Ok(())
+            }
+            Err(error) => {
+                if let Some(failed) = self.failed.as_mut() {
+                    failed.backoff = (failed.backoff * 2).min(PROBE_MAX);
+                    failed.next_probe = Instant::now() + failed.backoff;
+                }
+                if let Some(failure) = self.shared.lock_failure().as_mut() {
+                    failure.failed_probes += 1;
+                    failure.last_probe_error = Some(error.clone());
+                }
+                debug!(dir = %self.dir.display(), %error, "Failed log still failing; will probe again.");
+                Err(error)
+            }
+        }
+    }
+
+    fn try_recover(&mut self) -> Result<(), LogError> {
+        let (round_bytes, mut fence_to) = self
+            .failed
+            .as_ref()
+            .map_or((0, None), |failed| (failed.round_bytes, failed.fence_to));
+        let path = self.active_path();
+        let io = |operation| {
+            let path = path.clone();
+            move |source| LogError::io(operation, path, source)
+        };
+        // 1.
+        let file = self.env.fs.open(&path, false).map_err(io("open"))?;
+        // 2.
+        let visible = self.active.position;
+        let (durable_position, durable_offset) = self.durable;
+        let mut keep = (visible, self.active.next_offset);
+        if durable_position < visible {
+            let mut bytes = vec![0u8; (visible - durable_position) as usize];
+            file.read_exact_at(&mut bytes, durable_position)
+                .map_err(io("read"))?;
+            let (valid, next_offset) = valid_prefix(&bytes, durable_offset);
+            file.write_all_at(&bytes[..valid], durable_position)
+                .map_err(io("write"))?;
+            keep = (durable_position + valid as u64, next_offset);
+        }
+        // 3.
+        file.set_len(keep.0).map_err(io("truncate"))?;
+        let probe = vec![0u8; round_bytes.max(PROBE_BYTES)];
+        let probed = file
+            .write_all_at(&probe, keep.0)
+            .map_err(io("write"))
+            .and_then(|()| file.sync_data().map_err(io("fsync")));
+        file.set_len(keep.0).map_err(io("truncate"))?;
+        probed?;
+        file.sync_data().map_err(io("fsync"))?;
+        self.active.file = Arc::clone(&file);
+        if let Some(segment) = self.shared.write_state().segments.last_mut() {
+            segment.file = file;
+        }
+        self.dirty_since = None;
+        self.durable = keep;
+        // 4.
+        if keep.0 < visible {
+            fence_to = Some(self.active.next_offset);
+            if let Some(failed) = self.failed.as_mut() {
+                failed.fence_to = fence_to;
+            }
+            self.fence_lost_tail(keep)?;
+        }
+        if let Some(fence_to) = fence_to
+            && self.active.next_offset < fence_to
+        {
+            self.seal_and_start(fence_to)?;
+        }
+        Ok(())
+    }
+
+    /// After recovery found the active segment's records from `keep` on
+    /// gone: cut its in-memory view there; the caller seals it and starts
+    /// the next segment at the visible end, so the lost offsets read as
+    /// [`LogError::Lost`].
+    fn fence_lost_tail(&mut self, keep: (u64, u64)) -> Result<(), LogError> {
+        let (position, next_offset) = keep;
+        let lost_to = self.active.next_offset;
+        self.env.metrics.corrupt_batches.inc();
+        error!(
+            dir = %self.dir.display(),
+            lost_from = next_offset,
+            lost_to,
+            "Acknowledged records were lost after a failed fsync (their pages were dropped); their offsets are fenced off and never reused."
+        );
+        let recovery = Recovery {
+            dir: &self.dir,
+            options: &self.options,
+            env: &self.env,
+        };
+        let (segment, _) = recovery.open_active_once(self.active.base_offset, false)?;
+        debug_assert_eq!((segment.size, segment.next_offset), (position, next_offset));
+        self.active.position = segment.size;
+        self.active.next_offset = segment.next_offset;
+        self.active.file = Arc::clone(&segment.file);
+        if let Some(slot) = self.shared.write_state().segments.last_mut() {
+            *slot = segment;
+        }
+        Ok(())
     }
 
     fn active_path(&self) -> PathBuf {
@@ -585,15 +827,16 @@ impl Log {
     /// Seals the active segment (fsync its data, write and fsync its indexes)
     /// and starts a new one at the next offset.
     pub fn roll(&mut self) -> Result<(), LogError> {
-        if self.poisoned {
-            return Err(LogError::Poisoned {
-                path: self.dir.clone(),
-            });
-        }
+        self.check_healthy()?;
         if self.active.position == 0 {
             return Ok(());
         }
-        self.sync_active()?;
+        self.seal_and_start(self.active.next_offset)
+    }
+
+    /// Seals the active segment and starts the next one at `next_base`.
+    fn seal_and_start(&mut self, next_base: u64) -> Result<(), LogError> {
+        self.sync_active(0)?;
         self.write_active_indexes()?;
         let recovery = Recovery {
             dir: &self.dir,
@@ -601,8 +844,8 @@ impl Log {
             env: &self.env,
         };
         let segment = recovery
-            .create_segment(self.active.next_offset)
-            .map_err(|error| self.poison(error))?;
+            .create_segment(next_base)
+            .map_err(|error| self.fail(error, 0))?;
         self.active = ActiveWriter {
             file: Arc::clone(&segment.file),
             base_offset: segment.base_offset,
@@ -612,6 +855,7 @@ impl Log {
             last_timestamp: self.active.last_timestamp,
         };
         self.shared.write_state().segments.push(segment);
+        self.mark_durable();
         debug!(dir = %self.dir.display(), base_offset = self.active.base_offset, "Rolled segment.");
         Ok(())
     }
@@ -625,7 +869,7 @@ impl Log {
         let base = self.active.base_offset;
         for (extension, bytes) in [("index", index), ("timeindex", time_index)] {
             let path = self.dir.join(segment_file_name(base, extension));
-            write_file(self.env.fs.as_ref(), &path, &bytes).map_err(|error| self.poison(error))?;
+            write_file(self.env.fs.as_ref(), &path, &bytes).map_err(|error| self.fail(error, 0))?;
         }
         Ok(())
     }
@@ -712,11 +956,7 @@ impl Log {
     /// leftover `.compacting` files. Readers that located a batch before the
     /// swap finish reading the old file through their open handle.
     pub fn erase(&mut self, offsets: &[u64]) -> Result<Erased, LogError> {
-        if self.poisoned {
-            return Err(LogError::Poisoned {
-                path: self.dir.clone(),
-            });
-        }
+        self.check_healthy()?;
         let mut offsets: Vec<u64> = offsets.to_vec();
         offsets.sort_unstable();
         offsets.dedup();
@@ -873,7 +1113,7 @@ impl Log {
         // refuse appends until the log is reopened.
         let switched = self.switch_compacted(base, &temp_log, &temp_index, &temp_time_index);
         if let Err(error) = switched {
-            return Err(self.poison(error));
+            return Err(self.fail(error, 0));
         }
 
         let mut state = self.shared.write_state();
@@ -936,12 +1176,9 @@ impl Log {
     /// leave the clean marker so the next open can trust them.
     pub fn close(mut self) -> Result<(), LogError> {
         self.shared.mark_closed();
-        if self.poisoned {
-            return Err(LogError::Poisoned {
-                path: self.dir.clone(),
-            });
-        }
-        self.sync_active()?;
+        // A failed log closes cleanly if the disk works again by now.
+        self.recover()?;
+        self.sync_active(0)?;
         self.write_active_indexes()?;
         let marker = self.dir.join(CLEAN_MARKER);
         write_file(self.env.fs.as_ref(), &marker, &[])?;
@@ -1511,6 +1748,25 @@ fn scan(
     })
 }
 
+/// The length of the valid batches at the start of `bytes`, the first with
+/// base offset `offset` and each continuing the last; and the offset after
+/// them.
+fn valid_prefix(bytes: &[u8], mut offset: u64) -> (usize, u64) {
+    let mut position = 0;
+    while let Ok(header) = BatchHeader::parse(&bytes[position..]) {
+        let end = position + header.total_len();
+        if header.base_offset != offset
+            || end > bytes.len()
+            || validate_batch(&bytes[position..end]).is_err()
+        {
+            break;
+        }
+        offset = header.next_offset();
+        position = end;
+    }
+    (position, offset)
+}
+
 /// After the chain of valid batches stopped at `damaged_at` (expecting
 /// offset `expected` next), finds where it resumes: the position and base
 /// offset of a later batch that is itself valid and continues the sequence
@@ -1608,6 +1864,10 @@ impl Shared {
         self.end.send_modify(|_| {});
     }
 
+    fn lock_failure(&self) -> std::sync::MutexGuard<'_, Option<LogFailure>> {
+        self.failure.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn read_state(&self) -> RwLockReadGuard<'_, State> {
         self.state.read().unwrap_or_else(PoisonError::into_inner)
     }
@@ -1634,6 +1894,12 @@ impl LogReader {
             .segments
             .first()
             .map_or(0, |segment| segment.base_offset)
+    }
+
+    /// Why the log refuses appends, while it does (after a failed write or
+    /// fsync, until the writer's probe recovers it).
+    pub fn failure(&self) -> Option<LogFailure> {
+        self.shared.lock_failure().clone()
     }
 
     /// One past the last visible record.

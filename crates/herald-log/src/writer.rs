@@ -280,6 +280,13 @@ impl LogHandle {
         self.request(Command::Close).await
     }
 
+    /// Why the log refuses appends, while it does: after a failed write or
+    /// fsync, until the writer's probe (every 50 ms to 1 s) finds the disk
+    /// working again and recovers the log.
+    pub fn failure(&self) -> Option<crate::log::LogFailure> {
+        self.reader.failure()
+    }
+
     /// The read side.
     pub fn reader(&self) -> &LogReader {
         &self.reader
@@ -328,9 +335,10 @@ impl Writer {
                 let guard = shared.lock();
                 let Some(log) = guard.as_ref() else { return };
                 let next_retention = self.last_retention + self.options.retention_interval;
-                let deadline = log
-                    .sync_deadline()
-                    .map_or(next_retention, |sync| sync.min(next_retention));
+                let deadline = [log.sync_deadline(), log.probe_deadline()]
+                    .into_iter()
+                    .flatten()
+                    .fold(next_retention, Instant::min);
                 deadline.saturating_duration_since(Instant::now())
             };
             let first = match self.receiver.recv_timeout(timeout) {
@@ -445,6 +453,13 @@ impl Writer {
 
     fn on_timers(&mut self, slot: &mut Option<Log>) {
         let Some(log) = slot.as_mut() else { return };
+        if log
+            .probe_deadline()
+            .is_some_and(|deadline| deadline <= Instant::now())
+        {
+            // A failed log: try to bring it back (it logs the outcome).
+            let _ = log.recover();
+        }
         if log
             .sync_deadline()
             .is_some_and(|deadline| deadline <= Instant::now())
