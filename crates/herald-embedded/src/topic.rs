@@ -62,6 +62,9 @@ pub(crate) fn log_error(partition: u32, error: LogError) -> Error {
             detail: error.to_string(),
         },
         LogError::Closed => Error::ShuttingDown,
+        LogError::Io { .. } | LogError::Failed { .. } => Error::StorageUnavailable {
+            detail: format!("partition {partition}: {error}"),
+        },
         other => Error::Unavailable {
             detail: other.to_string(),
         },
@@ -158,6 +161,15 @@ impl TopicRuntime {
 
     pub(crate) fn partition_count(&self) -> u32 {
         self.partitions.len() as u32
+    }
+
+    /// The partitions whose log is failed (a write or fsync failed, not yet
+    /// recovered), with why.
+    pub(crate) fn failures(&self) -> Vec<(u32, herald_log::LogFailure)> {
+        (0u32..)
+            .zip(&self.partitions)
+            .filter_map(|(partition, handle)| Some((partition, handle.failure()?)))
+            .collect()
     }
 
     pub(crate) fn handle(&self, partition: u32) -> Result<&LogHandle> {

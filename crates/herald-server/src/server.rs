@@ -116,6 +116,7 @@ impl Server {
             data_dir.path(),
             &options.blobs.s3_bucket,
             options.limits.max_blob_bytes(),
+            options.blobs.min_free_bytes,
         )
         .map_err(Error::OpenBlobs)?;
         info!(addr = %local_addr, "Listening.");

@@ -62,9 +62,13 @@ pub async fn upload(
         drain(&mut stream).await;
         return Err(blobs::Error::TooLarge { max }.into());
     }
+    if let Err(error) = state.blobs.check_space(announced.unwrap_or(0)) {
+        drain(&mut stream).await;
+        return Err(error.into());
+    }
     let BlobInfo { id, size } = match state.blobs.put(&mut stream).await {
         Ok(info) => info,
-        Err(error @ blobs::Error::TooLarge { .. }) => {
+        Err(error @ (blobs::Error::TooLarge { .. } | blobs::Error::InsufficientStorage { .. })) => {
             drain(&mut stream).await;
             return Err(error.into());
         }
@@ -276,6 +280,7 @@ impl From<blobs::Error> for Problem {
         let code = match &failure {
             blobs::Error::NotFound { .. } => Code::BlobNotFound,
             blobs::Error::TooLarge { .. } => Code::PayloadTooLarge,
+            blobs::Error::InsufficientStorage { .. } => Code::InsufficientStorage,
             blobs::Error::RangeNotSatisfiable { .. } => Code::RangeNotSatisfiable,
             blobs::Error::CutOff(_) => Code::InvalidArgument,
             blobs::Error::Store(_) | blobs::Error::Open { .. } => {
