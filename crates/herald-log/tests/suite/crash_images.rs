@@ -14,6 +14,11 @@
 //! 4. the recovered log takes new appends at its end, and they survive a
 //!    clean reopen.
 //!
+//! The workload also makes the disk full or fail an fsync now and then
+//! (`Fault::NoSpace`, `Fault::SyncFails`, which forgets the dirty bytes as
+//! Linux does), heals it and lets the log recover from its failed state;
+//! the crash may strike during that recovery too.
+//!
 //! A third of the images also get a bit flip in the middle of the active
 //! segment (a batch followed by another complete one, often in bytes that
 //! were fsynced and acknowledged), as a disk fault would leave. Then the
@@ -25,8 +30,8 @@ use std::sync::Arc;
 use std::ops::Range;
 
 use herald_log::{
-    Filesystem, FsyncPolicy, Log, LogError, LogOptions, ManualClock, MemFs, NewRecord, Record,
-    Retention, Tail,
+    Fault, Filesystem, FsyncPolicy, Log, LogError, LogOptions, ManualClock, MemFs, NewRecord,
+    Record, Retention, Tail,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -42,6 +47,7 @@ struct Tally {
     torn: u64,
     corrupted_tails: u64,
     middle_flips: u64,
+    faults: u64,
     acknowledged_checked: u64,
     violations: Vec<String>,
 }
@@ -59,11 +65,12 @@ fn given_10000_random_crash_images_when_recovered_should_yield_a_prefix_with_eve
         }
     }
     println!(
-        "crash images: {} run ({} torn tails, {} corrupted tails, {} bit flips mid active segment), {} acknowledged records checked, {} violations",
+        "crash images: {} run ({} torn tails, {} corrupted tails, {} bit flips mid active segment, {} disk faults recovered from), {} acknowledged records checked, {} violations",
         tally.images,
         tally.torn,
         tally.corrupted_tails,
         tally.middle_flips,
+        tally.faults,
         tally.acknowledged_checked,
         tally.violations.len()
     );
@@ -121,11 +128,44 @@ fn run_image(seed: u64, tally: &mut Tally) -> Result<(), String> {
                     .collect();
                 let slices: Vec<&[NewRecord]> = appends.iter().map(Vec::as_slice).collect();
                 let result = current.append_round(&slices);
-                attempted.extend(appends.into_iter().flatten());
+                // A round refused without a crash was never written.
+                if result.is_ok() || fs.has_crashed() {
+                    attempted.extend(appends.into_iter().flatten());
+                }
                 if let Ok(acks) = result {
                     acknowledged_end = acks
                         .last()
                         .map_or(acknowledged_end, |ack| ack.last_offset + 1);
+                }
+            }
+            97 | 98 => {
+                // The disk fills up or fails an fsync for one round (or one
+                // sync), then heals; the log recovers (a crash may strike
+                // during the recovery's own syncs).
+                tally.faults += 1;
+                let fault = if rng.random_bool(0.5) {
+                    Fault::NoSpace
+                } else {
+                    Fault::SyncFails
+                };
+                fs.inject(fault);
+                let records: Vec<NewRecord> = (0..rng.random_range(1..4))
+                    .map(|_| {
+                        tag += 1;
+                        record(tag, rng.random_range(0..200))
+                    })
+                    .collect();
+                let result = current.append_round(&[&records]);
+                if result.is_ok() || fs.has_crashed() {
+                    attempted.extend(records);
+                }
+                if let Ok(acks) = result {
+                    acknowledged_end = acks[0].last_offset + 1;
+                }
+                let _ = current.sync();
+                fs.heal();
+                if !fs.has_crashed() {
+                    let _ = current.recover();
                 }
             }
             85..=89 => {
