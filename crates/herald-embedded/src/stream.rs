@@ -732,8 +732,12 @@ impl StreamStore {
                 }
                 let batch = match reader.read(offset, EVENT_READ_BYTES) {
                     Ok(batch) => batch,
-                    // Removed by retention: missing from the stream's reads.
-                    Err(herald_log::LogError::OffsetOutOfRange { .. }) => continue,
+                    // Removed by retention, or lost to damage: missing from
+                    // the stream's reads.
+                    Err(
+                        herald_log::LogError::OffsetOutOfRange { .. }
+                        | herald_log::LogError::Lost { .. },
+                    ) => continue,
                     Err(error) => return Err(log_error(partition, error)),
                 };
                 for record in batch.records {
@@ -1353,7 +1357,7 @@ fn catch_up_partition(
     let mut indexed = 0;
     while from < end {
         let batch = reader
-            .read(from, CATCH_UP_BYTES)
+            .read_skipping_lost(from, CATCH_UP_BYTES)
             .map_err(|error| log_error(partition, error))?;
         if batch.records.is_empty() {
             break;

@@ -217,7 +217,7 @@ impl TopicRuntime {
                     let mut next = reader.offset_for_timestamp(cutoff)?;
                     let mut entries = Vec::new();
                     loop {
-                        let batch = reader.read(next, READ_BYTES)?;
+                        let batch = reader.read_skipping_lost(next, READ_BYTES)?;
                         if batch.records.is_empty() {
                             return Ok(entries);
                         }
@@ -516,8 +516,10 @@ impl TopicRuntime {
                 // segments meanwhile: read again (see `erasure.rs`).
                 let (batch, skip) = loop {
                     let removals = erased.removals();
+                    // Offsets lost to damage (fenced off by the log's
+                    // recovery, which reported them) are stepped over.
                     let batch = reader
-                        .read(next, max_bytes)
+                        .read_skipping_lost(next, max_bytes)
                         .map_err(|error| log_error(partition, error))?;
                     let range = batch
                         .records

@@ -1970,6 +1970,24 @@ impl LogReader {
         })
     }
 
+    /// Like [`LogReader::read`], but steps over ranges fenced off as lost
+    /// (damage found by recovery: [`LogError::Lost`]) instead of failing on
+    /// them, for users that must get past them (consumers, index rebuilds);
+    /// recovery reported the loss. Other errors, such as a corrupt batch
+    /// found by this read, still fail it.
+    pub fn read_skipping_lost(&self, from: u64, max_bytes: usize) -> Result<ReadBatch, LogError> {
+        let mut from = from;
+        loop {
+            match self.read(from, max_bytes) {
+                Err(LogError::Lost { resume_at, .. }) if resume_at > from => {
+                    debug!(dir = %self.shared.dir.display(), from, resume_at, "Stepping over offsets lost to damage.");
+                    from = resume_at;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Where offset `from` lives, or `None` at the end of the log.
     fn locate(&self, from: u64) -> Result<Option<Location>, LogError> {
         let state = self.shared.read_state();
@@ -2123,7 +2141,7 @@ impl LogReader {
         };
         let mut from = scan_from.max(self.start_offset());
         loop {
-            let batch = self.read(from, 64 * 1024)?;
+            let batch = self.read_skipping_lost(from, 64 * 1024)?;
             if let Some(record) = batch
                 .records
                 .iter()
