@@ -1854,6 +1854,10 @@ fn find_continuation(
 impl Drop for Log {
     fn drop(&mut self) {
         self.shared.mark_closed();
+        if self.failed.take().is_some() {
+            // Gone without recovering: no longer a failed log.
+            self.env.metrics.failed_logs.dec();
+        }
     }
 }
 

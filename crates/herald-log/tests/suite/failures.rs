@@ -86,6 +86,7 @@ fn given_failed_fsync_when_appending_should_fail_the_round_refuse_appends_and_re
     );
     assert_eq!(metrics.io_failures_total(), 1);
     assert_eq!(metrics.recoveries_total(), 1);
+    assert_eq!(metrics.failed_logs(), 0);
     assert_eq!(after_power_loss(&fs, &[0, 1, 2, 3]), [Some(0), Some(3)]);
 }
 
@@ -102,6 +103,7 @@ fn given_full_disk_when_appending_should_refuse_until_space_returns_then_keep_ev
     assert!(error.to_string().contains("No space left"), "{error}");
     assert!(matches!(append(&mut log, 4), Err(LogError::Failed { .. })));
     assert!(log.recover().is_err(), "still full: the probe write fails");
+    assert_eq!(log.metrics().failed_logs(), 1);
     assert!(log.reader().failure().is_some());
     // Readers are not affected.
     assert_eq!(read_all(&log.reader(), 0).len(), 3);
@@ -211,4 +213,16 @@ fn given_writer_with_full_disk_when_space_returns_should_recover_by_itself() {
         handle.close().await.unwrap();
     });
     assert_eq!(after_power_loss(&fs, &[0, 1, 2, 3]), [Some(0), Some(3)]);
+}
+
+#[test]
+fn given_failed_log_when_dropped_should_no_longer_count_as_failed() {
+    let fs = MemFs::new();
+    let mut log = open(&fs, FsyncPolicy::Always);
+    let metrics = Arc::clone(log.metrics());
+    fs.inject(Fault::NoSpace);
+    assert!(append(&mut log, 0).is_err());
+    assert_eq!(metrics.failed_logs(), 1);
+    drop(log);
+    assert_eq!(metrics.failed_logs(), 0);
 }
