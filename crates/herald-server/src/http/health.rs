@@ -138,7 +138,7 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Status>)
     }
     let problems: Vec<HealthProblem> = state
         .backend()
-        .map(|backend| backend.health())
+        .map(herald_backend::Backend::health)
         .unwrap_or_default()
         .into_iter()
         .map(|issue| HealthProblem {

@@ -326,7 +326,7 @@ async fn given_free_space_reserve_when_a_blob_upload_would_eat_into_it_should_an
 
     // Nothing was kept, and an upload that fits is stored.
     let tmp = disk.path().join("data/blobs/tmp");
-    let leftovers = std::fs::read_dir(&tmp).map_or(0, |entries| entries.count());
+    let leftovers = std::fs::read_dir(&tmp).map_or(0, Iterator::count);
     assert_eq!(leftovers, 0, "upload leftovers in {}", tmp.display());
     assert!(
         disk.free() + 1024 * 1024 >= free_before,
