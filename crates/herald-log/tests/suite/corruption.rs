@@ -14,17 +14,21 @@ const BATCHES: u64 = 20;
 /// always`, left by a crash (no clean close).
 fn crashed_log() -> MemFs {
     let fs = MemFs::new();
-    let mut log = Log::open(
-        mem_dir(),
-        LogOptions::default(),
-        mem_env(&fs, Arc::new(ManualClock::new(1_000))),
-    )
-    .unwrap();
+    let mut log = recover(&fs).unwrap();
     for tag in 0..BATCHES {
         log.append_round(&[&[record(tag, 60)]]).unwrap();
     }
     drop(log);
     fs.crash_image(Tail::Lost)
+}
+
+/// Opens the log on `fs` with default options (recovering it).
+fn recover(fs: &MemFs) -> Result<Log, LogError> {
+    Log::open(
+        mem_dir(),
+        LogOptions::default(),
+        mem_env(fs, Arc::new(ManualClock::new(2_000))),
+    )
 }
 
 fn active_path() -> std::path::PathBuf {
@@ -83,12 +87,7 @@ fn given_bit_flip_in_a_middle_batch_of_the_active_segment_when_recovered_should_
     assert_eq!(ack[0].base_offset, BATCHES);
     drop(log);
     let image = image.crash_image(Tail::Lost);
-    let log = Log::open(
-        mem_dir(),
-        LogOptions::default(),
-        mem_env(&image, Arc::new(ManualClock::new(3_000))),
-    )
-    .unwrap();
+    let log = recover(&image).unwrap();
     assert_eq!(log.reader().end_offset(), BATCHES + 1);
     let tail = read_all(&log.reader(), 11);
     assert_eq!(tail.len() as u64, BATCHES + 1 - 11);
@@ -101,12 +100,7 @@ fn given_damaged_length_field_in_the_active_segment_when_recovered_should_find_t
     for (at, xor) in [(8, 0x01), (10, 0x80), (11, 0xff), (0, 0x01), (16, 0x02)] {
         let image = crashed_log();
         damage(&image, 7, at, xor);
-        let log = Log::open(
-            mem_dir(),
-            LogOptions::default(),
-            mem_env(&image, Arc::new(ManualClock::new(2_000))),
-        )
-        .unwrap();
+        let log = recover(&image).unwrap();
         assert_fenced(&log, 7..8);
     }
 }
@@ -116,12 +110,7 @@ fn given_damaged_first_and_last_but_one_batches_when_recovered_should_fence_both
     let image = crashed_log();
     damage(&image, 0, 45, 0x10);
     damage(&image, 18, 60, 0x10);
-    let log = Log::open(
-        mem_dir(),
-        LogOptions::default(),
-        mem_env(&image, Arc::new(ManualClock::new(2_000))),
-    )
-    .unwrap();
+    let log = recover(&image).unwrap();
     let reader = log.reader();
     assert_eq!(reader.end_offset(), BATCHES);
     assert!(matches!(
@@ -201,19 +190,10 @@ fn given_crash_during_the_recovery_of_a_damaged_active_segment_when_recovered_ag
         let image = crashed_log();
         damage(&image, 5, 44, 0x20);
         image.crash_after_syncs(syncs);
-        let opened = Log::open(
-            mem_dir(),
-            LogOptions::default(),
-            mem_env(&image, Arc::new(ManualClock::new(2_000))),
-        );
+        let opened = recover(&image);
         drop(opened);
         let again = image.crash_image(Tail::Lost);
-        let log = Log::open(
-            mem_dir(),
-            LogOptions::default(),
-            mem_env(&again, Arc::new(ManualClock::new(3_000))),
-        )
-        .unwrap();
+        let log = recover(&again).unwrap();
         assert_fenced(&log, 5..6);
     }
 }

@@ -116,29 +116,11 @@ async fn publish(api: &Api, id: &str) -> reqwest::Response {
 
 /// Every event of partition 0, as (offset, id).
 async fn stored(api: &Api) -> Vec<(u64, String)> {
-    let mut events = Vec::new();
-    let mut from = 0;
-    loop {
-        let page = expect_json(
-            api.get(&format!(
-                "/v1/topics/orders/events?partition=0&from_offset={from}&limit=100"
-            ))
-            .await,
-            200,
-        )
-        .await;
-        let batch = page["events"].as_array().unwrap();
-        if batch.is_empty() {
-            return events;
-        }
-        for stored in batch {
-            events.push((
-                stored["offset"].as_u64().unwrap(),
-                stored["id"].as_str().unwrap().to_owned(),
-            ));
-        }
-        from = page["next_offset"].as_u64().unwrap();
-    }
+    api.partition_events("orders", 0)
+        .await
+        .into_iter()
+        .map(|(offset, event)| (offset, event["id"].as_str().unwrap().to_owned()))
+        .collect()
 }
 
 #[tokio::test]
