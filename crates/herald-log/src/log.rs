@@ -491,8 +491,13 @@ impl Log {
         &self.dir
     }
 
-    /// When the interval policy next requires a sync, if it does.
+    /// When the interval policy next requires a sync, if it does. None while
+    /// the log is failed: the sync would be refused, and recovery
+    /// ([`Log::recover`]) makes the bytes durable instead.
     pub fn sync_deadline(&self) -> Option<Instant> {
+        if self.failed.is_some() {
+            return None;
+        }
         match (self.options.fsync, self.dirty_since) {
             (FsyncPolicy::Interval(interval), Some(since)) => Some(since + interval),
             _ => None,

@@ -227,7 +227,11 @@ impl LogHandle {
         let result = log
             .append_round(&[records])
             .and_then(|mut acks| acks.pop().ok_or(LogError::EmptyAppend));
-        let wake = clean && log.sync_deadline().is_some();
+        // The writer thread sleeps until its old deadline: have it schedule
+        // the interval fsync this append now needs, or the probe of a log
+        // this append failed.
+        let wake = (clean && log.sync_deadline().is_some())
+            || (result.is_err() && log.probe_deadline().is_some());
         drop(guard);
         if result.is_ok() {
             let metrics = &self.shared.metrics;
@@ -237,8 +241,6 @@ impl LogHandle {
                 .observe(started.elapsed().as_secs_f64());
         }
         if wake {
-            // The writer thread sleeps until its old deadline: have it
-            // schedule the interval fsync this append now needs.
             let _ = self.sender.send(Command::Wake);
         }
         Some(result)

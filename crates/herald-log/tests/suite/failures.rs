@@ -226,3 +226,55 @@ fn given_failed_log_when_dropped_should_no_longer_count_as_failed() {
     drop(log);
     assert_eq!(metrics.failed_logs(), 0);
 }
+
+/// A failed log under `interval` asks for no interval fsync (which would be
+/// refused at once, and the writer would spin on it); the probe takes over.
+#[test]
+fn given_failed_interval_log_when_asked_for_its_sync_deadline_should_leave_it_to_the_probe() {
+    let fs = MemFs::new();
+    let mut log = open(&fs, FsyncPolicy::Interval(Duration::from_millis(5)));
+    append(&mut log, 0).unwrap();
+    assert!(log.sync_deadline().is_some());
+    fs.inject(Fault::SyncFails);
+    assert!(log.sync().is_err());
+    assert!(log.sync_deadline().is_none());
+    assert!(log.probe_deadline().is_some());
+    fs.heal();
+    log.recover().unwrap();
+    assert!(log.probe_deadline().is_none());
+}
+
+/// Under `never`, an append to an idle writer runs on the caller's thread;
+/// if the disk refuses it there, the writer thread must still learn that
+/// it has a failed log to probe.
+#[test]
+fn given_inline_append_refused_by_a_full_disk_when_space_returns_should_recover_by_itself() {
+    let fs = MemFs::new();
+    let log = open(&fs, FsyncPolicy::Never);
+    let metrics = Arc::clone(log.metrics());
+    let handle = LogHandle::spawn(log, WriterOptions::default(), Arc::clone(&metrics)).unwrap();
+    runtime().block_on(async {
+        // Once a control command is answered and an append ran inline, the
+        // writer sleeps in its queue (an inline append under `never` does
+        // not wake it): the next ones run inline too.
+        handle.sync().await.unwrap();
+        let mut appended = 0;
+        while metrics.inline_appends_total() == 0 {
+            handle.append(vec![record(appended, 50)]).await.unwrap();
+            appended += 1;
+            assert!(appended < 1000, "no append ran inline");
+        }
+        fs.inject(Fault::NoSpace);
+        assert!(handle.append(vec![record(1000, 50)]).await.is_err());
+        assert!(handle.failure().is_some());
+        fs.heal();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while handle.failure().is_some() {
+            assert!(Instant::now() < deadline, "not recovered within 10 s");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let ack = handle.append(vec![record(1001, 50)]).await.unwrap();
+        assert_eq!(ack.base_offset, appended);
+        handle.close().await.unwrap();
+    });
+}
