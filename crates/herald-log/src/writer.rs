@@ -23,6 +23,13 @@
 //! A lone caller (`n = 1`) never waits, so serial latency is one write plus
 //! one fsync.
 //!
+//! A failed write or fsync puts the log in its failed state
+//! ([`Log::recover`]): appends are refused at once (no disk I/O, no queueing
+//! behind the disk), and the thread's timer probes the log, 50 ms after the
+//! failure and then with the delay doubled up to 1 s, until the disk works
+//! again. An inline append that fails the log wakes the thread so the probe
+//! is scheduled; a failed log asks for no interval fsync meanwhile.
+//!
 //! The writer is a dedicated OS thread (its work is blocking file I/O, which
 //! must never run on an async request task). Callers are async: they wait
 //! for a queue permit (backpressure) and for their acknowledgement without
