@@ -280,6 +280,9 @@ async fn given_free_space_reserve_when_a_blob_upload_would_eat_into_it_should_an
         &[("HERALD_BLOBS__MIN_FREE_BYTES", &reserve.to_string())],
     )
     .await;
+    let document = expect_json(api.get("/openapi.json").await, 200).await;
+    let documented = &document["paths"]["/v1/blobs"]["post"]["responses"]["507"];
+    assert!(documented.is_object(), "POST /v1/blobs documents no 507");
     let free_before = disk.free();
     let too_big = free_before - reserve + 1024 * 1024;
     assert!(too_big < 15 * 1024 * 1024, "{too_big}");
