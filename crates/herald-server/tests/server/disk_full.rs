@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::support::{
     Api, TestServer, event, expect_json, expect_problem, serve_with_data_dir, wait_for_status,
@@ -105,6 +106,37 @@ async fn serve_on(disk: &SmallDisk, env: &[(&str, &str)]) -> (TestServer, Api) {
         command.env(name, value);
     }
     TestServer::ready(TestServer::spawn(cwd, command).await).await
+}
+
+/// The server's `grpc.health.v1` status (of the whole server, `""`).
+async fn grpc_health(server: &TestServer) -> i32 {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+}
+
+/// Polls gRPC health until it is `status` (at most 10 s).
+async fn wait_for_grpc_health(server: &TestServer, status: ServingStatus) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while grpc_health(server).await != status as i32 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gRPC health is not {status:?} after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Publishes one event of about 2 KiB; returns the response.
@@ -199,12 +231,14 @@ async fn given_full_disk_when_publishing_should_answer_503_then_recover_by_itsel
         );
     }
     assert_eq!(stored(&api).await.len(), acked.len());
+    wait_for_grpc_health(&server, ServingStatus::NotServing).await;
 
     // Space returns: the server recovers by itself (readiness first, with
     // no request needed); the client retries the refused event with the
     // same id until it is stored.
     std::fs::remove_file(filler).unwrap();
     wait_for_status(&api.client, &api.url("/readyz"), 200).await;
+    wait_for_grpc_health(&server, ServingStatus::Serving).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let ack = loop {
         let response = publish(&api, &refused_id).await;
