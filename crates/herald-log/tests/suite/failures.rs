@@ -178,6 +178,15 @@ fn given_failed_fsync_and_evicted_pages_when_recovered_should_fence_the_lost_off
     );
 }
 
+/// Waits until the writer has recovered the log by itself (at most 10 s).
+async fn until_recovered(handle: &LogHandle) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while handle.failure().is_some() {
+        assert!(Instant::now() < deadline, "not recovered within 10 s");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -202,11 +211,7 @@ fn given_writer_with_full_disk_when_space_returns_should_recover_by_itself() {
         assert!(handle.failure().is_some());
 
         fs.heal();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while handle.failure().is_some() {
-            assert!(Instant::now() < deadline, "not recovered within 10 s");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        until_recovered(&handle).await;
         let ack = handle.append(vec![record(3, 50)]).await.unwrap();
         assert_eq!(ack.base_offset, 1);
         assert_eq!(metrics.recoveries_total(), 1);
@@ -268,11 +273,7 @@ fn given_inline_append_refused_by_a_full_disk_when_space_returns_should_recover_
         assert!(handle.append(vec![record(1000, 50)]).await.is_err());
         assert!(handle.failure().is_some());
         fs.heal();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while handle.failure().is_some() {
-            assert!(Instant::now() < deadline, "not recovered within 10 s");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        until_recovered(&handle).await;
         let ack = handle.append(vec![record(1001, 50)]).await.unwrap();
         assert_eq!(ack.base_offset, appended);
         handle.close().await.unwrap();
