@@ -145,6 +145,15 @@ pub enum Error {
         /// The underlying error.
         detail: String,
     },
+    /// The disk refused a write or fsync (full, or an I/O error): nothing of
+    /// the call was stored, what was stored before is safe, and the call may
+    /// succeed once the disk works again (the backend recovers by itself;
+    /// [`crate::Backend::health`] says what is affected meanwhile).
+    #[error("storage unavailable: the disk refused a write: {detail}")]
+    StorageUnavailable {
+        /// The underlying error.
+        detail: String,
+    },
     /// The backend is shutting down.
     #[error("the backend is shutting down")]
     ShuttingDown,
@@ -171,13 +180,17 @@ impl Error {
             Self::LimitExceeded { .. } => "limit_exceeded",
             Self::Corrupt { .. } => "corrupt_data",
             Self::Unavailable { .. } => "unavailable",
+            Self::StorageUnavailable { .. } => "storage_unavailable",
             Self::ShuttingDown => "shutting_down",
         }
     }
 
     /// Whether the same call may succeed if retried later.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Unavailable { .. } | Self::ShuttingDown)
+        matches!(
+            self,
+            Self::Unavailable { .. } | Self::StorageUnavailable { .. } | Self::ShuttingDown
+        )
     }
 
     /// An invalid-argument error.

@@ -368,11 +368,33 @@ pub trait Streams: Send + Sync {
     async fn get_snapshot(&self, topic: &TopicName, stream: &StreamId) -> Result<Option<Snapshot>>;
 }
 
+/// Something the backend cannot do now, for readiness (`/readyz`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthIssue {
+    /// What is affected: `topic orders partition 0`, `meta.redb`, …
+    pub component: String,
+    /// The stable code of the calls that fail meanwhile
+    /// (`storage_unavailable`).
+    pub code: &'static str,
+    /// The error that caused it.
+    pub error: String,
+    /// Since when, in ms since the Unix epoch.
+    pub since_ms: i64,
+}
+
 /// A whole backend.
 #[async_trait]
 pub trait Backend: Topics + Events + Groups + Kv + Streams + std::fmt::Debug {
     /// Whether storage is open and serving.
     fn is_ready(&self) -> bool;
+
+    /// What the backend cannot do now, empty when healthy: storage whose
+    /// disk refused a write or fsync (a full disk, an I/O error) is listed
+    /// until the backend has recovered it, which it does by itself once the
+    /// disk works again.
+    fn health(&self) -> Vec<HealthIssue> {
+        Vec::new()
+    }
 
     /// Stops background work, persists group state, and closes storage
     /// cleanly (each partition flushed and fsynced). Calls after it fail with

@@ -181,6 +181,12 @@ pub enum ErrorCode {
     CorruptData,
     /// `unavailable`: storage not open yet; retry.
     Unavailable,
+    /// `storage_unavailable`: the server's disk refused a write (full, I/O
+    /// error); retry (the server recovers once the disk works again).
+    StorageUnavailable,
+    /// `insufficient_storage`: a blob upload would eat into the server's
+    /// free-space reserve; nothing was kept.
+    InsufficientStorage,
     /// `shutting_down`: retry later, or against another server.
     ShuttingDown,
     /// `internal`: the server failed.
@@ -219,6 +225,8 @@ const CODES: &[(ErrorCode, &str)] = &[
     (ErrorCode::RangeNotSatisfiable, "range_not_satisfiable"),
     (ErrorCode::CorruptData, "corrupt_data"),
     (ErrorCode::Unavailable, "unavailable"),
+    (ErrorCode::StorageUnavailable, "storage_unavailable"),
+    (ErrorCode::InsufficientStorage, "insufficient_storage"),
     (ErrorCode::ShuttingDown, "shutting_down"),
     (ErrorCode::Internal, "internal"),
 ];
@@ -237,7 +245,10 @@ impl ErrorCode {
 
     /// Whether a request refused with this code may succeed later.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Unavailable | Self::ShuttingDown)
+        matches!(
+            self,
+            Self::Unavailable | Self::StorageUnavailable | Self::ShuttingDown
+        )
     }
 }
 

@@ -246,6 +246,7 @@ impl EmbeddedBackend {
                 options.compaction_delay,
                 cancel.clone(),
             )),
+            tokio::spawn(meta_probe_loop(Arc::clone(&inner), cancel.clone())),
         ];
         inner.ready.store(true, Ordering::SeqCst);
         Ok(Self {
@@ -708,6 +709,22 @@ async fn timer_loop(inner: Arc<Inner>, interval: Duration, cancel: CancellationT
 
 /// The `stream-compactor` task: a compaction pass at start (erasures a
 /// restart left pending) and `delay` after each wake-up.
+/// While `meta.redb` is failed (a write failed: disk full, I/O error),
+/// tries to reopen it every [`meta::REOPEN_BACKOFF`], so it recovers by
+/// itself once the disk works, without waiting for a call.
+async fn meta_probe_loop(inner: Arc<Inner>, cancel: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(meta::REOPEN_BACKOFF) => {}
+        }
+        if inner.meta.failure().is_some() {
+            let meta = inner.meta.clone();
+            let _ = tokio::task::spawn_blocking(move || meta.probe()).await;
+        }
+    }
+}
+
 async fn compaction_loop(inner: Arc<Inner>, delay: Duration, cancel: CancellationToken) {
     loop {
         if let Err(error) = inner.compact().await {
@@ -1285,6 +1302,36 @@ impl Streams for EmbeddedBackend {
 impl Backend for EmbeddedBackend {
     fn is_ready(&self) -> bool {
         self.inner.ready.load(Ordering::SeqCst)
+    }
+
+    fn health(&self) -> Vec<herald_backend::HealthIssue> {
+        let code = "storage_unavailable";
+        let mut issues = Vec::new();
+        for topic in self.inner.topic_list() {
+            for (partition, failure) in topic.failures() {
+                issues.push(herald_backend::HealthIssue {
+                    component: format!("topic {} partition {partition}", topic.name),
+                    code,
+                    error: failure.error.to_string(),
+                    since_ms: failure.since_ms,
+                });
+            }
+        }
+        let stores = [
+            ("meta.redb", self.inner.meta.failure()),
+            ("streams.redb", self.inner.streams.failure()),
+        ];
+        for (component, failure) in stores {
+            if let Some((error, since_ms)) = failure {
+                issues.push(herald_backend::HealthIssue {
+                    component: component.to_owned(),
+                    code,
+                    error,
+                    since_ms,
+                });
+            }
+        }
+        issues
     }
 
     async fn shutdown(&self) -> Result<()> {

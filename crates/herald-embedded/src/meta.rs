@@ -17,8 +17,9 @@
 //!
 //! `/` cannot occur in names, so `topic/group` is unambiguous.
 
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use herald_backend::{Error, Expect, GroupInfo, KvEntry, PartitionOffset, Result, TopicInfo};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -46,8 +47,33 @@ pub(crate) type StoredGroup = (String, GroupInfo, Option<Vec<u8>>);
 /// The metadata store.
 #[derive(Debug, Clone)]
 pub(crate) struct Meta {
-    db: Arc<Database>,
+    store: Arc<Store>,
 }
+
+/// The database, and how it recovers from a failed write: redb fails every
+/// later operation (`PreviousIo`) after one failed write or fsync, until the
+/// database is reopened. So a failed write records the failure, and the next
+/// call after [`REOPEN_BACKOFF`] reopens the file (redb repairs it from its
+/// last committed transaction) and proves it takes a durable commit; until
+/// then calls fail with `storage_unavailable` and [`Meta::failure`] says why.
+#[derive(Debug)]
+struct Store {
+    path: PathBuf,
+    /// `None` only while a reopen has closed the old database and could not
+    /// open the new one.
+    db: RwLock<Option<Arc<Database>>>,
+    failure: Mutex<Option<StoreFailure>>,
+}
+
+#[derive(Debug, Clone)]
+struct StoreFailure {
+    error: String,
+    since_ms: i64,
+    next_reopen: Instant,
+}
+
+/// How long after a failed write (or reopen) the store tries to reopen.
+pub(crate) const REOPEN_BACKOFF: Duration = Duration::from_millis(200);
 
 /// The key of a group in the group tables.
 pub(crate) fn group_key(topic: &str, group: &str) -> String {
@@ -55,9 +81,27 @@ pub(crate) fn group_key(topic: &str, group: &str) -> String {
 }
 
 fn storage(error: impl std::fmt::Display) -> Error {
-    Error::Unavailable {
+    Error::StorageUnavailable {
         detail: format!("metadata store: {error}"),
     }
+}
+
+/// Whether redb failed on the disk (and needs reopening), rather than on
+/// the data.
+fn is_io(error: &redb::Error) -> bool {
+    matches!(error, redb::Error::Io(_) | redb::Error::PreviousIo)
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
+        })
 }
 
 fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>> {
@@ -75,6 +119,17 @@ fn from_json<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T> {
 impl Meta {
     /// Opens (or creates) the store at `path` and its tables.
     pub(crate) fn open(path: &Path) -> Result<Self> {
+        let db = Self::open_database(path)?;
+        Ok(Self {
+            store: Arc::new(Store {
+                path: path.to_path_buf(),
+                db: RwLock::new(Some(Arc::new(db))),
+                failure: Mutex::new(None),
+            }),
+        })
+    }
+
+    fn open_database(path: &Path) -> Result<Database> {
         let db = Database::create(path)
             .map_err(|error| storage(format!("{}: {error}", path.display())))?;
         let txn = db.begin_write().map_err(storage)?;
@@ -87,11 +142,98 @@ impl Meta {
             txn.open_table(KV_REVISIONS).map_err(storage)?;
         }
         txn.commit().map_err(storage)?;
-        Ok(Self { db: Arc::new(db) })
+        Ok(db)
+    }
+
+    /// Why the store refuses calls, while it does: (error, since ms).
+    pub(crate) fn failure(&self) -> Option<(String, i64)> {
+        lock(&self.store.failure)
+            .as_ref()
+            .map(|failure| (failure.error.clone(), failure.since_ms))
+    }
+
+    /// Reopens a failed store if its backoff has passed (the backend's
+    /// `storage-probe` task calls this, so the store recovers, and readiness
+    /// clears, without waiting for a call). Blocking I/O.
+    pub(crate) fn probe(&self) {
+        let _ = self.db();
+    }
+
+    /// The database, reopening it first if a write failed and the backoff
+    /// has passed.
+    fn db(&self) -> Result<Arc<Database>> {
+        let due = lock(&self.store.failure)
+            .as_ref()
+            .map(|failure| failure.next_reopen <= Instant::now());
+        if due == Some(true) {
+            self.reopen();
+        }
+        if let Some(failure) = lock(&self.store.failure).as_ref() {
+            return Err(storage(format!(
+                "{} failed a write ({}); retrying",
+                self.store.path.display(),
+                failure.error
+            )));
+        }
+        self.store
+            .db
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or_else(|| storage("reopening"))
+    }
+
+    /// Maps a redb error; one from the disk fails the store until a reopen.
+    fn failed(&self, error: impl Into<redb::Error>) -> Error {
+        let error = error.into();
+        if is_io(&error) {
+            let mut failure = lock(&self.store.failure);
+            if failure.is_none() {
+                tracing::error!(path = %self.store.path.display(), %error, "Metadata store write failed; refusing calls until it is reopened (retrying).");
+                *failure = Some(StoreFailure {
+                    error: error.to_string(),
+                    since_ms: now_ms(),
+                    next_reopen: Instant::now() + REOPEN_BACKOFF,
+                });
+            }
+        }
+        storage(error)
+    }
+
+    /// Closes the failed database, opens it again and proves a durable
+    /// commit works; on success the store serves again.
+    fn reopen(&self) {
+        let mut slot = self
+            .store
+            .db
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        // redb refuses to open a file this process still has open: the old
+        // database goes first (a call still holding it keeps it alive, and
+        // the open fails until it is done).
+        drop(slot.take());
+        let reopened = Self::open_database(&self.store.path);
+        let mut failure = lock(&self.store.failure);
+        match reopened {
+            Ok(db) => {
+                *slot = Some(Arc::new(db));
+                *failure = None;
+                tracing::info!(path = %self.store.path.display(), "Metadata store reopened after its failed write; serving again.");
+            }
+            Err(error) => {
+                tracing::debug!(path = %self.store.path.display(), %error, "Metadata store still failing; will retry.");
+                if let Some(failure) = failure.as_mut() {
+                    failure.next_reopen = Instant::now() + REOPEN_BACKOFF;
+                }
+            }
+        }
     }
 
     pub(crate) fn topics(&self) -> Result<Vec<TopicInfo>> {
-        let txn = self.db.begin_read().map_err(storage)?;
+        let txn = self
+            .db()?
+            .begin_read()
+            .map_err(|error| self.failed(error))?;
         let table = txn.open_table(TOPICS).map_err(storage)?;
         let mut topics = Vec::new();
         for entry in table.iter().map_err(storage)? {
@@ -126,7 +268,10 @@ impl Meta {
     }
 
     pub(crate) fn groups(&self) -> Result<Vec<StoredGroup>> {
-        let txn = self.db.begin_read().map_err(storage)?;
+        let txn = self
+            .db()?
+            .begin_read()
+            .map_err(|error| self.failed(error))?;
         let groups = txn.open_table(GROUPS).map_err(storage)?;
         let states = txn.open_table(GROUP_STATE).map_err(storage)?;
         let mut found = Vec::new();
@@ -218,7 +363,10 @@ impl Meta {
         key: &str,
         limit: usize,
     ) -> Result<Vec<(u64, DeadLetterRecord)>> {
-        let txn = self.db.begin_read().map_err(storage)?;
+        let txn = self
+            .db()?
+            .begin_read()
+            .map_err(|error| self.failed(error))?;
         let table = txn.open_table(DEAD_LETTERS).map_err(storage)?;
         let mut found = Vec::new();
         for entry in table
@@ -233,7 +381,10 @@ impl Meta {
     }
 
     pub(crate) fn dead_letter_count(&self, key: &str) -> Result<u64> {
-        let txn = self.db.begin_read().map_err(storage)?;
+        let txn = self
+            .db()?
+            .begin_read()
+            .map_err(|error| self.failed(error))?;
         let table = txn.open_table(DEAD_LETTERS).map_err(storage)?;
         let count = table
             .range((key, 0)..=(key, u64::MAX))
@@ -274,7 +425,10 @@ impl Meta {
     }
 
     pub(crate) fn kv_get(&self, bucket: &str, key: &str) -> Result<Option<KvEntry>> {
-        let txn = self.db.begin_read().map_err(storage)?;
+        let txn = self
+            .db()?
+            .begin_read()
+            .map_err(|error| self.failed(error))?;
         let table = txn.open_table(KV).map_err(storage)?;
         let entry = table.get((bucket, key)).map_err(storage)?;
         Ok(entry.map(|entry| {
@@ -325,7 +479,10 @@ impl Meta {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<String>> {
-        let txn = self.db.begin_read().map_err(storage)?;
+        let txn = self
+            .db()?
+            .begin_read()
+            .map_err(|error| self.failed(error))?;
         let table = txn.open_table(KV).map_err(storage)?;
         let start = after.map_or(prefix, |after| after.max(prefix));
         let mut keys = Vec::new();
@@ -351,9 +508,10 @@ impl Meta {
         &self,
         body: impl FnOnce(&redb::WriteTransaction) -> std::result::Result<T, redb::Error>,
     ) -> Result<T> {
-        let txn = self.db.begin_write().map_err(storage)?;
-        let value = body(&txn).map_err(storage)?;
-        txn.commit().map_err(storage)?;
+        let db = self.db()?;
+        let txn = db.begin_write().map_err(|error| self.failed(error))?;
+        let value = body(&txn).map_err(|error| self.failed(error))?;
+        txn.commit().map_err(|error| self.failed(error))?;
         Ok(value)
     }
 }

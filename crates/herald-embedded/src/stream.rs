@@ -166,7 +166,7 @@ impl Row {
 }
 
 fn storage(error: impl std::fmt::Display) -> Error {
-    Error::Unavailable {
+    Error::StorageUnavailable {
         detail: format!("stream index: {error}"),
     }
 }
@@ -362,6 +362,8 @@ pub(crate) struct StreamStore {
     locks: Arc<StreamLocks>,
     /// Set when an index commit failed after its events were appended.
     failed: AtomicBool,
+    /// Why, and since when (ms), for readiness.
+    failure: Mutex<Option<(String, i64)>>,
 }
 
 impl StreamStore {
@@ -391,6 +393,7 @@ impl StreamStore {
             writer,
             locks: Arc::new(StreamLocks::new()),
             failed: AtomicBool::new(false),
+            failure: Mutex::new(None),
         })
     }
 
@@ -408,11 +411,16 @@ impl StreamStore {
 
     fn check_healthy(&self) -> Result<()> {
         if self.failed.load(Ordering::SeqCst) {
-            return Err(Error::Unavailable {
-                detail: "the stream index fell behind the log after a write failure; reopen the backend to rebuild it".into(),
+            return Err(Error::StorageUnavailable {
+                detail: "the stream index fell behind the log after a write failure; restart the server to rebuild it".into(),
             });
         }
         Ok(())
+    }
+
+    /// Why stream operations are refused, while they are: (error, since ms).
+    pub(crate) fn failure(&self) -> Option<(String, i64)> {
+        lock(&self.failure).clone()
     }
 
     /// Commits everything durably and stops the writer thread.
@@ -572,6 +580,14 @@ impl StreamStore {
         tracker.release(low);
         if let Err(error) = indexed {
             self.failed.store(true, Ordering::SeqCst);
+            lock(&self.failure).get_or_insert_with(|| {
+                let since_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |elapsed| {
+                        i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
+                    });
+                (error.to_string(), since_ms)
+            });
             error!(topic = %topic.name, stream = %stream, %error, "Stream index write failed after the log append; stream operations stop until the backend is reopened.");
             return Err(error);
         }
@@ -716,8 +732,12 @@ impl StreamStore {
                 }
                 let batch = match reader.read(offset, EVENT_READ_BYTES) {
                     Ok(batch) => batch,
-                    // Removed by retention: missing from the stream's reads.
-                    Err(herald_log::LogError::OffsetOutOfRange { .. }) => continue,
+                    // Removed by retention, or lost to damage: missing from
+                    // the stream's reads.
+                    Err(
+                        herald_log::LogError::OffsetOutOfRange { .. }
+                        | herald_log::LogError::Lost { .. },
+                    ) => continue,
                     Err(error) => return Err(log_error(partition, error)),
                 };
                 for record in batch.records {
@@ -1337,7 +1357,7 @@ fn catch_up_partition(
     let mut indexed = 0;
     while from < end {
         let batch = reader
-            .read(from, CATCH_UP_BYTES)
+            .read_skipping_lost(from, CATCH_UP_BYTES)
             .map_err(|error| log_error(partition, error))?;
         if batch.records.is_empty() {
             break;

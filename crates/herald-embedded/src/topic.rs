@@ -62,6 +62,9 @@ pub(crate) fn log_error(partition: u32, error: LogError) -> Error {
             detail: error.to_string(),
         },
         LogError::Closed => Error::ShuttingDown,
+        LogError::Io { .. } | LogError::Failed { .. } => Error::StorageUnavailable {
+            detail: format!("partition {partition}: {error}"),
+        },
         other => Error::Unavailable {
             detail: other.to_string(),
         },
@@ -160,6 +163,15 @@ impl TopicRuntime {
         self.partitions.len() as u32
     }
 
+    /// The partitions whose log is failed (a write or fsync failed, not yet
+    /// recovered), with why.
+    pub(crate) fn failures(&self) -> Vec<(u32, herald_log::LogFailure)> {
+        (0u32..)
+            .zip(&self.partitions)
+            .filter_map(|(partition, handle)| Some((partition, handle.failure()?)))
+            .collect()
+    }
+
     pub(crate) fn handle(&self, partition: u32) -> Result<&LogHandle> {
         self.partitions
             .get(partition as usize)
@@ -205,7 +217,7 @@ impl TopicRuntime {
                     let mut next = reader.offset_for_timestamp(cutoff)?;
                     let mut entries = Vec::new();
                     loop {
-                        let batch = reader.read(next, READ_BYTES)?;
+                        let batch = reader.read_skipping_lost(next, READ_BYTES)?;
                         if batch.records.is_empty() {
                             return Ok(entries);
                         }
@@ -504,8 +516,10 @@ impl TopicRuntime {
                 // segments meanwhile: read again (see `erasure.rs`).
                 let (batch, skip) = loop {
                     let removals = erased.removals();
+                    // Offsets lost to damage (fenced off by the log's
+                    // recovery, which reported them) are stepped over.
                     let batch = reader
-                        .read(next, max_bytes)
+                        .read_skipping_lost(next, max_bytes)
                         .map_err(|error| log_error(partition, error))?;
                     let range = batch
                         .records

@@ -52,13 +52,17 @@ pub enum LogError {
         /// The first offset still in the log.
         start: u64,
     },
-    /// An earlier write or fsync failed; the log accepts no more appends until
-    /// it is reopened (and recovered), since the state of the failed write on
-    /// disk is unknown.
-    #[error("log {path} is failed after an I/O error; reopen it to recover")]
-    Poisoned {
+    /// A write or fsync failed (a full disk, an I/O error): the log refuses
+    /// appends, without touching the disk, until its writer's probe finds
+    /// the disk working again and recovers it. Retryable.
+    #[error(
+        "log {path} is unavailable after an I/O error ({cause}); appends are refused until the disk works again"
+    )]
+    Failed {
         /// The log's directory.
         path: PathBuf,
+        /// The error that failed the log.
+        cause: Box<LogError>,
     },
     /// The log was closed.
     #[error("log is closed")]
@@ -95,6 +99,12 @@ impl LogError {
 
     /// Whether retrying the same call later may succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Io { .. })
+        matches!(self, Self::Io { .. } | Self::Failed { .. })
+    }
+
+    /// Whether this is a failure of the disk (an I/O error, or a log failed
+    /// by one), as opposed to bad input, damage or a closed log.
+    pub fn is_storage_failure(&self) -> bool {
+        matches!(self, Self::Io { .. } | Self::Failed { .. })
     }
 }

@@ -50,7 +50,7 @@ pub const MAX_BATCH_LEN: usize = 64 * 1024 * 1024;
 const NO_KEY: u32 = u32::MAX;
 /// Smallest encoded record: length, timestamp delta, key length, header
 /// count, value length.
-const MIN_RECORD_LEN: usize = 4 + 4 + 4 + 2 + 4;
+pub(crate) const MIN_RECORD_LEN: usize = 4 + 4 + 4 + 2 + 4;
 
 /// A record header: a name and an opaque value.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,10 +6,15 @@
 //! - **An acknowledged append under `fsync = always` survives `kill -9` and
 //!   power loss.** Acknowledgement follows the fsync of the round that carried
 //!   the append; nothing is acknowledged from a round whose write or fsync
-//!   failed, and such a failure stops the log until it is reopened.
+//!   failed. Such a failure (a full disk, an I/O error) puts the log in a
+//!   failed state that refuses appends fast; the writer probes it with
+//!   backoff and recovers it by itself once the disk works again, without
+//!   losing or duplicating anything acknowledged ([`Log::recover`]).
 //! - **Recovery yields a valid prefix, never a corrupt record.** Every batch
 //!   carries a CRC32C; reads and recovery validate it; a torn or corrupt tail
-//!   of the active segment is cut; damage inside a sealed segment is reported
+//!   of the active segment is cut; a damaged batch in its middle (valid
+//!   batches after it) is reported and fenced off, never served, and the
+//!   batches after it are kept; damage inside a sealed segment is reported
 //!   and fenced off, never served.
 //! - **One writer per partition, group commit.** Appends queue while a write
 //!   and fsync are in flight and go out together in the next round
@@ -98,9 +103,17 @@
 //! the active segment: after a clean close (the `CLEAN` marker), trust its
 //! indexes and validate from the last index entry; after a crash, validate
 //! every batch from the start. Validation checks framing, CRC and that
-//! offsets continue densely; the file is truncated after the last valid batch
-//! and the truncation fsynced. Damage in a sealed segment is logged at ERROR,
-//! counted in `herald_log_corrupt_batches_total`, and the lost offsets read as
+//! offsets continue densely. Where it stops in the active segment, recovery
+//! looks further on for a valid batch that continues the sequence (base
+//! offset past the expected one, offsets that fit the skipped bytes,
+//! timestamps not going back): if there is none, it is a torn tail, cut
+//! after the last valid batch and the cut fsynced; if there is one, a bad
+//! batch sits in the middle of bytes that were synced and acknowledged, and
+//! it is fenced off instead: the valid rest moves to a new active segment
+//! named by its base offset and the damaged segment is cut at the damage and
+//! sealed (crash-safe; `docs/design/log-format.md`). Damage in a sealed
+//! segment, or fenced in the active one, is logged at ERROR, counted in
+//! `herald_log_corrupt_batches_total`, and the lost offsets read as
 //! [`LogError::Lost`].
 
 pub mod clock;
@@ -118,8 +131,9 @@ pub use error::LogError;
 pub use format::{Header, NewRecord, Record};
 pub use fs::{File, Filesystem, StdFs};
 pub use log::{
-    AppendAck, Erased, FsyncPolicy, Log, LogEnv, LogOptions, LogReader, ReadBatch, Retention,
+    AppendAck, Erased, FsyncPolicy, Log, LogEnv, LogFailure, LogOptions, LogReader, ReadBatch,
+    Retention,
 };
-pub use mem::{MemFs, Tail};
+pub use mem::{Fault, MemFs, Tail};
 pub use metrics::LogMetrics;
 pub use writer::{LogHandle, WriterOptions};

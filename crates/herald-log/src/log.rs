@@ -21,8 +21,8 @@ use tracing::{debug, error, info, warn};
 use crate::clock::{Clock, SystemClock};
 use crate::error::LogError;
 use crate::format::{
-    BATCH_HEADER_LEN, BatchHeader, FormatError, MAX_BATCH_LEN, NewRecord, Record, decode_batch,
-    encode_batch, erase_records, validate_batch,
+    BATCH_HEADER_LEN, BatchHeader, FormatError, MAX_BATCH_LEN, MIN_RECORD_LEN, NewRecord, Record,
+    decode_batch, encode_batch, erase_records, validate_batch,
 };
 use crate::fs::{File, Filesystem, StdFs};
 use crate::index::{OffsetIndex, TimeIndex};
@@ -175,8 +175,49 @@ pub struct Log {
     active: ActiveWriter,
     /// Unsynced bytes exist since this instant (for the interval policy).
     dirty_since: Option<Instant>,
-    poisoned: bool,
+    /// Where the active segment is known durable up to: the end of the last
+    /// successful fsync (position, offset). Past it, under `interval` and
+    /// `never`, are acknowledged bytes only the page cache holds.
+    durable: (u64, u64),
+    /// Set while the log refuses appends after an I/O error.
+    failed: Option<Failed>,
     buffer: Vec<u8>,
+}
+
+/// The first delay before probing a failed log, doubled after each failed
+/// probe up to [`PROBE_MAX`].
+pub const PROBE_MIN: Duration = Duration::from_millis(50);
+/// The longest delay between two probes of a failed log.
+pub const PROBE_MAX: Duration = Duration::from_secs(1);
+/// The least a probe writes (and syncs) past the end of the active segment
+/// to learn whether the disk takes writes again; at least the failed
+/// round's size.
+const PROBE_BYTES: usize = 64 * 1024;
+
+/// The writer's record of its failed state.
+#[derive(Debug)]
+struct Failed {
+    error: LogError,
+    /// Bytes of the round that failed (the probe writes at least this many).
+    round_bytes: usize,
+    /// Set once a probe found acknowledged records gone: the offset the
+    /// next segment must start at (see [`Log::recover`], step 4).
+    fence_to: Option<u64>,
+    next_probe: Instant,
+    backoff: Duration,
+}
+
+/// Why a log refuses appends, for health reports.
+#[derive(Debug, Clone)]
+pub struct LogFailure {
+    /// The write or fsync error that failed the log.
+    pub error: LogError,
+    /// When it failed (ms since the Unix epoch, by the log's clock).
+    pub since_ms: i64,
+    /// Recovery probes that have failed since.
+    pub failed_probes: u64,
+    /// The last failed probe's error.
+    pub last_probe_error: Option<LogError>,
 }
 
 /// The writer's private view of the active segment.
@@ -203,6 +244,8 @@ struct Shared {
     /// The end offset (one past the last visible record).
     end: watch::Sender<u64>,
     metrics: Arc<LogMetrics>,
+    /// Set while the log is failed (see [`Log::recover`]).
+    failure: std::sync::Mutex<Option<LogFailure>>,
 }
 
 #[derive(Debug)]
@@ -316,7 +359,7 @@ impl Log {
         for (position, base) in bases.iter().enumerate() {
             match bases.get(position + 1) {
                 Some(next_base) => segments.push(recovery.open_sealed(*base, *next_base)?),
-                None => segments.push(recovery.open_active(*base, clean)?),
+                None => segments.extend(recovery.open_active(*base, clean)?),
             }
         }
         if clean {
@@ -353,7 +396,20 @@ impl Log {
             .map(|segment| segment.max_timestamp)
             .max()
             .unwrap_or(i64::MIN);
+        if !clean && active.position > 0 {
+            // What a crash left may be only in the page cache: make it
+            // durable before serving it, so a later failure's recovery can
+            // trust everything before the end to be on disk.
+            active.file.sync_data().map_err(|source| {
+                LogError::io(
+                    "fsync",
+                    dir.join(segment_file_name(active.base_offset, "log")),
+                    source,
+                )
+            })?;
+        }
         let end = active.next_offset;
+        let durable = (active.position, active.next_offset);
         let start = segments.first().map_or(0, |segment| segment.base_offset);
         info!(
             dir = %dir.display(),
@@ -372,6 +428,7 @@ impl Log {
             }),
             end: watch::Sender::new(end),
             metrics: Arc::clone(&env.metrics),
+            failure: std::sync::Mutex::new(None),
         });
         Ok(Self {
             dir,
@@ -383,9 +440,32 @@ impl Log {
                 ..active
             },
             dirty_since: None,
-            poisoned: false,
+            durable,
+            failed: None,
             buffer: Vec::new(),
         })
+    }
+
+    /// The metrics this log reports to.
+    pub fn metrics(&self) -> &Arc<LogMetrics> {
+        &self.env.metrics
+    }
+
+    /// Refuses with [`LogError::Failed`] while the log is failed.
+    fn check_healthy(&self) -> Result<(), LogError> {
+        match &self.failed {
+            Some(failed) => Err(LogError::Failed {
+                path: self.dir.clone(),
+                cause: Box::new(failed.error.clone()),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// When the writer should next call [`Log::recover`], if the log is
+    /// failed.
+    pub fn probe_deadline(&self) -> Option<Instant> {
+        self.failed.as_ref().map(|failed| failed.next_probe)
     }
 
     /// A reader of this log.
@@ -411,8 +491,13 @@ impl Log {
         &self.dir
     }
 
-    /// When the interval policy next requires a sync, if it does.
+    /// When the interval policy next requires a sync, if it does. None while
+    /// the log is failed: the sync would be refused, and recovery
+    /// ([`Log::recover`]) makes the bytes durable instead.
     pub fn sync_deadline(&self) -> Option<Instant> {
+        if self.failed.is_some() {
+            return None;
+        }
         match (self.options.fsync, self.dirty_since) {
             (FsyncPolicy::Interval(interval), Some(since)) => Some(since + interval),
             _ => None,
@@ -437,13 +522,11 @@ impl Log {
     /// Appends one commit round: each element of `appends` becomes one batch;
     /// all are written with one write and, under `fsync = always`, made
     /// durable with one fsync before this returns. All or nothing: on error
-    /// none of them is acknowledged, and the log is poisoned.
+    /// none of them is acknowledged. A failed write or fsync fails the log:
+    /// later appends are refused with [`LogError::Failed`], touching no
+    /// file, until [`Log::recover`] succeeds.
     pub fn append_round(&mut self, appends: &[&[NewRecord]]) -> Result<Vec<AppendAck>, LogError> {
-        if self.poisoned {
-            return Err(LogError::Poisoned {
-                path: self.dir.clone(),
-            });
-        }
+        self.check_healthy()?;
         let mut round_bytes = 0;
         for records in appends {
             round_bytes += self.check_append(records)?;
@@ -483,9 +566,7 @@ impl Log {
         {
             let mut state = self.shared.write_state();
             let Some(segment) = state.segments.last_mut() else {
-                return Err(LogError::Poisoned {
-                    path: self.dir.clone(),
-                });
+                return Err(LogError::Closed);
             };
             for (header, position) in &headers {
                 self.active.indexer.on_batch(segment, header, *position);
@@ -494,6 +575,9 @@ impl Log {
         self.active.position += written;
         self.active.next_offset = next_offset;
         self.active.last_timestamp = timestamp;
+        if self.options.fsync == FsyncPolicy::Always {
+            self.mark_durable();
+        }
         let metrics = &self.env.metrics;
         metrics.commit_rounds.inc();
         metrics.appended_bytes.inc_by(written);
@@ -507,14 +591,15 @@ impl Log {
     fn write_and_sync(&mut self, bytes: &[u8]) -> Result<(), LogError> {
         let position = self.active.position;
         if let Err(source) = self.active.file.write_all_at(bytes, position) {
-            // The bytes past `position` are in an unknown state; try to cut
-            // them so readers of the file never meet half a round, and refuse
-            // further appends until recovery has run.
+            // The bytes past `position` are in an unknown state (a short
+            // write): try to cut them now; recovery cuts them for sure, and
+            // fsyncs the cut, before anything is written past it.
             let _ = self.active.file.set_len(position);
-            return Err(self.poison(LogError::io("write", self.active_path(), source)));
+            let error = LogError::io("write", self.active_path(), source);
+            return Err(self.fail(error, bytes.len()));
         }
         match self.options.fsync {
-            FsyncPolicy::Always => self.sync_active(),
+            FsyncPolicy::Always => self.sync_active(bytes.len()),
             FsyncPolicy::Interval(_) => {
                 self.dirty_since.get_or_insert_with(Instant::now);
                 Ok(())
@@ -528,24 +613,25 @@ impl Log {
 
     /// Makes every acknowledged append durable now.
     pub fn sync(&mut self) -> Result<(), LogError> {
-        if self.poisoned {
-            return Err(LogError::Poisoned {
-                path: self.dir.clone(),
-            });
-        }
+        self.check_healthy()?;
         if self.dirty_since.is_some() {
-            self.sync_active()
-        } else {
-            Ok(())
+            self.sync_active(0)?;
+            self.mark_durable();
         }
+        Ok(())
     }
 
-    fn sync_active(&mut self) -> Result<(), LogError> {
+    /// Fsyncs the active segment; `round_bytes` are the bytes of the round
+    /// being appended, if any (for the failed state). The caller moves
+    /// `durable`.
+    fn sync_active(&mut self, round_bytes: usize) -> Result<(), LogError> {
         let started = Instant::now();
         if let Err(source) = self.active.file.sync_data() {
             // After a failed fsync the page cache may have dropped the dirty
-            // pages: retrying would report success for lost data.
-            return Err(self.poison(LogError::io("fsync", self.active_path(), source)));
+            // pages (Linux marks them clean): retrying the fsync would report
+            // success for lost data. Recovery writes them again.
+            let error = LogError::io("fsync", self.active_path(), source);
+            return Err(self.fail(error, round_bytes));
         }
         self.env
             .metrics
@@ -555,10 +641,171 @@ impl Log {
         Ok(())
     }
 
-    fn poison(&mut self, error: LogError) -> LogError {
-        error!(dir = %self.dir.display(), %error, "Log write failed; refusing appends until reopened.");
-        self.poisoned = true;
+    /// Everything written to the active segment is durable now.
+    fn mark_durable(&mut self) {
+        self.durable = (self.active.position, self.active.next_offset);
+    }
+
+    /// Puts the log in its failed state after `error` (see
+    /// [`Log::recover`]); returns the error for the caller.
+    fn fail(&mut self, error: LogError, round_bytes: usize) -> LogError {
+        let metrics = &self.env.metrics;
+        metrics.io_failures.inc();
+        if self.failed.is_none() {
+            metrics.failed_logs.inc();
+            error!(dir = %self.dir.display(), %error, "Log write failed; refusing appends until the disk works again (probing).");
+            *self.shared.lock_failure() = Some(LogFailure {
+                error: error.clone(),
+                since_ms: self.env.clock.now_ms(),
+                failed_probes: 0,
+                last_probe_error: None,
+            });
+            self.failed = Some(Failed {
+                error: error.clone(),
+                round_bytes,
+                fence_to: None,
+                next_probe: Instant::now() + PROBE_MIN,
+                backoff: PROBE_MIN,
+            });
+        }
         error
+    }
+
+    /// Tries to bring a failed log back (a no-op for a healthy one); the
+    /// writer thread calls it with backoff ([`Log::probe_deadline`]).
+    ///
+    /// Nothing acknowledged is lost and nothing is duplicated:
+    ///
+    /// 1. Reopen the active segment (a new file handle: the old one may keep
+    ///    reporting, or have swallowed, the error).
+    /// 2. Bytes acknowledged but not known durable (`interval`, `never`): a
+    ///    failed fsync may have dropped their dirty pages, so they are read
+    ///    back, validated batch by batch, and written again.
+    /// 3. Cut the file to the end of what readers see (a failed round's
+    ///    partial bytes go), write a probe of zeros past it (at least the
+    ///    failed round's size) and fsync; cut the probe and fsync again.
+    /// 4. If step 2 found records gone (pages dropped and evicted), their
+    ///    offsets are fenced off: the segment is sealed where the valid
+    ///    bytes end and the next one starts at the old end, so those
+    ///    offsets read as [`LogError::Lost`] and are never given to new
+    ///    records.
+    ///
+    /// A failed round was never acknowledged nor visible: its offsets are
+    /// given to the next appends.
+    pub fn recover(&mut self) -> Result<(), LogError> {
+        if self.failed.is_none() {
+            return Ok(());
+        }
+        match self.try_recover() {
+            Ok(()) => {
+                self.failed = None;
+                *self.shared.lock_failure() = None;
+                let metrics = &self.env.metrics;
+                metrics.recoveries.inc();
+                metrics.failed_logs.dec();
+                info!(dir = %self.dir.display(), "Log recovered from its I/O failure; accepting appends again.");
+                Ok(())
+            }
+            Err(error) => {
+                if let Some(failed) = self.failed.as_mut() {
+                    failed.backoff = (failed.backoff * 2).min(PROBE_MAX);
+                    failed.next_probe = Instant::now() + failed.backoff;
+                }
+                if let Some(failure) = self.shared.lock_failure().as_mut() {
+                    failure.failed_probes += 1;
+                    failure.last_probe_error = Some(error.clone());
+                }
+                debug!(dir = %self.dir.display(), %error, "Failed log still failing; will probe again.");
+                Err(error)
+            }
+        }
+    }
+
+    fn try_recover(&mut self) -> Result<(), LogError> {
+        let (round_bytes, mut fence_to) = self
+            .failed
+            .as_ref()
+            .map_or((0, None), |failed| (failed.round_bytes, failed.fence_to));
+        let path = self.active_path();
+        let io = |operation| {
+            let path = path.clone();
+            move |source| LogError::io(operation, path, source)
+        };
+        // 1.
+        let file = self.env.fs.open(&path, false).map_err(io("open"))?;
+        // 2.
+        let visible = self.active.position;
+        let (durable_position, durable_offset) = self.durable;
+        let mut keep = (visible, self.active.next_offset);
+        if durable_position < visible {
+            let mut bytes = vec![0u8; (visible - durable_position) as usize];
+            file.read_exact_at(&mut bytes, durable_position)
+                .map_err(io("read"))?;
+            let (valid, next_offset) = valid_prefix(&bytes, durable_offset);
+            file.write_all_at(&bytes[..valid], durable_position)
+                .map_err(io("write"))?;
+            keep = (durable_position + valid as u64, next_offset);
+        }
+        // 3.
+        file.set_len(keep.0).map_err(io("truncate"))?;
+        let probe = vec![0u8; round_bytes.max(PROBE_BYTES)];
+        let probed = file
+            .write_all_at(&probe, keep.0)
+            .map_err(io("write"))
+            .and_then(|()| file.sync_data().map_err(io("fsync")));
+        file.set_len(keep.0).map_err(io("truncate"))?;
+        probed?;
+        file.sync_data().map_err(io("fsync"))?;
+        self.active.file = Arc::clone(&file);
+        if let Some(segment) = self.shared.write_state().segments.last_mut() {
+            segment.file = file;
+        }
+        self.dirty_since = None;
+        self.durable = keep;
+        // 4.
+        if keep.0 < visible {
+            fence_to = Some(self.active.next_offset);
+            if let Some(failed) = self.failed.as_mut() {
+                failed.fence_to = fence_to;
+            }
+            self.fence_lost_tail(keep)?;
+        }
+        if let Some(fence_to) = fence_to
+            && self.active.next_offset < fence_to
+        {
+            self.seal_and_start(fence_to)?;
+        }
+        Ok(())
+    }
+
+    /// After recovery found the active segment's records from `keep` on
+    /// gone: cut its in-memory view there; the caller seals it and starts
+    /// the next segment at the visible end, so the lost offsets read as
+    /// [`LogError::Lost`].
+    fn fence_lost_tail(&mut self, keep: (u64, u64)) -> Result<(), LogError> {
+        let (position, next_offset) = keep;
+        let lost_to = self.active.next_offset;
+        self.env.metrics.corrupt_batches.inc();
+        error!(
+            dir = %self.dir.display(),
+            lost_from = next_offset,
+            lost_to,
+            "Acknowledged records were lost after a failed fsync (their pages were dropped); their offsets are fenced off and never reused."
+        );
+        let recovery = Recovery {
+            dir: &self.dir,
+            options: &self.options,
+            env: &self.env,
+        };
+        let (segment, _) = recovery.open_active_once(self.active.base_offset, false)?;
+        debug_assert_eq!((segment.size, segment.next_offset), (position, next_offset));
+        self.active.position = segment.size;
+        self.active.next_offset = segment.next_offset;
+        self.active.file = Arc::clone(&segment.file);
+        if let Some(slot) = self.shared.write_state().segments.last_mut() {
+            *slot = segment;
+        }
+        Ok(())
     }
 
     fn active_path(&self) -> PathBuf {
@@ -585,15 +832,16 @@ impl Log {
     /// Seals the active segment (fsync its data, write and fsync its indexes)
     /// and starts a new one at the next offset.
     pub fn roll(&mut self) -> Result<(), LogError> {
-        if self.poisoned {
-            return Err(LogError::Poisoned {
-                path: self.dir.clone(),
-            });
-        }
+        self.check_healthy()?;
         if self.active.position == 0 {
             return Ok(());
         }
-        self.sync_active()?;
+        self.seal_and_start(self.active.next_offset)
+    }
+
+    /// Seals the active segment and starts the next one at `next_base`.
+    fn seal_and_start(&mut self, next_base: u64) -> Result<(), LogError> {
+        self.sync_active(0)?;
         self.write_active_indexes()?;
         let recovery = Recovery {
             dir: &self.dir,
@@ -601,8 +849,8 @@ impl Log {
             env: &self.env,
         };
         let segment = recovery
-            .create_segment(self.active.next_offset)
-            .map_err(|error| self.poison(error))?;
+            .create_segment(next_base)
+            .map_err(|error| self.fail(error, 0))?;
         self.active = ActiveWriter {
             file: Arc::clone(&segment.file),
             base_offset: segment.base_offset,
@@ -612,6 +860,7 @@ impl Log {
             last_timestamp: self.active.last_timestamp,
         };
         self.shared.write_state().segments.push(segment);
+        self.mark_durable();
         debug!(dir = %self.dir.display(), base_offset = self.active.base_offset, "Rolled segment.");
         Ok(())
     }
@@ -625,7 +874,7 @@ impl Log {
         let base = self.active.base_offset;
         for (extension, bytes) in [("index", index), ("timeindex", time_index)] {
             let path = self.dir.join(segment_file_name(base, extension));
-            write_file(self.env.fs.as_ref(), &path, &bytes).map_err(|error| self.poison(error))?;
+            write_file(self.env.fs.as_ref(), &path, &bytes).map_err(|error| self.fail(error, 0))?;
         }
         Ok(())
     }
@@ -712,11 +961,7 @@ impl Log {
     /// leftover `.compacting` files. Readers that located a batch before the
     /// swap finish reading the old file through their open handle.
     pub fn erase(&mut self, offsets: &[u64]) -> Result<Erased, LogError> {
-        if self.poisoned {
-            return Err(LogError::Poisoned {
-                path: self.dir.clone(),
-            });
-        }
+        self.check_healthy()?;
         let mut offsets: Vec<u64> = offsets.to_vec();
         offsets.sort_unstable();
         offsets.dedup();
@@ -873,7 +1118,7 @@ impl Log {
         // refuse appends until the log is reopened.
         let switched = self.switch_compacted(base, &temp_log, &temp_index, &temp_time_index);
         if let Err(error) = switched {
-            return Err(self.poison(error));
+            return Err(self.fail(error, 0));
         }
 
         let mut state = self.shared.write_state();
@@ -936,12 +1181,9 @@ impl Log {
     /// leave the clean marker so the next open can trust them.
     pub fn close(mut self) -> Result<(), LogError> {
         self.shared.mark_closed();
-        if self.poisoned {
-            return Err(LogError::Poisoned {
-                path: self.dir.clone(),
-            });
-        }
-        self.sync_active()?;
+        // A failed log closes cleanly if the disk works again by now.
+        self.recover()?;
+        self.sync_active(0)?;
         self.write_active_indexes()?;
         let marker = self.dir.join(CLEAN_MARKER);
         write_file(self.env.fs.as_ref(), &marker, &[])?;
@@ -1026,6 +1268,17 @@ struct Recovery<'a> {
     dir: &'a Path,
     options: &'a LogOptions,
     env: &'a LogEnv,
+}
+
+/// Damage in the middle of the active segment, and where the valid batches
+/// resume after it.
+struct Split {
+    /// Where the damaged batch starts (the end of the valid batches before it).
+    damaged_at: u64,
+    /// Where the next valid batch starts.
+    resume_position: u64,
+    /// That batch's base offset: the first offset kept after the damage.
+    resume_base: u64,
 }
 
 /// Where a scan of batches stopped.
@@ -1165,11 +1418,36 @@ impl Recovery<'_> {
         Ok(segment)
     }
 
-    /// The active segment may end in a torn or partly synced write. After a
-    /// clean close its indexes are current: validate from the last index entry.
-    /// After a crash, validate every batch. Cut the file after the last valid
-    /// batch, and fsync the cut.
-    fn open_active(&self, base: u64, clean: bool) -> Result<Segment, LogError> {
+    /// Opens the active segment, and the segments its recovery splits off
+    /// (see [`Recovery::split_active`]): the last one returned is active.
+    fn open_active(&self, base: u64, clean: bool) -> Result<Vec<Segment>, LogError> {
+        let mut segments = Vec::new();
+        let (mut base, mut clean) = (base, clean);
+        loop {
+            let (segment, split) = self.open_active_once(base, clean)?;
+            let Some(split) = split else {
+                segments.push(segment);
+                return Ok(segments);
+            };
+            segments.push(self.split_active(segment, &split)?);
+            (base, clean) = (split.resume_base, false);
+        }
+    }
+
+    /// The active segment may end in a torn or partly synced write, and may
+    /// hold a damaged batch (a disk fault) in bytes that were synced and
+    /// acknowledged. After a clean close its indexes are current: validate
+    /// from the last index entry. After a crash, validate every batch. Where
+    /// validation stops, look for a valid batch that continues the sequence
+    /// further on ([`find_continuation`]): if there is one, the damage is in
+    /// the middle and is returned for [`Recovery::split_active`] to fence
+    /// off; if not, it is a torn tail: cut the file after the last valid
+    /// batch and fsync the cut.
+    fn open_active_once(
+        &self,
+        base: u64,
+        clean: bool,
+    ) -> Result<(Segment, Option<Split>), LogError> {
         let (file, len) = self.open_file(base)?;
         let path = self.path(base, "log");
         let mut segment = empty_segment(base, Arc::clone(&file));
@@ -1207,6 +1485,32 @@ impl Recovery<'_> {
                 .map_err(|source| LogError::io("read", &path, source))?;
         }
         if end.position < len {
+            let continuation = find_continuation(
+                file.as_ref(),
+                end.position,
+                len,
+                segment.next_offset,
+                segment.max_timestamp,
+            )
+            .map_err(|source| LogError::io("read", &path, source))?;
+            if let Some((resume_position, resume_base)) = continuation {
+                self.env.metrics.corrupt_batches.inc();
+                error!(
+                    segment = %path.display(),
+                    position = end.position,
+                    reason = %end.damage.as_ref().map_or_else(|| "bad batch length".to_owned(), ToString::to_string),
+                    lost_from = segment.next_offset,
+                    lost_to = resume_base,
+                    resumes_at_position = resume_position,
+                    "Active segment is damaged in the middle; the damaged batch is fenced off and will not be served, the valid batches after it are kept."
+                );
+                let split = Split {
+                    damaged_at: end.position,
+                    resume_position,
+                    resume_base,
+                };
+                return Ok((segment, Some(split)));
+            }
             let cut = len - end.position;
             warn!(
                 segment = %path.display(),
@@ -1224,7 +1528,99 @@ impl Recovery<'_> {
             file.sync_data()
                 .map_err(|source| LogError::io("fsync", &path, source))?;
         }
-        Ok(segment)
+        Ok((segment, None))
+    }
+
+    /// Fences off damage in the middle of the active segment `damaged`:
+    /// the valid batches from `split.resume_position` on move to a new
+    /// active segment named by their base offset, and `damaged` is cut at
+    /// the damage and sealed, so the offsets in between read as
+    /// [`LogError::Lost`] like damage in any sealed segment. Crash-safe at
+    /// every step:
+    ///
+    /// ```text
+    /// 1. remove <damaged>.index, .timeindex; fsync the directory
+    ///    (a crash from here rebuilds them by a scan, which stops at the damage)
+    /// 2. copy the rest of the file to <resume>.log.compacting; fdatasync it
+    /// 3. rename it to <resume>.log; fsync the directory     <- the switch
+    /// 4. truncate <damaged>.log at the damage; fdatasync; write its indexes
+    /// ```
+    ///
+    /// Before 3 the disk holds the damaged segment as it was (recovery does
+    /// this again); after it, a sealed segment whose scan stops at the damage
+    /// and the new active segment.
+    fn split_active(&self, mut damaged: Segment, split: &Split) -> Result<Segment, LogError> {
+        let fs = self.env.fs.as_ref();
+        let base = damaged.base_offset;
+        let path = self.path(base, "log");
+        // 1.
+        for extension in ["index", "timeindex"] {
+            let index = self.path(base, extension);
+            match fs.remove(&index) {
+                Ok(()) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(LogError::io("remove", index, source)),
+            }
+        }
+        self.sync_dir()?;
+        // 2.
+        let target = self.path(split.resume_base, "log");
+        let temp = self.dir.join(format!(
+            "{}.{COMPACTING_SUFFIX}",
+            segment_file_name(split.resume_base, "log")
+        ));
+        let copy = fs
+            .open(&temp, true)
+            .map_err(|source| LogError::io("create", &temp, source))?;
+        copy.set_len(0)
+            .map_err(|source| LogError::io("truncate", &temp, source))?;
+        let len = damaged
+            .file
+            .len()
+            .map_err(|source| LogError::io("stat", &path, source))?;
+        let mut chunk = Vec::new();
+        let mut position = split.resume_position;
+        while position < len {
+            chunk.resize((len - position).min(1 << 20) as usize, 0);
+            damaged
+                .file
+                .read_exact_at(&mut chunk, position)
+                .map_err(|source| LogError::io("read", &path, source))?;
+            copy.write_all_at(&chunk, position - split.resume_position)
+                .map_err(|source| LogError::io("write", &temp, source))?;
+            position += chunk.len() as u64;
+        }
+        copy.sync_data()
+            .map_err(|source| LogError::io("fsync", &temp, source))?;
+        // 3.
+        fs.rename(&temp, &target)
+            .map_err(|source| LogError::io("rename", &temp, source))?;
+        self.sync_dir()?;
+        // 4.
+        damaged
+            .file
+            .set_len(split.damaged_at)
+            .map_err(|source| LogError::io("truncate", &path, source))?;
+        damaged
+            .file
+            .sync_data()
+            .map_err(|source| LogError::io("fsync", &path, source))?;
+        damaged.size = split.damaged_at;
+        self.persist_indexes(&damaged)?;
+        info!(
+            segment = %path.display(),
+            sealed_at = split.damaged_at,
+            next_segment = %target.display(),
+            "Split the damaged active segment: sealed before the damage, the rest continues in the next segment."
+        );
+        Ok(damaged)
+    }
+
+    fn sync_dir(&self) -> Result<(), LogError> {
+        self.env
+            .fs
+            .sync_dir(self.dir)
+            .map_err(|source| LogError::io("sync directory", self.dir, source))
     }
 
     fn persist_indexes(&self, segment: &Segment) -> Result<(), LogError> {
@@ -1357,9 +1753,116 @@ fn scan(
     })
 }
 
+/// The length of the valid batches at the start of `bytes`, the first with
+/// base offset `offset` and each continuing the last; and the offset after
+/// them.
+fn valid_prefix(bytes: &[u8], mut offset: u64) -> (usize, u64) {
+    let mut position = 0;
+    while let Ok(header) = BatchHeader::parse(&bytes[position..]) {
+        let end = position + header.total_len();
+        if header.base_offset != offset
+            || end > bytes.len()
+            || validate_batch(&bytes[position..end]).is_err()
+        {
+            break;
+        }
+        offset = header.next_offset();
+        position = end;
+    }
+    (position, offset)
+}
+
+/// After the chain of valid batches stopped at `damaged_at` (expecting
+/// offset `expected` next), finds where it resumes: the position and base
+/// offset of a later batch that is itself valid and continues the sequence
+/// plausibly. `None` means nothing valid follows: a torn tail.
+///
+/// A candidate must pass every check a batch in sequence passes (framing,
+/// CRC) and: its base offset is past `expected`; the offsets it skips fit in
+/// the bytes it skips (each skipped record took at least 18 bytes, each batch
+/// 40); its first timestamp is not before `min_timestamp` (a partition's
+/// timestamps never go back). When the damaged batch's header is intact
+/// (its base offset is `expected`), the candidate is where that header says
+/// the next batch starts, with the base offset it says follows; a batch
+/// shaped like one inside a damaged batch's payload is never taken then.
+/// Otherwise the first candidate after the damage, byte by byte, is taken.
+///
+/// Stale bytes past a truncation cannot pose as later batches: the log
+/// fsyncs every truncation of the active segment (torn-tail recovery, the
+/// recovery from a failed write) before it writes past the cut, and a
+/// filesystem reads never-written blocks as zeros.
+fn find_continuation(
+    file: &dyn File,
+    damaged_at: u64,
+    len: u64,
+    expected: u64,
+    min_timestamp: i64,
+) -> std::io::Result<Option<(u64, u64)>> {
+    let header_len = BATCH_HEADER_LEN as u64;
+    let read_header = |position: u64| -> std::io::Result<Option<BatchHeader>> {
+        if position + header_len > len {
+            return Ok(None);
+        }
+        let mut bytes = [0u8; BATCH_HEADER_LEN];
+        file.read_exact_at(&mut bytes, position)?;
+        Ok(BatchHeader::parse(&bytes).ok())
+    };
+    let plausible = |position: u64, header: &BatchHeader| {
+        let skipped_bytes = position - damaged_at;
+        header.base_offset > expected
+            && header.first_timestamp >= min_timestamp
+            && position + header.total_len() as u64 <= len
+            && (header.base_offset - expected)
+                .saturating_mul(MIN_RECORD_LEN as u64)
+                .saturating_add(header_len)
+                <= skipped_bytes
+    };
+    let valid = |position: u64, header: &BatchHeader| -> std::io::Result<bool> {
+        let mut batch = vec![0u8; header.total_len()];
+        file.read_exact_at(&mut batch, position)?;
+        Ok(validate_batch(&batch).is_ok())
+    };
+    if let Some(damaged) = read_header(damaged_at)?
+        && damaged.base_offset == expected
+    {
+        let next = damaged_at + damaged.total_len() as u64;
+        if let Some(header) = read_header(next)?
+            && header.base_offset == damaged.next_offset()
+            && plausible(next, &header)
+            && valid(next, &header)?
+        {
+            return Ok(Some((next, header.base_offset)));
+        }
+    }
+    const CHUNK: u64 = 1 << 20;
+    let mut chunk = Vec::new();
+    let mut chunk_start = damaged_at + 1;
+    let mut position = chunk_start;
+    while position + header_len <= len {
+        if position + header_len > chunk_start + chunk.len() as u64 {
+            chunk_start = position;
+            chunk.resize((len - position).min(CHUNK) as usize, 0);
+            file.read_exact_at(&mut chunk, position)?;
+        }
+        let at = (position - chunk_start) as usize;
+        if let Ok(header) = BatchHeader::parse(&chunk[at..])
+            && plausible(position, &header)
+            && valid(position, &header)?
+        {
+            return Ok(Some((position, header.base_offset)));
+        }
+        position += 1;
+    }
+    Ok(None)
+}
+
 impl Drop for Log {
     fn drop(&mut self) {
         self.shared.mark_closed();
+        if self.failed.take().is_some() {
+            // Gone without recovering: no longer a failed log.
+            self.env.metrics.failed_logs.dec();
+        }
     }
 }
 
@@ -1368,6 +1871,10 @@ impl Shared {
     fn mark_closed(&self) {
         self.write_state().closed = true;
         self.end.send_modify(|_| {});
+    }
+
+    fn lock_failure(&self) -> std::sync::MutexGuard<'_, Option<LogFailure>> {
+        self.failure.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn read_state(&self) -> RwLockReadGuard<'_, State> {
@@ -1398,6 +1905,12 @@ impl LogReader {
             .map_or(0, |segment| segment.base_offset)
     }
 
+    /// Why the log refuses appends, while it does (after a failed write or
+    /// fsync, until the writer's probe recovers it).
+    pub fn failure(&self) -> Option<LogFailure> {
+        self.shared.lock_failure().clone()
+    }
+
     /// One past the last visible record.
     pub fn end_offset(&self) -> u64 {
         *self.shared.end.borrow()
@@ -1415,18 +1928,46 @@ impl LogReader {
 
     /// Reads visible records from offset `from`, about `max_bytes` of batches
     /// (at least one batch when any record is visible). Every batch is
-    /// checksummed before any of its records is returned. Blocking I/O: call it
-    /// from a blocking context.
+    /// checksummed before any of its records is returned. A read that meets
+    /// damage ([`LogError::Lost`], [`LogError::Corrupt`]) after some records
+    /// returns those; the next read, from there, fails with it. Blocking I/O:
+    /// call it from a blocking context.
     pub fn read(&self, from: u64, max_bytes: usize) -> Result<ReadBatch, LogError> {
         let max_bytes = max_bytes.max(1);
         let mut records = Vec::new();
         let mut next = from;
         let mut bytes_read = 0;
         loop {
-            let location = self.locate(next)?;
-            let Some(location) = location else { break };
-            let progressed =
-                self.read_segment(&location, next, max_bytes, &mut records, &mut bytes_read)?;
+            // Damage (a fenced range, a corrupt batch) past records already
+            // read ends this read with them; the next read reports it.
+            let location = match self.locate(next) {
+                Ok(Some(location)) => location,
+                Ok(None) => break,
+                Err(_) if !records.is_empty() => break,
+                Err(error) => return Err(error),
+            };
+            let progressed = match self.read_segment(
+                &location,
+                next,
+                max_bytes,
+                &mut records,
+                &mut bytes_read,
+            ) {
+                Ok(progressed) => progressed,
+                Err(_) if !records.is_empty() => false,
+                Err(error) => {
+                    if let LogError::Corrupt {
+                        path,
+                        position,
+                        source,
+                    } = &error
+                    {
+                        self.shared.metrics.corrupt_batches.inc();
+                        error!(segment = %path.display(), position, %source, "Refusing to serve a corrupt batch.");
+                    }
+                    return Err(error);
+                }
+            };
             next = records.last().map_or(next, |record| record.offset + 1);
             if !progressed || bytes_read >= max_bytes {
                 break;
@@ -1436,6 +1977,24 @@ impl LogReader {
             records,
             next_offset: next,
         })
+    }
+
+    /// Like [`LogReader::read`], but steps over ranges fenced off as lost
+    /// (damage found by recovery: [`LogError::Lost`]) instead of failing on
+    /// them, for users that must get past them (consumers, index rebuilds);
+    /// recovery reported the loss. Other errors, such as a corrupt batch
+    /// found by this read, still fail it.
+    pub fn read_skipping_lost(&self, from: u64, max_bytes: usize) -> Result<ReadBatch, LogError> {
+        let mut from = from;
+        loop {
+            match self.read(from, max_bytes) {
+                Err(LogError::Lost { resume_at, .. }) if resume_at > from => {
+                    debug!(dir = %self.shared.dir.display(), from, resume_at, "Stepping over offsets lost to damage.");
+                    from = resume_at;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Where offset `from` lives, or `None` at the end of the log.
@@ -1496,14 +2055,10 @@ impl LogReader {
                 .dir
                 .join(segment_file_name(location.base_offset, "log"))
         };
-        let corrupt = |position, source| {
-            self.shared.metrics.corrupt_batches.inc();
-            error!(segment = %path().display(), position, %source, "Refusing to serve a corrupt batch.");
-            LogError::Corrupt {
-                path: path(),
-                position,
-                source,
-            }
+        let corrupt = |position, source| LogError::Corrupt {
+            path: path(),
+            position,
+            source,
         };
         let mut position = location.position;
         let mut expected = location.expected_offset;
@@ -1550,13 +2105,18 @@ impl LogReader {
                     let reason = "batch offset breaks the sequence";
                     return Err(corrupt(at, FormatError::BadRecord { index: 0, reason }));
                 }
+                if header.next_offset() <= from {
+                    // Before the offset asked for: skipped by its framing,
+                    // not decoded, so damage there does not block a read
+                    // past it.
+                    expected = header.next_offset();
+                    cursor += total;
+                    continue;
+                }
                 let (header, batch_records) =
                     decode_batch(&batch).map_err(|source| corrupt(at, source))?;
                 expected = header.next_offset();
                 cursor += total;
-                if header.next_offset() <= from {
-                    continue;
-                }
                 *bytes_read += total;
                 records.extend(
                     batch_records
@@ -1590,7 +2150,7 @@ impl LogReader {
         };
         let mut from = scan_from.max(self.start_offset());
         loop {
-            let batch = self.read(from, 64 * 1024)?;
+            let batch = self.read_skipping_lost(from, 64 * 1024)?;
             if let Some(record) = batch
                 .records
                 .iter()

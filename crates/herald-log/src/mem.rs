@@ -9,10 +9,16 @@
 //!
 //! Faults: [`MemFs::crash_after_syncs`] lets the next `n` file syncs succeed
 //! and then makes every operation fail, as if the machine stopped at that
-//! moment; the test then takes the crash image.
+//! moment; the test then takes the crash image. [`MemFs::inject`] makes the
+//! disk full ([`Fault::NoSpace`]: extending writes store part of their bytes
+//! and fail with `ENOSPC`) or its syncs fail ([`Fault::SyncFails`]: `EIO`,
+//! and the dirty bytes are forgotten as Linux forgets pages whose writeback
+//! failed, so a later successful sync does not make them durable unless they
+//! are written again); [`MemFs::heal`] ends the fault.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -59,6 +65,21 @@ struct State {
     dirs: BTreeSet<PathBuf>,
 }
 
+/// An I/O fault that lasts until [`MemFs::heal`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The disk is full: a write that extends a file stores the first half of
+    /// its bytes past the old end, then fails with `ENOSPC` (a short write);
+    /// growing a file with `set_len` fails too. Overwrites, shrinking and
+    /// syncs still work.
+    NoSpace,
+    /// Every `sync_data` fails with `EIO`. Like Linux after a failed
+    /// writeback, the file's dirty bytes are then forgotten: reads still see
+    /// them, but they are not on disk and a later successful sync does not
+    /// put them there unless they are written again (the fsyncgate lesson).
+    SyncFails,
+}
+
 #[derive(Debug, Default)]
 struct Faults {
     /// Syncs left before the crash, when armed.
@@ -66,6 +87,8 @@ struct Faults {
     armed: AtomicBool,
     crashed: AtomicBool,
     syncs: AtomicU64,
+    no_space: AtomicBool,
+    sync_fails: AtomicBool,
 }
 
 impl Faults {
@@ -80,6 +103,9 @@ impl Faults {
     /// Counts a sync; returns an error if this sync is past the crash point.
     fn on_sync(&self) -> io::Result<()> {
         self.check()?;
+        if self.sync_fails.load(Ordering::SeqCst) {
+            return Err(io::Error::from_raw_os_error(EIO));
+        }
         if self.armed.load(Ordering::SeqCst) {
             let left = self.syncs_left.load(Ordering::SeqCst);
             if left == 0 {
@@ -99,6 +125,11 @@ struct MemFile {
     faults: Arc<Faults>,
 }
 
+/// `ENOSPC` on Linux.
+const ENOSPC: i32 = 28;
+/// `EIO` on Linux.
+const EIO: i32 = 5;
+
 #[derive(Debug, Default, Clone)]
 struct FileData {
     written: Vec<u8>,
@@ -106,6 +137,24 @@ struct FileData {
     /// The lowest position changed since the last sync: `durable` and
     /// `written` agree below it. Keeps a sync proportional to what changed.
     dirty_from: usize,
+    /// Bytes a failed sync forgot ([`Fault::SyncFails`]): reads see them,
+    /// the disk holds zeros there, and only writing them again heals that.
+    forgotten: Vec<Range<usize>>,
+}
+
+/// Removes `cut` from the ranges.
+fn subtract(ranges: &mut Vec<Range<usize>>, cut: Range<usize>) {
+    let mut kept = Vec::with_capacity(ranges.len() + 1);
+    for range in ranges.drain(..) {
+        if range.start < cut.start {
+            kept.push(range.start..range.end.min(cut.start));
+        }
+        if range.end > cut.end {
+            kept.push(range.start.max(cut.end)..range.end);
+        }
+    }
+    kept.retain(|range| !range.is_empty());
+    *ranges = kept;
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -123,6 +172,35 @@ impl MemFs {
     pub fn crash_after_syncs(&self, syncs: u64) {
         self.faults.syncs_left.store(syncs, Ordering::SeqCst);
         self.faults.armed.store(true, Ordering::SeqCst);
+    }
+
+    /// Starts `fault`; it lasts until [`MemFs::heal`].
+    pub fn inject(&self, fault: Fault) {
+        let flag = match fault {
+            Fault::NoSpace => &self.faults.no_space,
+            Fault::SyncFails => &self.faults.sync_fails,
+        };
+        flag.store(true, Ordering::SeqCst);
+    }
+
+    /// Ends every injected [`Fault`] (space is freed, the disk works again).
+    pub fn heal(&self) {
+        self.faults.no_space.store(false, Ordering::SeqCst);
+        self.faults.sync_fails.store(false, Ordering::SeqCst);
+    }
+
+    /// Evicts the pages a failed sync forgot: reads of them now return what
+    /// the disk holds (zeros), as after memory pressure on a real machine.
+    pub fn evict_forgotten(&self) {
+        let state = lock(&self.state);
+        for file in state.live.values() {
+            let mut data = lock(&file.data);
+            for range in data.forgotten.clone() {
+                let end = range.end.min(data.written.len());
+                let start = range.start.min(end);
+                data.written[start..end].fill(0);
+            }
+        }
     }
 
     /// Fails every operation from now on.
@@ -157,6 +235,7 @@ impl MemFs {
                         written: bytes.clone(),
                         durable: bytes,
                         dirty_from,
+                        forgotten: Vec::new(),
                     }),
                     faults: Arc::clone(&image.faults),
                 });
@@ -210,6 +289,12 @@ fn surviving_bytes(data: &FileData, tail: Tail) -> Vec<u8> {
     } as usize;
     let start = bytes.len();
     bytes.extend_from_slice(&unsynced[..keep]);
+    for range in &data.forgotten {
+        // A failed sync's pages never reached the disk.
+        let end = range.end.min(bytes.len());
+        let from = range.start.max(start).min(end);
+        bytes[from..end].fill(0);
+    }
     if let Tail::Corrupt { every, seed, .. } = tail {
         let every = every.max(1) as usize;
         let mut index = (seed as usize) % every;
@@ -325,13 +410,22 @@ impl File for MemFile {
         self.faults.check()?;
         let mut data = lock(&self.data);
         let position = position as usize;
-        let end = position + buf.len();
+        let mut end = position + buf.len();
+        let mut result = Ok(());
+        if end > data.written.len() && self.faults.no_space.load(Ordering::SeqCst) {
+            // A short write: half of what goes past the old end lands.
+            let old_end = data.written.len().max(position);
+            end = old_end + (end - old_end) / 2;
+            result = Err(io::Error::from_raw_os_error(ENOSPC));
+        }
         if data.written.len() < end {
             data.written.resize(end, 0);
         }
-        data.written[position..end].copy_from_slice(buf);
+        data.written[position..end].copy_from_slice(&buf[..end - position]);
         data.dirty_from = data.dirty_from.min(position);
-        Ok(())
+        // Written again: dirty, so a sync writes it back.
+        subtract(&mut data.forgotten, position..end);
+        result
     }
 
     fn read_at(&self, buf: &mut [u8], position: u64) -> io::Result<usize> {
@@ -347,12 +441,37 @@ impl File for MemFile {
     }
 
     fn sync_data(&self) -> io::Result<()> {
-        self.faults.on_sync()?;
+        if let Err(error) = self.faults.on_sync() {
+            if self.faults.sync_fails.load(Ordering::SeqCst) {
+                // The failed writeback's pages are clean now, not on disk.
+                let mut data = lock(&self.data);
+                let from = data.dirty_from.min(data.durable.len());
+                let to = data.written.len();
+                if from < to {
+                    subtract(&mut data.forgotten, from..to);
+                    data.forgotten.push(from..to);
+                }
+                data.dirty_from = to;
+            }
+            return Err(error);
+        }
         let mut guard = lock(&self.data);
         let data = &mut *guard;
-        let from = data.dirty_from.min(data.durable.len());
+        let from = data.dirty_from.min(data.durable.len()).min(
+            data.forgotten
+                .iter()
+                .map(|range| range.start)
+                .min()
+                .unwrap_or(usize::MAX),
+        );
         data.durable.truncate(from);
         data.durable.extend_from_slice(&data.written[from..]);
+        for range in &data.forgotten {
+            // Never written back: the disk holds zeros there.
+            let end = range.end.min(data.durable.len());
+            let start = range.start.min(end);
+            data.durable[start..end].fill(0);
+        }
         data.dirty_from = data.written.len();
         Ok(())
     }
@@ -361,8 +480,12 @@ impl File for MemFile {
         self.faults.check()?;
         let mut data = lock(&self.data);
         let len = len as usize;
+        if len > data.written.len() && self.faults.no_space.load(Ordering::SeqCst) {
+            return Err(io::Error::from_raw_os_error(ENOSPC));
+        }
         data.written.resize(len, 0);
         data.dirty_from = data.dirty_from.min(len);
+        subtract(&mut data.forgotten, len..usize::MAX);
         Ok(())
     }
 }

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -34,6 +35,12 @@ pub mod names {
     pub const SEGMENTS_DELETED: &str = "herald_log_segments_deleted";
     /// Records whose contents a compaction erased.
     pub const ERASED_RECORDS: &str = "herald_log_erased_records";
+    /// Writes or fsyncs that failed and put a log in its failed state.
+    pub const IO_FAILURES: &str = "herald_log_io_failures";
+    /// Failed logs the writer's probe recovered.
+    pub const RECOVERIES: &str = "herald_log_recoveries";
+    /// Logs in their failed state now (refusing appends).
+    pub const FAILED_LOGS: &str = "herald_log_failed_logs";
 }
 
 /// Latency buckets: 10 µs to ~5 s, doubling. An fsync on a virtio disk takes
@@ -55,6 +62,9 @@ pub struct LogMetrics {
     pub(crate) recovery_truncated_bytes: Counter,
     pub(crate) segments_deleted: Counter,
     pub(crate) erased_records: Counter,
+    pub(crate) io_failures: Counter,
+    pub(crate) recoveries: Counter,
+    pub(crate) failed_logs: Gauge,
 }
 
 impl Default for LogMetrics {
@@ -70,6 +80,9 @@ impl Default for LogMetrics {
             recovery_truncated_bytes: Counter::default(),
             segments_deleted: Counter::default(),
             erased_records: Counter::default(),
+            io_failures: Counter::default(),
+            recoveries: Counter::default(),
+            failed_logs: Gauge::default(),
         }
     }
 }
@@ -108,6 +121,21 @@ impl LogMetrics {
     /// Records erased by compaction so far.
     pub fn erased_records_total(&self) -> u64 {
         self.erased_records.get()
+    }
+
+    /// Writes or fsyncs that failed a log so far.
+    pub fn io_failures_total(&self) -> u64 {
+        self.io_failures.get()
+    }
+
+    /// Failed logs recovered so far.
+    pub fn recoveries_total(&self) -> u64 {
+        self.recoveries.get()
+    }
+
+    /// Logs in their failed state now.
+    pub fn failed_logs(&self) -> i64 {
+        self.failed_logs.get()
     }
 
     /// Registers every metric with `registry`.
@@ -166,6 +194,21 @@ impl LogMetrics {
             names::ERASED_RECORDS,
             "Records whose contents a compaction erased (hard delete)",
             self.erased_records.clone(),
+        );
+        registry.register(
+            names::IO_FAILURES,
+            "Writes or fsyncs of a log that failed (disk full, I/O error) and put it in its failed state",
+            self.io_failures.clone(),
+        );
+        registry.register(
+            names::RECOVERIES,
+            "Failed logs that the writer's probe recovered once the disk worked again",
+            self.recoveries.clone(),
+        );
+        registry.register(
+            names::FAILED_LOGS,
+            "Logs in their failed state now, refusing appends",
+            self.failed_logs.clone(),
         );
     }
 }

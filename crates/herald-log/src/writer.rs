@@ -23,6 +23,13 @@
 //! A lone caller (`n = 1`) never waits, so serial latency is one write plus
 //! one fsync.
 //!
+//! A failed write or fsync puts the log in its failed state
+//! ([`Log::recover`]): appends are refused at once (no disk I/O, no queueing
+//! behind the disk), and the thread's timer probes the log, 50 ms after the
+//! failure and then with the delay doubled up to 1 s, until the disk works
+//! again. An inline append that fails the log wakes the thread so the probe
+//! is scheduled; a failed log asks for no interval fsync meanwhile.
+//!
 //! The writer is a dedicated OS thread (its work is blocking file I/O, which
 //! must never run on an async request task). Callers are async: they wait
 //! for a queue permit (backpressure) and for their acknowledgement without
@@ -227,7 +234,11 @@ impl LogHandle {
         let result = log
             .append_round(&[records])
             .and_then(|mut acks| acks.pop().ok_or(LogError::EmptyAppend));
-        let wake = clean && log.sync_deadline().is_some();
+        // The writer thread sleeps until its old deadline: have it schedule
+        // the interval fsync this append now needs, or the probe of a log
+        // this append failed.
+        let wake = (clean && log.sync_deadline().is_some())
+            || (result.is_err() && log.probe_deadline().is_some());
         drop(guard);
         if result.is_ok() {
             let metrics = &self.shared.metrics;
@@ -237,8 +248,6 @@ impl LogHandle {
                 .observe(started.elapsed().as_secs_f64());
         }
         if wake {
-            // The writer thread sleeps until its old deadline: have it
-            // schedule the interval fsync this append now needs.
             let _ = self.sender.send(Command::Wake);
         }
         Some(result)
@@ -278,6 +287,13 @@ impl LogHandle {
     pub async fn close(&self) -> Result<(), LogError> {
         self.permits.close();
         self.request(Command::Close).await
+    }
+
+    /// Why the log refuses appends, while it does: after a failed write or
+    /// fsync, until the writer's probe (every 50 ms to 1 s) finds the disk
+    /// working again and recovers the log.
+    pub fn failure(&self) -> Option<crate::log::LogFailure> {
+        self.reader.failure()
     }
 
     /// The read side.
@@ -328,9 +344,10 @@ impl Writer {
                 let guard = shared.lock();
                 let Some(log) = guard.as_ref() else { return };
                 let next_retention = self.last_retention + self.options.retention_interval;
-                let deadline = log
-                    .sync_deadline()
-                    .map_or(next_retention, |sync| sync.min(next_retention));
+                let deadline = [log.sync_deadline(), log.probe_deadline()]
+                    .into_iter()
+                    .flatten()
+                    .fold(next_retention, Instant::min);
                 deadline.saturating_duration_since(Instant::now())
             };
             let first = match self.receiver.recv_timeout(timeout) {
@@ -445,6 +462,13 @@ impl Writer {
 
     fn on_timers(&mut self, slot: &mut Option<Log>) {
         let Some(log) = slot.as_mut() else { return };
+        if log
+            .probe_deadline()
+            .is_some_and(|deadline| deadline <= Instant::now())
+        {
+            // A failed log: try to bring it back (it logs the outcome).
+            let _ = log.recover();
+        }
         if log
             .sync_deadline()
             .is_some_and(|deadline| deadline <= Instant::now())

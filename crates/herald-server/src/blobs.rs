@@ -17,13 +17,20 @@
 //!   nothing is left. Complete, it is renamed to `sha256/<hex>`: an equal
 //!   blob already there is replaced by identical bytes (dedup: one copy),
 //!   which also refreshes its age for the collector.
+//! - Free-space reserve (local store): an upload is refused with
+//!   [`Error::InsufficientStorage`] (507) before it starts if the free space
+//!   under the store, less its announced `Content-Length`, is below
+//!   `blobs.min_free_bytes`; and while it streams (checked every
+//!   [`SPACE_CHECK_BYTES`]) if the free space falls below the reserve plus
+//!   what the upload still buffers, or the disk refuses a write (`ENOSPC`).
+//!   The upload is aborted: nothing is left.
 //! - Download: a ranged or whole `get` whose stream is the response body.
 //! - Collection: every `gc_interval_ms`, blobs older than
 //!   `unreferenced_ttl_ms` that no job references (the job service's
 //!   `blob.refs` Kv bucket) are deleted, and so are stale uploads.
 
 use std::ops::Range;
-use std::path::Path as FsPath;
+use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -42,12 +49,17 @@ pub const CHUNK_BYTES: usize = 8 * 1024 * 1024;
 pub const UPLOAD_CONCURRENCY: usize = 2;
 /// Uploads older than this are stale (their request is long gone).
 const STALE_UPLOAD_MS: i64 = 24 * 3_600_000;
+/// How often (in bytes received) an upload checks the free space.
+pub const SPACE_CHECK_BYTES: u64 = 1024 * 1024;
 
 /// Where blobs are kept. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct BlobStore {
     store: Arc<dyn ObjectStore>,
     max_bytes: u64,
+    /// The local store's directory and the free space uploads must leave
+    /// there; `None` for S3 or a zero reserve.
+    reserve: Option<(PathBuf, u64)>,
 }
 
 /// A stored blob.
@@ -74,6 +86,18 @@ pub enum Error {
     TooLarge {
         /// The limit.
         max: u64,
+    },
+    /// The upload would leave less free space than `blobs.min_free_bytes`;
+    /// nothing was kept.
+    #[error(
+        "the upload would leave {free} bytes free on the disk, under the reserve of {reserve} bytes (blobs.min_free_bytes); nothing was kept"
+    )]
+    InsufficientStorage {
+        /// Free bytes the upload would leave (or the disk has, if it refused a
+        /// write).
+        free: u64,
+        /// `blobs.min_free_bytes`.
+        reserve: u64,
     },
     /// The range starts at or after the end of the blob.
     #[error("range starts at {start} but the blob has {size} bytes")]
@@ -103,7 +127,15 @@ pub enum Error {
 impl BlobStore {
     /// The store under `data_dir/blobs`, or the S3 bucket if one is
     /// configured (`s3` feature). Removes uploads a crash left behind.
-    pub fn open(data_dir: &FsPath, s3_bucket: &str, max_bytes: u64) -> Result<Self, Error> {
+    /// `min_free_bytes` is the free-space reserve of the local store.
+    pub fn open(
+        data_dir: &FsPath,
+        s3_bucket: &str,
+        max_bytes: u64,
+        min_free_bytes: u64,
+    ) -> Result<Self, Error> {
+        let reserve = (s3_bucket.is_empty() && min_free_bytes > 0)
+            .then(|| (data_dir.join("blobs"), min_free_bytes));
         let store: Arc<dyn ObjectStore> = if s3_bucket.is_empty() {
             let root = data_dir.join("blobs");
             let open_error = |source| Error::Open {
@@ -121,7 +153,29 @@ impl BlobStore {
         } else {
             s3_store(s3_bucket)?
         };
-        Ok(Self { store, max_bytes })
+        Ok(Self {
+            store,
+            max_bytes,
+            reserve,
+        })
+    }
+
+    /// Refuses with [`Error::InsufficientStorage`] if the disk holding the
+    /// store has less free space than the reserve plus `pending` bytes.
+    pub fn check_space(&self, pending: u64) -> Result<(), Error> {
+        let Some((root, reserve)) = &self.reserve else {
+            return Ok(());
+        };
+        let Some(free) = free_bytes(root) else {
+            return Ok(());
+        };
+        if free < reserve.saturating_add(pending) {
+            return Err(Error::InsufficientStorage {
+                free: free.saturating_sub(pending),
+                reserve: *reserve,
+            });
+        }
+        Ok(())
     }
 
     /// The largest blob accepted.
@@ -139,6 +193,7 @@ impl BlobStore {
         let mut writer = WriteMultipart::new_with_chunk_size(upload, CHUNK_BYTES);
         let mut hasher = Sha256::new();
         let mut size = 0_u64;
+        let mut next_space_check = SPACE_CHECK_BYTES;
         let mut body = body;
         let streamed: Result<(), Error> = async {
             while let Some(chunk) = body.next().await {
@@ -149,8 +204,17 @@ impl BlobStore {
                         max: self.max_bytes,
                     });
                 }
+                if size >= next_space_check {
+                    // What is buffered but not yet written still needs room.
+                    let buffered = (UPLOAD_CONCURRENCY as u64 + 1) * CHUNK_BYTES as u64;
+                    self.check_space(buffered.min(size))?;
+                    next_space_check = size + SPACE_CHECK_BYTES;
+                }
                 hasher.update(&chunk);
-                writer.wait_for_capacity(UPLOAD_CONCURRENCY).await?;
+                writer
+                    .wait_for_capacity(UPLOAD_CONCURRENCY)
+                    .await
+                    .map_err(|error| self.store_error(error))?;
                 writer.put(chunk);
             }
             Ok(())
@@ -162,7 +226,11 @@ impl BlobStore {
             }
             return Err(error);
         }
-        writer.finish().await?;
+        if let Err(error) = writer.finish().await {
+            // A failed part aborts the whole upload, so nothing is left.
+            let _ = self.store.delete(&temp).await;
+            return Err(self.store_error(error));
+        }
         let id = format!("sha256:{}", hex(&hasher.finalize()));
         if let Err(error) = self.store.rename(&temp, &blob_path(&id)).await {
             let _ = self.store.delete(&temp).await;
@@ -250,6 +318,36 @@ impl BlobStore {
         }
         Ok(deleted)
     }
+}
+
+impl BlobStore {
+    /// A store error; `ENOSPC` from the local disk is
+    /// [`Error::InsufficientStorage`].
+    fn store_error(&self, error: object_store::Error) -> Error {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+        while let Some(cause) = source {
+            if let Some(io) = cause.downcast_ref::<std::io::Error>()
+                && io.kind() == std::io::ErrorKind::StorageFull
+            {
+                let reserve = self.reserve.as_ref().map_or(0, |(_, reserve)| *reserve);
+                return Error::InsufficientStorage { free: 0, reserve };
+            }
+            source = cause.source();
+        }
+        Error::Store(error)
+    }
+}
+
+/// Free bytes for an unprivileged writer on the filesystem holding `path`.
+#[cfg(target_os = "linux")]
+fn free_bytes(path: &FsPath) -> Option<u64> {
+    let stats = rustix::fs::statvfs(path).ok()?;
+    Some(stats.f_bavail.saturating_mul(stats.f_frsize))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn free_bytes(_path: &FsPath) -> Option<u64> {
+    None
 }
 
 fn blob_path(id: &str) -> Path {

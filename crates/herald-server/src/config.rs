@@ -189,6 +189,12 @@ pub struct BlobOptions {
     /// standard `AWS_*` variables) instead of `<data_dir>/blobs`. Needs a
     /// build with the `s3` feature; empty means the data directory.
     pub s3_bucket: String,
+    /// Free disk space, in bytes, that blob uploads must leave for the rest
+    /// of the data directory (logs, metadata): an upload is refused with 507
+    /// `insufficient_storage` when the free space is, or falls during the
+    /// upload, below this plus what it still has to write. 0 turns it off;
+    /// not checked for S3.
+    pub min_free_bytes: u64,
 }
 
 impl Default for BlobOptions {
@@ -197,6 +203,7 @@ impl Default for BlobOptions {
             unreferenced_ttl_ms: 24 * 3_600_000,
             gc_interval_ms: 60_000,
             s3_bucket: String::new(),
+            min_free_bytes: 256 * 1024 * 1024,
         }
     }
 }

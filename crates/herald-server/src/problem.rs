@@ -31,10 +31,12 @@
 //! A code, once released, never changes meaning, status or gRPC status. New
 //! failure modes add codes.
 //!
-//! Only two kinds of code answer 5xx: `unavailable` and `shutting_down`
-//! (503, with `Retry-After`: try again), and `corrupt_data` / `internal` (500:
-//! the server is at fault, an operator must look). No request input can
-//! produce the latter two.
+//! Only three kinds of code answer 5xx: `unavailable`, `storage_unavailable`
+//! and `shutting_down` (503, with `Retry-After`: try again),
+//! `insufficient_storage` (507: a blob upload refused to keep the disk's
+//! free-space reserve), and `corrupt_data` / `internal` (500: the server is
+//! at fault, an operator must look). No request input can produce the last
+//! two.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -171,6 +173,13 @@ codes! {
     CorruptData => "corrupt_data", INTERNAL_SERVER_ERROR, DATA_LOSS, "Corrupt data";
     /// Storage is not open yet, or failed; retry later.
     Unavailable => "unavailable", SERVICE_UNAVAILABLE, UNAVAILABLE, "Service unavailable";
+    /// The disk refused a write or fsync (full, or an I/O error); nothing of
+    /// the request was stored; the server recovers by itself once the disk
+    /// works again, so retry later.
+    StorageUnavailable => "storage_unavailable", SERVICE_UNAVAILABLE, UNAVAILABLE, "Storage unavailable";
+    /// A blob upload would leave less free space on the disk than
+    /// `blobs.min_free_bytes`; nothing was kept.
+    InsufficientStorage => "insufficient_storage", INSUFFICIENT_STORAGE, RESOURCE_EXHAUSTED, "Insufficient storage";
     /// The server is shutting down; retry against it (or another) later.
     ShuttingDown => "shutting_down", SERVICE_UNAVAILABLE, UNAVAILABLE, "Shutting down";
     /// The server failed; nothing the client can fix.
@@ -185,7 +194,10 @@ impl Code {
 
     /// Whether the same request may succeed later (a 503).
     pub const fn is_retryable(self) -> bool {
-        matches!(self, Self::Unavailable | Self::ShuttingDown)
+        matches!(
+            self,
+            Self::Unavailable | Self::StorageUnavailable | Self::ShuttingDown
+        )
     }
 }
 
@@ -289,6 +301,7 @@ impl From<crate::blobs::Error> for Problem {
         let code = match &failure {
             crate::blobs::Error::NotFound { .. } => Code::BlobNotFound,
             crate::blobs::Error::TooLarge { .. } => Code::PayloadTooLarge,
+            crate::blobs::Error::InsufficientStorage { .. } => Code::InsufficientStorage,
             crate::blobs::Error::RangeNotSatisfiable { .. } => Code::RangeNotSatisfiable,
             crate::blobs::Error::CutOff(_) => Code::InvalidArgument,
             crate::blobs::Error::Store(_) | crate::blobs::Error::Open { .. } => {
@@ -450,7 +463,11 @@ mod tests {
 
     #[test]
     fn given_retryable_code_when_into_response_should_answer_503_with_retry_after() {
-        for code in [Code::Unavailable, Code::ShuttingDown] {
+        for code in [
+            Code::Unavailable,
+            Code::StorageUnavailable,
+            Code::ShuttingDown,
+        ] {
             let response = Problem::new(code, "x").into_response();
             assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
             assert_eq!(response.headers()[header::RETRY_AFTER], "1");
@@ -467,7 +484,10 @@ mod tests {
             if status.is_server_error() {
                 assert!(
                     status == StatusCode::SERVICE_UNAVAILABLE
-                        || matches!(code, Code::Internal | Code::CorruptData),
+                        || matches!(
+                            code,
+                            Code::Internal | Code::CorruptData | Code::InsufficientStorage
+                        ),
                     "{} must not answer {status}",
                     code.as_str()
                 );

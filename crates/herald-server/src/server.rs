@@ -25,6 +25,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use herald_log::SystemClock;
 use tokio::net::TcpListener;
@@ -120,6 +121,7 @@ impl Server {
             data_dir.path(),
             &options.blobs.s3_bucket,
             options.limits.max_blob_bytes(),
+            options.blobs.min_free_bytes,
         )
         .map_err(Error::OpenBlobs)?;
         info!(addr = %local_addr, "Listening.");
@@ -235,6 +237,12 @@ impl Server {
             };
         readiness.set(Phase::Ready);
         grpc::set_serving(&health, true).await;
+        let grpc_health = tokio::spawn(grpc_health_loop(
+            health.clone(),
+            readiness.clone(),
+            storage.backend(),
+            services.clone(),
+        ));
         info!("Ready.");
 
         let stopped_early = tokio::select! {
@@ -254,6 +262,7 @@ impl Server {
 
         // The services stop before storage closes: nothing may write after.
         services.cancel();
+        let _ = grpc_health.await;
         for task in service_tasks {
             if let Err(source) = task.await {
                 warn!(error = %source, "A service task failed.");
@@ -266,6 +275,34 @@ impl Server {
         http_result.and(closed)?;
         info!("Stopped.");
         Ok(())
+    }
+}
+
+/// How often gRPC health follows the backend's health (see
+/// [`grpc_health_loop`]).
+const GRPC_HEALTH_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Makes `grpc.health.v1` say NOT_SERVING while storage is degraded (a
+/// partition or store failed a write: `/readyz` lists them) and SERVING again
+/// once it recovered, while the server is ready. It only flips back what it
+/// flipped, so it never undoes the NOT_SERVING of a shutdown.
+async fn grpc_health_loop(
+    health: tonic_health::server::HealthReporter,
+    readiness: Readiness,
+    backend: Arc<dyn herald_backend::Backend>,
+    cancel: CancellationToken,
+) {
+    let mut degraded = false;
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(GRPC_HEALTH_INTERVAL) => {}
+        }
+        let now_degraded = !backend.health().is_empty();
+        if now_degraded != degraded && readiness.phase() == Phase::Ready {
+            grpc::set_serving(&health, !now_degraded).await;
+            degraded = now_degraded;
+        }
     }
 }
 

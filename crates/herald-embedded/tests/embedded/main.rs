@@ -3,6 +3,7 @@
 //! streams).
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
+mod damage;
 mod erasure;
 mod kill;
 mod stream_kill;

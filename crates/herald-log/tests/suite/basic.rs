@@ -292,32 +292,6 @@ fn given_missing_or_garbage_index_when_reopened_should_rebuild_it() {
 }
 
 #[test]
-fn given_failed_fsync_when_appending_should_fail_the_round_and_refuse_later_appends() {
-    let fs = MemFs::new();
-    let mut log = Log::open(
-        mem_dir(),
-        LogOptions::default(),
-        mem_env(&fs, Arc::new(ManualClock::new(0))),
-    )
-    .unwrap();
-    log.append_round(&[&[record(0, 10)]]).unwrap();
-    fs.crash_after_syncs(0);
-    assert!(matches!(
-        log.append_round(&[&[record(1, 10)]]),
-        Err(LogError::Io { .. })
-    ));
-    assert!(matches!(
-        log.append_round(&[&[record(2, 10)]]),
-        Err(LogError::Poisoned { .. })
-    ));
-    assert_eq!(
-        log.reader().end_offset(),
-        1,
-        "the failed round never became visible"
-    );
-}
-
-#[test]
 fn given_bad_appends_when_checked_should_be_refused_without_writing() {
     let fs = MemFs::new();
     let options = LogOptions {

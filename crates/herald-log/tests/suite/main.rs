@@ -3,7 +3,9 @@
 
 mod basic;
 mod compaction;
+mod corruption;
 mod crash_images;
+mod failures;
 mod kill;
 mod model;
 mod support;

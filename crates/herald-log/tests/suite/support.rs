@@ -74,3 +74,20 @@ pub fn read_all(reader: &herald_log::LogReader, from: u64) -> Vec<Record> {
         records.extend(batch.records);
     }
 }
+
+/// Where each batch of a segment file's bytes starts, and its length, by the
+/// length fields (up to the first batch that does not fit).
+pub fn batches(bytes: &[u8]) -> Vec<(usize, usize)> {
+    let mut found = Vec::new();
+    let mut position = 0;
+    while position + 12 <= bytes.len() {
+        let length = u32::from_le_bytes(bytes[position + 8..position + 12].try_into().unwrap());
+        let total = 12 + length as usize;
+        if total < 40 || position + total > bytes.len() {
+            break;
+        }
+        found.push((position, total));
+        position += total;
+    }
+    found
+}

@@ -185,6 +185,7 @@ impl v1::jobs_server::Jobs for JobsService {
         &self,
         request: Request<Streaming<v1::BlobChunk>>,
     ) -> Result<Response<v1::BlobInfo>, Status> {
+        self.state.blobs.check_space(0).map_err(Problem::from)?;
         let chunks = request
             .into_inner()
             .map(|chunk| chunk.map(|chunk| chunk.data).map_err(axum::Error::new));

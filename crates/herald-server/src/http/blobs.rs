@@ -62,9 +62,13 @@ pub async fn upload(
         drain(&mut stream).await;
         return Err(blobs::Error::TooLarge { max }.into());
     }
+    if let Err(error) = state.blobs.check_space(announced.unwrap_or(0)) {
+        drain(&mut stream).await;
+        return Err(error.into());
+    }
     let BlobInfo { id, size } = match state.blobs.put(&mut stream).await {
         Ok(info) => info,
-        Err(error @ blobs::Error::TooLarge { .. }) => {
+        Err(error @ (blobs::Error::TooLarge { .. } | blobs::Error::InsufficientStorage { .. })) => {
             drain(&mut stream).await;
             return Err(error.into());
         }

@@ -4,7 +4,10 @@
 //! Readiness says it can do useful work: 200 only between storage having
 //! opened and shutdown having begun, 503 before and after, so a load balancer
 //! neither sends traffic to a server still recovering its log nor to one
-//! draining.
+//! draining. While open, storage whose disk refused a write or fsync (a full
+//! disk, an I/O error) also makes it 503 `{"status":"degraded"}`, with a
+//! `problems` list naming each failed partition or store and its error,
+//! until the backend has recovered it (by itself, once the disk works).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -80,9 +83,27 @@ impl Readiness {
 /// Body of both endpoints.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Status {
-    /// `ok` for liveness; a [`Phase`] for readiness.
+    /// `ok` for liveness; a [`Phase`] or `degraded` for readiness.
     #[schema(value_type = String, example = "ok")]
     pub status: &'static str,
+    /// Readiness while `degraded`: what cannot work now, and why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<HealthProblem>,
+}
+
+/// One part of storage that cannot work now.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct HealthProblem {
+    /// What: `topic orders partition 0`, `meta.redb`, `streams.redb`.
+    #[schema(example = "topic orders partition 0")]
+    pub component: String,
+    /// The code requests that need it fail with meanwhile.
+    #[schema(example = "storage_unavailable")]
+    pub code: &'static str,
+    /// The error (e.g. `No space left on device`).
+    pub error: String,
+    /// Since when, in ms since the Unix epoch.
+    pub since_ms: i64,
 }
 
 /// `GET /healthz`: 200 `{"status":"ok"}`.
@@ -91,28 +112,52 @@ pub struct Status {
     responses((status = 200, description = "The process answers.", body = Status))
 )]
 pub async fn healthz() -> Json<Status> {
-    Json(Status { status: "ok" })
+    Json(Status {
+        status: "ok",
+        problems: Vec::new(),
+    })
 }
 
-/// `GET /readyz`: 200 `{"status":"ready"}`, or 503 with the phase.
+/// `GET /readyz`: 200 `{"status":"ready"}`, or 503 with the phase, or 503
+/// `degraded` with the problems of storage that failed a write.
 #[utoipa::path(
     get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, description = "Storage is open; serving.", body = Status),
-        (status = 503, description = "Starting (recovering storage) or stopping.", body = Status),
+        (status = 503, description = "Starting (recovering storage), stopping, or degraded: storage failed a write (disk full, I/O error) and is not recovered yet; `problems` says what and why.", body = Status),
     )
 )]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Status>) {
     let phase = state.readiness.phase();
-    let code = if phase == Phase::Ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (
-        code,
-        Json(Status {
+    if phase != Phase::Ready {
+        let status = Status {
             status: phase.as_str(),
-        }),
-    )
+            problems: Vec::new(),
+        };
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(status));
+    }
+    let problems: Vec<HealthProblem> = state
+        .backend()
+        .map(herald_backend::Backend::health)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|issue| HealthProblem {
+            component: issue.component,
+            code: issue.code,
+            error: issue.error,
+            since_ms: issue.since_ms,
+        })
+        .collect();
+    if problems.is_empty() {
+        let status = Status {
+            status: phase.as_str(),
+            problems,
+        };
+        return (StatusCode::OK, Json(status));
+    }
+    let status = Status {
+        status: "degraded",
+        problems,
+    };
+    (StatusCode::SERVICE_UNAVAILABLE, Json(status))
 }

@@ -173,7 +173,12 @@ fn error_codes(
 ) -> std::collections::BTreeMap<u16, Vec<Code>> {
     let mut codes = Vec::new();
     if path.starts_with("/v1/") {
-        codes.extend([Code::InvalidArgument, Code::Unavailable, Code::ShuttingDown]);
+        codes.extend([
+            Code::InvalidArgument,
+            Code::Unavailable,
+            Code::StorageUnavailable,
+            Code::ShuttingDown,
+        ]);
         codes.extend([Code::Internal, Code::CorruptData]);
     }
     if path.contains("{topic}") {
@@ -233,6 +238,7 @@ fn error_codes(
             codes.extend([Code::PartNotFound, Code::BlobNotFound, Code::JobConflict]);
         }
         ("get", "/v1/blobs/{id}") => codes.extend([Code::BlobNotFound, Code::RangeNotSatisfiable]),
+        ("post", "/v1/blobs") => codes.push(Code::InsufficientStorage),
         (_, path) if path.ends_with("/commit") => {
             codes.extend([Code::StaleGeneration, Code::PartitionNotFound]);
         }

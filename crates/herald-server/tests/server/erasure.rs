@@ -27,26 +27,7 @@ async fn append(api: &Api, stream: &str, body: &Value) {
 
 /// Every event of partition 0, as `(offset, event)`.
 async fn topic_events(api: &Api) -> Vec<(u64, Value)> {
-    let mut events = Vec::new();
-    let mut from = 0;
-    loop {
-        let page = expect_json(
-            api.get(&format!(
-                "/v1/topics/people/events?partition=0&from_offset={from}&limit=100"
-            ))
-            .await,
-            200,
-        )
-        .await;
-        let batch = page["events"].as_array().unwrap();
-        if batch.is_empty() {
-            return events;
-        }
-        for event in batch {
-            events.push((event["offset"].as_u64().unwrap(), event.clone()));
-        }
-        from = page["next_offset"].as_u64().unwrap();
-    }
+    api.partition_events("people", 0).await
 }
 
 /// The files under `dir` (recursively) whose bytes contain `needle`.

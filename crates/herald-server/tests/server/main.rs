@@ -8,6 +8,7 @@ mod blobs;
 mod cli;
 mod cloudevents;
 mod config;
+mod disk_full;
 mod erasure;
 mod events;
 mod groups;

@@ -333,6 +333,31 @@ impl Api {
     }
 
     /// `PUT` a group → its answer (asserts 200 or 201).
+    /// Every event of one partition, as `(offset, event)`, read page by
+    /// page from offset 0.
+    pub async fn partition_events(&self, topic: &str, partition: u32) -> Vec<(u64, Value)> {
+        let mut events = Vec::new();
+        let mut from = 0;
+        loop {
+            let page = expect_json(
+                self.get(&format!(
+                    "/v1/topics/{topic}/events?partition={partition}&from_offset={from}&limit=100"
+                ))
+                .await,
+                200,
+            )
+            .await;
+            let batch = page["events"].as_array().unwrap();
+            if batch.is_empty() {
+                return events;
+            }
+            for event in batch {
+                events.push((event["offset"].as_u64().unwrap(), event.clone()));
+            }
+            from = page["next_offset"].as_u64().unwrap();
+        }
+    }
+
     pub async fn put_group(&self, topic: &str, group: &str, spec: Value) -> Value {
         let response = self
             .put(&format!("/v1/topics/{topic}/groups/{group}"), &spec)
