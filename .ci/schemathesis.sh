@@ -4,6 +4,11 @@
 # bounded time; any 5xx or any response that breaks the documented schema
 # fails CI. Prints how many cases of each operation reached a 2xx.
 # Usage: .ci/schemathesis.sh [herald binary]
+# Environment: SCHEMATHESIS_MAX_TIME (seconds of cases, 240),
+# SCHEMATHESIS_MAX_EXAMPLES (per operation and cycle, 100),
+# SCHEMATHESIS_REFUSALS (a file for the reasons the server refused cases the
+# schema calls valid), SCHEMATHESIS_ARGS (more flags, e.g.
+# "--include-path-regex groups").
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

@@ -465,26 +465,59 @@ fn path_parameters(document: &mut Value, missing: &mut Vec<String>) {
     }
 }
 
-/// One link: from the `status` response of `source` to `target`.
+/// An operation: (method, path).
+type Op = (&'static str, &'static str);
+
+/// One link: from the `status` responses of `source` to `target`.
 struct Link {
-    source: (&'static str, &'static str),
+    source: Op,
     status: &'static [&'static str],
     name: &'static str,
-    target: (&'static str, &'static str),
+    target: Op,
     parameters: Value,
     body: Option<Value>,
 }
 
+impl Link {
+    fn new(source: Op, status: &'static [&'static str], name: &'static str, target: Op) -> Self {
+        Self {
+            source,
+            status,
+            name,
+            target,
+            parameters: json!({}),
+            body: None,
+        }
+    }
+
+    fn parameters(mut self, parameters: &Value) -> Self {
+        self.parameters = parameters.clone();
+        self
+    }
+
+    fn body(mut self, body: Value) -> Self {
+        self.body = Some(body);
+        self
+    }
+}
+
+const TOPICS: &str = "/v1/topics";
 const TOPIC: &str = "/v1/topics/{topic}";
 const TOPIC_EVENTS: &str = "/v1/topics/{topic}/events";
 const GROUP: &str = "/v1/topics/{topic}/groups/{group}";
 const STREAM: &str = "/v1/topics/{topic}/streams/{stream}";
 const STREAM_EVENTS: &str = "/v1/topics/{topic}/streams/{stream}/events";
 const SNAPSHOT: &str = "/v1/topics/{topic}/streams/{stream}/snapshot";
-const JOB: &str = "/v1/jobs/{job_id}";
+const BLOBS: &str = "/v1/blobs";
 const BLOB: &str = "/v1/blobs/{id}";
+const SUBMIT: &str = "/v1/queues/{queue}/jobs";
+const QUEUE_FETCH: &str = "/v1/queues/{queue}/fetch";
+const JOB: &str = "/v1/jobs/{job_id}";
+const JOB_PROGRESS: &str = "/v1/jobs/{job_id}/progress";
+const JOB_COMPLETE: &str = "/v1/jobs/{job_id}/complete";
 
-fn group_path(action: &'static str) -> &'static str {
+/// `…/groups/{group}/<action>`.
+fn group_action(action: &str) -> &'static str {
     match action {
         "fetch" => "/v1/topics/{topic}/groups/{group}/fetch",
         "ack" => "/v1/topics/{topic}/groups/{group}/ack",
@@ -499,259 +532,173 @@ fn group_path(action: &'static str) -> &'static str {
     }
 }
 
+/// Which response feeds which operation.
 fn link_table() -> Vec<Link> {
     let created_topic = json!({"topic": "$response.body#/name"});
     let same_topic = json!({"topic": "$request.path.topic"});
     let same_group = json!({"topic": "$request.path.topic", "group": "$request.path.group"});
     let same_stream = json!({"topic": "$request.path.topic", "stream": "$request.path.stream"});
+    let same_queue = json!({"queue": "$request.path.queue"});
+    let submitted = json!({"job_id": "$response.body#/job_id"});
+    let leased = json!({"job_id": "$response.body#/deliveries/0/job_id"});
     let first_delivery = json!({"delivery_ids": ["$response.body#/deliveries/0/delivery_id"]});
-    let mut table = vec![
-        Link {
-            source: ("post", "/v1/topics"),
-            status: &["201"],
-            name: "describe",
-            target: ("get", TOPIC),
-            parameters: created_topic.clone(),
-            body: None,
-        },
-        Link {
-            source: ("post", "/v1/topics"),
-            status: &["201"],
-            name: "update",
-            target: ("patch", TOPIC),
-            parameters: created_topic.clone(),
-            body: None,
-        },
-        Link {
-            source: ("post", "/v1/topics"),
-            status: &["201"],
-            name: "delete",
-            target: ("delete", TOPIC),
-            parameters: created_topic.clone(),
-            body: None,
-        },
-        Link {
-            source: ("post", "/v1/topics"),
-            status: &["201"],
-            name: "publish",
-            target: ("post", TOPIC_EVENTS),
-            parameters: created_topic.clone(),
-            body: None,
-        },
-        Link {
-            source: ("post", "/v1/topics"),
-            status: &["201"],
-            name: "read",
-            target: ("get", TOPIC_EVENTS),
-            parameters: created_topic.clone(),
-            body: None,
-        },
-        Link {
-            source: ("post", "/v1/topics"),
-            status: &["201"],
-            name: "create_group",
-            target: ("put", GROUP),
-            parameters: json!({"topic": "$response.body#/name", "group": "linked"}),
-            body: None,
-        },
-        Link {
-            source: ("post", "/v1/topics"),
-            status: &["201"],
-            name: "append_to_stream",
-            target: ("post", STREAM_EVENTS),
-            parameters: json!({"topic": "$response.body#/name", "stream": "linked"}),
-            body: None,
-        },
-        Link {
-            source: ("post", TOPIC_EVENTS),
-            status: &["201"],
-            name: "read_back",
-            target: ("get", TOPIC_EVENTS),
-            parameters: json!({
-                "topic": "$request.path.topic",
-                "partition": "$response.body#/results/0/partition",
-                "from_offset": "$response.body#/results/0/offset",
-            }),
-            body: None,
-        },
-        Link {
-            source: ("post", TOPIC_EVENTS),
-            status: &["201"],
-            name: "describe",
-            target: ("get", TOPIC),
-            parameters: same_topic.clone(),
-            body: None,
-        },
-    ];
-    for name in [
-        "status",
-        "delete",
-        "fetch",
-        "reset",
-        "leave",
-        "dead-letters",
-        "redrive",
+    let mut table = Vec::new();
+    // A created topic: its reads, changes, events, a group and a stream on it.
+    let created = ("post", TOPICS);
+    for (name, target) in [
+        ("describe", ("get", TOPIC)),
+        ("update", ("patch", TOPIC)),
+        ("delete", ("delete", TOPIC)),
+        ("publish", ("post", TOPIC_EVENTS)),
+        ("read", ("get", TOPIC_EVENTS)),
+    ] {
+        table.push(Link::new(created, &["201"], name, target).parameters(&created_topic));
+    }
+    table.push(
+        Link::new(created, &["201"], "create_group", ("put", GROUP))
+            .parameters(&json!({"topic": "$response.body#/name", "group": "linked"})),
+    );
+    table.push(
+        Link::new(
+            created,
+            &["201"],
+            "append_to_stream",
+            ("post", STREAM_EVENTS),
+        )
+        .parameters(&json!({"topic": "$response.body#/name", "stream": "linked"})),
+    );
+    // Published events: read them back where they landed.
+    let published = ("post", TOPIC_EVENTS);
+    table.push(
+        Link::new(published, &["201"], "read_back", ("get", TOPIC_EVENTS)).parameters(&json!({
+            "topic": "$request.path.topic",
+            "partition": "$response.body#/results/0/partition",
+            "from_offset": "$response.body#/results/0/offset",
+        })),
+    );
+    table.push(Link::new(published, &["201"], "describe", ("get", TOPIC)).parameters(&same_topic));
+    // A created or updated group: everything done with it.
+    for (name, method) in [
+        ("status", "get"),
+        ("delete", "delete"),
+        ("fetch", "post"),
+        ("reset", "post"),
+        ("leave", "post"),
+        ("dead-letters", "get"),
+        ("redrive", "post"),
     ] {
         let target = match name {
-            "status" => ("get", GROUP),
-            "delete" => ("delete", GROUP),
-            "dead-letters" => ("get", group_path(name)),
-            _ => ("post", group_path(name)),
+            "status" | "delete" => GROUP,
+            _ => group_action(name),
         };
-        table.push(Link {
-            source: ("put", GROUP),
-            status: &["200", "201"],
-            name,
-            target,
-            parameters: same_group.clone(),
-            body: None,
-        });
+        table.push(
+            Link::new(("put", GROUP), &["200", "201"], name, (method, target))
+                .parameters(&same_group),
+        );
     }
+    // A fetch: settle what it leased, commit (stream mode), leave.
+    let fetched = ("post", group_action("fetch"));
     for name in ["ack", "nack", "extend", "reject"] {
-        table.push(Link {
-            source: ("post", group_path("fetch")),
-            status: &["200"],
-            name,
-            target: ("post", group_path(name)),
-            parameters: same_group.clone(),
-            body: Some(first_delivery.clone()),
-        });
+        table.push(
+            Link::new(fetched, &["200"], name, ("post", group_action(name)))
+                .parameters(&same_group)
+                .body(first_delivery.clone()),
+        );
     }
-    table.push(Link {
-        source: ("post", group_path("fetch")),
-        status: &["200"],
-        name: "commit",
-        target: ("post", group_path("commit")),
-        parameters: same_group.clone(),
-        body: Some(json!({
+    table.push(
+        Link::new(
+            fetched,
+            &["200"],
+            "commit",
+            ("post", group_action("commit")),
+        )
+        .parameters(&same_group)
+        .body(json!({
             "member": "$request.body#/member",
             "generation": "$response.body#/generation",
             "offsets": [{"partition": "$response.body#/assignment/0", "offset": 0}],
         })),
-    });
-    table.push(Link {
-        source: ("post", group_path("fetch")),
-        status: &["200"],
-        name: "leave",
-        target: ("post", group_path("leave")),
-        parameters: same_group,
-        body: Some(json!({"member": "$request.body#/member"})),
-    });
+    );
+    table.push(
+        Link::new(fetched, &["200"], "leave", ("post", group_action("leave")))
+            .parameters(&same_group)
+            .body(json!({"member": "$request.body#/member"})),
+    );
+    // A stream appended to: its reads, snapshot and deletion.
+    let appended = ("post", STREAM_EVENTS);
     for (name, target) in [
         ("read", ("get", STREAM_EVENTS)),
         ("metadata", ("get", STREAM)),
         ("delete", ("delete", STREAM)),
         ("get_snapshot", ("get", SNAPSHOT)),
     ] {
-        table.push(Link {
-            source: ("post", STREAM_EVENTS),
-            status: &["201"],
-            name,
-            target,
-            parameters: same_stream.clone(),
-            body: None,
-        });
+        table.push(Link::new(appended, &["201"], name, target).parameters(&same_stream));
     }
-    table.push(Link {
-        source: ("post", STREAM_EVENTS),
-        status: &["201"],
-        name: "put_snapshot",
-        target: ("put", SNAPSHOT),
-        parameters: same_stream.clone(),
-        body: Some(json!({"version": "$response.body#/last_version", "state": {}})),
-    });
-    table.push(Link {
-        source: ("put", SNAPSHOT),
-        status: &["200"],
-        name: "get_snapshot",
-        target: ("get", SNAPSHOT),
-        parameters: same_stream,
-        body: None,
-    });
-    for (name, target) in [("download", ("get", BLOB)), ("head", ("head", BLOB))] {
-        table.push(Link {
-            source: ("post", "/v1/blobs"),
-            status: &["201"],
-            name,
-            target,
-            parameters: json!({"id": "$response.body#/id"}),
-            body: None,
-        });
-    }
-    table.push(Link {
-        source: ("post", "/v1/blobs"),
-        status: &["201"],
-        name: "submit_job",
-        target: ("post", "/v1/queues/{queue}/jobs"),
-        parameters: json!({"queue": "linked"}),
-        body: Some(json!({"blob": "$response.body#/id", "data": {}})),
-    });
-    let submitted = json!({"job_id": "$response.body#/job_id"});
-    for (name, target, parameters) in [
-        ("status", ("get", JOB), submitted.clone()),
-        (
-            "progress",
-            ("post", "/v1/jobs/{job_id}/progress"),
-            submitted.clone(),
-        ),
-        (
-            "complete",
-            ("post", "/v1/jobs/{job_id}/complete"),
-            submitted,
-        ),
-        (
-            "fetch",
-            ("post", "/v1/queues/{queue}/fetch"),
-            json!({"queue": "$request.path.queue"}),
-        ),
+    table.push(
+        Link::new(appended, &["201"], "put_snapshot", ("put", SNAPSHOT))
+            .parameters(&same_stream)
+            .body(json!({"version": "$response.body#/last_version", "state": {}})),
+    );
+    table.push(
+        Link::new(
+            ("put", SNAPSHOT),
+            &["200"],
+            "get_snapshot",
+            ("get", SNAPSHOT),
+        )
+        .parameters(&same_stream),
+    );
+    // An uploaded blob: download it, submit a job on it.
+    let uploaded = ("post", BLOBS);
+    let blob = json!({"id": "$response.body#/id"});
+    table.push(Link::new(uploaded, &["201"], "download", ("get", BLOB)).parameters(&blob));
+    table.push(Link::new(uploaded, &["201"], "head", ("head", BLOB)).parameters(&blob));
+    table.push(
+        Link::new(uploaded, &["201"], "submit_job", ("post", SUBMIT))
+            .parameters(&json!({"queue": "linked"}))
+            .body(json!({"blob": "$response.body#/id", "data": {}})),
+    );
+    // A submitted job: its status and worker calls, and its queue's fetch.
+    let submit = ("post", SUBMIT);
+    for (name, target) in [
+        ("status", ("get", JOB)),
+        ("progress", ("post", JOB_PROGRESS)),
+        ("complete", ("post", JOB_COMPLETE)),
     ] {
-        table.push(Link {
-            source: ("post", "/v1/queues/{queue}/jobs"),
-            status: &["202"],
-            name,
-            target,
-            parameters,
-            body: None,
-        });
+        table.push(Link::new(submit, &["202"], name, target).parameters(&submitted));
     }
-    let leased = json!({"job_id": "$response.body#/deliveries/0/job_id"});
-    table.push(Link {
-        source: ("post", "/v1/queues/{queue}/fetch"),
-        status: &["200"],
-        name: "complete",
-        target: ("post", "/v1/jobs/{job_id}/complete"),
-        parameters: leased.clone(),
-        body: Some(json!({
+    table.push(Link::new(submit, &["202"], "fetch", ("post", QUEUE_FETCH)).parameters(&same_queue));
+    // A worker's fetch: report on, complete, ack or nack what it leased.
+    let leased_part = |extra: Value| {
+        let mut body = json!({
             "part": "$response.body#/deliveries/0/part",
             "delivery_id": "$response.body#/deliveries/0/delivery_id",
-            "result": {},
-        })),
-    });
-    table.push(Link {
-        source: ("post", "/v1/queues/{queue}/fetch"),
-        status: &["200"],
-        name: "progress",
-        target: ("post", "/v1/jobs/{job_id}/progress"),
-        parameters: leased,
-        body: Some(json!({
-            "part": "$response.body#/deliveries/0/part",
-            "delivery_id": "$response.body#/deliveries/0/delivery_id",
-        })),
-    });
-    for name in ["ack", "nack"] {
-        let target = if name == "ack" {
-            "/v1/queues/{queue}/ack"
-        } else {
-            "/v1/queues/{queue}/nack"
-        };
-        table.push(Link {
-            source: ("post", "/v1/queues/{queue}/fetch"),
-            status: &["200"],
-            name,
-            target: ("post", target),
-            parameters: json!({"queue": "$request.path.queue"}),
-            body: Some(first_delivery.clone()),
         });
+        if let (Some(body), Value::Object(extra)) = (body.as_object_mut(), extra) {
+            body.extend(extra);
+        }
+        body
+    };
+    let worker = ("post", QUEUE_FETCH);
+    table.push(
+        Link::new(worker, &["200"], "complete", ("post", JOB_COMPLETE))
+            .parameters(&leased)
+            .body(leased_part(json!({"result": {}}))),
+    );
+    table.push(
+        Link::new(worker, &["200"], "progress", ("post", JOB_PROGRESS))
+            .parameters(&leased)
+            .body(leased_part(json!({}))),
+    );
+    for (name, target) in [
+        ("ack", "/v1/queues/{queue}/ack"),
+        ("nack", "/v1/queues/{queue}/nack"),
+    ] {
+        table.push(
+            Link::new(worker, &["200"], name, ("post", target))
+                .parameters(&same_queue)
+                .body(first_delivery.clone()),
+        );
     }
     table
 }
