@@ -27,6 +27,7 @@
 
 import atexit
 import collections
+from collections.abc import MutableMapping
 import json
 import os
 import sys
@@ -119,7 +120,8 @@ def before_call(ctx, case, kwargs):
     if rule and meta is not None and meta.generation.mode.is_positive:
         container, first, second = rule
         values = getattr(case, container)
-        if isinstance(values, dict) and first in values and second in values:
+        # Headers are a requests CaseInsensitiveDict, not a dict.
+        if isinstance(values, MutableMapping) and first in values and second in values:
             del values[second]
 
 

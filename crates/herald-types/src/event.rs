@@ -1199,6 +1199,7 @@ pub const RESERVED_ATTRIBUTES: &[&str] = &[
     "datacontenttype",
     "dataschema",
     "data",
+    "data_base64",
     "key",
     "partition",
     "delay_ms",

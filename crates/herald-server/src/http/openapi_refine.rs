@@ -39,9 +39,11 @@ const NO_CONTROL_PATTERN: &str = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$";
 /// W3C trace context as Herald checks it: version 00, lowercase hex, ids
 /// not all zeros.
 const TRACEPARENT_PATTERN: &str = "^00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}$";
-/// Standard base64, padding optional (the event parser is indifferent to it).
+/// Standard base64, padding optional (the event parser is indifferent to
+/// it), canonical: the bits after the last byte are zero, as the decoder
+/// requires.
 const BASE64_PATTERN: &str =
-    "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}(?:==)?|[A-Za-z0-9+/]{3}=?)?$";
+    "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/][AQgw](?:==)?|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=?)?$";
 /// `If-Match` of a stream append: `*` or one quoted version.
 const IF_MATCH_PATTERN: &str = "^(\\*|\"[0-9]+\")$";
 /// 2100-01-01T00:00:00Z, in ms: `delay_ms` is stated as valid until then.
