@@ -64,6 +64,10 @@ python3 .ci/schemathesis_seed.py "${base}" "${work}/fixtures.json"
 #   events, submitted job → its status, fetch → ack …); link inference from
 #   Location headers is off (.ci/schemathesis.toml), the links are explicit;
 # - --max-time bounds the run: fuzzing and stateful repeat until it is spent.
+# --request-timeout 30: nothing waits (streams are not fuzzed, long polls are
+#   capped at 50 ms), but deleting a topic the fuzzer made with hundreds of
+#   partitions closes (and fsyncs) each of its logs, which took over 10 s on
+#   a loaded machine.
 # Checks: no 5xx, and every response conforms to the documented schema.
 status=0
 HERALD_FUZZ_FIXTURES="${work}/fixtures.json" HERALD_FUZZ_COUNTS="${work}/counts.txt" \
@@ -74,7 +78,7 @@ SCHEMATHESIS_HOOKS=schemathesis_hooks PYTHONPATH=.ci \
     --max-examples "${MAX_EXAMPLES}" \
     --max-time "${MAX_TIME}" \
     --phases examples,coverage,fuzzing,stateful \
-    --request-timeout 10 \
+    --request-timeout 30 \
     --generation-database none \
     --no-color ${SCHEMATHESIS_ARGS:-} || status=$?
 

@@ -16,8 +16,10 @@
 3. Path parameters name existing resources most of the time: the fixtures
    .ci/schemathesis_seed.py made (their names and ids in the JSON file named
    by HERALD_FUZZ_FIXTURES). DELETE operations get the "doomed" ones, and
-   never a fixture or a job-service name (schemathesis also reuses names it
-   saw in responses), so the others survive the run. The rest of the time the generated value stays,
+   never a fixture or a job-service name in any phase (schemathesis reuses
+   names it saw in responses, and its stateful phase follows links from a
+   fixture to its DELETE), and PATCH changes a topic of its own, so the
+   fixtures stay usable for the whole run. The rest of the time the generated value stays,
    so unknown and malformed names are still tried.
 4. Every response is counted per operation, by status class; at exit the
    table goes to the file named by HERALD_FUZZ_COUNTS (the script prints it),
@@ -115,6 +117,7 @@ def before_call(ctx, case, kwargs):
     # long-polls too: the fixture jobs exist.
     _cap_wait(case.body)
     _cap_wait(case.query)
+    protect(case)
     meta = getattr(case, "meta", None)
     rule = EXCLUSIVE.get((case.operation.method.upper(), case.operation.path))
     if rule and meta is not None and meta.generation.mode.is_positive:
@@ -147,6 +150,7 @@ def protected_names():
     queue_topic = f"jobs.{FIXTURES['queue']}"
     return {
         FIXTURES["topic"],
+        FIXTURES["settings_topic"],
         FIXTURES["stream"],
         *FIXTURES["groups"],
         queue_topic,
@@ -192,6 +196,23 @@ def fixture_choices(method, path):
     return [choice for choice in choices if choice]
 
 
+def protect(case):
+    """Keeps the fixtures usable whatever phase made the case (the stateful
+    phase follows links from a fixture to its DELETE, and schemathesis reuses
+    names it saw in responses): a DELETE naming a fixture or a job-service
+    resource deletes the doomed one instead, and a PATCH of the fixture topic
+    changes the settings fixture (a tiny max_event_bytes or retention would
+    make the fixture topic refuse or drop every event)."""
+    parameters = case.path_parameters
+    if FIXTURES is None or not isinstance(parameters, MutableMapping):
+        return
+    method = case.operation.method.lower()
+    if method == "delete" and PROTECTED & {v for v in parameters.values() if isinstance(v, str)}:
+        parameters.update(fixture_choices(method, case.operation.path)[0])
+    if method == "patch" and parameters.get("topic") == FIXTURES["topic"]:
+        parameters["topic"] = FIXTURES["settings_topic"]
+
+
 @schemathesis.hook
 def flatmap_path_parameters(ctx, path_parameters):
     operation = ctx.operation
@@ -199,11 +220,6 @@ def flatmap_path_parameters(ctx, path_parameters):
     if not choices or not isinstance(path_parameters, dict):
         return st.just(path_parameters)
     generated = dict(path_parameters)
-    if operation.method.lower() == "delete" and PROTECTED & {
-        value for value in generated.values() if isinstance(value, str)
-    }:
-        # A name schemathesis learned from a response: delete the doomed one.
-        return st.just({**generated, **choices[0]})
     existing = st.sampled_from(choices).map(lambda choice: {**generated, **choice})
     return st.integers(min_value=0, max_value=9).flatmap(
         lambda roll: existing if roll < FIXTURE_WEIGHT else st.just(generated)

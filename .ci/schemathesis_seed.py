@@ -4,7 +4,8 @@ Usage: python3 .ci/schemathesis_seed.py BASE_URL FIXTURES_JSON
 
 Without existing resources nearly every generated path names nothing and the
 server answers 404 before it looks at the rest of the request. This makes one
-of each: a topic with events, a group of each mode (one with a dead letter),
+of each: a topic with events (and one for PATCH to change), a group of each
+mode (one with a dead letter),
 a stream with events and a snapshot, a blob, a queue with jobs (one with
 parts), and a "doomed" topic, group and stream for the DELETE operations
 (the others must survive the run). It writes their names and ids as JSON for
@@ -45,6 +46,7 @@ def main(base, out):
     topic = "fixture"
     call("POST", f"{v1}/topics", 201, json={"name": topic, "partitions": 2})
     call("POST", f"{v1}/topics", 201, json={"name": "doomed"})
+    call("POST", f"{v1}/topics", 201, json={"name": "fixture-settings"})
     batch = [
         event("/shop", "order.placed", key=f"customer-{n % 3}", data={"total": n})
         for n in range(6)
@@ -115,6 +117,7 @@ def main(base, out):
 
     fixtures = {
         "topic": topic,
+        "settings_topic": "fixture-settings",
         "groups": sorted(groups.values()),
         "stream_group": groups["stream"],
         "stream": stream,
