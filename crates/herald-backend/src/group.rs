@@ -218,6 +218,12 @@ mod defaults {
 /// The most deliveries a group may lease at once.
 pub const MAX_IN_FLIGHT_LIMIT: u32 = 100_000;
 
+/// The most steps a group's `backoff_ms` may have.
+pub const MAX_BACKOFF_STEPS: usize = 64;
+
+/// The longest member id, in bytes.
+pub const MAX_MEMBER_LEN: usize = 200;
+
 impl GroupSpec {
     /// A group in `mode` with every default.
     pub fn new(mode: GroupMode) -> Self {
@@ -250,8 +256,11 @@ impl GroupSpec {
         if self.session_timeout_ms == 0 {
             return Err(Error::invalid("session_timeout_ms", "must be positive"));
         }
-        if self.backoff_ms.len() > 64 {
-            return Err(Error::invalid("backoff_ms", "at most 64 steps"));
+        if self.backoff_ms.len() > MAX_BACKOFF_STEPS {
+            return Err(Error::invalid(
+                "backoff_ms",
+                format!("at most {MAX_BACKOFF_STEPS} steps"),
+            ));
         }
         Ok(())
     }
@@ -309,8 +318,11 @@ pub const MAX_FETCH_WAIT_MS: u64 = 300_000;
 impl FetchRequest {
     /// Checks the request.
     pub fn validate(&self) -> Result<()> {
-        if self.member.is_empty() || self.member.len() > 200 {
-            return Err(Error::invalid("member", "must be 1 to 200 characters"));
+        if self.member.is_empty() || self.member.len() > MAX_MEMBER_LEN {
+            return Err(Error::invalid(
+                "member",
+                format!("must be 1 to {MAX_MEMBER_LEN} characters"),
+            ));
         }
         if !(1..=MAX_FETCH).contains(&self.max) {
             return Err(Error::invalid(

@@ -1183,9 +1183,39 @@ fn media_type(content_type: &str) -> String {
     essence.trim().to_ascii_lowercase()
 }
 
+/// The longest extension attribute name (CloudEvents: 1–20 characters of
+/// `a-z0-9`).
+pub const MAX_EXTENSION_NAME_LEN: usize = 20;
+
+/// The attribute names an extension may not have: the CloudEvents context
+/// attributes and Herald's own (those a producer sets and those it serves).
+pub const RESERVED_ATTRIBUTES: &[&str] = &[
+    "id",
+    "source",
+    "type",
+    "specversion",
+    "subject",
+    "time",
+    "datacontenttype",
+    "dataschema",
+    "data",
+    "data_base64",
+    "key",
+    "partition",
+    "delay_ms",
+    "deliver_at",
+    "correlationid",
+    "causationid",
+    "traceparent",
+    "tracestate",
+    "topic",
+    "offset",
+    "appended_at",
+];
+
 /// Extension names per CloudEvents: 1–20 of `a-z0-9`.
 fn validate_extension_name(name: &str) -> Result<(), EventError> {
-    let valid = (1..=20).contains(&name.len())
+    let valid = (1..=MAX_EXTENSION_NAME_LEN).contains(&name.len())
         && name
             .bytes()
             .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit());
@@ -1203,29 +1233,7 @@ fn validate_extension_name(name: &str) -> Result<(), EventError> {
 /// Names that are never extensions: CloudEvents context attributes, `data`,
 /// and Herald's own attributes, including the server-assigned ones.
 fn is_reserved(name: &str) -> bool {
-    matches!(
-        name,
-        "id" | "source"
-            | "type"
-            | "specversion"
-            | "subject"
-            | "time"
-            | "datacontenttype"
-            | "dataschema"
-            | "data"
-            | "data_base64"
-            | "key"
-            | "partition"
-            | "delay_ms"
-            | "deliver_at"
-            | "correlationid"
-            | "causationid"
-            | "traceparent"
-            | "tracestate"
-            | "topic"
-            | "offset"
-            | "appended_at"
-    )
+    RESERVED_ATTRIBUTES.contains(&name)
 }
 
 /// W3C trace context: `00-<32 hex>-<16 hex>-<2 hex>`, lowercase, trace id and

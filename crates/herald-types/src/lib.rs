@@ -16,7 +16,10 @@ mod partition;
 mod position;
 mod time;
 
-pub use event::{Event, EventError, EventInput, ExtensionValue, SPEC_VERSION, StoredEvent};
+pub use event::{
+    Event, EventError, EventInput, ExtensionValue, MAX_EXTENSION_NAME_LEN, RESERVED_ATTRIBUTES,
+    SPEC_VERSION, StoredEvent,
+};
 pub use names::{GroupName, InvalidName, MAX_NAME_LEN, StreamId, TopicName};
 pub use partition::{murmur2, partition_for_key};
 pub use position::{InvalidPosition, Position, Positions};

@@ -1,6 +1,6 @@
 //! Names of topics, consumer groups and streams.
 //!
-//! One rule for all three (the REST contract, `api.md`): 1–200 characters of
+//! One rule for all three (the REST contract, `docs/api.md`): 1–200 characters of
 //! `[A-Za-z0-9._-]`, starting with a letter or a digit. The rule keeps names
 //! safe to use unescaped in URL paths, file names and NATS subjects (no `/`,
 //! no spaces, no `*` or `>`), and the length bound keeps keys and paths

@@ -44,7 +44,7 @@ pub const MAX_DEAD_LETTER_LIMIT: u32 = 10_000;
 /// The longest `reason` a reject may carry, in bytes.
 pub const MAX_REASON_BYTES: usize = 4096;
 /// The longest member id, in bytes (as the backend's fetch allows).
-pub const MAX_MEMBER_BYTES: usize = 200;
+pub const MAX_MEMBER_BYTES: usize = herald_backend::group::MAX_MEMBER_LEN;
 
 /// `PUT …/groups/{group}` → 201 with `Location` if created, else 200.
 #[utoipa::path(

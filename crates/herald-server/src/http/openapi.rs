@@ -20,7 +20,7 @@ use utoipa::openapi::{ContentBuilder, OpenApi, RefOr, ResponseBuilder};
 use utoipa::{OpenApi as _, ToSchema};
 use utoipa_swagger_ui::{Config, SwaggerUi};
 
-use herald_types::{GroupName, TopicName};
+use herald_types::{GroupName, StreamId, TopicName};
 use serde_json::Value;
 
 use super::AppState;
@@ -48,7 +48,7 @@ pub const DOCS_PATH: &str = "/docs";
         (name = "blobs", description = "Content-addressed blobs (`sha256:<hex>`): streamed upload, download with `Range`."),
         (name = "operations", description = "Health, readiness, metrics, admin."),
     ),
-    components(schemas(Problem, Code, TopicName, GroupName))
+    components(schemas(Problem, Code, TopicName, GroupName, StreamId))
 )]
 struct ApiDoc;
 
@@ -59,8 +59,24 @@ pub(super) fn base() -> OpenApi {
     document
 }
 
-/// The document as served: [`with_problems`], then [`inline_closed_bases`].
+/// The document as served: [`render`], then what the derives cannot say
+/// (unique operation ids, the server's limits, links:
+/// [`super::openapi_refine`]).
 pub(super) fn finish(document: OpenApi) -> Value {
+    let mut json = render(document);
+    let missing = super::openapi_refine::refine(&mut json);
+    if !missing.is_empty() {
+        tracing::warn!(
+            ?missing,
+            "OpenAPI rules found no target; the document lacks them."
+        );
+    }
+    json
+}
+
+/// The generated document as JSON: [`with_problems`], then
+/// [`inline_closed_bases`].
+pub(super) fn render(document: OpenApi) -> Value {
     let mut json = serde_json::to_value(with_problems(document)).unwrap_or(Value::Null);
     let schemas = json
         .pointer("/components/schemas")

@@ -1,5 +1,5 @@
 //! `/v1/topics/{topic}/streams/{stream}…`: event streams per aggregate
-//! (api.md "Event streams").
+//! (`docs/api.md`, "Event streams").
 //!
 //! Optimistic concurrency over HTTP: `If-Match: "<version>"` (append only if
 //! the stream is at that version), `If-Match: *` (the stream exists),
