@@ -133,6 +133,36 @@ impl Dedup {
     }
 }
 
+/// The window, for measuring its memory per id
+/// (`examples/dedup_memory.rs`); not an API.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct Probe(Dedup);
+
+impl Default for Probe {
+    fn default() -> Self {
+        Self(Dedup::new())
+    }
+}
+
+impl Probe {
+    /// Records `id` as appended at `(partition, offset)` at `appended_at`.
+    pub fn record(&mut self, id: &[u8], partition: u32, offset: u64, appended_at: i64) {
+        let hash = self.0.hash(id);
+        self.0.record(hash, partition, offset, appended_at);
+    }
+
+    /// Whether `id` is in the window.
+    pub fn contains(&self, id: &[u8]) -> bool {
+        self.0.get(&self.0.hash(id)).is_some()
+    }
+
+    /// Forgets every id appended before `cutoff`.
+    pub fn expire(&mut self, cutoff: i64) {
+        self.0.expire(cutoff);
+    }
+}
+
 /// Hashes a key that already is a keyed 128-bit hash: its low 64 bits, as
 /// they are. (Hashing it again with SipHash added nothing but time.)
 #[derive(Debug, Default)]

@@ -60,6 +60,9 @@ mod meta;
 mod stream;
 mod topic;
 
+#[doc(hidden)]
+pub use dedup::Probe as DedupProbe;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
