@@ -71,6 +71,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use herald_backend::cancel::run_to_completion;
 use herald_backend::{
     AckOutcome, AppendResult, Backend, CommitRequest, DeadLetter, Direction, Error, Events, Expect,
     ExpectedVersion, FetchRequest, FetchResponse, GroupInfo, GroupSpec, GroupStatus, Groups, Kv,
@@ -577,16 +578,30 @@ impl Inner {
     }
 
     /// Records dead letters in the group's list and, when the topic names a
-    /// dead-letter topic, publishes a copy there.
+    /// dead-letter topic, publishes a copy there. Runs to completion even if
+    /// the caller goes away: the group already counts these events as dead,
+    /// so their record and copy must follow (the job service learns of a
+    /// dead letter from its copy).
     async fn bury(
-        &self,
-        topic: &TopicRuntime,
-        group: &GroupRuntime,
+        self: &Arc<Self>,
+        topic: &Arc<TopicRuntime>,
+        group: &Arc<GroupRuntime>,
         effects: Vec<DeadLetterEffect>,
     ) {
         if effects.is_empty() {
             return;
         }
+        let (inner, topic, group) = (Arc::clone(self), Arc::clone(topic), Arc::clone(group));
+        run_to_completion(async move { inner.record_dead_letters(&topic, &group, effects).await })
+            .await;
+    }
+
+    async fn record_dead_letters(
+        &self,
+        topic: &TopicRuntime,
+        group: &GroupRuntime,
+        effects: Vec<DeadLetterEffect>,
+    ) {
         let now = self.now();
         let records: Vec<DeadLetterRecord> = effects
             .iter()
@@ -1104,22 +1119,24 @@ impl Groups for EmbeddedBackend {
         ids: Option<&[u64]>,
     ) -> Result<u64> {
         let (runtime, found) = self.inner.group(topic, group)?;
-        let (meta, key, ids) = (
-            self.inner.meta.clone(),
-            found.key.clone(),
-            ids.map(<[u64]>::to_vec),
-        );
-        let records = blocking(move || meta.take_dead_letters(&key, ids.as_deref())).await?;
-        let mut events = Vec::with_capacity(records.len());
-        for record in records {
-            if let Some(event) = read_one(&runtime, record.original).await? {
-                events.push(event);
+        let (inner, ids) = (Arc::clone(&self.inner), ids.map(<[u64]>::to_vec));
+        // Dead letters taken from the list must be redriven whatever the
+        // caller does, or they are lost.
+        run_to_completion(async move {
+            let (meta, key) = (inner.meta.clone(), found.key.clone());
+            let records = blocking(move || meta.take_dead_letters(&key, ids.as_deref())).await?;
+            let mut events = Vec::with_capacity(records.len());
+            for record in records {
+                if let Some(event) = read_one(&runtime, record.original).await? {
+                    events.push(event);
+                }
             }
-        }
-        let count = events.len() as u64;
-        found.redrive(events, self.inner.now());
-        self.inner.persist_group(&found).await?;
-        Ok(count)
+            let count = events.len() as u64;
+            found.redrive(events, inner.now());
+            inner.persist_group(&found).await?;
+            Ok(count)
+        })
+        .await
     }
 }
 

@@ -7,6 +7,8 @@
 //! of every partition, so a re-publish after a crash is still caught. A
 //! publish reserves its ids before appending; a concurrent publish of the
 //! same id waits for that append and then reports the original position.
+//! Once ids are reserved the publish runs to completion even if its caller
+//! goes away (see [`TopicRuntime::publish`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -14,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
+use herald_backend::cancel::run_to_completion;
 use herald_backend::{
     Error, Fsync, PartitionInfo, PublishResult, ReadResult, Result, TopicInfo, TopicSpec,
 };
@@ -234,19 +237,41 @@ impl TopicRuntime {
     }
 
     /// See [`herald_backend::Events::publish`].
+    ///
+    /// From the moment `plan` reserves ids until `execute` records (or
+    /// releases) them, the publish runs to completion even if its caller
+    /// goes away: a reservation left behind would make every later publish
+    /// of those ids wait forever, and an append already handed to a log
+    /// writer lands whatever the caller does, so its position must be
+    /// recorded for a re-publish to report.
     pub(crate) async fn publish(
-        &self,
+        self: &Arc<Self>,
         inputs: Vec<EventInput>,
         now: i64,
     ) -> Result<Vec<PublishResult>> {
         let spec = self.info().spec;
         self.validate(&inputs, &spec)?;
+        let dedup = spec.dedup_window_ms > 0;
         loop {
             let plans = self.plan(&inputs, spec.dedup_window_ms, now);
             if self.wait_for_pending(&plans).await {
                 continue;
             }
-            return self.execute(&inputs, plans, spec.dedup_window_ms > 0).await;
+            let reserved = plans.iter().any(|plan| {
+                matches!(
+                    plan,
+                    Plan::Append {
+                        hash: Some(_),
+                        ..
+                    }
+                )
+            });
+            if !reserved {
+                return self.execute(&inputs, plans, dedup).await;
+            }
+            let topic = Arc::clone(self);
+            return run_to_completion(async move { topic.execute(&inputs, plans, dedup).await })
+                .await;
         }
     }
 
