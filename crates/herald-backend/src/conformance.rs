@@ -75,6 +75,8 @@ macro_rules! conformance_suite {
             queue_state_survives_a_restart,
             redriven_dead_letters_survive_a_restart,
             topics_groups_and_dedup_survive_a_restart,
+            publish_dedup_and_stream_appends_answer_the_same_after_a_restart,
+            a_changed_dedup_window_answers_as_after_a_restart,
             kv_compare_and_set,
             stream_appends_honour_each_expectation_and_conflicts_change_nothing,
             stream_versions_are_dense_and_reads_page_forward_and_backward,
@@ -297,8 +299,22 @@ pub async fn invalid_topic_settings_are_refused_and_change_nothing<H: Harness>()
         backend.create_topic(spec).await,
         Err(Error::InvalidArgument { .. })
     ));
+    let mut spec = TopicSpec::new(topic("bad"));
+    spec.dedup_window_ms = crate::topic::MAX_DEDUP_WINDOW_MS + 1;
+    match backend.create_topic(spec).await {
+        Err(Error::InvalidArgument { field, .. }) => assert_eq!(field, "dedup_window_ms"),
+        other => panic!("expected an invalid dedup window, got {other:?}"),
+    }
     assert!(backend.list_topics().await.unwrap().is_empty());
     let good = make_topic(&*backend, "good", 1).await;
+    let update = TopicUpdate {
+        dedup_window_ms: Some(crate::topic::MAX_DEDUP_WINDOW_MS + 1),
+        ..TopicUpdate::default()
+    };
+    assert!(matches!(
+        backend.update_topic(&good, update).await,
+        Err(Error::InvalidArgument { .. })
+    ));
     let update = TopicUpdate {
         max_event_bytes: Some(0),
         ..TopicUpdate::default()
@@ -1573,6 +1589,141 @@ pub async fn topics_groups_and_dedup_survive_a_restart<H: Harness>() {
             .await,
         Err(Error::GroupConflict { .. })
     ));
+    backend.shutdown().await.unwrap();
+}
+
+/// What the restart checks compare: publishes and stream appends against
+/// the state left before a restart, with `phase` naming the ids that each
+/// run uses once.
+async fn answers_to_probes(backend: &dyn Backend, orders: &TopicName, phase: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    // Ids published before, one published in a stream, a new one.
+    let published = backend
+        .publish(
+            orders,
+            vec![
+                keyed("p-1", "a"),
+                keyed("p-2", "b"),
+                keyed(&format!("streamed-{phase}"), "c"),
+                keyed(&format!("new-{phase}"), "d"),
+            ],
+        )
+        .await
+        .unwrap();
+    for result in published {
+        let id = result.id.replace(phase, "<phase>");
+        let position = if result.id.starts_with("p-") {
+            format!("{}/{}", result.partition, result.offset)
+        } else {
+            String::new()
+        };
+        seen.push(format!("publish {id}: duplicate {} {position}", result.duplicate));
+    }
+    // Appends against each expectation, to live and deleted streams.
+    let probes = [
+        ("live", ExpectedVersion::Exact(0)),
+        ("live", ExpectedVersion::NoStream),
+        ("soft", ExpectedVersion::Any),
+        ("hard", ExpectedVersion::Any),
+    ];
+    for (name, expected) in probes {
+        let outcome = backend
+            .append(orders, &stream(name), stream_events("probe", 1), expected)
+            .await;
+        seen.push(match outcome {
+            Ok(appended) => format!("append {name}: version {}", appended.first_version),
+            Err(Error::VersionConflict { current, .. }) => {
+                format!("append {name}: conflict at {current:?}")
+            }
+            Err(error) => format!("append {name}: {}", error.code()),
+        });
+    }
+    let fresh = stream(&format!("fresh-{phase}"));
+    let appended = backend
+        .append(orders, &fresh, stream_events(phase, 2), ExpectedVersion::Any)
+        .await
+        .unwrap();
+    seen.push(format!(
+        "append fresh: versions {}..={} duplicate {:?}",
+        appended.first_version,
+        appended.last_version,
+        appended
+            .positions
+            .iter()
+            .map(|position| position.duplicate)
+            .collect::<Vec<_>>()
+    ));
+    seen
+}
+
+/// Publish dedup and stream appends answer the same after a restart as
+/// before it: the index rebuilt from the log is the index publishes built.
+pub async fn publish_dedup_and_stream_appends_answer_the_same_after_a_restart<H: Harness>() {
+    let harness = H::start().await;
+    let backend = harness.backend();
+    let orders = make_topic(&*backend, "orders", 2).await;
+    publish_all(&*backend, &orders, vec![keyed("p-1", "a"), keyed("p-2", "b")]).await;
+    // Stream appends of ids a publish then uses (not deduplicated by id).
+    for (name, ids) in [("live", vec!["streamed-before", "streamed-after"]), ("soft", vec!["soft-0"]), ("hard", vec!["hard-0"])] {
+        let events = ids.iter().map(|id| event(id, "test.stream")).collect();
+        backend
+            .append(&orders, &stream(name), events, ExpectedVersion::NoStream)
+            .await
+            .unwrap();
+    }
+    backend
+        .delete_stream(&orders, &stream("soft"), false)
+        .await
+        .unwrap();
+    backend
+        .delete_stream(&orders, &stream("hard"), true)
+        .await
+        .unwrap();
+    let before = answers_to_probes(&*backend, &orders, "before").await;
+    drop(backend);
+    let harness = harness.restart().await;
+    let backend = harness.backend();
+    let after = answers_to_probes(&*backend, &orders, "after").await;
+    assert_eq!(before, after, "answers before (left) and after (right) a restart");
+    backend.shutdown().await.unwrap();
+}
+
+/// Turning the dedup window on (or changing it) makes publishes see the ids
+/// the log holds within the new window, as a restart would.
+pub async fn a_changed_dedup_window_answers_as_after_a_restart<H: Harness>() {
+    let harness = H::start().await;
+    let backend = harness.backend();
+    let mut spec = TopicSpec::new(topic("orders"));
+    spec.dedup_window_ms = 0;
+    backend.create_topic(spec).await.unwrap();
+    let orders = topic("orders");
+    publish_all(&*backend, &orders, vec![event("w-1", "t"), event("w-2", "t")]).await;
+    backend
+        .update_topic(
+            &orders,
+            TopicUpdate {
+                dedup_window_ms: Some(120_000),
+                ..TopicUpdate::default()
+            },
+        )
+        .await
+        .unwrap();
+    let before = backend
+        .publish(&orders, vec![event("w-1", "t")])
+        .await
+        .unwrap();
+    drop(backend);
+    let harness = harness.restart().await;
+    let backend = harness.backend();
+    let after = backend
+        .publish(&orders, vec![event("w-2", "t")])
+        .await
+        .unwrap();
+    assert_eq!(
+        (before[0].duplicate, before[0].offset),
+        (after[0].duplicate, after[0].offset - 1),
+        "an id published before the window was turned on answers the same before and after a restart"
+    );
     backend.shutdown().await.unwrap();
 }
 

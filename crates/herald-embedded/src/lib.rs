@@ -811,11 +811,17 @@ impl Topics for EmbeddedBackend {
         let mut info = runtime.info();
         let spec = info.spec.updated(&update);
         spec.validate()?;
+        let window_changed = spec.dedup_window_ms != info.spec.dedup_window_ms;
         info.spec = spec;
         let (meta, stored) = (inner.meta.clone(), info.clone());
         blocking(move || meta.put_topic(&stored)).await?;
         runtime.set_info(info.clone());
         runtime.set_retention(&info.spec).await?;
+        if window_changed {
+            // Publishes now see the ids the log holds within the new
+            // window, as they would after a restart.
+            runtime.rebuild_dedup(inner.now()).await?;
+        }
         Ok(info)
     }
 

@@ -24,7 +24,7 @@ use herald_log::{FsyncPolicy, LogError, LogHandle, LogOptions, Retention};
 use herald_types::{EventInput, GroupName, TopicName, partition_for_key};
 
 use crate::codec;
-use crate::dedup::{Dedup, Slot};
+use crate::dedup::{Dedup, Key, Slot};
 use crate::erasure::ErasedOffsets;
 use crate::group::GroupRuntime;
 
@@ -99,7 +99,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 enum Plan {
     Append {
         partition: u32,
-        hash: Option<u128>,
+        hash: Option<Key>,
     },
     /// A duplicate of an earlier event of the same call.
     SameAs(usize),
@@ -109,7 +109,7 @@ enum Plan {
     },
     /// The id is being appended by another publish: wait for it.
     Wait {
-        hash: u128,
+        hash: Key,
     },
 }
 
@@ -194,7 +194,12 @@ impl TopicRuntime {
             .collect()
     }
 
-    /// Rebuilds the dedup index from the tail of every partition.
+    /// Rebuilds the dedup index from the tail of every partition: every id
+    /// published within the window (at open, and when the window changes),
+    /// so a publish answers after a restart as it did before. Ids already in
+    /// the index keep their position (the first one wins, as for
+    /// publishes); events appended to streams are skipped, as stream
+    /// appends do not enter the window.
     pub(crate) async fn rebuild_dedup(&self, now: i64) -> Result<()> {
         let window = i64::try_from(self.info().spec.dedup_window_ms).unwrap_or(i64::MAX);
         if window == 0 {
@@ -214,6 +219,9 @@ impl TopicRuntime {
                         }
                         next = batch.next_offset;
                         for record in &batch.records {
+                            if codec::record_stream(record).is_some() {
+                                continue;
+                            }
                             if let Some(id) = codec::record_id(record) {
                                 entries.push((id.to_vec(), record.offset, record.timestamp));
                             }
@@ -228,8 +236,8 @@ impl TopicRuntime {
             .map_err(|error| log_error(partition as u32, error))?;
             let mut dedup = lock(&self.dedup);
             for (id, offset, appended_at) in entries {
-                let hash = dedup.hash(&id);
-                dedup.record(hash, partition as u32, offset, appended_at);
+                let key = dedup.hash(&id);
+                dedup.record_found(key, partition as u32, offset, appended_at);
             }
         }
         lock(&self.dedup).sort_order();
@@ -314,12 +322,12 @@ impl TopicRuntime {
         if window_ms > 0 {
             dedup.expire(now.saturating_sub(i64::try_from(window_ms).unwrap_or(i64::MAX)));
         }
-        let mut seen: HashMap<u128, usize> = HashMap::new();
+        let mut seen: HashMap<Key, usize> = HashMap::new();
         let mut plans = Vec::with_capacity(inputs.len());
         let waiting = inputs.iter().any(|input| {
             window_ms > 0
                 && matches!(
-                    dedup.get(&dedup.hash(input.event.id.as_bytes())),
+                    dedup.get(dedup.hash(input.event.id.as_bytes())),
                     Some(Slot::Pending)
                 )
         });
@@ -337,14 +345,9 @@ impl TopicRuntime {
                 plans.push(Plan::SameAs(first));
                 continue;
             }
-            match dedup.get(&hash) {
-                Some(Slot::Done {
-                    partition, offset, ..
-                }) => {
-                    plans.push(Plan::Duplicate {
-                        partition: *partition,
-                        offset: *offset,
-                    });
+            match dedup.get(hash) {
+                Some(Slot::Done { partition, offset }) => {
+                    plans.push(Plan::Duplicate { partition, offset });
                 }
                 Some(Slot::Pending) => plans.push(Plan::Wait { hash }),
                 None => {
@@ -371,7 +374,7 @@ impl TopicRuntime {
         let mut finished = lock(&self.dedup).finished.subscribe();
         let still_pending = {
             let dedup = lock(&self.dedup);
-            plans.iter().any(|plan| matches!(plan, Plan::Wait { hash } if matches!(dedup.get(hash), Some(Slot::Pending))))
+            plans.iter().any(|plan| matches!(plan, Plan::Wait { hash } if dedup.get(*hash) == Some(Slot::Pending)))
         };
         if still_pending {
             let _ = finished.changed().await;
