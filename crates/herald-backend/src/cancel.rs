@@ -204,7 +204,7 @@ mod tests {
         let mut seen = Vec::new();
         let polls = drop_at_each_await(
             10,
-            |_| async { three_steps(Arc::new(AtomicUsize::new(0))) },
+            |_| std::future::ready(three_steps(Arc::new(AtomicUsize::new(0)))),
             |outcome| {
                 seen.push(match outcome {
                     Outcome::Dropped(polls) => (polls, None),

@@ -434,13 +434,22 @@ mod tests {
     fn the_expiry_queue_is_fifo_across_chunks_and_far_apart_times() {
         let mut queue = Expiry::default();
         let times: Vec<i64> = (0..(3 * CHUNK as i64 + 7))
-            .map(|index| if index == 1500 { index + (1 << 40) } else { index })
+            .map(|index| {
+                if index == 1500 {
+                    index + (1 << 40)
+                } else {
+                    index
+                }
+            })
             .collect();
         for (index, &at) in times.iter().enumerate() {
             queue.push_back(at, Key(index as u64, !(index as u64)));
         }
         for (index, &at) in times.iter().enumerate() {
-            assert_eq!(queue.front(), Some((at, Key(index as u64, !(index as u64)))));
+            assert_eq!(
+                queue.front(),
+                Some((at, Key(index as u64, !(index as u64))))
+            );
             queue.pop_front();
         }
         assert!(queue.front().is_none() && queue.is_empty());

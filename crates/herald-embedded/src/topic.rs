@@ -265,15 +265,9 @@ impl TopicRuntime {
             if self.wait_for_pending(&plans).await {
                 continue;
             }
-            let reserved = plans.iter().any(|plan| {
-                matches!(
-                    plan,
-                    Plan::Append {
-                        hash: Some(_),
-                        ..
-                    }
-                )
-            });
+            let reserved = plans
+                .iter()
+                .any(|plan| matches!(plan, Plan::Append { hash: Some(_), .. }));
             if !reserved {
                 return self.execute(&inputs, plans, dedup).await;
             }
