@@ -94,6 +94,7 @@ macro_rules! conformance_suite {
             a_reject_dropped_at_any_await_records_the_dead_letter_and_its_copy,
             a_redrive_dropped_at_any_await_loses_no_dead_letter,
             a_leave_dropped_at_any_await_returns_the_leases_or_keeps_them,
+            administration_dropped_at_any_await_is_the_same_after_a_restart,
         );
     };
     (@tests $harness:ty; $($name:ident),* $(,)?) => {
@@ -2865,4 +2866,120 @@ pub async fn a_leave_dropped_at_any_await_returns_the_leases_or_keeps_them<H: Ha
     )
     .await;
     backend.shutdown().await.unwrap();
+}
+
+/// What a backend serves of topics and groups: each topic with its dead-letter
+/// topic and dedup window, and its groups with their ack waits.
+async fn admin_view(backend: &dyn Backend) -> Vec<String> {
+    let mut view = Vec::new();
+    for info in backend.list_topics().await.unwrap() {
+        let spec = &info.spec;
+        view.push(format!(
+            "topic {} dead letters {:?} window {}",
+            spec.name, spec.dead_letter_topic, spec.dedup_window_ms
+        ));
+        for name in ["g1", "g2", "g3"] {
+            if let Ok(status) = backend.group_status(&spec.name, &group(name)).await {
+                view.push(format!(
+                    "group {}/{name} ack wait {}",
+                    spec.name, status.info.spec.ack_wait_ms
+                ));
+            }
+        }
+    }
+    view
+}
+
+/// Topic and group administration dropped at any await point: what the
+/// backend serves afterwards is what it serves after a restart (the change
+/// was made in both memory and storage, or in neither).
+pub async fn administration_dropped_at_any_await_is_the_same_after_a_restart<H: Harness>() {
+    let harness = Arc::new(tokio::sync::Mutex::new(Some(H::start().await)));
+    let backend = || {
+        let harness = Arc::clone(&harness);
+        async move { harness.lock().await.as_ref().unwrap().backend() }
+    };
+    make_topic(&*backend().await, "dead", 1).await;
+    // Each round drops one kind of change at the round's poll count.
+    type Change = fn(
+        Arc<dyn Backend>,
+        usize,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+    let changes: [(&str, Change); 5] = [
+        ("create topic", |backend, round| {
+            Box::pin(async move {
+                let mut spec = TopicSpec::new(topic(&format!("t{round}")));
+                spec.dead_letter_topic = Some(topic("dead"));
+                let _ = backend.create_topic(spec).await;
+            })
+        }),
+        ("update topic", |backend, round| {
+            Box::pin(async move {
+                let update = TopicUpdate {
+                    dead_letter_topic: Some(None),
+                    dedup_window_ms: Some(1_000 + round as u64),
+                    ..TopicUpdate::default()
+                };
+                let _ = backend.update_topic(&topic("dead"), update).await;
+            })
+        }),
+        ("put group", |backend, round| {
+            Box::pin(async move {
+                let mut spec = queue_spec(GroupMode::Queue);
+                spec.ack_wait_ms = 1_000 + round as u64;
+                let _ = backend.put_group(&topic("dead"), &group("g1"), spec).await;
+            })
+        }),
+        ("delete group", |backend, _| {
+            Box::pin(async move {
+                let _ = backend.delete_group(&topic("dead"), &group("g1")).await;
+            })
+        }),
+        ("delete topic", |backend, round| {
+            Box::pin(async move {
+                let _ = backend
+                    .delete_topic(&topic(&format!("t{}", round.saturating_sub(1))))
+                    .await;
+            })
+        }),
+    ];
+    for (name, change) in changes {
+        crate::cancel::drop_at_each_await(
+            MAX_POLLS,
+            |round| {
+                let backend = backend();
+                async move {
+                    let backend = backend.await;
+                    // What the deletes remove exists first.
+                    let mut spec = TopicSpec::new(topic(&format!("t{}", round.saturating_sub(1))));
+                    spec.dead_letter_topic = Some(topic("dead"));
+                    let _ = backend.create_topic(spec).await;
+                    let _ = backend
+                        .put_group(&topic("dead"), &group("g1"), queue_spec(GroupMode::Queue))
+                        .await;
+                    change(backend, round)
+                }
+            },
+            |_| {
+                let harness = Arc::clone(&harness);
+                async move {
+                    let mut slot = harness.lock().await;
+                    let current = slot.take().unwrap();
+                    // A change a dropped call finishes on its own may still run.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let before = admin_view(&*current.backend()).await;
+                    let restarted = current.restart().await;
+                    let after = admin_view(&*restarted.backend()).await;
+                    *slot = Some(restarted);
+                    assert_eq!(
+                        before, after,
+                        "{name}: served before (left) and after (right) a restart"
+                    );
+                }
+            },
+        )
+        .await;
+    }
+    let harness = harness.lock().await.take().unwrap();
+    harness.backend().shutdown().await.unwrap();
 }
