@@ -43,10 +43,13 @@
 //!   longer.
 //! - A submit publishes the job's requests before its record, which is the
 //!   commit point: a stored job is always dispatched and always has its
-//!   deadline. Requests of a job never stored are discarded by workers'
-//!   fetches once [`Options::orphan_grace_ms`] has passed, with their blob
-//!   pins; a fetch that meets a request just ahead of its record waits a
-//!   little, else hands it out again later.
+//!   deadline. A worker may see a request just ahead of its record (also
+//!   one consuming `jobs.<queue>` with its own group): an update of a job
+//!   made less than [`Options::orphan_grace_ms`] ago (job ids are UUIDv7s)
+//!   waits up to 500 ms for its record, and a fetch that still finds none
+//!   hands the request out again a second later. Requests of a job never
+//!   stored are discarded by workers' fetches once the grace has passed,
+//!   with their blob pins.
 //! - Transition events are published after the record, with fixed ids
 //!   (`<job>.<version>`, requests `<job>[.<part>]`), so a retry is
 //!   absorbed by the topic's dedup window. One that fails is retried by the

@@ -42,9 +42,11 @@ const TIMERS_PER_TICK: usize = 256;
 const UPDATES_CAPACITY: usize = 4096;
 /// Transition events kept for retry at most (the oldest is dropped).
 const MAX_RETRIED_EVENTS: usize = 10_000;
-/// How long a worker's fetch waits for the record of a request that
-/// arrived before it (its submit writes the record just after publishing).
-const RECORD_WAIT: Duration = Duration::from_millis(250);
+/// How long an update of a job submitted moments ago waits for its record:
+/// a submit publishes the job's requests just before storing it, so a
+/// worker (one fetching from the queue, or one consuming `jobs.<queue>`
+/// with its own group) may report on it first.
+const RECORD_WAIT: Duration = Duration::from_millis(500);
 /// How soon a request whose record is not there yet is delivered again.
 const RECORD_RETRY: Duration = Duration::from_secs(1);
 
@@ -402,7 +404,7 @@ impl Handle {
                     .await?;
                 continue;
             };
-            match shared.start(&request, &delivery).await? {
+            match shared.start(&request).await? {
                 Started::Deliver => {
                     deliveries.push(JobDelivery {
                         delivery_id: delivery.delivery_id,
@@ -554,33 +556,58 @@ impl Shared {
     /// its record (its submit is storing it: wait a little, else deliver it
     /// again later) or an orphan of a submit that never stored it (older
     /// than [`Options::orphan_grace_ms`]: discarded, with its blob pin).
-    async fn start(self: &Arc<Self>, request: &JobRequest, delivery: &Delivery) -> Result<Started> {
+    async fn start(self: &Arc<Self>, request: &JobRequest) -> Result<Started> {
         let started = Command::Started {
             part: request.part.clone(),
         };
-        let deadline = tokio::time::Instant::now() + RECORD_WAIT;
-        loop {
-            match self.update(&request.job_id, &started).await {
-                Ok(job) if part_is_pending(&job, request) => return Ok(Started::Deliver),
-                Ok(_) | Err(Error::PartNotFound { .. }) => return Ok(Started::Stale),
-                Err(Error::JobNotFound { .. }) => {}
-                Err(error) => return Err(error),
-            }
-            let age = self
-                .clock
-                .now_ms()
-                .saturating_sub(delivery.event.appended_at);
-            if age > i64::try_from(self.options.orphan_grace_ms).unwrap_or(i64::MAX) {
+        match self.update(&request.job_id, &started).await {
+            Ok(job) if part_is_pending(&job, request) => Ok(Started::Deliver),
+            Ok(_) | Err(Error::PartNotFound { .. }) => Ok(Started::Stale),
+            // Its submit may still be storing it (the update waited a little).
+            Err(Error::JobNotFound { .. }) if self.is_young(&request.job_id) => Ok(Started::Later),
+            Err(Error::JobNotFound { .. }) => {
                 if let Some(blob) = &request.blob {
                     blobs::unpin(&*self.backend, blob, &request.job_id).await?;
                 }
-                debug!(job = %request.job_id, "Discarded the request of a job that was never stored.");
-                return Ok(Started::Stale);
+                debug!(job = %request.job_id, "Discarded the request of a job that is not stored.");
+                Ok(Started::Stale)
             }
-            if tokio::time::Instant::now() >= deadline {
-                return Ok(Started::Later);
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Whether `job_id` was made less than [`Options::orphan_grace_ms`] ago
+    /// (job ids are UUIDv7s: they carry their creation time), so its submit
+    /// may still be storing it.
+    fn is_young(&self, job_id: &str) -> bool {
+        let Some(created) = uuid::Uuid::parse_str(job_id)
+            .ok()
+            .and_then(|id| id.get_timestamp())
+        else {
+            return false;
+        };
+        let (seconds, nanos) = created.to_unix();
+        let created_ms = i64::try_from(seconds)
+            .unwrap_or(i64::MAX)
+            .saturating_mul(1_000)
+            .saturating_add(i64::from(nanos / 1_000_000));
+        let grace = i64::try_from(self.options.orphan_grace_ms).unwrap_or(i64::MAX);
+        self.clock.now_ms().saturating_sub(created_ms) < grace
+    }
+
+    /// The job, waiting up to [`RECORD_WAIT`] for the record of a young job
+    /// (see there).
+    async fn load_arriving(&self, job_id: &str) -> Result<(Job, u64)> {
+        let deadline = tokio::time::Instant::now() + RECORD_WAIT;
+        loop {
+            match self.load(job_id).await {
+                Err(Error::JobNotFound { .. })
+                    if tokio::time::Instant::now() < deadline && self.is_young(job_id) =>
+                {
+                    tokio::time::sleep(RECORD_WAIT / 20).await;
+                }
+                loaded => return loaded,
             }
-            tokio::time::sleep(RECORD_WAIT / 5).await;
         }
     }
 
@@ -682,7 +709,7 @@ impl Shared {
         pinned: &mut Vec<String>,
     ) -> Result<Job> {
         for _ in 0..MAX_CAS_ATTEMPTS {
-            let (job, revision) = self.load(job_id).await?;
+            let (job, revision) = self.load_arriving(job_id).await?;
             let now = self.clock.now_ms();
             let Applied::Changed(next, effects) = model::apply(&job, command, now)? else {
                 return Ok(job);

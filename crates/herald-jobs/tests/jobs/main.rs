@@ -659,3 +659,47 @@ async fn given_a_pinned_blob_when_the_collector_claims_it_should_keep_it_and_lea
     );
     fixture.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_worker_completing_a_job_just_ahead_of_its_record_should_complete_it() {
+    // A worker consuming `jobs.<queue>` with its own group may report on a
+    // request before its submit has stored the record (requests go first).
+    let fixture = Fixture::start(options()).await;
+    let template = fixture
+        .handle
+        .submit("q", scatter(&["warm"], false))
+        .await
+        .unwrap();
+    let job_id = uuid::Uuid::now_v7().to_string();
+    let record = Job {
+        job_id: job_id.clone(),
+        parts: Vec::new(),
+        ..template
+    };
+    let (backend, late_id) = (Arc::clone(&fixture.backend), job_id.clone());
+    let store = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        backend
+            .kv_put(
+                JOBS_BUCKET,
+                &late_id,
+                serde_json::to_vec(&record).unwrap().into(),
+                herald_backend::Expect::Absent,
+            )
+            .await
+            .unwrap();
+    });
+    let request = CompleteRequest {
+        part: None,
+        outcome: herald_jobs::Outcome {
+            result: Some(json!("done")),
+            result_blob: None,
+            error: None,
+        },
+        delivery_id: None,
+    };
+    let completed = fixture.handle.complete(&job_id, request).await.unwrap();
+    store.await.unwrap();
+    assert_eq!(completed.status, Status::Succeeded);
+    fixture.stop().await;
+}
