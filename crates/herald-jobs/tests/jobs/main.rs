@@ -100,6 +100,40 @@ fn topic(name: &str) -> TopicName {
     name.parse().unwrap()
 }
 
+/// Stores `record` a moment from now, as a submit does after publishing.
+fn store_later(fixture: &Fixture, record: Job) -> tokio::task::JoinHandle<()> {
+    let backend = Arc::clone(&fixture.backend);
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        backend
+            .kv_put(
+                JOBS_BUCKET,
+                &record.job_id,
+                serde_json::to_vec(&record).unwrap().into(),
+                herald_backend::Expect::Absent,
+            )
+            .await
+            .unwrap();
+    })
+}
+
+/// A worker's outcome for `part`: `result` or a `result_blob`.
+fn outcome(
+    part: Option<&str>,
+    result: Option<serde_json::Value>,
+    result_blob: Option<String>,
+) -> CompleteRequest {
+    CompleteRequest {
+        part: part.map(str::to_owned),
+        outcome: herald_jobs::Outcome {
+            result,
+            result_blob,
+            error: None,
+        },
+        delivery_id: None,
+    }
+}
+
 /// Every job request on a queue's topic: job id → parts requested.
 async fn requests(backend: &EmbeddedBackend, queue: &str) -> BTreeMap<String, BTreeSet<String>> {
     let topic = topic(&format!("jobs.{queue}"));
@@ -274,15 +308,7 @@ async fn given_complete_dropped_at_each_await_should_store_all_of_its_outcome_or
             let handle = fixture.handle.clone();
             async move {
                 let job = handle.submit("q", scatter(&["only"], false)).await.unwrap();
-                let request = CompleteRequest {
-                    part: Some("only".into()),
-                    outcome: herald_jobs::Outcome {
-                        result: None,
-                        result_blob: Some(result_blob(polls)),
-                        error: None,
-                    },
-                    delivery_id: None,
-                };
+                let request = outcome(Some("only"), None, Some(result_blob(polls)));
                 let job_id = job.job_id.clone();
                 async move { (job_id.clone(), handle.complete(&job_id, request).await) }
             }
@@ -374,15 +400,7 @@ async fn given_transition_event_that_fails_to_publish_should_be_retried_until_it
         .delete_topic(&topic("herald.jobs"))
         .await
         .unwrap();
-    let request = CompleteRequest {
-        part: Some("only".into()),
-        outcome: herald_jobs::Outcome {
-            result: Some(json!(1)),
-            result_blob: None,
-            error: None,
-        },
-        delivery_id: None,
-    };
+    let request = outcome(Some("only"), Some(json!(1)), None);
     let done = fixture.handle.complete(&job.job_id, request).await.unwrap();
     assert_eq!(done.status, Status::Succeeded);
     fixture
@@ -527,19 +545,7 @@ async fn given_request_ahead_of_its_record_should_be_delivered_once_the_record_i
         blob: Some(BLOB.into()),
         ..template
     };
-    let (backend, late_id) = (Arc::clone(&fixture.backend), job_id.clone());
-    let store = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        backend
-            .kv_put(
-                JOBS_BUCKET,
-                &late_id,
-                serde_json::to_vec(&record).unwrap().into(),
-                herald_backend::Expect::Absent,
-            )
-            .await
-            .unwrap();
-    });
+    let store = store_later(&fixture, record);
     let fetched = fixture
         .handle
         .fetch("q", fetch_request(5_000))
@@ -676,28 +682,8 @@ async fn given_worker_completing_a_job_just_ahead_of_its_record_should_complete_
         parts: Vec::new(),
         ..template
     };
-    let (backend, late_id) = (Arc::clone(&fixture.backend), job_id.clone());
-    let store = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        backend
-            .kv_put(
-                JOBS_BUCKET,
-                &late_id,
-                serde_json::to_vec(&record).unwrap().into(),
-                herald_backend::Expect::Absent,
-            )
-            .await
-            .unwrap();
-    });
-    let request = CompleteRequest {
-        part: None,
-        outcome: herald_jobs::Outcome {
-            result: Some(json!("done")),
-            result_blob: None,
-            error: None,
-        },
-        delivery_id: None,
-    };
+    let store = store_later(&fixture, record);
+    let request = outcome(None, Some(json!("done")), None);
     let completed = fixture.handle.complete(&job_id, request).await.unwrap();
     store.await.unwrap();
     assert_eq!(completed.status, Status::Succeeded);
