@@ -18,6 +18,10 @@
     clippy::panic,
     reason = "test support"
 )]
+#![allow(
+    clippy::async_yields_async,
+    reason = "the cancellation checks' setup yields the operation under test"
+)]
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -75,6 +79,8 @@ macro_rules! conformance_suite {
             queue_state_survives_a_restart,
             redriven_dead_letters_survive_a_restart,
             topics_groups_and_dedup_survive_a_restart,
+            publish_dedup_and_stream_appends_answer_the_same_after_a_restart,
+            a_changed_dedup_window_answers_as_after_a_restart,
             kv_compare_and_set,
             stream_appends_honour_each_expectation_and_conflicts_change_nothing,
             stream_versions_are_dense_and_reads_page_forward_and_backward,
@@ -82,6 +88,13 @@ macro_rules! conformance_suite {
             stream_snapshots_are_kept_up_to_the_stream_version,
             streams_survive_a_restart,
             writers_racing_on_one_stream_get_one_winner_per_version,
+            a_publish_dropped_at_any_await_is_stored_once_and_a_republish_answers,
+            a_stream_append_dropped_at_any_await_is_all_or_nothing,
+            a_hard_delete_dropped_at_any_await_is_all_or_nothing,
+            a_reject_dropped_at_any_await_records_the_dead_letter_and_its_copy,
+            a_redrive_dropped_at_any_await_loses_no_dead_letter,
+            a_leave_dropped_at_any_await_returns_the_leases_or_keeps_them,
+            administration_dropped_at_any_await_is_the_same_after_a_restart,
         );
     };
     (@tests $harness:ty; $($name:ident),* $(,)?) => {
@@ -291,8 +304,22 @@ pub async fn invalid_topic_settings_are_refused_and_change_nothing<H: Harness>()
         backend.create_topic(spec).await,
         Err(Error::InvalidArgument { .. })
     ));
+    let mut spec = TopicSpec::new(topic("bad"));
+    spec.dedup_window_ms = crate::topic::MAX_DEDUP_WINDOW_MS + 1;
+    match backend.create_topic(spec).await {
+        Err(Error::InvalidArgument { field, .. }) => assert_eq!(field, "dedup_window_ms"),
+        other => panic!("expected an invalid dedup window, got {other:?}"),
+    }
     assert!(backend.list_topics().await.unwrap().is_empty());
     let good = make_topic(&*backend, "good", 1).await;
+    let update = TopicUpdate {
+        dedup_window_ms: Some(crate::topic::MAX_DEDUP_WINDOW_MS + 1),
+        ..TopicUpdate::default()
+    };
+    assert!(matches!(
+        backend.update_topic(&good, update).await,
+        Err(Error::InvalidArgument { .. })
+    ));
     let update = TopicUpdate {
         max_event_bytes: Some(0),
         ..TopicUpdate::default()
@@ -1570,6 +1597,166 @@ pub async fn topics_groups_and_dedup_survive_a_restart<H: Harness>() {
     backend.shutdown().await.unwrap();
 }
 
+/// What the restart checks compare: publishes and stream appends against
+/// the state left before a restart, with `phase` naming the ids that each
+/// run uses once.
+async fn answers_to_probes(backend: &dyn Backend, orders: &TopicName, phase: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    // Ids published before, one published in a stream, a new one.
+    let published = backend
+        .publish(
+            orders,
+            vec![
+                keyed("p-1", "a"),
+                keyed("p-2", "b"),
+                keyed(&format!("streamed-{phase}"), "c"),
+                keyed(&format!("new-{phase}"), "d"),
+            ],
+        )
+        .await
+        .unwrap();
+    for result in published {
+        let id = result.id.replace(phase, "<phase>");
+        let position = if result.id.starts_with("p-") {
+            format!("{}/{}", result.partition, result.offset)
+        } else {
+            String::new()
+        };
+        seen.push(format!(
+            "publish {id}: duplicate {} {position}",
+            result.duplicate
+        ));
+    }
+    // Appends against each expectation, to live and deleted streams.
+    let probes = [
+        ("live", ExpectedVersion::Exact(0)),
+        ("live", ExpectedVersion::NoStream),
+        ("soft", ExpectedVersion::Any),
+        ("hard", ExpectedVersion::Any),
+    ];
+    for (name, expected) in probes {
+        let outcome = backend
+            .append(orders, &stream(name), stream_events("probe", 1), expected)
+            .await;
+        seen.push(match outcome {
+            Ok(appended) => format!("append {name}: version {}", appended.first_version),
+            Err(Error::VersionConflict { current, .. }) => {
+                format!("append {name}: conflict at {current:?}")
+            }
+            Err(error) => format!("append {name}: {}", error.code()),
+        });
+    }
+    let fresh = stream(&format!("fresh-{phase}"));
+    let appended = backend
+        .append(
+            orders,
+            &fresh,
+            stream_events(phase, 2),
+            ExpectedVersion::Any,
+        )
+        .await
+        .unwrap();
+    seen.push(format!(
+        "append fresh: versions {}..={} duplicate {:?}",
+        appended.first_version,
+        appended.last_version,
+        appended
+            .positions
+            .iter()
+            .map(|position| position.duplicate)
+            .collect::<Vec<_>>()
+    ));
+    seen
+}
+
+/// Publish dedup and stream appends answer the same after a restart as
+/// before it: the index rebuilt from the log is the index publishes built.
+pub async fn publish_dedup_and_stream_appends_answer_the_same_after_a_restart<H: Harness>() {
+    let harness = H::start().await;
+    let backend = harness.backend();
+    let orders = make_topic(&*backend, "orders", 2).await;
+    publish_all(
+        &*backend,
+        &orders,
+        vec![keyed("p-1", "a"), keyed("p-2", "b")],
+    )
+    .await;
+    // Stream appends of ids a publish then uses (not deduplicated by id).
+    for (name, ids) in [
+        ("live", vec!["streamed-before", "streamed-after"]),
+        ("soft", vec!["soft-0"]),
+        ("hard", vec!["hard-0"]),
+    ] {
+        let events = ids.iter().map(|id| event(id, "test.stream")).collect();
+        backend
+            .append(&orders, &stream(name), events, ExpectedVersion::NoStream)
+            .await
+            .unwrap();
+    }
+    backend
+        .delete_stream(&orders, &stream("soft"), false)
+        .await
+        .unwrap();
+    backend
+        .delete_stream(&orders, &stream("hard"), true)
+        .await
+        .unwrap();
+    let before = answers_to_probes(&*backend, &orders, "before").await;
+    drop(backend);
+    let harness = harness.restart().await;
+    let backend = harness.backend();
+    let after = answers_to_probes(&*backend, &orders, "after").await;
+    assert_eq!(
+        before, after,
+        "answers before (left) and after (right) a restart"
+    );
+    backend.shutdown().await.unwrap();
+}
+
+/// Turning the dedup window on (or changing it) makes publishes see the ids
+/// the log holds within the new window, as a restart would.
+pub async fn a_changed_dedup_window_answers_as_after_a_restart<H: Harness>() {
+    let harness = H::start().await;
+    let backend = harness.backend();
+    let mut spec = TopicSpec::new(topic("orders"));
+    spec.dedup_window_ms = 0;
+    backend.create_topic(spec).await.unwrap();
+    let orders = topic("orders");
+    publish_all(
+        &*backend,
+        &orders,
+        vec![event("w-1", "t"), event("w-2", "t")],
+    )
+    .await;
+    backend
+        .update_topic(
+            &orders,
+            TopicUpdate {
+                dedup_window_ms: Some(120_000),
+                ..TopicUpdate::default()
+            },
+        )
+        .await
+        .unwrap();
+    let before = backend
+        .publish(&orders, vec![event("w-1", "t")])
+        .await
+        .unwrap();
+    drop(backend);
+    let harness = harness.restart().await;
+    let backend = harness.backend();
+    let after = backend
+        .publish(&orders, vec![event("w-2", "t")])
+        .await
+        .unwrap();
+    assert_eq!(
+        (before[0].duplicate, before[0].offset),
+        (after[0].duplicate, after[0].offset - 1),
+        "an id published before the window was turned on answers the same before and after a restart"
+    );
+    backend.shutdown().await.unwrap();
+}
+
 // --------------------------------------------------------------------- kv --
 
 /// Small durable state: revisions, compare-and-set, delete.
@@ -2240,4 +2427,559 @@ pub async fn writers_racing_on_one_stream_get_one_winner_per_version<H: Harness>
             "version {version} holds a loser"
         );
     }
+}
+
+// ----------------------------------------------------------- cancellation --
+//
+// Each check drops an operation at each of its await points in turn
+// (`cancel::drop_at_each_await`) and then checks that it either completed
+// or left nothing behind, and that a retry answers as it normally would.
+
+/// The most polls a cancellation check drives one operation through.
+const MAX_POLLS: usize = 64;
+
+/// Every event of `topic`, by id, with its positions.
+async fn stored_positions(
+    backend: &dyn Backend,
+    topic: &TopicName,
+) -> BTreeMap<String, Vec<(u32, u64)>> {
+    let partitions = backend
+        .describe_topic(topic)
+        .await
+        .unwrap()
+        .partition_info
+        .len() as u32;
+    let mut stored: BTreeMap<String, Vec<(u32, u64)>> = BTreeMap::new();
+    for partition in 0..partitions {
+        let mut from = 0;
+        loop {
+            let read = backend.read(topic, partition, from, 1_000).await.unwrap();
+            if read.events.is_empty() {
+                break;
+            }
+            from = read.next_offset;
+            for event in read.events {
+                stored
+                    .entry(event.event.id)
+                    .or_default()
+                    .push((event.partition, event.offset));
+            }
+        }
+    }
+    stored
+}
+
+/// Awaits `operation`, failing the check if it has not answered within
+/// [`LONG`]: it hangs on something a cancelled call left behind.
+async fn answers<T>(what: &str, operation: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(LONG, operation)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not answer within {LONG:?}: it hangs"))
+}
+
+fn polls_of<T>(outcome: &crate::cancel::Outcome<T>) -> usize {
+    match outcome {
+        crate::cancel::Outcome::Dropped(polls) | crate::cancel::Outcome::Finished(polls, _) => {
+            *polls
+        }
+    }
+}
+
+/// A publish dropped at any await point leaves each event stored at most
+/// once, and re-publishing it answers in its normal time: with the original
+/// position if it was appended, as a new append if not.
+pub async fn a_publish_dropped_at_any_await_is_stored_once_and_a_republish_answers<H: Harness>() {
+    let harness = H::start().await;
+    let backend = harness.backend();
+    let mut spec = TopicSpec::new(topic("orders"));
+    spec.partitions = 2;
+    spec.fsync = Fsync::Always;
+    backend.create_topic(spec).await.unwrap();
+    let orders = topic("orders");
+    let batch = |polls: usize| {
+        vec![
+            keyed(&format!("dropped-{polls}-a"), "a"),
+            keyed(&format!("dropped-{polls}-b"), "b"),
+            keyed(&format!("dropped-{polls}-c"), "a"),
+        ]
+    };
+    let polls = crate::cancel::drop_at_each_await(
+        MAX_POLLS,
+        |polls| {
+            let (backend, orders, events) = (Arc::clone(&backend), orders.clone(), batch(polls));
+            async move { async move { backend.publish(&orders, events).await } }
+        },
+        |outcome| {
+            let (backend, orders, polls) =
+                (Arc::clone(&backend), orders.clone(), polls_of(&outcome));
+            if let crate::cancel::Outcome::Finished(_, results) = outcome {
+                assert!(results.unwrap().iter().all(|result| !result.duplicate));
+            }
+            async move {
+                let again = answers(
+                    "a re-publish after a cancelled publish",
+                    backend.publish(&orders, batch(polls)),
+                )
+                .await
+                .unwrap();
+                let stored = stored_positions(&*backend, &orders).await;
+                for result in again {
+                    assert_eq!(
+                        stored.get(&result.id).cloned().unwrap_or_default(),
+                        vec![(result.partition, result.offset)],
+                        "{} must be stored once, where the re-publish says",
+                        result.id
+                    );
+                }
+            }
+        },
+    )
+    .await;
+    assert!(polls > 1, "the publish never reached an await point");
+    backend.shutdown().await.unwrap();
+}
+
+/// A stream append dropped at any await point appended all its events or
+/// none, and the index agrees with the topic.
+pub async fn a_stream_append_dropped_at_any_await_is_all_or_nothing<H: Harness>() {
+    let harness = H::start().await;
+    let backend = harness.backend();
+    let orders = make_topic(&*backend, "orders", 2).await;
+    let stream = |polls: usize| -> StreamId { format!("order-{polls}").parse().unwrap() };
+    let events = |polls: usize| {
+        (0..3)
+            .map(|index| event(&format!("s{polls}-{index}"), "order.changed"))
+            .collect::<Vec<_>>()
+    };
+    crate::cancel::drop_at_each_await(
+        MAX_POLLS,
+        |polls| {
+            let (backend, orders) = (Arc::clone(&backend), orders.clone());
+            let (stream, events) = (stream(polls), events(polls));
+            async move {
+                async move {
+                    backend
+                        .append(&orders, &stream, events, ExpectedVersion::NoStream)
+                        .await
+                }
+            }
+        },
+        |outcome| {
+            let (backend, orders, polls) =
+                (Arc::clone(&backend), orders.clone(), polls_of(&outcome));
+            if let crate::cancel::Outcome::Finished(_, result) = outcome {
+                assert_eq!(result.unwrap().last_version, 2);
+            }
+            async move {
+                let retry = answers(
+                    "a retried stream append",
+                    backend.append(
+                        &orders,
+                        &stream(polls),
+                        events(polls),
+                        ExpectedVersion::NoStream,
+                    ),
+                )
+                .await;
+                match retry {
+                    // Nothing was appended: the retry appended it all.
+                    Ok(appended) => assert_eq!(appended.last_version, 2),
+                    // All of it was.
+                    Err(Error::VersionConflict { current, .. }) => assert_eq!(current, Some(2)),
+                    Err(error) => panic!("unexpected: {error}"),
+                }
+                let slice = backend
+                    .read_stream(&orders, &stream(polls), 0, Direction::Forward, 10)
+                    .await
+                    .unwrap();
+                assert_eq!(slice.events.len(), 3);
+                let stored = stored_positions(&*backend, &orders).await;
+                for index in 0..3 {
+                    let id = format!("s{polls}-{index}");
+                    assert_eq!(stored.get(&id).map(Vec::len), Some(1), "{id} stored once");
+                }
+            }
+        },
+    )
+    .await;
+    backend.shutdown().await.unwrap();
+}
+
+/// A hard delete dropped at any await point deleted the stream (its events
+/// unreadable) or left it whole, and a retried delete completes it.
+pub async fn a_hard_delete_dropped_at_any_await_is_all_or_nothing<H: Harness>() {
+    let harness = H::start().await;
+    let backend = harness.backend();
+    let orders = make_topic(&*backend, "orders", 1).await;
+    let stream = |polls: usize| -> StreamId { format!("gone-{polls}").parse().unwrap() };
+    let id = |polls: usize| format!("gone-{polls}-0");
+    crate::cancel::drop_at_each_await(
+        MAX_POLLS,
+        |polls| {
+            let (backend, orders, stream, id) = (
+                Arc::clone(&backend),
+                orders.clone(),
+                stream(polls),
+                id(polls),
+            );
+            async move {
+                backend
+                    .append(
+                        &orders,
+                        &stream,
+                        vec![event(&id, "t")],
+                        ExpectedVersion::NoStream,
+                    )
+                    .await
+                    .unwrap();
+                async move { backend.delete_stream(&orders, &stream, true).await }
+            }
+        },
+        |outcome| {
+            let (backend, orders, polls) =
+                (Arc::clone(&backend), orders.clone(), polls_of(&outcome));
+            if let crate::cancel::Outcome::Finished(_, result) = outcome {
+                result.unwrap();
+            }
+            async move {
+                let readable = stored_positions(&*backend, &orders)
+                    .await
+                    .contains_key(&id(polls));
+                let metadata = backend
+                    .stream_metadata(&orders, &stream(polls))
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    readable, !metadata.deleted,
+                    "deleted: {}, its event readable: {readable}",
+                    metadata.deleted
+                );
+                answers(
+                    "a retried hard delete",
+                    backend.delete_stream(&orders, &stream(polls), true),
+                )
+                .await
+                .unwrap();
+                assert!(
+                    !stored_positions(&*backend, &orders)
+                        .await
+                        .contains_key(&id(polls))
+                );
+            }
+        },
+    )
+    .await;
+    backend.shutdown().await.unwrap();
+}
+
+/// A queue group on `jobs` whose dead letters are copied to `jobs-dead`,
+/// with a long lease.
+async fn dead_lettering_group(backend: &dyn Backend) -> (TopicName, TopicName, GroupName) {
+    let dead = make_topic(backend, "jobs-dead", 1).await;
+    let mut spec = TopicSpec::new(topic("jobs"));
+    spec.dead_letter_topic = Some(dead.clone());
+    backend.create_topic(spec).await.unwrap();
+    let workers = group("workers");
+    let mut group_spec = queue_spec(GroupMode::Queue);
+    group_spec.ack_wait_ms = 60_000;
+    backend
+        .put_group(&topic("jobs"), &workers, group_spec)
+        .await
+        .unwrap();
+    (topic("jobs"), dead, workers)
+}
+
+/// Publishes `id` to `topic` and leases it to member `w` of `group`;
+/// returns the delivery ids.
+async fn lease_one(
+    backend: &dyn Backend,
+    topic: &TopicName,
+    group: &GroupName,
+    id: &str,
+) -> Vec<String> {
+    publish_all(backend, topic, vec![event(id, "t")]).await;
+    let leased = fetch_until(backend, topic, group, "w", 1, LONG).await;
+    assert_eq!(event_ids(&leased), [id]);
+    ids(&leased)
+}
+
+/// Whether the group lists a dead letter of event `id`.
+async fn dead_letter_listed(
+    backend: &dyn Backend,
+    topic: &TopicName,
+    group: &GroupName,
+    id: &str,
+) -> bool {
+    backend
+        .dead_letters(topic, group, 1_000)
+        .await
+        .unwrap()
+        .iter()
+        .any(|letter| {
+            letter
+                .event
+                .as_ref()
+                .is_some_and(|event| event.event.id == id)
+        })
+}
+
+/// A reject dropped at any await point dead-lettered the event — in the
+/// group's list and as a copy on the dead-letter topic, both — or left it
+/// leased; never one without the other.
+pub async fn a_reject_dropped_at_any_await_records_the_dead_letter_and_its_copy<H: Harness>() {
+    let harness = H::start().await;
+    let backend = harness.backend();
+    let (jobs, dead, workers) = dead_lettering_group(&*backend).await;
+    crate::cancel::drop_at_each_await(
+        MAX_POLLS,
+        |polls| {
+            let (backend, jobs, workers) = (Arc::clone(&backend), jobs.clone(), workers.clone());
+            async move {
+                let leased = lease_one(&*backend, &jobs, &workers, &format!("bad-{polls}")).await;
+                async move { backend.reject(&jobs, &workers, &leased, "schema mismatch").await }
+            }
+        },
+        |outcome| {
+            let (backend, jobs, dead, workers, polls) = (
+                Arc::clone(&backend),
+                jobs.clone(),
+                dead.clone(),
+                workers.clone(),
+                polls_of(&outcome),
+            );
+            async move {
+                let id = format!("bad-{polls}");
+                let dlid = herald_types::ExtensionValue::String(id.clone());
+                // The copy is published after the record: wait for it.
+                let deadline = Instant::now() + LONG;
+                loop {
+                    let listed = dead_letter_listed(&*backend, &jobs, &workers, &id).await;
+                    let copied = backend
+                        .read(&dead, 0, 0, 10_000)
+                        .await
+                        .unwrap()
+                        .events
+                        .iter()
+                        .any(|copy| copy.event.extensions.get("dlid") == Some(&dlid));
+                    if listed && copied {
+                        break;
+                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "{id}: dead letter listed: {listed}, copied to the dead-letter topic: {copied}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        },
+    )
+    .await;
+    backend.shutdown().await.unwrap();
+}
+
+/// A redrive dropped at any await point left each dead letter either in the
+/// list or delivered again: never neither.
+pub async fn a_redrive_dropped_at_any_await_loses_no_dead_letter<H: Harness>() {
+    let harness = H::start().await;
+    let backend = harness.backend();
+    let (jobs, _, workers) = dead_lettering_group(&*backend).await;
+    crate::cancel::drop_at_each_await(
+        MAX_POLLS,
+        |polls| {
+            let (backend, jobs, workers) = (Arc::clone(&backend), jobs.clone(), workers.clone());
+            async move {
+                let leased = lease_one(&*backend, &jobs, &workers, &format!("back-{polls}")).await;
+                backend
+                    .reject(&jobs, &workers, &leased, "not now")
+                    .await
+                    .unwrap();
+                async move { backend.redrive(&jobs, &workers, None).await }
+            }
+        },
+        |outcome| {
+            let (backend, jobs, workers, polls) = (
+                Arc::clone(&backend),
+                jobs.clone(),
+                workers.clone(),
+                polls_of(&outcome),
+            );
+            async move {
+                let id = format!("back-{polls}");
+                if dead_letter_listed(&*backend, &jobs, &workers, &id).await {
+                    // Not redriven: a retry brings it back.
+                    answers("a retried redrive", backend.redrive(&jobs, &workers, None))
+                        .await
+                        .unwrap();
+                }
+                let delivered = fetch_until(&*backend, &jobs, &workers, "w", 1, LONG).await;
+                assert_eq!(
+                    event_ids(&delivered),
+                    std::slice::from_ref(&id),
+                    "{id} is neither a dead letter nor delivered again"
+                );
+                backend
+                    .ack(&jobs, &workers, &ids(&delivered))
+                    .await
+                    .unwrap();
+            }
+        },
+    )
+    .await;
+    backend.shutdown().await.unwrap();
+}
+
+/// A leave dropped at any await point returned the member's leases or kept
+/// them; a retried leave returns them.
+pub async fn a_leave_dropped_at_any_await_returns_the_leases_or_keeps_them<H: Harness>() {
+    let harness = H::start().await;
+    let backend = harness.backend();
+    let jobs = make_topic(&*backend, "jobs", 1).await;
+    let workers = group("workers");
+    let mut spec = queue_spec(GroupMode::Queue);
+    spec.ack_wait_ms = 60_000;
+    backend.put_group(&jobs, &workers, spec).await.unwrap();
+    crate::cancel::drop_at_each_await(
+        MAX_POLLS,
+        |polls| {
+            let (backend, jobs, workers) = (Arc::clone(&backend), jobs.clone(), workers.clone());
+            async move {
+                lease_one(&*backend, &jobs, &workers, &format!("held-{polls}")).await;
+                async move { backend.leave(&jobs, &workers, "w").await }
+            }
+        },
+        |outcome| {
+            let (backend, jobs, workers, polls) = (
+                Arc::clone(&backend),
+                jobs.clone(),
+                workers.clone(),
+                polls_of(&outcome),
+            );
+            async move {
+                answers("a retried leave", backend.leave(&jobs, &workers, "w"))
+                    .await
+                    .unwrap();
+                let taken = fetch_until(&*backend, &jobs, &workers, "other", 1, LONG).await;
+                assert_eq!(event_ids(&taken), [format!("held-{polls}")]);
+                backend.ack(&jobs, &workers, &ids(&taken)).await.unwrap();
+            }
+        },
+    )
+    .await;
+    backend.shutdown().await.unwrap();
+}
+
+/// What a backend serves of topics and groups: each topic with its dead-letter
+/// topic and dedup window, and its groups with their ack waits.
+async fn admin_view(backend: &dyn Backend) -> Vec<String> {
+    let mut view = Vec::new();
+    for info in backend.list_topics().await.unwrap() {
+        let spec = &info.spec;
+        view.push(format!(
+            "topic {} dead letters {:?} window {}",
+            spec.name, spec.dead_letter_topic, spec.dedup_window_ms
+        ));
+        for name in ["g1", "g2", "g3"] {
+            if let Ok(status) = backend.group_status(&spec.name, &group(name)).await {
+                view.push(format!(
+                    "group {}/{name} ack wait {}",
+                    spec.name, status.info.spec.ack_wait_ms
+                ));
+            }
+        }
+    }
+    view
+}
+
+/// Topic and group administration dropped at any await point: what the
+/// backend serves afterwards is what it serves after a restart (the change
+/// was made in both memory and storage, or in neither).
+pub async fn administration_dropped_at_any_await_is_the_same_after_a_restart<H: Harness>() {
+    let harness = Arc::new(tokio::sync::Mutex::new(Some(H::start().await)));
+    let backend = || {
+        let harness = Arc::clone(&harness);
+        async move { harness.lock().await.as_ref().unwrap().backend() }
+    };
+    make_topic(&*backend().await, "dead", 1).await;
+    // Each round drops one kind of change at the round's poll count.
+    type Change = fn(
+        Arc<dyn Backend>,
+        usize,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+    let changes: [(&str, Change); 5] = [
+        ("create topic", |backend, round| {
+            Box::pin(async move {
+                let mut spec = TopicSpec::new(topic(&format!("t{round}")));
+                spec.dead_letter_topic = Some(topic("dead"));
+                let _ = backend.create_topic(spec).await;
+            })
+        }),
+        ("update topic", |backend, round| {
+            Box::pin(async move {
+                let update = TopicUpdate {
+                    dead_letter_topic: Some(None),
+                    dedup_window_ms: Some(1_000 + round as u64),
+                    ..TopicUpdate::default()
+                };
+                let _ = backend.update_topic(&topic("dead"), update).await;
+            })
+        }),
+        ("put group", |backend, round| {
+            Box::pin(async move {
+                let mut spec = queue_spec(GroupMode::Queue);
+                spec.ack_wait_ms = 1_000 + round as u64;
+                let _ = backend.put_group(&topic("dead"), &group("g1"), spec).await;
+            })
+        }),
+        ("delete group", |backend, _| {
+            Box::pin(async move {
+                let _ = backend.delete_group(&topic("dead"), &group("g1")).await;
+            })
+        }),
+        ("delete topic", |backend, round| {
+            Box::pin(async move {
+                let _ = backend
+                    .delete_topic(&topic(&format!("t{}", round.saturating_sub(1))))
+                    .await;
+            })
+        }),
+    ];
+    for (name, change) in changes {
+        crate::cancel::drop_at_each_await(
+            MAX_POLLS,
+            |round| {
+                let backend = backend();
+                async move {
+                    let backend = backend.await;
+                    // What the deletes remove exists first.
+                    let mut spec = TopicSpec::new(topic(&format!("t{}", round.saturating_sub(1))));
+                    spec.dead_letter_topic = Some(topic("dead"));
+                    let _ = backend.create_topic(spec).await;
+                    let _ = backend
+                        .put_group(&topic("dead"), &group("g1"), queue_spec(GroupMode::Queue))
+                        .await;
+                    change(backend, round)
+                }
+            },
+            |_| {
+                let harness = Arc::clone(&harness);
+                async move {
+                    let mut slot = harness.lock().await;
+                    let current = slot.take().unwrap();
+                    // A change a dropped call finishes on its own may still run.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let before = admin_view(&*current.backend()).await;
+                    let restarted = current.restart().await;
+                    let after = admin_view(&*restarted.backend()).await;
+                    *slot = Some(restarted);
+                    assert_eq!(
+                        before, after,
+                        "{name}: served before (left) and after (right) a restart"
+                    );
+                }
+            },
+        )
+        .await;
+    }
+    let harness = harness.lock().await.take().unwrap();
+    harness.backend().shutdown().await.unwrap();
 }

@@ -9,13 +9,18 @@
 //!
 //! The doc comment of each method is its contract. Common to all:
 //!
-//! - Calls are cancel-safe to drop, but a dropped `publish` may still have
-//!   been applied (the caller must treat it as unknown and re-publish with the
-//!   same event ids: deduplication makes that safe).
+//! - Calls are cancel-safe to drop: an operation of several steps either
+//!   completes or leaves nothing behind when its caller goes away (the
+//!   embedded backend finishes such steps with [`cancel::run_to_completion`]).
+//!   A dropped `publish` may still have been applied: the caller must treat
+//!   it as unknown and re-publish with the same event ids, which answers in
+//!   its normal time with the original position (deduplication makes that
+//!   safe).
 //! - Bad input returns [`Error::InvalidArgument`] (or a more specific variant)
 //!   and changes nothing.
 //! - Errors say whether retrying can help ([`Error::is_retryable`]).
 
+pub mod cancel;
 pub mod error;
 pub mod group;
 pub mod kv;

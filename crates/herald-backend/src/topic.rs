@@ -12,6 +12,13 @@ pub const MAX_PARTITIONS: u32 = 1024;
 /// The largest `max_event_bytes` a topic may set (a log batch is at most
 /// 64 MiB; larger payloads belong in blobs).
 pub const MAX_EVENT_BYTES_LIMIT: u64 = 16 * 1024 * 1024;
+/// The longest dedup window a topic may set: 7 days (604,800,000 ms). The
+/// window is held in memory (about 50–70 bytes per id: BENCHMARKS.md) and
+/// re-read from the log at every open, so its cost is rate × window; a week
+/// covers any publisher's retry horizon (an outage over a weekend replayed
+/// from an outbox) while bounding both. Longer-lived idempotence belongs to
+/// the application (e.g. a stream's expected version).
+pub const MAX_DEDUP_WINDOW_MS: u64 = 7 * 24 * 3_600_000;
 
 /// How many topics and partitions a backend holds at most (the server's
 /// `[limits]`). Checked when a topic is created; a server that already
@@ -120,8 +127,10 @@ pub struct TopicSpec {
     #[serde(default)]
     pub retention: RetentionSpec,
     /// A re-published event id within this window returns the original
-    /// position instead of appending again. 0 disables deduplication.
+    /// position instead of appending again. 0 disables deduplication; at
+    /// most 604,800,000 (7 days).
     #[serde(default = "defaults::dedup_window_ms")]
+    #[cfg_attr(feature = "openapi", schema(maximum = 604_800_000))]
     pub dedup_window_ms: u64,
     /// The largest event accepted.
     #[serde(default = "defaults::max_event_bytes")]
@@ -200,6 +209,14 @@ impl TopicSpec {
             return Err(Error::invalid(
                 "retention.max_events",
                 "must be positive (omit it for no limit)",
+            ));
+        }
+        if self.dedup_window_ms > MAX_DEDUP_WINDOW_MS {
+            return Err(Error::invalid(
+                "dedup_window_ms",
+                format!(
+                    "must be at most {MAX_DEDUP_WINDOW_MS} (7 days): the window is kept in memory and re-read from the log at every start; 0 disables deduplication"
+                ),
             ));
         }
         if self.dead_letter_topic.as_ref() == Some(&self.name) {

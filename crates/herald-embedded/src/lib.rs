@@ -60,6 +60,9 @@ mod meta;
 mod stream;
 mod topic;
 
+#[doc(hidden)]
+pub use dedup::Probe as DedupProbe;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -68,6 +71,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use herald_backend::cancel::run_to_completion;
 use herald_backend::{
     AckOutcome, AppendResult, Backend, CommitRequest, DeadLetter, Direction, Error, Events, Expect,
     ExpectedVersion, FetchRequest, FetchResponse, GroupInfo, GroupSpec, GroupStatus, Groups, Kv,
@@ -258,6 +262,18 @@ impl EmbeddedBackend {
 }
 
 impl EmbeddedBackend {
+    /// Runs a topic change to completion even if its caller goes away, so
+    /// that storage and memory never disagree (a topic stored but not
+    /// served until a restart, or served but deleted from storage).
+    async fn administer<T, F, Fut>(&self, change: F) -> Result<T>
+    where
+        F: FnOnce(Arc<Inner>) -> Fut,
+        Fut: std::future::Future<Output = Result<T>> + Send + 'static,
+        T: Send + 'static,
+    {
+        run_to_completion(change(Arc::clone(&self.inner))).await
+    }
+
     /// Persists every group's changed state now, as the background flush
     /// does every `flush_interval`: acks made before this returns survive a
     /// crash.
@@ -582,16 +598,30 @@ impl Inner {
     }
 
     /// Records dead letters in the group's list and, when the topic names a
-    /// dead-letter topic, publishes a copy there.
+    /// dead-letter topic, publishes a copy there. Runs to completion even if
+    /// the caller goes away: the group already counts these events as dead,
+    /// so their record and copy must follow (the job service learns of a
+    /// dead letter from its copy).
     async fn bury(
-        &self,
-        topic: &TopicRuntime,
-        group: &GroupRuntime,
+        self: &Arc<Self>,
+        topic: &Arc<TopicRuntime>,
+        group: &Arc<GroupRuntime>,
         effects: Vec<DeadLetterEffect>,
     ) {
         if effects.is_empty() {
             return;
         }
+        let (inner, topic, group) = (Arc::clone(self), Arc::clone(topic), Arc::clone(group));
+        run_to_completion(async move { inner.record_dead_letters(&topic, &group, effects).await })
+            .await;
+    }
+
+    async fn record_dead_letters(
+        &self,
+        topic: &TopicRuntime,
+        group: &GroupRuntime,
+        effects: Vec<DeadLetterEffect>,
+    ) {
         let now = self.now();
         let records: Vec<DeadLetterRecord> = effects
             .iter()
@@ -748,56 +778,58 @@ async fn compaction_loop(inner: Arc<Inner>, delay: Duration, cancel: Cancellatio
 #[async_trait]
 impl Topics for EmbeddedBackend {
     async fn create_topic(&self, spec: TopicSpec) -> Result<TopicInfo> {
-        let inner = &self.inner;
-        inner.check_open()?;
-        spec.validate()?;
-        let _admin = inner.admin.lock().await;
-        if inner.topic(&spec.name).is_ok() {
-            return Err(Error::TopicExists {
-                topic: spec.name.to_string(),
-            });
-        }
-        {
-            let topics = inner.topics.read().unwrap_or_else(PoisonError::into_inner);
-            let partitions = topics
-                .values()
-                .map(|topic| u64::from(topic.info().spec.partitions))
-                .sum();
-            inner.topic_limits.check(&spec, topics.len(), partitions)?;
-        }
-        let dir = inner.topic_dir(&spec.name);
-        {
-            let dir = dir.clone();
-            blocking(move || {
-                if dir.exists() {
-                    std::fs::remove_dir_all(&dir).map_err(|error| Error::Unavailable {
-                        detail: format!("{}: {error}", dir.display()),
-                    })?;
-                }
-                Ok(())
-            })
-            .await?;
-        }
-        let info = TopicInfo {
-            spec: spec.clone(),
-            created_at: inner.now(),
-        };
-        // A topic of the same name deleted earlier leaves no stream index.
-        inner.streams.purge(&spec.name).await?;
-        let partitions = inner.open_partitions(&spec).await?;
-        let runtime = Arc::new(TopicRuntime::new(info.clone(), dir, partitions));
-        let (meta, stored) = (inner.meta.clone(), info.clone());
-        if let Err(error) = blocking(move || meta.put_topic(&stored)).await {
-            let _ = runtime.close().await;
-            return Err(error);
-        }
-        inner
-            .topics
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(spec.name.clone(), runtime);
-        info!(topic = %spec.name, partitions = spec.partitions, "Created topic.");
-        Ok(info)
+        self.administer(move |inner| async move {
+            inner.check_open()?;
+            spec.validate()?;
+            let _admin = inner.admin.lock().await;
+            if inner.topic(&spec.name).is_ok() {
+                return Err(Error::TopicExists {
+                    topic: spec.name.to_string(),
+                });
+            }
+            {
+                let topics = inner.topics.read().unwrap_or_else(PoisonError::into_inner);
+                let partitions = topics
+                    .values()
+                    .map(|topic| u64::from(topic.info().spec.partitions))
+                    .sum();
+                inner.topic_limits.check(&spec, topics.len(), partitions)?;
+            }
+            let dir = inner.topic_dir(&spec.name);
+            {
+                let dir = dir.clone();
+                blocking(move || {
+                    if dir.exists() {
+                        std::fs::remove_dir_all(&dir).map_err(|error| Error::Unavailable {
+                            detail: format!("{}: {error}", dir.display()),
+                        })?;
+                    }
+                    Ok(())
+                })
+                .await?;
+            }
+            let info = TopicInfo {
+                spec: spec.clone(),
+                created_at: inner.now(),
+            };
+            // A topic of the same name deleted earlier leaves no stream index.
+            inner.streams.purge(&spec.name).await?;
+            let partitions = inner.open_partitions(&spec).await?;
+            let runtime = Arc::new(TopicRuntime::new(info.clone(), dir, partitions));
+            let (meta, stored) = (inner.meta.clone(), info.clone());
+            if let Err(error) = blocking(move || meta.put_topic(&stored)).await {
+                let _ = runtime.close().await;
+                return Err(error);
+            }
+            inner
+                .topics
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(spec.name.clone(), runtime);
+            info!(topic = %spec.name, partitions = spec.partitions, "Created topic.");
+            Ok(info)
+        })
+        .await
     }
 
     async fn list_topics(&self) -> Result<Vec<TopicInfo>> {
@@ -819,42 +851,54 @@ impl Topics for EmbeddedBackend {
     }
 
     async fn update_topic(&self, topic: &TopicName, update: TopicUpdate) -> Result<TopicInfo> {
-        let inner = &self.inner;
-        let _admin = inner.admin.lock().await;
-        let runtime = inner.topic(topic)?;
-        let mut info = runtime.info();
-        let spec = info.spec.updated(&update);
-        spec.validate()?;
-        info.spec = spec;
-        let (meta, stored) = (inner.meta.clone(), info.clone());
-        blocking(move || meta.put_topic(&stored)).await?;
-        runtime.set_info(info.clone());
-        runtime.set_retention(&info.spec).await?;
-        Ok(info)
+        let topic = topic.clone();
+        self.administer(move |inner| async move {
+            let _admin = inner.admin.lock().await;
+            let runtime = inner.topic(&topic)?;
+            let mut info = runtime.info();
+            let spec = info.spec.updated(&update);
+            spec.validate()?;
+            let window_changed = spec.dedup_window_ms != info.spec.dedup_window_ms;
+            info.spec = spec;
+            let (meta, stored) = (inner.meta.clone(), info.clone());
+            blocking(move || meta.put_topic(&stored)).await?;
+            runtime.set_info(info.clone());
+            runtime.set_retention(&info.spec).await?;
+            if window_changed {
+                // Publishes now see the ids the log holds within the new
+                // window, as they would after a restart.
+                runtime.rebuild_dedup(inner.now()).await?;
+            }
+            Ok(info)
+        })
+        .await
     }
 
     async fn delete_topic(&self, topic: &TopicName) -> Result<()> {
-        let inner = &self.inner;
-        let _admin = inner.admin.lock().await;
-        let runtime = inner.topic(topic)?;
-        let (meta, name) = (inner.meta.clone(), topic.to_string());
-        blocking(move || meta.delete_topic(&name)).await?;
-        inner
-            .topics
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(topic);
-        runtime.close().await?;
-        inner.streams.purge(topic).await?;
-        let dir = runtime.dir.clone();
-        blocking(move || {
-            std::fs::remove_dir_all(&dir).map_err(|error| Error::Unavailable {
-                detail: format!("{}: {error}", dir.display()),
+        let topic = topic.clone();
+        self.administer(move |inner| async move {
+            let _admin = inner.admin.lock().await;
+            let runtime = inner.topic(&topic)?;
+            let (meta, name) = (inner.meta.clone(), topic.to_string());
+            blocking(move || meta.delete_topic(&name)).await?;
+            inner
+                .topics
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&topic);
+            runtime.close().await?;
+            inner.streams.purge(&topic).await?;
+            let dir = runtime.dir.clone();
+            blocking(move || {
+                std::fs::remove_dir_all(&dir).map_err(|error| Error::Unavailable {
+                    detail: format!("{}: {error}", dir.display()),
+                })
             })
+            .await?;
+            info!(topic = %topic, "Deleted topic.");
+            Ok(())
         })
-        .await?;
-        info!(topic = %topic, "Deleted topic.");
-        Ok(())
+        .await
     }
 }
 
@@ -934,8 +978,14 @@ impl Groups for EmbeddedBackend {
             }
             info.spec = spec.clone();
             let (meta, stored) = (inner.meta.clone(), info.clone());
-            blocking(move || meta.put_group(&key, &stored, None)).await?;
-            existing.set_spec(spec);
+            // Stored and made in memory by one task, so a caller that goes
+            // away cannot leave the two apart.
+            blocking(move || {
+                meta.put_group(&key, &stored, None)?;
+                existing.set_spec(spec);
+                Ok(())
+            })
+            .await?;
             return Ok((info, false));
         }
         let info = GroupInfo {
@@ -948,14 +998,19 @@ impl Groups for EmbeddedBackend {
         let state = serde_json::to_vec(&created.snapshot()).map_err(|error| Error::Corrupt {
             detail: format!("group state: {error}"),
         })?;
-        let (meta, stored) = (inner.meta.clone(), info.clone());
-        blocking(move || meta.put_group(&key, &stored, Some(&state))).await?;
-        runtime
-            .groups
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(group.clone(), created);
-        inner.group_added.notify_waiters();
+        let (meta, stored, added) = (inner.meta.clone(), info.clone(), Arc::clone(inner));
+        let name = group.clone();
+        blocking(move || {
+            meta.put_group(&key, &stored, Some(&state))?;
+            runtime
+                .groups
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(name, created);
+            added.group_added.notify_waiters();
+            Ok(())
+        })
+        .await?;
         info!(topic = %topic, group = %group, mode = %spec.mode, "Created group.");
         Ok((info, true))
     }
@@ -981,14 +1036,18 @@ impl Groups for EmbeddedBackend {
         let inner = &self.inner;
         let _admin = inner.admin.lock().await;
         let (runtime, found) = inner.group(topic, group)?;
-        let (meta, key) = (inner.meta.clone(), found.key.clone());
-        blocking(move || meta.delete_group(&key)).await?;
-        runtime
-            .groups
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(group);
-        Ok(())
+        let (meta, key, name) = (inner.meta.clone(), found.key.clone(), group.clone());
+        // Deleted from storage and memory by one task (see put_group).
+        blocking(move || {
+            meta.delete_group(&key)?;
+            runtime
+                .groups
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&name);
+            Ok(())
+        })
+        .await
     }
 
     async fn fetch(
@@ -1133,22 +1192,24 @@ impl Groups for EmbeddedBackend {
         ids: Option<&[u64]>,
     ) -> Result<u64> {
         let (runtime, found) = self.inner.group(topic, group)?;
-        let (meta, key, ids) = (
-            self.inner.meta.clone(),
-            found.key.clone(),
-            ids.map(<[u64]>::to_vec),
-        );
-        let records = blocking(move || meta.take_dead_letters(&key, ids.as_deref())).await?;
-        let mut events = Vec::with_capacity(records.len());
-        for record in records {
-            if let Some(event) = read_one(&runtime, record.original).await? {
-                events.push(event);
+        let (inner, ids) = (Arc::clone(&self.inner), ids.map(<[u64]>::to_vec));
+        // Dead letters taken from the list must be redriven whatever the
+        // caller does, or they are lost.
+        run_to_completion(async move {
+            let (meta, key) = (inner.meta.clone(), found.key.clone());
+            let records = blocking(move || meta.take_dead_letters(&key, ids.as_deref())).await?;
+            let mut events = Vec::with_capacity(records.len());
+            for record in records {
+                if let Some(event) = read_one(&runtime, record.original).await? {
+                    events.push(event);
+                }
             }
-        }
-        let count = events.len() as u64;
-        found.redrive(events, self.inner.now());
-        self.inner.persist_group(&found).await?;
-        Ok(count)
+            let count = events.len() as u64;
+            found.redrive(events, inner.now());
+            inner.persist_group(&found).await?;
+            Ok(count)
+        })
+        .await
     }
 }
 

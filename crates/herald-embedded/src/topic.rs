@@ -7,6 +7,8 @@
 //! of every partition, so a re-publish after a crash is still caught. A
 //! publish reserves its ids before appending; a concurrent publish of the
 //! same id waits for that append and then reports the original position.
+//! Once ids are reserved the publish runs to completion even if its caller
+//! goes away (see [`TopicRuntime::publish`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -14,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
+use herald_backend::cancel::run_to_completion;
 use herald_backend::{
     Error, Fsync, PartitionInfo, PublishResult, ReadResult, Result, TopicInfo, TopicSpec,
 };
@@ -21,7 +24,7 @@ use herald_log::{FsyncPolicy, LogError, LogHandle, LogOptions, Retention};
 use herald_types::{EventInput, GroupName, TopicName, partition_for_key};
 
 use crate::codec;
-use crate::dedup::{Dedup, Slot};
+use crate::dedup::{Dedup, Key, Slot};
 use crate::erasure::ErasedOffsets;
 use crate::group::GroupRuntime;
 
@@ -99,7 +102,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 enum Plan {
     Append {
         partition: u32,
-        hash: Option<u128>,
+        hash: Option<Key>,
     },
     /// A duplicate of an earlier event of the same call.
     SameAs(usize),
@@ -109,7 +112,7 @@ enum Plan {
     },
     /// The id is being appended by another publish: wait for it.
     Wait {
-        hash: u128,
+        hash: Key,
     },
 }
 
@@ -203,7 +206,12 @@ impl TopicRuntime {
             .collect()
     }
 
-    /// Rebuilds the dedup index from the tail of every partition.
+    /// Rebuilds the dedup index from the tail of every partition: every id
+    /// published within the window (at open, and when the window changes),
+    /// so a publish answers after a restart as it did before. Ids already in
+    /// the index keep their position (the first one wins, as for
+    /// publishes); events appended to streams are skipped, as stream
+    /// appends do not enter the window.
     pub(crate) async fn rebuild_dedup(&self, now: i64) -> Result<()> {
         let window = i64::try_from(self.info().spec.dedup_window_ms).unwrap_or(i64::MAX);
         if window == 0 {
@@ -223,6 +231,9 @@ impl TopicRuntime {
                         }
                         next = batch.next_offset;
                         for record in &batch.records {
+                            if codec::record_stream(record).is_some() {
+                                continue;
+                            }
                             if let Some(id) = codec::record_id(record) {
                                 entries.push((id.to_vec(), record.offset, record.timestamp));
                             }
@@ -237,8 +248,8 @@ impl TopicRuntime {
             .map_err(|error| log_error(partition as u32, error))?;
             let mut dedup = lock(&self.dedup);
             for (id, offset, appended_at) in entries {
-                let hash = dedup.hash(&id);
-                dedup.record(hash, partition as u32, offset, appended_at);
+                let key = dedup.hash(&id);
+                dedup.record_found(key, partition as u32, offset, appended_at);
             }
         }
         lock(&self.dedup).sort_order();
@@ -246,19 +257,35 @@ impl TopicRuntime {
     }
 
     /// See [`herald_backend::Events::publish`].
+    ///
+    /// From the moment `plan` reserves ids until `execute` records (or
+    /// releases) them, the publish runs to completion even if its caller
+    /// goes away: a reservation left behind would make every later publish
+    /// of those ids wait forever, and an append already handed to a log
+    /// writer lands whatever the caller does, so its position must be
+    /// recorded for a re-publish to report.
     pub(crate) async fn publish(
-        &self,
+        self: &Arc<Self>,
         inputs: Vec<EventInput>,
         now: i64,
     ) -> Result<Vec<PublishResult>> {
         let spec = self.info().spec;
         self.validate(&inputs, &spec)?;
+        let dedup = spec.dedup_window_ms > 0;
         loop {
             let plans = self.plan(&inputs, spec.dedup_window_ms, now);
             if self.wait_for_pending(&plans).await {
                 continue;
             }
-            return self.execute(&inputs, plans, spec.dedup_window_ms > 0).await;
+            let reserved = plans
+                .iter()
+                .any(|plan| matches!(plan, Plan::Append { hash: Some(_), .. }));
+            if !reserved {
+                return self.execute(&inputs, plans, dedup).await;
+            }
+            let topic = Arc::clone(self);
+            return run_to_completion(async move { topic.execute(&inputs, plans, dedup).await })
+                .await;
         }
     }
 
@@ -301,12 +328,12 @@ impl TopicRuntime {
         if window_ms > 0 {
             dedup.expire(now.saturating_sub(i64::try_from(window_ms).unwrap_or(i64::MAX)));
         }
-        let mut seen: HashMap<u128, usize> = HashMap::new();
+        let mut seen: HashMap<Key, usize> = HashMap::new();
         let mut plans = Vec::with_capacity(inputs.len());
         let waiting = inputs.iter().any(|input| {
             window_ms > 0
                 && matches!(
-                    dedup.get(&dedup.hash(input.event.id.as_bytes())),
+                    dedup.get(dedup.hash(input.event.id.as_bytes())),
                     Some(Slot::Pending)
                 )
         });
@@ -324,14 +351,9 @@ impl TopicRuntime {
                 plans.push(Plan::SameAs(first));
                 continue;
             }
-            match dedup.get(&hash) {
-                Some(Slot::Done {
-                    partition, offset, ..
-                }) => {
-                    plans.push(Plan::Duplicate {
-                        partition: *partition,
-                        offset: *offset,
-                    });
+            match dedup.get(hash) {
+                Some(Slot::Done { partition, offset }) => {
+                    plans.push(Plan::Duplicate { partition, offset });
                 }
                 Some(Slot::Pending) => plans.push(Plan::Wait { hash }),
                 None => {
@@ -358,7 +380,7 @@ impl TopicRuntime {
         let mut finished = lock(&self.dedup).finished.subscribe();
         let still_pending = {
             let dedup = lock(&self.dedup);
-            plans.iter().any(|plan| matches!(plan, Plan::Wait { hash } if matches!(dedup.get(hash), Some(Slot::Pending))))
+            plans.iter().any(|plan| matches!(plan, Plan::Wait { hash } if dedup.get(*hash) == Some(Slot::Pending)))
         };
         if still_pending {
             let _ = finished.changed().await;

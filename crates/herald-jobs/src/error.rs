@@ -44,6 +44,15 @@ pub enum Error {
         /// What is wrong and how to fix it.
         reason: String,
     },
+    /// A blob the job references does not exist (never uploaded, or removed
+    /// by the collector just before the job could pin it).
+    #[error("{field} {blob:?} does not exist; upload it with POST /v1/blobs first")]
+    BlobNotFound {
+        /// The field that names it (`blob`, `result_blob`).
+        field: String,
+        /// The blob id.
+        blob: String,
+    },
     /// A job record could not be decoded.
     #[error("job record {job_id:?} is corrupt: {detail}")]
     Corrupt {
@@ -66,6 +75,7 @@ impl Error {
             Self::QueueNotFound { .. } => "queue_not_found",
             Self::Conflict { .. } => "job_conflict",
             Self::InvalidArgument { .. } => "invalid_argument",
+            Self::BlobNotFound { .. } => "blob_not_found",
             Self::Corrupt { .. } => "corrupt_data",
             Self::Backend(error) => error.code(),
         }

@@ -18,8 +18,8 @@
 //! A job without `parts` is one implicit part (`part` absent in calls).
 //! Completing is idempotent per part: the same outcome again changes
 //! nothing; a different one is a [`Error::Conflict`] and changes nothing.
-//! Effects are data ([`Effect`]); the service executes them after the new
-//! record is stored.
+//! Effects are data ([`Effect`]); the service writes timers and blob pins
+//! before the new record and publishes events after it (see the crate docs).
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

@@ -2,11 +2,12 @@
 //! dead-letter loops, `run(cancel)`) → [`Handle`] (cheap to clone; every
 //! API call).
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
+use herald_backend::cancel::run_to_completion;
 use herald_backend::{
     Backend, Delivery, Expect, FetchRequest, GroupMode, GroupSpec, StartPosition, TopicSpec,
 };
@@ -17,6 +18,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::blobs::{self, BlobStorage};
 use crate::error::{Error, Result};
 use crate::model::{
     self, Applied, Command, CompleteRequest, Effect, Job, ProgressRequest, Status, SubmitLimits,
@@ -27,8 +29,6 @@ use crate::model::{
 pub const JOBS_BUCKET: &str = "jobs";
 /// The `Kv` bucket of timers (deadlines, result expiry).
 pub const TIMERS_BUCKET: &str = "jobs.timers";
-/// The `Kv` bucket of blob references: `<blob id>/<job id>`.
-pub const BLOB_REFS_BUCKET: &str = "blob.refs";
 
 /// The source of every event the service publishes.
 const SOURCE: &str = "/herald/jobs";
@@ -40,6 +40,28 @@ const MAX_CAS_ATTEMPTS: usize = 64;
 const TIMERS_PER_TICK: usize = 256;
 /// Updates buffered for waiters; one that falls behind re-reads the record.
 const UPDATES_CAPACITY: usize = 4096;
+/// Transition events kept for retry at most (the oldest is dropped).
+const MAX_RETRIED_EVENTS: usize = 10_000;
+/// How long an update of a job submitted moments ago waits for its record:
+/// a submit publishes the job's requests just before storing it, so a
+/// worker (one fetching from the queue, or one consuming `jobs.<queue>`
+/// with its own group) may report on it first.
+const RECORD_WAIT: Duration = Duration::from_millis(500);
+/// How soon a request whose record is not there yet is delivered again.
+const RECORD_RETRY: Duration = Duration::from_secs(1);
+
+/// Test-only crash points, for crash tests of the real binary: with
+/// `TEST_HERALD_FAILPOINT=<name>` in its environment the process aborts
+/// (no cleanup, like `kill -9`) when it reaches the point `<name>`. (Not a
+/// `HERALD_` variable: those are configuration keys.)
+fn failpoint(name: &str) {
+    static POINT: OnceLock<Option<String>> = OnceLock::new();
+    let point = POINT.get_or_init(|| std::env::var("TEST_HERALD_FAILPOINT").ok());
+    if point.as_deref() == Some(name) {
+        tracing::error!(failpoint = name, "Failpoint reached: aborting.");
+        std::process::abort();
+    }
+}
 
 /// Wall-clock time, injected so tests can control it.
 pub trait Clock: Send + Sync + std::fmt::Debug {
@@ -91,6 +113,15 @@ pub struct Options {
     /// otherwise it fails with [`Error::QueueNotFound`] (only a submit
     /// creates a queue).
     pub create_queues_on_fetch: bool,
+    /// A request whose job has no record this long after it was published
+    /// is an orphan (its submit crashed before the record: the job never
+    /// existed) and workers' fetches discard it; a younger one is delivered
+    /// again later. Far longer than a submit takes.
+    pub orphan_grace_ms: u64,
+    /// Where blobs are, to check that a pinned blob still exists (the blob
+    /// collector's race, see `blobs.rs`); `None` checks only the collector's
+    /// marker.
+    pub blob_storage: Option<Arc<dyn BlobStorage>>,
 }
 
 impl Default for Options {
@@ -109,6 +140,8 @@ impl Default for Options {
             max_ttl_ms: 30 * 24 * 3_600_000,
             timer_interval: Duration::from_millis(100),
             create_queues_on_fetch: false,
+            orphan_grace_ms: 60_000,
+            blob_storage: None,
         }
     }
 }
@@ -204,6 +237,8 @@ struct Shared {
     queues: Mutex<HashSet<String>>,
     /// Wakes the timer loop, which sleeps while no timer is stored.
     timer_added: tokio::sync::Notify,
+    /// Transition events whose publish failed, retried by the timer loop.
+    unpublished: Mutex<VecDeque<(Arc<Job>, &'static str)>>,
 }
 
 impl Service {
@@ -226,6 +261,7 @@ impl Service {
                 updates,
                 queues: Mutex::new(HashSet::new()),
                 timer_added: tokio::sync::Notify::new(),
+                unpublished: Mutex::new(VecDeque::new()),
             }),
         })
     }
@@ -249,7 +285,9 @@ impl Service {
 }
 
 impl Handle {
-    /// Submits a job to `queue`: stores it, then publishes its requests.
+    /// Submits a job to `queue`: dispatches it, then stores it (see
+    /// [`Shared::submit_job`]). Runs to completion once started, even if the
+    /// caller goes away.
     pub async fn submit(&self, queue: &str, request: SubmitRequest) -> Result<Job> {
         let shared = &self.shared;
         let topic = shared.queue_topic(queue)?;
@@ -265,25 +303,9 @@ impl Handle {
         let (job, effects) = model::new_job(job_id, queue.to_owned(), request, limits, now)?;
         let requests = requests_of(&job)?;
         shared.ensure_queue(queue, &topic).await?;
-        let value = encode(&job)?;
-        shared
-            .backend
-            .kv_put(JOBS_BUCKET, &job.job_id, value, Expect::Absent)
-            .await?;
-        if let Err(error) = shared.backend.publish(&topic, requests).await {
-            // Nothing reached a worker: take the job back.
-            let _ = shared
-                .backend
-                .kv_delete(JOBS_BUCKET, &job.job_id, Expect::Any)
-                .await;
-            return Err(error.into());
-        }
-        let effects = effects
-            .into_iter()
-            .filter(|effect| *effect != Effect::Dispatch)
-            .collect();
-        shared.execute(&job, effects).await;
-        Ok(job)
+        let shared = Arc::clone(&self.shared);
+        run_to_completion(async move { shared.submit_job(&topic, job, effects, requests).await })
+            .await
     }
 
     /// The job.
@@ -389,21 +411,26 @@ impl Handle {
                     .await?;
                 continue;
             };
-            let started = Command::Started {
-                part: request.part.clone(),
-            };
-            match shared.update(&request.job_id, &started).await {
-                Ok(job) if part_is_pending(&job, &request) => {
+            match shared.start(&request).await? {
+                Started::Deliver => {
                     deliveries.push(JobDelivery {
                         delivery_id: delivery.delivery_id,
                         attempt: delivery.attempt,
                         request,
                     });
                 }
-                Ok(_) | Err(Error::JobNotFound { .. } | Error::PartNotFound { .. }) => {
-                    stale.push(delivery.delivery_id);
+                Started::Stale => stale.push(delivery.delivery_id),
+                Started::Later => {
+                    shared
+                        .backend
+                        .nack(
+                            &topic,
+                            &shared.options.worker_group,
+                            std::slice::from_ref(&delivery.delivery_id),
+                            Some(RECORD_RETRY),
+                        )
+                        .await?;
                 }
-                Err(error) => return Err(error),
             }
         }
         if !stale.is_empty() {
@@ -461,13 +488,23 @@ impl Handle {
     }
 }
 
-/// Whether any job still references `blob` (a result or input blob of a
-/// job whose record has not expired).
-pub async fn blob_is_referenced(backend: &dyn Backend, blob: &str) -> Result<bool> {
-    let keys = backend
-        .kv_keys(BLOB_REFS_BUCKET, &format!("{blob}/"), None, 1)
-        .await?;
-    Ok(!keys.is_empty())
+/// What a worker's fetch does with one request.
+enum Started {
+    /// Hand it to the worker.
+    Deliver,
+    /// Its job or part has ended, or it never existed: ack it.
+    Stale,
+    /// Its job's record is not there yet: deliver it again later.
+    Later,
+}
+
+/// The blobs a job references (its input and result blobs).
+fn blobs_of(job: &Job) -> impl Iterator<Item = &String> {
+    job.blob.iter().chain(job.result_blob.iter()).chain(
+        job.parts
+            .iter()
+            .filter_map(|part| part.outcome.result_blob.as_ref()),
+    )
 }
 
 /// Whether the request still has work to do: its job has not ended and its
@@ -538,6 +575,66 @@ impl Shared {
         }
     }
 
+    /// Marks a fetched request's job `running` and says what to do with
+    /// the delivery. A request whose job has no record is either ahead of
+    /// its record (its submit is storing it: wait a little, else deliver it
+    /// again later) or an orphan of a submit that never stored it (older
+    /// than [`Options::orphan_grace_ms`]: discarded, with its blob pin).
+    async fn start(self: &Arc<Self>, request: &JobRequest) -> Result<Started> {
+        let started = Command::Started {
+            part: request.part.clone(),
+        };
+        match self.update(&request.job_id, &started).await {
+            Ok(job) if part_is_pending(&job, request) => Ok(Started::Deliver),
+            Ok(_) | Err(Error::PartNotFound { .. }) => Ok(Started::Stale),
+            // Its submit may still be storing it (the update waited a little).
+            Err(Error::JobNotFound { .. }) if self.is_young(&request.job_id) => Ok(Started::Later),
+            Err(Error::JobNotFound { .. }) => {
+                if let Some(blob) = &request.blob {
+                    blobs::unpin(&*self.backend, blob, &request.job_id).await?;
+                }
+                debug!(job = %request.job_id, "Discarded the request of a job that is not stored.");
+                Ok(Started::Stale)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Whether `job_id` was made less than [`Options::orphan_grace_ms`] ago
+    /// (job ids are UUIDv7s: they carry their creation time), so its submit
+    /// may still be storing it.
+    fn is_young(&self, job_id: &str) -> bool {
+        let Some(created) = uuid::Uuid::parse_str(job_id)
+            .ok()
+            .and_then(|id| id.get_timestamp())
+        else {
+            return false;
+        };
+        let (seconds, nanos) = created.to_unix();
+        let created_ms = i64::try_from(seconds)
+            .unwrap_or(i64::MAX)
+            .saturating_mul(1_000)
+            .saturating_add(i64::from(nanos / 1_000_000));
+        let grace = i64::try_from(self.options.orphan_grace_ms).unwrap_or(i64::MAX);
+        self.clock.now_ms().saturating_sub(created_ms) < grace
+    }
+
+    /// The job, waiting up to [`RECORD_WAIT`] for the record of a young job
+    /// (see there).
+    async fn load_arriving(&self, job_id: &str) -> Result<(Job, u64)> {
+        let deadline = tokio::time::Instant::now() + RECORD_WAIT;
+        loop {
+            match self.load(job_id).await {
+                Err(Error::JobNotFound { .. })
+                    if tokio::time::Instant::now() < deadline && self.is_young(job_id) =>
+                {
+                    tokio::time::sleep(RECORD_WAIT / 20).await;
+                }
+                loaded => return loaded,
+            }
+        }
+    }
+
     fn queues_known(&self, queue: &str) -> bool {
         self.queues
             .lock()
@@ -564,14 +661,95 @@ impl Shared {
         Ok((job, entry.revision))
     }
 
-    /// Applies `command` by compare-and-set, then executes its effects.
-    async fn update(&self, job_id: &str, command: &Command) -> Result<Job> {
+    /// Stores a new job so that neither a crash nor a caller going away
+    /// can leave a recorded job that is never dispatched or never ends:
+    /// everything it needs comes first — its deadline timer, its requests,
+    /// its blob pin — and its record last, as the commit point; then the
+    /// `submitted` event. What comes before the record is harmless if the
+    /// record never follows: a timer of a missing job does nothing, and
+    /// workers discard requests of a missing job once
+    /// [`Options::orphan_grace_ms`] has passed, removing their blob pins.
+    async fn submit_job(
+        &self,
+        topic: &TopicName,
+        job: Job,
+        effects: Vec<Effect>,
+        requests: Vec<EventInput>,
+    ) -> Result<Job> {
+        for effect in &effects {
+            if let Effect::Schedule { due_ms, kind } = effect {
+                self.schedule(*due_ms, *kind, &job.job_id).await?;
+            }
+        }
+        self.backend.publish(topic, requests).await?;
+        failpoint("jobs.submit.after_dispatch");
+        for effect in &effects {
+            if let Effect::PinBlob(blob) = effect {
+                self.pin(blob, &job.job_id, "blob").await?;
+            }
+        }
+        let stored = self
+            .backend
+            .kv_put(JOBS_BUCKET, &job.job_id, encode(&job)?, Expect::Absent)
+            .await;
+        if let Err(error) = stored {
+            if let Some(blob) = &job.blob {
+                let _ = blobs::unpin(&*self.backend, blob, &job.job_id).await;
+            }
+            return Err(error.into());
+        }
+        failpoint("jobs.submit.after_record");
+        self.announce(&job, &effects).await;
+        Ok(job)
+    }
+
+    /// Applies `command` by compare-and-set, with its effects (see
+    /// [`Shared::update_now`]). Runs to completion once started, even if
+    /// the caller goes away: a stored transition always gets its effects.
+    async fn update(self: &Arc<Self>, job_id: &str, command: &Command) -> Result<Job> {
+        let (shared, job_id, command) = (Arc::clone(self), job_id.to_owned(), command.clone());
+        run_to_completion(async move { shared.update_now(&job_id, &command).await }).await
+    }
+
+    /// Applies `command` by compare-and-set. The transition's timers and
+    /// blob pins are written before its record (a transition stored is
+    /// never without them; one whose compare-and-set loses leaves a timer
+    /// that finds nothing to do and a pin removed below), its events after
+    /// it (a failed publish is retried by the timer loop).
+    async fn update_now(&self, job_id: &str, command: &Command) -> Result<Job> {
+        let mut pinned = Vec::new();
+        let outcome = self.apply_stored(job_id, command, &mut pinned).await;
+        if !pinned.is_empty() {
+            self.remove_stray_pins(job_id, &pinned, outcome.as_ref().ok())
+                .await;
+        }
+        outcome
+    }
+
+    async fn apply_stored(
+        &self,
+        job_id: &str,
+        command: &Command,
+        pinned: &mut Vec<String>,
+    ) -> Result<Job> {
         for _ in 0..MAX_CAS_ATTEMPTS {
-            let (job, revision) = self.load(job_id).await?;
+            let (job, revision) = self.load_arriving(job_id).await?;
             let now = self.clock.now_ms();
             let Applied::Changed(next, effects) = model::apply(&job, command, now)? else {
                 return Ok(job);
             };
+            for effect in &effects {
+                match effect {
+                    Effect::Schedule { due_ms, kind } => {
+                        self.schedule(*due_ms, *kind, job_id).await?;
+                    }
+                    Effect::PinBlob(blob) => {
+                        self.pin(blob, job_id, "result_blob").await?;
+                        pinned.push(blob.clone());
+                    }
+                    Effect::Emit(_) | Effect::Dispatch => {}
+                }
+            }
             let stored = self
                 .backend
                 .kv_put(
@@ -583,7 +761,7 @@ impl Shared {
                 .await;
             match stored {
                 Ok(_) => {
-                    self.execute(&next, effects).await;
+                    self.announce(&next, &effects).await;
                     return Ok(*next);
                 }
                 Err(herald_backend::Error::RevisionMismatch { .. }) => {}
@@ -596,41 +774,96 @@ impl Shared {
         .into())
     }
 
-    /// Executes a stored transition's effects. Failures are logged: the
-    /// record is already the truth (see the crate docs).
-    async fn execute(&self, job: &Job, effects: Vec<Effect>) {
+    /// Removes pins an update wrote for a transition that was not stored,
+    /// unless the stored record references the blob anyway.
+    async fn remove_stray_pins(&self, job_id: &str, pinned: &[String], stored: Option<&Job>) {
+        let loaded;
+        let job = match stored {
+            Some(job) => Some(job),
+            None => {
+                loaded = self.load(job_id).await.ok().map(|(job, _)| job);
+                loaded.as_ref()
+            }
+        };
+        for blob in pinned {
+            let referenced = job.is_some_and(|job| blobs_of(job).any(|used| used == blob));
+            if !referenced && let Err(error) = blobs::unpin(&*self.backend, blob, job_id).await {
+                warn!(job = job_id, blob, %error, "Could not remove a stray blob pin; the blob is kept longer.");
+            }
+        }
+    }
+
+    /// Stores a timer: at `due_ms`, fire `kind` for the job.
+    async fn schedule(&self, due_ms: i64, kind: TimerKind, job_id: &str) -> Result<()> {
+        self.backend
+            .kv_put(
+                TIMERS_BUCKET,
+                &timer_key(due_ms, kind, job_id),
+                Bytes::new(),
+                Expect::Any,
+            )
+            .await?;
+        self.timer_added.notify_waiters();
+        Ok(())
+    }
+
+    /// Pins `blob` for the job, checked against the blob collector.
+    async fn pin(&self, blob: &str, job_id: &str, field: &str) -> Result<()> {
+        blobs::pin(
+            &*self.backend,
+            self.options.blob_storage.as_deref(),
+            blob,
+            job_id,
+            field,
+        )
+        .await
+    }
+
+    /// Publishes a stored transition's events (one that fails is kept for
+    /// the timer loop to retry: its id is fixed, so a retry after a publish
+    /// that did land is absorbed by the topic's dedup window) and tells the
+    /// waiters.
+    async fn announce(&self, job: &Job, effects: &[Effect]) {
+        let job = Arc::new(job.clone());
         for effect in effects {
-            let done = match effect {
-                Effect::Emit(kind) => self.emit(job, kind).await,
-                Effect::Schedule { due_ms, kind } => {
-                    let key = timer_key(due_ms, kind, &job.job_id);
-                    let stored = self
-                        .backend
-                        .kv_put(TIMERS_BUCKET, &key, Bytes::new(), Expect::Any)
-                        .await
-                        .map(drop);
-                    self.timer_added.notify_waiters();
-                    stored
-                }
-                Effect::PinBlob(blob) => self
-                    .backend
-                    .kv_put(
-                        BLOB_REFS_BUCKET,
-                        &format!("{blob}/{}", job.job_id),
-                        Bytes::new(),
-                        Expect::Any,
-                    )
-                    .await
-                    .map(drop),
-                // Submit publishes the requests itself, before anything else.
-                Effect::Dispatch => Ok(()),
-            };
-            if let Err(error) = done {
-                warn!(job = %job.job_id, %error, "Could not execute a job effect.");
+            if let Effect::Emit(kind) = effect
+                && let Err(error) = self.emit(&job, kind).await
+            {
+                warn!(job = %job.job_id, kind, %error, "Could not publish a job event; retrying.");
+                self.retry_later(Arc::clone(&job), kind);
             }
         }
         // No receivers is fine: nobody is waiting.
-        let _ = self.updates.send(Arc::new(job.clone()));
+        let _ = self.updates.send(job);
+    }
+
+    fn retry_later(&self, job: Arc<Job>, kind: &'static str) {
+        if let Ok(mut unpublished) = self.unpublished.lock() {
+            if unpublished.len() >= MAX_RETRIED_EVENTS
+                && let Some((dropped, kind)) = unpublished.pop_front()
+            {
+                warn!(job = %dropped.job_id, kind, "Too many job events waiting for a retry; dropped the oldest.");
+            }
+            unpublished.push_back((job, kind));
+        }
+        self.timer_added.notify_waiters();
+    }
+
+    /// Publishes the events that failed before; returns whether some still
+    /// wait.
+    async fn republish(&self) -> bool {
+        let waiting: Vec<(Arc<Job>, &'static str)> = match self.unpublished.lock() {
+            Ok(mut unpublished) => unpublished.drain(..).collect(),
+            Err(_) => return false,
+        };
+        let mut left = false;
+        for (job, kind) in waiting {
+            if self.emit(&job, kind).await.is_err() {
+                self.retry_later(job, kind);
+                left = true;
+            }
+        }
+        left
     }
 
     async fn emit(&self, job: &Job, kind: &'static str) -> herald_backend::Result<()> {
@@ -739,7 +972,7 @@ fn parse_timer_key(key: &str) -> Option<(i64, TimerKind, &str)> {
 /// passes), so an idle server does not read the timer bucket ten times a
 /// second: each such tick woke a runtime thread and a blocking thread
 /// (BENCHMARKS.md, W3).
-async fn timer_loop(shared: &Shared, cancel: &CancellationToken) {
+async fn timer_loop(shared: &Arc<Shared>, cancel: &CancellationToken) {
     let mut ticker = tokio::time::interval(shared.options.timer_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -776,14 +1009,15 @@ enum Pending {
     Some,
 }
 
-async fn fire_due_timers(shared: &Shared) -> Result<Pending> {
+async fn fire_due_timers(shared: &Arc<Shared>) -> Result<Pending> {
     let keys = shared
         .backend
         .kv_keys(TIMERS_BUCKET, "", None, TIMERS_PER_TICK)
         .await?;
     let now = shared.clock.now_ms();
-    // A full page may have more behind it.
-    let mut left = if keys.len() >= TIMERS_PER_TICK {
+    // A full page may have more behind it; failed events are retried
+    // every tick.
+    let mut left = if keys.len() >= TIMERS_PER_TICK || shared.republish().await {
         Pending::Some
     } else {
         Pending::None
@@ -816,23 +1050,23 @@ async fn fire_due_timers(shared: &Shared) -> Result<Pending> {
     Ok(left)
 }
 
-/// Removes an ended job's record and its blob references.
+/// Removes an ended job's record and its blob references, if it has ended
+/// and its time has come (a timer written ahead of a transition that was
+/// not stored finds neither and does nothing).
 async fn expire(shared: &Shared, job_id: &str) -> Result<()> {
     let job = match shared.load(job_id).await {
         Ok((job, _)) => job,
         Err(Error::JobNotFound { .. }) => return Ok(()),
         Err(error) => return Err(error),
     };
-    let blobs = job.blob.iter().chain(job.result_blob.iter()).chain(
-        job.parts
-            .iter()
-            .filter_map(|part| part.outcome.result_blob.as_ref()),
-    );
-    for blob in blobs {
-        shared
-            .backend
-            .kv_delete(BLOB_REFS_BUCKET, &format!("{blob}/{job_id}"), Expect::Any)
-            .await?;
+    let due = job
+        .expires_at
+        .is_some_and(|expires_at| expires_at <= shared.clock.now_ms());
+    if !job.status.is_terminal() || !due {
+        return Ok(());
+    }
+    for blob in blobs_of(&job) {
+        blobs::unpin(&*shared.backend, blob, job_id).await?;
     }
     shared
         .backend
@@ -844,7 +1078,7 @@ async fn expire(shared: &Shared, job_id: &str) -> Result<()> {
 
 /// Consumes the dead-letter topic: a request that exhausted its attempts
 /// fails its part (or job) with the group's reason.
-async fn dead_letter_loop(shared: &Shared, cancel: &CancellationToken) {
+async fn dead_letter_loop(shared: &Arc<Shared>, cancel: &CancellationToken) {
     let options = &shared.options;
     loop {
         let request = FetchRequest {
@@ -899,7 +1133,7 @@ async fn dead_letter_loop(shared: &Shared, cancel: &CancellationToken) {
     }
 }
 
-async fn bury(shared: &Shared, delivery: &Delivery) -> Result<()> {
+async fn bury(shared: &Arc<Shared>, delivery: &Delivery) -> Result<()> {
     let Some(request) = decode_request(delivery) else {
         return Ok(());
     };
@@ -917,7 +1151,12 @@ async fn bury(shared: &Shared, delivery: &Delivery) -> Result<()> {
         reason,
     };
     match shared.update(&request.job_id, &command).await {
-        Ok(_) | Err(Error::JobNotFound { .. } | Error::PartNotFound { .. }) => Ok(()),
+        Ok(_) | Err(Error::PartNotFound { .. }) => Ok(()),
+        // A request of a job that was never stored (or has expired).
+        Err(Error::JobNotFound { .. }) => match &request.blob {
+            Some(blob) => blobs::unpin(&*shared.backend, blob, &request.job_id).await,
+            None => Ok(()),
+        },
         Err(error) => Err(error),
     }
 }

@@ -25,9 +25,16 @@
 //!   what the upload still buffers, or the disk refuses a write (`ENOSPC`).
 //!   The upload is aborted: nothing is left.
 //! - Download: a ranged or whole `get` whose stream is the response body.
+//!   Once the body is in, finishing and renaming run to completion even if
+//!   the request goes away (`run_to_completion`): a finished upload dropped
+//!   before its rename would leave `tmp/<uuid>` behind.
 //! - Collection: every `gc_interval_ms`, blobs older than
 //!   `unreferenced_ttl_ms` that no job references (the job service's
-//!   `blob.refs` Kv bucket) are deleted, and so are stale uploads.
+//!   `blob.refs` Kv bucket) are deleted, and so are stale uploads. The
+//!   reference check and the delete cannot race a job pinning the blob:
+//!   the collector claims the blob first (`herald_jobs::blobs`, which
+//!   explains why), and a job that pins a blob being collected waits for
+//!   the claim to end and is refused if the blob is gone.
 
 use std::ops::Range;
 use std::path::{Path as FsPath, PathBuf};
@@ -37,6 +44,7 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt as _};
 use herald_backend::Backend;
+use herald_backend::cancel::run_to_completion;
 use object_store::path::Path;
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt as _, WriteMultipart};
 use sha2::{Digest as _, Sha256};
@@ -226,16 +234,23 @@ impl BlobStore {
             }
             return Err(error);
         }
-        if let Err(error) = writer.finish().await {
-            // A failed part aborts the whole upload, so nothing is left.
-            let _ = self.store.delete(&temp).await;
-            return Err(self.store_error(error));
-        }
         let id = format!("sha256:{}", hex(&hasher.finalize()));
-        if let Err(error) = self.store.rename(&temp, &blob_path(&id)).await {
-            let _ = self.store.delete(&temp).await;
-            return Err(error.into());
-        }
+        let store = Arc::clone(&self.store);
+        let stored = run_to_completion(async move {
+            // A failed part aborts the whole upload; a failed rename leaves
+            // the temporary object: either way nothing is left behind.
+            let finished = match writer.finish().await {
+                Ok(_) => store.rename(&temp, &blob_path(&id)).await,
+                Err(error) => Err(error),
+            };
+            if let Err(error) = finished {
+                let _ = store.delete(&temp).await;
+                return Err(error);
+            }
+            Ok(id)
+        })
+        .await;
+        let id = stored.map_err(|error| self.store_error(error))?;
         debug!(blob = %id, size, "Stored a blob.");
         Ok(BlobInfo { id, size })
     }
@@ -282,7 +297,10 @@ impl BlobStore {
     }
 
     /// Deletes blobs older than `ttl_ms` at `now_ms` that no job references,
-    /// and stale uploads; returns how many blobs it deleted.
+    /// and stale uploads; returns how many blobs it deleted. Each deletion
+    /// is claimed first, so a job cannot pin the blob between the reference
+    /// check and the delete (`herald_jobs::blobs`); claims a stopped pass
+    /// left are finished first.
     pub async fn collect(
         &self,
         backend: &dyn Backend,
@@ -291,6 +309,17 @@ impl BlobStore {
     ) -> Result<usize, Error> {
         let ttl = i64::try_from(ttl_ms).unwrap_or(i64::MAX);
         let mut deleted = 0;
+        match herald_jobs::blobs::collections_in_progress(backend).await {
+            Ok(claimed) => {
+                for id in claimed {
+                    deleted += usize::from(self.collect_one(backend, &id, false).await?);
+                }
+            }
+            Err(error) => {
+                warn!(%error, "Cannot read blob collections in progress; collecting later.");
+                return Ok(deleted);
+            }
+        }
         let mut listing = self.store.list(None);
         while let Some(meta) = listing.next().await {
             let meta = meta?;
@@ -301,22 +330,67 @@ impl BlobStore {
                     continue;
                 }
                 let id = format!("sha256:{hex}");
-                match herald_jobs::blob_is_referenced(backend, &id).await {
-                    Ok(true) => continue,
-                    Ok(false) => {}
-                    Err(error) => {
-                        warn!(%error, "Cannot check blob references; collecting later.");
-                        return Ok(deleted);
-                    }
-                }
-                self.store.delete(&meta.location).await?;
-                deleted += 1;
-                debug!(blob = %id, "Removed an unreferenced blob.");
+                deleted += usize::from(self.collect_one(backend, &id, true).await?);
             } else if location.starts_with("tmp/") && age > STALE_UPLOAD_MS {
                 self.store.delete(&meta.location).await?;
             }
         }
         Ok(deleted)
+    }
+
+    /// Deletes `id` if no job references it, under a collection claim;
+    /// returns whether it deleted it. `look_first`: check the references
+    /// before claiming (most old blobs still referenced stay, and need no
+    /// claim); not for a claim left by a stopped pass, which must end.
+    async fn collect_one(
+        &self,
+        backend: &dyn Backend,
+        id: &str,
+        look_first: bool,
+    ) -> Result<bool, Error> {
+        if look_first {
+            match herald_jobs::blob_is_referenced(backend, id).await {
+                Ok(true) => return Ok(false),
+                Ok(false) => {}
+                Err(error) => {
+                    warn!(%error, blob = id, "Cannot check blob references; collecting later.");
+                    return Ok(false);
+                }
+            }
+        }
+        match herald_jobs::blobs::begin_collection(backend, id).await {
+            Ok(true) => {}
+            Ok(false) => return Ok(false),
+            Err(error) => {
+                warn!(%error, blob = id, "Cannot claim a blob for collection; collecting later.");
+                return Ok(false);
+            }
+        }
+        let removed = match self.store.delete(&blob_path(id)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => true,
+            Err(error) => {
+                // The claim stays: the next pass finishes it.
+                return Err(error.into());
+            }
+        };
+        if let Err(error) = herald_jobs::blobs::end_collection(backend, id).await {
+            warn!(%error, blob = id, "Cannot end a blob collection; the next pass does.");
+        }
+        debug!(blob = %id, "Removed an unreferenced blob.");
+        Ok(removed)
+    }
+}
+
+impl herald_jobs::BlobStorage for BlobStore {
+    fn exists<'a>(
+        &'a self,
+        blob: &'a str,
+    ) -> herald_jobs::blobs::BoxFuture<'a, Result<bool, String>> {
+        Box::pin(async move {
+            BlobStore::exists(self, blob)
+                .await
+                .map_err(|error| error.to_string())
+        })
     }
 }
 
@@ -420,5 +494,90 @@ mod tests {
     #[test]
     fn given_bytes_when_hex_encoded_should_be_lowercase_pairs() {
         assert_eq!(hex(&[0x00, 0xab, 0x0f]), "00ab0f");
+    }
+
+    /// Every file under `dir`, as paths relative to it.
+    fn files(dir: &FsPath) -> Vec<String> {
+        let mut found = Vec::new();
+        let mut pending = vec![dir.to_path_buf()];
+        while let Some(next) = pending.pop() {
+            let Ok(entries) = std::fs::read_dir(&next) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    pending.push(path);
+                } else {
+                    found.push(path.strip_prefix(dir).unwrap().display().to_string());
+                }
+            }
+        }
+        found.sort();
+        found
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[allow(
+        clippy::async_yields_async,
+        reason = "the cancellation harness's setup yields the operation under test"
+    )]
+    async fn given_upload_dropped_at_each_await_should_leave_the_whole_blob_or_nothing() {
+        use herald_backend::cancel::{Outcome, drop_at_each_await};
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path(), "", 1 << 20, 0).unwrap();
+        let root = dir.path().join("blobs");
+        let content = |polls: usize| -> Vec<Bytes> {
+            (0..3)
+                .map(|chunk| Bytes::from(format!("upload {polls}, chunk {chunk};").repeat(100)))
+                .collect()
+        };
+        drop_at_each_await(
+            200,
+            |polls| {
+                let (store, chunks) = (store.clone(), content(polls));
+                async move {
+                    // A body whose every chunk takes a poll of its own.
+                    let body = futures::stream::iter(chunks).then(|chunk| async move {
+                        tokio::task::yield_now().await;
+                        Ok::<_, axum::Error>(chunk)
+                    });
+                    async move { store.put(Box::pin(body)).await }
+                }
+            },
+            |outcome| {
+                let whole: Vec<u8> = content(match &outcome {
+                    Outcome::Dropped(polls) | Outcome::Finished(polls, _) => *polls,
+                })
+                .concat();
+                let id = format!("sha256:{}", hex(&Sha256::digest(&whole)));
+                if let Outcome::Finished(_, stored) = &outcome {
+                    assert_eq!(stored.as_ref().unwrap().id, id);
+                }
+                let (store, root) = (store.clone(), root.clone());
+                async move {
+                    // Cleanup of a dropped upload may take a moment.
+                    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+                    while files(&root).iter().any(|file| file.starts_with("tmp")) {
+                        assert!(
+                            std::time::Instant::now() < deadline,
+                            "a dropped upload left {:?}",
+                            files(&root)
+                        );
+                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    }
+                    if store.exists(&id).await.unwrap() {
+                        let mut stream = store.get(&id, None).await.unwrap();
+                        let mut read = Vec::new();
+                        while let Some(chunk) = stream.next().await {
+                            read.extend_from_slice(&chunk.unwrap());
+                        }
+                        assert_eq!(read, whole, "a stored blob is whole");
+                    }
+                }
+            },
+        )
+        .await;
     }
 }

@@ -574,6 +574,10 @@ mod tests {
                 detail: "d".into(),
             },
             herald_jobs::Error::invalid("parts", "empty"),
+            herald_jobs::Error::BlobNotFound {
+                field: "blob".into(),
+                blob: "sha256:0".into(),
+            },
         ] {
             let wire = failure.code();
             assert!(Code::from_wire(wire).is_some(), "job code {wire}");

@@ -318,7 +318,11 @@ async fn start_services(
     let backend = storage.backend();
     let service = herald_jobs::Service::start(
         Arc::clone(&backend),
-        options.jobs.service_options(),
+        herald_jobs::Options {
+            // Pins are checked against the blobs themselves (the collector's race).
+            blob_storage: Some(Arc::new(blobs.clone())),
+            ..options.jobs.service_options()
+        },
         Arc::new(herald_jobs::SystemClock),
     )
     .await

@@ -288,3 +288,64 @@ async fn given_2_gib_blob_when_uploaded_and_downloaded_should_keep_server_rss_un
     }
     assert!(peak < LIMIT, "server peak RSS {peak} bytes ≥ 100 MiB");
 }
+
+#[tokio::test]
+async fn given_collector_running_while_jobs_pin_blobs_should_never_delete_the_blob_of_an_accepted_job()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = serve(dir.path());
+    // Every unreferenced blob is collected at once, ten times a second.
+    command
+        .env("HERALD_BLOBS__UNREFERENCED_TTL_MS", "0")
+        .env("HERALD_BLOBS__GC_INTERVAL_MS", "100");
+    let (_server, api) = TestServer::ready(TestServer::spawn(dir, command).await).await;
+    let mut accepted = Vec::new();
+    let started = Instant::now();
+    // Upload and submit until enough jobs got in (a blob collected before
+    // its submit checks it is refused: that is fine) or time is up.
+    while accepted.len() < 150 && started.elapsed() < Duration::from_secs(60) {
+        let content = format!("input {} {:?}", accepted.len(), started.elapsed());
+        let uploaded = expect_json(upload(&api, content.into_bytes()).await, 201).await;
+        let blob = uploaded["id"].as_str().unwrap().to_owned();
+        let response = api
+            .post("/v1/queues/racing/jobs", &json!({"blob": blob}))
+            .await;
+        match response.status().as_u16() {
+            202 => accepted.push(blob),
+            404 => {}
+            other => panic!(
+                "unexpected status {other}: {}",
+                response.text().await.unwrap()
+            ),
+        }
+    }
+    assert!(
+        accepted.len() >= 50,
+        "too few jobs got in: {}",
+        accepted.len()
+    );
+    // One more collection pass after the last submit: an unreferenced blob
+    // uploaded now disappears.
+    let probe = expect_json(upload(&api, b"probe".to_vec()).await, 201).await;
+    let probe_url = format!("/v1/blobs/{}", probe["id"].as_str().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while api.get(&probe_url).await.status() != 404 {
+        assert!(Instant::now() < deadline, "the collector stopped");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let lost: Vec<&String> = {
+        let mut lost = Vec::new();
+        for blob in &accepted {
+            if api.get(&format!("/v1/blobs/{blob}")).await.status() != 200 {
+                lost.push(blob);
+            }
+        }
+        lost
+    };
+    assert!(
+        lost.is_empty(),
+        "{} of {} accepted jobs lost their input blob to the collector",
+        lost.len(),
+        accepted.len()
+    );
+}

@@ -431,3 +431,96 @@ async fn given_unknown_topic_when_published_should_answer_404_topic_not_found() 
         .await;
     expect_problem(response, 400, "invalid_argument").await;
 }
+
+/// A batch of `count` events of about 1 KiB, ids `<prefix>-<n>`.
+fn big_batch(prefix: &str, count: usize) -> Value {
+    let events: Vec<Value> = (0..count)
+        .map(|index| {
+            let mut event = event(&format!("{prefix}-{index}"));
+            event["data"] = json!({"pad": "x".repeat(1_000)});
+            event
+        })
+        .collect();
+    Value::Array(events)
+}
+
+#[tokio::test]
+async fn given_connection_cut_mid_publish_when_republished_should_answer_and_store_each_event_once()
+{
+    use tokio::io::AsyncWriteExt as _;
+
+    let (server, api) = TestServer::start_ready().await;
+    // fsync = always: each publish waits for its disk sync, so a cut lands
+    // while the publish is in flight.
+    api.create_topic(json!({"name": "cut", "partitions": 4, "fsync": "always"}))
+        .await;
+    let rounds = 24;
+    for round in 0..rounds {
+        let body = big_batch(&format!("r{round}"), 300).to_string();
+        let mut socket = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        let head = format!(
+            "POST /v1/topics/cut/events HTTP/1.1\r\nHost: {}\r\nContent-Type: {BATCH}\r\nContent-Length: {}\r\n\r\n",
+            server.addr,
+            body.len()
+        );
+        socket.write_all(head.as_bytes()).await.unwrap();
+        socket.write_all(body.as_bytes()).await.unwrap();
+        // Cut at a different moment each round: at once, or a little later.
+        if round % 4 != 0 {
+            tokio::time::sleep(std::time::Duration::from_micros(500 * (round % 4))).await;
+        }
+        drop(socket);
+    }
+    // Every batch again: each answers in its normal time, with the original
+    // position of what was appended and new positions for the rest.
+    let mut reported = std::collections::BTreeMap::new();
+    for round in 0..rounds {
+        let body = big_batch(&format!("r{round}"), 300).to_string();
+        let response = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            api.post_raw("/v1/topics/cut/events", Some(BATCH), &[], body),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("the re-publish of round {round} hangs"));
+        let answer = expect_json(response, 201).await;
+        for result in answer["results"].as_array().unwrap() {
+            reported.insert(
+                result["id"].as_str().unwrap().to_owned(),
+                (
+                    result["partition"].as_u64().unwrap(),
+                    result["offset"].as_u64().unwrap(),
+                ),
+            );
+        }
+    }
+    // Stored once each, where the re-publish said.
+    let mut stored: std::collections::BTreeMap<String, Vec<(u64, u64)>> =
+        std::collections::BTreeMap::new();
+    for partition in 0..4 {
+        let mut from = 0;
+        loop {
+            let page = read(
+                &api,
+                "cut",
+                &format!("partition={partition}&from_offset={from}&limit=1000"),
+            )
+            .await;
+            let events = page["events"].as_array().unwrap();
+            if events.is_empty() {
+                break;
+            }
+            for stored_event in events {
+                let offset = stored_event["offset"].as_u64().unwrap();
+                stored
+                    .entry(stored_event["id"].as_str().unwrap().to_owned())
+                    .or_default()
+                    .push((partition, offset));
+                from = offset + 1;
+            }
+        }
+    }
+    assert_eq!(stored.len(), reported.len());
+    for (id, position) in &reported {
+        assert_eq!(stored.get(id), Some(&vec![*position]), "{id}");
+    }
+}

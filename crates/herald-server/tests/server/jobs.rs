@@ -406,3 +406,44 @@ async fn given_short_result_ttl_when_it_passes_should_remove_the_job() {
     }
     panic!("job {job_id} was not removed after its result_ttl_ms");
 }
+
+#[tokio::test]
+async fn given_server_crashing_right_after_storing_a_job_when_restarted_should_have_dispatched_it()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = serve(dir.path());
+    // The job service aborts the process right after the job's record is
+    // written (a crash at the worst point of a submit).
+    command.env("TEST_HERALD_FAILPOINT", "jobs.submit.after_record");
+    let (server, api) = TestServer::ready(TestServer::spawn(dir, command).await).await;
+    let crashed = api
+        .client
+        .post(api.url("/v1/queues/crash/jobs"))
+        .json(&json!({"data": {"n": 1}, "deadline_ms": 600_000}))
+        .send()
+        .await;
+    assert!(
+        crashed.is_err(),
+        "the submit should have crashed the server: {crashed:?}"
+    );
+    let (status, _stderr, dir) = server.wait().await;
+    assert!(!status.success(), "the server crashed");
+
+    let command = serve(dir.path());
+    let (_server, api) = TestServer::ready(TestServer::spawn(dir, command).await).await;
+    // The stored job is on the queue: a worker gets it and can finish it.
+    let delivery = fetch_one(&api, "crash", "after-crash").await;
+    let job_id = delivery["job_id"].as_str().unwrap().to_owned();
+    assert_eq!(delivery["data"], json!({"n": 1}));
+    expect_json(
+        complete(
+            &api,
+            &job_id,
+            json!({"result": "done", "delivery_id": delivery["delivery_id"]}),
+        )
+        .await,
+        200,
+    )
+    .await;
+    assert_eq!(ended(&api, &job_id).await["status"], "succeeded");
+}
