@@ -36,7 +36,8 @@
 //!   padding optional). Both at once is an error.
 //! - Binary mode: the body, as is; an empty body means no data.
 //! - Rendering ([`Serialize`]): JSON content type and bytes that parse as JSON
-//!   → `data` with the JSON embedded; textual content type and UTF-8 bytes →
+//!   nested at most [`MAX_DATA_DEPTH`] levels → `data` with the JSON
+//!   embedded; textual content type and UTF-8 bytes →
 //!   `data` as a string; anything else → `data_base64`. So rendering and
 //!   parsing back gives the same event, except that JSON data loses
 //!   insignificant whitespace (which only binary mode can bring in).
@@ -1054,13 +1055,15 @@ fn json_extension(name: &str, value: &RawValue) -> Result<Option<ExtensionValue>
 /// and could serve any depth, but common JSON parsers (serde_json's default
 /// among them) refuse documents nested past 128 levels, so one deeper event
 /// would make every read or delivery that contains it unreadable to them.
+/// Binary mode and gRPC take data bytes as they are, so deeper JSON data
+/// can be stored that way; it is rendered as `data_base64`.
 pub const MAX_DATA_DEPTH: usize = 64;
 
 /// The deepest array/object nesting of JSON text (brackets in strings
 /// don't count).
-fn json_depth(text: &str) -> usize {
+fn json_depth(text: &[u8]) -> usize {
     let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
-    for byte in text.bytes() {
+    for &byte in text {
         if in_string {
             match byte {
                 _ if escaped => escaped = false,
@@ -1086,7 +1089,7 @@ fn json_depth(text: &str) -> usize {
 /// Structured-mode `data` to bytes by the content type.
 fn json_data(data: &RawValue, content_type: Option<&str>) -> Result<Bytes, EventError> {
     if is_json_content_type(content_type) {
-        let depth = json_depth(data.get());
+        let depth = json_depth(data.get().as_bytes());
         if depth > MAX_DATA_DEPTH {
             return Err(EventError::invalid(
                 "data",
@@ -1432,7 +1435,12 @@ fn serialize_data<M: SerializeMap>(event: &Event, map: &mut M) -> Result<(), M::
     };
     let content_type = event.datacontenttype.as_deref();
     if is_json_content_type(content_type) {
-        if let Ok(json) = serde_json::from_slice::<&RawValue>(data) {
+        // Deeper JSON (binary mode and gRPC take bytes as they are) goes
+        // out as data_base64: embedded, the structured decoder would refuse
+        // the event, and at 128 levels serde_json could not read it at all.
+        if json_depth(data) <= MAX_DATA_DEPTH
+            && let Ok(json) = serde_json::from_slice::<&RawValue>(data)
+        {
             return map.serialize_entry("data", json);
         }
     } else if is_text_content_type(content_type)
@@ -2057,6 +2065,39 @@ mod tests {
             "]".repeat(depth)
         );
         assert!(EventInput::from_json(deep_extension.as_bytes(), NOW).is_err());
+    }
+
+    #[test]
+    fn given_json_data_nested_past_the_limit_in_binary_mode_when_rendered_should_read_back() {
+        // Binary mode (and gRPC) take the body as it is, so JSON data may
+        // be nested deeper than structured mode accepts. Found by the fuzz
+        // target event_binary: such an event rendered with `data` embedded
+        // was refused by the structured decoder (so a consumed event could
+        // not be published again as it is), and at 128 levels the rendered
+        // event was past serde_json's own recursion limit.
+        for depth in [MAX_DATA_DEPTH + 1, 128] {
+            let body = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+            let headers = [
+                ("ce-specversion", "1.0"),
+                ("ce-source", "/s"),
+                ("ce-type", "t"),
+            ];
+            let event =
+                EventInput::from_binary(headers, Some("application/json"), Bytes::from(body), NOW)
+                    .unwrap()
+                    .event;
+            let rendered = serde_json::to_string(&event).unwrap();
+            assert!(
+                serde_json::from_str::<serde_json::Value>(&rendered).is_ok(),
+                "depth {depth}: the rendering is not readable JSON"
+            );
+            let back = EventInput::from_json(rendered.as_bytes(), NOW);
+            assert_eq!(
+                back.map(|input| input.event).ok(),
+                Some(event),
+                "depth {depth}"
+            );
+        }
     }
 
     // --- batches ---------------------------------------------------------------
