@@ -18,6 +18,9 @@
 //!   `offset` and `appended_at` are ignored, so a consumed event can be
 //!   published again as it is.
 //!
+//! `datacontenttype` must be visible ASCII without surrounding whitespace:
+//! binary mode carries it as the `Content-Type` header.
+//!
 //! Every string attribute, when present, must be non-empty (CloudEvents
 //! requires it of most of them; for the others an empty value is more likely
 //! a mistake than a meaning). `null` means absent, as the CloudEvents JSON
@@ -292,6 +295,15 @@ impl Event {
                     "must not be empty; leave it out instead",
                 ));
             }
+        }
+        if let Some(content_type) = &self.datacontenttype
+            && !is_header_value(content_type)
+        {
+            return Err(EventError::invalid(
+                "datacontenttype",
+                "must be a media type in visible ASCII without surrounding whitespace \
+                 (binary mode carries it as the Content-Type header)",
+            ));
         }
         if let Some(time) = &self.time {
             parse_rfc3339_ms(time)
@@ -1172,6 +1184,14 @@ fn is_json_content_type(content_type: Option<&str>) -> bool {
     media_type
         .split_once('/')
         .is_some_and(|(_, subtype)| subtype == "json" || subtype.ends_with("+json"))
+}
+
+/// Whether `text` can be an HTTP header value as it is: visible ASCII,
+/// spaces and tabs inside, nothing HTTP would trim around it.
+fn is_header_value(text: &str) -> bool {
+    text.bytes()
+        .all(|byte| byte.is_ascii_graphic() || byte == b' ' || byte == b'\t')
+        && text.trim_matches([' ', '\t']) == text
 }
 
 /// Whether a content type is textual (`text/*`) and not JSON.
@@ -2065,6 +2085,34 @@ mod tests {
             "]".repeat(depth)
         );
         assert!(EventInput::from_json(deep_extension.as_bytes(), NOW).is_err());
+    }
+
+    #[test]
+    fn given_content_type_that_cannot_be_a_header_when_parsed_should_refuse_it() {
+        // Found by the fuzz target event_json: " application/json" was
+        // stored as sent, but binary mode carries the content type as the
+        // Content-Type header, which HTTP trims (and which cannot hold
+        // control or non-ASCII characters), so the event could not be sent
+        // on in binary mode as itself.
+        for content_type in [
+            " application/json",
+            "text/plain ",
+            "text/pl\u{1}ain",
+            "text/plé",
+        ] {
+            let json = with(minimal(), "datacontenttype", json!(content_type));
+            let error = parse(json).unwrap_err();
+            assert!(
+                error.to_string().contains("datacontenttype"),
+                "{content_type:?}: {error}"
+            );
+        }
+        let json = with(
+            minimal(),
+            "datacontenttype",
+            json!("text/plain; charset=utf-8"),
+        );
+        assert!(parse(json).is_ok());
     }
 
     #[test]
