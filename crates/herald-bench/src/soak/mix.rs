@@ -149,6 +149,8 @@ impl Publishers {
             let scheduled = start + Duration::from_nanos((sent as f64 * interval) as u64);
             pace(scheduled).await;
             let slot = slots.clone().acquire_owned().await?;
+            self.stats
+                .set_behind(u64::try_from(scheduled.elapsed().as_micros()).unwrap_or(u64::MAX));
             let stamp = nanos(scheduled.saturating_duration_since(self.stats.clock));
             let event = event(&payload, rng.next() % self.keys, stamp);
             let (client, stats) = (self.client.clone(), self.stats.clone());

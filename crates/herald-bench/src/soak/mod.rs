@@ -9,14 +9,16 @@
 //!
 //! 1. Start `herald serve` on a fresh temp dir (its warnings and errors go
 //!    to `<out>/server.log`, and count as errors).
-//! 2. Calibrate: `producers` tasks publish back to back at D2 (`fsync =
-//!    always`) to a scratch topic for `--calibrate` seconds; the publish
-//!    rate is `--fraction-of-max` (0.5) of that maximum, unless `--rate`
-//!    sets it.
-//! 3. Run the mix (`mix.rs`) for `--duration`: publishers at that rate,
-//!    a queue and a keyed group consuming with nacks and rejects (dead
-//!    letters) and a periodic redrive, stream appends with expected
-//!    versions, jobs, SSE subscribers connecting and leaving.
+//! 2. Start the mix (`mix.rs`) but the publishers: a queue and a keyed
+//!    group consuming with nacks and rejects (dead letters) and a periodic
+//!    redrive, stream appends with expected versions, jobs, SSE subscribers
+//!    connecting and leaving.
+//! 3. Calibrate: `producers` tasks publish back to back at D2 (`fsync =
+//!    always`) to the event topic for `--calibrate` seconds, with the rest
+//!    of the mix at work (so the maximum is the mix's, not a lone
+//!    publisher's); once the groups have caught up, the publishers run at
+//!    `--fraction-of-max` (0.5) of that maximum (or `--rate`) for
+//!    `--duration`, open loop.
 //! 4. Every `--sample-every` seconds: the server's RSS, threads, open fds,
 //!    CPU and data size; per operation the count and p50/p99/max over that
 //!    window; the groups' lag and dead letters; errors. One line printed,
@@ -172,16 +174,6 @@ pub async fn run(args: SoakArgs) -> Result<()> {
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
     let stats = Arc::new(Stats::new()?);
-    // The SDK reports what it recovers from at DEBUG: count it.
-    tracing_subscriber::registry()
-        .with(
-            stats::SdkEvents(stats.clone()).with_filter(
-                tracing_subscriber::filter::Targets::new()
-                    .with_target("herald_client", tracing::Level::DEBUG),
-            ),
-        )
-        .try_init()
-        .context("tracing subscriber")?;
     let herald_bin = args.herald_bin.clone().unwrap_or_else(peers::find_herald);
     let tmp = args.tmp.clone().unwrap_or_else(std::env::temp_dir);
     let server_log = args.out.join("server.log");
@@ -199,13 +191,29 @@ pub async fn run(args: SoakArgs) -> Result<()> {
     let admin = Client::connect(herald.endpoint.clone()).await?;
     admin.list_topics().await?;
     setup(&admin, &args).await?;
+    // From here on the SDK's reports of what it recovered from (at DEBUG)
+    // are errors of the soak.
+    tracing_subscriber::registry()
+        .with(
+            stats::SdkEvents(stats.clone()).with_filter(
+                tracing_subscriber::filter::Targets::new()
+                    .with_target("herald_client", tracing::Level::DEBUG),
+            ),
+        )
+        .try_init()
+        .context("tracing subscriber")?;
 
+    // Everything but the publishers starts first, so the maximum is
+    // measured with the rest of the mix at work.
+    let stop = CancellationToken::new();
+    let done = CancellationToken::new();
+    let tasks = start_actors(&herald.endpoint, &stats, &args, &stop, &done).await?;
     let rate = match args.rate {
         Some(rate) => rate,
         None => {
             let max = calibrate(&herald.endpoint, &admin, &args).await?;
             eprintln!(
-                "soak: max publish rate {max:.0} events/s ({} producers, D2); running at {:.0}%",
+                "soak: max publish rate {max:.0} events/s ({} producers, D2, with the rest of the mix running); running at {:.0}%",
                 args.producers,
                 args.fraction_of_max * 100.0
             );
@@ -218,10 +226,16 @@ pub async fn run(args: SoakArgs) -> Result<()> {
         describe_duration(args.duration),
         args.sample_every
     );
-
-    let stop = CancellationToken::new();
-    let done = CancellationToken::new();
-    let actors = start_actors(&herald.endpoint, &stats, &args, rate, &stop, &done).await?;
+    let baseline = stats.counters();
+    let publishers = mix::Publishers {
+        client: mix::client(&herald.endpoint).await?,
+        stats: stats.clone(),
+        rate,
+        producers: args.producers,
+        size: args.size,
+        keys: args.keys.max(1),
+    }
+    .spawn(tokio::runtime::Handle::current(), stop.clone())?;
 
     let started = Instant::now();
     let mut sampler = Sampler::new(
@@ -240,13 +254,12 @@ pub async fn run(args: SoakArgs) -> Result<()> {
 
     // Stop producing; let the groups take what is left.
     stop.cancel();
-    let publishers = actors.publishers;
     tokio::task::spawn_blocking(move || publishers.join())
         .await?
         .map_err(|_| anyhow::anyhow!("the publish schedule panicked"))??;
     let drained = drain(&admin, Duration::from_secs(60)).await?;
     done.cancel();
-    for task in actors.tasks {
+    for task in tasks {
         task.await?;
     }
     let groups = json!({
@@ -269,7 +282,7 @@ pub async fn run(args: SoakArgs) -> Result<()> {
         "elapsed_s": started.elapsed().as_secs_f64(),
         "samples": sampler.rows.len(),
         "verdict": verdict,
-        "counters": stats.counters(),
+        "counters": since(&stats.counters(), &baseline),
         "latencies_us": latencies_json(&sampler.totals),
         "groups_at_end": groups,
         "errors": stats.errors_json(),
@@ -335,44 +348,45 @@ async fn setup(admin: &Client, args: &SoakArgs) -> Result<()> {
     Ok(())
 }
 
-/// The maximum publish rate of the soak's publishers at D2, on a scratch
-/// topic like the event topic (deleted afterwards).
+/// The maximum publish rate of the soak's publishers at D2, on the event
+/// topic while the rest of the mix runs (the groups and SSE subscribers
+/// take what it publishes); then waits until the groups have caught up.
 async fn calibrate(endpoint: &str, admin: &Client, args: &SoakArgs) -> Result<f64> {
-    const SCRATCH: &str = "soak.calibrate";
-    admin
-        .create_topic(
-            TopicOptions::new(SCRATCH)
-                .partitions(args.partitions)
-                .fsync(Fsync::Always),
-        )
-        .await?;
     let client = mix::client(endpoint).await?;
     let max = mix::max_publish_rate(
         &client,
-        SCRATCH,
+        EVENTS,
         args.producers,
         args.size,
-        args.keys,
+        args.keys.max(1),
         args.calibrate,
     )
     .await?;
-    admin.delete_topic(SCRATCH).await?;
+    if !drain(admin, Duration::from_secs(120)).await? {
+        bail!("the groups did not catch up within 120 s of the calibration");
+    }
     Ok(max)
 }
 
-struct Actors {
-    publishers: std::thread::JoinHandle<Result<()>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+/// `now` minus `base`, counter by counter.
+fn since(
+    now: &BTreeMap<&'static str, u64>,
+    base: &BTreeMap<&'static str, u64>,
+) -> BTreeMap<&'static str, u64> {
+    now.iter()
+        .map(|(name, count)| (*name, count - base.get(name).copied().unwrap_or(0)))
+        .collect()
 }
 
+/// Starts every actor but the publishers (consumers and job workers stop
+/// on `done`, the others on `stop`).
 async fn start_actors(
     endpoint: &str,
     stats: &Arc<Stats>,
     args: &SoakArgs,
-    rate: f64,
     stop: &CancellationToken,
     done: &CancellationToken,
-) -> Result<Actors> {
+) -> Result<Vec<tokio::task::JoinHandle<()>>> {
     let mut tasks = Vec::new();
     let settle = mix::Settle {
         nack_fraction: args.nack_fraction,
@@ -447,16 +461,7 @@ async fn start_actors(
         };
         tasks.push(tokio::spawn(subscriber.run(stop.clone())));
     }
-    let publishers = mix::Publishers {
-        client: mix::client(endpoint).await?,
-        stats: stats.clone(),
-        rate,
-        producers: args.producers,
-        size: args.size,
-        keys: args.keys.max(1),
-    }
-    .spawn(tokio::runtime::Handle::current(), stop.clone())?;
-    Ok(Actors { publishers, tasks })
+    Ok(tasks)
 }
 
 /// Waits (at most `limit`) until both groups have nothing left to deliver
@@ -509,7 +514,8 @@ struct Sampler {
 const CSV_COLUMNS: &str = "t_s,rss_mb,threads,open_fds,server_cpu_cores,client_cpu_cores,data_mb,\
 published_per_s,publish_p50_us,publish_p99_us,publish_max_us,queue_e2e_p99_us,keyed_e2e_p99_us,\
 sse_e2e_p99_us,append_p99_us,job_p99_us,queue_acked_per_s,keyed_acked_per_s,sse_events_per_s,\
-appends_per_s,jobs_completed_per_s,queue_lag,keyed_lag,dead_letters,errors,server_log_lines";
+appends_per_s,jobs_completed_per_s,queue_lag,keyed_lag,dead_letters,schedule_behind_ms,errors,\
+server_log_lines";
 
 impl Sampler {
     fn new(
@@ -592,6 +598,7 @@ impl Sampler {
             },
             "latency_us": latencies_json(&window),
             "groups": {QUEUE: queue, KEYED: keyed},
+            "schedule_behind_ms": self.stats.behind_us() as f64 / 1000.0,
             "errors": delta("errors"),
             "server_log_lines": log_lines - self.last_log_lines,
         });
@@ -622,6 +629,7 @@ impl Sampler {
             (queue["dead_letters"].as_u64().unwrap_or(0)
                 + keyed["dead_letters"].as_u64().unwrap_or(0))
             .to_string(),
+            format!("{:.1}", self.stats.behind_us() as f64 / 1000.0),
             delta("errors").to_string(),
             (log_lines - self.last_log_lines).to_string(),
         ];
@@ -630,7 +638,7 @@ impl Sampler {
         println!(
             "[{:>6.0}s] rss {:>7.1} MB fds {:>4} thr {:>3} cpu {:.2} | pub {:>6.0}/s p99 {:>6} µs | \
              queue p99 {:>6} µs lag {:>5} | keyed p99 {:>6} µs lag {:>5} | sse {:>6.0}/s p99 {:>6} µs | \
-             append p99 {:>6} µs | job p99 {:>6} µs | dead {} | errors {} log {}",
+             append p99 {:>6} µs | job p99 {:>6} µs | dead {} | behind {:.0} ms | errors {} log {}",
             elapsed.as_secs_f64(),
             footprint.rss_bytes as f64 / 1e6,
             footprint.open_fds,
@@ -647,6 +655,7 @@ impl Sampler {
             p("append", 0.99),
             p("job", 0.99),
             fields[23],
+            self.stats.behind_us() as f64 / 1000.0,
             delta("errors"),
             log_lines - self.last_log_lines,
         );

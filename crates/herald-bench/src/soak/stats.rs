@@ -67,6 +67,8 @@ pub struct Stats {
     window: BTreeMap<&'static str, Mutex<Histogram<u64>>>,
     /// (what failed, message) → count.
     errors: Mutex<BTreeMap<(String, String), u64>>,
+    /// How late the publish schedule's last send was, µs.
+    behind_us: AtomicU64,
 }
 
 impl Stats {
@@ -83,6 +85,7 @@ impl Stats {
                 .collect(),
             window,
             errors: Mutex::new(BTreeMap::new()),
+            behind_us: AtomicU64::new(0),
         })
     }
 
@@ -114,6 +117,15 @@ impl Stats {
                 *errors.entry(key).or_default() += 1;
             }
         }
+    }
+
+    /// The publish schedule's last send went out `micros` late.
+    pub fn set_behind(&self, micros: u64) {
+        self.behind_us.store(micros, Ordering::Relaxed);
+    }
+
+    pub fn behind_us(&self) -> u64 {
+        self.behind_us.load(Ordering::Relaxed)
     }
 
     /// Every counter now.
