@@ -53,6 +53,7 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 
 use self::mix::{ACCOUNTS, DEAD, EVENTS, KEYED, QUEUE};
 use self::stats::{LATENCIES, Stats, latencies_json};
+use crate::median;
 use crate::noise::{self, ProcessFootprint, Snapshot};
 use crate::peers::{self, Herald};
 use crate::workloads::histogram;
@@ -711,16 +712,6 @@ fn flatness(rows: &[Value], warmup_s: f64, tolerance: f64, value: &dyn Fn(&Value
         "max": after.iter().copied().fold(f64::NEG_INFINITY, f64::max),
         "samples": after.len(),
     })
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    match sorted.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => sorted[n / 2],
-        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
-    }
 }
 
 fn verdict(rows: &[Value], args: &SoakArgs, drained: bool, errors: u64, log_lines: u64) -> Value {
