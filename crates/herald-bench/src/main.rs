@@ -14,12 +14,17 @@
 //! per point (median, min–max, ratio per pair) and writes `summary.json`,
 //! `summary.md` (the tables BENCHMARKS.md embeds), `throughput.svg` and
 //! `latency.svg` (`--replot <dir>` redraws the last three).
+//!
+//! `herald-bench soak` is the other mode: one server under a mixed workload
+//! for a set duration, its footprint and latencies sampled until the end
+//! (`soak/mod.rs`).
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod charts;
 mod noise;
 mod peers;
 mod report;
+mod soak;
 mod workloads;
 
 use std::path::PathBuf;
@@ -34,7 +39,27 @@ use crate::peers::{Binaries, Herald, Level, Nats, Postgres};
 use crate::workloads::{E2e, Run, Timing, W6};
 
 #[derive(Debug, Parser)]
-#[command(about = "Herald side by side with NATS JetStream and PostgreSQL")]
+#[command(
+    about = "Herald side by side with NATS JetStream and PostgreSQL; or a soak of Herald alone",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    args: Args,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// A mixed workload against one server for a set duration at about half
+    /// its measured maximum publish rate, sampling RSS, open files, threads
+    /// and p99 every 10 s, with a verdict on flatness.
+    Soak(soak::SoakArgs),
+}
+
+/// The side-by-side comparison (no subcommand).
+#[derive(Debug, clap::Args)]
 struct Args {
     /// One pair per point, fewer points, short runs (the whole pass in
     /// under 3 minutes).
@@ -280,7 +305,11 @@ fn points(args: &Args) -> Result<Vec<Point>> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let mut args = Args::parse();
+    let cli = Cli::parse();
+    if let Some(Command::Soak(soak)) = cli.command {
+        return soak::run(soak).await;
+    }
+    let mut args = cli.args;
     if let Some(dir) = &args.replot {
         let summary: Value = serde_json::from_slice(&std::fs::read(dir.join("summary.json"))?)?;
         let points = summary["points"].as_array().cloned().unwrap_or_default();

@@ -297,3 +297,54 @@ pub fn fdatasync_probe(
         "per_second": hist.len() as f64 / started.elapsed().as_secs_f64(),
     }))
 }
+
+/// What a soak samples of a process: resident memory, threads and open
+/// file descriptors.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessFootprint {
+    /// `VmRSS`, in bytes.
+    pub rss_bytes: u64,
+    /// `Threads`.
+    pub threads: u64,
+    /// Entries of `/proc/<pid>/fd`.
+    pub open_fds: u64,
+}
+
+impl ProcessFootprint {
+    /// The footprint of `pid` now (zeros for what cannot be read: a process
+    /// that has exited).
+    pub fn take(pid: u32) -> Self {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(name))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|value| value.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let open_fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|entries| entries.count() as u64)
+            .unwrap_or(0);
+        Self {
+            rss_bytes: field("VmRSS:") * 1024,
+            threads: field("Threads:"),
+            open_fds,
+        }
+    }
+}
+
+/// Bytes of the regular files under `dir`, recursively.
+pub fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|entry| match entry.file_type() {
+            Ok(kind) if kind.is_dir() => dir_bytes(&entry.path()),
+            Ok(_) => entry.metadata().map_or(0, |meta| meta.len()),
+            Err(_) => 0,
+        })
+        .sum()
+}

@@ -55,15 +55,21 @@ impl Drop for Guard {
 pub struct Herald {
     child: Guard,
     pub endpoint: String,
-    _dir: TempDir,
+    dir: TempDir,
 }
 
 impl Herald {
     pub fn start(bins: &Binaries) -> Result<Self> {
+        Self::launch(&bins.herald, &bins.tmp, Stdio::inherit())
+    }
+
+    /// `herald` (the binary) serving a fresh data dir under `tmp`, its log
+    /// (warnings and errors) going to `stderr`.
+    pub fn launch(herald: &Path, tmp: &Path, stderr: Stdio) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("herald-bench-")
-            .tempdir_in(&bins.tmp)?;
-        let mut child = Command::new(&bins.herald)
+            .tempdir_in(tmp)?;
+        let mut child = Command::new(herald)
             .args([
                 "serve",
                 "--listen",
@@ -74,9 +80,9 @@ impl Herald {
             ])
             .arg(dir.path().join("data"))
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
-            .with_context(|| format!("cannot start {}", bins.herald.display()))?;
+            .with_context(|| format!("cannot start {}", herald.display()))?;
         let stdout = child.stdout.take().context("no stdout")?;
         let mut child = Guard(child);
         let mut lines = BufReader::new(stdout).lines();
@@ -93,12 +99,17 @@ impl Herald {
         Ok(Self {
             child,
             endpoint: format!("http://{addr}"),
-            _dir: dir,
+            dir,
         })
     }
 
     pub fn pid(&self) -> u32 {
         self.child.0.id()
+    }
+
+    /// The server's data dir.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
     }
 }
 

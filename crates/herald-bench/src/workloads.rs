@@ -38,7 +38,7 @@ pub struct Latency {
 }
 
 impl Latency {
-    fn from_histogram(h: &Histogram<u64>) -> Self {
+    pub(crate) fn from_histogram(h: &Histogram<u64>) -> Self {
         Self {
             p50: h.value_at_quantile(0.5) as f64,
             p99: h.value_at_quantile(0.99) as f64,
@@ -65,12 +65,12 @@ pub struct Run {
     pub extra: Value,
 }
 
-fn histogram() -> Result<Histogram<u64>> {
+pub(crate) fn histogram() -> Result<Histogram<u64>> {
     // 1 µs to 60 s, 3 significant digits.
     Ok(Histogram::new_with_bounds(1, 60_000_000, 3)?)
 }
 
-fn micros(elapsed: Duration) -> u64 {
+pub(crate) fn micros(elapsed: Duration) -> u64 {
     u64::try_from(elapsed.as_micros())
         .unwrap_or(u64::MAX)
         .max(1)
@@ -297,7 +297,7 @@ fn throughput_run(meter: Window, count: u64, size: usize, mut extra: Value) -> R
 /// Waits until `deadline` with the OS timer (tens of µs late), not Tokio's
 /// 1 ms timer wheel, which would add up to a millisecond to every
 /// scheduled send on both sides.
-async fn pace(deadline: Instant) {
+pub(crate) async fn pace(deadline: Instant) {
     if let Some(coarse) = deadline.checked_sub(Duration::from_millis(2))
         && coarse > Instant::now()
     {
@@ -315,7 +315,7 @@ async fn pace(deadline: Instant) {
     }
 }
 
-fn nanos(elapsed: Duration) -> u64 {
+pub(crate) fn nanos(elapsed: Duration) -> u64 {
     u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX)
 }
 
@@ -987,10 +987,10 @@ impl W6 {
 
 /// splitmix64: a small, seedable generator (no dependency).
 #[derive(Debug, Clone)]
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -999,7 +999,7 @@ impl Rng {
     }
 
     /// Uniform in [0, 1).
-    fn unit(&mut self) -> f64 {
+    pub(crate) fn unit(&mut self) -> f64 {
         (self.next() >> 11) as f64 / (1u64 << 53) as f64
     }
 }

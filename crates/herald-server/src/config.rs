@@ -517,20 +517,39 @@ pub enum Error {
 /// Builds the options from every layer of `sources`.
 pub fn load(sources: &Sources) -> Result<Options, Error> {
     let file = read_file(&sources.file)?;
-    let env = EnvLayer::from_vars(&sources.env)?;
-    let flags = Layer::new(Origin::Flags, to_dict(&sources.overrides, Origin::Flags)?);
+    layered(file, &sources.env, &sources.overrides)
+}
+
+/// [`load`] with the file layer given as text instead of read from disk:
+/// `file` is a TOML document and the name that stands for it in error
+/// messages (none: no file layer). What the fuzz target
+/// `fuzz/fuzz_targets/config_loader.rs` drives: any text, variables and
+/// flags give options or an error, never a panic.
+pub fn from_text(
+    file: Option<(&Path, &str)>,
+    env: &[(OsString, OsString)],
+    overrides: &Overrides,
+) -> Result<Options, Error> {
+    let file = file
+        .map(|(name, text)| parse_file(name, text))
+        .transpose()?;
+    layered(file, env, overrides)
+}
+
+fn layered(
+    file: Option<Layer>,
+    env: &[(OsString, OsString)],
+    overrides: &Overrides,
+) -> Result<Options, Error> {
+    let env = EnvLayer::from_vars(env)?;
+    let flags = Layer::new(Origin::Flags, to_dict(overrides, Origin::Flags)?);
     extract(file, &env, flags)
 }
 
 /// Parses a whole TOML document as configuration, on top of the defaults only.
 /// `name` stands for the document in error messages.
 pub fn from_toml_str(name: &Path, text: &str) -> Result<Options, Error> {
-    let file = parse_file(name, text)?;
-    extract(
-        Some(file),
-        &EnvLayer::default(),
-        Layer::new(Origin::Flags, Dict::new()),
-    )
+    from_text(Some((name, text)), &[], &Overrides::default())
 }
 
 /// Checks the layers for unknown keys, then merges them over the defaults.

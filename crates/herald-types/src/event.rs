@@ -18,6 +18,9 @@
 //!   `offset` and `appended_at` are ignored, so a consumed event can be
 //!   published again as it is.
 //!
+//! `datacontenttype` must be visible ASCII without surrounding whitespace:
+//! binary mode carries it as the `Content-Type` header.
+//!
 //! Every string attribute, when present, must be non-empty (CloudEvents
 //! requires it of most of them; for the others an empty value is more likely
 //! a mistake than a meaning). `null` means absent, as the CloudEvents JSON
@@ -36,7 +39,8 @@
 //!   padding optional). Both at once is an error.
 //! - Binary mode: the body, as is; an empty body means no data.
 //! - Rendering ([`Serialize`]): JSON content type and bytes that parse as JSON
-//!   → `data` with the JSON embedded; textual content type and UTF-8 bytes →
+//!   nested at most [`MAX_DATA_DEPTH`] levels → `data` with the JSON
+//!   embedded; textual content type and UTF-8 bytes →
 //!   `data` as a string; anything else → `data_base64`. So rendering and
 //!   parsing back gives the same event, except that JSON data loses
 //!   insignificant whitespace (which only binary mode can bring in).
@@ -291,6 +295,15 @@ impl Event {
                     "must not be empty; leave it out instead",
                 ));
             }
+        }
+        if let Some(content_type) = &self.datacontenttype
+            && !is_header_value(content_type)
+        {
+            return Err(EventError::invalid(
+                "datacontenttype",
+                "must be a media type in visible ASCII without surrounding whitespace \
+                 (binary mode carries it as the Content-Type header)",
+            ));
         }
         if let Some(time) = &self.time {
             parse_rfc3339_ms(time)
@@ -1054,13 +1067,15 @@ fn json_extension(name: &str, value: &RawValue) -> Result<Option<ExtensionValue>
 /// and could serve any depth, but common JSON parsers (serde_json's default
 /// among them) refuse documents nested past 128 levels, so one deeper event
 /// would make every read or delivery that contains it unreadable to them.
+/// Binary mode and gRPC take data bytes as they are, so deeper JSON data
+/// can be stored that way; it is rendered as `data_base64`.
 pub const MAX_DATA_DEPTH: usize = 64;
 
 /// The deepest array/object nesting of JSON text (brackets in strings
 /// don't count).
-fn json_depth(text: &str) -> usize {
+fn json_depth(text: &[u8]) -> usize {
     let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
-    for byte in text.bytes() {
+    for &byte in text {
         if in_string {
             match byte {
                 _ if escaped => escaped = false,
@@ -1086,7 +1101,7 @@ fn json_depth(text: &str) -> usize {
 /// Structured-mode `data` to bytes by the content type.
 fn json_data(data: &RawValue, content_type: Option<&str>) -> Result<Bytes, EventError> {
     if is_json_content_type(content_type) {
-        let depth = json_depth(data.get());
+        let depth = json_depth(data.get().as_bytes());
         if depth > MAX_DATA_DEPTH {
             return Err(EventError::invalid(
                 "data",
@@ -1169,6 +1184,14 @@ fn is_json_content_type(content_type: Option<&str>) -> bool {
     media_type
         .split_once('/')
         .is_some_and(|(_, subtype)| subtype == "json" || subtype.ends_with("+json"))
+}
+
+/// Whether `text` can be an HTTP header value as it is: visible ASCII,
+/// spaces and tabs inside, nothing HTTP would trim around it.
+fn is_header_value(text: &str) -> bool {
+    text.bytes()
+        .all(|byte| byte.is_ascii_graphic() || byte == b' ' || byte == b'\t')
+        && text.trim_matches([' ', '\t']) == text
 }
 
 /// Whether a content type is textual (`text/*`) and not JSON.
@@ -1440,7 +1463,12 @@ fn serialize_data<M: SerializeMap>(event: &Event, map: &mut M) -> Result<(), M::
     };
     let content_type = event.datacontenttype.as_deref();
     if is_json_content_type(content_type) {
-        if let Ok(json) = serde_json::from_slice::<&RawValue>(data) {
+        // Deeper JSON (binary mode and gRPC take bytes as they are) goes
+        // out as data_base64: embedded, the structured decoder would refuse
+        // the event, and at 128 levels serde_json could not read it at all.
+        if json_depth(data) <= MAX_DATA_DEPTH
+            && let Ok(json) = serde_json::from_slice::<&RawValue>(data)
+        {
             return map.serialize_entry("data", json);
         }
     } else if is_text_content_type(content_type)
@@ -2065,6 +2093,67 @@ mod tests {
             "]".repeat(depth)
         );
         assert!(EventInput::from_json(deep_extension.as_bytes(), NOW).is_err());
+    }
+
+    #[test]
+    fn given_content_type_that_cannot_be_a_header_when_parsed_should_refuse_it() {
+        // Found by the fuzz target event_json: " application/json" was
+        // stored as sent, but binary mode carries the content type as the
+        // Content-Type header, which HTTP trims (and which cannot hold
+        // control or non-ASCII characters), so the event could not be sent
+        // on in binary mode as itself.
+        for content_type in [
+            " application/json",
+            "text/plain ",
+            "text/pl\u{1}ain",
+            "text/plé",
+        ] {
+            let json = with(minimal(), "datacontenttype", json!(content_type));
+            let error = parse(json).unwrap_err();
+            assert!(
+                error.to_string().contains("datacontenttype"),
+                "{content_type:?}: {error}"
+            );
+        }
+        let json = with(
+            minimal(),
+            "datacontenttype",
+            json!("text/plain; charset=utf-8"),
+        );
+        assert!(parse(json).is_ok());
+    }
+
+    #[test]
+    fn given_json_data_nested_past_the_limit_in_binary_mode_when_rendered_should_read_back() {
+        // Binary mode (and gRPC) take the body as it is, so JSON data may
+        // be nested deeper than structured mode accepts. Found by the fuzz
+        // target event_binary: such an event rendered with `data` embedded
+        // was refused by the structured decoder (so a consumed event could
+        // not be published again as it is), and at 128 levels the rendered
+        // event was past serde_json's own recursion limit.
+        for depth in [MAX_DATA_DEPTH + 1, 128] {
+            let body = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+            let headers = [
+                ("ce-specversion", "1.0"),
+                ("ce-source", "/s"),
+                ("ce-type", "t"),
+            ];
+            let event =
+                EventInput::from_binary(headers, Some("application/json"), Bytes::from(body), NOW)
+                    .unwrap()
+                    .event;
+            let rendered = serde_json::to_string(&event).unwrap();
+            assert!(
+                serde_json::from_str::<serde_json::Value>(&rendered).is_ok(),
+                "depth {depth}: the rendering is not readable JSON"
+            );
+            let back = EventInput::from_json(rendered.as_bytes(), NOW);
+            assert_eq!(
+                back.map(|input| input.event).ok(),
+                Some(event),
+                "depth {depth}"
+            );
+        }
     }
 
     // --- batches ---------------------------------------------------------------

@@ -1,20 +1,60 @@
 //! Wire messages ↔ backend types for the gRPC services. Everything a client
 //! sends is checked here or by the backend; nothing is trusted.
+//!
+//! The request conversions are public so that the fuzz target
+//! `fuzz/fuzz_targets/grpc_requests.rs` runs exactly what the services run
+//! on a decoded request: any message gives a value or an error, never a
+//! panic.
 
 use std::str::FromStr;
 
 use herald_backend::{
-    DeadLetter, Delivery, Fsync, GroupFilter, GroupInfo, GroupMode, GroupSpec, GroupStatus,
-    PublishResult, RetentionSpec, StartPosition, TopicDescription, TopicInfo, TopicSpec,
+    DeadLetter, Delivery, ExpectedVersion, Fsync, GroupFilter, GroupInfo, GroupMode, GroupSpec,
+    GroupStatus, PublishResult, RetentionSpec, StartPosition, TopicDescription, TopicInfo,
+    TopicSpec,
 };
 use herald_proto::v1;
-use herald_types::{EventInput, InvalidName};
+use herald_types::{EventInput, InvalidName, StreamId, TopicName};
 use tonic::Status;
 
-use crate::problem::Problem;
+use crate::problem::{Code, Problem};
+
+/// A `Publish` request (one batch of a `PublishStream` too): the topic and
+/// the checked events, at least one; `now_ms` for generated ids and
+/// `delay_ms`.
+pub fn publish_request(
+    request: v1::PublishRequest,
+    now_ms: i64,
+) -> Result<(TopicName, Vec<EventInput>), Problem> {
+    let topic: TopicName = request.topic.parse()?;
+    if request.events.is_empty() {
+        return Err(Problem::new(
+            Code::InvalidEvent,
+            "The batch is empty; send at least one event.",
+        ));
+    }
+    Ok((topic, inputs(request.events, now_ms)?))
+}
+
+/// An `Append` request: topic, stream, expectation and the checked events.
+pub fn append_request(
+    request: v1::AppendRequest,
+    now_ms: i64,
+) -> Result<(TopicName, StreamId, ExpectedVersion, Vec<EventInput>), Status> {
+    use v1::expectation::Expected;
+    let (topic, stream) = (name(&request.topic)?, name(&request.stream)?);
+    let expected = match request.expected.and_then(|expected| expected.expected) {
+        None | Some(Expected::Any(_)) => ExpectedVersion::Any,
+        Some(Expected::NoStream(_)) => ExpectedVersion::NoStream,
+        Some(Expected::Exists(_)) => ExpectedVersion::Exists,
+        Some(Expected::Version(version)) => ExpectedVersion::Exact(version),
+    };
+    let inputs = inputs(request.events, now_ms)?;
+    Ok((topic, stream, expected, inputs))
+}
 
 /// A name (topic, group, stream) from a request field.
-pub(super) fn name<T>(text: &str) -> Result<T, Status>
+pub fn name<T>(text: &str) -> Result<T, Status>
 where
     T: FromStr<Err = InvalidName>,
 {
@@ -24,7 +64,7 @@ where
 
 /// The events of a publish or append, checked; `now_ms` for generated ids
 /// and `delay_ms`.
-pub(super) fn inputs(events: Vec<v1::Event>, now_ms: i64) -> Result<Vec<EventInput>, Problem> {
+pub fn inputs(events: Vec<v1::Event>, now_ms: i64) -> Result<Vec<EventInput>, Problem> {
     events
         .into_iter()
         .enumerate()
@@ -63,7 +103,7 @@ pub(super) fn retention(retention: RetentionSpec) -> v1::Retention {
     }
 }
 
-pub(super) fn retention_spec(retention: &v1::Retention) -> RetentionSpec {
+pub fn retention_spec(retention: &v1::Retention) -> RetentionSpec {
     RetentionSpec {
         max_age_ms: retention.max_age_ms,
         max_bytes: retention.max_bytes,
@@ -89,7 +129,7 @@ pub(super) fn topic(info: TopicInfo) -> v1::Topic {
 }
 
 /// A create request's topic: unset fields take the defaults.
-pub(super) fn topic_spec(topic: &v1::Topic) -> Result<TopicSpec, Status> {
+pub fn topic_spec(topic: &v1::Topic) -> Result<TopicSpec, Status> {
     let mut spec = TopicSpec::new(name(&topic.name)?);
     if topic.partitions != 0 {
         spec.partitions = topic.partitions;
@@ -152,7 +192,7 @@ pub(super) fn start(start: StartPosition) -> v1::Start {
 }
 
 /// A start position; absent means `default`.
-pub(super) fn start_position(
+pub fn start_position(
     start: Option<v1::Start>,
     default: StartPosition,
 ) -> Result<StartPosition, Status> {
@@ -184,7 +224,7 @@ pub(super) fn group(info: GroupInfo) -> v1::Group {
 }
 
 /// A put request's group: unset (zero) fields take the defaults.
-pub(super) fn group_spec(group: v1::Group) -> Result<GroupSpec, Status> {
+pub fn group_spec(group: v1::Group) -> Result<GroupSpec, Status> {
     let mode = match v1::GroupMode::try_from(group.mode) {
         Ok(v1::GroupMode::Stream) => GroupMode::Stream,
         Ok(v1::GroupMode::Queue) => GroupMode::Queue,

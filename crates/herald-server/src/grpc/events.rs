@@ -174,14 +174,7 @@ async fn publish(
     request: v1::PublishRequest,
     now_ms: i64,
 ) -> Result<Vec<v1::PublishResult>, Problem> {
-    let topic: TopicName = request.topic.parse()?;
-    if request.events.is_empty() {
-        return Err(Problem::new(
-            crate::problem::Code::InvalidEvent,
-            "The batch is empty; send at least one event.",
-        ));
-    }
-    let inputs = convert::inputs(request.events, now_ms)?;
+    let (topic, inputs) = convert::publish_request(request, now_ms)?;
     let results = backend.publish(&topic, inputs).await?;
     Ok(results.into_iter().map(convert::publish_result).collect())
 }

@@ -16,6 +16,8 @@
 //! - [`jobs`]: jobs (submit, wait, watch, worker fetch/progress/complete,
 //!   with JSON documents in the REST shapes) and blob upload/download as
 //!   chunk streams;
+//! - [`convert`]: wire messages ↔ backend types (the request conversions
+//!   are public for the fuzz target `grpc_requests`);
 //! - `grpc.health.v1.Health` (SERVING once storage is open, NOT_SERVING
 //!   while it opens and once shutdown starts) and
 //!   `grpc.reflection.v1.ServerReflection`.
@@ -24,7 +26,7 @@
 //! encode. Failures go through the same code table ([`crate::problem`]) and
 //! carry the stable code in a `google.rpc.ErrorInfo` detail.
 
-mod convert;
+pub mod convert;
 mod events;
 mod groups;
 mod jobs;

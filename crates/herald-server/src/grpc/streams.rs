@@ -1,6 +1,6 @@
 //! `herald.v1.Streams`: event streams (event sourcing) over topics.
 
-use herald_backend::{Direction, ExpectedVersion};
+use herald_backend::Direction;
 use herald_proto::v1;
 use herald_types::{StreamId, TopicName};
 use tonic::{Request, Response, Status};
@@ -30,17 +30,9 @@ impl v1::streams_server::Streams for StreamsService {
         &self,
         request: Request<v1::AppendRequest>,
     ) -> Result<Response<v1::AppendResponse>, Status> {
-        use v1::expectation::Expected;
         let backend = self.state.backend()?;
-        let request = request.into_inner();
-        let (topic, stream) = names(&request.topic, &request.stream)?;
-        let expected = match request.expected.and_then(|expected| expected.expected) {
-            None | Some(Expected::Any(_)) => ExpectedVersion::Any,
-            Some(Expected::NoStream(_)) => ExpectedVersion::NoStream,
-            Some(Expected::Exists(_)) => ExpectedVersion::Exists,
-            Some(Expected::Version(version)) => ExpectedVersion::Exact(version),
-        };
-        let inputs = convert::inputs(request.events, self.state.clock.now_ms())?;
+        let (topic, stream, expected, inputs) =
+            convert::append_request(request.into_inner(), self.state.clock.now_ms())?;
         let appended = backend
             .append(&topic, &stream, inputs, expected)
             .await

@@ -1,0 +1,899 @@
+//! `herald-bench soak`: a mixed workload against one `herald serve` for a
+//! set duration, sampling the server's footprint and the latencies every
+//! few seconds, with a verdict on whether they stayed flat.
+//!
+//! ```text
+//! cargo build --release -p herald-bench -p herald-server --bin herald --bin herald-bench
+//! target/release/herald-bench soak --duration 30m --out soak-out
+//! ```
+//!
+//! 1. Start `herald serve` on a fresh temp dir (its warnings and errors go
+//!    to `<out>/server.log`, and count as errors).
+//! 2. Start the mix (`mix.rs`) but the publishers: a queue and a keyed
+//!    group consuming with nacks and rejects (dead letters) and a periodic
+//!    redrive, stream appends with expected versions, jobs, SSE subscribers
+//!    connecting and leaving.
+//! 3. Calibrate: `producers` tasks publish back to back at D2 (`fsync =
+//!    always`) to the event topic for `--calibrate` seconds, with the rest
+//!    of the mix at work (so the maximum is the mix's, not a lone
+//!    publisher's); once the groups have caught up, the publishers run at
+//!    `--fraction-of-max` (0.5) of that maximum (or `--rate`) for
+//!    `--duration`, open loop.
+//! 4. Every `--sample-every` seconds: the server's RSS, threads, open fds,
+//!    CPU and data size; per operation the count and p50/p99/max over that
+//!    window; the groups' lag and dead letters; errors. One line printed,
+//!    one row in `samples.csv` and `samples.jsonl`.
+//! 5. Stop publishing, let both groups drain (bounded), and write
+//!    `summary.json` with the verdict: after the warm-up (the first
+//!    `--warmup-fraction` of the run), RSS and publish p99 are flat if the
+//!    median of the last third of the samples is within `--tolerance`
+//!    (±10%) of the median of the first third; the run passes if both are
+//!    flat, nothing failed (errors and server log lines are 0) and both
+//!    groups drained. The exit status is 1 when it does not pass.
+
+mod mix;
+mod stats;
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::File;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use hdrhistogram::Histogram;
+use herald_client::{Client, Fsync, GroupMode, GroupOptions, Start, TopicOptions};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+
+use self::mix::{ACCOUNTS, DEAD, EVENTS, KEYED, QUEUE};
+use self::stats::{LATENCIES, Stats, latencies_json};
+use crate::median;
+use crate::noise::{self, ProcessFootprint, Snapshot};
+use crate::peers::{self, Herald};
+use crate::workloads::histogram;
+
+/// `herald-bench soak`: see the module docs (and README, "Soak").
+#[derive(Debug, Clone, clap::Args)]
+pub struct SoakArgs {
+    /// How long the mix runs: `90s`, `30m`, `1h`, or seconds.
+    #[arg(long, default_value = "2m", value_parser = parse_duration)]
+    duration: Duration,
+    /// Publish rate, events/s (default: `--fraction-of-max` of the rate
+    /// measured at start).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// The share of the measured maximum publish rate to run at.
+    #[arg(long, default_value_t = 0.5)]
+    fraction_of_max: f64,
+    /// Seconds of the maximum-rate measurement at start.
+    #[arg(long, default_value_t = 10.0)]
+    calibrate: f64,
+    /// Concurrent publishers (publishes in flight at most), each one unary
+    /// publish of one event at a time.
+    #[arg(long, default_value_t = 32)]
+    producers: usize,
+    /// Event payload bytes.
+    #[arg(long, default_value_t = 128)]
+    size: usize,
+    /// Partitions of the event topic.
+    #[arg(long, default_value_t = 4)]
+    partitions: u32,
+    /// Distinct event keys (the keyed group orders per key).
+    #[arg(long, default_value_t = 256)]
+    keys: u64,
+    /// Members of each group (queue and keyed).
+    #[arg(long, default_value_t = 2)]
+    consumers: usize,
+    /// Share of deliveries nacked (redelivered after `--nack-delay-ms`).
+    #[arg(long, default_value_t = 0.01)]
+    nack_fraction: f64,
+    /// Share of deliveries rejected (dead letters).
+    #[arg(long, default_value_t = 0.001)]
+    reject_fraction: f64,
+    #[arg(long, default_value_t = 50)]
+    nack_delay_ms: u64,
+    /// Seconds between redrives of every dead letter of both groups.
+    #[arg(long, default_value_t = 30.0)]
+    redrive_every: f64,
+    /// Stream appends per second, over all appenders.
+    #[arg(long, default_value_t = 200.0)]
+    append_rate: f64,
+    /// Concurrent appenders; each owns `--streams` streams.
+    #[arg(long, default_value_t = 4)]
+    appenders: u64,
+    #[arg(long, default_value_t = 1000)]
+    streams: u64,
+    /// Jobs submitted per second.
+    #[arg(long, default_value_t = 10.0)]
+    job_rate: f64,
+    #[arg(long, default_value_t = 2)]
+    job_workers: usize,
+    /// Share of jobs their worker fails.
+    #[arg(long, default_value_t = 0.01)]
+    job_fail_fraction: f64,
+    /// SSE subscribers connected at a time (each leaves and comes back).
+    #[arg(long, default_value_t = 4)]
+    sse: usize,
+    /// Seconds an SSE subscriber stays, at least and at most.
+    #[arg(long, value_delimiter = ',', default_value = "2,20")]
+    sse_stay: Vec<f64>,
+    /// Retention per partition of each topic, MiB (so the disk stays
+    /// bounded and retention runs during the soak).
+    #[arg(long, default_value_t = 256)]
+    retention_mib: u64,
+    /// Seconds between samples.
+    #[arg(long, default_value_t = 10.0)]
+    sample_every: f64,
+    /// Share of the run that is warm-up, left out of the verdict.
+    #[arg(long, default_value_t = 0.2)]
+    warmup_fraction: f64,
+    /// How far the last third's median may be from the first third's
+    /// (RSS, publish p99) to count as flat.
+    #[arg(long, default_value_t = 0.10)]
+    tolerance: f64,
+    /// Output dir: samples.csv, samples.jsonl, summary.json, server.log.
+    #[arg(long, default_value = "soak-out")]
+    out: PathBuf,
+    /// The herald binary (default: $BENCH_HERALD_BIN, next to this binary,
+    /// target/release/herald).
+    #[arg(long)]
+    herald_bin: Option<PathBuf>,
+    /// Where the server keeps its data (default: the system temp dir).
+    #[arg(long)]
+    tmp: Option<PathBuf>,
+}
+
+/// `90s`, `30m`, `1h`, or plain seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((at, _)) => (&text[..at], &text[at..]),
+        None => (text, "s"),
+    };
+    let number: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a number with s, m or h"))?;
+    let seconds = match unit {
+        "s" => number,
+        "m" => number * 60.0,
+        "h" => number * 3600.0,
+        _ => return Err(format!("{text:?}: the unit must be s, m or h")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|error| format!("{text:?}: {error}"))
+}
+
+/// Runs a soak; `Err` when it could not run or did not pass (after writing
+/// everything it measured).
+pub async fn run(args: SoakArgs) -> Result<()> {
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let stats = Arc::new(Stats::new()?);
+    let herald_bin = args.herald_bin.clone().unwrap_or_else(peers::find_herald);
+    let tmp = args.tmp.clone().unwrap_or_else(std::env::temp_dir);
+    let server_log = args.out.join("server.log");
+    let log_file = File::create(&server_log)
+        .with_context(|| format!("cannot create {}", server_log.display()))?;
+    let herald = Herald::launch(&herald_bin, &tmp, Stdio::from(log_file))?;
+    let pid = herald.pid();
+    eprintln!(
+        "soak: herald {} pid {pid} on {}, data in {}",
+        herald_bin.display(),
+        herald.endpoint,
+        herald.data_dir().display()
+    );
+    // Setup calls may wait for storage to open: the SDK's retries on.
+    let admin = Client::connect(herald.endpoint.clone()).await?;
+    admin.list_topics().await?;
+    setup(&admin, &args).await?;
+    // From here on the SDK's reports of what it recovered from (at DEBUG)
+    // are errors of the soak.
+    tracing_subscriber::registry()
+        .with(
+            stats::SdkEvents(stats.clone()).with_filter(
+                tracing_subscriber::filter::Targets::new()
+                    .with_target("herald_client", tracing::Level::DEBUG),
+            ),
+        )
+        .try_init()
+        .context("tracing subscriber")?;
+
+    // Everything but the publishers starts first, so the maximum is
+    // measured with the rest of the mix at work.
+    let stop = CancellationToken::new();
+    let done = CancellationToken::new();
+    let tasks = start_actors(&herald.endpoint, &stats, &args, &stop, &done).await?;
+    let rate = match args.rate {
+        Some(rate) => rate,
+        None => {
+            let max = calibrate(&herald.endpoint, &admin, &args).await?;
+            eprintln!(
+                "soak: max publish rate {max:.0} events/s ({} producers, D2, with the rest of the mix running); running at {:.0}%",
+                args.producers,
+                args.fraction_of_max * 100.0
+            );
+            max * args.fraction_of_max
+        }
+    };
+    let measured_max = args.rate.is_none().then_some(rate / args.fraction_of_max);
+    eprintln!(
+        "soak: {} at {rate:.0} events/s, sampling every {} s",
+        describe_duration(args.duration),
+        args.sample_every
+    );
+    let baseline = stats.counters();
+    let publishers = mix::Publishers {
+        client: mix::client(&herald.endpoint).await?,
+        stats: stats.clone(),
+        rate,
+        producers: args.producers,
+        size: args.size,
+        keys: args.keys.max(1),
+    }
+    .spawn(tokio::runtime::Handle::current(), stop.clone())?;
+
+    let started = Instant::now();
+    let mut sampler = Sampler::new(
+        &args,
+        pid,
+        herald.data_dir(),
+        server_log.clone(),
+        stats.clone(),
+    )?;
+    let every = Duration::from_secs_f64(args.sample_every);
+    let mut tick = tokio::time::interval_at((started + every).into(), every);
+    while started.elapsed() < args.duration {
+        tick.tick().await;
+        sampler.sample(&admin, started.elapsed()).await?;
+    }
+
+    // Stop producing; let the groups take what is left.
+    stop.cancel();
+    tokio::task::spawn_blocking(move || publishers.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the publish schedule panicked"))??;
+    let drained = drain(&admin, Duration::from_secs(60)).await?;
+    done.cancel();
+    for task in tasks {
+        task.await?;
+    }
+    let groups = json!({
+        QUEUE: group_json(&admin, QUEUE).await?,
+        KEYED: group_json(&admin, KEYED).await?,
+    });
+    let server_log_lines = sampler.server_log_lines();
+    let verdict = verdict(
+        &sampler.rows,
+        &args,
+        drained,
+        stats.count("errors"),
+        server_log_lines,
+    );
+    let summary = json!({
+        "args": format!("{args:?}"),
+        "herald": herald_bin.display().to_string(),
+        "measured_max_publish_per_s": measured_max,
+        "publish_rate_per_s": rate,
+        "elapsed_s": started.elapsed().as_secs_f64(),
+        "samples": sampler.rows.len(),
+        "verdict": verdict,
+        "counters": since(&stats.counters(), &baseline),
+        "latencies_us": latencies_json(&sampler.totals),
+        "groups_at_end": groups,
+        "errors": stats.errors_json(),
+        "server_log": sampler.server_log_head(20),
+        "machine": {
+            "cpus": std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
+            "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+            "load_average_at_end": noise::load_average(),
+        },
+    });
+    std::fs::write(
+        args.out.join("summary.json"),
+        serde_json::to_string_pretty(&summary)?,
+    )?;
+    print_summary(&summary);
+    eprintln!("soak: samples and summary in {}", args.out.display());
+    drop(herald);
+    if verdict["pass"] != json!(true) {
+        bail!("the soak did not pass: {}", verdict["reasons"]);
+    }
+    Ok(())
+}
+
+/// The topics and groups of the mix (fresh server: all created).
+async fn setup(admin: &Client, args: &SoakArgs) -> Result<()> {
+    let retention = Some(args.retention_mib * 1024 * 1024);
+    admin
+        .create_topic(
+            TopicOptions::new(DEAD)
+                .fsync(Fsync::Always)
+                .retention(None, retention, None),
+        )
+        .await?;
+    admin
+        .create_topic(
+            TopicOptions::new(EVENTS)
+                .partitions(args.partitions)
+                .fsync(Fsync::Always)
+                .retention(None, retention, None)
+                .dead_letter_topic(DEAD),
+        )
+        .await?;
+    admin
+        .create_topic(
+            TopicOptions::new(ACCOUNTS)
+                .partitions(2)
+                .fsync(Fsync::Always)
+                .retention(None, retention, None),
+        )
+        .await?;
+    for (group, mode) in [(QUEUE, GroupMode::Queue), (KEYED, GroupMode::Keyed)] {
+        admin
+            .put_group(
+                EVENTS,
+                GroupOptions::new(group, mode)
+                    .start(Start::Latest)
+                    .ack_wait(Duration::from_secs(10))
+                    .max_deliveries(5)
+                    .max_in_flight(2000),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// The maximum publish rate of the soak's publishers at D2, on the event
+/// topic while the rest of the mix runs (the groups and SSE subscribers
+/// take what it publishes); then waits until the groups have caught up.
+async fn calibrate(endpoint: &str, admin: &Client, args: &SoakArgs) -> Result<f64> {
+    let client = mix::client(endpoint).await?;
+    let max = mix::max_publish_rate(
+        &client,
+        EVENTS,
+        args.producers,
+        args.size,
+        args.keys.max(1),
+        args.calibrate,
+    )
+    .await?;
+    if !drain(admin, Duration::from_secs(120)).await? {
+        bail!("the groups did not catch up within 120 s of the calibration");
+    }
+    Ok(max)
+}
+
+/// `now` minus `base`, counter by counter.
+fn since(
+    now: &BTreeMap<&'static str, u64>,
+    base: &BTreeMap<&'static str, u64>,
+) -> BTreeMap<&'static str, u64> {
+    now.iter()
+        .map(|(name, count)| (*name, count - base.get(name).copied().unwrap_or(0)))
+        .collect()
+}
+
+/// Starts every actor but the publishers (consumers and job workers stop
+/// on `done`, the others on `stop`).
+async fn start_actors(
+    endpoint: &str,
+    stats: &Arc<Stats>,
+    args: &SoakArgs,
+    stop: &CancellationToken,
+    done: &CancellationToken,
+) -> Result<Vec<tokio::task::JoinHandle<()>>> {
+    let mut tasks = Vec::new();
+    let settle = mix::Settle {
+        nack_fraction: args.nack_fraction,
+        reject_fraction: args.reject_fraction,
+        nack_delay: Duration::from_millis(args.nack_delay_ms),
+    };
+    for (group, name) in [(QUEUE, "queue"), (KEYED, "keyed")] {
+        let rejected = Arc::new(Mutex::new(HashSet::new()));
+        for member in 0..args.consumers as u64 {
+            let member = mix::Member {
+                endpoint: endpoint.to_owned(),
+                group,
+                name,
+                stats: stats.clone(),
+                settle,
+                rejected: rejected.clone(),
+                seed: 0x5eed ^ (member << 8) ^ name.len() as u64,
+            };
+            tasks.push(tokio::spawn(member.run(done.clone())));
+        }
+    }
+    let redrive = Duration::from_secs_f64(args.redrive_every);
+    tasks.push(tokio::spawn(mix::redriver(
+        mix::client(endpoint).await?,
+        stats.clone(),
+        redrive,
+        stop.clone(),
+    )));
+    let appenders = args.appenders.max(1);
+    let appends = mix::client(endpoint).await?;
+    for appender in 0..appenders {
+        let appender = mix::Appender {
+            client: appends.clone(),
+            stats: stats.clone(),
+            appender,
+            streams: args.streams.max(1),
+            rate: args.append_rate / appenders as f64,
+            size: args.size,
+        };
+        tasks.push(tokio::spawn(appender.run(stop.clone())));
+    }
+    let jobs = mix::client(endpoint).await?;
+    tasks.push(tokio::spawn(mix::job_submitter(
+        jobs.clone(),
+        stats.clone(),
+        args.job_rate,
+        Duration::from_secs(60),
+        stop.clone(),
+    )));
+    for worker in 0..args.job_workers as u64 {
+        tasks.push(tokio::spawn(mix::job_worker(
+            mix::client(endpoint).await?,
+            stats.clone(),
+            format!("soak-worker-{worker}"),
+            args.job_fail_fraction,
+            0x10b ^ worker,
+            done.clone(),
+        )));
+    }
+    let http = reqwest::Client::new();
+    let stay = (
+        Duration::from_secs_f64(args.sse_stay.first().copied().unwrap_or(2.0)),
+        Duration::from_secs_f64(args.sse_stay.get(1).copied().unwrap_or(20.0)),
+    );
+    for subscriber in 0..args.sse as u64 {
+        let subscriber = mix::SseSubscriber {
+            http: http.clone(),
+            url: format!("{endpoint}/v1/topics/{EVENTS}/events/stream?from=latest"),
+            stats: stats.clone(),
+            stay,
+            seed: 0x55e ^ subscriber,
+        };
+        tasks.push(tokio::spawn(subscriber.run(stop.clone())));
+    }
+    Ok(tasks)
+}
+
+/// Waits (at most `limit`) until both groups have nothing left to deliver
+/// and nothing in flight; whether they got there.
+async fn drain(admin: &Client, limit: Duration) -> Result<bool> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let mut settled = true;
+        for group in [QUEUE, KEYED] {
+            let status = admin.group_status(EVENTS, group).await?;
+            settled &= status.in_flight == 0 && status.partitions.iter().all(|p| p.lag == 0);
+        }
+        if settled {
+            return Ok(true);
+        }
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn group_json(admin: &Client, group: &str) -> Result<Value> {
+    let status = admin.group_status(EVENTS, group).await?;
+    Ok(json!({
+        "lag": status.partitions.iter().map(|p| p.lag).sum::<u64>(),
+        "in_flight": status.in_flight,
+        "pending": status.pending,
+        "dead_letters": status.dead_letters,
+    }))
+}
+
+/// Samples the server and the window's figures.
+struct Sampler {
+    pid: u32,
+    data_dir: PathBuf,
+    server_log: PathBuf,
+    stats: Arc<Stats>,
+    csv: File,
+    jsonl: File,
+    last: Snapshot,
+    last_counters: BTreeMap<&'static str, u64>,
+    last_log_lines: u64,
+    /// The whole run's histograms.
+    totals: BTreeMap<&'static str, Histogram<u64>>,
+    rows: Vec<Value>,
+}
+
+/// The columns of `samples.csv`.
+const CSV_COLUMNS: &str = "t_s,rss_mb,threads,open_fds,server_cpu_cores,client_cpu_cores,data_mb,\
+published_per_s,publish_p50_us,publish_p99_us,publish_max_us,queue_e2e_p99_us,keyed_e2e_p99_us,\
+sse_e2e_p99_us,append_p99_us,job_p99_us,queue_acked_per_s,keyed_acked_per_s,sse_events_per_s,\
+appends_per_s,jobs_completed_per_s,queue_lag,keyed_lag,dead_letters,schedule_behind_ms,errors,\
+server_log_lines";
+
+impl Sampler {
+    fn new(
+        args: &SoakArgs,
+        pid: u32,
+        data_dir: PathBuf,
+        server_log: PathBuf,
+        stats: Arc<Stats>,
+    ) -> Result<Self> {
+        let mut csv = File::create(args.out.join("samples.csv"))?;
+        writeln!(csv, "{CSV_COLUMNS}")?;
+        let totals = LATENCIES
+            .iter()
+            .map(|name| Ok((*name, histogram()?)))
+            .collect::<Result<_>>()?;
+        // The window starts now: what the calibration left is not in it.
+        stats.take_window()?;
+        Ok(Self {
+            pid,
+            data_dir,
+            server_log,
+            last_counters: stats.counters(),
+            stats,
+            csv,
+            jsonl: File::create(args.out.join("samples.jsonl"))?,
+            last: Snapshot::take(Some(pid)),
+            last_log_lines: 0,
+            totals,
+            rows: Vec::new(),
+        })
+    }
+
+    async fn sample(&mut self, admin: &Client, elapsed: Duration) -> Result<()> {
+        let footprint = ProcessFootprint::take(self.pid);
+        let now = Snapshot::take(Some(self.pid));
+        let noise = now.since(&self.last);
+        self.last = now;
+        let window = self.stats.take_window()?;
+        for (name, hist) in &window {
+            if let Some(total) = self.totals.get_mut(name) {
+                total.add(hist)?;
+            }
+        }
+        let counters = self.stats.counters();
+        let seconds = noise.seconds.max(1e-9);
+        let per_second = |name: &str| {
+            let delta = counters.get(name).copied().unwrap_or(0)
+                - self.last_counters.get(name).copied().unwrap_or(0);
+            delta as f64 / seconds
+        };
+        let delta = |name: &str| {
+            counters.get(name).copied().unwrap_or(0)
+                - self.last_counters.get(name).copied().unwrap_or(0)
+        };
+        let queue = group_json(admin, QUEUE).await?;
+        let keyed = group_json(admin, KEYED).await?;
+        let log_lines = self.server_log_lines();
+        let p = |name: &str, quantile: f64| {
+            window
+                .get(name)
+                .filter(|hist| !hist.is_empty())
+                .map_or(0, |hist| hist.value_at_quantile(quantile))
+        };
+        let max = |name: &str| window.get(name).map_or(0, Histogram::max);
+        let row = json!({
+            "t_s": elapsed.as_secs_f64(),
+            "rss_mb": footprint.rss_bytes as f64 / 1e6,
+            "threads": footprint.threads,
+            "open_fds": footprint.open_fds,
+            "server_cpu_cores": noise.server_cpu / seconds,
+            "client_cpu_cores": noise.client_cpu / seconds,
+            "data_mb": noise::dir_bytes(&self.data_dir) as f64 / 1e6,
+            "per_s": {
+                "published": per_second("published"),
+                "queue_acked": per_second("queue_acked"),
+                "keyed_acked": per_second("keyed_acked"),
+                "sse_events": per_second("sse_events"),
+                "appends": per_second("appends"),
+                "jobs_completed": per_second("jobs_completed"),
+            },
+            "latency_us": latencies_json(&window),
+            "groups": {QUEUE: queue, KEYED: keyed},
+            "schedule_behind_ms": self.stats.behind_us() as f64 / 1000.0,
+            "errors": delta("errors"),
+            "server_log_lines": log_lines - self.last_log_lines,
+        });
+        let fields = [
+            format!("{:.1}", row["t_s"].as_f64().unwrap_or(0.0)),
+            format!("{:.1}", row["rss_mb"].as_f64().unwrap_or(0.0)),
+            footprint.threads.to_string(),
+            footprint.open_fds.to_string(),
+            format!("{:.2}", noise.server_cpu / seconds),
+            format!("{:.2}", noise.client_cpu / seconds),
+            format!("{:.1}", row["data_mb"].as_f64().unwrap_or(0.0)),
+            format!("{:.0}", per_second("published")),
+            p("publish", 0.5).to_string(),
+            p("publish", 0.99).to_string(),
+            max("publish").to_string(),
+            p("queue_e2e", 0.99).to_string(),
+            p("keyed_e2e", 0.99).to_string(),
+            p("sse_e2e", 0.99).to_string(),
+            p("append", 0.99).to_string(),
+            p("job", 0.99).to_string(),
+            format!("{:.0}", per_second("queue_acked")),
+            format!("{:.0}", per_second("keyed_acked")),
+            format!("{:.0}", per_second("sse_events")),
+            format!("{:.0}", per_second("appends")),
+            format!("{:.1}", per_second("jobs_completed")),
+            queue["lag"].to_string(),
+            keyed["lag"].to_string(),
+            (queue["dead_letters"].as_u64().unwrap_or(0)
+                + keyed["dead_letters"].as_u64().unwrap_or(0))
+            .to_string(),
+            format!("{:.1}", self.stats.behind_us() as f64 / 1000.0),
+            delta("errors").to_string(),
+            (log_lines - self.last_log_lines).to_string(),
+        ];
+        writeln!(self.csv, "{}", fields.join(","))?;
+        writeln!(self.jsonl, "{row}")?;
+        println!(
+            "[{:>6.0}s] rss {:>7.1} MB fds {:>4} thr {:>3} cpu {:.2} | pub {:>6.0}/s p99 {:>6} µs | \
+             queue p99 {:>6} µs lag {:>5} | keyed p99 {:>6} µs lag {:>5} | sse {:>6.0}/s p99 {:>6} µs | \
+             append p99 {:>6} µs | job p99 {:>6} µs | dead {} | behind {:.0} ms | errors {} log {}",
+            elapsed.as_secs_f64(),
+            footprint.rss_bytes as f64 / 1e6,
+            footprint.open_fds,
+            footprint.threads,
+            noise.server_cpu / seconds,
+            per_second("published"),
+            p("publish", 0.99),
+            p("queue_e2e", 0.99),
+            queue["lag"],
+            p("keyed_e2e", 0.99),
+            keyed["lag"],
+            per_second("sse_events"),
+            p("sse_e2e", 0.99),
+            p("append", 0.99),
+            p("job", 0.99),
+            fields[23],
+            self.stats.behind_us() as f64 / 1000.0,
+            delta("errors"),
+            log_lines - self.last_log_lines,
+        );
+        self.last_counters = counters;
+        self.last_log_lines = log_lines;
+        self.rows.push(row);
+        Ok(())
+    }
+
+    /// Lines the server has logged (warnings and errors: it runs at
+    /// `--log-level warn`).
+    fn server_log_lines(&self) -> u64 {
+        std::fs::read(&self.server_log)
+            .map(|log| log.iter().filter(|byte| **byte == b'\n').count() as u64)
+            .unwrap_or(0)
+    }
+
+    fn server_log_head(&self, lines: usize) -> Vec<String> {
+        std::fs::read_to_string(&self.server_log)
+            .unwrap_or_default()
+            .lines()
+            .take(lines)
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// Whether a series stayed flat after the warm-up: the median of the last
+/// third of the samples against the median of the first third.
+fn flatness(rows: &[Value], warmup_s: f64, tolerance: f64, value: &dyn Fn(&Value) -> f64) -> Value {
+    let after: Vec<f64> = rows
+        .iter()
+        .filter(|row| row["t_s"].as_f64().unwrap_or(0.0) >= warmup_s)
+        .map(value)
+        .collect();
+    let third = after.len() / 3;
+    if third == 0 {
+        return json!({"flat": false, "why": format!("{} samples after the warm-up; need at least 3", after.len())});
+    }
+    let first = median(&after[..third]);
+    let last = median(&after[after.len() - third..]);
+    let change = if first > 0.0 {
+        last / first - 1.0
+    } else {
+        f64::NAN
+    };
+    json!({
+        "flat": change.abs() <= tolerance,
+        "first_third_median": first,
+        "last_third_median": last,
+        "change": change,
+        "min": after.iter().copied().fold(f64::INFINITY, f64::min),
+        "max": after.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        "samples": after.len(),
+    })
+}
+
+fn verdict(rows: &[Value], args: &SoakArgs, drained: bool, errors: u64, log_lines: u64) -> Value {
+    let warmup_s = args.duration.as_secs_f64() * args.warmup_fraction;
+    let tolerance = args.tolerance;
+    let rss = flatness(rows, warmup_s, tolerance, &|row| {
+        row["rss_mb"].as_f64().unwrap_or(0.0)
+    });
+    let p99 = |op: &'static str| {
+        move |row: &Value| row["latency_us"][op]["p99_us"].as_f64().unwrap_or(0.0)
+    };
+    let publish_p99 = flatness(rows, warmup_s, tolerance, &p99("publish"));
+    let mut reasons = Vec::new();
+    if rss["flat"] != json!(true) {
+        reasons.push("RSS not flat".to_owned());
+    }
+    if publish_p99["flat"] != json!(true) {
+        reasons.push("publish p99 not flat".to_owned());
+    }
+    if errors > 0 {
+        reasons.push(format!("{errors} errors"));
+    }
+    if log_lines > 0 {
+        reasons.push(format!("{log_lines} server log lines (warnings or errors)"));
+    }
+    if !drained {
+        reasons.push("the groups did not drain within 60 s".to_owned());
+    }
+    // For the record, not the verdict.
+    let informative: BTreeMap<&str, Value> = [
+        (
+            "open_fds",
+            flatness(rows, warmup_s, tolerance, &|row| {
+                row["open_fds"].as_f64().unwrap_or(0.0)
+            }),
+        ),
+        (
+            "threads",
+            flatness(rows, warmup_s, tolerance, &|row| {
+                row["threads"].as_f64().unwrap_or(0.0)
+            }),
+        ),
+        (
+            "queue_e2e_p99",
+            flatness(rows, warmup_s, tolerance, &p99("queue_e2e")),
+        ),
+        (
+            "keyed_e2e_p99",
+            flatness(rows, warmup_s, tolerance, &p99("keyed_e2e")),
+        ),
+        (
+            "sse_e2e_p99",
+            flatness(rows, warmup_s, tolerance, &p99("sse_e2e")),
+        ),
+        (
+            "append_p99",
+            flatness(rows, warmup_s, tolerance, &p99("append")),
+        ),
+        ("job_p99", flatness(rows, warmup_s, tolerance, &p99("job"))),
+    ]
+    .into_iter()
+    .collect();
+    json!({
+        "pass": reasons.is_empty(),
+        "reasons": reasons,
+        "method": format!(
+            "samples from {warmup_s:.0} s on (after the first {:.0}% of the run); flat = median of the last third within ±{:.0}% of the median of the first third",
+            args.warmup_fraction * 100.0, tolerance * 100.0
+        ),
+        "rss": rss,
+        "publish_p99": publish_p99,
+        "errors": errors,
+        "server_log_lines": log_lines,
+        "drained": drained,
+        "also": informative,
+    })
+}
+
+fn describe_duration(duration: Duration) -> String {
+    let seconds = duration.as_secs_f64();
+    if seconds >= 60.0 {
+        format!("{:.1} min", seconds / 60.0)
+    } else {
+        format!("{seconds:.0} s")
+    }
+}
+
+fn print_summary(summary: &Value) {
+    let verdict = &summary["verdict"];
+    let flat = |what: &str, unit: &str| {
+        let v = &verdict[what];
+        format!(
+            "{what}: {} (first third {:.1} {unit}, last third {:.1} {unit}, change {:+.1}%)",
+            if v["flat"] == json!(true) {
+                "flat"
+            } else {
+                "NOT FLAT"
+            },
+            v["first_third_median"].as_f64().unwrap_or(f64::NAN),
+            v["last_third_median"].as_f64().unwrap_or(f64::NAN),
+            v["change"].as_f64().unwrap_or(f64::NAN) * 100.0
+        )
+    };
+    println!();
+    println!(
+        "soak verdict: {}",
+        if verdict["pass"] == json!(true) {
+            "PASS"
+        } else {
+            "FAIL"
+        }
+    );
+    println!("  {}", verdict["method"].as_str().unwrap_or(""));
+    println!("  {}", flat("rss", "MB"));
+    println!("  {}", flat("publish_p99", "µs"));
+    println!(
+        "  errors {}, server log lines {}, drained {}",
+        verdict["errors"], verdict["server_log_lines"], verdict["drained"]
+    );
+    println!("  counters: {}", summary["counters"]);
+    println!("  groups at the end: {}", summary["groups_at_end"]);
+    if let Some(errors) = summary["errors"].as_array().filter(|e| !e.is_empty()) {
+        println!("  errors by kind:");
+        for error in errors.iter().take(20) {
+            println!(
+                "    {:>6} × {}: {}",
+                error["count"], error["what"], error["message"]
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(values: &[f64]) -> Vec<Value> {
+        values
+            .iter()
+            .enumerate()
+            .map(|(index, value)| json!({"t_s": (index as f64 + 1.0) * 10.0, "rss_mb": value}))
+            .collect()
+    }
+
+    fn rss(row: &Value) -> f64 {
+        row["rss_mb"].as_f64().unwrap_or(0.0)
+    }
+
+    #[test]
+    fn given_durations_with_units_when_parsed_should_give_seconds() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
+        assert!(parse_duration("5d").is_err());
+        assert!(parse_duration("m").is_err());
+    }
+
+    #[test]
+    fn given_a_series_that_levels_off_after_the_warmup_when_judged_should_be_flat() {
+        // Warm-up (the first 20 s) grows; after it the level moves 5%.
+        let series = rows(&[10.0, 50.0, 100.0, 101.0, 99.0, 102.0, 104.0, 105.0, 103.0]);
+        let judged = flatness(&series, 30.0, 0.10, &rss);
+        assert_eq!(judged["flat"], json!(true), "{judged}");
+        assert_eq!(judged["samples"], json!(7));
+    }
+
+    #[test]
+    fn given_a_series_that_keeps_growing_when_judged_should_not_be_flat() {
+        let series = rows(&[100.0, 110.0, 120.0, 130.0, 140.0, 150.0, 160.0]);
+        let judged = flatness(&series, 0.0, 0.10, &rss);
+        assert_eq!(judged["flat"], json!(false), "{judged}");
+        assert!(
+            judged["change"]
+                .as_f64()
+                .is_some_and(|change| change > 0.10)
+        );
+    }
+
+    #[test]
+    fn given_too_few_samples_after_the_warmup_when_judged_should_not_be_flat() {
+        let judged = flatness(&rows(&[1.0, 1.0, 1.0]), 25.0, 0.10, &rss);
+        assert_eq!(judged["flat"], json!(false), "{judged}");
+    }
+}
