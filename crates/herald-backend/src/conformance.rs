@@ -74,6 +74,7 @@ macro_rules! conformance_suite {
             stream_commits_survive_a_restart,
             queue_state_survives_a_restart,
             redriven_dead_letters_survive_a_restart,
+            redelivery_timing_and_leases_survive_a_restart,
             topics_groups_and_dedup_survive_a_restart,
             kv_compare_and_set,
             stream_appends_honour_each_expectation_and_conflicts_change_nothing,
@@ -1519,6 +1520,81 @@ pub async fn redriven_dead_letters_survive_a_restart<H: Harness>() {
         event_ids(&again),
         ["doomed"],
         "the redriven event was lost in the restart"
+    );
+    backend.shutdown().await.unwrap();
+}
+
+/// A restart does not redeliver everything at once: a lease keeps its
+/// deadline (and its delivery id still settles it), a nack delay and a
+/// backoff keep their time, and a delayed event its `deliver_at`.
+pub async fn redelivery_timing_and_leases_survive_a_restart<H: Harness>() {
+    let harness = H::start().await;
+    let backend = harness.backend();
+    let jobs = make_topic(&*backend, "jobs", 1).await;
+    let workers = group("workers");
+    let mut spec = queue_spec(GroupMode::Queue);
+    spec.ack_wait_ms = 60_000;
+    spec.backoff_ms = vec![60_000];
+    backend.put_group(&jobs, &workers, spec).await.unwrap();
+    let mut delayed = event("delayed", "t");
+    delayed.event.deliver_at = Some(now_ms() + 60_000);
+    publish_all(
+        &*backend,
+        &jobs,
+        vec![
+            event("leased", "t"),
+            event("nacked", "t"),
+            event("backed-off", "t"),
+            delayed,
+        ],
+    )
+    .await;
+    let taken = fetch_until(&*backend, &jobs, &workers, "w", 3, LONG).await;
+    let by_id = |id: &str| -> Vec<Delivery> {
+        taken
+            .iter()
+            .filter(|delivery| delivery.event.event.id == id)
+            .cloned()
+            .collect()
+    };
+    backend
+        .nack(
+            &jobs,
+            &workers,
+            &ids(&by_id("nacked")),
+            Some(Duration::from_secs(60)),
+        )
+        .await
+        .unwrap();
+    backend
+        .nack(&jobs, &workers, &ids(&by_id("backed-off")), None)
+        .await
+        .unwrap();
+    drop(backend);
+    let harness = harness.restart().await;
+    let backend = harness.backend();
+    let early = backend
+        .fetch(&jobs, &workers, fetch_request("w", 10, 500))
+        .await
+        .unwrap();
+    assert!(
+        early.deliveries.is_empty(),
+        "a restart redelivered {:?} before its time",
+        event_ids(&early.deliveries)
+    );
+    let settled = backend
+        .ack(&jobs, &workers, &ids(&by_id("leased")))
+        .await
+        .unwrap();
+    assert_eq!(
+        settled.acked, 1,
+        "a lease from before the restart can still be acked with its delivery id"
+    );
+    let status = backend.group_status(&jobs, &workers).await.unwrap();
+    assert_eq!(
+        (status.in_flight, status.pending),
+        (0, 3),
+        "nacked, backed-off and delayed events wait their time"
     );
     backend.shutdown().await.unwrap();
 }

@@ -869,6 +869,73 @@ mod tests {
         }
     }
 
+    /// Point 2 of the hardening issue: a day-delayed backlog must not hold
+    /// up a ready event read after it.
+    #[test]
+    fn given_100k_events_delayed_a_day_when_a_ready_one_follows_should_deliver_it_at_once() {
+        let now = 1_000_000i64;
+        let mut state = QueueState::new(GroupSpec::new(GroupMode::Queue), &[0]);
+        let mut offset = 0u64;
+        while offset < 100_000 {
+            let events: Vec<StoredEvent> = (offset..offset + 1_000)
+                .map(|offset| {
+                    let mut event = stored(0, offset, "k");
+                    event.event.deliver_at = Some(now + 86_400_000);
+                    event
+                })
+                .collect();
+            for (partition, from) in state.reads_needed(&[100_001]) {
+                assert_eq!((partition, from), (0, offset));
+            }
+            state.add_read(0, 0, offset, events, offset + 1_000);
+            let (deliveries, _) = state.take("m", 10, now);
+            assert!(deliveries.is_empty(), "nothing is due yet");
+            offset += 1_000;
+        }
+        assert_eq!(
+            state.reads_needed(&[100_001]),
+            vec![(0, 100_000)],
+            "the read-ahead stalled behind delayed events"
+        );
+        state.add_read(0, 0, 100_000, vec![stored(0, 100_000, "k")], 100_001);
+        let (deliveries, _) = state.take("m", 10, now);
+        let offsets: Vec<u64> = deliveries.iter().map(|delivery| delivery.event.offset).collect();
+        assert_eq!(offsets, [100_000]);
+    }
+
+    /// Point 2: a key whose head is leased and never settled holds back only
+    /// its own key, however long its backlog.
+    #[test]
+    fn given_a_stuck_key_with_a_100k_backlog_when_other_keys_follow_should_deliver_them() {
+        let mut state = QueueState::new(GroupSpec::new(GroupMode::Keyed), &[0]);
+        state.add_read(0, 0, 0, vec![stored(0, 0, "stuck")], 1);
+        let (head, _) = state.take("m", 1, 0);
+        assert_eq!(head.len(), 1);
+        let mut offset = 1u64;
+        while offset <= 100_000 {
+            let events: Vec<StoredEvent> =
+                (offset..offset + 1_000).map(|offset| stored(0, offset, "stuck")).collect();
+            if state.reads_needed(&[100_011]).is_empty() {
+                break;
+            }
+            state.add_read(0, 0, offset, events, offset + 1_000);
+            let (deliveries, _) = state.take("m", 10, 0);
+            assert!(deliveries.is_empty(), "the stuck key's backlog is blocked");
+            offset += 1_000;
+        }
+        assert_eq!(
+            state.reads_needed(&[100_011]),
+            vec![(0, 100_001)],
+            "the read-ahead stalled behind the stuck key"
+        );
+        let others: Vec<StoredEvent> = (100_001..100_011)
+            .map(|offset| stored(0, offset, &format!("other-{offset}")))
+            .collect();
+        state.add_read(0, 0, 100_001, others, 100_011);
+        let (deliveries, _) = state.take("m", 100, 0);
+        assert_eq!(deliveries.len(), 10, "every other key is delivered");
+    }
+
     #[derive(Debug, Clone)]
     enum Step {
         Fetch { member: u8, max: u8 },

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
 mod erasure;
+mod groups;
 mod kill;
 mod stream_kill;
 
