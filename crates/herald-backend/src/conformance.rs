@@ -28,9 +28,9 @@ use bytes::Bytes;
 use herald_types::{Event, EventInput, GroupName, StoredEvent, StreamId, TopicName};
 
 use crate::{
-    Backend, CommitRequest, Delivery, Direction, Error, Expect, ExpectedVersion, FetchRequest,
-    Fsync, GroupFilter, GroupMode, GroupSpec, PartitionOffset, RetentionSpec, StartPosition,
-    TopicSpec, TopicUpdate,
+    AckDurability, Backend, CommitRequest, Delivery, Direction, Error, Expect, ExpectedVersion,
+    FetchRequest, Fsync, GroupFilter, GroupMode, GroupSpec, PartitionOffset, RetentionSpec,
+    StartPosition, TopicSpec, TopicUpdate,
 };
 
 /// What the suite needs from a backend's test setup.
@@ -568,9 +568,15 @@ pub async fn queue_hands_out_each_event_once_and_acked_events_never_return<H: Ha
             .chain(&second)
             .all(|delivery| delivery.attempt == 1)
     );
-    let outcome = backend.ack(&jobs, &workers, &ids(&first)).await.unwrap();
+    let outcome = backend
+        .ack(&jobs, &workers, &ids(&first), AckDurability::Async)
+        .await
+        .unwrap();
     assert_eq!(outcome.acked, 15);
-    backend.ack(&jobs, &workers, &ids(&second)).await.unwrap();
+    backend
+        .ack(&jobs, &workers, &ids(&second), AckDurability::Async)
+        .await
+        .unwrap();
     // Well past the ack wait: nothing comes back.
     let later = backend
         .fetch(&jobs, &workers, fetch_request("w1", 100, 800))
@@ -636,7 +642,12 @@ pub async fn a_caught_up_long_poll_wakes_for_events_published_while_it_waits<H: 
                 .unwrap();
             received += response.deliveries.len();
             backend
-                .ack(&live, &workers, &ids(&response.deliveries))
+                .ack(
+                    &live,
+                    &workers,
+                    &ids(&response.deliveries),
+                    AckDurability::Async,
+                )
                 .await
                 .unwrap();
         }
@@ -665,7 +676,12 @@ pub async fn acks_are_idempotent_and_unknown_ids_are_reported<H: Harness>() {
     let id = deliveries[0].delivery_id.clone();
     assert_eq!(
         backend
-            .ack(&jobs, &workers, std::slice::from_ref(&id))
+            .ack(
+                &jobs,
+                &workers,
+                std::slice::from_ref(&id),
+                AckDurability::Async
+            )
             .await
             .unwrap()
             .acked,
@@ -676,6 +692,7 @@ pub async fn acks_are_idempotent_and_unknown_ids_are_reported<H: Harness>() {
             &jobs,
             &workers,
             &[id.clone(), "garbage".into(), "0.99.1".into()],
+            AckDurability::Async,
         )
         .await
         .unwrap();
@@ -685,7 +702,9 @@ pub async fn acks_are_idempotent_and_unknown_ids_are_reported<H: Harness>() {
         [id, "garbage".to_owned(), "0.99.1".to_owned()]
     );
     assert!(matches!(
-        backend.ack(&jobs, &group("nobody"), &[]).await,
+        backend
+            .ack(&jobs, &group("nobody"), &[], AckDurability::Async)
+            .await,
         Err(Error::GroupNotFound { .. })
     ));
     backend.shutdown().await.unwrap();
@@ -712,7 +731,7 @@ pub async fn an_expired_lease_is_redelivered_to_another_member<H: Harness>() {
     // The dead member's late ack of its old delivery still settles the event.
     assert_eq!(
         backend
-            .ack(&jobs, &workers, &ids(&taken))
+            .ack(&jobs, &workers, &ids(&taken), AckDurability::Async)
             .await
             .unwrap()
             .acked,
@@ -720,7 +739,7 @@ pub async fn an_expired_lease_is_redelivered_to_another_member<H: Harness>() {
     );
     assert!(
         backend
-            .ack(&jobs, &workers, &ids(&retried))
+            .ack(&jobs, &workers, &ids(&retried), AckDurability::Async)
             .await
             .unwrap()
             .acked
@@ -782,6 +801,7 @@ pub async fn nack_redelivers_after_the_delay_and_backoff<H: Harness>() {
             &workers,
             &ids(&first),
             Some(Duration::from_millis(400)),
+            AckDurability::Async,
         )
         .await
         .unwrap();
@@ -803,14 +823,14 @@ pub async fn nack_redelivers_after_the_delay_and_backoff<H: Harness>() {
     // A stale delivery id cannot nack the new lease.
     assert_eq!(
         backend
-            .nack(&jobs, &workers, &ids(&first), None)
+            .nack(&jobs, &workers, &ids(&first), None, AckDurability::Async)
             .await
             .unwrap()
             .acked,
         0
     );
     backend
-        .nack(&jobs, &workers, &ids(&second), None)
+        .nack(&jobs, &workers, &ids(&second), None, AckDurability::Async)
         .await
         .unwrap();
     let third = fetch_until(&*backend, &jobs, &workers, "w", 1, LONG).await;
@@ -850,18 +870,21 @@ pub async fn max_deliveries_sends_the_event_to_dead_letters_and_redrive_brings_i
             .filter(|delivery| delivery.event.event.id != "poison")
             .cloned()
             .collect();
-        backend.ack(&jobs, &workers, &ids(&fine)).await.unwrap();
+        backend
+            .ack(&jobs, &workers, &ids(&fine), AckDurability::Async)
+            .await
+            .unwrap();
         if poison.is_empty() {
             let more = fetch_until(&*backend, &jobs, &workers, "w", 1, LONG).await;
             attempts.push(more[0].attempt);
             backend
-                .nack(&jobs, &workers, &ids(&more), None)
+                .nack(&jobs, &workers, &ids(&more), None, AckDurability::Async)
                 .await
                 .unwrap();
         } else {
             attempts.push(poison[0].attempt);
             backend
-                .nack(&jobs, &workers, &ids(&poison), None)
+                .nack(&jobs, &workers, &ids(&poison), None, AckDurability::Async)
                 .await
                 .unwrap();
         }
@@ -935,7 +958,13 @@ pub async fn reject_dead_letters_at_once_and_copies_to_the_dead_letter_topic<H: 
     publish_all(&*backend, &jobs, vec![event("malformed", "t")]).await;
     let deliveries = fetch_until(&*backend, &jobs, &workers, "w", 1, LONG).await;
     let outcome = backend
-        .reject(&jobs, &workers, &ids(&deliveries), "schema mismatch")
+        .reject(
+            &jobs,
+            &workers,
+            &ids(&deliveries),
+            "schema mismatch",
+            AckDurability::Async,
+        )
         .await
         .unwrap();
     assert_eq!(outcome.acked, 1);
@@ -943,6 +972,8 @@ pub async fn reject_dead_letters_at_once_and_copies_to_the_dead_letter_topic<H: 
     assert_eq!(letters.len(), 1);
     assert!(letters[0].reason.contains("schema mismatch"));
     assert_eq!(letters[0].attempts, 1);
+    // The copy is published shortly after (at least once).
+    assert_eq!(backend.wait_for(&dead, 0, 1, LONG).await.unwrap(), 1);
     let copies = backend.read(&dead, 0, 0, 10).await.unwrap();
     assert_eq!(copies.events.len(), 1);
     let copy = &copies.events[0].event;
@@ -969,6 +1000,7 @@ pub async fn extend_keeps_the_lease<H: Harness>() {
             &workers,
             &ids(&deliveries),
             Some(Duration::from_secs(30)),
+            AckDurability::Async,
         )
         .await
         .unwrap();
@@ -984,7 +1016,7 @@ pub async fn extend_keeps_the_lease<H: Harness>() {
     );
     assert_eq!(
         backend
-            .ack(&jobs, &workers, &ids(&deliveries))
+            .ack(&jobs, &workers, &ids(&deliveries), AckDurability::Async)
             .await
             .unwrap()
             .acked,
@@ -1047,7 +1079,7 @@ pub async fn max_in_flight_limits_outstanding_leases<H: Harness>() {
         5
     );
     backend
-        .ack(&jobs, &workers, &ids(&first[..2]))
+        .ack(&jobs, &workers, &ids(&first[..2]), AckDurability::Async)
         .await
         .unwrap();
     let after = backend
@@ -1075,7 +1107,10 @@ pub async fn delayed_events_are_not_delivered_before_their_time<H: Harness>() {
     publish_all(&*backend, &jobs, vec![later, event("now", "t")]).await;
     let first = fetch_until(&*backend, &jobs, &workers, "w", 1, LONG).await;
     assert_eq!(event_ids(&first), ["now"]);
-    backend.ack(&jobs, &workers, &ids(&first)).await.unwrap();
+    backend
+        .ack(&jobs, &workers, &ids(&first), AckDurability::Async)
+        .await
+        .unwrap();
     let second = fetch_until(&*backend, &jobs, &workers, "w", 1, LONG).await;
     assert_eq!(event_ids(&second), ["later"]);
     assert!(now_ms() >= due, "delivered before deliver_at");
@@ -1104,7 +1139,7 @@ pub async fn filters_skip_events_and_count_them_as_handled<H: Harness>() {
     let deliveries = fetch_until(&*backend, &orders, &billing, "w", 1, LONG).await;
     assert_eq!(event_ids(&deliveries), ["paid-eu"]);
     backend
-        .ack(&orders, &billing, &ids(&deliveries))
+        .ack(&orders, &billing, &ids(&deliveries), AckDurability::Async)
         .await
         .unwrap();
     let status = backend.group_status(&orders, &billing).await.unwrap();
@@ -1236,7 +1271,7 @@ pub async fn keyed_groups_keep_one_event_per_key_in_flight_in_order<H: Harness>(
                 .push(sequence.parse().unwrap());
         }
         backend
-            .ack(&accounts, &ledger, &ids(&in_hand))
+            .ack(&accounts, &ledger, &ids(&in_hand), AckDurability::Async)
             .await
             .unwrap();
         round += 1;
@@ -1451,14 +1486,25 @@ pub async fn queue_state_survives_a_restart<H: Harness>() {
     .await;
     let taken = fetch_until(&*backend, &jobs, &workers, "w", 10, LONG).await;
     let (acked, unacked) = taken.split_at(6);
-    backend.ack(&jobs, &workers, &ids(acked)).await.unwrap();
     backend
-        .reject(&jobs, &workers, &ids(&unacked[..1]), "bad")
+        .ack(&jobs, &workers, &ids(acked), AckDurability::Async)
+        .await
+        .unwrap();
+    backend
+        .reject(
+            &jobs,
+            &workers,
+            &ids(&unacked[..1]),
+            "bad",
+            AckDurability::Async,
+        )
         .await
         .unwrap();
     drop(backend);
     let harness = harness.restart().await;
     let backend = harness.backend();
+    // Leases survive the restart; the member leaving returns them at once.
+    backend.leave(&jobs, &workers, "w").await.unwrap();
     let again = fetch_until(&*backend, &jobs, &workers, "w", 3, LONG).await;
     let mut returned = event_ids(&again);
     returned.sort();
@@ -1507,10 +1553,13 @@ pub async fn redriven_dead_letters_survive_a_restart<H: Harness>() {
         .into_iter()
         .partition(|delivery| delivery.event.event.id == "doomed");
     backend
-        .reject(&jobs, &workers, &ids(&doomed), "bad")
+        .reject(&jobs, &workers, &ids(&doomed), "bad", AckDurability::Async)
         .await
         .unwrap();
-    backend.ack(&jobs, &workers, &ids(&after)).await.unwrap();
+    backend
+        .ack(&jobs, &workers, &ids(&after), AckDurability::Async)
+        .await
+        .unwrap();
     assert_eq!(backend.redrive(&jobs, &workers, None).await.unwrap(), 1);
     drop(backend);
     let harness = harness.restart().await;
@@ -1563,11 +1612,18 @@ pub async fn redelivery_timing_and_leases_survive_a_restart<H: Harness>() {
             &workers,
             &ids(&by_id("nacked")),
             Some(Duration::from_secs(60)),
+            AckDurability::Async,
         )
         .await
         .unwrap();
     backend
-        .nack(&jobs, &workers, &ids(&by_id("backed-off")), None)
+        .nack(
+            &jobs,
+            &workers,
+            &ids(&by_id("backed-off")),
+            None,
+            AckDurability::Async,
+        )
         .await
         .unwrap();
     drop(backend);
@@ -1583,7 +1639,12 @@ pub async fn redelivery_timing_and_leases_survive_a_restart<H: Harness>() {
         event_ids(&early.deliveries)
     );
     let settled = backend
-        .ack(&jobs, &workers, &ids(&by_id("leased")))
+        .ack(
+            &jobs,
+            &workers,
+            &ids(&by_id("leased")),
+            AckDurability::Async,
+        )
         .await
         .unwrap();
     assert_eq!(

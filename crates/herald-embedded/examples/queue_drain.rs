@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use herald_backend::{
-    Backend, Events, FetchRequest, Fsync, GroupMode, GroupSpec, Groups, TopicSpec, Topics,
+    AckDurability, Backend, Events, FetchRequest, Fsync, GroupMode, GroupSpec, Groups, TopicSpec,
+    Topics,
 };
 use herald_embedded::{EmbeddedBackend, EmbeddedOptions};
 use herald_log::LogMetrics;
@@ -136,7 +137,10 @@ async fn run(dir: &std::path::Path, total: u64, consumers: u64, size: usize, par
                         .into_iter()
                         .map(|delivery| delivery.delivery_id)
                         .collect();
-                    let outcome = backend.ack(&topic, &group, &ids).await.unwrap();
+                    let outcome = backend
+                        .ack(&topic, &group, &ids, AckDurability::Async)
+                        .await
+                        .unwrap();
                     acked.fetch_add(outcome.acked, Ordering::Relaxed);
                 }
             })

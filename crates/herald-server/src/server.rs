@@ -202,8 +202,12 @@ impl Server {
         // Storage opens in its own task (its file work on blocking threads):
         // recovery reads files. A signal that arrives meanwhile takes effect
         // once it has opened.
-        let log_metrics = Arc::clone(metrics.log());
-        let opening = tokio::spawn(Storage::open(data_dir, log_metrics));
+        let opening = tokio::spawn(Storage::open(
+            data_dir,
+            Arc::clone(metrics.log()),
+            Arc::clone(metrics.groups()),
+            options.groups.budget(),
+        ));
         let storage = tokio::select! {
             opened = opening => match opened {
                 Ok(Ok(storage)) => storage,

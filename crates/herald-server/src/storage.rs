@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use herald_backend::Backend;
-use herald_embedded::{EmbeddedBackend, EmbeddedOptions};
+use herald_embedded::{EmbeddedBackend, EmbeddedOptions, GroupBudget, GroupMetrics};
 use herald_log::LogMetrics;
 use tracing::info;
 
@@ -83,8 +83,17 @@ pub enum Error {
 impl Storage {
     /// Opens (and, after a crash, recovers) storage in `data_dir`. The
     /// backend's file work runs on blocking threads.
-    pub async fn open(data_dir: DataDir, metrics: Arc<LogMetrics>) -> Result<Self, Error> {
-        let options = EmbeddedOptions::new(data_dir.path());
+    pub async fn open(
+        data_dir: DataDir,
+        metrics: Arc<LogMetrics>,
+        groups: Arc<GroupMetrics>,
+        budget: GroupBudget,
+    ) -> Result<Self, Error> {
+        let options = EmbeddedOptions {
+            metrics: groups,
+            group_budget: budget,
+            ..EmbeddedOptions::new(data_dir.path())
+        };
         let backend = EmbeddedBackend::open(options, metrics)
             .await
             .map_err(Error::Backend)?;

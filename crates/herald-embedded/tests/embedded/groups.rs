@@ -10,8 +10,8 @@ use std::task::Poll;
 use std::time::Duration;
 
 use herald_backend::{
-    Backend, CommitRequest, Events, FetchRequest, Fsync, GroupMode, GroupSpec, Groups,
-    PartitionOffset, TopicSpec, Topics,
+    AckDurability, Backend, CommitRequest, Events, FetchRequest, Fsync, GroupMode, GroupSpec,
+    Groups, PartitionOffset, TopicSpec, Topics,
 };
 use herald_embedded::{EmbeddedBackend, EmbeddedOptions};
 use herald_log::{LogEnv, MemFs, Tail};
@@ -127,14 +127,36 @@ async fn given_group_state_past_a_log_that_lost_its_tail_when_reopened_should_cl
         .await
         .unwrap();
     backend
-        .publish(&topic, (0..10).map(|index| input(&format!("old-{index}"))).collect())
+        .publish(
+            &topic,
+            (0..10)
+                .map(|index| input(&format!("old-{index}")))
+                .collect(),
+        )
         .await
         .unwrap();
-    let taken = backend.fetch(&topic, &queue, fetch("w", 10, 5_000)).await.unwrap();
+    let taken = backend
+        .fetch(&topic, &queue, fetch("w", 10, 5_000))
+        .await
+        .unwrap();
     assert_eq!(taken.deliveries.len(), 10);
-    let ids: Vec<String> = taken.deliveries.iter().map(|d| d.delivery_id.clone()).collect();
-    assert_eq!(backend.ack(&topic, &queue, &ids).await.unwrap().acked, 10);
-    let read = backend.fetch(&topic, &stream, fetch("r", 10, 5_000)).await.unwrap();
+    let ids: Vec<String> = taken
+        .deliveries
+        .iter()
+        .map(|d| d.delivery_id.clone())
+        .collect();
+    assert_eq!(
+        backend
+            .ack(&topic, &queue, &ids, AckDurability::Async)
+            .await
+            .unwrap()
+            .acked,
+        10
+    );
+    let read = backend
+        .fetch(&topic, &stream, fetch("r", 10, 5_000))
+        .await
+        .unwrap();
     assert_eq!(read.deliveries.len(), 10);
     backend
         .commit(
@@ -168,12 +190,22 @@ async fn given_group_state_past_a_log_that_lost_its_tail_when_reopened_should_cl
         );
     }
     backend
-        .publish(&topic, (0..3).map(|index| input(&format!("new-{index}"))).collect())
+        .publish(
+            &topic,
+            (0..3).map(|index| input(&format!("new-{index}"))).collect(),
+        )
         .await
         .unwrap();
     for (group, member) in [(&queue, "w"), (&stream, "r")] {
-        let again = backend.fetch(&topic, group, fetch(member, 10, 2_000)).await.unwrap();
-        let ids: Vec<String> = again.deliveries.iter().map(|d| d.event.event.id.clone()).collect();
+        let again = backend
+            .fetch(&topic, group, fetch(member, 10, 2_000))
+            .await
+            .unwrap();
+        let ids: Vec<String> = again
+            .deliveries
+            .iter()
+            .map(|d| d.event.event.id.clone())
+            .collect();
         assert_eq!(
             ids,
             ["new-0", "new-1", "new-2"],
@@ -185,14 +217,20 @@ async fn given_group_state_past_a_log_that_lost_its_tail_when_reopened_should_cl
 
 /// A fresh backend with `count` events rejected into `workers`' dead
 /// letters; the topic copies dead letters to `jobs-dead`.
-async fn with_dead_letters(dir: &Path, count: usize) -> (Arc<EmbeddedBackend>, TopicName, GroupName) {
+async fn with_dead_letters(
+    dir: &Path,
+    count: usize,
+) -> (Arc<EmbeddedBackend>, TopicName, GroupName) {
     let backend = Arc::new(
         EmbeddedBackend::open(EmbeddedOptions::new(dir), herald_log::LogMetrics::new())
             .await
             .unwrap(),
     );
     let dead: TopicName = name("jobs-dead");
-    backend.create_topic(TopicSpec::new(dead.clone())).await.unwrap();
+    backend
+        .create_topic(TopicSpec::new(dead.clone()))
+        .await
+        .unwrap();
     let topic: TopicName = name("jobs");
     let mut spec = TopicSpec::new(topic.clone());
     spec.dead_letter_topic = Some(dead);
@@ -203,7 +241,12 @@ async fn with_dead_letters(dir: &Path, count: usize) -> (Arc<EmbeddedBackend>, T
         .await
         .unwrap();
     backend
-        .publish(&topic, (0..count).map(|index| input(&format!("e{index}"))).collect())
+        .publish(
+            &topic,
+            (0..count)
+                .map(|index| input(&format!("e{index}")))
+                .collect(),
+        )
         .await
         .unwrap();
     (backend, topic, group)
@@ -229,9 +272,23 @@ async fn given_a_redrive_dropped_at_each_await_point_should_keep_every_dead_lett
         for polls in 1.. {
             let dir = tempfile::tempdir().unwrap();
             let (backend, topic, group) = with_dead_letters(dir.path(), 3).await;
-            let taken = backend.fetch(&topic, &group, fetch("w", 3, 5_000)).await.unwrap();
-            let ids: Vec<String> = taken.deliveries.iter().map(|d| d.delivery_id.clone()).collect();
-            assert_eq!(backend.reject(&topic, &group, &ids, "bad").await.unwrap().acked, 3);
+            let taken = backend
+                .fetch(&topic, &group, fetch("w", 3, 5_000))
+                .await
+                .unwrap();
+            let ids: Vec<String> = taken
+                .deliveries
+                .iter()
+                .map(|d| d.delivery_id.clone())
+                .collect();
+            assert_eq!(
+                backend
+                    .reject(&topic, &group, &ids, "bad", AckDurability::Async)
+                    .await
+                    .unwrap()
+                    .acked,
+                3
+            );
             let finished = poll_then_drop(backend.redrive(&topic, &group, None), polls)
                 .await
                 .is_some();
@@ -261,15 +318,25 @@ async fn given_a_redrive_dropped_at_each_await_point_should_keep_every_dead_lett
 /// event, and then its copy reaches the dead-letter topic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn given_a_reject_dropped_at_each_await_point_should_dead_letter_and_copy_or_keep_the_event()
- {
+{
     for polls in 1.. {
         let dir = tempfile::tempdir().unwrap();
         let (backend, topic, group) = with_dead_letters(dir.path(), 1).await;
-        let taken = backend.fetch(&topic, &group, fetch("w", 1, 5_000)).await.unwrap();
-        let ids: Vec<String> = taken.deliveries.iter().map(|d| d.delivery_id.clone()).collect();
-        let finished = poll_then_drop(backend.reject(&topic, &group, &ids, "bad"), polls)
+        let taken = backend
+            .fetch(&topic, &group, fetch("w", 1, 5_000))
             .await
-            .is_some();
+            .unwrap();
+        let ids: Vec<String> = taken
+            .deliveries
+            .iter()
+            .map(|d| d.delivery_id.clone())
+            .collect();
+        let finished = poll_then_drop(
+            backend.reject(&topic, &group, &ids, "bad", AckDurability::Async),
+            polls,
+        )
+        .await
+        .is_some();
         backend.leave(&topic, &group, "w").await.unwrap();
         let listed = dead_letter_ids(&*backend, &topic, &group).await;
         if listed.is_empty() {

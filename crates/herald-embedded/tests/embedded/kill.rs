@@ -18,7 +18,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use herald_backend::{
-    Backend, Events, FetchRequest, Fsync, GroupMode, GroupSpec, Groups, TopicSpec, Topics,
+    AckDurability, Backend, Events, FetchRequest, Fsync, GroupMode, GroupSpec, Groups, TopicSpec,
+    Topics,
 };
 use herald_embedded::{EmbeddedBackend, EmbeddedOptions};
 use herald_log::LogMetrics;
@@ -116,6 +117,14 @@ fn given_process_killed_mid_workload_when_reopened_should_lose_no_event_and_hono
             published.difference(&unique).collect::<Vec<_>>()
         );
 
+        // The killed children never come back: release their leases (which
+        // a restart keeps until their deadline) as their leaving would.
+        for cycle in 0..3 {
+            backend
+                .leave(&jobs(), &workers(), &format!("child-{cycle}"))
+                .await
+                .unwrap();
+        }
         // Drain the group.
         let mut delivered = BTreeSet::new();
         loop {
@@ -139,7 +148,10 @@ fn given_process_killed_mid_workload_when_reopened_should_lose_no_event_and_hono
                     .into_iter()
                     .map(|delivery| delivery.event.event.id),
             );
-            backend.ack(&jobs(), &workers(), &ids).await.unwrap();
+            backend
+                .ack(&jobs(), &workers(), &ids, AckDurability::Async)
+                .await
+                .unwrap();
         }
         let never_acked: BTreeSet<String> = unique.difference(&acked).cloned().collect();
         assert!(
@@ -221,7 +233,12 @@ fn child() {
             for delivery in deliveries {
                 if rng.random_bool(0.7) {
                     backend
-                        .ack(&jobs(), &workers(), &[delivery.delivery_id])
+                        .ack(
+                            &jobs(),
+                            &workers(),
+                            &[delivery.delivery_id],
+                            AckDurability::Async,
+                        )
                         .await
                         .unwrap();
                     writeln!(out, "ACK {}", delivery.event.event.id).unwrap();

@@ -4,7 +4,9 @@
 //! Readiness says it can do useful work: 200 only between storage having
 //! opened and shutdown having begun, 503 before and after, so a load balancer
 //! neither sends traffic to a server still recovering its log nor to one
-//! draining.
+//! draining. While open, a backend that reports itself degraded (group state
+//! failing to persist for a while: acks would be lost to a crash) also
+//! answers 503, `{"status":"degraded","reason":"…"}`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -80,9 +82,12 @@ impl Readiness {
 /// Body of both endpoints.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Status {
-    /// `ok` for liveness; a [`Phase`] for readiness.
+    /// `ok` for liveness; a [`Phase`] or `degraded` for readiness.
     #[schema(value_type = String, example = "ok")]
     pub status: &'static str,
+    /// Readiness, `degraded`: why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// `GET /healthz`: 200 `{"status":"ok"}`.
@@ -91,7 +96,10 @@ pub struct Status {
     responses((status = 200, description = "The process answers.", body = Status))
 )]
 pub async fn healthz() -> Json<Status> {
-    Json(Status { status: "ok" })
+    Json(Status {
+        status: "ok",
+        reason: None,
+    })
 }
 
 /// `GET /readyz`: 200 `{"status":"ready"}`, or 503 with the phase.
@@ -99,20 +107,36 @@ pub async fn healthz() -> Json<Status> {
     get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, description = "Storage is open; serving.", body = Status),
-        (status = 503, description = "Starting (recovering storage) or stopping.", body = Status),
+        (status = 503, description = "Starting (recovering storage), stopping, or degraded (with a reason: e.g. group state failing to persist).", body = Status),
     )
 )]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Status>) {
     let phase = state.readiness.phase();
-    let code = if phase == Phase::Ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (
-        code,
-        Json(Status {
+    if phase != Phase::Ready {
+        let status = Status {
             status: phase.as_str(),
-        }),
-    )
+            reason: None,
+        };
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(status));
+    }
+    let degraded = state
+        .backend()
+        .ok()
+        .and_then(herald_backend::Backend::degraded);
+    match degraded {
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(Status {
+                status: "degraded",
+                reason: Some(reason),
+            }),
+        ),
+        None => (
+            StatusCode::OK,
+            Json(Status {
+                status: phase.as_str(),
+                reason: None,
+            }),
+        ),
+    }
 }

@@ -649,7 +649,10 @@ async fn given_a_stuck_key_with_a_100k_backlog_when_other_keys_follow_should_del
     })
     .await;
     let head = api.fetch("accounts", "workers", "w", 1, 30_000).await;
-    assert_eq!(delivered_ids(head["deliveries"].as_array().unwrap()), ["s0"]);
+    assert_eq!(
+        delivered_ids(head["deliveries"].as_array().unwrap()),
+        ["s0"]
+    );
     publish_many(&api, "accounts", 10, |index| {
         let mut other = event(&format!("o{index}"));
         other["key"] = json!(format!("other-{index}"));
@@ -663,5 +666,8 @@ async fn given_a_stuck_key_with_a_100k_backlog_when_other_keys_follow_should_del
         assert!(!batch.is_empty(), "other keys stalled after {delivered:?}");
         delivered.extend(ids(&batch));
     }
-    assert!(delivered.iter().all(|id| id.starts_with('o')), "{delivered:?}");
+    assert!(
+        delivered.iter().all(|id| id.starts_with('o')),
+        "{delivered:?}"
+    );
 }
