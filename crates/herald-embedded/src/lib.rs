@@ -823,14 +823,36 @@ impl Inner {
         }
         let now = self.now();
         for (target, (copies, rows)) in batches {
-            let count = copies.len() as u64;
             let Some(runtime) = self.lookup_topic(&target) else {
                 continue;
             };
-            runtime.publish(copies, now).await?;
-            self.metrics.dead_letter_copies.inc_by(count);
+            let published = match runtime.publish(copies.clone(), now).await {
+                Ok(_) => rows,
+                // Down for now (an I/O error, shutting down): retried later.
+                Err(error) if error.is_retryable() => return Err(error),
+                // One copy the dead-letter topic refuses (too large for it,
+                // say) must not hold up the others: one by one, and the
+                // refused ones are kept in the list only.
+                Err(_) => {
+                    let mut published = Vec::with_capacity(rows.len());
+                    for (copy, row) in copies.into_iter().zip(rows) {
+                        match runtime.publish(vec![copy], now).await {
+                            Ok(_) => published.push(row),
+                            Err(error) if error.is_retryable() => return Err(error),
+                            Err(error) => {
+                                error!(dead_letter_topic = %target, group = %row.0, id = row.1, %error, "The dead-letter topic refuses this copy; the dead letter is kept in the group's list only.");
+                                dropped.push(row);
+                            }
+                        }
+                    }
+                    published
+                }
+            };
+            self.metrics
+                .dead_letter_copies
+                .inc_by(published.len() as u64);
             let meta = self.meta.clone();
-            blocking(move || meta.copies_done(&rows)).await?;
+            blocking(move || meta.copies_done(&published)).await?;
         }
         let meta = self.meta.clone();
         blocking(move || meta.copies_done(&dropped)).await?;

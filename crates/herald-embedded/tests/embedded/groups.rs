@@ -1,7 +1,8 @@
 //! Consumer groups through the backend API, beyond the conformance suite:
 //! group state that points past a log which lost its tail (the `MemFs`
-//! crash seam), and multi-step calls abandoned by their caller at every
-//! await point (the future dropped after N polls).
+//! crash seam), multi-step calls abandoned by their caller at every await
+//! point (the future dropped after N polls), metadata writes that fail
+//! (the `MetaFaults` seam), and sync acks sharing transactions.
 
 use std::future::Future;
 use std::path::Path;
@@ -13,7 +14,7 @@ use herald_backend::{
     AckDurability, Backend, CommitRequest, Events, FetchRequest, Fsync, GroupMode, GroupSpec,
     Groups, PartitionOffset, TopicSpec, Topics,
 };
-use herald_embedded::{EmbeddedBackend, EmbeddedOptions};
+use herald_embedded::{EmbeddedBackend, EmbeddedOptions, GroupMetrics, MetaFaults};
 use herald_log::{LogEnv, MemFs, Tail};
 use herald_types::{Event, EventInput, GroupName, TopicName};
 
@@ -39,16 +40,16 @@ fn fetch(member: &str, max: u32, wait_ms: u64) -> FetchRequest {
     }
 }
 
-async fn open_on(dir: &Path, fs: &MemFs) -> Arc<EmbeddedBackend> {
+async fn open_on(dir: &Path, fs: &MemFs, metrics: &Arc<GroupMetrics>) -> Arc<EmbeddedBackend> {
     let env = LogEnv {
         fs: Arc::new(fs.clone()),
         ..LogEnv::default()
     };
-    Arc::new(
-        EmbeddedBackend::open_with(EmbeddedOptions::new(dir), env)
-            .await
-            .unwrap(),
-    )
+    let options = EmbeddedOptions {
+        metrics: Arc::clone(metrics),
+        ..EmbeddedOptions::new(dir)
+    };
+    Arc::new(EmbeddedBackend::open_with(options, env).await.unwrap())
 }
 
 /// Polls `future` at most `polls` times (each poll after the wake-up the
@@ -112,7 +113,8 @@ async fn given_group_state_past_a_log_that_lost_its_tail_when_reopened_should_cl
  {
     let dir = tempfile::tempdir().unwrap();
     let fs = MemFs::new();
-    let backend = open_on(dir.path(), &fs).await;
+    let metrics = GroupMetrics::new();
+    let backend = open_on(dir.path(), &fs, &metrics).await;
     let topic: TopicName = name("volatile");
     let mut spec = TopicSpec::new(topic.clone());
     spec.fsync = Fsync::Never;
@@ -179,7 +181,7 @@ async fn given_group_state_past_a_log_that_lost_its_tail_when_reopened_should_cl
     let _ = backend.shutdown().await;
     drop(backend);
     let image = fs.crash_image(Tail::Lost);
-    let backend = open_on(dir.path(), &image).await;
+    let backend = open_on(dir.path(), &image, &metrics).await;
     let end = backend.describe_topic(&topic).await.unwrap().partition_info[0].end_offset;
     assert!(end < 10, "precondition: the log lost its tail (end {end})");
     for group in [&queue, &stream] {
@@ -189,6 +191,7 @@ async fn given_group_state_past_a_log_that_lost_its_tail_when_reopened_should_cl
             "group {group} was not clamped to the log's end"
         );
     }
+    assert_eq!(metrics.state_clamped_total(), 2, "each clamp is counted");
     backend
         .publish(
             &topic,
@@ -295,6 +298,8 @@ async fn given_a_redrive_dropped_at_each_await_point_should_keep_every_dead_lett
             let backend = if restart {
                 reopen(dir.path(), backend).await
             } else {
+                // What the dropped call queued for the next flush is written.
+                backend.flush_group_state().await.unwrap();
                 backend
             };
             let mut seen = dead_letter_ids(&*backend, &topic, &group).await;
@@ -338,6 +343,8 @@ async fn given_a_reject_dropped_at_each_await_point_should_dead_letter_and_copy_
         .await
         .is_some();
         backend.leave(&topic, &group, "w").await.unwrap();
+        // What the dropped call queued for the next flush is written.
+        backend.flush_group_state().await.unwrap();
         let listed = dead_letter_ids(&*backend, &topic, &group).await;
         if listed.is_empty() {
             assert_eq!(
@@ -362,4 +369,277 @@ async fn given_a_reject_dropped_at_each_await_point_should_dead_letter_and_copy_
             break;
         }
     }
+}
+
+/// Point 1: a nack that dead-letters (the last delivery) or a leave, whose
+/// caller goes away at any await point, leaves the event either still
+/// deliverable or dead-lettered — never neither.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_a_burying_nack_or_a_leave_dropped_at_each_await_point_should_keep_the_event() {
+    for action in ["nack", "leave"] {
+        for polls in 1.. {
+            let dir = tempfile::tempdir().unwrap();
+            let (backend, topic, group) = with_dead_letters(dir.path(), 1).await;
+            let mut spec = GroupSpec::new(GroupMode::Queue);
+            spec.max_deliveries = 1;
+            backend.put_group(&topic, &group, spec).await.unwrap();
+            let taken = backend
+                .fetch(&topic, &group, fetch("w", 1, 5_000))
+                .await
+                .unwrap();
+            let ids: Vec<String> = taken
+                .deliveries
+                .iter()
+                .map(|d| d.delivery_id.clone())
+                .collect();
+            let finished = match action {
+                "nack" => poll_then_drop(
+                    backend.nack(&topic, &group, &ids, None, AckDurability::Async),
+                    polls,
+                )
+                .await
+                .is_some(),
+                _ => poll_then_drop(backend.leave(&topic, &group, "w"), polls)
+                    .await
+                    .is_some(),
+            };
+            let backend = reopen(dir.path(), backend).await;
+            backend.leave(&topic, &group, "w").await.unwrap();
+            let mut seen = dead_letter_ids(&*backend, &topic, &group).await;
+            seen.extend(drain(&*backend, &topic, &group).await);
+            assert_eq!(
+                seen,
+                ["e0"],
+                "{action} dropped after {polls} polls lost or duplicated the event"
+            );
+            backend.shutdown().await.unwrap();
+            if finished {
+                break;
+            }
+        }
+    }
+}
+
+async fn open_with_faults(
+    dir: &Path,
+    faults: &Arc<MetaFaults>,
+    metrics: &Arc<GroupMetrics>,
+) -> Arc<EmbeddedBackend> {
+    let options = EmbeddedOptions {
+        meta_faults: Some(Arc::clone(faults)),
+        metrics: Arc::clone(metrics),
+        ..EmbeddedOptions::new(dir)
+    };
+    Arc::new(
+        EmbeddedBackend::open(options, herald_log::LogMetrics::new())
+            .await
+            .unwrap(),
+    )
+}
+
+/// Point 4: the write that would record a dead letter fails. The event is
+/// not lost: the dead letter is recorded by a later flush (retried, not
+/// only logged), together with the event leaving the group, and both
+/// survive a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_a_failing_dead_letter_write_when_an_event_is_rejected_should_record_it_on_a_later_flush()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let (faults, metrics) = (MetaFaults::new(), GroupMetrics::new());
+    let backend = open_with_faults(dir.path(), &faults, &metrics).await;
+    let topic: TopicName = name("jobs");
+    backend
+        .create_topic(TopicSpec::new(topic.clone()))
+        .await
+        .unwrap();
+    let group: GroupName = name("workers");
+    backend
+        .put_group(&topic, &group, GroupSpec::new(GroupMode::Queue))
+        .await
+        .unwrap();
+    backend
+        .publish(&topic, vec![input("poison")])
+        .await
+        .unwrap();
+    let taken = backend
+        .fetch(&topic, &group, fetch("w", 1, 5_000))
+        .await
+        .unwrap();
+    let ids: Vec<String> = taken
+        .deliveries
+        .iter()
+        .map(|d| d.delivery_id.clone())
+        .collect();
+    faults.fail_next_writes(1);
+    let outcome = backend
+        .reject(&topic, &group, &ids, "bad", AckDurability::Async)
+        .await
+        .unwrap();
+    assert_eq!(outcome.acked, 1);
+    assert!(faults.failed() >= 1, "precondition: a write failed");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while dead_letter_ids(&*backend, &topic, &group).await.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dead letter whose write failed was never recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        metrics.flush_failures_total() >= 1,
+        "the failure is counted"
+    );
+    let backend = reopen(dir.path(), backend).await;
+    assert_eq!(dead_letter_ids(&*backend, &topic, &group).await, ["poison"]);
+    assert!(drain(&*backend, &topic, &group).await.is_empty());
+    backend.shutdown().await.unwrap();
+}
+
+/// Point 6: group state that keeps failing to persist is counted, makes
+/// the backend report itself degraded (readiness) with the reason, fails
+/// sync acks, and recovers once writes succeed again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_group_state_failing_to_persist_when_it_lasts_should_report_degraded_and_recover() {
+    let dir = tempfile::tempdir().unwrap();
+    let (faults, metrics) = (MetaFaults::new(), GroupMetrics::new());
+    let backend = open_with_faults(dir.path(), &faults, &metrics).await;
+    let topic: TopicName = name("jobs");
+    backend
+        .create_topic(TopicSpec::new(topic.clone()))
+        .await
+        .unwrap();
+    let group: GroupName = name("workers");
+    backend
+        .put_group(&topic, &group, GroupSpec::new(GroupMode::Queue))
+        .await
+        .unwrap();
+    backend
+        .publish(&topic, vec![input("a"), input("b")])
+        .await
+        .unwrap();
+    let taken = backend
+        .fetch(&topic, &group, fetch("w", 2, 5_000))
+        .await
+        .unwrap();
+    assert_eq!(taken.deliveries.len(), 2);
+    faults.fail_writes(true);
+    let async_ack = backend
+        .ack(
+            &topic,
+            &group,
+            &[taken.deliveries[0].delivery_id.clone()],
+            AckDurability::Async,
+        )
+        .await
+        .unwrap();
+    assert_eq!(async_ack.acked, 1, "an async ack is confirmed once applied");
+    let sync_ack = backend
+        .ack(
+            &topic,
+            &group,
+            &[taken.deliveries[1].delivery_id.clone()],
+            AckDurability::Sync,
+        )
+        .await;
+    assert!(
+        matches!(&sync_ack, Err(error) if error.is_retryable()),
+        "a sync ack that could not be persisted must fail: {sync_ack:?}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let reason = loop {
+        if let Some(reason) = backend.degraded() {
+            break reason;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never reported degraded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(reason.contains("group state"), "{reason}");
+    assert!(metrics.flush_failures_total() >= 2);
+    faults.fail_writes(false);
+    backend.flush_group_state().await.unwrap();
+    assert_eq!(backend.degraded(), None, "recovered once writes succeed");
+    let backend = reopen(dir.path(), backend).await;
+    backend.leave(&topic, &group, "w").await.unwrap();
+    assert!(
+        drain(&*backend, &topic, &group).await.is_empty(),
+        "both acks were persisted once storage recovered"
+    );
+    backend.shutdown().await.unwrap();
+}
+
+/// Point 6: sync acks arriving together share transactions (group
+/// commit) instead of taking one each, and each is persisted when it
+/// returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_concurrent_sync_acks_should_share_transactions_and_be_persisted() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = GroupMetrics::new();
+    let options = EmbeddedOptions {
+        metrics: Arc::clone(&metrics),
+        // No background rounds: every round below is one a sync ack asked for.
+        flush_interval: Duration::from_secs(3_600),
+        ..EmbeddedOptions::new(dir.path())
+    };
+    let backend = Arc::new(
+        EmbeddedBackend::open(options, herald_log::LogMetrics::new())
+            .await
+            .unwrap(),
+    );
+    let topic: TopicName = name("jobs");
+    backend
+        .create_topic(TopicSpec::new(topic.clone()))
+        .await
+        .unwrap();
+    let group: GroupName = name("workers");
+    let mut spec = GroupSpec::new(GroupMode::Queue);
+    spec.ack_durability = AckDurability::Sync;
+    backend.put_group(&topic, &group, spec).await.unwrap();
+    backend
+        .publish(
+            &topic,
+            (0..64).map(|index| input(&format!("e{index}"))).collect(),
+        )
+        .await
+        .unwrap();
+    let taken = backend
+        .fetch(&topic, &group, fetch("w", 64, 5_000))
+        .await
+        .unwrap();
+    assert_eq!(taken.deliveries.len(), 64);
+    let before = metrics.flushes_total();
+    let acks: Vec<_> = taken
+        .deliveries
+        .into_iter()
+        .map(|delivery| {
+            let (backend, topic, group) = (Arc::clone(&backend), topic.clone(), group.clone());
+            tokio::spawn(async move {
+                // The group's setting makes each ack sync.
+                backend
+                    .ack(
+                        &topic,
+                        &group,
+                        &[delivery.delivery_id],
+                        AckDurability::Async,
+                    )
+                    .await
+                    .unwrap()
+                    .acked
+            })
+        })
+        .collect();
+    for ack in acks {
+        assert_eq!(ack.await.unwrap(), 1);
+    }
+    let rounds = metrics.flushes_total() - before;
+    assert!(
+        (1..64).contains(&rounds),
+        "64 concurrent sync acks took {rounds} transactions"
+    );
+    let backend = reopen(dir.path(), backend).await;
+    backend.leave(&topic, &group, "w").await.unwrap();
+    assert!(drain(&*backend, &topic, &group).await.is_empty());
+    backend.shutdown().await.unwrap();
 }
