@@ -7,6 +7,7 @@ mod erasure;
 mod groups;
 mod kill;
 mod stream_kill;
+mod sync_kill;
 
 use std::sync::Arc;
 
