@@ -75,6 +75,7 @@ macro_rules! conformance_suite {
             queue_state_survives_a_restart,
             redriven_dead_letters_survive_a_restart,
             redelivery_timing_and_leases_survive_a_restart,
+            sync_settles_are_answered_once_persisted,
             topics_groups_and_dedup_survive_a_restart,
             kv_compare_and_set,
             stream_appends_honour_each_expectation_and_conflicts_change_nothing,
@@ -1656,6 +1657,74 @@ pub async fn redelivery_timing_and_leases_survive_a_restart<H: Harness>() {
         (status.in_flight, status.pending),
         (0, 3),
         "nacked, backed-off and delayed events wait their time"
+    );
+    backend.shutdown().await.unwrap();
+}
+
+/// `ack_durability` is a group setting that round-trips, and every settle
+/// takes a per-call durability: sync ones answer as usual (once
+/// persisted), and a sync ack holds across a restart.
+pub async fn sync_settles_are_answered_once_persisted<H: Harness>() {
+    let harness = H::start().await;
+    let backend = harness.backend();
+    let jobs = make_topic(&*backend, "jobs", 1).await;
+    let workers = group("workers");
+    let mut spec = queue_spec(GroupMode::Queue);
+    spec.ack_wait_ms = 60_000;
+    spec.ack_durability = AckDurability::Sync;
+    let (info, _) = backend.put_group(&jobs, &workers, spec).await.unwrap();
+    assert_eq!(info.spec.ack_durability, AckDurability::Sync);
+    let mut spec = info.spec.clone();
+    spec.ack_durability = AckDurability::Async;
+    backend.put_group(&jobs, &workers, spec).await.unwrap();
+    let status = backend.group_status(&jobs, &workers).await.unwrap();
+    assert_eq!(status.info.spec.ack_durability, AckDurability::Async);
+    publish_all(
+        &*backend,
+        &jobs,
+        (0..4)
+            .map(|index| event(&format!("s{index}"), "t"))
+            .collect(),
+    )
+    .await;
+    let taken = fetch_until(&*backend, &jobs, &workers, "w", 4, LONG).await;
+    let sync = AckDurability::Sync;
+    let one = |index: usize| vec![taken[index].delivery_id.clone()];
+    let acked = backend.ack(&jobs, &workers, &one(0), sync).await.unwrap();
+    let extended = backend
+        .extend(&jobs, &workers, &one(1), None, sync)
+        .await
+        .unwrap();
+    let nacked = backend
+        .nack(
+            &jobs,
+            &workers,
+            &one(2),
+            Some(Duration::from_secs(60)),
+            sync,
+        )
+        .await
+        .unwrap();
+    let rejected = backend
+        .reject(&jobs, &workers, &one(3), "bad", sync)
+        .await
+        .unwrap();
+    assert_eq!(
+        [acked.acked, extended.acked, nacked.acked, rejected.acked],
+        [1, 1, 1, 1]
+    );
+    drop(backend);
+    let harness = harness.restart().await;
+    let backend = harness.backend();
+    backend.leave(&jobs, &workers, "w").await.unwrap();
+    let again = backend
+        .fetch(&jobs, &workers, fetch_request("w", 10, 500))
+        .await
+        .unwrap();
+    assert_eq!(
+        event_ids(&again.deliveries),
+        [taken[1].event.event.id.clone()],
+        "only the extended lease (released by leave) comes back"
     );
     backend.shutdown().await.unwrap();
 }

@@ -28,6 +28,10 @@ use herald_embedded::{EmbeddedBackend, EmbeddedOptions};
 use herald_log::LogMetrics;
 use herald_types::{Event, EventInput, GroupName, TopicName};
 
+#[path = "support/rss.rs"]
+mod rss;
+use rss::{reset_peak_rss, rss_kib};
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let events: u64 = args
@@ -178,26 +182,4 @@ async fn run(dir: &std::path::Path, total: u64, consumers: u64, size: usize, par
         costs.join(", ")
     );
     backend.shutdown().await.unwrap();
-}
-
-/// A field of /proc/self/status, in KiB.
-fn rss_kib(field: &str) -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|line| {
-            line.strip_prefix(field)?
-                .trim_start_matches(':')
-                .trim()
-                .strip_suffix(" kB")?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0)
-}
-
-/// Resets VmHWM to the current RSS (Linux: write 5 to clear_refs).
-fn reset_peak_rss() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
 }

@@ -1315,7 +1315,7 @@ mod tests {
     use herald_types::{Event, StoredEvent};
     use proptest::prelude::*;
 
-    use super::{Budget, QueueState, parse_delivery_id};
+    use super::{Budget, ENTRY_COST, QueueState, READ_AHEAD_BYTES, parse_delivery_id};
 
     fn stored(partition: u32, offset: u64, key: &str) -> StoredEvent {
         let mut event = Event::new(format!("{partition}-{offset}"), "/test", "t");
@@ -1368,6 +1368,83 @@ mod tests {
             .map(|delivery| delivery.event.offset)
             .collect();
         assert_eq!(offsets, [100_000]);
+    }
+
+    /// Point 2: memory is bounded by bytes, whatever the payloads: 100,000
+    /// delayed events of 16 KiB hold no more bodies than the budget allows,
+    /// and their bookkeeping is the fixed cost per entry.
+    #[test]
+    fn given_100k_delayed_events_with_large_payloads_when_read_should_stay_within_the_byte_budget()
+    {
+        let now = 1_000_000i64;
+        let budget = Budget::default();
+        let mut state = QueueState::new(GroupSpec::new(GroupMode::Queue), budget, &[0]);
+        let payload = Bytes::from(vec![b'x'; 16 * 1024]);
+        let mut offset = 0u64;
+        while offset < 100_000 {
+            let Some((_, from, max_bytes)) = state.reads_needed(&[100_000]).first().copied() else {
+                panic!("reads stopped at {offset}: {:?}", state.memory());
+            };
+            assert_eq!(from, offset);
+            // As the log would: whole events up to about `max_bytes`.
+            let count = (max_bytes / payload.len()).clamp(1, 100_000 - offset as usize) as u64;
+            let events: Vec<StoredEvent> = (offset..offset + count)
+                .map(|offset| {
+                    let mut event = stored(0, offset, "k");
+                    event.event.data = Some(payload.clone());
+                    event.event.deliver_at = Some(now + 86_400_000);
+                    event
+                })
+                .collect();
+            state.add_read(0, 0, offset, events, offset + count);
+            let memory = state.memory();
+            assert!(
+                memory.read_ahead_bytes <= budget.buffered_bytes / 2 + READ_AHEAD_BYTES,
+                "{memory:?}"
+            );
+            let (deliveries, _) = state.take("m", 10, now);
+            assert!(deliveries.is_empty());
+            offset += count;
+        }
+        let memory = state.memory();
+        assert_eq!(memory.entries, 100_000);
+        assert!(memory.held_bytes <= budget.buffered_bytes / 4, "{memory:?}");
+        assert_eq!(memory.read_ahead_bytes, 0);
+        assert_eq!(memory.pending_bytes, 100_000 * ENTRY_COST);
+        assert!(memory.pending_bytes <= budget.pending_bytes);
+    }
+
+    /// Bodies dropped from waiting entries are read back when they come
+    /// due: the entry asks for its body, and is leased once it has it.
+    #[test]
+    fn given_a_delayed_event_without_its_body_when_due_should_ask_for_it_and_then_deliver() {
+        let budget = Budget {
+            buffered_bytes: 4, // keeps no body of an event not ready
+            pending_bytes: 1 << 20,
+        };
+        let mut state = QueueState::new(GroupSpec::new(GroupMode::Queue), budget, &[0]);
+        let mut delayed = stored(0, 0, "k");
+        delayed.event.deliver_at = Some(1_000);
+        state.add_read(0, 0, 0, vec![delayed.clone()], 1);
+        assert!(state.take("m", 1, 0).0.is_empty());
+        assert_eq!(
+            state.memory().held_bytes,
+            0,
+            "the waiting entry kept its body"
+        );
+        assert!(
+            state.take("m", 1, 1_000).0.is_empty(),
+            "leased without a body"
+        );
+        assert_eq!(state.bodies_wanted(1_000, 10), vec![(0, 0)]);
+        state.attach(delayed);
+        let (deliveries, _) = state.take("m", 1, 1_000);
+        assert_eq!(deliveries.len(), 1);
+        assert_eq!(
+            state.memory().held_bytes,
+            0,
+            "the body left with the delivery"
+        );
     }
 
     /// Point 2: a key whose head is leased and never settled holds back only
