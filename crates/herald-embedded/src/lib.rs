@@ -172,6 +172,9 @@ impl EmbeddedOptions {
 /// that stays broken.
 const FLUSH_DEGRADED_AFTER_MS: i64 = 5_000;
 
+/// A row of `dead_letter_copies`: the group's key and the dead letter's id.
+type CopyRow = (String, u64);
+
 /// Dead-letter copies read per publishing pass.
 const COPY_BATCH: usize = 256;
 
@@ -790,8 +793,7 @@ impl Inner {
         let pending = blocking(move || meta.pending_copies(COPY_BATCH)).await?;
         let more = pending.len() == COPY_BATCH;
         // Per dead-letter topic: the copies, and the rows they clear.
-        let mut batches: BTreeMap<TopicName, (Vec<EventInput>, Vec<(String, u64)>)> =
-            BTreeMap::new();
+        let mut batches: BTreeMap<TopicName, (Vec<EventInput>, Vec<CopyRow>)> = BTreeMap::new();
         let mut dropped = Vec::new();
         for (key, id, record) in pending {
             let found = key.split_once('/').and_then(|(topic, group)| {
