@@ -29,6 +29,9 @@ use herald_embedded::{EmbeddedBackend, EmbeddedOptions, GroupMetrics};
 use herald_log::LogMetrics;
 use herald_types::{Event, EventInput, GroupName, TopicName};
 
+#[path = "support/bench.rs"]
+mod bench;
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let durability = match args.first().map(String::as_str) {
@@ -38,14 +41,8 @@ fn main() {
     let workers: usize = args.get(1).map_or(16, |value| value.parse().unwrap());
     let seconds: u64 = args.get(2).map_or(10, |value| value.parse().unwrap());
     let events: u64 = args.get(3).map_or(400_000, |value| value.parse().unwrap());
-    let base = std::env::var_os("HERALD_BENCH_DIR").map_or_else(std::env::temp_dir, Into::into);
-    let dir = tempfile::tempdir_in(base).unwrap();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(run(dir.path(), durability, workers, seconds, events));
+    let dir = bench::data_dir();
+    bench::runtime().block_on(run(dir.path(), durability, workers, seconds, events));
 }
 
 async fn run(

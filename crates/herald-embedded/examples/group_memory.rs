@@ -28,23 +28,17 @@ use herald_embedded::{EmbeddedBackend, EmbeddedOptions};
 use herald_log::LogMetrics;
 use herald_types::{Event, EventInput, GroupName, TopicName};
 
-#[path = "support/rss.rs"]
-mod rss;
-use rss::{reset_peak_rss, rss_kib};
+#[path = "support/bench.rs"]
+mod bench;
+use bench::{reset_peak_rss, rss_kib};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let keyed = args.first().is_some_and(|mode| mode == "keyed");
     let events: u64 = args.get(1).map_or(100_000, |value| value.parse().unwrap());
     let size: usize = args.get(2).map_or(1_024, |value| value.parse().unwrap());
-    let base = std::env::var_os("HERALD_BENCH_DIR").map_or_else(std::env::temp_dir, Into::into);
-    let dir = tempfile::tempdir_in(base).unwrap();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(run(dir.path(), keyed, events, size));
+    let dir = bench::data_dir();
+    bench::runtime().block_on(run(dir.path(), keyed, events, size));
 }
 
 fn now_ms() -> i64 {

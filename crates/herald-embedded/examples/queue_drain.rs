@@ -28,9 +28,9 @@ use herald_embedded::{EmbeddedBackend, EmbeddedOptions};
 use herald_log::LogMetrics;
 use herald_types::{Event, EventInput, GroupName, TopicName};
 
-#[path = "support/rss.rs"]
-mod rss;
-use rss::{reset_peak_rss, rss_kib};
+#[path = "support/bench.rs"]
+mod bench;
+use bench::{reset_peak_rss, rss_kib};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -40,14 +40,8 @@ fn main() {
     let consumers: u64 = args.get(1).map_or(1, |value| value.parse().unwrap());
     let size: usize = args.get(2).map_or(128, |value| value.parse().unwrap());
     let partitions: u32 = args.get(3).map_or(1, |value| value.parse().unwrap());
-    let base = std::env::var_os("HERALD_BENCH_DIR").map_or_else(std::env::temp_dir, Into::into);
-    let dir = tempfile::tempdir_in(base).unwrap();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(run(dir.path(), events, consumers, size, partitions));
+    let dir = bench::data_dir();
+    bench::runtime().block_on(run(dir.path(), events, consumers, size, partitions));
 }
 
 async fn run(dir: &std::path::Path, total: u64, consumers: u64, size: usize, partitions: u32) {

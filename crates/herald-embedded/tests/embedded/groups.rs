@@ -68,6 +68,24 @@ async fn poll_then_drop<F: Future>(future: F, polls: usize) -> Option<F::Output>
     .await
 }
 
+/// Fetches up to `max` deliveries as member `w`; returns their ids.
+async fn fetch_ids(
+    backend: &dyn Backend,
+    topic: &TopicName,
+    group: &GroupName,
+    max: u32,
+) -> Vec<String> {
+    let taken = backend
+        .fetch(topic, group, fetch("w", max, 5_000))
+        .await
+        .unwrap();
+    taken
+        .deliveries
+        .into_iter()
+        .map(|delivery| delivery.delivery_id)
+        .collect()
+}
+
 /// Fetches until nothing more comes within `quiet_ms`; returns event ids.
 async fn drain(backend: &dyn Backend, topic: &TopicName, group: &GroupName) -> Vec<String> {
     let mut ids = Vec::new();
@@ -275,15 +293,7 @@ async fn given_a_redrive_dropped_at_each_await_point_should_keep_every_dead_lett
         for polls in 1.. {
             let dir = tempfile::tempdir().unwrap();
             let (backend, topic, group) = with_dead_letters(dir.path(), 3).await;
-            let taken = backend
-                .fetch(&topic, &group, fetch("w", 3, 5_000))
-                .await
-                .unwrap();
-            let ids: Vec<String> = taken
-                .deliveries
-                .iter()
-                .map(|d| d.delivery_id.clone())
-                .collect();
+            let ids = fetch_ids(&*backend, &topic, &group, 3).await;
             assert_eq!(
                 backend
                     .reject(&topic, &group, &ids, "bad", AckDurability::Async)
@@ -327,15 +337,7 @@ async fn given_a_reject_dropped_at_each_await_point_should_dead_letter_and_copy_
     for polls in 1.. {
         let dir = tempfile::tempdir().unwrap();
         let (backend, topic, group) = with_dead_letters(dir.path(), 1).await;
-        let taken = backend
-            .fetch(&topic, &group, fetch("w", 1, 5_000))
-            .await
-            .unwrap();
-        let ids: Vec<String> = taken
-            .deliveries
-            .iter()
-            .map(|d| d.delivery_id.clone())
-            .collect();
+        let ids = fetch_ids(&*backend, &topic, &group, 1).await;
         let finished = poll_then_drop(
             backend.reject(&topic, &group, &ids, "bad", AckDurability::Async),
             polls,
@@ -383,15 +385,7 @@ async fn given_a_burying_nack_or_a_leave_dropped_at_each_await_point_should_keep
             let mut spec = GroupSpec::new(GroupMode::Queue);
             spec.max_deliveries = 1;
             backend.put_group(&topic, &group, spec).await.unwrap();
-            let taken = backend
-                .fetch(&topic, &group, fetch("w", 1, 5_000))
-                .await
-                .unwrap();
-            let ids: Vec<String> = taken
-                .deliveries
-                .iter()
-                .map(|d| d.delivery_id.clone())
-                .collect();
+            let ids = fetch_ids(&*backend, &topic, &group, 1).await;
             let finished = match action {
                 "nack" => poll_then_drop(
                     backend.nack(&topic, &group, &ids, None, AckDurability::Async),
@@ -437,6 +431,30 @@ async fn open_with_faults(
     )
 }
 
+/// Topic `jobs` with group `workers` (`spec`) holding an event per id, all
+/// fetched by member `w`: the names and the delivery ids, in order.
+async fn jobs_fetched(
+    backend: &EmbeddedBackend,
+    spec: GroupSpec,
+    ids: &[String],
+) -> (TopicName, GroupName, Vec<String>) {
+    let topic: TopicName = name("jobs");
+    backend
+        .create_topic(TopicSpec::new(topic.clone()))
+        .await
+        .unwrap();
+    let group: GroupName = name("workers");
+    backend.put_group(&topic, &group, spec).await.unwrap();
+    backend
+        .publish(&topic, ids.iter().map(|id| input(id)).collect())
+        .await
+        .unwrap();
+    let max = u32::try_from(ids.len()).unwrap();
+    let delivery_ids = fetch_ids(backend, &topic, &group, max).await;
+    assert_eq!(delivery_ids.len(), ids.len());
+    (topic, group, delivery_ids)
+}
+
 /// Point 4: the write that would record a dead letter fails. The event is
 /// not lost: the dead letter is recorded by a later flush (retried, not
 /// only logged), together with the event leaving the group, and both
@@ -447,29 +465,12 @@ async fn given_a_failing_dead_letter_write_when_an_event_is_rejected_should_reco
     let dir = tempfile::tempdir().unwrap();
     let (faults, metrics) = (MetaFaults::new(), GroupMetrics::new());
     let backend = open_with_faults(dir.path(), &faults, &metrics).await;
-    let topic: TopicName = name("jobs");
-    backend
-        .create_topic(TopicSpec::new(topic.clone()))
-        .await
-        .unwrap();
-    let group: GroupName = name("workers");
-    backend
-        .put_group(&topic, &group, GroupSpec::new(GroupMode::Queue))
-        .await
-        .unwrap();
-    backend
-        .publish(&topic, vec![input("poison")])
-        .await
-        .unwrap();
-    let taken = backend
-        .fetch(&topic, &group, fetch("w", 1, 5_000))
-        .await
-        .unwrap();
-    let ids: Vec<String> = taken
-        .deliveries
-        .iter()
-        .map(|d| d.delivery_id.clone())
-        .collect();
+    let (topic, group, ids) = jobs_fetched(
+        &backend,
+        GroupSpec::new(GroupMode::Queue),
+        &["poison".to_owned()],
+    )
+    .await;
     faults.fail_next_writes(1);
     let outcome = backend
         .reject(&topic, &group, &ids, "bad", AckDurability::Async)
@@ -503,43 +504,20 @@ async fn given_group_state_failing_to_persist_when_it_lasts_should_report_degrad
     let dir = tempfile::tempdir().unwrap();
     let (faults, metrics) = (MetaFaults::new(), GroupMetrics::new());
     let backend = open_with_faults(dir.path(), &faults, &metrics).await;
-    let topic: TopicName = name("jobs");
-    backend
-        .create_topic(TopicSpec::new(topic.clone()))
-        .await
-        .unwrap();
-    let group: GroupName = name("workers");
-    backend
-        .put_group(&topic, &group, GroupSpec::new(GroupMode::Queue))
-        .await
-        .unwrap();
-    backend
-        .publish(&topic, vec![input("a"), input("b")])
-        .await
-        .unwrap();
-    let taken = backend
-        .fetch(&topic, &group, fetch("w", 2, 5_000))
-        .await
-        .unwrap();
-    assert_eq!(taken.deliveries.len(), 2);
+    let (topic, group, ids) = jobs_fetched(
+        &backend,
+        GroupSpec::new(GroupMode::Queue),
+        &["a".to_owned(), "b".to_owned()],
+    )
+    .await;
     faults.fail_writes(true);
     let async_ack = backend
-        .ack(
-            &topic,
-            &group,
-            &[taken.deliveries[0].delivery_id.clone()],
-            AckDurability::Async,
-        )
+        .ack(&topic, &group, &ids[..1], AckDurability::Async)
         .await
         .unwrap();
     assert_eq!(async_ack.acked, 1, "an async ack is confirmed once applied");
     let sync_ack = backend
-        .ack(
-            &topic,
-            &group,
-            &[taken.deliveries[1].delivery_id.clone()],
-            AckDurability::Sync,
-        )
+        .ack(&topic, &group, &ids[1..], AckDurability::Sync)
         .await;
     assert!(
         matches!(&sync_ack, Err(error) if error.is_retryable()),
@@ -588,42 +566,19 @@ async fn given_concurrent_sync_acks_should_share_transactions_and_be_persisted()
             .await
             .unwrap(),
     );
-    let topic: TopicName = name("jobs");
-    backend
-        .create_topic(TopicSpec::new(topic.clone()))
-        .await
-        .unwrap();
-    let group: GroupName = name("workers");
     let mut spec = GroupSpec::new(GroupMode::Queue);
     spec.ack_durability = AckDurability::Sync;
-    backend.put_group(&topic, &group, spec).await.unwrap();
-    backend
-        .publish(
-            &topic,
-            (0..64).map(|index| input(&format!("e{index}"))).collect(),
-        )
-        .await
-        .unwrap();
-    let taken = backend
-        .fetch(&topic, &group, fetch("w", 64, 5_000))
-        .await
-        .unwrap();
-    assert_eq!(taken.deliveries.len(), 64);
+    let events: Vec<String> = (0..64).map(|index| format!("e{index}")).collect();
+    let (topic, group, ids) = jobs_fetched(&backend, spec, &events).await;
     let before = metrics.flushes_total();
-    let acks: Vec<_> = taken
-        .deliveries
+    let acks: Vec<_> = ids
         .into_iter()
-        .map(|delivery| {
+        .map(|id| {
             let (backend, topic, group) = (Arc::clone(&backend), topic.clone(), group.clone());
             tokio::spawn(async move {
                 // The group's setting makes each ack sync.
                 backend
-                    .ack(
-                        &topic,
-                        &group,
-                        &[delivery.delivery_id],
-                        AckDurability::Async,
-                    )
+                    .ack(&topic, &group, &[id], AckDurability::Async)
                     .await
                     .unwrap()
                     .acked

@@ -18,7 +18,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use herald_backend::{
@@ -66,20 +65,14 @@ fn given_sync_acks_and_rejects_when_killed_should_never_redeliver_a_confirmed_ac
         (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
     for cycle in 0..3 {
         let kill_after = rng.random_range(60..400);
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "sync_kill::child",
-                "--exact",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_DIR, dir.path())
-            .env(CHILD_CYCLE, cycle.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let cycle_text = cycle.to_string();
+        let mut child = crate::spawn_child(
+            "sync_kill::child",
+            &[
+                (CHILD_DIR, dir.path().as_os_str()),
+                (CHILD_CYCLE, cycle_text.as_ref()),
+            ],
+        );
         let stdout = BufReader::new(child.stdout.take().unwrap());
         let mut lines = 0;
         for line in stdout.lines() {
@@ -102,47 +95,10 @@ fn given_sync_acks_and_rejects_when_killed_should_never_redeliver_a_confirmed_ac
     }
     assert!(!acked.is_empty() && !rejected.is_empty());
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    crate::runtime().block_on(async {
         let backend = open(dir.path()).await;
-        // The killed children never come back: release their leases.
-        for cycle in 0..3 {
-            backend
-                .leave(&jobs(), &workers(), &format!("child-{cycle}"))
-                .await
-                .unwrap();
-        }
-        let mut delivered = BTreeSet::new();
-        loop {
-            let request = FetchRequest {
-                member: "checker".into(),
-                max: 1_000,
-                wait_ms: 300,
-            };
-            let response = backend.fetch(&jobs(), &workers(), request).await.unwrap();
-            if response.deliveries.is_empty() {
-                break;
-            }
-            let ids: Vec<String> = response
-                .deliveries
-                .iter()
-                .map(|delivery| delivery.delivery_id.clone())
-                .collect();
-            delivered.extend(
-                response
-                    .deliveries
-                    .into_iter()
-                    .map(|delivery| delivery.event.event.id),
-            );
-            backend
-                .ack(&jobs(), &workers(), &ids, AckDurability::Async)
-                .await
-                .unwrap();
-        }
+        crate::release_children(&backend, &jobs(), &workers(), 3).await;
+        let delivered = crate::drain_acking(&backend, &jobs(), &workers()).await;
         let returned: Vec<&String> = delivered.intersection(&acked).collect();
         assert!(returned.is_empty(), "confirmed sync acks came back: {returned:?}");
         let letters: BTreeSet<String> = backend
@@ -200,12 +156,7 @@ fn child() {
         return;
     };
     let cycle: u64 = std::env::var(CHILD_CYCLE).unwrap().parse().unwrap();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async move {
+    crate::runtime().block_on(async move {
         let backend = open(std::path::Path::new(&dir)).await;
         if backend.describe_topic(&jobs()).await.is_err() {
             backend.create_topic(TopicSpec::new(dead())).await.unwrap();
