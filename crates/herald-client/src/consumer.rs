@@ -215,10 +215,13 @@ impl Delivery {
 
     /// Done, and returns only once the server has persisted the ack (as
     /// `sync` does; see [`crate::AckDurability`]): the event is not
-    /// delivered to this group again, even after a server crash. Queue and
-    /// keyed mode; in stream mode the same as [`ack`](Self::ack). An error
-    /// means the ack may or may not have been persisted (it was applied if
-    /// the server got it; a crash may bring the event back once).
+    /// delivered to this group again, even after a server crash. Persisted
+    /// acks queued together go in one request and one server write. Queue
+    /// and keyed mode; in stream mode the same as [`ack`](Self::ack). An id
+    /// the server no longer knows (settled already) is not an error. An
+    /// error means the ack may or may not have been persisted (it was
+    /// applied if the server got it; a crash may bring the event back
+    /// once).
     pub async fn ack_persisted(mut self) -> Result<()> {
         if self.mode == GroupMode::Stream {
             return self.ack();
@@ -338,8 +341,9 @@ struct Session {
     /// quarter of `credits` (or when nothing is in hand), so the server
     /// fetches in batches rather than one event per settle.
     owed: u32,
-    /// Persisted acks sent and not yet answered, by their request's `seq`.
-    awaiting: HashMap<u64, oneshot::Sender<Result<()>>>,
+    /// Persisted acks sent and not yet answered, by their request's `seq`
+    /// (the persisted acks of one batch share a request).
+    awaiting: HashMap<u64, Vec<oneshot::Sender<Result<()>>>>,
     /// The last `seq` given out.
     seq: u64,
 }
@@ -412,7 +416,7 @@ impl Session {
         deliveries: &mpsc::UnboundedSender<Result<Delivery>>,
         cause: Error,
     ) -> Option<Call> {
-        for (_, waiter) in self.awaiting.drain() {
+        for waiter in self.awaiting.drain().flat_map(|(_, waiters)| waiters) {
             let _ = waiter.send(Err(Error::Rpc(Box::new(tonic::Status::unavailable(
                 "the consume call broke before the server confirmed the ack",
             )))));
@@ -543,18 +547,22 @@ impl Session {
                 let _ = assignment.send(Some((given.partitions, given.generation)));
             }
             Some(Response::Settled(settled)) => {
-                let waiter = self.awaiting.remove(&settled.seq);
-                match (settled.error, waiter) {
-                    (Some(failure), Some(waiter)) => {
-                        let _ = waiter.send(Err(Error::from_failure(failure)));
-                    }
-                    (Some(failure), None) => {
+                let waiters = self.awaiting.remove(&settled.seq).unwrap_or_default();
+                match settled.error {
+                    Some(failure) if waiters.is_empty() => {
                         tracing::warn!(code = %failure.code, message = %failure.message, "Herald refused a settle.");
                     }
-                    (None, Some(waiter)) => {
-                        let _ = waiter.send(Ok(()));
+                    Some(failure) => {
+                        for waiter in waiters {
+                            let error = Error::from_failure(failure.clone());
+                            let _ = waiter.send(Err(error));
+                        }
                     }
-                    (None, None) => {}
+                    None => {
+                        for waiter in waiters {
+                            let _ = waiter.send(Ok(()));
+                        }
+                    }
                 }
             }
             Some(Response::Started(_)) | None => {}
@@ -571,6 +579,7 @@ impl Session {
         let mut rejects = Vec::new();
         let mut commits: BTreeMap<u32, u64> = BTreeMap::new();
         let mut persisted = Vec::new();
+        let mut persisted_waiters = Vec::new();
         let mut credit = 0u32;
         let current = self.epoch;
         for message in batch {
@@ -583,9 +592,8 @@ impl Session {
                 Control::AckPersisted { id, epoch, done } => {
                     self.outstanding.remove(&id);
                     credit += u32::from(epoch == current);
-                    self.seq += 1;
-                    self.awaiting.insert(self.seq, done);
-                    persisted.push((self.seq, id));
+                    persisted_waiters.push(done);
+                    persisted.push(id);
                 }
                 Control::Nack { id, epoch, delay } => {
                     self.outstanding.remove(&id);
@@ -615,12 +623,15 @@ impl Session {
                 sync: false,
             }));
         }
-        for (seq, id) in persisted {
+        if !persisted.is_empty() {
+            // One request for the batch: the server persists it once.
+            self.seq += 1;
+            self.awaiting.insert(self.seq, persisted_waiters);
             let ack = Request::Ack(v1::DeliveryIds {
-                delivery_ids: vec![id],
+                delivery_ids: persisted,
                 sync: true,
             });
-            answered_out.push(answered(ack, seq));
+            answered_out.push(answered(ack, self.seq));
         }
         for (delay_ms, delivery_ids) in nacks {
             out.push(Request::Nack(v1::Nack {
