@@ -54,8 +54,9 @@
 //! those (deterministic event ids, so a retry after a crash is deduplicated)
 //! and removes the rows. A failed write leaves the state dirty and the dead
 //! letters queued: the next round retries both. Failures are counted
-//! ([`GroupMetrics`]) and, once they last `FLUSH_DEGRADED_AFTER`, reported
-//! by [`Backend::degraded`] (readiness).
+//! ([`GroupMetrics`]) and, once they last 5 s, reported by
+//! [`Backend::degraded`] (readiness). redb latches a real I/O error until
+//! it is reopened, so a failing disk stays degraded until a restart.
 //!
 //! # What a restart does to timing
 //!
@@ -641,6 +642,9 @@ impl Inner {
                 Ok(state) => state,
                 Err(error) => {
                     group.restore_outbox(outbox);
+                    for (group, outbox) in taken {
+                        group.restore_outbox(outbox);
+                    }
                     return Err(Error::Corrupt {
                         detail: format!("group state: {error}"),
                     });
