@@ -32,9 +32,9 @@ use bytes::Bytes;
 use herald_types::{Event, EventInput, GroupName, StoredEvent, StreamId, TopicName};
 
 use crate::{
-    Backend, CommitRequest, Delivery, Direction, Error, Expect, ExpectedVersion, FetchRequest,
-    Fsync, GroupFilter, GroupMode, GroupSpec, PartitionOffset, RetentionSpec, StartPosition,
-    TopicSpec, TopicUpdate,
+    AckDurability, Backend, CommitRequest, Delivery, Direction, Error, Expect, ExpectedVersion,
+    FetchRequest, Fsync, GroupFilter, GroupMode, GroupSpec, PartitionOffset, RetentionSpec,
+    StartPosition, TopicSpec, TopicUpdate,
 };
 
 /// What the suite needs from a backend's test setup.
@@ -78,6 +78,8 @@ macro_rules! conformance_suite {
             stream_commits_survive_a_restart,
             queue_state_survives_a_restart,
             redriven_dead_letters_survive_a_restart,
+            redelivery_timing_and_leases_survive_a_restart,
+            sync_settles_are_answered_once_persisted,
             topics_groups_and_dedup_survive_a_restart,
             publish_dedup_and_stream_appends_answer_the_same_after_a_restart,
             a_changed_dedup_window_answers_as_after_a_restart,
@@ -594,9 +596,15 @@ pub async fn queue_hands_out_each_event_once_and_acked_events_never_return<H: Ha
             .chain(&second)
             .all(|delivery| delivery.attempt == 1)
     );
-    let outcome = backend.ack(&jobs, &workers, &ids(&first)).await.unwrap();
+    let outcome = backend
+        .ack(&jobs, &workers, &ids(&first), AckDurability::Async)
+        .await
+        .unwrap();
     assert_eq!(outcome.acked, 15);
-    backend.ack(&jobs, &workers, &ids(&second)).await.unwrap();
+    backend
+        .ack(&jobs, &workers, &ids(&second), AckDurability::Async)
+        .await
+        .unwrap();
     // Well past the ack wait: nothing comes back.
     let later = backend
         .fetch(&jobs, &workers, fetch_request("w1", 100, 800))
@@ -662,7 +670,12 @@ pub async fn a_caught_up_long_poll_wakes_for_events_published_while_it_waits<H: 
                 .unwrap();
             received += response.deliveries.len();
             backend
-                .ack(&live, &workers, &ids(&response.deliveries))
+                .ack(
+                    &live,
+                    &workers,
+                    &ids(&response.deliveries),
+                    AckDurability::Async,
+                )
                 .await
                 .unwrap();
         }
@@ -691,7 +704,12 @@ pub async fn acks_are_idempotent_and_unknown_ids_are_reported<H: Harness>() {
     let id = deliveries[0].delivery_id.clone();
     assert_eq!(
         backend
-            .ack(&jobs, &workers, std::slice::from_ref(&id))
+            .ack(
+                &jobs,
+                &workers,
+                std::slice::from_ref(&id),
+                AckDurability::Async
+            )
             .await
             .unwrap()
             .acked,
@@ -702,6 +720,7 @@ pub async fn acks_are_idempotent_and_unknown_ids_are_reported<H: Harness>() {
             &jobs,
             &workers,
             &[id.clone(), "garbage".into(), "0.99.1".into()],
+            AckDurability::Async,
         )
         .await
         .unwrap();
@@ -711,7 +730,9 @@ pub async fn acks_are_idempotent_and_unknown_ids_are_reported<H: Harness>() {
         [id, "garbage".to_owned(), "0.99.1".to_owned()]
     );
     assert!(matches!(
-        backend.ack(&jobs, &group("nobody"), &[]).await,
+        backend
+            .ack(&jobs, &group("nobody"), &[], AckDurability::Async)
+            .await,
         Err(Error::GroupNotFound { .. })
     ));
     backend.shutdown().await.unwrap();
@@ -738,7 +759,7 @@ pub async fn an_expired_lease_is_redelivered_to_another_member<H: Harness>() {
     // The dead member's late ack of its old delivery still settles the event.
     assert_eq!(
         backend
-            .ack(&jobs, &workers, &ids(&taken))
+            .ack(&jobs, &workers, &ids(&taken), AckDurability::Async)
             .await
             .unwrap()
             .acked,
@@ -746,7 +767,7 @@ pub async fn an_expired_lease_is_redelivered_to_another_member<H: Harness>() {
     );
     assert!(
         backend
-            .ack(&jobs, &workers, &ids(&retried))
+            .ack(&jobs, &workers, &ids(&retried), AckDurability::Async)
             .await
             .unwrap()
             .acked
@@ -808,6 +829,7 @@ pub async fn nack_redelivers_after_the_delay_and_backoff<H: Harness>() {
             &workers,
             &ids(&first),
             Some(Duration::from_millis(400)),
+            AckDurability::Async,
         )
         .await
         .unwrap();
@@ -829,14 +851,14 @@ pub async fn nack_redelivers_after_the_delay_and_backoff<H: Harness>() {
     // A stale delivery id cannot nack the new lease.
     assert_eq!(
         backend
-            .nack(&jobs, &workers, &ids(&first), None)
+            .nack(&jobs, &workers, &ids(&first), None, AckDurability::Async)
             .await
             .unwrap()
             .acked,
         0
     );
     backend
-        .nack(&jobs, &workers, &ids(&second), None)
+        .nack(&jobs, &workers, &ids(&second), None, AckDurability::Async)
         .await
         .unwrap();
     let third = fetch_until(&*backend, &jobs, &workers, "w", 1, LONG).await;
@@ -876,18 +898,21 @@ pub async fn max_deliveries_sends_the_event_to_dead_letters_and_redrive_brings_i
             .filter(|delivery| delivery.event.event.id != "poison")
             .cloned()
             .collect();
-        backend.ack(&jobs, &workers, &ids(&fine)).await.unwrap();
+        backend
+            .ack(&jobs, &workers, &ids(&fine), AckDurability::Async)
+            .await
+            .unwrap();
         if poison.is_empty() {
             let more = fetch_until(&*backend, &jobs, &workers, "w", 1, LONG).await;
             attempts.push(more[0].attempt);
             backend
-                .nack(&jobs, &workers, &ids(&more), None)
+                .nack(&jobs, &workers, &ids(&more), None, AckDurability::Async)
                 .await
                 .unwrap();
         } else {
             attempts.push(poison[0].attempt);
             backend
-                .nack(&jobs, &workers, &ids(&poison), None)
+                .nack(&jobs, &workers, &ids(&poison), None, AckDurability::Async)
                 .await
                 .unwrap();
         }
@@ -961,7 +986,13 @@ pub async fn reject_dead_letters_at_once_and_copies_to_the_dead_letter_topic<H: 
     publish_all(&*backend, &jobs, vec![event("malformed", "t")]).await;
     let deliveries = fetch_until(&*backend, &jobs, &workers, "w", 1, LONG).await;
     let outcome = backend
-        .reject(&jobs, &workers, &ids(&deliveries), "schema mismatch")
+        .reject(
+            &jobs,
+            &workers,
+            &ids(&deliveries),
+            "schema mismatch",
+            AckDurability::Async,
+        )
         .await
         .unwrap();
     assert_eq!(outcome.acked, 1);
@@ -969,6 +1000,8 @@ pub async fn reject_dead_letters_at_once_and_copies_to_the_dead_letter_topic<H: 
     assert_eq!(letters.len(), 1);
     assert!(letters[0].reason.contains("schema mismatch"));
     assert_eq!(letters[0].attempts, 1);
+    // The copy is published shortly after (at least once).
+    assert_eq!(backend.wait_for(&dead, 0, 1, LONG).await.unwrap(), 1);
     let copies = backend.read(&dead, 0, 0, 10).await.unwrap();
     assert_eq!(copies.events.len(), 1);
     let copy = &copies.events[0].event;
@@ -995,6 +1028,7 @@ pub async fn extend_keeps_the_lease<H: Harness>() {
             &workers,
             &ids(&deliveries),
             Some(Duration::from_secs(30)),
+            AckDurability::Async,
         )
         .await
         .unwrap();
@@ -1010,7 +1044,7 @@ pub async fn extend_keeps_the_lease<H: Harness>() {
     );
     assert_eq!(
         backend
-            .ack(&jobs, &workers, &ids(&deliveries))
+            .ack(&jobs, &workers, &ids(&deliveries), AckDurability::Async)
             .await
             .unwrap()
             .acked,
@@ -1073,7 +1107,7 @@ pub async fn max_in_flight_limits_outstanding_leases<H: Harness>() {
         5
     );
     backend
-        .ack(&jobs, &workers, &ids(&first[..2]))
+        .ack(&jobs, &workers, &ids(&first[..2]), AckDurability::Async)
         .await
         .unwrap();
     let after = backend
@@ -1101,7 +1135,10 @@ pub async fn delayed_events_are_not_delivered_before_their_time<H: Harness>() {
     publish_all(&*backend, &jobs, vec![later, event("now", "t")]).await;
     let first = fetch_until(&*backend, &jobs, &workers, "w", 1, LONG).await;
     assert_eq!(event_ids(&first), ["now"]);
-    backend.ack(&jobs, &workers, &ids(&first)).await.unwrap();
+    backend
+        .ack(&jobs, &workers, &ids(&first), AckDurability::Async)
+        .await
+        .unwrap();
     let second = fetch_until(&*backend, &jobs, &workers, "w", 1, LONG).await;
     assert_eq!(event_ids(&second), ["later"]);
     assert!(now_ms() >= due, "delivered before deliver_at");
@@ -1130,7 +1167,7 @@ pub async fn filters_skip_events_and_count_them_as_handled<H: Harness>() {
     let deliveries = fetch_until(&*backend, &orders, &billing, "w", 1, LONG).await;
     assert_eq!(event_ids(&deliveries), ["paid-eu"]);
     backend
-        .ack(&orders, &billing, &ids(&deliveries))
+        .ack(&orders, &billing, &ids(&deliveries), AckDurability::Async)
         .await
         .unwrap();
     let status = backend.group_status(&orders, &billing).await.unwrap();
@@ -1262,7 +1299,7 @@ pub async fn keyed_groups_keep_one_event_per_key_in_flight_in_order<H: Harness>(
                 .push(sequence.parse().unwrap());
         }
         backend
-            .ack(&accounts, &ledger, &ids(&in_hand))
+            .ack(&accounts, &ledger, &ids(&in_hand), AckDurability::Async)
             .await
             .unwrap();
         round += 1;
@@ -1477,14 +1514,25 @@ pub async fn queue_state_survives_a_restart<H: Harness>() {
     .await;
     let taken = fetch_until(&*backend, &jobs, &workers, "w", 10, LONG).await;
     let (acked, unacked) = taken.split_at(6);
-    backend.ack(&jobs, &workers, &ids(acked)).await.unwrap();
     backend
-        .reject(&jobs, &workers, &ids(&unacked[..1]), "bad")
+        .ack(&jobs, &workers, &ids(acked), AckDurability::Async)
+        .await
+        .unwrap();
+    backend
+        .reject(
+            &jobs,
+            &workers,
+            &ids(&unacked[..1]),
+            "bad",
+            AckDurability::Async,
+        )
         .await
         .unwrap();
     drop(backend);
     let harness = harness.restart().await;
     let backend = harness.backend();
+    // Leases survive the restart; the member leaving returns them at once.
+    backend.leave(&jobs, &workers, "w").await.unwrap();
     let again = fetch_until(&*backend, &jobs, &workers, "w", 3, LONG).await;
     let mut returned = event_ids(&again);
     returned.sort();
@@ -1533,10 +1581,13 @@ pub async fn redriven_dead_letters_survive_a_restart<H: Harness>() {
         .into_iter()
         .partition(|delivery| delivery.event.event.id == "doomed");
     backend
-        .reject(&jobs, &workers, &ids(&doomed), "bad")
+        .reject(&jobs, &workers, &ids(&doomed), "bad", AckDurability::Async)
         .await
         .unwrap();
-    backend.ack(&jobs, &workers, &ids(&after)).await.unwrap();
+    backend
+        .ack(&jobs, &workers, &ids(&after), AckDurability::Async)
+        .await
+        .unwrap();
     assert_eq!(backend.redrive(&jobs, &workers, None).await.unwrap(), 1);
     drop(backend);
     let harness = harness.restart().await;
@@ -1546,6 +1597,161 @@ pub async fn redriven_dead_letters_survive_a_restart<H: Harness>() {
         event_ids(&again),
         ["doomed"],
         "the redriven event was lost in the restart"
+    );
+    backend.shutdown().await.unwrap();
+}
+
+/// A restart does not redeliver everything at once: a lease keeps its
+/// deadline (and its delivery id still settles it), a nack delay and a
+/// backoff keep their time, and a delayed event its `deliver_at`.
+pub async fn redelivery_timing_and_leases_survive_a_restart<H: Harness>() {
+    let harness = H::start().await;
+    let backend = harness.backend();
+    let jobs = make_topic(&*backend, "jobs", 1).await;
+    let workers = group("workers");
+    let mut spec = queue_spec(GroupMode::Queue);
+    spec.ack_wait_ms = 60_000;
+    spec.backoff_ms = vec![60_000];
+    backend.put_group(&jobs, &workers, spec).await.unwrap();
+    let mut delayed = event("delayed", "t");
+    delayed.event.deliver_at = Some(now_ms() + 60_000);
+    publish_all(
+        &*backend,
+        &jobs,
+        vec![
+            event("leased", "t"),
+            event("nacked", "t"),
+            event("backed-off", "t"),
+            delayed,
+        ],
+    )
+    .await;
+    let taken = fetch_until(&*backend, &jobs, &workers, "w", 3, LONG).await;
+    let by_id = |id: &str| -> Vec<Delivery> {
+        taken
+            .iter()
+            .filter(|delivery| delivery.event.event.id == id)
+            .cloned()
+            .collect()
+    };
+    backend
+        .nack(
+            &jobs,
+            &workers,
+            &ids(&by_id("nacked")),
+            Some(Duration::from_secs(60)),
+            AckDurability::Async,
+        )
+        .await
+        .unwrap();
+    backend
+        .nack(
+            &jobs,
+            &workers,
+            &ids(&by_id("backed-off")),
+            None,
+            AckDurability::Async,
+        )
+        .await
+        .unwrap();
+    drop(backend);
+    let harness = harness.restart().await;
+    let backend = harness.backend();
+    let early = backend
+        .fetch(&jobs, &workers, fetch_request("w", 10, 500))
+        .await
+        .unwrap();
+    assert!(
+        early.deliveries.is_empty(),
+        "a restart redelivered {:?} before its time",
+        event_ids(&early.deliveries)
+    );
+    let settled = backend
+        .ack(
+            &jobs,
+            &workers,
+            &ids(&by_id("leased")),
+            AckDurability::Async,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        settled.acked, 1,
+        "a lease from before the restart can still be acked with its delivery id"
+    );
+    let status = backend.group_status(&jobs, &workers).await.unwrap();
+    assert_eq!(
+        (status.in_flight, status.pending),
+        (0, 3),
+        "nacked, backed-off and delayed events wait their time"
+    );
+    backend.shutdown().await.unwrap();
+}
+
+/// `ack_durability` is a group setting that round-trips, and every settle
+/// takes a per-call durability: sync ones answer as usual (once
+/// persisted), and a sync ack holds across a restart.
+pub async fn sync_settles_are_answered_once_persisted<H: Harness>() {
+    let harness = H::start().await;
+    let backend = harness.backend();
+    let jobs = make_topic(&*backend, "jobs", 1).await;
+    let workers = group("workers");
+    let mut spec = queue_spec(GroupMode::Queue);
+    spec.ack_wait_ms = 60_000;
+    spec.ack_durability = AckDurability::Sync;
+    let (info, _) = backend.put_group(&jobs, &workers, spec).await.unwrap();
+    assert_eq!(info.spec.ack_durability, AckDurability::Sync);
+    let mut spec = info.spec.clone();
+    spec.ack_durability = AckDurability::Async;
+    backend.put_group(&jobs, &workers, spec).await.unwrap();
+    let status = backend.group_status(&jobs, &workers).await.unwrap();
+    assert_eq!(status.info.spec.ack_durability, AckDurability::Async);
+    publish_all(
+        &*backend,
+        &jobs,
+        (0..4)
+            .map(|index| event(&format!("s{index}"), "t"))
+            .collect(),
+    )
+    .await;
+    let taken = fetch_until(&*backend, &jobs, &workers, "w", 4, LONG).await;
+    let sync = AckDurability::Sync;
+    let one = |index: usize| vec![taken[index].delivery_id.clone()];
+    let acked = backend.ack(&jobs, &workers, &one(0), sync).await.unwrap();
+    let extended = backend
+        .extend(&jobs, &workers, &one(1), None, sync)
+        .await
+        .unwrap();
+    let nacked = backend
+        .nack(
+            &jobs,
+            &workers,
+            &one(2),
+            Some(Duration::from_secs(60)),
+            sync,
+        )
+        .await
+        .unwrap();
+    let rejected = backend
+        .reject(&jobs, &workers, &one(3), "bad", sync)
+        .await
+        .unwrap();
+    assert_eq!(
+        [acked.acked, extended.acked, nacked.acked, rejected.acked],
+        [1, 1, 1, 1]
+    );
+    drop(backend);
+    let harness = harness.restart().await;
+    let backend = harness.backend();
+    backend.leave(&jobs, &workers, "w").await.unwrap();
+    let again = backend
+        .fetch(&jobs, &workers, fetch_request("w", 10, 500))
+        .await
+        .unwrap();
+    assert_eq!(
+        event_ids(&again.deliveries),
+        [taken[1].event.event.id.clone()],
+        "only the extended lease (released by leave) comes back"
     );
     backend.shutdown().await.unwrap();
 }
@@ -2736,7 +2942,7 @@ pub async fn a_reject_dropped_at_any_await_records_the_dead_letter_and_its_copy<
             let (backend, jobs, workers) = (Arc::clone(&backend), jobs.clone(), workers.clone());
             async move {
                 let leased = lease_one(&*backend, &jobs, &workers, &format!("bad-{polls}")).await;
-                async move { backend.reject(&jobs, &workers, &leased, "schema mismatch").await }
+                async move { backend.reject(&jobs, &workers, &leased, "schema mismatch", AckDurability::Async).await }
             }
         },
         |outcome| {
@@ -2790,7 +2996,7 @@ pub async fn a_redrive_dropped_at_any_await_loses_no_dead_letter<H: Harness>() {
             async move {
                 let leased = lease_one(&*backend, &jobs, &workers, &format!("back-{polls}")).await;
                 backend
-                    .reject(&jobs, &workers, &leased, "not now")
+                    .reject(&jobs, &workers, &leased, "not now", AckDurability::Async)
                     .await
                     .unwrap();
                 async move { backend.redrive(&jobs, &workers, None).await }
@@ -2818,7 +3024,7 @@ pub async fn a_redrive_dropped_at_any_await_loses_no_dead_letter<H: Harness>() {
                     "{id} is neither a dead letter nor delivered again"
                 );
                 backend
-                    .ack(&jobs, &workers, &ids(&delivered))
+                    .ack(&jobs, &workers, &ids(&delivered), AckDurability::Async)
                     .await
                     .unwrap();
             }
@@ -2860,7 +3066,10 @@ pub async fn a_leave_dropped_at_any_await_returns_the_leases_or_keeps_them<H: Ha
                     .unwrap();
                 let taken = fetch_until(&*backend, &jobs, &workers, "other", 1, LONG).await;
                 assert_eq!(event_ids(&taken), [format!("held-{polls}")]);
-                backend.ack(&jobs, &workers, &ids(&taken)).await.unwrap();
+                backend
+                    .ack(&jobs, &workers, &ids(&taken), AckDurability::Async)
+                    .await
+                    .unwrap();
             }
         },
     )

@@ -29,6 +29,41 @@ impl std::fmt::Display for GroupMode {
     }
 }
 
+/// When an ack (nack, extend, reject) is confirmed relative to persisting
+/// it: the group's `ack_durability`, or asked for per call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum AckDurability {
+    /// Confirmed once applied; persisted shortly after (the embedded
+    /// backend: within its flush interval, 50 ms). A crash can bring back
+    /// the last window's acked events once; nothing is lost.
+    #[default]
+    Async,
+    /// Confirmed only once persisted. Concurrent ones share a write.
+    Sync,
+}
+
+impl AckDurability {
+    /// The stronger of the two.
+    pub fn max(self, other: Self) -> Self {
+        if self == Self::Sync || other == Self::Sync {
+            Self::Sync
+        } else {
+            Self::Async
+        }
+    }
+}
+
+impl std::fmt::Display for AckDurability {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(match self {
+            Self::Async => "async",
+            Self::Sync => "sync",
+        })
+    }
+}
+
 /// Where a group starts reading, or is reset to. In JSON: `"earliest"`,
 /// `"latest"`, `{"offset": 42}` or `{"time": "2026-11-26T10:00:00Z"}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -191,6 +226,10 @@ pub struct GroupSpec {
     /// Which events the group receives.
     #[serde(default)]
     pub filter: GroupFilter,
+    /// Queue/keyed: whether acks, nacks, extends and rejects are confirmed
+    /// before (`async`, the default) or after (`sync`) they are persisted.
+    #[serde(default)]
+    pub ack_durability: AckDurability,
 }
 
 mod defaults {
@@ -236,6 +275,7 @@ impl GroupSpec {
             max_in_flight: defaults::max_in_flight(),
             session_timeout_ms: defaults::session_timeout_ms(),
             filter: GroupFilter::default(),
+            ack_durability: AckDurability::Async,
         }
     }
 

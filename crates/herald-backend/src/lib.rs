@@ -39,8 +39,8 @@ use serde::Serialize;
 
 pub use error::{Error, Result};
 pub use group::{
-    AckOutcome, CommitRequest, DeadLetter, Delivery, FetchRequest, FetchResponse, GroupFilter,
-    GroupInfo, GroupMode, GroupPartitionStatus, GroupSpec, GroupStatus, MemberStatus,
+    AckDurability, AckOutcome, CommitRequest, DeadLetter, Delivery, FetchRequest, FetchResponse,
+    GroupFilter, GroupInfo, GroupMode, GroupPartitionStatus, GroupSpec, GroupStatus, MemberStatus,
     PartitionOffset, StartPosition,
 };
 pub use kv::{Expect, KvEntry};
@@ -187,23 +187,36 @@ pub trait Groups: Send + Sync {
 
     /// Settles deliveries as handled. Idempotent: an id already settled, or
     /// unknown, is reported in `unknown` and changes nothing. An acked event
-    /// is never delivered again while the backend runs; after a crash it may
-    /// come back once if acked within the backend's documented ack window.
+    /// is never delivered again while the backend runs.
+    ///
+    /// `durability` is the least the caller wants; the stronger of it and
+    /// the group's `ack_durability` applies (pass [`AckDurability::Async`]
+    /// for the group's own). `Async`: the ack is confirmed once applied and
+    /// persisted within the backend's documented ack window, so after a
+    /// crash an event acked within that window may come back once. `Sync`:
+    /// confirmed only once persisted; a confirmed ack never comes back. If
+    /// persisting fails, a sync call fails with a retryable error (the ack
+    /// stays applied and is persisted once storage recovers). Same for
+    /// nack, extend and reject.
     async fn ack(
         &self,
         topic: &TopicName,
         group: &GroupName,
         delivery_ids: &[String],
+        durability: AckDurability,
     ) -> Result<AckOutcome>;
 
     /// Returns deliveries for redelivery after `delay` (or the backoff), or
-    /// dead-letters those that reached `max_deliveries`.
+    /// dead-letters those that reached `max_deliveries` (then it returns
+    /// once the dead letters are recorded). The redelivery time survives a
+    /// restart.
     async fn nack(
         &self,
         topic: &TopicName,
         group: &GroupName,
         delivery_ids: &[String],
         delay: Option<Duration>,
+        durability: AckDurability,
     ) -> Result<AckOutcome>;
 
     /// Extends leases by `ack_wait` from now (the group's `ack_wait_ms` if none).
@@ -213,15 +226,20 @@ pub trait Groups: Send + Sync {
         group: &GroupName,
         delivery_ids: &[String],
         ack_wait: Option<Duration>,
+        durability: AckDurability,
     ) -> Result<AckOutcome>;
 
-    /// Sends deliveries straight to dead letters with `reason`.
+    /// Sends deliveries straight to dead letters with `reason`; returns once
+    /// the dead letters are recorded (atomically with the events leaving
+    /// the group). When the topic names a dead-letter topic, a copy of each
+    /// is published there at least once, shortly after.
     async fn reject(
         &self,
         topic: &TopicName,
         group: &GroupName,
         delivery_ids: &[String],
         reason: &str,
+        durability: AckDurability,
     ) -> Result<AckOutcome>;
 
     /// Stream mode: records the member's next offsets. A member of an older
@@ -396,7 +414,8 @@ pub trait Backend: Topics + Events + Groups + Kv + Streams + std::fmt::Debug {
     /// What the backend cannot do now, empty when healthy: storage whose
     /// disk refused a write or fsync (a full disk, an I/O error) is listed
     /// until the backend has recovered it, which it does by itself once the
-    /// disk works again.
+    /// disk works again; so is group state that has failed to persist for a
+    /// while (acks made since would be lost to a crash).
     fn health(&self) -> Vec<HealthIssue> {
         Vec::new()
     }

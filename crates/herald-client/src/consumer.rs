@@ -89,6 +89,8 @@ impl ConsumerBuilder {
             outstanding: HashSet::new(),
             in_hand: 0,
             owed: 0,
+            awaiting: HashMap::new(),
+            seq: 0,
         };
         let call = task.open().await?;
         let (deliveries_in, deliveries) = mpsc::unbounded_channel();
@@ -211,6 +213,30 @@ impl Delivery {
         self.control.send(message).map_err(|_| Error::Closed)
     }
 
+    /// Done, and returns only once the server has persisted the ack (as
+    /// `sync` does; see [`crate::AckDurability`]): the event is not
+    /// delivered to this group again, even after a server crash. Persisted
+    /// acks queued together go in one request and one server write. Queue
+    /// and keyed mode; in stream mode the same as [`ack`](Self::ack). An id
+    /// the server no longer knows (settled already) is not an error. An
+    /// error means the ack may or may not have been persisted (it was
+    /// applied if the server got it; a crash may bring the event back
+    /// once).
+    pub async fn ack_persisted(mut self) -> Result<()> {
+        if self.mode == GroupMode::Stream {
+            return self.ack();
+        }
+        self.settled = true;
+        let (done, persisted) = oneshot::channel();
+        let message = Control::AckPersisted {
+            id: std::mem::take(&mut self.id),
+            epoch: self.epoch,
+            done,
+        };
+        self.control.send(message).map_err(|_| Error::Closed)?;
+        persisted.await.map_err(|_| Error::Closed)?
+    }
+
     /// Not done: deliver it again after `delay` (or the group's backoff).
     pub fn nack(mut self, delay: Option<Duration>) -> Result<()> {
         self.settled = true;
@@ -262,6 +288,11 @@ enum Control {
         id: String,
         epoch: u64,
     },
+    AckPersisted {
+        id: String,
+        epoch: u64,
+        done: oneshot::Sender<Result<()>>,
+    },
     Nack {
         id: String,
         epoch: u64,
@@ -310,12 +341,25 @@ struct Session {
     /// quarter of `credits` (or when nothing is in hand), so the server
     /// fetches in batches rather than one event per settle.
     owed: u32,
+    /// Persisted acks sent and not yet answered, by their request's `seq`
+    /// (the persisted acks of one batch share a request).
+    awaiting: HashMap<u64, Vec<oneshot::Sender<Result<()>>>>,
+    /// The last `seq` given out.
+    seq: u64,
 }
 
 fn request(request: v1::consume_request::Request) -> v1::ConsumeRequest {
     v1::ConsumeRequest {
         request: Some(request),
         seq: 0,
+    }
+}
+
+/// A request whose outcome the server answers with `settled{seq}`.
+fn answered(request: v1::consume_request::Request, seq: u64) -> v1::ConsumeRequest {
+    v1::ConsumeRequest {
+        request: Some(request),
+        seq,
     }
 }
 
@@ -372,6 +416,11 @@ impl Session {
         deliveries: &mpsc::UnboundedSender<Result<Delivery>>,
         cause: Error,
     ) -> Option<Call> {
+        for waiter in self.awaiting.drain().flat_map(|(_, waiters)| waiters) {
+            let _ = waiter.send(Err(Error::Rpc(Box::new(tonic::Status::unavailable(
+                "the consume call broke before the server confirmed the ack",
+            )))));
+        }
         if !cause.is_retryable() {
             let _ = deliveries.send(Err(cause));
             return None;
@@ -440,7 +489,7 @@ impl Session {
                 },
                 _ = extend_tick.tick(), if self.auto_extend && !self.outstanding.is_empty() => {
                     let ids: Vec<String> = self.outstanding.iter().cloned().collect();
-                    let extend = v1::Extend { delivery_ids: ids, ack_wait_ms: None };
+                    let extend = v1::Extend { delivery_ids: ids, ack_wait_ms: None, sync: false };
                     let _ = call.requests.send(request(v1::consume_request::Request::Extend(extend))).await;
                     None
                 }
@@ -498,8 +547,22 @@ impl Session {
                 let _ = assignment.send(Some((given.partitions, given.generation)));
             }
             Some(Response::Settled(settled)) => {
-                if let Some(failure) = settled.error {
-                    tracing::warn!(code = %failure.code, message = %failure.message, "Herald refused a settle.");
+                let waiters = self.awaiting.remove(&settled.seq).unwrap_or_default();
+                match settled.error {
+                    Some(failure) if waiters.is_empty() => {
+                        tracing::warn!(code = %failure.code, message = %failure.message, "Herald refused a settle.");
+                    }
+                    Some(failure) => {
+                        for waiter in waiters {
+                            let error = Error::from_failure(failure.clone());
+                            let _ = waiter.send(Err(error));
+                        }
+                    }
+                    None => {
+                        for waiter in waiters {
+                            let _ = waiter.send(Ok(()));
+                        }
+                    }
                 }
             }
             Some(Response::Started(_)) | None => {}
@@ -515,6 +578,8 @@ impl Session {
         let mut extends: HashMap<Option<u64>, Vec<String>> = HashMap::new();
         let mut rejects = Vec::new();
         let mut commits: BTreeMap<u32, u64> = BTreeMap::new();
+        let mut persisted = Vec::new();
+        let mut persisted_waiters = Vec::new();
         let mut credit = 0u32;
         let current = self.epoch;
         for message in batch {
@@ -523,6 +588,12 @@ impl Session {
                     self.outstanding.remove(&id);
                     credit += u32::from(epoch == current);
                     acks.push(id);
+                }
+                Control::AckPersisted { id, epoch, done } => {
+                    self.outstanding.remove(&id);
+                    credit += u32::from(epoch == current);
+                    persisted_waiters.push(done);
+                    persisted.push(id);
                 }
                 Control::Nack { id, epoch, delay } => {
                     self.outstanding.remove(&id);
@@ -545,25 +616,42 @@ impl Session {
             }
         }
         let mut out = Vec::new();
+        let mut answered_out = Vec::new();
         if !acks.is_empty() {
-            out.push(Request::Ack(v1::DeliveryIds { delivery_ids: acks }));
+            out.push(Request::Ack(v1::DeliveryIds {
+                delivery_ids: acks,
+                sync: false,
+            }));
+        }
+        if !persisted.is_empty() {
+            // One request for the batch: the server persists it once.
+            self.seq += 1;
+            self.awaiting.insert(self.seq, persisted_waiters);
+            let ack = Request::Ack(v1::DeliveryIds {
+                delivery_ids: persisted,
+                sync: true,
+            });
+            answered_out.push(answered(ack, self.seq));
         }
         for (delay_ms, delivery_ids) in nacks {
             out.push(Request::Nack(v1::Nack {
                 delivery_ids,
                 delay_ms,
+                sync: false,
             }));
         }
         for (ack_wait_ms, delivery_ids) in extends {
             out.push(Request::Extend(v1::Extend {
                 delivery_ids,
                 ack_wait_ms,
+                sync: false,
             }));
         }
         for (id, reason) in rejects {
             out.push(Request::Reject(v1::Reject {
                 delivery_ids: vec![id],
                 reason,
+                sync: false,
             }));
         }
         if !commits.is_empty() {
@@ -580,8 +668,8 @@ impl Session {
         if self.owed > 0 && (self.owed >= (self.credits / 4).max(1) || self.in_hand == 0) {
             out.push(Request::Credit(std::mem::take(&mut self.owed)));
         }
-        for message in out {
-            if call.requests.send(request(message)).await.is_err() {
+        for message in answered_out.into_iter().chain(out.into_iter().map(request)) {
+            if call.requests.send(message).await.is_err() {
                 return false;
             }
         }

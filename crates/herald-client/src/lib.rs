@@ -77,7 +77,7 @@ pub use herald_proto::v1 as proto;
 pub use herald_proto::v1::{PublishResult, StreamMetadata, TopicDescription};
 pub use herald_types::{Event, EventInput, ExtensionValue, StoredEvent};
 pub use jobs::{BlobInfo, Job, JobSpec, JobStatus, JobTask, JobWorker};
-pub use options::{Expected, Fsync, GroupMode, GroupOptions, Start, TopicOptions};
+pub use options::{AckDurability, Expected, Fsync, GroupMode, GroupOptions, Start, TopicOptions};
 pub use publisher::{PendingPublish, Publisher, PublisherBuilder};
 pub use subscriber::{From, Subscriber, SubscriberBuilder};
 

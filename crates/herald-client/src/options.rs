@@ -95,6 +95,18 @@ impl TopicOptions {
     }
 }
 
+/// When a queue or keyed group's settles are confirmed: once applied
+/// (`Async`, the default: persisted within 50 ms; a crash may bring back
+/// the last window's acked events once) or only once persisted (`Sync`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AckDurability {
+    /// Confirmed once applied.
+    #[default]
+    Async,
+    /// Confirmed once persisted.
+    Sync,
+}
+
 /// How a group hands out events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GroupMode {
@@ -221,6 +233,17 @@ impl GroupOptions {
     /// Only events whose subject starts with `prefix`.
     pub fn filter_subject_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.0.filter_subject_prefix = Some(prefix.into());
+        self
+    }
+
+    /// Queue/keyed: whether the server confirms settles before or after it
+    /// persists them (default `Async`).
+    pub fn ack_durability(mut self, durability: AckDurability) -> Self {
+        self.0.ack_durability = match durability {
+            AckDurability::Async => v1::AckDurability::Async,
+            AckDurability::Sync => v1::AckDurability::Sync,
+        }
+        .into();
         self
     }
 

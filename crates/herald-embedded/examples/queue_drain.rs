@@ -21,11 +21,16 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use herald_backend::{
-    Backend, Events, FetchRequest, Fsync, GroupMode, GroupSpec, Groups, TopicSpec, Topics,
+    AckDurability, Backend, Events, FetchRequest, Fsync, GroupMode, GroupSpec, Groups, TopicSpec,
+    Topics,
 };
 use herald_embedded::{EmbeddedBackend, EmbeddedOptions};
 use herald_log::LogMetrics;
 use herald_types::{Event, EventInput, GroupName, TopicName};
+
+#[path = "support/bench.rs"]
+mod bench;
+use bench::{reset_peak_rss, rss_kib};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -35,14 +40,8 @@ fn main() {
     let consumers: u64 = args.get(1).map_or(1, |value| value.parse().unwrap());
     let size: usize = args.get(2).map_or(128, |value| value.parse().unwrap());
     let partitions: u32 = args.get(3).map_or(1, |value| value.parse().unwrap());
-    let base = std::env::var_os("HERALD_BENCH_DIR").map_or_else(std::env::temp_dir, Into::into);
-    let dir = tempfile::tempdir_in(base).unwrap();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(run(dir.path(), events, consumers, size, partitions));
+    let dir = bench::data_dir();
+    bench::runtime().block_on(run(dir.path(), events, consumers, size, partitions));
 }
 
 async fn run(dir: &std::path::Path, total: u64, consumers: u64, size: usize, partitions: u32) {
@@ -136,7 +135,10 @@ async fn run(dir: &std::path::Path, total: u64, consumers: u64, size: usize, par
                         .into_iter()
                         .map(|delivery| delivery.delivery_id)
                         .collect();
-                    let outcome = backend.ack(&topic, &group, &ids).await.unwrap();
+                    let outcome = backend
+                        .ack(&topic, &group, &ids, AckDurability::Async)
+                        .await
+                        .unwrap();
                     acked.fetch_add(outcome.acked, Ordering::Relaxed);
                 }
             })
@@ -174,26 +176,4 @@ async fn run(dir: &std::path::Path, total: u64, consumers: u64, size: usize, par
         costs.join(", ")
     );
     backend.shutdown().await.unwrap();
-}
-
-/// A field of /proc/self/status, in KiB.
-fn rss_kib(field: &str) -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|line| {
-            line.strip_prefix(field)?
-                .trim_start_matches(':')
-                .trim()
-                .strip_suffix(" kB")?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0)
-}
-
-/// Resets VmHWM to the current RSS (Linux: write 5 to clear_refs).
-fn reset_peak_rss() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
 }

@@ -32,13 +32,41 @@
 //!
 //! # Durability of group state
 //!
-//! Topics, groups, commits (stream mode), resets and dead letters are written
-//! to redb (fsynced) before the call returns. Acks, nacks and lease changes of
-//! queue and keyed groups are applied in memory at once and persisted by a
-//! background flush every `flush_interval` (default 50 ms), batched into one
-//! redb transaction for all groups. So after a crash, an event acked less than
-//! one flush interval before it may be delivered once more; nothing acked
-//! earlier is, and every event not acked is delivered again.
+//! Topics, groups, commits (stream mode), resets and redrives are written to
+//! redb (fsynced) before the call returns. Acks, nacks, extends and lease
+//! changes of queue and keyed groups are applied in memory at once and
+//! persisted by the `group-flush` task: every `flush_interval` (50 ms), or at
+//! once when a caller waits for it, in one redb transaction for every group
+//! that changed (group commit: concurrent waiters share it).
+//!
+//! - `ack_durability = async` (the default): the call returns once applied.
+//!   After a `kill -9` or power loss, an event acked within the last flush
+//!   interval (plus the flush's own time) may be delivered once more;
+//!   nothing acked earlier is, and nothing is ever lost: every event not
+//!   acked is delivered again.
+//! - `ack_durability = sync` (a group setting, or per call): the call
+//!   returns once the transaction holding it committed; a confirmed ack is
+//!   never delivered again. Unconfirmed ones (in flight at the kill) may be.
+//!
+//! Dead letters are recorded in the same transaction as the group state
+//! that has their events finished, with a row per copy still to publish to
+//! the topic's dead-letter topic; the `dead-letter-copies` task publishes
+//! those (deterministic event ids, so a retry after a crash is deduplicated)
+//! and removes the rows. A failed write leaves the state dirty and the dead
+//! letters queued: the next round retries both. Failures are counted
+//! ([`GroupMetrics`]) and, once they last 5 s, reported by
+//! [`Backend::degraded`] (readiness). redb latches a real I/O error until
+//! it is reopened, so a failing disk stays degraded until a restart.
+//!
+//! # What a restart does to timing
+//!
+//! A lease keeps its deadline, member and delivery id (a member may still
+//! ack, nack or extend it after the restart), a nacked event its nack delay,
+//! a failed delivery its backoff, and a delayed event its `deliver_at` (read
+//! again from the event): none is redelivered early. What changed within
+//! the last flush interval before a crash is lost as described above: a
+//! lease handed out then is delivered again at once; a nack or extend made
+//! then falls back to the lease's persisted deadline.
 //!
 //! # Background tasks
 //!
@@ -46,26 +74,33 @@
 //! (redelivery, dead letters) and silent stream members; both sleep while
 //! there is no group at all (an idle tick every 50 or 100 ms woke a worker
 //! thread that delayed the request it shared a CPU with: W3's p99,
-//! BENCHMARKS.md). `stream-compactor`
+//! BENCHMARKS.md). `dead-letter-copies` publishes pending dead-letter
+//! copies (when woken after a flush recorded some, and retries failures
+//! with a backoff). `stream-compactor`
 //! erases hard-deleted events from the segments (at open, and
 //! `compaction_delay` after each hard delete). All stop on
 //! [`Backend::shutdown`] (a compaction pass in progress finishes first),
-//! which flushes once more and closes every log.
+//! which flushes once more, publishes pending copies once more, and closes
+//! every log.
 
 mod codec;
 mod dedup;
 mod erasure;
 mod group;
 mod meta;
+mod metrics;
 mod stream;
 mod topic;
 
 #[doc(hidden)]
 pub use dedup::Probe as DedupProbe;
+pub use group::queue::{Budget as GroupBudget, Memory as GroupMemory};
+pub use meta::MetaFaults;
+pub use metrics::{GroupMetrics, names as metric_names};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -73,11 +108,11 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use herald_backend::cancel::run_to_completion;
 use herald_backend::{
-    AckOutcome, AppendResult, Backend, CommitRequest, DeadLetter, Direction, Error, Events, Expect,
-    ExpectedVersion, FetchRequest, FetchResponse, GroupInfo, GroupSpec, GroupStatus, Groups, Kv,
-    KvEntry, PartitionOffset, PublishResult, ReadResult, Result, Snapshot as StreamSnapshot,
-    StartPosition, StreamMetadata, StreamSlice, Streams, TopicDescription, TopicInfo, TopicSpec,
-    TopicUpdate, Topics, topic::TopicLimits,
+    AckDurability, AckOutcome, AppendResult, Backend, CommitRequest, DeadLetter, Direction, Error,
+    Events, Expect, ExpectedVersion, FetchRequest, FetchResponse, GroupInfo, GroupSpec,
+    GroupStatus, Groups, Kv, KvEntry, PartitionOffset, PublishResult, ReadResult, Result,
+    Snapshot as StreamSnapshot, StartPosition, StreamMetadata, StreamSlice, Streams,
+    TopicDescription, TopicInfo, TopicSpec, TopicUpdate, Topics, topic::TopicLimits,
 };
 use herald_log::{Log, LogEnv, LogHandle, LogMetrics, SystemClock, WriterOptions};
 use herald_types::{
@@ -88,8 +123,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use group::queue::DeadLetterEffect;
-use group::{GroupRuntime, Snapshot};
-use meta::{DeadLetterRecord, Meta, group_key};
+use group::{DirtyState, GroupRuntime, Snapshot};
+use meta::{DeadLetterRecord, GroupWrite, Meta, group_key};
 use stream::StreamStore;
 use topic::TopicRuntime;
 
@@ -113,6 +148,13 @@ pub struct EmbeddedOptions {
     /// Topics and partitions the backend creates at most (each partition
     /// has its own writer thread: this bounds them).
     pub topic_limits: TopicLimits,
+    /// Memory each queue or keyed group may hold, in bytes (event bodies,
+    /// and the bookkeeping of pending events).
+    pub group_budget: GroupBudget,
+    /// The groups' metrics (register them before opening).
+    pub metrics: Arc<GroupMetrics>,
+    /// Injected failures of metadata writes (tests); `None` in production.
+    pub meta_faults: Option<Arc<MetaFaults>>,
 }
 
 impl EmbeddedOptions {
@@ -125,9 +167,29 @@ impl EmbeddedOptions {
             tick_interval: Duration::from_millis(100),
             compaction_delay: Duration::from_millis(200),
             topic_limits: TopicLimits::default(),
+            group_budget: GroupBudget::default(),
+            metrics: GroupMetrics::new(),
+            meta_faults: None,
         }
     }
 }
+
+/// Group state failing to persist for this long makes the backend report
+/// itself degraded ([`Backend::degraded`]): a few seconds, so one slow or
+/// failed fsync does not flap readiness, and an operator hears of a disk
+/// that stays broken.
+const FLUSH_DEGRADED_AFTER_MS: i64 = 5_000;
+
+/// A row of `dead_letter_copies`: the group's key and the dead letter's id.
+type CopyRow = (String, u64);
+
+/// Dead-letter copies read per publishing pass.
+const COPY_BATCH: usize = 256;
+
+/// After a failed pass, dead-letter copies are retried after this long,
+/// doubling up to [`COPY_RETRY_MAX`].
+const COPY_RETRY: Duration = Duration::from_millis(200);
+const COPY_RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// The embedded backend. Cheap to share behind an `Arc`.
 #[derive(Debug)]
@@ -158,6 +220,25 @@ struct Inner {
     /// Wakes the group tasks when a group is added (they sleep while there
     /// is none).
     group_added: tokio::sync::Notify,
+    group_budget: GroupBudget,
+    metrics: Arc<GroupMetrics>,
+    flusher: Flusher,
+    /// Since when (ms) group state has failed to persist, and why.
+    flush_failing: Mutex<Option<(i64, String)>>,
+    /// Wakes the `dead-letter-copies` task (a flush recorded copies).
+    copies_wanted: tokio::sync::Notify,
+}
+
+/// Group commit of group state: callers that need their changes persisted
+/// take a ticket and wait for a `group-flush` round that started after it.
+#[derive(Debug)]
+struct Flusher {
+    /// Tickets given out.
+    requested: AtomicU64,
+    /// Wakes the flush task early.
+    wake: tokio::sync::Notify,
+    /// The last round: the highest ticket it covered and its outcome.
+    rounds: tokio::sync::watch::Sender<(u64, Result<()>)>,
 }
 
 /// What a compaction pass did (see `erasure.rs`).
@@ -207,11 +288,12 @@ impl EmbeddedBackend {
         let topics_dir = data_dir.join("topics");
         let (meta, streams) = {
             let (data_dir, topics_dir) = (data_dir.clone(), topics_dir.clone());
+            let faults = options.meta_faults.clone();
             blocking(move || {
                 std::fs::create_dir_all(&topics_dir).map_err(|error| Error::Unavailable {
                     detail: format!("cannot create {}: {error}", topics_dir.display()),
                 })?;
-                let meta = Meta::open(&data_dir.join("meta.redb"))?;
+                let meta = Meta::open(&data_dir.join("meta.redb"), faults)?;
                 let streams = StreamStore::open(&data_dir.join("streams.redb"))?;
                 Ok((meta, streams))
             })
@@ -231,6 +313,15 @@ impl EmbeddedBackend {
             compaction_wanted: tokio::sync::Notify::new(),
             compacting: tokio::sync::Mutex::new(()),
             group_added: tokio::sync::Notify::new(),
+            group_budget: options.group_budget,
+            metrics: Arc::clone(&options.metrics),
+            flusher: Flusher {
+                requested: AtomicU64::new(0),
+                wake: tokio::sync::Notify::new(),
+                rounds: tokio::sync::watch::Sender::new((0, Ok(()))),
+            },
+            flush_failing: Mutex::new(None),
+            copies_wanted: tokio::sync::Notify::new(),
         });
         inner.recover().await?;
         let cancel = CancellationToken::new();
@@ -251,6 +342,7 @@ impl EmbeddedBackend {
                 cancel.clone(),
             )),
             tokio::spawn(meta_probe_loop(Arc::clone(&inner), cancel.clone())),
+            tokio::spawn(copy_loop(Arc::clone(&inner), cancel.clone())),
         ];
         inner.ready.store(true, Ordering::SeqCst);
         Ok(Self {
@@ -278,7 +370,19 @@ impl EmbeddedBackend {
     /// does every `flush_interval`: acks made before this returns survive a
     /// crash.
     pub async fn flush_group_state(&self) -> Result<()> {
-        self.inner.flush().await
+        self.inner.check_open()?;
+        self.inner.persist_now().await
+    }
+
+    /// What a queue or keyed group holds in memory (`None` for a stream
+    /// group): for measurements and tests of its budget.
+    pub fn group_memory(
+        &self,
+        topic: &TopicName,
+        group: &GroupName,
+    ) -> Result<Option<GroupMemory>> {
+        let (_, found) = self.inner.group(topic, group)?;
+        Ok(found.memory())
     }
 
     /// Carries out every pending erasure of hard-deleted streams now (the
@@ -302,6 +406,15 @@ impl Inner {
         } else {
             Ok(())
         }
+    }
+
+    /// A topic, also while shutting down (for the backend's own work).
+    fn lookup_topic(&self, name: &TopicName) -> Option<Arc<TopicRuntime>> {
+        self.topics
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .cloned()
     }
 
     fn topic(&self, name: &TopicName) -> Result<Arc<TopicRuntime>> {
@@ -407,7 +520,19 @@ impl Inner {
                 Some(_) => Vec::new(),
                 None => runtime.start_offsets(info.spec.start).await?,
             };
-            let group = Arc::new(GroupRuntime::new(key, info.clone(), &starts, snapshot));
+            let group = Arc::new(GroupRuntime::new(
+                key,
+                info.clone(),
+                self.group_budget,
+                &starts,
+                snapshot,
+            ));
+            // A log that lost its tail (power loss under `fsync = interval |
+            // never`) is shorter than the state redb kept for it.
+            for (partition, from, to) in group.clamp(&runtime.end_offsets(), now) {
+                warn!(group = %group.key, partition, from, to, "Group position was past the end of its partition (the log lost its tail); clamped to the end.");
+                self.metrics.state_clamped.inc();
+            }
             runtime
                 .groups
                 .write()
@@ -523,40 +648,248 @@ impl Inner {
         .await
     }
 
-    /// Persists the state of every group that changed.
+    /// Persists the state of every group that changed, with the dead
+    /// letters and redrives in their outboxes, in one transaction. On
+    /// failure every outbox goes back and the groups stay dirty, so the next
+    /// round retries all of it. Only the `group-flush` task (and shutdown,
+    /// after stopping it) calls this, so rounds never overlap.
     async fn flush(&self) -> Result<()> {
         let groups = self.all_groups();
-        let mut states = Vec::new();
-        let mut flushed = Vec::new();
+        let mut writes = Vec::new();
+        let mut taken: Vec<(Arc<GroupRuntime>, group::Outbox)> = Vec::new();
         for group in groups {
-            if let Some(snapshot) = group.take_dirty_snapshot() {
-                let bytes = serde_json::to_vec(&snapshot).map_err(|error| Error::Corrupt {
-                    detail: format!("group state: {error}"),
-                })?;
-                states.push((group.key.clone(), bytes));
-                flushed.push(group);
-            }
+            let Some(DirtyState { snapshot, outbox }) = group.take_dirty() else {
+                continue;
+            };
+            let state = match serde_json::to_vec(&snapshot) {
+                Ok(state) => state,
+                Err(error) => {
+                    group.restore_outbox(outbox);
+                    for (group, outbox) in taken {
+                        group.restore_outbox(outbox);
+                    }
+                    return Err(Error::Corrupt {
+                        detail: format!("group state: {error}"),
+                    });
+                }
+            };
+            let copy = group
+                .key
+                .split_once('/')
+                .and_then(|(topic, _)| topic.parse::<TopicName>().ok())
+                .and_then(|topic| self.lookup_topic(&topic))
+                .is_some_and(|topic| topic.info().spec.dead_letter_topic.is_some());
+            writes.push(GroupWrite {
+                key: group.key.clone(),
+                state,
+                buried: outbox.buried.iter().map(dead_letter_record).collect(),
+                copy,
+                unlisted: outbox.unlisted.clone(),
+            });
+            taken.push((group, outbox));
         }
-        if states.is_empty() {
+        if writes.is_empty() {
             return Ok(());
         }
         let meta = self.meta.clone();
-        let result = blocking(move || meta.put_group_states(&states)).await;
-        if result.is_err() {
-            for group in flushed {
-                group.mark_dirty();
+        match blocking(move || meta.commit_groups(&writes)).await {
+            Ok(recorded) => {
+                if recorded > 0 {
+                    self.metrics.dead_letters.inc_by(recorded);
+                    self.copies_wanted.notify_one();
+                }
+                Ok(())
+            }
+            Err(error) => {
+                for (group, outbox) in taken {
+                    group.restore_outbox(outbox);
+                }
+                Err(error)
             }
         }
-        result
     }
 
-    /// Persists one group's state now.
-    async fn persist_group(&self, group: &GroupRuntime) -> Result<()> {
-        let bytes = serde_json::to_vec(&group.snapshot()).map_err(|error| Error::Corrupt {
-            detail: format!("group state: {error}"),
-        })?;
-        let (meta, key) = (self.meta.clone(), group.key.clone());
-        blocking(move || meta.put_group_states(&[(key, bytes)])).await
+    /// Waits until every group change made before this call is persisted
+    /// (with its dead letters): asks the `group-flush` task for a round and
+    /// waits for one that started after the ask. Concurrent callers share
+    /// a round (one transaction). The round runs in that task, so a caller
+    /// that goes away changes nothing.
+    async fn persist_now(&self) -> Result<()> {
+        let mut rounds = self.flusher.rounds.subscribe();
+        let ticket = self.flusher.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        self.flusher.wake.notify_one();
+        loop {
+            {
+                let round = rounds.borrow_and_update();
+                if round.0 >= ticket {
+                    return round.1.clone();
+                }
+            }
+            if rounds.changed().await.is_err() {
+                return Err(Error::ShuttingDown);
+            }
+        }
+    }
+
+    /// Asks for a flush round soon, without waiting for it.
+    fn kick_flush(&self) {
+        self.flusher.wake.notify_one();
+    }
+
+    /// After a settle: persists before returning if the call or the group
+    /// wants it (`sync`), or if it produced dead letters (recorded before
+    /// the call returns). A failed persist fails a sync call; otherwise the
+    /// next round retries it.
+    async fn settled(
+        &self,
+        group: &GroupRuntime,
+        durability: AckDurability,
+        buried: bool,
+    ) -> Result<()> {
+        let sync = group.ack_durability().max(durability) == AckDurability::Sync;
+        if !sync && !buried {
+            return Ok(());
+        }
+        match self.persist_now().await {
+            Ok(()) => Ok(()),
+            Err(error) if sync => Err(error),
+            Err(error) => {
+                warn!(group = %group.key, %error, "Dead letters not recorded yet; the next flush retries.");
+                Ok(())
+            }
+        }
+    }
+
+    /// Books the outcome of a flush round: metrics, and how long group
+    /// state has been failing to persist (for readiness).
+    fn record_flush(&self, result: &Result<()>) {
+        let mut failing = self
+            .flush_failing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match result {
+            Ok(()) => {
+                self.metrics.flushes.inc();
+                self.metrics.flush_failing.set(0);
+                if let Some((since, _)) = failing.take() {
+                    info!(
+                        failed_for_ms = self.now() - since,
+                        "Group state persists again."
+                    );
+                }
+            }
+            Err(error) => {
+                self.metrics.flush_failures.inc();
+                self.metrics.flush_failing.set(1);
+                match &mut *failing {
+                    Some((_, last)) => *last = error.to_string(),
+                    None => {
+                        error!(%error, "Persisting group state failed; retrying every round.");
+                        *failing = Some((self.now(), error.to_string()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Group state that has failed to persist for
+    /// [`FLUSH_DEGRADED_AFTER_MS`], as a health issue: acks, dead letters and
+    /// leases since then are in memory only.
+    fn group_state_issue(&self) -> Option<herald_backend::HealthIssue> {
+        let failing = self
+            .flush_failing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let (since, error) = failing.as_ref()?;
+        let for_ms = self.now().saturating_sub(*since);
+        (for_ms >= FLUSH_DEGRADED_AFTER_MS).then(|| herald_backend::HealthIssue {
+            component: "group state".to_owned(),
+            code: "unavailable",
+            error: format!(
+                "failed to persist for {} s (acks, dead letters and leases since are in memory only): {error}",
+                for_ms / 1000
+            ),
+            since_ms: *since,
+        })
+    }
+
+    /// Publishes pending dead-letter copies to their topics' dead-letter
+    /// topics, oldest first, and forgets each once published (or once it
+    /// cannot be: the topic, its dead-letter topic or the event is gone).
+    /// Each copy's event id is derived from its dead letter, so one
+    /// published again after a crash is deduplicated. Returns whether more
+    /// are pending.
+    async fn publish_copies(&self) -> Result<bool> {
+        let meta = self.meta.clone();
+        let pending = blocking(move || meta.pending_copies(COPY_BATCH)).await?;
+        let more = pending.len() == COPY_BATCH;
+        // Per dead-letter topic: the copies, and the rows they clear.
+        let mut batches: BTreeMap<TopicName, (Vec<EventInput>, Vec<CopyRow>)> = BTreeMap::new();
+        let mut dropped = Vec::new();
+        for (key, id, record) in pending {
+            let found = key.split_once('/').and_then(|(topic, group)| {
+                let topic = topic.parse::<TopicName>().ok()?;
+                let group = group.parse::<GroupName>().ok()?;
+                Some((self.lookup_topic(&topic)?, group))
+            });
+            let Some((source, group)) = found else {
+                dropped.push((key, id));
+                continue;
+            };
+            let Some(target) = source.info().spec.dead_letter_topic else {
+                dropped.push((key, id));
+                continue;
+            };
+            if self.lookup_topic(&target).is_none() {
+                warn!(topic = %source.name, dead_letter_topic = %target, "The dead-letter topic does not exist; the dead letter is kept in the group's list only.");
+                dropped.push((key, id));
+                continue;
+            }
+            let Some(event) = read_one(&source, record.original).await? else {
+                warn!(topic = %source.name, partition = record.original.partition, offset = record.original.offset, "A dead letter's event is gone from the log; no copy published.");
+                dropped.push((key, id));
+                continue;
+            };
+            let batch = batches.entry(target).or_default();
+            batch.0.push(dead_letter_copy(&event, &group, &record, id));
+            batch.1.push((key, id));
+        }
+        let now = self.now();
+        for (target, (copies, rows)) in batches {
+            let Some(runtime) = self.lookup_topic(&target) else {
+                continue;
+            };
+            let published = match runtime.publish(copies.clone(), now).await {
+                Ok(_) => rows,
+                // Down for now (an I/O error, shutting down): retried later.
+                Err(error) if error.is_retryable() => return Err(error),
+                // One copy the dead-letter topic refuses (too large for it,
+                // say) must not hold up the others: one by one, and the
+                // refused ones are kept in the list only.
+                Err(_) => {
+                    let mut published = Vec::with_capacity(rows.len());
+                    for (copy, row) in copies.into_iter().zip(rows) {
+                        match runtime.publish(vec![copy], now).await {
+                            Ok(_) => published.push(row),
+                            Err(error) if error.is_retryable() => return Err(error),
+                            Err(error) => {
+                                error!(dead_letter_topic = %target, group = %row.0, id = row.1, %error, "The dead-letter topic refuses this copy; the dead letter is kept in the group's list only.");
+                                dropped.push(row);
+                            }
+                        }
+                    }
+                    published
+                }
+            };
+            self.metrics
+                .dead_letter_copies
+                .inc_by(published.len() as u64);
+            let meta = self.meta.clone();
+            blocking(move || meta.copies_done(&published)).await?;
+        }
+        let meta = self.meta.clone();
+        blocking(move || meta.copies_done(&dropped)).await?;
+        Ok(more)
     }
 
     /// The open topics, as a snapshot (no lock held afterwards).
@@ -596,74 +929,36 @@ impl Inner {
             .flat_map(|topic| topic.group_list())
             .collect()
     }
+}
 
-    /// Records dead letters in the group's list and, when the topic names a
-    /// dead-letter topic, publishes a copy there. Runs to completion even if
-    /// the caller goes away: the group already counts these events as dead,
-    /// so their record and copy must follow (the job service learns of a
-    /// dead letter from its copy).
-    async fn bury(
-        self: &Arc<Self>,
-        topic: &Arc<TopicRuntime>,
-        group: &Arc<GroupRuntime>,
-        effects: Vec<DeadLetterEffect>,
-    ) {
-        if effects.is_empty() {
-            return;
-        }
-        let (inner, topic, group) = (Arc::clone(self), Arc::clone(topic), Arc::clone(group));
-        run_to_completion(async move { inner.record_dead_letters(&topic, &group, effects).await })
-            .await;
-    }
-
-    async fn record_dead_letters(
-        &self,
-        topic: &TopicRuntime,
-        group: &GroupRuntime,
-        effects: Vec<DeadLetterEffect>,
-    ) {
-        let now = self.now();
-        let records: Vec<DeadLetterRecord> = effects
-            .iter()
-            .map(|effect| DeadLetterRecord {
-                original: PartitionOffset {
-                    partition: effect.event.partition,
-                    offset: effect.event.offset,
-                },
-                reason: effect.reason.clone(),
-                attempts: effect.attempts,
-                dead_at: now,
-            })
-            .collect();
-        let (meta, key) = (self.meta.clone(), group.key.clone());
-        if let Err(error) = blocking(move || meta.add_dead_letters(&key, &records)).await {
-            error!(group = %group.key, %error, "Could not record dead letters.");
-        }
-        let Some(target) = topic.info().spec.dead_letter_topic else {
-            return;
-        };
-        let Ok(target) = self.topic(&target) else {
-            warn!(topic = %topic.name, dead_letter_topic = %target, "The dead-letter topic does not exist; kept in the group's list only.");
-            return;
-        };
-        let copies = effects
-            .iter()
-            .map(|effect| dead_letter_copy(effect, &group.name, now))
-            .collect();
-        if let Err(error) = target.publish(copies, now).await {
-            error!(topic = %target.name, %error, "Could not publish dead letters to the dead-letter topic.");
-        }
+/// A dead letter as the list records it.
+fn dead_letter_record(effect: &DeadLetterEffect) -> DeadLetterRecord {
+    DeadLetterRecord {
+        original: PartitionOffset {
+            partition: effect.partition,
+            offset: effect.offset,
+        },
+        reason: effect.reason.clone(),
+        attempts: effect.attempts,
+        dead_at: effect.dead_at,
     }
 }
 
-/// The event published to a dead-letter topic: the original, with a new id
-/// and extensions saying where it came from and why.
-fn dead_letter_copy(effect: &DeadLetterEffect, group: &GroupName, now: i64) -> EventInput {
-    let original = &effect.event;
+/// The event published to a dead-letter topic: the original, with extensions
+/// saying where it came from and why, and an id derived from the dead
+/// letter (`<topic>.<partition>.<offset>.<group>.<dead-letter id>`): the same
+/// for every attempt to publish it, so the dead-letter topic's dedup window
+/// drops a copy published again after a crash.
+fn dead_letter_copy(
+    original: &StoredEvent,
+    group: &GroupName,
+    record: &DeadLetterRecord,
+    id: u64,
+) -> EventInput {
     let mut event: Event = original.event.clone();
     event.id = format!(
         "{}.{}.{}.{}.{}",
-        original.topic, original.partition, original.offset, group, now
+        original.topic, original.partition, original.offset, group, id
     );
     event.deliver_at = None;
     let extensions = [
@@ -680,10 +975,10 @@ fn dead_letter_copy(effect: &DeadLetterEffect, group: &GroupName, now: i64) -> E
             "dloffset",
             ExtensionValue::Integer(i64::try_from(original.offset).unwrap_or(i64::MAX)),
         ),
-        ("dlreason", ExtensionValue::String(effect.reason.clone())),
+        ("dlreason", ExtensionValue::String(record.reason.clone())),
         (
             "dlattempts",
-            ExtensionValue::Integer(i64::from(effect.attempts)),
+            ExtensionValue::Integer(i64::from(record.attempts)),
         ),
         ("dlid", ExtensionValue::String(original.event.id.clone())),
     ];
@@ -696,21 +991,31 @@ fn dead_letter_copy(effect: &DeadLetterEffect, group: &GroupName, now: i64) -> E
     }
 }
 
+/// The `group-flush` task: a round every `interval`, or at once when a
+/// caller asks ([`Inner::persist_now`]); each round covers every ticket
+/// given out before it started.
 async fn flush_loop(inner: Arc<Inner>, interval: Duration, cancel: CancellationToken) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        // Ticks only while some group exists (see the module docs); a
+        // caller waiting for a round is served either way.
+        let tick = async {
+            inner.until_a_group_exists().await;
+            ticker.tick().await;
+        };
         tokio::select! {
             () = cancel.cancelled() => return,
-            () = inner.until_a_group_exists() => {}
+            () = tick => {}
+            () = inner.flusher.wake.notified() => {}
         }
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
-        if let Err(error) = inner.flush().await {
-            warn!(%error, "Persisting group state failed; will retry.");
-        }
+        let covered = inner.flusher.requested.load(Ordering::SeqCst);
+        let result = inner.flush().await;
+        inner.record_flush(&result);
+        inner
+            .flusher
+            .rounds
+            .send_modify(|round| *round = (covered, result));
     }
 }
 
@@ -726,13 +1031,50 @@ async fn timer_loop(inner: Arc<Inner>, interval: Duration, cancel: CancellationT
             () = cancel.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        let topics = inner.topic_list();
-        for topic in topics {
-            let groups = topic.group_list();
-            for group in groups {
-                let effects = group.tick(inner.now());
-                inner.bury(&topic, &group, effects).await;
+        let mut buried = false;
+        for topic in inner.topic_list() {
+            for group in topic.group_list() {
+                buried |= group.tick(inner.now());
             }
+        }
+        if buried {
+            inner.kick_flush();
+        }
+    }
+}
+
+/// The `dead-letter-copies` task: publishes pending dead-letter copies at
+/// start (a restart may have left some), whenever a flush recorded new
+/// ones, and again after a failure with a doubling backoff.
+async fn copy_loop(inner: Arc<Inner>, cancel: CancellationToken) {
+    let mut retry = COPY_RETRY;
+    let mut pending = true;
+    loop {
+        if pending {
+            match inner.publish_copies().await {
+                Ok(more) => {
+                    retry = COPY_RETRY;
+                    pending = more;
+                    if more {
+                        continue;
+                    }
+                }
+                Err(error) => {
+                    inner.metrics.dead_letter_copy_failures.inc();
+                    warn!(%error, retry_ms = retry.as_millis() as u64, "Publishing dead-letter copies failed; will retry.");
+                    tokio::select! {
+                        () = cancel.cancelled() => return,
+                        () = tokio::time::sleep(retry) => {}
+                        () = inner.copies_wanted.notified() => {}
+                    }
+                    retry = (retry * 2).min(COPY_RETRY_MAX);
+                    continue;
+                }
+            }
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = inner.copies_wanted.notified() => pending = true,
         }
     }
 }
@@ -994,7 +1336,13 @@ impl Groups for EmbeddedBackend {
             created_at: inner.now(),
         };
         let starts = runtime.start_offsets(spec.start).await?;
-        let created = Arc::new(GroupRuntime::new(key.clone(), info.clone(), &starts, None));
+        let created = Arc::new(GroupRuntime::new(
+            key.clone(),
+            info.clone(),
+            inner.group_budget,
+            &starts,
+            None,
+        ));
         let state = serde_json::to_vec(&created.snapshot()).map_err(|error| Error::Corrupt {
             detail: format!("group state: {error}"),
         })?;
@@ -1059,10 +1407,12 @@ impl Groups for EmbeddedBackend {
         request.validate()?;
         let (runtime, found) = self.inner.group(topic, group)?;
         let clock = Arc::clone(&self.inner.env.clock);
-        let (response, effects) = found
+        let (response, buried) = found
             .fetch(&runtime, &request, move || clock.now_ms())
             .await?;
-        self.inner.bury(&runtime, &found, effects).await;
+        if buried {
+            self.inner.kick_flush();
+        }
         Ok(response)
     }
 
@@ -1071,10 +1421,12 @@ impl Groups for EmbeddedBackend {
         topic: &TopicName,
         group: &GroupName,
         delivery_ids: &[String],
+        durability: AckDurability,
     ) -> Result<AckOutcome> {
         let (_, found) = self.inner.group(topic, group)?;
         let now = self.inner.now();
         let (outcome, _) = found.settle(delivery_ids, |state, id| (state.ack(id, now), None));
+        self.inner.settled(&found, durability, false).await?;
         Ok(outcome)
     }
 
@@ -1084,13 +1436,14 @@ impl Groups for EmbeddedBackend {
         group: &GroupName,
         delivery_ids: &[String],
         delay: Option<Duration>,
+        durability: AckDurability,
     ) -> Result<AckOutcome> {
-        let (runtime, found) = self.inner.group(topic, group)?;
+        let (_, found) = self.inner.group(topic, group)?;
         let now = self.inner.now();
         let delay_ms = delay.map(|delay| u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
-        let (outcome, effects) =
+        let (outcome, buried) =
             found.settle(delivery_ids, |state, id| state.nack(id, delay_ms, now));
-        self.inner.bury(&runtime, &found, effects).await;
+        self.inner.settled(&found, durability, buried).await?;
         Ok(outcome)
     }
 
@@ -1100,6 +1453,7 @@ impl Groups for EmbeddedBackend {
         group: &GroupName,
         delivery_ids: &[String],
         ack_wait: Option<Duration>,
+        durability: AckDurability,
     ) -> Result<AckOutcome> {
         let (_, found) = self.inner.group(topic, group)?;
         let now = self.inner.now();
@@ -1107,6 +1461,7 @@ impl Groups for EmbeddedBackend {
         let (outcome, _) = found.settle(delivery_ids, |state, id| {
             (state.extend(id, ack_wait_ms, now), None)
         });
+        self.inner.settled(&found, durability, false).await?;
         Ok(outcome)
     }
 
@@ -1116,14 +1471,15 @@ impl Groups for EmbeddedBackend {
         group: &GroupName,
         delivery_ids: &[String],
         reason: &str,
+        durability: AckDurability,
     ) -> Result<AckOutcome> {
-        let (runtime, found) = self.inner.group(topic, group)?;
+        let (_, found) = self.inner.group(topic, group)?;
         let now = self.inner.now();
-        let (outcome, effects) = found.settle(delivery_ids, |state, id| {
+        let (outcome, buried) = found.settle(delivery_ids, |state, id| {
             let effect = state.reject(id, reason, now);
             (effect.is_some(), effect)
         });
-        self.inner.bury(&runtime, &found, effects).await;
+        self.inner.settled(&found, durability, buried).await?;
         Ok(outcome)
     }
 
@@ -1145,14 +1501,14 @@ impl Groups for EmbeddedBackend {
             &offsets,
             &runtime.end_offsets(),
         )?;
-        self.inner.persist_group(&found).await
+        self.inner.persist_now().await
     }
 
     async fn reset(&self, topic: &TopicName, group: &GroupName, to: StartPosition) -> Result<()> {
         let (runtime, found) = self.inner.group(topic, group)?;
         let starts = runtime.start_offsets(to).await?;
         found.reset(&starts);
-        self.inner.persist_group(&found).await
+        self.inner.persist_now().await
     }
 
     async fn leave(&self, topic: &TopicName, group: &GroupName, member: &str) -> Result<()> {
@@ -1185,6 +1541,11 @@ impl Groups for EmbeddedBackend {
         Ok(letters)
     }
 
+    /// Reads the dead letters and their events (changing nothing), then in
+    /// one step makes the events deliverable and queues the ids to leave the
+    /// list, then waits for the flush that writes both in one transaction.
+    /// A caller that goes away before that step changed nothing; after it,
+    /// the flush happens anyway.
     async fn redrive(
         &self,
         topic: &TopicName,
@@ -1192,24 +1553,25 @@ impl Groups for EmbeddedBackend {
         ids: Option<&[u64]>,
     ) -> Result<u64> {
         let (runtime, found) = self.inner.group(topic, group)?;
-        let (inner, ids) = (Arc::clone(&self.inner), ids.map(<[u64]>::to_vec));
-        // Dead letters taken from the list must be redriven whatever the
-        // caller does, or they are lost.
-        run_to_completion(async move {
-            let (meta, key) = (inner.meta.clone(), found.key.clone());
-            let records = blocking(move || meta.take_dead_letters(&key, ids.as_deref())).await?;
-            let mut events = Vec::with_capacity(records.len());
-            for record in records {
-                if let Some(event) = read_one(&runtime, record.original).await? {
-                    events.push(event);
-                }
+        let _one_at_a_time = found.redriving.lock().await;
+        let (meta, key, ids) = (
+            self.inner.meta.clone(),
+            found.key.clone(),
+            ids.map(<[u64]>::to_vec),
+        );
+        let records = blocking(move || meta.dead_letters_by_id(&key, ids.as_deref())).await?;
+        let mut events = Vec::with_capacity(records.len());
+        let mut listed = Vec::with_capacity(records.len());
+        for (id, record) in records {
+            listed.push(id);
+            // Gone from the log: it leaves the list, with nothing to deliver.
+            if let Some(event) = read_one(&runtime, record.original).await? {
+                events.push(event);
             }
-            let count = events.len() as u64;
-            found.redrive(events, inner.now());
-            inner.persist_group(&found).await?;
-            Ok(count)
-        })
-        .await
+        }
+        let count = found.redrive(events, listed, self.inner.now());
+        self.inner.persist_now().await?;
+        Ok(count)
     }
 }
 
@@ -1392,6 +1754,9 @@ impl Backend for EmbeddedBackend {
                 });
             }
         }
+        if let Some(issue) = self.inner.group_state_issue() {
+            issues.push(issue);
+        }
         issues
     }
 
@@ -1408,6 +1773,16 @@ impl Backend for EmbeddedBackend {
             let _ = task.await;
         }
         let flushed = inner.flush().await;
+        inner.record_flush(&flushed);
+        // Callers still waiting for a round get this last one.
+        let last = flushed.clone();
+        inner
+            .flusher
+            .rounds
+            .send_modify(|round| *round = (u64::MAX, last));
+        if let Err(error) = inner.publish_copies().await {
+            warn!(%error, "Publishing dead-letter copies at shutdown failed; they are published after the restart.");
+        }
         let topics = inner.topic_list();
         let mut result = flushed;
         for topic in &topics {

@@ -12,12 +12,22 @@
 //! | `groups` | `topic/group` | JSON [`GroupInfo`] |
 //! | `group_state` | `topic/group` | JSON queue or stream snapshot |
 //! | `dead_letters` | (`topic/group`, id) | JSON [`DeadLetterRecord`] |
+//! | `dead_letter_ids` | `topic/group` | last dead-letter id given out |
+//! | `dead_letter_copies` | (`topic/group`, id) | JSON [`DeadLetterRecord`]: copy to publish |
 //! | `kv` | (bucket, key) | (revision, value) |
 //! | `kv_revisions` | bucket | last revision given out |
 //!
 //! `/` cannot occur in names, so `topic/group` is unambiguous.
+//!
+//! Group state, the dead letters it produced, the copies still to publish to
+//! the dead-letter topic and the dead letters a redrive took off the list are
+//! written in one transaction ([`Meta::commit_groups`]): a crash or a failed
+//! write leaves all of them or none. Dead-letter ids are never reused within
+//! a group (`dead_letter_ids`), so a copy's event id, built from its id, is
+//! unique and a republished copy is deduplicated.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -29,6 +39,9 @@ const TOPICS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("topics");
 const GROUPS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("groups");
 const GROUP_STATE: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("group_state");
 const DEAD_LETTERS: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("dead_letters");
+const DEAD_LETTER_IDS: TableDefinition<'_, &str, u64> = TableDefinition::new("dead_letter_ids");
+const DEAD_LETTER_COPIES: TableDefinition<'_, (&str, u64), &[u8]> =
+    TableDefinition::new("dead_letter_copies");
 const KV: TableDefinition<'_, (&str, &str), (u64, &[u8])> = TableDefinition::new("kv");
 const KV_REVISIONS: TableDefinition<'_, &str, u64> = TableDefinition::new("kv_revisions");
 
@@ -44,10 +57,76 @@ pub(crate) struct DeadLetterRecord {
 /// A stored group: its key, settings and persisted state.
 pub(crate) type StoredGroup = (String, GroupInfo, Option<Vec<u8>>);
 
+/// One group's part of a [`Meta::commit_groups`] transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct GroupWrite {
+    pub(crate) key: String,
+    pub(crate) state: Vec<u8>,
+    /// Dead letters to append to the list.
+    pub(crate) buried: Vec<DeadLetterRecord>,
+    /// Whether each also gets a copy on the topic's dead-letter topic.
+    pub(crate) copy: bool,
+    /// Dead-letter ids to take off the list (redriven).
+    pub(crate) unlisted: Vec<u64>,
+}
+
+/// A dead letter whose copy is still to be published: its group's key, its
+/// id in the group's list, the record.
+pub(crate) type PendingCopy = (String, u64, DeadLetterRecord);
+
+/// Injected failures of metadata writes: the seam that lets tests make
+/// group state, dead letters and kv writes fail (as a full or failing disk
+/// would) and then recover. A write chosen to fail runs its transaction and
+/// then rolls it back instead of committing; the caller gets the error a
+/// failed commit gives (`unavailable`). Pass it in `EmbeddedOptions`.
+#[derive(Debug, Default)]
+pub struct MetaFaults {
+    fail_next: AtomicU64,
+    fail_all: AtomicBool,
+    failed: AtomicU64,
+}
+
+impl MetaFaults {
+    /// No failures until armed.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Fails the next `writes` write transactions.
+    pub fn fail_next_writes(&self, writes: u64) {
+        self.fail_next.store(writes, Ordering::SeqCst);
+    }
+
+    /// Fails every write transaction while `on`.
+    pub fn fail_writes(&self, on: bool) {
+        self.fail_all.store(on, Ordering::SeqCst);
+    }
+
+    /// How many writes were failed so far.
+    pub fn failed(&self) -> u64 {
+        self.failed.load(Ordering::SeqCst)
+    }
+
+    fn should_fail(&self) -> bool {
+        let fail = self.fail_all.load(Ordering::SeqCst)
+            || self
+                .fail_next
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                    left.checked_sub(1)
+                })
+                .is_ok();
+        if fail {
+            self.failed.fetch_add(1, Ordering::SeqCst);
+        }
+        fail
+    }
+}
+
 /// The metadata store.
 #[derive(Debug, Clone)]
 pub(crate) struct Meta {
     store: Arc<Store>,
+    faults: Option<Arc<MetaFaults>>,
 }
 
 /// The database, and how it recovers from a failed write: redb fails every
@@ -118,7 +197,7 @@ fn from_json<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T> {
 
 impl Meta {
     /// Opens (or creates) the store at `path` and its tables.
-    pub(crate) fn open(path: &Path) -> Result<Self> {
+    pub(crate) fn open(path: &Path, faults: Option<Arc<MetaFaults>>) -> Result<Self> {
         let db = Self::open_database(path)?;
         Ok(Self {
             store: Arc::new(Store {
@@ -126,6 +205,7 @@ impl Meta {
                 db: RwLock::new(Some(Arc::new(db))),
                 failure: Mutex::new(None),
             }),
+            faults,
         })
     }
 
@@ -138,6 +218,8 @@ impl Meta {
             txn.open_table(GROUPS).map_err(storage)?;
             txn.open_table(GROUP_STATE).map_err(storage)?;
             txn.open_table(DEAD_LETTERS).map_err(storage)?;
+            txn.open_table(DEAD_LETTER_IDS).map_err(storage)?;
+            txn.open_table(DEAD_LETTER_COPIES).map_err(storage)?;
             txn.open_table(KV).map_err(storage)?;
             txn.open_table(KV_REVISIONS).map_err(storage)?;
         }
@@ -315,46 +397,115 @@ impl Meta {
         })
     }
 
-    /// Stores the state of several groups in one transaction (one fsync).
-    pub(crate) fn put_group_states(&self, states: &[(String, Vec<u8>)]) -> Result<()> {
-        if states.is_empty() {
+    /// Stores the state of several groups in one transaction (one fsync),
+    /// with the dead letters each produced (and their copies to publish)
+    /// and the dead letters each redrive took off the list: all or nothing.
+    /// A group deleted meanwhile stays deleted. Returns how many dead
+    /// letters were recorded.
+    pub(crate) fn commit_groups(&self, writes: &[GroupWrite]) -> Result<u64> {
+        if writes.is_empty() {
+            return Ok(0);
+        }
+        let encoded: Vec<Vec<Vec<u8>>> = writes
+            .iter()
+            .map(|write| write.buried.iter().map(to_json).collect::<Result<_>>())
+            .collect::<Result<_>>()?;
+        self.write(|txn| {
+            let groups = txn.open_table(GROUPS)?;
+            let mut states = txn.open_table(GROUP_STATE)?;
+            let mut letters = txn.open_table(DEAD_LETTERS)?;
+            let mut last_ids = txn.open_table(DEAD_LETTER_IDS)?;
+            let mut copies = txn.open_table(DEAD_LETTER_COPIES)?;
+            let mut recorded = 0;
+            for (write, buried) in writes.iter().zip(&encoded) {
+                let key = write.key.as_str();
+                if groups.get(key)?.is_none() {
+                    continue;
+                }
+                states.insert(key, write.state.as_slice())?;
+                if !buried.is_empty() {
+                    // Ids are never reused: from the last one given out (or,
+                    // for a list older than that table, its last entry).
+                    let last = match last_ids.get(key)?.map(|last| last.value()) {
+                        Some(last) => last,
+                        None => letters
+                            .range((key, 0)..=(key, u64::MAX))?
+                            .next_back()
+                            .transpose()?
+                            .map_or(0, |(id, _)| id.value().1),
+                    };
+                    for (id, bytes) in (last + 1..).zip(buried) {
+                        letters.insert((key, id), bytes.as_slice())?;
+                        if write.copy {
+                            copies.insert((key, id), bytes.as_slice())?;
+                        }
+                    }
+                    last_ids.insert(key, last + buried.len() as u64)?;
+                    recorded += buried.len() as u64;
+                }
+                for id in &write.unlisted {
+                    letters.remove((key, *id))?;
+                }
+            }
+            Ok(recorded)
+        })
+    }
+
+    /// Dead-letter copies still to publish, oldest first, at most `limit`.
+    pub(crate) fn pending_copies(&self, limit: usize) -> Result<Vec<PendingCopy>> {
+        let txn = self
+            .db()?
+            .begin_read()
+            .map_err(|error| self.failed(error))?;
+        let table = txn.open_table(DEAD_LETTER_COPIES).map_err(storage)?;
+        let mut found = Vec::new();
+        for entry in table.iter().map_err(storage)?.take(limit) {
+            let (key, value) = entry.map_err(storage)?;
+            let (group, id) = key.value();
+            found.push((
+                group.to_owned(),
+                id,
+                from_json("dead-letter copy", value.value())?,
+            ));
+        }
+        Ok(found)
+    }
+
+    /// Forgets copies that were published (or cannot be).
+    pub(crate) fn copies_done(&self, done: &[(String, u64)]) -> Result<()> {
+        if done.is_empty() {
             return Ok(());
         }
         self.write(|txn| {
-            let groups = txn.open_table(GROUPS)?;
-            let mut table = txn.open_table(GROUP_STATE)?;
-            for (key, state) in states {
-                // A group deleted meanwhile stays deleted.
-                if groups.get(key.as_str())?.is_some() {
-                    table.insert(key.as_str(), state.as_slice())?;
-                }
+            let mut table = txn.open_table(DEAD_LETTER_COPIES)?;
+            for (group, id) in done {
+                table.remove((group.as_str(), *id))?;
             }
             Ok(())
         })
     }
 
-    /// Appends dead letters to a group's list; returns their ids.
-    pub(crate) fn add_dead_letters(
+    /// Dead letters of a group by id (all of them when `ids` is `None`).
+    pub(crate) fn dead_letters_by_id(
         &self,
         key: &str,
-        records: &[DeadLetterRecord],
-    ) -> Result<Vec<u64>> {
-        let encoded: Vec<Vec<u8>> = records.iter().map(to_json).collect::<Result<_>>()?;
-        self.write(|txn| {
-            let mut table = txn.open_table(DEAD_LETTERS)?;
-            let last = table
-                .range((key, 0)..=(key, u64::MAX))?
-                .next_back()
-                .transpose()?
-                .map(|(id, _)| id.value().1);
-            let first = last.map_or(1, |last| last + 1);
-            let mut ids = Vec::with_capacity(encoded.len());
-            for (id, bytes) in (first..).zip(&encoded) {
-                table.insert((key, id), bytes.as_slice())?;
-                ids.push(id);
+        ids: Option<&[u64]>,
+    ) -> Result<Vec<(u64, DeadLetterRecord)>> {
+        let Some(ids) = ids else {
+            return self.dead_letters(key, usize::MAX);
+        };
+        let txn = self
+            .db()?
+            .begin_read()
+            .map_err(|error| self.failed(error))?;
+        let table = txn.open_table(DEAD_LETTERS).map_err(storage)?;
+        let mut found = Vec::new();
+        for &id in ids {
+            if let Some(value) = table.get((key, id)).map_err(storage)? {
+                found.push((id, from_json("dead letter", value.value())?));
             }
-            Ok(ids)
-        })
+        }
+        Ok(found)
     }
 
     /// Up to `limit` dead letters of a group, oldest first.
@@ -391,37 +542,6 @@ impl Meta {
             .map_err(storage)?
             .count();
         Ok(count as u64)
-    }
-
-    /// Removes dead letters (all when `ids` is `None`) and returns them.
-    pub(crate) fn take_dead_letters(
-        &self,
-        key: &str,
-        ids: Option<&[u64]>,
-    ) -> Result<Vec<DeadLetterRecord>> {
-        self.write(|txn| {
-            let mut table = txn.open_table(DEAD_LETTERS)?;
-            let wanted: Vec<u64> = match ids {
-                Some(ids) => ids.to_vec(),
-                None => {
-                    let mut all = Vec::new();
-                    for entry in table.range((key, 0)..=(key, u64::MAX))? {
-                        all.push(entry?.0.value().1);
-                    }
-                    all
-                }
-            };
-            let mut taken = Vec::new();
-            for id in wanted {
-                if let Some(value) = table.remove((key, id))? {
-                    taken.push(value.value().to_vec());
-                }
-            }
-            Ok(taken)
-        })?
-        .iter()
-        .map(|bytes| from_json("dead letter", bytes))
-        .collect()
     }
 
     pub(crate) fn kv_get(&self, bucket: &str, key: &str) -> Result<Option<KvEntry>> {
@@ -511,6 +631,14 @@ impl Meta {
         let db = self.db()?;
         let txn = db.begin_write().map_err(|error| self.failed(error))?;
         let value = body(&txn).map_err(|error| self.failed(error))?;
+        if self
+            .faults
+            .as_ref()
+            .is_some_and(|faults| faults.should_fail())
+        {
+            txn.abort().map_err(|error| self.failed(error))?;
+            return Err(storage("injected write failure (MetaFaults)"));
+        }
         txn.commit().map_err(|error| self.failed(error))?;
         Ok(value)
     }

@@ -9,7 +9,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use herald_backend::cancel::run_to_completion;
 use herald_backend::{
-    Backend, Delivery, Expect, FetchRequest, GroupMode, GroupSpec, StartPosition, TopicSpec,
+    AckDurability, Backend, Delivery, Expect, FetchRequest, GroupMode, GroupSpec, StartPosition,
+    TopicSpec,
 };
 use herald_types::{Event, EventInput, ExtensionValue, GroupName, TopicName};
 use serde::{Deserialize, Serialize};
@@ -359,7 +360,7 @@ impl Handle {
             let group = &self.shared.options.worker_group;
             self.shared
                 .backend
-                .extend(&topic, group, &[delivery_id], None)
+                .extend(&topic, group, &[delivery_id], None, AckDurability::Async)
                 .await?;
         }
         Ok(job)
@@ -378,7 +379,7 @@ impl Handle {
             let group = &self.shared.options.worker_group;
             self.shared
                 .backend
-                .ack(&topic, group, &[delivery_id])
+                .ack(&topic, group, &[delivery_id], AckDurability::Async)
                 .await?;
         }
         Ok(job)
@@ -407,6 +408,7 @@ impl Handle {
                         &shared.options.worker_group,
                         std::slice::from_ref(&delivery.delivery_id),
                         "not a job request",
+                        AckDurability::Async,
                     )
                     .await?;
                 continue;
@@ -428,6 +430,7 @@ impl Handle {
                             &shared.options.worker_group,
                             std::slice::from_ref(&delivery.delivery_id),
                             Some(RECORD_RETRY),
+                            AckDurability::Async,
                         )
                         .await?;
                 }
@@ -441,7 +444,12 @@ impl Handle {
             );
             shared
                 .backend
-                .ack(&topic, &shared.options.worker_group, &stale)
+                .ack(
+                    &topic,
+                    &shared.options.worker_group,
+                    &stale,
+                    AckDurability::Async,
+                )
                 .await?;
         }
         Ok(deliveries)
@@ -454,7 +462,12 @@ impl Handle {
         let outcome = self
             .shared
             .backend
-            .ack(&topic, &self.shared.options.worker_group, delivery_ids)
+            .ack(
+                &topic,
+                &self.shared.options.worker_group,
+                delivery_ids,
+                AckDurability::Async,
+            )
             .await?;
         Ok(outcome.acked)
     }
@@ -476,6 +489,7 @@ impl Handle {
                 &self.shared.options.worker_group,
                 delivery_ids,
                 delay,
+                AckDurability::Async,
             )
             .await?;
         Ok(outcome.acked)
@@ -1125,6 +1139,7 @@ async fn dead_letter_loop(shared: &Arc<Shared>, cancel: &CancellationToken) {
                     &options.dead_letter_topic,
                     &options.dead_letter_group,
                     &handled,
+                    AckDurability::Async,
                 )
                 .await
         {

@@ -61,6 +61,8 @@ pub struct Options {
     pub blobs: BlobOptions,
     /// The job service (`[jobs]`).
     pub jobs: JobOptions,
+    /// Consumer groups (`[groups]`).
+    pub groups: GroupOptions,
 }
 
 impl Default for Options {
@@ -74,6 +76,7 @@ impl Default for Options {
             connections: ConnectionOptions::default(),
             blobs: BlobOptions::default(),
             jobs: JobOptions::default(),
+            groups: GroupOptions::default(),
         }
     }
 }
@@ -204,6 +207,46 @@ impl Default for BlobOptions {
             gc_interval_ms: 60_000,
             s3_bucket: String::new(),
             min_free_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+/// Consumer groups (`[groups]`): what each queue or keyed group may hold in
+/// memory. Delayed events and events blocked behind their key keep only a
+/// small entry; their bodies are read back from the log when they come due.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GroupOptions {
+    /// Event bodies a group holds in memory, in bytes: half for reading
+    /// ahead, the rest for redeliveries about to go out (and, up to a
+    /// quarter, bodies of waiting events kept to spare a re-read).
+    pub max_buffered_bytes: NonZeroU64,
+    /// Bookkeeping of a group's pending events (leased, waiting, delayed,
+    /// blocked), in bytes at 256 per event plus twice its key. When full,
+    /// the group reads no further into the log until some finish.
+    pub max_pending_bytes: NonZeroU64,
+}
+
+impl Default for GroupOptions {
+    fn default() -> Self {
+        let budget = herald_embedded::GroupBudget::default();
+        let bytes = |value: usize| {
+            NonZeroU64::new(u64::try_from(value).unwrap_or(u64::MAX)).unwrap_or(NonZeroU64::MIN)
+        };
+        Self {
+            max_buffered_bytes: bytes(budget.buffered_bytes),
+            max_pending_bytes: bytes(budget.pending_bytes),
+        }
+    }
+}
+
+impl GroupOptions {
+    /// The embedded backend's budget from these.
+    pub fn budget(&self) -> herald_embedded::GroupBudget {
+        let bytes = |value: NonZeroU64| usize::try_from(value.get()).unwrap_or(usize::MAX);
+        herald_embedded::GroupBudget {
+            buffered_bytes: bytes(self.max_buffered_bytes),
+            pending_bytes: bytes(self.max_pending_bytes),
         }
     }
 }

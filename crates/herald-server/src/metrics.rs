@@ -1,5 +1,6 @@
 //! The process's metrics registry: the server's own metrics and every
-//! component's (the log engine's today), exposed on `GET /metrics`.
+//! component's (the log engine's, the consumer groups'), exposed on
+//! `GET /metrics`.
 //!
 //! prometheus-client keeps no global state, so the registry is built once
 //! here and shared behind an `Arc`. Labels are bounded: HTTP metrics are
@@ -10,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
+use herald_embedded::GroupMetrics;
 use herald_log::LogMetrics;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -40,6 +42,7 @@ pub struct Metrics {
     registry: Registry,
     http: HttpMetrics,
     log: Arc<LogMetrics>,
+    groups: Arc<GroupMetrics>,
 }
 
 impl Metrics {
@@ -50,10 +53,13 @@ impl Metrics {
         http.register(&mut registry);
         let log = LogMetrics::new();
         log.register(&mut registry);
+        let groups = GroupMetrics::new();
+        groups.register(&mut registry);
         Arc::new(Self {
             registry,
             http,
             log,
+            groups,
         })
     }
 
@@ -65,6 +71,11 @@ impl Metrics {
     /// The log engine's metrics, to hand to the engine when it opens.
     pub fn log(&self) -> &Arc<LogMetrics> {
         &self.log
+    }
+
+    /// The consumer groups' metrics, to hand to the backend when it opens.
+    pub fn groups(&self) -> &Arc<GroupMetrics> {
+        &self.groups
     }
 
     /// Every metric in OpenMetrics text format ([`CONTENT_TYPE`]).

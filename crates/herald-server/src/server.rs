@@ -202,10 +202,11 @@ impl Server {
         // Storage opens in its own task (its file work on blocking threads):
         // recovery reads files. A signal that arrives meanwhile takes effect
         // once it has opened.
-        let log_metrics = Arc::clone(metrics.log());
         let opening = tokio::spawn(Storage::open(
             data_dir,
-            log_metrics,
+            Arc::clone(metrics.log()),
+            Arc::clone(metrics.groups()),
+            options.groups.budget(),
             options.limits.topic_limits(),
         ));
         let storage = tokio::select! {

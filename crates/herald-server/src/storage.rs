@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use herald_backend::Backend;
 use herald_backend::topic::TopicLimits;
-use herald_embedded::{EmbeddedBackend, EmbeddedOptions};
+use herald_embedded::{EmbeddedBackend, EmbeddedOptions, GroupBudget, GroupMetrics};
 use herald_log::LogMetrics;
 use tracing::info;
 
@@ -83,15 +83,19 @@ pub enum Error {
 
 impl Storage {
     /// Opens (and, after a crash, recovers) storage in `data_dir`, creating
-    /// topics within `topic_limits`. The backend's file work runs on
-    /// blocking threads.
+    /// topics within `topic_limits` and holding at most `budget` per group.
+    /// The backend's file work runs on blocking threads.
     pub async fn open(
         data_dir: DataDir,
         metrics: Arc<LogMetrics>,
+        groups: Arc<GroupMetrics>,
+        budget: GroupBudget,
         topic_limits: TopicLimits,
     ) -> Result<Self, Error> {
         let options = EmbeddedOptions {
             topic_limits,
+            metrics: groups,
+            group_budget: budget,
             ..EmbeddedOptions::new(data_dir.path())
         };
         let backend = EmbeddedBackend::open(options, metrics)

@@ -8,6 +8,13 @@
 //! machine's epoch and the cursor's position, so a stale read is dropped).
 //! One fetch at a time refills the read-ahead (`fetch_lock`), so two fetchers
 //! never read the same stretch twice.
+//!
+//! Dead letters the machine produces, and dead letters a redrive takes off
+//! the list, wait in the group's outbox under the same mutex as the
+//! machine: [`GroupRuntime::take_dirty`] takes the snapshot and empties the
+//! outbox in one step, and the backend writes both in one transaction, so
+//! the persisted state never has an event finished without its dead letter
+//! (or redriven while still listed).
 
 pub(crate) mod queue;
 pub(crate) mod ranges;
@@ -21,17 +28,21 @@ use herald_backend::{
     AckOutcome, Error, FetchRequest, FetchResponse, GroupInfo, GroupMode, GroupPartitionStatus,
     GroupSpec, MemberStatus, Result,
 };
-use herald_types::GroupName;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 use crate::topic::TopicRuntime;
-use queue::{DeadLetterEffect, QueueSnapshot, QueueState};
+use queue::{Budget, DeadLetterEffect, QueueSnapshot, QueueState};
 use stream::{StreamSnapshot, StreamState};
 
-/// Bytes of batches read from a partition per refill (all their events are
-/// kept: a batch is decoded once).
-const READ_AHEAD_BYTES: usize = 256 * 1024;
+/// Bytes of batches read from a partition per stream-mode refill (all their
+/// events are kept: a batch is decoded once). Queue and keyed groups read
+/// within their budget (`queue::READ_AHEAD_BYTES` at most).
+const READ_AHEAD_BYTES: usize = queue::READ_AHEAD_BYTES;
+
+/// Bytes read per read-back of the bodies of due redeliveries: one batch or
+/// a few, around the offset wanted.
+const LOAD_BYTES: usize = 64 * 1024;
 
 /// A group's persisted state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,19 +58,50 @@ enum Machine {
     Stream(StreamState),
 }
 
+/// Writes that must commit together with the next snapshot.
+#[derive(Debug, Default)]
+pub(crate) struct Outbox {
+    /// Dead letters to record (the snapshot has their events finished).
+    pub(crate) buried: Vec<DeadLetterEffect>,
+    /// Dead-letter ids to take off the list (the snapshot has their events
+    /// redriven).
+    pub(crate) unlisted: Vec<u64>,
+}
+
+impl Outbox {
+    fn is_empty(&self) -> bool {
+        self.buried.is_empty() && self.unlisted.is_empty()
+    }
+}
+
+/// The machine and its outbox, under one mutex.
+#[derive(Debug)]
+struct Locked {
+    machine: Machine,
+    outbox: Outbox,
+}
+
+/// A group's state to persist, with the outbox that goes with it.
+#[derive(Debug)]
+pub(crate) struct DirtyState {
+    pub(crate) snapshot: Snapshot,
+    pub(crate) outbox: Outbox,
+}
+
 /// A group of one topic.
 #[derive(Debug)]
 pub(crate) struct GroupRuntime {
     /// `topic/group`, its key in the metadata store.
     pub(crate) key: String,
-    pub(crate) name: GroupName,
     info: Mutex<GroupInfo>,
-    machine: Mutex<Machine>,
+    machine: Mutex<Locked>,
     /// Wakes long-polling fetchers when something may have become deliverable.
     changed: Notify,
     fetch_lock: tokio::sync::Mutex<()>,
     /// State changed since the last persist.
     dirty: AtomicBool,
+    /// One redrive at a time (it reads the list, then changes the state).
+    pub(crate) redriving: tokio::sync::Mutex<()>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -71,6 +113,7 @@ impl GroupRuntime {
     pub(crate) fn new(
         key: String,
         info: GroupInfo,
+        budget: Budget,
         starts: &[u64],
         snapshot: Option<Snapshot>,
     ) -> Self {
@@ -87,18 +130,21 @@ impl GroupRuntime {
                 },
             )),
             (_, Some(Snapshot::Queue(saved))) => {
-                Machine::Queue(Box::new(QueueState::restore(spec, saved)))
+                Machine::Queue(Box::new(QueueState::restore(spec, budget, saved)))
             }
-            (_, _) => Machine::Queue(Box::new(QueueState::new(spec, starts))),
+            (_, _) => Machine::Queue(Box::new(QueueState::new(spec, budget, starts))),
         };
         Self {
             key,
-            name: info.name.clone(),
             info: Mutex::new(info),
-            machine: Mutex::new(machine),
+            machine: Mutex::new(Locked {
+                machine,
+                outbox: Outbox::default(),
+            }),
             changed: Notify::new(),
             fetch_lock: tokio::sync::Mutex::new(()),
             dirty: AtomicBool::new(true),
+            redriving: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -106,29 +152,59 @@ impl GroupRuntime {
         lock(&self.info).clone()
     }
 
+    /// The group's `ack_durability` setting.
+    pub(crate) fn ack_durability(&self) -> herald_backend::AckDurability {
+        lock(&self.info).spec.ack_durability
+    }
+
     /// Replaces the settings (same mode).
     pub(crate) fn set_spec(&self, spec: GroupSpec) {
         lock(&self.info).spec = spec.clone();
-        match &mut *lock(&self.machine) {
+        match &mut lock(&self.machine).machine {
             Machine::Queue(state) => state.set_spec(spec),
             Machine::Stream(state) => state.set_spec(spec),
         }
         self.changed.notify_waiters();
     }
 
-    /// The state to persist, if it changed since the last call.
-    pub(crate) fn take_dirty_snapshot(&self) -> Option<Snapshot> {
+    /// The state to persist and its outbox, if it changed since the last
+    /// call: taken in one step, so they are consistent.
+    pub(crate) fn take_dirty(&self) -> Option<DirtyState> {
         if !self.dirty.swap(false, Ordering::SeqCst) {
             return None;
         }
-        Some(self.snapshot())
+        let mut locked = lock(&self.machine);
+        let snapshot = Self::snapshot_of(&locked.machine);
+        Some(DirtyState {
+            snapshot,
+            outbox: std::mem::take(&mut locked.outbox),
+        })
     }
 
     pub(crate) fn snapshot(&self) -> Snapshot {
-        match &*lock(&self.machine) {
+        Self::snapshot_of(&lock(&self.machine).machine)
+    }
+
+    fn snapshot_of(machine: &Machine) -> Snapshot {
+        match machine {
             Machine::Queue(state) => Snapshot::Queue(state.snapshot()),
             Machine::Stream(state) => Snapshot::Stream(state.snapshot()),
         }
+    }
+
+    /// After a failed persist: the outbox goes back (ahead of anything added
+    /// since) and the state is dirty again, so the next persist retries it.
+    pub(crate) fn restore_outbox(&self, outbox: Outbox) {
+        if !outbox.is_empty() {
+            let mut locked = lock(&self.machine);
+            let mut buried = outbox.buried;
+            buried.append(&mut locked.outbox.buried);
+            locked.outbox.buried = buried;
+            let mut unlisted = outbox.unlisted;
+            unlisted.append(&mut locked.outbox.unlisted);
+            locked.outbox.unlisted = unlisted;
+        }
+        self.mark_dirty();
     }
 
     /// Puts the dirty flag back after a failed persist.
@@ -136,10 +212,32 @@ impl GroupRuntime {
         self.dirty.store(true, Ordering::SeqCst);
     }
 
+    /// After a power loss: cuts the state back to the partitions' `ends`
+    /// (see [`QueueState::clamp`]); returns `(partition, from, to)` of each
+    /// partition whose position moved.
+    pub(crate) fn clamp(&self, ends: &[u64], now: i64) -> Vec<(u32, u64, u64)> {
+        let clamped = match &mut lock(&self.machine).machine {
+            Machine::Queue(state) => state.clamp(ends, now),
+            Machine::Stream(state) => state.clamp(ends),
+        };
+        if !clamped.is_empty() {
+            self.mark_dirty();
+        }
+        clamped
+    }
+
+    /// Queue and keyed groups: what the state machine holds in memory.
+    pub(crate) fn memory(&self) -> Option<queue::Memory> {
+        match &lock(&self.machine).machine {
+            Machine::Queue(state) => Some(state.memory()),
+            Machine::Stream(_) => None,
+        }
+    }
+
     /// Hard delete: `offsets` (sorted) of `partition` must not be delivered
     /// any more, including those already read ahead or leased.
     pub(crate) fn erase(&self, partition: u32, offsets: &[u64], now: i64) {
-        match &mut *lock(&self.machine) {
+        match &mut lock(&self.machine).machine {
             Machine::Queue(state) => state.erase(partition, offsets, now),
             Machine::Stream(state) => state.erase(partition, offsets),
         }
@@ -148,32 +246,36 @@ impl GroupRuntime {
     }
 
     /// Hands out deliveries per the mode, long-polling up to `wait_ms`.
-    /// Returns the response and dead letters to record.
+    /// Dead letters of leases found expired go to the outbox; returns the
+    /// response and whether there were any (the caller persists them).
     pub(crate) async fn fetch(
         &self,
         topic: &TopicRuntime,
         request: &FetchRequest,
         now: impl Fn() -> i64,
-    ) -> Result<(FetchResponse, Vec<DeadLetterEffect>)> {
+    ) -> Result<(FetchResponse, bool)> {
         let deadline = Instant::now() + Duration::from_millis(request.wait_ms);
-        let mut effects = Vec::new();
+        let mut buried = false;
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             let (response, waits, timer, session) = {
                 let _refilling = self.fetch_lock.lock().await;
-                if let Machine::Stream(state) = &mut *lock(&self.machine) {
+                if let Machine::Stream(state) = &mut lock(&self.machine).machine {
                     state.heartbeat(&request.member, now());
                 }
                 self.refill(topic, &request.member, now()).await?;
-                let mut machine = lock(&self.machine);
+                self.load_bodies(topic, request.max as usize, now()).await?;
+                let mut locked = lock(&self.machine);
+                let Locked { machine, outbox } = &mut *locked;
                 let now = now();
-                match &mut *machine {
+                match machine {
                     Machine::Queue(state) => {
                         let (deliveries, expired) =
                             state.take(&request.member, request.max as usize, now);
-                        effects.extend(expired);
+                        buried |= !expired.is_empty();
+                        outbox.buried.extend(expired);
                         // Every partition, at its frontier: one whose log
                         // grew since the refill above wakes the wait at once
                         // (filtering those out lost that wake-up, and the
@@ -209,11 +311,11 @@ impl GroupRuntime {
                     }
                 }
             };
-            if !response.deliveries.is_empty() || !effects.is_empty() {
+            if !response.deliveries.is_empty() || buried {
                 self.dirty.store(true, Ordering::SeqCst);
             }
             if !response.deliveries.is_empty() || Instant::now() >= deadline {
-                return Ok((response, effects));
+                return Ok((response, buried));
             }
             // Nothing yet: wait for new events, a settle, a timer or the deadline.
             let mut wake_at = deadline;
@@ -237,10 +339,63 @@ impl GroupRuntime {
         }
     }
 
+    /// Reads back the bodies of due redeliveries (their entries dropped
+    /// them: see `queue.rs`), at most as many as could be leased now.
+    async fn load_bodies(&self, topic: &TopicRuntime, max: usize, now: i64) -> Result<()> {
+        let wanted = match &mut lock(&self.machine).machine {
+            Machine::Queue(state) => {
+                let max_in_flight = lock(&self.info).spec.max_in_flight as usize;
+                let room = max_in_flight.saturating_sub(state.in_flight());
+                state.bodies_wanted(now, max.min(room))
+            }
+            Machine::Stream(_) => return Ok(()),
+        };
+        let mut by_partition: std::collections::BTreeMap<u32, Vec<u64>> =
+            std::collections::BTreeMap::new();
+        for (partition, offset) in wanted {
+            by_partition.entry(partition).or_default().push(offset);
+        }
+        for (partition, mut offsets) in by_partition {
+            offsets.sort_unstable();
+            let mut index = 0;
+            while let Some(&from) = offsets.get(index) {
+                let (events, next) = match topic.read_chunk(partition, from, LOAD_BYTES).await {
+                    Ok(read) => (read.events, read.next_offset.max(from + 1)),
+                    // Retention removed what lies below `start`.
+                    Err(Error::OffsetOutOfRange { start, .. }) => (Vec::new(), start.max(from + 1)),
+                    Err(error) => return Err(error),
+                };
+                let covered = offsets[index..].partition_point(|offset| *offset < next);
+                let mut locked = lock(&self.machine);
+                let Machine::Queue(state) = &mut locked.machine else {
+                    return Ok(());
+                };
+                let mut found = std::collections::HashSet::new();
+                for event in events {
+                    if offsets[index..index + covered]
+                        .binary_search(&event.offset)
+                        .is_ok()
+                    {
+                        found.insert(event.offset);
+                        state.attach(event);
+                    }
+                }
+                // Wanted, in the range read, and not there: gone from the log.
+                for &offset in &offsets[index..index + covered] {
+                    if !found.contains(&offset) {
+                        state.lost((partition, offset), now);
+                    }
+                }
+                index += covered;
+            }
+        }
+        Ok(())
+    }
+
     /// Refills the read-ahead of the partitions that need it, and reads back
     /// redriven events restored from a snapshot.
     async fn refill(&self, topic: &TopicRuntime, member: &str, now: i64) -> Result<()> {
-        let reloads = match &mut *lock(&self.machine) {
+        let reloads = match &mut lock(&self.machine).machine {
             Machine::Queue(state) => state.take_reloads(),
             Machine::Stream(_) => Vec::new(),
         };
@@ -249,7 +404,7 @@ impl GroupRuntime {
                 Ok(read) => {
                     if let Some(event) =
                         read.events.into_iter().find(|event| event.offset == offset)
-                        && let Machine::Queue(state) = &mut *lock(&self.machine)
+                        && let Machine::Queue(state) = &mut lock(&self.machine).machine
                     {
                         state.redrive(event, now);
                     }
@@ -258,7 +413,7 @@ impl GroupRuntime {
                 Err(Error::OffsetOutOfRange { .. }) => {}
                 Err(error) => {
                     // Keep the rest for the next fetch.
-                    if let Machine::Queue(state) = &mut *lock(&self.machine) {
+                    if let Machine::Queue(state) = &mut lock(&self.machine).machine {
                         state.keep_reloads(&reloads[index..]);
                     }
                     return Err(error);
@@ -266,13 +421,20 @@ impl GroupRuntime {
             }
         }
         let ends = topic.end_offsets();
-        let (epoch, needed) = match &*lock(&self.machine) {
+        let (epoch, needed) = match &lock(&self.machine).machine {
             Machine::Queue(state) => (state.epoch(), state.reads_needed(&ends)),
-            Machine::Stream(state) => (state.epoch(), state.reads_needed(member, &ends)),
+            Machine::Stream(state) => (
+                state.epoch(),
+                state
+                    .reads_needed(member, &ends)
+                    .into_iter()
+                    .map(|(partition, from)| (partition, from, READ_AHEAD_BYTES))
+                    .collect(),
+            ),
         };
-        for (partition, from) in needed {
-            match topic.read_chunk(partition, from, READ_AHEAD_BYTES).await {
-                Ok(read) => match &mut *lock(&self.machine) {
+        for (partition, from, max_bytes) in needed {
+            match topic.read_chunk(partition, from, max_bytes).await {
+                Ok(read) => match &mut lock(&self.machine).machine {
                     Machine::Queue(state) => {
                         state.add_read(epoch, partition, from, read.events, read.next_offset);
                     }
@@ -281,7 +443,7 @@ impl GroupRuntime {
                     }
                 },
                 Err(Error::OffsetOutOfRange { start, .. }) => {
-                    match &mut *lock(&self.machine) {
+                    match &mut lock(&self.machine).machine {
                         Machine::Queue(state) => state.skip_to(partition, start),
                         Machine::Stream(state) => state.skip_to(partition, start),
                     }
@@ -293,22 +455,28 @@ impl GroupRuntime {
         Ok(())
     }
 
-    /// Applies `apply` to each delivery id of a queue or keyed group.
-    /// Stream groups have nothing to settle per delivery: every id is unknown.
+    /// Applies `apply` to each delivery id of a queue or keyed group; dead
+    /// letters it produces go to the outbox. Returns the outcome and whether
+    /// there were any. Stream groups have nothing to settle per delivery:
+    /// every id is unknown.
     pub(crate) fn settle(
         &self,
         ids: &[String],
         mut apply: impl FnMut(&mut QueueState, &str) -> (bool, Option<DeadLetterEffect>),
-    ) -> (AckOutcome, Vec<DeadLetterEffect>) {
+    ) -> (AckOutcome, bool) {
         let mut outcome = AckOutcome::default();
-        let mut effects = Vec::new();
+        let mut buried = false;
         {
-            let mut machine = lock(&self.machine);
+            let mut locked = lock(&self.machine);
+            let Locked { machine, outbox } = &mut *locked;
             for id in ids {
-                let applied = match &mut *machine {
+                let applied = match machine {
                     Machine::Queue(state) => {
                         let (applied, effect) = apply(state, id);
-                        effects.extend(effect);
+                        if let Some(effect) = effect {
+                            outbox.buried.push(effect);
+                            buried = true;
+                        }
                         applied
                     }
                     Machine::Stream(_) => false,
@@ -324,7 +492,7 @@ impl GroupRuntime {
             self.dirty.store(true, Ordering::SeqCst);
             self.changed.notify_waiters();
         }
-        (outcome, effects)
+        (outcome, buried)
     }
 
     /// Stream mode: commits offsets (see [`StreamState::commit`]).
@@ -335,7 +503,7 @@ impl GroupRuntime {
         offsets: &[(u32, u64)],
         ends: &[u64],
     ) -> Result<()> {
-        match &mut *lock(&self.machine) {
+        match &mut lock(&self.machine).machine {
             Machine::Stream(state) => state.commit(member, generation, offsets, ends)?,
             Machine::Queue(_) => {
                 return Err(Error::invalid(
@@ -350,7 +518,7 @@ impl GroupRuntime {
 
     /// Moves the group to `starts`.
     pub(crate) fn reset(&self, starts: &[u64]) {
-        match &mut *lock(&self.machine) {
+        match &mut lock(&self.machine).machine {
             Machine::Queue(state) => state.reset(starts),
             Machine::Stream(state) => state.reset(starts),
         }
@@ -360,7 +528,7 @@ impl GroupRuntime {
 
     /// The member leaves: leases released, partitions reassigned.
     pub(crate) fn leave(&self, member: &str, now: i64) {
-        match &mut *lock(&self.machine) {
+        match &mut lock(&self.machine).machine {
             Machine::Queue(state) => {
                 state.release_member(member, now);
             }
@@ -372,35 +540,58 @@ impl GroupRuntime {
         self.changed.notify_waiters();
     }
 
-    /// Redelivers dead letters (their events, read again from the log).
-    pub(crate) fn redrive(&self, events: Vec<herald_types::StoredEvent>, now: i64) {
-        if let Machine::Queue(state) = &mut *lock(&self.machine) {
-            for event in events {
-                state.redrive(event, now);
+    /// Redelivers dead letters (their events, read again from the log) and
+    /// queues their ids to leave the list with the next persist, in one
+    /// step. Returns how many events became deliverable again.
+    pub(crate) fn redrive(
+        &self,
+        events: Vec<herald_types::StoredEvent>,
+        ids: Vec<u64>,
+        now: i64,
+    ) -> u64 {
+        let mut redriven = 0;
+        {
+            let mut locked = lock(&self.machine);
+            let Locked { machine, outbox } = &mut *locked;
+            if let Machine::Queue(state) = machine {
+                for event in events {
+                    if state.redrive(event, now) {
+                        redriven += 1;
+                    }
+                }
             }
+            outbox.unlisted.extend(ids);
         }
         self.dirty.store(true, Ordering::SeqCst);
         self.changed.notify_waiters();
+        redriven
     }
 
-    /// Timer work: expire leases (returning dead letters) and silent members.
-    pub(crate) fn tick(&self, now: i64) -> Vec<DeadLetterEffect> {
-        let (effects, due) = match &mut *lock(&self.machine) {
-            Machine::Queue(state) => {
-                let effects = state.expire(now);
-                let due = state.next_timer().is_some_and(|timer| timer <= now);
-                (effects, due)
-            }
-            Machine::Stream(state) => {
-                state.tick(now);
-                (Vec::new(), false)
+    /// Timer work: expire leases (their dead letters go to the outbox) and
+    /// silent members. Returns whether any event was dead-lettered.
+    pub(crate) fn tick(&self, now: i64) -> bool {
+        let (buried, due) = {
+            let mut locked = lock(&self.machine);
+            let Locked { machine, outbox } = &mut *locked;
+            match machine {
+                Machine::Queue(state) => {
+                    let effects = state.expire(now);
+                    let due = state.next_timer().is_some_and(|timer| timer <= now);
+                    let buried = !effects.is_empty();
+                    outbox.buried.extend(effects);
+                    (buried, due)
+                }
+                Machine::Stream(state) => {
+                    state.tick(now);
+                    (false, false)
+                }
             }
         };
-        if !effects.is_empty() || due {
+        if buried || due {
             self.dirty.store(true, Ordering::SeqCst);
             self.changed.notify_waiters();
         }
-        effects
+        buried
     }
 
     /// Positions, lag, members and counts for the status call.
@@ -409,8 +600,9 @@ impl GroupRuntime {
         ends: &[u64],
         now: i64,
     ) -> (Vec<MemberStatus>, Vec<GroupPartitionStatus>, u64, u64, u64) {
-        let mut machine = lock(&self.machine);
-        let (committed, owners, members, in_flight, pending, generation) = match &mut *machine {
+        let mut locked = lock(&self.machine);
+        let (committed, owners, members, in_flight, pending, generation) = match &mut locked.machine
+        {
             Machine::Queue(state) => {
                 let floors = state.floors();
                 let owners = vec![None; floors.len()];

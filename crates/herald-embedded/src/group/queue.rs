@@ -1,18 +1,38 @@
 //! The queue and keyed group state machine. Pure: no I/O, time passed in.
-//! Its effects (dead letters to record) are returned as data for the caller
-//! to carry out.
+//! Its effects (dead letters to record, event bodies to read back) are
+//! returned as data for the caller to carry out.
 //!
 //! Per partition the group keeps a **floor** (every offset below it is
 //! finished: acked, dead-lettered or filtered out), the finished offsets
 //! above it as ranges, a **frontier** (the next offset to read from the log)
-//! and a small read-ahead buffer. Every event handed out and not finished
-//! is **pending**, in one of three states: leased to a member until a
-//! deadline; waiting until a time (a backoff, a nack delay, or a delayed
-//! event's `deliver_at`); or, in keyed mode, blocked behind an earlier event
-//! of its key. Two heaps order the leases by deadline and the waiting events
-//! by time, so every operation costs O(log pending) — nothing scans the
-//! backlog, and the backlog stays on disk: memory is bounded by the
-//! read-ahead and `max_pending`.
+//! and a read-ahead buffer. Every event handed out and not finished, or
+//! read and not yet deliverable, is **pending**, in one of three states:
+//! leased to a member until a deadline; waiting until a time (a backoff, a
+//! nack delay, or a delayed event's `deliver_at`); or, in keyed mode,
+//! blocked behind an earlier event of its key. Two heaps order the leases by
+//! deadline and the waiting events by time, and waiting events whose time
+//! came queue up as **due**, so every operation costs O(log pending) —
+//! nothing scans the backlog.
+//!
+//! # Memory: bounded by bytes, and no head-of-line stall
+//!
+//! A pending entry is light: its coordinates, attempts, state and (keyed)
+//! key, at a fixed cost ([`ENTRY_COST`] plus its key). Event **bodies** are
+//! held only where they are about to be delivered: the read-ahead buffer,
+//! due entries whose body was read back, and — while it fits a quarter of
+//! the budget, to spare a re-read — entries waiting or blocked. Every other
+//! body is dropped and read back from the log when its entry comes due
+//! ([`QueueState::bodies_wanted`], [`QueueState::attach`]). [`Budget`]
+//! bounds both, in bytes:
+//!
+//! - `buffered_bytes`: bodies in memory — half for the read-ahead, a
+//!   quarter at most for kept bodies of entries not ready, and loads for
+//!   due entries within the rest (at least one at a time). A delayed or
+//!   blocked event never holds read-ahead budget, so ready events read
+//!   after 100,000 delayed ones are still read and delivered at once.
+//! - `pending_bytes`: the light entries. Once full, no new events are read
+//!   until some finish: the one bound on how far past non-ready events a
+//!   group looks (with the default 64 MiB, about 260,000 of them).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -27,12 +47,60 @@ use super::ranges::RangeSet;
 /// Read-ahead per partition: refill below this many buffered events.
 pub(crate) const LOW_WATER: usize = 256;
 
+/// Bytes of one read-ahead read from a partition, at most (whole batches
+/// are kept: the read may return up to one batch more).
+pub(crate) const READ_AHEAD_BYTES: usize = 256 * 1024;
+
+/// What one pending entry costs in memory besides its key: the entry in the
+/// map (~100 bytes with its slot), its place in a heap or the due queue and
+/// keyed queue (up to 2 x 32), and a finished range it may split (~48).
+pub(crate) const ENTRY_COST: usize = 256;
+
+/// The memory each queue or keyed group may hold, in bytes. Event bodies
+/// (`buffered_bytes`): half for the read-ahead, a quarter at most kept for
+/// events waiting or blocked, and the rest for bodies read back for due
+/// redeliveries. Bookkeeping of pending events (`pending_bytes`): 256 bytes
+/// each plus twice its key; once full, the group reads no further until
+/// some finish. Defaults: 32 MiB and 64 MiB (about 260,000 pending events).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// Event bodies held in memory.
+    pub buffered_bytes: usize,
+    /// Bookkeeping of pending events, at 256 bytes plus twice the key each.
+    pub pending_bytes: usize,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Self {
+            buffered_bytes: 32 * 1024 * 1024,
+            pending_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
 /// An event leaving the group for its dead-letter list.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct DeadLetterEffect {
-    pub(crate) event: Arc<StoredEvent>,
+    pub(crate) partition: u32,
+    pub(crate) offset: u64,
     pub(crate) reason: String,
     pub(crate) attempts: u32,
+    pub(crate) dead_at: i64,
+}
+
+/// What a queue or keyed group holds in memory, as its [`Budget`] counts
+/// it: for measurements and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Memory {
+    /// Pending events (leased, waiting or blocked).
+    pub entries: usize,
+    /// Their bookkeeping, as budgeted.
+    pub pending_bytes: usize,
+    /// Event bodies in the read-ahead buffers.
+    pub read_ahead_bytes: usize,
+    /// Event bodies held by pending events.
+    pub held_bytes: usize,
 }
 
 #[derive(Debug)]
@@ -47,7 +115,7 @@ struct Cursor {
 enum EntryState {
     Leased {
         deadline: i64,
-        member: String,
+        member: Arc<str>,
         attempt: u32,
     },
     Waiting {
@@ -58,16 +126,25 @@ enum EntryState {
 
 #[derive(Debug)]
 struct Entry {
-    event: Arc<StoredEvent>,
+    /// The body, when held (see the module docs); read back otherwise.
+    event: Option<Arc<StoredEvent>>,
+    /// The body's size as budgeted (0 until it was seen).
+    size: usize,
+    /// Keyed mode: the key that orders it.
+    key: Option<Arc<str>>,
+    /// Its `deliver_at`, for when it is unblocked.
+    deliver_at: Option<i64>,
     attempts: u32,
     state: EntryState,
 }
 
 type Coordinates = (u32, u64);
 
-/// What survives a restart: per partition the floor, the finished ranges, and
-/// the delivery counts of pending events (so `max_deliveries` holds across
-/// restarts).
+/// What survives a restart: per partition the floor, the finished ranges,
+/// leases (deadline, member, attempt) and redeliveries waiting (their time),
+/// so a restart neither redelivers everything at once nor forgets delivery
+/// counts. Events not yet delivered (delayed, blocked, new) are read again
+/// from the log from the floor.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct QueueSnapshot {
     pub(crate) partitions: Vec<PartitionSnapshot>,
@@ -78,12 +155,41 @@ pub(crate) struct QueueSnapshot {
 pub(crate) struct PartitionSnapshot {
     pub(crate) floor: u64,
     pub(crate) finished: RangeSet,
-    /// `(offset, attempts)` of pending events.
+    /// `(offset, attempts)` of pending events, from snapshots taken before
+    /// leases and retries were kept (read, never written now).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) attempts: Vec<(u64, u32)>,
     /// Finished offsets made pending again by a redrive and not yet settled:
     /// read again from the log after a restart.
     #[serde(default)]
     pub(crate) redriven: Vec<u64>,
+    /// Leases outstanding.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) leases: Vec<SavedLease>,
+    /// Redeliveries waiting for their time (backoff or nack delay).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) retries: Vec<SavedRetry>,
+}
+
+/// A lease in a [`PartitionSnapshot`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SavedLease {
+    pub(crate) offset: u64,
+    pub(crate) attempt: u32,
+    pub(crate) deadline: i64,
+    pub(crate) member: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) key: Option<String>,
+}
+
+/// A redelivery waiting in a [`PartitionSnapshot`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SavedRetry {
+    pub(crate) offset: u64,
+    pub(crate) attempts: u32,
+    pub(crate) at: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) key: Option<String>,
 }
 
 /// The state of a queue or keyed group.
@@ -91,17 +197,28 @@ pub(crate) struct PartitionSnapshot {
 pub(crate) struct QueueState {
     keyed: bool,
     spec: GroupSpec,
+    budget: Budget,
     cursors: Vec<Cursor>,
     pending: HashMap<Coordinates, Entry>,
     /// `(deadline, partition, offset, attempt)` — stale entries are skipped.
     leases: BinaryHeap<Reverse<(i64, u32, u64, u32)>>,
     /// `(at, partition, offset)` — stale entries are skipped.
     waiting: BinaryHeap<Reverse<(i64, u32, u64)>>,
+    /// Waiting entries whose time came, in that order: leased before new
+    /// events once their bodies are held. Stale entries are skipped.
+    due: VecDeque<Coordinates>,
     /// Keyed mode: per partition and key, the pending offsets in order; the
     /// head is the one that may be in flight.
-    keys: HashMap<(u32, Vec<u8>), VecDeque<u64>>,
+    keys: HashMap<(u32, Arc<str>), VecDeque<u64>>,
     leased: usize,
-    /// Delivery counts restored after a restart, consumed as events are read.
+    /// Bytes of bodies in the read-ahead buffers.
+    read_ahead_bytes: usize,
+    /// Bytes of bodies held by pending entries.
+    held_bytes: usize,
+    /// Bookkeeping bytes of the pending entries.
+    pending_bytes: usize,
+    /// Delivery counts restored from an old snapshot, consumed as events
+    /// are read.
     restored_attempts: HashMap<Coordinates, u32>,
     next_partition: usize,
     /// Bumped by `reset`, so reads started before it are discarded.
@@ -113,9 +230,42 @@ pub(crate) struct QueueState {
     members: std::collections::BTreeMap<String, i64>,
 }
 
+/// The budgeted size of an event's body: its data and attributes.
+pub(crate) fn body_size(event: &StoredEvent) -> usize {
+    let event = &event.event;
+    let attributes = [
+        Some(event.id.len()),
+        Some(event.source.len()),
+        Some(event.ty.len()),
+        event.subject.as_ref().map(String::len),
+        event.key.as_ref().map(String::len),
+        event.datacontenttype.as_ref().map(String::len),
+        event.dataschema.as_ref().map(String::len),
+    ];
+    let extensions: usize = event
+        .extensions
+        .iter()
+        .map(|(name, value)| {
+            let value = match value {
+                herald_types::ExtensionValue::String(text) => text.len(),
+                _ => 8,
+            };
+            name.len() + 48 + value
+        })
+        .sum();
+    256 + event.data.as_ref().map_or(0, bytes::Bytes::len)
+        + attributes.into_iter().flatten().sum::<usize>()
+        + extensions
+}
+
+fn entry_cost(key: Option<&Arc<str>>) -> usize {
+    // The key is held by the entry and by its keyed queue.
+    ENTRY_COST + key.map_or(0, |key| 2 * key.len())
+}
+
 impl QueueState {
     /// A fresh group starting at `starts` (one offset per partition).
-    pub(crate) fn new(spec: GroupSpec, starts: &[u64]) -> Self {
+    pub(crate) fn new(spec: GroupSpec, budget: Budget, starts: &[u64]) -> Self {
         let snapshot = QueueSnapshot {
             partitions: starts
                 .iter()
@@ -125,53 +275,168 @@ impl QueueState {
                 })
                 .collect(),
         };
-        Self::restore(spec, snapshot)
+        Self::restore(spec, budget, snapshot)
     }
 
-    /// A group as persisted.
-    pub(crate) fn restore(spec: GroupSpec, snapshot: QueueSnapshot) -> Self {
-        let mut restored_attempts = HashMap::new();
-        let mut reloads = Vec::new();
-        let cursors = snapshot
-            .partitions
-            .into_iter()
-            .enumerate()
-            .map(|(partition, saved)| {
-                // Counts of events finished since are stale: drop them.
-                let live = saved.attempts.into_iter().filter(|(offset, _)| {
-                    *offset >= saved.floor && !saved.finished.contains(*offset)
-                });
-                for (offset, attempts) in live {
-                    restored_attempts.insert((partition as u32, offset), attempts);
-                }
-                reloads.extend(
-                    saved
-                        .redriven
-                        .iter()
-                        .map(|offset| (partition as u32, *offset)),
-                );
-                Cursor {
-                    floor: saved.floor,
-                    finished: saved.finished,
-                    frontier: saved.floor,
-                    buffer: VecDeque::new(),
-                }
-            })
-            .collect();
-        Self {
+    /// A group as persisted: leases and waiting redeliveries come back as
+    /// they were (their bodies are read back when they come due).
+    pub(crate) fn restore(spec: GroupSpec, budget: Budget, snapshot: QueueSnapshot) -> Self {
+        let mut state = Self {
             keyed: spec.mode == herald_backend::GroupMode::Keyed,
             spec,
-            cursors,
+            budget,
+            cursors: Vec::new(),
             pending: HashMap::new(),
             leases: BinaryHeap::new(),
             waiting: BinaryHeap::new(),
+            due: VecDeque::new(),
             keys: HashMap::new(),
             leased: 0,
-            restored_attempts,
+            read_ahead_bytes: 0,
+            held_bytes: 0,
+            pending_bytes: 0,
+            restored_attempts: HashMap::new(),
             next_partition: 0,
             epoch: 0,
-            reloads,
+            reloads: Vec::new(),
             members: std::collections::BTreeMap::new(),
+        };
+        for (index, saved) in snapshot.partitions.into_iter().enumerate() {
+            let partition = index as u32;
+            for lease in saved.leases {
+                let state_now = EntryState::Leased {
+                    deadline: lease.deadline,
+                    member: Arc::from(lease.member),
+                    attempt: lease.attempt,
+                };
+                state.leases.push(Reverse((
+                    lease.deadline,
+                    partition,
+                    lease.offset,
+                    lease.attempt,
+                )));
+                state.leased += 1;
+                state.insert_restored(
+                    (partition, lease.offset),
+                    lease.key,
+                    lease.attempt,
+                    state_now,
+                );
+            }
+            for retry in saved.retries {
+                state
+                    .waiting
+                    .push(Reverse((retry.at, partition, retry.offset)));
+                state.insert_restored(
+                    (partition, retry.offset),
+                    retry.key,
+                    retry.attempts,
+                    EntryState::Waiting { at: retry.at },
+                );
+            }
+            // Counts of events finished since are stale: drop them.
+            for (offset, attempts) in saved.attempts {
+                if offset >= saved.floor && !saved.finished.contains(offset) {
+                    state
+                        .restored_attempts
+                        .insert((partition, offset), attempts);
+                }
+            }
+            for offset in saved.redriven {
+                if !state.pending.contains_key(&(partition, offset)) {
+                    state.reloads.push((partition, offset));
+                }
+            }
+            state.cursors.push(Cursor {
+                floor: saved.floor,
+                finished: saved.finished,
+                frontier: saved.floor,
+                buffer: VecDeque::new(),
+            });
+        }
+        state
+    }
+
+    fn insert_restored(
+        &mut self,
+        coordinates: Coordinates,
+        key: Option<String>,
+        attempts: u32,
+        state: EntryState,
+    ) {
+        let key: Option<Arc<str>> = key.filter(|_| self.keyed).map(Arc::from);
+        if let Some(key) = &key {
+            self.keys
+                .entry((coordinates.0, Arc::clone(key)))
+                .or_default()
+                .push_back(coordinates.1);
+        }
+        self.pending_bytes += entry_cost(key.as_ref());
+        self.pending.insert(
+            coordinates,
+            Entry {
+                event: None,
+                size: 0,
+                key,
+                deliver_at: None,
+                attempts,
+                state,
+            },
+        );
+    }
+
+    /// After a power loss, a log can be shorter than the state persisted
+    /// for it: every partition whose floor, finished offsets or pending
+    /// events reach past `ends[p]` is cut back to it, so offsets the log
+    /// reuses are delivered. Returns `(partition, floor before, end)` of
+    /// each partition whose floor moved.
+    pub(crate) fn clamp(&mut self, ends: &[u64], now: i64) -> Vec<(u32, u64, u64)> {
+        let mut clamped = Vec::new();
+        for (index, cursor) in self.cursors.iter_mut().enumerate() {
+            let Some(&end) = ends.get(index) else {
+                continue;
+            };
+            if cursor.floor > end {
+                clamped.push((index as u32, cursor.floor, end));
+                cursor.floor = end;
+            }
+            cursor.finished.drop_from(end);
+            cursor.frontier = cursor.frontier.min(end).max(cursor.floor);
+            cursor.buffer.retain(|event| event.offset < end);
+        }
+        let past: Vec<Coordinates> = self
+            .pending
+            .keys()
+            .filter(|(partition, offset)| {
+                ends.get(*partition as usize)
+                    .is_some_and(|end| *offset >= *end)
+            })
+            .copied()
+            .collect();
+        for coordinates in past {
+            self.forget(coordinates, now);
+        }
+        let beyond = |(partition, offset): &Coordinates| {
+            ends.get(*partition as usize)
+                .is_some_and(|end| *offset >= *end)
+        };
+        self.reloads.retain(|coordinates| !beyond(coordinates));
+        self.restored_attempts
+            .retain(|coordinates, _| !beyond(coordinates));
+        self.read_ahead_bytes = self
+            .cursors
+            .iter()
+            .flat_map(|cursor| &cursor.buffer)
+            .map(|event| body_size(event))
+            .sum();
+        clamped
+    }
+
+    /// Drops a pending entry without finishing its offset (it is not in
+    /// the log any more), unblocking its key.
+    fn forget(&mut self, coordinates: Coordinates, now: i64) {
+        if let Some(entry) = self.remove_entry(coordinates) {
+            self.release_key(coordinates, entry.key.as_ref(), now);
         }
     }
 
@@ -193,19 +458,39 @@ impl QueueState {
             .map(|cursor| PartitionSnapshot {
                 floor: cursor.floor,
                 finished: cursor.finished.clone(),
-                attempts: Vec::new(),
-                redriven: Vec::new(),
+                ..PartitionSnapshot::default()
             })
             .collect();
         for ((partition, offset), entry) in &self.pending {
             let Some(saved) = partitions.get_mut(*partition as usize) else {
                 continue;
             };
-            if entry.attempts > 0 {
-                saved.attempts.push((*offset, entry.attempts));
-            }
-            if *offset < saved.floor || saved.finished.contains(*offset) {
-                saved.redriven.push(*offset);
+            let key = || entry.key.as_deref().map(str::to_owned);
+            match &entry.state {
+                EntryState::Leased {
+                    deadline,
+                    member,
+                    attempt,
+                } => saved.leases.push(SavedLease {
+                    offset: *offset,
+                    attempt: *attempt,
+                    deadline: *deadline,
+                    member: member.to_string(),
+                    key: key(),
+                }),
+                EntryState::Waiting { at } if entry.attempts > 0 => {
+                    saved.retries.push(SavedRetry {
+                        offset: *offset,
+                        attempts: entry.attempts,
+                        at: *at,
+                        key: key(),
+                    });
+                }
+                EntryState::Waiting { .. } | EntryState::Blocked => {
+                    if *offset < saved.floor || saved.finished.contains(*offset) {
+                        saved.redriven.push(*offset);
+                    }
+                }
             }
         }
         for (partition, offset) in &self.reloads {
@@ -221,6 +506,8 @@ impl QueueState {
         for saved in &mut partitions {
             saved.attempts.sort_unstable();
             saved.redriven.sort_unstable();
+            saved.leases.sort_unstable_by_key(|lease| lease.offset);
+            saved.retries.sort_unstable_by_key(|retry| retry.offset);
         }
         QueueSnapshot { partitions }
     }
@@ -235,20 +522,40 @@ impl QueueState {
         self.epoch
     }
 
-    /// Events pending beyond which no new events are read: leases plus
-    /// waiting plus blocked. Bounds memory whatever the backlog.
-    fn max_pending(&self) -> usize {
-        (self.spec.max_in_flight as usize)
-            .saturating_mul(4)
-            .max(10_000)
+    /// What is held in memory.
+    pub(crate) fn memory(&self) -> Memory {
+        Memory {
+            entries: self.pending.len(),
+            pending_bytes: self.pending_bytes,
+            read_ahead_bytes: self.read_ahead_bytes,
+            held_bytes: self.held_bytes,
+        }
     }
 
-    /// Partitions whose read-ahead needs refilling, with the offset to read
-    /// from: `ends[p]` is the partition's end offset.
-    pub(crate) fn reads_needed(&self, ends: &[u64]) -> Vec<(u32, u64)> {
-        if self.pending.len() >= self.max_pending() {
+    fn entries_full(&self) -> bool {
+        self.pending_bytes >= self.budget.pending_bytes
+    }
+
+    fn read_ahead_budget(&self) -> usize {
+        self.budget.buffered_bytes / 2
+    }
+
+    fn keep_budget(&self) -> usize {
+        self.budget.buffered_bytes / 4
+    }
+
+    /// Partitions whose read-ahead needs refilling: `(partition, from,
+    /// max_bytes)`; `ends[p]` is the partition's end offset. Only the
+    /// read-ahead's own budget and the bookkeeping budget stop reads:
+    /// bodies of events not ready never do.
+    pub(crate) fn reads_needed(&self, ends: &[u64]) -> Vec<(u32, u64, usize)> {
+        let room = self
+            .read_ahead_budget()
+            .saturating_sub(self.read_ahead_bytes);
+        if self.entries_full() || room == 0 {
             return Vec::new();
         }
+        let max_bytes = room.clamp(4096, READ_AHEAD_BYTES);
         self.cursors
             .iter()
             .enumerate()
@@ -258,7 +565,7 @@ impl QueueState {
                         .get(*partition)
                         .is_some_and(|end| cursor.frontier < *end)
             })
-            .map(|(partition, cursor)| (partition as u32, cursor.frontier))
+            .map(|(partition, cursor)| (partition as u32, cursor.frontier, max_bytes))
             .collect()
     }
 
@@ -289,7 +596,10 @@ impl QueueState {
             expected = event.offset + 1;
         }
         gaps.extend(expected..next);
-        cursor.buffer.extend(events.into_iter().map(Arc::new));
+        for event in events {
+            self.read_ahead_bytes += body_size(&event);
+            cursor.buffer.push_back(Arc::new(event));
+        }
         for offset in gaps {
             self.finish_offset((partition, offset));
         }
@@ -302,9 +612,15 @@ impl QueueState {
         let Some(cursor) = self.cursors.get_mut(partition as usize) else {
             return;
         };
-        cursor
-            .buffer
-            .retain(|event| offsets.binary_search(&event.offset).is_err());
+        let mut dropped = 0;
+        cursor.buffer.retain(|event| {
+            let erased = offsets.binary_search(&event.offset).is_ok();
+            if erased {
+                dropped += body_size(event);
+            }
+            !erased
+        });
+        self.read_ahead_bytes -= dropped;
         let frontier = cursor.frontier;
         for &offset in offsets.iter().take_while(|offset| **offset < frontier) {
             let coordinates = (partition, offset);
@@ -324,7 +640,8 @@ impl QueueState {
         };
         if cursor.frontier < start {
             cursor.frontier = start;
-            cursor.buffer.clear();
+            let dropped: usize = cursor.buffer.drain(..).map(|event| body_size(&event)).sum();
+            self.read_ahead_bytes -= dropped;
         }
         if cursor.floor < start {
             cursor.floor = start;
@@ -334,7 +651,8 @@ impl QueueState {
     }
 
     /// Hands out up to `max` deliveries to `member`. Expired leases are
-    /// processed first; their dead letters come back as effects.
+    /// processed first; their dead letters come back as effects. Due
+    /// redeliveries whose bodies are held go first, then new events.
     pub(crate) fn take(
         &mut self,
         member: &str,
@@ -344,15 +662,70 @@ impl QueueState {
         let effects = self.expire(now);
         self.compact_heaps();
         self.members.insert(member.to_owned(), now);
+        let member: Arc<str> = Arc::from(member);
         let mut deliveries = Vec::new();
         let max_in_flight = self.spec.max_in_flight as usize;
         while deliveries.len() < max && self.leased < max_in_flight {
-            let Some(coordinates) = self.pop_due(now).or_else(|| self.next_new(now)) else {
+            let Some(coordinates) = self.next_due(now).or_else(|| self.next_new(now)) else {
                 break;
             };
-            deliveries.extend(self.lease(coordinates, member, now));
+            deliveries.extend(self.lease(coordinates, &member, now));
         }
         (deliveries, effects)
+    }
+
+    /// Due entries whose bodies must be read back from the log before they
+    /// can be leased: the first `max` of the due queue lacking one, within
+    /// the loading budget (at least one).
+    pub(crate) fn bodies_wanted(&mut self, now: i64, max: usize) -> Vec<Coordinates> {
+        self.promote_due(now);
+        let room = self
+            .budget
+            .buffered_bytes
+            .saturating_sub(self.read_ahead_budget())
+            .saturating_sub(self.held_bytes);
+        let mut wanted = Vec::new();
+        let mut bytes = 0;
+        for coordinates in self.due.iter().take(max.saturating_mul(2).max(64)) {
+            if wanted.len() >= max {
+                break;
+            }
+            let Some(entry) = self.pending.get(coordinates) else {
+                continue;
+            };
+            if entry.event.is_some() || !matches!(entry.state, EntryState::Waiting { .. }) {
+                continue;
+            }
+            if !wanted.is_empty() && bytes + entry.size > room {
+                break;
+            }
+            bytes += entry.size;
+            wanted.push(*coordinates);
+        }
+        wanted
+    }
+
+    /// Bodies read back for [`QueueState::bodies_wanted`]. Ignored for an
+    /// entry settled meanwhile.
+    pub(crate) fn attach(&mut self, event: StoredEvent) {
+        let coordinates = (event.partition, event.offset);
+        if let Some(entry) = self.pending.get_mut(&coordinates)
+            && entry.event.is_none()
+        {
+            let size = body_size(&event);
+            entry.size = size;
+            entry.event = Some(Arc::new(event));
+            self.held_bytes += size;
+        }
+    }
+
+    /// A pending event the log no longer has (retention removed it, or a
+    /// hard delete erased it): nothing is left to deliver, so it is
+    /// finished.
+    pub(crate) fn lost(&mut self, coordinates: Coordinates, now: i64) {
+        if self.pending.contains_key(&coordinates) {
+            self.finish(coordinates, now);
+        }
     }
 
     /// The earliest time something changes without outside input: a lease
@@ -394,10 +767,11 @@ impl QueueState {
         effects
     }
 
-    fn pop_due(&mut self, now: i64) -> Option<Coordinates> {
+    /// Moves waiting entries whose time came to the due queue.
+    fn promote_due(&mut self, now: i64) {
         while let Some(Reverse((at, partition, offset))) = self.waiting.peek().copied() {
             if at > now {
-                return None;
+                return;
             }
             self.waiting.pop();
             let due = matches!(
@@ -405,7 +779,32 @@ impl QueueState {
                 Some(Entry { state: EntryState::Waiting { at: current }, .. }) if *current == at
             );
             if due {
-                return Some((partition, offset));
+                self.due.push_back((partition, offset));
+            }
+        }
+    }
+
+    /// The first due entry, if its body is held (the runtime reads bodies
+    /// back first: [`QueueState::bodies_wanted`]).
+    fn next_due(&mut self, now: i64) -> Option<Coordinates> {
+        self.promote_due(now);
+        while let Some(coordinates) = self.due.front().copied() {
+            match self.pending.get(&coordinates) {
+                Some(Entry {
+                    state: EntryState::Waiting { at },
+                    event,
+                    ..
+                }) if *at <= now => {
+                    if event.is_none() {
+                        return None;
+                    }
+                    self.due.pop_front();
+                    return Some(coordinates);
+                }
+                // Settled or re-scheduled since: stale.
+                _ => {
+                    self.due.pop_front();
+                }
             }
         }
         None
@@ -414,15 +813,18 @@ impl QueueState {
     /// The next new event that can be leased now, from the read-ahead,
     /// partitions in turn. Filtered-out events are finished on the way;
     /// delayed ones start waiting; keyed ones behind their key are blocked.
+    /// Those keep their body only while it fits the keep budget.
     fn next_new(&mut self, now: i64) -> Option<Coordinates> {
         let partitions = self.cursors.len();
         for _ in 0..partitions {
             let partition = self.next_partition % partitions;
             self.next_partition = partition + 1;
-            while self.pending.len() < self.max_pending() {
+            while !self.entries_full() {
                 let Some(event) = self.cursors[partition].buffer.pop_front() else {
                     break;
                 };
+                let size = body_size(&event);
+                self.read_ahead_bytes -= size;
                 let coordinates = (partition as u32, event.offset);
                 let cursor = &self.cursors[partition];
                 if event.offset < cursor.floor
@@ -441,9 +843,10 @@ impl QueueState {
                 }
                 let attempts = self.restored_attempts.remove(&coordinates).unwrap_or(0);
                 let key = self.key_of(&event);
-                let blocked = self.enqueue_key(coordinates, key);
-                let deliver_at = event.event.deliver_at.filter(|at| *at > now);
-                let state = match (blocked, deliver_at) {
+                let blocked = self.enqueue_key(coordinates, key.as_ref());
+                let deliver_at = event.event.deliver_at;
+                let delayed = deliver_at.filter(|at| *at > now);
+                let state = match (blocked, delayed) {
                     (true, _) => EntryState::Blocked,
                     (false, Some(at)) => {
                         self.waiting
@@ -453,15 +856,24 @@ impl QueueState {
                     // Leased by the caller right away.
                     (false, None) => EntryState::Waiting { at: now },
                 };
+                let ready = !blocked && delayed.is_none();
+                let keep = ready || self.held_bytes + size <= self.keep_budget();
+                if keep {
+                    self.held_bytes += size;
+                }
+                self.pending_bytes += entry_cost(key.as_ref());
                 self.pending.insert(
                     coordinates,
                     Entry {
-                        event,
+                        event: keep.then_some(event),
+                        size,
+                        key,
+                        deliver_at,
                         attempts,
                         state,
                     },
                 );
-                if !blocked && deliver_at.is_none() {
+                if ready {
                     return Some(coordinates);
                 }
             }
@@ -470,9 +882,9 @@ impl QueueState {
     }
 
     /// Keyed mode: the key that orders `event`, if it has one.
-    fn key_of(&self, event: &StoredEvent) -> Option<Vec<u8>> {
+    fn key_of(&self, event: &StoredEvent) -> Option<Arc<str>> {
         if self.keyed {
-            event.event.key.as_ref().map(|key| key.as_bytes().to_vec())
+            event.event.key.as_deref().map(Arc::from)
         } else {
             None
         }
@@ -480,16 +892,20 @@ impl QueueState {
 
     /// Queues `coordinates` behind its key; returns whether an earlier event
     /// of the key is still pending (so this one must wait its turn).
-    fn enqueue_key(&mut self, coordinates: Coordinates, key: Option<Vec<u8>>) -> bool {
+    fn enqueue_key(&mut self, coordinates: Coordinates, key: Option<&Arc<str>>) -> bool {
         let Some(key) = key else { return false };
-        let queue = self.keys.entry((coordinates.0, key)).or_default();
+        let queue = self
+            .keys
+            .entry((coordinates.0, Arc::clone(key)))
+            .or_default();
         queue.push_back(coordinates.1);
         queue.len() > 1
     }
 
-    /// The heaps drop settled entries lazily, when they reach the top. So
-    /// that memory stays bounded by what is pending (not by the rate times the
-    /// ack wait), rebuild a heap once stale entries outnumber live ones.
+    /// The heaps and the due queue drop settled entries lazily, when they
+    /// reach the front. So that memory stays bounded by what is pending
+    /// (not by the rate times the ack wait), rebuild one once stale entries
+    /// outnumber live ones.
     fn compact_heaps(&mut self) {
         const SLACK: usize = 1024;
         if self.leases.len() > 2 * self.leased + SLACK {
@@ -506,29 +922,48 @@ impl QueueState {
         }
         let waiting = self.pending.len() - self.leased;
         if self.waiting.len() > 2 * waiting + SLACK {
+            let due: std::collections::HashSet<Coordinates> = self.due.iter().copied().collect();
             let live = self
                 .pending
                 .iter()
                 .filter_map(|(coordinates, entry)| match entry.state {
-                    EntryState::Waiting { at } => Some(Reverse((at, coordinates.0, coordinates.1))),
+                    EntryState::Waiting { at } if !due.contains(coordinates) => {
+                        Some(Reverse((at, coordinates.0, coordinates.1)))
+                    }
                     _ => None,
                 });
             self.waiting = live.collect();
         }
+        if self.due.len() > 2 * waiting + SLACK {
+            let pending = &self.pending;
+            self.due.retain(|coordinates| {
+                matches!(
+                    pending.get(coordinates),
+                    Some(Entry {
+                        state: EntryState::Waiting { .. },
+                        ..
+                    })
+                )
+            });
+        }
     }
 
-    fn lease(&mut self, coordinates: Coordinates, member: &str, now: i64) -> Option<Delivery> {
+    /// Leases a due or new entry whose body is held; the body goes out with
+    /// the delivery (a redelivery reads it back).
+    fn lease(&mut self, coordinates: Coordinates, member: &Arc<str>, now: i64) -> Option<Delivery> {
         let ack_wait = i64::try_from(self.spec.ack_wait_ms).unwrap_or(i64::MAX);
         let deadline = now.saturating_add(ack_wait);
         let entry = self.pending.get_mut(&coordinates)?;
+        let body = entry.event.take()?;
+        self.held_bytes -= entry.size;
         entry.attempts += 1;
         let attempt = entry.attempts;
         entry.state = EntryState::Leased {
             deadline,
-            member: member.to_owned(),
+            member: Arc::clone(member),
             attempt,
         };
-        let event = (*entry.event).clone();
+        let event = Arc::try_unwrap(body).unwrap_or_else(|shared| (*shared).clone());
         self.leases
             .push(Reverse((deadline, coordinates.0, coordinates.1, attempt)));
         self.leased += 1;
@@ -639,7 +1074,7 @@ impl QueueState {
         let released: Vec<Coordinates> = self
             .pending
             .iter()
-            .filter(|(_, entry)| matches!(&entry.state, EntryState::Leased { member: holder, .. } if holder == member))
+            .filter(|(_, entry)| matches!(&entry.state, EntryState::Leased { member: holder, .. } if &**holder == member))
             .map(|(coordinates, _)| *coordinates)
             .collect();
         for coordinates in &released {
@@ -652,35 +1087,45 @@ impl QueueState {
 
     /// Makes `event` (a dead letter being redriven) deliverable again as a
     /// first delivery. It stays finished for the floor; it is pending until
-    /// settled again.
-    pub(crate) fn redrive(&mut self, event: StoredEvent, now: i64) {
+    /// settled again. Returns whether it was not pending already.
+    pub(crate) fn redrive(&mut self, event: StoredEvent, now: i64) -> bool {
         let coordinates = (event.partition, event.offset);
         if self.pending.contains_key(&coordinates) {
-            return;
+            return false;
         }
         let key = self.key_of(&event);
-        let state = if self.enqueue_key(coordinates, key) {
+        let state = if self.enqueue_key(coordinates, key.as_ref()) {
             EntryState::Blocked
         } else {
             self.waiting
                 .push(Reverse((now, coordinates.0, coordinates.1)));
             EntryState::Waiting { at: now }
         };
+        let size = body_size(&event);
+        let keep = self.held_bytes + size <= self.keep_budget();
+        if keep {
+            self.held_bytes += size;
+        }
+        self.pending_bytes += entry_cost(key.as_ref());
         self.pending.insert(
             coordinates,
             Entry {
-                event: Arc::new(event),
+                deliver_at: event.event.deliver_at,
+                event: keep.then(|| Arc::new(event)),
+                size,
+                key,
                 attempts: 0,
                 state,
             },
         );
+        true
     }
 
     /// Moves every partition to `starts`, dropping all pending state.
     pub(crate) fn reset(&mut self, starts: &[u64]) {
         let spec = self.spec.clone();
         let epoch = self.epoch + 1;
-        *self = Self::new(spec, starts);
+        *self = Self::new(spec, self.budget, starts);
         self.epoch = epoch;
     }
 
@@ -707,8 +1152,7 @@ impl QueueState {
     /// Whether new events are wanted from the log (room for them, nothing
     /// buffered): a fetcher with nothing to hand out should wait for the log.
     pub(crate) fn wants_events(&self) -> bool {
-        self.pending.len() < self.max_pending()
-            && self.cursors.iter().all(|cursor| cursor.buffer.is_empty())
+        !self.entries_full() && self.cursors.iter().all(|cursor| cursor.buffer.is_empty())
     }
 
     fn current_lease(&self, id: &str) -> Option<Coordinates> {
@@ -768,36 +1212,53 @@ impl QueueState {
     ) -> Option<DeadLetterEffect> {
         let entry = self.pending.get(&coordinates)?;
         let effect = DeadLetterEffect {
-            event: Arc::clone(&entry.event),
+            partition: coordinates.0,
+            offset: coordinates.1,
             reason,
             attempts: entry.attempts,
+            dead_at: now,
         };
         self.finish(coordinates, now);
         Some(effect)
     }
 
-    /// The event is finished: forget it, move the floor, unblock its key.
-    fn finish(&mut self, coordinates: Coordinates, now: i64) {
-        let Some(entry) = self.pending.remove(&coordinates) else {
-            return;
-        };
+    /// Removes a pending entry and its budget; returns it.
+    fn remove_entry(&mut self, coordinates: Coordinates) -> Option<Entry> {
+        let entry = self.pending.remove(&coordinates)?;
         if matches!(entry.state, EntryState::Leased { .. }) {
             self.leased -= 1;
         }
+        if entry.event.is_some() {
+            self.held_bytes -= entry.size;
+        }
+        self.pending_bytes -= entry_cost(entry.key.as_ref());
+        Some(entry)
+    }
+
+    /// The event is finished: forget it, move the floor, unblock its key.
+    fn finish(&mut self, coordinates: Coordinates, now: i64) {
+        let Some(entry) = self.remove_entry(coordinates) else {
+            return;
+        };
         self.finish_offset(coordinates);
-        if self.keyed
-            && let Some(key) = entry.event.event.key.as_ref()
-        {
-            let slot = (coordinates.0, key.as_bytes().to_vec());
-            let next = self.keys.get_mut(&slot).and_then(|queue| {
-                queue.retain(|offset| *offset != coordinates.1);
-                queue.front().copied()
-            });
-            match next {
-                Some(offset) => self.unblock((coordinates.0, offset), now),
-                None => {
-                    self.keys.remove(&slot);
-                }
+        self.release_key(coordinates, entry.key.as_ref(), now);
+    }
+
+    /// Keyed mode: `coordinates` leaves its key's queue; the next of the key
+    /// is unblocked.
+    fn release_key(&mut self, coordinates: Coordinates, key: Option<&Arc<str>>, now: i64) {
+        let Some(key) = key else {
+            return;
+        };
+        let slot = (coordinates.0, Arc::clone(key));
+        let next = self.keys.get_mut(&slot).and_then(|queue| {
+            queue.retain(|offset| *offset != coordinates.1);
+            queue.front().copied()
+        });
+        match next {
+            Some(offset) => self.unblock((coordinates.0, offset), now),
+            None => {
+                self.keys.remove(&slot);
             }
         }
     }
@@ -806,7 +1267,7 @@ impl QueueState {
         if let Some(entry) = self.pending.get_mut(&coordinates)
             && matches!(entry.state, EntryState::Blocked)
         {
-            let at = entry.event.event.deliver_at.unwrap_or(now).max(now);
+            let at = entry.deliver_at.unwrap_or(now).max(now);
             entry.state = EntryState::Waiting { at };
             self.waiting
                 .push(Reverse((at, coordinates.0, coordinates.1)));
@@ -854,7 +1315,7 @@ mod tests {
     use herald_types::{Event, StoredEvent};
     use proptest::prelude::*;
 
-    use super::{QueueState, parse_delivery_id};
+    use super::{Budget, ENTRY_COST, QueueState, READ_AHEAD_BYTES, parse_delivery_id};
 
     fn stored(partition: u32, offset: u64, key: &str) -> StoredEvent {
         let mut event = Event::new(format!("{partition}-{offset}"), "/test", "t");
@@ -867,6 +1328,160 @@ mod tests {
             appended_at: 0,
             event,
         }
+    }
+
+    /// Point 2 of the hardening issue: a day-delayed backlog must not hold
+    /// up a ready event read after it.
+    #[test]
+    fn given_100k_events_delayed_a_day_when_a_ready_one_follows_should_deliver_it_at_once() {
+        let now = 1_000_000i64;
+        let mut state = QueueState::new(GroupSpec::new(GroupMode::Queue), Budget::default(), &[0]);
+        let mut offset = 0u64;
+        while offset < 100_000 {
+            let events: Vec<StoredEvent> = (offset..offset + 1_000)
+                .map(|offset| {
+                    let mut event = stored(0, offset, "k");
+                    event.event.deliver_at = Some(now + 86_400_000);
+                    event
+                })
+                .collect();
+            for (partition, from, _) in state.reads_needed(&[100_001]) {
+                assert_eq!((partition, from), (0, offset));
+            }
+            state.add_read(0, 0, offset, events, offset + 1_000);
+            let (deliveries, _) = state.take("m", 10, now);
+            assert!(deliveries.is_empty(), "nothing is due yet");
+            offset += 1_000;
+        }
+        assert_eq!(
+            state
+                .reads_needed(&[100_001])
+                .first()
+                .map(|read| (read.0, read.1)),
+            Some((0, 100_000)),
+            "the read-ahead stalled behind delayed events"
+        );
+        state.add_read(0, 0, 100_000, vec![stored(0, 100_000, "k")], 100_001);
+        let (deliveries, _) = state.take("m", 10, now);
+        let offsets: Vec<u64> = deliveries
+            .iter()
+            .map(|delivery| delivery.event.offset)
+            .collect();
+        assert_eq!(offsets, [100_000]);
+    }
+
+    /// Point 2: memory is bounded by bytes, whatever the payloads: 100,000
+    /// delayed events of 16 KiB hold no more bodies than the budget allows,
+    /// and their bookkeeping is the fixed cost per entry.
+    #[test]
+    fn given_100k_delayed_events_with_large_payloads_when_read_should_stay_within_the_byte_budget()
+    {
+        let now = 1_000_000i64;
+        let budget = Budget::default();
+        let mut state = QueueState::new(GroupSpec::new(GroupMode::Queue), budget, &[0]);
+        let payload = Bytes::from(vec![b'x'; 16 * 1024]);
+        let mut offset = 0u64;
+        while offset < 100_000 {
+            let Some((_, from, max_bytes)) = state.reads_needed(&[100_000]).first().copied() else {
+                panic!("reads stopped at {offset}: {:?}", state.memory());
+            };
+            assert_eq!(from, offset);
+            // As the log would: whole events up to about `max_bytes`.
+            let count = (max_bytes / payload.len()).clamp(1, 100_000 - offset as usize) as u64;
+            let events: Vec<StoredEvent> = (offset..offset + count)
+                .map(|offset| {
+                    let mut event = stored(0, offset, "k");
+                    event.event.data = Some(payload.clone());
+                    event.event.deliver_at = Some(now + 86_400_000);
+                    event
+                })
+                .collect();
+            state.add_read(0, 0, offset, events, offset + count);
+            let memory = state.memory();
+            assert!(
+                memory.read_ahead_bytes <= budget.buffered_bytes / 2 + READ_AHEAD_BYTES,
+                "{memory:?}"
+            );
+            let (deliveries, _) = state.take("m", 10, now);
+            assert!(deliveries.is_empty());
+            offset += count;
+        }
+        let memory = state.memory();
+        assert_eq!(memory.entries, 100_000);
+        assert!(memory.held_bytes <= budget.buffered_bytes / 4, "{memory:?}");
+        assert_eq!(memory.read_ahead_bytes, 0);
+        assert_eq!(memory.pending_bytes, 100_000 * ENTRY_COST);
+        assert!(memory.pending_bytes <= budget.pending_bytes);
+    }
+
+    /// Bodies dropped from waiting entries are read back when they come
+    /// due: the entry asks for its body, and is leased once it has it.
+    #[test]
+    fn given_a_delayed_event_without_its_body_when_due_should_ask_for_it_and_then_deliver() {
+        let budget = Budget {
+            buffered_bytes: 4, // keeps no body of an event not ready
+            pending_bytes: 1 << 20,
+        };
+        let mut state = QueueState::new(GroupSpec::new(GroupMode::Queue), budget, &[0]);
+        let mut delayed = stored(0, 0, "k");
+        delayed.event.deliver_at = Some(1_000);
+        state.add_read(0, 0, 0, vec![delayed.clone()], 1);
+        assert!(state.take("m", 1, 0).0.is_empty());
+        assert_eq!(
+            state.memory().held_bytes,
+            0,
+            "the waiting entry kept its body"
+        );
+        assert!(
+            state.take("m", 1, 1_000).0.is_empty(),
+            "leased without a body"
+        );
+        assert_eq!(state.bodies_wanted(1_000, 10), vec![(0, 0)]);
+        state.attach(delayed);
+        let (deliveries, _) = state.take("m", 1, 1_000);
+        assert_eq!(deliveries.len(), 1);
+        assert_eq!(
+            state.memory().held_bytes,
+            0,
+            "the body left with the delivery"
+        );
+    }
+
+    /// Point 2: a key whose head is leased and never settled holds back only
+    /// its own key, however long its backlog.
+    #[test]
+    fn given_a_stuck_key_with_a_100k_backlog_when_other_keys_follow_should_deliver_them() {
+        let mut state = QueueState::new(GroupSpec::new(GroupMode::Keyed), Budget::default(), &[0]);
+        state.add_read(0, 0, 0, vec![stored(0, 0, "stuck")], 1);
+        let (head, _) = state.take("m", 1, 0);
+        assert_eq!(head.len(), 1);
+        let mut offset = 1u64;
+        while offset <= 100_000 {
+            let events: Vec<StoredEvent> = (offset..offset + 1_000)
+                .map(|offset| stored(0, offset, "stuck"))
+                .collect();
+            if state.reads_needed(&[100_011]).is_empty() {
+                break;
+            }
+            state.add_read(0, 0, offset, events, offset + 1_000);
+            let (deliveries, _) = state.take("m", 10, 0);
+            assert!(deliveries.is_empty(), "the stuck key's backlog is blocked");
+            offset += 1_000;
+        }
+        assert_eq!(
+            state
+                .reads_needed(&[100_011])
+                .first()
+                .map(|read| (read.0, read.1)),
+            Some((0, 100_001)),
+            "the read-ahead stalled behind the stuck key"
+        );
+        let others: Vec<StoredEvent> = (100_001..100_011)
+            .map(|offset| stored(0, offset, &format!("other-{offset}")))
+            .collect();
+        state.add_read(0, 0, 100_001, others, 100_011);
+        let (deliveries, _) = state.take("m", 100, 0);
+        assert_eq!(deliveries.len(), 10, "every other key is delivered");
     }
 
     #[derive(Debug, Clone)]
@@ -904,7 +1519,7 @@ mod tests {
             spec.ack_wait_ms = 500;
             spec.backoff_ms = vec![100];
             spec.max_deliveries = 1_000;
-            let mut state = QueueState::new(spec, &[0, 0]);
+            let mut state = QueueState::new(spec, Budget::default(), &[0, 0]);
             // Two partitions; a key lives in one partition (as the partitioner does).
             let mut per_partition: [Vec<StoredEvent>; 2] = [Vec::new(), Vec::new()];
             for key in &keys {
@@ -973,7 +1588,7 @@ mod tests {
                 let mut leased_keys: HashMap<String, usize> = HashMap::new();
                 for (coordinates, entry) in &state.pending {
                     if matches!(entry.state, super::EntryState::Leased { .. }) {
-                        let key = entry.event.event.key.clone().unwrap();
+                        let key = entry.key.as_deref().unwrap().to_owned();
                         *leased_keys.entry(key.clone()).or_default() += 1;
                         prop_assert!(leased_keys[&key] == 1, "key {} has two events in flight ({:?})", key, coordinates);
                     }

@@ -65,6 +65,19 @@ impl RangeSet {
         }
     }
 
+    /// Drops everything at or above `end`.
+    pub(crate) fn drop_from(&mut self, end: u64) {
+        let above: Vec<u64> = self.ranges.range(end..).map(|(&start, _)| start).collect();
+        for start in above {
+            self.ranges.remove(&start);
+        }
+        if let Some((&start, &range_end)) = self.ranges.range(..end).next_back()
+            && range_end > end
+        {
+            self.ranges.insert(start, end);
+        }
+    }
+
     /// How many ranges.
     #[cfg(test)]
     pub(crate) fn range_count(&self) -> usize {
@@ -99,5 +112,16 @@ mod tests {
         assert!(!set.contains(1) && set.contains(2) && set.contains(10));
         set.drop_below(11);
         assert!(!set.contains(10) && set.contains(11));
+    }
+
+    #[test]
+    fn given_ranges_when_dropping_from_should_cut_the_straddling_one() {
+        let mut set = RangeSet::default();
+        for offset in [1, 2, 3, 10, 11] {
+            set.insert(offset);
+        }
+        set.drop_from(3);
+        assert!(set.contains(2) && !set.contains(3) && !set.contains(10));
+        assert_eq!(set.range_count(), 1);
     }
 }

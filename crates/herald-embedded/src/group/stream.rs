@@ -209,6 +209,32 @@ impl StreamState {
         }
     }
 
+    /// After a power loss: committed offsets (and read positions) past the
+    /// partitions' `ends` are cut back to them, so offsets the log reuses
+    /// are delivered. Returns `(partition, committed before, end)` of each
+    /// partition whose committed offset moved.
+    pub(crate) fn clamp(&mut self, ends: &[u64]) -> Vec<(u32, u64, u64)> {
+        let mut clamped = Vec::new();
+        for (index, state) in self.partitions.iter_mut().enumerate() {
+            let Some(&end) = ends.get(index) else {
+                continue;
+            };
+            if state.committed > end {
+                clamped.push((index as u32, state.committed, end));
+                state.committed = end;
+            }
+            if state.frontier > end || state.position > end {
+                state.position = state.position.min(end);
+                state.frontier = state.frontier.min(end);
+                state.buffer.clear();
+            }
+        }
+        if !clamped.is_empty() {
+            self.epoch += 1;
+        }
+        clamped
+    }
+
     /// Retention removed everything below `start`.
     pub(crate) fn skip_to(&mut self, partition: u32, start: u64) {
         let Some(state) = self.partitions.get_mut(partition as usize) else {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use herald_backend::{
-    Backend, Events, FetchRequest, GroupMode, GroupSpec, Groups, TopicSpec, Topics,
+    AckDurability, Backend, Events, FetchRequest, GroupMode, GroupSpec, Groups, TopicSpec, Topics,
 };
 use herald_embedded::{EmbeddedBackend, EmbeddedOptions};
 use herald_log::LogMetrics;
@@ -120,7 +120,10 @@ async fn given_damaged_batch_in_the_middle_of_a_partition_when_reopened_should_o
             .iter()
             .map(|delivery| delivery.delivery_id.clone())
             .collect();
-        backend.ack(&topic(), &group, &ids).await.unwrap();
+        backend
+            .ack(&topic(), &group, &ids, AckDurability::Async)
+            .await
+            .unwrap();
         delivered.extend(
             fetched
                 .deliveries

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use herald_backend::{
-    Backend, Events, ExpectedVersion, FetchRequest, GroupMode, GroupSpec, Groups, Streams,
-    TopicSpec, Topics,
+    AckDurability, Backend, Events, ExpectedVersion, FetchRequest, GroupMode, GroupSpec, Groups,
+    Streams, TopicSpec, Topics,
 };
 use herald_embedded::{EmbeddedBackend, EmbeddedOptions};
 use herald_log::LogMetrics;
@@ -152,6 +152,7 @@ async fn given_leased_and_read_ahead_events_of_a_stream_when_hard_deleted_should
                 .iter()
                 .map(|delivery| delivery.delivery_id.clone())
                 .collect::<Vec<_>>(),
+            AckDurability::Async,
         )
         .await
         .unwrap();

@@ -14,11 +14,11 @@
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use herald_backend::{
-    Backend, Events, FetchRequest, Fsync, GroupMode, GroupSpec, Groups, TopicSpec, Topics,
+    AckDurability, Backend, Events, FetchRequest, Fsync, GroupMode, GroupSpec, Groups, TopicSpec,
+    Topics,
 };
 use herald_embedded::{EmbeddedBackend, EmbeddedOptions};
 use herald_log::LogMetrics;
@@ -46,20 +46,14 @@ fn given_process_killed_mid_workload_when_reopened_should_lose_no_event_and_hono
     let mut settled = BTreeSet::new();
     for cycle in 0..3 {
         let kill_after = rng.random_range(60..400);
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "kill::child",
-                "--exact",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_DIR, dir.path())
-            .env(CHILD_CYCLE, cycle.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let cycle_text = cycle.to_string();
+        let mut child = crate::spawn_child(
+            "kill::child",
+            &[
+                (CHILD_DIR, dir.path().as_os_str()),
+                (CHILD_CYCLE, cycle_text.as_ref()),
+            ],
+        );
         let stdout = BufReader::new(child.stdout.take().unwrap());
         let mut acked_since_settled = Vec::new();
         let mut lines = 0;
@@ -86,12 +80,7 @@ fn given_process_killed_mid_workload_when_reopened_should_lose_no_event_and_hono
     }
     assert!(!settled.is_empty() && published.len() > acked.len());
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    crate::runtime().block_on(async {
         let backend = EmbeddedBackend::open(EmbeddedOptions::new(dir.path()), LogMetrics::new())
             .await
             .unwrap();
@@ -116,31 +105,9 @@ fn given_process_killed_mid_workload_when_reopened_should_lose_no_event_and_hono
             published.difference(&unique).collect::<Vec<_>>()
         );
 
+        crate::release_children(&backend, &jobs(), &workers(), 3).await;
         // Drain the group.
-        let mut delivered = BTreeSet::new();
-        loop {
-            let request = FetchRequest {
-                member: "checker".into(),
-                max: 1_000,
-                wait_ms: 300,
-            };
-            let response = backend.fetch(&jobs(), &workers(), request).await.unwrap();
-            if response.deliveries.is_empty() {
-                break;
-            }
-            let ids: Vec<String> = response
-                .deliveries
-                .iter()
-                .map(|delivery| delivery.delivery_id.clone())
-                .collect();
-            delivered.extend(
-                response
-                    .deliveries
-                    .into_iter()
-                    .map(|delivery| delivery.event.event.id),
-            );
-            backend.ack(&jobs(), &workers(), &ids).await.unwrap();
-        }
+        let delivered = crate::drain_acking(&backend, &jobs(), &workers()).await;
         let never_acked: BTreeSet<String> = unique.difference(&acked).cloned().collect();
         assert!(
             never_acked.is_subset(&delivered),
@@ -171,12 +138,7 @@ fn child() {
         return;
     };
     let cycle: u64 = std::env::var(CHILD_CYCLE).unwrap().parse().unwrap();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async move {
+    crate::runtime().block_on(async move {
         let backend = EmbeddedBackend::open(EmbeddedOptions::new(dir), LogMetrics::new())
             .await
             .unwrap();
@@ -221,7 +183,12 @@ fn child() {
             for delivery in deliveries {
                 if rng.random_bool(0.7) {
                     backend
-                        .ack(&jobs(), &workers(), &[delivery.delivery_id])
+                        .ack(
+                            &jobs(),
+                            &workers(),
+                            &[delivery.delivery_id],
+                            AckDurability::Async,
+                        )
                         .await
                         .unwrap();
                     writeln!(out, "ACK {}", delivery.event.event.id).unwrap();

@@ -5,13 +5,17 @@
 
 mod damage;
 mod erasure;
+mod groups;
 mod kill;
 mod stream_kill;
+mod sync_kill;
 
+use std::collections::BTreeSet;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 
-use herald_backend::Backend;
 use herald_backend::conformance::Harness;
+use herald_backend::{AckDurability, Backend, FetchRequest, Groups};
 use herald_embedded::{EmbeddedBackend, EmbeddedOptions};
 use herald_log::LogMetrics;
 
@@ -50,3 +54,85 @@ impl Harness for Embedded {
 }
 
 herald_backend::conformance_suite!(Embedded);
+
+/// Re-runs this test binary on the ignored test `name` — a child to
+/// `kill -9` — with `vars` set and its stdout piped.
+fn spawn_child(name: &str, vars: &[(&str, &std::ffi::OsStr)]) -> Child {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
+        .args([
+            name,
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    for (key, value) in vars {
+        command.env(key, value);
+    }
+    command.spawn().unwrap()
+}
+
+/// The runtime a kill test and its children run the backend on.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// The members `child-0`… of killed children never come back: their
+/// leases (which a restart keeps until their deadline) return as their
+/// leaving would.
+async fn release_children(
+    backend: &EmbeddedBackend,
+    topic: &herald_types::TopicName,
+    group: &herald_types::GroupName,
+    children: u32,
+) {
+    for cycle in 0..children {
+        backend
+            .leave(topic, group, &format!("child-{cycle}"))
+            .await
+            .unwrap();
+    }
+}
+
+/// As the member `checker`, fetches and acks until a fetch brings nothing;
+/// returns the ids of the events delivered.
+async fn drain_acking(
+    backend: &EmbeddedBackend,
+    topic: &herald_types::TopicName,
+    group: &herald_types::GroupName,
+) -> BTreeSet<String> {
+    let mut delivered = BTreeSet::new();
+    loop {
+        let request = FetchRequest {
+            member: "checker".into(),
+            max: 1_000,
+            wait_ms: 300,
+        };
+        let response = backend.fetch(topic, group, request).await.unwrap();
+        if response.deliveries.is_empty() {
+            return delivered;
+        }
+        let ids: Vec<String> = response
+            .deliveries
+            .iter()
+            .map(|delivery| delivery.delivery_id.clone())
+            .collect();
+        delivered.extend(
+            response
+                .deliveries
+                .into_iter()
+                .map(|delivery| delivery.event.event.id),
+        );
+        backend
+            .ack(topic, group, &ids, AckDurability::Async)
+            .await
+            .unwrap();
+    }
+}

@@ -9,9 +9,9 @@
 use std::str::FromStr;
 
 use herald_backend::{
-    DeadLetter, Delivery, ExpectedVersion, Fsync, GroupFilter, GroupInfo, GroupMode, GroupSpec,
-    GroupStatus, PublishResult, RetentionSpec, StartPosition, TopicDescription, TopicInfo,
-    TopicSpec,
+    AckDurability, DeadLetter, Delivery, ExpectedVersion, Fsync, GroupFilter, GroupInfo, GroupMode,
+    GroupSpec, GroupStatus, PublishResult, RetentionSpec, StartPosition, TopicDescription,
+    TopicInfo, TopicSpec,
 };
 use herald_proto::v1;
 use herald_types::{EventInput, InvalidName, StreamId, TopicName};
@@ -220,6 +220,20 @@ pub(super) fn group(info: GroupInfo) -> v1::Group {
         filter_types: spec.filter.types,
         filter_subject_prefix: spec.filter.subject_prefix,
         created_at_ms: info.created_at,
+        ack_durability: match spec.ack_durability {
+            AckDurability::Async => v1::AckDurability::Async,
+            AckDurability::Sync => v1::AckDurability::Sync,
+        }
+        .into(),
+    }
+}
+
+/// The durability a settle asks for: `sync`, or the group's own.
+pub(super) fn durability(sync: bool) -> AckDurability {
+    if sync {
+        AckDurability::Sync
+    } else {
+        AckDurability::Async
     }
 }
 
@@ -253,6 +267,11 @@ pub fn group_spec(group: v1::Group) -> Result<GroupSpec, Status> {
     spec.filter = GroupFilter {
         types: group.filter_types,
         subject_prefix: group.filter_subject_prefix,
+    };
+    spec.ack_durability = match v1::AckDurability::try_from(group.ack_durability) {
+        Ok(v1::AckDurability::Async) => AckDurability::Async,
+        Ok(v1::AckDurability::Sync) => AckDurability::Sync,
+        Err(_) => return Err(super::invalid("ack_durability", "must be async or sync")),
     };
     Ok(spec)
 }

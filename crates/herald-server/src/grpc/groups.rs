@@ -315,20 +315,36 @@ impl Session {
                 self.credits.grant(u64::from(count));
                 return;
             }
-            Request::Ack(ids) => backend.ack(topic, group, &ids.delivery_ids).await,
+            Request::Ack(ids) => {
+                let durability = convert::durability(ids.sync);
+                backend
+                    .ack(topic, group, &ids.delivery_ids, durability)
+                    .await
+            }
             Request::Nack(nack) => {
                 let delay = nack.delay_ms.map(Duration::from_millis);
-                backend.nack(topic, group, &nack.delivery_ids, delay).await
+                let durability = convert::durability(nack.sync);
+                backend
+                    .nack(topic, group, &nack.delivery_ids, delay, durability)
+                    .await
             }
             Request::Extend(extend) => {
                 let wait = extend.ack_wait_ms.map(Duration::from_millis);
+                let durability = convert::durability(extend.sync);
                 backend
-                    .extend(topic, group, &extend.delivery_ids, wait)
+                    .extend(topic, group, &extend.delivery_ids, wait, durability)
                     .await
             }
             Request::Reject(reject) => {
+                let durability = convert::durability(reject.sync);
                 backend
-                    .reject(topic, group, &reject.delivery_ids, &reject.reason)
+                    .reject(
+                        topic,
+                        group,
+                        &reject.delivery_ids,
+                        &reject.reason,
+                        durability,
+                    )
                     .await
             }
             Request::Commit(commit) => {

@@ -6,10 +6,10 @@
 //! | `GET …/{group}` | | 200 status |
 //! | `DELETE …/{group}` | | 204 |
 //! | `POST …/fetch` | `{member, max, wait_ms}` | 200 `{deliveries, assignment?, generation?}` |
-//! | `POST …/ack` | `{delivery_ids}` | 200 `{acked, unknown}` |
-//! | `POST …/nack` | `{delivery_ids, delay_ms?}` | 200 `{acked, unknown}` |
-//! | `POST …/extend` | `{delivery_ids, ack_wait_ms?}` | 200 `{acked, unknown}` |
-//! | `POST …/reject` | `{delivery_ids, reason?}` | 200 `{acked, unknown}` |
+//! | `POST …/ack` | `{delivery_ids, sync?}` | 200 `{acked, unknown}` |
+//! | `POST …/nack` | `{delivery_ids, delay_ms?, sync?}` | 200 `{acked, unknown}` |
+//! | `POST …/extend` | `{delivery_ids, ack_wait_ms?, sync?}` | 200 `{acked, unknown}` |
+//! | `POST …/reject` | `{delivery_ids, reason?, sync?}` | 200 `{acked, unknown}` |
 //! | `POST …/commit` | `{member, generation, offsets}` | 200 `{}` |
 //! | `POST …/reset` | `{to}` | 200 `{}` |
 //! | `POST …/leave` | `{member}` | 200 `{}` |
@@ -18,7 +18,8 @@
 //!
 //! A fetch long-polls up to `wait_ms`; when the server starts shutting down,
 //! a waiting fetch answers 503 `shutting_down` at once instead of holding
-//! the shutdown up.
+//! the shutdown up. `sync: true` on a settle answers only once it is
+//! persisted, whatever the group's `ack_durability`.
 
 use std::time::Duration;
 
@@ -27,7 +28,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use herald_backend::{
-    AckOutcome, CommitRequest, DeadLetter, FetchRequest, FetchResponse, GroupInfo,
+    AckDurability, AckOutcome, CommitRequest, DeadLetter, FetchRequest, FetchResponse, GroupInfo,
     GroupPartitionStatus, GroupSpec, GroupStatus, MemberStatus, PartitionOffset, StartPosition,
 };
 use herald_types::{GroupName, StoredEvent, TopicName, format_rfc3339_ms};
@@ -153,7 +154,12 @@ pub async fn ack(
 ) -> Result<Json<AckOutcome>, Problem> {
     let outcome = state
         .backend()?
-        .ack(&path.topic, &path.group, &request.delivery_ids)
+        .ack(
+            &path.topic,
+            &path.group,
+            &request.delivery_ids,
+            durability(request.sync),
+        )
         .await?;
     Ok(Json(outcome))
 }
@@ -174,7 +180,13 @@ pub async fn nack(
     let delay = request.delay_ms.map(Duration::from_millis);
     let outcome = state
         .backend()?
-        .nack(&path.topic, &path.group, &request.delivery_ids, delay)
+        .nack(
+            &path.topic,
+            &path.group,
+            &request.delivery_ids,
+            delay,
+            durability(request.sync),
+        )
         .await?;
     Ok(Json(outcome))
 }
@@ -201,7 +213,13 @@ pub async fn extend(
     let ack_wait = request.ack_wait_ms.map(Duration::from_millis);
     let outcome = state
         .backend()?
-        .extend(&path.topic, &path.group, &request.delivery_ids, ack_wait)
+        .extend(
+            &path.topic,
+            &path.group,
+            &request.delivery_ids,
+            ack_wait,
+            durability(request.sync),
+        )
         .await?;
     Ok(Json(outcome))
 }
@@ -228,7 +246,13 @@ pub async fn reject(
     }
     let outcome = state
         .backend()?
-        .reject(&path.topic, &path.group, &request.delivery_ids, reason)
+        .reject(
+            &path.topic,
+            &path.group,
+            &request.delivery_ids,
+            reason,
+            durability(request.sync),
+        )
         .await?;
     Ok(Json(outcome))
 }
@@ -347,14 +371,26 @@ pub async fn redrive(
     Ok(Json(RedriveResponse { redriven }))
 }
 
-/// `{delivery_ids}`.
+/// The durability a settle asks for: `sync: true`, or the group's own.
+pub(crate) fn durability(sync: bool) -> AckDurability {
+    if sync {
+        AckDurability::Sync
+    } else {
+        AckDurability::Async
+    }
+}
+
+/// `{delivery_ids, sync?}`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AckRequest {
     delivery_ids: Vec<String>,
+    /// Answer only once persisted (whatever the group's `ack_durability`).
+    #[serde(default)]
+    sync: bool,
 }
 
-/// `{delivery_ids, delay_ms?}`.
+/// `{delivery_ids, delay_ms?, sync?}`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NackRequest {
@@ -362,9 +398,12 @@ pub struct NackRequest {
     /// Redeliver after this long; the group's backoff when absent.
     #[serde(default)]
     delay_ms: Option<u64>,
+    /// Answer only once persisted (whatever the group's `ack_durability`).
+    #[serde(default)]
+    sync: bool,
 }
 
-/// `{delivery_ids, ack_wait_ms?}`.
+/// `{delivery_ids, ack_wait_ms?, sync?}`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExtendRequest {
@@ -372,9 +411,12 @@ pub struct ExtendRequest {
     /// The new lease, from now; the group's `ack_wait_ms` when absent.
     #[serde(default)]
     ack_wait_ms: Option<u64>,
+    /// Answer only once persisted (whatever the group's `ack_durability`).
+    #[serde(default)]
+    sync: bool,
 }
 
-/// `{delivery_ids, reason?}`.
+/// `{delivery_ids, reason?, sync?}`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RejectRequest {
@@ -382,6 +424,9 @@ pub struct RejectRequest {
     /// Why; kept with the dead letter.
     #[serde(default)]
     reason: Option<String>,
+    /// Answer only once persisted (whatever the group's `ack_durability`).
+    #[serde(default)]
+    sync: bool,
 }
 
 /// `{to}`.

@@ -7,7 +7,9 @@
 //! draining. While open, storage whose disk refused a write or fsync (a full
 //! disk, an I/O error) also makes it 503 `{"status":"degraded"}`, with a
 //! `problems` list naming each failed partition or store and its error,
-//! until the backend has recovered it (by itself, once the disk works).
+//! until the backend has recovered it (by itself, once the disk works); and
+//! so does group state that has failed to persist for a while (acks would be
+//! lost to a crash).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -124,7 +126,7 @@ pub async fn healthz() -> Json<Status> {
     get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, description = "Storage is open; serving.", body = Status),
-        (status = 503, description = "Starting (recovering storage), stopping, or degraded: storage failed a write (disk full, I/O error) and is not recovered yet; `problems` says what and why.", body = Status),
+        (status = 503, description = "Starting (recovering storage), stopping, or degraded: storage failed a write (disk full, I/O error) and is not recovered yet; or group state failing to persist; `problems` says what and why.", body = Status),
     )
 )]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Status>) {

@@ -241,6 +241,9 @@ struct Settlement {
     ack_wait_ms: Option<u64>,
     reject: Option<Vec<String>>,
     reason: Option<String>,
+    /// Settle only once persisted (whatever the group's `ack_durability`).
+    #[serde(default)]
+    sync: bool,
 }
 
 /// `GET /v1/topics/{topic}/groups/{group}/ws`.
@@ -248,7 +251,7 @@ struct Settlement {
     get, path = "/v1/topics/{topic}/groups/{group}/ws", tag = "groups",
     params(("topic" = TopicName, Path, description = "The topic.", example = "orders"), ("group" = GroupName, Path, description = "The group.", example = "workers"), GroupSocketQuery),
     responses(
-        (status = 101, description = "Switching Protocols to a WebSocket: deliveries out (`{\"delivery\": {…}}`), settlements in (`{\"ack\": [ids]}`, `{\"nack\": [ids], \"delay_ms\": n}`, `{\"extend\": [ids]}`, `{\"reject\": [ids], \"reason\": \"…\"}`)."),
+        (status = 101, description = "Switching Protocols to a WebSocket: deliveries out (`{\"delivery\": {…}}`), settlements in (`{\"ack\": [ids]}`, `{\"nack\": [ids], \"delay_ms\": n}`, `{\"extend\": [ids]}`, `{\"reject\": [ids], \"reason\": \"…\"}`; `\"sync\": true` answers once persisted)."),
     )
 )]
 pub(crate) async fn group_ws(
@@ -347,6 +350,7 @@ async fn settle(
             return json!({ "error": problem_json(&problem) });
         }
     };
+    let durability = super::groups::durability(settlement.sync);
     let mut outcome = json!({});
     let mut forget = |ids: &[String]| {
         for id in ids {
@@ -355,16 +359,16 @@ async fn settle(
     };
     if let Some(ids) = &settlement.ack {
         forget(ids);
-        outcome["ack"] = result_json(backend.ack(topic, group, ids).await);
+        outcome["ack"] = result_json(backend.ack(topic, group, ids, durability).await);
     }
     if let Some(ids) = &settlement.nack {
         forget(ids);
         let delay = settlement.delay_ms.map(Duration::from_millis);
-        outcome["nack"] = result_json(backend.nack(topic, group, ids, delay).await);
+        outcome["nack"] = result_json(backend.nack(topic, group, ids, delay, durability).await);
     }
     if let Some(ids) = &settlement.extend {
         let wait = settlement.ack_wait_ms.map(Duration::from_millis);
-        outcome["extend"] = result_json(backend.extend(topic, group, ids, wait).await);
+        outcome["extend"] = result_json(backend.extend(topic, group, ids, wait, durability).await);
     }
     if let Some(ids) = &settlement.reject {
         forget(ids);
@@ -372,7 +376,8 @@ async fn settle(
             .reason
             .as_deref()
             .unwrap_or("rejected over WebSocket");
-        outcome["reject"] = result_json(backend.reject(topic, group, ids, reason).await);
+        outcome["reject"] =
+            result_json(backend.reject(topic, group, ids, reason, durability).await);
     }
     outcome
 }

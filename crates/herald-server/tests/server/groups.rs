@@ -599,3 +599,75 @@ async fn given_bad_group_requests_should_answer_4xx_and_change_nothing() {
     assert_eq!(status["ack_wait_ms"], 30_000);
     assert_eq!(api.drain("orders", "workers", "w1", 200).await.len(), 2);
 }
+
+/// Publishes `count` events built by `make` in batches of 1,000.
+async fn publish_many(api: &Api, topic: &str, count: usize, make: impl Fn(usize) -> Value) {
+    for first in (0..count).step_by(1_000) {
+        let batch: Vec<Value> = (first..(first + 1_000).min(count)).map(&make).collect();
+        api.publish(topic, Value::from(batch)).await;
+    }
+}
+
+/// Point 2 of the hardening issue, against the binary: 100,000 events
+/// delayed by a day do not hold up a ready event published after them.
+#[tokio::test]
+async fn given_100k_events_delayed_a_day_when_a_ready_event_follows_should_deliver_it_at_once() {
+    let (_server, api) = TestServer::start_ready().await;
+    api.create_topic(json!({"name": "later", "partitions": 1}))
+        .await;
+    api.put_group("later", "workers", json!({"mode": "queue"}))
+        .await;
+    publish_many(&api, "later", 100_000, |index| {
+        let mut delayed = event(&format!("d{index}"));
+        delayed["delay_ms"] = json!(86_400_000);
+        delayed
+    })
+    .await;
+    api.publish("later", json!([event("ready")])).await;
+    let fetched = api.fetch("later", "workers", "w", 10, 30_000).await;
+    let deliveries = fetched["deliveries"].as_array().unwrap();
+    assert_eq!(delivered_ids(deliveries), ["ready"]);
+}
+
+/// Point 2, keyed: one key whose head is leased and never settled, with a
+/// 100,000-event backlog, does not hold up the other keys.
+#[tokio::test]
+async fn given_a_stuck_key_with_a_100k_backlog_when_other_keys_follow_should_deliver_them() {
+    let (_server, api) = TestServer::start_ready().await;
+    api.create_topic(json!({"name": "accounts", "partitions": 1}))
+        .await;
+    api.put_group(
+        "accounts",
+        "workers",
+        json!({"mode": "keyed", "ack_wait_ms": 3_600_000}),
+    )
+    .await;
+    publish_many(&api, "accounts", 100_000, |index| {
+        let mut stuck = event(&format!("s{index}"));
+        stuck["key"] = json!("stuck");
+        stuck
+    })
+    .await;
+    let head = api.fetch("accounts", "workers", "w", 1, 30_000).await;
+    assert_eq!(
+        delivered_ids(head["deliveries"].as_array().unwrap()),
+        ["s0"]
+    );
+    publish_many(&api, "accounts", 10, |index| {
+        let mut other = event(&format!("o{index}"));
+        other["key"] = json!(format!("other-{index}"));
+        other
+    })
+    .await;
+    let mut delivered = BTreeSet::new();
+    while delivered.len() < 10 {
+        let fetched = api.fetch("accounts", "workers", "w", 100, 30_000).await;
+        let batch = fetched["deliveries"].as_array().unwrap().clone();
+        assert!(!batch.is_empty(), "other keys stalled after {delivered:?}");
+        delivered.extend(ids(&batch));
+    }
+    assert!(
+        delivered.iter().all(|id| id.starts_with('o')),
+        "{delivered:?}"
+    );
+}

@@ -150,7 +150,11 @@ async fn after_restart(api: &Api, before: &Before) {
     assert_eq!(known[0]["partition"], partition);
     assert_eq!(known[0]["offset"], offset);
 
-    // The queue group delivers exactly what was not acked.
+    // Leases survive the restart (until their deadline); the first run's
+    // member leaving returns them. Then the queue group delivers exactly
+    // what was not acked.
+    api.group_call("orders", "workers", "leave", json!({"member": "w1"}))
+        .await;
     let redelivered = api.drain("orders", "workers", "w2", 300).await;
     let redelivered_ids: BTreeSet<String> = delivered_ids(&redelivered).into_iter().collect();
     assert_eq!(
@@ -211,4 +215,57 @@ async fn given_acked_and_committed_state_when_server_is_killed_should_lose_nothi
     let command = serve(dir.path());
     let (_server, api) = TestServer::ready(TestServer::spawn(dir, command).await).await;
     after_restart(&api, &before).await;
+}
+
+/// Hardening point 6 against the binary: acks answered with `"sync": true`,
+/// or by a group whose `ack_durability` is `sync`, survive a `kill -9` that
+/// follows at once (no flush in between); the events left unacked come
+/// back, the acked ones never.
+#[tokio::test]
+async fn given_sync_acks_when_the_server_is_killed_right_after_should_not_redeliver_them() {
+    let (server, api) = TestServer::start_ready().await;
+    api.create_topic(json!({"name": "jobs", "partitions": 1}))
+        .await;
+    api.put_group(
+        "jobs",
+        "by-group",
+        json!({"mode": "queue", "ack_durability": "sync"}),
+    )
+    .await;
+    api.put_group("jobs", "by-call", json!({"mode": "queue"}))
+        .await;
+    let batch: Vec<Value> = (0..10).map(|index| event(&format!("j{index}"))).collect();
+    api.publish("jobs", Value::from(batch)).await;
+    let mut unacked = BTreeMap::new();
+    for (group, flag) in [("by-group", json!({})), ("by-call", json!({"sync": true}))] {
+        let fetched = api.fetch("jobs", group, "w", 10, 5_000).await;
+        let deliveries = fetched["deliveries"].as_array().unwrap().clone();
+        assert_eq!(deliveries.len(), 10);
+        let (acked, rest) = deliveries.split_at(6);
+        let mut body = json!({"delivery_ids": delivery_ids(acked)});
+        if let Some(sync) = flag.get("sync") {
+            body["sync"] = sync.clone();
+        }
+        let outcome = api.group_call("jobs", group, "ack", body).await;
+        assert_eq!(outcome["acked"], 6);
+        let rest: BTreeSet<String> = delivered_ids(rest).into_iter().collect();
+        unacked.insert(group, rest);
+    }
+    server.signal("KILL").await;
+    let (status, stderr, dir) = server.wait().await;
+    assert_eq!(status.code(), None, "killed by a signal; stderr:\n{stderr}");
+    let command = serve(dir.path());
+    let (_server, api) = TestServer::ready(TestServer::spawn(dir, command).await).await;
+    let group = api.group_status("jobs", "by-group").await;
+    assert_eq!(group["ack_durability"], "sync", "the setting is kept");
+    for (group, rest) in unacked {
+        api.group_call("jobs", group, "leave", json!({"member": "w"}))
+            .await;
+        let again = api.drain("jobs", group, "w2", 300).await;
+        let again: BTreeSet<String> = delivered_ids(&again).into_iter().collect();
+        assert_eq!(
+            again, rest,
+            "{group}: a confirmed sync ack came back, or an unacked event did not"
+        );
+    }
 }

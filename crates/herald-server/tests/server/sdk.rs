@@ -18,7 +18,7 @@ use herald_client::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::support::{TestServer, herald};
+use crate::support::{TestServer, herald, serve};
 
 /// Long enough that only a prompt release (not expiry) explains a
 /// redelivery within a test.
@@ -867,4 +867,59 @@ async fn given_bad_job_requests_through_sdk_should_get_typed_errors() {
     assert_eq!(no_blob.code(), Some(&ErrorCode::BlobNotFound));
     let unknown_blob = client.get_blob_bytes("sha256:nothex").await.unwrap_err();
     assert_eq!(unknown_blob.code(), Some(&ErrorCode::BlobNotFound));
+}
+
+/// Hardening point 6 through the SDK: `Delivery::ack_persisted` returns
+/// once the server persisted the ack, so a `kill -9` right after it does not
+/// bring the event back; an event only `ack`ed then may come back.
+#[tokio::test]
+async fn given_acks_persisted_through_the_sdk_when_the_server_is_killed_should_not_redeliver_them()
+{
+    let (server, client) = server_and_client().await;
+    client
+        .create_topic(TopicOptions::new("jobs"))
+        .await
+        .unwrap();
+    client
+        .put_group("jobs", GroupOptions::new("workers", GroupMode::Queue))
+        .await
+        .unwrap();
+    let events: Vec<Event> = (0..20).map(|n| keyed(&format!("j-{n}"), "k")).collect();
+    client.publish("jobs", events).await.unwrap();
+    let mut consumer = client
+        .consumer("jobs", "workers")
+        .member("w")
+        .credits(20)
+        .build()
+        .await
+        .unwrap();
+    let mut persisted = HashSet::new();
+    for _ in 0..20 {
+        let delivery = next_within(&mut consumer).await;
+        persisted.insert(delivery.event().event.id.clone());
+        delivery.ack_persisted().await.unwrap();
+    }
+    server.signal("KILL").await;
+    let (_status, _stderr, dir) = server.wait().await;
+    let command = serve(dir.path());
+    let (server, _api) = TestServer::ready(TestServer::spawn(dir, command).await).await;
+    let client = Client::connect(format!("http://{}", server.addr))
+        .await
+        .unwrap();
+    let mut consumer = client
+        .consumer("jobs", "workers")
+        .member("checker")
+        .build()
+        .await
+        .unwrap();
+    let again = tokio::time::timeout(Duration::from_millis(1_500), consumer.next()).await;
+    assert!(
+        again.is_err(),
+        "an ack persisted through the SDK came back: {:?}",
+        again
+            .ok()
+            .flatten()
+            .map(|delivery| delivery.map(|d| d.event().event.id.clone()))
+    );
+    assert_eq!(persisted.len(), 20);
 }
