@@ -61,6 +61,8 @@ pub struct GrpcState {
     pub jobs: crate::http::JobsSlot,
     /// Blob storage.
     pub blobs: crate::blobs::BlobStore,
+    /// Credentials, permissions, rate limits, audit.
+    pub auth: Arc<crate::auth::Auth>,
 }
 
 impl GrpcState {
