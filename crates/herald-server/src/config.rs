@@ -38,6 +38,10 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_CONFIG_FILE: &str = "herald.toml";
 /// Prefix of the environment variables that configure Herald.
 pub const ENV_PREFIX: &str = "HERALD_";
+/// `HERALD_*` variables that belong to the client subcommands, not to the
+/// server's configuration (`HERALD_TOKEN` is `--token`): ignored here, so
+/// one shell can hold both.
+pub const CLIENT_ENV_VARS: &[&str] = &["HERALD_TOKEN"];
 /// Separator of nested keys in environment variable names (`HERALD_LOG__FORMAT`).
 pub const ENV_NESTING: &str = "__";
 
@@ -822,7 +826,11 @@ impl EnvLayer {
     fn from_vars(vars: &[(OsString, OsString)]) -> Result<Self, Error> {
         let mut env = Self::default();
         for (name, value) in vars {
-            if !name.as_encoded_bytes().starts_with(ENV_PREFIX.as_bytes()) {
+            if !name.as_encoded_bytes().starts_with(ENV_PREFIX.as_bytes())
+                || CLIENT_ENV_VARS
+                    .iter()
+                    .any(|client| name.as_encoded_bytes() == client.as_bytes())
+            {
                 continue;
             }
             let (Some(name), Some(value)) = (name.to_str(), value.to_str()) else {

@@ -163,6 +163,14 @@ fn take(bucket: Option<&DefaultDirectRateLimiter>, cells: usize, key: &str) -> R
     }
 }
 
+/// The payload bytes of `events`, as `publish_bytes_per_s` counts them.
+pub fn payload_bytes(events: &[herald_types::EventInput]) -> usize {
+    events
+        .iter()
+        .map(|input| input.event.data.as_ref().map_or(0, bytes::Bytes::len))
+        .sum()
+}
+
 /// 429 `rate_limited` naming the limit, with `retry_after_s` (the
 /// `Retry-After` header) rounded up to whole seconds.
 pub fn rate_limited(key: &str, wait: Duration) -> Problem {

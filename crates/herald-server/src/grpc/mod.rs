@@ -184,6 +184,25 @@ impl From<Problem> for Status {
     }
 }
 
+/// The caller the permission layer put into the request
+/// ([`crate::auth::policy`]); refused without one (fail closed).
+fn caller<T>(request: &tonic::Request<T>) -> Result<crate::auth::Caller, Status> {
+    request
+        .extensions()
+        .get::<crate::auth::Caller>()
+        .cloned()
+        .ok_or_else(|| Problem::new(Code::Forbidden, "no authenticated caller; refused").into())
+}
+
+/// The queue of job `job_id`, for a permission check; `*` when there is no
+/// such job (the call then answers `job_not_found` to anyone who may take
+/// the action somewhere).
+async fn job_queue(jobs: &herald_jobs::Handle, job_id: &str) -> String {
+    jobs.get(job_id)
+        .await
+        .map_or_else(|_| "*".to_owned(), |job| job.queue)
+}
+
 /// A failure inside a stream that goes on (`PublishAck.error`,
 /// `Settled.error`).
 fn failure(problem: &Problem) -> v1::Failure {

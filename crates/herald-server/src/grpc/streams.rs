@@ -5,7 +5,8 @@ use herald_proto::v1;
 use herald_types::{StreamId, TopicName};
 use tonic::{Request, Response, Status};
 
-use super::{GrpcState, backend_status, convert, invalid, limit};
+use super::{GrpcState, backend_status, caller, convert, invalid, limit};
+use crate::auth::permissions::Action;
 use crate::http::streams::{DEFAULT_READ_LIMIT, MAX_READ_LIMIT};
 
 /// The `Streams` service.
@@ -32,7 +33,9 @@ impl v1::streams_server::Streams for StreamsService {
     ) -> Result<Response<v1::AppendResponse>, Status> {
         use v1::expectation::Expected;
         let backend = self.state.backend()?;
+        let caller = caller(&request)?;
         let request = request.into_inner();
+        caller.require(Action::StreamsAppend, &request.topic)?;
         let (topic, stream) = names(&request.topic, &request.stream)?;
         let expected = match request.expected.and_then(|expected| expected.expected) {
             None | Some(Expected::Any(_)) => ExpectedVersion::Any,
@@ -61,7 +64,9 @@ impl v1::streams_server::Streams for StreamsService {
         request: Request<v1::ReadStreamRequest>,
     ) -> Result<Response<v1::ReadStreamResponse>, Status> {
         let backend = self.state.backend()?;
+        let caller = caller(&request)?;
         let request = request.into_inner();
+        caller.require(Action::StreamsRead, &request.topic)?;
         let (topic, stream) = names(&request.topic, &request.stream)?;
         let limit = limit(request.limit, DEFAULT_READ_LIMIT, MAX_READ_LIMIT)?;
         let (direction, from) = if request.backward {
@@ -94,7 +99,9 @@ impl v1::streams_server::Streams for StreamsService {
         request: Request<v1::StreamRequest>,
     ) -> Result<Response<v1::StreamMetadata>, Status> {
         let backend = self.state.backend()?;
+        let caller = caller(&request)?;
         let request = request.into_inner();
+        caller.require(Action::StreamsRead, &request.topic)?;
         let (topic, stream) = names(&request.topic, &request.stream)?;
         let metadata = backend
             .stream_metadata(&topic, &stream)
@@ -113,12 +120,24 @@ impl v1::streams_server::Streams for StreamsService {
         request: Request<v1::DeleteStreamRequest>,
     ) -> Result<Response<v1::Empty>, Status> {
         let backend = self.state.backend()?;
+        let caller = caller(&request)?;
         let request = request.into_inner();
+        caller.require(Action::StreamsDelete, &request.topic)?;
         let (topic, stream) = names(&request.topic, &request.stream)?;
         backend
             .delete_stream(&topic, &stream, request.hard)
             .await
             .map_err(backend_status)?;
+        if request.hard {
+            caller
+                .audit(
+                    "stream.hard_deleted",
+                    Some(Action::StreamsDelete),
+                    topic.as_str(),
+                    serde_json::json!({"stream": stream.as_str()}),
+                )
+                .await;
+        }
         Ok(Response::new(v1::Empty {}))
     }
 
@@ -127,7 +146,9 @@ impl v1::streams_server::Streams for StreamsService {
         request: Request<v1::PutSnapshotRequest>,
     ) -> Result<Response<v1::Empty>, Status> {
         let backend = self.state.backend()?;
+        let caller = caller(&request)?;
         let request = request.into_inner();
+        caller.require(Action::StreamsAppend, &request.topic)?;
         let (topic, stream) = names(&request.topic, &request.stream)?;
         let snapshot = request
             .snapshot
@@ -146,7 +167,9 @@ impl v1::streams_server::Streams for StreamsService {
         request: Request<v1::StreamRequest>,
     ) -> Result<Response<v1::GetSnapshotResponse>, Status> {
         let backend = self.state.backend()?;
+        let caller = caller(&request)?;
         let request = request.into_inner();
+        caller.require(Action::StreamsRead, &request.topic)?;
         let (topic, stream) = names(&request.topic, &request.stream)?;
         let snapshot = backend
             .get_snapshot(&topic, &stream)

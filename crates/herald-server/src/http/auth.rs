@@ -66,8 +66,6 @@ pub struct RotateKey {
 /// A new secret: shown only in this answer.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct KeySecret {
-    /// The key's id.
-    key_id: String,
     /// The API key (`hrd_…`): send it as `Authorization: Bearer <key>`. It
     /// is not stored and cannot be shown again.
     key: String,
@@ -76,7 +74,8 @@ pub struct KeySecret {
     view: KeyView,
 }
 
-/// A key as listed (never its secret or hash).
+/// A key as listed (never its secret or hash). `limits` are the key's own
+/// (unset fields follow the server's `[auth.limits]`).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct KeyView {
     key_id: String,
@@ -174,7 +173,6 @@ pub async fn create(
         .await;
     let location = format!("/v1/auth/keys/{key_id}");
     let answer = KeySecret {
-        key_id,
         key: secret.token,
         view: KeyView::from(&record),
     };
@@ -320,7 +318,6 @@ pub async fn rotate(
         )
         .await;
     Ok(Json(KeySecret {
-        key_id,
         key: secret.token,
         view: KeyView::from(&record),
     }))

@@ -21,7 +21,10 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::extract::{NoQuery, Query, read_body};
+use crate::auth::Caller;
+use crate::auth::permissions::Action;
 use crate::problem::{Code, Problem};
+use axum::Extension;
 
 /// Events a stream read returns when `limit` is not given.
 pub const DEFAULT_READ_LIMIT: u32 = 100;
@@ -353,13 +356,25 @@ pub struct DeleteQuery {
 )]
 pub async fn delete(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     StreamPath { topic, stream }: StreamPath,
     Query(query): Query<DeleteQuery>,
 ) -> Result<StatusCode, Problem> {
+    let hard = query.hard.unwrap_or(false);
     state
         .backend()?
-        .delete_stream(&topic, &stream, query.hard.unwrap_or(false))
+        .delete_stream(&topic, &stream, hard)
         .await?;
+    if hard {
+        caller
+            .audit(
+                "stream.hard_deleted",
+                Some(Action::StreamsDelete),
+                topic.as_str(),
+                serde_json::json!({"stream": stream.as_str()}),
+            )
+            .await;
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
