@@ -118,8 +118,8 @@ pub struct AuthOptions {
     pub jwt: JwtOptions,
     /// Identities of TLS client certificates (`[[auth.mtls]]`).
     pub mtls: Vec<MtlsIdentity>,
-    /// Rate limits and quotas of every identity (`[auth.limits]`); an API
-    /// key's own `limits` override them. 0 is unlimited.
+    /// Rate limits of every identity (`[auth.limits]`); an API key's own
+    /// `limits` override them. 0 is unlimited.
     pub limits: crate::auth::limits::Limits,
 }
 
@@ -249,6 +249,9 @@ pub struct ConnectionOptions {
     /// drops the connection when a ping is not answered within 20 s; so a
     /// vanished client does not hold its streams.
     pub keep_alive_interval_ms: NonZeroU64,
+    /// Connections one remote IP address may hold open at once; one more
+    /// is closed as soon as it is accepted. 0: unlimited.
+    pub max_per_address: u32,
 }
 
 impl Default for ConnectionOptions {
@@ -257,6 +260,7 @@ impl Default for ConnectionOptions {
             header_read_timeout_ms: NonZeroU64::new(10_000).unwrap_or(NonZeroU64::MIN),
             idle_timeout_ms: NonZeroU64::new(60_000).unwrap_or(NonZeroU64::MIN),
             keep_alive_interval_ms: NonZeroU64::new(30_000).unwrap_or(NonZeroU64::MIN),
+            max_per_address: 1_024,
         }
     }
 }

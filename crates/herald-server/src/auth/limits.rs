@@ -1,4 +1,5 @@
-//! Rate limits and quotas per identity.
+//! Rate limits per identity. (Quotas per identity — topics, partitions,
+//! blob bytes — are not built yet: the server-wide `[limits]` bound them.)
 //!
 //! Every identity has [`Limits`]: the server's `[auth.limits]`, overridden
 //! field by field by its API key's `limits` (changed with `PATCH
@@ -38,12 +39,6 @@ pub struct Limits {
     pub publish_events_per_s: u32,
     /// Bytes of event payloads published per second.
     pub publish_bytes_per_s: u32,
-    /// Topics this identity may have created and not deleted.
-    pub max_topics: u32,
-    /// Partitions of those topics together.
-    pub max_partitions: u32,
-    /// Bytes of blobs this identity may have uploaded (until collected).
-    pub max_blob_bytes: u64,
 }
 
 /// An API key's own limits: each field set replaces the server's.
@@ -59,15 +54,6 @@ pub struct LimitOverrides {
     /// See [`Limits::publish_bytes_per_s`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub publish_bytes_per_s: Option<u32>,
-    /// See [`Limits::max_topics`].
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_topics: Option<u32>,
-    /// See [`Limits::max_partitions`].
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_partitions: Option<u32>,
-    /// See [`Limits::max_blob_bytes`].
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_blob_bytes: Option<u64>,
 }
 
 impl LimitOverrides {
@@ -81,9 +67,6 @@ impl LimitOverrides {
             publish_bytes_per_s: self
                 .publish_bytes_per_s
                 .unwrap_or(defaults.publish_bytes_per_s),
-            max_topics: self.max_topics.unwrap_or(defaults.max_topics),
-            max_partitions: self.max_partitions.unwrap_or(defaults.max_partitions),
-            max_blob_bytes: self.max_blob_bytes.unwrap_or(defaults.max_blob_bytes),
         }
     }
 
@@ -93,9 +76,6 @@ impl LimitOverrides {
             requests_per_s: other.requests_per_s.or(self.requests_per_s),
             publish_events_per_s: other.publish_events_per_s.or(self.publish_events_per_s),
             publish_bytes_per_s: other.publish_bytes_per_s.or(self.publish_bytes_per_s),
-            max_topics: other.max_topics.or(self.max_topics),
-            max_partitions: other.max_partitions.or(self.max_partitions),
-            max_blob_bytes: other.max_blob_bytes.or(self.max_blob_bytes),
         }
     }
 }
@@ -293,7 +273,7 @@ mod tests {
     fn given_overrides_should_replace_only_the_fields_set() {
         let defaults = Limits {
             requests_per_s: 100,
-            max_topics: 10,
+            publish_events_per_s: 10,
             ..Limits::default()
         };
         let overrides = LimitOverrides {
@@ -302,6 +282,6 @@ mod tests {
         };
         let limits = overrides.over(defaults);
         assert_eq!(limits.requests_per_s, 0);
-        assert_eq!(limits.max_topics, 10);
+        assert_eq!(limits.publish_events_per_s, 10);
     }
 }
