@@ -9,6 +9,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 SCHEMATHESIS_VERSION=4.32.5
 MAX_EXAMPLES="${SCHEMATHESIS_MAX_EXAMPLES:-200}"
 binary="${1:-target/debug/herald}"
+# The server runs with auth on (this bootstrap key); the first pass sends it,
+# the second sends nothing and expects only 401s.
+TOKEN="${SCHEMATHESIS_TOKEN:-hrd_schemathesis_0123456789abcdef0123456789abcdef}"
+auth=(-H "Authorization: Bearer ${TOKEN}")
 
 if ! schemathesis --version 2>/dev/null | grep -q "${SCHEMATHESIS_VERSION}"; then
     python3 -m pip install --quiet "schemathesis==${SCHEMATHESIS_VERSION}"
@@ -26,7 +30,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"${binary}" serve --listen 127.0.0.1:0 --data-dir "${work}/data" >"${work}/stdout" 2>"${work}/stderr" &
+HERALD_AUTH__BOOTSTRAP_KEY="${TOKEN}" "${binary}" serve --listen 127.0.0.1:0 --data-dir "${work}/data" >"${work}/stdout" 2>"${work}/stderr" &
 server_pid=$!
 addr=""
 for _ in $(seq 300); do
@@ -43,9 +47,9 @@ for _ in $(seq 300); do
 done
 
 # Existing resources, so generated cases reach more than 404s.
-curl -sf -X POST "${base}/v1/topics" -H 'content-type: application/json' \
+curl -sf "${auth[@]}" -X POST "${base}/v1/topics" -H 'content-type: application/json' \
     -d '{"name": "orders", "partitions": 2}' >/dev/null
-curl -sf -X PUT "${base}/v1/topics/orders/groups/workers" -H 'content-type: application/json' \
+curl -sf "${auth[@]}" -X PUT "${base}/v1/topics/orders/groups/workers" -H 'content-type: application/json' \
     -d '{"mode": "queue"}' >/dev/null
 
 # The stateful phase is off: it infers links between operations from
@@ -53,12 +57,26 @@ curl -sf -X PUT "${base}/v1/topics/orders/groups/workers" -H 'content-type: appl
 # (schemathesis 4.32 reports that as an invalid link and stops).
 # Excluded: the WebSocket endpoints (schemathesis speaks plain HTTP), the SSE
 # stream (it never ends), and the admin flush (no input to fuzz).
+curl -sf "${auth[@]}" "${base}/openapi.json" >"${work}/openapi.json"
 status=0
-SCHEMATHESIS_HOOKS=schemathesis_hooks PYTHONPATH=.ci schemathesis run "${base}/openapi.json" \
+SCHEMATHESIS_HOOKS=schemathesis_hooks PYTHONPATH=.ci schemathesis run "${work}/openapi.json" \
+    --url "${base}" "${auth[@]}" \
     --checks not_a_server_error,response_schema_conformance \
     --max-examples "${MAX_EXAMPLES}" \
     --phases examples,coverage,fuzzing \
     --exclude-path-regex '/ws$|/events/stream$|/admin/flush$' \
+    --request-timeout 10 \
+    --generation-database none \
+    --no-color || status=$?
+
+# Without credentials every operation but /healthz and /readyz must answer
+# 401 unauthenticated, whatever the input.
+SCHEMATHESIS_HOOKS=schemathesis_unauthenticated PYTHONPATH=.ci schemathesis run "${work}/openapi.json" \
+    --url "${base}" \
+    --checks only_unauthenticated \
+    --max-examples 5 \
+    --phases examples,fuzzing \
+    --exclude-path-regex '/ws$|/events/stream$|^/healthz$|^/readyz$' \
     --request-timeout 10 \
     --generation-database none \
     --no-color || status=$?
