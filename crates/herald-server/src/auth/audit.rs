@@ -10,6 +10,8 @@
 //! | `herald.audit.permission.denied` | a request was refused with 403 |
 //!
 //! `data` is `{identity, action, resource, …}`; `subject` is the resource.
+//! Only with auth on: without it everyone is `anonymous` and nothing is
+//! written (the topic is not created).
 //! Writing is best effort: a failure is logged at WARN and does not fail
 //! the request it records (the request already happened).
 
@@ -45,16 +47,26 @@ pub struct Entry {
 pub struct Audit {
     storage: StorageSlot,
     clock: Arc<dyn herald_log::Clock>,
+    enabled: bool,
 }
 
 impl Audit {
-    /// An audit trail on the storage in `storage` (once open).
-    pub fn new(storage: StorageSlot, clock: Arc<dyn herald_log::Clock>) -> Self {
-        Self { storage, clock }
+    /// An audit trail on the storage in `storage` (once open). With auth
+    /// off (`enabled` false: everyone is `anonymous` with `admin`) there is
+    /// no one to tell apart, and nothing is written.
+    pub fn new(storage: StorageSlot, clock: Arc<dyn herald_log::Clock>, enabled: bool) -> Self {
+        Self {
+            storage,
+            clock,
+            enabled,
+        }
     }
 
     /// Appends `entry`; logs a failure.
     pub async fn record(&self, entry: Entry) {
+        if !self.enabled {
+            return;
+        }
         let backend = match self.storage.get() {
             Ok(storage) => storage.shared_backend(),
             Err(_) => {

@@ -216,7 +216,7 @@ impl Auth {
             public_docs: options.public_docs,
             keys: KeyStore::default(),
             rates: RateLimits::default(),
-            audit: Audit::new(storage.clone(), Arc::clone(&clock)),
+            audit: Audit::new(storage.clone(), Arc::clone(&clock), options.is_configured()),
             storage,
             clock,
         }))

@@ -416,6 +416,18 @@ async fn admit(state: &PolicyState, mut request: Request) -> Result<Request, Pro
         template
     };
     let Some((rule, query_token)) = rule(request.method(), &key) else {
+        // A known path with another method: the router's 405, answered
+        // here (a method routed without a row is refused just the same).
+        if REST.iter().any(|route| route.path == key) {
+            return Err(Problem::new(
+                Code::MethodNotAllowed,
+                format!(
+                    "{} does not support {}.",
+                    request.uri().path(),
+                    request.method()
+                ),
+            ));
+        }
         return Err(Problem::new(
             Code::Forbidden,
             format!(

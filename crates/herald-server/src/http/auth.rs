@@ -250,7 +250,7 @@ pub async fn update(
 #[utoipa::path(
     delete, path = "/v1/auth/keys/{key_id}", tag = "auth",
     params(("key_id" = String, Path, description = "The key.")),
-    responses((status = 204, description = "Revoked."), (status = 404, description = "No such key.", body = Problem))
+    responses((status = 204, description = "Revoked."))
 )]
 pub async fn revoke(
     State(state): State<AppState>,
