@@ -250,7 +250,7 @@ mod tests {
         .unwrap()
     }
 
-    fn claims(overrides: serde_json::Value) -> serde_json::Value {
+    fn claims(overrides: &serde_json::Value) -> serde_json::Value {
         let mut claims = serde_json::json!({
             "sub": "svc-a",
             "iss": "https://idp.example",
@@ -273,7 +273,7 @@ mod tests {
         let verifier = Verifier::new(&options()).unwrap().unwrap();
         let verified = verifier
             .verify(&token(
-                &claims(serde_json::json!({})),
+                &claims(&serde_json::json!({})),
                 Algorithm::HS256,
                 SECRET,
             ))
@@ -289,7 +289,7 @@ mod tests {
             (
                 "expired",
                 token(
-                    &claims(serde_json::json!({"exp": now() - 3_600})),
+                    &claims(&serde_json::json!({"exp": now() - 3_600})),
                     Algorithm::HS256,
                     SECRET,
                 ),
@@ -297,7 +297,7 @@ mod tests {
             (
                 "not yet valid",
                 token(
-                    &claims(serde_json::json!({"nbf": now() + 3_600})),
+                    &claims(&serde_json::json!({"nbf": now() + 3_600})),
                     Algorithm::HS256,
                     SECRET,
                 ),
@@ -305,7 +305,7 @@ mod tests {
             (
                 "other issuer",
                 token(
-                    &claims(serde_json::json!({"iss": "https://evil"})),
+                    &claims(&serde_json::json!({"iss": "https://evil"})),
                     Algorithm::HS256,
                     SECRET,
                 ),
@@ -313,7 +313,7 @@ mod tests {
             (
                 "other audience",
                 token(
-                    &claims(serde_json::json!({"aud": "other"})),
+                    &claims(&serde_json::json!({"aud": "other"})),
                     Algorithm::HS256,
                     SECRET,
                 ),
@@ -321,7 +321,7 @@ mod tests {
             (
                 "no audience",
                 token(
-                    &claims(serde_json::json!({"aud": null})),
+                    &claims(&serde_json::json!({"aud": null})),
                     Algorithm::HS256,
                     SECRET,
                 ),
@@ -329,7 +329,7 @@ mod tests {
             (
                 "no exp",
                 token(
-                    &claims(serde_json::json!({"exp": null})),
+                    &claims(&serde_json::json!({"exp": null})),
                     Algorithm::HS256,
                     SECRET,
                 ),
@@ -337,19 +337,19 @@ mod tests {
             (
                 "wrong secret",
                 token(
-                    &claims(serde_json::json!({})),
+                    &claims(&serde_json::json!({})),
                     Algorithm::HS256,
                     "another-secret-another-secret-xx",
                 ),
             ),
             (
                 "other algorithm",
-                token(&claims(serde_json::json!({})), Algorithm::HS512, SECRET),
+                token(&claims(&serde_json::json!({})), Algorithm::HS512, SECRET),
             ),
             (
                 "bad permissions",
                 token(
-                    &claims(serde_json::json!({"herald_permissions": ["admin"]})),
+                    &claims(&serde_json::json!({"herald_permissions": ["admin"]})),
                     Algorithm::HS256,
                     SECRET,
                 ),
@@ -366,7 +366,7 @@ mod tests {
         use base64::Engine as _;
         let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let header = engine.encode(br#"{"alg":"none","typ":"JWT"}"#);
-        let body = engine.encode(claims(serde_json::json!({})).to_string());
+        let body = engine.encode(claims(&serde_json::json!({})).to_string());
         let verifier = Verifier::new(&options()).unwrap().unwrap();
         assert!(verifier.verify(&format!("{header}.{body}.")).is_err());
     }

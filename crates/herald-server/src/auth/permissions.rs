@@ -289,9 +289,7 @@ impl Permission {
     }
 
     fn is_admin(&self) -> bool {
-        self.actions
-            .iter()
-            .any(|granted| *granted == Granted::One(Action::Admin))
+        self.actions.contains(&Granted::One(Action::Admin))
     }
 }
 
