@@ -118,8 +118,8 @@ pub struct AuthOptions {
     pub jwt: JwtOptions,
     /// Identities of TLS client certificates (`[[auth.mtls]]`).
     pub mtls: Vec<MtlsIdentity>,
-    /// Rate limits of every identity (`[auth.limits]`); an API key's own
-    /// `limits` override them. 0 is unlimited.
+    /// Rate limits and quotas of every identity (`[auth.limits]`); an API
+    /// key's own `limits` override them. 0 is unlimited.
     pub limits: crate::auth::limits::Limits,
 }
 

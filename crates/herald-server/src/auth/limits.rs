@@ -1,5 +1,5 @@
-//! Rate limits per identity. (Quotas per identity — topics, partitions,
-//! blob bytes — are not built yet: the server-wide `[limits]` bound them.)
+//! Rate limits and quotas per identity (the quotas' bookkeeping is
+//! [`super::quotas`]).
 //!
 //! Every identity has [`Limits`]: the server's `[auth.limits]`, overridden
 //! field by field by its API key's `limits` (changed with `PATCH
@@ -39,6 +39,10 @@ pub struct Limits {
     pub publish_events_per_s: u32,
     /// Bytes of event payloads published per second.
     pub publish_bytes_per_s: u32,
+    /// Topics this identity may have created and not deleted.
+    pub max_topics: u32,
+    /// Partitions of those topics together.
+    pub max_partitions: u32,
 }
 
 /// An API key's own limits: each field set replaces the server's.
@@ -54,6 +58,12 @@ pub struct LimitOverrides {
     /// See [`Limits::publish_bytes_per_s`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub publish_bytes_per_s: Option<u32>,
+    /// See [`Limits::max_topics`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_topics: Option<u32>,
+    /// See [`Limits::max_partitions`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_partitions: Option<u32>,
 }
 
 impl LimitOverrides {
@@ -67,6 +77,8 @@ impl LimitOverrides {
             publish_bytes_per_s: self
                 .publish_bytes_per_s
                 .unwrap_or(defaults.publish_bytes_per_s),
+            max_topics: self.max_topics.unwrap_or(defaults.max_topics),
+            max_partitions: self.max_partitions.unwrap_or(defaults.max_partitions),
         }
     }
 
@@ -76,6 +88,8 @@ impl LimitOverrides {
             requests_per_s: other.requests_per_s.or(self.requests_per_s),
             publish_events_per_s: other.publish_events_per_s.or(self.publish_events_per_s),
             publish_bytes_per_s: other.publish_bytes_per_s.or(self.publish_bytes_per_s),
+            max_topics: other.max_topics.or(self.max_topics),
+            max_partitions: other.max_partitions.or(self.max_partitions),
         }
     }
 }

@@ -32,6 +32,7 @@ pub mod keys;
 pub mod limits;
 pub mod permissions;
 pub mod policy;
+pub mod quotas;
 
 use std::sync::Arc;
 
@@ -131,6 +132,11 @@ impl Caller {
     /// rate buckets, or refuses with 429.
     pub fn publish(&self, events: usize, bytes: usize) -> Result<(), Problem> {
         self.principal.buckets.publish(events, bytes)
+    }
+
+    /// The identity whose quotas count, or `None` with auth off.
+    pub fn accounted(&self) -> Option<&str> {
+        (self.principal.credential != Credential::None).then_some(self.principal.id.as_str())
     }
 
     /// Appends an audit entry for something this caller did.

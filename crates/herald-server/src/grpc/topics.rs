@@ -7,6 +7,7 @@ use tonic::{Request, Response, Status};
 
 use super::{GrpcState, backend_status, caller, convert, invalid};
 use crate::auth::permissions::Action;
+use crate::auth::quotas;
 
 /// The `Topics` service.
 #[derive(Debug)]
@@ -34,7 +35,18 @@ impl v1::topics_server::Topics for TopicsService {
             .ok_or_else(|| invalid("topic", "is required"))?;
         caller.require(Action::TopicsManage, &topic.name)?;
         let spec = convert::topic_spec(&topic)?;
-        let info = backend.create_topic(spec).await.map_err(backend_status)?;
+        let name = spec.name.clone();
+        let reserved =
+            quotas::reserve_topic(&*backend, &caller, name.as_str(), spec.partitions).await?;
+        let info = match backend.create_topic(spec).await {
+            Ok(info) => info,
+            Err(error) => {
+                if reserved {
+                    quotas::release_topic(&*backend, name.as_str()).await;
+                }
+                return Err(backend_status(error));
+            }
+        };
         Ok(Response::new(convert::topic(info)))
     }
 
@@ -103,6 +115,7 @@ impl v1::topics_server::Topics for TopicsService {
         caller.require(Action::TopicsManage, &request.topic)?;
         let topic: TopicName = convert::name(&request.topic)?;
         backend.delete_topic(&topic).await.map_err(backend_status)?;
+        quotas::release_topic(&*backend, topic.as_str()).await;
         caller
             .audit(
                 "topic.deleted",

@@ -15,8 +15,8 @@ use serde::Serialize;
 
 use super::AppState;
 use super::extract::{JsonBody, NoQuery, TopicPath, check_topic_name_field, from_value};
-use crate::auth::Caller;
 use crate::auth::permissions::Action;
+use crate::auth::{Caller, quotas};
 use crate::problem::Problem;
 
 /// `POST /v1/topics` → 201 topic, with `Location`.
@@ -41,7 +41,17 @@ pub async fn create(
     }
     check_topic_name_field(&body, "dead_letter_topic")?;
     let spec: TopicSpec = from_value(body)?;
-    let info = backend.create_topic(spec).await?;
+    let name = spec.name.clone();
+    let reserved = quotas::reserve_topic(backend, &caller, name.as_str(), spec.partitions).await?;
+    let info = match backend.create_topic(spec).await {
+        Ok(info) => info,
+        Err(error) => {
+            if reserved {
+                quotas::release_topic(backend, name.as_str()).await;
+            }
+            return Err(error.into());
+        }
+    };
     let location = format!("/v1/topics/{}", info.spec.name);
     Ok((
         StatusCode::CREATED,
@@ -116,7 +126,9 @@ pub async fn delete(
     TopicPath(topic): TopicPath,
     _query: NoQuery,
 ) -> Result<StatusCode, Problem> {
-    state.backend()?.delete_topic(&topic).await?;
+    let backend = state.backend()?;
+    backend.delete_topic(&topic).await?;
+    quotas::release_topic(backend, topic.as_str()).await;
     caller
         .audit(
             "topic.deleted",

@@ -546,3 +546,63 @@ async fn given_herald_token_in_environment_when_serving_should_not_be_read_as_co
     let (_server, api) = TestServer::ready(TestServer::spawn(dir, command).await).await;
     expect_json(api.get("/v1/topics").await, 200).await;
 }
+
+#[tokio::test]
+async fn given_topic_quotas_when_an_identity_creates_past_them_should_refuse_only_it_and_free_on_delete()
+ {
+    let (server, anonymous, admin) = server_with_auth(&[
+        ("HERALD_AUTH__LIMITS__MAX_TOPICS", "2"),
+        ("HERALD_AUTH__LIMITS__MAX_PARTITIONS", "3"),
+    ])
+    .await;
+    let permissions = json!([{"actions": ["topics:manage"], "resources": ["*"]}]);
+    let tenant_token = admin.create_key("tenant", permissions.clone()).await;
+    let tenant = anonymous.with_token(&tenant_token);
+    let other = anonymous.with_token(&admin.create_key("other", permissions).await);
+    expect_json(tenant.post("/v1/topics", &json!({"name": "a"})).await, 201).await;
+    let refused = expect_problem(
+        tenant
+            .post("/v1/topics", &json!({"name": "b", "partitions": 3}))
+            .await,
+        409,
+        "limit_exceeded",
+    )
+    .await;
+    assert_eq!(refused["limit"], "max_partitions", "{refused}");
+    expect_json(
+        tenant
+            .post("/v1/topics", &json!({"name": "b", "partitions": 2}))
+            .await,
+        201,
+    )
+    .await;
+    let refused = expect_problem(
+        tenant.post("/v1/topics", &json!({"name": "c"})).await,
+        409,
+        "limit_exceeded",
+    )
+    .await;
+    assert_eq!(refused["limit"], "max_topics", "{refused}");
+    expect_problem(tenant.get("/v1/topics/c").await, 403, "forbidden").await;
+    assert_eq!(
+        admin.get("/v1/topics/c").await.status(),
+        404,
+        "nothing was created"
+    );
+    // Another identity has its own count; a refused create left no trace.
+    expect_json(other.post("/v1/topics", &json!({"name": "c"})).await, 201).await;
+    // A delete frees its place.
+    assert_eq!(tenant.delete("/v1/topics/a").await.status(), 204);
+    expect_json(tenant.post("/v1/topics", &json!({"name": "d"})).await, 201).await;
+    // Over gRPC too.
+    let client = Client::builder(server.url(""))
+        .bearer_token(tenant_token)
+        .connect()
+        .await
+        .unwrap();
+    let error = client
+        .create_topic(herald_client::TopicOptions::new("e"))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Some(&ErrorCode::LimitExceeded), "{error}");
+}

@@ -1,0 +1,135 @@
+//! Quotas per identity: topics and partitions created (`max_topics`,
+//! `max_partitions` of [`super::limits::Limits`]).
+//!
+//! Bookkeeping in the backend's `Kv` (bucket [`BUCKET`]), so it survives
+//! restarts and works on any backend:
+//!
+//! ```text
+//! topic/<topic>               → the identity that created it
+//! owned/<identity>/<topic>    → its partitions
+//! ```
+//!
+//! A create first reserves (writes both records; `topic/<topic>` only if
+//! absent), then counts the identity's `owned/` records: over a quota, the
+//! reservation is removed and the create refused (409 `limit_exceeded`,
+//! nothing created). Concurrent creates of one identity each count the
+//! other's reservation, so together they can never pass the quota (at
+//! worst both are refused). A create that then fails releases its
+//! reservation; a delete releases the topic's. With auth off nothing is
+//! recorded. Topics the server makes itself (`jobs.<queue>`,
+//! `herald.audit`) count for no one.
+
+use bytes::Bytes;
+use herald_backend::{Error as BackendError, Expect, Kv};
+
+use super::Caller;
+use crate::problem::{Code, Problem};
+
+/// The `Kv` bucket of the bookkeeping.
+pub const BUCKET: &str = "auth.usage";
+
+/// Reserves `topic` with `partitions` for the caller, or refuses with 409
+/// `limit_exceeded` when it would pass the caller's quotas. Returns whether
+/// a reservation was made (none with auth off, or when the topic is
+/// someone's already: the create then answers `topic_exists`).
+pub async fn reserve_topic(
+    kv: &dyn Kv,
+    caller: &Caller,
+    topic: &str,
+    partitions: u32,
+) -> Result<bool, Problem> {
+    let Some(identity) = caller.accounted() else {
+        return Ok(false);
+    };
+    let owner = Bytes::from(identity.to_owned());
+    match kv
+        .kv_put(BUCKET, &format!("topic/{topic}"), owner, Expect::Absent)
+        .await
+    {
+        Ok(_) => {}
+        Err(BackendError::RevisionMismatch { .. }) => return Ok(false),
+        Err(error) => return Err(error.into()),
+    }
+    let owned = format!("owned/{identity}/{topic}");
+    if let Err(error) = kv
+        .kv_put(
+            BUCKET,
+            &owned,
+            Bytes::from(partitions.to_string()),
+            Expect::Any,
+        )
+        .await
+    {
+        release_topic(kv, topic).await;
+        return Err(error.into());
+    }
+    let limits = caller.principal.limits();
+    let (topics, total) = match usage(kv, identity).await {
+        Ok(usage) => usage,
+        Err(error) => {
+            release_topic(kv, topic).await;
+            return Err(error.into());
+        }
+    };
+    let over = if limits.max_topics > 0 && topics > u64::from(limits.max_topics) {
+        Some(("max_topics", limits.max_topics))
+    } else if limits.max_partitions > 0 && total > u64::from(limits.max_partitions) {
+        Some(("max_partitions", limits.max_partitions))
+    } else {
+        None
+    };
+    if let Some((key, max)) = over {
+        release_topic(kv, topic).await;
+        return Err(Problem::new(
+            Code::LimitExceeded,
+            format!(
+                "topic \"{topic}\" would exceed {identity}'s {key} = {max}; delete some of its topics first, or ask for a higher limit"
+            ),
+        )
+        .with("limit", serde_json::json!(key)));
+    }
+    Ok(true)
+}
+
+/// Forgets `topic`'s reservation (its creator's count goes down). Best
+/// effort: a failure is logged, and at worst over-counts.
+pub async fn release_topic(kv: &dyn Kv, topic: &str) {
+    let key = format!("topic/{topic}");
+    let owner = match kv.kv_get(BUCKET, &key).await {
+        Ok(Some(entry)) => String::from_utf8_lossy(&entry.value).into_owned(),
+        Ok(None) => return,
+        Err(error) => {
+            tracing::warn!(%error, topic, "Cannot read a topic's owner; its quota stays counted.");
+            return;
+        }
+    };
+    let owned = format!("owned/{owner}/{topic}");
+    for key in [owned.as_str(), key.as_str()] {
+        if let Err(error) = kv.kv_delete(BUCKET, key, Expect::Any).await {
+            tracing::warn!(%error, topic, "Cannot release a topic's quota.");
+        }
+    }
+}
+
+/// The identity's topics and their partitions.
+async fn usage(kv: &dyn Kv, identity: &str) -> Result<(u64, u64), BackendError> {
+    let prefix = format!("owned/{identity}/");
+    let (mut topics, mut partitions) = (0_u64, 0_u64);
+    let mut after: Option<String> = None;
+    loop {
+        let keys = kv.kv_keys(BUCKET, &prefix, after.as_deref(), 1_000).await?;
+        let Some(last) = keys.last().cloned() else {
+            break;
+        };
+        for key in &keys {
+            if let Some(entry) = kv.kv_get(BUCKET, key).await? {
+                topics += 1;
+                partitions += String::from_utf8_lossy(&entry.value)
+                    .parse::<u64>()
+                    .unwrap_or(0);
+            }
+        }
+        after = Some(last);
+    }
+    Ok((topics, partitions))
+}
