@@ -139,6 +139,17 @@ impl Caller {
         (self.principal.credential != Credential::None).then_some(self.principal.id.as_str())
     }
 
+    /// Audits a hard delete of `stream` on `topic` (REST and gRPC).
+    pub async fn stream_hard_deleted(&self, topic: &str, stream: &str) {
+        self.audit(
+            "stream.hard_deleted",
+            Some(Action::StreamsDelete),
+            topic,
+            serde_json::json!({ "stream": stream }),
+        )
+        .await;
+    }
+
     /// Appends an audit entry for something this caller did.
     pub async fn audit(
         &self,

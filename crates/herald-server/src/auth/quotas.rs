@@ -20,13 +20,55 @@
 //! `herald.audit`) count for no one.
 
 use bytes::Bytes;
-use herald_backend::{Error as BackendError, Expect, Kv};
+use herald_backend::{Backend, Error as BackendError, Expect, Kv, TopicInfo, TopicSpec};
+use herald_types::TopicName;
 
 use super::Caller;
+use super::permissions::Action;
 use crate::problem::{Code, Problem};
 
 /// The `Kv` bucket of the bookkeeping.
 pub const BUCKET: &str = "auth.usage";
+
+/// Creates the topic `spec` describes for `caller` within its quotas (REST
+/// and gRPC both come here): reserve, create, release if the create fails.
+pub async fn create_topic(
+    backend: &dyn Backend,
+    caller: &Caller,
+    spec: TopicSpec,
+) -> Result<TopicInfo, Problem> {
+    let name = spec.name.clone();
+    let reserved = reserve_topic(backend, caller, name.as_str(), spec.partitions).await?;
+    match backend.create_topic(spec).await {
+        Ok(info) => Ok(info),
+        Err(error) => {
+            if reserved {
+                release_topic(backend, name.as_str()).await;
+            }
+            Err(error.into())
+        }
+    }
+}
+
+/// Deletes `topic` for `caller` (REST and gRPC both come here): its quota
+/// is released and the delete audited.
+pub async fn delete_topic(
+    backend: &dyn Backend,
+    caller: &Caller,
+    topic: &TopicName,
+) -> Result<(), Problem> {
+    backend.delete_topic(topic).await?;
+    release_topic(backend, topic.as_str()).await;
+    caller
+        .audit(
+            "topic.deleted",
+            Some(Action::TopicsManage),
+            topic.as_str(),
+            serde_json::Value::Null,
+        )
+        .await;
+    Ok(())
+}
 
 /// Reserves `topic` with `partitions` for the caller, or refuses with 409
 /// `limit_exceeded` when it would pass the caller's quotas. Returns whether

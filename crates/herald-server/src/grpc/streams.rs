@@ -130,12 +130,7 @@ impl v1::streams_server::Streams for StreamsService {
             .map_err(backend_status)?;
         if request.hard {
             caller
-                .audit(
-                    "stream.hard_deleted",
-                    Some(Action::StreamsDelete),
-                    topic.as_str(),
-                    serde_json::json!({"stream": stream.as_str()}),
-                )
+                .stream_hard_deleted(topic.as_str(), stream.as_str())
                 .await;
         }
         Ok(Response::new(v1::Empty {}))

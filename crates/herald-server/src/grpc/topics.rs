@@ -35,18 +35,7 @@ impl v1::topics_server::Topics for TopicsService {
             .ok_or_else(|| invalid("topic", "is required"))?;
         caller.require(Action::TopicsManage, &topic.name)?;
         let spec = convert::topic_spec(&topic)?;
-        let name = spec.name.clone();
-        let reserved =
-            quotas::reserve_topic(&*backend, &caller, name.as_str(), spec.partitions).await?;
-        let info = match backend.create_topic(spec).await {
-            Ok(info) => info,
-            Err(error) => {
-                if reserved {
-                    quotas::release_topic(&*backend, name.as_str()).await;
-                }
-                return Err(backend_status(error));
-            }
-        };
+        let info = quotas::create_topic(&*backend, &caller, spec).await?;
         Ok(Response::new(convert::topic(info)))
     }
 
@@ -114,16 +103,7 @@ impl v1::topics_server::Topics for TopicsService {
         let request = request.into_inner();
         caller.require(Action::TopicsManage, &request.topic)?;
         let topic: TopicName = convert::name(&request.topic)?;
-        backend.delete_topic(&topic).await.map_err(backend_status)?;
-        quotas::release_topic(&*backend, topic.as_str()).await;
-        caller
-            .audit(
-                "topic.deleted",
-                Some(Action::TopicsManage),
-                topic.as_str(),
-                serde_json::Value::Null,
-            )
-            .await;
+        quotas::delete_topic(&*backend, &caller, &topic).await?;
         Ok(Response::new(v1::Empty {}))
     }
 }

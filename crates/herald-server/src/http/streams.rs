@@ -22,7 +22,6 @@ use utoipa::{IntoParams, ToSchema};
 use super::AppState;
 use super::extract::{NoQuery, Query, read_body};
 use crate::auth::Caller;
-use crate::auth::permissions::Action;
 use crate::problem::{Code, Problem};
 use axum::Extension;
 
@@ -367,12 +366,7 @@ pub async fn delete(
         .await?;
     if hard {
         caller
-            .audit(
-                "stream.hard_deleted",
-                Some(Action::StreamsDelete),
-                topic.as_str(),
-                serde_json::json!({"stream": stream.as_str()}),
-            )
+            .stream_hard_deleted(topic.as_str(), stream.as_str())
             .await;
     }
     Ok(StatusCode::NO_CONTENT)

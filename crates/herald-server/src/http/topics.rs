@@ -41,17 +41,7 @@ pub async fn create(
     }
     check_topic_name_field(&body, "dead_letter_topic")?;
     let spec: TopicSpec = from_value(body)?;
-    let name = spec.name.clone();
-    let reserved = quotas::reserve_topic(backend, &caller, name.as_str(), spec.partitions).await?;
-    let info = match backend.create_topic(spec).await {
-        Ok(info) => info,
-        Err(error) => {
-            if reserved {
-                quotas::release_topic(backend, name.as_str()).await;
-            }
-            return Err(error.into());
-        }
-    };
+    let info = quotas::create_topic(backend, &caller, spec).await?;
     let location = format!("/v1/topics/{}", info.spec.name);
     Ok((
         StatusCode::CREATED,
@@ -126,17 +116,7 @@ pub async fn delete(
     TopicPath(topic): TopicPath,
     _query: NoQuery,
 ) -> Result<StatusCode, Problem> {
-    let backend = state.backend()?;
-    backend.delete_topic(&topic).await?;
-    quotas::release_topic(backend, topic.as_str()).await;
-    caller
-        .audit(
-            "topic.deleted",
-            Some(Action::TopicsManage),
-            topic.as_str(),
-            serde_json::Value::Null,
-        )
-        .await;
+    quotas::delete_topic(state.backend()?, &caller, &topic).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
