@@ -134,6 +134,18 @@ impl BlobStore {
         &self,
         body: impl Stream<Item = Result<Bytes, axum::Error>> + Unpin,
     ) -> Result<BlobInfo, Error> {
+        self.put_within(body, self.max_bytes).await
+    }
+
+    /// [`BlobStore::put`] with a smaller limit for this upload (an
+    /// identity's remaining blob quota); over it, [`Error::TooLarge`] with
+    /// that limit.
+    pub async fn put_within(
+        &self,
+        body: impl Stream<Item = Result<Bytes, axum::Error>> + Unpin,
+        max: u64,
+    ) -> Result<BlobInfo, Error> {
+        let max = max.min(self.max_bytes);
         let temp = Path::from(format!("tmp/{}", uuid::Uuid::now_v7()));
         let upload = self.store.put_multipart(&temp).await?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, CHUNK_BYTES);
@@ -144,10 +156,8 @@ impl BlobStore {
             while let Some(chunk) = body.next().await {
                 let chunk = chunk.map_err(Error::CutOff)?;
                 size = size.saturating_add(chunk.len() as u64);
-                if size > self.max_bytes {
-                    return Err(Error::TooLarge {
-                        max: self.max_bytes,
-                    });
+                if size > max {
+                    return Err(Error::TooLarge { max });
                 }
                 hasher.update(&chunk);
                 writer.wait_for_capacity(UPLOAD_CONCURRENCY).await?;
@@ -242,6 +252,7 @@ impl BlobStore {
                     }
                 }
                 self.store.delete(&meta.location).await?;
+                crate::auth::quotas::forget_blob(backend, &id).await;
                 deleted += 1;
                 debug!(blob = %id, "Removed an unreferenced blob.");
             } else if location.starts_with("tmp/") && age > STALE_UPLOAD_MS {

@@ -43,6 +43,9 @@ pub struct Limits {
     pub max_topics: u32,
     /// Partitions of those topics together.
     pub max_partitions: u32,
+    /// Bytes of blobs this identity has uploaded and the collector has not
+    /// removed yet.
+    pub max_blob_bytes: u64,
 }
 
 /// An API key's own limits: each field set replaces the server's.
@@ -64,6 +67,9 @@ pub struct LimitOverrides {
     /// See [`Limits::max_partitions`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_partitions: Option<u32>,
+    /// See [`Limits::max_blob_bytes`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_blob_bytes: Option<u64>,
 }
 
 impl LimitOverrides {
@@ -79,6 +85,7 @@ impl LimitOverrides {
                 .unwrap_or(defaults.publish_bytes_per_s),
             max_topics: self.max_topics.unwrap_or(defaults.max_topics),
             max_partitions: self.max_partitions.unwrap_or(defaults.max_partitions),
+            max_blob_bytes: self.max_blob_bytes.unwrap_or(defaults.max_blob_bytes),
         }
     }
 
@@ -90,6 +97,7 @@ impl LimitOverrides {
             publish_bytes_per_s: other.publish_bytes_per_s.or(self.publish_bytes_per_s),
             max_topics: other.max_topics.or(self.max_topics),
             max_partitions: other.max_partitions.or(self.max_partitions),
+            max_blob_bytes: other.max_blob_bytes.or(self.max_blob_bytes),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Quotas per identity: topics and partitions created (`max_topics`,
-//! `max_partitions` of [`super::limits::Limits`]).
+//! `max_partitions` of [`super::limits::Limits`]) and blob bytes uploaded
+//! (`max_blob_bytes`).
 //!
 //! Bookkeeping in the backend's `Kv` (bucket [`BUCKET`]), so it survives
 //! restarts and works on any backend:
@@ -7,7 +8,14 @@
 //! ```text
 //! topic/<topic>               → the identity that created it
 //! owned/<identity>/<topic>    → its partitions
+//! blob/<identity>/<blob id>   → its size (what the identity uploaded)
+//! blob-owner/<blob id>/<identity>   (so the collector can forget a blob)
 //! ```
+//!
+//! An upload may take what is left of the identity's blob quota; past it,
+//! it is cut off (409 `limit_exceeded`, nothing kept). The check is made
+//! when the upload starts, so uploads of one identity running at the same
+//! time can together pass the quota by what each was allowed.
 //!
 //! A create first reserves (writes both records; `topic/<topic>` only if
 //! absent), then counts the identity's `owned/` records: over a quota, the
@@ -153,13 +161,81 @@ pub async fn release_topic(kv: &dyn Kv, topic: &str) {
     }
 }
 
+/// What is left of the caller's blob quota: `None` when it has none (or
+/// auth is off), 409 `limit_exceeded` when nothing is left.
+pub async fn blob_allowance(kv: &dyn Kv, caller: &Caller) -> Result<Option<u64>, Problem> {
+    let max = caller.principal.limits().max_blob_bytes;
+    let Some(identity) = caller.accounted().filter(|_| max > 0) else {
+        return Ok(None);
+    };
+    let (_, used) = sum(kv, &format!("blob/{identity}/")).await?;
+    match max.checked_sub(used).filter(|left| *left > 0) {
+        Some(left) => Ok(Some(left)),
+        None => Err(blob_quota_exceeded(identity, max)),
+    }
+}
+
+/// 409 `limit_exceeded`: an upload past the identity's `max_blob_bytes`.
+pub fn blob_quota_exceeded(identity: &str, max: u64) -> Problem {
+    Problem::new(
+        Code::LimitExceeded,
+        format!("the upload would exceed {identity}'s max_blob_bytes = {max}; nothing was kept"),
+    )
+    .with("limit", serde_json::json!("max_blob_bytes"))
+}
+
+/// Counts blob `id` of `size` bytes against the caller (once, however
+/// often it uploads the same bytes). Best effort: a failure is logged.
+pub async fn record_blob(kv: &dyn Kv, caller: &Caller, id: &str, size: u64) {
+    let Some(identity) = caller.accounted() else {
+        return;
+    };
+    let records = [
+        (format!("blob/{identity}/{id}"), size.to_string()),
+        (format!("blob-owner/{id}/{identity}"), String::new()),
+    ];
+    for (key, value) in records {
+        if let Err(error) = kv
+            .kv_put(BUCKET, &key, Bytes::from(value), Expect::Any)
+            .await
+        {
+            tracing::warn!(%error, blob = id, "Cannot count a blob against its uploader's quota.");
+        }
+    }
+}
+
+/// Forgets blob `id` (the collector removed it): its uploaders' counts go
+/// down. Best effort: a failure is logged, and at worst over-counts.
+pub async fn forget_blob(kv: &dyn Kv, id: &str) {
+    let prefix = format!("blob-owner/{id}/");
+    let owners = match kv.kv_keys(BUCKET, &prefix, None, 10_000).await {
+        Ok(owners) => owners,
+        Err(error) => {
+            tracing::warn!(%error, blob = id, "Cannot read a blob's uploaders; their quotas stay counted.");
+            return;
+        }
+    };
+    for owner_key in owners {
+        let identity = owner_key.trim_start_matches(&prefix).to_owned();
+        for key in [format!("blob/{identity}/{id}"), owner_key] {
+            if let Err(error) = kv.kv_delete(BUCKET, &key, Expect::Any).await {
+                tracing::warn!(%error, blob = id, "Cannot release a blob's quota.");
+            }
+        }
+    }
+}
+
 /// The identity's topics and their partitions.
 async fn usage(kv: &dyn Kv, identity: &str) -> Result<(u64, u64), BackendError> {
-    let prefix = format!("owned/{identity}/");
+    sum(kv, &format!("owned/{identity}/")).await
+}
+
+/// How many records start with `prefix`, and the sum of their numbers.
+async fn sum(kv: &dyn Kv, prefix: &str) -> Result<(u64, u64), BackendError> {
     let (mut topics, mut partitions) = (0_u64, 0_u64);
     let mut after: Option<String> = None;
     loop {
-        let keys = kv.kv_keys(BUCKET, &prefix, after.as_deref(), 1_000).await?;
+        let keys = kv.kv_keys(BUCKET, prefix, after.as_deref(), 1_000).await?;
         let Some(last) = keys.last().cloned() else {
             break;
         };

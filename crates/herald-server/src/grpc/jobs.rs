@@ -16,6 +16,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::{GrpcState, caller, invalid, job_queue, shutting_down};
 use crate::auth::permissions::Action;
+use crate::auth::quotas;
 use crate::http::jobs::{Follow, MAX_WAIT_MS, require_blob};
 use crate::problem::{Code, Problem};
 
@@ -198,11 +199,23 @@ impl v1::jobs_server::Jobs for JobsService {
         &self,
         request: Request<Streaming<v1::BlobChunk>>,
     ) -> Result<Response<v1::BlobInfo>, Status> {
-        caller(&request)?.require(Action::BlobsWrite, "*")?;
+        let caller = caller(&request)?;
+        caller.require(Action::BlobsWrite, "*")?;
+        let backend = self.state.backend()?;
+        let allowance = quotas::blob_allowance(&*backend, &caller).await?;
+        let max = allowance.unwrap_or(u64::MAX);
         let chunks = request
             .into_inner()
             .map(|chunk| chunk.map(|chunk| chunk.data).map_err(axum::Error::new));
-        let info = self.state.blobs.put(chunks).await.map_err(Problem::from)?;
+        let info = match self.state.blobs.put_within(chunks, max).await {
+            Ok(info) => info,
+            Err(crate::blobs::Error::TooLarge { max: cut }) if cut == max => {
+                let quota = caller.principal.limits().max_blob_bytes;
+                return Err(quotas::blob_quota_exceeded(&caller.principal.id, quota).into());
+            }
+            Err(error) => return Err(Problem::from(error).into()),
+        };
+        quotas::record_blob(&*backend, &caller, &info.id, info.size).await;
         Ok(Response::new(v1::BlobInfo {
             id: info.id,
             size: info.size,

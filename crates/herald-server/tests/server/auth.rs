@@ -606,3 +606,80 @@ async fn given_topic_quotas_when_an_identity_creates_past_them_should_refuse_onl
         .unwrap_err();
     assert_eq!(error.code(), Some(&ErrorCode::LimitExceeded), "{error}");
 }
+
+#[tokio::test]
+async fn given_blob_quota_when_an_identity_uploads_past_it_should_cut_it_off_and_keep_nothing() {
+    let (_server, anonymous, admin) =
+        server_with_auth(&[("HERALD_AUTH__LIMITS__MAX_BLOB_BYTES", "10")]).await;
+    let permissions = json!([{"actions": ["blobs:write", "blobs:read"], "resources": ["*"]}]);
+    let tenant = anonymous.with_token(&admin.create_key("tenant", permissions.clone()).await);
+    let other = anonymous.with_token(&admin.create_key("other", permissions).await);
+    let upload = |api: crate::support::Api, bytes: &'static str| async move {
+        api.post_raw("/v1/blobs", Some("application/octet-stream"), &[], bytes)
+            .await
+    };
+    expect_json(upload(tenant.clone(), "123456").await, 201).await;
+    let refused = expect_problem(
+        upload(tenant.clone(), "abcdef").await,
+        409,
+        "limit_exceeded",
+    )
+    .await;
+    assert_eq!(refused["limit"], "max_blob_bytes", "{refused}");
+    // Nothing of the refused upload was kept: its id does not exist.
+    let id = "sha256:bef57ec7f53a6d40beb640a780a639c83bc29ac8a9816f1fc6c5c6dcd93c4721";
+    assert_eq!(admin.get(&format!("/v1/blobs/{id}")).await.status(), 404);
+    expect_json(upload(tenant.clone(), "abcd").await, 201).await;
+    expect_problem(upload(tenant, "x").await, 409, "limit_exceeded").await;
+    // Another identity has its own count.
+    expect_json(upload(other, "abcdef").await, 201).await;
+}
+
+#[tokio::test]
+async fn given_full_blob_quota_when_the_collector_removes_the_blob_should_free_the_quota() {
+    let (_server, anonymous, admin) = server_with_auth(&[
+        ("HERALD_AUTH__LIMITS__MAX_BLOB_BYTES", "6"),
+        ("HERALD_BLOBS__UNREFERENCED_TTL_MS", "200"),
+        ("HERALD_BLOBS__GC_INTERVAL_MS", "100"),
+    ])
+    .await;
+    let token = admin
+        .create_key(
+            "tenant",
+            json!([{"actions": ["blobs:write"], "resources": ["*"]}]),
+        )
+        .await;
+    let tenant = anonymous.with_token(&token);
+    let upload = || tenant.post_raw("/v1/blobs", Some("application/octet-stream"), &[], "123456");
+    let stored = expect_json(upload().await, 201).await;
+    expect_problem(
+        tenant
+            .post_raw("/v1/blobs", Some("application/octet-stream"), &[], "z")
+            .await,
+        409,
+        "limit_exceeded",
+    )
+    .await;
+    let path = format!("/v1/blobs/{}", stored["id"].as_str().unwrap());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while admin.get(&path).await.status() != 404 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the blob was never collected"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The collector forgot it (after deleting it): the quota frees up.
+    loop {
+        let response = upload().await;
+        if response.status() == 201 {
+            break;
+        }
+        expect_problem(response, 409, "limit_exceeded").await;
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the quota was never freed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
