@@ -18,6 +18,10 @@ MAX_EXAMPLES="${SCHEMATHESIS_MAX_EXAMPLES:-100}"
 # Seconds of generated cases; the run takes about this plus a few seconds.
 MAX_TIME="${SCHEMATHESIS_MAX_TIME:-240}"
 binary="${1:-target/debug/herald}"
+# The server runs with auth on (this bootstrap key); the first pass sends it,
+# the second sends nothing and expects only 401s.
+TOKEN="${SCHEMATHESIS_TOKEN:-hrd_schemathesis_0123456789abcdef0123456789abcdef}"
+auth=(-H "Authorization: Bearer ${TOKEN}")
 
 if ! schemathesis --version 2>/dev/null | grep -q "${SCHEMATHESIS_VERSION}"; then
     python3 -m pip install --quiet "schemathesis==${SCHEMATHESIS_VERSION}"
@@ -35,7 +39,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"${binary}" serve --listen 127.0.0.1:0 --data-dir "${work}/data" >"${work}/stdout" 2>"${work}/stderr" &
+HERALD_AUTH__BOOTSTRAP_KEY="${TOKEN}" "${binary}" serve --listen 127.0.0.1:0 --data-dir "${work}/data" >"${work}/stdout" 2>"${work}/stderr" &
 server_pid=$!
 addr=""
 for _ in $(seq 300); do
@@ -53,7 +57,7 @@ done
 
 # Existing resources for the path parameters (.ci/schemathesis_seed.py), so
 # generated cases reach more than 404s.
-python3 .ci/schemathesis_seed.py "${base}" "${work}/fixtures.json"
+HERALD_FUZZ_TOKEN="${TOKEN}" python3 .ci/schemathesis_seed.py "${base}" "${work}/fixtures.json"
 
 # What is fuzzed, and for how long:
 # - every operation but the streaming ones (SSE, WebSocket): the hooks drop
@@ -69,11 +73,14 @@ python3 .ci/schemathesis_seed.py "${base}" "${work}/fixtures.json"
 #   partitions closes (and fsyncs) each of its logs, which took over 10 s on
 #   a loaded machine.
 # Checks: no 5xx, and every response conforms to the documented schema.
+# The document needs credentials too: fetched once, fuzzed from the file.
+curl -sf "${auth[@]}" "${base}/openapi.json" >"${work}/openapi.json"
 status=0
 HERALD_FUZZ_FIXTURES="${work}/fixtures.json" HERALD_FUZZ_COUNTS="${work}/counts.txt" \
 HERALD_FUZZ_REFUSALS="${SCHEMATHESIS_REFUSALS:-}" \
 SCHEMATHESIS_HOOKS=schemathesis_hooks PYTHONPATH=.ci \
-    schemathesis --config-file .ci/schemathesis.toml run "${base}/openapi.json" \
+    schemathesis --config-file .ci/schemathesis.toml run "${work}/openapi.json" \
+    --url "${base}" "${auth[@]}" \
     --checks not_a_server_error,response_schema_conformance \
     --max-examples "${MAX_EXAMPLES}" \
     --max-time "${MAX_TIME}" \
@@ -85,6 +92,18 @@ SCHEMATHESIS_HOOKS=schemathesis_hooks PYTHONPATH=.ci \
 echo
 echo "Cases per operation (2xx: reached the operation's work):"
 cat "${work}/counts.txt" 2>/dev/null || echo "(no counts: schemathesis did not finish)"
+
+# Without credentials every operation but /healthz and /readyz must answer
+# 401 unauthenticated, whatever the input.
+SCHEMATHESIS_HOOKS=schemathesis_unauthenticated PYTHONPATH=.ci schemathesis run "${work}/openapi.json" \
+    --url "${base}" \
+    --checks only_unauthenticated \
+    --max-examples 5 \
+    --phases examples,fuzzing \
+    --exclude-path-regex '/ws$|/events/stream$|^/healthz$|^/readyz$' \
+    --request-timeout 10 \
+    --generation-database none \
+    --no-color || status=$?
 
 kill -TERM "${server_pid}"
 if ! wait "${server_pid}"; then

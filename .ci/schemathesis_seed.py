@@ -1,6 +1,7 @@
 """Creates the resources schemathesis fuzzes against (.ci/schemathesis.sh).
 
 Usage: python3 .ci/schemathesis_seed.py BASE_URL FIXTURES_JSON
+(with HERALD_FUZZ_TOKEN, the bearer token, when the server has auth on)
 
 Without existing resources nearly every generated path names nothing and the
 server answers 404 before it looks at the rest of the request. This makes one
@@ -20,6 +21,7 @@ and fuzzing without it would only measure 404s.
 """
 
 import json
+import os
 import sys
 
 import requests
@@ -28,6 +30,9 @@ TIMEOUT = 10
 
 
 def call(method, url, expect, **kwargs):
+    token = os.environ.get("HERALD_FUZZ_TOKEN")
+    if token:
+        kwargs["headers"] = {**kwargs.get("headers", {}), "authorization": f"Bearer {token}"}
     response = requests.request(method, url, timeout=TIMEOUT, **kwargs)
     if response.status_code != expect:
         sys.exit(

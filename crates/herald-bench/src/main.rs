@@ -111,6 +111,11 @@ struct Args {
     /// PostgreSQL's bin dir (default: newest /usr/lib/postgresql/*/bin).
     #[arg(long)]
     pg_bin: Option<PathBuf>,
+    /// Run Herald with authentication on: this bootstrap key (at least 32
+    /// characters) is configured and sent by every client, so the figures
+    /// include the cost of checking credentials and permissions.
+    #[arg(long, value_name = "KEY")]
+    auth_key: Option<String>,
     /// Where servers keep their data (default: the system temp dir).
     #[arg(long)]
     tmp: Option<PathBuf>,
@@ -325,6 +330,9 @@ async fn main() -> Result<()> {
         args.w3_seconds = args.w3_seconds.min(2.0);
         args.warmup = args.warmup.min(1.0);
         args.backlog = args.backlog.min(100_000);
+    }
+    if let Some(key) = &args.auth_key {
+        let _ = peers::AUTH_KEY.set(key.clone());
     }
     let bins = Binaries {
         herald: args.herald_bin.clone().unwrap_or_else(peers::find_herald),

@@ -50,6 +50,11 @@ impl Drop for Guard {
     }
 }
 
+/// The API key `herald serve` is started with (`--auth-key`): its
+/// bootstrap key, which every Herald client of the run then sends, to
+/// measure the cost of authentication.
+pub static AUTH_KEY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 /// A running `herald serve`.
 #[derive(Debug)]
 pub struct Herald {
@@ -69,7 +74,11 @@ impl Herald {
         let dir = tempfile::Builder::new()
             .prefix("herald-bench-")
             .tempdir_in(tmp)?;
-        let mut child = Command::new(herald)
+        let mut command = Command::new(herald);
+        if let Some(key) = AUTH_KEY.get() {
+            command.env("HERALD_AUTH__BOOTSTRAP_KEY", key);
+        }
+        let mut child = command
             .args([
                 "serve",
                 "--listen",

@@ -145,7 +145,11 @@ async fn nats_stream(url: &str) -> Result<jetstream::Context> {
 /// A client, once the server's storage is open (the SDK retries while it
 /// opens).
 async fn herald_client(endpoint: &str) -> Result<Client> {
-    let client = Client::connect(endpoint.to_owned()).await?;
+    let mut builder = Client::builder(endpoint.to_owned());
+    if let Some(key) = crate::peers::AUTH_KEY.get() {
+        builder = builder.bearer_token(key.clone());
+    }
+    let client = builder.connect().await?;
     client.list_topics().await?;
     Ok(client)
 }

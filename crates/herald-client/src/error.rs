@@ -139,6 +139,14 @@ pub enum ErrorCode {
     UnsupportedMediaType,
     /// `payload_too_large`: a request or event exceeds a limit.
     PayloadTooLarge,
+    /// `unauthenticated`: no or bad credentials (see [`ClientBuilder::bearer_token`](crate::ClientBuilder::bearer_token)).
+    Unauthenticated,
+    /// `forbidden`: the identity lacks the permission.
+    Forbidden,
+    /// `rate_limited`: over the identity's rate limit; retry later.
+    RateLimited,
+    /// `key_not_found`: no API key with that id.
+    KeyNotFound,
     /// `topic_not_found`.
     TopicNotFound,
     /// `group_not_found`.
@@ -205,6 +213,10 @@ const CODES: &[(ErrorCode, &str)] = &[
     (ErrorCode::InvalidArgument, "invalid_argument"),
     (ErrorCode::UnsupportedMediaType, "unsupported_media_type"),
     (ErrorCode::PayloadTooLarge, "payload_too_large"),
+    (ErrorCode::Unauthenticated, "unauthenticated"),
+    (ErrorCode::Forbidden, "forbidden"),
+    (ErrorCode::RateLimited, "rate_limited"),
+    (ErrorCode::KeyNotFound, "key_not_found"),
     (ErrorCode::TopicNotFound, "topic_not_found"),
     (ErrorCode::GroupNotFound, "group_not_found"),
     (ErrorCode::PartitionNotFound, "partition_not_found"),

@@ -33,7 +33,6 @@ use herald_proto::v1;
 use herald_proto::v1::jobs_client::JobsClient;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tonic::transport::Channel;
 
 use crate::{Client, Error, ErrorCode, Result};
 
@@ -200,12 +199,12 @@ fn encode(value: &impl Serialize) -> Result<Bytes> {
 
 impl Client {
     /// Unary calls of `Jobs`.
-    fn jobs(&self) -> JobsClient<crate::unary::Unary> {
+    fn jobs(&self) -> JobsClient<crate::auth::Authorized<crate::unary::Unary>> {
         JobsClient::new(self.unary.clone()).max_decoding_message_size(usize::MAX)
     }
 
     /// Streaming calls of `Jobs` (watches and blobs).
-    fn jobs_stream(&self) -> JobsClient<Channel> {
+    fn jobs_stream(&self) -> JobsClient<crate::Streams> {
         JobsClient::new(self.channel.clone()).max_decoding_message_size(usize::MAX)
     }
 

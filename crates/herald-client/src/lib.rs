@@ -52,6 +52,7 @@
 #![warn(missing_docs)]
 
 mod aggregate;
+mod auth;
 mod consumer;
 mod error;
 mod jobs;
@@ -154,9 +155,17 @@ pub struct ClientBuilder {
     request_timeout: Option<Duration>,
     retry: RetryPolicy,
     lazy: bool,
+    token: Option<String>,
 }
 
 impl ClientBuilder {
+    /// Sends `authorization: Bearer <token>` with every call: an API key
+    /// (`hrd_…`) or a JWT. Needed when the server has auth configured.
+    pub fn bearer_token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
     /// How long connecting may take (default 5 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
@@ -185,6 +194,15 @@ impl ClientBuilder {
     /// Connects (or, [`lazy`](Self::lazy), prepares to). `https://`
     /// endpoints need the `tls` feature.
     pub async fn connect(self) -> Result<Client> {
+        let authorization = self
+            .token
+            .as_deref()
+            .map(auth::bearer)
+            .transpose()
+            .map_err(|reason| Error::InvalidEndpoint {
+                endpoint: self.endpoint.clone(),
+                reason,
+            })?;
         let mut endpoint = Endpoint::from_shared(self.endpoint.clone()).map_err(|error| {
             Error::InvalidEndpoint {
                 endpoint: self.endpoint.clone(),
@@ -228,21 +246,24 @@ impl ClientBuilder {
             None => unary::Unary::Channel(channel.clone()),
         };
         Ok(Client {
-            channel,
-            unary,
+            channel: auth::Authorized::new(channel, authorization.clone()),
+            unary: auth::Authorized::new(unary, authorization),
             request_timeout: self.request_timeout,
             retry: self.retry,
         })
     }
 }
 
+/// The transport of streaming calls: the channel, with credentials.
+pub(crate) type Streams = auth::Authorized<Channel>;
+
 /// A connection to Herald. Cheap to clone: clones share the connection.
 #[derive(Debug, Clone)]
 pub struct Client {
     /// Streaming calls (and, over TLS, unary ones).
-    pub(crate) channel: Channel,
+    pub(crate) channel: Streams,
     /// Unary calls.
-    pub(crate) unary: unary::Unary,
+    pub(crate) unary: auth::Authorized<unary::Unary>,
     request_timeout: Option<Duration>,
     retry: RetryPolicy,
 }
@@ -256,6 +277,7 @@ impl Client {
             request_timeout: None,
             retry: RetryPolicy::default(),
             lazy: false,
+            token: None,
         }
     }
 
@@ -265,30 +287,30 @@ impl Client {
     }
 
     /// Unary calls of `Events`.
-    fn events(&self) -> EventsClient<unary::Unary> {
+    fn events(&self) -> EventsClient<auth::Authorized<unary::Unary>> {
         EventsClient::new(self.unary.clone()).max_decoding_message_size(usize::MAX)
     }
 
     /// Streaming calls of `Events`.
-    pub(crate) fn events_stream(&self) -> EventsClient<Channel> {
+    pub(crate) fn events_stream(&self) -> EventsClient<Streams> {
         EventsClient::new(self.channel.clone()).max_decoding_message_size(usize::MAX)
     }
 
     /// Unary calls of `Groups`.
-    fn groups(&self) -> GroupsClient<unary::Unary> {
+    fn groups(&self) -> GroupsClient<auth::Authorized<unary::Unary>> {
         GroupsClient::new(self.unary.clone()).max_decoding_message_size(usize::MAX)
     }
 
     /// Streaming calls of `Groups`.
-    pub(crate) fn groups_stream(&self) -> GroupsClient<Channel> {
+    pub(crate) fn groups_stream(&self) -> GroupsClient<Streams> {
         GroupsClient::new(self.channel.clone()).max_decoding_message_size(usize::MAX)
     }
 
-    fn topics(&self) -> TopicsClient<unary::Unary> {
+    fn topics(&self) -> TopicsClient<auth::Authorized<unary::Unary>> {
         TopicsClient::new(self.unary.clone())
     }
 
-    pub(crate) fn streams(&self) -> StreamsClient<unary::Unary> {
+    pub(crate) fn streams(&self) -> StreamsClient<auth::Authorized<unary::Unary>> {
         StreamsClient::new(self.unary.clone()).max_decoding_message_size(usize::MAX)
     }
 

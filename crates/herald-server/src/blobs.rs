@@ -196,6 +196,18 @@ impl BlobStore {
         &self,
         body: impl Stream<Item = Result<Bytes, axum::Error>> + Unpin,
     ) -> Result<BlobInfo, Error> {
+        self.put_within(body, self.max_bytes).await
+    }
+
+    /// [`BlobStore::put`] with a smaller limit for this upload (an
+    /// identity's remaining blob quota); over it, [`Error::TooLarge`] with
+    /// that limit.
+    pub async fn put_within(
+        &self,
+        body: impl Stream<Item = Result<Bytes, axum::Error>> + Unpin,
+        max: u64,
+    ) -> Result<BlobInfo, Error> {
+        let max = max.min(self.max_bytes);
         let temp = Path::from(format!("tmp/{}", uuid::Uuid::now_v7()));
         let upload = self.store.put_multipart(&temp).await?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, CHUNK_BYTES);
@@ -207,10 +219,8 @@ impl BlobStore {
             while let Some(chunk) = body.next().await {
                 let chunk = chunk.map_err(Error::CutOff)?;
                 size = size.saturating_add(chunk.len() as u64);
-                if size > self.max_bytes {
-                    return Err(Error::TooLarge {
-                        max: self.max_bytes,
-                    });
+                if size > max {
+                    return Err(Error::TooLarge { max });
                 }
                 if size >= next_space_check {
                     // What is buffered but not yet written still needs room.
@@ -373,6 +383,7 @@ impl BlobStore {
                 return Err(error.into());
             }
         };
+        crate::auth::quotas::forget_blob(backend, id).await;
         if let Err(error) = herald_jobs::blobs::end_collection(backend, id).await {
             warn!(%error, blob = id, "Cannot end a blob collection; the next pass does.");
         }

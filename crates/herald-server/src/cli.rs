@@ -10,7 +10,7 @@ use clap::builder::{NonEmptyStringValueParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 
 use crate::commands::{ClientArgs, ClientCommand};
-use crate::config::{LogFormat, LogLevel, LogOverrides, Overrides};
+use crate::config::{AuthOverrides, LogFormat, LogLevel, LogOverrides, Overrides};
 
 /// Herald: an event backbone in one binary.
 #[derive(Debug, Parser)]
@@ -64,6 +64,11 @@ pub struct ServeArgs {
     /// Log filter, e.g. `info` or `herald_server=debug,info` [default: info]
     #[arg(long, value_name = "DIRECTIVE")]
     pub log_level: Option<LogLevel>,
+
+    /// Serve a non-loopback --listen without any authentication configured
+    /// (auth.insecure); a warning is logged at every start
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 impl ServeArgs {
@@ -75,6 +80,9 @@ impl ServeArgs {
             log: LogOverrides {
                 format: self.log_format,
                 level: self.log_level.clone(),
+            },
+            auth: AuthOverrides {
+                insecure: self.insecure.then_some(true),
             },
         }
     }

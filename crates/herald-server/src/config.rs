@@ -38,6 +38,10 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_CONFIG_FILE: &str = "herald.toml";
 /// Prefix of the environment variables that configure Herald.
 pub const ENV_PREFIX: &str = "HERALD_";
+/// `HERALD_*` variables that belong to the client subcommands, not to the
+/// server's configuration (`HERALD_TOKEN` is `--token`): ignored here, so
+/// one shell can hold both.
+pub const CLIENT_ENV_VARS: &[&str] = &["HERALD_TOKEN"];
 /// Separator of nested keys in environment variable names (`HERALD_LOG__FORMAT`).
 pub const ENV_NESTING: &str = "__";
 
@@ -63,6 +67,8 @@ pub struct Options {
     pub jobs: JobOptions,
     /// Consumer groups (`[groups]`).
     pub groups: GroupOptions,
+    /// Authentication, permissions, rate limits and quotas (`[auth]`).
+    pub auth: AuthOptions,
 }
 
 impl Default for Options {
@@ -77,6 +83,7 @@ impl Default for Options {
             blobs: BlobOptions::default(),
             jobs: JobOptions::default(),
             groups: GroupOptions::default(),
+            auth: AuthOptions::default(),
         }
     }
 }
@@ -86,6 +93,101 @@ impl Options {
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_millis(self.shutdown_timeout_ms)
     }
+}
+
+/// Authentication and authorization (`[auth]`; docs/security.md).
+///
+/// Auth is on once any credential source is configured: a bootstrap key,
+/// JWT, or a client-certificate identity. Then every request but
+/// `/healthz`, `/readyz` (and `/metrics`, `/openapi.json`, `/docs` when made
+/// public) needs credentials, on loopback too. With none configured, only
+/// a loopback `listen` serves (no credentials needed: local use), unless
+/// `insecure` is set.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthOptions {
+    /// An API key with `admin` on everything, to administer a fresh server
+    /// (create scoped keys with it). At least 32 characters; empty: none.
+    pub bootstrap_key: String,
+    /// Serve a non-loopback `listen` without any auth configured (a warning
+    /// at every start). Flag: `--insecure`.
+    pub insecure: bool,
+    /// `/metrics` answers without credentials (else it needs `metrics:read`).
+    pub public_metrics: bool,
+    /// `/openapi.json`, `/docs` and gRPC reflection answer without
+    /// credentials (else any identity may read them).
+    pub public_docs: bool,
+    /// Bearer JWTs (`[auth.jwt]`).
+    pub jwt: JwtOptions,
+    /// Identities of TLS client certificates (`[[auth.mtls]]`).
+    pub mtls: Vec<MtlsIdentity>,
+    /// Rate limits and quotas of every identity (`[auth.limits]`); an API
+    /// key's own `limits` override them. 0 is unlimited.
+    pub limits: crate::auth::limits::Limits,
+}
+
+impl AuthOptions {
+    /// Whether any credential source is configured (so auth is on).
+    pub fn is_configured(&self) -> bool {
+        !self.bootstrap_key.is_empty() || self.jwt.is_enabled() || !self.mtls.is_empty()
+    }
+}
+
+/// Bearer JWTs (`[auth.jwt]`), verified with `jsonwebtoken`: the signature
+/// with the configured algorithm only (never `none`), `exp` and `nbf` with
+/// `leeway_s`, `iss` and `aud` exactly.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JwtOptions {
+    /// `HS256`, `RS256`, `ES256` or `EdDSA`; empty: JWT off.
+    pub algorithm: String,
+    /// The HS256 shared secret (at least 32 bytes).
+    pub secret: String,
+    /// RS256/ES256/EdDSA: a PEM file with the public key.
+    pub public_key_file: String,
+    /// RS256/ES256/EdDSA: a local JWKS file; the token's `kid` picks the key.
+    pub jwks_file: String,
+    /// The `iss` every token must carry.
+    pub issuer: String,
+    /// The `aud` every token must carry.
+    pub audience: String,
+    /// The claim holding the permissions: a list of `{actions, resources}`.
+    pub permissions_claim: String,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds.
+    pub leeway_s: u64,
+}
+
+impl Default for JwtOptions {
+    fn default() -> Self {
+        Self {
+            algorithm: String::new(),
+            secret: String::new(),
+            public_key_file: String::new(),
+            jwks_file: String::new(),
+            issuer: String::new(),
+            audience: String::new(),
+            permissions_claim: "herald_permissions".to_owned(),
+            leeway_s: 30,
+        }
+    }
+}
+
+impl JwtOptions {
+    /// Whether JWTs are accepted.
+    pub fn is_enabled(&self) -> bool {
+        !self.algorithm.is_empty()
+    }
+}
+
+/// The identity of a TLS client certificate whose subject common name or a
+/// DNS name equals `name`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MtlsIdentity {
+    /// The certificate's CN or one of its DNS subject alternative names.
+    pub name: String,
+    /// What it may do.
+    pub permissions: Vec<crate::auth::permissions::Permission>,
 }
 
 /// Limits on requests (`[limits]`).
@@ -150,6 +252,9 @@ pub struct ConnectionOptions {
     /// drops the connection when a ping is not answered within 20 s; so a
     /// vanished client does not hold its streams.
     pub keep_alive_interval_ms: NonZeroU64,
+    /// Connections one remote IP address may hold open at once; one more
+    /// is closed as soon as it is accepted. 0: unlimited.
+    pub max_per_address: u32,
 }
 
 impl Default for ConnectionOptions {
@@ -158,6 +263,7 @@ impl Default for ConnectionOptions {
             header_read_timeout_ms: NonZeroU64::new(10_000).unwrap_or(NonZeroU64::MIN),
             idle_timeout_ms: NonZeroU64::new(60_000).unwrap_or(NonZeroU64::MIN),
             keep_alive_interval_ms: NonZeroU64::new(30_000).unwrap_or(NonZeroU64::MIN),
+            max_per_address: 1_024,
         }
     }
 }
@@ -417,6 +523,24 @@ pub struct Overrides {
     /// instead of letting it fail.
     #[serde(skip_serializing_if = "LogOverrides::is_empty")]
     pub log: LogOverrides,
+    /// `--insecure`. Left out when not given.
+    #[serde(skip_serializing_if = "AuthOverrides::is_empty")]
+    pub auth: AuthOverrides,
+}
+
+/// Command-line overrides of [`AuthOptions`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct AuthOverrides {
+    /// `--insecure`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub insecure: Option<bool>,
+}
+
+impl AuthOverrides {
+    /// Whether no auth flag was given.
+    pub fn is_empty(&self) -> bool {
+        self.insecure.is_none()
+    }
 }
 
 /// Command-line overrides of [`LogOptions`].
@@ -623,6 +747,7 @@ fn extract(file: Option<Layer>, env: &EnvLayer, flags: Layer) -> Result<Options,
 
 /// The checks a value's type cannot make.
 fn check_ranges(options: &Options) -> Result<(), Error> {
+    check_auth(&options.auth)?;
     let max = herald_backend::topic::MAX_PARTITIONS;
     if options.limits.max_partitions_per_topic.get() > max {
         return Err(Error::InvalidValue {
@@ -630,6 +755,89 @@ fn check_ranges(options: &Options) -> Result<(), Error> {
             origin: None,
             message: format!("must be at most {max}"),
         });
+    }
+    Ok(())
+}
+
+/// The shortest bootstrap key accepted: a guessable one would be a master key.
+pub const MIN_BOOTSTRAP_KEY_CHARS: usize = 32;
+
+fn check_auth(auth: &AuthOptions) -> Result<(), Error> {
+    let invalid = |key: &str, message: String| Error::InvalidValue {
+        key: key.to_owned(),
+        origin: None,
+        message,
+    };
+    let key = &auth.bootstrap_key;
+    if !key.is_empty()
+        && (key.chars().count() < MIN_BOOTSTRAP_KEY_CHARS || key.chars().any(char::is_whitespace))
+    {
+        return Err(invalid(
+            "auth.bootstrap_key",
+            format!(
+                "must be at least {MIN_BOOTSTRAP_KEY_CHARS} characters without spaces (e.g. `hrd_$(openssl rand -hex 32)`)"
+            ),
+        ));
+    }
+    let jwt = &auth.jwt;
+    if jwt.is_enabled() {
+        match jwt.algorithm.as_str() {
+            "HS256" => {
+                if jwt.secret.len() < 32 {
+                    return Err(invalid(
+                        "auth.jwt.secret",
+                        "HS256 needs a secret of at least 32 bytes".to_owned(),
+                    ));
+                }
+            }
+            "RS256" | "ES256" | "EdDSA" => {
+                if jwt.public_key_file.is_empty() == jwt.jwks_file.is_empty() {
+                    return Err(invalid(
+                        "auth.jwt.public_key_file",
+                        format!(
+                            "{} needs exactly one of auth.jwt.public_key_file and auth.jwt.jwks_file",
+                            jwt.algorithm
+                        ),
+                    ));
+                }
+            }
+            other => {
+                return Err(invalid(
+                    "auth.jwt.algorithm",
+                    format!(
+                        "\"{other}\" is not one of HS256, RS256, ES256, EdDSA (or empty for no JWT)"
+                    ),
+                ));
+            }
+        }
+        if jwt.algorithm != "HS256" && !jwt.secret.is_empty() {
+            return Err(invalid(
+                "auth.jwt.secret",
+                "is for HS256 only; keep shared secrets and public keys apart".to_owned(),
+            ));
+        }
+        for (key, value) in [
+            ("auth.jwt.issuer", &jwt.issuer),
+            ("auth.jwt.audience", &jwt.audience),
+            ("auth.jwt.permissions_claim", &jwt.permissions_claim),
+        ] {
+            if value.is_empty() {
+                return Err(invalid(
+                    key,
+                    "must be set when auth.jwt.algorithm is".to_owned(),
+                ));
+            }
+        }
+    }
+    for identity in &auth.mtls {
+        if identity.name.is_empty() {
+            return Err(invalid("auth.mtls.name", "must not be empty".to_owned()));
+        }
+        for permission in &identity.permissions {
+            permission
+                .check()
+                .map_err(|error| invalid("auth.mtls.permissions", error.to_string()))?;
+        }
     }
     Ok(())
 }
@@ -691,7 +899,11 @@ impl EnvLayer {
     fn from_vars(vars: &[(OsString, OsString)]) -> Result<Self, Error> {
         let mut env = Self::default();
         for (name, value) in vars {
-            if !name.as_encoded_bytes().starts_with(ENV_PREFIX.as_bytes()) {
+            if !name.as_encoded_bytes().starts_with(ENV_PREFIX.as_bytes())
+                || CLIENT_ENV_VARS
+                    .iter()
+                    .any(|client| name.as_encoded_bytes() == client.as_bytes())
+            {
                 continue;
             }
             let (Some(name), Some(value)) = (name.to_str(), value.to_str()) else {

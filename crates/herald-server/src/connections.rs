@@ -13,6 +13,9 @@
 //!     both    idle_timeout: no request in flight for that long (also a
 //!             client that never sends a byte, or half an HTTP/2 preface)
 //!             → graceful close
+//!   max_per_address: a remote IP already holding that many connections
+//!   has the new one closed at once (counted per IP, released when the
+//!   connection task ends)
 //!   stop fires: stop accepting (the listener closes), every connection
 //!   closes gracefully (in-flight requests finish), then serve returns
 //! ```
@@ -79,36 +82,107 @@ pub async fn serve(
         .keep_alive_interval(options.keep_alive_interval())
         .keep_alive_timeout(KEEP_ALIVE_TIMEOUT);
     let builder = Arc::new(builder);
+    let per_address = PerAddress::new(options.max_per_address);
     let mut connections = JoinSet::new();
     loop {
         let tcp = tokio::select! {
             () = stop.cancelled() => break,
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             accepted = listener.accept() => match accepted {
-                Ok((tcp, _peer)) => tcp,
+                Ok((tcp, peer)) => match per_address.admit(peer.ip()) {
+                    Some(slot) => (tcp, slot),
+                    None => {
+                        debug!(peer = %peer.ip(), "Too many connections from one address; closing the new one.");
+                        continue;
+                    }
+                },
                 Err(error) => {
                     accept_failed(&error).await;
                     continue;
                 }
             },
         };
+        let (tcp, slot) = tcp;
         // No Nagle: small responses (acks, deliveries' tails) must not wait
         // for the peer's delayed ACK.
         if let Err(error) = tcp.set_nodelay(true) {
             debug!(%error, "Cannot set TCP_NODELAY.");
         }
-        connections.spawn(connection(
+        let served = connection(
             Arc::clone(&builder),
             tcp,
             app.clone(),
             options.idle_timeout(),
             stop.clone(),
-        ));
+        );
+        connections.spawn(async move {
+            served.await;
+            drop(slot);
+        });
     }
     // New connections are refused from here on.
     drop(listener);
     while connections.join_next().await.is_some() {}
     Ok(())
+}
+
+/// Open connections per remote IP address (`connections.max_per_address`).
+#[derive(Debug, Clone)]
+struct PerAddress {
+    max: u32,
+    open: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, u32>>>,
+}
+
+/// One admitted connection's place in its address's count.
+#[derive(Debug)]
+struct Slot {
+    ip: std::net::IpAddr,
+    open: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, u32>>>,
+}
+
+impl PerAddress {
+    fn new(max: u32) -> Self {
+        Self {
+            max,
+            open: Arc::default(),
+        }
+    }
+
+    /// A slot for one more connection from `ip`, or `None` when it holds
+    /// `max` already (0: no limit, no counting).
+    fn admit(&self, ip: std::net::IpAddr) -> Option<Option<Slot>> {
+        if self.max == 0 {
+            return Some(None);
+        }
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = open.entry(ip).or_insert(0);
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(Some(Slot {
+            ip,
+            open: Arc::clone(&self.open),
+        }))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// An accept that failed: a connection reset before it was accepted is the

@@ -21,6 +21,7 @@
 //! [`data_dir::Error`]); each one's message names the offending key, path or
 //! address so `main` can print it as a single line.
 
+pub mod auth;
 pub mod blobs;
 pub mod cli;
 pub mod commands;

@@ -40,7 +40,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
-            if error.downcast_ref::<config::Error>().is_some() {
+            let insecure = matches!(
+                error.downcast_ref::<herald_server::server::Error>(),
+                Some(herald_server::server::Error::Insecure { .. })
+            );
+            if insecure || error.downcast_ref::<config::Error>().is_some() {
                 ExitCode::from(2)
             } else {
                 ExitCode::FAILURE

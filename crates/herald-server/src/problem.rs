@@ -130,6 +130,16 @@ codes! {
     /// The request body exceeds `limits.max_request_bytes`, an event the
     /// topic's `max_event_bytes`, or a blob `limits.max_blob_bytes`.
     PayloadTooLarge => "payload_too_large", PAYLOAD_TOO_LARGE, RESOURCE_EXHAUSTED, "Payload too large";
+    /// No credentials, or bad ones (unknown, revoked or expired key, invalid
+    /// JWT).
+    Unauthenticated => "unauthenticated", UNAUTHORIZED, UNAUTHENTICATED, "Unauthenticated";
+    /// The identity lacks the permission; the problem names the action and
+    /// the resource.
+    Forbidden => "forbidden", FORBIDDEN, PERMISSION_DENIED, "Forbidden";
+    /// Over the identity's rate limit; retry after `Retry-After` seconds.
+    RateLimited => "rate_limited", TOO_MANY_REQUESTS, RESOURCE_EXHAUSTED, "Rate limited";
+    /// No API key with that id.
+    KeyNotFound => "key_not_found", NOT_FOUND, NOT_FOUND, "Key not found";
     /// No topic by that name.
     TopicNotFound => "topic_not_found", NOT_FOUND, NOT_FOUND, "Topic not found";
     /// No group by that name on the topic.
@@ -236,6 +246,23 @@ impl Problem {
         self.detail.as_deref()
     }
 
+    /// Seconds to wait before retrying: 1 for a 503, the limiter's wait for
+    /// 429 `rate_limited`; `None` otherwise.
+    pub fn retry_after_s(&self) -> Option<u64> {
+        if self.code.is_retryable() {
+            return Some(RETRY_AFTER_SECS);
+        }
+        if self.code == Code::RateLimited {
+            let seconds = self
+                .extensions
+                .iter()
+                .find(|(name, _)| *name == "retry_after_s")
+                .and_then(|(_, value)| value.as_u64());
+            return Some(seconds.unwrap_or(RETRY_AFTER_SECS));
+        }
+        None
+    }
+
     /// The extension members (for the gRPC `ErrorInfo` metadata).
     pub fn extensions(&self) -> &[(&'static str, serde_json::Value)] {
         &self.extensions
@@ -310,6 +337,18 @@ impl From<crate::blobs::Error> for Problem {
             }
         };
         Self::new(code, failure.to_string())
+    }
+}
+
+impl From<crate::auth::keys::Error> for Problem {
+    fn from(failure: crate::auth::keys::Error) -> Self {
+        match failure {
+            crate::auth::keys::Error::Backend(error) => Self::from(error),
+            failure => {
+                error!(error = %failure, source = ?std::error::Error::source(&failure), "API key store failed.");
+                Self::new(Code::Internal, failure.to_string())
+            }
+        }
     }
 }
 
@@ -418,12 +457,12 @@ impl utoipa::ToSchema for Problem {
 
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
-        let retryable = self.code.is_retryable();
+        let retry_after = self.retry_after_s();
         let mut response = (self.code.status(), axum::Json(self)).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
-        if retryable {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        if let Some(seconds) = retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }

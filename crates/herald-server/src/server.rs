@@ -33,6 +33,7 @@ use tokio::task::{JoinError, JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::auth::Auth;
 use crate::blobs::{self, BlobStore};
 use crate::config::Options;
 use crate::connections;
@@ -52,6 +53,8 @@ pub struct Server {
     metrics: Arc<Metrics>,
     readiness: Readiness,
     blobs: BlobStore,
+    auth: Arc<Auth>,
+    storage_slot: StorageSlot,
 }
 
 /// Why the server could not start or did not stop cleanly. Every message
@@ -71,6 +74,20 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// A non-loopback `listen` with no auth configured and no `--insecure`.
+    #[error(
+        "refusing to listen on {addr} without authentication: anyone who can reach it could \
+         administer Herald. Configure credentials (auth.bootstrap_key / \
+         HERALD_AUTH__BOOTSTRAP_KEY, or [auth.jwt]), or pass --insecure (auth.insecure = true) \
+         to serve without them"
+    )]
+    Insecure {
+        /// The configured address.
+        addr: SocketAddr,
+    },
+    /// The auth configuration cannot be used (a JWT key file).
+    #[error("cannot set up authentication")]
+    Auth(#[source] crate::auth::Error),
     /// Storage failed to open.
     #[error("cannot open storage")]
     OpenStorage(#[source] storage::Error),
@@ -106,6 +123,7 @@ impl Server {
     ///
     /// Fails fast, before anything is served, if either is unavailable.
     pub async fn bind(options: Options) -> Result<Self, Error> {
+        check_exposure(&options)?;
         // Blocking, but at startup: nothing is being served yet.
         let data_dir = DataDir::open(&options.data_dir)?;
         info!(path = %data_dir.path().display(), "Locked data directory.");
@@ -124,8 +142,13 @@ impl Server {
             options.blobs.min_free_bytes,
         )
         .map_err(Error::OpenBlobs)?;
-        info!(addr = %local_addr, "Listening.");
+        let storage_slot = StorageSlot::default();
+        let auth = Auth::new(&options.auth, storage_slot.clone(), Arc::new(SystemClock))
+            .map_err(Error::Auth)?;
+        info!(addr = %local_addr, auth = auth.is_enabled(), "Listening.");
         Ok(Self {
+            auth,
+            storage_slot,
             options,
             listener,
             local_addr,
@@ -163,9 +186,10 @@ impl Server {
             metrics,
             readiness,
             blobs,
+            auth,
+            storage_slot,
         } = self;
 
-        let storage_slot = StorageSlot::default();
         let jobs_slot = JobsSlot::default();
         let (grpc_routes, health) = grpc::router(GrpcState {
             storage: storage_slot.clone(),
@@ -175,6 +199,7 @@ impl Server {
             max_publish_stream_bytes: options.limits.max_publish_stream_bytes(),
             jobs: jobs_slot.clone(),
             blobs: blobs.clone(),
+            auth: Arc::clone(&auth),
         });
         grpc::set_serving(&health, false).await;
         let app = http::router(
@@ -188,6 +213,7 @@ impl Server {
                 body_idle_timeout: options.connections.idle_timeout(),
                 blobs: blobs.clone(),
                 jobs: jobs_slot.clone(),
+                auth: Arc::clone(&auth),
             },
             grpc_routes,
         );
@@ -305,6 +331,25 @@ async fn grpc_health_loop(
             degraded = now_degraded;
         }
     }
+}
+
+/// Secure by default: a non-loopback `listen` needs auth configured or
+/// `auth.insecure`, which then warns at every start.
+fn check_exposure(options: &Options) -> Result<(), Error> {
+    if options.listen.ip().is_loopback() || options.auth.is_configured() {
+        return Ok(());
+    }
+    if !options.auth.insecure {
+        return Err(Error::Insecure {
+            addr: options.listen,
+        });
+    }
+    warn!(
+        addr = %options.listen,
+        "Serving WITHOUT authentication on a non-loopback address (--insecure / \
+         auth.insecure): anyone who can reach it can read, write and delete everything."
+    );
+    Ok(())
 }
 
 /// Starts the job service and the blob collector on open storage; returns

@@ -12,6 +12,7 @@
 //! | 3 | the server could not be reached or answered something that is not Herald's API |
 //! | 4 | a local file could not be read |
 
+mod auth;
 mod blob;
 mod consume;
 mod group;
@@ -26,6 +27,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::Value;
 
+pub use auth::{AuthCommand, KeyCommand};
 pub use blob::BlobCommand;
 pub use consume::ConsumeArgs;
 pub use group::GroupCommand;
@@ -40,6 +42,11 @@ pub struct ClientArgs {
     /// The server's base URL (client subcommands)
     #[arg(long, default_value = "http://127.0.0.1:7800", global = true)]
     pub server: String,
+
+    /// Credentials: an API key (`hrd_…`) or a JWT, sent as `Authorization:
+    /// Bearer` (client subcommands)
+    #[arg(long, env = "HERALD_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
 
     /// How to print results (client subcommands)
     #[arg(long, value_enum, default_value_t = Output::Table, global = true)]
@@ -76,6 +83,9 @@ pub enum ClientCommand {
     /// Upload and download blobs.
     #[command(subcommand)]
     Blob(BlobCommand),
+    /// API keys and the caller's identity.
+    #[command(subcommand)]
+    Auth(AuthCommand),
 }
 
 /// Why a client command failed; each maps to an exit code.
@@ -130,6 +140,7 @@ pub fn run(client: &ClientArgs, command: ClientCommand) -> Result<(), Error> {
             ClientCommand::Group(command) => group::run(&api, command).await,
             ClientCommand::Job(command) => job::run(&api, command).await,
             ClientCommand::Blob(command) => blob::run(&api, command).await,
+            ClientCommand::Auth(command) => auth::run(&api, command).await,
         }
     })
 }
@@ -150,7 +161,15 @@ impl Api {
                 "--server {base:?} must start with http:// or https://"
             )));
         }
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = client.token.as_deref().filter(|token| !token.is_empty()) {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| Error::Usage("--token has characters a header cannot carry".into()))?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
         let http = reqwest::Client::builder()
+            .default_headers(headers)
             .build()
             .map_err(|error| Error::Connection(format!("cannot build the HTTP client: {error}")))?;
         Ok(Self {

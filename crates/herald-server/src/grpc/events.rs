@@ -13,7 +13,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{GrpcState, backend_status, convert, failure, limit, shutting_down};
+use super::{GrpcState, backend_status, caller, convert, failure, limit, shutting_down};
+use crate::auth::Caller;
+use crate::auth::permissions::Action;
 use crate::http::events::{DEFAULT_READ_LIMIT, MAX_READ_LIMIT};
 use crate::http::tail::{self, Filter, Start};
 use crate::problem::Problem;
@@ -49,9 +51,10 @@ impl v1::events_server::Events for EventsService {
         &self,
         request: Request<v1::PublishRequest>,
     ) -> Result<Response<v1::PublishResponse>, Status> {
+        let caller = caller(&request)?;
         let backend = self.state.backend()?;
         let request = request.into_inner();
-        let results = publish(&*backend, request, self.state.clock.now_ms())
+        let results = publish(&*backend, &caller, request, self.state.clock.now_ms())
             .await
             .map_err(Status::from)?;
         Ok(Response::new(v1::PublishResponse { results }))
@@ -63,16 +66,18 @@ impl v1::events_server::Events for EventsService {
         &self,
         request: Request<Streaming<v1::PublishRequest>>,
     ) -> Result<Response<Self::PublishStreamStream>, Status> {
+        let caller = caller(&request)?;
         let backend = self.state.backend()?;
         let incoming = request.into_inner();
         let (sender, receiver) = mpsc::channel(SEND_BUFFER);
         let clock = Arc::clone(&self.state.clock);
         let publish = move |request: v1::PublishRequest| {
             let backend = Arc::clone(&backend);
+            let caller = caller.clone();
             let now_ms = clock.now_ms();
             async move {
                 let request_id = request.request_id;
-                match publish(&*backend, request, now_ms).await {
+                match publish(&*backend, &caller, request, now_ms).await {
                     Ok(results) => v1::PublishAck {
                         request_id,
                         results,
@@ -104,8 +109,10 @@ impl v1::events_server::Events for EventsService {
         &self,
         request: Request<v1::ReadRequest>,
     ) -> Result<Response<v1::ReadResponse>, Status> {
+        let caller = caller(&request)?;
         let backend = self.state.backend()?;
         let request = request.into_inner();
+        caller.require(Action::TopicsRead, &request.topic)?;
         let topic: TopicName = convert::name(&request.topic)?;
         let limit = limit(request.limit, DEFAULT_READ_LIMIT, MAX_READ_LIMIT)?;
         let read = backend
@@ -124,8 +131,10 @@ impl v1::events_server::Events for EventsService {
         &self,
         request: Request<v1::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let caller = caller(&request)?;
         let backend = self.state.backend()?;
         let request = request.into_inner();
+        caller.require(Action::TopicsRead, &request.topic)?;
         let topic: TopicName = convert::name(&request.topic)?;
         let start = match request.from.and_then(|from| from.from) {
             None | Some(v1::from::From::Latest(_)) => Start::Latest,
@@ -171,10 +180,13 @@ impl v1::events_server::Events for EventsService {
 /// One publish: decode, check, append; the results once durable.
 async fn publish(
     backend: &dyn Backend,
+    caller: &Caller,
     request: v1::PublishRequest,
     now_ms: i64,
 ) -> Result<Vec<v1::PublishResult>, Problem> {
+    caller.require(Action::TopicsPublish, &request.topic)?;
     let (topic, inputs) = convert::publish_request(request, now_ms)?;
+    caller.publish(inputs.len(), crate::auth::limits::payload_bytes(&inputs))?;
     let results = backend.publish(&topic, inputs).await?;
     Ok(results.into_iter().map(convert::publish_result).collect())
 }

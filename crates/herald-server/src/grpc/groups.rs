@@ -38,7 +38,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::debug;
 
-use super::{GrpcState, backend_status, convert, failure, invalid, limit, shutting_down};
+use super::{GrpcState, backend_status, caller, convert, failure, invalid, limit, shutting_down};
+use crate::auth::permissions::Action;
 use crate::problem::Problem;
 
 /// Deliveries one fetch asks for at most.
@@ -74,7 +75,9 @@ impl v1::groups_server::Groups for GroupsService {
         request: Request<v1::PutGroupRequest>,
     ) -> Result<Response<v1::PutGroupResponse>, Status> {
         let backend = self.state.backend()?;
+        let caller = caller(&request)?;
         let request = request.into_inner();
+        caller.require(Action::GroupsManage, &request.topic)?;
         let group = request
             .group
             .ok_or_else(|| invalid("group", "is required"))?;
@@ -95,7 +98,9 @@ impl v1::groups_server::Groups for GroupsService {
         request: Request<v1::GroupRequest>,
     ) -> Result<Response<v1::GroupStatus>, Status> {
         let backend = self.state.backend()?;
+        let caller = caller(&request)?;
         let request = request.into_inner();
+        caller.require(Action::GroupsRead, &request.topic)?;
         let (topic, group) = names(&request.topic, &request.group)?;
         let status = backend
             .group_status(&topic, &group)
@@ -109,7 +114,9 @@ impl v1::groups_server::Groups for GroupsService {
         request: Request<v1::GroupRequest>,
     ) -> Result<Response<v1::Empty>, Status> {
         let backend = self.state.backend()?;
+        let caller = caller(&request)?;
         let request = request.into_inner();
+        caller.require(Action::GroupsManage, &request.topic)?;
         let (topic, group) = names(&request.topic, &request.group)?;
         backend
             .delete_group(&topic, &group)
@@ -123,7 +130,9 @@ impl v1::groups_server::Groups for GroupsService {
         request: Request<v1::ResetGroupRequest>,
     ) -> Result<Response<v1::Empty>, Status> {
         let backend = self.state.backend()?;
+        let caller = caller(&request)?;
         let request = request.into_inner();
+        caller.require(Action::GroupsManage, &request.topic)?;
         let (topic, group) = names(&request.topic, &request.group)?;
         if request.to.as_ref().is_none_or(|to| to.start.is_none()) {
             return Err(invalid("to", "is required"));
@@ -141,7 +150,9 @@ impl v1::groups_server::Groups for GroupsService {
         request: Request<v1::DeadLettersRequest>,
     ) -> Result<Response<v1::DeadLettersResponse>, Status> {
         let backend = self.state.backend()?;
+        let caller = caller(&request)?;
         let request = request.into_inner();
+        caller.require(Action::GroupsRead, &request.topic)?;
         let (topic, group) = names(&request.topic, &request.group)?;
         let limit = limit(request.limit, 100, 10_000)?;
         let dead = backend
@@ -158,7 +169,9 @@ impl v1::groups_server::Groups for GroupsService {
         request: Request<v1::RedriveRequest>,
     ) -> Result<Response<v1::RedriveResponse>, Status> {
         let backend = self.state.backend()?;
+        let caller = caller(&request)?;
         let request = request.into_inner();
+        caller.require(Action::GroupsManage, &request.topic)?;
         let (topic, group) = names(&request.topic, &request.group)?;
         let ids = (!request.ids.is_empty()).then_some(request.ids.as_slice());
         let redriven = backend
@@ -174,6 +187,7 @@ impl v1::groups_server::Groups for GroupsService {
         &self,
         request: Request<Streaming<v1::ConsumeRequest>>,
     ) -> Result<Response<Self::ConsumeStream>, Status> {
+        let caller = caller(&request)?;
         let backend = self.state.backend()?;
         let mut incoming = request.into_inner();
         let Some(v1::consume_request::Request::Start(start)) =
@@ -181,6 +195,7 @@ impl v1::groups_server::Groups for GroupsService {
         else {
             return Err(invalid("start", "the first message must be `start`"));
         };
+        caller.require(Action::TopicsConsume, &start.topic)?;
         let (topic, group) = names(&start.topic, &start.group)?;
         if start.member.is_empty() || start.member.len() > 200 {
             return Err(invalid("member", "must be 1 to 200 characters"));

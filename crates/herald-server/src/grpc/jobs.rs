@@ -14,7 +14,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{GrpcState, invalid, shutting_down};
+use super::{GrpcState, caller, invalid, job_queue, shutting_down};
+use crate::auth::permissions::Action;
+use crate::auth::quotas;
 use crate::http::jobs::{Follow, MAX_WAIT_MS, require_blob};
 use crate::problem::{Code, Problem};
 
@@ -67,7 +69,9 @@ impl v1::jobs_server::Jobs for JobsService {
         request: Request<v1::SubmitJobRequest>,
     ) -> Result<Response<v1::JobResponse>, Status> {
         let jobs = self.jobs()?;
+        let caller = caller(&request)?;
         let request = request.into_inner();
+        caller.require(Action::JobsSubmit, &request.queue)?;
         let submit: SubmitRequest = body("request_json", &request.request_json)?;
         if let Some(blob) = &submit.blob {
             require_blob(&self.state.blobs, "blob", blob).await?;
@@ -84,7 +88,9 @@ impl v1::jobs_server::Jobs for JobsService {
         request: Request<v1::GetJobRequest>,
     ) -> Result<Response<v1::JobResponse>, Status> {
         let jobs = self.jobs()?;
+        let caller = caller(&request)?;
         let request = request.into_inner();
+        caller.require(Action::JobsRead, &job_queue(jobs, &request.job_id).await)?;
         if request.wait_ms > MAX_WAIT_MS {
             return Err(invalid("wait_ms", format!("must be at most {MAX_WAIT_MS}")));
         }
@@ -104,8 +110,10 @@ impl v1::jobs_server::Jobs for JobsService {
         &self,
         request: Request<v1::WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
+        let caller = caller(&request)?;
         let jobs = self.jobs()?.clone();
         let job_id = request.into_inner().job_id;
+        caller.require(Action::JobsRead, &job_queue(&jobs, &job_id).await)?;
         // Subscribe first, then read: no change can fall in between.
         let updates = jobs.subscribe();
         let job = jobs.get(&job_id).await.map_err(Problem::from)?;
@@ -133,7 +141,9 @@ impl v1::jobs_server::Jobs for JobsService {
         request: Request<v1::JobUpdateRequest>,
     ) -> Result<Response<v1::JobResponse>, Status> {
         let jobs = self.jobs()?;
+        let caller = caller(&request)?;
         let request = request.into_inner();
+        caller.require(Action::JobsWork, &job_queue(jobs, &request.job_id).await)?;
         let progress: ProgressRequest = body("body_json", &request.body_json)?;
         let job = jobs
             .progress(&request.job_id, progress)
@@ -147,7 +157,9 @@ impl v1::jobs_server::Jobs for JobsService {
         request: Request<v1::JobUpdateRequest>,
     ) -> Result<Response<v1::JobResponse>, Status> {
         let jobs = self.jobs()?;
+        let caller = caller(&request)?;
         let request = request.into_inner();
+        caller.require(Action::JobsWork, &job_queue(jobs, &request.job_id).await)?;
         let complete: CompleteRequest = body("body_json", &request.body_json)?;
         if let Some(blob) = &complete.outcome.result_blob {
             require_blob(&self.state.blobs, "result_blob", blob).await?;
@@ -164,7 +176,9 @@ impl v1::jobs_server::Jobs for JobsService {
         request: Request<v1::FetchJobsRequest>,
     ) -> Result<Response<v1::FetchJobsResponse>, Status> {
         let jobs = self.jobs()?;
+        let caller = caller(&request)?;
         let request = request.into_inner();
+        caller.require(Action::JobsWork, &request.queue)?;
         let fetch = FetchRequest {
             member: request.member,
             max: request.max.max(1),
@@ -186,10 +200,23 @@ impl v1::jobs_server::Jobs for JobsService {
         request: Request<Streaming<v1::BlobChunk>>,
     ) -> Result<Response<v1::BlobInfo>, Status> {
         self.state.blobs.check_space(0).map_err(Problem::from)?;
+        let caller = caller(&request)?;
+        caller.require(Action::BlobsWrite, "*")?;
+        let backend = self.state.backend()?;
+        let allowance = quotas::blob_allowance(&*backend, &caller).await?;
+        let max = allowance.unwrap_or(u64::MAX);
         let chunks = request
             .into_inner()
             .map(|chunk| chunk.map(|chunk| chunk.data).map_err(axum::Error::new));
-        let info = self.state.blobs.put(chunks).await.map_err(Problem::from)?;
+        let info = match self.state.blobs.put_within(chunks, max).await {
+            Ok(info) => info,
+            Err(crate::blobs::Error::TooLarge { max: cut }) if cut == max => {
+                let quota = caller.principal.limits().max_blob_bytes;
+                return Err(quotas::blob_quota_exceeded(&caller.principal.id, quota).into());
+            }
+            Err(error) => return Err(Problem::from(error).into()),
+        };
+        quotas::record_blob(&*backend, &caller, &info.id, info.size).await;
         Ok(Response::new(v1::BlobInfo {
             id: info.id,
             size: info.size,
@@ -202,7 +229,9 @@ impl v1::jobs_server::Jobs for JobsService {
         &self,
         request: Request<v1::GetBlobRequest>,
     ) -> Result<Response<Self::GetBlobStream>, Status> {
+        let caller = caller(&request)?;
         let request = request.into_inner();
+        caller.require(Action::BlobsRead, &request.id)?;
         let blobs = &self.state.blobs;
         let size = blobs.size(&request.id).await.map_err(Problem::from)?;
         let start = request.offset.unwrap_or(0);

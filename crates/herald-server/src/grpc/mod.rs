@@ -63,6 +63,8 @@ pub struct GrpcState {
     pub jobs: crate::http::JobsSlot,
     /// Blob storage.
     pub blobs: crate::blobs::BlobStore,
+    /// Credentials, permissions, rate limits, audit.
+    pub auth: Arc<crate::auth::Auth>,
 }
 
 impl GrpcState {
@@ -182,6 +184,25 @@ impl From<Problem> for Status {
             metadata,
         )
     }
+}
+
+/// The caller the permission layer put into the request
+/// ([`crate::auth::policy`]); refused without one (fail closed).
+fn caller<T>(request: &tonic::Request<T>) -> Result<crate::auth::Caller, Status> {
+    request
+        .extensions()
+        .get::<crate::auth::Caller>()
+        .cloned()
+        .ok_or_else(|| Problem::new(Code::Forbidden, "no authenticated caller; refused").into())
+}
+
+/// The queue of job `job_id`, for a permission check; `*` when there is no
+/// such job (the call then answers `job_not_found` to anyone who may take
+/// the action somewhere).
+async fn job_queue(jobs: &herald_jobs::Handle, job_id: &str) -> String {
+    jobs.get(job_id)
+        .await
+        .map_or_else(|_| "*".to_owned(), |job| job.queue)
 }
 
 /// A failure inside a stream that goes on (`PublishAck.error`,

@@ -5,7 +5,8 @@ use herald_proto::v1;
 use herald_types::{StreamId, TopicName};
 use tonic::{Request, Response, Status};
 
-use super::{GrpcState, backend_status, convert, invalid, limit};
+use super::{GrpcState, backend_status, caller, convert, invalid, limit};
+use crate::auth::permissions::Action;
 use crate::http::streams::{DEFAULT_READ_LIMIT, MAX_READ_LIMIT};
 
 /// The `Streams` service.
@@ -31,8 +32,11 @@ impl v1::streams_server::Streams for StreamsService {
         request: Request<v1::AppendRequest>,
     ) -> Result<Response<v1::AppendResponse>, Status> {
         let backend = self.state.backend()?;
+        let caller = caller(&request)?;
+        let request = request.into_inner();
+        caller.require(Action::StreamsAppend, &request.topic)?;
         let (topic, stream, expected, inputs) =
-            convert::append_request(request.into_inner(), self.state.clock.now_ms())?;
+            convert::append_request(request, self.state.clock.now_ms())?;
         let appended = backend
             .append(&topic, &stream, inputs, expected)
             .await
@@ -53,7 +57,9 @@ impl v1::streams_server::Streams for StreamsService {
         request: Request<v1::ReadStreamRequest>,
     ) -> Result<Response<v1::ReadStreamResponse>, Status> {
         let backend = self.state.backend()?;
+        let caller = caller(&request)?;
         let request = request.into_inner();
+        caller.require(Action::StreamsRead, &request.topic)?;
         let (topic, stream) = names(&request.topic, &request.stream)?;
         let limit = limit(request.limit, DEFAULT_READ_LIMIT, MAX_READ_LIMIT)?;
         let (direction, from) = if request.backward {
@@ -86,7 +92,9 @@ impl v1::streams_server::Streams for StreamsService {
         request: Request<v1::StreamRequest>,
     ) -> Result<Response<v1::StreamMetadata>, Status> {
         let backend = self.state.backend()?;
+        let caller = caller(&request)?;
         let request = request.into_inner();
+        caller.require(Action::StreamsRead, &request.topic)?;
         let (topic, stream) = names(&request.topic, &request.stream)?;
         let metadata = backend
             .stream_metadata(&topic, &stream)
@@ -105,12 +113,19 @@ impl v1::streams_server::Streams for StreamsService {
         request: Request<v1::DeleteStreamRequest>,
     ) -> Result<Response<v1::Empty>, Status> {
         let backend = self.state.backend()?;
+        let caller = caller(&request)?;
         let request = request.into_inner();
+        caller.require(Action::StreamsDelete, &request.topic)?;
         let (topic, stream) = names(&request.topic, &request.stream)?;
         backend
             .delete_stream(&topic, &stream, request.hard)
             .await
             .map_err(backend_status)?;
+        if request.hard {
+            caller
+                .stream_hard_deleted(topic.as_str(), stream.as_str())
+                .await;
+        }
         Ok(Response::new(v1::Empty {}))
     }
 
@@ -119,7 +134,9 @@ impl v1::streams_server::Streams for StreamsService {
         request: Request<v1::PutSnapshotRequest>,
     ) -> Result<Response<v1::Empty>, Status> {
         let backend = self.state.backend()?;
+        let caller = caller(&request)?;
         let request = request.into_inner();
+        caller.require(Action::StreamsAppend, &request.topic)?;
         let (topic, stream) = names(&request.topic, &request.stream)?;
         let snapshot = request
             .snapshot
@@ -138,7 +155,9 @@ impl v1::streams_server::Streams for StreamsService {
         request: Request<v1::StreamRequest>,
     ) -> Result<Response<v1::GetSnapshotResponse>, Status> {
         let backend = self.state.backend()?;
+        let caller = caller(&request)?;
         let request = request.into_inner();
+        caller.require(Action::StreamsRead, &request.topic)?;
         let (topic, stream) = names(&request.topic, &request.stream)?;
         let snapshot = backend
             .get_snapshot(&topic, &stream)

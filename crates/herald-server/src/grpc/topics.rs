@@ -5,7 +5,9 @@ use herald_proto::v1;
 use herald_types::TopicName;
 use tonic::{Request, Response, Status};
 
-use super::{GrpcState, backend_status, convert, invalid};
+use super::{GrpcState, backend_status, caller, convert, invalid};
+use crate::auth::permissions::Action;
+use crate::auth::quotas;
 
 /// The `Topics` service.
 #[derive(Debug)]
@@ -25,24 +27,32 @@ impl v1::topics_server::Topics for TopicsService {
         &self,
         request: Request<v1::CreateTopicRequest>,
     ) -> Result<Response<v1::Topic>, Status> {
+        let caller = caller(&request)?;
         let backend = self.state.backend()?;
         let topic = request
             .into_inner()
             .topic
             .ok_or_else(|| invalid("topic", "is required"))?;
+        caller.require(Action::TopicsManage, &topic.name)?;
         let spec = convert::topic_spec(&topic)?;
-        let info = backend.create_topic(spec).await.map_err(backend_status)?;
+        let info = quotas::create_topic(&*backend, &caller, spec).await?;
         Ok(Response::new(convert::topic(info)))
     }
 
     async fn list_topics(
         &self,
-        _request: Request<v1::ListTopicsRequest>,
+        request: Request<v1::ListTopicsRequest>,
     ) -> Result<Response<v1::ListTopicsResponse>, Status> {
+        let caller = caller(&request)?;
         let backend = self.state.backend()?;
         let topics = backend.list_topics().await.map_err(backend_status)?;
+        // Only the topics the caller may read.
         Ok(Response::new(v1::ListTopicsResponse {
-            topics: topics.into_iter().map(convert::topic).collect(),
+            topics: topics
+                .into_iter()
+                .filter(|info| caller.may(Action::TopicsRead, info.spec.name.as_str()))
+                .map(convert::topic)
+                .collect(),
         }))
     }
 
@@ -50,8 +60,11 @@ impl v1::topics_server::Topics for TopicsService {
         &self,
         request: Request<v1::TopicRequest>,
     ) -> Result<Response<v1::TopicDescription>, Status> {
+        let caller = caller(&request)?;
         let backend = self.state.backend()?;
-        let topic: TopicName = convert::name(&request.into_inner().topic)?;
+        let request = request.into_inner();
+        caller.require(Action::TopicsRead, &request.topic)?;
+        let topic: TopicName = convert::name(&request.topic)?;
         let description = backend
             .describe_topic(&topic)
             .await
@@ -64,7 +77,9 @@ impl v1::topics_server::Topics for TopicsService {
         request: Request<v1::UpdateTopicRequest>,
     ) -> Result<Response<v1::Topic>, Status> {
         let backend = self.state.backend()?;
+        let caller = caller(&request)?;
         let request = request.into_inner();
+        caller.require(Action::TopicsManage, &request.topic)?;
         let topic: TopicName = convert::name(&request.topic)?;
         let update = TopicUpdate {
             retention: request.retention.as_ref().map(convert::retention_spec),
@@ -83,9 +98,12 @@ impl v1::topics_server::Topics for TopicsService {
         &self,
         request: Request<v1::TopicRequest>,
     ) -> Result<Response<v1::Empty>, Status> {
+        let caller = caller(&request)?;
         let backend = self.state.backend()?;
-        let topic: TopicName = convert::name(&request.into_inner().topic)?;
-        backend.delete_topic(&topic).await.map_err(backend_status)?;
+        let request = request.into_inner();
+        caller.require(Action::TopicsManage, &request.topic)?;
+        let topic: TopicName = convert::name(&request.topic)?;
+        quotas::delete_topic(&*backend, &caller, &topic).await?;
         Ok(Response::new(v1::Empty {}))
     }
 }

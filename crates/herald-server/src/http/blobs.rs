@@ -23,8 +23,10 @@ use serde::Serialize;
 
 use super::AppState;
 use super::extract::NoQuery;
+use crate::auth::{Caller, quotas};
 use crate::blobs::{self, BlobInfo};
 use crate::problem::Problem;
+use axum::Extension;
 
 /// A stored blob (`POST /v1/blobs`).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -48,32 +50,49 @@ pub struct BlobView {
 )]
 pub async fn upload(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     _query: NoQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
-    let max = state.blobs.max_bytes();
+    let backend = state.backend()?;
+    let allowance = quotas::blob_allowance(backend, &caller).await?;
+    let max = allowance.map_or(state.blobs.max_bytes(), |left| {
+        left.min(state.blobs.max_bytes())
+    });
     let announced = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
         .and_then(|text| text.parse::<u64>().ok());
     let mut stream = body.into_data_stream();
+    let too_large = |max| match allowance {
+        Some(left) if left <= state.blobs.max_bytes() => quotas::blob_quota_exceeded(
+            &caller.principal.id,
+            caller.principal.limits().max_blob_bytes,
+        ),
+        _ => Problem::from(blobs::Error::TooLarge { max }),
+    };
     if announced.is_some_and(|length| length > max) {
         drain(&mut stream).await;
-        return Err(blobs::Error::TooLarge { max }.into());
+        return Err(too_large(max));
     }
     if let Err(error) = state.blobs.check_space(announced.unwrap_or(0)) {
         drain(&mut stream).await;
         return Err(error.into());
     }
-    let BlobInfo { id, size } = match state.blobs.put(&mut stream).await {
+    let BlobInfo { id, size } = match state.blobs.put_within(&mut stream, max).await {
         Ok(info) => info,
-        Err(error @ (blobs::Error::TooLarge { .. } | blobs::Error::InsufficientStorage { .. })) => {
+        Err(error @ blobs::Error::InsufficientStorage { .. }) => {
             drain(&mut stream).await;
             return Err(error.into());
         }
+        Err(blobs::Error::TooLarge { max }) => {
+            drain(&mut stream).await;
+            return Err(too_large(max));
+        }
         Err(error) => return Err(error.into()),
     };
+    quotas::record_blob(backend, &caller, &id, size).await;
     let location = format!("/v1/blobs/{id}");
     Ok((
         StatusCode::CREATED,

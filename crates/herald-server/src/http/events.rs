@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use super::AppState;
 use super::extract::{NoQuery, Query, TopicPath, media_type, read_body};
 use crate::problem::{Code, Problem};
+use axum::Extension;
 
 /// Structured mode, one event.
 pub const CLOUDEVENTS_JSON: &str = "application/cloudevents+json";
@@ -64,10 +65,12 @@ pub const MAX_READ_LIMIT: u32 = 10_000;
 )]
 pub async fn publish(
     State(state): State<AppState>,
+    Extension(caller): Extension<crate::auth::Caller>,
     TopicPath(topic): TopicPath,
     _query: NoQuery,
     PublishBody(events): PublishBody,
 ) -> Result<(StatusCode, Json<PublishResponse>), Problem> {
+    caller.publish(events.len(), crate::auth::limits::payload_bytes(&events))?;
     let results = state.backend()?.publish(&topic, events).await?;
     Ok((StatusCode::CREATED, Json(PublishResponse { results })))
 }

@@ -25,6 +25,7 @@
 //! status class.
 
 pub mod admin;
+pub mod auth;
 pub mod blobs;
 pub mod events;
 pub mod extract;
@@ -89,6 +90,8 @@ pub struct AppState {
     pub blobs: BlobStore,
     /// The job service, once storage is open.
     pub jobs: JobsSlot,
+    /// Credentials, permissions, rate limits, audit.
+    pub auth: Arc<crate::auth::Auth>,
 }
 
 impl AppState {
@@ -164,6 +167,10 @@ pub fn router(state: AppState, grpc: Router) -> Router {
     let body_limit = DefaultBodyLimit::max(state.max_request_bytes);
     let body_idle_timeout = state.body_idle_timeout;
     let metrics = Arc::clone(&state.metrics);
+    let policy = crate::auth::policy::PolicyState {
+        auth: Arc::clone(&state.auth),
+        jobs: state.jobs.clone(),
+    };
     let (routes, document) = documented_routes().split_for_parts();
     let document = Arc::new(openapi::finish(document));
     Router::new()
@@ -183,6 +190,12 @@ pub fn router(state: AppState, grpc: Router) -> Router {
             },
         ))
         .merge(grpc)
+        // Every route, REST and gRPC, after routing (so the route template
+        // is known) and not the 404/405 fallbacks: the permission table.
+        .route_layer(middleware::from_fn_with_state(
+            policy,
+            crate::auth::policy::enforce,
+        ))
         .layer(body_limit)
         .layer(middleware::from_fn(catch_panic))
         // `Router::layer` runs after routing, so `MatchedPath` is known; it
@@ -242,6 +255,10 @@ fn api_routes() -> OpenApiRouter<AppState> {
         // (checked as they stream), not by the request body limit.
         .routes(routes!(blobs::upload).layer(DefaultBodyLimit::disable()))
         .routes(routes!(blobs::download, blobs::head))
+        .routes(routes!(auth::create, auth::list))
+        .routes(routes!(auth::update, auth::revoke))
+        .routes(routes!(auth::rotate))
+        .routes(routes!(auth::whoami))
 }
 
 /// `GET /metrics`: Prometheus (OpenMetrics) text.

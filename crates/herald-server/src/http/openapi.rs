@@ -212,6 +212,13 @@ fn error_codes(
     if path.contains("{queue}") {
         codes.push(Code::InvalidName);
     }
+    if path.contains("{key_id}") {
+        codes.push(Code::KeyNotFound);
+    }
+    // Every route but the open ones needs credentials (auth::policy).
+    if !matches!(path, "/healthz" | "/readyz") {
+        codes.extend([Code::Unauthenticated, Code::Forbidden, Code::RateLimited]);
+    }
     if operation.request_body.is_some() {
         codes.extend([
             Code::MalformedJson,

@@ -21,7 +21,9 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::extract::{NoQuery, Query, read_body};
+use crate::auth::Caller;
 use crate::problem::{Code, Problem};
+use axum::Extension;
 
 /// Events a stream read returns when `limit` is not given.
 pub const DEFAULT_READ_LIMIT: u32 = 100;
@@ -353,13 +355,20 @@ pub struct DeleteQuery {
 )]
 pub async fn delete(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     StreamPath { topic, stream }: StreamPath,
     Query(query): Query<DeleteQuery>,
 ) -> Result<StatusCode, Problem> {
+    let hard = query.hard.unwrap_or(false);
     state
         .backend()?
-        .delete_stream(&topic, &stream, query.hard.unwrap_or(false))
+        .delete_stream(&topic, &stream, hard)
         .await?;
+    if hard {
+        caller
+            .stream_hard_deleted(topic.as_str(), stream.as_str())
+            .await;
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -5,16 +5,18 @@
 //! fields refused). Answers render a topic as its settings plus
 //! `created_at` as RFC 3339 (the backend keeps ms; the API speaks RFC 3339).
 
-use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use herald_backend::{PartitionInfo, TopicDescription, TopicInfo, TopicSpec, TopicUpdate};
 use herald_types::{TopicName, format_rfc3339_ms};
 use serde::Serialize;
 
 use super::AppState;
 use super::extract::{JsonBody, NoQuery, TopicPath, check_topic_name_field, from_value};
+use crate::auth::permissions::Action;
+use crate::auth::{Caller, quotas};
 use crate::problem::Problem;
 
 /// `POST /v1/topics` → 201 topic, with `Location`.
@@ -28,14 +30,18 @@ use crate::problem::Problem;
 )]
 pub async fn create(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     _query: NoQuery,
     JsonBody(body): JsonBody<serde_json::Value>,
 ) -> Result<Response, Problem> {
     let backend = state.backend()?;
     check_topic_name_field(&body, "name")?;
+    if let Some(name) = body.get("name").and_then(serde_json::Value::as_str) {
+        caller.require(Action::TopicsManage, name)?;
+    }
     check_topic_name_field(&body, "dead_letter_topic")?;
     let spec: TopicSpec = from_value(body)?;
-    let info = backend.create_topic(spec).await?;
+    let info = quotas::create_topic(backend, &caller, spec).await?;
     let location = format!("/v1/topics/{}", info.spec.name);
     Ok((
         StatusCode::CREATED,
@@ -52,11 +58,17 @@ pub async fn create(
 )]
 pub async fn list(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     _query: NoQuery,
 ) -> Result<Json<TopicList>, Problem> {
     let topics = state.backend()?.list_topics().await?;
+    // Only the topics the caller may read.
     Ok(Json(TopicList {
-        topics: topics.into_iter().map(TopicView::from).collect(),
+        topics: topics
+            .into_iter()
+            .filter(|info| caller.may(Action::TopicsRead, info.spec.name.as_str()))
+            .map(TopicView::from)
+            .collect(),
     }))
 }
 
@@ -100,10 +112,11 @@ pub async fn update(
 )]
 pub async fn delete(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     TopicPath(topic): TopicPath,
     _query: NoQuery,
 ) -> Result<StatusCode, Problem> {
-    state.backend()?.delete_topic(&topic).await?;
+    quotas::delete_topic(state.backend()?, &caller, &topic).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

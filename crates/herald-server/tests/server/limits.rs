@@ -251,3 +251,52 @@ async fn given_a_long_poll_longer_than_the_idle_timeout_when_waiting_should_stil
     let fetched: Value = api.fetch("orders", "billing", "m1", 1, 1_500).await;
     assert_eq!(fetched["deliveries"], json!([]));
 }
+
+#[tokio::test]
+async fn given_an_address_at_its_connection_limit_when_it_connects_again_should_be_closed_while_others_connect()
+ {
+    let (server, api) = server_with(&[("HERALD_CONNECTIONS__MAX_PER_ADDRESS", "2")]).await;
+    drop(api);
+    let request = b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n";
+    // Open connections (each served once, kept open) until one is closed
+    // unanswered: at most 2 are served at once.
+    let mut held = Vec::new();
+    loop {
+        let mut stream = TcpStream::connect(server.addr).await.unwrap();
+        let _ = stream.write_all(request).await;
+        let mut buffer = [0_u8; 512];
+        match stream.read(&mut buffer).await {
+            Ok(read) if buffer[..read].starts_with(b"HTTP/1.1 200") => held.push(stream),
+            _ => break,
+        }
+        assert!(
+            held.len() <= 2,
+            "a third connection from one address was served"
+        );
+    }
+    // Another address (127.0.0.2 is loopback too) has its own count.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut other = socket.connect(server.addr).await.unwrap();
+    other.write_all(request).await.unwrap();
+    let mut buffer = [0_u8; 512];
+    let read = other.read(&mut buffer).await.unwrap();
+    assert!(buffer[..read].starts_with(b"HTTP/1.1 200"));
+    // Closing one frees its place.
+    drop(held.pop());
+    let deadline = tokio::time::Instant::now() + GUARD;
+    loop {
+        let mut again = TcpStream::connect(server.addr).await.unwrap();
+        let _ = again.write_all(request).await;
+        let mut buffer = [0_u8; 512];
+        if matches!(again.read(&mut buffer).await, Ok(read) if buffer[..read].starts_with(b"HTTP/1.1 200"))
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the freed place was never reused"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -4,6 +4,8 @@
 //!
 //! One test binary for the crate (builds are slow); areas are modules.
 
+mod auth;
+mod auth_table;
 mod blobs;
 mod cli;
 mod cloudevents;

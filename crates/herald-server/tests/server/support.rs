@@ -242,6 +242,37 @@ impl Api {
         format!("{}{path}", self.base)
     }
 
+    /// The same server, every request with `Authorization: Bearer <token>`.
+    pub fn with_token(&self, token: &str) -> Self {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {token}").parse().unwrap(),
+        );
+        Self {
+            client: reqwest::Client::builder()
+                .default_headers(headers)
+                .build()
+                .unwrap(),
+            base: self.base.clone(),
+        }
+    }
+
+    /// Creates an API key with `permissions` (this client must be `admin`);
+    /// returns its token.
+    pub async fn create_key(&self, name: &str, permissions: Value) -> String {
+        let created = expect_json(
+            self.post(
+                "/v1/auth/keys",
+                &json!({ "name": name, "permissions": permissions }),
+            )
+            .await,
+            201,
+        )
+        .await;
+        created["key"].as_str().unwrap().to_owned()
+    }
+
     /// `GET path`.
     pub async fn get(&self, path: &str) -> reqwest::Response {
         self.client.get(self.url(path)).send().await.unwrap()
@@ -462,7 +493,7 @@ pub async fn expect_problem(response: reqwest::Response, status: u16, code: &str
     );
     assert_eq!(
         retry_after,
-        status == 503,
+        status == 503 || status == 429,
         "Retry-After on 503 only: {problem}"
     );
     problem
