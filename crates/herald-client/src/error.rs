@@ -44,6 +44,14 @@ pub enum Error {
         /// Why it is not usable.
         reason: String,
     },
+    /// TLS cannot be set up as asked: a CA or client certificate that is
+    /// not PEM, a key that does not match its certificate, or an
+    /// `https://` endpoint in a build without the `tls` feature.
+    #[error("TLS: {reason}")]
+    Tls {
+        /// What is wrong.
+        reason: String,
+    },
     /// An event was refused before it was sent (the same rules the server
     /// applies).
     #[error("invalid event: {0}")]
@@ -139,6 +147,9 @@ pub enum ErrorCode {
     UnsupportedMediaType,
     /// `payload_too_large`: a request or event exceeds a limit.
     PayloadTooLarge,
+    /// `tls_required`: plain HTTP reached a server that speaks TLS only;
+    /// connect with `https://`.
+    TlsRequired,
     /// `topic_not_found`.
     TopicNotFound,
     /// `group_not_found`.
@@ -205,6 +216,7 @@ const CODES: &[(ErrorCode, &str)] = &[
     (ErrorCode::InvalidArgument, "invalid_argument"),
     (ErrorCode::UnsupportedMediaType, "unsupported_media_type"),
     (ErrorCode::PayloadTooLarge, "payload_too_large"),
+    (ErrorCode::TlsRequired, "tls_required"),
     (ErrorCode::TopicNotFound, "topic_not_found"),
     (ErrorCode::GroupNotFound, "group_not_found"),
     (ErrorCode::PartitionNotFound, "partition_not_found"),

@@ -34,6 +34,7 @@ pub mod problem;
 pub mod server;
 pub mod storage;
 pub mod telemetry;
+pub mod tls;
 
 pub use config::Options;
 pub use server::Server;

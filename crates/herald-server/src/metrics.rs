@@ -40,6 +40,7 @@ pub struct Metrics {
     registry: Registry,
     http: HttpMetrics,
     log: Arc<LogMetrics>,
+    tls: crate::tls::TlsMetrics,
 }
 
 impl Metrics {
@@ -50,10 +51,13 @@ impl Metrics {
         http.register(&mut registry);
         let log = LogMetrics::new();
         log.register(&mut registry);
+        let tls = crate::tls::TlsMetrics::default();
+        tls.register(&mut registry);
         Arc::new(Self {
             registry,
             http,
             log,
+            tls,
         })
     }
 
@@ -65,6 +69,11 @@ impl Metrics {
     /// The log engine's metrics, to hand to the engine when it opens.
     pub fn log(&self) -> &Arc<LogMetrics> {
         &self.log
+    }
+
+    /// The TLS listener's metrics (reloads, failed handshakes).
+    pub fn tls(&self) -> &crate::tls::TlsMetrics {
+        &self.tls
     }
 
     /// Every metric in OpenMetrics text format ([`CONTENT_TYPE`]).

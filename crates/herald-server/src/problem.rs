@@ -130,6 +130,9 @@ codes! {
     /// The request body exceeds `limits.max_request_bytes`, an event the
     /// topic's `max_event_bytes`, or a blob `limits.max_blob_bytes`.
     PayloadTooLarge => "payload_too_large", PAYLOAD_TOO_LARGE, RESOURCE_EXHAUSTED, "Payload too large";
+    /// Plain HTTP reached a port that speaks TLS only (`[tls]`); answered
+    /// before closing the connection.
+    TlsRequired => "tls_required", BAD_REQUEST, FAILED_PRECONDITION, "TLS required";
     /// No topic by that name.
     TopicNotFound => "topic_not_found", NOT_FOUND, NOT_FOUND, "Topic not found";
     /// No group by that name on the topic.

@@ -1,5 +1,8 @@
 //! The client subcommands of `herald`: they talk to a running server over
-//! its REST API (`--server`, default `http://127.0.0.1:7800`).
+//! its REST API (`--server`, default `http://127.0.0.1:7800`). An
+//! `https://` server is verified against the system's roots, or only
+//! against `--ca-cert` (`HERALD_CA_CERT`); `--client-cert`/`--client-key`
+//! present a client certificate (mTLS).
 //!
 //! Output is a human table by default, `--output json` for scripts. Exit
 //! codes scripts can rely on:
@@ -21,6 +24,7 @@ mod tail;
 mod topic;
 
 use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand, ValueEnum};
@@ -44,7 +48,38 @@ pub struct ClientArgs {
     /// How to print results (client subcommands)
     #[arg(long, value_enum, default_value_t = Output::Table, global = true)]
     pub output: Output,
+
+    /// CA certificates (PEM) to trust for an https:// server, instead of
+    /// the system's roots (client subcommands)
+    #[arg(long, value_name = "FILE", env = "HERALD_CA_CERT", global = true)]
+    pub ca_cert: Option<PathBuf>,
+
+    /// Client certificate chain (PEM) for a server that asks for one (mTLS;
+    /// with --client-key)
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "HERALD_CLIENT_CERT",
+        global = true,
+        requires = "client_key"
+    )]
+    pub client_cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --client-cert
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "HERALD_CLIENT_KEY",
+        global = true,
+        requires = "client_cert"
+    )]
+    pub client_key: Option<PathBuf>,
 }
+
+/// The environment variables the client subcommands read: `herald serve`
+/// ignores them, so that a shell set up for the CLI can still start a
+/// server (its own `HERALD_*` variables are configuration keys).
+pub const CLIENT_ENV: &[&str] = &["HERALD_CA_CERT", "HERALD_CLIENT_CERT", "HERALD_CLIENT_KEY"];
 
 /// Output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -150,7 +185,21 @@ impl Api {
                 "--server {base:?} must start with http:// or https://"
             )));
         }
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder();
+        if let Some(path) = &client.ca_cert {
+            let certs = reqwest::Certificate::from_pem_bundle(&read_file("--ca-cert", path)?)
+                .map_err(|error| bad_pem("--ca-cert", path, &error))?;
+            http = http.tls_certs_only(certs);
+        }
+        if let (Some(cert), Some(key)) = (&client.client_cert, &client.client_key) {
+            let mut pem = read_file("--client-cert", cert)?;
+            pem.push(b'\n');
+            pem.extend(read_file("--client-key", key)?);
+            let identity = reqwest::Identity::from_pem(&pem)
+                .map_err(|error| bad_pem("--client-cert/--client-key", cert, &error))?;
+            http = http.identity(identity);
+        }
+        let http = http
             .build()
             .map_err(|error| Error::Connection(format!("cannot build the HTTP client: {error}")))?;
         Ok(Self {
@@ -304,6 +353,20 @@ impl Api {
             Output::Table => print_table(columns, rows),
         }
     }
+}
+
+/// The bytes of a file a flag names.
+fn read_file(flag: &str, path: &Path) -> Result<Vec<u8>, Error> {
+    std::fs::read(path)
+        .map_err(|error| Error::File(format!("cannot read {flag} {}: {error}", path.display())))
+}
+
+fn bad_pem(flag: &str, path: &Path, error: &reqwest::Error) -> Error {
+    Error::File(format!(
+        "{flag} {}: not usable PEM: {}",
+        path.display(),
+        root_cause(error)
+    ))
 }
 
 fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
