@@ -25,4 +25,5 @@ mod scenarios;
 mod sdk;
 mod streams;
 mod support;
+mod tls;
 mod topics;
