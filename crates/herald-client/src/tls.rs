@@ -182,3 +182,63 @@ impl Service<Uri> for TlsConnector {
         Box::pin(async move { this.connect().await.map(TokioIo::new) })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn given_a_ca_or_identity_that_is_not_pem_should_fail_with_a_tls_error_naming_it() {
+        let bad_ca = Settings {
+            ca: Some(b"not a certificate".to_vec()),
+            identity: None,
+        };
+        let bad_identity = Settings {
+            ca: None,
+            identity: Some((b"nope".to_vec(), b"nope".to_vec())),
+        };
+
+        let ca_error = bad_ca.client_config().unwrap_err();
+        let identity_error = bad_identity.client_config().unwrap_err();
+
+        assert!(
+            ca_error.to_string().starts_with("TLS: the CA certificate"),
+            "{ca_error}"
+        );
+        assert!(
+            identity_error
+                .to_string()
+                .starts_with("TLS: the client certificate"),
+            "{identity_error}"
+        );
+    }
+
+    #[test]
+    fn given_https_endpoints_should_verify_the_host_and_default_to_port_443() {
+        let config = Settings::default().client_config().unwrap();
+        let named = TlsConnector::new(
+            &Uri::from_static("https://herald.example"),
+            Arc::clone(&config),
+        )
+        .unwrap();
+        let ip = TlsConnector::new(&Uri::from_static("https://[::1]:7800"), config).unwrap();
+
+        assert_eq!(&*named.address, "herald.example:443");
+        assert_eq!(
+            named.server_name,
+            ServerName::try_from("herald.example").unwrap()
+        );
+        assert_eq!(&*ip.address, "[::1]:7800");
+        assert!(matches!(ip.server_name, ServerName::IpAddress(_)));
+    }
+
+    #[test]
+    fn given_settings_with_a_key_when_printed_should_not_show_the_key() {
+        let settings = Settings {
+            ca: None,
+            identity: Some((b"cert".to_vec(), b"SECRET KEY".to_vec())),
+        };
+
+        assert!(!format!("{settings:?}").contains("SECRET"));
+    }
+}
