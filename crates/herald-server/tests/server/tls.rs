@@ -34,6 +34,7 @@ use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::cli::stdout;
 use crate::support::{STARTUP_TIMEOUT, TestServer, herald, run_to_exit, serve};
 
 /// How long a test waits for something that should happen soon.
@@ -484,15 +485,6 @@ async fn cli(server: &TestServer, ca_file: &Path, args: &[&str]) -> Output {
     run_to_exit(command).await
 }
 
-fn succeeded(output: &Output) -> String {
-    assert!(
-        output.status.success(),
-        "stderr: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
 #[tokio::test]
 async fn given_a_tls_server_when_used_by_the_sdk_should_publish_consume_subscribe_and_read() {
     let ca = Ca::new("server CA");
@@ -584,7 +576,7 @@ async fn given_a_tls_server_when_driven_by_the_cli_with_its_ca_should_create_pub
     let server = start_tls_server(&files, &[]).await;
     wait_ready(&server, &https_client(&ca, None)).await;
 
-    succeeded(&cli(&server, &ca_file, &["topic", "create", "orders"]).await);
+    stdout(&cli(&server, &ca_file, &["topic", "create", "orders"]).await);
     for id in ["c-1", "c-2"] {
         let args = [
             "publish",
@@ -596,9 +588,9 @@ async fn given_a_tls_server_when_driven_by_the_cli_with_its_ca_should_create_pub
             "--data",
             "{}",
         ];
-        succeeded(&cli(&server, &ca_file, &args).await);
+        stdout(&cli(&server, &ca_file, &args).await);
     }
-    let tailed = succeeded(
+    let tailed = stdout(
         &cli(
             &server,
             &ca_file,
@@ -830,7 +822,7 @@ async fn given_required_client_certificates_should_accept_the_sdk_and_cli_with_o
 
     assert_eq!(created.unwrap().name, "payments");
     assert!(without.is_err(), "no client certificate: refused");
-    assert!(succeeded(&cli_with).contains("payments"));
+    assert!(stdout(&cli_with).contains("payments"));
     assert_eq!(cli_without.status.code(), Some(3));
 }
 
