@@ -174,6 +174,8 @@ pub fn run(client: &ClientArgs, command: ClientCommand) -> Result<(), Error> {
 pub(crate) struct Api {
     base: String,
     http: reqwest::Client,
+    /// Whether a client certificate is presented (for error hints).
+    client_identity: bool,
     pub(crate) output: Output,
 }
 
@@ -205,6 +207,7 @@ impl Api {
         Ok(Self {
             base,
             http,
+            client_identity: client.client_cert.is_some(),
             output: client.output,
         })
     }
@@ -278,13 +281,10 @@ impl Api {
         if let Some(id) = last_event_id {
             request = request.header("last-event-id", id);
         }
-        let response = request.send().await.map_err(|error| {
-            Error::Connection(format!(
-                "cannot reach {}: {}",
-                self.base,
-                root_cause(&error)
-            ))
-        })?;
+        let response = request
+            .send()
+            .await
+            .map_err(|error| self.unreachable(&error))?;
         if response.status().is_success() {
             return Ok(response);
         }
@@ -307,14 +307,30 @@ impl Api {
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<Value, Error> {
-        let response = request.send().await.map_err(|error| {
-            Error::Connection(format!(
-                "cannot reach {}: {}",
-                self.base,
-                root_cause(&error)
-            ))
-        })?;
+        let response = request
+            .send()
+            .await
+            .map_err(|error| self.unreachable(&error))?;
         self.answer(response).await
+    }
+
+    /// A request that got no answer, with a hint where TLS is the likely
+    /// reason: a server certificate from a CA the client does not trust,
+    /// or (TLS 1.3 reports it only as a closed connection) a server that
+    /// requires a client certificate.
+    fn unreachable(&self, error: &reqwest::Error) -> Error {
+        let cause = root_cause(error);
+        let hint = if cause.contains("invalid peer certificate") {
+            " (trust the server's CA with --ca-cert or HERALD_CA_CERT)"
+        } else if self.base.starts_with("https://")
+            && !self.client_identity
+            && cause.contains("connection closed")
+        {
+            " (if the server requires client certificates: --client-cert and --client-key)"
+        } else {
+            ""
+        };
+        Error::Connection(format!("cannot reach {}: {cause}{hint}", self.base))
     }
 
     /// The JSON of a success, or the problem of a failure.

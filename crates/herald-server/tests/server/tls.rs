@@ -688,7 +688,8 @@ async fn given_a_tls_server_when_a_client_speaks_plain_http_or_trusts_another_ca
     assert!(sdk_plain.is_err(), "h2c to a TLS port");
     assert_eq!(cli_wrong_ca.status.code(), Some(3));
     let stderr = String::from_utf8_lossy(&cli_wrong_ca.stderr);
-    assert!(stderr.contains("certificate"), "{stderr}");
+    assert!(stderr.contains("invalid peer certificate"), "{stderr}");
+    assert!(stderr.contains("--ca-cert"), "says what to do: {stderr}");
 }
 
 /// Waits until a new client trusting only `ca` gets an answer.
@@ -824,6 +825,11 @@ async fn given_required_client_certificates_should_accept_the_sdk_and_cli_with_o
     assert!(without.is_err(), "no client certificate: refused");
     assert!(stdout(&cli_with).contains("payments"));
     assert_eq!(cli_without.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&cli_without.stderr);
+    assert!(
+        stderr.contains("--client-cert"),
+        "says what to do: {stderr}"
+    );
 }
 
 #[tokio::test]
