@@ -8,6 +8,8 @@
 //! dedup window's map and queue grow at 1,792 / 2,048 / 3,584 / 4,096 …
 //! events: BENCHMARKS.md).
 //!
+//! An `https://` endpoint is trusted through the CA in the file `$CA`.
+//!
 //! ```text
 //! herald serve --listen 127.0.0.1:7811 --data-dir /tmp/serial &
 //! target/release/examples/serial http://127.0.0.1:7811 20000
@@ -59,7 +61,11 @@ impl Target {
             .await?;
             return Ok(Self::Nats(js));
         }
-        let client = Client::connect(endpoint.to_owned()).await?;
+        let mut builder = Client::builder(endpoint.to_owned());
+        if let Ok(ca) = std::env::var("CA") {
+            builder = builder.ca_certificate(std::fs::read(ca)?);
+        }
+        let client = builder.connect().await?;
         let (topic, fsync) = match std::env::var("FSYNC").as_deref() {
             Ok("always") => ("serial-always", Fsync::Always),
             _ => ("serial", Fsync::Never),

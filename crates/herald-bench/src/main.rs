@@ -119,6 +119,11 @@ struct Args {
     /// Where servers keep their data (default: the system temp dir).
     #[arg(long)]
     tmp: Option<PathBuf>,
+    /// Run Herald over TLS: a CA and a server certificate are made for the
+    /// run, `herald serve` gets `[tls]`, the clients connect with https://
+    /// trusting that CA.
+    #[arg(long)]
+    tls: bool,
     /// Only redraw the charts and `summary.md` of an earlier run from its
     /// `summary.json`.
     #[arg(long)]
@@ -505,7 +510,7 @@ async fn run_one(
             }
         }
         (workload, _) => {
-            let herald = Herald::start(bins)?;
+            let herald = Herald::start(bins, args.tls)?;
             let (endpoint, pid) = (herald.endpoint.clone(), herald.pid());
             match workload {
                 "w1" => {

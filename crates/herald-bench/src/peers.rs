@@ -59,18 +59,44 @@ pub static AUTH_KEY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 #[derive(Debug)]
 pub struct Herald {
     child: Guard,
-    pub endpoint: String,
+    pub endpoint: Endpoint,
     dir: TempDir,
 }
 
+/// Where a Herald is and, over TLS, the CA its certificate comes from.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// `http://…` or `https://…`.
+    pub url: String,
+    /// PEM of the CA to trust (`--tls`).
+    pub ca_pem: Option<String>,
+}
+
+impl Endpoint {
+    /// An SDK client of this endpoint.
+    pub async fn client(&self) -> Result<herald_client::Client> {
+        let mut builder = herald_client::Client::builder(self.url.clone());
+        if let Some(ca) = &self.ca_pem {
+            builder = builder.ca_certificate(ca.clone());
+        }
+        if let Some(key) = AUTH_KEY.get() {
+            builder = builder.bearer_token(key.clone());
+        }
+        Ok(builder.connect().await?)
+    }
+}
+
 impl Herald {
-    pub fn start(bins: &Binaries) -> Result<Self> {
-        Self::launch(&bins.herald, &bins.tmp, Stdio::inherit())
+    /// Starts `herald serve` on a free port; with `tls`, over TLS with a
+    /// certificate for 127.0.0.1 from a CA made here (rcgen), which the
+    /// endpoint trusts.
+    pub fn start(bins: &Binaries, tls: bool) -> Result<Self> {
+        Self::launch(&bins.herald, &bins.tmp, Stdio::inherit(), tls)
     }
 
     /// `herald` (the binary) serving a fresh data dir under `tmp`, its log
-    /// (warnings and errors) going to `stderr`.
-    pub fn launch(herald: &Path, tmp: &Path, stderr: Stdio) -> Result<Self> {
+    /// (warnings and errors) going to `stderr`; with `tls`, as [`Herald::start`].
+    pub fn launch(herald: &Path, tmp: &Path, stderr: Stdio, tls: bool) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("herald-bench-")
             .tempdir_in(tmp)?;
@@ -78,6 +104,19 @@ impl Herald {
         if let Some(key) = AUTH_KEY.get() {
             command.env("HERALD_AUTH__BOOTSTRAP_KEY", key);
         }
+        let ca_pem = if tls {
+            let (ca, cert, key) = test_certificates()?;
+            let (cert_file, key_file) =
+                (dir.path().join("server.pem"), dir.path().join("server.key"));
+            std::fs::write(&cert_file, cert)?;
+            std::fs::write(&key_file, key)?;
+            command
+                .env("HERALD_TLS__CERT_FILE", cert_file)
+                .env("HERALD_TLS__KEY_FILE", key_file);
+            Some(ca)
+        } else {
+            None
+        };
         let mut child = command
             .args([
                 "serve",
@@ -105,9 +144,13 @@ impl Herald {
         };
         // Keep reading stdout so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
+        let scheme = if ca_pem.is_some() { "https" } else { "http" };
         Ok(Self {
             child,
-            endpoint: format!("http://{addr}"),
+            endpoint: Endpoint {
+                url: format!("{scheme}://{addr}"),
+                ca_pem,
+            },
             dir,
         })
     }
@@ -120,6 +163,17 @@ impl Herald {
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
+}
+
+/// A CA, and a server certificate and key for 127.0.0.1 it signed (PEM).
+fn test_certificates() -> Result<(String, String, String)> {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate()?)?;
+    let key = KeyPair::generate()?;
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_owned()])?.signed_by(&key, &ca)?;
+    Ok((ca.pem(), cert.pem(), key.serialize_pem()))
 }
 
 /// A running `nats-server -js`.

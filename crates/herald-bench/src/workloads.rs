@@ -18,7 +18,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
 use crate::noise::{Noise, Snapshot};
-use crate::peers::{Level, Postgres};
+use crate::peers::{Endpoint, Level, Postgres};
 
 /// Warm-up and measured durations.
 #[derive(Debug, Clone, Copy)]
@@ -144,21 +144,21 @@ async fn nats_stream(url: &str) -> Result<jetstream::Context> {
 
 /// A client, once the server's storage is open (the SDK retries while it
 /// opens).
-async fn herald_client(endpoint: &str) -> Result<Client> {
-    let mut builder = Client::builder(endpoint.to_owned());
-    if let Some(key) = crate::peers::AUTH_KEY.get() {
-        builder = builder.bearer_token(key.clone());
-    }
-    let client = builder.connect().await?;
+async fn herald_client(endpoint: &Endpoint) -> Result<Client> {
+    let client = endpoint.client().await?;
     client.list_topics().await?;
     Ok(client)
 }
 
-async fn herald_topic(endpoint: &str, level: Level) -> Result<Client> {
+async fn herald_topic(endpoint: &Endpoint, level: Level) -> Result<Client> {
     herald_topic_partitions(endpoint, level, 1).await
 }
 
-async fn herald_topic_partitions(endpoint: &str, level: Level, partitions: u32) -> Result<Client> {
+async fn herald_topic_partitions(
+    endpoint: &Endpoint,
+    level: Level,
+    partitions: u32,
+) -> Result<Client> {
     let client = herald_client(endpoint).await?;
     client
         .create_topic(
@@ -242,7 +242,7 @@ pub async fn w1_nats(url: &str, pid: u32, size: usize, window: usize, t: Timing)
 
 /// W1 on Herald: the SDK's Publisher, at most `window` events unacked.
 pub async fn w1_herald(
-    endpoint: &str,
+    endpoint: &Endpoint,
     pid: u32,
     level: Level,
     size: usize,
@@ -410,7 +410,7 @@ where
 
 /// W3 on Herald: one unary Publish of one event in flight, open loop.
 pub async fn w3_herald(
-    endpoint: &str,
+    endpoint: &Endpoint,
     pid: u32,
     level: Level,
     size: usize,
@@ -609,7 +609,7 @@ async fn herald_group(client: &Client, group: &str) -> Result<()> {
 /// One `Consumer` of `group` on its own client (connection), 1,000
 /// credits, an ack per event, feeding `sink` until aborted.
 async fn herald_subscriber(
-    endpoint: &str,
+    endpoint: &Endpoint,
     group: &str,
     sink: Arc<Deliveries>,
 ) -> Result<JoinHandle<Result<()>>> {
@@ -716,7 +716,7 @@ pub async fn w4_nats(
 /// W4 on Herald: the same backlog drained by `consumers` Consumers of one
 /// queue group, each on its own client.
 pub async fn w4_herald(
-    endpoint: &str,
+    endpoint: &Endpoint,
     pid: u32,
     level: Level,
     backlog: u64,
@@ -941,7 +941,7 @@ pub async fn w5_nats(url: &str, pid: u32, spec: E2e, t: Timing) -> Result<Run> {
 /// W5 on Herald: the Publisher (no linger: what a tick queued goes at
 /// once), a queue-group Consumer acking each event.
 pub async fn w5_herald(
-    endpoint: &str,
+    endpoint: &Endpoint,
     pid: u32,
     level: Level,
     spec: E2e,
@@ -1036,7 +1036,13 @@ fn draw(rng: &mut Rng, n: u64, cdf: Option<&[f64]>) -> usize {
 /// streams they own, with the exact expected version, so no conflict is
 /// expected; afterwards the events stored are checked against the appends
 /// acknowledged. Throughput is appends/s.
-pub async fn w6_herald(endpoint: &str, pid: u32, spec: W6, size: usize, t: Timing) -> Result<Run> {
+pub async fn w6_herald(
+    endpoint: &Endpoint,
+    pid: u32,
+    spec: W6,
+    size: usize,
+    t: Timing,
+) -> Result<Run> {
     /// One writer's streams and what it knows of their versions.
     struct Writer {
         id: u64,
@@ -1263,7 +1269,7 @@ pub async fn w2_nats(
 /// each with one unary Publish of one event in flight; with `partitions` >
 /// 1, each producer's events carry its own key, spreading them.
 pub async fn w2_herald(
-    endpoint: &str,
+    endpoint: &Endpoint,
     pid: u32,
     level: Level,
     producers: u64,

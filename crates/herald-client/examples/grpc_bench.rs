@@ -15,7 +15,9 @@
 //! expected version, and reports appends/s, events/s and p50/p99.
 //!
 //! It starts `target/release/herald` (or `$BENCH_HERALD_BIN`) on a temp data dir
-//! and port 0, and stops it at the end.
+//! and port 0, and stops it at the end. With `cert=<pem> key=<pem> ca=<pem>`
+//! the server runs with `[tls]` and the client connects over `https://`
+//! trusting `ca` (README, "TLS", makes such files with openssl).
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader};
@@ -52,9 +54,20 @@ async fn main() {
     let batch: usize = get("batch", "1000").parse().unwrap();
 
     let data = tempfile::tempdir().unwrap();
-    let (mut server, addr) = start_server(data.path());
+    let tls = match (get("cert", "").as_str(), get("key", "").as_str()) {
+        ("", "") => None,
+        (cert, key) => Some((cert.to_owned(), key.to_owned())),
+    };
+    let (mut server, addr) = start_server(data.path(), tls.as_ref());
     let pid = server.id();
-    let client = Client::connect(format!("http://{addr}")).await.unwrap();
+    let client = match tls {
+        None => Client::connect(format!("http://{addr}")).await.unwrap(),
+        Some(_) => Client::builder(format!("https://{addr}"))
+            .ca_certificate(std::fs::read(get("ca", "ca.pem")).unwrap())
+            .connect()
+            .await
+            .unwrap(),
+    };
     // Retried while storage opens.
     client.list_topics().await.unwrap();
     if get("workload", "stream") == "append" {
@@ -238,10 +251,16 @@ async fn appends(
 }
 
 /// Starts herald on port 0; returns it with the address it reports.
-fn start_server(data_dir: &std::path::Path) -> (Child, String) {
+fn start_server(data_dir: &std::path::Path, tls: Option<&(String, String)>) -> (Child, String) {
     let binary =
         std::env::var("BENCH_HERALD_BIN").unwrap_or_else(|_| "target/release/herald".to_owned());
-    let mut child = Command::new(&binary)
+    let mut command = Command::new(&binary);
+    if let Some((cert, key)) = tls {
+        command
+            .env("HERALD_TLS__CERT_FILE", cert)
+            .env("HERALD_TLS__KEY_FILE", key);
+    }
+    let mut child = command
         .args([
             "serve",
             "--listen",

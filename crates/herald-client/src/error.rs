@@ -44,6 +44,14 @@ pub enum Error {
         /// Why it is not usable.
         reason: String,
     },
+    /// TLS cannot be set up as asked: a CA or client certificate that is
+    /// not PEM, a key that does not match its certificate, or an
+    /// `https://` endpoint in a build without the `tls` feature.
+    #[error("TLS: {reason}")]
+    Tls {
+        /// What is wrong.
+        reason: String,
+    },
     /// An event was refused before it was sent (the same rules the server
     /// applies).
     #[error("invalid event: {0}")]
@@ -147,6 +155,9 @@ pub enum ErrorCode {
     RateLimited,
     /// `key_not_found`: no API key with that id.
     KeyNotFound,
+    /// `tls_required`: plain HTTP reached a server that speaks TLS only;
+    /// connect with `https://`.
+    TlsRequired,
     /// `topic_not_found`.
     TopicNotFound,
     /// `group_not_found`.
@@ -217,6 +228,7 @@ const CODES: &[(ErrorCode, &str)] = &[
     (ErrorCode::Forbidden, "forbidden"),
     (ErrorCode::RateLimited, "rate_limited"),
     (ErrorCode::KeyNotFound, "key_not_found"),
+    (ErrorCode::TlsRequired, "tls_required"),
     (ErrorCode::TopicNotFound, "topic_not_found"),
     (ErrorCode::GroupNotFound, "group_not_found"),
     (ErrorCode::PartitionNotFound, "partition_not_found"),

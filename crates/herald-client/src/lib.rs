@@ -59,6 +59,8 @@ mod jobs;
 mod options;
 mod publisher;
 mod subscriber;
+#[cfg(feature = "tls")]
+mod tls;
 mod unary;
 
 use std::future::Future;
@@ -156,6 +158,8 @@ pub struct ClientBuilder {
     retry: RetryPolicy,
     lazy: bool,
     token: Option<String>,
+    #[cfg(feature = "tls")]
+    tls: tls::Settings,
 }
 
 impl ClientBuilder {
@@ -163,6 +167,23 @@ impl ClientBuilder {
     /// (`hrd_…`) or a JWT. Needed when the server has auth configured.
     pub fn bearer_token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
+        self
+    }
+
+    /// `https://` endpoints: trust the CA certificates in `pem` (PEM, one
+    /// or more), and only them, instead of the system's roots; for a
+    /// server whose certificate comes from a private CA.
+    #[cfg(feature = "tls")]
+    pub fn ca_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls.ca = Some(pem.into());
+        self
+    }
+
+    /// `https://` endpoints: present this certificate chain and private key
+    /// (PEM) to a server that asks for client certificates (mTLS).
+    #[cfg(feature = "tls")]
+    pub fn identity(mut self, cert_pem: impl Into<Vec<u8>>, key_pem: impl Into<Vec<u8>>) -> Self {
+        self.tls.identity = Some((cert_pem.into(), key_pem.into()));
         self
     }
 
@@ -192,7 +213,7 @@ impl ClientBuilder {
     }
 
     /// Connects (or, [`lazy`](Self::lazy), prepares to). `https://`
-    /// endpoints need the `tls` feature.
+    /// endpoints need the `tls` feature (on by default).
     pub async fn connect(self) -> Result<Client> {
         let authorization = self
             .token
@@ -203,48 +224,60 @@ impl ClientBuilder {
                 endpoint: self.endpoint.clone(),
                 reason,
             })?;
-        let mut endpoint = Endpoint::from_shared(self.endpoint.clone()).map_err(|error| {
-            Error::InvalidEndpoint {
-                endpoint: self.endpoint.clone(),
-                reason: error.to_string(),
+        let invalid = |reason: String| Error::InvalidEndpoint {
+            endpoint: self.endpoint.clone(),
+            reason,
+        };
+        let uri: http::Uri = self
+            .endpoint
+            .parse()
+            .map_err(|error: http::uri::InvalidUri| invalid(error.to_string()))?;
+        let transport = match uri.scheme_str() {
+            Some("http") => Transport::Plain,
+            #[cfg(feature = "tls")]
+            Some("https") => {
+                Transport::Tls(tls::TlsConnector::new(&uri, self.tls.client_config()?)?)
             }
-        })?;
-        endpoint = endpoint
+            #[cfg(not(feature = "tls"))]
+            Some("https") => {
+                return Err(Error::Tls {
+                    reason: "https:// endpoints need herald-client's `tls` feature".to_owned(),
+                });
+            }
+            _ => return Err(invalid("the scheme must be http:// or https://".to_owned())),
+        };
+        // The channel's endpoint is the plain address: over TLS its
+        // connector makes the TLS stream and the origin says https.
+        let plain = match &transport {
+            Transport::Plain => self.endpoint.clone(),
+            #[cfg(feature = "tls")]
+            Transport::Tls(_) => format!(
+                "http://{}",
+                uri.authority().map_or("", http::uri::Authority::as_str)
+            ),
+        };
+        let endpoint = Endpoint::from_shared(plain)
+            .map_err(|error| invalid(error.to_string()))?
+            .origin(uri.clone())
             .connect_timeout(self.connect_timeout)
             .tcp_nodelay(true)
             .http2_adaptive_window(true);
-        #[cfg(feature = "tls")]
-        if self.endpoint.starts_with("https://") {
-            endpoint = endpoint
-                .tls_config(tonic::transport::ClientTlsConfig::new().with_native_roots())
-                .map_err(Error::Connect)?;
-        }
-        // Plain-text endpoints send unary calls on their own HTTP/2
-        // connection (`unary.rs`); the channel then carries only streams and
-        // connects on the first one.
-        let direct = if self.endpoint.starts_with("http://") {
-            unary::Direct::new(endpoint.uri(), self.connect_timeout)
-        } else {
-            None
+        // Unary calls go on their own HTTP/2 connection (`unary.rs`), TLS
+        // or not; the channel carries only streams and connects on the
+        // first one.
+        let direct = unary::Direct::new(&uri, self.connect_timeout, &transport)
+            .ok_or_else(|| invalid("no host".to_owned()))?;
+        let channel = match transport {
+            Transport::Plain => endpoint.connect_lazy(),
+            #[cfg(feature = "tls")]
+            Transport::Tls(connector) => endpoint.connect_with_connector_lazy(connector),
         };
-        let channel = if self.lazy || direct.is_some() {
-            endpoint.connect_lazy()
-        } else {
+        if !self.lazy {
             self.retry
-                .run(|| async { endpoint.connect().await.map_err(Error::Connect) })
-                .await?
-        };
-        let unary = match direct {
-            Some(direct) => {
-                if !self.lazy {
-                    self.retry
-                        .run(|| async { Ok(direct.connect().await?) })
-                        .await?;
-                }
-                unary::Unary::Direct(direct)
-            }
-            None => unary::Unary::Channel(channel.clone()),
-        };
+                .run(|| async { Ok(direct.connect().await?) })
+                .await?;
+        }
+        let unary = direct;
         Ok(Client {
             channel: auth::Authorized::new(channel, authorization.clone()),
             unary: auth::Authorized::new(unary, authorization),
@@ -256,6 +289,16 @@ impl ClientBuilder {
 
 /// The transport of streaming calls: the channel, with credentials.
 pub(crate) type Streams = auth::Authorized<Channel>;
+
+/// How a client reaches its endpoint.
+#[derive(Debug, Clone)]
+pub(crate) enum Transport {
+    /// `http://`: plain TCP (HTTP/2 with prior knowledge).
+    Plain,
+    /// `https://`: TLS, ALPN h2.
+    #[cfg(feature = "tls")]
+    Tls(tls::TlsConnector),
+}
 
 /// A connection to Herald. Cheap to clone: clones share the connection.
 #[derive(Debug, Clone)]
@@ -269,7 +312,8 @@ pub struct Client {
 }
 
 impl Client {
-    /// A builder for a client of `endpoint` (`http://host:port`).
+    /// A builder for a client of `endpoint` (`http://host:port`, or
+    /// `https://host:port` with the `tls` feature).
     pub fn builder(endpoint: impl Into<String>) -> ClientBuilder {
         ClientBuilder {
             endpoint: endpoint.into(),
@@ -278,6 +322,8 @@ impl Client {
             retry: RetryPolicy::default(),
             lazy: false,
             token: None,
+            #[cfg(feature = "tls")]
+            tls: tls::Settings::default(),
         }
     }
 

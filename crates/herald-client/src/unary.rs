@@ -12,8 +12,9 @@
 //! herald-bench; BENCHMARKS.md, issue 7).
 //!
 //! Streaming calls (publish streams, consumers, subscriptions, blobs) stay
-//! on the `Channel`, which also carries TLS: an `https://` client sends its
-//! unary calls there too.
+//! on the `Channel`. Over `https://` this connection is a TLS stream from
+//! the same connector and configuration the channel uses (`tls.rs`), ALPN
+//! h2, so unary calls keep their one write per call over TLS too.
 //!
 //! The connection is opened on first use and again after it is lost: a
 //! request that finds the connection closed *before* it is sent waits for a
@@ -31,10 +32,12 @@ use bytes::{Bytes, BytesMut};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderValue, Request, Response, Uri};
 use http_body::{Body as _, Frame};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tonic::Status;
 use tonic::body::Body;
-use tonic::transport::Channel;
 use tower_service::Service;
+
+use crate::Transport;
 
 /// The flow-control windows the client advertises (hyper's defaults for
 /// its HTTP/2 client): large enough that a unary reply of a few MiB needs
@@ -45,37 +48,21 @@ const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-/// What unary calls go through: a direct HTTP/2 connection for `http://`
-/// endpoints, else the channel.
-#[derive(Debug, Clone)]
-pub(crate) enum Unary {
-    Direct(Direct),
-    Channel(Channel),
-}
+/// What unary calls go through: their own HTTP/2 connection.
+pub(crate) type Unary = Direct;
 
-impl Service<Request<Body>> for Unary {
+impl Service<Request<Body>> for Direct {
     type Response = Response<Body>;
     type Error = BoxError;
     type Future = BoxFuture<Result<Response<Body>, BoxError>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        match self {
-            Self::Direct(_) => Poll::Ready(Ok(())),
-            Self::Channel(channel) => channel.poll_ready(cx).map_err(Into::into),
-        }
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
-        match self {
-            Self::Direct(direct) => {
-                let direct = direct.clone();
-                Box::pin(async move { direct.send(request).await.map_err(Into::into) })
-            }
-            Self::Channel(channel) => {
-                let call = channel.call(request);
-                Box::pin(async move { call.await.map_err(Into::into) })
-            }
-        }
+        let direct = self.clone();
+        Box::pin(async move { direct.send(request).await.map_err(Into::into) })
     }
 }
 
@@ -91,6 +78,10 @@ struct Inner {
     /// `host:port` to connect to.
     address: String,
     authority: Authority,
+    /// `http` or `https`, as the requests say.
+    scheme: Scheme,
+    /// Plain TCP, or TLS through this connector.
+    transport: Transport,
     connect_timeout: Duration,
     user_agent: HeaderValue,
     /// The open connection's request handle, if there is one, and its
@@ -101,14 +92,26 @@ struct Inner {
 }
 
 impl Direct {
-    /// A transport for `endpoint` (`http://host:port`), not yet connected.
-    pub(crate) fn new(endpoint: &Uri, connect_timeout: Duration) -> Option<Self> {
+    /// A transport for `endpoint` (`http://host:port`, or `https://` with a
+    /// TLS `transport`), not yet connected.
+    pub(crate) fn new(
+        endpoint: &Uri,
+        connect_timeout: Duration,
+        transport: &Transport,
+    ) -> Option<Self> {
         let authority = endpoint.authority()?.clone();
-        let port = authority.port_u16().unwrap_or(80);
+        let (scheme, default_port) = match transport {
+            Transport::Plain => (Scheme::HTTP, 80),
+            #[cfg(feature = "tls")]
+            Transport::Tls(_) => (Scheme::HTTPS, 443),
+        };
+        let port = authority.port_u16().unwrap_or(default_port);
         Some(Self {
             inner: Arc::new(Inner {
                 address: format!("{}:{port}", authority.host()),
                 authority,
+                scheme,
+                transport: transport.clone(),
                 connect_timeout,
                 user_agent: HeaderValue::from_static(concat!(
                     "herald-client/",
@@ -223,33 +226,27 @@ impl Direct {
     async fn open(&self) -> Result<h2::client::SendRequest<Bytes>, Status> {
         let address = &self.inner.address;
         let connect = async {
-            let tcp = tokio::net::TcpStream::connect(address).await?;
-            tcp.set_nodelay(true)?;
-            h2::client::Builder::new()
-                .initial_window_size(STREAM_WINDOW)
-                .initial_connection_window_size(CONNECTION_WINDOW)
-                .enable_push(false)
-                .handshake::<_, Bytes>(tcp)
-                .await
-                .map_err(std::io::Error::other)
+            match &self.inner.transport {
+                Transport::Plain => {
+                    let tcp = tokio::net::TcpStream::connect(address).await?;
+                    tcp.set_nodelay(true)?;
+                    handshake(tcp).await
+                }
+                #[cfg(feature = "tls")]
+                Transport::Tls(connector) => handshake(connector.connect().await?).await,
+            }
         };
-        let (sender, connection) = tokio::time::timeout(self.inner.connect_timeout, connect)
+        tokio::time::timeout(self.inner.connect_timeout, connect)
             .await
             .map_err(|_| Status::unavailable(format!("connecting to {address} timed out")))?
-            .map_err(|error| Status::unavailable(format!("connecting to {address}: {error}")))?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "Herald connection ended.");
-            }
-        });
-        Ok(sender)
+            .map_err(|error| Status::unavailable(format!("connecting to {address}: {error}")))
     }
 
-    /// The request URI: `http://`, this endpoint's authority, the call's
-    /// path (only plain-text endpoints take this transport).
+    /// The request URI: the endpoint's scheme and authority, the call's
+    /// path.
     fn uri(&self, path: Option<&PathAndQuery>) -> Result<Uri, Status> {
         Uri::builder()
-            .scheme(Scheme::HTTP)
+            .scheme(self.inner.scheme.clone())
             .authority(self.inner.authority.clone())
             .path_and_query(
                 path.cloned()
@@ -258,6 +255,27 @@ impl Direct {
             .build()
             .map_err(|error| Status::internal(format!("request URI: {error}")))
     }
+}
+
+/// The HTTP/2 handshake on a connected stream (plain or TLS); the
+/// connection's task is spawned, its request handle returned.
+async fn handshake<I>(io: I) -> std::io::Result<h2::client::SendRequest<Bytes>>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = h2::client::Builder::new()
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .enable_push(false)
+        .handshake::<_, Bytes>(io)
+        .await
+        .map_err(std::io::Error::other)?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "Herald connection ended.");
+        }
+    });
+    Ok(sender)
 }
 
 /// A gRPC status for an h2 failure, as the gRPC HTTP/2 mapping has it: a

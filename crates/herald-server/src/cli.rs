@@ -150,6 +150,29 @@ mod tests {
     }
 
     #[test]
+    fn given_tls_flags_when_parsed_should_take_them_and_require_cert_and_key_together() {
+        let cli = Cli::try_parse_from([
+            "herald",
+            "topic",
+            "list",
+            "--server",
+            "https://herald.example:7800",
+            "--ca-cert",
+            "ca.pem",
+            "--client-cert",
+            "me.pem",
+            "--client-key",
+            "me.key",
+        ])
+        .unwrap();
+        assert_eq!(cli.client.ca_cert, Some(PathBuf::from("ca.pem")));
+        assert_eq!(cli.client.client_key, Some(PathBuf::from("me.key")));
+        let error = Cli::try_parse_from(["herald", "topic", "list", "--client-cert", "me.pem"])
+            .unwrap_err();
+        assert!(error.to_string().contains("--client-key"), "{error}");
+    }
+
+    #[test]
     fn given_bad_listen_flag_when_parsed_should_fail() {
         let error = Cli::try_parse_from(["herald", "serve", "--listen", "nope"]).unwrap_err();
         assert!(error.to_string().contains("--listen"), "{error}");

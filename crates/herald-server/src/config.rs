@@ -13,7 +13,8 @@
 //! Every error names the key and the layer it came from, in one line.
 //!
 //! Only variables whose name starts with exactly `HERALD_` (upper case) are
-//! configuration. That is why the environment layer is a small provider of
+//! configuration, less those the client subcommands read
+//! ([`crate::commands::CLIENT_ENV`]: `HERALD_CA_CERT`, …). That is why the environment layer is a small provider of
 //! our own rather than figment's `Env`: `Env::prefixed` matches the prefix
 //! case-insensitively and reads the process environment directly, whereas
 //! this one is handed the variables (so tests need not mutate the process
@@ -38,10 +39,6 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_CONFIG_FILE: &str = "herald.toml";
 /// Prefix of the environment variables that configure Herald.
 pub const ENV_PREFIX: &str = "HERALD_";
-/// `HERALD_*` variables that belong to the client subcommands, not to the
-/// server's configuration (`HERALD_TOKEN` is `--token`): ignored here, so
-/// one shell can hold both.
-pub const CLIENT_ENV_VARS: &[&str] = &["HERALD_TOKEN"];
 /// Separator of nested keys in environment variable names (`HERALD_LOG__FORMAT`).
 pub const ENV_NESTING: &str = "__";
 
@@ -69,6 +66,8 @@ pub struct Options {
     pub groups: GroupOptions,
     /// Authentication, permissions, rate limits and quotas (`[auth]`).
     pub auth: AuthOptions,
+    /// TLS on the listener, client certificates (`[tls]`).
+    pub tls: TlsOptions,
 }
 
 impl Default for Options {
@@ -84,6 +83,7 @@ impl Default for Options {
             jobs: JobOptions::default(),
             groups: GroupOptions::default(),
             auth: AuthOptions::default(),
+            tls: TlsOptions::default(),
         }
     }
 }
@@ -283,6 +283,113 @@ impl ConnectionOptions {
     pub fn keep_alive_interval(&self) -> Duration {
         Duration::from_millis(self.keep_alive_interval_ms.get())
     }
+}
+
+/// TLS on the one listener (`[tls]`): off while `cert_file` is empty.
+///
+/// Paths are strings rather than `Option`s so that `herald.example.toml`
+/// can spell every key out at its default (TOML has no null).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsOptions {
+    /// The server's certificate chain (PEM, leaf first). Empty: plain
+    /// HTTP/h2c; set: the listener speaks only TLS.
+    pub cert_file: PathBuf,
+    /// The private key of `cert_file` (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// CA certificates (PEM) that client certificates are verified
+    /// against; needs `client_auth` "optional" or "required".
+    pub client_ca_file: PathBuf,
+    /// Whether clients present a certificate: "none", "optional" (verified
+    /// when presented) or "required" (refused at the handshake without one).
+    pub client_auth: ClientAuth,
+    /// How often the three files are read for changes, in milliseconds; a
+    /// change (or SIGHUP) reloads them for new connections.
+    pub reload_interval_ms: NonZeroU64,
+    /// A TLS handshake must complete within this many milliseconds of the
+    /// connection being accepted, or the connection is closed.
+    pub handshake_timeout_ms: NonZeroU64,
+}
+
+impl Default for TlsOptions {
+    fn default() -> Self {
+        Self {
+            cert_file: PathBuf::new(),
+            key_file: PathBuf::new(),
+            client_ca_file: PathBuf::new(),
+            client_auth: ClientAuth::None,
+            reload_interval_ms: NonZeroU64::new(5_000).unwrap_or(NonZeroU64::MIN),
+            handshake_timeout_ms: NonZeroU64::new(10_000).unwrap_or(NonZeroU64::MIN),
+        }
+    }
+}
+
+impl TlsOptions {
+    /// Whether the listener speaks TLS.
+    pub fn enabled(&self) -> bool {
+        !self.cert_file.as_os_str().is_empty()
+    }
+
+    /// [`TlsOptions::reload_interval_ms`] as a [`Duration`].
+    pub fn reload_interval(&self) -> Duration {
+        Duration::from_millis(self.reload_interval_ms.get())
+    }
+
+    /// [`TlsOptions::handshake_timeout_ms`] as a [`Duration`].
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms.get())
+    }
+
+    /// The checks between keys: a certificate needs its key, client
+    /// authentication needs a CA and TLS.
+    fn check(&self) -> Result<(), Error> {
+        let invalid = |key: &str, message: &str| {
+            Err(Error::InvalidValue {
+                key: format!("tls.{key}"),
+                origin: None,
+                message: message.to_owned(),
+            })
+        };
+        let has_key = !self.key_file.as_os_str().is_empty();
+        let has_ca = !self.client_ca_file.as_os_str().is_empty();
+        if self.enabled() != has_key {
+            return invalid(
+                if has_key { "cert_file" } else { "key_file" },
+                "tls.cert_file and tls.key_file must be set together",
+            );
+        }
+        if has_ca && !self.enabled() {
+            return invalid(
+                "cert_file",
+                "tls.client_ca_file needs TLS: set tls.cert_file and tls.key_file too",
+            );
+        }
+        match (self.client_auth, has_ca) {
+            (ClientAuth::None, true) => invalid(
+                "client_auth",
+                "tls.client_ca_file is set: set client_auth to \"optional\" or \"required\"",
+            ),
+            (ClientAuth::Optional | ClientAuth::Required, false) => invalid(
+                "client_ca_file",
+                "client_auth verifies client certificates against this CA file: set it",
+            ),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Whether TLS clients present a certificate (`tls.client_auth`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// No client certificates asked for.
+    #[default]
+    None,
+    /// Asked for; verified against `client_ca_file` when presented.
+    Optional,
+    /// A client without a certificate from `client_ca_file` is refused at
+    /// the handshake.
+    Required,
 }
 
 /// Blob storage (`[blobs]`).
@@ -756,7 +863,7 @@ fn check_ranges(options: &Options) -> Result<(), Error> {
             message: format!("must be at most {max}"),
         });
     }
-    Ok(())
+    options.tls.check()
 }
 
 /// The shortest bootstrap key accepted: a guessable one would be a master key.
@@ -900,7 +1007,7 @@ impl EnvLayer {
         let mut env = Self::default();
         for (name, value) in vars {
             if !name.as_encoded_bytes().starts_with(ENV_PREFIX.as_bytes())
-                || CLIENT_ENV_VARS
+                || crate::commands::CLIENT_ENV
                     .iter()
                     .any(|client| name.as_encoded_bytes() == client.as_bytes())
             {
@@ -1274,6 +1381,63 @@ mod tests {
         ];
         let options = load(&sources(ConfigFile::None, &env, Overrides::default())).unwrap();
         assert_eq!(options, Options::default());
+    }
+
+    #[test]
+    fn given_client_env_vars_when_server_loads_should_ignore_them() {
+        let env = [
+            ("HERALD_CA_CERT", "ca.pem"),
+            ("HERALD_CLIENT_CERT", "client.pem"),
+            ("HERALD_CLIENT_KEY", "client.key"),
+        ];
+        let options = load(&sources(ConfigFile::None, &env, Overrides::default())).unwrap();
+        assert_eq!(options, Options::default());
+    }
+
+    #[test]
+    fn given_tls_settings_when_loaded_should_read_every_key() {
+        let env = [
+            ("HERALD_TLS__CERT_FILE", "server.pem"),
+            ("HERALD_TLS__KEY_FILE", "server.key"),
+            ("HERALD_TLS__CLIENT_CA_FILE", "clients.pem"),
+            ("HERALD_TLS__CLIENT_AUTH", "required"),
+            ("HERALD_TLS__RELOAD_INTERVAL_MS", "100"),
+        ];
+        let options = load(&sources(ConfigFile::None, &env, Overrides::default())).unwrap();
+        assert!(options.tls.enabled());
+        assert_eq!(options.tls.client_auth, ClientAuth::Required);
+        assert_eq!(options.tls.client_ca_file, PathBuf::from("clients.pem"));
+        assert_eq!(options.tls.reload_interval(), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn given_inconsistent_tls_keys_when_loaded_should_fail_naming_the_key_to_set() {
+        let cases = [
+            ("[tls]\ncert_file = \"c.pem\"\n", "tls.key_file"),
+            ("[tls]\nkey_file = \"k.pem\"\n", "tls.cert_file"),
+            (
+                "[tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\nclient_auth = \"required\"\n",
+                "tls.client_ca_file",
+            ),
+            (
+                "[tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\nclient_ca_file = \"ca.pem\"\n",
+                "tls.client_auth",
+            ),
+            (
+                "[tls]\nclient_ca_file = \"ca.pem\"\nclient_auth = \"optional\"\n",
+                "tls.cert_file",
+            ),
+            ("[tls]\nclient_auth = \"sometimes\"\n", "tls.client_auth"),
+        ];
+        for (text, key) in cases {
+            let error = from_toml_str(Path::new("herald.toml"), text).unwrap_err();
+            assert!(
+                error
+                    .to_string()
+                    .starts_with(&format!("invalid value for configuration key '{key}'")),
+                "{text}: {error}"
+            );
+        }
     }
 
     #[test]

@@ -1,10 +1,14 @@
 //! The accept loop and each connection's timeouts (`[connections]`).
 //!
 //! ```text
-//! serve(listener, app, options, stop)
+//! serve(listener, app, options, tls, stop)
 //!   accept ─▶ TCP_NODELAY ─▶ one task per connection (a JoinSet: dropping
 //!   the serve future aborts every connection)
-//!     hyper-util's auto builder: HTTP/1 or HTTP/2 (h2c), upgrades
+//!     [tls] on: the TLS handshake first (`tls.rs`), within
+//!             tls.handshake_timeout_ms; its ALPN picks h2 or http/1.1, and
+//!             a verified client certificate's PeerCertificate goes into
+//!             every request's extensions
+//!     hyper-util's auto builder: HTTP/1 or HTTP/2 (h2c, or h2 over TLS), upgrades
 //!     HTTP/1  header_read_timeout: the request head must arrive in time;
 //!             hyper waits for a head between keep-alive requests too, so
 //!             this also closes an idle HTTP/1 connection
@@ -47,6 +51,7 @@ use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
@@ -55,6 +60,7 @@ use tower::ServiceExt as _;
 use tracing::{debug, warn};
 
 use crate::config::ConnectionOptions;
+use crate::tls::{PeerCertificate, Tls};
 
 /// How long an HTTP/2 keep-alive PING may go unanswered before the
 /// connection is dropped (hyper's default).
@@ -62,11 +68,13 @@ pub const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Serves `app` on `listener` until `stop` fires, then closes every
 /// connection gracefully and returns once they are all gone (see the module
-/// docs). Dropping the future aborts the connections still open.
+/// docs). With `tls`, every connection is a TLS connection. Dropping the
+/// future aborts the connections still open.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     options: ConnectionOptions,
+    tls: Option<Arc<Tls>>,
     stop: CancellationToken,
 ) -> io::Result<()> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -111,6 +119,7 @@ pub async fn serve(
         let served = connection(
             Arc::clone(&builder),
             tcp,
+            tls.clone(),
             app.clone(),
             options.idle_timeout(),
             stop.clone(),
@@ -201,21 +210,53 @@ async fn accept_failed(error: &io::Error) {
     tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
-/// Serves one connection until it ends, closing it gracefully once `stop`
-/// fires or it has been idle for `idle_timeout`.
+/// Serves one connection (after its TLS handshake, with `tls`) until it
+/// ends, closing it gracefully once `stop` fires or it has been idle for
+/// `idle_timeout`.
 async fn connection(
     builder: Arc<auto::Builder<TokioExecutor>>,
     tcp: TcpStream,
+    tls: Option<Arc<Tls>>,
     app: Router,
     idle_timeout: Duration,
     stop: CancellationToken,
 ) {
+    let Some(tls) = tls else {
+        return http(builder, tcp, None, app, idle_timeout, stop).await;
+    };
+    // The handshake has its own timeout (a client that stalls it must not
+    // hold the task); a shutdown meanwhile just drops the connection.
+    let accepted = tokio::select! {
+        () = stop.cancelled() => return,
+        accepted = tls.accept(tcp) => accepted,
+    };
+    match accepted {
+        Ok((stream, peer)) => http(builder, stream, peer, app, idle_timeout, stop).await,
+        Err(error) => debug!(%error, "Closed a connection without a TLS session."),
+    }
+}
+
+/// Serves HTTP on one connection's byte stream (plain TCP or TLS); `peer`
+/// goes into every request's extensions.
+async fn http<I>(
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    io: I,
+    peer: Option<PeerCertificate>,
+    app: Router,
+    idle_timeout: Duration,
+    stop: CancellationToken,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let activity = Arc::new(Activity::default());
     let service = {
         let activity = Arc::clone(&activity);
-        hyper::service::service_fn(move |request: Request<Incoming>| {
+        hyper::service::service_fn(move |mut request: Request<Incoming>| {
             let started = InFlight::start(&activity);
             let app = app.clone();
+            if let Some(peer) = &peer {
+                request.extensions_mut().insert(peer.clone());
+            }
             async move {
                 let response: Response = app.oneshot(request.map(Body::new)).await?;
                 Ok::<_, Infallible>(response.map(|body| {
@@ -227,7 +268,7 @@ async fn connection(
             }
         })
     };
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     let mut closing = false;
     loop {

@@ -9,8 +9,9 @@
 //!   Cli::parse                      flags
 //!   config::load                    defaults → herald.toml → HERALD_* env → flags
 //!   telemetry::init                 tracing to stderr (text | json)
-//!   Server::bind(options)           lock <data_dir>/LOCK, bind the listener
-//!   Server::run(cancel)             serve HTTP; open storage; /readyz → 200
+//!   Server::bind(options)           lock <data_dir>/LOCK, load the [tls] files, bind the listener
+//!   Server::run(cancel)             serve HTTP (TLS: reload the files on change/SIGHUP);
+//!                                   open storage; /readyz → 200
 //!     … SIGINT / SIGTERM cancels …
 //!                                   /readyz → 503, stop accepting,
 //!                                   drain in-flight requests (≤ shutdown_timeout_ms),
@@ -35,6 +36,7 @@ pub mod problem;
 pub mod server;
 pub mod storage;
 pub mod telemetry;
+pub mod tls;
 
 pub use config::Options;
 pub use server::Server;

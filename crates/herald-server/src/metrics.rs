@@ -43,6 +43,7 @@ pub struct Metrics {
     http: HttpMetrics,
     log: Arc<LogMetrics>,
     groups: Arc<GroupMetrics>,
+    tls: crate::tls::TlsMetrics,
 }
 
 impl Metrics {
@@ -55,11 +56,14 @@ impl Metrics {
         log.register(&mut registry);
         let groups = GroupMetrics::new();
         groups.register(&mut registry);
+        let tls = crate::tls::TlsMetrics::default();
+        tls.register(&mut registry);
         Arc::new(Self {
             registry,
             http,
             log,
             groups,
+            tls,
         })
     }
 
@@ -76,6 +80,11 @@ impl Metrics {
     /// The consumer groups' metrics, to hand to the backend when it opens.
     pub fn groups(&self) -> &Arc<GroupMetrics> {
         &self.groups
+    }
+
+    /// The TLS listener's metrics (reloads, failed handshakes).
+    pub fn tls(&self) -> &crate::tls::TlsMetrics {
+        &self.tls
     }
 
     /// Every metric in OpenMetrics text format ([`CONTENT_TYPE`]).

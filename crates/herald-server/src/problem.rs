@@ -140,6 +140,9 @@ codes! {
     RateLimited => "rate_limited", TOO_MANY_REQUESTS, RESOURCE_EXHAUSTED, "Rate limited";
     /// No API key with that id.
     KeyNotFound => "key_not_found", NOT_FOUND, NOT_FOUND, "Key not found";
+    /// Plain HTTP reached a port that speaks TLS only (`[tls]`); answered
+    /// before closing the connection.
+    TlsRequired => "tls_required", BAD_REQUEST, FAILED_PRECONDITION, "TLS required";
     /// No topic by that name.
     TopicNotFound => "topic_not_found", NOT_FOUND, NOT_FOUND, "Topic not found";
     /// No group by that name on the topic.

@@ -16,7 +16,10 @@
 //! ```
 //!
 //! Connections (the accept loop, header-read and idle timeouts) are
-//! `connections.rs`.
+//! `connections.rs`; TLS on them (`[tls]`: handshake, reload of the
+//! certificate files on change or SIGHUP, client certificates) `tls.rs`.
+//! The TLS files are loaded in `bind`, so a server with unusable ones does
+//! not start; the reload task runs while connections are served.
 //!
 //! Storage closes last so that no request still running can write to a
 //! closed store; HTTP serves before storage is open so that liveness probes
@@ -42,6 +45,7 @@ use crate::grpc::{self, GrpcState};
 use crate::http::{self, AppState, JobsSlot, Phase, Readiness, StorageSlot};
 use crate::metrics::Metrics;
 use crate::storage::{self, Storage};
+use crate::tls::{self, Tls};
 
 /// A bound, not yet serving, Herald server.
 #[derive(Debug)]
@@ -55,6 +59,7 @@ pub struct Server {
     blobs: BlobStore,
     auth: Arc<Auth>,
     storage_slot: StorageSlot,
+    tls: Option<Arc<Tls>>,
 }
 
 /// Why the server could not start or did not stop cleanly. Every message
@@ -88,6 +93,9 @@ pub enum Error {
     /// The auth configuration cannot be used (a JWT key file).
     #[error("cannot set up authentication")]
     Auth(#[source] crate::auth::Error),
+    /// TLS is configured but its files are missing or unusable.
+    #[error(transparent)]
+    Tls(#[from] tls::Error),
     /// Storage failed to open.
     #[error("cannot open storage")]
     OpenStorage(#[source] storage::Error),
@@ -127,6 +135,15 @@ impl Server {
         // Blocking, but at startup: nothing is being served yet.
         let data_dir = DataDir::open(&options.data_dir)?;
         info!(path = %data_dir.path().display(), "Locked data directory.");
+        let metrics = Metrics::new();
+        let tls = if options.tls.enabled() {
+            let tls = Tls::load(&options.tls, metrics.tls().clone())?;
+            info!(cert = %options.tls.cert_file.display(), client_auth = ?options.tls.client_auth,
+                "TLS on: the listener speaks HTTPS and gRPC over TLS only.");
+            Some(tls)
+        } else {
+            None
+        };
         let bind_error = |source| Error::Bind {
             addr: options.listen,
             source,
@@ -153,9 +170,10 @@ impl Server {
             listener,
             local_addr,
             data_dir,
-            metrics: Metrics::new(),
+            metrics,
             readiness: Readiness::default(),
             blobs,
+            tls,
         })
     }
 
@@ -188,6 +206,7 @@ impl Server {
             blobs,
             auth,
             storage_slot,
+            tls,
         } = self;
 
         let jobs_slot = JobsSlot::default();
@@ -218,10 +237,16 @@ impl Server {
             grpc_routes,
         );
         let stop_http = CancellationToken::new();
+        // Reloads the certificate files while connections are served; it
+        // stops with them.
+        let _tls_watch = tls.clone().map(|tls| {
+            tokio_util::task::AbortOnDropHandle::new(tokio::spawn(tls.watch(stop_http.clone())))
+        });
         let mut http_task: JoinHandle<io::Result<()>> = tokio::spawn(connections::serve(
             listener,
             app,
             options.connections.clone(),
+            tls,
             stop_http.clone(),
         ));
 

@@ -180,16 +180,16 @@ pub async fn run(args: SoakArgs) -> Result<()> {
     let server_log = args.out.join("server.log");
     let log_file = File::create(&server_log)
         .with_context(|| format!("cannot create {}", server_log.display()))?;
-    let herald = Herald::launch(&herald_bin, &tmp, Stdio::from(log_file))?;
+    let herald = Herald::launch(&herald_bin, &tmp, Stdio::from(log_file), false)?;
     let pid = herald.pid();
     eprintln!(
         "soak: herald {} pid {pid} on {}, data in {}",
         herald_bin.display(),
-        herald.endpoint,
+        herald.endpoint.url,
         herald.data_dir().display()
     );
     // Setup calls may wait for storage to open: the SDK's retries on.
-    let admin = Client::connect(herald.endpoint.clone()).await?;
+    let admin = Client::connect(herald.endpoint.url.clone()).await?;
     admin.list_topics().await?;
     setup(&admin, &args).await?;
     // From here on the SDK's reports of what it recovered from (at DEBUG)
@@ -208,11 +208,11 @@ pub async fn run(args: SoakArgs) -> Result<()> {
     // measured with the rest of the mix at work.
     let stop = CancellationToken::new();
     let done = CancellationToken::new();
-    let tasks = start_actors(&herald.endpoint, &stats, &args, &stop, &done).await?;
+    let tasks = start_actors(&herald.endpoint.url, &stats, &args, &stop, &done).await?;
     let rate = match args.rate {
         Some(rate) => rate,
         None => {
-            let max = calibrate(&herald.endpoint, &admin, &args).await?;
+            let max = calibrate(&herald.endpoint.url, &admin, &args).await?;
             eprintln!(
                 "soak: max publish rate {max:.0} events/s ({} producers, D2, with the rest of the mix running); running at {:.0}%",
                 args.producers,
@@ -229,7 +229,7 @@ pub async fn run(args: SoakArgs) -> Result<()> {
     );
     let baseline = stats.counters();
     let publishers = mix::Publishers {
-        client: mix::client(&herald.endpoint).await?,
+        client: mix::client(&herald.endpoint.url).await?,
         stats: stats.clone(),
         rate,
         producers: args.producers,

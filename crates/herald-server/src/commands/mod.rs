@@ -1,5 +1,8 @@
 //! The client subcommands of `herald`: they talk to a running server over
-//! its REST API (`--server`, default `http://127.0.0.1:7800`).
+//! its REST API (`--server`, default `http://127.0.0.1:7800`). An
+//! `https://` server is verified against the system's roots, or only
+//! against `--ca-cert` (`HERALD_CA_CERT`); `--client-cert`/`--client-key`
+//! present a client certificate (mTLS).
 //!
 //! Output is a human table by default, `--output json` for scripts. Exit
 //! codes scripts can rely on:
@@ -22,6 +25,7 @@ mod tail;
 mod topic;
 
 use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand, ValueEnum};
@@ -51,7 +55,43 @@ pub struct ClientArgs {
     /// How to print results (client subcommands)
     #[arg(long, value_enum, default_value_t = Output::Table, global = true)]
     pub output: Output,
+
+    /// CA certificates (PEM) to trust for an https:// server, instead of
+    /// the system's roots (client subcommands)
+    #[arg(long, value_name = "FILE", env = "HERALD_CA_CERT", global = true)]
+    pub ca_cert: Option<PathBuf>,
+
+    /// Client certificate chain (PEM) for a server that asks for one (mTLS;
+    /// with --client-key)
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "HERALD_CLIENT_CERT",
+        global = true,
+        requires = "client_key"
+    )]
+    pub client_cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --client-cert
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "HERALD_CLIENT_KEY",
+        global = true,
+        requires = "client_cert"
+    )]
+    pub client_key: Option<PathBuf>,
 }
+
+/// The environment variables the client subcommands read: `herald serve`
+/// ignores them, so that a shell set up for the CLI can still start a
+/// server (its own `HERALD_*` variables are configuration keys).
+pub const CLIENT_ENV: &[&str] = &[
+    "HERALD_TOKEN",
+    "HERALD_CA_CERT",
+    "HERALD_CLIENT_CERT",
+    "HERALD_CLIENT_KEY",
+];
 
 /// Output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -150,6 +190,8 @@ pub fn run(client: &ClientArgs, command: ClientCommand) -> Result<(), Error> {
 pub(crate) struct Api {
     base: String,
     http: reqwest::Client,
+    /// Whether a client certificate is presented (for error hints).
+    client_identity: bool,
     pub(crate) output: Output,
 }
 
@@ -168,13 +210,28 @@ impl Api {
             value.set_sensitive(true);
             headers.insert(reqwest::header::AUTHORIZATION, value);
         }
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder();
+        if let Some(path) = &client.ca_cert {
+            let certs = reqwest::Certificate::from_pem_bundle(&read_file("--ca-cert", path)?)
+                .map_err(|error| bad_pem("--ca-cert", path, &error))?;
+            http = http.tls_certs_only(certs);
+        }
+        if let (Some(cert), Some(key)) = (&client.client_cert, &client.client_key) {
+            let mut pem = read_file("--client-cert", cert)?;
+            pem.push(b'\n');
+            pem.extend(read_file("--client-key", key)?);
+            let identity = reqwest::Identity::from_pem(&pem)
+                .map_err(|error| bad_pem("--client-cert/--client-key", cert, &error))?;
+            http = http.identity(identity);
+        }
+        let http = http
             .default_headers(headers)
             .build()
             .map_err(|error| Error::Connection(format!("cannot build the HTTP client: {error}")))?;
         Ok(Self {
             base,
             http,
+            client_identity: client.client_cert.is_some(),
             output: client.output,
         })
     }
@@ -248,13 +305,10 @@ impl Api {
         if let Some(id) = last_event_id {
             request = request.header("last-event-id", id);
         }
-        let response = request.send().await.map_err(|error| {
-            Error::Connection(format!(
-                "cannot reach {}: {}",
-                self.base,
-                root_cause(&error)
-            ))
-        })?;
+        let response = request
+            .send()
+            .await
+            .map_err(|error| self.unreachable(&error))?;
         if response.status().is_success() {
             return Ok(response);
         }
@@ -277,14 +331,31 @@ impl Api {
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<Value, Error> {
-        let response = request.send().await.map_err(|error| {
-            Error::Connection(format!(
-                "cannot reach {}: {}",
-                self.base,
-                root_cause(&error)
-            ))
-        })?;
+        let response = request
+            .send()
+            .await
+            .map_err(|error| self.unreachable(&error))?;
         self.answer(response).await
+    }
+
+    /// A request that got no answer, with a hint where TLS is the likely
+    /// reason: a server certificate from a CA the client does not trust,
+    /// or a server that requires a client certificate (TLS 1.3 reports that
+    /// as a `CertificateRequired` alert or, when the server's close wins the
+    /// race, only as a closed connection).
+    fn unreachable(&self, error: &reqwest::Error) -> Error {
+        let cause = root_cause(error);
+        let hint = if cause.contains("invalid peer certificate") {
+            " (trust the server's CA with --ca-cert or HERALD_CA_CERT)"
+        } else if self.base.starts_with("https://")
+            && !self.client_identity
+            && (cause.contains("connection closed") || cause.contains("CertificateRequired"))
+        {
+            " (if the server requires client certificates: --client-cert and --client-key)"
+        } else {
+            ""
+        };
+        Error::Connection(format!("cannot reach {}: {cause}{hint}", self.base))
     }
 
     /// The JSON of a success, or the problem of a failure.
@@ -323,6 +394,20 @@ impl Api {
             Output::Table => print_table(columns, rows),
         }
     }
+}
+
+/// The bytes of a file a flag names.
+fn read_file(flag: &str, path: &Path) -> Result<Vec<u8>, Error> {
+    std::fs::read(path)
+        .map_err(|error| Error::File(format!("cannot read {flag} {}: {error}", path.display())))
+}
+
+fn bad_pem(flag: &str, path: &Path, error: &reqwest::Error) -> Error {
+    Error::File(format!(
+        "{flag} {}: not usable PEM: {}",
+        path.display(),
+        root_cause(error)
+    ))
 }
 
 fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {

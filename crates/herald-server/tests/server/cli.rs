@@ -15,7 +15,8 @@ async fn cli(server: &TestServer, args: &[&str]) -> Output {
     run_to_exit(command).await
 }
 
-fn stdout(output: &Output) -> String {
+/// The stdout of a command that must have succeeded (else its stderr).
+pub(crate) fn stdout(output: &Output) -> String {
     assert!(
         output.status.success(),
         "stderr: {}",

@@ -27,4 +27,5 @@ mod scenarios;
 mod sdk;
 mod streams;
 mod support;
+mod tls;
 mod topics;
