@@ -54,10 +54,8 @@ fn main() -> ExitCode {
 }
 
 fn serve(args: &ServeArgs) -> anyhow::Result<()> {
-    let options = config::load(&Sources::from_process(
-        args.config.clone(),
-        args.overrides(),
-    ))?;
+    let sources = Sources::from_process(args.config.clone(), args.overrides());
+    let options = config::load(&sources)?;
     telemetry::init(&options.log)?;
     debug!(?options, "Loaded configuration.");
     disable_transparent_huge_pages();
@@ -66,7 +64,7 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         .thread_name("herald-worker")
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(run(options))
+    runtime.block_on(run(options, sources))
 }
 
 /// Turns transparent huge pages off for this process. mimalloc asks for
@@ -84,8 +82,17 @@ fn disable_transparent_huge_pages() {
     }
 }
 
-async fn run(options: Options) -> anyhow::Result<()> {
+async fn run(options: Options, sources: Sources) -> anyhow::Result<()> {
     let server = Server::bind(options).await?;
+    #[cfg(unix)]
+    tokio::spawn(reload_on_hangup(
+        sources,
+        server.reloader(),
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("cannot install the SIGHUP handler")?,
+    ));
+    #[cfg(not(unix))]
+    drop(sources);
     // Installed before the address is announced: a SIGTERM sent by whoever
     // reads the announcement must find the handler in place, not kill us.
     let signals = Signals::install().context("cannot install signal handlers")?;
@@ -95,6 +102,26 @@ async fn run(options: Options) -> anyhow::Result<()> {
     tokio::spawn(signals.cancel_on_signal(cancel.clone()));
     server.run(cancel).await?;
     Ok(())
+}
+
+/// SIGHUP: the configuration is loaded again from the same sources (the
+/// file, the environment of the start, the flags) and what can change
+/// without a restart is applied ([`herald_server::server::Reloader`]); a
+/// configuration that no longer loads is logged and changes nothing.
+#[cfg(unix)]
+async fn reload_on_hangup(
+    sources: Sources,
+    reloader: herald_server::server::Reloader,
+    mut hangups: tokio::signal::unix::Signal,
+) {
+    while hangups.recv().await.is_some() {
+        match config::load(&sources) {
+            Ok(options) => reloader.apply(&options),
+            Err(error) => {
+                tracing::error!(%error, "SIGHUP: the configuration does not load; keeping the one in force.");
+            }
+        }
+    }
 }
 
 /// Tells a supervisor or test harness where we listen, on stdout, once.

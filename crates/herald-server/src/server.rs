@@ -125,6 +125,31 @@ pub enum Error {
     },
 }
 
+/// Applies the parts of a reloaded configuration that change without a
+/// restart: the default rate limits and quotas (`[auth.limits]`). Other keys
+/// take effect at the next start (TLS files reload on their own: `tls.rs`).
+#[derive(Debug, Clone)]
+pub struct Reloader {
+    auth: Arc<Auth>,
+}
+
+impl Reloader {
+    /// Applies `options` (loaded again from the same sources).
+    pub fn apply(&self, options: &Options) {
+        let (before, after) = (self.auth.default_limits(), options.auth.limits);
+        if before == after {
+            info!("Configuration reloaded; [auth.limits] unchanged.");
+            return;
+        }
+        self.auth.set_default_limits(after);
+        info!(
+            ?before,
+            ?after,
+            "Configuration reloaded; new [auth.limits] in force."
+        );
+    }
+}
+
 impl Server {
     /// Locks the data directory and binds the listener. Connections queue
     /// in the listen backlog until [`Server::run`] serves them.
@@ -190,6 +215,14 @@ impl Server {
     /// The readiness state `/readyz` reports.
     pub fn readiness(&self) -> &Readiness {
         &self.readiness
+    }
+
+    /// A handle that applies a reloaded configuration to the running server
+    /// (`herald serve` calls it on SIGHUP).
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            auth: Arc::clone(&self.auth),
+        }
     }
 
     /// Serves until `cancel` fires, then shuts down in order (see the module

@@ -204,7 +204,8 @@ pub struct Auth {
     bootstrap_hash: Option<String>,
     jwt: Option<jwt::Verifier>,
     mtls: Vec<MtlsIdentity>,
-    defaults: Limits,
+    /// `[auth.limits]`, replaced by a configuration reload (SIGHUP).
+    defaults: std::sync::RwLock<Limits>,
     public_metrics: bool,
     public_docs: bool,
     keys: KeyStore,
@@ -228,7 +229,7 @@ impl Auth {
             bootstrap_hash,
             jwt: jwt::Verifier::new(&options.jwt)?,
             mtls: options.mtls.clone(),
-            defaults: options.limits,
+            defaults: std::sync::RwLock::new(options.limits),
             public_metrics: options.public_metrics,
             public_docs: options.public_docs,
             keys: KeyStore::default(),
@@ -256,7 +257,20 @@ impl Auth {
 
     /// The server's default limits (`[auth.limits]`).
     pub fn default_limits(&self) -> Limits {
-        self.defaults
+        *self
+            .defaults
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Replaces the default limits (a configuration reload): every request
+    /// from now on is held to them (an identity's buckets are rebuilt when
+    /// its limits change), API keys' own overrides still applying.
+    pub fn set_default_limits(&self, limits: Limits) {
+        *self
+            .defaults
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = limits;
     }
 
     /// Now, in ms since the epoch.
@@ -294,7 +308,7 @@ impl Auth {
                 "anonymous",
                 Credential::None,
                 vec![Permission::admin()],
-                self.defaults,
+                self.default_limits(),
             ));
         }
         if let Some(token) = token {
@@ -312,7 +326,7 @@ impl Auth {
                     &format!("cert:{}", identity.name),
                     Credential::Certificate,
                     identity.permissions.clone(),
-                    self.defaults,
+                    self.default_limits(),
                 )),
                 None => Err(unauthenticated(
                     "the client certificate maps to no identity (auth.mtls)",
@@ -332,7 +346,7 @@ impl Auth {
                 "bootstrap",
                 Credential::Bootstrap,
                 vec![Permission::admin()],
-                self.defaults,
+                self.default_limits(),
             ));
         }
         if let Some(key_id) = keys::key_id_of(token) {
@@ -354,7 +368,7 @@ impl Auth {
                 &format!("key:{}", record.key_id),
                 Credential::ApiKey(record.key_id.clone()),
                 record.permissions.clone(),
-                record.limits.over(self.defaults),
+                record.limits.over(self.default_limits()),
             ));
         }
         if let Some(verifier) = &self.jwt {
@@ -365,7 +379,7 @@ impl Auth {
                 &format!("jwt:{}", claims.subject),
                 Credential::Jwt,
                 claims.permissions,
-                self.defaults,
+                self.default_limits(),
             ));
         }
         Err(unauthenticated(

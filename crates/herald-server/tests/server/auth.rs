@@ -437,6 +437,52 @@ async fn given_key_limits_changed_through_the_api_should_apply_at_once_without_r
 }
 
 #[tokio::test]
+async fn given_server_limits_changed_in_the_file_when_sent_sighup_should_apply_them_without_restart()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("herald.toml");
+    let write_limit = |requests_per_s: u32| {
+        std::fs::write(
+            &config,
+            format!("[auth.limits]\nrequests_per_s = {requests_per_s}\n"),
+        )
+        .unwrap();
+    };
+    write_limit(0);
+    let mut command = serve(dir.path());
+    command
+        .arg("--config")
+        .arg(&config)
+        .env("HERALD_AUTH__BOOTSTRAP_KEY", BOOTSTRAP);
+    let (server, anonymous) = TestServer::ready(TestServer::spawn(dir, command).await).await;
+    let admin = anonymous.with_token(BOOTSTRAP);
+    for _ in 0..50 {
+        expect_json(admin.get("/v1/topics").await, 200).await;
+    }
+
+    write_limit(2);
+    server.signal("HUP").await;
+    // The reload is asynchronous: poll until the new limit shows.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let me = expect_json(admin.get("/v1/auth/whoami").await, 200).await;
+        if me["limits"]["requests_per_s"] == 2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never reloaded: {me}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    expect_problem(until_limited(&admin).await, 429, "rate_limited").await;
+
+    let (status, stderr, _dir) = {
+        server.signal("TERM").await;
+        server.wait().await
+    };
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("new [auth.limits] in force"), "{stderr}");
+}
+
+#[tokio::test]
 async fn given_sdk_with_bearer_token_when_calling_should_authenticate_and_see_grpc_codes() {
     let (server, _anonymous, admin) =
         server_with_auth(&[("HERALD_AUTH__LIMITS__PUBLISH_EVENTS_PER_S", "3")]).await;
