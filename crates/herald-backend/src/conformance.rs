@@ -3174,8 +3174,17 @@ pub async fn administration_dropped_at_any_await_is_the_same_after_a_restart<H: 
                 async move {
                     let mut slot = harness.lock().await;
                     let current = slot.take().unwrap();
-                    // A change a dropped call finishes on its own may still run.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    // A change a dropped call finishes on its own may still
+                    // run: changes are made one at a time, so one more (that
+                    // changes nothing) returns after it.
+                    let exists = current
+                        .backend()
+                        .create_topic(TopicSpec::new(topic("dead")))
+                        .await;
+                    assert!(
+                        matches!(exists, Err(Error::TopicExists { .. })),
+                        "{exists:?}"
+                    );
                     let before = admin_view(&*current.backend()).await;
                     let restarted = current.restart().await;
                     let after = admin_view(&*restarted.backend()).await;

@@ -400,6 +400,16 @@ impl Inner {
         self.env.clock.now_ms()
     }
 
+    /// The lock every topic and group change holds, so changes run one at
+    /// a time. Shutdown takes it after marking the backend closed: a change
+    /// either finished before storage closes (also one whose caller went
+    /// away, which `administer` runs on) or does not start.
+    async fn admin_lock(&self) -> Result<tokio::sync::MutexGuard<'_, ()>> {
+        let guard = self.admin.lock().await;
+        self.check_open()?;
+        Ok(guard)
+    }
+
     fn check_open(&self) -> Result<()> {
         if self.closed.load(Ordering::SeqCst) {
             Err(Error::ShuttingDown)
@@ -1123,7 +1133,7 @@ impl Topics for EmbeddedBackend {
         self.administer(move |inner| async move {
             inner.check_open()?;
             spec.validate()?;
-            let _admin = inner.admin.lock().await;
+            let _admin = inner.admin_lock().await?;
             if inner.topic(&spec.name).is_ok() {
                 return Err(Error::TopicExists {
                     topic: spec.name.to_string(),
@@ -1195,7 +1205,7 @@ impl Topics for EmbeddedBackend {
     async fn update_topic(&self, topic: &TopicName, update: TopicUpdate) -> Result<TopicInfo> {
         let topic = topic.clone();
         self.administer(move |inner| async move {
-            let _admin = inner.admin.lock().await;
+            let _admin = inner.admin_lock().await?;
             let runtime = inner.topic(&topic)?;
             let mut info = runtime.info();
             let spec = info.spec.updated(&update);
@@ -1219,7 +1229,7 @@ impl Topics for EmbeddedBackend {
     async fn delete_topic(&self, topic: &TopicName) -> Result<()> {
         let topic = topic.clone();
         self.administer(move |inner| async move {
-            let _admin = inner.admin.lock().await;
+            let _admin = inner.admin_lock().await?;
             let runtime = inner.topic(&topic)?;
             let (meta, name) = (inner.meta.clone(), topic.to_string());
             blocking(move || meta.delete_topic(&name)).await?;
@@ -1299,68 +1309,73 @@ impl Groups for EmbeddedBackend {
         group: &GroupName,
         spec: GroupSpec,
     ) -> Result<(GroupInfo, bool)> {
-        let inner = &self.inner;
         spec.validate()?;
-        let _admin = inner.admin.lock().await;
-        let runtime = inner.topic(topic)?;
-        let key = group_key(topic.as_str(), group.as_str());
-        let existing = runtime
-            .groups
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(group)
-            .cloned();
-        if let Some(existing) = existing {
-            let mut info = existing.info();
-            if info.spec.mode != spec.mode {
-                return Err(Error::GroupConflict {
-                    group: group.to_string(),
-                    existing: info.spec.mode.to_string(),
-                });
+        let (topic, group) = (topic.clone(), group.clone());
+        self.administer(move |inner| async move {
+            let (topic, group) = (&topic, &group);
+            let _admin = inner.admin_lock().await?;
+            let runtime = inner.topic(topic)?;
+            let key = group_key(topic.as_str(), group.as_str());
+            let existing = runtime
+                .groups
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(group)
+                .cloned();
+            if let Some(existing) = existing {
+                let mut info = existing.info();
+                if info.spec.mode != spec.mode {
+                    return Err(Error::GroupConflict {
+                        group: group.to_string(),
+                        existing: info.spec.mode.to_string(),
+                    });
+                }
+                info.spec = spec.clone();
+                let (meta, stored) = (inner.meta.clone(), info.clone());
+                // Stored and made in memory by one task, so a caller that goes
+                // away cannot leave the two apart.
+                blocking(move || {
+                    meta.put_group(&key, &stored, None)?;
+                    existing.set_spec(spec);
+                    Ok(())
+                })
+                .await?;
+                return Ok((info, false));
             }
-            info.spec = spec.clone();
-            let (meta, stored) = (inner.meta.clone(), info.clone());
-            // Stored and made in memory by one task, so a caller that goes
-            // away cannot leave the two apart.
+            let info = GroupInfo {
+                name: group.clone(),
+                spec: spec.clone(),
+                created_at: inner.now(),
+            };
+            let starts = runtime.start_offsets(spec.start).await?;
+            let created = Arc::new(GroupRuntime::new(
+                key.clone(),
+                info.clone(),
+                inner.group_budget,
+                &starts,
+                None,
+            ));
+            let state =
+                serde_json::to_vec(&created.snapshot()).map_err(|error| Error::Corrupt {
+                    detail: format!("group state: {error}"),
+                })?;
+            let (meta, stored, added) = (inner.meta.clone(), info.clone(), Arc::clone(&inner));
+            let name = group.clone();
             blocking(move || {
-                meta.put_group(&key, &stored, None)?;
-                existing.set_spec(spec);
+                meta.put_group(&key, &stored, Some(&state))?;
+                runtime
+                    .groups
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(name, created);
+                added.group_added.notify_waiters();
                 Ok(())
             })
             .await?;
-            return Ok((info, false));
-        }
-        let info = GroupInfo {
-            name: group.clone(),
-            spec: spec.clone(),
-            created_at: inner.now(),
-        };
-        let starts = runtime.start_offsets(spec.start).await?;
-        let created = Arc::new(GroupRuntime::new(
-            key.clone(),
-            info.clone(),
-            inner.group_budget,
-            &starts,
-            None,
-        ));
-        let state = serde_json::to_vec(&created.snapshot()).map_err(|error| Error::Corrupt {
-            detail: format!("group state: {error}"),
-        })?;
-        let (meta, stored, added) = (inner.meta.clone(), info.clone(), Arc::clone(inner));
-        let name = group.clone();
-        blocking(move || {
-            meta.put_group(&key, &stored, Some(&state))?;
-            runtime
-                .groups
-                .write()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(name, created);
-            added.group_added.notify_waiters();
-            Ok(())
+            info!(topic = %topic, group = %group, mode = %spec.mode, "Created group.");
+            Ok((info, true))
         })
-        .await?;
-        info!(topic = %topic, group = %group, mode = %spec.mode, "Created group.");
-        Ok((info, true))
+        .await
     }
 
     async fn group_status(&self, topic: &TopicName, group: &GroupName) -> Result<GroupStatus> {
@@ -1381,19 +1396,22 @@ impl Groups for EmbeddedBackend {
     }
 
     async fn delete_group(&self, topic: &TopicName, group: &GroupName) -> Result<()> {
-        let inner = &self.inner;
-        let _admin = inner.admin.lock().await;
-        let (runtime, found) = inner.group(topic, group)?;
-        let (meta, key, name) = (inner.meta.clone(), found.key.clone(), group.clone());
-        // Deleted from storage and memory by one task (see put_group).
-        blocking(move || {
-            meta.delete_group(&key)?;
-            runtime
-                .groups
-                .write()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(&name);
-            Ok(())
+        let (topic, group) = (topic.clone(), group.clone());
+        self.administer(move |inner| async move {
+            let _admin = inner.admin_lock().await?;
+            let (runtime, found) = inner.group(&topic, &group)?;
+            let (meta, key, name) = (inner.meta.clone(), found.key.clone(), group.clone());
+            // Deleted from storage and memory by one task (see put_group).
+            blocking(move || {
+                meta.delete_group(&key)?;
+                runtime
+                    .groups
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&name);
+                Ok(())
+            })
+            .await
         })
         .await
     }
@@ -1766,6 +1784,8 @@ impl Backend for EmbeddedBackend {
             return Ok(());
         }
         inner.ready.store(false, Ordering::SeqCst);
+        // A topic or group change under way ends before storage closes.
+        drop(inner.admin.lock().await);
         self.cancel.cancel();
         let tasks: Vec<JoinHandle<()>> =
             std::mem::take(&mut *self.tasks.lock().unwrap_or_else(PoisonError::into_inner));
