@@ -151,6 +151,8 @@ pub struct EmbeddedOptions {
     /// Memory each queue or keyed group may hold, in bytes (event bodies,
     /// and the bookkeeping of pending events).
     pub group_budget: GroupBudget,
+    /// Memory the redb stores may use for their page caches.
+    pub caches: StoreCaches,
     /// The groups' metrics (register them before opening).
     pub metrics: Arc<GroupMetrics>,
     /// Injected failures of metadata writes (tests); `None` in production.
@@ -168,10 +170,46 @@ impl EmbeddedOptions {
             compaction_delay: Duration::from_millis(200),
             topic_limits: TopicLimits::default(),
             group_budget: GroupBudget::default(),
+            caches: StoreCaches::default(),
             metrics: GroupMetrics::new(),
             meta_faults: None,
         }
     }
+}
+
+/// The page caches of the two redb stores, in bytes. redb keeps every page
+/// it writes or reads in its cache up to this size (its own default is
+/// 1 GiB per database), so the stores' share of the server's memory grows
+/// with their files up to these bounds. Pages beyond them are read from the
+/// file again (usually from the OS page cache).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreCaches {
+    /// `meta.redb`: topics, groups and their state, dead letters, the
+    /// key-value store (jobs, API keys). 32 MiB.
+    pub meta_bytes: usize,
+    /// `streams.redb`: stream versions and the position of every stream
+    /// event (it grows with the event store). 32 MiB.
+    pub stream_index_bytes: usize,
+}
+
+impl Default for StoreCaches {
+    fn default() -> Self {
+        Self {
+            meta_bytes: 32 << 20,
+            stream_index_bytes: 32 << 20,
+        }
+    }
+}
+
+/// Opens (or creates) the redb database at `path` with a page cache of at
+/// most `cache_bytes`.
+fn redb_database(
+    path: &std::path::Path,
+    cache_bytes: usize,
+) -> std::result::Result<redb::Database, redb::DatabaseError> {
+    redb::Builder::new()
+        .set_cache_size(cache_bytes)
+        .create(path)
 }
 
 /// Group state failing to persist for this long makes the backend report
@@ -288,13 +326,14 @@ impl EmbeddedBackend {
         let topics_dir = data_dir.join("topics");
         let (meta, streams) = {
             let (data_dir, topics_dir) = (data_dir.clone(), topics_dir.clone());
-            let faults = options.meta_faults.clone();
+            let (faults, caches) = (options.meta_faults.clone(), options.caches);
             blocking(move || {
                 std::fs::create_dir_all(&topics_dir).map_err(|error| Error::Unavailable {
                     detail: format!("cannot create {}: {error}", topics_dir.display()),
                 })?;
-                let meta = Meta::open(&data_dir.join("meta.redb"), faults)?;
-                let streams = StreamStore::open(&data_dir.join("streams.redb"))?;
+                let meta = Meta::open(&data_dir.join("meta.redb"), caches.meta_bytes, faults)?;
+                let streams =
+                    StreamStore::open(&data_dir.join("streams.redb"), caches.stream_index_bytes)?;
                 Ok((meta, streams))
             })
             .await?

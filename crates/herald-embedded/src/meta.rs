@@ -138,6 +138,8 @@ pub(crate) struct Meta {
 #[derive(Debug)]
 struct Store {
     path: PathBuf,
+    /// redb's page cache, in bytes (kept for a reopen).
+    cache_bytes: usize,
     /// `None` only while a reopen has closed the old database and could not
     /// open the new one.
     db: RwLock<Option<Arc<Database>>>,
@@ -196,12 +198,18 @@ fn from_json<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T> {
 }
 
 impl Meta {
-    /// Opens (or creates) the store at `path` and its tables.
-    pub(crate) fn open(path: &Path, faults: Option<Arc<MetaFaults>>) -> Result<Self> {
-        let db = Self::open_database(path)?;
+    /// Opens (or creates) the store at `path` and its tables, with a page
+    /// cache of at most `cache_bytes`.
+    pub(crate) fn open(
+        path: &Path,
+        cache_bytes: usize,
+        faults: Option<Arc<MetaFaults>>,
+    ) -> Result<Self> {
+        let db = Self::open_database(path, cache_bytes)?;
         Ok(Self {
             store: Arc::new(Store {
                 path: path.to_path_buf(),
+                cache_bytes,
                 db: RwLock::new(Some(Arc::new(db))),
                 failure: Mutex::new(None),
             }),
@@ -209,8 +217,8 @@ impl Meta {
         })
     }
 
-    fn open_database(path: &Path) -> Result<Database> {
-        let db = Database::create(path)
+    fn open_database(path: &Path, cache_bytes: usize) -> Result<Database> {
+        let db = crate::redb_database(path, cache_bytes)
             .map_err(|error| storage(format!("{}: {error}", path.display())))?;
         let txn = db.begin_write().map_err(storage)?;
         {
@@ -294,7 +302,7 @@ impl Meta {
         // database goes first (a call still holding it keeps it alive, and
         // the open fails until it is done).
         drop(slot.take());
-        let reopened = Self::open_database(&self.store.path);
+        let reopened = Self::open_database(&self.store.path, self.store.cache_bytes);
         let mut failure = lock(&self.store.failure);
         match reopened {
             Ok(db) => {
@@ -659,4 +667,28 @@ fn mismatch(key: &str, current: Option<u64>, expect: Expect) -> Option<Error> {
         expected,
         current,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// redb keeps each page it writes in its cache up to the cache's size
+    /// (1 GiB unless told otherwise), so a store's memory grew with its file:
+    /// it stays within the size it is opened with.
+    #[test]
+    fn given_a_small_cache_when_the_file_grows_past_it_should_keep_the_cache_within_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, cache) = (dir.path().join("meta.redb"), 1 << 20);
+        let meta = Meta::open(&path, cache, None).unwrap();
+        let value = vec![7_u8; 64 << 10];
+        for key in 0..128 {
+            meta.kv_put("test", &format!("k{key:03}"), &value, Expect::Any)
+                .unwrap();
+        }
+        let file = std::fs::metadata(&path).unwrap().len();
+        assert!(file > 4 * cache as u64, "the file is only {file} bytes");
+        let used = meta.db().unwrap().cache_stats().used_bytes();
+        assert!(used > 0 && used <= cache, "{used} bytes cached");
+    }
 }

@@ -367,9 +367,10 @@ pub(crate) struct StreamStore {
 }
 
 impl StreamStore {
-    /// Opens (or creates) the index at `path` and starts its writer thread.
-    pub(crate) fn open(path: &Path) -> Result<Self> {
-        let db = Database::create(path)
+    /// Opens (or creates) the index at `path`, with a page cache of at most
+    /// `cache_bytes`, and starts its writer thread.
+    pub(crate) fn open(path: &Path, cache_bytes: usize) -> Result<Self> {
+        let db = crate::redb_database(path, cache_bytes)
             .map_err(|error| storage(format!("{}: {error}", path.display())))?;
         let txn = db.begin_write().map_err(storage)?;
         {

@@ -64,6 +64,8 @@ pub struct Options {
     pub jobs: JobOptions,
     /// Consumer groups (`[groups]`).
     pub groups: GroupOptions,
+    /// The embedded stores' memory (`[storage]`).
+    pub storage: StorageOptions,
     /// Authentication, permissions, rate limits and quotas (`[auth]`).
     pub auth: AuthOptions,
     /// TLS on the listener, client certificates (`[tls]`).
@@ -82,6 +84,7 @@ impl Default for Options {
             blobs: BlobOptions::default(),
             jobs: JobOptions::default(),
             groups: GroupOptions::default(),
+            storage: StorageOptions::default(),
             auth: AuthOptions::default(),
             tls: TlsOptions::default(),
         }
@@ -460,6 +463,45 @@ impl GroupOptions {
         herald_embedded::GroupBudget {
             buffered_bytes: bytes(self.max_buffered_bytes),
             pending_bytes: bytes(self.max_pending_bytes),
+        }
+    }
+}
+
+/// The embedded stores (`[storage]`): how much memory their page caches
+/// may take. The logs keep no cache of their own (reads go through the OS
+/// page cache); the two redb files do, and without a bound redb caches up
+/// to 1 GiB of each as they grow.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageOptions {
+    /// Page cache of `meta.redb` (topics, groups and their state, dead
+    /// letters, jobs, API keys), in bytes.
+    pub meta_cache_bytes: NonZeroU64,
+    /// Page cache of `streams.redb` (stream versions and the position of
+    /// every stream event: it grows with the event store), in bytes.
+    pub stream_index_cache_bytes: NonZeroU64,
+}
+
+impl Default for StorageOptions {
+    fn default() -> Self {
+        let caches = herald_embedded::StoreCaches::default();
+        let bytes = |value: usize| {
+            NonZeroU64::new(u64::try_from(value).unwrap_or(u64::MAX)).unwrap_or(NonZeroU64::MIN)
+        };
+        Self {
+            meta_cache_bytes: bytes(caches.meta_bytes),
+            stream_index_cache_bytes: bytes(caches.stream_index_bytes),
+        }
+    }
+}
+
+impl StorageOptions {
+    /// The embedded backend's cache sizes from these.
+    pub fn caches(&self) -> herald_embedded::StoreCaches {
+        let bytes = |value: NonZeroU64| usize::try_from(value.get()).unwrap_or(usize::MAX);
+        herald_embedded::StoreCaches {
+            meta_bytes: bytes(self.meta_cache_bytes),
+            stream_index_bytes: bytes(self.stream_index_cache_bytes),
         }
     }
 }

@@ -292,6 +292,7 @@ impl Server {
             Arc::clone(metrics.groups()),
             options.groups.budget(),
             options.limits.topic_limits(),
+            options.storage.caches(),
         ));
         let storage = tokio::select! {
             opened = opening => match opened {

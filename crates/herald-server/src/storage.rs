@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use herald_backend::Backend;
 use herald_backend::topic::TopicLimits;
-use herald_embedded::{EmbeddedBackend, EmbeddedOptions, GroupBudget, GroupMetrics};
+use herald_embedded::{EmbeddedBackend, EmbeddedOptions, GroupBudget, GroupMetrics, StoreCaches};
 use herald_log::LogMetrics;
 use tracing::info;
 
@@ -91,11 +91,13 @@ impl Storage {
         groups: Arc<GroupMetrics>,
         budget: GroupBudget,
         topic_limits: TopicLimits,
+        caches: StoreCaches,
     ) -> Result<Self, Error> {
         let options = EmbeddedOptions {
             topic_limits,
             metrics: groups,
             group_budget: budget,
+            caches,
             ..EmbeddedOptions::new(data_dir.path())
         };
         let backend = EmbeddedBackend::open(options, metrics)
