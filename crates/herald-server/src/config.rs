@@ -629,17 +629,33 @@ impl Default for LogLevel {
     }
 }
 
+/// Why a `log.level` directive was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum InvalidLogLevel {
+    /// Levels, targets, span and field names are ASCII. (tracing-subscriber
+    /// 0.3 slices a directive with leading whitespace at the wrong char
+    /// boundary and panics on a multi-byte character: found by fuzzing.)
+    #[error("a log level directive is ASCII: levels, targets, span and field names")]
+    NotAscii,
+    /// The `EnvFilter` parser refused it.
+    #[error(transparent)]
+    Parse(#[from] tracing_subscriber::filter::ParseError),
+}
+
 impl FromStr for LogLevel {
-    type Err = tracing_subscriber::filter::ParseError;
+    type Err = InvalidLogLevel;
 
     fn from_str(directive: &str) -> Result<Self, Self::Err> {
+        if !directive.is_ascii() {
+            return Err(InvalidLogLevel::NotAscii);
+        }
         tracing_subscriber::EnvFilter::builder().parse(directive)?;
         Ok(Self(directive.to_owned()))
     }
 }
 
 impl TryFrom<String> for LogLevel {
-    type Error = tracing_subscriber::filter::ParseError;
+    type Error = InvalidLogLevel;
 
     fn try_from(directive: String) -> Result<Self, Self::Error> {
         directive.parse()
@@ -1549,6 +1565,24 @@ mod tests {
                 .to_string()
                 .starts_with("invalid value for configuration key 'log.level' in herald.toml"),
             "{error}"
+        );
+    }
+
+    #[test]
+    fn given_log_level_with_leading_space_and_a_multibyte_char_should_refuse_it_without_panicking()
+    {
+        // tracing-subscriber's parser slices this one inside the 'é' (found
+        // by the config_loader fuzz target).
+        let error =
+            from_toml_str(Path::new("herald.toml"), "[log]\nlevel = \" é=info\"\n").unwrap_err();
+        assert!(error.to_string().contains("log.level"), "{error}");
+        assert!(error.to_string().contains("ASCII"), "{error}");
+        assert_eq!(
+            "herald_server=debug,info"
+                .parse::<LogLevel>()
+                .unwrap()
+                .as_str(),
+            "herald_server=debug,info"
         );
     }
 
