@@ -844,6 +844,45 @@ pub enum Error {
         /// The variable's name (lossily decoded).
         name: String,
     },
+    /// A `HERALD_*` value whose arrays or tables nest deeper than any
+    /// configuration key does (parsing it would overflow the stack).
+    #[error(
+        "environment variable {name} nests arrays or tables deeper than {MAX_ENV_VALUE_NESTING} levels"
+    )]
+    EnvValueTooDeep {
+        /// The variable's name.
+        name: String,
+    },
+}
+
+/// How deep a `HERALD_*` value's `[`/`{` may nest: far more than any key
+/// needs, far less than what overflows the stack in figment's value parser.
+pub const MAX_ENV_VALUE_NESTING: usize = 32;
+
+/// The deepest `[`/`{` nesting in `text`, outside double-quoted strings.
+fn value_nesting(text: &str) -> usize {
+    let (mut depth, mut deepest, mut quoted, mut escaped) = (0usize, 0usize, false, false);
+    for c in text.chars() {
+        if quoted {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => quoted = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' => quoted = true,
+            '[' | '{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            ']' | '}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 /// Builds the options from every layer of `sources`.
@@ -1076,6 +1115,11 @@ impl EnvLayer {
                     name: name.to_string_lossy().into_owned(),
                 });
             };
+            if value_nesting(value) > MAX_ENV_VALUE_NESTING {
+                return Err(Error::EnvValueTooDeep {
+                    name: name.to_owned(),
+                });
+            }
             let key = name[ENV_PREFIX.len()..]
                 .to_ascii_lowercase()
                 .replace(ENV_NESTING, ".");
@@ -1542,6 +1586,23 @@ mod tests {
             ),
             "{message}"
         );
+    }
+
+    #[test]
+    fn given_an_env_value_nested_past_the_stack_when_loaded_should_refuse_it_naming_variable() {
+        // 60,000 brackets overflowed the main thread's stack inside figment's
+        // value parser (found by the config_loader fuzz target).
+        let deep = "[".repeat(60_000);
+        let env = [("HERALD_LOG__LEVEL", deep.as_str())];
+        let error = load(&sources(ConfigFile::None, &env, Overrides::default())).unwrap_err();
+        assert!(
+            matches!(&error, Error::EnvValueTooDeep { name } if name == "HERALD_LOG__LEVEL"),
+            "{error}"
+        );
+        // Brackets inside a quoted string are text, not nesting.
+        let quoted = format!("\"{}\"", "[".repeat(100));
+        assert_eq!(value_nesting(&quoted), 0);
+        assert_eq!(value_nesting("[1, {a = [2]}]"), 3);
     }
 
     #[test]
