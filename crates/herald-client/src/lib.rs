@@ -62,6 +62,7 @@ mod subscriber;
 #[cfg(feature = "tls")]
 mod tls;
 mod unary;
+pub mod webhooks;
 
 use std::future::Future;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! Herald's value types: the names of topics, groups and streams; the event
 //! envelope (CloudEvents 1.0 plus Herald's attributes) with its JSON and HTTP
 //! binary-mode codecs; positions in a topic; Kafka-compatible key
-//! partitioning; and RFC 3339 timestamps.
+//! partitioning; RFC 3339 timestamps; and Standard Webhooks signatures.
 //!
 //! Pure values and pure functions: no I/O, no async, no global state (the one
 //! impurity is the randomness in the UUIDv7 ids assigned to events sent
@@ -15,6 +15,7 @@ pub mod openapi;
 mod partition;
 mod position;
 mod time;
+pub mod webhook;
 
 pub use event::{
     Event, EventError, EventInput, ExtensionValue, MAX_EXTENSION_NAME_LEN, RESERVED_ATTRIBUTES,
