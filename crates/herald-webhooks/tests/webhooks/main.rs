@@ -15,7 +15,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::post;
 use herald_types::webhook::{Secret, verify};
-use herald_webhooks::{ErrorClass, Message, Sender, TargetPolicy};
+use herald_webhooks::{ErrorClass, Message, Outcome, Sender, TargetPolicy};
 use reqwest::header::{HeaderName, HeaderValue};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -76,6 +76,14 @@ fn message(id: &str) -> Message<'_> {
         body: BODY,
         traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
     }
+}
+
+/// One attempt of message `m` to `target`, signed with `secret`, no static
+/// headers, the default timeout.
+async fn send_plain(sender: &Sender, target: &reqwest::Url, secret: &Secret) -> Outcome {
+    sender
+        .send(target, &[secret], &[], &message("m"), now_s(), TIMEOUT)
+        .await
 }
 
 #[tokio::test]
@@ -166,16 +174,7 @@ async fn given_failing_answers_when_sent_should_classify_them_and_keep_an_excerp
         receiver(|| (StatusCode::INTERNAL_SERVER_ERROR, "x".repeat(5000)).into_response()).await;
     let secret = Secret::from_bytes(&[1; 24]).unwrap();
     let sender = loopback_sender();
-    let outcome = sender
-        .send(
-            &url(addr, "/"),
-            &[&secret],
-            &[],
-            &message("m"),
-            now_s(),
-            TIMEOUT,
-        )
-        .await;
+    let outcome = send_plain(&sender, &url(addr, "/"), &secret).await;
     assert_eq!(outcome.class, ErrorClass::Status);
     assert_eq!(outcome.status_code, Some(500));
     assert_eq!(
@@ -192,31 +191,13 @@ async fn given_failing_answers_when_sent_should_classify_them_and_keep_an_excerp
             .into_response()
     })
     .await;
-    let outcome = sender
-        .send(
-            &url(addr, "/"),
-            &[&secret],
-            &[],
-            &message("m"),
-            now_s(),
-            TIMEOUT,
-        )
-        .await;
+    let outcome = send_plain(&sender, &url(addr, "/"), &secret).await;
     assert_eq!(outcome.class, ErrorClass::Status);
     assert_eq!(outcome.retry_after, Some(Duration::from_secs(7)));
     assert_eq!(outcome.response_excerpt, "slow down");
 
     let (addr, _) = receiver(|| StatusCode::GONE.into_response()).await;
-    let outcome = sender
-        .send(
-            &url(addr, "/"),
-            &[&secret],
-            &[],
-            &message("m"),
-            now_s(),
-            TIMEOUT,
-        )
-        .await;
+    let outcome = send_plain(&sender, &url(addr, "/"), &secret).await;
     assert!(outcome.gone && !outcome.succeeded());
 }
 
@@ -264,16 +245,7 @@ async fn given_a_redirect_to_a_private_address_when_sent_should_fail_without_fol
     );
     let outer = serve(router).await;
     let secret = Secret::from_bytes(&[1; 24]).unwrap();
-    let outcome = loopback_sender()
-        .send(
-            &url(outer, "/"),
-            &[&secret],
-            &[],
-            &message("m"),
-            now_s(),
-            TIMEOUT,
-        )
-        .await;
+    let outcome = send_plain(&loopback_sender(), &url(outer, "/"), &secret).await;
     assert_eq!(outcome.class, ErrorClass::Status);
     assert_eq!(outcome.status_code, Some(307));
     assert!(
@@ -294,9 +266,7 @@ async fn given_the_default_policy_when_sent_to_loopback_should_refuse_before_con
             .parse()
             .unwrap(),
     ] {
-        let outcome = sender
-            .send(&target, &[&secret], &[], &message("m"), now_s(), TIMEOUT)
-            .await;
+        let outcome = send_plain(&sender, &target, &secret).await;
         assert_eq!(
             outcome.class,
             ErrorClass::TargetNotAllowed,
