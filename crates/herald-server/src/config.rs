@@ -1125,9 +1125,17 @@ impl EnvLayer {
                 .replace(ENV_NESTING, ".");
             // Values are parsed like figment's own `Env` does: `100` is an
             // integer, `true` a boolean, anything else a string.
-            let value = value
-                .parse::<Value>()
-                .unwrap_or_else(|never| match never {});
+            // figment 0.10.19 slices inside a multi-byte character (a
+            // panic) when a quoted value has a backslash escape next to
+            // non-ASCII text (found by the config_loader fuzz target); such a
+            // value is taken as the string it is.
+            let value = if value.contains('\\') && !value.is_ascii() {
+                Value::from(value.to_owned())
+            } else {
+                value
+                    .parse::<Value>()
+                    .unwrap_or_else(|never| match never {})
+            };
             merge_into(&mut env.layer.dict, nest(&key, value));
             env.names.insert(key, name.to_owned());
         }
@@ -1603,6 +1611,19 @@ mod tests {
         let quoted = format!("\"{}\"", "[".repeat(100));
         assert_eq!(value_nesting(&quoted), 0);
         assert_eq!(value_nesting("[1, {a = [2]}]"), 3);
+    }
+
+    #[test]
+    fn given_an_env_value_with_an_escape_next_to_a_multibyte_char_should_refuse_it_without_panicking()
+     {
+        // figment's escape handling panicked on this (config_loader fuzz target).
+        let value = "\"/b\u{6d6}\\\"dex\"";
+        let env = [("HERALD_LOG__LEVEL", value)];
+        let error = load(&sources(ConfigFile::None, &env, Overrides::default())).unwrap_err();
+        assert!(
+            error.to_string().contains("HERALD_LOG__LEVEL"),
+            "refused by name, not a panic: {error}"
+        );
     }
 
     #[test]
