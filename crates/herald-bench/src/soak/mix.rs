@@ -172,6 +172,45 @@ impl Publishers {
     }
 }
 
+/// An fdatasync probe on the server's filesystem, independent of it:
+/// `pwrite` 128 B at the end of a file of its own, then `fdatasync`, every
+/// `every`, each timed into `disk_sync`. On a virtual disk an fdatasync
+/// sometimes waits 0.1–3 s behind the device's queue, and every writer on
+/// the machine waits with it; the probe tells such a stall of the disk apart
+/// from one of the server (BENCHMARKS.md, "Soak"). Its load is negligible
+/// next to the server's (50 syncs/s against thousands).
+pub struct DiskProbe {
+    pub dir: std::path::PathBuf,
+    pub stats: Arc<Stats>,
+    pub every: Duration,
+}
+
+impl DiskProbe {
+    /// The file wraps around at this size, so a long soak keeps it small.
+    const WRAP_BYTES: u64 = 64 << 20;
+
+    pub fn spawn(self, stop: CancellationToken) -> Result<std::thread::JoinHandle<Result<()>>> {
+        let file = tempfile::tempfile_in(&self.dir)
+            .with_context(|| format!("disk probe file in {}", self.dir.display()))?;
+        Ok(std::thread::Builder::new()
+            .name("soak-disk-probe".into())
+            .spawn(move || {
+                use std::os::unix::fs::FileExt as _;
+                let record = [b'p'; 128];
+                let mut offset = 0u64;
+                while !stop.is_cancelled() {
+                    let at = Instant::now();
+                    file.write_all_at(&record, offset)?;
+                    file.sync_data()?;
+                    self.stats.record("disk_sync", micros(at.elapsed()));
+                    offset = (offset + record.len() as u64) % Self::WRAP_BYTES;
+                    std::thread::sleep(self.every);
+                }
+                Ok(())
+            })?)
+    }
+}
+
 /// How a group's members settle what they get.
 #[derive(Debug, Clone, Copy)]
 pub struct Settle {

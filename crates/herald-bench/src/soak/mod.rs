@@ -27,8 +27,11 @@
 //!    `summary.json` with the verdict: after the warm-up (the first
 //!    `--warmup-fraction` of the run), RSS and publish p99 are flat if the
 //!    median of the last third of the samples is within `--tolerance`
-//!    (±10%) of the median of the first third; the run passes if both are
-//!    flat, nothing failed (errors and server log lines are 0) and both
+//!    (±10%) of the median of the first third (RSS), or the p99 of every
+//!    publish of the last third of the windows is within it of the first
+//!    third's (publish p99, leaving out the windows in which an independent
+//!    fdatasync probe on the same disk stalled, and the one after each);
+//!    the run passes if both are flat, nothing failed (errors and server log lines are 0) and both
 //!    groups drained. The exit status is 1 when it does not pass.
 
 mod mix;
@@ -142,6 +145,12 @@ pub struct SoakArgs {
     /// (RSS, publish p99) to count as flat.
     #[arg(long, default_value_t = 0.10)]
     tolerance: f64,
+    /// A disk probe's fdatasync at least this slow (ms) marks its sample
+    /// window, and the one after it (the backlog drains there), as a disk
+    /// stall: publish p99 is judged without them (and with them, for the
+    /// record).
+    #[arg(long, default_value_t = 100)]
+    disk_stall_ms: u64,
     /// Output dir: samples.csv, samples.jsonl, summary.json, server.log.
     #[arg(long, default_value = "soak-out")]
     out: PathBuf,
@@ -243,6 +252,13 @@ pub async fn run(args: SoakArgs) -> Result<()> {
     }
     .spawn(tokio::runtime::Handle::current(), stop.clone())?;
 
+    let probe = mix::DiskProbe {
+        dir: tmp.clone(),
+        stats: stats.clone(),
+        every: Duration::from_millis(20),
+    }
+    .spawn(stop.clone())?;
+
     let started = Instant::now();
     let mut sampler = Sampler::new(
         &args,
@@ -263,6 +279,9 @@ pub async fn run(args: SoakArgs) -> Result<()> {
     tokio::task::spawn_blocking(move || publishers.join())
         .await?
         .map_err(|_| anyhow::anyhow!("the publish schedule panicked"))??;
+    tokio::task::spawn_blocking(move || probe.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the disk probe panicked"))??;
     let drained = drain(&admin, Duration::from_secs(60)).await?;
     done.cancel();
     for task in tasks {
@@ -514,9 +533,9 @@ struct Sampler {
     last_log_lines: u64,
     /// The whole run's histograms.
     totals: BTreeMap<&'static str, Histogram<u64>>,
-    /// Each sample's publish histogram with its `t_s`, for the verdict's
-    /// p99 over whole thirds of the run.
-    publish_windows: Vec<(f64, Histogram<u64>)>,
+    /// Each sample's publish histogram, for the verdict's p99 over whole
+    /// thirds of the run.
+    publish_windows: Vec<Window>,
     rows: Vec<Value>,
 }
 
@@ -525,7 +544,7 @@ const CSV_COLUMNS: &str = "t_s,rss_mb,threads,open_fds,server_cpu_cores,client_c
 published_per_s,publish_p50_us,publish_p99_us,publish_max_us,queue_e2e_p99_us,keyed_e2e_p99_us,\
 sse_e2e_p99_us,append_p99_us,job_p99_us,queue_acked_per_s,keyed_acked_per_s,sse_events_per_s,\
 appends_per_s,jobs_completed_per_s,queue_lag,keyed_lag,dead_letters,schedule_behind_ms,errors,\
-server_log_lines";
+server_log_lines,disk_sync_p99_us,disk_sync_max_us";
 
 impl Sampler {
     fn new(
@@ -566,8 +585,11 @@ impl Sampler {
         self.last = now;
         let window = self.stats.take_window()?;
         if let Some(publish) = window.get("publish") {
-            self.publish_windows
-                .push((elapsed.as_secs_f64(), publish.clone()));
+            self.publish_windows.push(Window {
+                t_s: elapsed.as_secs_f64(),
+                publish: publish.clone(),
+                disk_sync_max_us: window.get("disk_sync").map_or(0, Histogram::max),
+            });
         }
         for (name, hist) in &window {
             if let Some(total) = self.totals.get_mut(name) {
@@ -647,13 +669,15 @@ impl Sampler {
             format!("{:.1}", self.stats.behind_us() as f64 / 1000.0),
             delta("errors").to_string(),
             (log_lines - self.last_log_lines).to_string(),
+            p("disk_sync", 0.99).to_string(),
+            max("disk_sync").to_string(),
         ];
         writeln!(self.csv, "{}", fields.join(","))?;
         writeln!(self.jsonl, "{row}")?;
         println!(
             "[{:>6.0}s] rss {:>7.1} MB fds {:>4} thr {:>3} cpu {:.2} | pub {:>6.0}/s p99 {:>6} µs | \
              queue p99 {:>6} µs lag {:>5} | keyed p99 {:>6} µs lag {:>5} | sse {:>6.0}/s p99 {:>6} µs | \
-             append p99 {:>6} µs | job p99 {:>6} µs | dead {} | behind {:.0} ms | errors {} log {}",
+             append p99 {:>6} µs | job p99 {:>6} µs | dead {} | behind {:.0} ms | errors {} log {} | disk max {} µs",
             elapsed.as_secs_f64(),
             footprint.rss_bytes as f64 / 1e6,
             footprint.open_fds,
@@ -673,6 +697,7 @@ impl Sampler {
             self.stats.behind_us() as f64 / 1000.0,
             delta("errors"),
             log_lines - self.last_log_lines,
+            max("disk_sync"),
         );
         self.last_counters = counters;
         self.last_log_lines = log_lines;
@@ -728,6 +753,14 @@ fn flatness(rows: &[Value], warmup_s: f64, tolerance: f64, value: &dyn Fn(&Value
     })
 }
 
+/// One sample window's publish latencies and the slowest fdatasync of the
+/// disk probe in it.
+struct Window {
+    t_s: f64,
+    publish: Histogram<u64>,
+    disk_sync_max_us: u64,
+}
+
 /// Whether a latency's p99 stayed flat after the warm-up: the p99 of every
 /// latency recorded in the last third of the sample windows against the p99
 /// of the first third's. A window's own p99 is too noisy a unit: one disk
@@ -737,31 +770,54 @@ fn flatness(rows: &[Value], warmup_s: f64, tolerance: f64, value: &dyn Fn(&Value
 /// Over a third of the run (about 10 minutes and 1.7 M publishes in a
 /// 30-minute soak) stalls count by how long they last, and a p99 that
 /// really grows still shows.
+///
+/// With `stall_us`, the windows in which the disk probe waited that long
+/// for an fdatasync, and the window after each (where the backlog drains),
+/// are left out of both thirds: a stall of the disk is not the server's.
+/// The thirds are cut by time first, so leaving windows out does not move
+/// them; if either third keeps less than half of its windows, the disk was
+/// too unsteady to judge, and the p99 does not count as flat.
 fn flatness_over_thirds(
-    windows: &[(f64, Histogram<u64>)],
+    windows: &[Window],
     warmup_s: f64,
     tolerance: f64,
     quantile: f64,
+    stall_us: Option<u64>,
 ) -> Value {
-    let after: Vec<&Histogram<u64>> = windows
+    let stalled: Vec<bool> = windows
         .iter()
-        .filter(|(t_s, _)| *t_s >= warmup_s)
-        .map(|(_, hist)| hist)
+        .enumerate()
+        .map(|(index, window)| {
+            let stall = |window: &Window| stall_us.is_some_and(|us| window.disk_sync_max_us >= us);
+            stall(window)
+                || index
+                    .checked_sub(1)
+                    .is_some_and(|before| stall(&windows[before]))
+        })
+        .collect();
+    let after: Vec<(&Window, bool)> = windows
+        .iter()
+        .zip(stalled)
+        .filter(|(window, _)| window.t_s >= warmup_s)
         .collect();
     let third = after.len() / 3;
     if third == 0 {
         return json!({"flat": false, "why": format!("{} samples after the warm-up; need at least 3", after.len())});
     }
-    let merged = |part: &[&Histogram<u64>]| {
-        let mut all = part[0].clone();
+    let merged = |part: &[(&Window, bool)]| {
+        let mut all = part[0].0.publish.clone();
         all.reset();
-        for hist in part {
-            // Same bounds and precision (one constructor): cannot fail.
-            let _ = all.add(*hist);
+        let mut kept = 0usize;
+        for (window, stalled) in part {
+            if !stalled {
+                // Same bounds and precision (one constructor): cannot fail.
+                let _ = all.add(&window.publish);
+                kept += 1;
+            }
         }
-        all
+        (all, kept)
     };
-    let (first, last) = (
+    let ((first, first_kept), (last, last_kept)) = (
         merged(&after[..third]),
         merged(&after[after.len() - third..]),
     );
@@ -774,20 +830,34 @@ fn flatness_over_thirds(
     } else {
         f64::NAN
     };
-    json!({
-        "flat": change.abs() <= tolerance,
+    let steady = first_kept * 2 >= third && last_kept * 2 >= third;
+    let mut judged = json!({
+        "flat": steady && change.abs() <= tolerance,
         "first_third": first_q,
         "last_third": last_q,
         "change": change,
         "first_third_count": first.len(),
         "last_third_count": last.len(),
         "samples": after.len(),
-    })
+    });
+    if let Some(us) = stall_us {
+        judged["disk_stall_us"] = json!(us);
+        judged["windows_per_third"] = json!(third);
+        judged["windows_left_out"] = json!({
+            "first_third": third - first_kept,
+            "last_third": third - last_kept,
+        });
+        if !steady {
+            judged["why"] =
+                json!("the disk stalled in more than half of a third's windows: not judged");
+        }
+    }
+    judged
 }
 
 fn verdict(
     rows: &[Value],
-    publish_windows: &[(f64, Histogram<u64>)],
+    publish_windows: &[Window],
     args: &SoakArgs,
     drained: bool,
     errors: u64,
@@ -801,7 +871,9 @@ fn verdict(
     let p99 = |op: &'static str| {
         move |row: &Value| row["latency_us"][op]["p99_us"].as_f64().unwrap_or(0.0)
     };
-    let publish_p99 = flatness_over_thirds(publish_windows, warmup_s, tolerance, 0.99);
+    let stall_us = args.disk_stall_ms * 1000;
+    let publish_p99 =
+        flatness_over_thirds(publish_windows, warmup_s, tolerance, 0.99, Some(stall_us));
     let mut reasons = Vec::new();
     if rss["flat"] != json!(true) {
         reasons.push("RSS not flat".to_owned());
@@ -820,6 +892,10 @@ fn verdict(
     }
     // For the record, not the verdict.
     let informative: BTreeMap<&str, Value> = [
+        (
+            "publish_p99_with_disk_stalls",
+            flatness_over_thirds(publish_windows, warmup_s, tolerance, 0.99, None),
+        ),
         (
             "publish_p99_window_median",
             flatness(rows, warmup_s, tolerance, &p99("publish")),
@@ -860,8 +936,8 @@ fn verdict(
         "pass": reasons.is_empty(),
         "reasons": reasons,
         "method": format!(
-            "samples from {warmup_s:.0} s on (after the first {:.0}% of the run); flat = within ±{:.0}% of the first third in the last third: RSS by the median of the samples, publish p99 over every publish of the third",
-            args.warmup_fraction * 100.0, tolerance * 100.0
+            "samples from {warmup_s:.0} s on (after the first {:.0}% of the run); flat = within ±{:.0}% of the first third in the last third: RSS by the median of the samples, publish p99 over every publish of the third but in windows where the disk probe's fdatasync took {} ms or more and the window after each",
+            args.warmup_fraction * 100.0, tolerance * 100.0, args.disk_stall_ms
         ),
         "rss": rss,
         "publish_p99": publish_p99,
@@ -909,6 +985,16 @@ fn print_summary(summary: &Value) {
     println!("  {}", verdict["method"].as_str().unwrap_or(""));
     println!("  {}", flat("rss", "MB"));
     println!("  {}", flat("publish_p99", "µs"));
+    println!(
+        "    windows left out for disk stalls: {} (first third), {} (last third) of {} each; with them: {:+.1}%",
+        verdict["publish_p99"]["windows_left_out"]["first_third"],
+        verdict["publish_p99"]["windows_left_out"]["last_third"],
+        verdict["publish_p99"]["windows_per_third"],
+        verdict["also"]["publish_p99_with_disk_stalls"]["change"]
+            .as_f64()
+            .unwrap_or(f64::NAN)
+            * 100.0
+    );
     println!(
         "  errors {}, server log lines {}, drained {}",
         verdict["errors"], verdict["server_log_lines"], verdict["drained"]
@@ -973,19 +1059,28 @@ mod tests {
         );
     }
 
-    fn windows(stalls: &[bool]) -> Vec<(f64, Histogram<u64>)> {
+    /// Windows of 29,000 publishes of 5 ms; a stalled one adds `waiting`
+    /// publishes of 200 ms (400: 1.4% of the window), and the disk probe
+    /// saw the stall when `probe_saw_it`.
+    fn windows(stalls: &[bool], probe_saw_it: bool) -> Vec<Window> {
+        windows_waiting(stalls, probe_saw_it, 400)
+    }
+
+    fn windows_waiting(stalls: &[bool], probe_saw_it: bool, waiting: u64) -> Vec<Window> {
         stalls
             .iter()
             .enumerate()
             .map(|(index, stall)| {
-                let mut hist = crate::workloads::histogram().unwrap();
-                hist.record_n(5_000, 29_000).unwrap();
+                let mut publish = crate::workloads::histogram().unwrap();
+                publish.record_n(5_000, 29_000).unwrap();
                 if *stall {
-                    // One 200 ms stall among 29,000 publishes: 400 of them
-                    // wait, 1.4% of the window.
-                    hist.record_n(200_000, 400).unwrap();
+                    publish.record_n(200_000, waiting).unwrap();
                 }
-                ((index as f64 + 1.0) * 10.0, hist)
+                Window {
+                    t_s: (index as f64 + 1.0) * 10.0,
+                    publish,
+                    disk_sync_max_us: if *stall && probe_saw_it { 180_000 } else { 900 },
+                }
             })
             .collect()
     }
@@ -996,21 +1091,71 @@ mod tests {
         // one stalled window in four, the last two in four: the median of
         // the windows' p99s goes from 5 to 102 ms, the p99 over each third
         // stays at 5 ms.
-        let series = windows(&[
-            false, true, false, false, true, false, true, false, true, false, false, true,
-        ]);
-        let judged = flatness_over_thirds(&series, 0.0, 0.10, 0.99);
+        let series = windows(
+            &[
+                false, true, false, false, true, false, true, false, true, false, false, true,
+            ],
+            false,
+        );
+        let judged = flatness_over_thirds(&series, 0.0, 0.10, 0.99, None);
         assert_eq!(judged["flat"], json!(true), "{judged}");
     }
 
     #[test]
     fn given_a_p99_that_grows_when_judged_over_thirds_should_not_be_flat() {
-        let mut series = windows(&[false; 9]);
-        for (_, hist) in &mut series[6..] {
-            hist.record_n(40_000, 2_000).unwrap();
+        let mut series = windows(&[false; 9], false);
+        for window in &mut series[6..] {
+            window.publish.record_n(40_000, 2_000).unwrap();
         }
-        let judged = flatness_over_thirds(&series, 0.0, 0.10, 0.99);
+        let judged = flatness_over_thirds(&series, 0.0, 0.10, 0.99, Some(100_000));
         assert_eq!(judged["flat"], json!(false), "{judged}");
+    }
+
+    #[test]
+    fn given_disk_stalls_only_in_the_last_third_when_the_probe_saw_them_should_leave_them_out() {
+        // Two long stalls in the last third's eight windows (1,500
+        // publishes wait in each): counted, they push its p99 to 200 ms.
+        let mut stalls = [false; 24];
+        stalls[17] = true;
+        stalls[21] = true;
+        let series = windows_waiting(&stalls, true, 1_500);
+        let counted = flatness_over_thirds(&series, 0.0, 0.10, 0.99, None);
+        assert_eq!(counted["flat"], json!(false), "{counted}");
+        let judged = flatness_over_thirds(&series, 0.0, 0.10, 0.99, Some(100_000));
+        assert_eq!(judged["flat"], json!(true), "{judged}");
+        // The stalled windows and the one after each.
+        assert_eq!(
+            judged["windows_left_out"]["last_third"],
+            json!(4),
+            "{judged}"
+        );
+    }
+
+    #[test]
+    fn given_publish_stalls_the_probe_did_not_see_when_judged_should_count_them() {
+        // The server stalled, the disk did not: nothing is left out.
+        let stalls = [
+            false, false, false, false, false, false, false, false, true, false, false, true,
+        ];
+        let series = windows_waiting(&stalls, false, 1_500);
+        let judged = flatness_over_thirds(&series, 0.0, 0.10, 0.99, Some(100_000));
+        assert_eq!(judged["flat"], json!(false), "{judged}");
+        assert_eq!(
+            judged["windows_left_out"]["last_third"],
+            json!(0),
+            "{judged}"
+        );
+    }
+
+    #[test]
+    fn given_a_disk_stalling_in_most_windows_when_judged_should_not_count_as_flat() {
+        // Stalls in windows 1 and 3 leave 1, 2 and 3 of the first third out.
+        let stalls = [
+            false, true, false, true, false, false, false, false, false, false, false, false,
+        ];
+        let judged = flatness_over_thirds(&windows(&stalls, true), 0.0, 0.10, 0.99, Some(100_000));
+        assert_eq!(judged["flat"], json!(false), "{judged}");
+        assert!(judged["why"].as_str().is_some(), "{judged}");
     }
 
     #[test]

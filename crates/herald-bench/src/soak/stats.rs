@@ -42,7 +42,8 @@ pub const COUNTERS: &[&str] = &[
 
 /// The latencies, in µs: publish ack (from the scheduled send time),
 /// publish → first delivery per group and per SSE subscriber, stream
-/// append, job submit → completed.
+/// append, job submit → completed, and the disk probe's `pwrite` +
+/// `fdatasync` beside the server (`mix::DiskProbe`).
 pub const LATENCIES: &[&str] = &[
     "publish",
     "queue_e2e",
@@ -50,6 +51,7 @@ pub const LATENCIES: &[&str] = &[
     "sse_e2e",
     "append",
     "job",
+    "disk_sync",
 ];
 
 /// Distinct error messages kept; more are counted as `(other)`.
