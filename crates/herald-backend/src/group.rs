@@ -230,6 +230,30 @@ pub struct GroupSpec {
     /// before (`async`, the default) or after (`sync`) they are persisted.
     #[serde(default)]
     pub ack_durability: AckDurability,
+    /// Keyed: what orders events, the event's `key` (the default) or its
+    /// `subject` (an event without one is ordered by its key).
+    #[serde(default, skip_serializing_if = "OrderBy::is_key")]
+    pub order_by: OrderBy,
+}
+
+/// What a keyed group orders events by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum OrderBy {
+    /// The event's partition key.
+    #[default]
+    Key,
+    /// The event's `subject`, else its key.
+    Subject,
+}
+
+impl OrderBy {
+    /// Whether this is the default, [`OrderBy::Key`].
+    #[must_use]
+    pub fn is_key(&self) -> bool {
+        *self == Self::Key
+    }
 }
 
 mod defaults {
@@ -276,6 +300,7 @@ impl GroupSpec {
             session_timeout_ms: defaults::session_timeout_ms(),
             filter: GroupFilter::default(),
             ack_durability: AckDurability::Async,
+            order_by: OrderBy::Key,
         }
     }
 

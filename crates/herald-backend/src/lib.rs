@@ -41,7 +41,7 @@ pub use error::{Error, Result};
 pub use group::{
     AckDurability, AckOutcome, CommitRequest, DeadLetter, Delivery, FetchRequest, FetchResponse,
     GroupFilter, GroupInfo, GroupMode, GroupPartitionStatus, GroupSpec, GroupStatus, MemberStatus,
-    PartitionOffset, StartPosition,
+    OrderBy, PartitionOffset, StartPosition,
 };
 pub use kv::{Expect, KvEntry};
 pub use stream::{AppendResult, Direction, ExpectedVersion, Snapshot, StreamMetadata, StreamSlice};
@@ -287,6 +287,18 @@ pub trait Kv: Send + Sync {
     /// Writes `value` if the current state matches `expect`; returns the new
     /// revision. [`Error::RevisionMismatch`] otherwise. Durable when it returns.
     async fn kv_put(&self, bucket: &str, key: &str, value: Bytes, expect: Expect) -> Result<u64>;
+
+    /// Writes every `(bucket, key, value)` unconditionally; durable when it
+    /// returns. A backend that can does it in one durable step (the
+    /// embedded one: one transaction, one fsync), so a caller that gathers
+    /// many small writes (the webhook attempt log) pays for one. Either all
+    /// are written or, on an error, possibly none.
+    async fn kv_put_many(&self, entries: Vec<(String, String, Bytes)>) -> Result<()> {
+        for (bucket, key, value) in entries {
+            self.kv_put(&bucket, &key, value, Expect::Any).await?;
+        }
+        Ok(())
+    }
 
     /// Deletes `key` if the current state matches `expect`; returns whether
     /// there was a value.

@@ -17,7 +17,8 @@
 //!
 //! `herald-bench soak` is the other mode: one server under a mixed workload
 //! for a set duration, its footprint and latencies sampled until the end
-//! (`soak/mod.rs`).
+//! (`soak/mod.rs`). `herald-bench webhooks` is W7, webhook delivery
+//! against its receiver's ceiling (`webhooks.rs`).
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod charts;
@@ -25,6 +26,7 @@ mod noise;
 mod peers;
 mod report;
 mod soak;
+mod webhooks;
 mod workloads;
 
 use std::path::PathBuf;
@@ -56,6 +58,9 @@ enum Command {
     /// its measured maximum publish rate, sampling RSS, open files, threads
     /// and p99 every 10 s, with a verdict on flatness.
     Soak(soak::SoakArgs),
+    /// W7: webhook deliveries per second against the receiver's own
+    /// ceiling, beside a failing endpoint, and publish → receipt latency.
+    Webhooks(webhooks::WebhookArgs),
 }
 
 /// The side-by-side comparison (no subcommand).
@@ -316,8 +321,10 @@ fn points(args: &Args) -> Result<Vec<Point>> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
-    if let Some(Command::Soak(soak)) = cli.command {
-        return soak::run(soak).await;
+    match cli.command {
+        Some(Command::Soak(soak)) => return soak::run(soak).await,
+        Some(Command::Webhooks(w7)) => return webhooks::run(w7).await,
+        None => {}
     }
     let mut args = cli.args;
     if let Some(dir) = &args.replot {

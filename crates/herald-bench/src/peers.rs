@@ -97,10 +97,23 @@ impl Herald {
     /// `herald` (the binary) serving a fresh data dir under `tmp`, its log
     /// (warnings and errors) going to `stderr`; with `tls`, as [`Herald::start`].
     pub fn launch(herald: &Path, tmp: &Path, stderr: Stdio, tls: bool) -> Result<Self> {
+        Self::launch_with_env(herald, tmp, stderr, tls, &[])
+    }
+
+    /// [`Herald::launch`] with these environment variables (configuration
+    /// keys such as `HERALD_WEBHOOKS__ALLOW_TARGETS`).
+    pub fn launch_with_env(
+        herald: &Path,
+        tmp: &Path,
+        stderr: Stdio,
+        tls: bool,
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("herald-bench-")
             .tempdir_in(tmp)?;
         let mut command = Command::new(herald);
+        command.envs(env.iter().copied());
         if let Some(key) = AUTH_KEY.get() {
             command.env("HERALD_AUTH__BOOTSTRAP_KEY", key);
         }

@@ -1671,6 +1671,16 @@ impl Kv for EmbeddedBackend {
         blocking(move || meta.kv_put(&bucket, &key, &value, expect)).await
     }
 
+    async fn kv_put_many(&self, entries: Vec<(String, String, Bytes)>) -> Result<()> {
+        self.inner.check_open()?;
+        for (bucket, key, _) in &entries {
+            check_kv_name("bucket", bucket)?;
+            check_kv_name("key", key)?;
+        }
+        let meta = self.inner.meta.clone();
+        blocking(move || meta.kv_put_many(&entries)).await
+    }
+
     async fn kv_delete(&self, bucket: &str, key: &str, expect: Expect) -> Result<bool> {
         self.inner.check_open()?;
         check_kv_name("bucket", bucket)?;

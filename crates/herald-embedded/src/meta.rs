@@ -589,6 +589,23 @@ impl Meta {
         })?
     }
 
+    /// Every entry in one transaction (one fsync), unconditionally.
+    pub(crate) fn kv_put_many(&self, entries: &[(String, String, bytes::Bytes)]) -> Result<()> {
+        self.write(|txn| {
+            let mut table = txn.open_table(KV)?;
+            let mut revisions = txn.open_table(KV_REVISIONS)?;
+            for (bucket, key, value) in entries {
+                let revision = revisions
+                    .get(bucket.as_str())?
+                    .map_or(0, |last| last.value())
+                    + 1;
+                revisions.insert(bucket.as_str(), revision)?;
+                table.insert((bucket.as_str(), key.as_str()), (revision, value.as_ref()))?;
+            }
+            Ok(())
+        })
+    }
+
     pub(crate) fn kv_delete(&self, bucket: &str, key: &str, expect: Expect) -> Result<bool> {
         self.write(|txn| {
             let mut table = txn.open_table(KV)?;

@@ -70,6 +70,8 @@ pub struct Options {
     pub auth: AuthOptions,
     /// TLS on the listener, client certificates (`[tls]`).
     pub tls: TlsOptions,
+    /// Outbound webhooks (`[webhooks]`).
+    pub webhooks: WebhookOptions,
 }
 
 impl Default for Options {
@@ -87,6 +89,7 @@ impl Default for Options {
             storage: StorageOptions::default(),
             auth: AuthOptions::default(),
             tls: TlsOptions::default(),
+            webhooks: WebhookOptions::default(),
         }
     }
 }
@@ -586,6 +589,115 @@ impl LimitsOptions {
     }
 }
 
+/// Outbound webhooks (`[webhooks]`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookOptions {
+    /// Targets allowed although the SSRF guard refuses their class
+    /// (loopback, private, link-local, …): CIDRs (`10.0.0.0/8`), addresses,
+    /// host names, or `*.suffix`. Empty: public addresses only.
+    pub allow_targets: Vec<String>,
+    /// Delays between attempts, in milliseconds (the first attempt is
+    /// immediate; one more attempt than delays). Default: Svix's, 5 s,
+    /// 5 min, 30 min, 2 h, 5 h, 10 h, 10 h; each jittered by ±20%.
+    pub retry_schedule_ms: Vec<u64>,
+    /// One attempt's whole time: connect, send, the answer and its body.
+    pub attempt_timeout_ms: NonZeroU64,
+    /// Connecting alone.
+    pub connect_timeout_ms: NonZeroU64,
+    /// Attempts in flight per endpoint at most.
+    pub max_in_flight: NonZeroU32,
+    /// Consecutive failed attempts that open an endpoint's circuit.
+    pub circuit_failures: NonZeroU32,
+    /// How long an open circuit waits before one probe.
+    pub circuit_cool_down_ms: NonZeroU64,
+    /// An endpoint failing without a success this long is disabled.
+    pub disable_after_ms: NonZeroU64,
+    /// Attempt records are deleted this long after the attempt.
+    pub attempt_retention_ms: NonZeroU64,
+    /// How long a rotated-out secret keeps signing next to the new one.
+    pub rotation_overlap_ms: u64,
+    /// The secret (`whsec_…`) jobs' `notify.webhook_url` notifications are
+    /// signed with. Empty: one is generated once and kept in the data
+    /// directory (`GET /v1/webhooks/jobs` shows it).
+    pub job_secret: String,
+}
+
+impl Default for WebhookOptions {
+    fn default() -> Self {
+        let defaults = herald_webhooks::Options::default();
+        let ms = |duration: Duration| {
+            NonZeroU64::new(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
+                .unwrap_or(NonZeroU64::MIN)
+        };
+        Self {
+            allow_targets: Vec::new(),
+            retry_schedule_ms: herald_webhooks::schedule::DEFAULT_DELAYS_MS.to_vec(),
+            attempt_timeout_ms: ms(defaults.attempt_timeout),
+            connect_timeout_ms: ms(defaults.connect_timeout),
+            max_in_flight: NonZeroU32::new(defaults.max_in_flight).unwrap_or(NonZeroU32::MIN),
+            circuit_failures: NonZeroU32::new(defaults.circuit.failures)
+                .unwrap_or(NonZeroU32::MIN),
+            circuit_cool_down_ms: ms(defaults.circuit.cool_down),
+            disable_after_ms: ms(defaults.disable_after),
+            attempt_retention_ms: ms(defaults.attempt_retention),
+            rotation_overlap_ms: ms(defaults.rotation_overlap).get(),
+            job_secret: String::new(),
+        }
+    }
+}
+
+impl WebhookOptions {
+    /// The SSRF guard's policy.
+    pub fn policy(&self) -> Result<herald_webhooks::TargetPolicy, Error> {
+        herald_webhooks::TargetPolicy::new(&self.allow_targets).map_err(|error| {
+            Error::InvalidValue {
+                key: "webhooks.allow_targets".to_owned(),
+                origin: None,
+                message: error.to_string(),
+            }
+        })
+    }
+
+    /// The webhook service's options from these.
+    pub fn service_options(&self) -> Result<herald_webhooks::Options, Error> {
+        let schedule = herald_webhooks::Schedule::from_millis(&self.retry_schedule_ms).map_err(
+            |error| Error::InvalidValue {
+                key: "webhooks.retry_schedule_ms".to_owned(),
+                origin: None,
+                message: error.to_string(),
+            },
+        )?;
+        Ok(herald_webhooks::Options {
+            schedule,
+            attempt_timeout: Duration::from_millis(self.attempt_timeout_ms.get()),
+            connect_timeout: Duration::from_millis(self.connect_timeout_ms.get()),
+            max_in_flight: self.max_in_flight.get(),
+            circuit: herald_webhooks::circuit::CircuitOptions {
+                failures: self.circuit_failures.get(),
+                cool_down: Duration::from_millis(self.circuit_cool_down_ms.get()),
+            },
+            disable_after: Duration::from_millis(self.disable_after_ms.get()),
+            attempt_retention: Duration::from_millis(self.attempt_retention_ms.get()),
+            rotation_overlap: Duration::from_millis(self.rotation_overlap_ms),
+            job_secret: if self.job_secret.is_empty() {
+                None
+            } else {
+                Some(
+                    herald_types::webhook::Secret::parse(&self.job_secret).map_err(|error| {
+                        Error::InvalidValue {
+                            key: "webhooks.job_secret".to_owned(),
+                            origin: None,
+                            message: error.to_string(),
+                        }
+                    })?,
+                )
+            },
+            ..herald_webhooks::Options::default()
+        })
+    }
+}
+
 /// Logging options (`[log]`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -960,6 +1072,8 @@ fn check_ranges(options: &Options) -> Result<(), Error> {
             message: format!("must be at most {max}"),
         });
     }
+    options.webhooks.policy()?;
+    options.webhooks.service_options()?;
     options.tls.check()
 }
 

@@ -44,6 +44,7 @@ pub struct Metrics {
     log: Arc<LogMetrics>,
     groups: Arc<GroupMetrics>,
     tls: crate::tls::TlsMetrics,
+    webhooks: Arc<herald_webhooks::WebhookMetrics>,
 }
 
 impl Metrics {
@@ -58,12 +59,15 @@ impl Metrics {
         groups.register(&mut registry);
         let tls = crate::tls::TlsMetrics::default();
         tls.register(&mut registry);
+        let webhooks = Arc::new(herald_webhooks::WebhookMetrics::default());
+        webhooks.register(&mut registry);
         Arc::new(Self {
             registry,
             http,
             log,
             groups,
             tls,
+            webhooks,
         })
     }
 
@@ -85,6 +89,11 @@ impl Metrics {
     /// The TLS listener's metrics (reloads, failed handshakes).
     pub fn tls(&self) -> &crate::tls::TlsMetrics {
         &self.tls
+    }
+
+    /// The webhook service's metrics.
+    pub fn webhooks(&self) -> &Arc<herald_webhooks::WebhookMetrics> {
+        &self.webhooks
     }
 
     /// Every metric in OpenMetrics text format ([`CONTENT_TYPE`]).

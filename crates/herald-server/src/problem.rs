@@ -180,6 +180,13 @@ codes! {
     JobConflict => "job_conflict", CONFLICT, FAILED_PRECONDITION, "Job conflict";
     /// No blob by that id.
     BlobNotFound => "blob_not_found", NOT_FOUND, NOT_FOUND, "Blob not found";
+    /// No webhook endpoint by that id.
+    EndpointNotFound => "endpoint_not_found", NOT_FOUND, NOT_FOUND, "Webhook endpoint not found";
+    /// The message is not one of the endpoint's (or retention removed it).
+    MessageNotFound => "message_not_found", NOT_FOUND, NOT_FOUND, "Message not found";
+    /// A webhook target on an address the SSRF guard refuses (loopback,
+    /// private, link-local, metadata…) and `webhooks.allow_targets` does not allow.
+    TargetNotAllowed => "target_not_allowed", BAD_REQUEST, INVALID_ARGUMENT, "Target not allowed";
     /// The `Range` starts at or past the end of the blob.
     RangeNotSatisfiable => "range_not_satisfiable", RANGE_NOT_SATISFIABLE, OUT_OF_RANGE, "Range not satisfiable";
     /// Stored bytes failed validation; they were not served.

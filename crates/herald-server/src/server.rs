@@ -42,7 +42,7 @@ use crate::config::Options;
 use crate::connections;
 use crate::data_dir::{self, DataDir};
 use crate::grpc::{self, GrpcState};
-use crate::http::{self, AppState, JobsSlot, Phase, Readiness, StorageSlot};
+use crate::http::{self, AppState, JobsSlot, Phase, Readiness, StorageSlot, WebhooksSlot};
 use crate::metrics::Metrics;
 use crate::storage::{self, Storage};
 use crate::tls::{self, Tls};
@@ -105,6 +105,10 @@ pub enum Error {
     /// The job service could not start.
     #[error("cannot start the job service")]
     StartJobs(#[source] herald_jobs::Error),
+    /// The webhook service could not start (its HTTP client, or its
+    /// options).
+    #[error("cannot start the webhook service: {0}")]
+    StartWebhooks(String),
     /// Storage failed to close cleanly.
     #[error("cannot close storage")]
     CloseStorage(#[source] storage::Error),
@@ -243,6 +247,7 @@ impl Server {
         } = self;
 
         let jobs_slot = JobsSlot::default();
+        let webhooks_slot = WebhooksSlot::default();
         let (grpc_routes, health) = grpc::router(GrpcState {
             storage: storage_slot.clone(),
             clock: Arc::new(SystemClock),
@@ -265,6 +270,7 @@ impl Server {
                 body_idle_timeout: options.connections.idle_timeout(),
                 blobs: blobs.clone(),
                 jobs: jobs_slot.clone(),
+                webhooks: webhooks_slot.clone(),
                 auth: Arc::clone(&auth),
             },
             grpc_routes,
@@ -312,7 +318,16 @@ impl Server {
         storage_slot.set(storage.handle());
         let services = CancellationToken::new();
         let service_tasks =
-            match start_services(&options, &storage, blobs, &jobs_slot, &services).await {
+            match start_services(
+                &options,
+                &storage,
+                blobs,
+                (&jobs_slot, &webhooks_slot),
+                &metrics,
+                &services,
+            )
+            .await
+            {
                 Ok(tasks) => tasks,
                 Err(error) => {
                     stop_http.cancel();
@@ -411,13 +426,14 @@ fn check_exposure(options: &Options) -> Result<(), Error> {
     Ok(())
 }
 
-/// Starts the job service and the blob collector on open storage; returns
-/// their tasks (they stop when `cancel` fires).
+/// Starts the job service, the webhook service and the blob collector on
+/// open storage; returns their tasks (they stop when `cancel` fires).
 async fn start_services(
     options: &Options,
     storage: &Storage,
     blobs: BlobStore,
-    jobs_slot: &JobsSlot,
+    (jobs_slot, webhooks_slot): (&JobsSlot, &WebhooksSlot),
+    metrics: &Metrics,
     cancel: &CancellationToken,
 ) -> Result<Vec<JoinHandle<()>>, Error> {
     let backend = storage.backend();
@@ -434,6 +450,26 @@ async fn start_services(
     .map_err(Error::StartJobs)?;
     jobs_slot.set(service.handle());
     let jobs = tokio::spawn(service.run(cancel.clone()));
+    let webhook_options = options
+        .webhooks
+        .service_options()
+        .map_err(|error| Error::StartWebhooks(error.to_string()))?;
+    let sender = herald_webhooks::Sender::new(
+        options
+            .webhooks
+            .policy()
+            .map_err(|error| Error::StartWebhooks(error.to_string()))?,
+        webhook_options.connect_timeout,
+    )
+    .map_err(|error| Error::StartWebhooks(error.to_string()))?;
+    let webhooks = herald_webhooks::Service::new(
+        Arc::clone(&backend),
+        sender,
+        webhook_options,
+        Arc::clone(metrics.webhooks()),
+    );
+    webhooks_slot.set(webhooks.handle());
+    let webhooks = tokio::spawn(webhooks.run(cancel.clone()));
     let collector = tokio::spawn(crate::blobs::collect_loop(
         blobs,
         backend,
@@ -441,7 +477,7 @@ async fn start_services(
         options.blobs.gc_interval_ms,
         cancel.clone(),
     ));
-    Ok(vec![jobs, collector])
+    Ok(vec![jobs, webhooks, collector])
 }
 
 /// Waits for in-flight requests, at most `shutdown_timeout_ms`.

@@ -36,6 +36,8 @@ pub enum ErrorClass {
     TargetNotAllowed,
     /// Name resolution, connection, TLS or protocol failure.
     Connect,
+    /// Not sent: the endpoint's circuit was open when its turn came.
+    CircuitOpen,
 }
 
 impl ErrorClass {
@@ -48,6 +50,7 @@ impl ErrorClass {
             Self::Timeout => "timeout",
             Self::TargetNotAllowed => "target_not_allowed",
             Self::Connect => "connect",
+            Self::CircuitOpen => "circuit_open",
         }
     }
 }

@@ -37,6 +37,7 @@ const RESERVED_HEADERS: &[&str] = &[
 /// Which events an endpoint receives: from these topics, optionally only
 /// of these types and under a subject prefix.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Filter {
     /// The topics delivered from (at least one).
     pub topics: Vec<String>,
@@ -95,6 +96,7 @@ pub fn glob_matches(pattern: &str, text: &str) -> bool {
 /// An endpoint as asked for (`POST /v1/webhooks/endpoints`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EndpointSpec {
     /// Where deliveries are posted: `http://` or `https://`.
     pub url: String,

@@ -7,6 +7,12 @@
 //! lines and words, reports progress, uploads the compressed file as the
 //! result blob and completes the job (which acks its delivery).
 //!
+//! Or it is notified by webhook instead ([`run_notified_by_webhook`]): it
+//! serves a receiver, submits the job with `notify.webhook_url` pointing at
+//! it, checks the delivery's Standard Webhooks signature with the SDK's
+//! `herald_client::webhooks::verify` (secret from `GET /v1/webhooks/jobs`),
+//! and takes the job from the delivered event.
+//!
 //! [`submit_file`] + [`await_result`] are the client, [`run_worker`] the
 //! worker; [`run`] plays both against a running Herald.
 
@@ -49,7 +55,8 @@ pub struct Report {
     pub result_blob: String,
     /// The worker's statistics.
     pub stats: Stats,
-    /// SSE event types received, in order (`status`, `progress`…, `result`).
+    /// SSE event types received, in order (`status`, `progress`…,
+    /// `result`); or `webhook <event type>` when notified by webhook.
     pub notifications: Vec<String>,
 }
 
@@ -71,6 +78,57 @@ pub async fn run(server: &str, input: &Path, output: &Path) -> Result<Report> {
     await_result(&http, server, &job_id, &input_blob, output).await
 }
 
+/// Uploads `input`, submits a job for it asking to be notified by
+/// webhook, waits for the signed delivery on a receiver of its own (the
+/// server must be allowed to reach it: `webhooks.allow_targets`), and
+/// downloads the result to `output`.
+pub async fn run_notified_by_webhook(server: &str, input: &Path, output: &Path) -> Result<Report> {
+    let http = reqwest::Client::new();
+    let settings = expect(
+        http.get(format!("{server}/v1/webhooks/jobs")).send().await?,
+        200,
+    )
+    .await?;
+    let secret = text(&settings, "secret")?;
+    let (notified, mut deliveries) = tokio::sync::mpsc::channel::<Value>(4);
+    let receiver = axum::Router::new().fallback(
+        move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+            let (secret, notified) = (secret.clone(), notified.clone());
+            async move {
+                // Only a delivery signed with the secret counts.
+                if herald_client::webhooks::verify(&secret, &headers, &body).is_err() {
+                    return axum::http::StatusCode::UNAUTHORIZED;
+                }
+                match serde_json::from_slice::<Value>(&body) {
+                    Ok(event) => {
+                        let _ = notified.send(event).await;
+                        axum::http::StatusCode::NO_CONTENT
+                    }
+                    Err(_) => axum::http::StatusCode::BAD_REQUEST,
+                }
+            }
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?;
+    let serving = tokio::spawn(async move { axum::serve(listener, receiver).await });
+    let notify = json!({"webhook_url": format!("http://{address}/job-done")});
+    let (job_id, input_blob) = submit(&http, server, input, Some(notify)).await?;
+    let event = loop {
+        let event = tokio::time::timeout(Duration::from_secs(60), deliveries.recv())
+            .await
+            .context("no webhook within 60 s")?
+            .context("the receiver stopped")?;
+        // A retry may bring an earlier job's notification: wait for ours.
+        if event["data"]["job_id"] == job_id.as_str() {
+            break event;
+        }
+    };
+    serving.abort();
+    let kind = text(&event, "type")?;
+    finish(&http, server, &job_id, &input_blob, output, &event["data"], vec![format!("webhook {kind}")]).await
+}
+
 /// Uploads `input` (streamed from disk) and submits a job for it → `(job
 /// id, input blob id)`.
 pub async fn submit_file(
@@ -78,14 +136,27 @@ pub async fn submit_file(
     server: &str,
     input: &Path,
 ) -> Result<(String, String)> {
+    submit(http, server, input, None).await
+}
+
+async fn submit(
+    http: &reqwest::Client,
+    server: &str,
+    input: &Path,
+    notify: Option<Value>,
+) -> Result<(String, String)> {
     let blob = upload_file(http, server, input).await?;
     let name = input
         .file_name()
         .map(|name| name.to_string_lossy().into_owned())
         .unwrap_or_default();
+    let mut request = json!({"blob": blob, "data": {"file_name": name}});
+    if let Some(notify) = notify {
+        request["notify"] = notify;
+    }
     let submitted = http
         .post(format!("{server}/v1/queues/{QUEUE}/jobs"))
-        .json(&json!({"blob": blob, "data": {"file_name": name}}))
+        .json(&request)
         .send()
         .await?;
     let submitted = expect(submitted, 202).await?;
@@ -108,11 +179,24 @@ pub async fn await_result(
         .await?
         .error_for_status()?;
     let (notifications, job) = follow(response).await?;
+    finish(http, server, job_id, input_blob, output, &job, notifications).await
+}
+
+/// Downloads the ended `job`'s result blob to `output` → the report.
+async fn finish(
+    http: &reqwest::Client,
+    server: &str,
+    job_id: &str,
+    input_blob: &str,
+    output: &Path,
+    job: &Value,
+    notifications: Vec<String>,
+) -> Result<Report> {
     ensure!(
         job["status"] == "succeeded",
         "the job did not succeed: {job}"
     );
-    let result_blob = text(&job, "result_blob")?;
+    let result_blob = text(job, "result_blob")?;
     download(http, server, &result_blob, output).await?;
     let result = &job["result"];
     let number = |field: &str| result[field].as_u64().context(format!("result.{field}"));

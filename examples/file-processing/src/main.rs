@@ -3,7 +3,12 @@
 //! ```text
 //! cargo run -p file-processing -- worker [server]
 //! cargo run -p file-processing -- client <file> <output.gz> [server]
+//! cargo run -p file-processing -- client-webhook <file> <output.gz> [server]
 //! ```
+//!
+//! `client-webhook` is notified by a signed webhook instead of SSE: the
+//! server must be allowed to reach this machine's loopback, e.g.
+//! `HERALD_WEBHOOKS__ALLOW_TARGETS='["127.0.0.1/32"]' herald serve`.
 #![allow(clippy::print_stdout, reason = "an example prints its report")]
 
 use std::path::PathBuf;
@@ -40,11 +45,17 @@ fn main() -> anyhow::Result<()> {
             })?;
             println!("completed {completed} jobs");
         }
-        Some("client") => {
+        Some(mode @ ("client" | "client-webhook")) => {
             let input = PathBuf::from(args.get(1).context("client <file> <output.gz>")?);
             let output = PathBuf::from(args.get(2).context("client <file> <output.gz>")?);
             let server = args.get(3).map_or(DEFAULT_SERVER, String::as_str);
-            let report = runtime.block_on(file_processing::run(server, &input, &output))?;
+            let report = if mode == "client" {
+                runtime.block_on(file_processing::run(server, &input, &output))?
+            } else {
+                runtime.block_on(file_processing::run_notified_by_webhook(
+                    server, &input, &output,
+                ))?
+            };
             println!(
                 "job {}: {} bytes, {} lines, {} words; gzip {} bytes → {} (blob {}); notified: {}",
                 report.job_id,
@@ -57,7 +68,9 @@ fn main() -> anyhow::Result<()> {
                 report.notifications.join(", ")
             );
         }
-        _ => bail!("usage: file-processing worker [server] | client <file> <output.gz> [server]"),
+        _ => bail!(
+            "usage: file-processing worker [server] | client[-webhook] <file> <output.gz> [server]"
+        ),
     }
     Ok(())
 }

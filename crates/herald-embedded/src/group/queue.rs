@@ -883,11 +883,14 @@ impl QueueState {
 
     /// Keyed mode: the key that orders `event`, if it has one.
     fn key_of(&self, event: &StoredEvent) -> Option<Arc<str>> {
-        if self.keyed {
-            event.event.key.as_deref().map(Arc::from)
-        } else {
-            None
+        if !self.keyed {
+            return None;
         }
+        let subject = match self.spec.order_by {
+            herald_backend::OrderBy::Subject => event.event.subject.as_deref(),
+            herald_backend::OrderBy::Key => None,
+        };
+        subject.or(event.event.key.as_deref()).map(Arc::from)
     }
 
     /// Queues `coordinates` behind its key; returns whether an earlier event

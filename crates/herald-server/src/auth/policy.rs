@@ -282,6 +282,58 @@ pub const REST: &[RestRoute] = &[
         "/v1/jobs/{job_id}/complete",
         on(Action::JobsWork, Resource::Job),
     ),
+    // webhooks (creating or changing an endpoint also checks topics:read
+    // on each of its topics, in the handler)
+    rest(
+        "POST",
+        "/v1/webhooks/endpoints",
+        on(Action::WebhooksManage, Resource::Any),
+    ),
+    rest(
+        "GET",
+        "/v1/webhooks/endpoints",
+        on(Action::WebhooksManage, Resource::Any),
+    ),
+    rest(
+        "GET",
+        "/v1/webhooks/endpoints/{endpoint_id}",
+        on(Action::WebhooksManage, Resource::Any),
+    ),
+    rest(
+        "PATCH",
+        "/v1/webhooks/endpoints/{endpoint_id}",
+        on(Action::WebhooksManage, Resource::Any),
+    ),
+    rest(
+        "DELETE",
+        "/v1/webhooks/endpoints/{endpoint_id}",
+        on(Action::WebhooksManage, Resource::Any),
+    ),
+    rest(
+        "POST",
+        "/v1/webhooks/endpoints/{endpoint_id}/rotate-secret",
+        on(Action::WebhooksManage, Resource::Any),
+    ),
+    rest(
+        "GET",
+        "/v1/webhooks/endpoints/{endpoint_id}/attempts",
+        on(Action::WebhooksManage, Resource::Any),
+    ),
+    rest(
+        "POST",
+        "/v1/webhooks/endpoints/{endpoint_id}/messages/{message_id}/redeliver",
+        on(Action::WebhooksManage, Resource::Any),
+    ),
+    rest(
+        "POST",
+        "/v1/webhooks/endpoints/{endpoint_id}/recover",
+        on(Action::WebhooksManage, Resource::Any),
+    ),
+    rest(
+        "GET",
+        "/v1/webhooks/jobs",
+        on(Action::WebhooksManage, Resource::Any),
+    ),
     // blobs
     rest("POST", "/v1/blobs", on(Action::BlobsWrite, Resource::Any)),
     rest(

@@ -23,6 +23,7 @@ mod job;
 mod publish;
 mod tail;
 mod topic;
+mod webhook;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -39,6 +40,7 @@ pub use job::JobCommand;
 pub use publish::PublishArgs;
 pub use tail::TailArgs;
 pub use topic::TopicCommand;
+pub use webhook::{EndpointCommand, WebhookCommand};
 
 /// Where the server is and how to print.
 #[derive(Debug, Clone, Args)]
@@ -126,6 +128,9 @@ pub enum ClientCommand {
     /// API keys and the caller's identity.
     #[command(subcommand)]
     Auth(AuthCommand),
+    /// Webhook endpoints, their attempts, redelivery and recovery.
+    #[command(subcommand)]
+    Webhook(WebhookCommand),
 }
 
 /// Why a client command failed; each maps to an exit code.
@@ -181,6 +186,7 @@ pub fn run(client: &ClientArgs, command: ClientCommand) -> Result<(), Error> {
             ClientCommand::Job(command) => job::run(&api, command).await,
             ClientCommand::Blob(command) => blob::run(&api, command).await,
             ClientCommand::Auth(command) => auth::run(&api, command).await,
+            ClientCommand::Webhook(command) => webhook::run(&api, command).await,
         }
     })
 }

@@ -164,6 +164,13 @@ pub async fn submit(
     if let Some(blob) = &request.blob {
         require_blob(&state.blobs, "blob", blob).await?;
     }
+    if let Some(notify) = &request.notify {
+        // Delivered like a webhook endpoint's: the same SSRF guard.
+        state
+            .webhooks()?
+            .check_notify_url(&notify.webhook_url)
+            .await?;
+    }
     let job = jobs.submit(&queue, request).await?;
     let location = format!("/v1/jobs/{}", job.job_id);
     Ok((

@@ -3,7 +3,8 @@
 //! - `GET /healthz`, `GET /readyz`, `GET /metrics`;
 //! - the REST API under `/v1` (the contract is `docs/api.md`): topics
 //!   ([`topics`]), events ([`events`]), consumer groups ([`groups`]), jobs
-//!   ([`jobs`]), blobs ([`blobs`]), and `POST /v1/admin/flush`,
+//!   ([`jobs`]), blobs ([`blobs`]), webhook endpoints ([`webhooks`]), and
+//!   `POST /v1/admin/flush`,
 //!   `POST /v1/admin/compact` ([`admin`]);
 //! - `GET /openapi.json` (OpenAPI 3.1, generated from the handlers'
 //!   `#[utoipa::path]` attributes) and `GET /docs` ([`openapi`]);
@@ -38,6 +39,7 @@ mod push;
 pub mod streams;
 pub(crate) mod tail;
 pub mod topics;
+pub mod webhooks;
 
 use std::any::Any;
 use std::panic::AssertUnwindSafe;
@@ -90,6 +92,8 @@ pub struct AppState {
     pub blobs: BlobStore,
     /// The job service, once storage is open.
     pub jobs: JobsSlot,
+    /// The webhook service, once storage is open.
+    pub webhooks: WebhooksSlot,
     /// Credentials, permissions, rate limits, audit.
     pub auth: Arc<crate::auth::Auth>,
 }
@@ -107,18 +111,31 @@ impl AppState {
     }
 }
 
-/// Where the job service goes once storage has opened; empty before.
-#[derive(Clone, Debug, Default)]
-pub struct JobsSlot(Arc<OnceLock<herald_jobs::Handle>>);
+/// Where a service that runs on storage (jobs, webhooks) goes once storage
+/// has opened; empty before. Cheap to clone.
+#[derive(Debug)]
+pub struct ServiceSlot<T>(Arc<OnceLock<T>>);
 
-impl JobsSlot {
+impl<T> Clone for ServiceSlot<T> {
+    fn clone(&self) -> Self {
+        Self(Arc::clone(&self.0))
+    }
+}
+
+impl<T> Default for ServiceSlot<T> {
+    fn default() -> Self {
+        Self(Arc::new(OnceLock::new()))
+    }
+}
+
+impl<T> ServiceSlot<T> {
     /// Fills the slot; a second call is ignored (the service starts once).
-    pub fn set(&self, jobs: herald_jobs::Handle) {
-        let _ = self.0.set(jobs);
+    pub fn set(&self, service: T) {
+        let _ = self.0.set(service);
     }
 
-    /// The job service, or 503 `unavailable` while storage is still opening.
-    pub fn get(&self) -> Result<&herald_jobs::Handle, Problem> {
+    /// The service, or 503 `unavailable` while storage is still opening.
+    pub fn get(&self) -> Result<&T, Problem> {
         self.0.get().ok_or_else(|| {
             Problem::new(
                 Code::Unavailable,
@@ -128,10 +145,21 @@ impl JobsSlot {
     }
 }
 
+/// Where the job service goes once storage has opened.
+pub type JobsSlot = ServiceSlot<herald_jobs::Handle>;
+
+/// Where the webhook service goes once storage has opened.
+pub type WebhooksSlot = ServiceSlot<herald_webhooks::Handle>;
+
 impl AppState {
     /// The job service, or 503 `unavailable` while storage is still opening.
     pub fn jobs(&self) -> Result<&herald_jobs::Handle, Problem> {
         self.jobs.get()
+    }
+
+    /// The webhook service, or 503 `unavailable` while storage is still opening.
+    pub fn webhooks(&self) -> Result<&herald_webhooks::Handle, Problem> {
+        self.webhooks.get()
     }
 }
 
@@ -251,6 +279,13 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(jobs::fetch))
         .routes(routes!(jobs::ack))
         .routes(routes!(jobs::nack))
+        .routes(routes!(webhooks::create, webhooks::list))
+        .routes(routes!(webhooks::get, webhooks::update, webhooks::delete))
+        .routes(routes!(webhooks::rotate_secret))
+        .routes(routes!(webhooks::attempts))
+        .routes(routes!(webhooks::redeliver))
+        .routes(routes!(webhooks::recover))
+        .routes(routes!(webhooks::jobs))
         // Blob uploads stream to storage, bounded by limits.max_blob_bytes
         // (checked as they stream), not by the request body limit.
         .routes(routes!(blobs::upload).layer(DefaultBodyLimit::disable()))

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::support::{TestServer, herald, run_to_exit, single_error};
 
-async fn cli(server: &TestServer, args: &[&str]) -> Output {
+pub(crate) async fn cli(server: &TestServer, args: &[&str]) -> Output {
     let dir = tempfile::tempdir().unwrap();
     let mut command = herald(dir.path());
     command.args(args).args(["--server", &server.url("")]);

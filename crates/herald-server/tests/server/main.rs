@@ -29,3 +29,4 @@ mod streams;
 mod support;
 mod tls;
 mod topics;
+mod webhooks;

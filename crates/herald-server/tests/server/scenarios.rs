@@ -84,6 +84,29 @@ async fn given_file_processing_example_should_compress_count_and_notify_over_sse
 }
 
 #[tokio::test]
+async fn given_file_processing_example_notified_by_webhook_should_get_the_signed_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = serve(dir.path());
+    command.env("HERALD_WEBHOOKS__ALLOW_TARGETS", r#"["127.0.0.1/32"]"#);
+    let (server, _api) = TestServer::ready(TestServer::spawn(dir, command).await).await;
+    let url = server.url("");
+    let input = server.dir.path().join("input.txt");
+    let output = server.dir.path().join("output.gz");
+    let text = write_text(&input, 2_000);
+    let (stop, task) = worker(&url, "w1", None);
+
+    let report = file_processing::run_notified_by_webhook(&url, &input, &output)
+        .await
+        .unwrap();
+    assert_eq!(report.stats.bytes, text.len() as u64);
+    assert_eq!(report.stats.lines, 2_000);
+    assert_eq!(gunzip(&output), text);
+    assert_eq!(report.notifications, ["webhook herald.job.succeeded"]);
+    stop.cancel();
+    assert_eq!(task.await.unwrap().unwrap(), 1);
+}
+
+#[tokio::test]
 async fn given_file_processing_worker_killed_mid_job_should_be_finished_by_another_worker() {
     let dir = tempfile::tempdir().unwrap();
     let mut command = serve(dir.path());

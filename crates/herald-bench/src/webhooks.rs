@@ -1,0 +1,327 @@
+//! `herald-bench webhooks`: W7, webhook delivery.
+//!
+//! ```text
+//! cargo build --release -p herald-bench -p herald-server --bin herald --bin herald-bench
+//! target/release/herald-bench webhooks --out w7-out
+//! ```
+//!
+//! 1. **Ceiling**: a receiver in this process (axum, answering 204 after
+//!    parsing the JSON body, as it does for Herald) is driven directly by
+//!    `--concurrency` tasks posting the same CloudEvent body through one
+//!    reqwest client (the stack Herald's sender uses: hyper, rustls
+//!    unused on `http://`), for `--seconds`: the receiver's raw rate.
+//! 2. **Throughput**: `herald serve` (release, fresh temp dir, allowed to
+//!    reach loopback), a topic of 4 partitions and one endpoint on it;
+//!    `--events` events published in batches of 500 first, then the rate
+//!    from the first delivery to the last.
+//! 3. **Beside a failing endpoint**: a second endpoint on the same topic
+//!    whose receiver waits 1 s and answers 500 (it fills its own in-flight
+//!    budget and its circuit opens); `--events` more, the healthy
+//!    endpoint's rate again.
+//! 4. **Latency**: events published at `--rate` for `--latency-seconds`,
+//!    one per publish call, each stamped with the time its publish was
+//!    sent; publish → receipt p50/p99 at the healthy receiver (the failing
+//!    endpoint still beside it).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use herald_client::{Client, Event, ExtensionValue, TopicOptions};
+use serde_json::{Value, json};
+
+use crate::peers::{self, Herald};
+use crate::workloads::{Latency, histogram, nanos};
+
+/// W7's settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WebhookArgs {
+    /// Events per throughput phase.
+    #[arg(long, default_value_t = 20_000)]
+    events: u64,
+    /// Concurrent requests of the ceiling phase (Herald's per-endpoint
+    /// in-flight budget is `webhooks.max_in_flight`, 64 by default).
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Seconds of the ceiling phase.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Event payload bytes.
+    #[arg(long, default_value_t = 256)]
+    size: usize,
+    /// Events per second of the latency phase.
+    #[arg(long, default_value_t = 1_000.0)]
+    rate: f64,
+    /// Seconds of the latency phase.
+    #[arg(long, default_value_t = 10.0)]
+    latency_seconds: f64,
+    /// Where `summary.json` goes.
+    #[arg(long, default_value = "w7-out")]
+    out: PathBuf,
+    /// The herald binary (default: next to this binary).
+    #[arg(long)]
+    herald_bin: Option<PathBuf>,
+}
+
+const TOPIC: &str = "w7.events";
+const STAMP: &str = "sentns";
+
+/// What a receiver counted.
+#[derive(Default)]
+struct Counts {
+    received: AtomicU64,
+    first: Mutex<Option<Instant>>,
+    last: Mutex<Option<Instant>>,
+    latency: Mutex<Option<Histogram<u64>>>,
+}
+
+impl Counts {
+    fn reset(&self) {
+        self.received.store(0, Ordering::SeqCst);
+        *self.first.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        *self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+    }
+
+    fn rate(&self) -> f64 {
+        let first = *self.first.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let last = *self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match (first, last) {
+            (Some(first), Some(last)) if last > first => {
+                self.received.load(Ordering::SeqCst).saturating_sub(1) as f64
+                    / (last - first).as_secs_f64()
+            }
+            _ => 0.0,
+        }
+    }
+}
+
+/// A receiver: parses each body (as any real one would), records its
+/// stamp's latency, answers `status` after `delay`.
+async fn receiver(
+    clock: Instant,
+    status: u16,
+    delay: Duration,
+) -> Result<(SocketAddr, Arc<Counts>)> {
+    let counts = Arc::new(Counts::default());
+    let state = Arc::clone(&counts);
+    let router = axum::Router::new().fallback(move |body: axum::body::Bytes| {
+        let counts = Arc::clone(&state);
+        async move {
+            let now = Instant::now();
+            if let Ok(event) = serde_json::from_slice::<Value>(&body)
+                && let Some(sent) = event[STAMP].as_u64()
+                && let Ok(mut latency) = counts.latency.lock()
+                && let Some(latency) = latency.as_mut()
+            {
+                let at = nanos(now.saturating_duration_since(clock));
+                latency.saturating_record((at.saturating_sub(sent) / 1_000).max(1));
+            }
+            counts.received.fetch_add(1, Ordering::SeqCst);
+            if let Ok(mut first) = counts.first.lock() {
+                first.get_or_insert(now);
+            }
+            if let Ok(mut last) = counts.last.lock() {
+                *last = Some(now);
+            }
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            axum::http::StatusCode::from_u16(status)
+                .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR)
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    Ok((addr, counts))
+}
+
+fn event(payload: &Bytes, n: u64, sent_ns: Option<u64>) -> Event {
+    let mut event = Event::new("", "/w7", "w7.created");
+    event.subject = Some(format!("s-{}", n % 1_024));
+    event.datacontenttype = Some("application/octet-stream".to_owned());
+    event.data = Some(payload.clone());
+    if let Some(sent) = sent_ns {
+        event.extensions.insert(
+            STAMP.to_owned(),
+            ExtensionValue::Integer(i64::try_from(sent).unwrap_or(i64::MAX)),
+        );
+    }
+    event
+}
+
+/// The receiver's own rate under `concurrency` posters for `seconds`.
+async fn ceiling(addr: SocketAddr, args: &WebhookArgs, body: Bytes) -> Result<f64> {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .build()?;
+    let url = format!("http://{addr}/hook");
+    let end = Instant::now() + Duration::from_secs_f64(args.seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..args.concurrency {
+        let (http, url, body) = (http.clone(), url.clone(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut sent = 0u64;
+            while Instant::now() < end {
+                let response = http
+                    .post(&url)
+                    .header("content-type", "application/cloudevents+json")
+                    .body(body.clone())
+                    .send()
+                    .await?;
+                response.bytes().await?;
+                sent += 1;
+            }
+            Ok::<_, anyhow::Error>(sent)
+        }));
+    }
+    let mut total = 0;
+    for task in tasks {
+        total += task.await??;
+    }
+    Ok(total as f64 / started.elapsed().as_secs_f64())
+}
+
+async fn create_endpoint(http: &reqwest::Client, server: &str, target: SocketAddr) -> Result<String> {
+    let response = http
+        .post(format!("{server}/v1/webhooks/endpoints"))
+        .json(&json!({"url": format!("http://{target}/hook"), "filter": {"topics": [TOPIC]}}))
+        .send()
+        .await?;
+    let status = response.status();
+    let body: Value = response.json().await?;
+    if status.as_u16() != 201 {
+        bail!("creating an endpoint: {status} {body}");
+    }
+    body["endpoint_id"]
+        .as_str()
+        .map(str::to_owned)
+        .context("no endpoint_id")
+}
+
+/// Publishes `count` events in batches of 500.
+async fn publish_all(client: &Client, payload: &Bytes, count: u64) -> Result<()> {
+    let mut n = 0;
+    while n < count {
+        let batch: Vec<Event> = (n..(n + 500).min(count))
+            .map(|i| event(payload, i, None))
+            .collect();
+        n += batch.len() as u64;
+        client.publish(TOPIC, batch).await?;
+    }
+    Ok(())
+}
+
+async fn wait_for(counts: &Counts, count: u64, limit: Duration) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    while counts.received.load(Ordering::SeqCst) < count {
+        if Instant::now() > deadline {
+            bail!(
+                "only {} of {count} deliveries within {limit:?}",
+                counts.received.load(Ordering::SeqCst)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+pub async fn run(args: WebhookArgs) -> Result<()> {
+    std::fs::create_dir_all(&args.out)?;
+    let clock = Instant::now();
+    let payload = Bytes::from(vec![b'x'; args.size]);
+    let (healthy, counts) = receiver(clock, 204, Duration::ZERO).await?;
+
+    // 1. The receiver's ceiling, with a body of the same shape.
+    let sample = serde_json::to_vec(&json!({
+        "specversion": "1.0", "id": "0190f0f0-0000-7000-8000-000000000000", "source": "/w7",
+        "type": "w7.created", "subject": "s-1", "topic": TOPIC, "partition": 0, "offset": 0,
+        "appended_at": "2026-12-02T00:00:00.000Z", "datacontenttype": "application/octet-stream",
+        "data_base64": "eHh4",
+    }))?;
+    let ceiling = ceiling(healthy, &args, Bytes::from(sample)).await?;
+    eprintln!("w7: receiver ceiling {ceiling:.0} req/s ({} concurrent)", args.concurrency);
+
+    // 2. Herald delivering to it.
+    let herald_bin = args.herald_bin.clone().unwrap_or_else(peers::find_herald);
+    let herald = Herald::launch_with_env(
+        &herald_bin,
+        &std::env::temp_dir(),
+        Stdio::inherit(),
+        false,
+        &[("HERALD_WEBHOOKS__ALLOW_TARGETS", r#"["127.0.0.1/32"]"#)],
+    )?;
+    let server = herald.endpoint.url.clone();
+    let client = Client::connect(server.clone()).await?;
+    client.list_topics().await?;
+    client
+        .create_topic(TopicOptions::new(TOPIC).partitions(4))
+        .await?;
+    let http = reqwest::Client::new();
+    create_endpoint(&http, &server, healthy).await?;
+    counts.reset();
+    publish_all(&client, &payload, args.events).await?;
+    wait_for(&counts, args.events, Duration::from_secs(300)).await?;
+    let alone = counts.rate();
+    eprintln!("w7: {alone:.0} deliveries/s to one endpoint");
+
+    // 3. Beside a failing, slow endpoint.
+    let (failing, failing_counts) = receiver(clock, 500, Duration::from_secs(1)).await?;
+    create_endpoint(&http, &server, failing).await?;
+    counts.reset();
+    publish_all(&client, &payload, args.events).await?;
+    wait_for(&counts, args.events, Duration::from_secs(300)).await?;
+    let beside = counts.rate();
+    eprintln!(
+        "w7: {beside:.0} deliveries/s beside a failing endpoint (it got {} attempts)",
+        failing_counts.received.load(Ordering::SeqCst)
+    );
+
+    // 4. Latency at a paced rate.
+    counts.reset();
+    if let Ok(mut latency) = counts.latency.lock() {
+        *latency = Some(histogram()?);
+    }
+    let interval = Duration::from_secs_f64(1.0 / args.rate.max(1.0));
+    let total = (args.rate * args.latency_seconds) as u64;
+    let started = Instant::now();
+    for n in 0..total {
+        let due = started + interval * u32::try_from(n).unwrap_or(u32::MAX);
+        tokio::time::sleep_until(due.into()).await;
+        let sent = nanos(Instant::now().saturating_duration_since(clock));
+        client.publish(TOPIC, [event(&payload, n, Some(sent))]).await?;
+    }
+    wait_for(&counts, total, Duration::from_secs(120)).await?;
+    let latency = counts
+        .latency
+        .lock()
+        .ok()
+        .and_then(|mut latency| latency.take())
+        .context("latency histogram")?;
+    let latency = Latency::from_histogram(&latency);
+    let summary = json!({
+        "receiver_ceiling_per_s": ceiling,
+        "deliveries_per_s": alone,
+        "share_of_ceiling": alone / ceiling,
+        "deliveries_per_s_beside_failing": beside,
+        "beside_vs_alone": beside / alone,
+        "failing_endpoint_attempts": failing_counts.received.load(Ordering::SeqCst),
+        "publish_to_receipt_us": latency.to_json(),
+        "args": format!("{args:?}"),
+    });
+    std::fs::write(
+        args.out.join("summary.json"),
+        serde_json::to_string_pretty(&summary)?,
+    )?;
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    drop(herald);
+    Ok(())
+}

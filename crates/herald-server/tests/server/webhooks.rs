@@ -1,0 +1,425 @@
+//! Webhook endpoints through the REST API of the real binary: create (the
+//! SSRF guard's 400), deliver from a topic to a real receiver, the attempt
+//! log, a failing endpoint's dead letter and its recovery, rotation,
+//! patch, delete, metrics, and configuration errors.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::http::{HeaderMap, StatusCode};
+use herald_types::webhook::{Secret, verify};
+use serde_json::{Value, json};
+
+use crate::cli::{cli, stdout};
+use crate::support::{
+    Api, TestServer, expect_json, expect_problem, run_to_exit, serve, single_error,
+};
+
+type Seen = Arc<Mutex<Vec<(HeaderMap, Vec<u8>)>>>;
+
+/// A receiver answering `status` (changeable) to every POST.
+async fn receiver(status: Arc<AtomicU16>) -> (SocketAddr, Seen) {
+    let seen: Seen = Arc::default();
+    let record = Arc::clone(&seen);
+    let router = Router::new().fallback(move |headers: HeaderMap, body: axum::body::Bytes| {
+        let (record, status) = (Arc::clone(&record), Arc::clone(&status));
+        async move {
+            record.lock().unwrap().push((headers, body.to_vec()));
+            StatusCode::from_u16(status.load(Ordering::SeqCst)).unwrap()
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    (addr, seen)
+}
+
+/// A server allowed to deliver to loopback, retrying after 50 ms once.
+async fn server() -> (TestServer, Api) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = serve(dir.path());
+    command
+        .env("HERALD_WEBHOOKS__ALLOW_TARGETS", r#"["127.0.0.1/32"]"#)
+        .env("HERALD_WEBHOOKS__RETRY_SCHEDULE_MS", "[50]");
+    TestServer::ready(TestServer::spawn(dir, command).await).await
+}
+
+async fn until<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn attempts(api: &Api, endpoint: &str, query: &str) -> Vec<Value> {
+    let listed = expect_json(
+        api.get(&format!("/v1/webhooks/endpoints/{endpoint}/attempts{query}"))
+            .await,
+        200,
+    )
+    .await;
+    listed["attempts"].as_array().unwrap().clone()
+}
+
+#[tokio::test]
+async fn given_an_endpoint_created_over_rest_should_deliver_log_recover_and_delete() {
+    let (_server, api) = server().await;
+    let status = Arc::new(AtomicU16::new(200));
+    let (addr, seen) = receiver(Arc::clone(&status)).await;
+    api.create_topic(json!({"name": "orders"})).await;
+
+    // Refused targets: 400 target_not_allowed, nothing stored.
+    let refused = api
+        .post(
+            "/v1/webhooks/endpoints",
+            &json!({"url": "http://10.0.0.7/hook", "filter": {"topics": ["orders"]}}),
+        )
+        .await;
+    expect_problem(refused, 400, "target_not_allowed").await;
+    let bad_header = api
+        .post(
+            "/v1/webhooks/endpoints",
+            &json!({"url": format!("http://{addr}/"), "filter": {"topics": ["orders"]},
+                    "headers": {"webhook-id": "forged"}}),
+        )
+        .await;
+    let problem = expect_problem(bad_header, 400, "invalid_argument").await;
+    assert!(problem["detail"].as_str().unwrap().contains("headers.webhook-id"));
+
+    let response = api
+        .post(
+            "/v1/webhooks/endpoints",
+            &json!({"url": format!("http://{addr}/hook"), "description": "billing",
+                    "filter": {"topics": ["orders"], "types": ["order.*"]}}),
+        )
+        .await;
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    let created = expect_json(response, 201).await;
+    let endpoint = created["endpoint_id"].as_str().unwrap().to_owned();
+    assert_eq!(location, format!("/v1/webhooks/endpoints/{endpoint}"));
+    assert_eq!(created["state"], "enabled");
+    let secret = Secret::parse(created["secret"].as_str().unwrap()).unwrap();
+    let listed = expect_json(api.get("/v1/webhooks/endpoints").await, 200).await;
+    assert_eq!(listed["endpoints"].as_array().unwrap().len(), 1);
+    assert!(listed["endpoints"][0].get("secret").is_none(), "never listed");
+
+    api.publish(
+        "orders",
+        json!([{"specversion": "1.0", "id": "o-1", "source": "/shop", "type": "order.created",
+                "subject": "o-1", "data": {"total": 12}},
+               {"specversion": "1.0", "id": "o-2", "source": "/shop", "type": "invoice.sent",
+                "subject": "o-2", "data": {}}]),
+    )
+    .await;
+    until("a delivery", async || (!seen.lock().unwrap().is_empty()).then_some(())).await;
+    let (headers, body) = seen.lock().unwrap()[0].clone();
+    let header = |name: &str| headers[name].to_str().unwrap().to_owned();
+    let now = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+    )
+    .unwrap();
+    assert_eq!(
+        verify(
+            &secret,
+            &header("webhook-id"),
+            &header("webhook-timestamp"),
+            &header("webhook-signature"),
+            &body,
+            now
+        ),
+        Ok(())
+    );
+    let event: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(event["id"], "o-1");
+    let logged = until("the attempt logged", async || {
+        let logged = attempts(&api, &endpoint, "").await;
+        (!logged.is_empty()).then_some(logged)
+    })
+    .await;
+    assert_eq!(logged[0]["succeeded"], true);
+    assert_eq!(logged[0]["message_id"], header("webhook-id"));
+    assert_eq!(seen.lock().unwrap().len(), 1, "invoice.sent is filtered out");
+
+    // The receiver fails: one retry after 50 ms, then a dead letter.
+    status.store(500, Ordering::SeqCst);
+    api.publish(
+        "orders",
+        json!([{"specversion": "1.0", "id": "o-3", "source": "/shop", "type": "order.created", "subject": "o-3"}]),
+    )
+    .await;
+    let group = format!("webhooks.{endpoint}");
+    until("a dead letter", async || {
+        let dead = expect_json(
+            api.get(&format!("/v1/topics/orders/groups/{group}/dead-letters"))
+                .await,
+            200,
+        )
+        .await;
+        let letters = dead["events"].as_array().cloned().unwrap_or_default();
+        (!letters.is_empty()).then_some(())
+    })
+    .await;
+    let failed = attempts(&api, &endpoint, "?status=failed").await;
+    assert_eq!(failed.len(), 2, "{failed:?}");
+    assert_eq!(failed[0]["next"], "dead_lettered");
+    assert_eq!(failed[1]["next"].as_str().unwrap().split(':').next(), Some("retry_in_ms"));
+    expect_problem(
+        api.get(&format!("/v1/webhooks/endpoints/{endpoint}/attempts?status=maybe"))
+            .await,
+        400,
+        "invalid_argument",
+    )
+    .await;
+
+    // Recovered: the receiver is well again.
+    status.store(200, Ordering::SeqCst);
+    let recovering = expect_json(
+        api.post(
+            &format!("/v1/webhooks/endpoints/{endpoint}/recover"),
+            &json!({"since": "2020-01-01T00:00:00Z"}),
+        )
+        .await,
+        202,
+    )
+    .await;
+    assert_eq!(recovering["redelivering"], 1);
+    until("the recovered delivery", async || {
+        let ok = attempts(&api, &endpoint, "?status=succeeded").await;
+        (ok.len() >= 2).then_some(())
+    })
+    .await;
+
+    // Manual redelivery of the first message.
+    let message = logged[0]["message_id"].as_str().unwrap().to_owned();
+    let redelivered = api
+        .post(
+            &format!("/v1/webhooks/endpoints/{endpoint}/messages/{message}/redeliver"),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(redelivered.status().as_u16(), 202);
+    until("the manual attempt", async || {
+        let all = attempts(&api, &endpoint, &format!("?message_id={message}")).await;
+        (all.len() >= 2).then_some(())
+    })
+    .await;
+    expect_problem(
+        api.post(
+            &format!("/v1/webhooks/endpoints/{endpoint}/messages/orders.0.999/redeliver"),
+            &json!({}),
+        )
+        .await,
+        404,
+        "message_not_found",
+    )
+    .await;
+
+    // Rotation and patch.
+    let rotated = expect_json(
+        api.post(
+            &format!("/v1/webhooks/endpoints/{endpoint}/rotate-secret"),
+            &json!({"overlap_ms": 60000}),
+        )
+        .await,
+        200,
+    )
+    .await;
+    assert!(rotated["secret"].as_str().unwrap().starts_with("whsec_"));
+    let patched = expect_json(
+        api.patch(
+            &format!("/v1/webhooks/endpoints/{endpoint}"),
+            &json!({"description": "billing v2", "enabled": false}),
+        )
+        .await,
+        200,
+    )
+    .await;
+    assert_eq!(patched["state"], "disabled");
+    assert_eq!(patched["description"], "billing v2");
+    expect_problem(
+        api.patch(
+            &format!("/v1/webhooks/endpoints/{endpoint}"),
+            &json!({"url": "http://192.168.1.1/"}),
+        )
+        .await,
+        400,
+        "target_not_allowed",
+    )
+    .await;
+
+    // Metrics.
+    let metrics = api.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains(&format!(
+            "herald_webhook_attempts_total{{endpoint=\"{endpoint}\",outcome=\"succeeded\"}}"
+        )),
+        "{metrics}"
+    );
+
+    // Delete.
+    assert_eq!(
+        api.delete(&format!("/v1/webhooks/endpoints/{endpoint}"))
+            .await
+            .status()
+            .as_u16(),
+        204
+    );
+    expect_problem(
+        api.get(&format!("/v1/webhooks/endpoints/{endpoint}")).await,
+        404,
+        "endpoint_not_found",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn given_bad_webhook_configuration_should_refuse_to_start_naming_the_key() {
+    for (name, value, key) in [
+        (
+            "HERALD_WEBHOOKS__ALLOW_TARGETS",
+            r#"["not a cidr/99"]"#,
+            "webhooks.allow_targets",
+        ),
+        (
+            "HERALD_WEBHOOKS__RETRY_SCHEDULE_MS",
+            "[999999999999]",
+            "webhooks.retry_schedule_ms",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut command = serve(dir.path());
+        command.env(name, value);
+        let output = run_to_exit(command).await;
+        let error = single_error(&output, 2);
+        assert!(error.contains(key), "{error}");
+    }
+}
+
+#[tokio::test]
+async fn given_the_cli_should_create_list_update_show_attempts_and_delete_endpoints() {
+    let (server, api) = server().await;
+    let (addr, seen) = receiver(Arc::new(AtomicU16::new(204))).await;
+    api.create_topic(json!({"name": "payments"})).await;
+    let url = format!("http://{addr}/in");
+    let created = stdout(
+        &cli(
+            &server,
+            &[
+                "webhook", "endpoint", "create", &url, "--topic", "payments", "--type",
+                "payment.*", "--header", "X-Team: billing", "--output", "json",
+            ],
+        )
+        .await,
+    );
+    let created: Value = serde_json::from_str(&created).unwrap();
+    let endpoint = created["endpoint_id"].as_str().unwrap().to_owned();
+    assert!(created["secret"].as_str().unwrap().starts_with("whsec_"));
+    let listed = stdout(&cli(&server, &["webhook", "endpoint", "list"]).await);
+    assert!(listed.contains(&endpoint) && listed.contains("enabled"), "{listed}");
+
+    api.publish(
+        "payments",
+        json!([{"specversion": "1.0", "id": "p-1", "source": "/pay", "type": "payment.captured"}]),
+    )
+    .await;
+    until("a delivery", async || (!seen.lock().unwrap().is_empty()).then_some(())).await;
+    assert_eq!(seen.lock().unwrap()[0].0["x-team"], "billing");
+    let shown = until("the attempt listed", async || {
+        let shown = stdout(&cli(&server, &["webhook", "attempts", &endpoint]).await);
+        shown.contains("payments.").then_some(shown)
+    })
+    .await;
+    assert!(shown.contains("204"), "{shown}");
+
+    let updated = stdout(
+        &cli(
+            &server,
+            &["webhook", "endpoint", "update", &endpoint, "--disable", "--description", "paused"],
+        )
+        .await,
+    );
+    assert!(updated.contains("disabled"), "{updated}");
+    let refused = cli(&server, &["webhook", "endpoint", "create", "http://10.9.9.9/", "--topic", "payments"]).await;
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("target_not_allowed"));
+    stdout(&cli(&server, &["webhook", "endpoint", "delete", &endpoint]).await);
+    let after = stdout(&cli(&server, &["webhook", "endpoint", "list"]).await);
+    assert!(!after.contains(&endpoint), "{after}");
+}
+
+#[tokio::test]
+async fn given_a_job_with_notify_webhook_url_when_it_ends_should_post_the_signed_job() {
+    let (_server, api) = server().await;
+    let (addr, seen) = receiver(Arc::new(AtomicU16::new(200))).await;
+    // A refused notify target is refused at submit.
+    expect_problem(
+        api.post(
+            "/v1/queues/thumbs/jobs",
+            &json!({"data": {}, "notify": {"webhook_url": "http://169.254.169.254/"}}),
+        )
+        .await,
+        400,
+        "target_not_allowed",
+    )
+    .await;
+    let job_id = crate::jobs::submit(
+        &api,
+        "thumbs",
+        json!({"data": {"image": "cat.png"}, "notify": {"webhook_url": format!("http://{addr}/done")}}),
+    )
+    .await;
+    let delivery = crate::jobs::fetch_one(&api, "thumbs", "w1").await;
+    expect_json(
+        api.post(
+            &format!("/v1/jobs/{job_id}/complete"),
+            &json!({"delivery_id": delivery["delivery_id"], "result": {"thumb": "cat-small.png"}}),
+        )
+        .await,
+        200,
+    )
+    .await;
+    until("the notification", async || (!seen.lock().unwrap().is_empty()).then_some(())).await;
+    let settings = expect_json(api.get("/v1/webhooks/jobs").await, 200).await;
+    let secret = Secret::parse(settings["secret"].as_str().unwrap()).unwrap();
+    let (headers, body) = seen.lock().unwrap()[0].clone();
+    let header = |name: &str| headers[name].to_str().unwrap().to_owned();
+    let now = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+    )
+    .unwrap();
+    assert_eq!(
+        verify(
+            &secret,
+            &header("webhook-id"),
+            &header("webhook-timestamp"),
+            &header("webhook-signature"),
+            &body,
+            now
+        ),
+        Ok(())
+    );
+    let event: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(event["type"], "herald.job.succeeded");
+    assert_eq!(event["data"]["job_id"], job_id.as_str());
+    assert_eq!(event["data"]["result"]["thumb"], "cat-small.png");
+    let logged = until("the attempt logged", async || {
+        let logged = attempts(&api, "jobs", "").await;
+        (!logged.is_empty()).then_some(logged)
+    })
+    .await;
+    assert_eq!(logged[0]["succeeded"], true);
+}

@@ -1,0 +1,391 @@
+//! Delivery: an endpoint's runner in this process, its fetch loop per
+//! topic, and one delivery (filter, rate limit, attempt, log, settle). The
+//! module docs of [`crate::service`] tell the whole path.
+
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use herald_backend::{AckDurability, Delivery, FetchRequest};
+use herald_types::{GroupName, TopicName};
+use reqwest::header::{HeaderName, HeaderValue};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::attempt::{ErrorClass, Outcome};
+use crate::circuit::{Circuit, Permit};
+use crate::service::{Error, Result, Shared, group_name, millis, new_secret, now_ms, spec_of};
+use crate::store::{Endpoint, EndpointStats, Trigger};
+
+/// An endpoint's delivery machinery in this process.
+#[derive(Debug)]
+pub(crate) struct Runner {
+    pub(crate) live: RwLock<Arc<Live>>,
+    pub(crate) circuit: Mutex<Circuit>,
+    pub(crate) stats: Mutex<EndpointStats>,
+    pub(crate) budget: Arc<Semaphore>,
+    /// The rate limit's next free slot.
+    pub(crate) next_slot: tokio::sync::Mutex<Option<Instant>>,
+    /// When the current run of failures began (ms), `None` after a success.
+    pub(crate) failing_since: Mutex<Option<i64>>,
+    pub(crate) cancel: CancellationToken,
+}
+
+/// An endpoint as delivery uses it.
+#[derive(Debug)]
+pub(crate) struct Live {
+    pub(crate) record: Endpoint,
+    pub(crate) revision: u64,
+    pub(crate) url: reqwest::Url,
+    pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Live {
+    pub(crate) fn new(record: Endpoint, revision: u64) -> Result<Self> {
+        let spec = spec_of(&record);
+        let checked = spec.check_fields(new_secret)?;
+        Ok(Self {
+            record,
+            revision,
+            url: checked.url,
+            headers: checked.headers,
+        })
+    }
+}
+
+/// Fetches `runner`'s endpoint's deliveries from its group on `topic`, as
+/// the circuit and the in-flight budget allow, until the runner stops.
+pub(crate) async fn topic_loop(shared: Arc<Shared>, runner: Arc<Runner>, topic: TopicName) {
+    let cancel = runner.cancel.clone();
+    let mut ready = false;
+    let wait = |duration: Duration| {
+        let cancel = cancel.clone();
+        async move {
+            tokio::select! {
+                () = cancel.cancelled() => false,
+                () = tokio::time::sleep(duration) => true,
+            }
+        }
+    };
+    while !cancel.is_cancelled() {
+        let live = runner.live();
+        let endpoint_id = live.record.endpoint_id.clone();
+        if !ready {
+            match shared.ensure_group(&live.record, &topic).await {
+                Ok(()) => ready = true,
+                // Its topic does not exist yet: it is waited for.
+                Err(Error::Backend(herald_backend::Error::TopicNotFound { .. })) => {
+                    if !wait(Duration::from_secs(1)).await {
+                        return;
+                    }
+                    continue;
+                }
+                Err(error) => {
+                    warn!(%error, endpoint = %endpoint_id, topic = %topic, "Could not set up webhook delivery; trying again.");
+                    if !wait(Duration::from_secs(1)).await {
+                        return;
+                    }
+                    continue;
+                }
+            }
+        }
+        let permit = runner
+            .circuit
+            .lock()
+            .map_or(Permit::Open, |mut circuit| circuit.permit(Instant::now()));
+        shared.metrics.circuit(&endpoint_id, &runner.circuit_now());
+        let max = match permit {
+            Permit::Wait(until) => {
+                if !wait(until.saturating_duration_since(Instant::now())).await {
+                    return;
+                }
+                continue;
+            }
+            Permit::Probe => 1,
+            Permit::Open => shared.options.max_in_flight.max(1),
+        };
+        let first = tokio::select! {
+            () = cancel.cancelled() => return,
+            permit = Arc::clone(&runner.budget).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+        };
+        let mut permits = vec![first];
+        while permits.len() < max as usize {
+            match Arc::clone(&runner.budget).try_acquire_owned() {
+                Ok(permit) => permits.push(permit),
+                Err(_) => break,
+            }
+        }
+        let request = FetchRequest {
+            member: shared.options.member.clone(),
+            max: u32::try_from(permits.len()).unwrap_or(1),
+            wait_ms: 1_000,
+        };
+        let group = group_name(&endpoint_id);
+        let fetched = tokio::select! {
+            () = cancel.cancelled() => {
+                runner.probe_unused(permit);
+                return;
+            }
+            fetched = shared.backend.fetch(&topic, &group, request) => fetched,
+        };
+        let deliveries = match fetched {
+            Ok(fetched) => fetched.deliveries,
+            Err(
+                herald_backend::Error::TopicNotFound { .. }
+                | herald_backend::Error::GroupNotFound { .. },
+            ) => {
+                runner.probe_unused(permit);
+                ready = false;
+                continue;
+            }
+            Err(error) => {
+                runner.probe_unused(permit);
+                warn!(%error, endpoint = %endpoint_id, topic = %topic, "Could not fetch webhook deliveries; trying again.");
+                if !wait(Duration::from_secs(1)).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        if deliveries.is_empty() {
+            runner.probe_unused(permit);
+        }
+        let probe = permit == Permit::Probe;
+        for (delivery, budget) in deliveries.into_iter().zip(permits) {
+            shared.tasks.spawn(deliver(
+                Arc::clone(&shared),
+                Arc::clone(&runner),
+                topic.clone(),
+                delivery,
+                budget,
+                probe,
+            ));
+        }
+    }
+}
+
+impl Runner {
+    pub(crate) fn live(&self) -> Arc<Live> {
+        match self.live.read() {
+            Ok(live) => Arc::clone(&live),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    pub(crate) fn circuit_now(&self) -> Circuit {
+        self.circuit.lock().map(|c| *c).unwrap_or_default()
+    }
+
+    /// A probe that found nothing to send leaves the circuit half-open.
+    fn probe_unused(&self, permit: Permit) {
+        if permit == Permit::Probe
+            && let Ok(mut circuit) = self.circuit.lock()
+            && *circuit == (Circuit::HalfOpen { probing: true })
+        {
+            *circuit = Circuit::HalfOpen { probing: false };
+        }
+    }
+
+    /// Waits for the rate limit's next slot.
+    async fn pace(&self, rate_per_s: Option<u32>) {
+        let Some(rate) = rate_per_s.filter(|rate| *rate > 0) else {
+            return;
+        };
+        let interval = Duration::from_secs(1) / rate;
+        let due = {
+            let mut next = self.next_slot.lock().await;
+            let now = Instant::now();
+            let due = next.map_or(now, |slot| slot.max(now));
+            *next = Some(due + interval);
+            due
+        };
+        tokio::time::sleep_until(due.into()).await;
+    }
+}
+
+/// Settles a delivery, logging a failure (the lease expires and the
+/// message comes back: at least once).
+pub(crate) async fn settle(shared: &Shared, topic: &TopicName, group: &GroupName, delivery_id: &str, how: Settle<'_>) {
+    let ids = [delivery_id.to_owned()];
+    let result = match how {
+        Settle::Ack => shared.backend.ack(topic, group, &ids, AckDurability::Async).await,
+        Settle::Nack(delay) => {
+            shared
+                .backend
+                .nack(topic, group, &ids, Some(delay), AckDurability::Async)
+                .await
+        }
+        Settle::Reject(reason) => {
+            shared
+                .backend
+                .reject(topic, group, &ids, reason, AckDurability::Async)
+                .await
+        }
+    };
+    if let Err(error) = result {
+        warn!(%error, topic = %topic, group = %group, "Could not settle a webhook delivery; it comes back.");
+    }
+}
+
+pub(crate) enum Settle<'a> {
+    Ack,
+    Nack(Duration),
+    Reject(&'a str),
+}
+
+/// One delivery: filter, rate limit, attempt, log, settle.
+async fn deliver(
+    shared: Arc<Shared>,
+    runner: Arc<Runner>,
+    topic: TopicName,
+    delivery: Delivery,
+    _budget: OwnedSemaphorePermit,
+    probe: bool,
+) {
+    let live = runner.live();
+    let endpoint_id = live.record.endpoint_id.clone();
+    let group = group_name(&endpoint_id);
+    let event = &delivery.event;
+    if !live.record.filter.matches(event) {
+        settle(&shared, &topic, &group, &delivery.delivery_id, Settle::Ack).await;
+        return;
+    }
+    if let Ok(mut stats) = runner.stats.lock() {
+        stats.in_flight += 1;
+    }
+    let held = if probe {
+        None
+    } else {
+        runner
+            .circuit
+            .lock()
+            .ok()
+            .and_then(|circuit| circuit.allows(Instant::now()))
+    };
+    if let Some(until) = held {
+        // Fetched before the circuit opened: back for when it half-opens.
+        let delay = until.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
+        let outcome = Outcome {
+            status_code: None,
+            latency: Duration::ZERO,
+            class: ErrorClass::CircuitOpen,
+            error: Some("the endpoint's circuit is open: not sent".to_owned()),
+            response_excerpt: String::new(),
+            retry_after: None,
+            gone: false,
+        };
+        let record = shared.attempt_record(
+            &endpoint_id,
+            event,
+            delivery.attempt,
+            &outcome,
+            Trigger::Scheduled,
+            format!("retry_in_ms:{}", millis(delay)),
+        );
+        shared.log_attempt(&record).await;
+        settle(&shared, &topic, &group, &delivery.delivery_id, Settle::Nack(delay)).await;
+        runner.done();
+        return;
+    }
+    runner.pace(live.record.rate_limit_per_s).await;
+    let outcome = shared.send(&live, event).await;
+    let now = now_ms();
+    let opened = {
+        let Ok(mut circuit) = runner.circuit.lock() else {
+            return;
+        };
+        if outcome.succeeded() {
+            circuit.succeeded();
+            false
+        } else {
+            circuit.failed(Instant::now(), shared.options.circuit)
+        }
+    };
+    if opened {
+        warn!(endpoint = %endpoint_id, "Webhook endpoint's circuit opened.");
+    }
+    shared.metrics.circuit(&endpoint_id, &runner.circuit_now());
+    if let Ok(mut stats) = runner.stats.lock() {
+        stats.consecutive_failures = if outcome.succeeded() {
+            0
+        } else {
+            stats.consecutive_failures + 1
+        };
+    }
+    let (settle_how, next, reason);
+    if outcome.succeeded() {
+        settle_how = Settle::Ack;
+        next = "acked".to_owned();
+    } else if outcome.gone {
+        // The receiver says it is gone for good (Standard Webhooks: 410).
+        settle_how = Settle::Nack(Duration::from_secs(1));
+        next = "endpoint_disabled".to_owned();
+    } else {
+        let unit: f64 = rand::random();
+        match shared
+            .options
+            .schedule
+            .next_delay(delivery.attempt, unit, outcome.retry_after)
+        {
+            Some(delay) => {
+                settle_how = Settle::Nack(delay);
+                next = format!("retry_in_ms:{}", millis(delay));
+            }
+            None => {
+                reason = format!(
+                    "webhook delivery failed after {} attempts ({}): {}",
+                    delivery.attempt,
+                    outcome.class.as_str(),
+                    outcome.error.as_deref().unwrap_or("failed")
+                );
+                settle_how = Settle::Reject(&reason);
+                next = "dead_lettered".to_owned();
+            }
+        }
+    }
+    let record = shared.attempt_record(
+        &endpoint_id,
+        event,
+        delivery.attempt,
+        &outcome,
+        Trigger::Scheduled,
+        next,
+    );
+    shared.note_outcome(&endpoint_id, &outcome, &record);
+    shared.log_attempt(&record).await;
+    settle(&shared, &topic, &group, &delivery.delivery_id, settle_how).await;
+    runner.done();
+    // When this run of failures began, kept here as it happens (the stored
+    // record follows, through the reconcile).
+    let failing_since = runner.failing_since.lock().ok().and_then(|mut since| {
+        let before = *since;
+        if outcome.succeeded() {
+            *since = None;
+        } else {
+            since.get_or_insert(now);
+        }
+        before
+    });
+    if outcome.succeeded() {
+        if failing_since.is_some() {
+            shared.note_recovery(&endpoint_id).await;
+        }
+    } else if outcome.gone {
+        shared
+            .disable(&endpoint_id, "the receiver answered 410 Gone")
+            .await;
+    } else {
+        shared.note_failure(&endpoint_id, failing_since, now).await;
+    }
+}
+
+impl Runner {
+    fn done(&self) {
+        if let Ok(mut stats) = self.stats.lock() {
+            stats.in_flight = stats.in_flight.saturating_sub(1);
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! What the webhook service keeps in the backend's `Kv`: endpoints and the
+//! attempt log, and the shapes the API shows of them.
+//!
+//! | what | bucket | key |
+//! |---|---|---|
+//! | endpoints | `webhooks.endpoints` | endpoint id |
+//! | attempts, newest first | `webhooks.attempts` | `<endpoint>/<attempt id>` |
+//! | attempts per message | `webhooks.attempts.by_message` | `<endpoint>/<message id>/<attempt id>` |
+//!
+//! An attempt id starts with `u64::MAX - at_ms` in 20 digits, so an
+//! endpoint's keys list newest first and everything older than a time is a
+//! key range (the retention sweep deletes from there on).
+
+use std::collections::BTreeMap;
+
+use herald_types::TopicName;
+use herald_types::webhook::Secret;
+use serde::{Deserialize, Serialize};
+
+use crate::endpoint::Filter;
+
+/// Endpoints.
+pub const ENDPOINTS_BUCKET: &str = "webhooks.endpoints";
+/// The attempt log, per endpoint, newest first.
+pub const ATTEMPTS_BUCKET: &str = "webhooks.attempts";
+/// The attempt log, per endpoint and message.
+pub const BY_MESSAGE_BUCKET: &str = "webhooks.attempts.by_message";
+
+/// A signing secret and, once rotated out, when it stops being used.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredSecret {
+    /// `whsec_…`.
+    pub secret: String,
+    /// Rotated out: signs until then (ms since the Unix epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
+}
+
+/// An endpoint as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub endpoint_id: String,
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub filter: Filter,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_per_s: Option<u32>,
+    pub ordered: bool,
+    pub enabled: bool,
+    /// The current secret first, then rotated-out ones still in overlap.
+    pub secrets: Vec<StoredSecret>,
+    /// Why it was disabled by Herald (auto-disable, 410 Gone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled_reason: Option<String>,
+    /// When its current run of failures began (ms): no success since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failing_since: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl Endpoint {
+    /// The secrets that sign at `now_ms`: the current one and those whose
+    /// overlap has not ended.
+    pub fn live_secrets(&self, now_ms: i64) -> Vec<Secret> {
+        self.secrets
+            .iter()
+            .filter(|stored| stored.expires_at.is_none_or(|end| end > now_ms))
+            .filter_map(|stored| Secret::parse(&stored.secret).ok())
+            .collect()
+    }
+
+    /// The topics it reads (checked when it was stored).
+    pub fn topics(&self) -> Vec<TopicName> {
+        self.filter
+            .topics
+            .iter()
+            .filter_map(|topic| topic.parse().ok())
+            .collect()
+    }
+}
+
+/// An endpoint's state as the API shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum State {
+    Enabled,
+    CircuitOpen,
+    Disabled,
+}
+
+/// What the delivery loops counted for an endpoint since this process
+/// started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct EndpointStats {
+    pub attempts: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub consecutive_failures: u32,
+    pub in_flight: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_attempt_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_success_at: Option<String>,
+}
+
+/// An endpoint as the API shows it: the stored fields but the secrets
+/// (`secret` only on create and rotate), with its state and counters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct EndpointView {
+    pub endpoint_id: String,
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub filter: Filter,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_per_s: Option<u32>,
+    pub ordered: bool,
+    pub enabled: bool,
+    pub state: State,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failing_since: Option<String>,
+    /// The signing secret: only in the answer to a create.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    pub stats: EndpointStats,
+}
+
+/// What triggered an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum Trigger {
+    /// The message's own schedule.
+    Scheduled,
+    /// `POST …/messages/{id}/redeliver`.
+    Manual,
+}
+
+/// One attempt, as logged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AttemptRecord {
+    pub attempt_id: String,
+    pub endpoint_id: String,
+    /// `webhook-id`: `<topic>.<partition>.<offset>`.
+    pub message_id: String,
+    /// 1 for the message's first attempt.
+    pub attempt: u32,
+    /// RFC 3339.
+    pub at: String,
+    pub succeeded: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_code: Option<u16>,
+    pub latency_ms: u64,
+    /// `none`, `status`, `timeout`, `connect`, `target_not_allowed`,
+    /// `circuit_open`.
+    pub error_class: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub response_excerpt: String,
+    pub trigger: Trigger,
+    /// What follows: `acked`, `retry_in_ms:<n>`, `dead_lettered`,
+    /// `endpoint_disabled`, `none` (manual).
+    pub next: String,
+}
+
+/// An attempt id for `at_ms`: newest sorts first; `unique` keeps two
+/// attempts of one millisecond apart.
+pub fn attempt_id(at_ms: i64, unique: u64) -> String {
+    let at = u64::try_from(at_ms).unwrap_or(0);
+    format!("{:020}{:016x}", u64::MAX - at, unique)
+}
+
+/// The time an attempt id carries, ms.
+pub fn attempt_time(attempt_id: &str) -> Option<i64> {
+    let inverted: u64 = attempt_id.get(..20)?.parse().ok()?;
+    i64::try_from(u64::MAX - inverted).ok()
+}
+
+/// The first key of `endpoint`'s attempts older than `before_ms`.
+pub fn attempts_older_than(endpoint: &str, before_ms: i64) -> String {
+    let at = u64::try_from(before_ms).unwrap_or(0);
+    // Keys of attempts at `before_ms - 1` or earlier sort after this one,
+    // those at `before_ms` or later before it.
+    format!("{endpoint}/{:020}", (u64::MAX - at).saturating_add(1))
+}
+
+/// `webhook-id` of the event at `topic`/`partition`/`offset`.
+pub fn message_id(topic: &str, partition: u32, offset: u64) -> String {
+    format!("{topic}.{partition}.{offset}")
+}
+
+/// A message id's topic, partition and offset.
+pub fn parse_message_id(message_id: &str) -> Option<(TopicName, u32, u64)> {
+    let mut parts = message_id.rsplitn(3, '.');
+    let offset = parts.next()?.parse().ok()?;
+    let partition = parts.next()?.parse().ok()?;
+    let topic = parts.next()?.parse().ok()?;
+    Some((topic, partition, offset))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn given_attempt_ids_when_sorted_should_put_the_newest_first() {
+        let old = attempt_id(1_000, 7);
+        let new = attempt_id(2_000, 1);
+        assert!(new < old);
+        assert_eq!(attempt_time(&old), Some(1_000));
+        // Everything at 1,999 ms or before sorts after the cut of 2,000.
+        let cut = attempts_older_than("ep", 2_000);
+        assert!(format!("ep/{old}") > cut);
+        assert!(format!("ep/{new}") < cut);
+    }
+
+    #[test]
+    fn given_a_message_id_of_a_dotted_topic_should_parse_back() {
+        let id = message_id("orders.eu", 3, 42);
+        assert_eq!(id, "orders.eu.3.42");
+        let (topic, partition, offset) = parse_message_id(&id).unwrap();
+        assert_eq!((topic.as_str(), partition, offset), ("orders.eu", 3, 42));
+        assert!(parse_message_id("orders").is_none());
+        assert!(parse_message_id("orders.x.1").is_none());
+    }
+}
