@@ -57,7 +57,7 @@ enum Command {
     /// A mixed workload against one server for a set duration at about half
     /// its measured maximum publish rate, sampling RSS, open files, threads
     /// and p99 every 10 s, with a verdict on flatness.
-    Soak(soak::SoakArgs),
+    Soak(Box<soak::SoakArgs>),
     /// W7: webhook deliveries per second against the receiver's own
     /// ceiling, beside a failing endpoint, and publish → receipt latency.
     Webhooks(webhooks::WebhookArgs),
@@ -322,7 +322,7 @@ fn points(args: &Args) -> Result<Vec<Point>> {
 async fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Soak(soak)) => return soak::run(soak).await,
+        Some(Command::Soak(soak)) => return soak::run(*soak).await,
         Some(Command::Webhooks(w7)) => return webhooks::run(w7).await,
         None => {}
     }

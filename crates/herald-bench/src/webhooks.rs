@@ -84,13 +84,25 @@ struct Counts {
 impl Counts {
     fn reset(&self) {
         self.received.store(0, Ordering::SeqCst);
-        *self.first.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
-        *self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        *self
+            .first
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        *self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
     }
 
     fn rate(&self) -> f64 {
-        let first = *self.first.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let last = *self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let first = *self
+            .first
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let last = *self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         match (first, last) {
             (Some(first), Some(last)) if last > first => {
                 self.received.load(Ordering::SeqCst).saturating_sub(1) as f64
@@ -190,7 +202,11 @@ async fn ceiling(addr: SocketAddr, args: &WebhookArgs, body: Bytes) -> Result<f6
     Ok(total as f64 / started.elapsed().as_secs_f64())
 }
 
-async fn create_endpoint(http: &reqwest::Client, server: &str, target: SocketAddr) -> Result<String> {
+async fn create_endpoint(
+    http: &reqwest::Client,
+    server: &str,
+    target: SocketAddr,
+) -> Result<String> {
     let response = http
         .post(format!("{server}/v1/webhooks/endpoints"))
         .json(&json!({"url": format!("http://{target}/hook"), "filter": {"topics": [TOPIC]}}))
@@ -248,7 +264,10 @@ pub async fn run(args: WebhookArgs) -> Result<()> {
         "data_base64": "eHh4",
     }))?;
     let ceiling = ceiling(healthy, &args, Bytes::from(sample)).await?;
-    eprintln!("w7: receiver ceiling {ceiling:.0} req/s ({} concurrent)", args.concurrency);
+    eprintln!(
+        "w7: receiver ceiling {ceiling:.0} req/s ({} concurrent)",
+        args.concurrency
+    );
 
     // 2. Herald delivering to it.
     let herald_bin = args.herald_bin.clone().unwrap_or_else(peers::find_herald);
@@ -297,7 +316,9 @@ pub async fn run(args: WebhookArgs) -> Result<()> {
         let due = started + interval * u32::try_from(n).unwrap_or(u32::MAX);
         tokio::time::sleep_until(due.into()).await;
         let sent = nanos(Instant::now().saturating_duration_since(clock));
-        client.publish(TOPIC, [event(&payload, n, Some(sent))]).await?;
+        client
+            .publish(TOPIC, [event(&payload, n, Some(sent))])
+            .await?;
     }
     wait_for(&counts, total, Duration::from_secs(120)).await?;
     let latency = counts

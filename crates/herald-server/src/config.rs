@@ -636,8 +636,7 @@ impl Default for WebhookOptions {
             attempt_timeout_ms: ms(defaults.attempt_timeout),
             connect_timeout_ms: ms(defaults.connect_timeout),
             max_in_flight: NonZeroU32::new(defaults.max_in_flight).unwrap_or(NonZeroU32::MIN),
-            circuit_failures: NonZeroU32::new(defaults.circuit.failures)
-                .unwrap_or(NonZeroU32::MIN),
+            circuit_failures: NonZeroU32::new(defaults.circuit.failures).unwrap_or(NonZeroU32::MIN),
             circuit_cool_down_ms: ms(defaults.circuit.cool_down),
             disable_after_ms: ms(defaults.disable_after),
             attempt_retention_ms: ms(defaults.attempt_retention),
@@ -661,13 +660,14 @@ impl WebhookOptions {
 
     /// The webhook service's options from these.
     pub fn service_options(&self) -> Result<herald_webhooks::Options, Error> {
-        let schedule = herald_webhooks::Schedule::from_millis(&self.retry_schedule_ms).map_err(
-            |error| Error::InvalidValue {
-                key: "webhooks.retry_schedule_ms".to_owned(),
-                origin: None,
-                message: error.to_string(),
-            },
-        )?;
+        let schedule =
+            herald_webhooks::Schedule::from_millis(&self.retry_schedule_ms).map_err(|error| {
+                Error::InvalidValue {
+                    key: "webhooks.retry_schedule_ms".to_owned(),
+                    origin: None,
+                    message: error.to_string(),
+                }
+            })?;
         Ok(herald_webhooks::Options {
             schedule,
             attempt_timeout: Duration::from_millis(self.attempt_timeout_ms.get()),

@@ -317,25 +317,24 @@ impl Server {
         };
         storage_slot.set(storage.handle());
         let services = CancellationToken::new();
-        let service_tasks =
-            match start_services(
-                &options,
-                &storage,
-                blobs,
-                (&jobs_slot, &webhooks_slot),
-                &metrics,
-                &services,
-            )
-            .await
-            {
-                Ok(tasks) => tasks,
-                Err(error) => {
-                    stop_http.cancel();
-                    http_task.abort();
-                    let _ = storage.shutdown().await;
-                    return Err(error);
-                }
-            };
+        let service_tasks = match start_services(
+            &options,
+            &storage,
+            blobs,
+            (&jobs_slot, &webhooks_slot),
+            &metrics,
+            &services,
+        )
+        .await
+        {
+            Ok(tasks) => tasks,
+            Err(error) => {
+                stop_http.cancel();
+                http_task.abort();
+                let _ = storage.shutdown().await;
+                return Err(error);
+            }
+        };
         readiness.set(Phase::Ready);
         grpc::set_serving(&health, true).await;
         let grpc_health = tokio::spawn(grpc_health_loop(

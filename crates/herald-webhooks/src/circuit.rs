@@ -152,7 +152,10 @@ mod tests {
         );
         let later = start + OPTIONS.cool_down;
         assert_eq!(circuit.permit(later), Permit::Probe);
-        assert!(matches!(circuit.permit(later), Permit::Wait(_)), "one probe");
+        assert!(
+            matches!(circuit.permit(later), Permit::Wait(_)),
+            "one probe"
+        );
         circuit.succeeded();
         assert_eq!(circuit.permit(later), Permit::Open);
     }

@@ -208,10 +208,21 @@ impl Runner {
 
 /// Settles a delivery, logging a failure (the lease expires and the
 /// message comes back: at least once).
-pub(crate) async fn settle(shared: &Shared, topic: &TopicName, group: &GroupName, delivery_id: &str, how: Settle<'_>) {
+pub(crate) async fn settle(
+    shared: &Shared,
+    topic: &TopicName,
+    group: &GroupName,
+    delivery_id: &str,
+    how: Settle<'_>,
+) {
     let ids = [delivery_id.to_owned()];
     let result = match how {
-        Settle::Ack => shared.backend.ack(topic, group, &ids, AckDurability::Async).await,
+        Settle::Ack => {
+            shared
+                .backend
+                .ack(topic, group, &ids, AckDurability::Async)
+                .await
+        }
         Settle::Nack(delay) => {
             shared
                 .backend
@@ -267,7 +278,9 @@ async fn deliver(
     };
     if let Some(until) = held {
         // Fetched before the circuit opened: back for when it half-opens.
-        let delay = until.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
+        let delay = until
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(100));
         let outcome = Outcome {
             status_code: None,
             latency: Duration::ZERO,
@@ -286,7 +299,14 @@ async fn deliver(
             format!("retry_in_ms:{}", millis(delay)),
         );
         shared.log_attempt(&record).await;
-        settle(&shared, &topic, &group, &delivery.delivery_id, Settle::Nack(delay)).await;
+        settle(
+            &shared,
+            &topic,
+            &group,
+            &delivery.delivery_id,
+            Settle::Nack(delay),
+        )
+        .await;
         runner.done();
         return;
     }

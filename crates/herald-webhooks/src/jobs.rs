@@ -93,9 +93,8 @@ pub(crate) async fn jobs_loop(shared: Arc<Shared>, cancel: CancellationToken) {
             spec.start = StartPosition::Time { time_ms: started };
             spec.filter.types = ENDS.iter().map(|ty| (*ty).to_owned()).collect();
             spec.max_deliveries = shared.options.schedule.attempts();
-            spec.ack_wait_ms = millis(
-                shared.options.attempt_timeout + shared.options.connect_timeout,
-            ) + 30_000;
+            spec.ack_wait_ms =
+                millis(shared.options.attempt_timeout + shared.options.connect_timeout) + 30_000;
             spec.backoff_ms = vec![1_000];
             match shared.backend.put_group(&topic, &group, spec).await {
                 Ok(_) => ready = true,
@@ -139,7 +138,9 @@ pub(crate) async fn jobs_loop(shared: Arc<Shared>, cancel: CancellationToken) {
             Ok(fetched) => {
                 for (delivery, permit) in fetched.deliveries.into_iter().zip(permits) {
                     let shared_for_task = Arc::clone(&shared);
-                    shared.tasks.spawn(notify(shared_for_task, delivery, permit));
+                    shared
+                        .tasks
+                        .spawn(notify(shared_for_task, delivery, permit));
                 }
             }
             Err(
@@ -175,7 +176,12 @@ async fn notify(shared: Arc<Shared>, delivery: Delivery, _permit: OwnedSemaphore
         }
     };
     let Some((job, url)) = job.and_then(|job| {
-        let url = job.notify.as_ref()?.webhook_url.parse::<reqwest::Url>().ok()?;
+        let url = job
+            .notify
+            .as_ref()?
+            .webhook_url
+            .parse::<reqwest::Url>()
+            .ok()?;
         Some((job, url))
     }) else {
         settle(&shared, &topic, &group, &delivery.delivery_id, Settle::Ack).await;

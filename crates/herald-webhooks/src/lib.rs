@@ -42,5 +42,5 @@ pub use endpoint::{EndpointSpec, Filter, InvalidEndpoint};
 pub use metrics::WebhookMetrics;
 pub use schedule::Schedule;
 pub use service::{AttemptQuery, EndpointPatch, Error, Handle, Options, Service};
-pub use store::{AttemptRecord, EndpointView};
 pub use ssrf::{AddressClass, Refused, TargetPolicy};
+pub use store::{AttemptRecord, EndpointView};

@@ -37,8 +37,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use herald_backend::{
-    Backend, Expect, GroupFilter, GroupMode, GroupSpec,
-    OrderBy, StartPosition, TopicSpec,
+    Backend, Expect, GroupFilter, GroupMode, GroupSpec, OrderBy, StartPosition, TopicSpec,
 };
 use herald_types::webhook::Secret;
 use herald_types::{Event, EventInput, GroupName, TopicName, format_rfc3339_ms};
@@ -56,8 +55,8 @@ use crate::metrics::WebhookMetrics;
 use crate::schedule::Schedule;
 use crate::store::{
     ATTEMPTS_BUCKET, AttemptRecord, BY_MESSAGE_BUCKET, ENDPOINTS_BUCKET, Endpoint, EndpointStats,
-    EndpointView, State, StoredSecret, Trigger, attempt_id, attempts_older_than,
-    message_id, parse_message_id,
+    EndpointView, State, StoredSecret, Trigger, attempt_id, attempts_older_than, message_id,
+    parse_message_id,
 };
 
 /// The source of the service's own events.
@@ -411,10 +410,7 @@ impl Service {
         shared
             .tasks
             .spawn(crate::jobs::jobs_loop(Arc::clone(shared), cancel.clone()));
-        tokio::join!(
-            reconcile_loop(shared, &cancel),
-            sweep_loop(shared, &cancel)
-        );
+        tokio::join!(reconcile_loop(shared, &cancel), sweep_loop(shared, &cancel));
         let runners: Vec<_> = shared
             .runners
             .lock()
@@ -426,7 +422,10 @@ impl Service {
         // Attempts in flight end within their timeout; then they settle.
         shared.tasks.close();
         let grace = shared.options.attempt_timeout + Duration::from_secs(5);
-        if tokio::time::timeout(grace, shared.tasks.wait()).await.is_err() {
+        if tokio::time::timeout(grace, shared.tasks.wait())
+            .await
+            .is_err()
+        {
             warn!("Webhook attempts still in flight at shutdown; their messages come back.");
         }
         info!("Webhook service stopped.");
@@ -439,9 +438,7 @@ impl Handle {
     /// carries the secret.
     pub async fn create(&self, spec: EndpointSpec) -> Result<EndpointView> {
         let shared = &self.shared;
-        let checked = spec
-            .check(shared.sender.policy(), new_secret)
-            .await?;
+        let checked = spec.check(shared.sender.policy(), new_secret).await?;
         let now = now_ms();
         let endpoint_id = format!("ep_{}", uuid::Uuid::now_v7().simple());
         let record = Endpoint {
@@ -559,6 +556,7 @@ impl Handle {
                 Err(error) => return Err(error.into()),
             }
         }
+        shared.metrics.forget(endpoint_id);
         shared.delete_attempts(endpoint_id, None).await?;
         shared.changed.notify_one();
         info!(endpoint = endpoint_id, "Webhook endpoint deleted.");
@@ -568,7 +566,11 @@ impl Handle {
     /// A new secret; the current one keeps signing for `overlap` (the
     /// configured overlap when `None`), so receivers can switch without a
     /// gap. Returns the new secret.
-    pub async fn rotate_secret(&self, endpoint_id: &str, overlap: Option<Duration>) -> Result<String> {
+    pub async fn rotate_secret(
+        &self,
+        endpoint_id: &str,
+        overlap: Option<Duration>,
+    ) -> Result<String> {
         let shared = &self.shared;
         let overlap = overlap.unwrap_or(shared.options.rotation_overlap);
         let secret = new_secret();
@@ -580,7 +582,9 @@ impl Handle {
                 for old in &mut record.secrets {
                     old.expires_at = Some(old.expires_at.map_or(end, |at| at.min(end)));
                 }
-                record.secrets.retain(|old| old.expires_at.is_none_or(|at| at > now));
+                record
+                    .secrets
+                    .retain(|old| old.expires_at.is_none_or(|at| at > now));
                 record.secrets.insert(
                     0,
                     StoredSecret {
@@ -597,7 +601,11 @@ impl Handle {
 
     /// An endpoint's attempts, newest first (also those of the job
     /// notifications, under [`crate::jobs::JOBS_ENDPOINT_ID`]).
-    pub async fn attempts(&self, endpoint_id: &str, query: AttemptQuery) -> Result<Vec<AttemptRecord>> {
+    pub async fn attempts(
+        &self,
+        endpoint_id: &str,
+        query: AttemptQuery,
+    ) -> Result<Vec<AttemptRecord>> {
         let shared = &self.shared;
         if endpoint_id != crate::jobs::JOBS_ENDPOINT_ID {
             shared.load(endpoint_id).await?;
@@ -612,7 +620,10 @@ impl Handle {
             Some(message) => (BY_MESSAGE_BUCKET, format!("{endpoint_id}/{message}/")),
             None => (ATTEMPTS_BUCKET, format!("{endpoint_id}/")),
         };
-        let mut after = query.before.as_ref().map(|before| format!("{prefix}{before}"));
+        let mut after = query
+            .before
+            .as_ref()
+            .map(|before| format!("{prefix}{before}"));
         let mut found = Vec::new();
         // Filtering by status may skip many: bounded pages.
         for _ in 0..64 {
@@ -714,7 +725,11 @@ impl Handle {
         let group = group_name(endpoint_id);
         let mut total = 0;
         for topic in record.topics() {
-            let dead = match shared.backend.dead_letters(&topic, &group, MAX_RECOVER).await {
+            let dead = match shared
+                .backend
+                .dead_letters(&topic, &group, MAX_RECOVER)
+                .await
+            {
                 Ok(dead) => dead,
                 Err(
                     herald_backend::Error::TopicNotFound { .. }
@@ -724,14 +739,20 @@ impl Handle {
             };
             let ids: Vec<u64> = dead
                 .iter()
-                .filter(|letter| letter.dead_at >= since && until.is_none_or(|end| letter.dead_at <= end))
+                .filter(|letter| {
+                    letter.dead_at >= since && until.is_none_or(|end| letter.dead_at <= end)
+                })
                 .map(|letter| letter.id)
                 .collect();
             if !ids.is_empty() {
                 total += shared.backend.redrive(&topic, &group, Some(&ids)).await?;
             }
         }
-        info!(endpoint = endpoint_id, redelivering = total, "Webhook endpoint recovering.");
+        info!(
+            endpoint = endpoint_id,
+            redelivering = total,
+            "Webhook endpoint recovering."
+        );
         Ok(total)
     }
 }
@@ -760,7 +781,9 @@ impl Shared {
             if let Some(entry) = self.backend.kv_get(ENDPOINTS_BUCKET, &key).await? {
                 match decode::<Endpoint>(&entry.value) {
                     Ok(record) => records.push((record, entry.revision)),
-                    Err(error) => warn!(endpoint = key, %error, "Skipping a corrupt webhook endpoint."),
+                    Err(error) => {
+                        warn!(endpoint = key, %error, "Skipping a corrupt webhook endpoint.");
+                    }
                 }
             }
         }
@@ -933,7 +956,6 @@ impl Shared {
             .unwrap_or_default();
         for endpoint_id in stale {
             self.stop_runner(&endpoint_id);
-            self.metrics.forget(&endpoint_id);
         }
         self.metrics.set_disabled(disabled);
         Ok(())
@@ -1014,7 +1036,12 @@ impl Shared {
     }
 
     /// Counts an outcome in the endpoint's stats and the metrics.
-    pub(crate) fn note_outcome(&self, endpoint_id: &str, outcome: &Outcome, record: &AttemptRecord) {
+    pub(crate) fn note_outcome(
+        &self,
+        endpoint_id: &str,
+        outcome: &Outcome,
+        record: &AttemptRecord,
+    ) {
         self.metrics.attempt(endpoint_id, outcome);
         let runner = self
             .runners
@@ -1072,7 +1099,11 @@ impl Shared {
 
     /// Deletes `endpoint_id`'s attempt records older than `before_ms`
     /// (all of them when `None`).
-    pub(crate) async fn delete_attempts(&self, endpoint_id: &str, before_ms: Option<i64>) -> Result<u64> {
+    pub(crate) async fn delete_attempts(
+        &self,
+        endpoint_id: &str,
+        before_ms: Option<i64>,
+    ) -> Result<u64> {
         let prefix = format!("{endpoint_id}/");
         let mut after = before_ms.map(|before| attempts_older_than(endpoint_id, before));
         let mut deleted = 0;
@@ -1107,7 +1138,12 @@ impl Shared {
 
     /// An attempt failed at `now`: remembers when the failures began;
     /// disables the endpoint when they have lasted `disable_after`.
-    pub(crate) async fn note_failure(self: &Arc<Self>, endpoint_id: &str, since: Option<i64>, now: i64) {
+    pub(crate) async fn note_failure(
+        self: &Arc<Self>,
+        endpoint_id: &str,
+        since: Option<i64>,
+        now: i64,
+    ) {
         match since {
             None => {
                 let result = self
@@ -1121,7 +1157,10 @@ impl Shared {
                 }
                 self.changed.notify_one();
             }
-            Some(since) if now - since >= i64::try_from(millis(self.options.disable_after)).unwrap_or(i64::MAX) => {
+            Some(since)
+                if now - since
+                    >= i64::try_from(millis(self.options.disable_after)).unwrap_or(i64::MAX) =>
+            {
                 let reason = format!(
                     "no successful delivery since {} ({} days or more)",
                     format_rfc3339_ms(since),
@@ -1188,14 +1227,23 @@ impl Shared {
         event.datacontenttype = Some("application/json".into());
         event.data = Some(encode(&data));
         let topic = &self.options.events_topic;
-        if let Err(error) = self.backend.create_topic(TopicSpec::new(topic.clone())).await
+        if let Err(error) = self
+            .backend
+            .create_topic(TopicSpec::new(topic.clone()))
+            .await
             && !matches!(error, herald_backend::Error::TopicExists { .. })
         {
             warn!(%error, "Could not create the webhook events topic.");
         }
         if let Err(error) = self
             .backend
-            .publish(topic, vec![EventInput { event, partition: None }])
+            .publish(
+                topic,
+                vec![EventInput {
+                    event,
+                    partition: None,
+                }],
+            )
             .await
         {
             warn!(%error, "Could not publish that a webhook endpoint was disabled.");
@@ -1223,7 +1271,8 @@ async fn sweep_loop(shared: &Arc<Shared>, cancel: &CancellationToken) {
             () = cancel.cancelled() => return,
             () = tokio::time::sleep(Duration::from_secs(60)) => {}
         }
-        let cutoff = now_ms() - i64::try_from(millis(shared.options.attempt_retention)).unwrap_or(i64::MAX);
+        let cutoff =
+            now_ms() - i64::try_from(millis(shared.options.attempt_retention)).unwrap_or(i64::MAX);
         let endpoints = match shared
             .backend
             .kv_keys(ENDPOINTS_BUCKET, "", None, MAX_ENDPOINTS)
@@ -1241,10 +1290,11 @@ async fn sweep_loop(shared: &Arc<Shared>, cancel: &CancellationToken) {
         for endpoint_id in endpoints {
             match shared.delete_attempts(&endpoint_id, Some(cutoff)).await {
                 Ok(0) => {}
-                Ok(deleted) => debug!(endpoint = %endpoint_id, deleted, "Expired webhook attempts."),
+                Ok(deleted) => {
+                    debug!(endpoint = %endpoint_id, deleted, "Expired webhook attempts.");
+                }
                 Err(error) => warn!(%error, "Could not expire webhook attempts."),
             }
         }
     }
 }
-

@@ -85,7 +85,9 @@ pub async fn run(server: &str, input: &Path, output: &Path) -> Result<Report> {
 pub async fn run_notified_by_webhook(server: &str, input: &Path, output: &Path) -> Result<Report> {
     let http = reqwest::Client::new();
     let settings = expect(
-        http.get(format!("{server}/v1/webhooks/jobs")).send().await?,
+        http.get(format!("{server}/v1/webhooks/jobs"))
+            .send()
+            .await?,
         200,
     )
     .await?;
@@ -126,7 +128,16 @@ pub async fn run_notified_by_webhook(server: &str, input: &Path, output: &Path) 
     };
     serving.abort();
     let kind = text(&event, "type")?;
-    finish(&http, server, &job_id, &input_blob, output, &event["data"], vec![format!("webhook {kind}")]).await
+    finish(
+        &http,
+        server,
+        &job_id,
+        &input_blob,
+        output,
+        &event["data"],
+        vec![format!("webhook {kind}")],
+    )
+    .await
 }
 
 /// Uploads `input` (streamed from disk) and submits a job for it → `(job
@@ -179,7 +190,16 @@ pub async fn await_result(
         .await?
         .error_for_status()?;
     let (notifications, job) = follow(response).await?;
-    finish(http, server, job_id, input_blob, output, &job, notifications).await
+    finish(
+        http,
+        server,
+        job_id,
+        input_blob,
+        output,
+        &job,
+        notifications,
+    )
+    .await
 }
 
 /// Downloads the ended `job`'s result blob to `output` → the report.

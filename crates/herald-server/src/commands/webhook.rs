@@ -152,9 +152,9 @@ fn headers(given: &[String]) -> Result<Map<String, Value>, Error> {
     given
         .iter()
         .map(|header| {
-            let (name, value) = header.split_once(':').ok_or_else(|| {
-                Error::Usage(format!("--header {header:?}: use `Name: value`"))
-            })?;
+            let (name, value) = header
+                .split_once(':')
+                .ok_or_else(|| Error::Usage(format!("--header {header:?}: use `Name: value`")))?;
             Ok((name.trim().to_owned(), json!(value.trim())))
         })
         .collect()
@@ -300,7 +300,10 @@ async fn endpoint(api: &Api, command: EndpointCommand) -> Result<(), Error> {
                 ("url", url.map(Value::from)),
                 ("description", description.map(Value::from)),
                 ("rate_limit_per_s", rate_limit_per_s.map(Value::from)),
-                ("enabled", (enable || disable).then_some(Value::from(enable))),
+                (
+                    "enabled",
+                    (enable || disable).then_some(Value::from(enable)),
+                ),
             ] {
                 if let Some(value) = value {
                     body[field] = value;
@@ -315,7 +318,10 @@ async fn endpoint(api: &Api, command: EndpointCommand) -> Result<(), Error> {
         } => {
             let body = overlap_ms.map_or_else(|| json!({}), |ms| json!({"overlap_ms": ms}));
             let answer = api
-                .post(&format!("{}/rotate-secret", endpoint_path(&endpoint_id)), &body)
+                .post(
+                    &format!("{}/rotate-secret", endpoint_path(&endpoint_id)),
+                    &body,
+                )
                 .await?;
             api.print(&answer, &["secret"], std::slice::from_ref(&answer));
         }

@@ -175,7 +175,12 @@ pub async fn create(
     require_topics(&caller, &spec.filter.topics)?;
     let view = state.webhooks()?.create(spec).await?;
     let location = format!("/v1/webhooks/endpoints/{}", view.endpoint_id);
-    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(view)).into_response())
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(view),
+    )
+        .into_response())
 }
 
 /// `GET /v1/webhooks/endpoints` → 200.

@@ -61,8 +61,10 @@ async fn until<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
 
 async fn attempts(api: &Api, endpoint: &str, query: &str) -> Vec<Value> {
     let listed = expect_json(
-        api.get(&format!("/v1/webhooks/endpoints/{endpoint}/attempts{query}"))
-            .await,
+        api.get(&format!(
+            "/v1/webhooks/endpoints/{endpoint}/attempts{query}"
+        ))
+        .await,
         200,
     )
     .await;
@@ -92,7 +94,12 @@ async fn given_an_endpoint_created_over_rest_should_deliver_log_recover_and_dele
         )
         .await;
     let problem = expect_problem(bad_header, 400, "invalid_argument").await;
-    assert!(problem["detail"].as_str().unwrap().contains("headers.webhook-id"));
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("headers.webhook-id")
+    );
 
     let response = api
         .post(
@@ -109,7 +116,10 @@ async fn given_an_endpoint_created_over_rest_should_deliver_log_recover_and_dele
     let secret = Secret::parse(created["secret"].as_str().unwrap()).unwrap();
     let listed = expect_json(api.get("/v1/webhooks/endpoints").await, 200).await;
     assert_eq!(listed["endpoints"].as_array().unwrap().len(), 1);
-    assert!(listed["endpoints"][0].get("secret").is_none(), "never listed");
+    assert!(
+        listed["endpoints"][0].get("secret").is_none(),
+        "never listed"
+    );
 
     api.publish(
         "orders",
@@ -119,7 +129,10 @@ async fn given_an_endpoint_created_over_rest_should_deliver_log_recover_and_dele
                 "subject": "o-2", "data": {}}]),
     )
     .await;
-    until("a delivery", async || (!seen.lock().unwrap().is_empty()).then_some(())).await;
+    until("a delivery", async || {
+        (!seen.lock().unwrap().is_empty()).then_some(())
+    })
+    .await;
     let (headers, body) = seen.lock().unwrap()[0].clone();
     let header = |name: &str| headers[name].to_str().unwrap().to_owned();
     let now = i64::try_from(
@@ -149,7 +162,11 @@ async fn given_an_endpoint_created_over_rest_should_deliver_log_recover_and_dele
     .await;
     assert_eq!(logged[0]["succeeded"], true);
     assert_eq!(logged[0]["message_id"], header("webhook-id"));
-    assert_eq!(seen.lock().unwrap().len(), 1, "invoice.sent is filtered out");
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        1,
+        "invoice.sent is filtered out"
+    );
 
     // The receiver fails: one retry after 50 ms, then a dead letter.
     status.store(500, Ordering::SeqCst);
@@ -173,10 +190,15 @@ async fn given_an_endpoint_created_over_rest_should_deliver_log_recover_and_dele
     let failed = attempts(&api, &endpoint, "?status=failed").await;
     assert_eq!(failed.len(), 2, "{failed:?}");
     assert_eq!(failed[0]["next"], "dead_lettered");
-    assert_eq!(failed[1]["next"].as_str().unwrap().split(':').next(), Some("retry_in_ms"));
+    assert_eq!(
+        failed[1]["next"].as_str().unwrap().split(':').next(),
+        Some("retry_in_ms")
+    );
     expect_problem(
-        api.get(&format!("/v1/webhooks/endpoints/{endpoint}/attempts?status=maybe"))
-            .await,
+        api.get(&format!(
+            "/v1/webhooks/endpoints/{endpoint}/attempts?status=maybe"
+        ))
+        .await,
         400,
         "invalid_argument",
     )
@@ -316,8 +338,18 @@ async fn given_the_cli_should_create_list_update_show_attempts_and_delete_endpoi
         &cli(
             &server,
             &[
-                "webhook", "endpoint", "create", &url, "--topic", "payments", "--type",
-                "payment.*", "--header", "X-Team: billing", "--output", "json",
+                "webhook",
+                "endpoint",
+                "create",
+                &url,
+                "--topic",
+                "payments",
+                "--type",
+                "payment.*",
+                "--header",
+                "X-Team: billing",
+                "--output",
+                "json",
             ],
         )
         .await,
@@ -326,14 +358,20 @@ async fn given_the_cli_should_create_list_update_show_attempts_and_delete_endpoi
     let endpoint = created["endpoint_id"].as_str().unwrap().to_owned();
     assert!(created["secret"].as_str().unwrap().starts_with("whsec_"));
     let listed = stdout(&cli(&server, &["webhook", "endpoint", "list"]).await);
-    assert!(listed.contains(&endpoint) && listed.contains("enabled"), "{listed}");
+    assert!(
+        listed.contains(&endpoint) && listed.contains("enabled"),
+        "{listed}"
+    );
 
     api.publish(
         "payments",
         json!([{"specversion": "1.0", "id": "p-1", "source": "/pay", "type": "payment.captured"}]),
     )
     .await;
-    until("a delivery", async || (!seen.lock().unwrap().is_empty()).then_some(())).await;
+    until("a delivery", async || {
+        (!seen.lock().unwrap().is_empty()).then_some(())
+    })
+    .await;
     assert_eq!(seen.lock().unwrap()[0].0["x-team"], "billing");
     let shown = until("the attempt listed", async || {
         let shown = stdout(&cli(&server, &["webhook", "attempts", &endpoint]).await);
@@ -345,12 +383,31 @@ async fn given_the_cli_should_create_list_update_show_attempts_and_delete_endpoi
     let updated = stdout(
         &cli(
             &server,
-            &["webhook", "endpoint", "update", &endpoint, "--disable", "--description", "paused"],
+            &[
+                "webhook",
+                "endpoint",
+                "update",
+                &endpoint,
+                "--disable",
+                "--description",
+                "paused",
+            ],
         )
         .await,
     );
     assert!(updated.contains("disabled"), "{updated}");
-    let refused = cli(&server, &["webhook", "endpoint", "create", "http://10.9.9.9/", "--topic", "payments"]).await;
+    let refused = cli(
+        &server,
+        &[
+            "webhook",
+            "endpoint",
+            "create",
+            "http://10.9.9.9/",
+            "--topic",
+            "payments",
+        ],
+    )
+    .await;
     assert_eq!(refused.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("target_not_allowed"));
     stdout(&cli(&server, &["webhook", "endpoint", "delete", &endpoint]).await);
@@ -389,7 +446,10 @@ async fn given_a_job_with_notify_webhook_url_when_it_ends_should_post_the_signed
         200,
     )
     .await;
-    until("the notification", async || (!seen.lock().unwrap().is_empty()).then_some(())).await;
+    until("the notification", async || {
+        (!seen.lock().unwrap().is_empty()).then_some(())
+    })
+    .await;
     let settings = expect_json(api.get("/v1/webhooks/jobs").await, 200).await;
     let secret = Secret::parse(settings["secret"].as_str().unwrap()).unwrap();
     let (headers, body) = seen.lock().unwrap()[0].clone();

@@ -238,7 +238,10 @@ impl Fixture {
                 }
             })
             .collect();
-        self.backend.publish(&topic("orders"), inputs).await.unwrap();
+        self.backend
+            .publish(&topic("orders"), inputs)
+            .await
+            .unwrap();
     }
 }
 
@@ -296,7 +299,9 @@ async fn given_an_endpoint_when_events_are_published_should_deliver_each_signed_
     let fixture = Fixture::start(fast_options()).await;
     let created = fixture.handle.create(spec(addr)).await.unwrap();
     let secret = Secret::parse(created.secret.as_deref().unwrap()).unwrap();
-    fixture.publish(&[("e1", "a"), ("e2", "b"), ("e3", "c")]).await;
+    fixture
+        .publish(&[("e1", "a"), ("e2", "b"), ("e3", "c")])
+        .await;
     let got = until("3 deliveries", async || {
         let got = receiver.got();
         (got.len() >= 3).then_some(got)
@@ -323,9 +328,16 @@ async fn given_an_endpoint_when_events_are_published_should_deliver_each_signed_
         (attempts.len() >= 3).then_some(attempts)
     })
     .await;
-    assert!(attempts.iter().all(|a| a.succeeded && a.next == "acked"), "{attempts:?}");
+    assert!(
+        attempts.iter().all(|a| a.succeeded && a.next == "acked"),
+        "{attempts:?}"
+    );
     assert!(attempts.iter().all(|a| a.status_code == Some(200)));
-    assert!(attempts.iter().all(|a| a.response_excerpt == "receiver says hello"));
+    assert!(
+        attempts
+            .iter()
+            .all(|a| a.response_excerpt == "receiver says hello")
+    );
     // Newest first.
     assert!(attempts.windows(2).all(|w| w[0].at >= w[1].at));
     // Acked: nothing is left for the group.
@@ -350,8 +362,18 @@ async fn given_filters_when_events_do_not_match_should_not_deliver_them() {
     let mut only_eu = spec(addr);
     only_eu.filter.subject_prefix = Some("eu/".into());
     fixture.handle.create(only_eu).await.unwrap();
-    fixture.publish(&[("e1", "us/1"), ("e2", "eu/1"), ("e3", "us/2"), ("e4", "eu/2")]).await;
-    until("2 deliveries", async || (receiver.got().len() >= 2).then_some(())).await;
+    fixture
+        .publish(&[
+            ("e1", "us/1"),
+            ("e2", "eu/1"),
+            ("e3", "us/2"),
+            ("e4", "eu/2"),
+        ])
+        .await;
+    until("2 deliveries", async || {
+        (receiver.got().len() >= 2).then_some(())
+    })
+    .await;
     // The two others are skipped, not retried: give them the time anyway.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let subjects: Vec<String> = receiver.got().iter().map(Got::subject).collect();
@@ -367,9 +389,15 @@ async fn given_a_receiver_failing_twice_when_delivered_should_retry_on_schedule_
     let fixture = Fixture::start(fast_options()).await;
     let created = fixture.handle.create(spec(addr)).await.unwrap();
     fixture.publish(&[("e1", "a")]).await;
-    until("3 attempts", async || (receiver.got().len() >= 3).then_some(())).await;
+    until("3 attempts", async || {
+        (receiver.got().len() >= 3).then_some(())
+    })
+    .await;
     let got = receiver.got();
-    assert!(got.iter().all(|g| g.id() == got[0].id()), "one webhook-id on every attempt");
+    assert!(
+        got.iter().all(|g| g.id() == got[0].id()),
+        "one webhook-id on every attempt"
+    );
     let mut attempts = until("3 logged attempts", async || {
         let attempts = fixture
             .handle
@@ -389,7 +417,12 @@ async fn given_a_receiver_failing_twice_when_delivered_should_retry_on_schedule_
         assert_eq!(failed.status_code, Some(500));
         assert_eq!(failed.error_class, "status");
         // 50 ms ± 20%.
-        let delay: u64 = failed.next.strip_prefix("retry_in_ms:").unwrap().parse().unwrap();
+        let delay: u64 = failed
+            .next
+            .strip_prefix("retry_in_ms:")
+            .unwrap()
+            .parse()
+            .unwrap();
         assert!((40..=60).contains(&delay), "{}", failed.next);
     }
     assert!(attempts[2].succeeded);
@@ -424,7 +457,8 @@ async fn given_a_receiver_failing_twice_when_delivered_should_retry_on_schedule_
 }
 
 #[tokio::test]
-async fn given_a_receiver_that_times_out_when_attempts_run_out_should_dead_letter_with_the_reason() {
+async fn given_a_receiver_that_times_out_when_attempts_run_out_should_dead_letter_with_the_reason()
+{
     let (addr, receiver) = Receiver::start(StatusCode::OK).await;
     receiver.delay_ms.store(2_000, Ordering::SeqCst);
     let options = Options {
@@ -513,7 +547,10 @@ async fn given_consecutive_failures_should_open_the_circuit_probe_and_close_on_r
     assert!(receiver.got().len() <= opened_with + 1, "sent while open");
     // The probe fails: open again; then the receiver recovers and the
     // next probe closes it.
-    until("a probe", async || (receiver.got().len() > opened_with).then_some(())).await;
+    until("a probe", async || {
+        (receiver.got().len() > opened_with).then_some(())
+    })
+    .await;
     receiver.status.store(200, Ordering::SeqCst);
     until("both delivered", async || {
         let ok = fixture
@@ -554,7 +591,10 @@ async fn given_an_endpoint_failing_past_the_disable_period_should_disable_it_and
     .await;
     assert!(!view.enabled);
     assert!(
-        view.disabled_reason.as_deref().unwrap().contains("no successful delivery since"),
+        view.disabled_reason
+            .as_deref()
+            .unwrap()
+            .contains("no successful delivery since"),
         "{view:?}"
     );
     let events = until("the disabled event", async || {
@@ -567,7 +607,10 @@ async fn given_an_endpoint_failing_past_the_disable_period_should_disable_it_and
     })
     .await;
     assert_eq!(events[0].event.ty, "herald.webhook.endpoint.disabled");
-    assert_eq!(events[0].event.subject.as_deref(), Some(created.endpoint_id.as_str()));
+    assert_eq!(
+        events[0].event.subject.as_deref(),
+        Some(created.endpoint_id.as_str())
+    );
     // Re-enabled by hand, it delivers again and forgets its failures.
     let enabled = fixture
         .handle
@@ -596,7 +639,10 @@ async fn given_a_receiver_answering_410_should_disable_the_endpoint_at_once() {
         (view.state == State::Disabled).then_some(view)
     })
     .await;
-    assert_eq!(view.disabled_reason.as_deref(), Some("the receiver answered 410 Gone"));
+    assert_eq!(
+        view.disabled_reason.as_deref(),
+        Some("the receiver answered 410 Gone")
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(receiver.got().len(), 1, "nothing more once disabled");
     fixture.stop().await;
@@ -608,14 +654,20 @@ async fn given_a_delivered_message_when_redelivered_by_hand_should_send_it_again
     let fixture = Fixture::start(fast_options()).await;
     let created = fixture.handle.create(spec(addr)).await.unwrap();
     fixture.publish(&[("e1", "a")]).await;
-    until("a delivery", async || (!receiver.got().is_empty()).then_some(())).await;
+    until("a delivery", async || {
+        (!receiver.got().is_empty()).then_some(())
+    })
+    .await;
     let message = receiver.got()[0].id();
     fixture
         .handle
         .redeliver(&created.endpoint_id, &message)
         .await
         .unwrap();
-    until("a second delivery", async || (receiver.got().len() >= 2).then_some(())).await;
+    until("a second delivery", async || {
+        (receiver.got().len() >= 2).then_some(())
+    })
+    .await;
     assert_eq!(receiver.got()[1].id(), message);
     let attempts = until("the manual attempt logged", async || {
         let attempts = fixture
@@ -657,9 +709,15 @@ async fn given_an_ordered_endpoint_should_deliver_each_subject_in_order_one_at_a
     let events: Vec<(String, String)> = (0..12)
         .map(|n| (format!("e{n}"), format!("s{}", n % 3)))
         .collect();
-    let refs: Vec<(&str, &str)> = events.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let refs: Vec<(&str, &str)> = events
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
     fixture.publish(&refs).await;
-    until("12 successful deliveries", async || (receiver.got().len() >= 24).then_some(())).await;
+    until("12 successful deliveries", async || {
+        (receiver.got().len() >= 24).then_some(())
+    })
+    .await;
     // Per subject, first attempts come in publish order, and never two at once.
     let mut per_subject: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for got in receiver.got() {
@@ -678,7 +736,11 @@ async fn given_an_ordered_endpoint_should_deliver_each_subject_in_order_one_at_a
             .collect();
         assert_eq!(ids, &expected, "order of subject {subject}");
     }
-    assert_eq!(receiver.in_flight.lock().unwrap().1, 1, "one in flight per subject");
+    assert_eq!(
+        receiver.in_flight.lock().unwrap().1,
+        1,
+        "one in flight per subject"
+    );
     fixture.stop().await;
 }
 
@@ -692,7 +754,10 @@ async fn given_a_restart_while_a_message_waits_for_its_retry_should_deliver_it_a
     let fixture = Fixture::start(options.clone()).await;
     let created = fixture.handle.create(spec(addr)).await.unwrap();
     fixture.publish(&[("e1", "a")]).await;
-    until("a first attempt", async || (!receiver.got().is_empty()).then_some(())).await;
+    until("a first attempt", async || {
+        (!receiver.got().is_empty()).then_some(())
+    })
+    .await;
     // Stop while the retry waits (1 s), then start on the same data.
     let dir = fixture.stop().await;
     receiver.status.store(200, Ordering::SeqCst);
@@ -763,7 +828,10 @@ async fn given_refused_targets_when_created_should_answer_target_not_allowed() {
         let error = fixture.handle.create(bad).await.unwrap_err();
         assert_eq!(error.code(), "target_not_allowed", "{url}: {error}");
     }
-    assert!(fixture.handle.list().await.unwrap().is_empty(), "nothing stored");
+    assert!(
+        fixture.handle.list().await.unwrap().is_empty(),
+        "nothing stored"
+    );
     fixture.stop().await;
 }
 
@@ -773,7 +841,10 @@ async fn given_a_deleted_endpoint_should_stop_delivering_and_forget_its_attempts
     let fixture = Fixture::start(fast_options()).await;
     let created = fixture.handle.create(spec(addr)).await.unwrap();
     fixture.publish(&[("e1", "a")]).await;
-    until("a delivery", async || (!receiver.got().is_empty()).then_some(())).await;
+    until("a delivery", async || {
+        (!receiver.got().is_empty()).then_some(())
+    })
+    .await;
     until("its attempt logged", async || {
         let attempts = fixture
             .handle
@@ -785,7 +856,12 @@ async fn given_a_deleted_endpoint_should_stop_delivering_and_forget_its_attempts
     .await;
     fixture.handle.delete(&created.endpoint_id).await.unwrap();
     assert_eq!(
-        fixture.handle.get(&created.endpoint_id).await.unwrap_err().code(),
+        fixture
+            .handle
+            .get(&created.endpoint_id)
+            .await
+            .unwrap_err()
+            .code(),
         "endpoint_not_found"
     );
     let keys = fixture
@@ -820,7 +896,10 @@ async fn given_the_reference_library_as_receiver_should_verify_every_delivery_th
 
     fixture.publish(&[("e1", "a")]).await;
     let line = next_line(&mut python);
-    assert!(line.starts_with("ok orders.") && line.ends_with(" 0"), "{line}");
+    assert!(
+        line.starts_with("ok orders.") && line.ends_with(" 0"),
+        "{line}"
+    );
 
     // Rotated with an hour's overlap: both secrets sign.
     let second = fixture
