@@ -39,6 +39,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Webhook targets on loopback are allowed: the seeded endpoint posts to a
+# closed port there (a fuzzed endpoint elsewhere is refused or fails).
+HERALD_WEBHOOKS__ALLOW_TARGETS='["127.0.0.1/32"]' \
 HERALD_AUTH__BOOTSTRAP_KEY="${TOKEN}" "${binary}" serve --listen 127.0.0.1:0 --data-dir "${work}/data" >"${work}/stdout" 2>"${work}/stderr" &
 server_pid=$!
 addr=""

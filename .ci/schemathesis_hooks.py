@@ -152,6 +152,7 @@ def protected_names():
         FIXTURES["topic"],
         FIXTURES["settings_topic"],
         FIXTURES["stream"],
+        FIXTURES["endpoint"],
         *FIXTURES["groups"],
         queue_topic,
         "herald.jobs",
@@ -170,6 +171,8 @@ def fixture_choices(method, path):
         return []
     if method.lower() == "delete":
         doomed = FIXTURES["doomed"]
+        if "{endpoint_id}" in path:
+            return [{"endpoint_id": doomed["endpoint"]}]
         if "{stream}" in path:
             return [{"topic": FIXTURES["topic"], "stream": doomed["stream"]}]
         if "{group}" in path:
@@ -186,6 +189,10 @@ def fixture_choices(method, path):
         base["queue"] = FIXTURES["queue"]
     if "{id}" in path and path.startswith("/v1/blobs/"):
         base["id"] = FIXTURES["blob"]
+    if "{endpoint_id}" in path:
+        base["endpoint_id"] = FIXTURES["endpoint"]
+    if "{message_id}" in path:
+        base["message_id"] = FIXTURES["message"]
     choices = [base]
     if "{group}" in path:
         # A commit is for stream groups only.

@@ -8,8 +8,10 @@ server answers 404 before it looks at the rest of the request. This makes one
 of each: a topic with events (and one for PATCH to change), a group of each
 mode (one with a dead letter),
 a stream with events and a snapshot, a blob, a queue with jobs (one with
-parts), and a "doomed" topic, group and stream for the DELETE operations
-(the others must survive the run). It writes their names and ids as JSON for
+parts), a webhook endpoint on the topic (its target is a closed port on
+loopback, which the server is allowed to reach: every delivery fails and
+is logged), and a "doomed" topic, group, stream and endpoint for the DELETE
+operations (the others must survive the run). It writes their names and ids as JSON for
 the hooks (.ci/schemathesis_hooks.py), which put them into most generated
 path parameters.
 
@@ -120,8 +122,24 @@ def main(base, out):
         )["job_id"],
     ]
 
+    def endpoint(description):
+        return call(
+            "POST",
+            f"{v1}/webhooks/endpoints",
+            201,
+            json={
+                "url": "http://127.0.0.1:9/hook",
+                "description": description,
+                "filter": {"topics": [topic]},
+            },
+        )["endpoint_id"]
+
+    endpoints = {"endpoint": endpoint("fixture"), "doomed": endpoint("doomed")}
+
     fixtures = {
         "topic": topic,
+        "endpoint": endpoints["endpoint"],
+        "message": f"{topic}.0.0",
         "settings_topic": "fixture-settings",
         "groups": sorted(groups.values()),
         "stream_group": groups["stream"],
@@ -129,7 +147,12 @@ def main(base, out):
         "blob": blob,
         "queue": queue,
         "jobs": jobs,
-        "doomed": {"topic": "doomed", "group": "doomed", "stream": "doomed"},
+        "doomed": {
+            "topic": "doomed",
+            "group": "doomed",
+            "stream": "doomed",
+            "endpoint": endpoints["doomed"],
+        },
     }
     with open(out, "w", encoding="utf-8") as file:
         json.dump(fixtures, file, indent=2)
