@@ -253,7 +253,7 @@ async fn deliver(
     runner: Arc<Runner>,
     topic: TopicName,
     delivery: Delivery,
-    _budget: OwnedSemaphorePermit,
+    budget: OwnedSemaphorePermit,
     probe: bool,
 ) {
     let live = runner.live();
@@ -312,6 +312,10 @@ async fn deliver(
     }
     runner.pace(live.record.rate_limit_per_s).await;
     let outcome = shared.send(&live, event).await;
+    // The budget bounds requests to the endpoint; logging and settling go on
+    // without it (the log's writer batches them), so the next attempt need
+    // not wait for this one's record to be durable.
+    drop(budget);
     let now = now_ms();
     let opened = {
         let Ok(mut circuit) = runner.circuit.lock() else {

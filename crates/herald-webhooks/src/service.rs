@@ -873,7 +873,13 @@ impl Shared {
         spec.ack_wait_ms = millis(options.attempt_timeout + options.connect_timeout) + 30_000;
         spec.max_deliveries = options.schedule.attempts();
         spec.backoff_ms = vec![1_000];
-        spec.max_in_flight = options.max_in_flight.max(1);
+        // Leases outstanding: the attempts in flight, and those whose
+        // record is being written and whose settle is on its way.
+        spec.max_in_flight = options
+            .max_in_flight
+            .max(1)
+            .saturating_mul(4)
+            .min(herald_backend::group::MAX_IN_FLIGHT_LIMIT);
         // Literal types and the subject prefix are skipped by the group
         // itself; patterns with `*` are matched at delivery.
         let literal = record.filter.types.iter().all(|ty| !ty.contains('*'));
