@@ -333,6 +333,21 @@ impl From<herald_jobs::Error> for Problem {
     }
 }
 
+impl From<herald_webhooks::Error> for Problem {
+    fn from(failure: herald_webhooks::Error) -> Self {
+        match failure {
+            herald_webhooks::Error::Backend(error) => Self::from(error),
+            failure => {
+                let code = Code::from_wire(failure.code()).unwrap_or(Code::Internal);
+                if code.status().is_server_error() {
+                    error!(error = %failure, "Webhook service failed.");
+                }
+                Self::new(code, failure.to_string())
+            }
+        }
+    }
+}
+
 impl From<crate::blobs::Error> for Problem {
     fn from(failure: crate::blobs::Error) -> Self {
         let code = match &failure {

@@ -101,21 +101,6 @@ pub struct Recovering {
     pub redelivering: u64,
 }
 
-impl From<herald_webhooks::Error> for Problem {
-    fn from(failure: herald_webhooks::Error) -> Self {
-        match failure {
-            herald_webhooks::Error::Backend(error) => Self::from(error),
-            failure => {
-                let code = Code::from_wire(failure.code()).unwrap_or(Code::Internal);
-                if code.status().is_server_error() {
-                    tracing::error!(error = %failure, "Webhook service failed.");
-                }
-                Self::new(code, failure.to_string())
-            }
-        }
-    }
-}
-
 /// An endpoint reads its topics for whoever made it: they must be allowed to.
 fn require_topics(caller: &Caller, topics: &[String]) -> Result<(), Problem> {
     for topic in topics {
