@@ -91,6 +91,8 @@ pub struct Options {
     /// How often endpoints are reloaded from storage (changes made through
     /// this process apply at once; this picks up other nodes' changes).
     pub refresh_interval: Duration,
+    /// How often attempt records past `attempt_retention` are deleted.
+    pub sweep_interval: Duration,
     /// Where the service's own events go (`herald.webhook.endpoint.disabled`).
     pub events_topic: TopicName,
     /// This process's member id in the endpoints' groups.
@@ -117,6 +119,7 @@ impl Default for Options {
             attempt_retention: Duration::from_secs(30 * 24 * 3600),
             rotation_overlap: Duration::from_secs(24 * 3600),
             refresh_interval: Duration::from_secs(2),
+            sweep_interval: Duration::from_secs(60),
             events_topic: name("herald.webhooks"),
             member: "herald".to_owned(),
             jobs_topic: name("herald.jobs"),
@@ -1270,12 +1273,12 @@ async fn reconcile_loop(shared: &Arc<Shared>, cancel: &CancellationToken) {
     }
 }
 
-/// Deletes attempt records past their retention, every minute.
+/// Deletes attempt records past their retention, every `sweep_interval`.
 async fn sweep_loop(shared: &Arc<Shared>, cancel: &CancellationToken) {
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,
-            () = tokio::time::sleep(Duration::from_secs(60)) => {}
+            () = tokio::time::sleep(shared.options.sweep_interval) => {}
         }
         let cutoff =
             now_ms() - i64::try_from(millis(shared.options.attempt_retention)).unwrap_or(i64::MAX);

@@ -926,3 +926,127 @@ async fn given_the_reference_library_as_receiver_should_verify_every_delivery_th
     assert!(line.ends_with(" 2"), "only the third verifies: {line}");
     fixture.stop().await;
 }
+
+#[tokio::test]
+async fn given_a_rate_limit_should_space_deliveries_to_it() {
+    let (addr, receiver) = Receiver::start(StatusCode::OK).await;
+    let fixture = Fixture::start(fast_options()).await;
+    let mut limited = spec(addr);
+    limited.rate_limit_per_s = Some(20);
+    fixture.handle.create(limited).await.unwrap();
+    let events: Vec<(String, String)> = (0..10)
+        .map(|n| (format!("e{n}"), format!("s{n}")))
+        .collect();
+    let refs: Vec<(&str, &str)> = events
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    fixture.publish(&refs).await;
+    until("10 deliveries", async || {
+        (receiver.got().len() >= 10).then_some(())
+    })
+    .await;
+    let got = receiver.got();
+    // 20/s: one every 50 ms, so nine gaps take 450 ms at least (the first
+    // goes at once).
+    let spread = got[9].at - got[0].at;
+    assert!(spread >= Duration::from_millis(440), "{spread:?}");
+    fixture.stop().await;
+}
+
+#[tokio::test]
+async fn given_attempts_older_than_the_retention_should_be_swept() {
+    let (addr, receiver) = Receiver::start(StatusCode::OK).await;
+    let options = Options {
+        attempt_retention: Duration::from_millis(300),
+        sweep_interval: Duration::from_millis(50),
+        ..fast_options()
+    };
+    let fixture = Fixture::start(options).await;
+    let created = fixture.handle.create(spec(addr)).await.unwrap();
+    fixture.publish(&[("e1", "a")]).await;
+    until("a delivery", async || {
+        (!receiver.got().is_empty()).then_some(())
+    })
+    .await;
+    let message = receiver.got()[0].id();
+    until("its attempt logged", async || {
+        let all = fixture
+            .handle
+            .attempts(&created.endpoint_id, AttemptQuery::default())
+            .await
+            .unwrap();
+        (!all.is_empty()).then_some(())
+    })
+    .await;
+    // Gone from both indexes once older than the retention.
+    until("the attempt swept", async || {
+        let all = fixture
+            .handle
+            .attempts(&created.endpoint_id, AttemptQuery::default())
+            .await
+            .unwrap();
+        let by_message = fixture
+            .handle
+            .attempts(
+                &created.endpoint_id,
+                AttemptQuery {
+                    message_id: Some(message.clone()),
+                    ..AttemptQuery::default()
+                },
+            )
+            .await
+            .unwrap();
+        (all.is_empty() && by_message.is_empty()).then_some(())
+    })
+    .await;
+    fixture.stop().await;
+}
+
+#[tokio::test]
+async fn given_an_endpoint_on_the_job_events_topic_should_receive_job_transitions_by_filter() {
+    let (addr, receiver) = Receiver::start(StatusCode::OK).await;
+    let fixture = Fixture::start(fast_options()).await;
+    let jobs = herald_jobs::Service::start(
+        Arc::clone(&fixture.backend) as Arc<dyn Backend>,
+        herald_jobs::Options::default(),
+        Arc::new(herald_jobs::SystemClock),
+    )
+    .await
+    .unwrap()
+    .handle();
+    // The job events topic exists once a job was submitted.
+    let first = jobs
+        .submit(
+            "thumbs",
+            serde_json::from_value(serde_json::json!({"data": 1})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let mut on_jobs = spec(addr);
+    on_jobs.filter = Filter {
+        topics: vec!["herald.jobs".into()],
+        types: vec!["herald.job.*ed".into()],
+        subject_prefix: None,
+    };
+    fixture.handle.create(on_jobs).await.unwrap();
+    let second = jobs
+        .submit(
+            "thumbs",
+            serde_json::from_value(serde_json::json!({"data": 2})).unwrap(),
+        )
+        .await
+        .unwrap();
+    // herald.job.submitted matches `herald.job.*ed`; the first job's was
+    // published before the endpoint existed.
+    let got = until("the second job's transition", async || {
+        receiver.got().first().cloned()
+    })
+    .await;
+    let event: serde_json::Value = serde_json::from_slice(&got.body).unwrap();
+    assert_eq!(event["type"], "herald.job.submitted");
+    assert_eq!(event["subject"], second.job_id.as_str());
+    assert_ne!(event["subject"], first.job_id.as_str());
+    drop(jobs);
+    fixture.stop().await;
+}
