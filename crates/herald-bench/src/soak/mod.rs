@@ -126,9 +126,14 @@ pub struct SoakArgs {
     /// Seconds an SSE subscriber stays, at least and at most.
     #[arg(long, value_delimiter = ',', default_value = "2,20")]
     sse_stay: Vec<f64>,
-    /// Retention per partition of each topic, MiB (so the disk stays
-    /// bounded and retention runs during the soak).
-    #[arg(long, default_value_t = 256)]
+    /// Retention per partition of each topic, MiB: the disk stays bounded,
+    /// retention runs during the soak, and the data, and what grows with it
+    /// (the server's RSS grew about 6 MB per 100 MB of data until retention
+    /// began, BENCHMARKS.md "Soak"), reaches its steady state inside the
+    /// warm-up: at the rates this machine calibrates to (2,000–2,900
+    /// events/s, ~0.8 MB/s) 4 × 64 MiB fill in about 5 minutes. (It was
+    /// 256 MiB, which filled after 25 minutes of a 30-minute run.)
+    #[arg(long, default_value_t = 64)]
     retention_mib: u64,
     /// Seconds between samples.
     #[arg(long, default_value_t = 10.0)]
