@@ -194,6 +194,12 @@ pub enum ErrorCode {
     JobConflict,
     /// `blob_not_found`.
     BlobNotFound,
+    /// `endpoint_not_found`: no webhook endpoint by that id.
+    EndpointNotFound,
+    /// `message_not_found`: not a message of the webhook endpoint's topics.
+    MessageNotFound,
+    /// `target_not_allowed`: a webhook target the server's SSRF guard refuses.
+    TargetNotAllowed,
     /// `range_not_satisfiable`: a blob range outside the blob.
     RangeNotSatisfiable,
     /// `corrupt_data`: stored bytes failed validation.
@@ -246,6 +252,9 @@ const CODES: &[(ErrorCode, &str)] = &[
     (ErrorCode::QueueNotFound, "queue_not_found"),
     (ErrorCode::JobConflict, "job_conflict"),
     (ErrorCode::BlobNotFound, "blob_not_found"),
+    (ErrorCode::EndpointNotFound, "endpoint_not_found"),
+    (ErrorCode::MessageNotFound, "message_not_found"),
+    (ErrorCode::TargetNotAllowed, "target_not_allowed"),
     (ErrorCode::RangeNotSatisfiable, "range_not_satisfiable"),
     (ErrorCode::CorruptData, "corrupt_data"),
     (ErrorCode::Unavailable, "unavailable"),
