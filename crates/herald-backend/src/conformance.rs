@@ -74,6 +74,7 @@ macro_rules! conformance_suite {
             filters_skip_events_and_count_them_as_handled,
             start_positions_and_reset_move_the_group,
             keyed_groups_keep_one_event_per_key_in_flight_in_order,
+            keyed_groups_ordered_by_subject_keep_one_event_per_subject_in_flight,
             stream_groups_assign_partitions_and_fence_stale_generations,
             stream_commits_survive_a_restart,
             queue_state_survives_a_restart,
@@ -1320,6 +1321,60 @@ pub async fn keyed_groups_keep_one_event_per_key_in_flight_in_order<H: Harness>(
     for key in keys {
         assert_eq!(order[key], [0, 1, 2, 3, 4], "key {key} out of order");
     }
+    backend.shutdown().await.unwrap();
+}
+
+/// Keyed with `order_by: subject`: one event in flight per subject (in one
+/// partition), whatever its key; an event without a subject is ordered by
+/// its key.
+pub async fn keyed_groups_ordered_by_subject_keep_one_event_per_subject_in_flight<H: Harness>() {
+    let harness = H::start().await;
+    let backend = harness.backend();
+    let orders = make_topic(&*backend, "orders", 1).await;
+    let by_subject = group("by-subject");
+    let mut spec = queue_spec(GroupMode::Keyed);
+    spec.ack_wait_ms = 60_000;
+    spec.order_by = crate::OrderBy::Subject;
+    backend.put_group(&orders, &by_subject, spec).await.unwrap();
+    let with_subject = |id: &str, key: &str, subject: Option<&str>| {
+        let mut input = keyed(id, key);
+        input.event.subject = subject.map(str::to_owned);
+        input
+    };
+    publish_all(
+        &*backend,
+        &orders,
+        vec![
+            with_subject("s1-a", "k1", Some("order-1")),
+            with_subject("s1-b", "k2", Some("order-1")),
+            with_subject("s2-a", "k1", Some("order-2")),
+            with_subject("none-a", "k3", None),
+            with_subject("none-b", "k3", None),
+        ],
+    )
+    .await;
+    let heads = backend
+        .fetch(&orders, &by_subject, fetch_request("m1", 100, 2_000))
+        .await
+        .unwrap()
+        .deliveries;
+    let mut head_ids = event_ids(&heads);
+    head_ids.sort();
+    // Keys k1 and k2 differ, but s1-b waits behind s1-a (same subject);
+    // s2-a shares s1-a's key but not its subject; none-b waits on its key.
+    assert_eq!(head_ids, ["none-a", "s1-a", "s2-a"]);
+    backend
+        .ack(&orders, &by_subject, &ids(&heads), AckDurability::Async)
+        .await
+        .unwrap();
+    let next = backend
+        .fetch(&orders, &by_subject, fetch_request("m1", 100, 2_000))
+        .await
+        .unwrap()
+        .deliveries;
+    let mut next_ids = event_ids(&next);
+    next_ids.sort();
+    assert_eq!(next_ids, ["none-b", "s1-b"]);
     backend.shutdown().await.unwrap();
 }
 
