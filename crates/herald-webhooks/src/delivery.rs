@@ -14,6 +14,7 @@ use tracing::warn;
 
 use crate::attempt::{ErrorClass, Outcome};
 use crate::circuit::{Circuit, Permit};
+use crate::schedule::Schedule;
 use crate::service::{Error, Result, Shared, group_name, millis, new_secret, now_ms, spec_of};
 use crate::store::{Endpoint, EndpointStats, Trigger};
 
@@ -58,15 +59,7 @@ impl Live {
 pub(crate) async fn topic_loop(shared: Arc<Shared>, runner: Arc<Runner>, topic: TopicName) {
     let cancel = runner.cancel.clone();
     let mut ready = false;
-    let wait = |duration: Duration| {
-        let cancel = cancel.clone();
-        async move {
-            tokio::select! {
-                () = cancel.cancelled() => false,
-                () = tokio::time::sleep(duration) => true,
-            }
-        }
-    };
+    let wait = |duration: Duration| pause(&cancel, duration);
     while !cancel.is_cancelled() {
         let live = runner.live();
         let endpoint_id = live.record.endpoint_id.clone();
@@ -104,20 +97,9 @@ pub(crate) async fn topic_loop(shared: Arc<Shared>, runner: Arc<Runner>, topic: 
             Permit::Probe => 1,
             Permit::Open => shared.options.max_in_flight.max(1),
         };
-        let first = tokio::select! {
-            () = cancel.cancelled() => return,
-            permit = Arc::clone(&runner.budget).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => return,
-            },
+        let Some(permits) = take_slots(&runner.budget, max as usize, &cancel).await else {
+            return;
         };
-        let mut permits = vec![first];
-        while permits.len() < max as usize {
-            match Arc::clone(&runner.budget).try_acquire_owned() {
-                Ok(permit) => permits.push(permit),
-                Err(_) => break,
-            }
-        }
         let request = FetchRequest {
             member: shared.options.member.clone(),
             max: u32::try_from(permits.len()).unwrap_or(1),
@@ -179,6 +161,26 @@ impl Runner {
         self.circuit.lock().map(|c| *c).unwrap_or_default()
     }
 
+    /// Takes a newer stored revision of the endpoint into use; `false` when
+    /// its topics changed (its loops must be replaced).
+    pub(crate) fn update(&self, record: &Endpoint, revision: u64) -> bool {
+        let current = self.live();
+        if current.record.filter.topics != record.filter.topics {
+            return false;
+        }
+        if current.revision < revision {
+            match Live::new(record.clone(), revision) {
+                Ok(live) => {
+                    if let Ok(mut slot) = self.live.write() {
+                        *slot = Arc::new(live);
+                    }
+                }
+                Err(error) => warn!(%error, "A stored webhook endpoint fails its checks."),
+            }
+        }
+        true
+    }
+
     /// A probe that found nothing to send leaves the circuit half-open.
     fn probe_unused(&self, permit: Permit) {
         if permit == Permit::Probe
@@ -206,6 +208,67 @@ impl Runner {
     }
 }
 
+/// Waits `duration`; `false` when `cancel` fired first.
+pub(crate) async fn pause(cancel: &CancellationToken, duration: Duration) -> bool {
+    tokio::select! {
+        () = cancel.cancelled() => false,
+        () = tokio::time::sleep(duration) => true,
+    }
+}
+
+/// One slot of `budget` (waiting for it), then as many more as are free,
+/// up to `max` in all; `None` once `cancel` fires.
+pub(crate) async fn take_slots(
+    budget: &Arc<Semaphore>,
+    max: usize,
+    cancel: &CancellationToken,
+) -> Option<Vec<OwnedSemaphorePermit>> {
+    let first = tokio::select! {
+        () = cancel.cancelled() => return None,
+        permit = Arc::clone(budget).acquire_owned() => permit.ok()?,
+    };
+    let mut slots = vec![first];
+    while slots.len() < max {
+        match Arc::clone(budget).try_acquire_owned() {
+            Ok(permit) => slots.push(permit),
+            Err(_) => break,
+        }
+    }
+    Some(slots)
+}
+
+/// What follows attempt number `attempt` of a message (`what` names it in
+/// a dead letter's reason): an ack after a success; after a failure, a
+/// retry after the schedule's delay, or a dead letter after the last
+/// attempt (at once for a refused target when `refused_is_final`). Returns
+/// the settle and the attempt record's `next`.
+pub(crate) fn after_attempt(
+    schedule: &Schedule,
+    attempt: u32,
+    outcome: &Outcome,
+    what: &str,
+    refused_is_final: bool,
+) -> (Settle, String) {
+    if outcome.succeeded() {
+        return (Settle::Ack, "acked".to_owned());
+    }
+    let refused = refused_is_final && outcome.class == ErrorClass::TargetNotAllowed;
+    match schedule.next_delay(attempt, rand::random(), outcome.retry_after) {
+        Some(delay) if !refused => (
+            Settle::Nack(delay),
+            format!("retry_in_ms:{}", millis(delay)),
+        ),
+        _ => (
+            Settle::Reject(format!(
+                "{what} failed after {attempt} attempts ({}): {}",
+                outcome.class.as_str(),
+                outcome.error.as_deref().unwrap_or("failed")
+            )),
+            "dead_lettered".to_owned(),
+        ),
+    }
+}
+
 /// Settles a delivery, logging a failure (the lease expires and the
 /// message comes back: at least once).
 pub(crate) async fn settle(
@@ -213,7 +276,7 @@ pub(crate) async fn settle(
     topic: &TopicName,
     group: &GroupName,
     delivery_id: &str,
-    how: Settle<'_>,
+    how: Settle,
 ) {
     let ids = [delivery_id.to_owned()];
     let result = match how {
@@ -232,7 +295,7 @@ pub(crate) async fn settle(
         Settle::Reject(reason) => {
             shared
                 .backend
-                .reject(topic, group, &ids, reason, AckDurability::Async)
+                .reject(topic, group, &ids, &reason, AckDurability::Async)
                 .await
         }
     };
@@ -241,10 +304,10 @@ pub(crate) async fn settle(
     }
 }
 
-pub(crate) enum Settle<'a> {
+pub(crate) enum Settle {
     Ack,
     Nack(Duration),
-    Reject(&'a str),
+    Reject(String),
 }
 
 /// One delivery: filter, rate limit, attempt, log, settle.
@@ -339,37 +402,21 @@ async fn deliver(
             stats.consecutive_failures + 1
         };
     }
-    let (settle_how, next, reason);
-    if outcome.succeeded() {
-        settle_how = Settle::Ack;
-        next = "acked".to_owned();
-    } else if outcome.gone {
+    let (settle_how, next) = if outcome.gone {
         // The receiver says it is gone for good (Standard Webhooks: 410).
-        settle_how = Settle::Nack(Duration::from_secs(1));
-        next = "endpoint_disabled".to_owned();
+        (
+            Settle::Nack(Duration::from_secs(1)),
+            "endpoint_disabled".to_owned(),
+        )
     } else {
-        let unit: f64 = rand::random();
-        match shared
-            .options
-            .schedule
-            .next_delay(delivery.attempt, unit, outcome.retry_after)
-        {
-            Some(delay) => {
-                settle_how = Settle::Nack(delay);
-                next = format!("retry_in_ms:{}", millis(delay));
-            }
-            None => {
-                reason = format!(
-                    "webhook delivery failed after {} attempts ({}): {}",
-                    delivery.attempt,
-                    outcome.class.as_str(),
-                    outcome.error.as_deref().unwrap_or("failed")
-                );
-                settle_how = Settle::Reject(&reason);
-                next = "dead_lettered".to_owned();
-            }
-        }
-    }
+        after_attempt(
+            &shared.options.schedule,
+            delivery.attempt,
+            &outcome,
+            "webhook delivery",
+            false,
+        )
+    };
     let record = shared.attempt_record(
         &endpoint_id,
         event,

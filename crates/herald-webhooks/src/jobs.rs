@@ -16,15 +16,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use herald_backend::{Delivery, Expect, FetchRequest, GroupMode, GroupSpec, StartPosition};
+use herald_backend::{Delivery, Expect, FetchRequest, GroupMode};
 use herald_types::webhook::Secret;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::attempt::{ErrorClass, Message, Outcome};
-use crate::delivery::{Settle, settle};
-use crate::service::{Error, Result, Shared, millis, name, new_secret, now_ms};
+use crate::attempt::{Message, Outcome};
+use crate::delivery::{Settle, after_attempt, pause, settle, take_slots};
+use crate::service::{Error, Result, Shared, name, new_secret, now_ms};
 use crate::store::{Trigger, message_id};
 
 /// The pseudo-endpoint id job notifications are logged under.
@@ -76,55 +76,33 @@ pub(crate) async fn jobs_loop(shared: Arc<Shared>, cancel: CancellationToken) {
     let budget = Arc::new(Semaphore::new(shared.options.max_in_flight.max(1) as usize));
     let started = now_ms();
     let mut ready = false;
-    let pause = |duration: Duration| {
-        let cancel = cancel.clone();
-        async move {
-            tokio::select! {
-                () = cancel.cancelled() => false,
-                () = tokio::time::sleep(duration) => true,
-            }
-        }
-    };
     while !cancel.is_cancelled() {
         if !ready {
-            let mut spec = GroupSpec::new(GroupMode::Queue);
             // Jobs that end from when the service first ran (the group is
             // made once; the topic may appear only later, with the first job).
-            spec.start = StartPosition::Time { time_ms: started };
+            let mut spec = shared.options.delivery_group(GroupMode::Queue, started);
             spec.filter.types = ENDS.iter().map(|ty| (*ty).to_owned()).collect();
-            spec.max_deliveries = shared.options.schedule.attempts();
-            spec.ack_wait_ms =
-                millis(shared.options.attempt_timeout + shared.options.connect_timeout) + 30_000;
-            spec.backoff_ms = vec![1_000];
             match shared.backend.put_group(&topic, &group, spec).await {
                 Ok(_) => ready = true,
                 // No job has run yet.
                 Err(herald_backend::Error::TopicNotFound { .. }) => {
-                    if !pause(Duration::from_secs(1)).await {
+                    if !pause(&cancel, Duration::from_secs(1)).await {
                         return;
                     }
                     continue;
                 }
                 Err(error) => {
                     warn!(%error, "Could not set up job notifications; trying again.");
-                    if !pause(Duration::from_secs(1)).await {
+                    if !pause(&cancel, Duration::from_secs(1)).await {
                         return;
                     }
                     continue;
                 }
             }
         }
-        let first = tokio::select! {
-            () = cancel.cancelled() => return,
-            permit = Arc::clone(&budget).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => return,
-            },
+        let Some(permits) = take_slots(&budget, usize::MAX, &cancel).await else {
+            return;
         };
-        let mut permits = vec![first];
-        while let Ok(permit) = Arc::clone(&budget).try_acquire_owned() {
-            permits.push(permit);
-        }
         let request = FetchRequest {
             member: shared.options.member.clone(),
             max: u32::try_from(permits.len()).unwrap_or(1),
@@ -149,7 +127,7 @@ pub(crate) async fn jobs_loop(shared: Arc<Shared>, cancel: CancellationToken) {
             ) => ready = false,
             Err(error) => {
                 warn!(%error, "Could not fetch job notifications; trying again.");
-                if !pause(Duration::from_secs(1)).await {
+                if !pause(&cancel, Duration::from_secs(1)).await {
                     return;
                 }
             }
@@ -217,32 +195,13 @@ async fn notify(shared: Arc<Shared>, delivery: Delivery, _permit: OwnedSemaphore
             shared.options.attempt_timeout,
         )
         .await;
-    let (how, next, reason);
-    if outcome.succeeded() {
-        how = Settle::Ack;
-        next = "acked".to_owned();
-    } else {
-        let unit: f64 = rand::random();
-        match shared
-            .options
-            .schedule
-            .next_delay(delivery.attempt, unit, outcome.retry_after)
-        {
-            Some(delay) if outcome.class != ErrorClass::TargetNotAllowed => {
-                how = Settle::Nack(delay);
-                next = format!("retry_in_ms:{}", millis(delay));
-            }
-            _ => {
-                reason = format!(
-                    "job notification to {url} failed after {} attempts: {}",
-                    delivery.attempt,
-                    outcome.error.as_deref().unwrap_or("failed")
-                );
-                how = Settle::Reject(&reason);
-                next = "dead_lettered".to_owned();
-            }
-        }
-    }
+    let (how, next) = after_attempt(
+        &shared.options.schedule,
+        delivery.attempt,
+        &outcome,
+        &format!("job notification to {url}"),
+        true,
+    );
     let record = shared.attempt_record(
         JOBS_ENDPOINT_ID,
         event,

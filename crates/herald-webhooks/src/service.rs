@@ -128,6 +128,27 @@ impl Default for Options {
     }
 }
 
+impl Options {
+    /// A group that drives deliveries from events appended since
+    /// `since_ms`: a lease outlives an attempt, a message gets the
+    /// schedule's attempts, and the leases outstanding cover the attempts
+    /// in flight and those whose record is being written and whose settle
+    /// is on its way.
+    pub(crate) fn delivery_group(&self, mode: GroupMode, since_ms: i64) -> GroupSpec {
+        let mut spec = GroupSpec::new(mode);
+        spec.start = StartPosition::Time { time_ms: since_ms };
+        spec.ack_wait_ms = millis(self.attempt_timeout + self.connect_timeout) + 30_000;
+        spec.max_deliveries = self.schedule.attempts();
+        spec.backoff_ms = vec![1_000];
+        spec.max_in_flight = self
+            .max_in_flight
+            .max(1)
+            .saturating_mul(4)
+            .min(herald_backend::group::MAX_IN_FLIGHT_LIMIT);
+        spec
+    }
+}
+
 /// A name known to be valid.
 pub(crate) fn name<T: std::str::FromStr>(text: &str) -> T
 where
@@ -237,8 +258,11 @@ impl EndpointPatch {
     }
 }
 
-/// Which attempts to list.
+/// Which attempts to list (`GET …/attempts` query).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::IntoParams))]
+#[cfg_attr(feature = "openapi", into_params(parameter_in = Query))]
 pub struct AttemptQuery {
     /// `succeeded` or `failed`.
     #[serde(default)]
@@ -246,10 +270,10 @@ pub struct AttemptQuery {
     /// One message's attempts only.
     #[serde(default)]
     pub message_id: Option<String>,
-    /// At most this many (default 100).
+    /// At most this many (default 100, at most 1,000).
     #[serde(default)]
     pub limit: Option<usize>,
-    /// Older than this attempt id (the last one of the previous page).
+    /// Older than this attempt (the last `attempt_id` of the previous page).
     #[serde(default)]
     pub before: Option<String>,
 }
@@ -534,6 +558,7 @@ impl Handle {
                 Err(error) => return Err(error),
             }
         }
+        shared.apply_now(endpoint_id).await;
         shared.changed.notify_one();
         Ok(shared.view(&record))
     }
@@ -598,6 +623,7 @@ impl Handle {
                 Ok(())
             })
             .await?;
+        shared.apply_now(endpoint_id).await;
         shared.changed.notify_one();
         Ok(text)
     }
@@ -867,22 +893,9 @@ impl Shared {
         } else {
             GroupMode::Queue
         };
-        let mut spec = GroupSpec::new(mode);
-        spec.order_by = OrderBy::Subject;
         // Events appended since the endpoint exists.
-        spec.start = StartPosition::Time {
-            time_ms: record.created_at,
-        };
-        spec.ack_wait_ms = millis(options.attempt_timeout + options.connect_timeout) + 30_000;
-        spec.max_deliveries = options.schedule.attempts();
-        spec.backoff_ms = vec![1_000];
-        // Leases outstanding: the attempts in flight, and those whose
-        // record is being written and whose settle is on its way.
-        spec.max_in_flight = options
-            .max_in_flight
-            .max(1)
-            .saturating_mul(4)
-            .min(herald_backend::group::MAX_IN_FLIGHT_LIMIT);
+        let mut spec = options.delivery_group(mode, record.created_at);
+        spec.order_by = OrderBy::Subject;
         // Literal types and the subject prefix are skipped by the group
         // itself; patterns with `*` are matched at delivery.
         let literal = record.filter.types.iter().all(|ty| !ty.contains('*'));
@@ -898,6 +911,22 @@ impl Shared {
             .put_group(topic, &group_name(&record.endpoint_id), spec)
             .await?;
         Ok(())
+    }
+
+    /// Applies a change stored by this process to the endpoint's runner at
+    /// once, so it holds when the call that made it returns (a change of
+    /// topics, or of enabled, is left to the reconcile it was woken for).
+    async fn apply_now(&self, endpoint_id: &str) {
+        let runner = self
+            .runners
+            .lock()
+            .ok()
+            .and_then(|runners| runners.get(endpoint_id).cloned());
+        if let Some(runner) = runner
+            && let Ok((record, revision)) = self.load(endpoint_id).await
+        {
+            runner.update(&record, revision);
+        }
     }
 
     pub(crate) fn stop_runner(&self, endpoint_id: &str) {
@@ -928,20 +957,7 @@ impl Shared {
                 .ok()
                 .and_then(|runners| runners.get(&record.endpoint_id).cloned());
             if let Some(runner) = &existing {
-                let current = runner.live.read().map(|live| Arc::clone(&live)).ok();
-                let Some(current) = current else { continue };
-                if current.revision == revision {
-                    continue;
-                }
-                if current.record.filter.topics == record.filter.topics {
-                    match Live::new(record, revision) {
-                        Ok(live) => {
-                            if let Ok(mut slot) = runner.live.write() {
-                                *slot = Arc::new(live);
-                            }
-                        }
-                        Err(error) => warn!(%error, "A stored webhook endpoint fails its checks."),
-                    }
+                if runner.update(&record, revision) {
                     continue;
                 }
                 // Other topics: new loops.

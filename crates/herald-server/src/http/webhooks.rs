@@ -55,25 +55,6 @@ pub struct NewSecret {
     pub secret: String,
 }
 
-/// `GET …/attempts` query.
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct AttemptsQuery {
-    /// `succeeded` or `failed`.
-    #[serde(default)]
-    pub status: Option<String>,
-    /// One message's attempts only.
-    #[serde(default)]
-    pub message_id: Option<String>,
-    /// At most this many (default 100, at most 1,000).
-    #[serde(default)]
-    pub limit: Option<usize>,
-    /// Older than this attempt (the last `attempt_id` of the previous page).
-    #[serde(default)]
-    pub before: Option<String>,
-}
-
 /// The attempts.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AttemptList {
@@ -255,13 +236,13 @@ pub async fn rotate_secret(
 /// `GET /v1/webhooks/endpoints/{endpoint_id}/attempts` → 200.
 #[utoipa::path(
     get, path = "/v1/webhooks/endpoints/{endpoint_id}/attempts", tag = "webhooks",
-    params(("endpoint_id" = String, Path, description = "The endpoint."), AttemptsQuery),
+    params(("endpoint_id" = String, Path, description = "The endpoint."), AttemptQuery),
     responses((status = 200, description = "Attempts, newest first.", body = AttemptList))
 )]
 pub async fn attempts(
     State(state): State<AppState>,
     Path(endpoint_id): Path<String>,
-    Query(query): Query<AttemptsQuery>,
+    Query(query): Query<AttemptQuery>,
 ) -> Result<Json<AttemptList>, Problem> {
     if let Some(status) = &query.status
         && !matches!(status.as_str(), "succeeded" | "failed")
@@ -271,18 +252,7 @@ pub async fn attempts(
             format!("invalid status {status:?}: succeeded or failed"),
         ));
     }
-    let attempts = state
-        .webhooks()?
-        .attempts(
-            &endpoint_id,
-            AttemptQuery {
-                status: query.status,
-                message_id: query.message_id,
-                limit: query.limit,
-                before: query.before,
-            },
-        )
-        .await?;
+    let attempts = state.webhooks()?.attempts(&endpoint_id, query).await?;
     Ok(Json(AttemptList { attempts }))
 }
 
