@@ -30,7 +30,7 @@ use herald_webhooks::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::now_s;
+use super::{now_ms, now_s};
 
 /// Conditions are waited for this long at most.
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -556,9 +556,16 @@ async fn given_consecutive_failures_should_open_the_circuit_probe_and_close_on_r
 #[tokio::test]
 async fn given_an_endpoint_failing_past_the_disable_period_should_disable_it_and_say_so() {
     let (addr, _receiver) = Receiver::start(StatusCode::INTERNAL_SERVER_ERROR).await;
+    // The circuit stays out of it (ten failures well inside 300 ms would
+    // open it for longer than the test waits), and the attempts outlast
+    // the disable period however slowly they run.
     let options = Options {
-        schedule: Schedule::from_millis(&[30; 20]).unwrap(),
+        schedule: Schedule::from_millis(&[50; 32]).unwrap(),
         disable_after: Duration::from_millis(300),
+        circuit: CircuitOptions {
+            failures: 1_000,
+            cool_down: Duration::from_secs(1),
+        },
         ..fast_options()
     };
     let fixture = Fixture::start(options).await;
@@ -639,6 +646,13 @@ async fn given_a_delivered_message_when_redelivered_by_hand_should_send_it_again
     })
     .await;
     let message = receiver.got()[0].id();
+    // Redelivered as a user would: once the attempt log shows the first
+    // attempt (the manual one is numbered after those logged).
+    until("the first attempt logged", async || {
+        let attempts = fixture.attempts(&created.endpoint_id, None).await;
+        (!attempts.is_empty()).then_some(())
+    })
+    .await;
     fixture
         .handle
         .redeliver(&created.endpoint_id, &message)
@@ -983,6 +997,22 @@ async fn given_an_endpoint_on_the_job_events_topic_should_receive_job_transition
         )
         .await
         .unwrap();
+    // An endpoint starts at the events appended from its creation's
+    // millisecond on: the first job's event must be in an earlier one.
+    let published = fixture
+        .backend
+        .read(&topic("herald.jobs"), 0, 0, 10)
+        .await
+        .unwrap()
+        .events
+        .iter()
+        .map(|event| event.appended_at)
+        .max()
+        .unwrap();
+    until("a later millisecond", async || {
+        (now_ms() > published).then_some(())
+    })
+    .await;
     let mut on_jobs = spec(addr);
     on_jobs.filter = Filter {
         topics: vec!["herald.jobs".into()],

@@ -23,11 +23,15 @@ mod delivery;
 const TIMEOUT: Duration = Duration::from_secs(5);
 
 fn now_s() -> i64 {
+    now_ms() / 1_000
+}
+
+fn now_ms() -> i64 {
     i64::try_from(
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
-            .as_secs(),
+            .as_millis(),
     )
     .unwrap()
 }
