@@ -348,14 +348,23 @@ impl Api {
     /// reason: a server certificate from a CA the client does not trust,
     /// or a server that requires a client certificate (TLS 1.3 reports that
     /// as a `CertificateRequired` alert or, when the server's close wins the
-    /// race, only as a closed connection).
+    /// race, only as a closed connection: closed, reset, or a broken pipe
+    /// when the request was being written).
     fn unreachable(&self, error: &reqwest::Error) -> Error {
+        const CLOSED: [&str; 4] = [
+            "certificaterequired",
+            "connection closed",
+            "connection reset",
+            "broken pipe",
+        ];
         let cause = root_cause(error);
         let hint = if cause.contains("invalid peer certificate") {
             " (trust the server's CA with --ca-cert or HERALD_CA_CERT)"
         } else if self.base.starts_with("https://")
             && !self.client_identity
-            && (cause.contains("connection closed") || cause.contains("CertificateRequired"))
+            && CLOSED
+                .iter()
+                .any(|closed| cause.to_lowercase().contains(closed))
         {
             " (if the server requires client certificates: --client-cert and --client-key)"
         } else {
