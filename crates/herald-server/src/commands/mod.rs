@@ -358,13 +358,12 @@ impl Api {
             "broken pipe",
         ];
         let cause = root_cause(error);
+        let lower = cause.to_lowercase();
         let hint = if cause.contains("invalid peer certificate") {
             " (trust the server's CA with --ca-cert or HERALD_CA_CERT)"
         } else if self.base.starts_with("https://")
             && !self.client_identity
-            && CLOSED
-                .iter()
-                .any(|closed| cause.to_lowercase().contains(closed))
+            && CLOSED.iter().any(|closed| lower.contains(closed))
         {
             " (if the server requires client certificates: --client-cert and --client-key)"
         } else {
