@@ -22,6 +22,7 @@ pub struct Snapshot {
     server_ticks: u64,
     server_write_bytes: u64,
     busy_ticks: u64,
+    steal_ticks: u64,
     flushes: u64,
     device_writes: u64,
     device_write_sectors: u64,
@@ -39,7 +40,8 @@ impl Snapshot {
             client_ticks,
             server_ticks,
             server_write_bytes,
-            busy_ticks: busy_ticks(),
+            busy_ticks: cpu_ticks(&[0, 1, 2, 5, 6]),
+            steal_ticks: cpu_ticks(&[7]),
             flushes,
             device_writes,
             device_write_sectors,
@@ -63,6 +65,7 @@ impl Snapshot {
             client_cpu: client,
             server_cpu: server,
             other_cpu: (busy - client - server).max(0.0),
+            steal: ticks(self.steal_ticks, earlier.steal_ticks),
             flushes: self.flushes.saturating_sub(earlier.flushes),
             device_writes: self.device_writes.saturating_sub(earlier.device_writes),
             device_bytes_written: self
@@ -87,6 +90,9 @@ pub struct Noise {
     pub server_cpu: f64,
     /// CPU seconds of everything else (all busy CPU minus the two above).
     pub other_cpu: f64,
+    /// CPU seconds the hypervisor gave to others while this VM wanted them
+    /// (`steal`): the host's contention, invisible to `top`'s processes.
+    pub steal: f64,
     /// Flush requests completed by the block devices.
     pub flushes: u64,
     pub device_writes: u64,
@@ -114,6 +120,7 @@ impl Noise {
             "server_cpu_s": self.server_cpu,
             "other_cpu_s": self.other_cpu,
             "other_cores": self.other_cores(),
+            "steal_cpu_s": self.steal,
             "device_flushes": self.flushes,
             "device_writes": self.device_writes,
             "device_bytes_written": self.device_bytes_written,
@@ -203,7 +210,9 @@ fn write_bytes(pid: u32) -> u64 {
 }
 
 /// Busy ticks of all CPUs (user, nice, system, irq, softirq).
-fn busy_ticks() -> u64 {
+/// The sum of the given fields of `/proc/stat`'s `cpu` line (all CPUs):
+/// user nice system idle iowait irq softirq steal …
+fn cpu_ticks(indexes: &[usize]) -> u64 {
     let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
         return 0;
     };
@@ -215,8 +224,7 @@ fn busy_ticks() -> u64 {
         .skip(1)
         .filter_map(|f| f.parse().ok())
         .collect();
-    // user nice system idle iowait irq softirq steal …
-    [0, 1, 2, 5, 6].iter().filter_map(|&i| fields.get(i)).sum()
+    indexes.iter().filter_map(|&i| fields.get(i)).sum()
 }
 
 /// Flushes, write requests and sectors written, summed over the physical

@@ -74,15 +74,23 @@ pub fn event(payload: &Bytes, key: u64, sent_ns: u64) -> Event {
 /// over the last two thirds (the first third warms up).
 pub async fn max_publish_rate(
     client: &Client,
+    stats: &Arc<Stats>,
     topic: &str,
     producers: usize,
     size: usize,
     keys: u64,
     seconds: f64,
-) -> Result<f64> {
+) -> Result<MaxRate> {
     let started = Instant::now();
     let warm = started + Duration::from_secs_f64(seconds / 3.0);
     let end = started + Duration::from_secs_f64(seconds);
+    let at_warm = tokio::spawn({
+        let stats = Arc::clone(stats);
+        async move {
+            tokio::time::sleep_until(warm.into()).await;
+            stats.counters()
+        }
+    });
     let payload = Bytes::from(vec![b'x'; size]);
     let mut tasks = Vec::new();
     for producer in 0..producers as u64 {
@@ -104,7 +112,35 @@ pub async fn max_publish_rate(
     for task in tasks {
         total += task.await??;
     }
-    Ok(total as f64 / (end - warm).as_secs_f64())
+    let window = (end - warm).as_secs_f64();
+    let before = at_warm.await?;
+    let after = stats.counters();
+    let rate = |name: &str| {
+        let taken = after.get(name).copied().unwrap_or(0) - before.get(name).copied().unwrap_or(0);
+        taken as f64 / window
+    };
+    Ok(MaxRate {
+        published: total as f64 / window,
+        queue: rate("queue_delivered"),
+        keyed: rate("keyed_delivered"),
+    })
+}
+
+/// What the calibration measured, events/s over its last two thirds:
+/// published, and first deliveries of each group in the same window.
+#[derive(Debug, Clone, Copy)]
+pub struct MaxRate {
+    pub published: f64,
+    pub queue: f64,
+    pub keyed: f64,
+}
+
+impl MaxRate {
+    /// The rate the whole mix carried: publishing beyond what the groups
+    /// take only builds a backlog, so the slowest of the three.
+    pub fn carried(&self) -> f64 {
+        self.published.min(self.queue).min(self.keyed)
+    }
 }
 
 /// The publishers: an open-loop schedule of `rate` events per second,

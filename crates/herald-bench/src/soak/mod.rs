@@ -16,7 +16,10 @@
 //! 3. Calibrate: `producers` tasks publish back to back at D2 (`fsync =
 //!    always`) to the event topic for `--calibrate` seconds, with the rest
 //!    of the mix at work (so the maximum is the mix's, not a lone
-//!    publisher's); once the groups have caught up, the publishers run at
+//!    publisher's). The maximum is what the whole mix carried over the last
+//!    two thirds: the lowest of the publish rate and each group's first
+//!    deliveries (publishing faster than the groups take only builds a
+//!    backlog). Once the groups have caught up, the publishers run at
 //!    `--fraction-of-max` (0.5) of that maximum (or `--rate`) for
 //!    `--duration`, open loop.
 //! 4. Every `--sample-every` seconds: the server's RSS, threads, open fds,
@@ -156,6 +159,12 @@ pub struct SoakArgs {
     /// record).
     #[arg(long, default_value_t = 100)]
     disk_stall_ms: u64,
+    /// CPU time the hypervisor took from this VM in a sample window
+    /// (`steal` in `/proc/stat`, in cores over the window) at or above
+    /// which the window, and the one after it, count as the host's stall:
+    /// publish p99 is judged without them, as with disk stalls.
+    #[arg(long, default_value_t = 0.1)]
+    steal_limit: f64,
     /// Output dir: samples.csv, samples.jsonl, summary.json, server.log.
     #[arg(long, default_value = "soak-out")]
     out: PathBuf,
@@ -228,19 +237,22 @@ pub async fn run(args: SoakArgs) -> Result<()> {
     let stop = CancellationToken::new();
     let done = CancellationToken::new();
     let tasks = start_actors(&herald.endpoint.url, &stats, &args, &stop, &done).await?;
-    let rate = match args.rate {
-        Some(rate) => rate,
+    let (rate, calibration) = match args.rate {
+        Some(rate) => (rate, None),
         None => {
-            let max = calibrate(&herald.endpoint.url, &admin, &args).await?;
+            let max = calibrate(&herald.endpoint.url, &admin, &stats, &args).await?;
             eprintln!(
-                "soak: max publish rate {max:.0} events/s ({} producers, D2, with the rest of the mix running); running at {:.0}%",
+                "soak: max rate {:.0} events/s carried by the whole mix (published {:.0}/s by {} producers at D2, first deliveries {:.0}/s queue, {:.0}/s keyed); running at {:.0}%",
+                max.carried(),
+                max.published,
                 args.producers,
+                max.queue,
+                max.keyed,
                 args.fraction_of_max * 100.0
             );
-            max * args.fraction_of_max
+            (max.carried() * args.fraction_of_max, Some(max))
         }
     };
-    let measured_max = args.rate.is_none().then_some(rate / args.fraction_of_max);
     eprintln!(
         "soak: {} at {rate:.0} events/s, sampling every {} s",
         describe_duration(args.duration),
@@ -308,7 +320,12 @@ pub async fn run(args: SoakArgs) -> Result<()> {
     let summary = json!({
         "args": format!("{args:?}"),
         "herald": herald_bin.display().to_string(),
-        "measured_max_publish_per_s": measured_max,
+        "measured_max_publish_per_s": calibration.map(|max| max.carried()),
+        "calibration": calibration.map(|max| json!({
+            "published_per_s": max.published,
+            "queue_first_deliveries_per_s": max.queue,
+            "keyed_first_deliveries_per_s": max.keyed,
+        })),
         "publish_rate_per_s": rate,
         "elapsed_s": started.elapsed().as_secs_f64(),
         "samples": sampler.rows.len(),
@@ -382,10 +399,16 @@ async fn setup(admin: &Client, args: &SoakArgs) -> Result<()> {
 /// The maximum publish rate of the soak's publishers at D2, on the event
 /// topic while the rest of the mix runs (the groups and SSE subscribers
 /// take what it publishes); then waits until the groups have caught up.
-async fn calibrate(endpoint: &str, admin: &Client, args: &SoakArgs) -> Result<f64> {
+async fn calibrate(
+    endpoint: &str,
+    admin: &Client,
+    stats: &Arc<Stats>,
+    args: &SoakArgs,
+) -> Result<mix::MaxRate> {
     let client = mix::client(endpoint).await?;
     let max = mix::max_publish_rate(
         &client,
+        stats,
         EVENTS,
         args.producers,
         args.size,
@@ -549,7 +572,7 @@ const CSV_COLUMNS: &str = "t_s,rss_mb,threads,open_fds,server_cpu_cores,client_c
 published_per_s,publish_p50_us,publish_p99_us,publish_max_us,queue_e2e_p99_us,keyed_e2e_p99_us,\
 sse_e2e_p99_us,append_p99_us,job_p99_us,queue_acked_per_s,keyed_acked_per_s,sse_events_per_s,\
 appends_per_s,jobs_completed_per_s,queue_lag,keyed_lag,dead_letters,schedule_behind_ms,errors,\
-server_log_lines,disk_sync_p99_us,disk_sync_max_us";
+server_log_lines,disk_sync_p99_us,disk_sync_max_us,steal_cores";
 
 impl Sampler {
     fn new(
@@ -594,6 +617,7 @@ impl Sampler {
                 t_s: elapsed.as_secs_f64(),
                 publish: publish.clone(),
                 disk_sync_max_us: window.get("disk_sync").map_or(0, Histogram::max),
+                steal_cores: noise.steal / noise.seconds.max(1e-9),
             });
         }
         for (name, hist) in &window {
@@ -629,6 +653,7 @@ impl Sampler {
             "open_fds": footprint.open_fds,
             "server_cpu_cores": noise.server_cpu / seconds,
             "client_cpu_cores": noise.client_cpu / seconds,
+            "steal_cores": noise.steal / seconds,
             "data_mb": noise::dir_bytes(&self.data_dir) as f64 / 1e6,
             "per_s": {
                 "published": per_second("published"),
@@ -676,13 +701,14 @@ impl Sampler {
             (log_lines - self.last_log_lines).to_string(),
             p("disk_sync", 0.99).to_string(),
             max("disk_sync").to_string(),
+            format!("{:.2}", noise.steal / seconds),
         ];
         writeln!(self.csv, "{}", fields.join(","))?;
         writeln!(self.jsonl, "{row}")?;
         println!(
             "[{:>6.0}s] rss {:>7.1} MB fds {:>4} thr {:>3} cpu {:.2} | pub {:>6.0}/s p99 {:>6} µs | \
              queue p99 {:>6} µs lag {:>5} | keyed p99 {:>6} µs lag {:>5} | sse {:>6.0}/s p99 {:>6} µs | \
-             append p99 {:>6} µs | job p99 {:>6} µs | dead {} | behind {:.0} ms | errors {} log {} | disk max {} µs",
+             append p99 {:>6} µs | job p99 {:>6} µs | dead {} | behind {:.0} ms | errors {} log {} | disk max {} µs | steal {:.2}",
             elapsed.as_secs_f64(),
             footprint.rss_bytes as f64 / 1e6,
             footprint.open_fds,
@@ -703,6 +729,7 @@ impl Sampler {
             delta("errors"),
             log_lines - self.last_log_lines,
             max("disk_sync"),
+            noise.steal / seconds,
         );
         self.last_counters = counters;
         self.last_log_lines = log_lines;
@@ -764,6 +791,23 @@ struct Window {
     t_s: f64,
     publish: Histogram<u64>,
     disk_sync_max_us: u64,
+    /// CPU the hypervisor took from the machine (steal), cores.
+    steal_cores: f64,
+}
+
+/// When a window measures the machine rather than the server: the disk
+/// probe waited `disk_us` or more for an fdatasync, or the hypervisor took
+/// `steal_cores` or more of the CPU (`steal` in `/proc/stat`).
+#[derive(Debug, Clone, Copy)]
+struct Stalls {
+    disk_us: u64,
+    steal_cores: f64,
+}
+
+impl Stalls {
+    fn of(self, window: &Window) -> bool {
+        window.disk_sync_max_us >= self.disk_us || window.steal_cores >= self.steal_cores
+    }
 }
 
 /// Whether a latency's p99 stayed flat after the warm-up: the p99 of every
@@ -776,24 +820,25 @@ struct Window {
 /// 30-minute soak) stalls count by how long they last, and a p99 that
 /// really grows still shows.
 ///
-/// With `stall_us`, the windows in which the disk probe waited that long
-/// for an fdatasync, and the window after each (where the backlog drains),
-/// are left out of both thirds: a stall of the disk is not the server's.
-/// The thirds are cut by time first, so leaving windows out does not move
-/// them; if either third keeps less than half of its windows, the disk was
-/// too unsteady to judge, and the p99 does not count as flat.
+/// With `stalls`, the windows in which the disk probe waited that long
+/// for an fdatasync or the hypervisor took that much CPU (steal), and the
+/// window after each (where the backlog drains), are left out of both
+/// thirds: a stall of the disk or of the host is not the server's. The
+/// thirds are cut by time first, so leaving windows out does not move
+/// them; if either third keeps less than half of its windows, the machine
+/// was too unsteady to judge, and the p99 does not count as flat.
 fn flatness_over_thirds(
     windows: &[Window],
     warmup_s: f64,
     tolerance: f64,
     quantile: f64,
-    stall_us: Option<u64>,
+    stalls: Option<Stalls>,
 ) -> Value {
     let stalled: Vec<bool> = windows
         .iter()
         .enumerate()
         .map(|(index, window)| {
-            let stall = |window: &Window| stall_us.is_some_and(|us| window.disk_sync_max_us >= us);
+            let stall = |window: &Window| stalls.is_some_and(|stalls| stalls.of(window));
             stall(window)
                 || index
                     .checked_sub(1)
@@ -845,16 +890,18 @@ fn flatness_over_thirds(
         "last_third_count": last.len(),
         "samples": after.len(),
     });
-    if let Some(us) = stall_us {
-        judged["disk_stall_us"] = json!(us);
+    if let Some(stalls) = stalls {
+        judged["disk_stall_us"] = json!(stalls.disk_us);
+        judged["steal_limit_cores"] = json!(stalls.steal_cores);
         judged["windows_per_third"] = json!(third);
         judged["windows_left_out"] = json!({
             "first_third": third - first_kept,
             "last_third": third - last_kept,
         });
         if !steady {
-            judged["why"] =
-                json!("the disk stalled in more than half of a third's windows: not judged");
+            judged["why"] = json!(
+                "the disk or the host stalled in more than half of a third's windows: not judged"
+            );
         }
     }
     judged
@@ -876,9 +923,12 @@ fn verdict(
     let p99 = |op: &'static str| {
         move |row: &Value| row["latency_us"][op]["p99_us"].as_f64().unwrap_or(0.0)
     };
-    let stall_us = args.disk_stall_ms * 1000;
+    let stalls = Stalls {
+        disk_us: args.disk_stall_ms * 1000,
+        steal_cores: args.steal_limit,
+    };
     let publish_p99 =
-        flatness_over_thirds(publish_windows, warmup_s, tolerance, 0.99, Some(stall_us));
+        flatness_over_thirds(publish_windows, warmup_s, tolerance, 0.99, Some(stalls));
     let mut reasons = Vec::new();
     if rss["flat"] != json!(true) {
         reasons.push("RSS not flat".to_owned());
@@ -941,8 +991,8 @@ fn verdict(
         "pass": reasons.is_empty(),
         "reasons": reasons,
         "method": format!(
-            "samples from {warmup_s:.0} s on (after the first {:.0}% of the run); flat = within ±{:.0}% of the first third in the last third: RSS by the median of the samples, publish p99 over every publish of the third but in windows where the disk probe's fdatasync took {} ms or more and the window after each",
-            args.warmup_fraction * 100.0, tolerance * 100.0, args.disk_stall_ms
+            "samples from {warmup_s:.0} s on (after the first {:.0}% of the run); flat = within ±{:.0}% of the first third in the last third: RSS by the median of the samples, publish p99 over every publish of the third but in windows where the disk probe's fdatasync took {} ms or more or the hypervisor took {} cores or more (steal), and the window after each",
+            args.warmup_fraction * 100.0, tolerance * 100.0, args.disk_stall_ms, args.steal_limit
         ),
         "rss": rss,
         "publish_p99": publish_p99,
@@ -1067,6 +1117,11 @@ mod tests {
     /// Windows of 29,000 publishes of 5 ms; a stalled one adds `waiting`
     /// publishes of 200 ms (400: 1.4% of the window), and the disk probe
     /// saw the stall when `probe_saw_it`.
+    const DISK_ONLY: Stalls = Stalls {
+        disk_us: 100_000,
+        steal_cores: f64::INFINITY,
+    };
+
     fn windows(stalls: &[bool], probe_saw_it: bool) -> Vec<Window> {
         windows_waiting(stalls, probe_saw_it, 400)
     }
@@ -1085,6 +1140,7 @@ mod tests {
                     t_s: (index as f64 + 1.0) * 10.0,
                     publish,
                     disk_sync_max_us: if *stall && probe_saw_it { 180_000 } else { 900 },
+                    steal_cores: 0.0,
                 }
             })
             .collect()
@@ -1112,7 +1168,7 @@ mod tests {
         for window in &mut series[6..] {
             window.publish.record_n(40_000, 2_000).unwrap();
         }
-        let judged = flatness_over_thirds(&series, 0.0, 0.10, 0.99, Some(100_000));
+        let judged = flatness_over_thirds(&series, 0.0, 0.10, 0.99, Some(DISK_ONLY));
         assert_eq!(judged["flat"], json!(false), "{judged}");
     }
 
@@ -1126,7 +1182,7 @@ mod tests {
         let series = windows_waiting(&stalls, true, 1_500);
         let counted = flatness_over_thirds(&series, 0.0, 0.10, 0.99, None);
         assert_eq!(counted["flat"], json!(false), "{counted}");
-        let judged = flatness_over_thirds(&series, 0.0, 0.10, 0.99, Some(100_000));
+        let judged = flatness_over_thirds(&series, 0.0, 0.10, 0.99, Some(DISK_ONLY));
         assert_eq!(judged["flat"], json!(true), "{judged}");
         // The stalled windows and the one after each.
         assert_eq!(
@@ -1143,7 +1199,7 @@ mod tests {
             false, false, false, false, false, false, false, false, true, false, false, true,
         ];
         let series = windows_waiting(&stalls, false, 1_500);
-        let judged = flatness_over_thirds(&series, 0.0, 0.10, 0.99, Some(100_000));
+        let judged = flatness_over_thirds(&series, 0.0, 0.10, 0.99, Some(DISK_ONLY));
         assert_eq!(judged["flat"], json!(false), "{judged}");
         assert_eq!(
             judged["windows_left_out"]["last_third"],
@@ -1152,13 +1208,38 @@ mod tests {
         );
     }
 
+    /// The hypervisor took the CPU (steal) in the windows the server
+    /// stalled in; the disk was fine: those windows are the host's.
+    #[test]
+    fn given_publish_stalls_while_the_host_took_the_cpu_when_judged_should_leave_them_out() {
+        let mut stalls = [false; 15];
+        stalls[12] = true;
+        let mut series = windows_waiting(&stalls, false, 3_000);
+        for (window, stalled) in series.iter_mut().zip(stalls) {
+            window.steal_cores = if stalled { 0.6 } else { 0.02 };
+        }
+        let limits = Stalls {
+            disk_us: 100_000,
+            steal_cores: 0.1,
+        };
+        let judged = flatness_over_thirds(&series, 0.0, 0.10, 0.99, Some(limits));
+        assert_eq!(judged["flat"], json!(true), "{judged}");
+        assert_eq!(
+            judged["windows_left_out"]["last_third"],
+            json!(2),
+            "{judged}"
+        );
+        let disk_only = flatness_over_thirds(&series, 0.0, 0.10, 0.99, Some(DISK_ONLY));
+        assert_eq!(disk_only["flat"], json!(false), "{disk_only}");
+    }
+
     #[test]
     fn given_a_disk_stalling_in_most_windows_when_judged_should_not_count_as_flat() {
         // Stalls in windows 1 and 3 leave 1, 2 and 3 of the first third out.
         let stalls = [
             false, true, false, true, false, false, false, false, false, false, false, false,
         ];
-        let judged = flatness_over_thirds(&windows(&stalls, true), 0.0, 0.10, 0.99, Some(100_000));
+        let judged = flatness_over_thirds(&windows(&stalls, true), 0.0, 0.10, 0.99, Some(DISK_ONLY));
         assert_eq!(judged["flat"], json!(false), "{judged}");
         assert!(judged["why"].as_str().is_some(), "{judged}");
     }
