@@ -33,8 +33,8 @@ use herald_types::{Event, EventInput, GroupName, StoredEvent, StreamId, TopicNam
 
 use crate::{
     AckDurability, Backend, CommitRequest, Delivery, Direction, Error, Expect, ExpectedVersion,
-    FetchRequest, Fsync, GroupFilter, GroupMode, GroupSpec, PartitionOffset, RetentionSpec,
-    StartPosition, TopicSpec, TopicUpdate,
+    FetchRequest, Fsync, GroupFilter, GroupMode, GroupSpec, KvDurability, PartitionOffset,
+    RetentionSpec, StartPosition, TopicSpec, TopicUpdate,
 };
 
 /// What the suite needs from a backend's test setup.
@@ -85,6 +85,7 @@ macro_rules! conformance_suite {
             publish_dedup_and_stream_appends_answer_the_same_after_a_restart,
             a_changed_dedup_window_answers_as_after_a_restart,
             kv_compare_and_set,
+            kv_batches_are_written_and_deleted_whole_and_survive_a_restart,
             stream_appends_honour_each_expectation_and_conflicts_change_nothing,
             stream_versions_are_dense_and_reads_page_forward_and_backward,
             stream_metadata_and_soft_and_hard_delete,
@@ -2082,6 +2083,69 @@ pub async fn kv_compare_and_set<H: Harness>() {
             .unwrap()
     );
     assert!(!backend.kv_delete("jobs", "j1", Expect::Any).await.unwrap());
+    backend.shutdown().await.unwrap();
+}
+
+/// Batches of writes (either durability) and deletes over several
+/// buckets: every entry lands with its own revision, a delete skips what
+/// is absent, and both outlast a clean restart.
+pub async fn kv_batches_are_written_and_deleted_whole_and_survive_a_restart<H: Harness>() {
+    let harness = H::start().await;
+    let backend = harness.backend();
+    let entry = |bucket: &str, key: &str| {
+        (
+            bucket.to_owned(),
+            key.to_owned(),
+            Bytes::from(key.to_owned()),
+        )
+    };
+    backend
+        .kv_put_many(
+            vec![entry("log", "a1"), entry("index", "a1"), entry("log", "a2")],
+            KvDurability::Sync,
+        )
+        .await
+        .unwrap();
+    backend
+        .kv_put_many(
+            vec![entry("log", "b1"), entry("index", "b1")],
+            KvDurability::Deferred,
+        )
+        .await
+        .unwrap();
+    let revision = async |bucket: &str, key: &str| {
+        backend.kv_get(bucket, key).await.unwrap().unwrap().revision
+    };
+    let (a1, a2, b1) = (
+        revision("log", "a1").await,
+        revision("log", "a2").await,
+        revision("log", "b1").await,
+    );
+    assert!(a1 < a2 && a2 < b1, "{a1} {a2} {b1}");
+    let deleted = backend
+        .kv_delete_many(vec![
+            ("log".to_owned(), "a1".to_owned()),
+            ("index".to_owned(), "a1".to_owned()),
+            ("log".to_owned(), "absent".to_owned()),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(deleted, 2);
+    drop(backend);
+    let harness = harness.restart().await;
+    let backend = harness.backend();
+    assert_eq!(
+        backend.kv_keys("log", "", None, 10).await.unwrap(),
+        ["a2", "b1"]
+    );
+    assert_eq!(
+        backend.kv_keys("index", "", None, 10).await.unwrap(),
+        ["b1"]
+    );
+    assert_eq!(
+        backend.kv_get("log", "b1").await.unwrap().unwrap().value,
+        Bytes::from("b1")
+    );
     backend.shutdown().await.unwrap();
 }
 

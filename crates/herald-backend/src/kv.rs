@@ -22,3 +22,22 @@ pub enum Expect {
     /// The value at exactly this revision.
     Revision(u64),
 }
+
+/// When a batch of writes ([`crate::Kv::kv_put_many`]) is on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvDurability {
+    /// Durable when the call returns.
+    Sync,
+    /// Visible when the call returns, durable soon after: within the
+    /// backend's group-state flush interval (the embedded one: its next
+    /// flush round, every 50 ms while a consumer group exists), and
+    /// never after a settle made once the call returned (a settle is not on
+    /// disk without the writes before it). A crash can lose the last
+    /// window's writes, but only together with the settles that followed
+    /// them: a caller that writes a record, then settles (the webhook
+    /// attempt log), never finds an acked delivery without its record
+    /// after a crash. (A store that fails a write and reopens itself loses
+    /// what was not durable yet, settles included, as a crash would; the
+    /// settles still in memory are written again, their records are not.)
+    Deferred,
+}

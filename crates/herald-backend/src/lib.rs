@@ -43,7 +43,7 @@ pub use group::{
     GroupFilter, GroupInfo, GroupMode, GroupPartitionStatus, GroupSpec, GroupStatus, MemberStatus,
     OrderBy, PartitionOffset, StartPosition,
 };
-pub use kv::{Expect, KvEntry};
+pub use kv::{Expect, KvDurability, KvEntry};
 pub use stream::{AppendResult, Direction, ExpectedVersion, Snapshot, StreamMetadata, StreamSlice};
 pub use topic::{
     Fsync, PartitionInfo, RetentionSpec, TopicDescription, TopicInfo, TopicSpec, TopicUpdate,
@@ -288,12 +288,19 @@ pub trait Kv: Send + Sync {
     /// revision. [`Error::RevisionMismatch`] otherwise. Durable when it returns.
     async fn kv_put(&self, bucket: &str, key: &str, value: Bytes, expect: Expect) -> Result<u64>;
 
-    /// Writes every `(bucket, key, value)` unconditionally; durable when it
-    /// returns. A backend that can does it in one durable step (the
-    /// embedded one: one transaction, one fsync), so a caller that gathers
-    /// many small writes (the webhook attempt log) pays for one. Either all
-    /// are written or, on an error, possibly none.
-    async fn kv_put_many(&self, entries: Vec<(String, String, Bytes)>) -> Result<()> {
+    /// Writes every `(bucket, key, value)` unconditionally, durable as
+    /// `durability` says. A backend that can does it in one step (the
+    /// embedded one: one transaction, with one fsync for
+    /// [`KvDurability::Sync`] and none for [`KvDurability::Deferred`]), so a
+    /// caller that gathers many small writes (the webhook attempt log) pays
+    /// for one. Either all are written or, on an error, possibly none. This
+    /// default writes each durably, which satisfies either.
+    async fn kv_put_many(
+        &self,
+        entries: Vec<(String, String, Bytes)>,
+        durability: KvDurability,
+    ) -> Result<()> {
+        let _ = durability;
         for (bucket, key, value) in entries {
             self.kv_put(&bucket, &key, value, Expect::Any).await?;
         }
@@ -303,6 +310,22 @@ pub trait Kv: Send + Sync {
     /// Deletes `key` if the current state matches `expect`; returns whether
     /// there was a value.
     async fn kv_delete(&self, bucket: &str, key: &str, expect: Expect) -> Result<bool>;
+
+    /// Deletes every `(bucket, key)` unconditionally (absent ones are
+    /// skipped), durable when it returns; returns how many were there. A
+    /// backend that can does it in one durable step (the embedded one: one
+    /// transaction, one fsync), so a sweep of many (the webhook attempt
+    /// log's retention) pays for one. Either all are deleted or, on an
+    /// error, possibly none.
+    async fn kv_delete_many(&self, entries: Vec<(String, String)>) -> Result<u64> {
+        let mut deleted = 0;
+        for (bucket, key) in entries {
+            if self.kv_delete(&bucket, &key, Expect::Any).await? {
+                deleted += 1;
+            }
+        }
+        Ok(deleted)
+    }
 
     /// Keys of `bucket` starting with `prefix`, in order, after `after`, at most `limit`.
     async fn kv_keys(

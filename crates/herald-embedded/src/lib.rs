@@ -110,8 +110,8 @@ use herald_backend::cancel::run_to_completion;
 use herald_backend::{
     AckDurability, AckOutcome, AppendResult, Backend, CommitRequest, DeadLetter, Direction, Error,
     Events, Expect, ExpectedVersion, FetchRequest, FetchResponse, GroupInfo, GroupSpec,
-    GroupStatus, Groups, Kv, KvEntry, PartitionOffset, PublishResult, ReadResult, Result,
-    Snapshot as StreamSnapshot, StartPosition, StreamMetadata, StreamSlice, Streams,
+    GroupStatus, Groups, Kv, KvDurability, KvEntry, PartitionOffset, PublishResult, ReadResult,
+    Result, Snapshot as StreamSnapshot, StartPosition, StreamMetadata, StreamSlice, Streams,
     TopicDescription, TopicInfo, TopicSpec, TopicUpdate, Topics, topic::TopicLimits,
 };
 use herald_log::{Log, LogEnv, LogHandle, LogMetrics, SystemClock, WriterOptions};
@@ -737,10 +737,15 @@ impl Inner {
             });
             taken.push((group, outbox));
         }
-        if writes.is_empty() {
-            return Ok(());
-        }
         let meta = self.meta.clone();
+        if writes.is_empty() {
+            // No group changed, but a deferred key-value write may wait for
+            // a durable commit (`KvDurability::Deferred`: within a round).
+            if !meta.has_deferred() {
+                return Ok(());
+            }
+            return blocking(move || meta.sync_deferred()).await.map(drop);
+        }
         match blocking(move || meta.commit_groups(&writes)).await {
             Ok(recorded) => {
                 if recorded > 0 {
@@ -1671,14 +1676,18 @@ impl Kv for EmbeddedBackend {
         blocking(move || meta.kv_put(&bucket, &key, &value, expect)).await
     }
 
-    async fn kv_put_many(&self, entries: Vec<(String, String, Bytes)>) -> Result<()> {
+    async fn kv_put_many(
+        &self,
+        entries: Vec<(String, String, Bytes)>,
+        durability: KvDurability,
+    ) -> Result<()> {
         self.inner.check_open()?;
         for (bucket, key, _) in &entries {
             check_kv_name("bucket", bucket)?;
             check_kv_name("key", key)?;
         }
         let meta = self.inner.meta.clone();
-        blocking(move || meta.kv_put_many(&entries)).await
+        blocking(move || meta.kv_put_many(&entries, durability)).await
     }
 
     async fn kv_delete(&self, bucket: &str, key: &str, expect: Expect) -> Result<bool> {
@@ -1687,6 +1696,16 @@ impl Kv for EmbeddedBackend {
         check_kv_name("key", key)?;
         let (meta, bucket, key) = (self.inner.meta.clone(), bucket.to_owned(), key.to_owned());
         blocking(move || meta.kv_delete(&bucket, &key, expect)).await
+    }
+
+    async fn kv_delete_many(&self, entries: Vec<(String, String)>) -> Result<u64> {
+        self.inner.check_open()?;
+        for (bucket, key) in &entries {
+            check_kv_name("bucket", bucket)?;
+            check_kv_name("key", key)?;
+        }
+        let meta = self.inner.meta.clone();
+        blocking(move || meta.kv_delete_many(&entries)).await
     }
 
     async fn kv_keys(

@@ -4,7 +4,11 @@
 //! Every call is one write or read transaction and does blocking I/O: the
 //! backend runs them on `spawn_blocking`. Write transactions commit with
 //! redb's default (immediate, fsynced) durability, so what a call wrote
-//! survives a crash once it returns.
+//! survives a crash once it returns; the one exception is
+//! [`Meta::kv_put_many`] with [`KvDurability::Deferred`], which commits
+//! without an fsync and is made durable by the next durable commit (every
+//! commit covers the ones before it): the next group-state flush, or an
+//! empty one ([`Meta::sync_deferred`]) when no group changed.
 //!
 //! | table | key | value |
 //! |---|---|---|
@@ -31,7 +35,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use herald_backend::{Error, Expect, GroupInfo, KvEntry, PartitionOffset, Result, TopicInfo};
+use herald_backend::{
+    Error, Expect, GroupInfo, KvDurability, KvEntry, PartitionOffset, Result, TopicInfo,
+};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
@@ -144,6 +150,9 @@ struct Store {
     /// open the new one.
     db: RwLock<Option<Arc<Database>>>,
     failure: Mutex<Option<StoreFailure>>,
+    /// A commit without an fsync ([`KvDurability::Deferred`]) awaits a
+    /// durable one.
+    deferred: AtomicBool,
 }
 
 #[derive(Debug, Clone)]
@@ -212,6 +221,7 @@ impl Meta {
                 cache_bytes,
                 db: RwLock::new(Some(Arc::new(db))),
                 failure: Mutex::new(None),
+                deferred: AtomicBool::new(false),
             }),
             faults,
         })
@@ -589,21 +599,58 @@ impl Meta {
         })?
     }
 
-    /// Every entry in one transaction (one fsync), unconditionally.
-    pub(crate) fn kv_put_many(&self, entries: &[(String, String, bytes::Bytes)]) -> Result<()> {
-        self.write(|txn| {
+    /// Writes every entry in one transaction, with an fsync or, when
+    /// `durability` is [`KvDurability::Deferred`], without one (made
+    /// durable by the next durable commit).
+    pub(crate) fn kv_put_many(
+        &self,
+        entries: &[(String, String, bytes::Bytes)],
+        durability: KvDurability,
+    ) -> Result<()> {
+        let durable = durability == KvDurability::Sync;
+        self.write_with(durable, |txn| {
             let mut table = txn.open_table(KV)?;
             let mut revisions = txn.open_table(KV_REVISIONS)?;
+            // Each bucket's last revision is read and written once, not per
+            // entry (a batch is mostly one or two buckets).
+            let mut last: Vec<(&str, u64)> = Vec::new();
             for (bucket, key, value) in entries {
-                let revision = revisions
-                    .get(bucket.as_str())?
-                    .map_or(0, |last| last.value())
-                    + 1;
-                revisions.insert(bucket.as_str(), revision)?;
-                table.insert((bucket.as_str(), key.as_str()), (revision, value.as_ref()))?;
+                let slot = match last.iter().position(|(name, _)| *name == bucket.as_str()) {
+                    Some(slot) => slot,
+                    None => {
+                        let current = revisions
+                            .get(bucket.as_str())?
+                            .map_or(0, |last| last.value());
+                        last.push((bucket.as_str(), current));
+                        last.len() - 1
+                    }
+                };
+                last[slot].1 += 1;
+                table.insert(
+                    (bucket.as_str(), key.as_str()),
+                    (last[slot].1, value.as_ref()),
+                )?;
+            }
+            for (bucket, revision) in last {
+                revisions.insert(bucket, revision)?;
             }
             Ok(())
         })
+    }
+
+    /// Whether a deferred write awaits a durable commit.
+    pub(crate) fn has_deferred(&self) -> bool {
+        self.store.deferred.load(Ordering::SeqCst)
+    }
+
+    /// Makes a deferred write durable with an empty durable commit, if one
+    /// awaits it; `false` when none did.
+    pub(crate) fn sync_deferred(&self) -> Result<bool> {
+        if !self.has_deferred() {
+            return Ok(false);
+        }
+        self.write(|_| Ok(()))?;
+        Ok(true)
     }
 
     pub(crate) fn kv_delete(&self, bucket: &str, key: &str, expect: Expect) -> Result<bool> {
@@ -615,6 +662,21 @@ impl Meta {
             }
             Ok(Ok(table.remove((bucket, key))?.is_some()))
         })?
+    }
+
+    /// Deletes every entry in one transaction (one fsync); returns how
+    /// many were there.
+    pub(crate) fn kv_delete_many(&self, entries: &[(String, String)]) -> Result<u64> {
+        self.write(|txn| {
+            let mut table = txn.open_table(KV)?;
+            let mut deleted = 0;
+            for (bucket, key) in entries {
+                if table.remove((bucket.as_str(), key.as_str()))?.is_some() {
+                    deleted += 1;
+                }
+            }
+            Ok(deleted)
+        })
     }
 
     pub(crate) fn kv_keys(
@@ -648,13 +710,27 @@ impl Meta {
         Ok(keys)
     }
 
-    /// Runs `body` in one write transaction and commits it.
+    /// Runs `body` in one write transaction and commits it durably.
     fn write<T>(
         &self,
         body: impl FnOnce(&redb::WriteTransaction) -> std::result::Result<T, redb::Error>,
     ) -> Result<T> {
+        self.write_with(true, body)
+    }
+
+    /// Runs `body` in one write transaction and commits it, durably (an
+    /// fsync, which makes every commit before it durable too) or not.
+    fn write_with<T>(
+        &self,
+        durable: bool,
+        body: impl FnOnce(&redb::WriteTransaction) -> std::result::Result<T, redb::Error>,
+    ) -> Result<T> {
         let db = self.db()?;
-        let txn = db.begin_write().map_err(|error| self.failed(error))?;
+        let mut txn = db.begin_write().map_err(|error| self.failed(error))?;
+        if !durable {
+            txn.set_durability(redb::Durability::None)
+                .map_err(|error| self.failed(error))?;
+        }
         let value = body(&txn).map_err(|error| self.failed(error))?;
         if self
             .faults
@@ -664,7 +740,18 @@ impl Meta {
             txn.abort().map_err(|error| self.failed(error))?;
             return Err(storage("injected write failure (MetaFaults)"));
         }
-        txn.commit().map_err(|error| self.failed(error))?;
+        // Cleared while this transaction holds the write lock: a deferred
+        // commit after this one sets it again once it has committed.
+        let deferred = durable && self.store.deferred.swap(false, Ordering::SeqCst);
+        if let Err(error) = txn.commit() {
+            if deferred {
+                self.store.deferred.store(true, Ordering::SeqCst);
+            }
+            return Err(self.failed(error));
+        }
+        if !durable {
+            self.store.deferred.store(true, Ordering::SeqCst);
+        }
         Ok(value)
     }
 }
@@ -707,5 +794,74 @@ mod tests {
         assert!(file > 4 * cache as u64, "the file is only {file} bytes");
         let used = meta.db().unwrap().cache_stats().used_bytes();
         assert!(used > 0 && used <= cache, "{used} bytes cached");
+    }
+
+    fn entry(key: &str) -> (String, String, bytes::Bytes) {
+        (
+            "b".to_owned(),
+            key.to_owned(),
+            bytes::Bytes::from_static(b"v"),
+        )
+    }
+
+    /// A deferred batch waits for a durable commit: the next durable write
+    /// covers it, or `sync_deferred` makes one; a synced batch leaves none.
+    #[test]
+    fn given_a_deferred_batch_when_a_durable_commit_follows_should_no_longer_wait_for_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = Meta::open(&dir.path().join("meta.redb"), 1 << 20, None).unwrap();
+        meta.kv_put_many(&[entry("a")], KvDurability::Sync).unwrap();
+        assert!(
+            !meta.sync_deferred().unwrap(),
+            "a synced batch needs no sync"
+        );
+
+        meta.kv_put_many(&[entry("b")], KvDurability::Deferred)
+            .unwrap();
+        assert!(meta.sync_deferred().unwrap(), "a deferred batch needs one");
+        assert!(!meta.sync_deferred().unwrap(), "one sync covers it");
+
+        meta.kv_put_many(&[entry("c")], KvDurability::Deferred)
+            .unwrap();
+        meta.kv_put("b", "d", b"v", Expect::Any).unwrap();
+        assert!(!meta.sync_deferred().unwrap(), "a durable write covered it");
+    }
+
+    /// Revisions grow by one per entry across buckets in one batch, as
+    /// they do one write at a time.
+    #[test]
+    fn given_a_batch_over_two_buckets_when_written_should_number_each_bucket_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = Meta::open(&dir.path().join("meta.redb"), 1 << 20, None).unwrap();
+        meta.kv_put("x", "first", b"v", Expect::Any).unwrap();
+        let batch = [
+            (
+                "x".to_owned(),
+                "k1".to_owned(),
+                bytes::Bytes::from_static(b"1"),
+            ),
+            (
+                "y".to_owned(),
+                "k1".to_owned(),
+                bytes::Bytes::from_static(b"1"),
+            ),
+            (
+                "x".to_owned(),
+                "k2".to_owned(),
+                bytes::Bytes::from_static(b"2"),
+            ),
+        ];
+        meta.kv_put_many(&batch, KvDurability::Deferred).unwrap();
+        let revision =
+            |bucket: &str, key: &str| meta.kv_get(bucket, key).unwrap().unwrap().revision;
+        assert_eq!(
+            (
+                revision("x", "k1"),
+                revision("y", "k1"),
+                revision("x", "k2")
+            ),
+            (2, 1, 3)
+        );
+        assert_eq!(meta.kv_put("x", "k3", b"v", Expect::Any).unwrap(), 4);
     }
 }

@@ -37,7 +37,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use herald_backend::{
-    Backend, Expect, GroupFilter, GroupMode, GroupSpec, OrderBy, StartPosition, TopicSpec,
+    Backend, Expect, GroupFilter, GroupMode, GroupSpec, KvDurability, OrderBy, StartPosition,
+    TopicSpec,
 };
 use herald_types::webhook::Secret;
 use herald_types::{Event, EventInput, GroupName, TopicName, format_rfc3339_ms};
@@ -325,10 +326,13 @@ impl std::fmt::Debug for LogWrite {
 /// Most records one attempt-log write takes.
 const LOG_BATCH: usize = 512;
 
-/// Writes attempt records as they come, each batch in one durable step
-/// (`Kv::kv_put_many`): attempts in flight at once share a write, as
-/// appends share an fsync in the log engine. Ends when the service is
-/// dropped.
+/// Writes attempt records as they come, each batch in one step
+/// (`Kv::kv_put_many`): attempts in flight at once share a write. The
+/// write is [`KvDurability::Deferred`]: no fsync of its own, durable with
+/// the group-state flush that carries the settles made after it, so a
+/// crash never leaves an acked delivery without its record (it can lose
+/// the last records only with their settles: those deliveries come back
+/// and are attempted, and logged, again). Ends when the service is dropped.
 async fn log_writer(backend: Arc<dyn Backend>, mut requests: mpsc::Receiver<LogWrite>) {
     let mut batch = Vec::with_capacity(LOG_BATCH);
     while requests.recv_many(&mut batch, LOG_BATCH).await > 0 {
@@ -338,7 +342,7 @@ async fn log_writer(backend: Arc<dyn Backend>, mut requests: mpsc::Receiver<LogW
             entries.extend(write.entries);
             waiting.push(write.written);
         }
-        if let Err(error) = backend.kv_put_many(entries).await {
+        if let Err(error) = backend.kv_put_many(entries, KvDurability::Deferred).await {
             warn!(%error, "Could not write webhook attempt records.");
         }
         for written in waiting {
@@ -663,8 +667,7 @@ impl Handle {
             let Some(last) = keys.last() else { break };
             after = Some(last.clone());
             for key in &keys {
-                if let Some(entry) = shared.backend.kv_get(bucket, key).await?
-                    && let Ok(record) = decode::<AttemptRecord>(&entry.value)
+                if let Some(record) = shared.attempt_at(bucket, key).await?
                     && wanted(&record)
                 {
                     found.push(record);
@@ -1087,16 +1090,16 @@ impl Shared {
         }
     }
 
-    /// Writes an attempt record (both indexes), with the attempts in
-    /// flight beside it. A failure is logged, not returned: the delivery's
-    /// outcome stands without its record.
+    /// Writes an attempt record, and its key in the by-message index (no
+    /// value: the record is read from [`ATTEMPTS_BUCKET`]), with the
+    /// attempts in flight beside it. A failure is logged, not returned: the
+    /// delivery's outcome stands without its record.
     pub(crate) async fn log_attempt(&self, record: &AttemptRecord) {
-        let value = encode(record);
         let entries = vec![
             (
                 ATTEMPTS_BUCKET.to_owned(),
                 format!("{}/{}", record.endpoint_id, record.attempt_id),
-                value.clone(),
+                encode(record),
             ),
             (
                 BY_MESSAGE_BUCKET.to_owned(),
@@ -1104,13 +1107,37 @@ impl Shared {
                     "{}/{}/{}",
                     record.endpoint_id, record.message_id, record.attempt_id
                 ),
-                value,
+                Bytes::new(),
             ),
         ];
         let (written, done) = oneshot::channel();
         if self.log.send(LogWrite { entries, written }).await.is_ok() {
             let _ = done.await;
         }
+    }
+
+    /// The attempt record at `key` of `bucket`: in [`ATTEMPTS_BUCKET`] the
+    /// record itself; in [`BY_MESSAGE_BUCKET`] (`endpoint/message/attempt`)
+    /// the record it points to, or the copy it holds (written before the
+    /// index kept keys only). `None` when gone or unreadable.
+    async fn attempt_at(&self, bucket: &str, key: &str) -> Result<Option<AttemptRecord>> {
+        let Some(mut entry) = self.backend.kv_get(bucket, key).await? else {
+            return Ok(None);
+        };
+        if bucket == BY_MESSAGE_BUCKET && entry.value.is_empty() {
+            let target = key.split_once('/').and_then(|(endpoint_id, rest)| {
+                let (_, attempt_id) = rest.rsplit_once('/')?;
+                Some(format!("{endpoint_id}/{attempt_id}"))
+            });
+            let Some(target) = target else {
+                return Ok(None);
+            };
+            match self.backend.kv_get(ATTEMPTS_BUCKET, &target).await? {
+                Some(record) => entry = record,
+                None => return Ok(None),
+            }
+        }
+        Ok(decode::<AttemptRecord>(&entry.value).ok())
     }
 
     /// How many attempts of `message` are logged.
@@ -1140,23 +1167,25 @@ impl Shared {
             if keys.is_empty() {
                 return Ok(deleted);
             }
+            // A page in one durable step: a sweep keeps up with attempts
+            // logged thousands a second (one fsync per record did not).
+            let mut doomed = Vec::with_capacity(keys.len() * 2);
             for key in &keys {
                 if let Some(entry) = self.backend.kv_get(ATTEMPTS_BUCKET, key).await?
                     && let Ok(record) = decode::<AttemptRecord>(&entry.value)
                 {
-                    let by_message = format!(
-                        "{}/{}/{}",
-                        record.endpoint_id, record.message_id, record.attempt_id
-                    );
-                    self.backend
-                        .kv_delete(BY_MESSAGE_BUCKET, &by_message, Expect::Any)
-                        .await?;
+                    doomed.push((
+                        BY_MESSAGE_BUCKET.to_owned(),
+                        format!(
+                            "{}/{}/{}",
+                            record.endpoint_id, record.message_id, record.attempt_id
+                        ),
+                    ));
                 }
-                self.backend
-                    .kv_delete(ATTEMPTS_BUCKET, key, Expect::Any)
-                    .await?;
-                deleted += 1;
+                doomed.push((ATTEMPTS_BUCKET.to_owned(), key.clone()));
             }
+            self.backend.kv_delete_many(doomed).await?;
+            deleted += keys.len() as u64;
             after = keys.last().cloned();
         }
     }

@@ -1239,7 +1239,8 @@ mod tests {
         let stalls = [
             false, true, false, true, false, false, false, false, false, false, false, false,
         ];
-        let judged = flatness_over_thirds(&windows(&stalls, true), 0.0, 0.10, 0.99, Some(DISK_ONLY));
+        let judged =
+            flatness_over_thirds(&windows(&stalls, true), 0.0, 0.10, 0.99, Some(DISK_ONLY));
         assert_eq!(judged["flat"], json!(false), "{judged}");
         assert!(judged["why"].as_str().is_some(), "{judged}");
     }

@@ -23,7 +23,7 @@ use herald_types::{Event, EventInput, TopicName};
 use herald_webhooks::circuit::CircuitOptions;
 use herald_webhooks::endpoint::{EndpointSpec, Filter};
 use herald_webhooks::service::group_name;
-use herald_webhooks::store::State;
+use herald_webhooks::store::{ATTEMPTS_BUCKET, BY_MESSAGE_BUCKET, State};
 use herald_webhooks::{
     AttemptQuery, AttemptRecord, EndpointPatch, Handle, Options, Schedule, Sender, Service,
     TargetPolicy, WebhookMetrics,
@@ -952,15 +952,8 @@ async fn given_attempts_older_than_the_retention_should_be_swept() {
     })
     .await;
     let message = receiver.got()[0].id();
-    until("its attempt logged", async || {
-        let all = fixture.attempts(&created.endpoint_id, None).await;
-        (!all.is_empty()).then_some(())
-    })
-    .await;
-    // Gone from both indexes once older than the retention.
-    until("the attempt swept", async || {
-        let all = fixture.attempts(&created.endpoint_id, None).await;
-        let by_message = fixture
+    let by_message = async || {
+        fixture
             .handle
             .attempts(
                 &created.endpoint_id,
@@ -970,8 +963,28 @@ async fn given_attempts_older_than_the_retention_should_be_swept() {
                 },
             )
             .await
-            .unwrap();
-        (all.is_empty() && by_message.is_empty()).then_some(())
+            .unwrap()
+    };
+    until("its attempt logged, and found by its message", async || {
+        let all = fixture.attempts(&created.endpoint_id, None).await;
+        let found = by_message().await;
+        (!all.is_empty() && found.len() == all.len() && found[0] == all[0]).then_some(())
+    })
+    .await;
+    // Gone from both indexes once older than the retention: the stored
+    // keys, not only the listings (which read through the first index).
+    let keys = async |bucket: &str| {
+        fixture
+            .backend
+            .kv_keys(bucket, &format!("{}/", created.endpoint_id), None, 100)
+            .await
+            .unwrap()
+    };
+    until("the attempt swept", async || {
+        let swept = keys(ATTEMPTS_BUCKET).await.is_empty()
+            && keys(BY_MESSAGE_BUCKET).await.is_empty()
+            && by_message().await.is_empty();
+        swept.then_some(())
     })
     .await;
     fixture.stop().await;
