@@ -23,7 +23,9 @@ use crate::endpoint::Filter;
 pub const ENDPOINTS_BUCKET: &str = "webhooks.endpoints";
 /// The attempt log, per endpoint, newest first.
 pub const ATTEMPTS_BUCKET: &str = "webhooks.attempts";
-/// The attempt log, per endpoint and message.
+/// The attempt log indexed per endpoint and message: keys only
+/// (`endpoint/message/attempt`); the record is in [`ATTEMPTS_BUCKET`]
+/// (entries written before d91d2c3 hold a copy).
 pub const BY_MESSAGE_BUCKET: &str = "webhooks.attempts.by_message";
 
 /// A signing secret and, once rotated out, when it stops being used.
