@@ -1116,28 +1116,24 @@ impl Shared {
         }
     }
 
-    /// The attempt record at `key` of `bucket`: in [`ATTEMPTS_BUCKET`] the
-    /// record itself; in [`BY_MESSAGE_BUCKET`] (`endpoint/message/attempt`)
-    /// the record it points to, or the copy it holds (written before the
-    /// index kept keys only). `None` when gone or unreadable.
+    /// The attempt record a key of `bucket` names: an [`ATTEMPTS_BUCKET`]
+    /// key is the record's own; a [`BY_MESSAGE_BUCKET`] key
+    /// (`endpoint/message/attempt`) names `endpoint/attempt` there (every
+    /// attempt is written to both). `None` when gone or unreadable.
     async fn attempt_at(&self, bucket: &str, key: &str) -> Result<Option<AttemptRecord>> {
-        let Some(mut entry) = self.backend.kv_get(bucket, key).await? else {
-            return Ok(None);
-        };
-        if bucket == BY_MESSAGE_BUCKET && entry.value.is_empty() {
-            let target = key.split_once('/').and_then(|(endpoint_id, rest)| {
+        let target = if bucket == BY_MESSAGE_BUCKET {
+            let Some(target) = key.split_once('/').and_then(|(endpoint_id, rest)| {
                 let (_, attempt_id) = rest.rsplit_once('/')?;
                 Some(format!("{endpoint_id}/{attempt_id}"))
-            });
-            let Some(target) = target else {
+            }) else {
                 return Ok(None);
             };
-            match self.backend.kv_get(ATTEMPTS_BUCKET, &target).await? {
-                Some(record) => entry = record,
-                None => return Ok(None),
-            }
-        }
-        Ok(decode::<AttemptRecord>(&entry.value).ok())
+            target
+        } else {
+            key.to_owned()
+        };
+        let entry = self.backend.kv_get(ATTEMPTS_BUCKET, &target).await?;
+        Ok(entry.and_then(|entry| decode::<AttemptRecord>(&entry.value).ok()))
     }
 
     /// How many attempts of `message` are logged.

@@ -25,7 +25,7 @@ pub const ENDPOINTS_BUCKET: &str = "webhooks.endpoints";
 pub const ATTEMPTS_BUCKET: &str = "webhooks.attempts";
 /// The attempt log indexed per endpoint and message: keys only
 /// (`endpoint/message/attempt`); the record is in [`ATTEMPTS_BUCKET`]
-/// (entries written before d91d2c3 hold a copy).
+/// (entries written before d91d2c3 also hold a copy, never read).
 pub const BY_MESSAGE_BUCKET: &str = "webhooks.attempts.by_message";
 
 /// A signing secret and, once rotated out, when it stops being used.
