@@ -633,12 +633,23 @@ impl Handle {
     }
 
     /// An endpoint's attempts, newest first (also those of the job
-    /// notifications, under [`crate::jobs::JOBS_ENDPOINT_ID`]).
+    /// notifications, under [`crate::jobs::JOBS_ENDPOINT_ID`]). A `status`
+    /// other than `succeeded` or `failed` is refused (`invalid_argument`),
+    /// whichever API the query came through.
     pub async fn attempts(
         &self,
         endpoint_id: &str,
         query: AttemptQuery,
     ) -> Result<Vec<AttemptRecord>> {
+        if let Some(status) = &query.status
+            && !matches!(status.as_str(), "succeeded" | "failed")
+        {
+            return Err(InvalidEndpoint::Field {
+                field: "status".into(),
+                reason: format!("{status:?} is neither succeeded nor failed"),
+            }
+            .into());
+        }
         let shared = &self.shared;
         if endpoint_id != crate::jobs::JOBS_ENDPOINT_ID {
             shared.load(endpoint_id).await?;
