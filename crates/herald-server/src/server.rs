@@ -255,6 +255,7 @@ impl Server {
             max_message_bytes: options.limits.max_request_bytes(),
             max_publish_stream_bytes: options.limits.max_publish_stream_bytes(),
             jobs: jobs_slot.clone(),
+            webhooks: webhooks_slot.clone(),
             blobs: blobs.clone(),
             auth: Arc::clone(&auth),
         });

@@ -410,6 +410,21 @@ pub const GRPC: &[(&str, Rule)] = &[
     grpc("/herald.v1.Jobs/FetchJobs", Action::JobsWork),
     grpc("/herald.v1.Jobs/PutBlob", Action::BlobsWrite),
     grpc("/herald.v1.Jobs/GetBlob", Action::BlobsRead),
+    // webhooks: the service checks `webhooks:manage` on `*` (as the REST
+    // rows do) and `topics:read` on each topic of a filter it is given
+    grpc("/herald.v1.Webhooks/CreateEndpoint", Action::WebhooksManage),
+    grpc("/herald.v1.Webhooks/ListEndpoints", Action::WebhooksManage),
+    grpc("/herald.v1.Webhooks/GetEndpoint", Action::WebhooksManage),
+    grpc("/herald.v1.Webhooks/UpdateEndpoint", Action::WebhooksManage),
+    grpc("/herald.v1.Webhooks/DeleteEndpoint", Action::WebhooksManage),
+    grpc("/herald.v1.Webhooks/RotateSecret", Action::WebhooksManage),
+    grpc("/herald.v1.Webhooks/ListAttempts", Action::WebhooksManage),
+    grpc("/herald.v1.Webhooks/Redeliver", Action::WebhooksManage),
+    grpc("/herald.v1.Webhooks/Recover", Action::WebhooksManage),
+    grpc(
+        "/herald.v1.Webhooks/GetJobNotifications",
+        Action::WebhooksManage,
+    ),
     ("/grpc.health.v1.Health/Check", Rule::Open),
     ("/grpc.health.v1.Health/Watch", Rule::Open),
     (

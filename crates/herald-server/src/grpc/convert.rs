@@ -14,7 +14,11 @@ use herald_backend::{
     TopicInfo, TopicSpec,
 };
 use herald_proto::v1;
-use herald_types::{EventInput, InvalidName, StreamId, TopicName};
+use herald_types::{EventInput, InvalidName, StreamId, TopicName, parse_rfc3339_ms};
+use herald_webhooks::store::{State, Trigger};
+use herald_webhooks::{
+    AttemptQuery, AttemptRecord, EndpointPatch, EndpointSpec, EndpointView, Filter,
+};
 use tonic::Status;
 
 use crate::problem::{Code, Problem};
@@ -326,4 +330,125 @@ pub(super) fn dead_letter(dead: DeadLetter) -> v1::DeadLetter {
         }),
         dead_at_ms: dead.dead_at,
     }
+}
+
+/// A create request's endpoint. Its fields are checked by the webhook
+/// service, as for REST (`EndpointSpec::check`); only what the wire cannot
+/// say is checked here.
+pub fn endpoint_spec(endpoint: v1::Endpoint) -> Result<EndpointSpec, Status> {
+    let filter = endpoint
+        .filter
+        .ok_or_else(|| super::invalid("endpoint.filter", "is required"))?;
+    Ok(EndpointSpec {
+        url: endpoint.url,
+        description: endpoint.description,
+        filter: endpoint_filter(filter),
+        secret: endpoint.secret,
+        headers: endpoint.headers.into_iter().collect(),
+        rate_limit_per_s: endpoint.rate_limit_per_s,
+        ordered: endpoint.ordered,
+        enabled: endpoint.enabled.unwrap_or(true),
+    })
+}
+
+/// An update request as the patch the service applies (and checks whole).
+pub fn endpoint_patch(request: v1::UpdateEndpointRequest) -> EndpointPatch {
+    EndpointPatch {
+        url: request.url,
+        description: request.description,
+        filter: request.filter.map(endpoint_filter),
+        headers: request
+            .headers
+            .map(|headers| headers.headers.into_iter().collect()),
+        rate_limit_per_s: request.rate_limit_per_s,
+        ordered: request.ordered,
+        enabled: request.enabled,
+    }
+}
+
+/// A `ListAttempts` request's query (`limit` 0: the service's default).
+pub fn attempt_query(request: v1::ListAttemptsRequest) -> AttemptQuery {
+    AttemptQuery {
+        status: request.status,
+        message_id: request.message_id,
+        limit: usize::try_from(request.limit)
+            .ok()
+            .filter(|limit| *limit != 0),
+        before: request.before,
+    }
+}
+
+fn endpoint_filter(filter: v1::EndpointFilter) -> Filter {
+    Filter {
+        topics: filter.topics,
+        types: filter.types,
+        subject_prefix: filter.subject_prefix,
+    }
+}
+
+pub(super) fn endpoint(view: EndpointView) -> v1::Endpoint {
+    let stats = view.stats;
+    v1::Endpoint {
+        endpoint_id: view.endpoint_id,
+        url: view.url,
+        description: view.description,
+        filter: Some(v1::EndpointFilter {
+            topics: view.filter.topics,
+            types: view.filter.types,
+            subject_prefix: view.filter.subject_prefix,
+        }),
+        secret: view.secret,
+        headers: view.headers.into_iter().collect(),
+        rate_limit_per_s: view.rate_limit_per_s,
+        ordered: view.ordered,
+        enabled: Some(view.enabled),
+        state: match view.state {
+            State::Enabled => v1::EndpointState::Enabled,
+            State::CircuitOpen => v1::EndpointState::CircuitOpen,
+            State::Disabled => v1::EndpointState::Disabled,
+        }
+        .into(),
+        disabled_reason: view.disabled_reason,
+        failing_since_ms: view.failing_since.as_deref().map(time_ms),
+        created_at_ms: time_ms(&view.created_at),
+        updated_at_ms: time_ms(&view.updated_at),
+        stats: Some(v1::EndpointStats {
+            attempts: stats.attempts,
+            succeeded: stats.succeeded,
+            failed: stats.failed,
+            consecutive_failures: stats.consecutive_failures,
+            in_flight: stats.in_flight,
+            last_attempt_at_ms: stats.last_attempt_at.as_deref().map(time_ms),
+            last_success_at_ms: stats.last_success_at.as_deref().map(time_ms),
+        }),
+    }
+}
+
+pub(super) fn attempt(record: AttemptRecord) -> v1::Attempt {
+    v1::Attempt {
+        attempt_id: record.attempt_id,
+        endpoint_id: record.endpoint_id,
+        message_id: record.message_id,
+        attempt: record.attempt,
+        at_ms: time_ms(&record.at),
+        succeeded: record.succeeded,
+        status_code: record.status_code.map(u32::from),
+        latency_ms: record.latency_ms,
+        error_class: record.error_class,
+        error: record.error,
+        response_excerpt: record.response_excerpt,
+        trigger: match record.trigger {
+            Trigger::Scheduled => v1::AttemptTrigger::Scheduled,
+            Trigger::Manual => v1::AttemptTrigger::Manual,
+        }
+        .into(),
+        next: record.next,
+    }
+}
+
+/// A time the webhook service rendered for its JSON shapes (RFC 3339 with
+/// milliseconds, from ms it holds), back as ms since the Unix epoch. Herald
+/// wrote it, so it parses; 0 if it ever did not.
+fn time_ms(text: &str) -> i64 {
+    parse_rfc3339_ms(text).unwrap_or_default()
 }

@@ -16,6 +16,8 @@
 //! - [`jobs`]: jobs (submit, wait, watch, worker fetch/progress/complete,
 //!   with JSON documents in the REST shapes) and blob upload/download as
 //!   chunk streams;
+//! - [`webhooks`]: webhook endpoints (create, list, get, update, delete,
+//!   secret rotation), their attempt log, redelivery and recovery;
 //! - [`convert`]: wire messages ↔ backend types (the request conversions
 //!   are public for the fuzz target `grpc_requests`);
 //! - `grpc.health.v1.Health` (SERVING once storage is open, NOT_SERVING
@@ -32,6 +34,7 @@ mod groups;
 mod jobs;
 mod streams;
 mod topics;
+mod webhooks;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -61,6 +64,8 @@ pub struct GrpcState {
     pub max_publish_stream_bytes: usize,
     /// The job service, once storage is open.
     pub jobs: crate::http::JobsSlot,
+    /// The webhook service, once storage is open.
+    pub webhooks: crate::http::WebhooksSlot,
     /// Blob storage.
     pub blobs: crate::blobs::BlobStore,
     /// Credentials, permissions, rate limits, audit.
@@ -105,7 +110,12 @@ pub fn router(state: GrpcState) -> (axum::Router, tonic_health::server::HealthRe
     );
     router = route(
         router,
-        v1::jobs_server::JobsServer::new(jobs::JobsService::new(state))
+        v1::jobs_server::JobsServer::new(jobs::JobsService::new(state.clone()))
+            .max_decoding_message_size(limit),
+    );
+    router = route(
+        router,
+        v1::webhooks_server::WebhooksServer::new(webhooks::WebhooksService::new(state))
             .max_decoding_message_size(limit),
     );
     router = route(router, health);
@@ -155,6 +165,7 @@ pub async fn set_serving(reporter: &tonic_health::server::HealthReporter, servin
         "herald.v1.Groups",
         "herald.v1.Streams",
         "herald.v1.Jobs",
+        "herald.v1.Webhooks",
     ] {
         reporter.set_service_status(service, status).await;
     }

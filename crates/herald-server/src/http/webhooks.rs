@@ -82,8 +82,9 @@ pub struct Recovering {
     pub redelivering: u64,
 }
 
-/// An endpoint reads its topics for whoever made it: they must be allowed to.
-fn require_topics(caller: &Caller, topics: &[String]) -> Result<(), Problem> {
+/// An endpoint reads its topics for whoever made it: they must be allowed to
+/// (REST and gRPC).
+pub(crate) fn require_topics(caller: &Caller, topics: &[String]) -> Result<(), Problem> {
     for topic in topics {
         caller.require(Action::TopicsRead, topic)?;
     }

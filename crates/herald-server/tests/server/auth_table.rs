@@ -279,6 +279,10 @@ fn proto_methods() -> Vec<String> {
     methods
 }
 
+/// The webhook endpoint the `Webhooks` methods name: none exists, so a call
+/// that passes the permission checks answers `endpoint_not_found`.
+const ENDPOINT: &str = "ep_0000000000000000000000000000000";
+
 /// One request message per method, naming resources the fixtures made.
 fn message(method: &str, job_id: &str, blob_id: &str) -> Vec<u8> {
     let topic = "orders.eu".to_owned();
@@ -421,6 +425,48 @@ fn message(method: &str, job_id: &str, blob_id: &str) -> Vec<u8> {
             ..Default::default()
         }
         .encode_to_vec(),
+        // No topics in the filter: the call passes `topics:read` trivially
+        // and is refused by the service's own checks (`webhooks.rs` tests
+        // the `topics:read` check of a filter).
+        "CreateEndpoint" => v1::CreateEndpointRequest {
+            endpoint: Some(v1::Endpoint {
+                url: "https://hooks.example.com/herald".into(),
+                filter: Some(v1::EndpointFilter::default()),
+                ..Default::default()
+            }),
+        }
+        .encode_to_vec(),
+        "ListEndpoints" => v1::ListEndpointsRequest {}.encode_to_vec(),
+        "GetEndpoint" | "DeleteEndpoint" => v1::EndpointRequest {
+            endpoint_id: ENDPOINT.into(),
+        }
+        .encode_to_vec(),
+        "UpdateEndpoint" => v1::UpdateEndpointRequest {
+            endpoint_id: ENDPOINT.into(),
+            ..Default::default()
+        }
+        .encode_to_vec(),
+        "RotateSecret" => v1::RotateSecretRequest {
+            endpoint_id: ENDPOINT.into(),
+            overlap_ms: None,
+        }
+        .encode_to_vec(),
+        "ListAttempts" => v1::ListAttemptsRequest {
+            endpoint_id: ENDPOINT.into(),
+            ..Default::default()
+        }
+        .encode_to_vec(),
+        "Redeliver" => v1::RedeliverRequest {
+            endpoint_id: ENDPOINT.into(),
+            message_id: "orders.eu.0.0".into(),
+        }
+        .encode_to_vec(),
+        "Recover" => v1::RecoverRequest {
+            endpoint_id: ENDPOINT.into(),
+            ..Default::default()
+        }
+        .encode_to_vec(),
+        "GetJobNotifications" => v1::JobNotificationsRequest {}.encode_to_vec(),
         other => panic!("no request message for {other}: add one"),
     }
 }
