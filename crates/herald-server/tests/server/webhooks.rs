@@ -72,6 +72,19 @@ async fn attempts(api: &Api, endpoint: &str, query: &str) -> Vec<Value> {
     listed["attempts"].as_array().unwrap().clone()
 }
 
+/// Waits until `endpoint`'s group on `topic` holds a dead letter (the
+/// attempt is logged before the message is dead-lettered, so the log alone
+/// does not say a recover would find it).
+async fn dead_letter_of(api: &Api, topic: &str, endpoint: &str) {
+    let path = format!("/v1/topics/{topic}/groups/webhooks.{endpoint}/dead-letters");
+    until("a dead letter", async || {
+        let dead = expect_json(api.get(&path).await, 200).await;
+        let letters = dead["events"].as_array().cloned().unwrap_or_default();
+        (!letters.is_empty()).then_some(())
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn given_an_endpoint_created_over_rest_should_deliver_log_recover_and_delete() {
     let (_server, api) = server().await;
@@ -162,18 +175,7 @@ async fn given_an_endpoint_created_over_rest_should_deliver_log_recover_and_dele
         json!([{"specversion": "1.0", "id": "o-3", "source": "/shop", "type": "order.created", "subject": "o-3"}]),
     )
     .await;
-    let group = format!("webhooks.{endpoint}");
-    until("a dead letter", async || {
-        let dead = expect_json(
-            api.get(&format!("/v1/topics/orders/groups/{group}/dead-letters"))
-                .await,
-            200,
-        )
-        .await;
-        let letters = dead["events"].as_array().cloned().unwrap_or_default();
-        (!letters.is_empty()).then_some(())
-    })
-    .await;
+    dead_letter_of(&api, "orders", &endpoint).await;
     let failed = attempts(&api, &endpoint, "?status=failed").await;
     assert_eq!(failed.len(), 2, "{failed:?}");
     assert_eq!(failed[0]["next"], "dead_lettered");
@@ -494,7 +496,7 @@ fn endpoint(url: &str, topics: &[&str]) -> v1::Endpoint {
     v1::Endpoint {
         url: url.to_owned(),
         filter: Some(v1::EndpointFilter {
-            topics: topics.iter().map(|&topic| topic.to_owned()).collect(),
+            topics: topics.iter().map(ToString::to_string).collect(),
             ..Default::default()
         }),
         ..Default::default()
@@ -708,18 +710,7 @@ async fn given_an_endpoint_created_over_grpc_should_deliver_redeliver_rotate_upd
         json!([{"specversion": "1.0", "id": "o-4", "source": "/shop", "type": "order.created", "subject": "o-4"}]),
     )
     .await;
-    let group = format!("webhooks.{endpoint_id}");
-    until("a dead letter", async || {
-        let dead = expect_json(
-            api.get(&format!("/v1/topics/orders/groups/{group}/dead-letters"))
-                .await,
-            200,
-        )
-        .await;
-        let letters = dead["events"].as_array().cloned().unwrap_or_default();
-        (!letters.is_empty()).then_some(())
-    })
-    .await;
+    dead_letter_of(&api, "orders", &endpoint_id).await;
     let failed = grpc_attempts(
         &client,
         v1::ListAttemptsRequest {
