@@ -46,14 +46,23 @@ if [ ! -f "${venv}/.installed" ]; then
     # A half-made default one goes; one named by HERALD_INTEROP_VENV is the
     # caller's and is only added to.
     [ -n "${HERALD_INTEROP_VENV:-}" ] || rm -rf "${venv}"
-    "${python}" -m venv "${venv}" || {
-        echo "cannot make a virtualenv with ${python} (on Debian's python3: apt-get install python3-venv)" >&2
-        exit 1
-    }
-    "${venv}/bin/python" -m pip install --quiet --disable-pip-version-check \
-        --no-deps --require-virtualenv -r "${requirements}"
-    # --no-deps installs exactly the lock; check that it is complete.
-    "${venv}/bin/python" -m pip check
+    if "${python}" -m venv "${venv}" 2>/dev/null; then
+        "${venv}/bin/python" -m pip install --quiet --disable-pip-version-check \
+            --no-deps --require-virtualenv -r "${requirements}"
+        # --no-deps installs exactly the lock; check that it is complete.
+        "${venv}/bin/python" -m pip check
+    else
+        # No venv module (Debian's python3 without python3-venv): the pins
+        # go into a directory of their own, first on the path.
+        echo "no virtualenv with ${python}; installing the pins with pip --target" >&2
+        rm -rf "${venv}"
+        mkdir -p "${venv}/bin"
+        "${python}" -m pip install --quiet --disable-pip-version-check \
+            --no-deps --target "${venv}/site" -r "${requirements}"
+        printf '#!/bin/sh\nPYTHONPATH="%s${PYTHONPATH:+:$PYTHONPATH}" exec "%s" "$@"\n' \
+            "${venv}/site" "$(command -v "${python}")" > "${venv}/bin/python"
+        chmod +x "${venv}/bin/python"
+    fi
     touch "${venv}/.installed"
 fi
 

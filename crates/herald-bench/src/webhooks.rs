@@ -260,7 +260,7 @@ pub async fn run(args: WebhookArgs) -> Result<()> {
     let sample = serde_json::to_vec(&json!({
         "specversion": "1.0", "id": "0190f0f0-0000-7000-8000-000000000000", "source": "/w7",
         "type": "w7.created", "subject": "s-1", "topic": TOPIC, "partition": 0, "offset": 0,
-        "appended_at": "2026-12-02T00:00:00.000Z", "datacontenttype": "application/octet-stream",
+        "appendedat": "2026-12-02T00:00:00.000Z", "datacontenttype": "application/octet-stream",
         "data_base64": "eHh4",
     }))?;
     let ceiling = ceiling(healthy, &args, Bytes::from(sample)).await?;

@@ -138,6 +138,8 @@ pub enum ErrorCode {
     MalformedJson,
     /// `invalid_event`: an event breaks the CloudEvents or Herald rules.
     InvalidEvent,
+    /// `reserved_attribute`: an event sets an attribute only Herald assigns.
+    ReservedAttribute,
     /// `invalid_name`: a topic, group or stream name breaks the naming rule.
     InvalidName,
     /// `invalid_argument`: a field is missing, of the wrong type or out of
@@ -226,6 +228,7 @@ const CODES: &[(ErrorCode, &str)] = &[
     (ErrorCode::MethodNotAllowed, "method_not_allowed"),
     (ErrorCode::MalformedJson, "malformed_json"),
     (ErrorCode::InvalidEvent, "invalid_event"),
+    (ErrorCode::ReservedAttribute, "reserved_attribute"),
     (ErrorCode::InvalidName, "invalid_name"),
     (ErrorCode::InvalidArgument, "invalid_argument"),
     (ErrorCode::UnsupportedMediaType, "unsupported_media_type"),

@@ -115,11 +115,15 @@ codes! {
     NotFound => "not_found", NOT_FOUND, NOT_FOUND, "Not found";
     /// The path exists but not for this method.
     MethodNotAllowed => "method_not_allowed", METHOD_NOT_ALLOWED, UNIMPLEMENTED, "Method not allowed";
-    /// The body is not JSON at all (a syntax error or a truncated document).
+    /// The body is not JSON at all (a syntax error or a truncated document),
+    /// or a string in it holds a lone UTF-16 surrogate escape.
     MalformedJson => "malformed_json", BAD_REQUEST, INVALID_ARGUMENT, "Malformed JSON";
     /// An event breaks the CloudEvents or Herald rules (a missing `source`, a
     /// bad `time`, …).
     InvalidEvent => "invalid_event", BAD_REQUEST, INVALID_ARGUMENT, "Invalid event";
+    /// An event sets an attribute only Herald assigns (`topic`, `offset`,
+    /// `appendedat`), or an extension takes a CloudEvents or Herald name.
+    ReservedAttribute => "reserved_attribute", BAD_REQUEST, INVALID_ARGUMENT, "Reserved attribute";
     /// A topic or group name breaks the naming rule.
     InvalidName => "invalid_name", BAD_REQUEST, INVALID_ARGUMENT, "Invalid name";
     /// A field or query parameter is unknown, missing, of the wrong type, or

@@ -7,16 +7,21 @@
 //!   `source`, `type` (required; a missing or empty `id` gets a UUIDv7 from
 //!   Herald), and the optional `subject`, `time` (RFC 3339, validated and kept
 //!   verbatim), `datacontenttype`, `dataschema`.
-//! - Herald attributes: `key` (the partition key), `correlationid`,
-//!   `causationid`, W3C `traceparent` / `tracestate`, and `deliver_at` (RFC
-//!   3339) or `delay_ms` (ms from now), which become [`Event::deliver_at`].
+//! - Herald attributes: `key` (the partition key; `partitionkey`, the
+//!   CloudEvents Partitioning extension, is read as `key`), `correlationid`,
+//!   `causationid`, W3C `traceparent` / `tracestate`, and `deliverat` (RFC
+//!   3339) or `delayms` (ms from now), which become [`Event::deliver_at`].
 //!   `partition` on input pins the partition ([`EventInput::partition`]).
+//!   `deliver_at` and `delay_ms`, the names before Herald kept to
+//!   CloudEvents' naming rule, are still read (deprecated).
 //! - Extensions: any other attribute whose name is 1–20 characters of
 //!   `a-z0-9`, with a string, boolean or integer value.
-//! - Server-assigned `topic`, `offset` and `appended_at` (and `partition`) are
-//!   added when an event is rendered as a [`StoredEvent`]. On input `topic`,
-//!   `offset` and `appended_at` are ignored, so a consumed event can be
-//!   published again as it is.
+//! - Server-assigned `topic`, `offset` and `appendedat` (and `partition`)
+//!   are added when an event is rendered as a [`StoredEvent`]. A producer
+//!   that sets `topic`, `offset` or `appendedat` (or `appended_at`) is
+//!   refused (`reserved_attribute`) rather than silently overwritten.
+//! - JSON text is refused (`malformed_json`) when a string holds an escaped
+//!   UTF-16 surrogate without its other half: no UTF-8 text can carry it.
 //!
 //! `datacontenttype` must be visible ASCII without surrounding whitespace:
 //! binary mode carries it as the `Content-Type` header.
@@ -48,7 +53,7 @@
 //! Serialization targets JSON: the embedded JSON data is a
 //! [`serde_json::value::RawValue`], which other serializers render oddly.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 use base64::Engine as _;
@@ -202,6 +207,29 @@ pub enum EventError {
         /// The other.
         second: &'static str,
     },
+    /// A producer set an attribute only Herald assigns (`topic`, `offset`,
+    /// `appendedat`), or an extension took a name of Herald's or
+    /// CloudEvents' own attributes.
+    #[error("attribute {} is reserved: {}", Echo(name), reserved_reason(name))]
+    ReservedAttribute {
+        /// The attribute.
+        name: String,
+    },
+    /// A JSON string holds an escaped UTF-16 surrogate without its other
+    /// half (`"\ud800"`): JSON parsers differ on it (I-JSON, RFC 7493,
+    /// forbids it), and no UTF-8 text can hold it.
+    #[error(
+        "malformed JSON: a lone UTF-16 surrogate escape (\\u{code:04x}) at line {line} column {column}; \
+         send the character itself or a complete surrogate pair"
+    )]
+    LoneSurrogate {
+        /// Line of the escape (1-based).
+        line: usize,
+        /// Column of the escape's backslash (1-based).
+        column: usize,
+        /// The surrogate's code unit.
+        code: u16,
+    },
     /// An element of a batch is refused; nothing of the batch is taken.
     #[error("events[{index}]: {source}")]
     InBatch {
@@ -214,11 +242,13 @@ pub enum EventError {
 }
 
 impl EventError {
-    /// The stable machine code: `"malformed_json"` when the body is not JSON,
-    /// `"invalid_event"` otherwise.
+    /// The stable machine code: `"malformed_json"` when the body is not JSON
+    /// (or holds a lone surrogate), `"reserved_attribute"` for an attribute
+    /// a producer may not set, `"invalid_event"` otherwise.
     pub fn code(&self) -> &'static str {
         match self {
-            Self::MalformedJson { .. } => "malformed_json",
+            Self::MalformedJson { .. } | Self::LoneSurrogate { .. } => "malformed_json",
+            Self::ReservedAttribute { .. } => "reserved_attribute",
             Self::InBatch { source, .. } => source.code(),
             _ => "invalid_event",
         }
@@ -316,18 +346,15 @@ impl Event {
             && !(MIN_RFC3339_MS..=MAX_RFC3339_MS).contains(&deliver_at)
         {
             return Err(EventError::invalid(
-                "deliver_at",
+                "deliverat",
                 "must be between the years 0000 and 9999 (RFC 3339)",
             ));
         }
         for name in self.extensions.keys() {
-            validate_extension_name(name)?;
             if is_reserved(name) {
-                return Err(EventError::invalid(
-                    name,
-                    "is reserved for a CloudEvents or Herald attribute and cannot be an extension",
-                ));
+                return Err(EventError::ReservedAttribute { name: name.clone() });
             }
+            validate_extension_name(name)?;
         }
         Ok(())
     }
@@ -398,7 +425,7 @@ impl Event {
             }
         }
         if let Some(deliver_at) = self.deliver_at {
-            push("deliver_at", &format_rfc3339_ms(deliver_at));
+            push(DELIVER_AT, &format_rfc3339_ms(deliver_at));
         }
         for (name, value) in self.renderable_extensions() {
             push(name, &value.to_string());
@@ -501,7 +528,9 @@ impl EventInput {
         now_ms: i64,
     ) -> Result<EventInput, EventError> {
         let draft = Draft::from_headers(headers, content_type, body)?;
-        Ok(draft.finish(now_ms, IdRule::Generate)?.input)
+        let input = draft.finish(now_ms, IdRule::Generate)?.input;
+        check_json_data(&input.event)?;
+        Ok(input)
     }
 }
 
@@ -536,13 +565,14 @@ impl EventInput {
         if let Some(delay) = delay_ms {
             if event.deliver_at.is_some() {
                 return Err(EventError::ConflictingAttributes {
-                    first: "deliver_at",
-                    second: "delay_ms",
+                    first: DELIVER_AT,
+                    second: DELAY_MS,
                 });
             }
             event.deliver_at = Some(deliver_at_after(delay, now_ms)?);
         }
         event.validate()?;
+        check_json_data(&event)?;
         Ok(EventInput { event, partition })
     }
 }
@@ -639,7 +669,7 @@ impl Serialize for StoredEvent {
         map.serialize_entry("topic", &self.topic)?;
         map.serialize_entry("partition", &self.partition)?;
         map.serialize_entry("offset", &self.offset)?;
-        map.serialize_entry("appended_at", &format_rfc3339_ms(self.appended_at))?;
+        map.serialize_entry(APPENDED_AT, &format_rfc3339_ms(self.appended_at))?;
         serialize_data(&self.event, &mut map)?;
         map.end()
     }
@@ -671,6 +701,9 @@ struct ServerMembers<'a> {
     topic: Option<&'a RawValue>,
     offset: Option<&'a RawValue>,
     appended_at: Option<&'a RawValue>,
+    /// The first of them seen (structured or binary mode), as sent: a
+    /// publish that sets one is refused.
+    named: Option<String>,
 }
 
 /// What to do about a missing or empty `id`.
@@ -690,7 +723,79 @@ enum Document<'a> {
 }
 
 fn parse_document(body: &[u8]) -> Result<Document<'_>, EventError> {
-    serde_json::from_slice(body).map_err(EventError::malformed)
+    let document = serde_json::from_slice(body).map_err(EventError::malformed)?;
+    // serde_json checks surrogate pairs only in what it decodes into
+    // strings, not in the raw values kept here (`data` above all).
+    check_surrogates(body)?;
+    Ok(document)
+}
+
+/// Data taken as bytes (binary mode, gRPC) under a JSON content type is
+/// refused when it is JSON holding a lone surrogate escape, as structured
+/// mode refuses it; bytes that are not JSON at all stay opaque, as before.
+fn check_json_data(event: &Event) -> Result<(), EventError> {
+    let Some(data) = &event.data else {
+        return Ok(());
+    };
+    if !is_json_content_type(event.datacontenttype.as_deref()) {
+        return Ok(());
+    }
+    match check_surrogates(data) {
+        Err(error) if serde_json::from_slice::<de::IgnoredAny>(data).is_ok() => Err(error),
+        _ => Ok(()),
+    }
+}
+
+/// Refuses a `\uXXXX` escape of a UTF-16 surrogate that is not part of a
+/// pair (a high one followed at once by an escaped low one), anywhere in a
+/// JSON text (any bytes are safe to scan; the answer means something for
+/// well-formed JSON). Escapes only occur inside
+/// strings, and a backslash there always starts one, so a scan for
+/// backslashes that skips each escape it finds sees every escape once.
+pub fn check_surrogates(json: &[u8]) -> Result<(), EventError> {
+    let hex = |at: usize| -> Option<u16> {
+        let digits = json.get(at..at + 4)?;
+        u16::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
+    };
+    let escaped_unit = |at: usize| -> Option<u16> {
+        (json.get(at..at + 2)? == b"\\u")
+            .then(|| hex(at + 2))
+            .flatten()
+    };
+    let mut at = 0;
+    while let Some(found) = json.get(at..).and_then(|rest| memchr::memchr(b'\\', rest)) {
+        let start = at + found;
+        let Some(unit) = escaped_unit(start) else {
+            // Any other escape is two bytes.
+            at = start + 2;
+            continue;
+        };
+        at = start + 6;
+        match unit {
+            0xD800..=0xDBFF => {
+                if escaped_unit(at).is_some_and(|low| (0xDC00..=0xDFFF).contains(&low)) {
+                    at += 6;
+                    continue;
+                }
+            }
+            0xDC00..=0xDFFF => {}
+            _ => continue,
+        }
+        let before = &json[..start];
+        let line = before.iter().filter(|byte| **byte == b'\n').count() + 1;
+        let column = start
+            - before
+                .iter()
+                .rposition(|byte| *byte == b'\n')
+                .map_or(0, |at| at + 1)
+            + 1;
+        return Err(EventError::LoneSurrogate {
+            line,
+            column,
+            code: unit,
+        });
+    }
+    Ok(())
 }
 
 fn parse_element(element: &RawValue, now_ms: i64) -> Result<EventInput, EventError> {
@@ -720,9 +825,9 @@ fn stored_from_members(members: &[(String, &RawValue)]) -> Result<StoredEvent, E
         .partition
         .ok_or(EventError::MissingAttribute { name: "partition" })?;
     let offset = required("offset", server.offset, json_unsigned)?;
-    let appended_at = required("appended_at", server.appended_at, json_string)?;
+    let appended_at = required(APPENDED_AT, server.appended_at, json_string)?;
     let appended_at = parse_rfc3339_ms(&appended_at)
-        .map_err(|error| EventError::invalid("appended_at", error.to_string()))?;
+        .map_err(|error| EventError::invalid(APPENDED_AT, error.to_string()))?;
     Ok(StoredEvent {
         topic,
         partition,
@@ -792,7 +897,7 @@ impl<'a> Draft<'a> {
             "causationid" => &mut self.causationid,
             "traceparent" => &mut self.traceparent,
             "tracestate" => &mut self.tracestate,
-            "deliver_at" => &mut self.deliver_at,
+            DELIVER_AT => &mut self.deliver_at,
             _ => return None,
         })
     }
@@ -800,16 +905,20 @@ impl<'a> Draft<'a> {
     /// Structured mode: the members of one JSON object.
     fn from_members(members: &[(String, &'a RawValue)]) -> Result<Self, EventError> {
         let mut draft = Draft::default();
-        let mut seen = HashSet::with_capacity(members.len());
-        for (name, value) in members {
-            if !seen.insert(name.as_str()) {
-                return Err(EventError::DuplicateAttribute { name: name.clone() });
+        let mut seen = HashMap::with_capacity(members.len());
+        for (sent, value) in members {
+            let name = canonical_name(sent);
+            if let Some(first) = seen.insert(name, sent.as_str()) {
+                return Err(repeated(first, sent));
             }
             if let Some(slot) = draft.string_slot(name) {
-                *slot = json_string(name, value)?;
+                *slot = json_string(sent, value)?;
                 continue;
             }
-            match name.as_str() {
+            if SERVER_ASSIGNED.contains(&name) {
+                draft.server.named.get_or_insert_with(|| sent.clone());
+            }
+            match name {
                 "partition" => {
                     draft.partition = json_unsigned(name, value)?
                         .map(|partition| {
@@ -819,16 +928,16 @@ impl<'a> Draft<'a> {
                         })
                         .transpose()?;
                 }
-                "delay_ms" => draft.delay_ms = json_unsigned(name, value)?,
+                DELAY_MS => draft.delay_ms = json_unsigned(sent, value)?,
                 "data" => draft.data = Some(value),
                 "data_base64" => draft.data_base64 = json_string(name, value)?,
                 "topic" => draft.server.topic = Some(value),
                 "offset" => draft.server.offset = Some(value),
-                "appended_at" => draft.server.appended_at = Some(value),
+                APPENDED_AT => draft.server.appended_at = Some(value),
                 _ => {
                     validate_extension_name(name)?;
                     if let Some(value) = json_extension(name, value)? {
-                        draft.extensions.insert(name.clone(), value);
+                        draft.extensions.insert(sent.clone(), value);
                     }
                 }
             }
@@ -843,20 +952,19 @@ impl<'a> Draft<'a> {
         body: Bytes,
     ) -> Result<Self, EventError> {
         let mut draft = Draft::default();
-        let mut seen = HashSet::new();
+        let mut seen: HashMap<String, String> = HashMap::new();
         for (header, value) in headers {
-            let Some(name) = header
+            let Some(sent) = header
                 .get(..3)
                 .filter(|prefix| prefix.eq_ignore_ascii_case("ce-"))
                 .and(header.get(3..))
             else {
                 continue;
             };
-            let name = name.to_ascii_lowercase();
-            if !seen.insert(name.clone()) {
-                return Err(EventError::DuplicateAttribute {
-                    name: format!("ce-{name}"),
-                });
+            let sent = sent.to_ascii_lowercase();
+            let name = canonical_name(&sent).to_owned();
+            if let Some(first) = seen.insert(name.clone(), sent.clone()) {
+                return Err(repeated(&format!("ce-{first}"), &format!("ce-{sent}")));
             }
             let value = decode_header_value(value).map_err(|reason| {
                 EventError::invalid(&name, format!("header ce-{name} {reason}"))
@@ -887,12 +995,14 @@ impl<'a> Draft<'a> {
                         EventError::invalid(&name, "must be an integer from 0 to 4294967295")
                     })?);
                 }
-                "delay_ms" => {
+                DELAY_MS => {
                     draft.delay_ms = Some(parse_digits(&value).ok_or_else(|| {
-                        EventError::invalid(&name, "must be a non-negative integer (milliseconds)")
+                        EventError::invalid(&sent, "must be a non-negative integer (milliseconds)")
                     })?);
                 }
-                "topic" | "offset" | "appended_at" => {}
+                "topic" | "offset" | APPENDED_AT => {
+                    draft.server.named.get_or_insert(sent);
+                }
                 _ => {
                     validate_extension_name(&name)?;
                     draft.extensions.insert(name, ExtensionValue::String(value));
@@ -923,16 +1033,21 @@ impl<'a> Draft<'a> {
             (None, IdRule::Generate) => new_event_id(now_ms),
             (None, IdRule::Require) => return Err(EventError::MissingAttribute { name: "id" }),
         };
+        if id_rule == IdRule::Generate
+            && let Some(name) = self.server.named
+        {
+            return Err(EventError::ReservedAttribute { name });
+        }
         let deliver_at = match (self.deliver_at, self.delay_ms) {
             (Some(_), Some(_)) => {
                 return Err(EventError::ConflictingAttributes {
-                    first: "deliver_at",
-                    second: "delay_ms",
+                    first: DELIVER_AT,
+                    second: DELAY_MS,
                 });
             }
             (Some(text), None) => Some(
                 parse_rfc3339_ms(&text)
-                    .map_err(|error| EventError::invalid("deliver_at", error.to_string()))?,
+                    .map_err(|error| EventError::invalid(DELIVER_AT, error.to_string()))?,
             ),
             (None, Some(delay)) => Some(deliver_at_after(delay, now_ms)?),
             (None, None) => None,
@@ -996,7 +1111,7 @@ fn deliver_at_after(delay: u64, now_ms: i64) -> Result<i64, EventError> {
         .filter(|deliver_at| *deliver_at <= MAX_RFC3339_MS)
         .ok_or_else(|| {
             EventError::invalid(
-                "delay_ms",
+                DELAY_MS,
                 "is too large: the delivery time would be after the year 9999",
             )
         })
@@ -1224,17 +1339,72 @@ pub const RESERVED_ATTRIBUTES: &[&str] = &[
     "data",
     "data_base64",
     "key",
+    "partitionkey",
     "partition",
-    "delay_ms",
-    "deliver_at",
+    "delayms",
+    "deliverat",
     "correlationid",
     "causationid",
     "traceparent",
     "tracestate",
     "topic",
     "offset",
+    "appendedat",
+    // The names before 0.2 (not valid CloudEvents names), still read.
+    "delay_ms",
+    "deliver_at",
     "appended_at",
 ];
+
+/// The attributes only Herald assigns, refused on publish
+/// (`reserved_attribute`); `partition` is not among them: a producer may
+/// pin one.
+pub const SERVER_ASSIGNED: &[&str] = &["topic", "offset", APPENDED_AT];
+
+/// When an event is due (RFC 3339), on the wire.
+pub const DELIVER_AT: &str = "deliverat";
+/// How long from now an event is due (ms), on input.
+pub const DELAY_MS: &str = "delayms";
+/// When an event was appended (RFC 3339), on the wire.
+pub const APPENDED_AT: &str = "appendedat";
+
+/// The name an attribute is read under: `partitionkey` (the CloudEvents
+/// Partitioning extension) is `key`, and the names Herald used before it
+/// kept to CloudEvents' `a-z0-9` (`deliver_at`, `delay_ms`,
+/// `appended_at`; deprecated, read for one more release) are today's.
+fn canonical_name(name: &str) -> &str {
+    match name {
+        "partitionkey" => "key",
+        "deliver_at" => DELIVER_AT,
+        "delay_ms" => DELAY_MS,
+        "appended_at" => APPENDED_AT,
+        other => other,
+    }
+}
+
+/// The error for an attribute seen twice: the same name, or two names of
+/// one attribute (`key` and `partitionkey`, `deliverat` and `deliver_at`).
+fn repeated(first: &str, second: &str) -> EventError {
+    if first == second {
+        EventError::DuplicateAttribute {
+            name: second.to_owned(),
+        }
+    } else {
+        EventError::InvalidAttribute {
+            name: second.to_owned(),
+            reason: format!("names the same attribute as {}; send only one", Echo(first)),
+        }
+    }
+}
+
+/// Why a reserved attribute is refused, for its error message.
+fn reserved_reason(name: &str) -> &'static str {
+    if SERVER_ASSIGNED.contains(&canonical_name(name)) {
+        "Herald assigns it when the event is appended; drop it from the event"
+    } else {
+        "it is a CloudEvents or Herald attribute and cannot be an extension"
+    }
+}
 
 /// Extension names per CloudEvents: 1–20 of `a-z0-9`.
 fn validate_extension_name(name: &str) -> Result<(), EventError> {
@@ -1449,7 +1619,7 @@ fn serialize_attributes<M: SerializeMap>(event: &Event, map: &mut M) -> Result<(
         }
     }
     if let Some(deliver_at) = event.deliver_at {
-        map.serialize_entry("deliver_at", &format_rfc3339_ms(deliver_at))?;
+        map.serialize_entry(DELIVER_AT, &format_rfc3339_ms(deliver_at))?;
     }
     for (name, value) in event.renderable_extensions() {
         map.serialize_entry(name, value)?;
@@ -1467,6 +1637,7 @@ fn serialize_data<M: SerializeMap>(event: &Event, map: &mut M) -> Result<(), M::
         // out as data_base64: embedded, the structured decoder would refuse
         // the event, and at 128 levels serde_json could not read it at all.
         if json_depth(data) <= MAX_DATA_DEPTH
+            && check_surrogates(data).is_ok()
             && let Ok(json) = serde_json::from_slice::<&RawValue>(data)
         {
             return map.serialize_entry("data", json);
@@ -1584,7 +1755,7 @@ mod tests {
 
     #[test]
     fn given_many_generated_ids_in_one_millisecond_when_compared_should_be_unique() {
-        let ids: HashSet<String> = (0..1000)
+        let ids: std::collections::HashSet<String> = (0..1000)
             .map(|_| event(without(minimal(), "id")).id)
             .collect();
         assert_eq!(ids.len(), 1000);
@@ -1798,14 +1969,28 @@ mod tests {
     }
 
     #[test]
-    fn given_server_assigned_members_when_published_should_ignore_them() {
-        let mut json = minimal();
-        json["topic"] = json!("other");
-        json["offset"] = json!(7);
-        json["appended_at"] = json!("garbage");
-        let input = parse(json).unwrap();
-        assert!(input.event.extensions.is_empty());
-        assert_eq!(input.event, Event::new("e-1", "/orders", "order.created"));
+    fn given_server_assigned_members_when_published_should_refuse_as_reserved() {
+        for (name, value) in [
+            ("topic", json!("other")),
+            ("offset", json!(7)),
+            ("appendedat", json!("2024-05-01T12:00:00Z")),
+            ("appended_at", json!("garbage")),
+        ] {
+            let error = parse(with(minimal(), name, value)).unwrap_err();
+            assert_eq!(error.code(), "reserved_attribute", "{name}");
+            assert!(error.to_string().contains("Herald assigns it"), "{error}");
+            let header: &'static str = format!("ce-{name}").leak();
+            let headers = ce_headers(&[(header, "1")]);
+            let error = binary(&headers, None, b"").unwrap_err();
+            assert_eq!(error.code(), "reserved_attribute", "ce-{name}");
+        }
+        // `partition` pins one: a producer may send it.
+        assert_eq!(
+            parse(with(minimal(), "partition", json!(1)))
+                .unwrap()
+                .partition,
+            Some(1)
+        );
     }
 
     #[test]
@@ -1865,8 +2050,121 @@ mod tests {
         let error = parse(json).unwrap_err();
         assert_eq!(
             error.to_string(),
-            r#""deliver_at" and "delay_ms" exclude each other; send only one"#
+            r#""deliverat" and "delayms" exclude each other; send only one"#
         );
+    }
+
+    #[test]
+    fn given_the_names_before_cloudevents_rules_when_parsed_should_still_read_them() {
+        let at = event(with(
+            minimal(),
+            "deliver_at",
+            json!("2024-05-01T12:00:01.500Z"),
+        ));
+        assert_eq!(at.deliver_at, Some(NOW + 1500));
+        let delayed = event(with(minimal(), "delay_ms", json!(30_000)));
+        assert_eq!(delayed.deliver_at, Some(NOW + 30_000));
+        let headers = ce_headers(&[("ce-delay_ms", "1000")]);
+        let input = binary(&headers, None, b"").unwrap();
+        assert_eq!(input.event.deliver_at, Some(NOW + 1000));
+        // Rendered under today's name only.
+        let text = serde_json::to_string(&at).unwrap();
+        assert!(
+            text.contains(r#""deliverat":"2024-05-01T12:00:01.500Z""#),
+            "{text}"
+        );
+        assert!(!text.contains("deliver_at"), "{text}");
+    }
+
+    #[test]
+    fn given_an_attribute_under_two_of_its_names_when_parsed_should_reject_naming_both() {
+        for (old, new, value) in [
+            ("deliver_at", "deliverat", json!("2024-05-01T12:00:01Z")),
+            ("delay_ms", "delayms", json!(5)),
+            ("partitionkey", "key", json!("k")),
+        ] {
+            let error = parse(with(with(minimal(), new, value.clone()), old, value)).unwrap_err();
+            assert!(
+                matches!(&error, EventError::InvalidAttribute { reason, .. } if reason.contains("names the same attribute")),
+                "{old}/{new}: {error}"
+            );
+            assert_eq!(error.code(), "invalid_event");
+        }
+        let headers = ce_headers(&[("ce-key", "a"), ("ce-partitionkey", "a")]);
+        assert!(binary(&headers, None, b"").is_err());
+    }
+
+    #[test]
+    fn given_partitionkey_when_parsed_should_be_the_partition_key() {
+        let input = event(with(minimal(), "partitionkey", json!("order-42")));
+        assert_eq!(input.key.as_deref(), Some("order-42"));
+        assert!(input.extensions.is_empty());
+        let headers = ce_headers(&[("ce-partitionkey", "order-7")]);
+        let input = binary(&headers, None, b"").unwrap();
+        assert_eq!(input.event.key.as_deref(), Some("order-7"));
+        let mut built = Event::new("e-1", "/orders", "order.created");
+        built
+            .extensions
+            .insert("partitionkey".to_owned(), "x".into());
+        assert_eq!(built.validate().unwrap_err().code(), "reserved_attribute");
+    }
+
+    #[test]
+    fn given_lone_surrogate_escapes_when_parsed_should_refuse_as_malformed_json() {
+        for (body, line, column) in [
+            (r#"{"data": {"x": "\ud800"}}"#, 1, 17),
+            (r#"{"data": "\udc00"}"#, 1, 11),
+            ("{\n  \"subject\": \"a\\ud83d\"}", 2, 16),
+            (r#"{"data": ["\ud83d\u0041"]}"#, 1, 12),
+            (r#"{"data": "\uD800x"}"#, 1, 11),
+        ] {
+            let error = EventInput::from_json(body.as_bytes(), NOW).unwrap_err();
+            assert!(
+                matches!(error, EventError::LoneSurrogate { line: l, column: c, .. } if l == line && c == column),
+                "{body}: {error:?}"
+            );
+            assert_eq!(error.code(), "malformed_json", "{body}");
+        }
+        let batch = r#"[{"specversion":"1.0","source":"/s","type":"t","data":"\udbff"}]"#;
+        assert_eq!(
+            EventInput::batch_from_json(batch.as_bytes(), NOW)
+                .unwrap_err()
+                .code(),
+            "malformed_json"
+        );
+        // Bytes under a JSON content type (binary mode, gRPC) the same way;
+        // bytes that are not JSON at all stay opaque.
+        let lone = br#"{"x":"\ud800"}"#;
+        let headers = ce_headers(&[]);
+        let error = binary(&headers, Some("application/json"), lone).unwrap_err();
+        assert_eq!(error.code(), "malformed_json");
+        assert!(binary(&headers, Some("text/plain"), lone).is_ok());
+        assert!(binary(&headers, Some("application/json"), br#"not json \ud800"#).is_ok());
+        let mut built = Event::new("e-1", "/orders", "order.created");
+        built.data = Some(Bytes::from_static(lone));
+        let error = EventInput::from_parts(built.clone(), None, None, NOW).unwrap_err();
+        assert_eq!(error.code(), "malformed_json");
+        // Such data stored before the check is served as data_base64.
+        let text = serde_json::to_string(&built).unwrap();
+        assert!(
+            text.contains("data_base64") && !text.contains("ud800"),
+            "{text}"
+        );
+        // Pairs, escaped backslashes and plain text are fine.
+        for data in [
+            r#""\ud83d\ude00""#,
+            r#""\\ud800""#,
+            r#""\\\ud83d\uDE00""#,
+            r#""é \u00e9""#,
+        ] {
+            let body = format!(
+                r#"{{"specversion":"1.0","id":"a","source":"/s","type":"t","data":{data}}}"#
+            );
+            assert!(
+                EventInput::from_json(body.as_bytes(), NOW).is_ok(),
+                "{data}"
+            );
+        }
     }
 
     #[test]
@@ -1878,15 +2176,16 @@ mod tests {
             );
         }
         let reason = invalid_reason(
-            parse(with(minimal(), "delay_ms", json!(i64::MAX))),
-            "delay_ms",
+            parse(with(minimal(), "delayms", json!(i64::MAX))),
+            "delayms",
         );
         assert!(reason.contains("too large"), "{reason}");
         let reason = invalid_reason(
-            parse(with(minimal(), "deliver_at", json!("soon"))),
-            "deliver_at",
+            parse(with(minimal(), "deliverat", json!("soon"))),
+            "deliverat",
         );
         assert!(reason.contains("RFC 3339"), "{reason}");
+        assert!(parse(with(minimal(), "deliverat", json!(5))).is_err());
         assert!(parse(with(minimal(), "deliver_at", json!(5))).is_err());
     }
 
@@ -2228,10 +2527,9 @@ mod tests {
             ("ce-time", "2024-05-01T12:00:00Z"),
             ("Ce-Key", "order-42"),
             ("ce-partition", "2"),
-            ("ce-delay_ms", "1000"),
+            ("ce-delayms", "1000"),
             ("ce-correlationid", "c-1"),
             ("ce-tenant", "acme"),
-            ("ce-topic", "ignored"),
             ("content-length", "7"),
             ("authorization", "Bearer x"),
         ]);
@@ -2393,10 +2691,10 @@ mod tests {
                 "datacontenttype": "application/json", "key": "order-42",
                 "correlationid": "c-1", "causationid": "e-0",
                 "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-                "tracestate": "congo=t61rcWkgMzE", "deliver_at": "2024-05-01T12:00:00.250Z",
+                "tracestate": "congo=t61rcWkgMzE", "deliverat": "2024-05-01T12:00:00.250Z",
                 "priority": 5, "tenant": "acme", "urgent": true,
                 "topic": "orders", "partition": 2, "offset": 15,
-                "appended_at": "2024-05-01T12:00:00.000Z",
+                "appendedat": "2024-05-01T12:00:00.000Z",
                 "data": {"total": 12.5, "items": [1, 2]},
             })
         );
@@ -2648,8 +2946,9 @@ mod tests {
             let stored = StoredEvent { topic: "orders".parse().unwrap(), partition, offset, appended_at, event };
             let json = serde_json::to_vec(&stored).unwrap();
             prop_assert_eq!(StoredEvent::from_json(&json).unwrap(), stored.clone());
-            let input = EventInput::from_json(&json, NOW).unwrap();
-            prop_assert_eq!(input, EventInput { event: stored.event, partition: Some(partition) });
+            // Published again as it is, it names attributes Herald assigns.
+            let error = EventInput::from_json(&json, NOW).unwrap_err();
+            prop_assert_eq!(error.code(), "reserved_attribute");
         }
 
         #[test]

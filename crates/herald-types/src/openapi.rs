@@ -3,11 +3,11 @@
 //! instead of the wire shape: names are pattern-checked strings, events are
 //! CloudEvents JSON objects with RFC 3339 times.
 
-use utoipa::openapi::RefOr;
 use utoipa::openapi::schema::{
     AdditionalProperties, ArrayBuilder, KnownFormat, ObjectBuilder, OneOfBuilder, Schema,
     SchemaFormat, SchemaType, Type,
 };
+use utoipa::openapi::{Deprecated, RefOr};
 use utoipa::{PartialSchema, ToSchema};
 
 use crate::event::{EventInput, StoredEvent};
@@ -123,7 +123,7 @@ fn common_attributes(object: ObjectBuilder) -> ObjectBuilder {
         .property("traceparent", string("W3C trace context."))
         .property("tracestate", string("W3C trace state."))
         .property(
-            "deliver_at",
+            "deliverat",
             date_time("Deliver to groups no earlier than this (RFC 3339)."),
         )
         .property(
@@ -147,12 +147,26 @@ impl PartialSchema for EventInput {
     fn schema() -> RefOr<Schema> {
         common_attributes(ObjectBuilder::new().description(Some(
             "A CloudEvent (structured mode) plus Herald's attributes. A missing id is \
-             assigned by Herald; give deliver_at or delay_ms, not both; data or data_base64, \
-             not both.",
+             assigned by Herald; give deliverat or delayms, not both; data or data_base64, \
+             not both. Herald's own topic, offset and appendedat are refused \
+             (reserved_attribute).",
         )))
         .property(
-            "delay_ms",
+            "delayms",
             unsigned("Deliver to groups no earlier than this many ms from now."),
+        )
+        .property(
+            "partitionkey",
+            string("The CloudEvents Partitioning extension: the same as key (send one)."),
+        )
+        .property(
+            "deliver_at",
+            date_time("Deprecated: the former name of deliverat.")
+                .deprecated(Some(Deprecated::True)),
+        )
+        .property(
+            "delay_ms",
+            unsigned("Deprecated: the former name of delayms.").deprecated(Some(Deprecated::True)),
         )
         .property(
             "partition",
@@ -192,7 +206,7 @@ impl PartialSchema for StoredEvent {
         )
         .property("offset", unsigned("The event's offset in its partition."))
         .property(
-            "appended_at",
+            "appendedat",
             date_time("When Herald appended it (RFC 3339, ms, UTC)."),
         )
         .required("specversion")
@@ -202,7 +216,7 @@ impl PartialSchema for StoredEvent {
         .required("topic")
         .required("partition")
         .required("offset")
-        .required("appended_at")
+        .required("appendedat")
         .into()
     }
 }

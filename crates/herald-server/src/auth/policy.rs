@@ -431,6 +431,10 @@ pub const GRPC: &[(&str, Rule)] = &[
         "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
         Rule::Docs,
     ),
+    (
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        Rule::Docs,
+    ),
 ];
 
 /// The rule of a REST route, or of a gRPC method (`template` is then the
@@ -485,6 +489,13 @@ async fn admit(state: &PolicyState, mut request: Request) -> Result<Request, Pro
     let Some((rule, query_token)) = rule(request.method(), &key) else {
         // A known path with another method: the router's 405, answered
         // here (a method routed without a row is refused just the same).
+        if key.ends_with("/{*method}") {
+            // A method a gRPC service does not have: UNIMPLEMENTED.
+            return Err(Problem::new(
+                Code::MethodNotAllowed,
+                format!("No such gRPC method: {}.", request.uri().path()),
+            ));
+        }
         if REST.iter().any(|route| route.path == key) {
             return Err(Problem::new(
                 Code::MethodNotAllowed,
@@ -666,7 +677,7 @@ fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn is_grpc(request: &Request) -> bool {
+pub(crate) fn is_grpc(request: &Request) -> bool {
     request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -676,7 +687,7 @@ fn is_grpc(request: &Request) -> bool {
 
 /// A refusal as a gRPC status (trailers-only), with `retry-after` when
 /// rate limited.
-fn grpc_refusal(problem: Problem) -> Response {
+pub(crate) fn grpc_refusal(problem: Problem) -> Response {
     let retry_after = problem.retry_after_s();
     let mut response = tonic::Status::from(problem).into_http::<axum::body::Body>();
     if let Some(seconds) = retry_after {

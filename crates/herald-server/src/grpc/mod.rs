@@ -21,8 +21,10 @@
 //! - [`convert`]: wire messages ↔ backend types (the request conversions
 //!   are public for the fuzz target `grpc_requests`);
 //! - `grpc.health.v1.Health` (SERVING once storage is open, NOT_SERVING
-//!   while it opens and once shutdown starts) and
-//!   `grpc.reflection.v1.ServerReflection`.
+//!   while it opens and once shutdown starts) and server reflection, both
+//!   `grpc.reflection.v1` and `v1alpha`, listing Herald's services and
+//!   health. A call to a service or method not here answers
+//!   `UNIMPLEMENTED` (the REST router's 404 problem is for REST only).
 //!
 //! Services are thin, like the REST handlers: decode → one backend call →
 //! encode. Failures go through the same code table ([`crate::problem`]) and
@@ -84,9 +86,19 @@ impl GrpcState {
 pub fn router(state: GrpcState) -> (axum::Router, tonic_health::server::HealthReporter) {
     let limit = state.max_message_bytes;
     let (reporter, health) = tonic_health::server::health_reporter();
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(herald_proto::FILE_DESCRIPTOR_SET)
-        .build_v1();
+    // Both reflection versions: grpcurl and Postman speak v1, Python's
+    // grpcio-reflection and older tools v1alpha. Each lists everything
+    // served: Herald's services, health and both reflection versions.
+    let descriptors = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(herald_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            )
+            .include_reflection_service(false)
+    };
     let mut router = axum::Router::new();
     router = route(
         router,
@@ -119,8 +131,13 @@ pub fn router(state: GrpcState) -> (axum::Router, tonic_health::server::HealthRe
             .max_decoding_message_size(limit),
     );
     router = route(router, health);
-    if let Ok(reflection) = reflection {
-        router = route(router, reflection);
+    match descriptors().build_v1() {
+        Ok(reflection) => router = route(router, reflection),
+        Err(error) => tracing::error!(%error, "gRPC reflection v1 is off."),
+    }
+    match descriptors().build_v1alpha() {
+        Ok(reflection) => router = route(router, reflection),
+        Err(error) => tracing::error!(%error, "gRPC reflection v1alpha is off."),
     }
     (router, reporter)
 }

@@ -43,7 +43,7 @@ pub const MAX_READ_LIMIT: u32 = 10_000;
     post, path = "/v1/topics/{topic}/events", tag = "events",
     params(
         ("topic" = TopicName, Path, description = "The topic.", example = "orders"),
-        ("ce-specversion" = Option<String>, Header, description = "Binary mode: its presence makes the body the event's data and the `ce-*` headers its attributes (`ce-id`, `ce-source`, `ce-type`, `ce-subject`, `ce-key`, `ce-partition`, `ce-delay_ms`, …)."),
+        ("ce-specversion" = Option<String>, Header, description = "Binary mode: its presence makes the body the event's data and the `ce-*` headers its attributes (`ce-id`, `ce-source`, `ce-type`, `ce-subject`, `ce-key`, `ce-partition`, `ce-delayms`, …; `topic`, `offset` and `appendedat` are Herald's and refused)."),
         ("ce-source" = Option<String>, Header, description = "Binary mode: the source."),
         ("ce-type" = Option<String>, Header, description = "Binary mode: the type."),
         ("ce-id" = Option<String>, Header, description = "Binary mode: the id (assigned when absent)."),

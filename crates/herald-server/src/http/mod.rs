@@ -316,11 +316,28 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn not_found(method: Method, uri: Uri) -> Problem {
+/// The REST 404 problem; a gRPC call (`application/grpc*`) to a service
+/// Herald does not serve gets the status gRPC clients expect instead,
+/// `UNIMPLEMENTED` (trailers-only).
+async fn not_found(request: Request) -> Response {
+    if crate::auth::policy::is_grpc(&request) {
+        return crate::auth::policy::grpc_refusal(Problem::new(
+            Code::MethodNotAllowed,
+            format!(
+                "No gRPC service here has the method {}; server reflection lists them.",
+                request.uri().path()
+            ),
+        ));
+    }
     Problem::new(
         Code::NotFound,
-        format!("No resource for {method} {}.", uri.path()),
+        format!(
+            "No resource for {} {}.",
+            request.method(),
+            request.uri().path()
+        ),
     )
+    .into_response()
 }
 
 async fn method_not_allowed(method: Method, uri: Uri) -> Problem {

@@ -314,6 +314,12 @@ fn event_rules(document: &mut Value, missing: &mut Vec<String>) {
         "not".to_owned(),
         json!({"anyOf": [
             {"required": ["data", "data_base64"]},
+            {"required": ["key", "partitionkey"]},
+            {"required": ["deliverat", "delayms"]},
+            {"required": ["deliverat", "deliver_at"]},
+            {"required": ["deliverat", "delay_ms"]},
+            {"required": ["delayms", "deliver_at"]},
+            {"required": ["delayms", "delay_ms"]},
             {"required": ["deliver_at", "delay_ms"]},
         ]}),
     );
@@ -321,6 +327,7 @@ fn event_rules(document: &mut Value, missing: &mut Vec<String>) {
         ("traceparent", json!({"pattern": TRACEPARENT_PATTERN})),
         ("data_base64", json!({"pattern": BASE64_PATTERN})),
         // The delivery time must be before the year 10000; stated as of 2100.
+        ("delayms", json!({"maximum": MAX_RFC3339_MS - YEAR_2100_MS})),
         (
             "delay_ms",
             json!({"maximum": MAX_RFC3339_MS - YEAR_2100_MS}),

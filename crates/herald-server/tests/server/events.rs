@@ -70,7 +70,7 @@ async fn given_structured_event_when_published_should_answer_201_and_read_back_a
     assert_eq!(stored["topic"], "orders");
     assert_eq!(stored["partition"], 0);
     assert_eq!(stored["offset"], 0);
-    assert!(stored["appended_at"].as_str().unwrap().ends_with('Z'));
+    assert!(stored["appendedat"].as_str().unwrap().ends_with('Z'));
 }
 
 #[tokio::test]

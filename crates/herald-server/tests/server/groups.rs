@@ -619,7 +619,7 @@ async fn given_100k_events_delayed_a_day_when_a_ready_event_follows_should_deliv
         .await;
     publish_many(&api, "later", 100_000, |index| {
         let mut delayed = event(&format!("d{index}"));
-        delayed["delay_ms"] = json!(86_400_000);
+        delayed["delayms"] = json!(86_400_000);
         delayed
     })
     .await;

@@ -318,7 +318,7 @@ async fn given_openapi_json_should_state_the_limits_the_server_checks() {
         .unwrap()
         .keys()
         .collect();
-    assert!(names[0].contains("appended_at") && names[0].ends_with("[a-z0-9]{1,20}$"));
+    assert!(names[0].contains("appendedat") && names[0].ends_with("[a-z0-9]{1,20}$"));
 }
 
 /// The stated limits are the server's: the bound is accepted, one past it

@@ -29,9 +29,9 @@ async fn given_extreme_values_when_requested_should_never_answer_5xx_and_keep_se
     api.create_topic(json!({"name": "orders", "partitions": 2}))
         .await;
     let mut delayed = event("delayed");
-    delayed["delay_ms"] = json!(max);
+    delayed["delayms"] = json!(max);
     let mut far = event("far");
-    far["deliver_at"] = json!("9999-12-31T23:59:59Z");
+    far["deliverat"] = json!("9999-12-31T23:59:59Z");
     let mut deep = event("deep");
     let mut data = json!(1);
     for _ in 0..100 {

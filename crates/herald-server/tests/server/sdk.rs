@@ -644,6 +644,93 @@ async fn given_grpc_health_should_report_serving_once_ready() {
     }
 }
 
+/// What a reflection client of either version sees: the services listed,
+/// and a `herald.v1` file found by symbol.
+macro_rules! reflect {
+    ($version:ident, $channel:expr) => {{
+        use tonic_reflection::pb::$version::ServerReflectionRequest;
+        use tonic_reflection::pb::$version::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::$version::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::$version::server_reflection_response::MessageResponse;
+        let mut client = ServerReflectionClient::new($channel);
+        let requests = [
+            MessageRequest::ListServices(String::new()),
+            MessageRequest::FileContainingSymbol("herald.v1.Topics".to_owned()),
+        ]
+        .map(|message| ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(message),
+        });
+        let mut answers = client
+            .server_reflection_info(tokio_stream::iter(requests))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut services = Vec::new();
+        let mut files = 0;
+        while let Some(answer) = answers.message().await.unwrap() {
+            match answer.message_response.unwrap() {
+                MessageResponse::ListServicesResponse(list) => {
+                    services.extend(list.service.into_iter().map(|service| service.name));
+                }
+                MessageResponse::FileDescriptorResponse(found) => {
+                    files += found.file_descriptor_proto.len();
+                }
+                other => panic!("unexpected reflection answer {other:?}"),
+            }
+        }
+        (services, files)
+    }};
+}
+
+#[tokio::test]
+async fn given_grpc_tooling_should_find_services_by_reflection_and_unimplemented_for_the_rest() {
+    let (server, _client) = server_and_client().await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    for (version, (services, files)) in [
+        ("v1", reflect!(v1, channel.clone())),
+        ("v1alpha", reflect!(v1alpha, channel.clone())),
+    ] {
+        for service in [
+            "herald.v1.Events",
+            "herald.v1.Topics",
+            "herald.v1.Webhooks",
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+        ] {
+            assert!(
+                services.iter().any(|listed| listed == service),
+                "{version}: {service} not in {services:?}"
+            );
+        }
+        assert!(files >= 1, "{version}: no file for herald.v1.Topics");
+    }
+    // A service or a method Herald does not have: UNIMPLEMENTED, as gRPC
+    // clients expect (not an HTTP 404 or 403 they would see as UNKNOWN).
+    let mut grpc = tonic::client::Grpc::new(channel);
+    for path in ["/no.such.Service/Call", "/herald.v1.Topics/NoSuchMethod"] {
+        grpc.ready().await.unwrap();
+        let status = grpc
+            .unary::<_, herald_proto::v1::Empty, _>(
+                tonic::Request::new(herald_proto::v1::Empty {}),
+                path.parse().unwrap(),
+                tonic_prost::ProstCodec::default(),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(
+            status.code(),
+            tonic::Code::Unimplemented,
+            "{path}: {status:?}"
+        );
+    }
+}
+
 #[test]
 fn given_every_server_error_code_should_be_known_to_the_sdk() {
     for code in herald_server::problem::Code::ALL {
