@@ -23,6 +23,7 @@ import json
 import queue
 import threading
 import time
+import uuid
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -517,3 +518,35 @@ def test_given_surrogate_pair_when_published_should_round_trip(client):
     assert response.status_code == 201, response.text
     [event] = client.read(topic)
     assert event["data"] == {"x": "\U0001f600"}
+
+
+def test_given_lone_surrogate_in_a_stream_append_or_a_job_should_be_refused(client):
+    """Everywhere JSON enters, not only topic publishes: a stream append and
+    a job's `data` and `result` are refused the same way, and nothing is
+    created."""
+    topic = client.create_topic(prefix="surrogate-elsewhere")
+    append = client.http.post(
+        f"/v1/topics/{topic}/streams/order-1/events",
+        content=b'{"specversion":"1.0","source":"/s","type":"t","data":{"x":"\\udc00"}}',
+        headers={"content-type": STRUCTURED})
+    assert assert_problem(append, 400)["code"] == "malformed_json"
+    assert client.http.get(f"/v1/topics/{topic}/streams/order-1").status_code == 404
+    assert client.end_offsets(topic) == [0]
+
+    queue_name = f"surrogates-{uuid.uuid4().hex[:8]}"
+    submit = client.http.post(f"/v1/queues/{queue_name}/jobs", content=b'{"data":{"x":"\\ud800"}}',
+                              headers={"content-type": "application/json"})
+    assert assert_problem(submit, 400)["code"] == "malformed_json"
+    # A real job, then a worker's result with a lone surrogate.
+    submit = client.http.post(f"/v1/queues/{queue_name}/jobs", json={"data": {"x": 1}})
+    assert submit.status_code == 202, submit.text
+    job_id = submit.json()["job_id"]
+    fetched = client.http.post(f"/v1/queues/{queue_name}/fetch", json={"member": "w1", "wait_ms": 5000})
+    assert fetched.status_code == 200, fetched.text
+    [delivery] = fetched.json()["deliveries"]
+    complete = client.http.post(
+        f"/v1/jobs/{job_id}/complete",
+        content=b'{"result":{"x":"a\\ud800"},"delivery_id":"' + delivery["delivery_id"].encode() + b'"}',
+        headers={"content-type": "application/json"})
+    assert assert_problem(complete, 400)["code"] == "malformed_json"
+    assert client.http.get(f"/v1/jobs/{job_id}").json()["status"] != "succeeded"
