@@ -1,0 +1,28 @@
+//! Herald's durable workflows, written in the CNCF Serverless Workflow DSL
+//! 1.0 (YAML or JSON).
+//!
+//! This crate starts with what a deploy needs: [`Definition::parse`] reads
+//! a document into typed structures ([`dsl`]) and refuses, before anything
+//! runs, a definition that is broken or uses what Herald does not run, with
+//! an error naming the path of the offending field (`do[2].checkCredit.call`).
+//!
+//! What is checked at deploy time:
+//!
+//! - the shape of every field (unknown fields are refused, as the DSL's
+//!   schema does), durations (ISO 8601 `P…DT…H…M…S` or
+//!   `{days, hours, minutes, seconds, milliseconds}`), `document.dsl` 1.0.x;
+//! - each task has exactly one kind (`call`, `do`, `emit`, `for`, `fork`,
+//!   `listen`, `raise`, `set`, `switch`, `try`, `wait`); `run` (containers,
+//!   scripts, shells, sub-workflows) and `call` of `grpc`, `asyncapi`, `a2a`
+//!   and `mcp` are refused by name;
+//! - names: task names unique in their list, `then: <name>` naming a task
+//!   of the same list, `call: <name>` a function of `use.functions`, and
+//!   named retries, timeouts and errors defined under `use`.
+//!
+//! Runtime expressions are kept as written; compiling them (jq, through
+//! jaq) at deploy time comes with the engine.
+
+pub mod definition;
+pub mod dsl;
+
+pub use definition::{Definition, DefinitionError};
