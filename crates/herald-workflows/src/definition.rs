@@ -6,9 +6,10 @@ use std::collections::{BTreeMap, HashSet};
 use serde_json::Value;
 
 use crate::dsl::{
-    Call, ErrorRef, RetryRef, Task, TaskKind, TaskList, TimeoutRef, Workflow, join_paths, nested,
-    split_marked,
+    Call, Endpoint, ErrorRef, Input, Output, RetryRef, Set, Task, TaskKind, TaskList, TimeoutRef,
+    Workflow, join_paths, nested, split_marked,
 };
+use crate::expr::{self, ARGUMENTS, Expression};
 
 /// Why a definition cannot be deployed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -45,12 +46,14 @@ impl DefinitionError {
 }
 
 /// A definition that passed every deploy-time check.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Definition {
     /// The workflow.
     pub workflow: Workflow,
     /// The document as JSON (what `$workflow.definition` shows).
     pub source: Value,
+    /// Every runtime expression, compiled, by the path of its field.
+    pub expressions: Vec<Expression>,
 }
 
 impl Definition {
@@ -68,7 +71,12 @@ impl Definition {
             DefinitionError::at(path, message)
         })?;
         check(&workflow)?;
-        Ok(Self { workflow, source })
+        let expressions = Expressions::of(&workflow)?;
+        Ok(Self {
+            workflow,
+            source,
+            expressions,
+        })
     }
 
     /// `namespace/name/version`, the key a definition is deployed under.
@@ -381,6 +389,295 @@ fn check_consumption(
         ));
     }
     Ok(())
+}
+
+/// Finds and compiles every runtime expression of a workflow, with the
+/// variables in scope where it is written. Fields whose type is an
+/// expression (`if`, `when`, `for.in`, `while`, `set` as a string, …) take
+/// bare jq or `${ … }`; strings elsewhere (maps of `set`, `with`, `body`,
+/// `emit.event.with`, …) are expressions only as a whole `${ … }`.
+struct Expressions {
+    variables: Vec<String>,
+    found: Vec<Expression>,
+}
+
+impl Expressions {
+    fn of(workflow: &Workflow) -> Result<Vec<Expression>, DefinitionError> {
+        let mut walker = Self {
+            variables: ARGUMENTS.iter().map(|name| (*name).to_owned()).collect(),
+            found: Vec::new(),
+        };
+        walker.input(workflow.input.as_ref(), "input")?;
+        walker.output(workflow.output.as_ref(), "output")?;
+        if let Some(used) = &workflow.use_ {
+            for (name, function) in used.functions.iter().flatten() {
+                walker.task(function, &format!("use.functions.{name}"))?;
+            }
+            for (name, retry) in used.retries.iter().flatten() {
+                walker.retry(retry, &format!("use.retries.{name}"))?;
+            }
+        }
+        if let Some(on) = workflow
+            .schedule
+            .as_ref()
+            .and_then(|schedule| schedule.on.as_ref())
+        {
+            walker.consumption(on, "schedule.on")?;
+        }
+        walker.list(&workflow.do_, "do")?;
+        Ok(walker.found)
+    }
+
+    fn compile(&mut self, path: String, code: &str) -> Result<(), DefinitionError> {
+        let filter = expr::compile(code, &self.variables)
+            .map_err(|message| DefinitionError::at(path.clone(), message))?;
+        self.found.push(Expression {
+            path,
+            code: code.to_owned(),
+            variables: self.variables.clone(),
+            filter: std::sync::Arc::new(filter),
+        });
+        Ok(())
+    }
+
+    /// A field whose type is an expression.
+    fn field(&mut self, text: Option<&String>, path: String) -> Result<(), DefinitionError> {
+        match text {
+            Some(text) => self.compile(path, expr::expression_field(text)),
+            None => Ok(()),
+        }
+    }
+
+    /// A value: each string that is a whole `${ … }`, at any depth.
+    fn value(&mut self, value: &Value, path: &str) -> Result<(), DefinitionError> {
+        match value {
+            Value::String(text) => match expr::embedded(text) {
+                Some(code) => self.compile(path.to_owned(), code),
+                None => Ok(()),
+            },
+            Value::Array(items) => items
+                .iter()
+                .enumerate()
+                .try_for_each(|(index, item)| self.value(item, &format!("{path}[{index}]"))),
+            Value::Object(members) => members
+                .iter()
+                .try_for_each(|(name, member)| self.value(member, &join_paths(path, name))),
+            _ => Ok(()),
+        }
+    }
+
+    /// `input.from` / `output.as` / `export.as`: an expression, or an
+    /// object holding some.
+    fn transform(&mut self, value: Option<&Value>, path: String) -> Result<(), DefinitionError> {
+        match value {
+            Some(Value::String(text)) => self.compile(path, expr::expression_field(text)),
+            Some(other) => self.value(other, &path),
+            None => Ok(()),
+        }
+    }
+
+    fn input(&mut self, input: Option<&Input>, path: &str) -> Result<(), DefinitionError> {
+        self.transform(
+            input.and_then(|input| input.from.as_ref()),
+            join_paths(path, "from"),
+        )
+    }
+
+    fn output(&mut self, output: Option<&Output>, path: &str) -> Result<(), DefinitionError> {
+        self.transform(
+            output.and_then(|output| output.as_.as_ref()),
+            join_paths(path, "as"),
+        )
+    }
+
+    fn list(&mut self, list: &TaskList, path: &str) -> Result<(), DefinitionError> {
+        for (index, (name, task)) in list.0.iter().enumerate() {
+            self.task(task, &format!("{path}[{index}].{name}"))?;
+        }
+        Ok(())
+    }
+
+    /// Runs `inside` with `names` (without `$`) in scope.
+    fn scoped(
+        &mut self,
+        names: &[&str],
+        inside: impl FnOnce(&mut Self) -> Result<(), DefinitionError>,
+    ) -> Result<(), DefinitionError> {
+        let before = self.variables.len();
+        self.variables
+            .extend(names.iter().map(|name| format!("${name}")));
+        let result = inside(self);
+        self.variables.truncate(before);
+        result
+    }
+
+    fn retry(
+        &mut self,
+        retry: &crate::dsl::RetryPolicy,
+        path: &str,
+    ) -> Result<(), DefinitionError> {
+        self.field(retry.when.as_ref(), join_paths(path, "when"))?;
+        self.field(retry.except_when.as_ref(), join_paths(path, "exceptWhen"))
+    }
+
+    fn consumption(
+        &mut self,
+        consumption: &crate::dsl::EventConsumption,
+        path: &str,
+    ) -> Result<(), DefinitionError> {
+        let filters = consumption
+            .one
+            .iter()
+            .map(|filter| (join_paths(path, "one"), filter))
+            .chain(
+                consumption
+                    .any
+                    .iter()
+                    .flatten()
+                    .enumerate()
+                    .map(|(index, filter)| {
+                        (format!("{}[{index}]", join_paths(path, "any")), filter)
+                    }),
+            )
+            .chain(
+                consumption
+                    .all
+                    .iter()
+                    .flatten()
+                    .enumerate()
+                    .map(|(index, filter)| {
+                        (format!("{}[{index}]", join_paths(path, "all")), filter)
+                    }),
+            );
+        for (at, filter) in filters {
+            if let Some(with) = &filter.with {
+                self.value(&Value::Object(with.clone()), &join_paths(&at, "with"))?;
+            }
+            for (name, correlation) in filter.correlate.iter().flatten() {
+                let here = join_paths(&join_paths(&at, "correlate"), name);
+                self.field(Some(&correlation.from), join_paths(&here, "from"))?;
+                self.field(correlation.expect.as_ref(), join_paths(&here, "expect"))?;
+            }
+        }
+        match &consumption.until {
+            Some(Value::String(text)) => {
+                self.compile(join_paths(path, "until"), expr::expression_field(text))
+            }
+            Some(Value::Object(strategy)) => {
+                let strategy: crate::dsl::EventConsumption =
+                    serde_json::from_value(Value::Object(strategy.clone())).map_err(|error| {
+                        DefinitionError::at(join_paths(path, "until"), error.to_string())
+                    })?;
+                self.consumption(&strategy, &join_paths(path, "until"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn task(&mut self, task: &Task, path: &str) -> Result<(), DefinitionError> {
+        let at = |field: &str| join_paths(path, field);
+        let common = &task.common;
+        self.field(common.if_.as_ref(), at("if"))?;
+        self.input(common.input.as_ref(), &at("input"))?;
+        match &task.kind {
+            TaskKind::Call(Call::Http(http)) => {
+                let endpoint = match &http.endpoint {
+                    Endpoint::Uri(uri) => uri,
+                    Endpoint::Object(object) => &object.uri,
+                };
+                self.value(&Value::String(endpoint.clone()), &at("with.endpoint"))?;
+                for (field, value) in [
+                    ("headers", &http.headers),
+                    ("body", &http.body),
+                    ("query", &http.query),
+                ] {
+                    match value {
+                        // An expression giving the whole map.
+                        Some(Value::String(text)) if field != "body" => {
+                            self.compile(
+                                at(&format!("with.{field}")),
+                                expr::expression_field(text),
+                            )?;
+                        }
+                        Some(value) => self.value(value, &at(&format!("with.{field}")))?,
+                        None => {}
+                    }
+                }
+            }
+            TaskKind::Call(Call::OpenApi(openapi)) => {
+                self.value(&openapi.document, &at("with.document"))?;
+                if let Some(parameters) = &openapi.parameters {
+                    self.value(&Value::Object(parameters.clone()), &at("with.parameters"))?;
+                }
+            }
+            TaskKind::Call(Call::Function { with, .. }) => {
+                self.value(&Value::Object(with.clone()), &at("with"))?;
+            }
+            TaskKind::Do(list) => self.list(list, &at("do"))?,
+            TaskKind::Emit(emit) => {
+                self.value(
+                    &Value::Object(emit.event.with.clone()),
+                    &at("emit.event.with"),
+                )?;
+            }
+            TaskKind::For(looping) => {
+                self.field(Some(&looping.for_.in_), at("for.in"))?;
+                let each = looping.for_.each.as_deref().unwrap_or("item");
+                let index = looping.for_.at.as_deref().unwrap_or("index");
+                self.scoped(&[each, index], |walker| {
+                    walker.field(looping.while_.as_ref(), at("while"))?;
+                    walker.list(&looping.do_, &at("do"))
+                })?;
+            }
+            TaskKind::Fork(fork) => self.list(&fork.branches, &at("fork.branches"))?,
+            TaskKind::Listen(listen) => {
+                self.consumption(&listen.listen.to, &at("listen.to"))?;
+                if let Some(foreach) = &listen.foreach {
+                    self.value(foreach, &at("foreach"))?;
+                }
+            }
+            TaskKind::Raise(raise) => {
+                if let ErrorRef::Inline(error) = &raise.error {
+                    let error = serde_json::json!({
+                        "status": error.status, "title": error.title, "detail": error.detail,
+                        "instance": error.instance,
+                    });
+                    self.value(&error, &at("raise.error"))?;
+                }
+            }
+            TaskKind::Set(Set::Map(map)) => self.value(&Value::Object(map.clone()), &at("set"))?,
+            TaskKind::Set(Set::Expr(text)) => {
+                self.compile(at("set"), expr::expression_field(text))?;
+            }
+            TaskKind::Switch(cases) => {
+                for (index, (name, case)) in cases.iter().enumerate() {
+                    self.field(
+                        case.when.as_ref(),
+                        at(&format!("switch[{index}].{name}.when")),
+                    )?;
+                }
+            }
+            TaskKind::Try(tried) => {
+                self.list(&tried.try_, &at("try"))?;
+                let catch = &tried.catch;
+                let caught = catch.as_.as_deref().unwrap_or("error");
+                self.scoped(&[caught], |walker| {
+                    walker.field(catch.when.as_ref(), at("catch.when"))?;
+                    walker.field(catch.except_when.as_ref(), at("catch.exceptWhen"))?;
+                    if let Some(RetryRef::Inline(retry)) = &catch.retry {
+                        walker.retry(retry, &at("catch.retry"))?;
+                    }
+                    if let Some(list) = &catch.do_ {
+                        walker.list(list, &at("catch.do"))?;
+                    }
+                    Ok(())
+                })?;
+            }
+            TaskKind::Wait(_) => {}
+        }
+        self.output(common.output.as_ref(), &at("output"))?;
+        self.output(common.export.as_ref(), &at("export"))
+    }
 }
 
 #[cfg(test)]

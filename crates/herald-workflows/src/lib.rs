@@ -19,10 +19,12 @@
 //!   of the same list, `call: <name>` a function of `use.functions`, and
 //!   named retries, timeouts and errors defined under `use`.
 //!
-//! Runtime expressions are kept as written; compiling them (jq, through
-//! jaq) at deploy time comes with the engine.
+//! - every runtime expression compiles (jq, through jaq, [`expr`]) with the
+//!   variables in scope where it is written: a syntax error, an unknown
+//!   function or variable fails the deploy with the field's path.
 
 pub mod definition;
 pub mod dsl;
+pub mod expr;
 
 pub use definition::{Definition, DefinitionError};

@@ -427,3 +427,90 @@ fn given_functions_when_parsed_should_check_them_like_tasks() {
         refused("use:\n  functions:\n    f: { call: grpc, with: {} }\ndo:\n  - a: { call: f }\n");
     assert_eq!(at, "use.functions.f.call", "{message}");
 }
+
+#[test]
+fn given_expressions_when_deployed_should_compile_each_with_its_scope() {
+    let definition = Definition::parse(CUSTOMER_QUESTION).unwrap();
+    let paths: Vec<&str> = definition
+        .expressions
+        .iter()
+        .map(|found| found.path.as_str())
+        .collect();
+    for path in [
+        "do[0].classify.try[0].callClassifier.with.body",
+        "do[0].classify.try[0].callClassifier.output.as",
+        "do[0].classify.try[0].callClassifier.export.as",
+        "do[1].route.switch[0].billing.when",
+        "do[2].askAgent.emit.event.with.data",
+        "do[3].awaitAnswer.try[0].waitForAnswer.listen.to.one.correlate.questionId.from",
+        "do[3].awaitAnswer.try[0].waitForAnswer.listen.to.one.correlate.questionId.expect",
+    ] {
+        assert!(paths.contains(&path), "{path} not in {paths:?}");
+    }
+    // Literals are not expressions.
+    assert!(
+        !paths
+            .iter()
+            .any(|path| path.ends_with("with.endpoint") || path.ends_with("with.type"))
+    );
+    let scoped = parse(
+        "do:\n  - loop: { for: { each: order, in: .orders, at: n }, while: '$n < 3', do: [ { s: { set: { id: '${ $order.id }', at: '${ $n }' } } } ] }\n  - t: { try: [ { a: { set: {} } } ], catch: { as: failure, when: '$failure.status == 500', do: [ { b: { set: { why: '${ $failure.title }' } } } ] } }\n",
+    )
+    .unwrap();
+    let set_id = scoped
+        .expressions
+        .iter()
+        .find(|found| found.path == "do[0].loop.do[0].s.set.id")
+        .unwrap();
+    assert!(
+        set_id.variables.iter().any(|name| name == "$order"),
+        "{:?}",
+        set_id.variables
+    );
+}
+
+#[test]
+fn given_broken_expressions_when_deployed_should_name_their_field() {
+    assert_refused(&[
+        (
+            "do:\n  - a: { set: {}, if: '.x ==' }\n",
+            "do[0].a.if",
+            "jq syntax",
+        ),
+        (
+            "do:\n  - a: { set: { y: '${ .x | nosuch }' } }\n",
+            "do[0].a.set.y",
+            "undefined filter nosuch",
+        ),
+        (
+            "do:\n  - a: { set: { y: '${ $item }' } }\n",
+            "do[0].a.set.y",
+            "undefined variable $item",
+        ),
+        (
+            "do:\n  - a: { for: { in: .xs }, do: [ { b: { set: {} } } ] }\n  - c: { set: { y: '${ $item }' } }\n",
+            "do[1].c.set.y",
+            "$item",
+        ),
+        (
+            "do:\n  - a: { switch: [ { x: { when: '.a = = 1', then: end } } ] }\n",
+            "do[0].a.switch[0].x.when",
+            "jq syntax",
+        ),
+        (
+            "do:\n  - a: { set: '${ env.HOME }' }\n",
+            "do[0].a.set",
+            "env",
+        ),
+        (
+            "do:\n  - a: { call: http, with: { method: get, endpoint: '${ \"http://x/\" + }' } }\n",
+            "do[0].a.with.endpoint",
+            "jq syntax",
+        ),
+        (
+            "input: { from: '$secrets.' }\ndo:\n  - a: { set: {} }\n",
+            "input.from",
+            "jq syntax",
+        ),
+    ]);
+}
