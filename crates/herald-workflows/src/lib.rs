@@ -26,5 +26,6 @@
 pub mod definition;
 pub mod dsl;
 pub mod expr;
+pub mod store;
 
 pub use definition::{Definition, DefinitionError};
