@@ -140,6 +140,12 @@ pub enum ErrorCode {
     InvalidEvent,
     /// `reserved_attribute`: an event sets an attribute only Herald assigns.
     ReservedAttribute,
+    /// `invalid_workflow`: a workflow definition is refused at deploy time.
+    InvalidWorkflow,
+    /// `workflow_version_exists`: that workflow version is deployed already.
+    WorkflowVersionExists,
+    /// `workflow_not_found`: no such workflow or version.
+    WorkflowNotFound,
     /// `invalid_name`: a topic, group or stream name breaks the naming rule.
     InvalidName,
     /// `invalid_argument`: a field is missing, of the wrong type or out of
@@ -229,6 +235,9 @@ const CODES: &[(ErrorCode, &str)] = &[
     (ErrorCode::MalformedJson, "malformed_json"),
     (ErrorCode::InvalidEvent, "invalid_event"),
     (ErrorCode::ReservedAttribute, "reserved_attribute"),
+    (ErrorCode::InvalidWorkflow, "invalid_workflow"),
+    (ErrorCode::WorkflowVersionExists, "workflow_version_exists"),
+    (ErrorCode::WorkflowNotFound, "workflow_not_found"),
     (ErrorCode::InvalidName, "invalid_name"),
     (ErrorCode::InvalidArgument, "invalid_argument"),
     (ErrorCode::UnsupportedMediaType, "unsupported_media_type"),

@@ -191,6 +191,13 @@ codes! {
     /// A webhook target on an address the SSRF guard refuses (loopback,
     /// private, link-local, metadata…) and `webhooks.allow_targets` does not allow.
     TargetNotAllowed => "target_not_allowed", BAD_REQUEST, INVALID_ARGUMENT, "Target not allowed";
+    /// A workflow definition is broken or uses what Herald does not run;
+    /// `path` names the offending field (`do[2].checkCredit.call`).
+    InvalidWorkflow => "invalid_workflow", BAD_REQUEST, INVALID_ARGUMENT, "Invalid workflow";
+    /// That workflow version is deployed already (versions never change).
+    WorkflowVersionExists => "workflow_version_exists", CONFLICT, ALREADY_EXISTS, "Workflow version exists";
+    /// No workflow (or version) by that name.
+    WorkflowNotFound => "workflow_not_found", NOT_FOUND, NOT_FOUND, "Workflow not found";
     /// The `Range` starts at or past the end of the blob.
     RangeNotSatisfiable => "range_not_satisfiable", RANGE_NOT_SATISFIABLE, OUT_OF_RANGE, "Range not satisfiable";
     /// Stored bytes failed validation; they were not served.
@@ -347,6 +354,28 @@ impl From<herald_webhooks::Error> for Problem {
                     error!(error = %failure, "Webhook service failed.");
                 }
                 Self::new(code, failure.to_string())
+            }
+        }
+    }
+}
+
+impl From<herald_workflows::store::StoreError> for Problem {
+    fn from(failure: herald_workflows::store::StoreError) -> Self {
+        use herald_workflows::store::StoreError;
+        match failure {
+            StoreError::Invalid(error) => {
+                let path = error.path().to_owned();
+                Self::new(Code::InvalidWorkflow, error.to_string())
+                    .with("path", serde_json::Value::String(path))
+            }
+            StoreError::VersionExists(_) => {
+                Self::new(Code::WorkflowVersionExists, failure.to_string())
+            }
+            StoreError::NotFound(_) => Self::new(Code::WorkflowNotFound, failure.to_string()),
+            StoreError::Backend(error) => Self::from(error),
+            StoreError::Corrupt { .. } => {
+                error!(error = %failure, "A stored workflow definition is unreadable.");
+                Self::new(Code::CorruptData, failure.to_string())
             }
         }
     }

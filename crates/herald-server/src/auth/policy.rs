@@ -286,6 +286,21 @@ pub const REST: &[RestRoute] = &[
     // on each of its topics, in the handler)
     rest(
         "POST",
+        "/v1/workflows",
+        on(Action::WorkflowsManage, Resource::Any),
+    ),
+    rest(
+        "GET",
+        "/v1/workflows",
+        on(Action::WorkflowsRun, Resource::Any),
+    ),
+    rest(
+        "GET",
+        "/v1/workflows/{namespace}/{name}",
+        on(Action::WorkflowsRun, Resource::Any),
+    ),
+    rest(
+        "POST",
         "/v1/webhooks/endpoints",
         on(Action::WebhooksManage, Resource::Any),
     ),

@@ -40,6 +40,7 @@ pub mod streams;
 pub(crate) mod tail;
 pub mod topics;
 pub mod webhooks;
+pub mod workflows;
 
 use std::any::Any;
 use std::panic::AssertUnwindSafe;
@@ -286,6 +287,8 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(webhooks::redeliver))
         .routes(routes!(webhooks::recover))
         .routes(routes!(webhooks::jobs))
+        .routes(routes!(workflows::deploy, workflows::list))
+        .routes(routes!(workflows::show))
         // Blob uploads stream to storage, bounded by limits.max_blob_bytes
         // (checked as they stream), not by the request body limit.
         .routes(routes!(blobs::upload).layer(DefaultBodyLimit::disable()))

@@ -46,6 +46,7 @@ pub const DOCS_PATH: &str = "/docs";
         (name = "groups", description = "Consumer groups: fetch, settle, commit, dead letters."),
         (name = "jobs", description = "Jobs and scatter-gather parts: submit, await (long-poll or SSE), and the worker side. Workers fetch from `/v1/queues/{queue}/fetch` (group `workers` of topic `jobs.<queue>`) or consume that topic with a group of their own; each request event's data is `{job_id, queue, part, data, blob}`, keyed by the part key."),
         (name = "blobs", description = "Content-addressed blobs (`sha256:<hex>`): streamed upload, download with `Range`."),
+        (name = "workflows", description = "Workflow definitions in the Serverless Workflow DSL 1.0 (YAML or JSON): deployed once per version, checked at deploy time."),
         (name = "operations", description = "Health, readiness, metrics, admin."),
     ),
     components(schemas(Problem, Code, TopicName, GroupName, StreamId))

@@ -30,3 +30,4 @@ mod support;
 mod tls;
 mod topics;
 mod webhooks;
+mod workflows;
