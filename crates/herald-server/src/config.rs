@@ -1407,7 +1407,33 @@ fn invalid_value(error: &figment::Error, env: &EnvLayer) -> Error {
     Error::InvalidValue {
         key,
         origin,
-        message: error.kind.to_string(),
+        message: kind_message(&error.kind),
+    }
+}
+
+/// What is wrong with a value, in words. figment's own `Display` quotes the
+/// alternatives twice for unknown variants and fields (``expected `text` or
+/// `json` `` wrapped in another pair of backticks), so those two are spelled
+/// out here; the rest keep figment's wording.
+fn kind_message(kind: &figment::error::Kind) -> String {
+    use figment::error::Kind;
+    let one_of = |expected: &[&str]| {
+        let quoted: Vec<String> = expected.iter().map(|name| format!("`{name}`")).collect();
+        match quoted.as_slice() {
+            [] => "nothing".to_owned(),
+            [one] => one.clone(),
+            [first, second] => format!("{first} or {second}"),
+            _ => format!("one of {}", quoted.join(", ")),
+        }
+    };
+    match kind {
+        Kind::UnknownVariant(found, expected) => {
+            format!("unknown variant `{found}`, expected {}", one_of(expected))
+        }
+        Kind::UnknownField(found, expected) => {
+            format!("unknown field `{found}`, expected {}", one_of(expected))
+        }
+        other => other.to_string(),
     }
 }
 
@@ -1707,6 +1733,24 @@ mod tests {
                  HERALD_LOG__FORMAT: "
             ),
             "{message}"
+        );
+    }
+
+    #[test]
+    fn given_unknown_variant_when_loaded_should_quote_each_alternative_once() {
+        let env = [("HERALD_LOG__FORMAT", "xml")];
+        let error = load(&sources(ConfigFile::None, &env, Overrides::default())).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "invalid value for configuration key 'log.format' from environment variable \
+             HERALD_LOG__FORMAT: unknown variant `xml`, expected `text` or `json`"
+        );
+        let error =
+            from_toml_str(Path::new("herald.toml"), "[tls]\nclient_auth = \"some\"\n").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "invalid value for configuration key 'tls.client_auth' in herald.toml: \
+             unknown variant `some`, expected one of `none`, `optional`, `required`"
         );
     }
 
