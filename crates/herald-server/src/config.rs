@@ -261,6 +261,12 @@ pub struct ConnectionOptions {
     /// Connections one remote IP address may hold open at once; one more
     /// is closed as soon as it is accepted. 0: unlimited.
     pub max_per_address: u32,
+    /// Length of the listen socket's queue of connections the kernel has
+    /// completed and the server has not accepted yet. A burst of connects
+    /// larger than this (clients reconnecting after a restart) has SYNs
+    /// dropped and stalls a second or more per retry; tokio's own default
+    /// is 1024. Linux caps it at `net.core.somaxconn` (4096 by default).
+    pub listen_backlog: NonZeroU32,
 }
 
 impl Default for ConnectionOptions {
@@ -270,6 +276,7 @@ impl Default for ConnectionOptions {
             idle_timeout_ms: NonZeroU64::new(60_000).unwrap_or(NonZeroU64::MIN),
             keep_alive_interval_ms: NonZeroU64::new(30_000).unwrap_or(NonZeroU64::MIN),
             max_per_address: 1_024,
+            listen_backlog: NonZeroU32::new(4_096).unwrap_or(NonZeroU32::MIN),
         }
     }
 }
@@ -1733,6 +1740,23 @@ mod tests {
                  HERALD_LOG__FORMAT: "
             ),
             "{message}"
+        );
+    }
+
+    #[test]
+    fn given_listen_backlog_from_env_when_loaded_should_set_it_and_refuse_zero() {
+        let defaults = load(&sources(ConfigFile::None, &[], Overrides::default())).unwrap();
+        assert_eq!(defaults.connections.listen_backlog.get(), 4_096);
+        let env = [("HERALD_CONNECTIONS__LISTEN_BACKLOG", "8192")];
+        let options = load(&sources(ConfigFile::None, &env, Overrides::default())).unwrap();
+        assert_eq!(options.connections.listen_backlog.get(), 8_192);
+        let env = [("HERALD_CONNECTIONS__LISTEN_BACKLOG", "0")];
+        let error = load(&sources(ConfigFile::None, &env, Overrides::default())).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("invalid value for configuration key 'connections.listen_backlog'"),
+            "{error}"
         );
     }
 
