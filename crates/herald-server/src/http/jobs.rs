@@ -10,7 +10,7 @@
 //! | `POST /v1/jobs/{job_id}/complete` | [`CompleteRequest`] (idempotent per part) | 200 [`Job`]; 409 `job_conflict` for a different outcome |
 //! | `POST /v1/queues/{queue}/fetch` | `{member, max, wait_ms}` | 200 `{deliveries: [{delivery_id, attempt, job_id, part, data, blob}]}`; 404 `queue_not_found` if no job was ever submitted to the queue (a fetch creates it only with `jobs.create_queues_on_fetch`) |
 //! | `POST /v1/queues/{queue}/ack` | `{delivery_ids}` | 200 `{acked}` |
-//! | `POST /v1/queues/{queue}/nack` | `{delivery_ids, delay_ms?}` | 200 `{acked}` |
+//! | `POST /v1/queues/{queue}/nack` | `{delivery_ids, delay_ms?}` | 200 `{nacked}` |
 //!
 //! Workers may instead consume the queue's topic `jobs.<queue>` with any
 //! group of their own (group `workers` is the one the queue endpoints use):
@@ -137,11 +137,19 @@ pub struct QueueSettle {
     pub delay_ms: Option<u64>,
 }
 
-/// What an ack or nack did.
+/// What a queue ack did.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Settled {
-    /// Deliveries it applied to.
+    /// Deliveries acked.
     pub acked: u64,
+}
+
+/// What a queue nack did.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Nacked {
+    /// Deliveries released for redelivery (or dead-lettered after their last
+    /// attempt).
+    pub nacked: u64,
 }
 
 /// `POST /v1/queues/{queue}/jobs` → 202.
@@ -407,20 +415,20 @@ pub async fn ack(
     post, path = "/v1/queues/{queue}/nack", tag = "jobs",
     params(("queue" = String, Path, description = "The queue.", example = "thumbnails")),
     request_body = QueueSettle,
-    responses((status = 200, description = "Released for redelivery (or dead-lettered after the last attempt).", body = Settled))
+    responses((status = 200, description = "Released for redelivery (or dead-lettered after the last attempt).", body = Nacked))
 )]
 pub async fn nack(
     State(state): State<AppState>,
     QueuePath(queue): QueuePath,
     _query: NoQuery,
     JsonBody(request): JsonBody<QueueSettle>,
-) -> Result<Json<Settled>, Problem> {
+) -> Result<Json<Nacked>, Problem> {
     let delay = request.delay_ms.map(Duration::from_millis);
-    let acked = state
+    let nacked = state
         .jobs()?
         .nack(&queue, &request.delivery_ids, delay)
         .await?;
-    Ok(Json(Settled { acked }))
+    Ok(Json(Nacked { nacked }))
 }
 
 /// Refuses a blob id that is malformed or names no stored blob.

@@ -40,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::AppState;
 use super::extract::{GroupPath, Query, TopicPath};
+use super::groups::{ExtendOutcome, NackOutcome, RejectOutcome};
 use super::tail::{self, Filter, Start};
 use crate::problem::{Code, Problem};
 
@@ -364,11 +365,13 @@ async fn settle(
     if let Some(ids) = &settlement.nack {
         forget(ids);
         let delay = settlement.delay_ms.map(Duration::from_millis);
-        outcome["nack"] = result_json(backend.nack(topic, group, ids, delay, durability).await);
+        let result = backend.nack(topic, group, ids, delay, durability).await;
+        outcome["nack"] = result_json(result.map(NackOutcome::from));
     }
     if let Some(ids) = &settlement.extend {
         let wait = settlement.ack_wait_ms.map(Duration::from_millis);
-        outcome["extend"] = result_json(backend.extend(topic, group, ids, wait, durability).await);
+        let result = backend.extend(topic, group, ids, wait, durability).await;
+        outcome["extend"] = result_json(result.map(ExtendOutcome::from));
     }
     if let Some(ids) = &settlement.reject {
         forget(ids);
@@ -376,13 +379,15 @@ async fn settle(
             .reason
             .as_deref()
             .unwrap_or("rejected over WebSocket");
-        outcome["reject"] =
-            result_json(backend.reject(topic, group, ids, reason, durability).await);
+        let result = backend.reject(topic, group, ids, reason, durability).await;
+        outcome["reject"] = result_json(result.map(RejectOutcome::from));
     }
     outcome
 }
 
-fn result_json(result: herald_backend::Result<herald_backend::AckOutcome>) -> Value {
+/// A settlement's answer: the REST reply's shape (`{acked|nacked|extended|rejected, unknown}`),
+/// or `{"error": problem}`.
+fn result_json<T: serde::Serialize>(result: herald_backend::Result<T>) -> Value {
     match result {
         Ok(outcome) => json!(outcome),
         Err(error) => json!({ "error": problem_json(&Problem::from(error)) }),

@@ -338,7 +338,7 @@ async fn given_job_whose_attempts_run_out_should_end_failed_with_the_reason() {
             200,
         )
         .await;
-        assert_eq!(nacked["acked"], 1);
+        assert_eq!(nacked, json!({"nacked": 1}));
     }
     let failed = ended(&api, &job_id).await;
     assert_eq!(failed["status"], "failed", "{failed}");
