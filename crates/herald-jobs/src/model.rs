@@ -306,16 +306,19 @@ pub struct PartInput {
 #[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProgressRequest {
-    /// The part (required for jobs with parts).
+    /// The part's key (required for jobs with parts; absent otherwise).
     #[serde(default)]
     pub part: Option<String>,
-    /// Progress on the worker's own scale (e.g. 0–100).
+    /// Progress on the worker's own scale (e.g. 0–100); the job shows the
+    /// latest as `progress.reported`.
     #[serde(default)]
     pub progress: Option<f64>,
-    /// A short human-readable message.
+    /// A short human-readable message; the job shows the latest as
+    /// `progress.message`.
     #[serde(default)]
     pub message: Option<String>,
-    /// The delivery being worked on: its lease is extended.
+    /// The delivery being worked on (its `delivery_id` from the fetch): its
+    /// lease is extended by the queue's ack wait.
     #[serde(default)]
     pub delivery_id: Option<String>,
 }

@@ -327,9 +327,11 @@ fn sse_event(kind: &str, job: &Job) -> Event {
 #[utoipa::path(
     post, path = "/v1/jobs/{job_id}/progress", tag = "jobs",
     params(("job_id" = String, Path, description = "The job.")),
-    request_body = ProgressRequest,
+    request_body(content = ProgressRequest,
+        description = "A worker's report, every field optional: `part` (required for a job with parts: the part's key), `progress` (a number on the worker's own scale, e.g. 0–100) and `message` (short text), shown as the job's `progress.reported` and `progress.message` and sent to its followers as an SSE `progress` event; `delivery_id` (from the fetch) extends that delivery's lease by the queue's ack wait. The first report makes a pending job `running`.",
+        example = json!({"progress": 50, "message": "resized 2 of 4", "delivery_id": "0.3.17"})),
     responses(
-        (status = 200, description = "Recorded (ignored once the job ended).", body = JobView),
+        (status = 200, description = "Recorded (ignored once the job ended): the job as `GET /v1/jobs/{job_id}` renders it.", body = JobView),
     )
 )]
 pub async fn progress(
