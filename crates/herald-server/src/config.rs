@@ -264,8 +264,9 @@ pub struct ConnectionOptions {
     /// Length of the listen socket's queue of connections the kernel has
     /// completed and the server has not accepted yet. A burst of connects
     /// larger than this (clients reconnecting after a restart) has SYNs
-    /// dropped and stalls a second or more per retry; tokio's own default
-    /// is 1024. Linux caps it at `net.core.somaxconn` (4096 by default).
+    /// dropped and stalls a second or more per retry; tokio's own listener
+    /// fixes it at 128. Linux caps it at `net.core.somaxconn` (4096 by
+    /// default).
     pub listen_backlog: NonZeroU32,
 }
 

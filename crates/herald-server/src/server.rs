@@ -510,8 +510,8 @@ fn http_outcome(served: Result<io::Result<()>, JoinError>) -> Result<(), Error> 
 
 /// Binds `addr` with a listen backlog of `backlog` connections
 /// (`connections.listen_backlog`). `TcpListener::bind` would fix it at
-/// 1024, so a burst of connects larger than that would stall on dropped
-/// SYNs. `SO_REUSEADDR` as `TcpListener::bind` sets it on Unix, so a
+/// 128 (mio copies std's value), so a burst of more connects than that
+/// would stall on dropped SYNs. `SO_REUSEADDR` as `TcpListener::bind` sets it on Unix, so a
 /// restart can bind while old connections sit in `TIME_WAIT`.
 fn listen(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
@@ -545,12 +545,14 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn given_the_default_backlog_when_a_burst_exceeds_1024_connects_should_queue_them_all() {
+    async fn given_the_default_backlog_when_a_burst_exceeds_tokios_128_connects_should_queue_them_all()
+     {
         let backlog = crate::config::ConnectionOptions::default().listen_backlog;
         assert_eq!(backlog.get(), 4_096);
         let listener = listen(SocketAddr::from(([127, 0, 0, 1], 0)), backlog.get()).unwrap();
         let addr = listener.local_addr().unwrap();
-        // 1,500 > tokio's fixed 1,024 (and below a stock somaxconn of 4,096).
+        // 1,500 is far past tokio's fixed 128 (129 connect there, then
+        // stall) and below a stock somaxconn of 4,096.
         assert_eq!(connect_burst(addr, 1_500).await, 1_500);
     }
 
