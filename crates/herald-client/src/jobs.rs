@@ -164,6 +164,19 @@ pub struct Job {
     /// With `partial`: the parts that never reported.
     #[serde(default)]
     pub missing: Vec<String>,
+    /// When it was submitted (RFC 3339, e.g. `2026-12-03T07:30:00.000Z`).
+    #[serde(default)]
+    pub created_at: Option<String>,
+    /// When it last changed (RFC 3339).
+    #[serde(default)]
+    pub updated_at: Option<String>,
+    /// When it ends as `partial` (or `failed`) if not done (RFC 3339), for
+    /// a job submitted with a deadline.
+    #[serde(default)]
+    pub deadline_at: Option<String>,
+    /// When the ended job's result is removed (RFC 3339).
+    #[serde(default)]
+    pub expires_at: Option<String>,
     /// Bumped by every change.
     #[serde(default)]
     pub version: u64,

@@ -65,8 +65,8 @@ mod service;
 pub use blobs::{BLOB_COLLECTING_BUCKET, BLOB_REFS_BUCKET, BlobStorage, blob_is_referenced};
 pub use error::{Error, Result};
 pub use model::{
-    CompleteRequest, Job, Notify, Outcome, Part, PartInput, PartStatus, Progress, ProgressRequest,
-    Status, SubmitRequest,
+    CompleteRequest, Job, JobView, Notify, Outcome, Part, PartInput, PartStatus, Progress,
+    ProgressRequest, Status, SubmitRequest,
 };
 pub use service::{
     Clock, Handle, JOBS_BUCKET, JobDelivery, JobEvent, JobRequest, Options, Service, SystemClock,

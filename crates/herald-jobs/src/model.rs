@@ -131,9 +131,9 @@ pub struct Notify {
     pub webhook_url: String,
 }
 
-/// A job as stored, and as `GET /v1/jobs/{job_id}` shows it.
+/// A job as stored (times in ms since the Unix epoch); the API renders it
+/// as a [`JobView`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Job {
     /// The job's id.
     pub job_id: String,
@@ -183,6 +183,85 @@ pub struct Job {
     pub version: u64,
 }
 
+/// A job as the API renders it (`GET /v1/jobs/{job_id}`, its SSE events,
+/// the gRPC job documents, a job's webhook notification): the stored [`Job`]
+/// with its times as RFC 3339 strings (ms, UTC) like every other time of the
+/// API. The store keeps ms since the Unix epoch.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = Job))]
+pub struct JobView {
+    /// The job's id.
+    pub job_id: String,
+    /// The queue it was submitted to.
+    pub queue: String,
+    /// Where it is.
+    pub status: Status,
+    /// The request data.
+    pub data: Value,
+    /// The request's input blob, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blob: Option<String>,
+    /// Its parts (empty: a job without parts).
+    pub parts: Vec<Part>,
+    /// Parts done of the total, and the latest report.
+    pub progress: Progress,
+    /// The whole job's result (jobs without parts; parts carry their own).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    /// The whole job's result blob.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result_blob: Option<String>,
+    /// Why it failed or is partial.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// `partial`: the keys of the parts that never reported.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<String>,
+    /// Where to notify when it ends.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notify: Option<Notify>,
+    /// When it was submitted (RFC 3339).
+    #[cfg_attr(feature = "openapi", schema(example = "2026-12-03T07:30:00.000Z"))]
+    pub created_at: String,
+    /// When it last changed (RFC 3339).
+    pub updated_at: String,
+    /// When it ends as `partial` (or `failed`) if not done (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deadline_at: Option<String>,
+    /// How long the result is kept once the job ended.
+    pub result_ttl_ms: u64,
+    /// When the ended job is removed (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    /// Transitions so far (the sequence number of its events).
+    pub version: u64,
+}
+
+impl From<Job> for JobView {
+    fn from(job: Job) -> Self {
+        Self {
+            job_id: job.job_id,
+            queue: job.queue,
+            status: job.status,
+            data: job.data,
+            blob: job.blob,
+            parts: job.parts,
+            progress: job.progress,
+            result: job.result,
+            result_blob: job.result_blob,
+            error: job.error,
+            missing: job.missing,
+            notify: job.notify,
+            created_at: herald_types::format_rfc3339_ms(job.created_at),
+            updated_at: herald_types::format_rfc3339_ms(job.updated_at),
+            deadline_at: job.deadline_at.map(herald_types::format_rfc3339_ms),
+            result_ttl_ms: job.result_ttl_ms,
+            expires_at: job.expires_at.map(herald_types::format_rfc3339_ms),
+            version: job.version,
+        }
+    }
+}
+
 /// `POST /v1/queues/{queue}/jobs`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -227,16 +306,19 @@ pub struct PartInput {
 #[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProgressRequest {
-    /// The part (required for jobs with parts).
+    /// The part's key (required for jobs with parts; absent otherwise).
     #[serde(default)]
     pub part: Option<String>,
-    /// Progress on the worker's own scale (e.g. 0–100).
+    /// Progress on the worker's own scale (e.g. 0–100); the job shows the
+    /// latest as `progress.reported`.
     #[serde(default)]
     pub progress: Option<f64>,
-    /// A short human-readable message.
+    /// A short human-readable message; the job shows the latest as
+    /// `progress.message`.
     #[serde(default)]
     pub message: Option<String>,
-    /// The delivery being worked on: its lease is extended.
+    /// The delivery being worked on (its `delivery_id` from the fetch): its
+    /// lease is extended by the queue's ack wait.
     #[serde(default)]
     pub delivery_id: Option<String>,
 }

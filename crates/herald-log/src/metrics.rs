@@ -11,8 +11,12 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-/// Metric names, as registered (prometheus-client appends `_total` to counters
-/// and `_seconds` comes from the unit).
+/// Metric names, as exposed before the counter suffix (prometheus-client
+/// appends `_total` to counters). A name with a unit ends in it here
+/// (`_bytes`); prometheus-client appends the unit itself, so
+/// [`LogMetrics::register`] registers it without the suffix — registering the
+/// whole name gave `herald_log_appended_bytes_bytes_total`. Latencies are
+/// the exception: their names have no unit and the exposition adds `_seconds`.
 pub mod names {
     /// Latency of an append, from the writer taking it to its acknowledgement.
     pub const APPEND_LATENCY: &str = "herald_log_append_latency";
@@ -41,6 +45,12 @@ pub mod names {
     pub const RECOVERIES: &str = "herald_log_recoveries";
     /// Logs in their failed state now (refusing appends).
     pub const FAILED_LOGS: &str = "herald_log_failed_logs";
+}
+
+/// `name` without its unit `suffix`, which prometheus-client appends again
+/// on exposition (OpenMetrics wants a metric with a unit to end in it, once).
+fn without_unit_suffix<'a>(name: &'a str, suffix: &str) -> &'a str {
+    name.strip_suffix(suffix).unwrap_or(name)
 }
 
 /// Latency buckets: 10 µs to ~5 s, doubling. An fsync on a virtio disk takes
@@ -159,7 +169,7 @@ impl LogMetrics {
             self.appended_records.clone(),
         );
         registry.register_with_unit(
-            names::APPENDED_BYTES,
+            without_unit_suffix(names::APPENDED_BYTES, "_bytes"),
             "Encoded bytes appended to the log",
             Unit::Bytes,
             self.appended_bytes.clone(),
@@ -180,7 +190,7 @@ impl LogMetrics {
             self.corrupt_batches.clone(),
         );
         registry.register_with_unit(
-            names::RECOVERY_TRUNCATED_BYTES,
+            without_unit_suffix(names::RECOVERY_TRUNCATED_BYTES, "_bytes"),
             "Bytes truncated from segment tails by crash recovery",
             Unit::Bytes,
             self.recovery_truncated_bytes.clone(),
@@ -209,6 +219,47 @@ impl LogMetrics {
             names::FAILED_LOGS,
             "Logs in their failed state now, refusing appends",
             self.failed_logs.clone(),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exposition() -> String {
+        let mut registry = Registry::default();
+        LogMetrics::new().register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        text
+    }
+
+    #[test]
+    fn given_byte_counters_when_exposed_should_name_their_unit_once() {
+        let text = exposition();
+        assert!(!text.contains("_bytes_bytes"), "{text}");
+        assert!(
+            text.contains(&format!("{}_total 0", names::APPENDED_BYTES)),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("{}_total 0", names::RECOVERY_TRUNCATED_BYTES)),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("# UNIT {} bytes", names::APPENDED_BYTES)),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn given_latency_histograms_when_exposed_should_end_in_seconds_once() {
+        let text = exposition();
+        assert!(!text.contains("_seconds_seconds"), "{text}");
+        assert!(
+            text.contains("herald_log_fsync_latency_seconds_bucket{"),
+            "{text}"
         );
     }
 }

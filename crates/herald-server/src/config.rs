@@ -261,6 +261,13 @@ pub struct ConnectionOptions {
     /// Connections one remote IP address may hold open at once; one more
     /// is closed as soon as it is accepted. 0: unlimited.
     pub max_per_address: u32,
+    /// Length of the listen socket's queue of connections the kernel has
+    /// completed and the server has not accepted yet. A burst of connects
+    /// larger than this (clients reconnecting after a restart) has SYNs
+    /// dropped and stalls a second or more per retry; tokio's own listener
+    /// fixes it at 128. Linux caps it at `net.core.somaxconn` (4096 by
+    /// default).
+    pub listen_backlog: NonZeroU32,
 }
 
 impl Default for ConnectionOptions {
@@ -270,6 +277,7 @@ impl Default for ConnectionOptions {
             idle_timeout_ms: NonZeroU64::new(60_000).unwrap_or(NonZeroU64::MIN),
             keep_alive_interval_ms: NonZeroU64::new(30_000).unwrap_or(NonZeroU64::MIN),
             max_per_address: 1_024,
+            listen_backlog: NonZeroU32::new(4_096).unwrap_or(NonZeroU32::MIN),
         }
     }
 }
@@ -1407,7 +1415,33 @@ fn invalid_value(error: &figment::Error, env: &EnvLayer) -> Error {
     Error::InvalidValue {
         key,
         origin,
-        message: error.kind.to_string(),
+        message: kind_message(&error.kind),
+    }
+}
+
+/// What is wrong with a value, in words. figment's own `Display` quotes the
+/// alternatives twice for unknown variants and fields (``expected `text` or
+/// `json` `` wrapped in another pair of backticks), so those two are spelled
+/// out here; the rest keep figment's wording.
+fn kind_message(kind: &figment::error::Kind) -> String {
+    use figment::error::Kind;
+    let one_of = |expected: &[&str]| {
+        let quoted: Vec<String> = expected.iter().map(|name| format!("`{name}`")).collect();
+        match quoted.as_slice() {
+            [] => "nothing".to_owned(),
+            [one] => one.clone(),
+            [first, second] => format!("{first} or {second}"),
+            _ => format!("one of {}", quoted.join(", ")),
+        }
+    };
+    match kind {
+        Kind::UnknownVariant(found, expected) => {
+            format!("unknown variant `{found}`, expected {}", one_of(expected))
+        }
+        Kind::UnknownField(found, expected) => {
+            format!("unknown field `{found}`, expected {}", one_of(expected))
+        }
+        other => other.to_string(),
     }
 }
 
@@ -1707,6 +1741,41 @@ mod tests {
                  HERALD_LOG__FORMAT: "
             ),
             "{message}"
+        );
+    }
+
+    #[test]
+    fn given_listen_backlog_from_env_when_loaded_should_set_it_and_refuse_zero() {
+        let defaults = load(&sources(ConfigFile::None, &[], Overrides::default())).unwrap();
+        assert_eq!(defaults.connections.listen_backlog.get(), 4_096);
+        let env = [("HERALD_CONNECTIONS__LISTEN_BACKLOG", "8192")];
+        let options = load(&sources(ConfigFile::None, &env, Overrides::default())).unwrap();
+        assert_eq!(options.connections.listen_backlog.get(), 8_192);
+        let env = [("HERALD_CONNECTIONS__LISTEN_BACKLOG", "0")];
+        let error = load(&sources(ConfigFile::None, &env, Overrides::default())).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("invalid value for configuration key 'connections.listen_backlog'"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn given_unknown_variant_when_loaded_should_quote_each_alternative_once() {
+        let env = [("HERALD_LOG__FORMAT", "xml")];
+        let error = load(&sources(ConfigFile::None, &env, Overrides::default())).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "invalid value for configuration key 'log.format' from environment variable \
+             HERALD_LOG__FORMAT: unknown variant `xml`, expected `text` or `json`"
+        );
+        let error =
+            from_toml_str(Path::new("herald.toml"), "[tls]\nclient_auth = \"some\"\n").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "invalid value for configuration key 'tls.client_auth' in herald.toml: \
+             unknown variant `some`, expected one of `none`, `optional`, `required`"
         );
     }
 

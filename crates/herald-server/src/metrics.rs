@@ -222,6 +222,25 @@ mod tests {
     }
 
     #[test]
+    fn given_every_registered_metric_when_exposed_should_name_no_unit_twice() {
+        let text = Metrics::new().encode().unwrap();
+        let families: Vec<&str> = text
+            .lines()
+            .filter_map(|line| line.strip_prefix("# TYPE "))
+            .filter_map(|line| line.split(' ').next())
+            .collect();
+        assert!(families.contains(&"herald_log_appended_bytes"), "{text}");
+        for unit in ["bytes", "seconds"] {
+            let doubled = format!("_{unit}_{unit}");
+            let offenders: Vec<&&str> = families
+                .iter()
+                .filter(|name| name.contains(&doubled))
+                .collect();
+            assert!(offenders.is_empty(), "doubled unit in {offenders:?}");
+        }
+    }
+
+    #[test]
     fn given_unusual_method_and_status_when_labelled_should_stay_bounded() {
         let method = Method::from_bytes(b"BREW").unwrap();
         let labels = HttpLabels::new(&method, None, StatusCode::from_u16(599).unwrap());

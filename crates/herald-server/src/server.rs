@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use herald_log::SystemClock;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::{JoinError, JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -177,9 +177,8 @@ impl Server {
             addr: options.listen,
             source,
         };
-        let listener = TcpListener::bind(options.listen)
-            .await
-            .map_err(bind_error)?;
+        let listener =
+            listen(options.listen, options.connections.listen_backlog.get()).map_err(bind_error)?;
         let local_addr = listener.local_addr().map_err(bind_error)?;
         let blobs = BlobStore::open(
             data_dir.path(),
@@ -506,5 +505,64 @@ fn http_outcome(served: Result<io::Result<()>, JoinError>) -> Result<(), Error> 
             task: "http",
             source,
         }),
+    }
+}
+
+/// Binds `addr` with a listen backlog of `backlog` connections
+/// (`connections.listen_backlog`). `TcpListener::bind` would fix it at
+/// 128 (mio copies std's value), so a burst of more connects than that
+/// would stall on dropped SYNs. `SO_REUSEADDR` as `TcpListener::bind` sets it on Unix, so a
+/// restart can bind while old connections sit in `TIME_WAIT`.
+fn listen(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Connects `count` clients to `addr` without the server accepting any;
+    /// how many connected within a second each.
+    async fn connect_burst(addr: SocketAddr, count: usize) -> usize {
+        let mut open = Vec::with_capacity(count);
+        for _ in 0..count {
+            match tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr))
+                .await
+            {
+                Ok(Ok(stream)) => open.push(stream),
+                _ => break,
+            }
+        }
+        open.len()
+    }
+
+    #[tokio::test]
+    async fn given_the_default_backlog_when_a_burst_exceeds_tokios_128_connects_should_queue_them_all()
+     {
+        let backlog = crate::config::ConnectionOptions::default().listen_backlog;
+        assert_eq!(backlog.get(), 4_096);
+        let listener = listen(SocketAddr::from(([127, 0, 0, 1], 0)), backlog.get()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        // 500 is far past tokio's fixed 128 (129 connect there, then stall),
+        // below a stock somaxconn of 4,096, and within a 1,024-descriptor
+        // soft limit.
+        assert_eq!(connect_burst(addr, 500).await, 500);
+    }
+
+    #[tokio::test]
+    async fn given_a_small_backlog_when_more_connect_should_stall_past_it() {
+        // The setting reaches the socket: with 8, the queue fills at about 9.
+        let listener = listen(SocketAddr::from(([127, 0, 0, 1], 0)), 8).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connected = connect_burst(addr, 64).await;
+        assert!(connected < 64, "{connected} connected past a backlog of 8");
     }
 }

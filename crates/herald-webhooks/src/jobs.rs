@@ -172,10 +172,12 @@ async fn notify(shared: Arc<Shared>, delivery: Delivery, _permit: OwnedSemaphore
             return;
         }
     };
-    // The transition event, with the whole job (its result) as data.
+    // The transition event, with the whole job (its result) as data, as
+    // `GET /v1/jobs/{job_id}` renders it (times in RFC 3339).
     let mut notification = event.clone();
     notification.event.datacontenttype = Some("application/json".to_owned());
-    notification.event.data = Some(Bytes::from(serde_json::to_vec(&job).unwrap_or_default()));
+    let view = herald_jobs::JobView::from(job);
+    notification.event.data = Some(Bytes::from(serde_json::to_vec(&view).unwrap_or_default()));
     let body = serde_json::to_vec(&notification).unwrap_or_default();
     let id = message_id(event.topic.as_str(), event.partition, event.offset);
     let message = Message {

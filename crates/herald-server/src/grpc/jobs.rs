@@ -8,6 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{Stream, StreamExt as _};
 use herald_backend::FetchRequest;
+use herald_jobs::JobView;
 use herald_jobs::model::{CompleteRequest, Job, ProgressRequest, SubmitRequest};
 use herald_proto::v1;
 use serde::Serialize;
@@ -56,9 +57,10 @@ fn json<T: Serialize>(value: &T) -> Result<Bytes, Status> {
         .map_err(|error| Problem::new(Code::Internal, error.to_string()).into())
 }
 
-fn job_response(job: &Job) -> Result<Response<v1::JobResponse>, Status> {
+/// The job as `GET /v1/jobs/{job_id}` renders it (RFC 3339 times).
+fn job_response(job: Job) -> Result<Response<v1::JobResponse>, Status> {
     Ok(Response::new(v1::JobResponse {
-        job_json: json(job)?,
+        job_json: json(&JobView::from(job))?,
     }))
 }
 
@@ -80,7 +82,7 @@ impl v1::jobs_server::Jobs for JobsService {
             .submit(&request.queue, submit)
             .await
             .map_err(Problem::from)?;
-        job_response(&job)
+        job_response(job)
     }
 
     async fn get_job(
@@ -101,7 +103,7 @@ impl v1::jobs_server::Jobs for JobsService {
             () = self.state.stopping.cancelled() => jobs.get(&request.job_id).await,
         }
         .map_err(Problem::from)?;
-        job_response(&job)
+        job_response(job)
     }
 
     type WatchJobStream = BoxStream<v1::JobResponse>;
@@ -129,7 +131,7 @@ impl v1::jobs_server::Jobs for JobsService {
             .chain(rest)
             .map(|job| {
                 Ok(v1::JobResponse {
-                    job_json: json(&job)?,
+                    job_json: json(&JobView::from(job))?,
                 })
             })
             .take_until(stopping.cancelled_owned());
@@ -149,7 +151,7 @@ impl v1::jobs_server::Jobs for JobsService {
             .progress(&request.job_id, progress)
             .await
             .map_err(Problem::from)?;
-        job_response(&job)
+        job_response(job)
     }
 
     async fn complete(
@@ -168,7 +170,7 @@ impl v1::jobs_server::Jobs for JobsService {
             .complete(&request.job_id, complete)
             .await
             .map_err(Problem::from)?;
-        job_response(&job)
+        job_response(job)
     }
 
     async fn fetch_jobs(

@@ -7,9 +7,9 @@
 //! | `DELETE …/{group}` | | 204 |
 //! | `POST …/fetch` | `{member, max, wait_ms}` | 200 `{deliveries, assignment?, generation?}` |
 //! | `POST …/ack` | `{delivery_ids, sync?}` | 200 `{acked, unknown}` |
-//! | `POST …/nack` | `{delivery_ids, delay_ms?, sync?}` | 200 `{acked, unknown}` |
-//! | `POST …/extend` | `{delivery_ids, ack_wait_ms?, sync?}` | 200 `{acked, unknown}` |
-//! | `POST …/reject` | `{delivery_ids, reason?, sync?}` | 200 `{acked, unknown}` |
+//! | `POST …/nack` | `{delivery_ids, delay_ms?, sync?}` | 200 `{nacked, unknown}` |
+//! | `POST …/extend` | `{delivery_ids, ack_wait_ms?, sync?}` | 200 `{extended, unknown}` |
+//! | `POST …/reject` | `{delivery_ids, reason?, sync?}` | 200 `{rejected, unknown}` |
 //! | `POST …/commit` | `{member, generation, offsets}` | 200 `{}` |
 //! | `POST …/reset` | `{to}` | 200 `{}` |
 //! | `POST …/leave` | `{member}` | 200 `{}` |
@@ -139,6 +139,60 @@ pub async fn fetch(
     }
 }
 
+/// What a nack did: `{nacked, unknown}` (an ack answers `{acked, unknown}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct NackOutcome {
+    /// Deliveries released for redelivery.
+    pub nacked: u64,
+    /// Ids it did not apply to: malformed, unknown, or already settled.
+    pub unknown: Vec<String>,
+}
+
+/// What an extend did: `{extended, unknown}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct ExtendOutcome {
+    /// Deliveries whose leases were extended.
+    pub extended: u64,
+    /// Ids it did not apply to: malformed, unknown, or already settled.
+    pub unknown: Vec<String>,
+}
+
+/// What a reject did: `{rejected, unknown}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct RejectOutcome {
+    /// Deliveries sent to the dead letters.
+    pub rejected: u64,
+    /// Ids it did not apply to: malformed, unknown, or already settled.
+    pub unknown: Vec<String>,
+}
+
+impl From<AckOutcome> for NackOutcome {
+    fn from(outcome: AckOutcome) -> Self {
+        Self {
+            nacked: outcome.acked,
+            unknown: outcome.unknown,
+        }
+    }
+}
+
+impl From<AckOutcome> for ExtendOutcome {
+    fn from(outcome: AckOutcome) -> Self {
+        Self {
+            extended: outcome.acked,
+            unknown: outcome.unknown,
+        }
+    }
+}
+
+impl From<AckOutcome> for RejectOutcome {
+    fn from(outcome: AckOutcome) -> Self {
+        Self {
+            rejected: outcome.acked,
+            unknown: outcome.unknown,
+        }
+    }
+}
+
 /// `POST …/ack` `{delivery_ids}` → 200 `{acked, unknown}`.
 #[utoipa::path(
     post, path = "/v1/topics/{topic}/groups/{group}/ack", tag = "groups",
@@ -164,19 +218,19 @@ pub async fn ack(
     Ok(Json(outcome))
 }
 
-/// `POST …/nack` `{delivery_ids, delay_ms?}` → 200 `{acked, unknown}`.
+/// `POST …/nack` `{delivery_ids, delay_ms?}` → 200 `{nacked, unknown}`.
 #[utoipa::path(
     post, path = "/v1/topics/{topic}/groups/{group}/nack", tag = "groups",
     params(("topic" = TopicName, Path, description = "The topic.", example = "orders"), ("group" = GroupName, Path, description = "The group.", example = "workers")),
     request_body = NackRequest,
-    responses((status = 200, description = "What was released for redelivery.", body = AckOutcome))
+    responses((status = 200, description = "What was released for redelivery.", body = NackOutcome))
 )]
 pub async fn nack(
     State(state): State<AppState>,
     path: GroupPath,
     _query: NoQuery,
     JsonBody(request): JsonBody<NackRequest>,
-) -> Result<Json<AckOutcome>, Problem> {
+) -> Result<Json<NackOutcome>, Problem> {
     let delay = request.delay_ms.map(Duration::from_millis);
     let outcome = state
         .backend()?
@@ -188,22 +242,22 @@ pub async fn nack(
             durability(request.sync),
         )
         .await?;
-    Ok(Json(outcome))
+    Ok(Json(outcome.into()))
 }
 
-/// `POST …/extend` `{delivery_ids, ack_wait_ms?}` → 200 `{acked, unknown}`.
+/// `POST …/extend` `{delivery_ids, ack_wait_ms?}` → 200 `{extended, unknown}`.
 #[utoipa::path(
     post, path = "/v1/topics/{topic}/groups/{group}/extend", tag = "groups",
     params(("topic" = TopicName, Path, description = "The topic.", example = "orders"), ("group" = GroupName, Path, description = "The group.", example = "workers")),
     request_body = ExtendRequest,
-    responses((status = 200, description = "Whose leases were extended.", body = AckOutcome))
+    responses((status = 200, description = "Whose leases were extended.", body = ExtendOutcome))
 )]
 pub async fn extend(
     State(state): State<AppState>,
     path: GroupPath,
     _query: NoQuery,
     JsonBody(request): JsonBody<ExtendRequest>,
-) -> Result<Json<AckOutcome>, Problem> {
+) -> Result<Json<ExtendOutcome>, Problem> {
     if request.ack_wait_ms == Some(0) {
         return Err(Problem::new(
             Code::InvalidArgument,
@@ -221,22 +275,22 @@ pub async fn extend(
             durability(request.sync),
         )
         .await?;
-    Ok(Json(outcome))
+    Ok(Json(outcome.into()))
 }
 
-/// `POST …/reject` `{delivery_ids, reason?}` → 200 `{acked, unknown}`.
+/// `POST …/reject` `{delivery_ids, reason?}` → 200 `{rejected, unknown}`.
 #[utoipa::path(
     post, path = "/v1/topics/{topic}/groups/{group}/reject", tag = "groups",
     params(("topic" = TopicName, Path, description = "The topic.", example = "orders"), ("group" = GroupName, Path, description = "The group.", example = "workers")),
     request_body = RejectRequest,
-    responses((status = 200, description = "What went to the dead letters.", body = AckOutcome))
+    responses((status = 200, description = "What went to the dead letters.", body = RejectOutcome))
 )]
 pub async fn reject(
     State(state): State<AppState>,
     path: GroupPath,
     _query: NoQuery,
     JsonBody(request): JsonBody<RejectRequest>,
-) -> Result<Json<AckOutcome>, Problem> {
+) -> Result<Json<RejectOutcome>, Problem> {
     let reason = request.reason.as_deref().unwrap_or("no reason given");
     if reason.is_empty() || reason.len() > MAX_REASON_BYTES {
         return Err(Problem::new(
@@ -254,7 +308,7 @@ pub async fn reject(
             durability(request.sync),
         )
         .await?;
-    Ok(Json(outcome))
+    Ok(Json(outcome.into()))
 }
 
 /// `POST …/commit` (stream mode) → 200 `{}`; 409 `stale_generation`.

@@ -4,13 +4,13 @@
 //! | method and path | body / query | answer |
 //! |---|---|---|
 //! | `POST /v1/queues/{queue}/jobs` | [`SubmitRequest`] | 202 `{job_id, status}` with `Location` |
-//! | `GET /v1/jobs/{job_id}` | `wait_ms` (≤ 300 000) long-polls until it ends | 200 [`Job`] |
+//! | `GET /v1/jobs/{job_id}` | `wait_ms` (≤ 300 000) long-polls until it ends | 200 [`JobView`] (times in RFC 3339) |
 //! | `GET /v1/jobs/{job_id}/events` | | SSE: `status` (now), `progress` (each change), `result` (the end; then the stream closes) |
-//! | `POST /v1/jobs/{job_id}/progress` | [`ProgressRequest`] | 200 [`Job`] |
-//! | `POST /v1/jobs/{job_id}/complete` | [`CompleteRequest`] (idempotent per part) | 200 [`Job`]; 409 `job_conflict` for a different outcome |
+//! | `POST /v1/jobs/{job_id}/progress` | [`ProgressRequest`] | 200 [`JobView`] |
+//! | `POST /v1/jobs/{job_id}/complete` | [`CompleteRequest`] (idempotent per part) | 200 [`JobView`]; 409 `job_conflict` for a different outcome |
 //! | `POST /v1/queues/{queue}/fetch` | `{member, max, wait_ms}` | 200 `{deliveries: [{delivery_id, attempt, job_id, part, data, blob}]}`; 404 `queue_not_found` if no job was ever submitted to the queue (a fetch creates it only with `jobs.create_queues_on_fetch`) |
 //! | `POST /v1/queues/{queue}/ack` | `{delivery_ids}` | 200 `{acked}` |
-//! | `POST /v1/queues/{queue}/nack` | `{delivery_ids, delay_ms?}` | 200 `{acked}` |
+//! | `POST /v1/queues/{queue}/nack` | `{delivery_ids, delay_ms?}` | 200 `{nacked}` |
 //!
 //! Workers may instead consume the queue's topic `jobs.<queue>` with any
 //! group of their own (group `workers` is the one the queue endpoints use):
@@ -31,7 +31,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt as _;
 use herald_backend::FetchRequest;
-use herald_jobs::{CompleteRequest, Job, JobDelivery, ProgressRequest, SubmitRequest};
+use herald_jobs::{CompleteRequest, Job, JobDelivery, JobView, ProgressRequest, SubmitRequest};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
@@ -137,11 +137,19 @@ pub struct QueueSettle {
     pub delay_ms: Option<u64>,
 }
 
-/// What an ack or nack did.
+/// What a queue ack did.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Settled {
-    /// Deliveries it applied to.
+    /// Deliveries acked.
     pub acked: u64,
+}
+
+/// What a queue nack did.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Nacked {
+    /// Deliveries released for redelivery (or dead-lettered after their last
+    /// attempt).
+    pub nacked: u64,
 }
 
 /// `POST /v1/queues/{queue}/jobs` → 202.
@@ -189,14 +197,14 @@ pub async fn submit(
     get, path = "/v1/jobs/{job_id}", tag = "jobs",
     params(("job_id" = String, Path, description = "The job."), WaitQuery),
     responses(
-        (status = 200, description = "The job (ended, or as it is when `wait_ms` ran out).", body = Job),
+        (status = 200, description = "The job (ended, or as it is when `wait_ms` ran out).", body = JobView),
     )
 )]
 pub async fn status(
     State(state): State<AppState>,
     JobPath(job_id): JobPath,
     Query(query): Query<WaitQuery>,
-) -> Result<Json<Job>, Problem> {
+) -> Result<Json<JobView>, Problem> {
     if query.wait_ms > MAX_WAIT_MS {
         return Err(Problem::new(
             Code::InvalidArgument,
@@ -207,9 +215,9 @@ pub async fn status(
     let wait = Duration::from_millis(query.wait_ms);
     tokio::select! {
         biased;
-        job = jobs.wait(&job_id, wait) => Ok(Json(job?)),
+        job = jobs.wait(&job_id, wait) => Ok(Json(job?.into())),
         // Shutdown does not wait for long polls: answer with the job as it is.
-        () = state.stopping.cancelled() => Ok(Json(jobs.get(&job_id).await?)),
+        () = state.stopping.cancelled() => Ok(Json(jobs.get(&job_id).await?.into())),
     }
 }
 
@@ -311,7 +319,7 @@ fn sse_event(kind: &str, job: &Job) -> Event {
     Event::default()
         .event(kind)
         .id(job.version.to_string())
-        .json_data(job)
+        .json_data(JobView::from(job.clone()))
         .unwrap_or_else(|error| Event::default().event("error").data(error.to_string()))
 }
 
@@ -319,9 +327,11 @@ fn sse_event(kind: &str, job: &Job) -> Event {
 #[utoipa::path(
     post, path = "/v1/jobs/{job_id}/progress", tag = "jobs",
     params(("job_id" = String, Path, description = "The job.")),
-    request_body = ProgressRequest,
+    request_body(content = ProgressRequest,
+        description = "A worker's report, every field optional: `part` (required for a job with parts: the part's key), `progress` (a number on the worker's own scale, e.g. 0–100) and `message` (short text), shown as the job's `progress.reported` and `progress.message` and sent to its followers as an SSE `progress` event; `delivery_id` (from the fetch) extends that delivery's lease by the queue's ack wait. The first report makes a pending job `running`.",
+        example = json!({"progress": 50, "message": "resized 2 of 4", "delivery_id": "0.3.17"})),
     responses(
-        (status = 200, description = "Recorded (ignored once the job ended).", body = Job),
+        (status = 200, description = "Recorded (ignored once the job ended): the job as `GET /v1/jobs/{job_id}` renders it.", body = JobView),
     )
 )]
 pub async fn progress(
@@ -329,8 +339,8 @@ pub async fn progress(
     JobPath(job_id): JobPath,
     _query: NoQuery,
     JsonBody(request): JsonBody<ProgressRequest>,
-) -> Result<Json<Job>, Problem> {
-    Ok(Json(state.jobs()?.progress(&job_id, request).await?))
+) -> Result<Json<JobView>, Problem> {
+    Ok(Json(state.jobs()?.progress(&job_id, request).await?.into()))
 }
 
 /// `POST /v1/jobs/{job_id}/complete` → 200.
@@ -339,7 +349,7 @@ pub async fn progress(
     params(("job_id" = String, Path, description = "The job.")),
     request_body = CompleteRequest,
     responses(
-        (status = 200, description = "Recorded, or the same outcome was recorded before.", body = Job),
+        (status = 200, description = "Recorded, or the same outcome was recorded before.", body = JobView),
     )
 )]
 pub async fn complete(
@@ -347,12 +357,12 @@ pub async fn complete(
     JobPath(job_id): JobPath,
     _query: NoQuery,
     JsonBody(request): JsonBody<CompleteRequest>,
-) -> Result<Json<Job>, Problem> {
+) -> Result<Json<JobView>, Problem> {
     let jobs = state.jobs()?;
     if let Some(blob) = &request.outcome.result_blob {
         require_blob(&state.blobs, "result_blob", blob).await?;
     }
-    Ok(Json(jobs.complete(&job_id, request).await?))
+    Ok(Json(jobs.complete(&job_id, request).await?.into()))
 }
 
 /// `POST /v1/queues/{queue}/fetch` → 200 requests.
@@ -407,20 +417,20 @@ pub async fn ack(
     post, path = "/v1/queues/{queue}/nack", tag = "jobs",
     params(("queue" = String, Path, description = "The queue.", example = "thumbnails")),
     request_body = QueueSettle,
-    responses((status = 200, description = "Released for redelivery (or dead-lettered after the last attempt).", body = Settled))
+    responses((status = 200, description = "Released for redelivery (or dead-lettered after the last attempt).", body = Nacked))
 )]
 pub async fn nack(
     State(state): State<AppState>,
     QueuePath(queue): QueuePath,
     _query: NoQuery,
     JsonBody(request): JsonBody<QueueSettle>,
-) -> Result<Json<Settled>, Problem> {
+) -> Result<Json<Nacked>, Problem> {
     let delay = request.delay_ms.map(Duration::from_millis);
-    let acked = state
+    let nacked = state
         .jobs()?
         .nack(&queue, &request.delivery_ids, delay)
         .await?;
-    Ok(Json(Settled { acked }))
+    Ok(Json(Nacked { nacked }))
 }
 
 /// Refuses a blob id that is malformed or names no stored blob.

@@ -447,7 +447,10 @@ fn path_parameters(document: &mut Value, missing: &mut Vec<String>) {
                 ("header", "If-Match") => {
                     Some(json!({"type": "string", "pattern": IF_MATCH_PATTERN}))
                 }
-                ("header", "If-None-Match") => Some(json!({"type": "string", "enum": ["*"]})),
+                // streams::append: `*` alone (a GET's takes a list of ETags).
+                ("header", "If-None-Match") if method == "post" => {
+                    Some(json!({"type": "string", "enum": ["*"]}))
+                }
                 _ => None,
             };
             if let Some(schema) = schema {

@@ -12,9 +12,11 @@
 //! - `GET /v1/topics/{topic}/groups/{group}/ws?member=&max=`: deliveries out
 //!   (`{"delivery": {delivery_id, attempt, event}}`), settlements in
 //!   (`{"ack": [ids]}`, `{"nack": [ids], "delay_ms": n}`, `{"extend": [ids]}`,
-//!   `{"reject": [ids], "reason": "…"}`). At most `max` deliveries are
-//!   unsettled on the socket; when it closes the member leaves the group, so
-//!   its leases return at once.
+//!   `{"reject": [ids], "reason": "…"}`), each answered with its REST reply
+//!   under its name (`{"nack": {"nacked": 1, "unknown": []}}`) or
+//!   `{"error": problem}` with the REST codes (see `Settlement::from_message`).
+//!   At most `max` deliveries are unsettled on the socket; when it closes the
+//!   member leaves the group, so its leases return at once.
 //!
 //! Errors after the stream started: SSE sends `event: error` with the problem
 //! JSON and ends; WebSocket sends `{"error": {…}}` and closes. A WebSocket
@@ -40,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::AppState;
 use super::extract::{GroupPath, Query, TopicPath};
+use super::groups::{ExtendOutcome, MAX_REASON_BYTES, NackOutcome, RejectOutcome};
 use super::tail::{self, Filter, Start};
 use crate::problem::{Code, Problem};
 
@@ -246,12 +249,80 @@ struct Settlement {
     sync: bool,
 }
 
+impl Settlement {
+    /// Parses and checks a settlement message as REST checks the same
+    /// settlement's body, with the same codes (docs/errors.md): not JSON →
+    /// `malformed_json`; an unknown field, a wrong type, no settlement, a
+    /// field of a settlement the message does not make, `ack_wait_ms: 0` or
+    /// a `reason` out of bounds → `invalid_argument`. A refused message
+    /// settles nothing.
+    fn from_message(text: &str) -> Result<Self, Problem> {
+        let settlement: Self = serde_json::from_str(text).map_err(|error| {
+            let code = if error.is_data() {
+                Code::InvalidArgument
+            } else {
+                Code::MalformedJson
+            };
+            Problem::new(code, format!("Bad settlement message: {error}."))
+        })?;
+        let invalid = |detail: &str| Err(Problem::new(Code::InvalidArgument, detail.to_owned()));
+        if settlement.ack.is_none()
+            && settlement.nack.is_none()
+            && settlement.extend.is_none()
+            && settlement.reject.is_none()
+        {
+            return invalid(
+                "Bad settlement message: it needs one of ack, nack, extend or reject (an array of delivery ids).",
+            );
+        }
+        for (field, present, owner, made) in [
+            (
+                "delay_ms",
+                settlement.delay_ms.is_some(),
+                "nack",
+                settlement.nack.is_some(),
+            ),
+            (
+                "ack_wait_ms",
+                settlement.ack_wait_ms.is_some(),
+                "extend",
+                settlement.extend.is_some(),
+            ),
+            (
+                "reason",
+                settlement.reason.is_some(),
+                "reject",
+                settlement.reject.is_some(),
+            ),
+        ] {
+            if present && !made {
+                return invalid(&format!(
+                    "Bad settlement message: {field} belongs to {owner}, which it does not make."
+                ));
+            }
+        }
+        if settlement.ack_wait_ms == Some(0) {
+            return invalid(
+                "invalid ack_wait_ms: must be positive (omit it for the group's ack_wait_ms)",
+            );
+        }
+        if let Some(reason) = &settlement.reason
+            && (reason.is_empty() || reason.len() > MAX_REASON_BYTES)
+        {
+            return invalid(&format!(
+                "invalid reason: must be 1 to {MAX_REASON_BYTES} bytes"
+            ));
+        }
+        Ok(settlement)
+    }
+}
+
 /// `GET /v1/topics/{topic}/groups/{group}/ws`.
 #[utoipa::path(
     get, path = "/v1/topics/{topic}/groups/{group}/ws", tag = "groups",
     params(("topic" = TopicName, Path, description = "The topic.", example = "orders"), ("group" = GroupName, Path, description = "The group.", example = "workers"), GroupSocketQuery),
     responses(
-        (status = 101, description = "Switching Protocols to a WebSocket: deliveries out (`{\"delivery\": {…}}`), settlements in (`{\"ack\": [ids]}`, `{\"nack\": [ids], \"delay_ms\": n}`, `{\"extend\": [ids]}`, `{\"reject\": [ids], \"reason\": \"…\"}`; `\"sync\": true` answers once persisted)."),
+        (status = 101, description = "Switching Protocols to a WebSocket: deliveries out (`{\"delivery\": {…}}`), settlements in (`{\"ack\": [ids]}`, `{\"nack\": [ids], \"delay_ms\": n}`, `{\"extend\": [ids]}`, `{\"reject\": [ids], \"reason\": \"…\"}`; `\"sync\": true` answers once persisted), each answered with the REST reply under its name (`{\"nack\": {\"nacked\": 1, \"unknown\": []}}`) or `{\"error\": problem}`: `malformed_json` if not JSON, `invalid_argument` for an unknown field, a wrong type, no settlement, a field of another settlement, `ack_wait_ms: 0` or a bad `reason` (nothing settled)."),
     )
 )]
 pub(crate) async fn group_ws(
@@ -340,15 +411,9 @@ async fn settle(
     text: &str,
     unsettled: &mut HashSet<String>,
 ) -> Value {
-    let settlement: Settlement = match serde_json::from_str(text) {
+    let settlement = match Settlement::from_message(text) {
         Ok(settlement) => settlement,
-        Err(error) => {
-            let problem = Problem::new(
-                Code::MalformedJson,
-                format!("Bad settlement message: {error}."),
-            );
-            return json!({ "error": problem_json(&problem) });
-        }
+        Err(problem) => return json!({ "error": problem_json(&problem) }),
     };
     let durability = super::groups::durability(settlement.sync);
     let mut outcome = json!({});
@@ -364,11 +429,13 @@ async fn settle(
     if let Some(ids) = &settlement.nack {
         forget(ids);
         let delay = settlement.delay_ms.map(Duration::from_millis);
-        outcome["nack"] = result_json(backend.nack(topic, group, ids, delay, durability).await);
+        let result = backend.nack(topic, group, ids, delay, durability).await;
+        outcome["nack"] = result_json(result.map(NackOutcome::from));
     }
     if let Some(ids) = &settlement.extend {
         let wait = settlement.ack_wait_ms.map(Duration::from_millis);
-        outcome["extend"] = result_json(backend.extend(topic, group, ids, wait, durability).await);
+        let result = backend.extend(topic, group, ids, wait, durability).await;
+        outcome["extend"] = result_json(result.map(ExtendOutcome::from));
     }
     if let Some(ids) = &settlement.reject {
         forget(ids);
@@ -376,13 +443,15 @@ async fn settle(
             .reason
             .as_deref()
             .unwrap_or("rejected over WebSocket");
-        outcome["reject"] =
-            result_json(backend.reject(topic, group, ids, reason, durability).await);
+        let result = backend.reject(topic, group, ids, reason, durability).await;
+        outcome["reject"] = result_json(result.map(RejectOutcome::from));
     }
     outcome
 }
 
-fn result_json(result: herald_backend::Result<herald_backend::AckOutcome>) -> Value {
+/// A settlement's answer: the REST reply's shape (`{acked|nacked|extended|rejected, unknown}`),
+/// or `{"error": problem}`.
+fn result_json<T: serde::Serialize>(result: herald_backend::Result<T>) -> Value {
     match result {
         Ok(outcome) => json!(outcome),
         Err(error) => json!({ "error": problem_json(&Problem::from(error)) }),

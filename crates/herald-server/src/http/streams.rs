@@ -310,17 +310,32 @@ pub struct StreamInfo {
     params(
         ("topic" = String, Path, description = "The topic.", example = "orders"),
         ("stream" = String, Path, description = "The stream.", example = "order-42"),
+        ("If-None-Match" = Option<String>, Header, description = "ETags (`\"<version>\"`, comma-separated) or `*`: 304 Not Modified when one matches the stream's."),
     ),
-    responses((status = 200, description = "The stream's version and times.", body = StreamInfo,
-        headers(("ETag" = String, description = "The stream's version, quoted."))))
+    responses(
+        (status = 200, description = "The stream's version and times.", body = StreamInfo,
+         headers(("ETag" = String, description = "The stream's version, quoted."))),
+        (status = 304, description = "Not modified: `If-None-Match` names the stream's current ETag; no body.",
+         headers(("ETag" = String, description = "The stream's version, quoted."))),
+    )
 )]
 pub async fn metadata(
     State(state): State<AppState>,
     StreamPath { topic, stream }: StreamPath,
     _query: NoQuery,
+    headers: HeaderMap,
 ) -> Result<Response, Problem> {
     let metadata = state.backend()?.stream_metadata(&topic, &stream).await?;
     let etag = format!("\"{}\"", metadata.version);
+    if let Some(condition) = headers.get(header::IF_NONE_MATCH)
+        && none_match_fails(condition.to_str().unwrap_or_default(), &etag)
+    {
+        let mut response = StatusCode::NOT_MODIFIED.into_response();
+        if let Ok(value) = HeaderValue::from_str(&etag) {
+            response.headers_mut().insert(header::ETAG, value);
+        }
+        return Ok(response);
+    }
     let mut response = Json(StreamInfo {
         stream: metadata.stream.to_string(),
         version: metadata.version,
@@ -333,6 +348,15 @@ pub async fn metadata(
         response.headers_mut().insert(header::ETAG, value);
     }
     Ok(response)
+}
+
+/// Whether `If-None-Match: condition` fails for a resource whose ETag is
+/// `etag` (RFC 9110 §13.1.2: `*`, or any listed tag equal under the weak
+/// comparison): a GET then answers 304 Not Modified.
+fn none_match_fails(condition: &str, etag: &str) -> bool {
+    let opaque = |tag: &str| tag.trim().trim_start_matches("W/").to_owned();
+    let condition = condition.trim();
+    condition == "*" || condition.split(',').any(|tag| opaque(tag) == opaque(etag))
 }
 
 /// Query of a delete.

@@ -128,7 +128,7 @@ async fn given_queue_group_when_fetched_and_acked_should_settle_idempotently_and
             json!({"delivery_ids": unacked, "delay_ms": 0}),
         )
         .await;
-    assert_eq!(outcome["acked"], 2);
+    assert_eq!(outcome, json!({"nacked": 2, "unknown": []}));
 
     let again = api.drain("orders", "workers", "w2", 300).await;
     assert_eq!(ids(&again), ids(&deliveries[2..]));
@@ -188,7 +188,7 @@ async fn given_deliveries_when_extended_should_apply_or_report_unknown() {
             json!({"delivery_ids": leased, "ack_wait_ms": 120_000}),
         )
         .await;
-    assert_eq!(outcome, json!({"acked": 1, "unknown": []}));
+    assert_eq!(outcome, json!({"extended": 1, "unknown": []}));
     let outcome = api
         .group_call(
             "orders",
@@ -197,7 +197,10 @@ async fn given_deliveries_when_extended_should_apply_or_report_unknown() {
             json!({"delivery_ids": leased}),
         )
         .await;
-    assert_eq!(outcome["acked"], 1, "the group's ack_wait_ms when absent");
+    assert_eq!(
+        outcome["extended"], 1,
+        "the group's ack_wait_ms when absent"
+    );
     let response = api
         .post(
             &format!("{G}/workers/extend"),
@@ -226,7 +229,7 @@ async fn given_rejected_delivery_should_be_listed_as_dead_letter_and_redriven_on
             json!({"delivery_ids": [first], "reason": "cannot parse"}),
         )
         .await;
-    assert_eq!(outcome["acked"], 1);
+    assert_eq!(outcome, json!({"rejected": 1, "unknown": []}));
     api.group_call(
         "orders",
         "workers",

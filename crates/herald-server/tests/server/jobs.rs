@@ -170,6 +170,59 @@ async fn given_submitted_job_when_worker_completes_should_notify_over_sse_long_p
     assert!(fetch(&api, "resize", "w2", 300).await.is_empty());
 }
 
+/// `job[field]` as ms since the epoch, asserting it is RFC 3339 with ms in UTC.
+fn rfc3339_ms(job: &Value, field: &str) -> i64 {
+    let text = job[field]
+        .as_str()
+        .unwrap_or_else(|| panic!("{field} is not a string: {job}"));
+    assert!(
+        text.len() == "2026-12-03T07:30:00.000Z".len() && text.ends_with('Z'),
+        "{field}: {text}"
+    );
+    herald_types::parse_rfc3339_ms(text).unwrap()
+}
+
+#[tokio::test]
+async fn given_a_job_when_read_completed_or_followed_should_render_its_times_in_rfc3339() {
+    let (_server, api) = TestServer::start_ready().await;
+    let job_id = submit(&api, "clock", json!({"deadline_ms": 600_000})).await;
+    let pending = job(&api, &job_id, 0).await;
+    let created = rfc3339_ms(&pending, "created_at");
+    assert_eq!(rfc3339_ms(&pending, "updated_at"), created);
+    assert_eq!(rfc3339_ms(&pending, "deadline_at"), created + 600_000);
+    assert!(pending.get("expires_at").is_none(), "{pending}");
+
+    let sse = api
+        .client
+        .get(api.url(&format!("/v1/jobs/{job_id}/events")))
+        .send()
+        .await
+        .unwrap();
+    let delivery = fetch_one(&api, "clock", "w1").await;
+    let done = expect_json(
+        complete(
+            &api,
+            &job_id,
+            json!({"result": 1, "delivery_id": delivery["delivery_id"]}),
+        )
+        .await,
+        200,
+    )
+    .await;
+    assert_eq!(rfc3339_ms(&done, "created_at"), created);
+    assert!(rfc3339_ms(&done, "updated_at") >= created);
+    let expires = rfc3339_ms(&done, "expires_at");
+    assert_eq!(
+        expires,
+        rfc3339_ms(&done, "updated_at") + done["result_ttl_ms"].as_i64().unwrap()
+    );
+    let frames = sse_until_result(sse).await;
+    for (_, frame) in &frames {
+        assert_eq!(rfc3339_ms(frame, "created_at"), created);
+    }
+    assert_eq!(rfc3339_ms(&frames.last().unwrap().1, "expires_at"), expires);
+}
+
 #[tokio::test]
 async fn given_bad_job_input_should_answer_4xx_problem_and_change_nothing() {
     let (_server, api) = TestServer::start_ready().await;
@@ -338,7 +391,7 @@ async fn given_job_whose_attempts_run_out_should_end_failed_with_the_reason() {
             200,
         )
         .await;
-        assert_eq!(nacked["acked"], 1);
+        assert_eq!(nacked, json!({"nacked": 1}));
     }
     let failed = ended(&api, &job_id).await;
     assert_eq!(failed["status"], "failed", "{failed}");

@@ -483,3 +483,31 @@ async fn given_openapi_json_links_should_join_existing_operations_by_existing_fi
     }
     assert!(count >= 40, "only {count} links");
 }
+
+#[tokio::test]
+async fn given_openapi_json_should_document_the_worker_progress_body_and_job_times() {
+    let (_server, api) = TestServer::start_ready().await;
+    let document = expect_json(api.get("/openapi.json").await, 200).await;
+    let body = &document["paths"]["/v1/jobs/{job_id}/progress"]["post"]["requestBody"];
+    let description = body["description"].as_str().unwrap_or_default();
+    for field in ["part", "progress", "message", "delivery_id", "running"] {
+        assert!(description.contains(field), "{field}: {body}");
+    }
+    let example = &body["content"]["application/json"]["example"];
+    assert!(example["progress"].is_number(), "{body}");
+    let schema = at(&document, "/components/schemas/ProgressRequest");
+    for field in ["part", "progress", "message", "delivery_id"] {
+        let property = &schema["properties"][field];
+        assert!(property["description"].is_string(), "{field}: {schema}");
+    }
+    assert_eq!(schema["additionalProperties"], false, "{schema}");
+    // The job it answers with: times are RFC 3339 strings.
+    let job = at(&document, "/components/schemas/Job");
+    for field in ["created_at", "updated_at", "deadline_at", "expires_at"] {
+        let kind = &job["properties"][field]["type"];
+        assert!(
+            kind == "string" || kind == &serde_json::json!(["string", "null"]),
+            "{field}: {job}"
+        );
+    }
+}

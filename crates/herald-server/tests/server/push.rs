@@ -204,3 +204,114 @@ async fn given_a_group_websocket_when_deliveries_are_acked_over_it_should_settle
     assert_eq!(status["in_flight"], 0);
     assert_eq!(status["partitions"][0]["committed"], 2);
 }
+
+/// The next text message of `socket` that is not a delivery.
+async fn next_reply<S>(socket: &mut S) -> Value
+where
+    S: futures::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let Message::Text(text) = message {
+            let value: Value = serde_json::from_str(&text).unwrap();
+            if value.get("delivery").is_none() {
+                return value;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn given_a_group_websocket_when_settlements_are_bad_or_not_acks_should_answer_documented_codes_and_counts()
+ {
+    let (server, api) = TestServer::start_ready().await;
+    api.create_topic(json!({ "name": "jobs" })).await;
+    api.put_group("jobs", "workers", json!({ "mode": "queue" }))
+        .await;
+    api.publish(
+        "jobs",
+        json!([
+            event("j1", "t", "a"),
+            event("j2", "t", "b"),
+            event("j3", "t", "c")
+        ]),
+    )
+    .await;
+    let url = server
+        .url("/v1/topics/jobs/groups/workers/ws?member=socket&max=3")
+        .replacen("http://", "ws://", 1);
+    let (mut socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let mut ids = Vec::new();
+    while ids.len() < 3 {
+        let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let Message::Text(text) = message {
+            let value: Value = serde_json::from_str(&text).unwrap();
+            ids.push(
+                value["delivery"]["delivery_id"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            );
+        }
+    }
+
+    let bad = [
+        ("{\"ack\": [", "malformed_json"),
+        (r#"{"ack": "not-a-list"}"#, "invalid_argument"),
+        (r#"{"acknowledge": []}"#, "invalid_argument"),
+        ("{}", "invalid_argument"),
+        (r#"{"ack": [], "delay_ms": 5}"#, "invalid_argument"),
+        (r#"{"extend": [], "ack_wait_ms": 0}"#, "invalid_argument"),
+        (r#"{"reject": [], "reason": ""}"#, "invalid_argument"),
+    ];
+    for (text, code) in bad {
+        socket.send(Message::text(text)).await.unwrap();
+        let reply = next_reply(&mut socket).await;
+        assert_eq!(reply["error"]["code"], code, "{text}: {reply}");
+        assert_eq!(reply["error"]["status"], 400, "{text}: {reply}");
+    }
+    let status = api.group_status("jobs", "workers").await;
+    assert_eq!(
+        status["in_flight"], 3,
+        "a refused settlement settles nothing"
+    );
+
+    let send = |value: Value| Message::text(value.to_string());
+    socket
+        .send(send(json!({ "extend": [&ids[0]] })))
+        .await
+        .unwrap();
+    let reply = next_reply(&mut socket).await;
+    assert_eq!(reply, json!({ "extend": { "extended": 1, "unknown": [] } }));
+    socket
+        .send(send(
+            json!({ "nack": [&ids[0], "nope"], "delay_ms": 60_000 }),
+        ))
+        .await
+        .unwrap();
+    let reply = next_reply(&mut socket).await;
+    assert_eq!(
+        reply,
+        json!({ "nack": { "nacked": 1, "unknown": ["nope"] } })
+    );
+    socket
+        .send(send(json!({ "reject": [&ids[1]], "reason": "bad input" })))
+        .await
+        .unwrap();
+    let reply = next_reply(&mut socket).await;
+    assert_eq!(reply, json!({ "reject": { "rejected": 1, "unknown": [] } }));
+    socket
+        .send(send(json!({ "ack": [&ids[2]] })))
+        .await
+        .unwrap();
+    let reply = next_reply(&mut socket).await;
+    assert_eq!(reply, json!({ "ack": { "acked": 1, "unknown": [] } }));
+}

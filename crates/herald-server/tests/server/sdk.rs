@@ -887,6 +887,11 @@ async fn given_sdk_job_with_blob_when_a_worker_completes_it_should_notify_and_re
     let result = client.wait_job(&job.job_id, PROMPTLY).await.unwrap();
     assert_eq!(result.status, JobStatus::Succeeded);
     assert_eq!(result.result, Some(json!({"words": 3})));
+    // Times in RFC 3339, as over REST.
+    let created = herald_types::parse_rfc3339_ms(job.created_at.as_deref().unwrap()).unwrap();
+    let expires = herald_types::parse_rfc3339_ms(result.expires_at.as_deref().unwrap()).unwrap();
+    assert!(expires > created, "{result:?}");
+    assert_eq!(result.created_at, job.created_at);
     let seen = tokio::time::timeout(PROMPTLY, watcher)
         .await
         .unwrap()

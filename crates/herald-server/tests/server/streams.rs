@@ -163,6 +163,53 @@ async fn given_a_stream_when_appending_with_expectations_should_enforce_versions
     );
 }
 
+async fn get_if_none_match(api: &Api, path: &str, condition: &str) -> reqwest::Response {
+    let headers = [("if-none-match", condition)];
+    api.send_raw(reqwest::Method::GET, path, None, &headers, "")
+        .await
+}
+
+#[tokio::test]
+async fn given_a_stream_etag_when_metadata_is_read_with_if_none_match_should_answer_304_until_it_changes()
+ {
+    let (_server, api) = TestServer::start_ready().await;
+    api.create_topic(json!({ "name": "orders" })).await;
+    let path = "/v1/topics/orders/streams/order-7";
+    assert_eq!(
+        append(&api, "order-7", &event("order.created", 1), &[])
+            .await
+            .status(),
+        201
+    );
+    let get = |condition| get_if_none_match(&api, path, condition);
+
+    let first = api.get(path).await;
+    assert_eq!(first.status(), 200);
+    let etag = first.headers()["etag"].to_str().unwrap().to_owned();
+    assert_eq!(etag, "\"0\"");
+
+    for condition in ["\"0\"", "W/\"0\"", "\"5\", \"0\"", "*"] {
+        let unchanged = get(condition).await;
+        assert_eq!(unchanged.status(), 304, "If-None-Match: {condition}");
+        assert_eq!(unchanged.headers()["etag"], "\"0\"");
+        assert!(unchanged.bytes().await.unwrap().is_empty());
+    }
+    let other = get("\"5\"").await;
+    assert_eq!(other.status(), 200);
+
+    assert_eq!(
+        append(&api, "order-7", &event("order.paid", 1), &[])
+            .await
+            .status(),
+        201
+    );
+    let changed = get("\"0\"").await;
+    assert_eq!(changed.status(), 200);
+    assert_eq!(changed.headers()["etag"], "\"1\"");
+    let changed: Value = changed.json().await.unwrap();
+    assert_eq!(changed["version"], 1);
+}
+
 #[tokio::test]
 async fn given_two_concurrent_payments_at_one_version_when_appended_should_let_exactly_one_win() {
     let (_server, api) = TestServer::start_ready().await;

@@ -448,6 +448,14 @@ async fn given_a_job_with_notify_webhook_url_when_it_ends_should_post_the_signed
     assert_eq!(event["type"], "herald.job.succeeded");
     assert_eq!(event["data"]["job_id"], job_id.as_str());
     assert_eq!(event["data"]["result"]["thumb"], "cat-small.png");
+    // The job as GET /v1/jobs/{job_id} renders it: times in RFC 3339.
+    for field in ["created_at", "updated_at", "expires_at"] {
+        let time = event["data"][field].as_str().unwrap_or_default();
+        assert!(
+            herald_types::parse_rfc3339_ms(time).is_ok(),
+            "{field}: {event}"
+        );
+    }
     let logged = until("the attempt logged", async || {
         let logged = attempts(&api, "jobs", "").await;
         (!logged.is_empty()).then_some(logged)
