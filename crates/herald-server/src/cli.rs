@@ -143,7 +143,7 @@ mod tests {
         ])
         .unwrap();
         assert!(matches!(cli.command, Command::Client(_)));
-        assert_eq!(cli.client.server, "http://127.0.0.1:9");
+        assert_eq!(cli.client.server.as_deref(), Some("http://127.0.0.1:9"));
         assert_eq!(cli.client.output, crate::commands::Output::Json);
         let error = Cli::try_parse_from(["herald", "publish", "orders"]).unwrap_err();
         assert!(error.to_string().contains("--type"), "{error}");

@@ -91,8 +91,12 @@ pub(crate) async fn run(api: &Api, command: GroupCommand) -> Result<(), Error> {
                 &partitions,
             );
             if api.output == super::Output::Table {
+                let lag: u64 = partitions
+                    .iter()
+                    .filter_map(|partition| partition.get("lag").and_then(Value::as_u64))
+                    .sum();
                 super::emit(&format!(
-                    "mode {}  in flight {}  dead letters {}",
+                    "mode {}  lag {lag}  in flight {}  dead letters {}",
                     super::cell(status.get("mode")),
                     super::cell(status.get("in_flight")),
                     super::cell(status.get("dead_letters"))

@@ -189,17 +189,16 @@ async fn watch(api: &Api, job_id: &str) -> Result<(), Error> {
     }
     progress.enable_steady_tick(Duration::from_millis(200));
     let mut stream = response.bytes_stream();
-    let mut buffer = String::new();
+    let mut decoder = super::sse::Decoder::default();
     while let Some(chunk) = stream.next().await {
         let chunk =
             chunk.map_err(|error| Error::Connection(format!("event stream cut off: {error}")))?;
-        buffer.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(end) = buffer.find("\n\n") {
-            let frame: String = buffer.drain(..end + 2).collect();
-            let Some(data) = frame.lines().find_map(|line| line.strip_prefix("data:")) else {
-                continue;
-            };
-            let Ok(job) = serde_json::from_str::<Value>(data.trim()) else {
+        for frame in decoder.push(&chunk) {
+            if frame.event.as_deref() == Some("error") {
+                progress.finish_and_clear();
+                return Err(super::stream_error(&frame.data));
+            }
+            let Ok(job) = serde_json::from_str::<Value>(&frame.data) else {
                 continue;
             };
             progress.set_length(job["progress"]["total"].as_u64().unwrap_or(1));
