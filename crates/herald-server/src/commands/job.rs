@@ -174,7 +174,7 @@ fn print_job(api: &Api, job: &Value) {
 /// Follows the job's SSE with a bar of parts done; prints the ended job.
 async fn watch(api: &Api, job_id: &str) -> Result<(), Error> {
     let response = api
-        .stream(
+        .sse(
             &format!("/v1/jobs/{}/events", Api::segment(job_id)),
             &[],
             None,

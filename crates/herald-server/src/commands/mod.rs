@@ -312,6 +312,29 @@ impl Api {
         self.send(self.http.patch(self.url(path)).json(body)).await
     }
 
+    /// Opens an SSE stream; an answer that is not one is [`Error::Protocol`].
+    pub(crate) async fn sse(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        last_event_id: Option<&str>,
+    ) -> Result<reqwest::Response, Error> {
+        let response = self.stream(path, query, last_event_id).await?;
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default();
+        if content_type.starts_with("text/event-stream") {
+            Ok(response)
+        } else {
+            Err(Error::Protocol(format!(
+                "{} answered a stream request with {content_type:?}, not text/event-stream",
+                self.base
+            )))
+        }
+    }
+
     /// Opens a streaming GET (SSE); a problem answer becomes [`Error::Problem`].
     pub(crate) async fn stream(
         &self,
@@ -333,17 +356,6 @@ impl Api {
             .await
             .map_err(|error| self.unreachable(&error))?;
         if response.status().is_success() {
-            let content_type = response
-                .headers()
-                .get(reqwest::header::CONTENT_TYPE)
-                .and_then(|value| value.to_str().ok())
-                .unwrap_or_default();
-            if !content_type.starts_with("text/event-stream") {
-                return Err(Error::Protocol(format!(
-                    "{} answered a stream request with {content_type:?}, not text/event-stream",
-                    self.base
-                )));
-            }
             return Ok(response);
         }
         let status = response.status();

@@ -248,7 +248,7 @@ impl Follower<'_> {
     async fn connection(&mut self) -> Result<Ended, Error> {
         let response = self
             .api
-            .stream(&self.path, &self.query, self.last_id.as_deref())
+            .sse(&self.path, &self.query, self.last_id.as_deref())
             .await?;
         let opened = tokio::time::Instant::now();
         let mut healthy = false;
