@@ -698,3 +698,48 @@ async fn given_contexts_when_selected_by_flag_env_or_use_should_reach_their_serv
     assert_eq!(listed["contexts"].as_array().unwrap().len(), 1);
     assert_eq!(listed["contexts"][0]["name"], "local");
 }
+
+#[tokio::test]
+async fn given_groups_on_a_topic_when_listed_should_show_each_with_mode_and_lag() {
+    let (server, api) = TestServer::start_ready().await;
+    api.create_topic(serde_json::json!({"name": "listed", "partitions": 2}))
+        .await;
+    api.create_topic(serde_json::json!({"name": "other"})).await;
+    api.put_group("listed", "billing", serde_json::json!({"mode": "stream"}))
+        .await;
+    api.put_group("listed", "audit", serde_json::json!({"mode": "queue"}))
+        .await;
+    api.put_group("other", "elsewhere", serde_json::json!({"mode": "queue"}))
+        .await;
+    let events: Vec<Value> = (0..3)
+        .map(|index| crate::support::event(&format!("l{index}")))
+        .collect();
+    api.publish("listed", Value::Array(events)).await;
+
+    let listed: Value = serde_json::from_str(&stdout(
+        &cli(&server, &["group", "list", "listed", "--output", "json"]).await,
+    ))
+    .unwrap();
+    let groups = listed["groups"].as_array().unwrap();
+    let summary: Vec<(&str, &str, u64)> = groups
+        .iter()
+        .map(|group| {
+            (
+                group["name"].as_str().unwrap(),
+                group["mode"].as_str().unwrap(),
+                group["lag"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(summary, [("audit", "queue", 3), ("billing", "stream", 3)]);
+    let table = stdout(&cli(&server, &["group", "list", "listed"]).await);
+    assert!(table.starts_with("NAME"), "{table}");
+    assert!(
+        table.contains("LAG") && !table.contains("elsewhere"),
+        "{table}"
+    );
+    let status = stdout(&cli(&server, &["group", "status", "listed", "billing"]).await);
+    assert!(status.contains("lag 3"), "{status}");
+    let missing = cli(&server, &["group", "list", "nope"]).await;
+    assert!(single_error(&missing, 1).contains("topic_not_found"));
+}
