@@ -86,6 +86,17 @@ pub struct ClientArgs {
     pub client_key: Option<PathBuf>,
 }
 
+/// The exit codes of the client subcommands, for `--help` (keep in step
+/// with [`Error::exit_code`] and the module docs).
+pub const EXIT_CODES: &str = "\
+Exit codes (client subcommands):
+  0  done
+  1  the server refused the request (its problem code and detail are printed)
+  2  bad command line (or an unknown --context)
+  3  the server could not be reached (tail: not even after --retries)
+  4  a local file could not be read (or the contexts file)
+  5  the server answered something that is not Herald's API";
+
 /// The environment variables the client subcommands read: `herald serve`
 /// ignores them, so that a shell set up for the CLI can still start a
 /// server (its own `HERALD_*` variables are configuration keys).

@@ -129,17 +129,16 @@ async fn start(api: &Api, args: &TailArgs) -> Result<String, Error> {
         .get("partition_info")
         .and_then(Value::as_array)
         .ok_or_else(|| Error::Protocol(format!("{topic_path}: no partition_info in the answer")))?;
-    if let Some(wanted) = args.partition {
-        if !partitions
+    if let Some(wanted) = args.partition
+        && !partitions
             .iter()
             .any(|info| info["partition"].as_u64() == Some(u64::from(wanted)))
-        {
-            return Err(Error::Usage(format!(
-                "--partition {wanted}: topic {:?} has partitions 0..{}",
-                args.topic,
-                partitions.len()
-            )));
-        }
+    {
+        return Err(Error::Usage(format!(
+            "--partition {wanted}: topic {:?} has partitions 0..{}",
+            args.topic,
+            partitions.len()
+        )));
     }
     let mut positions = Vec::with_capacity(partitions.len());
     for info in partitions {
@@ -280,10 +279,10 @@ impl Follower<'_> {
                 self.last_id = Some(id);
                 healthy = true;
                 let partition = event.get("partition").and_then(Value::as_u64);
-                if let Some(wanted) = self.args.partition {
-                    if partition != Some(u64::from(wanted)) {
-                        continue;
-                    }
+                if let Some(wanted) = self.args.partition
+                    && partition != Some(u64::from(wanted))
+                {
+                    continue;
                 }
                 if !self.printer.event(&event) {
                     return Ok(Ended::Done);
