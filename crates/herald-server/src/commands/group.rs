@@ -106,25 +106,33 @@ pub(crate) async fn run(api: &Api, command: GroupCommand) -> Result<(), Error> {
                     Err(error) => return Err(error),
                 };
                 status["lag"] = json!(total_lag(&status));
-                status["member_count"] = json!(
-                    status
-                        .get("members")
-                        .and_then(Value::as_array)
-                        .map_or(0, Vec::len)
-                );
                 rows.push(status);
             }
+            // The table counts members; the JSON keeps them whole.
+            let table: Vec<Value> = rows
+                .iter()
+                .map(|status| {
+                    let mut row = status.clone();
+                    row["members"] = json!(
+                        status
+                            .get("members")
+                            .and_then(Value::as_array)
+                            .map_or(0, Vec::len)
+                    );
+                    row
+                })
+                .collect();
             api.print(
                 &json!({ "groups": rows }),
                 &[
                     "name",
                     "mode",
-                    "member_count",
+                    "members",
                     "lag",
                     "in_flight",
                     "dead_letters",
                 ],
-                &rows,
+                &table,
             );
         }
         GroupCommand::Status { topic, group } => {
