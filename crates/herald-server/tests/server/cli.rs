@@ -743,3 +743,65 @@ async fn given_groups_on_a_topic_when_listed_should_show_each_with_mode_and_lag(
     let missing = cli(&server, &["group", "list", "nope"]).await;
     assert!(single_error(&missing, 1).contains("topic_not_found"));
 }
+
+#[tokio::test]
+async fn given_a_job_watch_when_the_server_restarts_should_follow_the_job_to_its_end() {
+    let (server, api) = TestServer::start_ready().await;
+    let addr = server.addr;
+    // No worker: the job ends partial at its deadline, after the restart.
+    let submitted = crate::support::expect_json(
+        api.post(
+            "/v1/queues/restarting/jobs",
+            &serde_json::json!({"data": null, "parts": [{"key": "a"}], "deadline_ms": 4000}),
+        )
+        .await,
+        202,
+    )
+    .await;
+    let job_id = submitted["job_id"].as_str().unwrap().to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let mut watch = herald(dir.path());
+    watch
+        .args(["job", "watch", &job_id, "--output", "json", "--server"])
+        .arg(server.url(""))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = watch.spawn().unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(STARTUP_TIMEOUT, lines.next_line())
+        .await
+        .expect("the job's current state is printed")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(&first).unwrap()["status"],
+        "pending"
+    );
+
+    server.signal("TERM").await;
+    let (status, _stderr, dir) = server.wait().await;
+    assert!(status.success(), "graceful stop: {status}");
+    let mut command = herald(dir.path());
+    command
+        .args(["serve", "--listen", &addr.to_string(), "--data-dir"])
+        .arg(dir.path().join("data"));
+    let (_server, _api) = TestServer::ready(TestServer::spawn(dir, command).await).await;
+
+    let mut last = first;
+    while let Some(line) = tokio::time::timeout(STARTUP_TIMEOUT, lines.next_line())
+        .await
+        .expect("job watch follows the job after the restart and exits")
+        .unwrap()
+    {
+        last = line;
+    }
+    let status = child.wait().await.unwrap();
+    assert!(
+        status.success(),
+        "job watch exits 0 once the job ended: {status}"
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(&last).unwrap()["status"],
+        "partial"
+    );
+}
