@@ -60,6 +60,7 @@ macro_rules! conformance_suite {
             republished_ids_within_the_window_are_not_appended_twice,
             reads_by_offset_and_time_and_waits_for_new_events,
             queue_hands_out_each_event_once_and_acked_events_never_return,
+            groups_are_listed_per_topic_by_name,
             acks_are_idempotent_and_unknown_ids_are_reported,
             a_caught_up_long_poll_wakes_for_events_published_while_it_waits,
             an_expired_lease_is_redelivered_to_another_member,
@@ -561,6 +562,54 @@ pub async fn reads_by_offset_and_time_and_waits_for_new_events<H: Harness>() {
 }
 
 // ------------------------------------------------------------ queue groups --
+
+/// A topic lists its own groups, by name, with their mode; a deleted group
+/// is gone from the list; an unknown topic is an error.
+pub async fn groups_are_listed_per_topic_by_name<H: Harness>() {
+    let harness = H::start().await;
+    let backend = harness.backend();
+    let orders = make_topic(&*backend, "orders", 1).await;
+    let other = make_topic(&*backend, "other", 1).await;
+    assert!(backend.list_groups(&orders).await.unwrap().is_empty());
+    for (name, mode) in [
+        ("shipping", GroupMode::Keyed),
+        ("billing", GroupMode::Stream),
+        ("audit", GroupMode::Queue),
+    ] {
+        backend
+            .put_group(&orders, &group(name), queue_spec(mode))
+            .await
+            .unwrap();
+    }
+    backend
+        .put_group(&other, &group("elsewhere"), queue_spec(GroupMode::Queue))
+        .await
+        .unwrap();
+    let listed: Vec<(String, GroupMode)> = backend
+        .list_groups(&orders)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|info| (info.name.to_string(), info.spec.mode))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("audit".to_owned(), GroupMode::Queue),
+            ("billing".to_owned(), GroupMode::Stream),
+            ("shipping".to_owned(), GroupMode::Keyed),
+        ]
+    );
+    backend
+        .delete_group(&orders, &group("billing"))
+        .await
+        .unwrap();
+    assert_eq!(backend.list_groups(&orders).await.unwrap().len(), 2);
+    assert!(matches!(
+        backend.list_groups(&topic("missing")).await,
+        Err(Error::TopicNotFound { .. })
+    ));
+}
 
 /// Two members share a queue group: every event goes to exactly one of
 /// them; acked events never come back.

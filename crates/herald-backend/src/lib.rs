@@ -156,6 +156,9 @@ pub trait Groups: Send + Sync {
         spec: GroupSpec,
     ) -> Result<(GroupInfo, bool)>;
 
+    /// The topic's groups, by name (an unknown topic: [`Error::TopicNotFound`]).
+    async fn list_groups(&self, topic: &TopicName) -> Result<Vec<GroupInfo>>;
+
     /// The group's members, positions, lag, in-flight and dead-letter counts.
     async fn group_status(&self, topic: &TopicName, group: &GroupName) -> Result<GroupStatus>;
 

@@ -1422,6 +1422,19 @@ impl Groups for EmbeddedBackend {
         .await
     }
 
+    async fn list_groups(&self, topic: &TopicName) -> Result<Vec<GroupInfo>> {
+        let runtime = self.inner.topic(topic)?;
+        // A BTreeMap: already in name order.
+        let groups = runtime
+            .groups
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .map(|group| group.info())
+            .collect();
+        Ok(groups)
+    }
+
     async fn group_status(&self, topic: &TopicName, group: &GroupName) -> Result<GroupStatus> {
         let (runtime, found) = self.inner.group(topic, group)?;
         let (members, partitions, in_flight, pending, generation) =

@@ -14,7 +14,12 @@ use crate::config::{AuthOverrides, LogFormat, LogLevel, LogOverrides, Overrides}
 
 /// Herald: an event backbone in one binary.
 #[derive(Debug, Parser)]
-#[command(name = "herald", version, propagate_version = true)]
+#[command(
+    name = "herald",
+    version,
+    propagate_version = true,
+    after_help = crate::commands::EXIT_CODES
+)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -143,7 +148,7 @@ mod tests {
         ])
         .unwrap();
         assert!(matches!(cli.command, Command::Client(_)));
-        assert_eq!(cli.client.server, "http://127.0.0.1:9");
+        assert_eq!(cli.client.server.as_deref(), Some("http://127.0.0.1:9"));
         assert_eq!(cli.client.output, crate::commands::Output::Json);
         let error = Cli::try_parse_from(["herald", "publish", "orders"]).unwrap_err();
         assert!(error.to_string().contains("--type"), "{error}");
@@ -170,6 +175,18 @@ mod tests {
         let error = Cli::try_parse_from(["herald", "topic", "list", "--client-cert", "me.pem"])
             .unwrap_err();
         assert!(error.to_string().contains("--client-key"), "{error}");
+    }
+
+    #[test]
+    fn given_help_should_document_every_exit_code() {
+        let help = Cli::command().render_long_help().to_string();
+        for code in [
+            "0  done",
+            "3  the server could not be reached",
+            "5  the server answered",
+        ] {
+            assert!(help.contains(code), "{help}");
+        }
     }
 
     #[test]

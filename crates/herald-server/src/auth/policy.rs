@@ -143,6 +143,11 @@ pub const REST: &[RestRoute] = &[
     push("/v1/topics/{topic}/ws", on(Action::TopicsRead, TOPIC)),
     // groups
     rest(
+        "GET",
+        "/v1/topics/{topic}/groups",
+        on(Action::GroupsRead, TOPIC),
+    ),
+    rest(
         "PUT",
         "/v1/topics/{topic}/groups/{group}",
         on(Action::GroupsManage, TOPIC),

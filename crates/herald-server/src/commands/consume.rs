@@ -14,9 +14,11 @@ pub struct ConsumeArgs {
     topic: String,
     /// The group (created in --mode if it does not exist)
     group: String,
-    /// The group's mode, if it has to be created
-    #[arg(long, value_enum, default_value_t = Mode::Queue)]
-    mode: Mode,
+    /// The group's mode: it is created in this mode, and an existing group
+    /// of another mode is an error [default: queue for a new group, the
+    /// group's own for an existing one]
+    #[arg(long, value_enum)]
+    mode: Option<Mode>,
     /// This consumer's member id [default: cli-<pid>]
     #[arg(long)]
     member: Option<String>,
@@ -62,15 +64,32 @@ pub(crate) async fn run(api: &Api, args: ConsumeArgs) -> Result<(), Error> {
         Api::segment(&args.topic),
         Api::segment(&args.group)
     );
-    let mode = match args.mode {
+    let wanted = args.mode.map(|mode| match mode {
         Mode::Stream => "stream",
         Mode::Queue => "queue",
         Mode::Keyed => "keyed",
-    };
+    });
     match api.get(&group_path).await {
-        Ok(_) => {}
+        Ok(group) => {
+            let actual = group.get("mode").and_then(Value::as_str).unwrap_or("?");
+            if let Some(wanted) = wanted.filter(|wanted| *wanted != actual) {
+                // The server would refuse to change the mode too (409
+                // group_conflict); consuming it in another mode than asked
+                // for would silently change the semantics.
+                return Err(Error::Problem {
+                    status: 409,
+                    code: "group_conflict".into(),
+                    detail: format!(
+                        "group {:?} on topic {:?} is in {actual} mode, not {wanted} (--mode); \
+                         drop --mode, or use another group",
+                        args.group, args.topic
+                    ),
+                });
+            }
+        }
         Err(Error::Problem { code, .. }) if code == "group_not_found" => {
-            api.put(&group_path, &json!({ "mode": mode })).await?;
+            api.put(&group_path, &json!({ "mode": wanted.unwrap_or("queue") }))
+                .await?;
         }
         Err(error) => return Err(error),
     }

@@ -8,6 +8,12 @@ use super::{Api, Error};
 /// Group subcommands.
 #[derive(Debug, Subcommand)]
 pub enum GroupCommand {
+    /// The topic's groups, with their mode, members and total lag.
+    #[command(visible_alias = "ls")]
+    List {
+        /// The topic
+        topic: String,
+    },
     /// Members, positions, lag, in-flight and dead-letter counts.
     Status {
         /// The topic
@@ -78,6 +84,57 @@ fn path(topic: &str, group: &str) -> String {
 
 pub(crate) async fn run(api: &Api, command: GroupCommand) -> Result<(), Error> {
     match command {
+        GroupCommand::List { topic } => {
+            let listed = api
+                .get(&format!("/v1/topics/{}/groups", Api::segment(&topic)))
+                .await?;
+            let names: Vec<String> = listed
+                .get("groups")
+                .and_then(Value::as_array)
+                .ok_or_else(|| Error::Protocol("a group list without groups".into()))?
+                .iter()
+                .filter_map(|group| group.get("name").and_then(Value::as_str))
+                .map(str::to_owned)
+                .collect();
+            // One status each, for lag and members: a CLI lists a handful.
+            let mut rows = Vec::with_capacity(names.len());
+            for name in names {
+                let mut status = match api.get(&path(&topic, &name)).await {
+                    Ok(status) => status,
+                    // Deleted between the list and now.
+                    Err(Error::Problem { code, .. }) if code == "group_not_found" => continue,
+                    Err(error) => return Err(error),
+                };
+                status["lag"] = json!(total_lag(&status));
+                rows.push(status);
+            }
+            // The table counts members; the JSON keeps them whole.
+            let table: Vec<Value> = rows
+                .iter()
+                .map(|status| {
+                    let mut row = status.clone();
+                    row["members"] = json!(
+                        status
+                            .get("members")
+                            .and_then(Value::as_array)
+                            .map_or(0, Vec::len)
+                    );
+                    row
+                })
+                .collect();
+            api.print(
+                &json!({ "groups": rows }),
+                &[
+                    "name",
+                    "mode",
+                    "members",
+                    "lag",
+                    "in_flight",
+                    "dead_letters",
+                ],
+                &table,
+            );
+        }
         GroupCommand::Status { topic, group } => {
             let status = api.get(&path(&topic, &group)).await?;
             let partitions = status
@@ -91,8 +148,9 @@ pub(crate) async fn run(api: &Api, command: GroupCommand) -> Result<(), Error> {
                 &partitions,
             );
             if api.output == super::Output::Table {
+                let lag = total_lag(&status);
                 super::emit(&format!(
-                    "mode {}  in flight {}  dead letters {}",
+                    "mode {}  lag {lag}  in flight {}  dead letters {}",
                     super::cell(status.get("mode")),
                     super::cell(status.get("in_flight")),
                     super::cell(status.get("dead_letters"))
@@ -159,4 +217,15 @@ pub(crate) async fn run(api: &Api, command: GroupCommand) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// The lag summed over the group's partitions.
+fn total_lag(status: &Value) -> u64 {
+    status
+        .get("partitions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|partition| partition.get("lag").and_then(Value::as_u64))
+        .sum()
 }

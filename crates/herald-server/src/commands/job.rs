@@ -171,15 +171,14 @@ fn print_job(api: &Api, job: &Value) {
     );
 }
 
+/// Reconnects after a cut (a server restart) this many times in a row
+/// before giving up (exit 3); the wait doubles from 100 ms up to 5 s.
+const WATCH_RETRIES: u32 = 10;
+
 /// Follows the job's SSE with a bar of parts done; prints the ended job.
+/// A job's events are states, not a log (each connection starts with the
+/// current one), so after a cut it reconnects and goes on.
 async fn watch(api: &Api, job_id: &str) -> Result<(), Error> {
-    let response = api
-        .stream(
-            &format!("/v1/jobs/{}/events", Api::segment(job_id)),
-            &[],
-            None,
-        )
-        .await?;
     let progress = ProgressBar::new(1).with_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} parts {msg} ({elapsed})")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
@@ -188,20 +187,69 @@ async fn watch(api: &Api, job_id: &str) -> Result<(), Error> {
         progress.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     progress.enable_steady_tick(Duration::from_millis(200));
+    let mut failures = 0u32;
+    let result = loop {
+        let cause = match watch_once(api, job_id, &progress).await {
+            Ok(Watched::Ended) => break Ok(()),
+            Ok(Watched::Cut { received, cause }) => {
+                if received {
+                    failures = 0;
+                }
+                cause
+            }
+            Err(error @ Error::Connection(_)) => error,
+            Err(error) => break Err(error),
+        };
+        failures += 1;
+        if failures > WATCH_RETRIES {
+            break Err(Error::Connection(format!(
+                "gave up after {WATCH_RETRIES} retries: {cause}"
+            )));
+        }
+        let wait = Duration::from_millis(100)
+            .saturating_mul(1 << (failures - 1).min(16))
+            .min(Duration::from_secs(5));
+        tokio::time::sleep(wait).await;
+    };
+    progress.finish_and_clear();
+    result
+}
+
+/// How one connection of `job watch` ended.
+enum Watched {
+    /// The job ended (and was printed).
+    Ended,
+    /// Cut off; whether it brought a state first.
+    Cut { received: bool, cause: Error },
+}
+
+async fn watch_once(api: &Api, job_id: &str, progress: &ProgressBar) -> Result<Watched, Error> {
+    let response = api
+        .sse(
+            &format!("/v1/jobs/{}/events", Api::segment(job_id)),
+            &[],
+            None,
+        )
+        .await?;
+    let mut received = false;
     let mut stream = response.bytes_stream();
-    let mut buffer = String::new();
+    let mut decoder = super::sse::Decoder::default();
     while let Some(chunk) = stream.next().await {
-        let chunk =
-            chunk.map_err(|error| Error::Connection(format!("event stream cut off: {error}")))?;
-        buffer.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(end) = buffer.find("\n\n") {
-            let frame: String = buffer.drain(..end + 2).collect();
-            let Some(data) = frame.lines().find_map(|line| line.strip_prefix("data:")) else {
+        let chunk = match chunk {
+            Ok(chunk) => chunk,
+            Err(error) => {
+                let cause = Error::Connection(format!("event stream cut off: {error}"));
+                return Ok(Watched::Cut { received, cause });
+            }
+        };
+        for frame in decoder.push(&chunk) {
+            if frame.event.as_deref() == Some("error") {
+                return Err(super::stream_error(&frame.data));
+            }
+            let Ok(job) = serde_json::from_str::<Value>(&frame.data) else {
                 continue;
             };
-            let Ok(job) = serde_json::from_str::<Value>(data.trim()) else {
-                continue;
-            };
+            received = true;
             progress.set_length(job["progress"]["total"].as_u64().unwrap_or(1));
             progress.set_position(job["progress"]["done"].as_u64().unwrap_or(0));
             let message = job["progress"]["message"].as_str().unwrap_or_default();
@@ -217,12 +265,10 @@ async fn watch(api: &Api, job_id: &str) -> Result<(), Error> {
                 if api.output == Output::Table {
                     print_job(api, &job);
                 }
-                return Ok(());
+                return Ok(Watched::Ended);
             }
         }
     }
-    progress.finish_and_clear();
-    Err(Error::Connection(
-        "the event stream ended before the job did".into(),
-    ))
+    let cause = Error::Connection("the event stream ended before the job did".into());
+    Ok(Watched::Cut { received, cause })
 }

@@ -1,5 +1,6 @@
 //! The client subcommands of `herald`: they talk to a running server over
-//! its REST API (`--server`, default `http://127.0.0.1:7800`). An
+//! its REST API (`--server`, else `HERALD_SERVER`, else the context's
+//! server — see [`context`] — else `http://127.0.0.1:7800`). An
 //! `https://` server is verified against the system's roots, or only
 //! against `--ca-cert` (`HERALD_CA_CERT`); `--client-cert`/`--client-key`
 //! present a client certificate (mTLS).
@@ -12,15 +13,18 @@
 //! | 0 | done |
 //! | 1 | the server refused the request (the problem's `code` and `detail` are printed) |
 //! | 2 | bad command line |
-//! | 3 | the server could not be reached or answered something that is not Herald's API |
-//! | 4 | a local file could not be read |
+//! | 3 | the server could not be reached (for `tail`: not even after its retries) |
+//! | 4 | a local file could not be read (or the contexts file) |
+//! | 5 | the server answered something that is not Herald's API (not JSON, not SSE) |
 
 mod auth;
 mod blob;
 mod consume;
+mod context;
 mod group;
 mod job;
 mod publish;
+mod sse;
 mod tail;
 mod topic;
 mod webhook;
@@ -35,6 +39,7 @@ use serde_json::Value;
 pub use auth::{AuthCommand, KeyCommand};
 pub use blob::BlobCommand;
 pub use consume::ConsumeArgs;
+pub use context::{ContextCommand, Settings};
 pub use group::GroupCommand;
 pub use job::JobCommand;
 pub use publish::PublishArgs;
@@ -45,13 +50,21 @@ pub use webhook::{EndpointCommand, WebhookCommand};
 /// Where the server is and how to print.
 #[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
-    /// The server's base URL (client subcommands)
-    #[arg(long, default_value = "http://127.0.0.1:7800", global = true)]
-    pub server: String,
+    // The `HERALD_*` variables are read by `Settings::resolve`, not by clap:
+    // `herald context add` saves what the flags say, never the environment.
+    /// The server's base URL [env: HERALD_SERVER] [default: the context's
+    /// server, else http://127.0.0.1:7800] (client subcommands)
+    #[arg(long, value_name = "URL", global = true)]
+    pub server: Option<String>,
+
+    /// Use this saved context (`herald context list`) [env: HERALD_CONTEXT]
+    /// [default: the selected one] (client subcommands)
+    #[arg(long, value_name = "NAME", global = true)]
+    pub context: Option<String>,
 
     /// Credentials: an API key (`hrd_…`) or a JWT, sent as `Authorization:
-    /// Bearer` (client subcommands)
-    #[arg(long, env = "HERALD_TOKEN", global = true, hide_env_values = true)]
+    /// Bearer` [env: HERALD_TOKEN] (client subcommands)
+    #[arg(long, global = true)]
     pub token: Option<String>,
 
     /// How to print results (client subcommands)
@@ -59,36 +72,37 @@ pub struct ClientArgs {
     pub output: Output,
 
     /// CA certificates (PEM) to trust for an https:// server, instead of
-    /// the system's roots (client subcommands)
-    #[arg(long, value_name = "FILE", env = "HERALD_CA_CERT", global = true)]
+    /// the system's roots [env: HERALD_CA_CERT] (client subcommands)
+    #[arg(long, value_name = "FILE", global = true)]
     pub ca_cert: Option<PathBuf>,
 
     /// Client certificate chain (PEM) for a server that asks for one (mTLS;
-    /// with --client-key)
-    #[arg(
-        long,
-        value_name = "FILE",
-        env = "HERALD_CLIENT_CERT",
-        global = true,
-        requires = "client_key"
-    )]
+    /// with --client-key) [env: HERALD_CLIENT_CERT]
+    #[arg(long, value_name = "FILE", global = true, requires = "client_key")]
     pub client_cert: Option<PathBuf>,
 
-    /// The private key (PEM) of --client-cert
-    #[arg(
-        long,
-        value_name = "FILE",
-        env = "HERALD_CLIENT_KEY",
-        global = true,
-        requires = "client_cert"
-    )]
+    /// The private key (PEM) of --client-cert [env: HERALD_CLIENT_KEY]
+    #[arg(long, value_name = "FILE", global = true, requires = "client_cert")]
     pub client_key: Option<PathBuf>,
 }
+
+/// The exit codes of the client subcommands, for `--help` (keep in step
+/// with [`Error::exit_code`] and the module docs).
+pub const EXIT_CODES: &str = "\
+Exit codes (client subcommands):
+  0  done
+  1  the server refused the request (its problem code and detail are printed)
+  2  bad command line (or an unknown --context)
+  3  the server could not be reached (tail: not even after --retries)
+  4  a local file could not be read (or the contexts file)
+  5  the server answered something that is not Herald's API";
 
 /// The environment variables the client subcommands read: `herald serve`
 /// ignores them, so that a shell set up for the CLI can still start a
 /// server (its own `HERALD_*` variables are configuration keys).
 pub const CLIENT_ENV: &[&str] = &[
+    "HERALD_SERVER",
+    "HERALD_CONTEXT",
     "HERALD_TOKEN",
     "HERALD_CA_CERT",
     "HERALD_CLIENT_CERT",
@@ -131,6 +145,9 @@ pub enum ClientCommand {
     /// Webhook endpoints, their attempts, redelivery and recovery.
     #[command(subcommand)]
     Webhook(WebhookCommand),
+    /// Named servers and their credentials (`--context`, HERALD_CONTEXT).
+    #[command(subcommand)]
+    Context(ContextCommand),
 }
 
 /// Why a client command failed; each maps to an exit code.
@@ -149,12 +166,15 @@ pub enum Error {
     /// Bad arguments.
     #[error("{0}")]
     Usage(String),
-    /// The server could not be reached, or answered garbage.
+    /// The server could not be reached.
     #[error("{0}")]
     Connection(String),
     /// A local file.
     #[error("{0}")]
     File(String),
+    /// The server answered something that is not Herald's API.
+    #[error("{0}")]
+    Protocol(String),
 }
 
 impl Error {
@@ -165,17 +185,24 @@ impl Error {
             Self::Usage(_) => 2,
             Self::Connection(_) => 3,
             Self::File(_) => 4,
+            Self::Protocol(_) => 5,
         })
     }
 }
 
 /// Runs a client command to completion.
 pub fn run(client: &ClientArgs, command: ClientCommand) -> Result<(), Error> {
+    let command = match command {
+        ClientCommand::Context(command) => return context::run(client, command),
+        command => command,
+    };
+    let env = |name: &str| std::env::var(name).ok();
+    let settings = Settings::resolve(client, &env)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|error| Error::Connection(format!("cannot start the async runtime: {error}")))?;
-    let api = Api::new(client)?;
+    let api = Api::new(&settings, client.output)?;
     runtime.block_on(async {
         match command {
             ClientCommand::Topic(command) => topic::run(&api, command).await,
@@ -187,6 +214,7 @@ pub fn run(client: &ClientArgs, command: ClientCommand) -> Result<(), Error> {
             ClientCommand::Blob(command) => blob::run(&api, command).await,
             ClientCommand::Auth(command) => auth::run(&api, command).await,
             ClientCommand::Webhook(command) => webhook::run(&api, command).await,
+            ClientCommand::Context(_) => Ok(()),
         }
     })
 }
@@ -202,7 +230,7 @@ pub(crate) struct Api {
 }
 
 impl Api {
-    fn new(client: &ClientArgs) -> Result<Self, Error> {
+    fn new(client: &Settings, output: Output) -> Result<Self, Error> {
         let base = client.server.trim_end_matches('/').to_owned();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(Error::Usage(format!(
@@ -238,7 +266,7 @@ impl Api {
             base,
             http,
             client_identity: client.client_cert.is_some(),
-            output: client.output,
+            output,
         })
     }
 
@@ -295,6 +323,29 @@ impl Api {
         self.send(self.http.patch(self.url(path)).json(body)).await
     }
 
+    /// Opens an SSE stream; an answer that is not one is [`Error::Protocol`].
+    pub(crate) async fn sse(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        last_event_id: Option<&str>,
+    ) -> Result<reqwest::Response, Error> {
+        let response = self.stream(path, query, last_event_id).await?;
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default();
+        if content_type.starts_with("text/event-stream") {
+            Ok(response)
+        } else {
+            Err(Error::Protocol(format!(
+                "{} answered a stream request with {content_type:?}, not text/event-stream",
+                self.base
+            )))
+        }
+    }
+
     /// Opens a streaming GET (SSE); a problem answer becomes [`Error::Problem`].
     pub(crate) async fn stream(
         &self,
@@ -321,7 +372,7 @@ impl Api {
         let status = response.status();
         match self.answer(response).await {
             Err(error) => Err(error),
-            Ok(_) => Err(Error::Connection(format!(
+            Ok(_) => Err(Error::Protocol(format!(
                 "{} answered {status} to a stream request",
                 self.base
             ))),
@@ -382,7 +433,7 @@ impl Api {
             Value::Null
         } else {
             serde_json::from_slice(&bytes).map_err(|_| {
-                Error::Connection(format!(
+                Error::Protocol(format!(
                     "{} answered {status} with something that is not JSON",
                     self.base
                 ))
@@ -407,6 +458,34 @@ impl Api {
             Output::Json => print_json(value),
             Output::Table => print_table(columns, rows),
         }
+    }
+}
+
+/// The error an SSE `event: error` frame carries: a problem (`{code,
+/// detail}`) when it is one, else the text as the server's complaint.
+pub(crate) fn stream_error(data: &str) -> Error {
+    let problem: Value = serde_json::from_str(data).unwrap_or(Value::Null);
+    let text = |field: &str| {
+        problem
+            .get(field)
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+    match text("code") {
+        Some(code) => Error::Problem {
+            status: problem
+                .get("status")
+                .and_then(Value::as_u64)
+                .and_then(|status| u16::try_from(status).ok())
+                .unwrap_or(500),
+            code,
+            detail: text("detail").or_else(|| text("title")).unwrap_or_default(),
+        },
+        None => Error::Problem {
+            status: 500,
+            code: "stream_error".into(),
+            detail: data.to_owned(),
+        },
     }
 }
 

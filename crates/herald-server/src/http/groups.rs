@@ -2,6 +2,7 @@
 //!
 //! | method and path | body | answer |
 //! |---|---|---|
+//! | `GET /v1/topics/{topic}/groups` | | 200 `{groups: [...]}` (by name) |
 //! | `PUT …/{group}` | [`GroupSpec`] | 201 (created) or 200 (updated) group |
 //! | `GET …/{group}` | | 200 status |
 //! | `DELETE …/{group}` | | 204 |
@@ -35,7 +36,7 @@ use herald_types::{GroupName, StoredEvent, TopicName, format_rfc3339_ms};
 use serde::{Deserialize, Serialize};
 
 use super::AppState;
-use super::extract::{GroupPath, JsonBody, NoQuery, Query};
+use super::extract::{GroupPath, JsonBody, NoQuery, Query, TopicPath};
 use crate::problem::{Code, Problem};
 
 /// Dead letters listed when `limit` is not given.
@@ -75,6 +76,29 @@ pub async fn put(
     } else {
         view.into_response()
     })
+}
+
+/// `GET /v1/topics/{topic}/groups` → 200 `{groups: [...]}`, by name.
+#[utoipa::path(
+    get, path = "/v1/topics/{topic}/groups", tag = "groups",
+    params(("topic" = TopicName, Path, description = "The topic.", example = "orders")),
+    responses((status = 200, description = "The topic's groups, by name.", body = GroupList))
+)]
+pub async fn list(
+    State(state): State<AppState>,
+    TopicPath(topic): TopicPath,
+    _query: NoQuery,
+) -> Result<Json<GroupList>, Problem> {
+    let groups = state.backend()?.list_groups(&topic).await?;
+    Ok(Json(GroupList {
+        groups: groups.into_iter().map(GroupView::from).collect(),
+    }))
+}
+
+/// `GET /v1/topics/{topic}/groups`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct GroupList {
+    groups: Vec<GroupView>,
 }
 
 /// `GET …/groups/{group}` → 200 status.

@@ -253,6 +253,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(topics::create, topics::list))
         .routes(routes!(topics::describe, topics::update, topics::delete))
         .routes(routes!(events::publish, events::read))
+        .routes(routes!(groups::list))
         .routes(routes!(groups::put, groups::status, groups::delete))
         .routes(routes!(groups::fetch))
         .routes(routes!(groups::ack))

@@ -26,7 +26,8 @@ pub const EXIT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const LISTENING: &str = "herald listening on ";
 
 /// `herald <args>` isolated from the caller: no inherited `HERALD_*`
-/// variables, working directory `cwd`, no stdin, killed if dropped.
+/// variables, `XDG_CONFIG_HOME` at `cwd/.config`, working directory `cwd`,
+/// no stdin, killed if dropped.
 pub fn herald(cwd: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
     for (name, _) in std::env::vars_os() {
@@ -34,7 +35,9 @@ pub fn herald(cwd: &Path) -> Command {
             command.env_remove(name);
         }
     }
+    // The CLI's contexts live under XDG_CONFIG_HOME: never the developer's.
     command
+        .env("XDG_CONFIG_HOME", cwd.join(".config"))
         .current_dir(cwd)
         .stdin(Stdio::null())
         .kill_on_drop(true);
