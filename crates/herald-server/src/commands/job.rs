@@ -197,7 +197,8 @@ async fn watch(api: &Api, job_id: &str) -> Result<(), Error> {
                 }
                 cause
             }
-            Err(error @ Error::Connection(_)) => error,
+            // No answer, or a server still opening its storage (503).
+            Err(error) if super::retryable(&error) => error,
             Err(error) => break Err(error),
         };
         failures += 1;
@@ -244,7 +245,16 @@ async fn watch_once(api: &Api, job_id: &str, progress: &ProgressBar) -> Result<W
         };
         for frame in decoder.push(&chunk) {
             if frame.event.as_deref() == Some("error") {
-                return Err(super::stream_error(&frame.data));
+                let error = super::stream_error(&frame.data);
+                // A server stopping ends the stream with `unavailable`:
+                // like a cut, worth reconnecting for.
+                if super::retryable(&error) {
+                    return Ok(Watched::Cut {
+                        received,
+                        cause: error,
+                    });
+                }
+                return Err(error);
             }
             let Ok(job) = serde_json::from_str::<Value>(&frame.data) else {
                 continue;

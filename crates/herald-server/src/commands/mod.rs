@@ -463,6 +463,16 @@ impl Api {
 
 /// The error an SSE `event: error` frame carries: a problem (`{code,
 /// detail}`) when it is one, else the text as the server's complaint.
+/// Worth reconnecting for: no answer, or a server that is (re)starting or
+/// stopping (502–504, `unavailable` included).
+pub(crate) fn retryable(error: &Error) -> bool {
+    match error {
+        Error::Connection(_) => true,
+        Error::Problem { status, .. } => matches!(status, 502..=504),
+        _ => false,
+    }
+}
+
 pub(crate) fn stream_error(data: &str) -> Error {
     let problem: Value = serde_json::from_str(data).unwrap_or(Value::Null);
     let text = |field: &str| {

@@ -222,7 +222,7 @@ impl Follower<'_> {
                     }
                     cause
                 }
-                Err(error) if retryable(&error) => error,
+                Err(error) if super::retryable(&error) => error,
                 Err(error) => return Err(error),
             };
             failures += 1;
@@ -264,7 +264,7 @@ impl Follower<'_> {
             for frame in decoder.push(&chunk) {
                 if frame.event.as_deref() == Some("error") {
                     let error = super::stream_error(&frame.data);
-                    if retryable(&error) {
+                    if super::retryable(&error) {
                         return Ok(Ended::Cut {
                             healthy,
                             cause: error,
@@ -297,15 +297,6 @@ impl Follower<'_> {
             healthy: healthy || opened.elapsed() >= HEALTHY,
             cause,
         })
-    }
-}
-
-/// Worth reconnecting for: no answer, or a server that is (re)starting.
-fn retryable(error: &Error) -> bool {
-    match error {
-        Error::Connection(_) => true,
-        Error::Problem { status, .. } => matches!(status, 502..=504),
-        _ => false,
     }
 }
 

@@ -796,9 +796,15 @@ async fn given_a_job_watch_when_the_server_restarts_should_follow_the_job_to_its
         last = line;
     }
     let status = child.wait().await.unwrap();
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        tokio::io::AsyncReadExt::read_to_string(&mut pipe, &mut stderr)
+            .await
+            .unwrap();
+    }
     assert!(
         status.success(),
-        "job watch exits 0 once the job ended: {status}"
+        "job watch exits 0 once the job ended: {status}\n{stderr}"
     );
     assert_eq!(
         serde_json::from_str::<Value>(&last).unwrap()["status"],
