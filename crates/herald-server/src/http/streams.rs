@@ -402,8 +402,7 @@ pub async fn delete(
 pub struct SnapshotBody {
     /// The version the state was folded up to.
     pub version: u64,
-    /// The state.
-    #[schema(value_type = Object)]
+    /// The state: any JSON value (an object, a number, …).
     pub state: Value,
 }
 
