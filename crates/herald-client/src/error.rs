@@ -146,6 +146,13 @@ pub enum ErrorCode {
     WorkflowVersionExists,
     /// `workflow_not_found`: no such workflow or version.
     WorkflowNotFound,
+    /// `workflow_instance_not_found`: no such workflow instance.
+    WorkflowInstanceNotFound,
+    /// `workflow_instance_ended`: the instance ended and can no longer change.
+    WorkflowInstanceEnded,
+    /// `workflow_instance_conflict`: the operation does not fit the
+    /// instance's status.
+    WorkflowInstanceConflict,
     /// `invalid_name`: a topic, group or stream name breaks the naming rule.
     InvalidName,
     /// `invalid_argument`: a field is missing, of the wrong type or out of
@@ -238,6 +245,15 @@ const CODES: &[(ErrorCode, &str)] = &[
     (ErrorCode::InvalidWorkflow, "invalid_workflow"),
     (ErrorCode::WorkflowVersionExists, "workflow_version_exists"),
     (ErrorCode::WorkflowNotFound, "workflow_not_found"),
+    (
+        ErrorCode::WorkflowInstanceNotFound,
+        "workflow_instance_not_found",
+    ),
+    (ErrorCode::WorkflowInstanceEnded, "workflow_instance_ended"),
+    (
+        ErrorCode::WorkflowInstanceConflict,
+        "workflow_instance_conflict",
+    ),
     (ErrorCode::InvalidName, "invalid_name"),
     (ErrorCode::InvalidArgument, "invalid_argument"),
     (ErrorCode::UnsupportedMediaType, "unsupported_media_type"),

@@ -72,6 +72,8 @@ pub struct Options {
     pub tls: TlsOptions,
     /// Outbound webhooks (`[webhooks]`).
     pub webhooks: WebhookOptions,
+    /// The workflow engine (`[workflows]`).
+    pub workflows: WorkflowOptions,
 }
 
 impl Default for Options {
@@ -90,6 +92,7 @@ impl Default for Options {
             auth: AuthOptions::default(),
             tls: TlsOptions::default(),
             webhooks: WebhookOptions::default(),
+            workflows: WorkflowOptions::default(),
         }
     }
 }
@@ -650,6 +653,48 @@ impl Default for WebhookOptions {
             attempt_retention_ms: ms(defaults.attempt_retention),
             rotation_overlap_ms: ms(defaults.rotation_overlap).get(),
             job_secret: String::new(),
+        }
+    }
+}
+
+/// The workflow engine (`[workflows]`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkflowOptions {
+    /// How long one `call: http` may take, answer included (the task's
+    /// `timeout` can make it shorter).
+    pub http_timeout_ms: NonZeroU64,
+    /// The most records one instance's history holds; past it the instance
+    /// faults with `…/errors/runtime`.
+    pub max_history_records: NonZeroU64,
+    /// Secrets by name: a workflow reads those its `use.secrets` lists as
+    /// `$secrets.<name>` (`HERALD_WORKFLOWS__SECRETS__<NAME>`).
+    pub secrets: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for WorkflowOptions {
+    fn default() -> Self {
+        let defaults = herald_workflows::Options::default();
+        Self {
+            http_timeout_ms: NonZeroU64::new(
+                u64::try_from(defaults.http_timeout.as_millis()).unwrap_or(u64::MAX),
+            )
+            .unwrap_or(NonZeroU64::MIN),
+            max_history_records: NonZeroU64::new(defaults.max_history_records as u64)
+                .unwrap_or(NonZeroU64::MIN),
+            secrets: std::collections::BTreeMap::new(),
+        }
+    }
+}
+
+impl WorkflowOptions {
+    /// The engine's options.
+    pub fn engine_options(&self) -> herald_workflows::Options {
+        herald_workflows::Options {
+            http_timeout: Duration::from_millis(self.http_timeout_ms.get()),
+            max_history_records: usize::try_from(self.max_history_records.get())
+                .unwrap_or(usize::MAX),
+            secrets: self.secrets.clone().into_iter().collect(),
         }
     }
 }

@@ -198,6 +198,13 @@ codes! {
     WorkflowVersionExists => "workflow_version_exists", CONFLICT, ALREADY_EXISTS, "Workflow version exists";
     /// No workflow (or version) by that name.
     WorkflowNotFound => "workflow_not_found", NOT_FOUND, NOT_FOUND, "Workflow not found";
+    /// No workflow instance by that id.
+    WorkflowInstanceNotFound => "workflow_instance_not_found", NOT_FOUND, NOT_FOUND, "Workflow instance not found";
+    /// The instance ended: it can no longer be cancelled, suspended or resumed.
+    WorkflowInstanceEnded => "workflow_instance_ended", CONFLICT, FAILED_PRECONDITION, "Workflow instance ended";
+    /// The operation does not fit the instance's status (resume of one not
+    /// suspended, retry of one not faulted).
+    WorkflowInstanceConflict => "workflow_instance_conflict", CONFLICT, FAILED_PRECONDITION, "Workflow instance conflict";
     /// The `Range` starts at or past the end of the blob.
     RangeNotSatisfiable => "range_not_satisfiable", RANGE_NOT_SATISFIABLE, OUT_OF_RANGE, "Range not satisfiable";
     /// Stored bytes failed validation; they were not served.
@@ -376,6 +383,30 @@ impl From<herald_workflows::store::StoreError> for Problem {
             StoreError::Corrupt { .. } => {
                 error!(error = %failure, "A stored workflow definition is unreadable.");
                 Self::new(Code::CorruptData, failure.to_string())
+            }
+        }
+    }
+}
+
+impl From<herald_workflows::EngineError> for Problem {
+    fn from(failure: herald_workflows::EngineError) -> Self {
+        use herald_workflows::EngineError;
+        use herald_workflows::history::HistoryError;
+        match failure {
+            EngineError::NotFound(_) => {
+                Self::new(Code::WorkflowInstanceNotFound, failure.to_string())
+            }
+            EngineError::Ended(_) => Self::new(Code::WorkflowInstanceEnded, failure.to_string()),
+            EngineError::Conflict { .. } => {
+                Self::new(Code::WorkflowInstanceConflict, failure.to_string())
+            }
+            EngineError::Definition(error) => Self::from(error),
+            EngineError::Storage(error) | EngineError::History(HistoryError::Storage(error)) => {
+                Self::from(error)
+            }
+            EngineError::History(error) => {
+                error!(error = %error, "Writing a workflow instance's history failed.");
+                Self::new(Code::Internal, error.to_string())
             }
         }
     }

@@ -42,7 +42,9 @@ use crate::config::Options;
 use crate::connections;
 use crate::data_dir::{self, DataDir};
 use crate::grpc::{self, GrpcState};
-use crate::http::{self, AppState, JobsSlot, Phase, Readiness, StorageSlot, WebhooksSlot};
+use crate::http::{
+    self, AppState, JobsSlot, Phase, Readiness, StorageSlot, WebhooksSlot, WorkflowsSlot,
+};
 use crate::metrics::Metrics;
 use crate::storage::{self, Storage};
 use crate::tls::{self, Tls};
@@ -109,6 +111,10 @@ pub enum Error {
     /// options).
     #[error("cannot start the webhook service: {0}")]
     StartWebhooks(String),
+    /// The workflow engine could not start (its history topic, or resuming
+    /// the instances left running).
+    #[error("cannot start the workflow engine: {0}")]
+    StartWorkflows(String),
     /// Storage failed to close cleanly.
     #[error("cannot close storage")]
     CloseStorage(#[source] storage::Error),
@@ -247,6 +253,7 @@ impl Server {
 
         let jobs_slot = JobsSlot::default();
         let webhooks_slot = WebhooksSlot::default();
+        let workflows_slot = WorkflowsSlot::default();
         let (grpc_routes, health) = grpc::router(GrpcState {
             storage: storage_slot.clone(),
             clock: Arc::new(SystemClock),
@@ -271,6 +278,7 @@ impl Server {
                 blobs: blobs.clone(),
                 jobs: jobs_slot.clone(),
                 webhooks: webhooks_slot.clone(),
+                workflows: workflows_slot.clone(),
                 auth: Arc::clone(&auth),
             },
             grpc_routes,
@@ -321,7 +329,7 @@ impl Server {
             &options,
             &storage,
             blobs,
-            (&jobs_slot, &webhooks_slot),
+            (&jobs_slot, &webhooks_slot, &workflows_slot),
             &metrics,
             &services,
         )
@@ -425,13 +433,14 @@ fn check_exposure(options: &Options) -> Result<(), Error> {
     Ok(())
 }
 
-/// Starts the job service, the webhook service and the blob collector on
-/// open storage; returns their tasks (they stop when `cancel` fires).
+/// Starts the job service, the webhook service, the workflow engine and
+/// the blob collector on open storage; returns their tasks (they stop when
+/// `cancel` fires).
 async fn start_services(
     options: &Options,
     storage: &Storage,
     blobs: BlobStore,
-    (jobs_slot, webhooks_slot): (&JobsSlot, &WebhooksSlot),
+    (jobs_slot, webhooks_slot, workflows_slot): (&JobsSlot, &WebhooksSlot, &WorkflowsSlot),
     metrics: &Metrics,
     cancel: &CancellationToken,
 ) -> Result<Vec<JoinHandle<()>>, Error> {
@@ -461,6 +470,15 @@ async fn start_services(
         webhook_options.connect_timeout,
     )
     .map_err(|error| Error::StartWebhooks(error.to_string()))?;
+    // Workflows' `call: http` goes out through the same guarded client.
+    let engine = herald_workflows::Engine::start(
+        Arc::clone(&backend),
+        Some(sender.clone()),
+        options.workflows.engine_options(),
+        cancel.child_token(),
+    )
+    .await
+    .map_err(|error| Error::StartWorkflows(error.to_string()))?;
     let webhooks = herald_webhooks::Service::new(
         Arc::clone(&backend),
         sender,
@@ -476,7 +494,19 @@ async fn start_services(
         options.blobs.gc_interval_ms,
         cancel.clone(),
     ));
-    Ok(vec![jobs, webhooks, collector])
+    engine
+        .recover()
+        .await
+        .map_err(|error| Error::StartWorkflows(error.to_string()))?;
+    workflows_slot.set(engine.clone());
+    let workflows = tokio::spawn({
+        let cancel = cancel.clone();
+        async move {
+            cancel.cancelled().await;
+            engine.shutdown().await;
+        }
+    });
+    Ok(vec![jobs, webhooks, collector, workflows])
 }
 
 /// Waits for in-flight requests, at most `shutdown_timeout_ms`.

@@ -115,6 +115,19 @@ impl Sender {
         Ok(Self { client, policy })
     }
 
+    /// A request to `url` through this sender's guarded client (redirects
+    /// not followed, the resolver checking every address connected to), or
+    /// why the policy refuses the URL. Workflows' `call: http` sends
+    /// through it.
+    pub fn request(
+        &self,
+        method: reqwest::Method,
+        url: reqwest::Url,
+    ) -> Result<reqwest::RequestBuilder, Refused> {
+        self.policy.check_url(&url)?;
+        Ok(self.client.request(method, url))
+    }
+
     /// The policy this sender enforces.
     #[must_use]
     pub fn policy(&self) -> &TargetPolicy {

@@ -174,6 +174,13 @@ fn check(workflow: &Workflow) -> Result<(), DefinitionError> {
         && let Some(on) = &schedule.on
     {
         check_consumption(on, "schedule.on")?;
+        if on.all.is_some() || on.until.is_some() {
+            return Err(DefinitionError::at(
+                "schedule.on",
+                "schedule.on takes `one` or `any` here (an instance per matching event); \
+                 `all` and `until` are not supported yet",
+            ));
+        }
     }
     check_list(&workflow.do_, "do", &names)
 }
@@ -262,14 +269,11 @@ fn check_task(
             check_redirect(http.redirect, &at("with.redirect"))?;
             check_method(&http.method, &at("with.method"))?;
         }
-        TaskKind::Call(Call::OpenApi(openapi)) => {
-            check_redirect(openapi.redirect, &at("with.redirect"))?;
-            if openapi.operation_id.is_empty() {
-                return Err(DefinitionError::at(
-                    at("with.operationId"),
-                    "must not be empty",
-                ));
-            }
+        TaskKind::Call(Call::OpenApi(_)) => {
+            return Err(DefinitionError::at(
+                at("call"),
+                "call: openapi is not supported yet (Herald calls http and functions)",
+            ));
         }
         TaskKind::Call(Call::Function { name, .. }) => {
             if name.contains('@') {
@@ -289,6 +293,7 @@ fn check_task(
         }
         TaskKind::Do(list) => check_list(list, &at("do"), names)?,
         TaskKind::Emit(emit) => {
+            check_topic(emit.event.with.get("topic"), &at("emit.event.with.topic"))?;
             for attribute in ["source", "type"] {
                 if !emit.event.with.contains_key(attribute) {
                     return Err(DefinitionError::at(
@@ -300,7 +305,15 @@ fn check_task(
         }
         TaskKind::For(looping) => check_list(&looping.do_, &at("do"), names)?,
         TaskKind::Fork(fork) => check_list(&fork.branches, &at("fork.branches"), names)?,
-        TaskKind::Listen(listen) => check_consumption(&listen.listen.to, &at("listen.to"))?,
+        TaskKind::Listen(listen) => {
+            if listen.foreach.is_some() {
+                return Err(DefinitionError::at(
+                    at("foreach"),
+                    "listen.foreach is not supported yet: the listen's output is the array of events",
+                ));
+            }
+            check_consumption(&listen.listen.to, &at("listen.to"))?;
+        }
         TaskKind::Raise(raise) => {
             if let ErrorRef::Named(name) = &raise.error
                 && !names.errors.contains(name.as_str())
@@ -388,7 +401,35 @@ fn check_consumption(
             "`until` goes with `any`",
         ));
     }
+    if matches!(consumption.until, Some(Value::Object(_) | Value::Bool(_))) {
+        return Err(DefinitionError::at(
+            join_paths(path, "until"),
+            "`until` is an expression here (a consumption strategy is not supported yet)",
+        ));
+    }
+    for (at, filter) in consumption.filters(path) {
+        check_topic(
+            filter.with.as_ref().and_then(|with| with.get("topic")),
+            &join_paths(&at, "with.topic"),
+        )?;
+    }
     Ok(())
+}
+
+/// An event emitted or listened for names its Herald topic in `topic`: a
+/// topic name, or an expression giving one.
+fn check_topic(topic: Option<&Value>, path: &str) -> Result<(), DefinitionError> {
+    match topic {
+        Some(Value::String(text)) if expr::embedded(text).is_some() => Ok(()),
+        Some(Value::String(text)) => herald_types::TopicName::try_from(text.as_str())
+            .map(|_| ())
+            .map_err(|error| DefinitionError::at(path, error.to_string())),
+        Some(_) => Err(DefinitionError::at(path, "a topic name (a string)")),
+        None => Err(DefinitionError::at(
+            path,
+            "Herald needs the topic of the events: set `topic` (a Herald topic name)",
+        )),
+    }
 }
 
 /// Finds and compiles every runtime expression of a workflow, with the
@@ -525,31 +566,7 @@ impl Expressions {
         consumption: &crate::dsl::EventConsumption,
         path: &str,
     ) -> Result<(), DefinitionError> {
-        let filters = consumption
-            .one
-            .iter()
-            .map(|filter| (join_paths(path, "one"), filter))
-            .chain(
-                consumption
-                    .any
-                    .iter()
-                    .flatten()
-                    .enumerate()
-                    .map(|(index, filter)| {
-                        (format!("{}[{index}]", join_paths(path, "any")), filter)
-                    }),
-            )
-            .chain(
-                consumption
-                    .all
-                    .iter()
-                    .flatten()
-                    .enumerate()
-                    .map(|(index, filter)| {
-                        (format!("{}[{index}]", join_paths(path, "all")), filter)
-                    }),
-            );
-        for (at, filter) in filters {
+        for (at, filter) in consumption.filters(path) {
             if let Some(with) = &filter.with {
                 self.value(&Value::Object(with.clone()), &join_paths(&at, "with"))?;
             }

@@ -826,6 +826,26 @@ pub struct EventConsumption {
     pub until: Option<Value>,
 }
 
+impl EventConsumption {
+    /// Its filters with their paths under `path` (`…one`, `…any[1]`,
+    /// `…all[0]`), in order.
+    #[must_use]
+    pub fn filters(&self, path: &str) -> Vec<(String, &EventFilter)> {
+        let mut filters: Vec<(String, &EventFilter)> = self
+            .one
+            .iter()
+            .map(|filter| (join_paths(path, "one"), filter))
+            .collect();
+        for (field, listed) in [("any", &self.any), ("all", &self.all)] {
+            let at = join_paths(path, field);
+            for (index, filter) in listed.iter().flatten().enumerate() {
+                filters.push((format!("{at}[{index}]"), filter));
+            }
+        }
+        filters
+    }
+}
+
 /// An event filter.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]

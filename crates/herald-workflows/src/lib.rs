@@ -25,7 +25,24 @@
 
 pub mod definition;
 pub mod dsl;
+pub mod engine;
+pub mod error;
+pub mod eval;
 pub mod expr;
+pub mod history;
+pub mod run;
 pub mod store;
+pub mod triggers;
 
 pub use definition::{Definition, DefinitionError};
+pub use engine::{Engine, EngineError, InstanceView, ListFilter, Options, Status, StepView};
+pub use error::WorkflowError;
+
+/// Wall-clock time, ms since the Unix epoch.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
+        })
+}

@@ -306,6 +306,51 @@ pub const REST: &[RestRoute] = &[
     ),
     rest(
         "POST",
+        "/v1/workflows/{namespace}/{name}/instances",
+        on(Action::WorkflowsRun, Resource::Any),
+    ),
+    rest(
+        "GET",
+        "/v1/workflow-instances",
+        on(Action::WorkflowsRun, Resource::Any),
+    ),
+    rest(
+        "GET",
+        "/v1/workflow-instances/{instance_id}",
+        on(Action::WorkflowsRun, Resource::Any),
+    ),
+    rest(
+        "GET",
+        "/v1/workflow-instances/{instance_id}/history",
+        on(Action::WorkflowsRun, Resource::Any),
+    ),
+    rest(
+        "GET",
+        "/v1/workflow-instances/{instance_id}/events",
+        on(Action::WorkflowsRun, Resource::Any),
+    ),
+    rest(
+        "POST",
+        "/v1/workflow-instances/{instance_id}/cancel",
+        on(Action::WorkflowsRun, Resource::Any),
+    ),
+    rest(
+        "POST",
+        "/v1/workflow-instances/{instance_id}/suspend",
+        on(Action::WorkflowsRun, Resource::Any),
+    ),
+    rest(
+        "POST",
+        "/v1/workflow-instances/{instance_id}/resume",
+        on(Action::WorkflowsRun, Resource::Any),
+    ),
+    rest(
+        "POST",
+        "/v1/workflow-instances/{instance_id}/retry",
+        on(Action::WorkflowsRun, Resource::Any),
+    ),
+    rest(
+        "POST",
         "/v1/webhooks/endpoints",
         on(Action::WebhooksManage, Resource::Any),
     ),

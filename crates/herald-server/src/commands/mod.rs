@@ -28,6 +28,7 @@ mod sse;
 mod tail;
 mod topic;
 mod webhook;
+mod workflow;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -46,6 +47,7 @@ pub use publish::PublishArgs;
 pub use tail::TailArgs;
 pub use topic::TopicCommand;
 pub use webhook::{EndpointCommand, WebhookCommand};
+pub use workflow::WorkflowCommand;
 
 /// Where the server is and how to print.
 #[derive(Debug, Clone, Args)]
@@ -145,6 +147,9 @@ pub enum ClientCommand {
     /// Webhook endpoints, their attempts, redelivery and recovery.
     #[command(subcommand)]
     Webhook(WebhookCommand),
+    /// Workflow definitions and instances: deploy, start, inspect, cancel.
+    #[command(subcommand)]
+    Workflow(WorkflowCommand),
     /// Named servers and their credentials (`--context`, HERALD_CONTEXT).
     #[command(subcommand)]
     Context(ContextCommand),
@@ -214,6 +219,7 @@ pub fn run(client: &ClientArgs, command: ClientCommand) -> Result<(), Error> {
             ClientCommand::Blob(command) => blob::run(&api, command).await,
             ClientCommand::Auth(command) => auth::run(&api, command).await,
             ClientCommand::Webhook(command) => webhook::run(&api, command).await,
+            ClientCommand::Workflow(command) => workflow::run(&api, command).await,
             ClientCommand::Context(_) => Ok(()),
         }
     })

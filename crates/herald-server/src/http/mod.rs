@@ -95,6 +95,8 @@ pub struct AppState {
     pub jobs: JobsSlot,
     /// The webhook service, once storage is open.
     pub webhooks: WebhooksSlot,
+    /// The workflow engine, once storage is open.
+    pub workflows: WorkflowsSlot,
     /// Credentials, permissions, rate limits, audit.
     pub auth: Arc<crate::auth::Auth>,
 }
@@ -151,6 +153,9 @@ pub type JobsSlot = ServiceSlot<herald_jobs::Handle>;
 
 /// Where the webhook service goes once storage has opened.
 pub type WebhooksSlot = ServiceSlot<herald_webhooks::Handle>;
+
+/// Where the workflow engine goes once storage has opened.
+pub type WorkflowsSlot = ServiceSlot<herald_workflows::Engine>;
 
 impl AppState {
     /// The job service, or 503 `unavailable` while storage is still opening.
@@ -290,6 +295,15 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(webhooks::jobs))
         .routes(routes!(workflows::deploy, workflows::list))
         .routes(routes!(workflows::show))
+        .routes(routes!(workflows::start))
+        .routes(routes!(workflows::instances))
+        .routes(routes!(workflows::instance))
+        .routes(routes!(workflows::history))
+        .routes(routes!(workflows::events))
+        .routes(routes!(workflows::cancel))
+        .routes(routes!(workflows::suspend))
+        .routes(routes!(workflows::resume))
+        .routes(routes!(workflows::retry))
         // Blob uploads stream to storage, bounded by limits.max_blob_bytes
         // (checked as they stream), not by the request body limit.
         .routes(routes!(blobs::upload).layer(DefaultBodyLimit::disable()))

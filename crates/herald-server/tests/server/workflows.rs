@@ -134,3 +134,224 @@ async fn given_broken_definitions_should_be_refused_naming_the_path_and_store_no
     let listed: Value = api.get("/v1/workflows").await.json().await.unwrap();
     assert_eq!(listed, json!({"workflows": []}));
 }
+
+async fn wait_status(api: &Api, id: &str, wanted: &str) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let view = crate::support::expect_json(
+            api.get(&format!("/v1/workflow-instances/{id}")).await,
+            200,
+        )
+        .await;
+        if view["status"] == wanted {
+            return view;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never {wanted}: {view}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// An instance started over HTTP waits on a durable timer; the server is
+/// killed (`kill -9`) during the wait; after the restart the timer fires at
+/// its recorded time and the instance completes, its steps inspectable.
+#[tokio::test]
+async fn given_an_instance_waiting_when_the_server_is_killed_should_complete_after_restart() {
+    let (server, api) = TestServer::start_ready().await;
+    let definition = "document: { dsl: '1.0.0', namespace: ops, name: nap, version: '1' }\n\
+         do:\n  - first: { set: { step: 1, who: '${ .who }' } }\n  - nap: { wait: { milliseconds: 1500 } }\n  - last: { set: { step: 2, who: '${ .who }' } }\n";
+    assert_eq!(
+        deploy(&api, "application/yaml", definition).await.status(),
+        201
+    );
+    let started = api
+        .post(
+            "/v1/workflows/ops/nap/instances",
+            &json!({"input": {"who": "ada"}}),
+        )
+        .await;
+    assert_eq!(started.status(), 201);
+    let location = started.headers()["location"].to_str().unwrap().to_owned();
+    let started = started.json::<Value>().await.unwrap();
+    let id = started["instance_id"].as_str().unwrap().to_owned();
+    assert_eq!(location, format!("/v1/workflow-instances/{id}"));
+    assert_eq!(started["version"], "1");
+    wait_status(&api, &id, "waiting").await;
+
+    server.signal("KILL").await;
+    let (status, stderr, dir) = server.wait().await;
+    assert_eq!(status.code(), None, "killed; stderr:\n{stderr}");
+    let command = crate::support::serve(dir.path());
+    let (_server, api) = TestServer::ready(TestServer::spawn(dir, command).await).await;
+    let ended = crate::support::expect_json(
+        api.get(&format!("/v1/workflow-instances/{id}?wait_ms=30000"))
+            .await,
+        200,
+    )
+    .await;
+    assert_eq!(ended["status"], "completed", "{ended}");
+    assert_eq!(ended["output"], json!({"step": 2, "who": "ada"}));
+    let history = crate::support::expect_json(
+        api.get(&format!("/v1/workflow-instances/{id}/history"))
+            .await,
+        200,
+    )
+    .await;
+    let steps = history["steps"].as_array().unwrap();
+    let tasks: Vec<&str> = steps
+        .iter()
+        .map(|step| step["task"].as_str().unwrap())
+        .collect();
+    assert_eq!(tasks, ["first", "nap", "last"]);
+    assert!(steps.iter().all(|step| step["status"] == "completed"));
+    let nap = &steps[1];
+    let (from, to) = (
+        herald_types::parse_rfc3339_ms(nap["started_at"].as_str().unwrap()).unwrap(),
+        herald_types::parse_rfc3339_ms(nap["ended_at"].as_str().unwrap()).unwrap(),
+    );
+    assert!(to - from >= 1500, "the timer fired after {} ms", to - from);
+    let listed = crate::support::expect_json(
+        api.get("/v1/workflow-instances?namespace=ops&status=completed")
+            .await,
+        200,
+    )
+    .await;
+    assert_eq!(listed["instances"][0]["instance_id"], json!(id));
+}
+
+#[tokio::test]
+async fn given_bad_instance_requests_should_answer_problems() {
+    let (_server, api) = TestServer::start_ready().await;
+    let definition = "document: { dsl: '1.0.0', namespace: ops, name: hold, version: '1' }\n\
+         do:\n  - hold: { wait: PT1H }\n";
+    deploy(&api, "application/yaml", definition).await;
+    crate::support::expect_problem(
+        api.post("/v1/workflows/ops/missing/instances", &json!({}))
+            .await,
+        404,
+        "workflow_not_found",
+    )
+    .await;
+    crate::support::expect_problem(
+        api.post(
+            "/v1/workflows/ops/hold/instances",
+            &json!({"input": {}, "extra": 1}),
+        )
+        .await,
+        400,
+        "invalid_argument",
+    )
+    .await;
+    crate::support::expect_problem(
+        api.get("/v1/workflow-instances/nope").await,
+        404,
+        "workflow_instance_not_found",
+    )
+    .await;
+    let started = crate::support::expect_json(
+        api.post("/v1/workflows/ops/hold/instances", &json!({}))
+            .await,
+        201,
+    )
+    .await;
+    let id = started["instance_id"].as_str().unwrap();
+    wait_status(&api, id, "waiting").await;
+    crate::support::expect_problem(
+        api.post_raw(
+            &format!("/v1/workflow-instances/{id}/resume"),
+            None,
+            &[],
+            Vec::new(),
+        )
+        .await,
+        409,
+        "workflow_instance_conflict",
+    )
+    .await;
+    let cancelled = crate::support::expect_json(
+        api.post_raw(
+            &format!("/v1/workflow-instances/{id}/cancel"),
+            None,
+            &[],
+            Vec::new(),
+        )
+        .await,
+        200,
+    )
+    .await;
+    assert_eq!(cancelled["instance_id"], json!(id));
+    wait_status(&api, id, "cancelled").await;
+    crate::support::expect_problem(
+        api.post_raw(
+            &format!("/v1/workflow-instances/{id}/suspend"),
+            None,
+            &[],
+            Vec::new(),
+        )
+        .await,
+        409,
+        "workflow_instance_ended",
+    )
+    .await;
+    crate::support::expect_problem(
+        api.get("/v1/workflow-instances?limit=0").await,
+        400,
+        "invalid_argument",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn given_the_cli_should_deploy_start_and_inspect_workflows() {
+    let (server, _api) = TestServer::start_ready().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("greet.yaml");
+    std::fs::write(
+        &file,
+        "document: { dsl: '1.0.0', namespace: cli, name: greet, version: '1' }\n\
+         do:\n  - hello: { set: { greeting: '${ \"hello \" + .name }' } }\n",
+    )
+    .unwrap();
+    let deployed = crate::cli::stdout(
+        &crate::cli::cli(&server, &["workflow", "deploy", file.to_str().unwrap()]).await,
+    );
+    assert!(deployed.contains("greet"), "{deployed}");
+    let started = crate::cli::stdout(
+        &crate::cli::cli(
+            &server,
+            &[
+                "--output",
+                "json",
+                "workflow",
+                "start",
+                "cli/greet",
+                "--input",
+                r#"{"name":"ada"}"#,
+                "--wait",
+                "30",
+            ],
+        )
+        .await,
+    );
+    let started: Value = serde_json::from_str(&started).unwrap();
+    assert_eq!(started["status"], "completed", "{started}");
+    assert_eq!(started["output"], json!({"greeting": "hello ada"}));
+    let id = started["instance_id"].as_str().unwrap();
+    let history = crate::cli::stdout(&crate::cli::cli(&server, &["workflow", "history", id]).await);
+    assert!(
+        history.contains("/do/0/hello") && history.contains("completed"),
+        "{history}"
+    );
+    let listed = crate::cli::stdout(
+        &crate::cli::cli(
+            &server,
+            &["workflow", "instances", "--workflow", "cli/greet"],
+        )
+        .await,
+    );
+    assert!(listed.contains(id), "{listed}");
+    let bad = crate::cli::cli(&server, &["workflow", "start", "nonamespace"]).await;
+    assert_eq!(bad.status.code(), Some(2));
+}

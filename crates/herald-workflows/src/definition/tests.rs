@@ -37,7 +37,7 @@ fn refused(body: &str) -> (String, String) {
 /// reference notes validated against the DSL's schema.
 const CUSTOMER_QUESTION: &str = r#"
 document: { dsl: '1.0.3', namespace: support, name: customer-question, version: '1.0.0' }
-schedule: { on: { one: { with: { type: com.example.question.asked.v1 } } } }
+schedule: { on: { one: { with: { topic: questions, type: com.example.question.asked.v1 } } } }
 use:
   retries:
     http-backoff: { delay: { seconds: 2 }, backoff: { exponential: {} }, limit: { attempt: { count: 5 } },
@@ -58,12 +58,12 @@ do:
         - billing: { when: '.category == "billing"', then: askAgent }
         - other: { then: end }
   - askAgent:
-      emit: { event: { with: { source: /support, type: com.example.agent.task.v1,
+      emit: { event: { with: { topic: agents, source: /support, type: com.example.agent.task.v1,
                                data: '${ { question: $workflow.input[0].data, category: $context.category } }' } } }
   - awaitAnswer:
       try:
         - waitForAnswer:
-            listen: { to: { one: { with: { type: com.example.answer.provided.v1 },
+            listen: { to: { one: { with: { topic: answers, type: com.example.answer.provided.v1 },
                                     correlate: { questionId: { from: .data.questionId, expect: '${ $workflow.input[0].data.questionId }' } } } } }
             timeout: { after: { hours: 24 } }
       catch:
@@ -187,9 +187,9 @@ do:
   - b: { do: [ { inner: { set: { x: 1 } } } ] }
   - c: { for: { each: order, in: .orders, at: i }, while: '$i < 10', do: [ { step: { set: { y: 2 } } } ] }
   - d: { fork: { compete: true, branches: [ { left: { wait: PT1S } }, { right: { wait: { seconds: 2 } } } ] } }
-  - e: { listen: { to: { any: [ { with: { type: t1 } }, { with: { type: t2 } } ], until: '. | length > 1' }, read: envelope } }
-  - f: { call: openapi, with: { document: { endpoint: 'http://127.0.0.1/openapi.json' }, operationId: getPet, parameters: { id: 1 }, output: response } }
-  - g: { emit: { event: { with: { source: /s, type: t, data: { a: 1 } } } }, then: exit }
+  - e: { listen: { to: { any: [ { with: { topic: t, type: t1 } }, { with: { topic: t, type: t2 } } ], until: '. | length > 1' }, read: envelope } }
+  - f: { call: http, with: { method: get, endpoint: 'http://127.0.0.1/pets/{id}', output: response } }
+  - g: { emit: { event: { with: { topic: t, source: /s, type: t, data: { a: 1 } } } }, then: exit }
 "#,
     )
     .unwrap();
@@ -212,7 +212,7 @@ do:
         matches!(kinds[4], TaskKind::Listen(listen) if listen.listen.read == Some(ListenRead::Envelope) && listen.listen.to.any.as_ref().unwrap().len() == 2)
     );
     assert!(
-        matches!(kinds[5], TaskKind::Call(Call::OpenApi(openapi)) if openapi.operation_id == "getPet" && openapi.output == Some(CallOutput::Response))
+        matches!(kinds[5], TaskKind::Call(Call::Http(http)) if http.output == Some(CallOutput::Response))
     );
     assert_eq!(
         definition.workflow.do_.0[6].1.common.then,
@@ -355,9 +355,29 @@ fn given_references_to_nothing_when_parsed_should_be_refused() {
             "last",
         ),
         (
-            "do:\n  - e: { emit: { event: { with: { source: /s } } } }\n",
+            "do:\n  - e: { emit: { event: { with: { topic: t, source: /s } } } }\n",
             "do[0].e.emit.event.with",
             "type",
+        ),
+        (
+            "do:\n  - e: { emit: { event: { with: { source: /s, type: t } } } }\n",
+            "do[0].e.emit.event.with.topic",
+            "topic",
+        ),
+        (
+            "do:\n  - l: { listen: { to: { all: [ { with: { topic: a } }, { with: { type: t } } ] } } }\n",
+            "do[0].l.listen.to.all[1].with.topic",
+            "topic",
+        ),
+        (
+            "do:\n  - e: { emit: { event: { with: { topic: 'no spaces', source: /s, type: t } } } }\n",
+            "do[0].e.emit.event.with.topic",
+            "invalid topic name",
+        ),
+        (
+            "do:\n  - f: { call: openapi, with: { document: { endpoint: 'http://x/o.json' }, operationId: getPet } }\n",
+            "do[0].f.call",
+            "openapi is not supported",
         ),
         (
             "do:\n  - l: { listen: { to: { one: { with: {} }, all: [] } } }\n",

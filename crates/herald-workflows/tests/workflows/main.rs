@@ -9,6 +9,8 @@ use herald_embedded::{EmbeddedBackend, EmbeddedOptions};
 use herald_log::LogMetrics;
 use herald_workflows::store::{Definitions, StoreError};
 
+mod engine;
+
 async fn open(dir: &std::path::Path) -> Arc<dyn Backend> {
     Arc::new(
         EmbeddedBackend::open(EmbeddedOptions::new(dir), LogMetrics::new())

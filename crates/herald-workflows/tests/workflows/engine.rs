@@ -1,0 +1,840 @@
+//! Instances run by the engine on the real default backend, one test per
+//! task type and per rule of the DSL's reference, plus the durable ones:
+//! restarts in the middle of a wait, an HTTP call not repeated once
+//! recorded, cancel with compensation, suspend and resume, retry.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use herald_backend::{Backend, TopicSpec};
+use herald_types::{Event, EventInput, TopicName};
+use herald_workflows::{Engine, InstanceView, Options, Status};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio_util::sync::CancellationToken;
+
+use crate::open;
+
+const SETTLE: Duration = Duration::from_secs(30);
+
+struct Harness {
+    dir: tempfile::TempDir,
+    backend: Arc<dyn Backend>,
+    engine: Engine,
+}
+
+impl Harness {
+    async fn start() -> Self {
+        Self::on(tempfile::tempdir().unwrap()).await
+    }
+
+    async fn on(dir: tempfile::TempDir) -> Self {
+        let backend = open(dir.path()).await;
+        let policy = herald_webhooks::TargetPolicy::new(&["127.0.0.1"]).unwrap();
+        let sender = herald_webhooks::Sender::new(policy, Duration::from_secs(2)).unwrap();
+        let options = Options {
+            http_timeout: Duration::from_secs(5),
+            ..Options::default()
+        };
+        let engine = Engine::start(
+            Arc::clone(&backend),
+            Some(sender),
+            options,
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        engine.recover().await.unwrap();
+        Self {
+            dir,
+            backend,
+            engine,
+        }
+    }
+
+    /// Stops the engine where it is (its instances resume at the next
+    /// start) and opens everything again.
+    async fn restart(self) -> Self {
+        let Self {
+            dir,
+            backend,
+            engine,
+        } = self;
+        engine.shutdown().await;
+        drop(engine);
+        backend.shutdown().await.unwrap();
+        drop(backend);
+        Self::on(dir).await
+    }
+
+    async fn deploy(&self, yaml: &str) {
+        self.engine
+            .deploy(yaml, "2026-12-03T00:00:00.000Z".into())
+            .await
+            .unwrap();
+    }
+
+    async fn start_instance(&self, name: &str, input: Value) -> String {
+        self.engine
+            .start_instance("test", name, None, input)
+            .await
+            .unwrap()
+            .instance_id
+    }
+
+    async fn ended(&self, id: &str) -> InstanceView {
+        let view = self.engine.wait(id, SETTLE).await.unwrap();
+        assert!(view.status.ended(), "not ended: {view:?}");
+        view
+    }
+
+    async fn run(&self, name: &str, input: Value) -> InstanceView {
+        let id = self.start_instance(name, input).await;
+        self.ended(&id).await
+    }
+
+    async fn until_status(&self, id: &str, status: Status) -> InstanceView {
+        let deadline = tokio::time::Instant::now() + SETTLE;
+        loop {
+            let view = self.engine.get(id).await.unwrap();
+            if view.status == status {
+                return view;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never {status:?}: {view:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn topic(&self, name: &str) {
+        self.backend
+            .create_topic(TopicSpec::new(TopicName::try_from(name).unwrap()))
+            .await
+            .unwrap();
+    }
+
+    async fn publish(&self, topic: &str, ty: &str, data: Value) {
+        let mut event = Event::new(Event::generate_id(0), "/test", ty);
+        event.data = Some(serde_json::to_vec(&data).unwrap().into());
+        event.datacontenttype = Some("application/json".into());
+        self.backend
+            .publish(
+                &TopicName::try_from(topic).unwrap(),
+                vec![EventInput {
+                    event,
+                    partition: None,
+                }],
+            )
+            .await
+            .unwrap();
+    }
+
+    async fn events(&self, topic: &str) -> Vec<Value> {
+        let read = self
+            .backend
+            .read(&TopicName::try_from(topic).unwrap(), 0, 0, 100)
+            .await
+            .unwrap();
+        read.events
+            .iter()
+            .map(|stored| serde_json::to_value(stored).unwrap())
+            .collect()
+    }
+}
+
+fn workflow(name: &str, body: &str) -> String {
+    format!("document: {{ dsl: '1.0.0', namespace: test, name: {name}, version: '1' }}\n{body}")
+}
+
+/// A request as received: its request line, JSON body and header lines
+/// (lowercased).
+type Received = (String, Value, Vec<String>);
+
+/// A tiny HTTP/1.1 server answering each request with the next of
+/// `answers` (the last one again once they run out), keeping what it got.
+struct Receiver {
+    url: String,
+    requests: Arc<Mutex<Vec<Received>>>,
+}
+
+impl Receiver {
+    async fn start(answers: Vec<(u16, Value)>) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let got = Arc::clone(&requests);
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut socket, _)) = listener.accept().await else {
+                    return;
+                };
+                let got = Arc::clone(&got);
+                let answers = answers.clone();
+                tokio::spawn(async move {
+                    let mut buffer = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        let Ok(read) = socket.read(&mut chunk).await else {
+                            return;
+                        };
+                        if read == 0 {
+                            return;
+                        }
+                        buffer.extend_from_slice(&chunk[..read]);
+                        let text = String::from_utf8_lossy(&buffer).into_owned();
+                        let Some(end) = text.find("\r\n\r\n") else {
+                            continue;
+                        };
+                        let head = &text[..end];
+                        let length = head
+                            .lines()
+                            .find_map(|line| {
+                                let (name, value) = line.split_once(':')?;
+                                name.eq_ignore_ascii_case("content-length")
+                                    .then(|| value.trim().parse::<usize>().ok())?
+                            })
+                            .unwrap_or(0);
+                        if buffer.len() < end + 4 + length {
+                            continue;
+                        }
+                        let body: Value =
+                            serde_json::from_slice(&buffer[end + 4..end + 4 + length])
+                                .unwrap_or(Value::Null);
+                        let mut lines = head.lines();
+                        let request_line = lines.next().unwrap_or_default().to_owned();
+                        let headers: Vec<String> = lines.map(str::to_lowercase).collect();
+                        let index = {
+                            let mut got = got.lock().unwrap();
+                            got.push((request_line, body, headers));
+                            got.len() - 1
+                        };
+                        let (status, answer) = answers[index.min(answers.len() - 1)].clone();
+                        let answer = answer.to_string();
+                        let response = format!(
+                            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+                            answer.len()
+                        );
+                        let _ = socket.write_all(response.as_bytes()).await;
+                        return;
+                    }
+                });
+            }
+        });
+        Self { url, requests }
+    }
+
+    fn count(&self) -> usize {
+        self.requests.lock().unwrap().len()
+    }
+}
+
+#[tokio::test]
+async fn given_set_switch_and_transforms_should_flow_data_as_the_dsl_says() {
+    let harness = Harness::start().await;
+    harness
+        .deploy(&workflow(
+            "flow",
+            r#"
+input: { from: '{ order: .order, skip: .skip }' }
+do:
+  - start: { set: { total: '${ .order.items | map(.price) | add }', skip: '${ .skip }' }, export: { as: '$context + { seen: .total }' } }
+  - skipped: { if: '.skip | not', set: { total: -1 } }
+  - route:
+      switch:
+        - big: { when: '.total > 100', then: discount }
+        - small: { then: exit }
+  - unreachable: { set: { never: true } }
+  - discount: { set: { total: '${ .total * 0.9 }', context: '${ $context.seen }' }, output: { as: '.total' } }
+output: { as: '{ result: ., input: $workflow.input.order.id }' }
+"#,
+        ))
+        .await;
+    let view = harness
+        .run(
+            "flow",
+            json!({"order": {"id": "o1", "items": [{"price": 100}, {"price": 20}]}, "skip": true, "extra": 1}),
+        )
+        .await;
+    assert_eq!(view.status, Status::Completed, "{view:?}");
+    assert_eq!(view.output, Some(json!({"result": 108.0, "input": "o1"})));
+    // `then: exit` at the top ends the workflow with the input it had.
+    let small = harness
+        .run(
+            "flow",
+            json!({"order": {"id": "o2", "items": [{"price": 5}]}, "skip": false}),
+        )
+        .await;
+    assert_eq!(
+        small.output,
+        Some(json!({"result": {"total": -1}, "input": "o2"}))
+    );
+}
+
+#[tokio::test]
+async fn given_for_loops_should_iterate_stop_at_while_and_exit() {
+    let harness = Harness::start().await;
+    harness
+        .deploy(&workflow(
+            "loops",
+            r#"
+do:
+  - init: { set: { sum: 0 } }
+  - add:
+      for: { each: n, in: '$workflow.input.numbers', at: i }
+      while: '.sum < 10'
+      do:
+        - step: { set: { sum: '${ .sum + $n }', last: '${ $i }' } }
+        - stopAtNegative:
+            switch:
+              - negative: { when: '$n < 0', then: exit }
+              - other: { then: continue }
+"#,
+        ))
+        .await;
+    let view = harness.run("loops", json!({"numbers": [1, 2, 3]})).await;
+    assert_eq!(view.output, Some(json!({"sum": 6, "last": 2})));
+    // `while` is checked before each iteration.
+    let view = harness.run("loops", json!({"numbers": [5, 6, 7, 8]})).await;
+    assert_eq!(view.output, Some(json!({"sum": 11, "last": 1})));
+    // `then: exit` inside the body leaves the loop.
+    let view = harness.run("loops", json!({"numbers": [1, -1, 100]})).await;
+    assert_eq!(view.output, Some(json!({"sum": 0, "last": 1})));
+}
+
+#[tokio::test]
+async fn given_forks_should_gather_in_order_or_take_the_winner() {
+    let harness = Harness::start().await;
+    harness
+        .deploy(&workflow(
+            "forks",
+            r#"
+do:
+  - all:
+      fork:
+        branches:
+          - slow: { wait: { milliseconds: 50 }, output: { as: '"slow"' } }
+          - fast: { set: { v: fast }, output: { as: .v } }
+  - race:
+      fork:
+        compete: true
+        branches:
+          - tortoise: { wait: PT1H, output: { as: '"tortoise"' } }
+          - hare: { set: { v: hare }, output: { as: .v } }
+      output: { as: '{ race: . }' }
+"#,
+        ))
+        .await;
+    let view = harness.run("forks", json!({})).await;
+    assert_eq!(view.status, Status::Completed, "{view:?}");
+    assert_eq!(view.output, Some(json!({"race": "hare"})));
+    let history = harness.engine.history(&view.instance_id).await.unwrap();
+    let all = history.iter().find(|step| step.task == "all").unwrap();
+    assert_eq!(all.output, Some(json!(["slow", "fast"])));
+}
+
+#[tokio::test]
+async fn given_raise_and_catch_filters_should_catch_only_what_they_name() {
+    let harness = Harness::start().await;
+    harness
+        .deploy(&workflow(
+            "errors",
+            r#"
+use:
+  errors:
+    notFound: { type: https://example.com/not-found, status: 404, title: Not found }
+do:
+  - guarded:
+      try:
+        - fail: { raise: { error: notFound } }
+      catch:
+        errors: { with: { type: https://example.com/not-found } }
+        as: problem
+        when: '$problem.status == 404'
+        do:
+          - note: { set: { caught: '${ $problem.type }', at: '${ $problem.instance }' } }
+  - unguarded:
+      try:
+        - fail: { raise: { error: { type: https://example.com/boom, status: '${ 400 + 18 }', detail: '${ "input " + (.caught | tostring) }' } } }
+      catch:
+        errors: { with: { status: 404 } }
+"#,
+        ))
+        .await;
+    let view = harness.run("errors", json!({})).await;
+    assert_eq!(view.status, Status::Faulted, "{view:?}");
+    let error = view.error.unwrap();
+    assert_eq!(error.type_, "https://example.com/boom");
+    assert_eq!(error.status, 418);
+    assert_eq!(
+        error.detail.as_deref(),
+        Some("input https://example.com/not-found")
+    );
+    assert_eq!(
+        error.instance.as_deref(),
+        Some("/do/1/unguarded/try/0/fail")
+    );
+    let history = harness.engine.history(&view.instance_id).await.unwrap();
+    let note = history.iter().find(|step| step.task == "note").unwrap();
+    assert_eq!(
+        note.output,
+        Some(json!({"caught": "https://example.com/not-found", "at": "/do/0/guarded/try/0/fail"}))
+    );
+}
+
+#[tokio::test]
+async fn given_a_flaky_service_should_retry_with_backoff_up_to_the_limit() {
+    let harness = Harness::start().await;
+    let flaky = Receiver::start(vec![
+        (503, json!({"error": "busy"})),
+        (503, json!({"error": "busy"})),
+        (200, json!({"category": "billing"})),
+    ])
+    .await;
+    harness
+        .deploy(&workflow(
+            "retry",
+            &format!(
+                r#"
+use:
+  retries:
+    quick: {{ delay: {{ milliseconds: 20 }}, backoff: {{ exponential: {{}} }}, limit: {{ attempt: {{ count: 3 }} }} }}
+do:
+  - classify:
+      try:
+        - call: {{ call: http, with: {{ method: post, endpoint: '{url}/classify/{{id}}', body: {{ text: '${{ .text }}' }} }} }}
+      catch:
+        errors: {{ with: {{ type: https://serverlessworkflow.io/spec/1.0.0/errors/communication }} }}
+        retry: quick
+"#,
+                url = flaky.url
+            ),
+        ))
+        .await;
+    let view = harness.run("retry", json!({"id": 7, "text": "hi"})).await;
+    assert_eq!(view.status, Status::Completed, "{view:?}");
+    assert_eq!(view.output, Some(json!({"category": "billing"})));
+    let requests = flaky.requests.lock().unwrap().clone();
+    assert_eq!(requests.len(), 3);
+    assert!(
+        requests[0].0.starts_with("POST /classify/7 "),
+        "{requests:?}"
+    );
+    assert_eq!(requests[0].1, json!({"text": "hi"}));
+    // Each attempt is a call of its own, with a key of its own.
+    let keys: Vec<&String> = requests
+        .iter()
+        .filter_map(|(_, _, headers)| headers.iter().find(|h| h.starts_with("idempotency-key:")))
+        .collect();
+    assert_eq!(keys.len(), 3);
+    assert_ne!(keys[0], keys[1]);
+
+    // Never answering 2xx: three attempts, then the error.
+    let down = Receiver::start(vec![(503, json!({}))]).await;
+    harness
+        .deploy(
+            &workflow(
+                "retry",
+                &format!(
+                    r#"
+use:
+  retries:
+    quick: {{ delay: {{ milliseconds: 5 }}, limit: {{ attempt: {{ count: 3 }} }} }}
+do:
+  - classify:
+      try:
+        - call: {{ call: http, with: {{ method: get, endpoint: '{url}/x' }} }}
+      catch:
+        errors: {{ with: {{ type: https://serverlessworkflow.io/spec/1.0.0/errors/communication }} }}
+        retry: quick
+"#,
+                    url = down.url
+                ),
+            )
+            .replace("version: '1'", "version: '2'"),
+        )
+        .await;
+    let view = harness.run("retry", json!({})).await;
+    assert_eq!(view.status, Status::Faulted, "{view:?}");
+    let error = view.error.unwrap();
+    assert_eq!(
+        error.type_,
+        "https://serverlessworkflow.io/spec/1.0.0/errors/communication"
+    );
+    assert_eq!(error.status, 503);
+    assert_eq!(down.count(), 3);
+    let history = harness.engine.history(&view.instance_id).await.unwrap();
+    assert_eq!(
+        history
+            .iter()
+            .find(|step| step.task == "classify")
+            .unwrap()
+            .attempt,
+        3
+    );
+}
+
+#[tokio::test]
+async fn given_a_restart_during_a_wait_should_fire_at_the_recorded_time_and_not_call_again() {
+    let harness = Harness::start().await;
+    let service = Receiver::start(vec![(200, json!({"ok": true}))]).await;
+    harness
+        .deploy(&workflow(
+            "durable",
+            &format!(
+                r#"
+do:
+  - before: {{ call: http, with: {{ method: post, endpoint: '{url}/before' }} }}
+  - nap: {{ wait: {{ milliseconds: 1500 }} }}
+  - after: {{ set: {{ done: true }} }}
+"#,
+                url = service.url
+            ),
+        ))
+        .await;
+    let id = harness.start_instance("durable", json!({})).await;
+    harness.until_status(&id, Status::Waiting).await;
+    let started = std::time::Instant::now();
+    let harness = harness.restart().await;
+    let view = harness.ended(&id).await;
+    assert_eq!(view.status, Status::Completed, "{view:?}");
+    assert_eq!(view.output, Some(json!({"done": true})));
+    // The call before the wait was recorded: not made again on replay.
+    assert_eq!(service.count(), 1);
+    // The timer kept its due time: it fired neither at once nor reset.
+    let history = harness.engine.history(&id).await.unwrap();
+    let nap = history.iter().find(|step| step.task == "nap").unwrap();
+    let (began, ended) = (
+        herald_types::parse_rfc3339_ms(nap.started_at.as_deref().unwrap()).unwrap(),
+        herald_types::parse_rfc3339_ms(nap.ended_at.as_deref().unwrap()).unwrap(),
+    );
+    assert!(ended - began >= 1500, "fired after {} ms", ended - began);
+    assert!(
+        started.elapsed() < Duration::from_millis(1500 + 10_000),
+        "the timer was not reset"
+    );
+}
+
+#[tokio::test]
+async fn given_emit_and_listen_should_publish_and_wait_for_the_correlated_answer() {
+    let harness = Harness::start().await;
+    harness.topic("tasks").await;
+    harness.topic("answers").await;
+    harness
+        .deploy(&workflow(
+            "ask",
+            r#"
+do:
+  - ask:
+      emit:
+        event:
+          with: { topic: tasks, source: /support, type: agent.task, data: '${ { question: .text } }' }
+  - answer:
+      listen:
+        to:
+          one:
+            with: { topic: answers, type: question.answered }
+            correlate: { question: { from: .data.questionId, expect: '${ $workflow.input.id }' } }
+      output: { as: '.[0].answer' }
+"#,
+        ))
+        .await;
+    let id = harness
+        .start_instance("ask", json!({"id": "q1", "text": "why?"}))
+        .await;
+    harness.until_status(&id, Status::Waiting).await;
+    let tasks = harness.events("tasks").await;
+    assert_eq!(tasks.len(), 1);
+    assert_eq!(tasks[0]["type"], "agent.task");
+    assert_eq!(tasks[0]["data"], json!({"question": "why?"}));
+    assert_eq!(tasks[0]["causationid"], json!(id));
+    // Another question's answer and another type do not end the wait.
+    harness
+        .publish(
+            "answers",
+            "question.answered",
+            json!({"questionId": "q2", "answer": "no"}),
+        )
+        .await;
+    harness
+        .publish(
+            "answers",
+            "other.type",
+            json!({"questionId": "q1", "answer": "no"}),
+        )
+        .await;
+    harness
+        .publish(
+            "answers",
+            "question.answered",
+            json!({"questionId": "q1", "answer": "because"}),
+        )
+        .await;
+    let view = harness.ended(&id).await;
+    assert_eq!(view.status, Status::Completed, "{view:?}");
+    assert_eq!(view.output, Some(json!("because")));
+}
+
+#[tokio::test]
+async fn given_a_listen_that_times_out_should_raise_timeout_for_the_catch() {
+    let harness = Harness::start().await;
+    harness.topic("answers").await;
+    harness
+        .deploy(&workflow(
+            "late",
+            r#"
+do:
+  - wait:
+      try:
+        - answer:
+            listen: { to: { one: { with: { topic: answers, type: never } } } }
+            timeout: { after: { milliseconds: 200 } }
+      catch:
+        errors: { with: { type: https://serverlessworkflow.io/spec/1.0.0/errors/timeout } }
+        as: late
+        do:
+          - escalate: { set: { escalated: true, status: '${ $late.status }' } }
+"#,
+        ))
+        .await;
+    let view = harness.run("late", json!({})).await;
+    assert_eq!(view.status, Status::Completed, "{view:?}");
+    assert_eq!(view.output, Some(json!({"escalated": true, "status": 408})));
+}
+
+#[tokio::test]
+async fn given_a_cancel_during_a_wait_should_run_the_compensation_and_end_cancelled() {
+    let harness = Harness::start().await;
+    harness.topic("ledger").await;
+    harness
+        .deploy(&workflow(
+            "booking",
+            r#"
+do:
+  - book:
+      try:
+        - reserve: { emit: { event: { with: { topic: ledger, source: /b, type: reserved } } } }
+        - hold: { wait: PT1H }
+      catch:
+        do:
+          - release: { emit: { event: { with: { topic: ledger, source: /b, type: released } } } }
+"#,
+        ))
+        .await;
+    let id = harness.start_instance("booking", json!({})).await;
+    harness.until_status(&id, Status::Waiting).await;
+    harness.engine.cancel(&id).await.unwrap();
+    let view = harness.ended(&id).await;
+    assert_eq!(view.status, Status::Cancelled, "{view:?}");
+    let types: Vec<Value> = harness
+        .events("ledger")
+        .await
+        .iter()
+        .map(|event| event["type"].clone())
+        .collect();
+    assert_eq!(types, [json!("reserved"), json!("released")]);
+    // An ended instance cannot be cancelled again.
+    assert!(matches!(
+        harness.engine.cancel(&id).await,
+        Err(herald_workflows::EngineError::Ended("cancelled"))
+    ));
+}
+
+#[tokio::test]
+async fn given_a_suspended_instance_should_stop_and_resume_where_it_was() {
+    let harness = Harness::start().await;
+    harness
+        .deploy(&workflow(
+            "pausable",
+            r#"
+do:
+  - first: { set: { step: 1 } }
+  - nap: { wait: { milliseconds: 300 } }
+  - second: { set: { step: 2 } }
+"#,
+        ))
+        .await;
+    let id = harness.start_instance("pausable", json!({})).await;
+    harness.until_status(&id, Status::Waiting).await;
+    harness.engine.suspend(&id).await.unwrap();
+    harness.until_status(&id, Status::Suspended).await;
+    // Past the timer's due time it stays suspended.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        harness.engine.get(&id).await.unwrap().status,
+        Status::Suspended
+    );
+    // Survives a restart suspended.
+    let harness = harness.restart().await;
+    harness.until_status(&id, Status::Suspended).await;
+    harness.engine.resume(&id).await.unwrap();
+    let view = harness.ended(&id).await;
+    assert_eq!(view.output, Some(json!({"step": 2})));
+}
+
+#[tokio::test]
+async fn given_a_faulted_instance_when_retried_should_run_from_the_failed_task() {
+    let harness = Harness::start().await;
+    let service = Receiver::start(vec![
+        (200, json!({"n": 1})),
+        (500, json!({})),
+        (200, json!({"n": 2})),
+    ])
+    .await;
+    harness
+        .deploy(&workflow(
+            "resumable",
+            &format!(
+                r#"
+do:
+  - one: {{ call: http, with: {{ method: get, endpoint: '{url}/one' }} }}
+  - two: {{ call: http, with: {{ method: get, endpoint: '{url}/two' }} }}
+"#,
+                url = service.url
+            ),
+        ))
+        .await;
+    let view = harness.run("resumable", json!({})).await;
+    assert_eq!(view.status, Status::Faulted, "{view:?}");
+    assert_eq!(view.error.as_ref().unwrap().status, 500);
+    assert!(matches!(
+        harness.engine.resume(&view.instance_id).await,
+        Err(herald_workflows::EngineError::Ended("faulted"))
+    ));
+    harness.engine.retry(&view.instance_id).await.unwrap();
+    let view = harness.ended(&view.instance_id).await;
+    assert_eq!(view.status, Status::Completed, "{view:?}");
+    assert_eq!(view.output, Some(json!({"n": 2})));
+    // `one` completed before the fault: not called again.
+    assert_eq!(service.count(), 3);
+}
+
+#[tokio::test]
+async fn given_a_new_version_deployed_while_an_instance_waits_should_keep_it_on_its_version() {
+    let harness = Harness::start().await;
+    let body = |label: &str| {
+        format!(
+            "do:\n  - nap: {{ wait: {{ milliseconds: 300 }} }}\n  - label: {{ set: {{ version: {label} }} }}\n"
+        )
+    };
+    harness.deploy(&workflow("versioned", &body("one"))).await;
+    let id = harness.start_instance("versioned", json!({})).await;
+    harness.until_status(&id, Status::Waiting).await;
+    harness
+        .deploy(&workflow("versioned", &body("two")).replace("version: '1'", "version: '2'"))
+        .await;
+    let view = harness.ended(&id).await;
+    assert_eq!(
+        (view.version.as_str(), view.output),
+        ("1", Some(json!({"version": "one"})))
+    );
+    let newer = harness.run("versioned", json!({})).await;
+    assert_eq!(
+        (newer.version.as_str(), newer.output),
+        ("2", Some(json!({"version": "two"})))
+    );
+}
+
+#[tokio::test]
+async fn given_schedule_on_should_start_one_instance_per_matching_event_even_after_a_restart() {
+    let harness = Harness::start().await;
+    harness.topic("questions").await;
+    harness
+        .deploy(&workflow(
+            "triage",
+            r#"
+schedule: { on: { one: { with: { topic: questions, type: question.asked } } } }
+do:
+  - read: { set: { text: '${ $workflow.input[0].data.text }', id: '${ $workflow.input[0].id }' } }
+"#,
+        ))
+        .await;
+    let list = |harness: &Harness| {
+        let engine = harness.engine.clone();
+        async move {
+            engine
+                .list(
+                    &herald_workflows::ListFilter {
+                        name: Some("triage".into()),
+                        ..Default::default()
+                    },
+                    100,
+                )
+                .await
+                .unwrap()
+        }
+    };
+    harness
+        .publish("questions", "question.asked", json!({"text": "one"}))
+        .await;
+    harness
+        .publish("questions", "other.thing", json!({"text": "not me"}))
+        .await;
+    harness
+        .publish("questions", "question.asked", json!({"text": "two"}))
+        .await;
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    let instances = loop {
+        let instances = list(&harness).await;
+        if instances.len() >= 2 && instances.iter().all(|view| view.status.ended()) {
+            break instances;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{instances:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut texts: Vec<Value> = instances
+        .iter()
+        .map(|view| view.output.as_ref().unwrap()["text"].clone())
+        .collect();
+    texts.sort_by_key(ToString::to_string);
+    assert_eq!(texts, [json!("one"), json!("two")]);
+    // The input is the array of triggering events.
+    assert_eq!(instances[0].input[0]["topic"], "questions");
+    // After a restart nothing starts twice, and new events still start.
+    let harness = harness.restart().await;
+    harness
+        .publish("questions", "question.asked", json!({"text": "three"}))
+        .await;
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    loop {
+        let instances = list(&harness).await;
+        if instances.len() >= 3 && instances.iter().all(|view| view.status.ended()) {
+            assert_eq!(instances.len(), 3, "{instances:?}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{instances:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn given_nested_loops_when_restarted_mid_way_should_replay_each_iteration_as_it_was() {
+    let harness = Harness::start().await;
+    harness
+        .deploy(&workflow(
+            "nested",
+            r#"
+do:
+  - init: { set: { acc: 0, seen: [] } }
+  - outer:
+      for: { each: a, in: '[1, 2]' }
+      do:
+        - inner:
+            for: { each: b, in: '[10, 20]' }
+            do:
+              - add: { set: { acc: '${ .acc + $a * $b }', seen: '${ .seen + [$a * $b] }' } }
+              - pause: { if: '$a == 2 and $b == 10', wait: { milliseconds: 400 } }
+"#,
+        ))
+        .await;
+    let id = harness.start_instance("nested", json!({})).await;
+    harness.until_status(&id, Status::Waiting).await;
+    let harness = harness.restart().await;
+    let view = harness.ended(&id).await;
+    assert_eq!(view.status, Status::Completed, "{view:?}");
+    assert_eq!(
+        view.output,
+        Some(json!({"acc": 90, "seen": [10, 20, 20, 40]}))
+    );
+}
