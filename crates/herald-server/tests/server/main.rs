@@ -27,6 +27,7 @@ mod scenarios;
 mod sdk;
 mod streams;
 mod support;
+mod support_workflow;
 mod tls;
 mod topics;
 mod webhooks;
