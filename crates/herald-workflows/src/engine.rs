@@ -100,6 +100,10 @@ pub struct InstanceView {
     /// When it ended (RFC 3339).
     #[serde(default)]
     pub ended_at: Option<String>,
+    /// When a parked instance (waiting on a timer) is due to run again, ms
+    /// since the Unix epoch; a restart schedules it without replaying it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wake_at: Option<i64>,
 }
 
 /// One step of an instance's history: a task run.
@@ -193,6 +197,10 @@ struct Inner {
     /// to stop it.
     triggers: Mutex<HashMap<String, (String, CancellationToken)>>,
     live: Mutex<HashMap<String, Arc<watch::Sender<Control>>>>,
+    /// Instances parked on a timer: `(due, id)`, soonest first.
+    parked: Mutex<std::collections::BTreeSet<(i64, String)>>,
+    /// Told when a parked instance is added.
+    wake: tokio::sync::Notify,
     /// Bumped by every instance entry written and every history write.
     changes: Arc<watch::Sender<u64>>,
     /// Whether the history topic is known to exist (made at the first start).
@@ -217,7 +225,7 @@ impl Engine {
             http_timeout: options.http_timeout,
             secrets: Arc::new(options.secrets.clone()),
         };
-        Ok(Self {
+        let engine = Self {
             inner: Arc::new(Inner {
                 definitions: Definitions::new(Arc::clone(&backend)),
                 backend,
@@ -226,12 +234,80 @@ impl Engine {
                 compiled: Mutex::new(HashMap::new()),
                 triggers: Mutex::new(HashMap::new()),
                 live: Mutex::new(HashMap::new()),
+                parked: Mutex::new(std::collections::BTreeSet::new()),
+                wake: tokio::sync::Notify::new(),
                 changes: Arc::new(watch::Sender::new(0)),
                 history_ready: std::sync::atomic::AtomicBool::new(false),
                 cancel,
                 tasks: TaskTracker::new(),
             }),
-        })
+        };
+        let waker = engine.clone();
+        engine
+            .inner
+            .tasks
+            .spawn(async move { waker.wake_parked().await });
+        Ok(engine)
+    }
+
+    /// How many instances run in a task now, and how many are parked on a
+    /// timer (holding no task).
+    #[must_use]
+    pub fn load(&self) -> (usize, usize) {
+        let live = self.inner.live.lock().map_or(0, |live| live.len());
+        let parked = self.inner.parked.lock().map_or(0, |parked| parked.len());
+        (live, parked)
+    }
+
+    /// Runs parked instances again when their timers are due.
+    async fn wake_parked(&self) {
+        loop {
+            let notified = self.inner.wake.notified();
+            let next = self
+                .inner
+                .parked
+                .lock()
+                .ok()
+                .and_then(|parked| parked.first().map(|(due, _)| *due));
+            let now = now_ms();
+            match next {
+                Some(due) if due <= now => {
+                    let due_now: Vec<String> = match self.inner.parked.lock() {
+                        Ok(mut parked) => {
+                            let later = parked.split_off(&(now + 1, String::new()));
+                            let due = std::mem::replace(&mut *parked, later);
+                            due.into_iter().map(|(_, id)| id).collect()
+                        }
+                        Err(_) => Vec::new(),
+                    };
+                    for id in due_now {
+                        self.spawn(&id, Control::default());
+                    }
+                }
+                Some(due) => {
+                    let wait = Duration::from_millis(u64::try_from(due - now).unwrap_or(0));
+                    tokio::select! {
+                        () = self.inner.cancel.cancelled() => return,
+                        () = notified => {}
+                        () = tokio::time::sleep(wait) => {}
+                    }
+                }
+                None => {
+                    tokio::select! {
+                        () = self.inner.cancel.cancelled() => return,
+                        () = notified => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs instance `id` again at `due`.
+    fn park(&self, id: &str, due: i64) {
+        if let Ok(mut parked) = self.inner.parked.lock() {
+            parked.insert((due, id.to_owned()));
+        }
+        self.inner.wake.notify_one();
     }
 
     /// The definitions store.
@@ -268,9 +344,17 @@ impl Engine {
             let Some(view) = self.read(&id).await? else {
                 continue;
             };
-            if !view.status.ended() {
-                self.spawn(&id, Control::default());
-                resumed += 1;
+            match (view.status, view.wake_at) {
+                (status, _) if status.ended() => {}
+                // Parked on a timer: scheduled, not replayed now.
+                (Status::Waiting, Some(due)) => {
+                    self.park(&id, due);
+                    resumed += 1;
+                }
+                _ => {
+                    self.spawn(&id, Control::default());
+                    resumed += 1;
+                }
             }
         }
         if resumed > 0 {
@@ -326,6 +410,7 @@ impl Engine {
             error: None,
             started_at: format_rfc3339_ms(now),
             ended_at: None,
+            wake_at: None,
         };
         let created = match self.write(&view, Expect::Absent).await {
             Ok(()) => true,
@@ -616,8 +701,12 @@ impl Engine {
     async fn drive(&self, id: &str, control: Arc<watch::Sender<Control>>) {
         loop {
             match self.drive_once(id, &control).await {
-                Ok(true) => return,
-                Ok(false) => {}
+                Ok(Pass::Ended) => return,
+                Ok(Pass::Parked(due)) => {
+                    self.park(id, due);
+                    return;
+                }
+                Ok(Pass::Again) => {}
                 Err(EngineError::History(HistoryError::Lost)) => {
                     info!(
                         instance = id,
@@ -633,12 +722,12 @@ impl Engine {
         }
     }
 
-    /// One pass: replay and run. `Ok(true)` once the instance ended.
+    /// One pass: replay and run.
     async fn drive_once(
         &self,
         id: &str,
         control: &Arc<watch::Sender<Control>>,
-    ) -> Result<bool, EngineError> {
+    ) -> Result<Pass, EngineError> {
         let options = &self.inner.options;
         let mut journal = Journal::load(
             Arc::clone(&self.inner.backend),
@@ -660,13 +749,13 @@ impl Engine {
             view.status = Status::Faulted;
             view.error = Some(WorkflowError::runtime("the instance never started"));
             self.write(&view, Expect::Any).await?;
-            return Ok(true);
+            return Ok(Pass::Ended);
         };
         let mut view = self.get(id).await?;
         if let Some(end) = end_of(journal.last()) {
             apply_end(&mut view, end);
             self.write(&view, Expect::Any).await?;
-            return Ok(true);
+            return Ok(Pass::Ended);
         }
         // What the history says an operator asked, with what was asked
         // since this task began.
@@ -677,7 +766,7 @@ impl Engine {
         if now_control.suspended && !now_control.cancel {
             self.set_status(&mut view, Status::Suspended).await?;
             let _ = changes.changed().await;
-            return Ok(false);
+            return Ok(Pass::Again);
         }
         let compiled = match self.compiled(&namespace, &name, &version).await {
             Ok(compiled) => compiled,
@@ -698,6 +787,7 @@ impl Engine {
             }
             Err(error) => return Err(error),
         };
+        view.wake_at = None;
         self.set_status(&mut view, Status::Running).await?;
         let (blocked, mut blocked_changes) = watch::channel(0usize);
         let run = Run::new(
@@ -757,6 +847,15 @@ impl Engine {
                 error: WorkflowError::runtime(format!("recording the history: {error}")),
                 at: now_ms(),
             },
+            Err(Fault::Parked(due)) => {
+                let mut journal = run.into_journal();
+                journal.flush().await?;
+                let mut view = self.get(id).await?;
+                view.status = Status::Waiting;
+                view.wake_at = Some(due);
+                self.write(&view, Expect::Any).await?;
+                return Ok(Pass::Parked(due));
+            }
             Err(Fault::Suspended) => {
                 let mut journal = run.into_journal();
                 journal.flush().await?;
@@ -765,10 +864,10 @@ impl Engine {
                 loop {
                     let now = *changes.borrow_and_update();
                     if !now.suspended || now.cancel {
-                        return Ok(false);
+                        return Ok(Pass::Again);
                     }
                     if changes.changed().await.is_err() {
-                        return Ok(true);
+                        return Ok(Pass::Ended);
                     }
                 }
             }
@@ -784,7 +883,7 @@ impl Engine {
         id: &str,
         mut journal: Journal,
         end: Record,
-    ) -> Result<bool, EngineError> {
+    ) -> Result<Pass, EngineError> {
         match journal.flush().await {
             Ok(()) => {}
             Err(HistoryError::Lost) => return Err(HistoryError::Lost.into()),
@@ -798,7 +897,7 @@ impl Engine {
         let mut view = self.get(id).await?;
         apply_end(&mut view, &end);
         self.write(&view, Expect::Any).await?;
-        Ok(true)
+        Ok(Pass::Ended)
     }
 
     pub(crate) async fn compiled(
@@ -872,6 +971,16 @@ impl Engine {
             }
         }
     }
+}
+
+/// How one pass of a run ended.
+enum Pass {
+    /// The instance ended.
+    Ended,
+    /// Run it again (resumed, or cancelled while suspended).
+    Again,
+    /// Parked on a timer due then.
+    Parked(i64),
 }
 
 /// Filters of [`Engine::list`].

@@ -45,7 +45,7 @@ pub enum Record {
         /// When, ms since the Unix epoch.
         at: i64,
     },
-    /// A task began (leaf tasks only).
+    /// A task began (the first time: a replay does not record it again).
     TaskStarted {
         /// The run's key of the task.
         key: String,

@@ -42,6 +42,11 @@ pub enum Fault {
     Cancelled,
     /// The instance was suspended: the run stops; a resume replays it.
     Suspended,
+    /// The run waits on a timer due at this time (ms since the Unix epoch)
+    /// and nothing else: it stops, its history written, and the engine
+    /// replays it when the timer is due (so a waiting instance costs no
+    /// task and no memory of its own meanwhile).
+    Parked(i64),
     /// The history could not be written.
     History(HistoryError),
 }
@@ -133,7 +138,13 @@ struct Frame {
     /// counts its runs within its parent's run, so keys stay the same on
     /// a replay whatever the history let it skip.
     parent: String,
+    /// Whether a long timer here may park the run: not inside a `fork`
+    /// (other branches run) nor under a task's `timeout` (it races).
+    parkable: bool,
 }
+
+/// Timers due later than this park the run instead of holding a task.
+pub const PARK_AFTER: Duration = Duration::from_secs(1);
 
 /// One run of one instance.
 pub struct Run {
@@ -228,7 +239,9 @@ impl Run {
     pub async fn run(&self) -> Result<Value, Fault> {
         let workflow = &self.compiled.definition.workflow;
         let raw = self.workflow["input"].clone();
-        let frame = self.base_frame(&raw, None);
+        let mut frame = self.base_frame(&raw, None);
+        // The workflow's own timeout races the whole run: no parking.
+        frame.parkable = workflow.timeout.is_none();
         let input = match workflow
             .input
             .as_ref()
@@ -288,6 +301,7 @@ impl Run {
             scope,
             compensating: false,
             parent: String::new(),
+            parkable: true,
         }
     }
 
@@ -391,6 +405,12 @@ impl Run {
     /// the due time it recorded; a late one fires at once).
     async fn timer(&self, key: &str, delay: Duration, frame: &Frame) -> Result<(), Fault> {
         let due = self.due(key, delay).await;
+        let far = i64::try_from(PARK_AFTER.as_millis()).unwrap_or(i64::MAX);
+        if frame.parkable && due.saturating_sub(now_ms()) > far {
+            self.flush().await?;
+            self.checkpoint(frame)?;
+            return Err(Fault::Parked(due));
+        }
         self.block(frame, async {
             sleep_until_ms(due).await;
             Ok(())
@@ -496,7 +516,13 @@ impl Run {
                 }
                 return Ok((done.output, Flow::parse(&done.flow)));
             }
-            self.checkpoint(outer)?;
+            // A task this run began before (the history says so) is where
+            // the instance was: a cancel or suspend reaches it inside, at
+            // its own wait, so the `try`s around that point catch it. A task
+            // not begun yet stops here.
+            if !self.journal.lock().await.was_started(&key) {
+                self.checkpoint(outer)?;
+            }
             let started_at = now_ms();
             let descriptor = json!({
                 "name": name, "reference": reference, "input": raw,
@@ -528,7 +554,7 @@ impl Run {
                 };
                 let mut frame = frame.clone();
                 frame.scope.set("$input", input.clone());
-                if is_leaf(&task.kind) {
+                {
                     let mut journal = self.journal.lock().await;
                     if !journal.was_started(&key) {
                         journal.push(Record::TaskStarted {
@@ -539,6 +565,9 @@ impl Run {
                             at: started_at,
                         });
                     }
+                }
+                if common.timeout.is_some() {
+                    frame.parkable = false;
                 }
                 let work = self.kind(name, task, path, reference, &key, input.clone(), &frame);
                 let (output, flow) = match &common.timeout {
@@ -883,6 +912,9 @@ impl Run {
         frame: &Frame,
     ) -> Result<(Value, Flow), Fault> {
         let branches_path = join_paths(path, "fork.branches");
+        let mut frame = frame.clone();
+        frame.parkable = false;
+        let frame = &frame;
         let branches: Vec<_> = fork
             .branches
             .0
@@ -1665,12 +1697,6 @@ fn ended(end: ListEnd) -> Flow {
     }
 }
 
-fn is_leaf(kind: &TaskKind) -> bool {
-    matches!(
-        kind,
-        TaskKind::Call(_) | TaskKind::Emit(_) | TaskKind::Listen(_) | TaskKind::Wait(_)
-    )
-}
 
 /// A JSON value as header, query or attribute text.
 fn plain(value: &Value) -> String {

@@ -350,7 +350,7 @@ pub struct StepBody {
     pub path: String,
     /// `running`, `completed` or `faulted`.
     pub status: String,
-    /// Its input (after `input.from`), for tasks that call, emit, listen or wait.
+    /// Its input (after `input.from`).
     #[schema(value_type = Option<Object>)]
     pub input: Option<serde_json::Value>,
     /// Its output.

@@ -838,3 +838,52 @@ do:
         Some(json!({"acc": 90, "seen": [10, 20, 20, 40]}))
     );
 }
+
+#[tokio::test]
+async fn given_instances_waiting_on_long_timers_should_park_them_and_fire_each_after_a_restart() {
+    let harness = Harness::start().await;
+    harness
+        .deploy(&workflow(
+            "sleepers",
+            "do:\n  - nap: { wait: { milliseconds: 2500 } }\n  - done: { set: { woke: true } }\n",
+        ))
+        .await;
+    let mut ids = Vec::new();
+    for _ in 0..50 {
+        ids.push(harness.start_instance("sleepers", json!({})).await);
+    }
+    // Parked: waiting, each holding no task of its own.
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    loop {
+        let (live, parked) = harness.engine.load();
+        if live == 0 && parked == ids.len() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "live {live}, parked {parked}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for id in &ids {
+        assert_eq!(
+            harness.engine.get(id).await.unwrap().status,
+            Status::Waiting
+        );
+    }
+    // A restart schedules them again from their entries and each fires.
+    let harness = harness.restart().await;
+    assert_eq!(harness.engine.load().1, ids.len());
+    for id in &ids {
+        let view = harness.ended(id).await;
+        assert_eq!(view.output, Some(json!({"woke": true})), "{view:?}");
+        let history = harness.engine.history(id).await.unwrap();
+        let nap = history.iter().find(|step| step.task == "nap").unwrap();
+        let (began, ended) = (
+            herald_types::parse_rfc3339_ms(nap.started_at.as_deref().unwrap()).unwrap(),
+            herald_types::parse_rfc3339_ms(nap.ended_at.as_deref().unwrap()).unwrap(),
+        );
+        assert!(ended - began >= 2500, "fired after {} ms", ended - began);
+    }
+    assert_eq!(harness.engine.load(), (0, 0));
+}
