@@ -18,7 +18,8 @@
 //! `herald-bench soak` is the other mode: one server under a mixed workload
 //! for a set duration, its footprint and latencies sampled until the end
 //! (`soak/mod.rs`). `herald-bench webhooks` is W7, webhook delivery
-//! against its receiver's ceiling (`webhooks.rs`).
+//! against its receiver's ceiling (`webhooks.rs`); `herald-bench timers`
+//! W8's timers, workflow instances waiting at once (`timers.rs`).
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod charts;
@@ -26,6 +27,7 @@ mod noise;
 mod peers;
 mod report;
 mod soak;
+mod timers;
 mod webhooks;
 mod workloads;
 
@@ -61,6 +63,9 @@ enum Command {
     /// W7: webhook deliveries per second against the receiver's own
     /// ceiling, beside a failing endpoint, and publish → receipt latency.
     Webhooks(webhooks::WebhookArgs),
+    /// W8's timers: many workflow instances waiting on durable timers at
+    /// once; the server's RSS while they wait, and how late they fire.
+    Timers(timers::TimerArgs),
 }
 
 /// The side-by-side comparison (no subcommand).
@@ -324,6 +329,7 @@ async fn main() -> Result<()> {
     match cli.command {
         Some(Command::Soak(soak)) => return soak::run(*soak).await,
         Some(Command::Webhooks(w7)) => return webhooks::run(w7).await,
+        Some(Command::Timers(w8)) => return timers::run(w8).await,
         None => {}
     }
     let mut args = cli.args;

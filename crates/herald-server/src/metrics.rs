@@ -45,6 +45,7 @@ pub struct Metrics {
     groups: Arc<GroupMetrics>,
     tls: crate::tls::TlsMetrics,
     webhooks: Arc<herald_webhooks::WebhookMetrics>,
+    workflows: Arc<herald_workflows::WorkflowMetrics>,
 }
 
 impl Metrics {
@@ -61,6 +62,8 @@ impl Metrics {
         tls.register(&mut registry);
         let webhooks = Arc::new(herald_webhooks::WebhookMetrics::default());
         webhooks.register(&mut registry);
+        let workflows = Arc::new(herald_workflows::WorkflowMetrics::default());
+        workflows.register(&mut registry);
         Arc::new(Self {
             registry,
             http,
@@ -68,6 +71,7 @@ impl Metrics {
             groups,
             tls,
             webhooks,
+            workflows,
         })
     }
 
@@ -94,6 +98,11 @@ impl Metrics {
     /// The webhook service's metrics.
     pub fn webhooks(&self) -> &Arc<herald_webhooks::WebhookMetrics> {
         &self.webhooks
+    }
+
+    /// The workflow engine's metrics.
+    pub fn workflows(&self) -> &Arc<herald_workflows::WorkflowMetrics> {
+        &self.workflows
     }
 
     /// Every metric in OpenMetrics text format ([`CONTENT_TYPE`]).

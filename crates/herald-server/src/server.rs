@@ -475,6 +475,7 @@ async fn start_services(
         Arc::clone(&backend),
         Some(sender.clone()),
         options.workflows.engine_options(),
+        Arc::clone(metrics.workflows()),
         cancel.child_token(),
     )
     .await

@@ -217,6 +217,7 @@ impl Engine {
         backend: Arc<dyn Backend>,
         http: Option<herald_webhooks::Sender>,
         options: Options,
+        metrics: Arc<crate::WorkflowMetrics>,
         cancel: CancellationToken,
     ) -> Result<Self, EngineError> {
         let env = Env {
@@ -224,6 +225,7 @@ impl Engine {
             http,
             http_timeout: options.http_timeout,
             secrets: Arc::new(options.secrets.clone()),
+            metrics,
         };
         let engine = Self {
             inner: Arc::new(Inner {
@@ -283,6 +285,7 @@ impl Engine {
                     for id in due_now {
                         self.spawn(&id, Control::default());
                     }
+                    self.count_load();
                 }
                 Some(due) => {
                     let wait = Duration::from_millis(u64::try_from(due - now).unwrap_or(0));
@@ -308,6 +311,13 @@ impl Engine {
             parked.insert((due, id.to_owned()));
         }
         self.inner.wake.notify_one();
+        self.count_load();
+    }
+
+    /// The running and parked gauges, as they are now.
+    fn count_load(&self) {
+        let (live, parked) = self.load();
+        self.inner.env.metrics.load(live, parked);
     }
 
     /// The definitions store.
@@ -413,7 +423,10 @@ impl Engine {
             wake_at: None,
         };
         let created = match self.write(&view, Expect::Absent).await {
-            Ok(()) => true,
+            Ok(()) => {
+                self.inner.env.metrics.started();
+                true
+            }
             Err(EngineError::Storage(BackendError::RevisionMismatch { .. })) => false,
             Err(error) => return Err(error),
         };
@@ -682,6 +695,7 @@ impl Engine {
         let sender = Arc::new(watch::Sender::new(control));
         live.insert(id.to_owned(), Arc::clone(&sender));
         drop(live);
+        self.count_load();
         let engine = self.clone();
         let id = id.to_owned();
         let cancel = self.inner.cancel.clone();
@@ -693,6 +707,7 @@ impl Engine {
             if let Ok(mut live) = engine.inner.live.lock() {
                 live.remove(&id);
             }
+            engine.count_load();
         });
     }
 
@@ -896,6 +911,7 @@ impl Engine {
         journal.record(end.clone()).await?;
         let mut view = self.get(id).await?;
         apply_end(&mut view, &end);
+        self.inner.env.metrics.ended(view.status.as_str());
         self.write(&view, Expect::Any).await?;
         Ok(Pass::Ended)
     }

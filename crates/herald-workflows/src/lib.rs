@@ -30,6 +30,7 @@ pub mod error;
 pub mod eval;
 pub mod expr;
 pub mod history;
+pub mod metrics;
 pub mod run;
 pub mod store;
 pub mod triggers;
@@ -37,6 +38,7 @@ pub mod triggers;
 pub use definition::{Definition, DefinitionError};
 pub use engine::{Engine, EngineError, InstanceView, ListFilter, Options, Status, StepView};
 pub use error::WorkflowError;
+pub use metrics::WorkflowMetrics;
 
 /// Wall-clock time, ms since the Unix epoch.
 pub(crate) fn now_ms() -> i64 {

@@ -77,6 +77,8 @@ pub struct Env {
     pub http_timeout: Duration,
     /// Secrets by name (`$secrets` shows those `use.secrets` lists).
     pub secrets: Arc<HashMap<String, String>>,
+    /// The engine's metrics.
+    pub metrics: Arc<crate::WorkflowMetrics>,
 }
 
 /// How a task list ended.
@@ -621,6 +623,11 @@ impl Run {
             }
             .await;
             let now = now_ms();
+            if let Ok(_) | Err(Fault::Error(_)) = &result {
+                self.env
+                    .metrics
+                    .task(&task.kind, result.is_err(), now - started_at);
+            }
             match result {
                 Ok((output, flow)) => {
                     let context = self.context.lock().map_or(Value::Null, |c| c.clone());
@@ -980,6 +987,7 @@ impl Run {
                     self.retry_delay(policy, path, &error, &scope, attempt, first)?
             {
                 attempt += 1;
+                self.env.metrics.retry();
                 let due = now_ms().saturating_add(i64::try_from(delay.as_millis()).unwrap_or(0));
                 self.push(Record::TaskRetried {
                     key: key.to_owned(),
@@ -1696,7 +1704,6 @@ fn ended(end: ListEnd) -> Flow {
         ListEnd::Done | ListEnd::Exited => Flow::Continue,
     }
 }
-
 
 /// A JSON value as header, query or attribute text.
 fn plain(value: &Value) -> String {

@@ -305,7 +305,7 @@ async fn given_bad_instance_requests_should_answer_problems() {
 
 #[tokio::test]
 async fn given_the_cli_should_deploy_start_and_inspect_workflows() {
-    let (server, _api) = TestServer::start_ready().await;
+    let (server, api) = TestServer::start_ready().await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("greet.yaml");
     std::fs::write(
@@ -354,4 +354,17 @@ async fn given_the_cli_should_deploy_start_and_inspect_workflows() {
     assert!(listed.contains(id), "{listed}");
     let bad = crate::cli::cli(&server, &["workflow", "start", "nonamespace"]).await;
     assert_eq!(bad.status.code(), Some(2));
+    // Metrics: what ran, by bounded labels.
+    let metrics = api.get("/metrics").await.text().await.unwrap();
+    for line in [
+        "herald_workflow_instances_started_total 1",
+        "herald_workflow_instances_ended_total{status=\"completed\"} 1",
+        "herald_workflow_tasks_total{kind=\"set\",outcome=\"completed\"} 1",
+        "herald_workflow_timers_pending 0",
+    ] {
+        assert!(
+            metrics.lines().any(|got| got == line),
+            "{line} in:\n{metrics}"
+        );
+    }
 }

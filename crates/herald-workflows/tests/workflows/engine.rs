@@ -40,6 +40,7 @@ impl Harness {
             Arc::clone(&backend),
             Some(sender),
             options,
+            Arc::new(herald_workflows::WorkflowMetrics::default()),
             CancellationToken::new(),
         )
         .await
