@@ -19,7 +19,8 @@
 //! for a set duration, its footprint and latencies sampled until the end
 //! (`soak/mod.rs`). `herald-bench webhooks` is W7, webhook delivery
 //! against its receiver's ceiling (`webhooks.rs`); `herald-bench timers`
-//! W8's timers, workflow instances waiting at once (`timers.rs`).
+//! W8's timers, workflow instances waiting at once (`timers.rs`);
+//! `herald-bench workflows` W8 side by side with Restate (`workflows.rs`).
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod charts;
@@ -29,6 +30,7 @@ mod report;
 mod soak;
 mod timers;
 mod webhooks;
+mod workflows;
 mod workloads;
 
 use std::path::PathBuf;
@@ -66,6 +68,9 @@ enum Command {
     /// W8's timers: many workflow instances waiting on durable timers at
     /// once; the server's RSS while they wait, and how late they fire.
     Timers(timers::TimerArgs),
+    /// W8: a three-step durable workflow on Herald and on Restate, side by
+    /// side: instances per second, start-to-completion p50/p99.
+    Workflows(workflows::WorkflowArgs),
 }
 
 /// The side-by-side comparison (no subcommand).
@@ -330,6 +335,7 @@ async fn main() -> Result<()> {
         Some(Command::Soak(soak)) => return soak::run(*soak).await,
         Some(Command::Webhooks(w7)) => return webhooks::run(w7).await,
         Some(Command::Timers(w8)) => return timers::run(w8).await,
+        Some(Command::Workflows(w8)) => return workflows::run(w8).await,
         None => {}
     }
     let mut args = cli.args;
