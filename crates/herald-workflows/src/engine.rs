@@ -899,16 +899,18 @@ impl Engine {
         mut journal: Journal,
         end: Record,
     ) -> Result<Pass, EngineError> {
+        // The end goes out with what is pending, in one append.
+        journal.push(end.clone());
         match journal.flush().await {
             Ok(()) => {}
             Err(HistoryError::Lost) => return Err(HistoryError::Lost.into()),
-            // What did not fit is not written; the end is.
+            // What did not fit is not written; the end is, alone.
             Err(_) => {
                 journal = Journal::load(Arc::clone(&self.inner.backend), id, usize::MAX).await?;
+                journal.lift_bound();
+                journal.record(end.clone()).await?;
             }
         }
-        journal.lift_bound();
-        journal.record(end.clone()).await?;
         let mut view = self.get(id).await?;
         apply_end(&mut view, &end);
         self.inner.env.metrics.ended(view.status.as_str());

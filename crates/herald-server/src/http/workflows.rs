@@ -229,7 +229,6 @@ pub async fn show(
 pub struct StartRequest {
     /// The workflow's input (`$workflow.input`); `null` when absent.
     #[serde(default)]
-    #[schema(value_type = Object)]
     pub input: serde_json::Value,
     /// The version to run (default: the latest). The instance keeps it.
     #[serde(default)]
@@ -251,10 +250,8 @@ pub struct InstanceBody {
     #[schema(value_type = String)]
     pub status: herald_workflows::Status,
     /// Its input.
-    #[schema(value_type = Object)]
     pub input: serde_json::Value,
     /// Its output, once completed.
-    #[schema(value_type = Option<Object>)]
     pub output: Option<serde_json::Value>,
     /// Its error, once faulted: a problem (`type`, `status`, `title`,
     /// `detail`, `instance`: the JSON Pointer of the faulting task).
@@ -351,10 +348,8 @@ pub struct StepBody {
     /// `running`, `completed` or `faulted`.
     pub status: String,
     /// Its input (after `input.from`).
-    #[schema(value_type = Option<Object>)]
     pub input: Option<serde_json::Value>,
     /// Its output.
-    #[schema(value_type = Option<Object>)]
     pub output: Option<serde_json::Value>,
     /// Its error.
     #[schema(value_type = Option<Object>)]
