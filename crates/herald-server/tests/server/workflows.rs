@@ -368,3 +368,65 @@ async fn given_the_cli_should_deploy_start_and_inspect_workflows() {
         );
     }
 }
+
+/// The history over SSE: every record in order from the first, ending after
+/// the instance's end; `Last-Event-ID` resumes after a record.
+#[tokio::test]
+async fn given_an_instance_when_its_events_are_streamed_should_show_each_record_and_resume() {
+    let (_server, api) = TestServer::start_ready().await;
+    let definition = "document: { dsl: '1.0.0', namespace: ops, name: steps, version: '1' }\n\
+         do:\n  - one: { set: { n: 1 } }\n  - nap: { wait: { milliseconds: 200 } }\n  - two: { set: { n: 2 } }\n";
+    deploy(&api, "application/yaml", definition).await;
+    let started = crate::support::expect_json(
+        api.post("/v1/workflows/ops/steps/instances", &json!({}))
+            .await,
+        201,
+    )
+    .await;
+    let id = started["instance_id"].as_str().unwrap();
+    let path = format!("/v1/workflow-instances/{id}/events");
+    let is_end = |frame: &crate::support::SseFrame| {
+        frame.event.as_deref() == Some("io.serverlessworkflow.workflow.completed.v1")
+    };
+    let frames =
+        crate::support::sse_frames(api.get(&path).await, |frames| frames.iter().any(is_end)).await;
+    assert_eq!(
+        frames[0].event.as_deref(),
+        Some("io.serverlessworkflow.workflow.started.v1")
+    );
+    assert_eq!(frames[0].id.as_deref(), Some("0"));
+    assert_eq!(frames.last().unwrap().data["output"], json!({"n": 2}));
+    let completed: Vec<&str> = frames
+        .iter()
+        .filter(|frame| frame.event.as_deref() == Some("io.serverlessworkflow.task.completed.v1"))
+        .map(|frame| frame.data["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(completed, ["one", "nap", "two"]);
+    let versions: Vec<u64> = frames
+        .iter()
+        .map(|frame| frame.id.as_deref().unwrap().parse().unwrap())
+        .collect();
+    assert!(
+        versions.windows(2).all(|pair| pair[0] < pair[1]),
+        "{versions:?}"
+    );
+    // Resumed after the third record: the rest, the same.
+    let resumed = api
+        .send_raw(
+            reqwest::Method::GET,
+            &path,
+            None,
+            &[("last-event-id", frames[2].id.as_deref().unwrap())],
+            Vec::new(),
+        )
+        .await;
+    let rest = crate::support::sse_frames(resumed, |frames| frames.iter().any(is_end)).await;
+    assert_eq!(rest.len(), frames.len() - 3);
+    assert_eq!(rest[0].id, frames[3].id);
+    crate::support::expect_problem(
+        api.get("/v1/workflow-instances/nope/events").await,
+        404,
+        "workflow_instance_not_found",
+    )
+    .await;
+}
