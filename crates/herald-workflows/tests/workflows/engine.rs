@@ -888,3 +888,87 @@ async fn given_instances_waiting_on_long_timers_should_park_them_and_fire_each_a
     }
     assert_eq!(harness.engine.load(), (0, 0));
 }
+
+/// The DSL's argument table (dsl.md, "Runtime expression arguments"): what
+/// each expression sees where it is written.
+#[tokio::test]
+async fn given_each_expression_scope_should_see_the_arguments_the_dsl_gives_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = open(dir.path()).await;
+    let options = Options {
+        secrets: [("apiKey".to_owned(), "s3cr3t".to_owned())].into(),
+        ..Options::default()
+    };
+    let engine = Engine::start(
+        Arc::clone(&backend),
+        None,
+        options,
+        Arc::new(herald_workflows::WorkflowMetrics::default()),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    engine
+        .deploy(
+            &workflow(
+                "scopes",
+                r#"
+use:
+  secrets: [ apiKey ]
+input:
+  from: '{ raw: ., wf: $workflow.input.x, runtime: $runtime.name, secret: $secrets.apiKey }'
+do:
+  - first:
+      if: '$task.name == "first" and $context == {}'
+      input: { from: '{ v: .raw.x, from: $task.reference }' }
+      set:
+        input: '${ $input }'
+        started: '${ $task.startedAt.epoch.milliseconds > 0 }'
+        workflowId: '${ $workflow.id | length > 0 }'
+        raw: '${ $task.input | del(.raw) }'
+      output: { as: '. + { seenInput: $input.v }' }
+      export: { as: '$context + { out: $output.seenInput, ctx: true }' }
+  - second:
+      set: { context: '${ $context }', secretListed: '${ $secrets.apiKey }' }
+output:
+  as: '{ result: ., context: $context, workflowInput: $workflow.input }'
+"#,
+            ),
+            String::new(),
+        )
+        .await
+        .unwrap();
+    let view = engine
+        .start_instance("test", "scopes", None, json!({"x": 7}))
+        .await
+        .unwrap();
+    let view = engine.wait(&view.instance_id, SETTLE).await.unwrap();
+    assert_eq!(view.status, Status::Completed, "{view:?}");
+    let output = view.output.unwrap();
+    // `second` saw `$context` as `first` exported it, and the secret.
+    assert_eq!(
+        output["result"],
+        json!({"context": {"out": 7, "ctx": true}, "secretListed": "s3cr3t"})
+    );
+    // Workflow `output.as` sees the final `$context` and the raw input.
+    assert_eq!(output["context"], json!({"out": 7, "ctx": true}));
+    assert_eq!(output["workflowInput"], json!({"x": 7}));
+    // `first`'s own output: `input.from` (with `$task`), the task on
+    // `$input`, `output.as` adding what `$input` held.
+    let history = engine.history(&view.instance_id).await.unwrap();
+    let first = history.iter().find(|step| step.task == "first").unwrap();
+    assert_eq!(
+        first.output,
+        Some(json!({
+            "input": {"v": 7, "from": "/do/0/first"},
+            "started": true, "workflowId": true, "seenInput": 7,
+            "raw": {"wf": 7, "runtime": "herald", "secret": "s3cr3t"}
+        }))
+    );
+    // (`raw` above: the workflow's `input.from` saw `$workflow`, `$runtime`
+    // and `$secrets`; `$task.input` is the task's raw input.) The step
+    // records the transformed input.
+    assert_eq!(first.input, Some(json!({"v": 7, "from": "/do/0/first"})));
+    engine.shutdown().await;
+    backend.shutdown().await.unwrap();
+}
