@@ -41,7 +41,7 @@ pub struct Binaries {
 
 /// A child process killed (and reaped) on drop.
 #[derive(Debug)]
-struct Guard(Child);
+pub(crate) struct Guard(pub(crate) Child);
 
 impl Drop for Guard {
     fn drop(&mut self) {
@@ -373,7 +373,7 @@ fn run_status(command: &mut Command) -> Result<()> {
     Ok(())
 }
 
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
@@ -463,4 +463,21 @@ pub fn version(binary: &Path) -> String {
                 .to_owned()
         })
         .unwrap_or_default()
+}
+
+/// Waits (up to a minute) until `url` answers 2xx.
+pub(crate) async fn wait_ok(http: &reqwest::Client, url: &str, what: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if http
+            .get(url)
+            .send()
+            .await
+            .is_ok_and(|answer| answer.status().is_success())
+        {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "{what} never answered {url}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -73,16 +73,7 @@ pub async fn run(args: TimerArgs) -> Result<()> {
     let herald = Herald::launch(&herald_bin, &args.tmp, Stdio::inherit(), false)?;
     let server = herald.endpoint.url.clone();
     let http = reqwest::Client::new();
-    let ready_by = Instant::now() + Duration::from_secs(60);
-    while !http
-        .get(format!("{server}/readyz"))
-        .send()
-        .await
-        .is_ok_and(|answer| answer.status().is_success())
-    {
-        ensure!(Instant::now() < ready_by, "herald never got ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    peers::wait_ok(&http, &format!("{server}/readyz"), "herald").await?;
     let deployed = http
         .post(format!("{server}/v1/workflows"))
         .header("content-type", "application/yaml")

@@ -31,7 +31,7 @@
 //! `--pairs` alternating runs (Restate, Herald, …), `--instances` each.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -40,7 +40,7 @@ use anyhow::{Context, Result, bail, ensure};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
-use crate::peers::{self, Herald};
+use crate::peers::{self, Guard, Herald, free_port, wait_ok};
 use crate::workloads::{Latency, histogram};
 
 /// W8's settings.
@@ -105,38 +105,6 @@ const w8 = restate.workflow({
 });
 restate.endpoint().bind(w8).listen(Number(process.env.W8_PORT));
 "#;
-
-/// Kills a child process when dropped.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-async fn wait_ok(http: &reqwest::Client, url: &str, what: &str) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if http
-            .get(url)
-            .send()
-            .await
-            .is_ok_and(|answer| answer.status().is_success())
-        {
-            return Ok(());
-        }
-        ensure!(Instant::now() < deadline, "{what} never answered {url}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// The local service both call.
 async fn service() -> Result<(String, Arc<AtomicU64>)> {

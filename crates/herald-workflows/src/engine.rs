@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use herald_backend::{Backend, Error as BackendError, Expect, TopicSpec};
-use herald_types::{Event, TopicName, format_rfc3339_ms};
+use herald_types::{Event, format_rfc3339_ms};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::watch;
@@ -24,7 +24,7 @@ use tracing::{info, warn};
 
 use crate::error::{CANCELLED, WorkflowError};
 use crate::eval::Compiled;
-use crate::history::{self, Control, HISTORY_TOPIC, HistoryError, Journal, Record};
+use crate::history::{self, Control, HistoryError, Journal, Record};
 use crate::now_ms;
 use crate::run::{Env, Fault, Run};
 use crate::store::{Definitions, StoreError, StoredDefinition};
@@ -466,7 +466,7 @@ impl Engine {
         if self.inner.history_ready.load(Ordering::Acquire) {
             return Ok(());
         }
-        let mut spec = TopicSpec::new(history_topic());
+        let mut spec = TopicSpec::new(history::history_topic());
         spec.partitions = 4;
         // Stream appends are not deduplicated; versions make them safe.
         spec.dedup_window_ms = 0;
@@ -844,7 +844,6 @@ impl Engine {
             Err(Fault::Error(error)) if error.type_ == CANCELLED => {
                 Record::Cancelled { at: now_ms() }
             }
-            Err(Fault::Cancelled) => Record::Cancelled { at: now_ms() },
             Err(Fault::Error(error)) => Record::Faulted {
                 error,
                 at: now_ms(),
@@ -1012,10 +1011,6 @@ pub struct ListFilter {
     pub status: Option<Status>,
     /// Only instances older than this one (a page's last id).
     pub before: Option<String>,
-}
-
-fn history_topic() -> TopicName {
-    TopicName::try_from(HISTORY_TOPIC).unwrap_or_else(|_| unreachable!("a valid topic name"))
 }
 
 fn end_of(record: Option<&Record>) -> Option<&Record> {

@@ -565,7 +565,8 @@ pub async fn read(
         .collect()
 }
 
-fn history_topic() -> TopicName {
+/// The topic of every instance's history.
+pub(crate) fn history_topic() -> TopicName {
     TopicName::try_from(HISTORY_TOPIC).unwrap_or_else(|_| unreachable!("a valid topic name"))
 }
 

@@ -38,8 +38,6 @@ use crate::now_ms;
 pub enum Fault {
     /// A task raised an error nothing caught.
     Error(WorkflowError),
-    /// The instance was cancelled (compensations ran).
-    Cancelled,
     /// The instance was suspended: the run stops; a resume replays it.
     Suspended,
     /// The run waits on a timer due at this time (ms since the Unix epoch)
@@ -185,15 +183,11 @@ impl Run {
         blocked: watch::Sender<usize>,
         (input, started_at): (Value, i64),
     ) -> Self {
-        let started = herald_types::format_rfc3339_ms(started_at);
         let workflow = json!({
             "id": id,
             "definition": compiled.definition.source,
             "input": input,
-            "startedAt": {
-                "iso8601": started,
-                "epoch": {"seconds": started_at.div_euclid(1000), "milliseconds": started_at},
-            },
+            "startedAt": started_at_of(started_at),
         });
         let listed: Vec<&String> = compiled
             .definition
@@ -528,8 +522,7 @@ impl Run {
             let started_at = now_ms();
             let descriptor = json!({
                 "name": name, "reference": reference, "input": raw,
-                "startedAt": {"iso8601": herald_types::format_rfc3339_ms(started_at),
-                              "epoch": {"seconds": started_at.div_euclid(1000), "milliseconds": started_at}},
+                "startedAt": started_at_of(started_at),
             });
             let mut frame = self.task_frame(outer, &raw, &descriptor);
             frame.parent.clone_from(&key);
@@ -1688,6 +1681,14 @@ impl Listening {
             }
         }
     }
+}
+
+/// The DSL's `startedAt` of `$workflow` and `$task`: ISO 8601 and epoch.
+fn started_at_of(ms: i64) -> Value {
+    json!({
+        "iso8601": herald_types::format_rfc3339_ms(ms),
+        "epoch": {"seconds": ms.div_euclid(1000), "milliseconds": ms},
+    })
 }
 
 /// A recorded outcome as a result.

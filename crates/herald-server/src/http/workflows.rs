@@ -94,8 +94,9 @@ pub struct ShowQuery {
     pub version: Option<String>,
 }
 
-fn definitions(state: &AppState) -> Result<Definitions, Problem> {
-    Ok(Definitions::new(state.shared_backend()?))
+/// The engine's definitions store.
+fn definitions(state: &AppState) -> Result<&Definitions, Problem> {
+    Ok(state.workflows.get()?.definitions())
 }
 
 /// The body must be YAML or JSON (by its `Content-Type`).
