@@ -170,6 +170,11 @@ fn check(workflow: &Workflow) -> Result<(), DefinitionError> {
     if let Some(timeout) = &workflow.timeout {
         names.timeout(timeout, "timeout")?;
     }
+    if let Some(schedule) = &workflow.schedule {
+        crate::schedule::Clock::of(schedule).map_err(|(field, message)| {
+            DefinitionError::at(join_paths("schedule", field), message)
+        })?;
+    }
     if let Some(schedule) = &workflow.schedule
         && let Some(on) = &schedule.on
     {

@@ -32,6 +32,7 @@ pub mod expr;
 pub mod history;
 pub mod metrics;
 pub mod run;
+pub mod schedule;
 pub mod store;
 pub mod triggers;
 

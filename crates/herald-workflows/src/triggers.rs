@@ -26,6 +26,7 @@ use crate::engine::{Engine, EngineError};
 use crate::eval::{Compiled, Scope};
 use crate::now_ms;
 use crate::run::Listening;
+use crate::schedule::Clock;
 use crate::store::StoredDefinition;
 
 /// The `Kv` bucket of events that started instances: key
@@ -34,8 +35,9 @@ pub const TRIGGERS_BUCKET: &str = "workflows.triggers";
 
 impl Engine {
     /// Makes `namespace/name`'s trigger follow its latest version: stops
-    /// the one of an older version, starts one if the latest has
-    /// `schedule.on`.
+    /// the one of an older version, starts one if the latest has a
+    /// `schedule` (`on` here, `every`, `cron` or `after` in
+    /// [`crate::schedule`]).
     pub(crate) async fn refresh_trigger(
         &self,
         namespace: &str,
@@ -59,19 +61,25 @@ impl Engine {
         let compiled = self
             .compiled(&stored.namespace, &stored.name, &stored.version)
             .await?;
-        if compiled
-            .definition
-            .workflow
-            .schedule
-            .as_ref()
-            .and_then(|schedule| schedule.on.as_ref())
-            .is_none()
-        {
+        let Some(schedule) = compiled.definition.workflow.schedule.as_ref() else {
             return Ok(());
-        }
+        };
         let cancel = self.cancel_token().child_token();
         if let Ok(mut triggers) = self.triggers().lock() {
             triggers.insert(key, (stored.version.clone(), cancel.clone()));
+        }
+        if let Ok(Some(clock)) = Clock::of(schedule) {
+            let engine = self.clone();
+            self.tracker().spawn(async move {
+                tokio::select! {
+                    () = cancel.cancelled() => {}
+                    () = engine.clock(clock, stored) => {}
+                }
+            });
+            return Ok(());
+        }
+        if schedule.on.is_none() {
+            return Ok(());
         }
         let probe = filter_of(&compiled)?;
         let group = group_of(&stored)?;

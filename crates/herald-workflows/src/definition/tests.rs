@@ -385,7 +385,37 @@ fn given_references_to_nothing_when_parsed_should_be_refused() {
             "exactly one",
         ),
         ("do: []\n", "do", "at least one task"),
+        (
+            "schedule: { cron: '61 * * * *' }\ndo:\n  - a: { set: {} }\n",
+            "schedule.cron",
+            "not a cron pattern",
+        ),
+        (
+            "schedule: { every: PT0.5S }\ndo:\n  - a: { set: {} }\n",
+            "schedule.every",
+            "at least 1 s",
+        ),
+        (
+            "schedule: { every: PT1M, cron: '* * * * *' }\ndo:\n  - a: { set: {} }\n",
+            "schedule",
+            "one of",
+        ),
     ]);
+}
+
+#[test]
+fn given_time_schedules_should_parse_every_cron_with_or_without_seconds_and_after() {
+    for schedule in [
+        "every: PT1M",
+        "every: { minutes: 5 }",
+        "cron: '0 9 * * MON-FRI'",
+        "cron: '*/10 * * * * *'",
+        "cron: '@hourly'",
+        "after: PT30S",
+    ] {
+        let body = format!("schedule: {{ {schedule} }}\ndo:\n  - a: {{ set: {{}} }}\n");
+        assert!(parse(&body).is_ok(), "{schedule}: {:?}", parse(&body).err());
+    }
 }
 
 #[test]

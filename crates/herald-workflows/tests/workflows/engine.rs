@@ -818,6 +818,93 @@ do:
     }
 }
 
+/// The ended instances of `name`, oldest first, once there are `count`.
+async fn ended_instances(harness: &Harness, name: &str, count: usize) -> Vec<InstanceView> {
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    loop {
+        let mut instances = harness
+            .engine
+            .list(
+                &herald_workflows::ListFilter {
+                    name: Some(name.into()),
+                    ..Default::default()
+                },
+                100,
+            )
+            .await
+            .unwrap();
+        instances.retain(|view| view.status.ended());
+        if instances.len() >= count {
+            instances.reverse();
+            return instances;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{instances:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn started_ms(view: &InstanceView) -> i64 {
+    herald_types::parse_rfc3339_ms(&view.started_at).unwrap()
+}
+
+#[tokio::test]
+async fn given_schedule_every_should_start_one_per_tick_and_go_on_after_a_restart() {
+    let harness = Harness::start().await;
+    harness
+        .deploy(&workflow(
+            "ticker",
+            "schedule: { every: PT1S }\ndo:\n  - a: { set: { at: '${ $workflow.startedAt.epoch.milliseconds }' } }\n",
+        ))
+        .await;
+    let before = ended_instances(&harness, "ticker", 2).await;
+    let harness = harness.restart().await;
+    let after = ended_instances(&harness, "ticker", before.len() + 1).await;
+    // One start per tick: never two within one period, none lost to the
+    // restart (ids distinct, each started once).
+    let mut ids: Vec<&str> = after.iter().map(|view| view.instance_id.as_str()).collect();
+    ids.dedup();
+    assert_eq!(ids.len(), after.len());
+    for pair in after.windows(2) {
+        let gap = started_ms(&pair[1]) - started_ms(&pair[0]);
+        assert!(gap >= 900, "two starts {gap} ms apart: {pair:?}");
+    }
+    assert!(after.iter().all(|view| view.status == Status::Completed));
+    assert_eq!(after[0].input, json!({}));
+}
+
+#[tokio::test]
+async fn given_schedule_after_should_start_again_only_once_the_last_one_ended() {
+    let harness = Harness::start().await;
+    harness
+        .deploy(&workflow(
+            "again",
+            "schedule: { after: PT1S }\ndo:\n  - pause: { wait: { milliseconds: 300 } }\n",
+        ))
+        .await;
+    let instances = ended_instances(&harness, "again", 2).await;
+    let first_end =
+        herald_types::parse_rfc3339_ms(instances[0].ended_at.as_deref().unwrap()).unwrap();
+    assert!(
+        started_ms(&instances[1]) >= first_end + 1000,
+        "started before the last one ended + 1 s: {instances:?}"
+    );
+}
+
+#[tokio::test]
+async fn given_schedule_cron_with_seconds_should_start_on_the_pattern() {
+    let harness = Harness::start().await;
+    harness
+        .deploy(&workflow(
+            "crony",
+            "schedule: { cron: '* * * * * *' }\ndo:\n  - a: { set: {} }\n",
+        ))
+        .await;
+    let instances = ended_instances(&harness, "crony", 2).await;
+    assert_ne!(instances[0].instance_id, instances[1].instance_id);
+    let gap = started_ms(&instances[1]) - started_ms(&instances[0]);
+    assert!(gap >= 900, "{instances:?}");
+}
+
 #[tokio::test]
 async fn given_nested_loops_when_restarted_mid_way_should_replay_each_iteration_as_it_was() {
     let harness = Harness::start().await;
