@@ -290,6 +290,35 @@ impl Handle {
     /// [`Shared::submit_job`]). Runs to completion once started, even if the
     /// caller goes away.
     pub async fn submit(&self, queue: &str, request: SubmitRequest) -> Result<Job> {
+        let job_id = uuid::Uuid::now_v7().to_string();
+        self.submit_new(queue, job_id, request).await
+    }
+
+    /// Submits a job under `job_id`, a UUIDv7 the caller chose and kept
+    /// (a workflow records it before submitting), or answers the job
+    /// stored under it already: a caller that submits again after a crash
+    /// gets one job. Its requests carry fixed ids, so a repeat that raced
+    /// the first submit is absorbed by the queue topic's dedup window.
+    pub async fn submit_as(
+        &self,
+        queue: &str,
+        job_id: &str,
+        request: SubmitRequest,
+    ) -> Result<Job> {
+        let valid = uuid::Uuid::parse_str(job_id)
+            .is_ok_and(|id| id.get_version() == Some(uuid::Version::SortRand));
+        if !valid {
+            return Err(Error::invalid("job_id", "a job id is a UUIDv7"));
+        }
+        match self.get(job_id).await {
+            Ok(job) => return Ok(job),
+            Err(Error::JobNotFound { .. }) => {}
+            Err(error) => return Err(error),
+        }
+        self.submit_new(queue, job_id.to_owned(), request).await
+    }
+
+    async fn submit_new(&self, queue: &str, job_id: String, request: SubmitRequest) -> Result<Job> {
         let shared = &self.shared;
         let topic = shared.queue_topic(queue)?;
         let options = &shared.options;
@@ -299,7 +328,6 @@ impl Handle {
             default_result_ttl_ms: options.default_result_ttl_ms,
             max_ttl_ms: options.max_ttl_ms,
         };
-        let job_id = uuid::Uuid::now_v7().to_string();
         let now = shared.clock.now_ms();
         let (job, effects) = model::new_job(job_id, queue.to_owned(), request, limits, now)?;
         let requests = requests_of(&job)?;

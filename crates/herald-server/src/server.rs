@@ -456,7 +456,8 @@ async fn start_services(
     )
     .await
     .map_err(Error::StartJobs)?;
-    jobs_slot.set(service.handle());
+    let jobs_handle = service.handle();
+    jobs_slot.set(jobs_handle.clone());
     let jobs = tokio::spawn(service.run(cancel.clone()));
     let webhook_options = options
         .webhooks
@@ -473,7 +474,10 @@ async fn start_services(
     // Workflows' `call: http` goes out through the same guarded client.
     let engine = herald_workflows::Engine::start(
         Arc::clone(&backend),
-        Some(sender.clone()),
+        herald_workflows::Services {
+            http: Some(sender.clone()),
+            jobs: Some(jobs_handle),
+        },
         options.workflows.engine_options(),
         Arc::clone(metrics.workflows()),
         cancel.child_token(),

@@ -190,6 +190,34 @@ fn check(workflow: &Workflow) -> Result<(), DefinitionError> {
     check_list(&workflow.do_, "do", &names)
 }
 
+/// The arguments Herald's functions cannot do without.
+fn check_builtin(
+    name: &str,
+    with: &serde_json::Map<String, Value>,
+    path: &str,
+) -> Result<(), DefinitionError> {
+    let required: &[&str] = if name == crate::run::herald::JOB {
+        &["queue"]
+    } else {
+        &["topic", "stream"]
+    };
+    for field in required {
+        if !with.contains_key(*field) {
+            return Err(DefinitionError::at(path, format!("{name} takes `{field}`")));
+        }
+    }
+    if name == crate::run::herald::APPEND {
+        check_topic(with.get("topic"), &join_paths(path, "topic"))?;
+        if with.contains_key("events") == with.contains_key("event") {
+            return Err(DefinitionError::at(
+                path,
+                format!("{name} takes `events` (a list) or `event` (one), not both"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn is_number(text: &str) -> bool {
     !text.is_empty() && text.bytes().all(|byte| byte.is_ascii_digit())
 }
@@ -280,7 +308,10 @@ fn check_task(
                 "call: openapi is not supported yet (Herald calls http and functions)",
             ));
         }
-        TaskKind::Call(Call::Function { name, .. }) => {
+        TaskKind::Call(Call::Function { name, with }) => {
+            if !names.functions.contains(name.as_str()) && crate::run::is_builtin(name) {
+                return check_builtin(name, with, &at("with"));
+            }
             if name.contains('@') {
                 return Err(DefinitionError::at(
                     at("call"),
@@ -291,7 +322,7 @@ fn check_task(
                 return Err(DefinitionError::at(
                     at("call"),
                     format!(
-                        "{name:?} is not a call Herald knows (http, openapi) nor a function under use.functions"
+                        "{name:?} is not a call Herald knows (http, openapi, herald.job, herald.append) nor a function under use.functions"
                     ),
                 ));
             }

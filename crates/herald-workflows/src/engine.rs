@@ -129,6 +129,18 @@ pub struct StepView {
     pub ended_at: Option<String>,
 }
 
+/// What tasks call out to.
+#[derive(Debug, Clone, Default)]
+pub struct Services {
+    /// The outbound HTTP client of `call: http` and `call: openapi` (the
+    /// webhooks' one: SSRF guard, no redirects); none: those calls raise a
+    /// runtime error.
+    pub http: Option<herald_webhooks::Sender>,
+    /// The job service of `call: herald.job`; none: it raises a runtime
+    /// error.
+    pub jobs: Option<herald_jobs::Handle>,
+}
+
 /// What the engine is set up with.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -215,14 +227,15 @@ impl Engine {
     /// the instances a previous run left.
     pub async fn start(
         backend: Arc<dyn Backend>,
-        http: Option<herald_webhooks::Sender>,
+        services: Services,
         options: Options,
         metrics: Arc<crate::WorkflowMetrics>,
         cancel: CancellationToken,
     ) -> Result<Self, EngineError> {
         let env = Env {
             backend: Arc::clone(&backend),
-            http,
+            http: services.http,
+            jobs: services.jobs,
             http_timeout: options.http_timeout,
             secrets: Arc::new(options.secrets.clone()),
             metrics,

@@ -37,7 +37,9 @@ pub mod store;
 pub mod triggers;
 
 pub use definition::{Definition, DefinitionError};
-pub use engine::{Engine, EngineError, InstanceView, ListFilter, Options, Status, StepView};
+pub use engine::{
+    Engine, EngineError, InstanceView, ListFilter, Options, Services, Status, StepView,
+};
 pub use error::WorkflowError;
 pub use metrics::WorkflowMetrics;
 

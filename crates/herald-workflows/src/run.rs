@@ -33,6 +33,9 @@ use crate::eval::{Compiled, Scope};
 use crate::history::{Control, HistoryError, Journal, Outcome, Record};
 use crate::now_ms;
 
+pub(crate) mod herald;
+pub use herald::is_builtin;
+
 /// Why a run stopped short of an end.
 #[derive(Debug)]
 pub enum Fault {
@@ -75,6 +78,9 @@ pub struct Env {
     pub http_timeout: Duration,
     /// Secrets by name (`$secrets` shows those `use.secrets` lists).
     pub secrets: Arc<HashMap<String, String>>,
+    /// The job service `call: herald.job` submits to (none: it raises a
+    /// runtime error).
+    pub jobs: Option<herald_jobs::Handle>,
     /// The engine's metrics.
     pub metrics: Arc<crate::WorkflowMetrics>,
 }
@@ -802,10 +808,21 @@ impl Run {
                     let callee = self
                         .used()
                         .and_then(|used| used.functions.as_ref())
-                        .and_then(|functions| functions.get(function))
-                        .ok_or_else(|| {
-                            WorkflowError::runtime(format!("no function {function:?}"))
-                        })?;
+                        .and_then(|functions| functions.get(function));
+                    let Some(callee) = callee else {
+                        if herald::is_builtin(function) {
+                            let Value::Object(arguments) = arguments else {
+                                return Err(Fault::Error(WorkflowError::validation(format!(
+                                    "{function}'s arguments are a map"
+                                ))));
+                            };
+                            let output = self.herald(function, key, arguments, frame).await?;
+                            return Ok((output, Flow::Continue));
+                        }
+                        return Err(Fault::Error(WorkflowError::runtime(format!(
+                            "no function {function:?}"
+                        ))));
+                    };
                     let (output, _) = self
                         .task(
                             function,

@@ -21,6 +21,9 @@ struct Harness {
     dir: tempfile::TempDir,
     backend: Arc<dyn Backend>,
     engine: Engine,
+    jobs: herald_jobs::Handle,
+    jobs_stop: CancellationToken,
+    jobs_task: tokio::task::JoinHandle<()>,
 }
 
 impl Harness {
@@ -36,9 +39,22 @@ impl Harness {
             http_timeout: Duration::from_secs(5),
             ..Options::default()
         };
+        let service = herald_jobs::Service::start(
+            Arc::clone(&backend),
+            herald_jobs::Options::default(),
+            Arc::new(herald_jobs::SystemClock),
+        )
+        .await
+        .unwrap();
+        let jobs = service.handle();
+        let jobs_stop = CancellationToken::new();
+        let jobs_task = tokio::spawn(service.run(jobs_stop.clone()));
         let engine = Engine::start(
             Arc::clone(&backend),
-            Some(sender),
+            herald_workflows::Services {
+                http: Some(sender),
+                jobs: Some(jobs.clone()),
+            },
             options,
             Arc::new(herald_workflows::WorkflowMetrics::default()),
             CancellationToken::new(),
@@ -50,6 +66,9 @@ impl Harness {
             dir,
             backend,
             engine,
+            jobs,
+            jobs_stop,
+            jobs_task,
         }
     }
 
@@ -60,8 +79,14 @@ impl Harness {
             dir,
             backend,
             engine,
+            jobs,
+            jobs_stop,
+            jobs_task,
         } = self;
         engine.shutdown().await;
+        jobs_stop.cancel();
+        jobs_task.await.unwrap();
+        drop(jobs);
         drop(engine);
         backend.shutdown().await.unwrap();
         drop(backend);
@@ -906,6 +931,160 @@ async fn given_schedule_cron_with_seconds_should_start_on_the_pattern() {
 }
 
 #[tokio::test]
+async fn given_herald_functions_should_await_a_job_and_append_to_a_stream_once_across_a_restart() {
+    let harness = Harness::start().await;
+    harness.topic("orders").await;
+    harness
+        .deploy(&workflow(
+            "pricing",
+            r#"
+do:
+  - price: { call: herald.job, with: { queue: pricing, data: { sku: '${ .sku }' } } }
+  - record:
+      call: herald.append
+      with:
+        topic: orders
+        stream: '${ "order-" + $workflow.input.sku }'
+        expectedVersion: no_stream
+        event: { type: order.priced, data: '${ . }' }
+  - pause: { wait: PT2S }
+"#,
+        ))
+        .await;
+    // A worker: takes the request and answers with a price.
+    let jobs = harness.jobs.clone();
+    let worker = tokio::spawn(async move {
+        loop {
+            let request = herald_backend::FetchRequest {
+                member: "worker".into(),
+                max: 1,
+                wait_ms: 1_000,
+            };
+            let Ok(deliveries) = jobs.fetch("pricing", request).await else {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            };
+            if let Some(delivery) = deliveries.into_iter().next() {
+                assert_eq!(delivery.request.data, json!({"sku": "A7"}));
+                let complete: herald_jobs::CompleteRequest = serde_json::from_value(json!({
+                    "result": {"price": 42},
+                    "delivery_id": delivery.delivery_id,
+                }))
+                .unwrap();
+                jobs.complete(&delivery.request.job_id, complete)
+                    .await
+                    .unwrap();
+                return;
+            }
+        }
+    });
+    let id = harness
+        .start_instance("pricing", json!({"sku": "A7"}))
+        .await;
+    harness.until_status(&id, Status::Waiting).await;
+    worker.await.unwrap();
+    // Recorded before the wait: a restart replays the job's result and the
+    // append instead of submitting or appending again.
+    let harness = harness.restart().await;
+    let view = harness.ended(&id).await;
+    assert_eq!(view.status, Status::Completed, "{view:?}");
+    assert_eq!(
+        view.output,
+        Some(json!({"stream": "order-A7", "firstVersion": 0, "lastVersion": 0}))
+    );
+    let stream = harness
+        .backend
+        .read_stream(
+            &TopicName::try_from("orders").unwrap(),
+            &herald_types::StreamId::try_from("order-A7").unwrap(),
+            0,
+            herald_backend::Direction::Forward,
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(stream.events.len(), 1);
+    let event = &stream.events[0].1.event;
+    assert_eq!(event.ty, "order.priced");
+    assert_eq!(
+        serde_json::from_slice::<Value>(event.data.as_deref().unwrap()).unwrap(),
+        json!({"price": 42})
+    );
+    assert_eq!(event.causationid.as_deref(), Some(id.as_str()));
+}
+
+#[tokio::test]
+async fn given_a_failed_job_or_a_version_conflict_should_raise_errors_a_catch_can_take() {
+    let harness = Harness::start().await;
+    harness.topic("orders").await;
+    harness
+        .deploy(&workflow(
+            "strict",
+            r#"
+do:
+  - first: { call: herald.append, with: { topic: orders, stream: s1, event: { type: a, data: 1 } } }
+  - guarded:
+      try:
+        - again: { call: herald.append, with: { topic: orders, stream: s1, expectedVersion: no_stream, event: { type: b, data: 2 } } }
+      catch:
+        errors: { with: { status: 409 } }
+        as: conflict
+        do:
+          - note: { set: { conflict: '${ $conflict.status }' } }
+"#,
+        ))
+        .await;
+    let view = harness.run("strict", json!({})).await;
+    assert_eq!(view.output, Some(json!({"conflict": 409})), "{view:?}");
+    harness
+        .deploy(&workflow(
+            "failing",
+            "do:\n  - price: { call: herald.job, with: { queue: broken, data: 1 } }\n",
+        ))
+        .await;
+    let id = harness.start_instance("failing", json!({})).await;
+    let jobs = harness.jobs.clone();
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    loop {
+        let request = herald_backend::FetchRequest {
+            member: "worker".into(),
+            max: 1,
+            wait_ms: 500,
+        };
+        let Ok(deliveries) = jobs.fetch("broken", request).await else {
+            // No queue before the submit.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        if let Some(delivery) = deliveries.into_iter().next() {
+            let complete: herald_jobs::CompleteRequest =
+                serde_json::from_value(json!({"error": "no price list"})).unwrap();
+            jobs.complete(&delivery.request.job_id, complete)
+                .await
+                .unwrap();
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no request came: {:?}",
+            harness.engine.get(&id).await
+        );
+    }
+    let view = harness.ended(&id).await;
+    assert_eq!(view.status, Status::Faulted);
+    let error = view.error.unwrap();
+    assert!(error.type_.ends_with("/errors/runtime"), "{error:?}");
+    assert!(
+        error
+            .detail
+            .as_deref()
+            .unwrap_or_default()
+            .contains("no price list"),
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
 async fn given_nested_loops_when_restarted_mid_way_should_replay_each_iteration_as_it_was() {
     let harness = Harness::start().await;
     harness
@@ -997,7 +1176,7 @@ async fn given_each_expression_scope_should_see_the_arguments_the_dsl_gives_it()
     };
     let engine = Engine::start(
         Arc::clone(&backend),
-        None,
+        herald_workflows::Services::default(),
         options,
         Arc::new(herald_workflows::WorkflowMetrics::default()),
         CancellationToken::new(),
