@@ -31,6 +31,7 @@ pub mod eval;
 pub mod expr;
 pub mod history;
 pub mod metrics;
+pub mod openapi;
 pub mod run;
 pub mod schedule;
 pub mod store;
