@@ -302,11 +302,24 @@ fn check_task(
             check_redirect(http.redirect, &at("with.redirect"))?;
             check_method(&http.method, &at("with.method"))?;
         }
-        TaskKind::Call(Call::OpenApi(_)) => {
-            return Err(DefinitionError::at(
-                at("call"),
-                "call: openapi is not supported yet (Herald calls http and functions)",
-            ));
+        TaskKind::Call(Call::OpenApi(call)) => {
+            check_redirect(call.redirect, &at("with.redirect"))?;
+            let source = ["endpoint", "content"]
+                .iter()
+                .filter(|field| call.document.get(**field).is_some())
+                .count();
+            if !call.document.is_string() && source != 1 {
+                return Err(DefinitionError::at(
+                    at("with.document"),
+                    "the OpenAPI document takes `endpoint` (its URL) or `content` (the document itself)",
+                ));
+            }
+            if call.operation_id.is_empty() {
+                return Err(DefinitionError::at(
+                    at("with.operationId"),
+                    "an operationId names the operation",
+                ));
+            }
         }
         TaskKind::Call(Call::Function { name, with }) => {
             if !names.functions.contains(name.as_str()) && crate::run::is_builtin(name) {

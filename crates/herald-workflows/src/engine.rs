@@ -236,6 +236,7 @@ impl Engine {
             backend: Arc::clone(&backend),
             http: services.http,
             jobs: services.jobs,
+            documents: Arc::default(),
             http_timeout: options.http_timeout,
             secrets: Arc::new(options.secrets.clone()),
             metrics,

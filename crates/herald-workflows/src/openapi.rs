@@ -64,6 +64,49 @@ pub fn parse_document(bytes: &[u8]) -> Result<Value, WorkflowError> {
     }
 }
 
+/// OpenAPI documents loaded lately, by URL: a workflow calling one API
+/// many times loads its document once a minute at most.
+#[derive(Debug, Default)]
+pub struct Documents {
+    loaded: std::sync::Mutex<
+        std::collections::HashMap<String, (std::time::Instant, std::sync::Arc<Value>)>,
+    >,
+}
+
+impl Documents {
+    /// How long a loaded document is used before it is loaded again.
+    pub const FRESH: std::time::Duration = std::time::Duration::from_secs(60);
+    /// The most documents kept.
+    pub const MAX: usize = 256;
+
+    /// The document loaded from `url` less than [`Self::FRESH`] ago.
+    #[must_use]
+    pub fn get(&self, url: &Url) -> Option<std::sync::Arc<Value>> {
+        let loaded = self.loaded.lock().ok()?;
+        loaded
+            .get(url.as_str())
+            .filter(|(at, _)| at.elapsed() < Self::FRESH)
+            .map(|(_, document)| std::sync::Arc::clone(document))
+    }
+
+    /// Keeps `document`, loaded from `url` now.
+    pub fn put(&self, url: &Url, document: std::sync::Arc<Value>) {
+        let Ok(mut loaded) = self.loaded.lock() else {
+            return;
+        };
+        if loaded.len() >= Self::MAX {
+            loaded.retain(|_, (at, _)| at.elapsed() < Self::FRESH);
+            if loaded.len() >= Self::MAX {
+                loaded.clear();
+            }
+        }
+        loaded.insert(
+            url.as_str().to_owned(),
+            (std::time::Instant::now(), document),
+        );
+    }
+}
+
 /// The request an operation makes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {

@@ -25,8 +25,8 @@ use tokio::sync::watch;
 
 use crate::dsl::{
     Backoff, Call, CallOutput, Catch, Endpoint, ErrorRef, EventConsumption, FlowDirective,
-    HttpCall, ListenRead, RetryPolicy, RetryRef, Set, Task, TaskKind, TaskList, TimeoutRef,
-    join_paths,
+    HttpCall, ListenRead, OpenApiCall, RetryPolicy, RetryRef, Set, Task, TaskKind, TaskList,
+    TimeoutRef, join_paths,
 };
 use crate::error::{CANCELLED, WorkflowError};
 use crate::eval::{Compiled, Scope};
@@ -81,6 +81,8 @@ pub struct Env {
     /// The job service `call: herald.job` submits to (none: it raises a
     /// runtime error).
     pub jobs: Option<herald_jobs::Handle>,
+    /// The OpenAPI documents `call: openapi` loaded lately, by URL.
+    pub documents: Arc<crate::openapi::Documents>,
     /// The engine's metrics.
     pub metrics: Arc<crate::WorkflowMetrics>,
 }
@@ -792,7 +794,23 @@ impl Run {
                     Ok((Value::Array(output), Flow::Continue))
                 }
                 TaskKind::Call(Call::Http(http)) => {
-                    let output = self.http(http, path, key, &input, scope).await?;
+                    let output = self
+                        .call_once(key, async {
+                            let outgoing = self.http_request(http, path, &input, scope)?;
+                            self.send(outgoing, key).await
+                        })
+                        .await?;
+                    Ok((output, Flow::Continue))
+                }
+                TaskKind::Call(Call::OpenApi(call)) => {
+                    let output = self
+                        .call_once(key, async {
+                            match self.openapi_request(call, path, &input, scope).await? {
+                                Ok(outgoing) => self.send(outgoing, key).await,
+                                Err(error) => Ok(Outcome::Err(error)),
+                            }
+                        })
+                        .await?;
                     Ok((output, Flow::Continue))
                 }
                 TaskKind::Call(Call::Function {
@@ -836,9 +854,6 @@ impl Run {
                     let _ = name;
                     Ok((output, Flow::Continue))
                 }
-                TaskKind::Call(Call::OpenApi(_)) => Err(Fault::Error(WorkflowError::runtime(
-                    "call: openapi is refused at deploy time",
-                ))),
             }
         })
     }
@@ -1249,21 +1264,18 @@ impl Run {
             .map_or_else(|| self.id.clone(), str::to_owned)
     }
 
-    /// `call: http`, once per key: the answer is recorded; a repeat after a
-    /// crash carries the same `Idempotency-Key`.
-    async fn http(
+    /// A call's answer, once per key: recorded; a repeat after a crash
+    /// carries the same `Idempotency-Key`.
+    async fn call_once(
         &self,
-        http: &HttpCall,
-        path: &str,
         key: &str,
-        input: &Value,
-        scope: &Scope,
+        call: impl Future<Output = Result<Outcome, Fault>>,
     ) -> Result<Value, Fault> {
         let effect = format!("{key}#http");
         if let Some(outcome) = self.journal.lock().await.effect(&effect).cloned() {
             return replayed(outcome);
         }
-        let outcome = self.send(http, path, key, input, scope).await?;
+        let outcome = call.await?;
         self.journal.lock().await.push(Record::Effect {
             key: effect,
             outcome: outcome.clone(),
@@ -1274,20 +1286,15 @@ impl Run {
         replayed(outcome)
     }
 
-    async fn send(
+    /// `call: http`'s request.
+    fn http_request(
         &self,
         http: &HttpCall,
         path: &str,
-        key: &str,
         input: &Value,
         scope: &Scope,
-    ) -> Result<Outcome, Fault> {
+    ) -> Result<Outgoing, Fault> {
         let at = |field: &str| join_paths(path, field);
-        let Some(sender) = &self.env.http else {
-            return Ok(Outcome::Err(WorkflowError::runtime(
-                "this server has no outbound HTTP client",
-            )));
-        };
         let endpoint = match &http.endpoint {
             Endpoint::Uri(uri) => uri,
             Endpoint::Object(object) => &object.uri,
@@ -1307,28 +1314,20 @@ impl Run {
             WorkflowError::validation(format!("endpoint {url:?} is not a URL: {error}"))
         })?;
         let map_of = |value: &Option<Value>, field: &str| -> Result<Map<String, Value>, Fault> {
-            Ok(match value {
-                None => Map::new(),
+            let value = match value {
+                None => return Ok(Map::new()),
                 Some(Value::String(_)) => {
-                    match self
-                        .compiled
+                    self.compiled
                         .eval(&at(&format!("with.{field}")), input, scope)?
-                    {
-                        Value::Object(map) => map,
-                        _ => Map::new(),
-                    }
                 }
                 Some(value) => {
-                    match self.compiled.template(
-                        value,
-                        &at(&format!("with.{field}")),
-                        input,
-                        scope,
-                    )? {
-                        Value::Object(map) => map,
-                        _ => Map::new(),
-                    }
+                    self.compiled
+                        .template(value, &at(&format!("with.{field}")), input, scope)?
                 }
+            };
+            Ok(match value {
+                Value::Object(map) => map,
+                _ => Map::new(),
             })
         };
         let headers = map_of(&http.headers, "headers")?;
@@ -1342,7 +1341,125 @@ impl Run {
         if url.query() == Some("") {
             url.set_query(None);
         }
-        let method = reqwest::Method::from_bytes(http.method.to_ascii_uppercase().as_bytes())
+        let body = match &http.body {
+            Some(body) => Some(
+                self.compiled
+                    .template(body, &at("with.body"), input, scope)?,
+            ),
+            None => None,
+        };
+        Ok(Outgoing {
+            method: http.method.clone(),
+            url,
+            headers,
+            body,
+            output: http.output.unwrap_or(CallOutput::Content),
+        })
+    }
+
+    /// `call: openapi`'s request: the operation found in the document
+    /// (loaded once a minute at most per URL), its parameters filled.
+    async fn openapi_request(
+        &self,
+        call: &OpenApiCall,
+        path: &str,
+        input: &Value,
+        scope: &Scope,
+    ) -> Result<Result<Outgoing, WorkflowError>, Fault> {
+        let at = |field: &str| join_paths(path, field);
+        let document =
+            self.compiled
+                .template(&call.document, &at("with.document"), input, scope)?;
+        let parameters = match &call.parameters {
+            Some(parameters) => match self.compiled.template(
+                &Value::Object(parameters.clone()),
+                &at("with.parameters"),
+                input,
+                scope,
+            )? {
+                Value::Object(parameters) => parameters,
+                _ => Map::new(),
+            },
+            None => Map::new(),
+        };
+        let (content, base) = match document_source(&document)? {
+            DocumentSource::Inline(content) => (Arc::new(content), None),
+            DocumentSource::Url(url) => match self.env.documents.get(&url) {
+                Some(content) => (content, Some(url)),
+                None => match self.fetch_document(&url).await {
+                    Ok(content) => {
+                        let content = Arc::new(content);
+                        self.env.documents.put(&url, Arc::clone(&content));
+                        (content, Some(url))
+                    }
+                    Err(error) => return Ok(Err(error)),
+                },
+            },
+        };
+        let request =
+            match crate::openapi::request(&content, base.as_ref(), &call.operation_id, &parameters)
+            {
+                Ok(request) => request,
+                Err(error) => return Ok(Err(error)),
+            };
+        Ok(Ok(Outgoing {
+            method: request.method,
+            url: request.url,
+            headers: request.headers,
+            body: request.body,
+            output: call.output.unwrap_or(CallOutput::Content),
+        }))
+    }
+
+    /// GETs an OpenAPI document through the guarded client.
+    async fn fetch_document(&self, url: &reqwest::Url) -> Result<Value, WorkflowError> {
+        let Some(sender) = &self.env.http else {
+            return Err(WorkflowError::runtime(
+                "this server has no outbound HTTP client",
+            ));
+        };
+        let request = sender
+            .request(reqwest::Method::GET, url.clone())
+            .map_err(|refused| WorkflowError::communication(403, format!("{url}: {refused}")))?
+            .timeout(self.env.http_timeout);
+        let response = request.send().await.map_err(|error| {
+            WorkflowError::communication(
+                503,
+                format!("loading the OpenAPI document {url}: {error}"),
+            )
+        })?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(WorkflowError::communication(
+                status.as_u16(),
+                format!("loading the OpenAPI document {url}: {status}"),
+            ));
+        }
+        let bytes = response.bytes().await.map_err(|error| {
+            WorkflowError::communication(
+                503,
+                format!("loading the OpenAPI document {url}: {error}"),
+            )
+        })?;
+        crate::openapi::parse_document(&bytes)
+    }
+
+    /// Sends `outgoing` through the guarded client, with the run's
+    /// `Idempotency-Key`; what it answered, as `output` asks.
+    async fn send(&self, outgoing: Outgoing, key: &str) -> Result<Outcome, Fault> {
+        let Outgoing {
+            method,
+            url,
+            headers,
+            body,
+            output,
+        } = outgoing;
+        let Some(sender) = &self.env.http else {
+            return Ok(Outcome::Err(WorkflowError::runtime(
+                "this server has no outbound HTTP client",
+            )));
+        };
+        let method = reqwest::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
             .map_err(|error| WorkflowError::validation(error.to_string()))?;
         let mut request = match sender.request(method.clone(), url.clone()) {
             Ok(request) => request,
@@ -1359,11 +1476,8 @@ impl Run {
         request = request
             .header("idempotency-key", format!("{}:{key}", self.id))
             .timeout(self.env.http_timeout);
-        if let Some(body) = &http.body {
-            let body = self
-                .compiled
-                .template(body, &at("with.body"), input, scope)?;
-            request = request.json(&body);
+        if let Some(body) = &body {
+            request = request.json(body);
         }
         let response = match request.send().await {
             Ok(response) => response,
@@ -1405,20 +1519,18 @@ impl Run {
             error.title = Some("Communication failed".to_owned());
             return Ok(Outcome::Err(error));
         }
-        Ok(Outcome::Ok(
-            match http.output.unwrap_or(CallOutput::Content) {
-                CallOutput::Content => content,
-                CallOutput::Raw => {
-                    Value::String(base64::engine::general_purpose::STANDARD.encode(&bytes))
-                }
-                CallOutput::Response => json!({
-                    "request": {"method": method.as_str(), "uri": url.as_str(), "headers": headers},
-                    "statusCode": status.as_u16(),
-                    "headers": response_headers,
-                    "content": content,
-                }),
-            },
-        ))
+        Ok(Outcome::Ok(match output {
+            CallOutput::Content => content,
+            CallOutput::Raw => {
+                Value::String(base64::engine::general_purpose::STANDARD.encode(&bytes))
+            }
+            CallOutput::Response => json!({
+                "request": {"method": method.as_str(), "uri": url.as_str(), "headers": headers},
+                "statusCode": status.as_u16(),
+                "headers": response_headers,
+                "content": content,
+            }),
+        }))
     }
 
     /// `listen`: waits for the events the consumption strategy asks for,
@@ -1701,6 +1813,53 @@ impl Listening {
 }
 
 /// The DSL's `startedAt` of `$workflow` and `$task`: ISO 8601 and epoch.
+/// An HTTP request a call makes.
+struct Outgoing {
+    method: String,
+    url: reqwest::Url,
+    headers: Map<String, Value>,
+    body: Option<Value>,
+    output: CallOutput,
+}
+
+/// Where an OpenAPI document comes from.
+enum DocumentSource {
+    /// `document: {endpoint}`: a URL (or `{uri}`).
+    Url(reqwest::Url),
+    /// `document: {content}` (Herald's extension): the document itself.
+    Inline(Value),
+}
+
+/// `with.document`, evaluated: `{name?, endpoint: <uri> | {uri}}` as the
+/// DSL's external resource, or `{name?, content: {…}}`.
+fn document_source(document: &Value) -> Result<DocumentSource, WorkflowError> {
+    if let Some(content) = document.get("content") {
+        return Ok(DocumentSource::Inline(content.clone()));
+    }
+    let endpoint = document.get("endpoint");
+    let uri = match endpoint {
+        Some(Value::String(uri)) => uri,
+        Some(Value::Object(object)) => match object.get("uri") {
+            Some(Value::String(uri)) => uri,
+            _ => {
+                return Err(WorkflowError::validation(
+                    "the OpenAPI document's endpoint has no uri",
+                ));
+            }
+        },
+        _ => {
+            return Err(WorkflowError::validation(
+                "the OpenAPI document takes `endpoint` (its URL) or `content`",
+            ));
+        }
+    };
+    reqwest::Url::parse(uri)
+        .map(DocumentSource::Url)
+        .map_err(|error| {
+            WorkflowError::validation(format!("the OpenAPI document's URL {uri:?}: {error}"))
+        })
+}
+
 fn started_at_of(ms: i64) -> Value {
     json!({
         "iso8601": herald_types::format_rfc3339_ms(ms),

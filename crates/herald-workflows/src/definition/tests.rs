@@ -375,9 +375,14 @@ fn given_references_to_nothing_when_parsed_should_be_refused() {
             "invalid topic name",
         ),
         (
-            "do:\n  - f: { call: openapi, with: { document: { endpoint: 'http://x/o.json' }, operationId: getPet } }\n",
-            "do[0].f.call",
-            "openapi is not supported",
+            "do:\n  - f: { call: openapi, with: { document: { name: petstore }, operationId: getPet } }\n",
+            "do[0].f.with.document",
+            "`endpoint`",
+        ),
+        (
+            "do:\n  - f: { call: openapi, with: { document: { endpoint: 'http://x/o.json' }, operationId: getPet, redirect: true } }\n",
+            "do[0].f.with.redirect",
+            "redirect",
         ),
         (
             "do:\n  - l: { listen: { to: { one: { with: {} }, all: [] } } }\n",

@@ -410,6 +410,89 @@ do:
 }
 
 #[tokio::test]
+async fn given_an_openapi_call_should_load_the_document_once_and_call_the_operation() {
+    let document = json!({
+        "openapi": "3.0.3",
+        "info": {"title": "pets", "version": "1"},
+        "paths": {
+            "/pets/{petId}": {
+                "parameters": [{"name": "petId", "in": "path", "required": true}],
+                "get": {
+                    "operationId": "getPetById",
+                    "parameters": [
+                        {"name": "verbose", "in": "query"},
+                        {"name": "x-tenant", "in": "header", "required": true}
+                    ]
+                }
+            }
+        }
+    });
+    let pet = json!({"id": 7, "name": "Rex"});
+    let receiver = Receiver::start(vec![
+        (200, document),
+        (200, pet.clone()),
+        (200, pet.clone()),
+    ])
+    .await;
+    let harness = Harness::start().await;
+    harness
+        .deploy(&workflow(
+            "pets",
+            &format!(
+                r#"
+do:
+  - getPet:
+      call: openapi
+      with:
+        document: {{ endpoint: '{}/specs/pets.json' }}
+        operationId: getPetById
+        parameters: {{ petId: '${{ .id }}', verbose: true, x-tenant: acme }}
+"#,
+                receiver.url
+            ),
+        ))
+        .await;
+    for _ in 0..2 {
+        let view = harness.run("pets", json!({"id": 7})).await;
+        assert_eq!(view.status, Status::Completed, "{view:?}");
+        assert_eq!(view.output, Some(pet.clone()));
+    }
+    let requests = receiver.requests.lock().unwrap().clone();
+    // The document once, then the operation twice (servers: none, so the
+    // document's own origin).
+    assert_eq!(requests.len(), 3, "{requests:?}");
+    assert_eq!(requests[0].0, "GET /specs/pets.json HTTP/1.1");
+    for (line, _, headers) in &requests[1..] {
+        assert_eq!(line, "GET /pets/7?verbose=true HTTP/1.1");
+        assert!(
+            headers.contains(&"x-tenant: acme".to_owned()),
+            "{headers:?}"
+        );
+        assert!(
+            headers
+                .iter()
+                .any(|header| header.starts_with("idempotency-key: ")),
+            "{headers:?}"
+        );
+    }
+    // An unknown operation is a validation error the instance faults with.
+    harness
+        .deploy(&workflow(
+            "nopets",
+            &format!(
+                "do:\n  - x: {{ call: openapi, with: {{ document: {{ content: {{ openapi: 3.0.3, servers: [ {{ url: '{}' }} ], paths: {{}} }} }}, operationId: nothing }} }}\n",
+                receiver.url
+            ),
+        ))
+        .await;
+    let view = harness.run("nopets", json!({})).await;
+    assert_eq!(view.status, Status::Faulted);
+    let error = view.error.unwrap();
+    assert!(error.type_.ends_with("/errors/validation"), "{error:?}");
+    assert!(error.detail.unwrap().contains("nothing"));
+}
+
+#[tokio::test]
 async fn given_a_flaky_service_should_retry_with_backoff_up_to_the_limit() {
     let harness = Harness::start().await;
     let flaky = Receiver::start(vec![
