@@ -552,13 +552,7 @@ impl Engine {
             let Some(view) = self.read(&id).await? else {
                 continue;
             };
-            let keep = filter
-                .namespace
-                .as_deref()
-                .is_none_or(|namespace| namespace == view.namespace)
-                && filter.name.as_deref().is_none_or(|name| name == view.name)
-                && filter.status.is_none_or(|status| status == view.status);
-            if keep {
+            if filter.keeps(&view) {
                 found.push(view);
                 if found.len() >= limit {
                     break;
@@ -637,6 +631,14 @@ impl Engine {
             control.suspended = false;
         })
         .await
+    }
+
+    /// Starts a new instance of the version `id` ran, with its input (the
+    /// instance itself is left as it is, whatever its status).
+    pub async fn rerun(&self, id: &str) -> Result<InstanceView, EngineError> {
+        let view = self.get(id).await?;
+        self.start_instance(&view.namespace, &view.name, Some(&view.version), view.input)
+            .await
     }
 
     /// Runs a faulted instance again from the task that failed (what
@@ -1025,6 +1027,23 @@ pub struct ListFilter {
     pub status: Option<Status>,
     /// Only instances older than this one (a page's last id).
     pub before: Option<String>,
+    /// Only instances started at or after this time (ms since the epoch).
+    pub started_after: Option<i64>,
+    /// Only instances started before this time (ms since the epoch).
+    pub started_before: Option<i64>,
+}
+
+impl ListFilter {
+    fn keeps(&self, view: &InstanceView) -> bool {
+        let started = herald_types::parse_rfc3339_ms(&view.started_at).unwrap_or(0);
+        self.namespace
+            .as_deref()
+            .is_none_or(|namespace| namespace == view.namespace)
+            && self.name.as_deref().is_none_or(|name| name == view.name)
+            && self.status.is_none_or(|status| status == view.status)
+            && self.started_after.is_none_or(|after| started >= after)
+            && self.started_before.is_none_or(|before| started < before)
+    }
 }
 
 fn end_of(record: Option<&Record>) -> Option<&Record> {

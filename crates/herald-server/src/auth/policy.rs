@@ -351,6 +351,15 @@ pub const REST: &[RestRoute] = &[
     ),
     rest(
         "POST",
+        "/v1/workflow-instances/{instance_id}/rerun",
+        on(Action::WorkflowsRun, Resource::Any),
+    ),
+    push(
+        "/v1/workflow-instances/{instance_id}/ws",
+        on(Action::WorkflowsRun, Resource::Any),
+    ),
+    rest(
+        "POST",
         "/v1/webhooks/endpoints",
         on(Action::WebhooksManage, Resource::Any),
     ),

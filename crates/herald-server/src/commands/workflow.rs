@@ -78,6 +78,11 @@ pub enum WorkflowCommand {
         /// The instance's id
         instance_id: String,
     },
+    /// Start a new instance of the same version with the same input.
+    Rerun {
+        /// The instance's id
+        instance_id: String,
+    },
 }
 
 const INSTANCE_COLUMNS: &[&str] = &[
@@ -271,6 +276,7 @@ pub(crate) async fn run(api: &Api, command: WorkflowCommand) -> Result<(), Error
         WorkflowCommand::Suspend { instance_id } => control(api, &instance_id, "suspend").await,
         WorkflowCommand::Resume { instance_id } => control(api, &instance_id, "resume").await,
         WorkflowCommand::Retry { instance_id } => control(api, &instance_id, "retry").await,
+        WorkflowCommand::Rerun { instance_id } => control(api, &instance_id, "rerun").await,
     }
 }
 

@@ -304,6 +304,8 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(workflows::suspend))
         .routes(routes!(workflows::resume))
         .routes(routes!(workflows::retry))
+        .routes(routes!(workflows::rerun))
+        .routes(routes!(workflows::socket))
         // Blob uploads stream to storage, bounded by limits.max_blob_bytes
         // (checked as they stream), not by the request body limit.
         .routes(routes!(blobs::upload).layer(DefaultBodyLimit::disable()))

@@ -98,7 +98,7 @@ async fn subscription(
 
 /// A request to a WebSocket endpoint that is not a WebSocket upgrade.
 #[expect(clippy::needless_pass_by_value, reason = "used as a map_err function")]
-fn upgrade_problem(rejection: WebSocketUpgradeRejection) -> Problem {
+pub(crate) fn upgrade_problem(rejection: WebSocketUpgradeRejection) -> Problem {
     Problem::new(
         Code::InvalidArgument,
         format!("This endpoint speaks WebSocket: {}.", rejection.body_text()),
@@ -109,7 +109,7 @@ fn upgrade_problem(rejection: WebSocketUpgradeRejection) -> Problem {
 /// bodies, by `limits.max_request_bytes` (axum's own default is 64 MiB): a
 /// larger one closes the socket before it is
 /// buffered whole.
-fn limited(upgrade: WebSocketUpgrade, state: &AppState) -> WebSocketUpgrade {
+pub(crate) fn limited(upgrade: WebSocketUpgrade, state: &AppState) -> WebSocketUpgrade {
     upgrade
         .max_message_size(state.max_request_bytes)
         .max_frame_size(state.max_request_bytes)

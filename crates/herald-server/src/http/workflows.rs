@@ -8,10 +8,12 @@
 //! | `GET /v1/workflows` | | 200 `{workflows: [{namespace, name, versions, latest}]}` |
 //! | `GET /v1/workflows/{namespace}/{name}` | `version` (default: the latest) | 200 `{namespace, name, versions, definition}`; 404 `workflow_not_found` |
 //! | `POST /v1/workflows/{namespace}/{name}/instances` | `{input, version?}` | 201 instance, `Location` |
-//! | `GET /v1/workflow-instances` | `namespace, name, status, limit, before` | 200 `{instances}`, newest first |
+//! | `GET /v1/workflow-instances` | `namespace, name, status, started_after, started_before, limit, before` | 200 `{instances}`, newest first |
 //! | `GET /v1/workflow-instances/{instance_id}` | `wait_ms` | 200 instance; 404 `workflow_instance_not_found` |
 //! | `GET /v1/workflow-instances/{instance_id}/history` | `limit, from` | 200 `{steps}` |
 //! | `POST /v1/workflow-instances/{instance_id}/cancel`, `/suspend`, `/resume`, `/retry` | | 200 instance; 409 `workflow_instance_ended` / `workflow_instance_conflict` |
+//! | `POST /v1/workflow-instances/{instance_id}/rerun` | | 201 a new instance of the same version and input, `Location` |
+//! | `GET /v1/workflow-instances/{instance_id}/events` (SSE), `/ws` (WebSocket) | `Last-Event-ID` / `from` | its history records as they are written, until its end |
 
 use axum::Json;
 use axum::body::Bytes;
@@ -19,6 +21,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use herald_types::format_rfc3339_ms;
+use herald_workflows::history::Record;
 use herald_workflows::store::{Definitions, StoredDefinition};
 use serde::{Deserialize, Serialize};
 
@@ -312,6 +315,12 @@ pub struct ListQuery {
     /// Only instances older than this one (the last id of a page).
     #[serde(default)]
     pub before: Option<String>,
+    /// Only instances started at or after this time (RFC 3339).
+    #[serde(default)]
+    pub started_after: Option<String>,
+    /// Only instances started before this time (RFC 3339).
+    #[serde(default)]
+    pub started_before: Option<String>,
 }
 
 /// `GET /v1/workflow-instances/{instance_id}` query.
@@ -423,7 +432,18 @@ pub async fn instances(
     if !(1..=1000).contains(&limit) {
         return Err(Problem::new(Code::InvalidArgument, "limit is 1 to 1,000."));
     }
+    let time = |field: &str, value: Option<&str>| {
+        value
+            .map(|text| {
+                herald_types::parse_rfc3339_ms(text).map_err(|error| {
+                    Problem::new(Code::InvalidArgument, format!("{field}: {error}."))
+                })
+            })
+            .transpose()
+    };
     let filter = herald_workflows::ListFilter {
+        started_after: time("started_after", query.started_after.as_deref())?,
+        started_before: time("started_before", query.started_before.as_deref())?,
         namespace: query.namespace,
         name: query.name,
         status: query.status,
@@ -618,8 +638,37 @@ pub async fn events(
     };
     // Unknown instances are refused before the stream starts.
     engine.get(&instance_id).await?;
-    let stream = futures::stream::unfold(
-        (engine, instance_id, from, false),
+    let stream = follow(engine, instance_id, from)
+        .map(|item| {
+            Ok::<_, std::convert::Infallible>(match item {
+                Ok((version, record)) => Event::default()
+                    .event(record.event_type())
+                    .id(version.to_string())
+                    .json_data(&record)
+                    .unwrap_or_else(|error| {
+                        Event::default().event("error").data(error.to_string())
+                    }),
+                Err(problem) => Event::default()
+                    .event("error")
+                    .data(serde_json::to_string(&problem).unwrap_or_default()),
+            })
+        })
+        .take_until(state.stopping.clone().cancelled_owned());
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+/// An instance's history records from version `from`, then each as it is
+/// written, ending after the instance's end (or after an error).
+fn follow(
+    engine: herald_workflows::Engine,
+    id: String,
+    from: u64,
+) -> impl futures::Stream<Item = Result<(u64, Record), Problem>> + Send {
+    use futures::StreamExt as _;
+    futures::stream::unfold(
+        (engine, id, from, false),
         |(engine, id, from, ended)| async move {
             if ended {
                 return None;
@@ -630,39 +679,119 @@ pub async fn events(
             {
                 Ok(records) => records,
                 Err(error) => {
-                    let problem = serde_json::to_string(&Problem::from(error)).unwrap_or_default();
-                    let frame = Event::default().event("error").data(problem);
-                    return Some((vec![frame], (engine, id, from, true)));
+                    return Some((vec![Err(Problem::from(error))], (engine, id, from, true)));
                 }
             };
             let mut next = from;
             let mut end = false;
-            let frames = records
+            let items = records
                 .into_iter()
                 .map(|(version, record)| {
                     next = version + 1;
                     end |= matches!(
                         record,
-                        herald_workflows::history::Record::Completed { .. }
-                            | herald_workflows::history::Record::Faulted { .. }
-                            | herald_workflows::history::Record::Cancelled { .. }
+                        Record::Completed { .. }
+                            | Record::Faulted { .. }
+                            | Record::Cancelled { .. }
                     );
-                    Event::default()
-                        .event(record.event_type())
-                        .id(version.to_string())
-                        .json_data(&record)
-                        .unwrap_or_else(|error| {
-                            Event::default().event("error").data(error.to_string())
-                        })
+                    Ok((version, record))
                 })
                 .collect::<Vec<_>>();
-            Some((frames, (engine, id, next, end)))
+            Some((items, (engine, id, next, end)))
         },
     )
     .flat_map(futures::stream::iter)
-    .map(Ok::<_, std::convert::Infallible>)
-    .take_until(state.stopping.clone().cancelled_owned());
-    Ok(Sse::new(stream)
-        .keep_alive(KeepAlive::default())
+}
+
+/// `GET /v1/workflow-instances/{instance_id}/ws` query.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct SocketQuery {
+    /// The first record's version (default 0: from the start); an `id`
+    /// received plus one resumes after it.
+    #[serde(default)]
+    pub from: Option<u64>,
+}
+
+/// `GET /v1/workflow-instances/{instance_id}/ws` → WebSocket.
+#[utoipa::path(
+    get, path = "/v1/workflow-instances/{instance_id}/ws", tag = "workflows",
+    params(("instance_id" = String, Path, description = "The instance."), SocketQuery),
+    responses(
+        (status = 101, description = "Switching Protocols to a WebSocket: one JSON text message per history record, `{\"id\": <version>, \"event\": \"<CloudEvents type>\", \"record\": {…}}`, as the SSE stream sends them; the socket closes after the instance's end, or after `{\"error\": problem}`."),
+    )
+)]
+pub async fn socket(
+    State(state): State<AppState>,
+    Path(instance_id): Path<String>,
+    Query(query): Query<SocketQuery>,
+    upgrade: Result<
+        axum::extract::ws::WebSocketUpgrade,
+        axum::extract::ws::rejection::WebSocketUpgradeRejection,
+    >,
+) -> Result<Response, Problem> {
+    use axum::extract::ws::Message;
+    use futures::{SinkExt as _, StreamExt as _};
+
+    let engine = engine(&state)?.clone();
+    let upgrade = super::push::limited(upgrade.map_err(super::push::upgrade_problem)?, &state);
+    engine.get(&instance_id).await?;
+    let stopping = state.stopping.clone();
+    let from = query.from.unwrap_or(0);
+    Ok(upgrade.on_upgrade(move |socket| async move {
+        let (mut sender, mut receiver) = socket.split();
+        let mut records = Box::pin(follow(engine, instance_id, from));
+        loop {
+            tokio::select! {
+                item = records.next() => {
+                    let message = match item {
+                        Some(Ok((version, record))) => serde_json::json!({
+                            "id": version, "event": record.event_type(), "record": record,
+                        }),
+                        Some(Err(problem)) => serde_json::json!({"error": problem}),
+                        None => {
+                            let _ = sender.close().await;
+                            return;
+                        }
+                    };
+                    if sender.send(Message::text(message.to_string())).await.is_err() {
+                        return;
+                    }
+                }
+                incoming = receiver.next() => match incoming {
+                    Some(Ok(Message::Close(_)) | Err(_)) | None => return,
+                    Some(Ok(_)) => {}
+                },
+                () = stopping.cancelled() => {
+                    let _ = sender.close().await;
+                    return;
+                }
+            }
+        }
+    }))
+}
+
+/// `POST /v1/workflow-instances/{instance_id}/rerun` → 201.
+#[utoipa::path(
+    post, path = "/v1/workflow-instances/{instance_id}/rerun", tag = "workflows",
+    params(("instance_id" = String, Path, description = "The instance to run again.")),
+    responses(
+        (status = 201, description = "A new instance of the same definition version, with the same input (the instance itself is left as it is).", body = InstanceBody,
+         headers(("Location" = String, description = "The new instance's URL."))),
+    )
+)]
+pub async fn rerun(
+    State(state): State<AppState>,
+    Path(instance_id): Path<String>,
+    _query: NoQuery,
+) -> Result<Response, Problem> {
+    let view = engine(&state)?.rerun(&instance_id).await?;
+    let location = format!("/v1/workflow-instances/{}", view.instance_id);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(InstanceBody::from(view)),
+    )
         .into_response())
 }

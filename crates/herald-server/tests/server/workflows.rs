@@ -352,14 +352,21 @@ async fn given_the_cli_should_deploy_start_and_inspect_workflows() {
         .await,
     );
     assert!(listed.contains(id), "{listed}");
+    let rerun = crate::cli::stdout(
+        &crate::cli::cli(&server, &["--output", "json", "workflow", "rerun", id]).await,
+    );
+    let rerun: Value = serde_json::from_str(&rerun).unwrap();
+    assert_ne!(rerun["instance_id"], started["instance_id"]);
+    assert_eq!(rerun["input"], json!({"name": "ada"}));
+    wait_status(&api, rerun["instance_id"].as_str().unwrap(), "completed").await;
     let bad = crate::cli::cli(&server, &["workflow", "start", "nonamespace"]).await;
     assert_eq!(bad.status.code(), Some(2));
     // Metrics: what ran, by bounded labels.
     let metrics = api.get("/metrics").await.text().await.unwrap();
     for line in [
-        "herald_workflow_instances_started_total 1",
-        "herald_workflow_instances_ended_total{status=\"completed\"} 1",
-        "herald_workflow_tasks_total{kind=\"set\",outcome=\"completed\"} 1",
+        "herald_workflow_instances_started_total 2",
+        "herald_workflow_instances_ended_total{status=\"completed\"} 2",
+        "herald_workflow_tasks_total{kind=\"set\",outcome=\"completed\"} 2",
         "herald_workflow_timers_pending 0",
     ] {
         assert!(
@@ -373,7 +380,7 @@ async fn given_the_cli_should_deploy_start_and_inspect_workflows() {
 /// the instance's end; `Last-Event-ID` resumes after a record.
 #[tokio::test]
 async fn given_an_instance_when_its_events_are_streamed_should_show_each_record_and_resume() {
-    let (_server, api) = TestServer::start_ready().await;
+    let (server, api) = TestServer::start_ready().await;
     let definition = "document: { dsl: '1.0.0', namespace: ops, name: steps, version: '1' }\n\
          do:\n  - one: { set: { n: 1 } }\n  - nap: { wait: { milliseconds: 200 } }\n  - two: { set: { n: 2 } }\n";
     deploy(&api, "application/yaml", definition).await;
@@ -427,6 +434,76 @@ async fn given_an_instance_when_its_events_are_streamed_should_show_each_record_
         api.get("/v1/workflow-instances/nope/events").await,
         404,
         "workflow_instance_not_found",
+    )
+    .await;
+    // The WebSocket sends the same records, from `from` on, and closes
+    // after the end.
+    let url = server
+        .url(&format!("/v1/workflow-instances/{id}/ws?from=3"))
+        .replacen("http://", "ws://", 1);
+    let (mut socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let mut messages = Vec::new();
+    while let Some(message) = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        futures::StreamExt::next(&mut socket),
+    )
+    .await
+    .unwrap()
+    {
+        match message.unwrap() {
+            tokio_tungstenite::tungstenite::Message::Text(text) => {
+                messages.push(serde_json::from_str::<Value>(&text).unwrap());
+            }
+            tokio_tungstenite::tungstenite::Message::Close(_) => break,
+            _ => {}
+        }
+    }
+    assert_eq!(messages.len(), frames.len() - 3, "{messages:?}");
+    for (message, frame) in messages.iter().zip(&frames[3..]) {
+        assert_eq!(message["id"].to_string(), frame.id.clone().unwrap());
+        assert_eq!(message["event"].as_str(), frame.event.as_deref());
+        assert_eq!(message["record"], frame.data);
+    }
+    // A re-run: a new instance of the same version with the same input.
+    let rerun = api
+        .post(&format!("/v1/workflow-instances/{id}/rerun"), &json!({}))
+        .await;
+    let location = rerun.headers()["location"].to_str().unwrap().to_owned();
+    let rerun = crate::support::expect_json(rerun, 201).await;
+    let second = rerun["instance_id"].as_str().unwrap();
+    assert_ne!(second, id);
+    assert_eq!(location, format!("/v1/workflow-instances/{second}"));
+    assert_eq!(
+        (rerun["version"].as_str(), &rerun["input"]),
+        (Some("1"), &started["input"])
+    );
+    let done = wait_status(&api, second, "completed").await;
+    assert_eq!(done["output"], json!({"n": 2}));
+    // Listed by start time: the re-run started after the first.
+    let first_started = started["started_at"].as_str().unwrap();
+    let listed = crate::support::expect_json(
+        api.get(&format!(
+            "/v1/workflow-instances?name=steps&started_before={first_started}"
+        ))
+        .await,
+        200,
+    )
+    .await;
+    assert_eq!(listed["instances"], json!([]));
+    let listed = crate::support::expect_json(
+        api.get(&format!(
+            "/v1/workflow-instances?name=steps&started_after={first_started}"
+        ))
+        .await,
+        200,
+    )
+    .await;
+    assert_eq!(listed["instances"].as_array().unwrap().len(), 2);
+    crate::support::expect_problem(
+        api.get("/v1/workflow-instances?started_after=yesterday")
+            .await,
+        400,
+        "invalid_argument",
     )
     .await;
 }
