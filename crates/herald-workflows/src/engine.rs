@@ -590,8 +590,8 @@ impl Engine {
     /// The steps of an instance's history, in the order they began.
     pub async fn history(&self, id: &str) -> Result<Vec<StepView>, EngineError> {
         self.get(id).await?;
-        let journal = Journal::load(Arc::clone(&self.inner.backend), id, usize::MAX).await?;
-        Ok(steps(journal.records()))
+        let records = history::read_all(&*self.inner.backend, id).await?;
+        Ok(steps(&records))
     }
 
     /// Cancels an instance: what it waits on stops, `catch`es that take the

@@ -14,6 +14,22 @@
 //! replay wait in memory and go out with the next write: an effect is
 //! recorded after it happened (a crash in between repeats it once, with
 //! the same idempotency key), a timer before it is waited on.
+//!
+//! # Compaction
+//!
+//! A long `for` loop, or a `try` retrying for ever, would make the replay
+//! set grow without end. At the boundary of an iteration (or of an
+//! attempt) everything under the loop's key is finished, so once the
+//! records read or written since the last snapshot pass
+//! [`Journal::should_compact`] (half the instance's bound) the run folds
+//! its replay state into a snapshot of the stream ([`Journal::compact`]):
+//! what replay needs of the tasks outside the loop, plus a [`Mark`] saying
+//! where the loop is (its next index, its value, `$context`, how many
+//! times each task under it ran), without the records of the iterations
+//! done. A load takes the snapshot and the records after it; the loop
+//! resumes at its mark. The stream itself keeps every record (inspection
+//! reads them all); the bound applies to what a load replays: the records
+//! since the last snapshot.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -209,7 +225,7 @@ pub enum Outcome {
 }
 
 /// Where an instance's life stands, by its history.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Control {
     /// Suspend asked and not resumed.
     pub suspended: bool,
@@ -233,7 +249,7 @@ impl Control {
 }
 
 /// A memoised task.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Completed {
     /// Its output.
     pub output: Value,
@@ -241,6 +257,51 @@ pub struct Completed {
     pub context: Option<Value>,
     /// Where to go next.
     pub flow: String,
+}
+
+/// Where a loop (or a retrying `try`) stood at its last compaction: a
+/// replay resumes it here instead of replaying the iterations before.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Mark {
+    /// The next iteration's index (a `try`: the next attempt).
+    pub next: usize,
+    /// The value the next iteration starts from.
+    pub value: Value,
+    /// `$context` then.
+    pub context: Value,
+    /// How many times each task directly under the loop's key ran (keys
+    /// count runs, so the next iteration's keys stay the same).
+    pub counts: Vec<(String, u32)>,
+}
+
+/// An instance's replay state at a version of its history.
+#[derive(Debug, Serialize, Deserialize)]
+struct Folded {
+    started: Record,
+    completed: HashMap<String, Completed>,
+    effects: HashMap<String, Outcome>,
+    timers: HashMap<String, i64>,
+    begun: HashSet<String>,
+    marks: HashMap<String, Mark>,
+    control: Control,
+}
+
+/// Whether `key` (a task's key, or an effect's or timer's derived from
+/// one) belongs to a run under the task run `parent`: its pointer is under
+/// the parent's and its chain of runs extends the parent's.
+#[must_use]
+pub fn is_under(key: &str, parent: &str) -> bool {
+    let (Some((parent_ref, parent_chain)), Some((reference, chain))) =
+        (parent.split_once('#'), key.split_once('#'))
+    else {
+        return false;
+    };
+    reference
+        .strip_prefix(parent_ref)
+        .is_some_and(|rest| rest.starts_with('/'))
+        && chain
+            .strip_prefix(parent_chain)
+            .is_some_and(|rest| rest.starts_with('.'))
 }
 
 /// Why the history could not be written.
@@ -273,6 +334,7 @@ pub struct Journal {
     effects: HashMap<String, Outcome>,
     timers: HashMap<String, i64>,
     started: HashSet<String>,
+    marks: HashMap<String, Mark>,
     control: Control,
     max_records: usize,
     /// Told of every write (followers of the history wake on it).
@@ -300,12 +362,94 @@ impl Journal {
             effects: HashMap::new(),
             timers: HashMap::new(),
             started: HashSet::new(),
+            marks: HashMap::new(),
             control: Control::default(),
             max_records,
             notify: None,
         };
-        journal.read_from(0).await?;
+        let snapshot = match journal
+            .backend
+            .get_snapshot(&journal.topic, &journal.stream)
+            .await
+        {
+            Ok(snapshot) => snapshot,
+            Err(BackendError::StreamNotFound { .. }) => None,
+            Err(error) => return Err(error.into()),
+        };
+        let from = match snapshot {
+            Some(snapshot) => {
+                let folded: Folded = serde_json::from_value(snapshot.state).map_err(|error| {
+                    HistoryError::Storage(BackendError::invalid(
+                        "snapshot",
+                        format!("the history snapshot of {instance} does not read: {error}"),
+                    ))
+                })?;
+                journal.records.push(folded.started);
+                journal.written = 1;
+                journal.completed = folded.completed;
+                journal.effects = folded.effects;
+                journal.timers = folded.timers;
+                journal.started = folded.begun;
+                journal.marks = folded.marks;
+                journal.control = folded.control;
+                journal.version = Some(snapshot.version);
+                snapshot.version + 1
+            }
+            None => 0,
+        };
+        journal.read_from(from).await?;
         Ok(journal)
+    }
+
+    /// Where the loop (or `try`) run `key` stood at the last compaction.
+    #[must_use]
+    pub fn mark(&self, key: &str) -> Option<&Mark> {
+        self.marks.get(key)
+    }
+
+    /// Whether the records since the last snapshot passed half the bound:
+    /// a loop at an iteration's boundary compacts then.
+    #[must_use]
+    pub fn should_compact(&self) -> bool {
+        self.records.len() > self.max_records / 2
+    }
+
+    /// Writes what is pending, then folds the replay state into a snapshot
+    /// where the loop (or `try`) run `key` stands at `mark`: everything
+    /// under `key` is left out (the iterations before are done), and the
+    /// records in memory start again from the snapshot.
+    pub async fn compact(&mut self, key: &str, mark: Mark) -> Result<(), HistoryError> {
+        self.flush().await?;
+        let Some(version) = self.version else {
+            return Ok(());
+        };
+        let Some(started) = self.records.first().cloned() else {
+            return Ok(());
+        };
+        self.completed.retain(|done, _| !is_under(done, key));
+        self.effects.retain(|effect, _| !is_under(effect, key));
+        self.timers.retain(|timer, _| !is_under(timer, key));
+        self.started.retain(|begun| !is_under(begun, key));
+        self.marks.retain(|marked, _| !is_under(marked, key));
+        self.marks.insert(key.to_owned(), mark);
+        let folded = Folded {
+            started,
+            completed: self.completed.clone(),
+            effects: self.effects.clone(),
+            timers: self.timers.clone(),
+            begun: self.started.clone(),
+            marks: self.marks.clone(),
+            control: self.control,
+        };
+        let state = serde_json::to_value(&folded).map_err(|error| {
+            HistoryError::Storage(BackendError::invalid("snapshot", error.to_string()))
+        })?;
+        self.backend
+            .put_snapshot(&self.topic, &self.stream, version, state)
+            .await?;
+        self.records.truncate(1);
+        self.written = 1;
+        Ok(())
     }
 
     /// Reads and applies the records from `from` on.
@@ -378,7 +522,8 @@ impl Journal {
         }
     }
 
-    /// Every record, in order.
+    /// The records read or written since the last snapshot (after the
+    /// `started` record), in order.
     #[must_use]
     pub fn records(&self) -> &[Record] {
         &self.records
@@ -563,6 +708,21 @@ pub async fn read(
         .iter()
         .map(|(version, stored)| Ok((*version, decode(&stored.event)?)))
         .collect()
+}
+
+/// Every record of `instance`'s history, in order (also those a snapshot
+/// folded: the stream keeps them).
+pub async fn read_all(backend: &dyn Backend, instance: &str) -> Result<Vec<Record>, HistoryError> {
+    let mut records = Vec::new();
+    let mut from = 0;
+    loop {
+        let slice = read(backend, instance, from, 512).await?;
+        let Some((last, _)) = slice.last() else {
+            return Ok(records);
+        };
+        from = last + 1;
+        records.extend(slice.into_iter().map(|(_, record)| record));
+    }
 }
 
 /// The topic of every instance's history.

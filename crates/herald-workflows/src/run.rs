@@ -30,7 +30,7 @@ use crate::dsl::{
 };
 use crate::error::{CANCELLED, WorkflowError};
 use crate::eval::{Compiled, Scope};
-use crate::history::{Control, HistoryError, Journal, Outcome, Record};
+use crate::history::{Control, HistoryError, Journal, Mark, Outcome, Record};
 use crate::now_ms;
 
 pub(crate) mod herald;
@@ -362,6 +362,51 @@ impl Run {
             return Err(Fault::Suspended);
         }
         Ok(())
+    }
+
+    /// At the boundary of an iteration (or attempt) of the loop run `key`:
+    /// folds the history into a snapshot when it grew past half its bound,
+    /// the loop marked to resume at `next` from `value`.
+    async fn boundary(&self, key: &str, next: usize, value: &Value) -> Result<(), Fault> {
+        let mut journal = self.journal.lock().await;
+        if !journal.should_compact() {
+            return Ok(());
+        }
+        let context = self.context.lock().map_or(Value::Null, |c| c.clone());
+        let counts = self
+            .occurrences
+            .lock()
+            .map(|occurrences| {
+                occurrences
+                    .iter()
+                    .filter(|((parent, _), _)| parent == key)
+                    .map(|((_, reference), count)| (reference.clone(), *count))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mark = Mark {
+            next,
+            value: value.clone(),
+            context,
+            counts,
+        };
+        journal.compact(key, mark).await?;
+        Ok(())
+    }
+
+    /// Where the loop run `key` resumes, if a compaction marked it: its
+    /// `$context` and the runs of the tasks under it restored.
+    async fn resume_at(&self, key: &str) -> Option<Mark> {
+        let mark = self.journal.lock().await.mark(key).cloned()?;
+        if let Ok(mut context) = self.context.lock() {
+            context.clone_from(&mark.context);
+        }
+        if let Ok(mut occurrences) = self.occurrences.lock() {
+            for (reference, count) in &mark.counts {
+                occurrences.insert((key.to_owned(), reference.clone()), *count);
+            }
+        }
+        Some(mark)
     }
 
     async fn push(&self, record: Record) {
@@ -738,8 +783,11 @@ impl Run {
                     };
                     let each = looping.for_.each.as_deref().unwrap_or("item");
                     let index_name = looping.for_.at.as_deref().unwrap_or("index");
-                    let mut value = input;
-                    for (index, item) in items.into_iter().enumerate() {
+                    let (start, mut value) = match self.resume_at(key).await {
+                        Some(mark) => (mark.next, mark.value),
+                        None => (0, input),
+                    };
+                    for (index, item) in items.into_iter().enumerate().skip(start) {
                         let mut inner = frame.clone();
                         inner.scope = inner
                             .scope
@@ -761,7 +809,7 @@ impl Run {
                             .await?;
                         value = output;
                         match end {
-                            ListEnd::Done => {}
+                            ListEnd::Done => self.boundary(key, index + 1, &value).await?,
                             ListEnd::Exited => break,
                             ListEnd::Ended => return Ok((value, Flow::End)),
                         }
@@ -983,8 +1031,12 @@ impl Run {
     ) -> Result<(Value, Flow), Fault> {
         let catch = &tried.catch;
         let caught_name = catch.as_.as_deref().unwrap_or("error");
-        let first = now_ms();
+        let mut first = now_ms();
         let mut attempt: u32 = 1;
+        if let Some(mark) = self.resume_at(key).await {
+            attempt = u32::try_from(mark.next).unwrap_or(u32::MAX);
+            first = mark.value.as_i64().unwrap_or(first);
+        }
         loop {
             let result = self
                 .list(
@@ -1024,6 +1076,8 @@ impl Run {
                 .await;
                 self.timer(&format!("{key}#retry{attempt}"), delay, frame)
                     .await?;
+                // The attempts before are done: what they recorded may go.
+                self.boundary(key, attempt as usize, &json!(first)).await?;
                 continue;
             }
             let output = match &catch.do_ {

@@ -24,19 +24,30 @@ struct Harness {
     jobs: herald_jobs::Handle,
     jobs_stop: CancellationToken,
     jobs_task: tokio::task::JoinHandle<()>,
+    max_history_records: usize,
 }
 
 impl Harness {
     async fn start() -> Self {
-        Self::on(tempfile::tempdir().unwrap()).await
+        Self::on(
+            tempfile::tempdir().unwrap(),
+            Options::default().max_history_records,
+        )
+        .await
     }
 
-    async fn on(dir: tempfile::TempDir) -> Self {
+    /// An engine whose instances' histories hold at most `max_history_records`.
+    async fn bounded(max_history_records: usize) -> Self {
+        Self::on(tempfile::tempdir().unwrap(), max_history_records).await
+    }
+
+    async fn on(dir: tempfile::TempDir, max_history_records: usize) -> Self {
         let backend = open(dir.path()).await;
         let policy = herald_webhooks::TargetPolicy::new(&["127.0.0.1"]).unwrap();
         let sender = herald_webhooks::Sender::new(policy, Duration::from_secs(2)).unwrap();
         let options = Options {
             http_timeout: Duration::from_secs(5),
+            max_history_records,
             ..Options::default()
         };
         let service = herald_jobs::Service::start(
@@ -69,6 +80,7 @@ impl Harness {
             jobs,
             jobs_stop,
             jobs_task,
+            max_history_records,
         }
     }
 
@@ -82,6 +94,7 @@ impl Harness {
             jobs,
             jobs_stop,
             jobs_task,
+            max_history_records,
         } = self;
         engine.shutdown().await;
         jobs_stop.cancel();
@@ -90,7 +103,7 @@ impl Harness {
         drop(engine);
         backend.shutdown().await.unwrap();
         drop(backend);
-        Self::on(dir).await
+        Self::on(dir, max_history_records).await
     }
 
     async fn deploy(&self, yaml: &str) {
@@ -1165,6 +1178,69 @@ do:
             .contains("no price list"),
         "{error:?}"
     );
+}
+
+#[tokio::test]
+async fn given_a_loop_longer_than_the_history_bound_should_compact_and_finish_across_a_restart() {
+    // 1,000 iterations of two records each under a bound of 200: without
+    // compaction the instance would fault at the 200th record.
+    let harness = Harness::bounded(200).await;
+    harness
+        .deploy(&workflow(
+            "long",
+            r#"
+do:
+  - sum:
+      for: { each: n, in: '${ .numbers }' }
+      do:
+        - add: { set: { total: '${ .total + $n }' } }
+        - nap: { if: '${ $n == 700 }', wait: PT1.5S }
+"#,
+        ))
+        .await;
+    let numbers: Vec<u64> = (1..=1000).collect();
+    let id = harness
+        .start_instance("long", json!({ "numbers": numbers }))
+        .await;
+    // Parked at n = 700, then restarted: the replay starts from the
+    // snapshot and the loop from its mark.
+    harness.until_status(&id, Status::Waiting).await;
+    let harness = harness.restart().await;
+    let view = harness.ended(&id).await;
+    assert_eq!(view.status, Status::Completed, "{view:?}");
+    assert_eq!(view.output, Some(json!({"total": 500_500})));
+    // Inspection still reads every step (the stream keeps them all).
+    let steps = harness.engine.history(&id).await.unwrap();
+    assert_eq!(steps.len(), 1 + 1000 + 1, "the loop, each add, one nap");
+    assert!(steps.iter().all(|step| step.status == "completed"));
+}
+
+#[tokio::test]
+async fn given_a_try_retrying_many_times_should_compact_and_end_with_the_error() {
+    let harness = Harness::bounded(200).await;
+    harness
+        .deploy(&workflow(
+            "stubborn",
+            r#"
+do:
+  - guarded:
+      try:
+        - fail:
+            raise:
+              error: { type: https://example.com/errors/busy, status: 503 }
+      catch:
+        errors: { with: { status: 503 } }
+        retry: { delay: PT0S, limit: { attempt: { count: 300 } } }
+"#,
+        ))
+        .await;
+    let view = harness.run("stubborn", json!({})).await;
+    assert_eq!(view.status, Status::Faulted, "{view:?}");
+    let error = view.error.unwrap();
+    assert_eq!(error.type_, "https://example.com/errors/busy", "{error:?}");
+    let steps = harness.engine.history(&view.instance_id).await.unwrap();
+    let attempts = steps.iter().filter(|step| step.task == "fail").count();
+    assert_eq!(attempts, 300);
 }
 
 #[tokio::test]
