@@ -450,11 +450,27 @@ fn check_consumption(
             "`until` goes with `any`",
         ));
     }
-    if matches!(consumption.until, Some(Value::Object(_) | Value::Bool(_))) {
-        return Err(DefinitionError::at(
-            join_paths(path, "until"),
-            "`until` is an expression here (a consumption strategy is not supported yet)",
-        ));
+    match &consumption.until {
+        Some(Value::Object(strategy)) => {
+            let until: crate::dsl::EventConsumption =
+                serde_json::from_value(Value::Object(strategy.clone())).map_err(|error| {
+                    DefinitionError::at(join_paths(path, "until"), error.to_string())
+                })?;
+            if until.until.is_some() {
+                return Err(DefinitionError::at(
+                    join_paths(&join_paths(path, "until"), "until"),
+                    "an `until` strategy has no `until` of its own",
+                ));
+            }
+            check_consumption(&until, &join_paths(path, "until"))?;
+        }
+        Some(Value::Bool(_)) => {
+            return Err(DefinitionError::at(
+                join_paths(path, "until"),
+                "`until` is an expression or a consumption strategy (`until: false`, listening for ever, goes with `foreach`, which Herald does not run)",
+            ));
+        }
+        _ => {}
     }
     for (at, filter) in consumption.filters(path) {
         check_topic(

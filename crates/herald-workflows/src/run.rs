@@ -1654,6 +1654,9 @@ pub(crate) struct Listening {
     filters: Vec<Filter>,
     mode: Mode,
     until: Option<String>,
+    /// `until` as a consumption strategy: its events end the listening
+    /// (they are not part of the output).
+    until_events: Option<Box<Listening>>,
     matched: Vec<bool>,
     events: Vec<Value>,
     /// The topics the filters name.
@@ -1727,17 +1730,36 @@ impl Listening {
             });
         }
         let mut topics: Vec<TopicName> = built.iter().map(|filter| filter.topic.clone()).collect();
-        topics.sort();
-        topics.dedup();
         let until = match &consumption.until {
             Some(Value::String(_)) => Some(join_paths(path, "until")),
             _ => None,
         };
+        let until_events = match &consumption.until {
+            Some(Value::Object(strategy)) => {
+                let strategy: EventConsumption =
+                    serde_json::from_value(Value::Object(strategy.clone())).map_err(|error| {
+                        WorkflowError::validation(format!("{path}.until: {error}"))
+                    })?;
+                let until = Self::new(
+                    compiled,
+                    &strategy,
+                    &join_paths(path, "until"),
+                    input,
+                    scope,
+                )?;
+                topics.extend(until.topics.iter().cloned());
+                Some(Box::new(until))
+            }
+            _ => None,
+        };
+        topics.sort();
+        topics.dedup();
         Ok(Self {
             matched: vec![false; built.len()],
             filters: built,
             mode,
             until,
+            until_events,
             events: Vec::new(),
             topics,
         })
@@ -1748,9 +1770,10 @@ impl Listening {
         Ok(match self.mode {
             Mode::One => self.matched[0],
             Mode::All => self.matched.iter().all(|matched| *matched),
-            Mode::Any => match &self.until {
-                None => self.matched.iter().any(|matched| *matched),
-                Some(until) => {
+            Mode::Any => match (&self.until, &self.until_events) {
+                (_, Some(until)) => until.done(compiled, scope)?,
+                (None, None) => self.matched.iter().any(|matched| *matched),
+                (Some(until), None) => {
                     !self.events.is_empty()
                         && compiled.holds(until, &Value::Array(self.events.clone()), scope)?
                 }
@@ -1765,6 +1788,11 @@ impl Listening {
         envelope: &Value,
         scope: &Scope,
     ) -> Result<bool, Fault> {
+        if let Some(until) = &mut self.until_events
+            && until.offer(compiled, envelope, scope)?
+        {
+            return Ok(true);
+        }
         for (index, filter) in self.filters.iter_mut().enumerate() {
             if self.matched[index] && self.mode != Mode::Any {
                 continue;

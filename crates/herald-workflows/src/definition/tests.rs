@@ -391,6 +391,16 @@ fn given_references_to_nothing_when_parsed_should_be_refused() {
         ),
         ("do: []\n", "do", "at least one task"),
         (
+            "do:\n  - l: { listen: { to: { any: [ { with: { topic: a } } ], until: true } } }\n",
+            "do[0].l.listen.to.until",
+            "foreach",
+        ),
+        (
+            "do:\n  - l: { listen: { to: { any: [ { with: { topic: a } } ], until: { one: { with: { type: x } } } } } }\n",
+            "do[0].l.listen.to.until.one.with.topic",
+            "topic",
+        ),
+        (
             "schedule: { cron: '61 * * * *' }\ndo:\n  - a: { set: {} }\n",
             "schedule.cron",
             "not a cron pattern",
@@ -406,6 +416,12 @@ fn given_references_to_nothing_when_parsed_should_be_refused() {
             "one of",
         ),
     ]);
+}
+
+#[test]
+fn given_listen_until_a_strategy_should_parse() {
+    let body = "do:\n  - l: { listen: { to: { any: [ { with: { topic: a, type: x } } ], until: { all: [ { with: { topic: a, type: y } }, { with: { topic: b, type: z } } ] } } } }\n";
+    assert!(parse(body).is_ok(), "{:?}", parse(body).err());
 }
 
 #[test]

@@ -735,6 +735,46 @@ do:
 }
 
 #[tokio::test]
+async fn given_listen_any_until_a_strategy_should_collect_until_its_event_comes() {
+    let harness = Harness::start().await;
+    harness.topic("carts").await;
+    harness
+        .deploy(&workflow(
+            "cart",
+            r#"
+do:
+  - collect:
+      listen:
+        to:
+          any: [ { with: { topic: carts, type: item.added } } ]
+          until: { one: { with: { topic: carts, type: cart.closed } } }
+  - count: { set: { items: '${ map(.sku) }' } }
+"#,
+        ))
+        .await;
+    let id = harness.start_instance("cart", json!({})).await;
+    harness.until_status(&id, Status::Waiting).await;
+    harness
+        .publish("carts", "item.added", json!({"sku": "a"}))
+        .await;
+    harness
+        .publish("carts", "other", json!({"sku": "ignored"}))
+        .await;
+    harness
+        .publish("carts", "item.added", json!({"sku": "b"}))
+        .await;
+    harness
+        .publish("carts", "cart.closed", json!({"sku": "not an item"}))
+        .await;
+    harness
+        .publish("carts", "item.added", json!({"sku": "too late"}))
+        .await;
+    let view = harness.ended(&id).await;
+    assert_eq!(view.status, Status::Completed, "{view:?}");
+    assert_eq!(view.output, Some(json!({"items": ["a", "b"]})));
+}
+
+#[tokio::test]
 async fn given_a_cancel_during_a_wait_should_run_the_compensation_and_end_cancelled() {
     let harness = Harness::start().await;
     harness.topic("ledger").await;
