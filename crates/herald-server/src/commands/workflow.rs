@@ -41,6 +41,12 @@ pub enum WorkflowCommand {
         /// Only this status
         #[arg(long)]
         status: Option<String>,
+        /// Only instances started at or after this time (RFC 3339)
+        #[arg(long, value_name = "TIME")]
+        started_after: Option<String>,
+        /// Only instances started before this time (RFC 3339)
+        #[arg(long, value_name = "TIME")]
+        started_before: Option<String>,
         /// At most this many
         #[arg(long, default_value_t = 50)]
         limit: u32,
@@ -226,6 +232,8 @@ pub(crate) async fn run(api: &Api, command: WorkflowCommand) -> Result<(), Error
         WorkflowCommand::Instances {
             workflow,
             status,
+            started_after,
+            started_before,
             limit,
         } => {
             let mut query = format!("?limit={limit}");
@@ -239,8 +247,14 @@ pub(crate) async fn run(api: &Api, command: WorkflowCommand) -> Result<(), Error
                     None => query.push_str(&format!("&namespace={}", Api::segment(&workflow))),
                 }
             }
-            if let Some(status) = status {
-                query.push_str(&format!("&status={}", Api::segment(&status)));
+            for (name, value) in [
+                ("status", status),
+                ("started_after", started_after),
+                ("started_before", started_before),
+            ] {
+                if let Some(value) = value {
+                    query.push_str(&format!("&{name}={}", Api::segment(&value)));
+                }
             }
             let listed = api.get(&format!("/v1/workflow-instances{query}")).await?;
             let rows = listed["instances"].as_array().cloned().unwrap_or_default();

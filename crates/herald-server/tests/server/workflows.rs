@@ -347,7 +347,14 @@ async fn given_the_cli_should_deploy_start_and_inspect_workflows() {
     let listed = crate::cli::stdout(
         &crate::cli::cli(
             &server,
-            &["workflow", "instances", "--workflow", "cli/greet"],
+            &[
+                "workflow",
+                "instances",
+                "--workflow",
+                "cli/greet",
+                "--started-after",
+                "2020-01-01T00:00:00Z",
+            ],
         )
         .await,
     );
