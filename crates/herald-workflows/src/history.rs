@@ -31,7 +31,7 @@
 //! reads them all); the bound applies to what a load replays: the records
 //! since the last snapshot.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use herald_backend::{Backend, Direction, Error as BackendError, ExpectedVersion};
@@ -281,7 +281,7 @@ struct Folded {
     completed: HashMap<String, Completed>,
     effects: HashMap<String, Outcome>,
     timers: HashMap<String, i64>,
-    begun: HashSet<String>,
+    begun: HashMap<String, i64>,
     marks: HashMap<String, Mark>,
     control: Control,
 }
@@ -333,7 +333,8 @@ pub struct Journal {
     completed: HashMap<String, Completed>,
     effects: HashMap<String, Outcome>,
     timers: HashMap<String, i64>,
-    started: HashSet<String>,
+    /// Task runs recorded as started, with when.
+    started: HashMap<String, i64>,
     marks: HashMap<String, Mark>,
     control: Control,
     max_records: usize,
@@ -361,7 +362,7 @@ impl Journal {
             completed: HashMap::new(),
             effects: HashMap::new(),
             timers: HashMap::new(),
-            started: HashSet::new(),
+            started: HashMap::new(),
             marks: HashMap::new(),
             control: Control::default(),
             max_records,
@@ -429,7 +430,7 @@ impl Journal {
         self.completed.retain(|done, _| !is_under(done, key));
         self.effects.retain(|effect, _| !is_under(effect, key));
         self.timers.retain(|timer, _| !is_under(timer, key));
-        self.started.retain(|begun| !is_under(begun, key));
+        self.started.retain(|begun, _| !is_under(begun, key));
         self.marks.retain(|marked, _| !is_under(marked, key));
         self.marks.insert(key.to_owned(), mark);
         let folded = Folded {
@@ -505,8 +506,8 @@ impl Journal {
             Record::TimerSet { key, due, .. } => {
                 self.timers.insert(key.clone(), *due);
             }
-            Record::TaskStarted { key, .. } => {
-                self.started.insert(key.clone());
+            Record::TaskStarted { key, at, .. } => {
+                self.started.entry(key.clone()).or_insert(*at);
             }
             Record::Suspended { .. } => self.control.suspended = true,
             Record::Resumed { .. } => self.control.suspended = false,
@@ -556,7 +557,13 @@ impl Journal {
     /// Whether the task run `key` was recorded as started.
     #[must_use]
     pub fn was_started(&self, key: &str) -> bool {
-        self.started.contains(key)
+        self.started.contains_key(key)
+    }
+
+    /// When the task run `key` was first recorded as started.
+    #[must_use]
+    pub fn started_at(&self, key: &str) -> Option<i64> {
+        self.started.get(key).copied()
     }
 
     /// The recorded due time of the timer `key`.

@@ -569,10 +569,12 @@ impl Run {
             // the instance was: a cancel or suspend reaches it inside, at
             // its own wait, so the `try`s around that point catch it. A task
             // not begun yet stops here.
-            if !self.journal.lock().await.was_started(&key) {
+            let begun = self.journal.lock().await.started_at(&key);
+            if begun.is_none() {
                 self.checkpoint(outer)?;
             }
-            let started_at = now_ms();
+            // A replayed task keeps the start it recorded.
+            let started_at = begun.unwrap_or_else(now_ms);
             let descriptor = json!({
                 "name": name, "reference": reference, "input": raw,
                 "startedAt": started_at_of(started_at),
@@ -1031,7 +1033,14 @@ impl Run {
     ) -> Result<(Value, Flow), Fault> {
         let catch = &tried.catch;
         let caught_name = catch.as_.as_deref().unwrap_or("error");
-        let mut first = now_ms();
+        // The first attempt began when the `try` did (recorded: a replay
+        // keeps the duration limit where it was).
+        let mut first = self
+            .journal
+            .lock()
+            .await
+            .started_at(key)
+            .unwrap_or_else(now_ms);
         let mut attempt: u32 = 1;
         if let Some(mark) = self.resume_at(key).await {
             attempt = u32::try_from(mark.next).unwrap_or(u32::MAX);
