@@ -26,9 +26,19 @@
 //! each removal bumps a counter, and a read that sees the counter move
 //! during its log read reads again.
 
+use crate::Inner;
+use crate::topic;
+use crate::topic::TopicRuntime;
+use herald_backend::Result;
+use std::collections::BTreeMap;
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{PoisonError, RwLock};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+use tracing::warn;
 
 /// The offsets of one partition whose events are hard-deleted but may still
 /// be in the log's files (pending compaction).
@@ -98,3 +108,118 @@ mod tests {
         assert_eq!(set.within(4, 9), None);
     }
 }
+
+/// What a compaction pass did (see `erasure.rs`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CompactionReport {
+    /// Partitions whose pending erasures were carried out.
+    pub partitions: usize,
+    /// Segments rewritten.
+    pub segments: usize,
+    /// Events whose contents were erased from the segments.
+    pub events: u64,
+}
+
+impl Inner {
+    /// Catches the stream index up with every topic's log, drops the index
+    /// of topics that no longer exist, and makes the erasures a restart left
+    /// pending unreadable again (the compactor carries them out soon after).
+    pub(crate) async fn recover_streams(&self) -> Result<()> {
+        let topics = self.topic_list();
+        let names = topics.iter().map(|topic| topic.name.to_string()).collect();
+        self.streams.purge_others(names).await?;
+        for topic in topics {
+            self.streams.catch_up(&topic).await?;
+        }
+        for (topic, partition, offsets) in self.streams.pending_erasures().await? {
+            let runtime = topic.parse().ok().and_then(|name| self.topic(&name).ok());
+            if let Some(erased) =
+                runtime.and_then(|runtime| runtime.erased.get(partition as usize).cloned())
+            {
+                erased.insert(offsets);
+            }
+        }
+        Ok(())
+    }
+
+    /// A hard delete made these `(partition, offset)`s unreadable: reads skip
+    /// them from now on, groups drop them, and the compactor is woken.
+    pub(crate) fn mark_erased(&self, topic: &TopicRuntime, erased: &[(u32, u64)]) {
+        let mut by_partition: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+        for &(partition, offset) in erased {
+            by_partition.entry(partition).or_default().push(offset);
+        }
+        let groups = topic.group_list();
+        for (partition, mut offsets) in by_partition {
+            offsets.sort_unstable();
+            if let Some(set) = topic.erased.get(partition as usize) {
+                set.insert(offsets.iter().copied());
+            }
+            for group in &groups {
+                group.erase(partition, &offsets, self.now());
+            }
+        }
+        self.compaction_wanted.notify_one();
+    }
+
+    /// One compaction pass: every partition's pending erasures go to its
+    /// log, then leave the index and the erased set; then the index file is
+    /// compacted so no freed page keeps a deleted snapshot.
+    pub(crate) async fn compact(&self) -> Result<CompactionReport> {
+        let _pass = self.compacting.lock().await;
+        let mut report = CompactionReport::default();
+        for (topic, partition, offsets) in self.streams.pending_erasures().await? {
+            let Some(runtime) = topic.parse().ok().and_then(|name| self.topic(&name).ok()) else {
+                // A deleted topic: its purge removes the rows.
+                continue;
+            };
+            let erased = runtime
+                .handle(partition)?
+                .erase(offsets.clone())
+                .await
+                .map_err(|error| topic::log_error(partition, error))?;
+            self.streams
+                .erasures_done(&topic, partition, offsets.clone())
+                .await?;
+            if let Some(set) = runtime.erased.get(partition as usize) {
+                set.remove(&offsets);
+            }
+            report.partitions += 1;
+            report.segments += erased.segments;
+            report.events += erased.records;
+        }
+        if report.partitions > 0 {
+            self.streams.compact_file().await?;
+            info!(
+                partitions = report.partitions,
+                segments = report.segments,
+                events = report.events,
+                "Erased hard-deleted events from disk."
+            );
+        }
+        Ok(report)
+    }
+}
+
+pub(crate) async fn compaction_loop(inner: Arc<Inner>, delay: Duration, cancel: CancellationToken) {
+    loop {
+        if let Err(error) = inner.compact().await {
+            warn!(%error, "Compacting away hard-deleted events failed; will retry.");
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(COMPACTION_RETRY) => continue,
+            }
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = inner.compaction_wanted.notified() => {}
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// After a failed compaction pass, the next try waits this long.
+const COMPACTION_RETRY: Duration = Duration::from_secs(5);
