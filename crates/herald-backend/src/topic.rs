@@ -228,6 +228,38 @@ impl TopicSpec {
         Ok(())
     }
 
+    /// Checks a publish's events against these settings before anything is
+    /// appended: each event valid, within `max_event_bytes`, and in a
+    /// partition the topic has; at least one event.
+    pub fn check_events(&self, inputs: &[herald_types::EventInput]) -> Result<()> {
+        for (index, input) in inputs.iter().enumerate() {
+            input
+                .event
+                .validate()
+                .map_err(|error| Error::invalid(format!("events[{index}]"), error.to_string()))?;
+            let size = input.event.encoded_len();
+            if size as u64 > self.max_event_bytes {
+                return Err(Error::PayloadTooLarge {
+                    size,
+                    max: self.max_event_bytes as usize,
+                });
+            }
+            if let Some(partition) = input.partition
+                && partition >= self.partitions
+            {
+                return Err(Error::PartitionNotFound {
+                    topic: self.name.to_string(),
+                    partition,
+                    partitions: self.partitions,
+                });
+            }
+        }
+        if inputs.is_empty() {
+            return Err(Error::invalid("events", "at least one event is needed"));
+        }
+        Ok(())
+    }
+
     /// Applies `update`, returning the new settings (not yet validated).
     pub fn updated(&self, update: &TopicUpdate) -> Self {
         let mut spec = self.clone();

@@ -81,7 +81,7 @@ impl Inner {
             let Some(runtime) = self.lookup_topic(&target) else {
                 continue;
             };
-            let published = match runtime.publish(copies.clone(), now).await {
+            let published = match runtime.runtime.publish(copies.clone(), now).await {
                 Ok(_) => rows,
                 // Down for now (an I/O error, shutting down): retried later.
                 Err(error) if error.is_retryable() => return Err(error),
@@ -91,7 +91,7 @@ impl Inner {
                 Err(_) => {
                     let mut published = Vec::with_capacity(rows.len());
                     for (copy, row) in copies.into_iter().zip(rows) {
-                        match runtime.publish(vec![copy], now).await {
+                        match runtime.runtime.publish(vec![copy], now).await {
                             Ok(_) => published.push(row),
                             Err(error) if error.is_retryable() => return Err(error),
                             Err(error) => {

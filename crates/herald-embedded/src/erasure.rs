@@ -28,7 +28,6 @@
 
 use crate::Inner;
 use crate::topic;
-use crate::topic::TopicRuntime;
 use herald_backend::Result;
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
@@ -144,7 +143,7 @@ impl Inner {
 
     /// A hard delete made these `(partition, offset)`s unreadable: reads skip
     /// them from now on, groups drop them, and the compactor is woken.
-    pub(crate) fn mark_erased(&self, topic: &TopicRuntime, erased: &[(u32, u64)]) {
+    pub(crate) fn mark_erased(&self, topic: &crate::Topic, erased: &[(u32, u64)]) {
         let mut by_partition: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
         for &(partition, offset) in erased {
             by_partition.entry(partition).or_default().push(offset);

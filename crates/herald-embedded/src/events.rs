@@ -19,7 +19,7 @@ impl Events for EmbeddedBackend {
         events: Vec<EventInput>,
     ) -> Result<Vec<PublishResult>> {
         let runtime = self.inner.topic(topic)?;
-        runtime.publish(events, self.inner.now()).await
+        runtime.runtime.publish(events, self.inner.now()).await
     }
 
     async fn read(

@@ -141,8 +141,49 @@ use erasure::compaction_loop;
 use group::{GroupRuntime, Snapshot};
 use meta::Meta;
 use persist::{Flusher, flush_loop, timer_loop};
-use stream::StreamStore;
+use stream::{StreamStore, TopicStreams};
 use topic::TopicRuntime;
+
+/// One topic of the backend: its partition logs, routing and dedup
+/// ([`TopicRuntime`]), the stream index's state of the topic
+/// ([`TopicStreams`]) and its groups. The three parts know nothing of each
+/// other (`topic.rs` neither groups nor streams; `group/` and `stream.rs`
+/// read events through a `&TopicRuntime`): this entry is where they meet.
+#[derive(Debug)]
+pub(crate) struct Topic {
+    pub(crate) runtime: Arc<TopicRuntime>,
+    pub(crate) streams: Arc<TopicStreams>,
+    pub(crate) groups: RwLock<BTreeMap<GroupName, Arc<GroupRuntime>>>,
+}
+
+impl Topic {
+    fn new(runtime: TopicRuntime) -> Self {
+        let streams = Arc::new(TopicStreams::new(&runtime));
+        Self {
+            runtime: Arc::new(runtime),
+            streams,
+            groups: RwLock::default(),
+        }
+    }
+
+    /// The topic's groups, as a snapshot (no lock held afterwards).
+    pub(crate) fn group_list(&self) -> Vec<Arc<GroupRuntime>> {
+        self.groups
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
+    }
+}
+
+impl std::ops::Deref for Topic {
+    type Target = TopicRuntime;
+
+    fn deref(&self) -> &TopicRuntime {
+        &self.runtime
+    }
+}
 
 /// How the embedded backend runs.
 #[derive(Debug, Clone)]
@@ -241,7 +282,7 @@ struct Inner {
     data_dir: PathBuf,
     meta: Meta,
     streams: Arc<StreamStore>,
-    topics: RwLock<BTreeMap<TopicName, Arc<TopicRuntime>>>,
+    topics: RwLock<BTreeMap<TopicName, Arc<Topic>>>,
     env: LogEnv,
     writer: WriterOptions,
     /// Checked when a topic is created.
@@ -427,7 +468,7 @@ impl Inner {
     }
 
     /// A topic, also while shutting down (for the backend's own work).
-    fn lookup_topic(&self, name: &TopicName) -> Option<Arc<TopicRuntime>> {
+    fn lookup_topic(&self, name: &TopicName) -> Option<Arc<Topic>> {
         self.topics
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -435,7 +476,7 @@ impl Inner {
             .cloned()
     }
 
-    fn topic(&self, name: &TopicName) -> Result<Arc<TopicRuntime>> {
+    fn topic(&self, name: &TopicName) -> Result<Arc<Topic>> {
         self.check_open()?;
         self.topics
             .read()
@@ -451,7 +492,7 @@ impl Inner {
         &self,
         topic: &TopicName,
         group: &GroupName,
-    ) -> Result<(Arc<TopicRuntime>, Arc<GroupRuntime>)> {
+    ) -> Result<(Arc<Topic>, Arc<GroupRuntime>)> {
         let runtime = self.topic(topic)?;
         let found = runtime
             .groups
@@ -501,11 +542,11 @@ impl Inner {
         let now = self.now();
         for info in topics {
             let partitions = self.open_partitions(&info.spec).await?;
-            let runtime = Arc::new(TopicRuntime::new(
+            let runtime = Arc::new(Topic::new(TopicRuntime::new(
                 info.clone(),
                 self.topic_dir(&info.spec.name),
                 partitions,
-            ));
+            )));
             runtime.rebuild_dedup(now).await?;
             self.topics
                 .write()
@@ -588,7 +629,7 @@ impl Inner {
     }
 
     /// The open topics, as a snapshot (no lock held afterwards).
-    fn topic_list(&self) -> Vec<Arc<TopicRuntime>> {
+    fn topic_list(&self) -> Vec<Arc<Topic>> {
         self.topics
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -682,7 +723,11 @@ impl Backend for EmbeddedBackend {
         }
         // The logs are closed: nothing is in flight, every checkpoint can
         // move to its partition's end.
-        if let Err(error) = inner.streams.checkpoint(&topics).await {
+        let streams: Vec<Arc<TopicStreams>> = topics
+            .iter()
+            .map(|topic| Arc::clone(&topic.streams))
+            .collect();
+        if let Err(error) = inner.streams.checkpoint(&streams).await {
             result = result.and(Err(error));
         }
         if let Err(error) = inner.streams.close().await {

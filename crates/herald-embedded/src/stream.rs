@@ -185,17 +185,41 @@ async fn blocking<T: Send + 'static>(
         })?
 }
 
+/// The stream index's state of one topic: per partition the appends in
+/// flight, and the rows of recently appended streams. Built beside the
+/// topic's [`TopicRuntime`], whose partitions it tracks; a topic created
+/// anew gets a new one.
+#[derive(Debug)]
+pub(crate) struct TopicStreams {
+    topic: TopicName,
+    trackers: Vec<Arc<PartitionTracker>>,
+    rows: RowCache,
+}
+
+impl TopicStreams {
+    pub(crate) fn new(topic: &TopicRuntime) -> Self {
+        Self {
+            topic: topic.name.clone(),
+            trackers: (0..topic.partition_count())
+                .filter_map(|partition| topic.handle(partition).ok())
+                .map(|handle| Arc::new(PartitionTracker::new(handle.reader().clone())))
+                .collect(),
+            rows: RowCache::default(),
+        }
+    }
+}
+
 /// The stream appends in flight on one partition, so that the index's
 /// checkpoint never passes an append whose entries are not committed yet.
 #[derive(Debug)]
-pub(crate) struct PartitionTracker {
+struct PartitionTracker {
     reader: LogReader,
     /// Lower bounds of the offsets of appends in flight, with their counts.
     in_flight: Mutex<BTreeMap<u64, usize>>,
 }
 
 impl PartitionTracker {
-    pub(crate) fn new(reader: LogReader) -> Self {
+    fn new(reader: LogReader) -> Self {
         Self {
             reader,
             in_flight: Mutex::new(BTreeMap::new()),
@@ -245,9 +269,9 @@ impl PartitionTracker {
 /// committed row. Each shard is cleared when it is full (the next append of
 /// those streams reads the index again), which bounds the memory to about
 /// `ROW_CACHE_SHARDS * ROW_CACHE_SHARD_ROWS` rows per topic. A topic created
-/// anew gets a new runtime and with it an empty cache.
+/// anew gets a new [`TopicStreams`] and with it an empty cache.
 #[derive(Debug)]
-pub(crate) struct RowCache {
+struct RowCache {
     hasher: RandomState,
     shards: Vec<Mutex<HashMap<Box<str>, Row>>>,
 }
@@ -431,16 +455,16 @@ impl StreamStore {
 
     /// Moves every partition's checkpoint of `topics` to what is indexed
     /// (at shutdown: their ends). Durable when it returns.
-    pub(crate) async fn checkpoint(&self, topics: &[Arc<TopicRuntime>]) -> Result<()> {
+    pub(crate) async fn checkpoint(&self, topics: &[Arc<TopicStreams>]) -> Result<()> {
         let partitions = topics
             .iter()
             .flat_map(|topic| {
                 topic
-                    .stream_trackers
+                    .trackers
                     .iter()
                     .zip(0u32..)
                     .map(|(tracker, partition)| {
-                        (topic.name.to_string(), partition, Arc::clone(tracker))
+                        (topic.topic.to_string(), partition, Arc::clone(tracker))
                     })
             })
             .collect();
@@ -499,6 +523,7 @@ impl StreamStore {
     pub(crate) async fn append(
         self: &Arc<Self>,
         topic: Arc<TopicRuntime>,
+        state: Arc<TopicStreams>,
         stream: &StreamId,
         mut events: Vec<EventInput>,
         expected: ExpectedVersion,
@@ -508,13 +533,15 @@ impl StreamStore {
             input.event.key = Some(stream.to_string());
             input.partition = None;
         }
-        topic.validate(&events, &topic.info().spec)?;
+        topic.info().spec.check_events(&events)?;
         let guard = self.locks.lock(topic.name.as_str(), stream.as_str()).await;
         let (store, stream) = (Arc::clone(self), stream.clone());
         // The critical section runs to completion even if the caller goes
         // away: see "Concurrency" in the module docs.
         tokio::spawn(async move {
-            let result = store.append_locked(&topic, &stream, events, expected).await;
+            let result = store
+                .append_locked(&topic, &state, &stream, events, expected)
+                .await;
             drop(guard);
             result
         })
@@ -527,11 +554,12 @@ impl StreamStore {
     async fn append_locked(
         &self,
         topic: &TopicRuntime,
+        state: &TopicStreams,
         stream: &StreamId,
         events: Vec<EventInput>,
         expected: ExpectedVersion,
     ) -> Result<AppendResult> {
-        let row = match topic.stream_rows.get(stream.as_str()) {
+        let row = match state.rows.get(stream.as_str()) {
             Some(row) => Some(row),
             None => self.row(&topic.name, stream).await?,
         };
@@ -556,7 +584,7 @@ impl StreamStore {
             .zip(first_version..)
             .map(|(input, version)| codec::encode_in_stream(&input.event, stream.as_str(), version))
             .collect();
-        let tracker = Arc::clone(&topic.stream_trackers[partition as usize]);
+        let tracker = Arc::clone(&state.trackers[partition as usize]);
         let low = tracker.register();
         let ack = match topic.handle(partition)?.append(records).await {
             Ok(ack) => ack,
@@ -594,7 +622,7 @@ impl StreamStore {
         }
         // The row the index writer just committed (see `Tables::index`).
         let last_version = first_version + count - 1;
-        topic.stream_rows.put(
+        state.rows.put(
             stream.as_str(),
             match row {
                 Some(row) => Row {
@@ -797,6 +825,7 @@ impl StreamStore {
     pub(crate) async fn delete(
         &self,
         topic: &TopicRuntime,
+        state: &TopicStreams,
         stream: &StreamId,
         hard: bool,
     ) -> Result<Vec<(u32, u64)>> {
@@ -804,7 +833,7 @@ impl StreamStore {
         let _guard = self.locks.lock(topic.name.as_str(), stream.as_str()).await;
         // Forgotten under the lock, whatever the outcome: the next append
         // reads the row the delete left.
-        topic.stream_rows.forget(stream.as_str());
+        state.rows.forget(stream.as_str());
         self.request(Op::Delete {
             topic: topic.name.to_string(),
             stream: stream.to_string(),

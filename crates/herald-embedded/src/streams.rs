@@ -29,7 +29,13 @@ impl Streams for EmbeddedBackend {
         let runtime = self.inner.topic(topic)?;
         self.inner
             .streams
-            .append(runtime, stream, events, expected)
+            .append(
+                Arc::clone(&runtime.runtime),
+                Arc::clone(&runtime.streams),
+                stream,
+                events,
+                expected,
+            )
             .await
     }
 
@@ -63,7 +69,10 @@ impl Streams for EmbeddedBackend {
         // Runs to completion even if the caller goes away: once the delete
         // is committed, its events must become unreadable and be compacted.
         tokio::spawn(async move {
-            let erased = inner.streams.delete(&runtime, &stream, hard).await?;
+            let erased = inner
+                .streams
+                .delete(&runtime, &runtime.streams, &stream, hard)
+                .await?;
             if !erased.is_empty() {
                 inner.mark_erased(&runtime, &erased);
             }

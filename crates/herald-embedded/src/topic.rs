@@ -1,5 +1,6 @@
-//! A topic at run time: one log per partition, the deduplication index, and
-//! its groups.
+//! A topic's events at run time: one log per partition, routing and the
+//! deduplication index. It knows neither groups nor streams: they read
+//! through it, and `crate::Topic` holds the three together.
 //!
 //! Deduplication keeps, for the last `dedup_window_ms`, a map from a 128-bit
 //! hash of each event id to the position it was appended at. The log is the
@@ -21,12 +22,11 @@ use herald_backend::{
     Error, Fsync, PartitionInfo, PublishResult, ReadResult, Result, TopicInfo, TopicSpec,
 };
 use herald_log::{FsyncPolicy, LogError, LogHandle, LogOptions, Retention};
-use herald_types::{EventInput, GroupName, TopicName, partition_for_key};
+use herald_types::{EventInput, TopicName, partition_for_key};
 
 use crate::codec;
 use crate::dedup::{Dedup, Key, Slot};
 use crate::erasure::ErasedOffsets;
-use crate::group::GroupRuntime;
 
 /// Bytes read from a log per read call.
 const READ_BYTES: usize = 1024 * 1024;
@@ -83,15 +83,9 @@ pub(crate) struct TopicRuntime {
     partitions: Vec<LogHandle>,
     dedup: Mutex<Dedup>,
     round_robin: AtomicU64,
-    /// Per partition: the stream appends in flight, for the stream index's
-    /// checkpoint.
-    pub(crate) stream_trackers: Vec<Arc<crate::stream::PartitionTracker>>,
     /// Per partition: offsets of hard-deleted events not yet compacted away;
     /// reads skip them (see `erasure.rs`).
     pub(crate) erased: Vec<Arc<ErasedOffsets>>,
-    /// Rows of recently appended streams (see `stream.rs`).
-    pub(crate) stream_rows: crate::stream::RowCache,
-    pub(crate) groups: RwLock<BTreeMap<GroupName, Arc<GroupRuntime>>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -118,14 +112,6 @@ enum Plan {
 
 impl TopicRuntime {
     pub(crate) fn new(info: TopicInfo, dir: PathBuf, partitions: Vec<LogHandle>) -> Self {
-        let stream_trackers = partitions
-            .iter()
-            .map(|handle| {
-                Arc::new(crate::stream::PartitionTracker::new(
-                    handle.reader().clone(),
-                ))
-            })
-            .collect();
         let erased = partitions.iter().map(|_| Arc::default()).collect();
         Self {
             name: info.spec.name.clone(),
@@ -134,21 +120,8 @@ impl TopicRuntime {
             partitions,
             dedup: Mutex::new(Dedup::new()),
             round_robin: AtomicU64::new(0),
-            stream_trackers,
             erased,
-            stream_rows: crate::stream::RowCache::default(),
-            groups: RwLock::new(BTreeMap::new()),
         }
-    }
-
-    /// The topic's groups, as a snapshot (no lock held afterwards).
-    pub(crate) fn group_list(&self) -> Vec<Arc<GroupRuntime>> {
-        self.groups
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .cloned()
-            .collect()
     }
 
     pub(crate) fn info(&self) -> TopicInfo {
@@ -270,7 +243,7 @@ impl TopicRuntime {
         now: i64,
     ) -> Result<Vec<PublishResult>> {
         let spec = self.info().spec;
-        self.validate(&inputs, &spec)?;
+        spec.check_events(&inputs)?;
         let dedup = spec.dedup_window_ms > 0;
         loop {
             let plans = self.plan(&inputs, spec.dedup_window_ms, now);
@@ -287,38 +260,6 @@ impl TopicRuntime {
             return run_to_completion(async move { topic.execute(&inputs, plans, dedup).await })
                 .await;
         }
-    }
-
-    /// Checks every event of a publish or stream append: valid, within the
-    /// size limit, to an existing partition; and that there is one.
-    pub(crate) fn validate(&self, inputs: &[EventInput], spec: &TopicSpec) -> Result<()> {
-        let partitions = self.partition_count();
-        for (index, input) in inputs.iter().enumerate() {
-            input
-                .event
-                .validate()
-                .map_err(|error| Error::invalid(format!("events[{index}]"), error.to_string()))?;
-            let size = input.event.encoded_len();
-            if size as u64 > spec.max_event_bytes {
-                return Err(Error::PayloadTooLarge {
-                    size,
-                    max: spec.max_event_bytes as usize,
-                });
-            }
-            if let Some(partition) = input.partition
-                && partition >= partitions
-            {
-                return Err(Error::PartitionNotFound {
-                    topic: self.name.to_string(),
-                    partition,
-                    partitions,
-                });
-            }
-        }
-        if inputs.is_empty() {
-            return Err(Error::invalid("events", "at least one event is needed"));
-        }
-        Ok(())
     }
 
     /// Decides, under the dedup lock, what happens to each event, reserving

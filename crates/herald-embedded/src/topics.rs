@@ -3,6 +3,7 @@
 //! ([`crate::topic::TopicRuntime`]).
 
 use crate::EmbeddedBackend;
+use crate::Topic;
 use crate::blocking;
 use crate::topic::TopicRuntime;
 use async_trait::async_trait;
@@ -58,7 +59,7 @@ impl Topics for EmbeddedBackend {
             // A topic of the same name deleted earlier leaves no stream index.
             inner.streams.purge(&spec.name).await?;
             let partitions = inner.open_partitions(&spec).await?;
-            let runtime = Arc::new(TopicRuntime::new(info.clone(), dir, partitions));
+            let runtime = Arc::new(Topic::new(TopicRuntime::new(info.clone(), dir, partitions)));
             let (meta, stored) = (inner.meta.clone(), info.clone());
             if let Err(error) = blocking(move || meta.put_topic(&stored)).await {
                 let _ = runtime.close().await;
