@@ -1,0 +1,411 @@
+//! [`Events`] on the NATS backend: a publish is, per partition, one atomic
+//! batch on the partition's stream; reads are batched direct gets.
+//!
+//! - Offsets: a partition's offset is its stream's sequence − 1.
+//! - Deduplication: the event id is the message's `Nats-Msg-Id`, caught by
+//!   the stream within its `duplicate_window` (the topic's dedup window).
+//!   The window is per partition stream, so an event with neither key nor
+//!   partition goes to the partition its id hashes to (not round robin, as
+//!   on the embedded backend, when the topic deduplicates): a re-publish
+//!   meets its first copy's window.
+//! - A batch holding an id the stream has already seen is refused whole by
+//!   the server; the partition's events are then published one at a time,
+//!   in order, each acknowledged with its own (or its original) position.
+//!   Only such a mixed re-publish loses the batch's atomicity.
+//! - A publish dropped while its batch is in flight leaves nothing: the
+//!   server abandons an uncommitted batch. A dropped single publish may be
+//!   stored; a re-publish finds it in the dedup window.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::message::StreamMessage;
+use async_trait::async_trait;
+use futures::StreamExt;
+use herald_backend::{Error, Events, PublishResult, ReadResult, Result};
+use herald_types::{EventInput, StoredEvent, TopicName, partition_for_key};
+
+use crate::api::{self, Failure, Outgoing, Start};
+use crate::topic::Topic;
+use crate::{Inner, NatsBackend, codec, unavailable};
+
+/// What a partition stream's state says of its extent.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Extent {
+    pub(crate) first_sequence: u64,
+    pub(crate) last_sequence: u64,
+    pub(crate) bytes: u64,
+}
+
+/// How many times a woken [`Events::wait_for`] looks for the event it was
+/// woken by before waiting again (2 ms apart).
+const STORE_POLLS: usize = 100;
+
+/// About how many bytes one read asks for.
+const READ_BYTES: usize = 1024 * 1024;
+
+impl Inner {
+    /// The API prefix of direct gets.
+    pub(crate) fn api_prefix(&self) -> &str {
+        &self.api
+    }
+
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The extent of partition `partition` (its stream `name`), creating
+    /// the stream if a create was cut short.
+    pub(crate) async fn partition_state(
+        &self,
+        topic: &Topic,
+        partition: u32,
+        name: &str,
+    ) -> Result<Extent> {
+        let info = match self.js.get_stream(name).await {
+            Ok(mut stream) => stream.info().await.map(|info| info.state.clone()),
+            Err(_) => {
+                self.repair_partition(topic, partition).await?;
+                let mut stream = self
+                    .js
+                    .get_stream(name)
+                    .await
+                    .map_err(|error| unavailable("partition stream", error))?;
+                stream.info().await.map(|info| info.state.clone())
+            }
+        }
+        .map_err(|error| unavailable("partition stream", error))?;
+        Ok(Extent {
+            first_sequence: info.first_sequence,
+            last_sequence: info.last_sequence,
+            bytes: info.bytes,
+        })
+    }
+
+    pub(crate) fn partition_of(topic: &Topic, name: &TopicName, partition: u32) -> Result<usize> {
+        if partition < topic.info.spec.partitions {
+            Ok(partition as usize)
+        } else {
+            Err(Error::PartitionNotFound {
+                topic: name.to_string(),
+                partition,
+                partitions: topic.info.spec.partitions,
+            })
+        }
+    }
+
+    /// Publishes one partition's events (`inputs`, in call order) and
+    /// returns their positions.
+    async fn publish_partition(
+        &self,
+        topic: &Topic,
+        partition: u32,
+        inputs: &[&EventInput],
+    ) -> Result<Vec<(u64, bool)>> {
+        let dedup = topic.info.spec.dedup_window_ms > 0;
+        let subject = &topic.subjects[partition as usize];
+        let message = |input: &EventInput| {
+            let mut headers = HeaderMap::new();
+            if dedup {
+                headers.insert("Nats-Msg-Id", codec::escape(&input.event.id));
+            }
+            let payload = codec::encode(&input.event, &mut headers);
+            Outgoing {
+                subject: subject.clone(),
+                headers,
+                payload,
+            }
+        };
+        let mut positions = Vec::with_capacity(inputs.len());
+        for chunk in inputs.chunks(api::MAX_BATCH) {
+            let mut repaired = false;
+            loop {
+                let messages: Vec<Outgoing> = chunk.iter().map(|input| message(input)).collect();
+                match api::publish_batch(&self.client, messages, self.timeout()).await {
+                    Ok(ack) if chunk.len() == 1 => {
+                        positions.push((ack.sequence - 1, ack.duplicate));
+                        break;
+                    }
+                    Ok(ack) => {
+                        let count = ack.count.unwrap_or(chunk.len() as u64);
+                        if count != chunk.len() as u64 {
+                            return Err(unavailable(
+                                "publish",
+                                format!("a batch of {} was stored as {count}", chunk.len()),
+                            ));
+                        }
+                        let first = ack.sequence + 1 - count;
+                        positions
+                            .extend((first..=ack.sequence).map(|sequence| (sequence - 1, false)));
+                        break;
+                    }
+                    Err(Failure::NoStream) if !repaired => {
+                        self.repair_partition(topic, partition).await?;
+                        repaired = true;
+                    }
+                    Err(Failure::Api(error))
+                        if chunk.len() > 1 && dedup && error.is_duplicate() =>
+                    {
+                        // An id the stream has seen: one at a time.
+                        for input in chunk {
+                            let ack = api::publish(&self.client, message(input), self.timeout())
+                                .await
+                                .map_err(|error| unavailable("publish", error))?;
+                            positions.push((ack.sequence - 1, ack.duplicate));
+                        }
+                        break;
+                    }
+                    Err(error) => return Err(unavailable("publish", error)),
+                }
+            }
+        }
+        Ok(positions)
+    }
+}
+
+pub(crate) fn decode(
+    topic: &TopicName,
+    partition: u32,
+    message: StreamMessage,
+) -> Result<StoredEvent> {
+    let event =
+        codec::decode(&message.headers, message.payload).map_err(|detail| Error::Corrupt {
+            detail: format!(
+                "topic {topic} partition {partition} sequence {}: {detail}",
+                message.sequence
+            ),
+        })?;
+    Ok(StoredEvent {
+        topic: topic.clone(),
+        partition,
+        offset: message.sequence - 1,
+        appended_at: api::millis(message.time),
+        event,
+    })
+}
+
+#[async_trait]
+impl Events for NatsBackend {
+    async fn publish(
+        &self,
+        topic: &TopicName,
+        events: Vec<EventInput>,
+    ) -> Result<Vec<PublishResult>> {
+        let inner = &self.inner;
+        let runtime = inner.topic(topic).await?;
+        let spec = &runtime.info.spec;
+        spec.check_events(&events)?;
+        let dedup = spec.dedup_window_ms > 0;
+        let partitions = spec.partitions;
+        // Each event's partition, and the earlier event of the call it
+        // repeats, if any.
+        let mut first_of: HashMap<&str, usize> = HashMap::new();
+        let mut same_as: Vec<Option<usize>> = Vec::with_capacity(events.len());
+        let mut by_partition: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+        let mut partition_of = Vec::with_capacity(events.len());
+        for (index, input) in events.iter().enumerate() {
+            let partition = match (input.partition, &input.event.key) {
+                (Some(partition), _) => partition,
+                (None, Some(key)) => partition_for_key(key.as_bytes(), partitions),
+                (None, None) if dedup => partition_for_key(input.event.id.as_bytes(), partitions),
+                (None, None) => {
+                    (runtime.round_robin.fetch_add(1, Ordering::Relaxed) % u64::from(partitions))
+                        as u32
+                }
+            };
+            partition_of.push(partition);
+            let earlier = if dedup {
+                match first_of.get(input.event.id.as_str()) {
+                    Some(&earlier) => Some(earlier),
+                    None => {
+                        first_of.insert(&input.event.id, index);
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            if earlier.is_none() {
+                by_partition.entry(partition).or_default().push(index);
+            }
+            same_as.push(earlier);
+        }
+        let mut positions: Vec<Option<(u64, bool)>> = vec![None; events.len()];
+        let runs = by_partition.iter().map(|(&partition, indices)| {
+            let inputs: Vec<&EventInput> = indices.iter().map(|&index| &events[index]).collect();
+            let runtime = &runtime;
+            async move {
+                let found = inner.publish_partition(runtime, partition, &inputs).await?;
+                Ok::<_, Error>((indices, found))
+            }
+        });
+        for (indices, found) in futures::future::try_join_all(runs).await? {
+            for (&index, position) in indices.iter().zip(found) {
+                positions[index] = Some(position);
+            }
+        }
+        let mut results = Vec::with_capacity(events.len());
+        for (index, input) in events.iter().enumerate() {
+            let (offset, duplicate) = match same_as[index] {
+                Some(earlier) => (positions[earlier].map_or(0, |(offset, _)| offset), true),
+                None => positions[index].unwrap_or((0, false)),
+            };
+            results.push(PublishResult {
+                id: input.event.id.clone(),
+                partition: partition_of[same_as[index].unwrap_or(index)],
+                offset,
+                duplicate,
+            });
+        }
+        Ok(results)
+    }
+
+    async fn read(
+        &self,
+        topic: &TopicName,
+        partition: u32,
+        from: u64,
+        max: usize,
+    ) -> Result<ReadResult> {
+        let inner = &self.inner;
+        let runtime = inner.topic(topic).await?;
+        let index = Inner::partition_of(&runtime, topic, partition)?;
+        let max = max.clamp(1, 10_000);
+        let messages = api::direct_get_batch(
+            &inner.client,
+            inner.api_prefix(),
+            api::Batch {
+                stream: &runtime.streams[index],
+                start: Start::Sequence(from + 1),
+                max,
+                max_bytes: Some(max.saturating_mul(2048).clamp(64 * 1024, READ_BYTES)),
+                subject: None,
+            },
+            inner.timeout(),
+        )
+        .await;
+        let messages = match messages {
+            Ok(messages) => messages,
+            Err(Failure::NoStream) => {
+                inner.repair_partition(&runtime, partition).await?;
+                Vec::new()
+            }
+            Err(error) => return Err(unavailable("read", error)),
+        };
+        // Retention moved the start past `from`: say so, as the embedded
+        // backend does. A start moved by a hard stream delete (a purge of
+        // the first events) is not that: reads step over erased events. The
+        // stream cannot tell the two apart, so only a topic with retention
+        // limits reports it (a topic with streams should have none).
+        let retention = &runtime.info.spec.retention;
+        let retains = retention.max_age_ms.is_some()
+            || retention.max_bytes.is_some()
+            || retention.max_events.is_some();
+        if retains
+            && messages
+                .first()
+                .is_none_or(|message| message.sequence > from + 1)
+        {
+            let extent = inner
+                .partition_state(&runtime, partition, &runtime.streams[index])
+                .await?;
+            let start = extent.first_sequence.max(1) - 1;
+            if from < start {
+                return Err(Error::OffsetOutOfRange {
+                    partition,
+                    offset: from,
+                    start,
+                });
+            }
+        }
+        let next_offset = messages.last().map_or(from, |message| message.sequence);
+        let events = messages
+            .into_iter()
+            .map(|message| decode(topic, partition, message))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(ReadResult {
+            events,
+            next_offset,
+        })
+    }
+
+    async fn offset_for_time(
+        &self,
+        topic: &TopicName,
+        partition: u32,
+        time_ms: i64,
+    ) -> Result<u64> {
+        let inner = &self.inner;
+        let runtime = inner.topic(topic).await?;
+        let index = Inner::partition_of(&runtime, topic, partition)?;
+        let found = api::direct_get_batch(
+            &inner.client,
+            inner.api_prefix(),
+            api::Batch {
+                stream: &runtime.streams[index],
+                start: Start::Time(time_ms),
+                max: 1,
+                max_bytes: None,
+                subject: None,
+            },
+            inner.timeout(),
+        )
+        .await
+        .map_err(|error| unavailable("seek by time", error))?;
+        match found.first() {
+            Some(message) => Ok(message.sequence - 1),
+            None => Ok(inner
+                .partition_state(&runtime, partition, &runtime.streams[index])
+                .await?
+                .last_sequence),
+        }
+    }
+
+    async fn wait_for(
+        &self,
+        topic: &TopicName,
+        partition: u32,
+        offset: u64,
+        timeout: Duration,
+    ) -> Result<u64> {
+        let inner = &self.inner;
+        let runtime = inner.topic(topic).await?;
+        let index = Inner::partition_of(&runtime, topic, partition)?;
+        // Subscribe before looking, so an event stored in between wakes us.
+        let mut stored = inner
+            .client
+            .subscribe(format!("{}.>", runtime.prefixes[index]))
+            .await
+            .map_err(|error| unavailable("subscribe", error))?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let result = 'wait: loop {
+            let now = inner
+                .partition_state(&runtime, partition, &runtime.streams[index])
+                .await?
+                .last_sequence;
+            if now > offset {
+                break now;
+            }
+            match tokio::time::timeout_at(deadline, stored.next()).await {
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break now,
+            }
+            // The subscription can see a message before its stream has
+            // stored it: look again for a little while.
+            for _ in 0..STORE_POLLS {
+                let now = inner
+                    .partition_state(&runtime, partition, &runtime.streams[index])
+                    .await?
+                    .last_sequence;
+                if now > offset {
+                    break 'wait now;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        };
+        let _ = stored.unsubscribe().await;
+        Ok(result)
+    }
+}

