@@ -4,10 +4,10 @@
 
 use crate::Inner;
 use crate::blocking;
-use crate::group::queue::DeadLetterEffect;
 use crate::meta::DeadLetterRecord;
 use herald_backend::PartitionOffset;
 use herald_backend::Result;
+use herald_groups::DeadLetterEffect;
 use herald_types::Event;
 use herald_types::EventInput;
 use herald_types::ExtensionValue;

@@ -3,7 +3,6 @@
 
 use crate::EmbeddedBackend;
 use crate::blocking;
-use crate::group::GroupRuntime;
 use crate::meta::group_key;
 use crate::topic::TopicRuntime;
 use async_trait::async_trait;
@@ -21,6 +20,7 @@ use herald_backend::Groups;
 use herald_backend::PartitionOffset;
 use herald_backend::Result;
 use herald_backend::StartPosition;
+use herald_groups::GroupRuntime;
 use herald_types::GroupName;
 use herald_types::StoredEvent;
 use herald_types::TopicName;
@@ -167,7 +167,7 @@ impl Groups for EmbeddedBackend {
         let (runtime, found) = self.inner.group(topic, group)?;
         let clock = Arc::clone(&self.inner.env.clock);
         let (response, buried) = found
-            .fetch(&runtime, &request, move || clock.now_ms())
+            .fetch(&*runtime.runtime, &request, move || clock.now_ms())
             .await?;
         if buried {
             self.inner.kick_flush();

@@ -11,18 +11,20 @@
 //!
 //! # Layout
 //!
-//! One module per backend trait, as `herald-nats` will have them:
+//! One module per backend trait, as `herald-nats` has them:
 //! `topics.rs`, `events.rs`, `groups.rs`, `streams.rs`, `kv.rs` (each the
 //! trait's `impl` on [`EmbeddedBackend`] and nothing else). The backend's
 //! own machinery beside them: `topic.rs` (a topic's partition logs,
-//! routing, dedup: `TopicRuntime`), `group/` (the queue/keyed and stream
-//! group state machines), `stream.rs` (the stream index), `erasure.rs`
+//! routing, dedup: `TopicRuntime`, which groups read through
+//! `herald_groups::Source`), `stream.rs` (the stream index), `erasure.rs`
 //! (hard-deleted events: the erased set and the `stream-compactor` task),
 //! `persist.rs` (group state persistence: the `group-flush` and
 //! `group-timer` tasks), `dead_letters.rs` (the `dead-letter-copies`
 //! task), `meta.rs` (the redb tables), `dedup.rs`, `codec.rs`,
-//! `metrics.rs`. This file holds the options, opening and recovery, and
-//! [`Backend`] (health, shutdown).
+//! `metrics.rs`. The group state machines and their fetch/settle runtime
+//! are `herald-groups`; this backend persists their snapshots in redb.
+//! This file holds the options, opening and recovery, and [`Backend`]
+//! (health, shutdown).
 //!
 //! # Event streams
 //!
@@ -103,7 +105,6 @@ mod dead_letters;
 mod dedup;
 mod erasure;
 mod events;
-mod group;
 mod groups;
 mod kv;
 mod meta;
@@ -117,7 +118,7 @@ mod topics;
 #[doc(hidden)]
 pub use dedup::Probe as DedupProbe;
 pub use erasure::CompactionReport;
-pub use group::queue::{Budget as GroupBudget, Memory as GroupMemory};
+pub use herald_groups::{Budget as GroupBudget, Memory as GroupMemory};
 pub use meta::MetaFaults;
 pub use metrics::{GroupMetrics, names as metric_names};
 
@@ -138,7 +139,7 @@ use tracing::{error, info, warn};
 
 use dead_letters::copy_loop;
 use erasure::compaction_loop;
-use group::{GroupRuntime, Snapshot};
+use herald_groups::{GroupRuntime, Snapshot};
 use meta::Meta;
 use persist::{Flusher, flush_loop, timer_loop};
 use stream::{StreamStore, TopicStreams};
@@ -147,7 +148,7 @@ use topic::TopicRuntime;
 /// One topic of the backend: its partition logs, routing and dedup
 /// ([`TopicRuntime`]), the stream index's state of the topic
 /// ([`TopicStreams`]) and its groups. The three parts know nothing of each
-/// other (`topic.rs` neither groups nor streams; `group/` and `stream.rs`
+/// other (`topic.rs` neither groups nor streams; groups and `stream.rs`
 /// read events through a `&TopicRuntime`): this entry is where they meet.
 #[derive(Debug)]
 pub(crate) struct Topic {

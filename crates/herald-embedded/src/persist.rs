@@ -5,13 +5,12 @@
 use crate::Inner;
 use crate::blocking;
 use crate::dead_letters::dead_letter_record;
-use crate::group;
-use crate::group::DirtyState;
-use crate::group::GroupRuntime;
 use crate::meta::GroupWrite;
 use herald_backend::AckDurability;
 use herald_backend::Error;
 use herald_backend::Result;
+use herald_groups::DirtyState;
+use herald_groups::GroupRuntime;
 use herald_types::TopicName;
 use std::sync::Arc;
 use std::sync::PoisonError;
@@ -72,7 +71,7 @@ impl Inner {
     pub(crate) async fn flush(&self) -> Result<()> {
         let groups = self.all_groups();
         let mut writes = Vec::new();
-        let mut taken: Vec<(Arc<GroupRuntime>, group::Outbox)> = Vec::new();
+        let mut taken: Vec<(Arc<GroupRuntime>, herald_groups::Outbox)> = Vec::new();
         for group in groups {
             let Some(DirtyState { snapshot, outbox }) = group.take_dirty() else {
                 continue;

@@ -621,3 +621,23 @@ impl TopicRuntime {
         first_error.map_or(Ok(()), Err)
     }
 }
+
+/// Groups read the topic's partitions through this.
+#[async_trait::async_trait]
+impl herald_groups::Source for TopicRuntime {
+    fn end_offsets(&self) -> Vec<u64> {
+        TopicRuntime::end_offsets(self)
+    }
+
+    async fn read(&self, partition: u32, from: u64, max: usize) -> Result<ReadResult> {
+        TopicRuntime::read(self, partition, from, max).await
+    }
+
+    async fn read_chunk(&self, partition: u32, from: u64, max_bytes: usize) -> Result<ReadResult> {
+        TopicRuntime::read_chunk(self, partition, from, max_bytes).await
+    }
+
+    async fn wait_any(&self, waits: &[(u32, u64)]) {
+        TopicRuntime::wait_any(self, waits).await;
+    }
+}

@@ -1,7 +1,9 @@
-//! A consumer group at run time: its state machine ([`queue`] or
-//! [`stream`]) behind a mutex, plus the I/O around it — reading ahead from
-//! the topic's partitions, long-polling, and handing effects (dead letters)
-//! back to the backend.
+//! Consumer groups, for every backend: a group at run time is its state
+//! machine (`queue.rs` for queue and keyed mode, `stream.rs` for stream
+//! mode) behind a mutex, plus the I/O around it — reading ahead from the
+//! topic's partitions through a [`Source`] (the backend's), long-polling,
+//! and handing effects (dead letters) back to the backend, which persists
+//! the group's [`Snapshot`] and outbox where it keeps state.
 //!
 //! Locking: the state machine's mutex is never held across `.await`; reads
 //! from the log happen outside it and are applied afterwards (guarded by the
@@ -16,9 +18,9 @@
 //! the persisted state never has an event finished without its dead letter
 //! (or redriven while still listed).
 
-pub(crate) mod queue;
-pub(crate) mod ranges;
-pub(crate) mod stream;
+pub mod queue;
+pub mod ranges;
+pub mod stream;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -26,13 +28,13 @@ use std::time::{Duration, Instant};
 
 use herald_backend::{
     AckOutcome, Error, FetchRequest, FetchResponse, GroupInfo, GroupMode, GroupPartitionStatus,
-    GroupSpec, MemberStatus, Result,
+    GroupSpec, MemberStatus, ReadResult, Result,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
-use crate::topic::TopicRuntime;
-use queue::{Budget, DeadLetterEffect, QueueSnapshot, QueueState};
+pub use queue::{Budget, DeadLetterEffect, Memory};
+use queue::{QueueSnapshot, QueueState};
 use stream::{StreamSnapshot, StreamState};
 
 /// Bytes of batches read from a partition per stream-mode refill (all their
@@ -47,7 +49,7 @@ const LOAD_BYTES: usize = 64 * 1024;
 /// A group's persisted state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub(crate) enum Snapshot {
+pub enum Snapshot {
     Queue(QueueSnapshot),
     Stream(StreamSnapshot),
 }
@@ -60,12 +62,12 @@ enum Machine {
 
 /// Writes that must commit together with the next snapshot.
 #[derive(Debug, Default)]
-pub(crate) struct Outbox {
+pub struct Outbox {
     /// Dead letters to record (the snapshot has their events finished).
-    pub(crate) buried: Vec<DeadLetterEffect>,
+    pub buried: Vec<DeadLetterEffect>,
     /// Dead-letter ids to take off the list (the snapshot has their events
     /// redriven).
-    pub(crate) unlisted: Vec<u64>,
+    pub unlisted: Vec<u64>,
 }
 
 impl Outbox {
@@ -83,16 +85,16 @@ struct Locked {
 
 /// A group's state to persist, with the outbox that goes with it.
 #[derive(Debug)]
-pub(crate) struct DirtyState {
-    pub(crate) snapshot: Snapshot,
-    pub(crate) outbox: Outbox,
+pub struct DirtyState {
+    pub snapshot: Snapshot,
+    pub outbox: Outbox,
 }
 
 /// A group of one topic.
 #[derive(Debug)]
-pub(crate) struct GroupRuntime {
+pub struct GroupRuntime {
     /// `topic/group`, its key in the metadata store.
-    pub(crate) key: String,
+    pub key: String,
     info: Mutex<GroupInfo>,
     machine: Mutex<Locked>,
     /// Wakes long-polling fetchers when something may have become deliverable.
@@ -101,7 +103,27 @@ pub(crate) struct GroupRuntime {
     /// State changed since the last persist.
     dirty: AtomicBool,
     /// One redrive at a time (it reads the list, then changes the state).
-    pub(crate) redriving: tokio::sync::Mutex<()>,
+    pub redriving: tokio::sync::Mutex<()>,
+}
+
+/// Where a group reads its topic's events: the backend's partitions.
+#[async_trait::async_trait]
+pub trait Source: Send + Sync {
+    /// One past the last event, per partition.
+    fn end_offsets(&self) -> Vec<u64>;
+
+    /// Up to `max` events of `partition` from `from` (offsets of erased
+    /// events skipped); [`herald_backend::Error::OffsetOutOfRange`] below
+    /// the partition's start.
+    async fn read(&self, partition: u32, from: u64, max: usize) -> Result<ReadResult>;
+
+    /// About `max_bytes` of events of `partition` from `from`, however many
+    /// that is (read-ahead).
+    async fn read_chunk(&self, partition: u32, from: u64, max_bytes: usize) -> Result<ReadResult>;
+
+    /// Returns once any `(partition, offset)` of `waits` has an event at
+    /// `offset` or later (at once if one has); never if `waits` is empty.
+    async fn wait_any(&self, waits: &[(u32, u64)]);
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -110,7 +132,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl GroupRuntime {
     /// A group starting at `starts`, or restored from `snapshot`.
-    pub(crate) fn new(
+    pub fn new(
         key: String,
         info: GroupInfo,
         budget: Budget,
@@ -148,17 +170,17 @@ impl GroupRuntime {
         }
     }
 
-    pub(crate) fn info(&self) -> GroupInfo {
+    pub fn info(&self) -> GroupInfo {
         lock(&self.info).clone()
     }
 
     /// The group's `ack_durability` setting.
-    pub(crate) fn ack_durability(&self) -> herald_backend::AckDurability {
+    pub fn ack_durability(&self) -> herald_backend::AckDurability {
         lock(&self.info).spec.ack_durability
     }
 
     /// Replaces the settings (same mode).
-    pub(crate) fn set_spec(&self, spec: GroupSpec) {
+    pub fn set_spec(&self, spec: GroupSpec) {
         lock(&self.info).spec = spec.clone();
         match &mut lock(&self.machine).machine {
             Machine::Queue(state) => state.set_spec(spec),
@@ -169,7 +191,7 @@ impl GroupRuntime {
 
     /// The state to persist and its outbox, if it changed since the last
     /// call: taken in one step, so they are consistent.
-    pub(crate) fn take_dirty(&self) -> Option<DirtyState> {
+    pub fn take_dirty(&self) -> Option<DirtyState> {
         if !self.dirty.swap(false, Ordering::SeqCst) {
             return None;
         }
@@ -181,7 +203,7 @@ impl GroupRuntime {
         })
     }
 
-    pub(crate) fn snapshot(&self) -> Snapshot {
+    pub fn snapshot(&self) -> Snapshot {
         Self::snapshot_of(&lock(&self.machine).machine)
     }
 
@@ -194,7 +216,7 @@ impl GroupRuntime {
 
     /// After a failed persist: the outbox goes back (ahead of anything added
     /// since) and the state is dirty again, so the next persist retries it.
-    pub(crate) fn restore_outbox(&self, outbox: Outbox) {
+    pub fn restore_outbox(&self, outbox: Outbox) {
         if !outbox.is_empty() {
             let mut locked = lock(&self.machine);
             let mut buried = outbox.buried;
@@ -208,14 +230,14 @@ impl GroupRuntime {
     }
 
     /// Puts the dirty flag back after a failed persist.
-    pub(crate) fn mark_dirty(&self) {
+    pub fn mark_dirty(&self) {
         self.dirty.store(true, Ordering::SeqCst);
     }
 
     /// After a power loss: cuts the state back to the partitions' `ends`
     /// (see [`QueueState::clamp`]); returns `(partition, from, to)` of each
     /// partition whose position moved.
-    pub(crate) fn clamp(&self, ends: &[u64], now: i64) -> Vec<(u32, u64, u64)> {
+    pub fn clamp(&self, ends: &[u64], now: i64) -> Vec<(u32, u64, u64)> {
         let clamped = match &mut lock(&self.machine).machine {
             Machine::Queue(state) => state.clamp(ends, now),
             Machine::Stream(state) => state.clamp(ends),
@@ -227,7 +249,7 @@ impl GroupRuntime {
     }
 
     /// Queue and keyed groups: what the state machine holds in memory.
-    pub(crate) fn memory(&self) -> Option<queue::Memory> {
+    pub fn memory(&self) -> Option<queue::Memory> {
         match &lock(&self.machine).machine {
             Machine::Queue(state) => Some(state.memory()),
             Machine::Stream(_) => None,
@@ -236,7 +258,7 @@ impl GroupRuntime {
 
     /// Hard delete: `offsets` (sorted) of `partition` must not be delivered
     /// any more, including those already read ahead or leased.
-    pub(crate) fn erase(&self, partition: u32, offsets: &[u64], now: i64) {
+    pub fn erase(&self, partition: u32, offsets: &[u64], now: i64) {
         match &mut lock(&self.machine).machine {
             Machine::Queue(state) => state.erase(partition, offsets, now),
             Machine::Stream(state) => state.erase(partition, offsets),
@@ -248,9 +270,9 @@ impl GroupRuntime {
     /// Hands out deliveries per the mode, long-polling up to `wait_ms`.
     /// Dead letters of leases found expired go to the outbox; returns the
     /// response and whether there were any (the caller persists them).
-    pub(crate) async fn fetch(
+    pub async fn fetch(
         &self,
-        topic: &TopicRuntime,
+        topic: &dyn Source,
         request: &FetchRequest,
         now: impl Fn() -> i64,
     ) -> Result<(FetchResponse, bool)> {
@@ -341,7 +363,7 @@ impl GroupRuntime {
 
     /// Reads back the bodies of due redeliveries (their entries dropped
     /// them: see `queue.rs`), at most as many as could be leased now.
-    async fn load_bodies(&self, topic: &TopicRuntime, max: usize, now: i64) -> Result<()> {
+    async fn load_bodies(&self, topic: &dyn Source, max: usize, now: i64) -> Result<()> {
         let wanted = match &mut lock(&self.machine).machine {
             Machine::Queue(state) => {
                 let max_in_flight = lock(&self.info).spec.max_in_flight as usize;
@@ -394,7 +416,7 @@ impl GroupRuntime {
 
     /// Refills the read-ahead of the partitions that need it, and reads back
     /// redriven events restored from a snapshot.
-    async fn refill(&self, topic: &TopicRuntime, member: &str, now: i64) -> Result<()> {
+    async fn refill(&self, topic: &dyn Source, member: &str, now: i64) -> Result<()> {
         let reloads = match &mut lock(&self.machine).machine {
             Machine::Queue(state) => state.take_reloads(),
             Machine::Stream(_) => Vec::new(),
@@ -459,7 +481,7 @@ impl GroupRuntime {
     /// letters it produces go to the outbox. Returns the outcome and whether
     /// there were any. Stream groups have nothing to settle per delivery:
     /// every id is unknown.
-    pub(crate) fn settle(
+    pub fn settle(
         &self,
         ids: &[String],
         mut apply: impl FnMut(&mut QueueState, &str) -> (bool, Option<DeadLetterEffect>),
@@ -496,7 +518,7 @@ impl GroupRuntime {
     }
 
     /// Stream mode: commits offsets (see [`StreamState::commit`]).
-    pub(crate) fn commit(
+    pub fn commit(
         &self,
         member: &str,
         generation: u64,
@@ -517,7 +539,7 @@ impl GroupRuntime {
     }
 
     /// Moves the group to `starts`.
-    pub(crate) fn reset(&self, starts: &[u64]) {
+    pub fn reset(&self, starts: &[u64]) {
         match &mut lock(&self.machine).machine {
             Machine::Queue(state) => state.reset(starts),
             Machine::Stream(state) => state.reset(starts),
@@ -527,7 +549,7 @@ impl GroupRuntime {
     }
 
     /// The member leaves: leases released, partitions reassigned.
-    pub(crate) fn leave(&self, member: &str, now: i64) {
+    pub fn leave(&self, member: &str, now: i64) {
         match &mut lock(&self.machine).machine {
             Machine::Queue(state) => {
                 state.release_member(member, now);
@@ -543,12 +565,7 @@ impl GroupRuntime {
     /// Redelivers dead letters (their events, read again from the log) and
     /// queues their ids to leave the list with the next persist, in one
     /// step. Returns how many events became deliverable again.
-    pub(crate) fn redrive(
-        &self,
-        events: Vec<herald_types::StoredEvent>,
-        ids: Vec<u64>,
-        now: i64,
-    ) -> u64 {
+    pub fn redrive(&self, events: Vec<herald_types::StoredEvent>, ids: Vec<u64>, now: i64) -> u64 {
         let mut redriven = 0;
         {
             let mut locked = lock(&self.machine);
@@ -569,7 +586,7 @@ impl GroupRuntime {
 
     /// Timer work: expire leases (their dead letters go to the outbox) and
     /// silent members. Returns whether any event was dead-lettered.
-    pub(crate) fn tick(&self, now: i64) -> bool {
+    pub fn tick(&self, now: i64) -> bool {
         let (buried, due) = {
             let mut locked = lock(&self.machine);
             let Locked { machine, outbox } = &mut *locked;
@@ -595,7 +612,7 @@ impl GroupRuntime {
     }
 
     /// Positions, lag, members and counts for the status call.
-    pub(crate) fn status(
+    pub fn status(
         &self,
         ends: &[u64],
         now: i64,

@@ -45,16 +45,16 @@ use serde::{Deserialize, Serialize};
 use super::ranges::RangeSet;
 
 /// Read-ahead per partition: refill below this many buffered events.
-pub(crate) const LOW_WATER: usize = 256;
+pub const LOW_WATER: usize = 256;
 
 /// Bytes of one read-ahead read from a partition, at most (whole batches
 /// are kept: the read may return up to one batch more).
-pub(crate) const READ_AHEAD_BYTES: usize = 256 * 1024;
+pub const READ_AHEAD_BYTES: usize = 256 * 1024;
 
 /// What one pending entry costs in memory besides its key: the entry in the
 /// map (~100 bytes with its slot), its place in a heap or the due queue and
 /// keyed queue (up to 2 x 32), and a finished range it may split (~48).
-pub(crate) const ENTRY_COST: usize = 256;
+pub const ENTRY_COST: usize = 256;
 
 /// The memory each queue or keyed group may hold, in bytes. Event bodies
 /// (`buffered_bytes`): half for the read-ahead, a quarter at most kept for
@@ -81,12 +81,17 @@ impl Default for Budget {
 
 /// An event leaving the group for its dead-letter list.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct DeadLetterEffect {
-    pub(crate) partition: u32,
-    pub(crate) offset: u64,
-    pub(crate) reason: String,
-    pub(crate) attempts: u32,
-    pub(crate) dead_at: i64,
+pub struct DeadLetterEffect {
+    /// Where the event is.
+    pub partition: u32,
+    /// Its offset.
+    pub offset: u64,
+    /// Why it was given up on.
+    pub reason: String,
+    /// How many deliveries it had.
+    pub attempts: u32,
+    /// When, in ms since the Unix epoch.
+    pub dead_at: i64,
 }
 
 /// What a queue or keyed group holds in memory, as its [`Budget`] counts
@@ -146,55 +151,55 @@ type Coordinates = (u32, u64);
 /// counts. Events not yet delivered (delayed, blocked, new) are read again
 /// from the log from the floor.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct QueueSnapshot {
-    pub(crate) partitions: Vec<PartitionSnapshot>,
+pub struct QueueSnapshot {
+    pub partitions: Vec<PartitionSnapshot>,
 }
 
 /// One partition of a [`QueueSnapshot`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct PartitionSnapshot {
-    pub(crate) floor: u64,
-    pub(crate) finished: RangeSet,
+pub struct PartitionSnapshot {
+    pub floor: u64,
+    pub finished: RangeSet,
     /// `(offset, attempts)` of pending events, from snapshots taken before
     /// leases and retries were kept (read, never written now).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub(crate) attempts: Vec<(u64, u32)>,
+    pub attempts: Vec<(u64, u32)>,
     /// Finished offsets made pending again by a redrive and not yet settled:
     /// read again from the log after a restart.
     #[serde(default)]
-    pub(crate) redriven: Vec<u64>,
+    pub redriven: Vec<u64>,
     /// Leases outstanding.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub(crate) leases: Vec<SavedLease>,
+    pub leases: Vec<SavedLease>,
     /// Redeliveries waiting for their time (backoff or nack delay).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub(crate) retries: Vec<SavedRetry>,
+    pub retries: Vec<SavedRetry>,
 }
 
 /// A lease in a [`PartitionSnapshot`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct SavedLease {
-    pub(crate) offset: u64,
-    pub(crate) attempt: u32,
-    pub(crate) deadline: i64,
-    pub(crate) member: String,
+pub struct SavedLease {
+    pub offset: u64,
+    pub attempt: u32,
+    pub deadline: i64,
+    pub member: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) key: Option<String>,
+    pub key: Option<String>,
 }
 
 /// A redelivery waiting in a [`PartitionSnapshot`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct SavedRetry {
-    pub(crate) offset: u64,
-    pub(crate) attempts: u32,
-    pub(crate) at: i64,
+pub struct SavedRetry {
+    pub offset: u64,
+    pub attempts: u32,
+    pub at: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) key: Option<String>,
+    pub key: Option<String>,
 }
 
 /// The state of a queue or keyed group.
 #[derive(Debug)]
-pub(crate) struct QueueState {
+pub struct QueueState {
     keyed: bool,
     spec: GroupSpec,
     budget: Budget,
@@ -231,7 +236,7 @@ pub(crate) struct QueueState {
 }
 
 /// The budgeted size of an event's body: its data and attributes.
-pub(crate) fn body_size(event: &StoredEvent) -> usize {
+pub fn body_size(event: &StoredEvent) -> usize {
     let event = &event.event;
     let attributes = [
         Some(event.id.len()),
@@ -265,7 +270,7 @@ fn entry_cost(key: Option<&Arc<str>>) -> usize {
 
 impl QueueState {
     /// A fresh group starting at `starts` (one offset per partition).
-    pub(crate) fn new(spec: GroupSpec, budget: Budget, starts: &[u64]) -> Self {
+    pub fn new(spec: GroupSpec, budget: Budget, starts: &[u64]) -> Self {
         let snapshot = QueueSnapshot {
             partitions: starts
                 .iter()
@@ -280,7 +285,7 @@ impl QueueState {
 
     /// A group as persisted: leases and waiting redeliveries come back as
     /// they were (their bodies are read back when they come due).
-    pub(crate) fn restore(spec: GroupSpec, budget: Budget, snapshot: QueueSnapshot) -> Self {
+    pub fn restore(spec: GroupSpec, budget: Budget, snapshot: QueueSnapshot) -> Self {
         let mut state = Self {
             keyed: spec.mode == herald_backend::GroupMode::Keyed,
             spec,
@@ -390,7 +395,7 @@ impl QueueState {
     /// events reach past `ends[p]` is cut back to it, so offsets the log
     /// reuses are delivered. Returns `(partition, floor before, end)` of
     /// each partition whose floor moved.
-    pub(crate) fn clamp(&mut self, ends: &[u64], now: i64) -> Vec<(u32, u64, u64)> {
+    pub fn clamp(&mut self, ends: &[u64], now: i64) -> Vec<(u32, u64, u64)> {
         let mut clamped = Vec::new();
         for (index, cursor) in self.cursors.iter_mut().enumerate() {
             let Some(&end) = ends.get(index) else {
@@ -441,17 +446,17 @@ impl QueueState {
     }
 
     /// Redriven events to read from the log and hand to [`QueueState::redrive`].
-    pub(crate) fn take_reloads(&mut self) -> Vec<Coordinates> {
+    pub fn take_reloads(&mut self) -> Vec<Coordinates> {
         std::mem::take(&mut self.reloads)
     }
 
     /// Puts back reloads that could not be read yet.
-    pub(crate) fn keep_reloads(&mut self, reloads: &[Coordinates]) {
+    pub fn keep_reloads(&mut self, reloads: &[Coordinates]) {
         self.reloads.extend_from_slice(reloads);
     }
 
     /// What must survive a restart.
-    pub(crate) fn snapshot(&self) -> QueueSnapshot {
+    pub fn snapshot(&self) -> QueueSnapshot {
         let mut partitions: Vec<PartitionSnapshot> = self
             .cursors
             .iter()
@@ -513,17 +518,17 @@ impl QueueState {
     }
 
     /// Replaces the settings (mode is fixed).
-    pub(crate) fn set_spec(&mut self, spec: GroupSpec) {
+    pub fn set_spec(&mut self, spec: GroupSpec) {
         self.spec = spec;
     }
 
     /// The current epoch (see [`QueueState::add_read`]).
-    pub(crate) fn epoch(&self) -> u64 {
+    pub fn epoch(&self) -> u64 {
         self.epoch
     }
 
     /// What is held in memory.
-    pub(crate) fn memory(&self) -> Memory {
+    pub fn memory(&self) -> Memory {
         Memory {
             entries: self.pending.len(),
             pending_bytes: self.pending_bytes,
@@ -548,7 +553,7 @@ impl QueueState {
     /// max_bytes)`; `ends[p]` is the partition's end offset. Only the
     /// read-ahead's own budget and the bookkeeping budget stop reads:
     /// bodies of events not ready never do.
-    pub(crate) fn reads_needed(&self, ends: &[u64]) -> Vec<(u32, u64, usize)> {
+    pub fn reads_needed(&self, ends: &[u64]) -> Vec<(u32, u64, usize)> {
         let room = self
             .read_ahead_budget()
             .saturating_sub(self.read_ahead_bytes);
@@ -572,7 +577,7 @@ impl QueueState {
     /// Adds events read from `partition` starting at `from`, up to `next`.
     /// Ignored if the cursor moved meanwhile (another read, or a reset in
     /// another `epoch`).
-    pub(crate) fn add_read(
+    pub fn add_read(
         &mut self,
         epoch: u64,
         partition: u32,
@@ -608,7 +613,7 @@ impl QueueState {
     /// Hard delete: `offsets` (sorted) of `partition` are no longer
     /// readable. Drops them from the read-ahead, ends their pending
     /// deliveries (a later ack of one is unknown), and marks them finished.
-    pub(crate) fn erase(&mut self, partition: u32, offsets: &[u64], now: i64) {
+    pub fn erase(&mut self, partition: u32, offsets: &[u64], now: i64) {
         let Some(cursor) = self.cursors.get_mut(partition as usize) else {
             return;
         };
@@ -634,7 +639,7 @@ impl QueueState {
 
     /// When the partition's retention removed offsets below the floor: move
     /// the floor (and frontier) up to `start`.
-    pub(crate) fn skip_to(&mut self, partition: u32, start: u64) {
+    pub fn skip_to(&mut self, partition: u32, start: u64) {
         let Some(cursor) = self.cursors.get_mut(partition as usize) else {
             return;
         };
@@ -653,7 +658,7 @@ impl QueueState {
     /// Hands out up to `max` deliveries to `member`. Expired leases are
     /// processed first; their dead letters come back as effects. Due
     /// redeliveries whose bodies are held go first, then new events.
-    pub(crate) fn take(
+    pub fn take(
         &mut self,
         member: &str,
         max: usize,
@@ -677,7 +682,7 @@ impl QueueState {
     /// Due entries whose bodies must be read back from the log before they
     /// can be leased: the first `max` of the due queue lacking one, within
     /// the loading budget (at least one).
-    pub(crate) fn bodies_wanted(&mut self, now: i64, max: usize) -> Vec<Coordinates> {
+    pub fn bodies_wanted(&mut self, now: i64, max: usize) -> Vec<Coordinates> {
         self.promote_due(now);
         let room = self
             .budget
@@ -707,7 +712,7 @@ impl QueueState {
 
     /// Bodies read back for [`QueueState::bodies_wanted`]. Ignored for an
     /// entry settled meanwhile.
-    pub(crate) fn attach(&mut self, event: StoredEvent) {
+    pub fn attach(&mut self, event: StoredEvent) {
         let coordinates = (event.partition, event.offset);
         if let Some(entry) = self.pending.get_mut(&coordinates)
             && entry.event.is_none()
@@ -722,7 +727,7 @@ impl QueueState {
     /// A pending event the log no longer has (retention removed it, or a
     /// hard delete erased it): nothing is left to deliver, so it is
     /// finished.
-    pub(crate) fn lost(&mut self, coordinates: Coordinates, now: i64) {
+    pub fn lost(&mut self, coordinates: Coordinates, now: i64) {
         if self.pending.contains_key(&coordinates) {
             self.finish(coordinates, now);
         }
@@ -730,7 +735,7 @@ impl QueueState {
 
     /// The earliest time something changes without outside input: a lease
     /// expiring or a waiting event coming due.
-    pub(crate) fn next_timer(&self) -> Option<i64> {
+    pub fn next_timer(&self) -> Option<i64> {
         let lease = self.leases.peek().map(|Reverse(entry)| entry.0);
         let waiting = self.waiting.peek().map(|Reverse(entry)| entry.0);
         match (lease, waiting) {
@@ -741,7 +746,7 @@ impl QueueState {
 
     /// Processes leases that expired by `now`: each is retried after its
     /// backoff, or dead-lettered once it had `max_deliveries`.
-    pub(crate) fn expire(&mut self, now: i64) -> Vec<DeadLetterEffect> {
+    pub fn expire(&mut self, now: i64) -> Vec<DeadLetterEffect> {
         let mut effects = Vec::new();
         while let Some(Reverse((deadline, partition, offset, attempt))) =
             self.leases.peek().copied()
@@ -980,7 +985,7 @@ impl QueueState {
     /// Acks: the event is finished. Any pending, unblocked event may be acked,
     /// also by the id of an earlier delivery (the work was done). Returns
     /// whether it applied.
-    pub(crate) fn ack(&mut self, id: &str, now: i64) -> bool {
+    pub fn ack(&mut self, id: &str, now: i64) -> bool {
         let Some((coordinates, _)) = parse_delivery_id(id) else {
             return false;
         };
@@ -999,7 +1004,7 @@ impl QueueState {
 
     /// Nacks the current lease: redelivered after `delay` (or the backoff),
     /// or dead-lettered if it had `max_deliveries`.
-    pub(crate) fn nack(
+    pub fn nack(
         &mut self,
         id: &str,
         delay_ms: Option<u64>,
@@ -1016,7 +1021,7 @@ impl QueueState {
     }
 
     /// Extends the current lease to `now + ack_wait_ms`.
-    pub(crate) fn extend(&mut self, id: &str, ack_wait_ms: Option<u64>, now: i64) -> bool {
+    pub fn extend(&mut self, id: &str, ack_wait_ms: Option<u64>, now: i64) -> bool {
         let Some(coordinates) = self.current_lease(id) else {
             return false;
         };
@@ -1041,7 +1046,7 @@ impl QueueState {
     }
 
     /// Sends the event straight to dead letters.
-    pub(crate) fn reject(&mut self, id: &str, reason: &str, now: i64) -> Option<DeadLetterEffect> {
+    pub fn reject(&mut self, id: &str, reason: &str, now: i64) -> Option<DeadLetterEffect> {
         let (coordinates, _) = parse_delivery_id(id)?;
         match self.pending.get(&coordinates) {
             Some(Entry {
@@ -1055,7 +1060,7 @@ impl QueueState {
 
     /// Members that fetched within the last `max(2 x ack_wait, 60 s)`, with
     /// how long ago (ms), in id order.
-    pub(crate) fn members(&mut self, now: i64) -> Vec<(String, u64)> {
+    pub fn members(&mut self, now: i64) -> Vec<(String, u64)> {
         let window =
             i64::try_from(self.spec.ack_wait_ms.saturating_mul(2).max(60_000)).unwrap_or(i64::MAX);
         self.members
@@ -1072,7 +1077,7 @@ impl QueueState {
     }
 
     /// Every lease of `member` returns to the group, due now.
-    pub(crate) fn release_member(&mut self, member: &str, now: i64) -> usize {
+    pub fn release_member(&mut self, member: &str, now: i64) -> usize {
         self.members.remove(member);
         let released: Vec<Coordinates> = self
             .pending
@@ -1091,7 +1096,7 @@ impl QueueState {
     /// Makes `event` (a dead letter being redriven) deliverable again as a
     /// first delivery. It stays finished for the floor; it is pending until
     /// settled again. Returns whether it was not pending already.
-    pub(crate) fn redrive(&mut self, event: StoredEvent, now: i64) -> bool {
+    pub fn redrive(&mut self, event: StoredEvent, now: i64) -> bool {
         let coordinates = (event.partition, event.offset);
         if self.pending.contains_key(&coordinates) {
             return false;
@@ -1125,7 +1130,7 @@ impl QueueState {
     }
 
     /// Moves every partition to `starts`, dropping all pending state.
-    pub(crate) fn reset(&mut self, starts: &[u64]) {
+    pub fn reset(&mut self, starts: &[u64]) {
         let spec = self.spec.clone();
         let epoch = self.epoch + 1;
         *self = Self::new(spec, self.budget, starts);
@@ -1133,28 +1138,28 @@ impl QueueState {
     }
 
     /// Leased deliveries outstanding.
-    pub(crate) fn in_flight(&self) -> usize {
+    pub fn in_flight(&self) -> usize {
         self.leased
     }
 
     /// Events pending but not leased (waiting or blocked).
-    pub(crate) fn waiting(&self) -> usize {
+    pub fn waiting(&self) -> usize {
         self.pending.len() - self.leased
     }
 
     /// Per partition: the floor (everything below is finished).
-    pub(crate) fn floors(&self) -> Vec<u64> {
+    pub fn floors(&self) -> Vec<u64> {
         self.cursors.iter().map(|cursor| cursor.floor).collect()
     }
 
     /// The frontier of each partition (the next offset to read).
-    pub(crate) fn frontiers(&self) -> Vec<u64> {
+    pub fn frontiers(&self) -> Vec<u64> {
         self.cursors.iter().map(|cursor| cursor.frontier).collect()
     }
 
     /// Whether new events are wanted from the log (room for them, nothing
     /// buffered): a fetcher with nothing to hand out should wait for the log.
-    pub(crate) fn wants_events(&self) -> bool {
+    pub fn wants_events(&self) -> bool {
         !self.entries_full() && self.cursors.iter().all(|cursor| cursor.buffer.is_empty())
     }
 
@@ -1296,12 +1301,12 @@ impl QueueState {
 }
 
 /// `"<partition>.<offset>.<attempt>"`.
-pub(crate) fn delivery_id((partition, offset): Coordinates, attempt: u32) -> String {
+pub fn delivery_id((partition, offset): Coordinates, attempt: u32) -> String {
     format!("{partition}.{offset}.{attempt}")
 }
 
 /// The coordinates and attempt of a delivery id, or `None` if malformed.
-pub(crate) fn parse_delivery_id(id: &str) -> Option<(Coordinates, u32)> {
+pub fn parse_delivery_id(id: &str) -> Option<(Coordinates, u32)> {
     let mut parts = id.splitn(3, '.');
     let partition = parts.next()?.parse().ok()?;
     let offset = parts.next()?.parse().ok()?;

@@ -21,9 +21,9 @@ use super::queue::LOW_WATER;
 /// What survives a restart: committed offsets and the generation (so a
 /// member of a generation before the restart is still fenced).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct StreamSnapshot {
-    pub(crate) generation: u64,
-    pub(crate) committed: Vec<u64>,
+pub struct StreamSnapshot {
+    pub generation: u64,
+    pub committed: Vec<u64>,
 }
 
 #[derive(Debug)]
@@ -39,7 +39,7 @@ struct Partition {
 
 /// The state of a stream group.
 #[derive(Debug)]
-pub(crate) struct StreamState {
+pub struct StreamState {
     spec: GroupSpec,
     generation: u64,
     /// member → last heard from (ms).
@@ -51,7 +51,7 @@ pub(crate) struct StreamState {
 
 impl StreamState {
     /// A group as persisted (or fresh, with `committed` = the start offsets).
-    pub(crate) fn restore(spec: GroupSpec, snapshot: &StreamSnapshot) -> Self {
+    pub fn restore(spec: GroupSpec, snapshot: &StreamSnapshot) -> Self {
         let partitions = snapshot
             .committed
             .iter()
@@ -75,7 +75,7 @@ impl StreamState {
     }
 
     /// What must survive a restart.
-    pub(crate) fn snapshot(&self) -> StreamSnapshot {
+    pub fn snapshot(&self) -> StreamSnapshot {
         StreamSnapshot {
             generation: self.generation,
             committed: self
@@ -86,21 +86,21 @@ impl StreamState {
         }
     }
 
-    pub(crate) fn set_spec(&mut self, spec: GroupSpec) {
+    pub fn set_spec(&mut self, spec: GroupSpec) {
         self.spec = spec;
     }
 
-    pub(crate) fn epoch(&self) -> u64 {
+    pub fn epoch(&self) -> u64 {
         self.epoch
     }
 
-    pub(crate) fn generation(&self) -> u64 {
+    pub fn generation(&self) -> u64 {
         self.generation
     }
 
     /// Records that `member` was heard from; joins it if new. Expires silent
     /// members. Rebalances on any change.
-    pub(crate) fn heartbeat(&mut self, member: &str, now: i64) {
+    pub fn heartbeat(&mut self, member: &str, now: i64) {
         let joined = self.members.insert(member.to_owned(), now).is_none();
         let expired = self.expire(now);
         if joined || expired {
@@ -119,14 +119,14 @@ impl StreamState {
     }
 
     /// Expires silent members and rebalances if any left (for the timer).
-    pub(crate) fn tick(&mut self, now: i64) {
+    pub fn tick(&mut self, now: i64) {
         if self.expire(now) {
             self.rebalance();
         }
     }
 
     /// `member` leaves; its partitions go to the others.
-    pub(crate) fn leave(&mut self, member: &str) -> bool {
+    pub fn leave(&mut self, member: &str) -> bool {
         let left = self.members.remove(member).is_some();
         if left {
             self.rebalance();
@@ -155,7 +155,7 @@ impl StreamState {
     }
 
     /// The partitions `member` owns.
-    pub(crate) fn assignment(&self, member: &str) -> Vec<u32> {
+    pub fn assignment(&self, member: &str) -> Vec<u32> {
         self.partitions
             .iter()
             .enumerate()
@@ -165,7 +165,7 @@ impl StreamState {
     }
 
     /// `member`'s partitions that need their read-ahead refilled.
-    pub(crate) fn reads_needed(&self, member: &str, ends: &[u64]) -> Vec<(u32, u64)> {
+    pub fn reads_needed(&self, member: &str, ends: &[u64]) -> Vec<(u32, u64)> {
         self.partitions
             .iter()
             .enumerate()
@@ -181,7 +181,7 @@ impl StreamState {
     }
 
     /// Adds events read from `partition` at `from`, if nothing moved meanwhile.
-    pub(crate) fn add_read(
+    pub fn add_read(
         &mut self,
         epoch: u64,
         partition: u32,
@@ -201,7 +201,7 @@ impl StreamState {
 
     /// Hard delete: drops `offsets` (sorted) of `partition` from the
     /// read-ahead; reads from the log skip them from now on.
-    pub(crate) fn erase(&mut self, partition: u32, offsets: &[u64]) {
+    pub fn erase(&mut self, partition: u32, offsets: &[u64]) {
         if let Some(state) = self.partitions.get_mut(partition as usize) {
             state
                 .buffer
@@ -213,7 +213,7 @@ impl StreamState {
     /// partitions' `ends` are cut back to them, so offsets the log reuses
     /// are delivered. Returns `(partition, committed before, end)` of each
     /// partition whose committed offset moved.
-    pub(crate) fn clamp(&mut self, ends: &[u64]) -> Vec<(u32, u64, u64)> {
+    pub fn clamp(&mut self, ends: &[u64]) -> Vec<(u32, u64, u64)> {
         let mut clamped = Vec::new();
         for (index, state) in self.partitions.iter_mut().enumerate() {
             let Some(&end) = ends.get(index) else {
@@ -236,7 +236,7 @@ impl StreamState {
     }
 
     /// Retention removed everything below `start`.
-    pub(crate) fn skip_to(&mut self, partition: u32, start: u64) {
+    pub fn skip_to(&mut self, partition: u32, start: u64) {
         let Some(state) = self.partitions.get_mut(partition as usize) else {
             return;
         };
@@ -249,7 +249,7 @@ impl StreamState {
     }
 
     /// Up to `max` events from `member`'s partitions, in order per partition.
-    pub(crate) fn take(&mut self, member: &str, max: usize) -> Vec<Delivery> {
+    pub fn take(&mut self, member: &str, max: usize) -> Vec<Delivery> {
         let mut deliveries = Vec::new();
         let count = self.partitions.len();
         let mut idle_rounds = 0;
@@ -293,7 +293,7 @@ impl StreamState {
 
     /// Records `member`'s committed offsets, if its generation is current and
     /// it owns every partition it commits. Offsets must not pass `ends`.
-    pub(crate) fn commit(
+    pub fn commit(
         &mut self,
         member: &str,
         generation: u64,
@@ -336,7 +336,7 @@ impl StreamState {
     }
 
     /// Moves every partition to `starts`; everyone must rejoin.
-    pub(crate) fn reset(&mut self, starts: &[u64]) {
+    pub fn reset(&mut self, starts: &[u64]) {
         for (partition, &start) in self.partitions.iter_mut().zip(starts) {
             partition.committed = start;
             partition.position = start;
@@ -347,14 +347,14 @@ impl StreamState {
         self.rebalance();
     }
 
-    pub(crate) fn committed(&self) -> Vec<u64> {
+    pub fn committed(&self) -> Vec<u64> {
         self.partitions
             .iter()
             .map(|partition| partition.committed)
             .collect()
     }
 
-    pub(crate) fn owners(&self) -> Vec<Option<String>> {
+    pub fn owners(&self) -> Vec<Option<String>> {
         self.partitions
             .iter()
             .map(|partition| partition.owner.clone())
@@ -362,7 +362,7 @@ impl StreamState {
     }
 
     /// The read frontier of `member`'s partitions (to wait for new events).
-    pub(crate) fn frontiers(&self, member: &str) -> Vec<(u32, u64)> {
+    pub fn frontiers(&self, member: &str) -> Vec<(u32, u64)> {
         self.partitions
             .iter()
             .enumerate()
@@ -371,7 +371,7 @@ impl StreamState {
             .collect()
     }
 
-    pub(crate) fn members(&self, now: i64) -> Vec<MemberStatus> {
+    pub fn members(&self, now: i64) -> Vec<MemberStatus> {
         self.members
             .iter()
             .map(|(member, last_seen)| MemberStatus {

@@ -8,14 +8,14 @@ use serde::{Deserialize, Serialize};
 
 /// Disjoint, non-adjacent `[start, end)` ranges.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct RangeSet {
+pub struct RangeSet {
     /// start → end.
     ranges: BTreeMap<u64, u64>,
 }
 
 impl RangeSet {
     /// Adds `offset`; returns whether it was new.
-    pub(crate) fn insert(&mut self, offset: u64) -> bool {
+    pub fn insert(&mut self, offset: u64) -> bool {
         if self.contains(offset) {
             return false;
         }
@@ -37,7 +37,7 @@ impl RangeSet {
     }
 
     /// Whether `offset` is in the set.
-    pub(crate) fn contains(&self, offset: u64) -> bool {
+    pub fn contains(&self, offset: u64) -> bool {
         self.ranges
             .range(..=offset)
             .next_back()
@@ -45,12 +45,12 @@ impl RangeSet {
     }
 
     /// Removes and returns the end of the range starting exactly at `start`.
-    pub(crate) fn take_range_at(&mut self, start: u64) -> Option<u64> {
+    pub fn take_range_at(&mut self, start: u64) -> Option<u64> {
         self.ranges.remove(&start)
     }
 
     /// Drops everything below `floor`.
-    pub(crate) fn drop_below(&mut self, floor: u64) {
+    pub fn drop_below(&mut self, floor: u64) {
         let below: Vec<u64> = self
             .ranges
             .range(..floor)
@@ -66,7 +66,7 @@ impl RangeSet {
     }
 
     /// Drops everything at or above `end`.
-    pub(crate) fn drop_from(&mut self, end: u64) {
+    pub fn drop_from(&mut self, end: u64) {
         let above: Vec<u64> = self.ranges.range(end..).map(|(&start, _)| start).collect();
         for start in above {
             self.ranges.remove(&start);
@@ -80,7 +80,7 @@ impl RangeSet {
 
     /// How many ranges.
     #[cfg(test)]
-    pub(crate) fn range_count(&self) -> usize {
+    pub fn range_count(&self) -> usize {
         self.ranges.len()
     }
 }
