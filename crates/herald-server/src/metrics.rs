@@ -11,11 +11,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
+use herald_backend::Backend;
 use herald_embedded::GroupMetrics;
 use herald_log::LogMetrics;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
@@ -46,6 +48,7 @@ pub struct Metrics {
     tls: crate::tls::TlsMetrics,
     webhooks: Arc<herald_webhooks::WebhookMetrics>,
     workflows: Arc<herald_workflows::WorkflowMetrics>,
+    state: StateGauges,
 }
 
 impl Metrics {
@@ -64,6 +67,8 @@ impl Metrics {
         webhooks.register(&mut registry);
         let workflows = Arc::new(herald_workflows::WorkflowMetrics::default());
         workflows.register(&mut registry);
+        let state = StateGauges::default();
+        state.register(&mut registry);
         Arc::new(Self {
             registry,
             http,
@@ -72,6 +77,7 @@ impl Metrics {
             tls,
             webhooks,
             workflows,
+            state,
         })
     }
 
@@ -105,11 +111,174 @@ impl Metrics {
         &self.workflows
     }
 
+    /// Reads the gauges of state the backend holds (each group's lag per
+    /// partition, in-flight, pending and dead letters; each topic's events
+    /// and bytes) afresh: at every scrape, so they are never stale and
+    /// deleted groups and topics drop out. A failed read leaves its series
+    /// out of this scrape.
+    pub async fn refresh(&self, backend: &dyn Backend) {
+        self.state.refresh(backend).await;
+    }
+
     /// Every metric in OpenMetrics text format ([`CONTENT_TYPE`]).
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
         Ok(text)
+    }
+}
+
+/// A topic's series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TopicLabels {
+    topic: String,
+}
+
+/// A group's series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GroupLabels {
+    topic: String,
+    group: String,
+}
+
+/// A group partition's series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GroupPartitionLabels {
+    topic: String,
+    group: String,
+    partition: String,
+}
+
+/// Gauges read from the backend at each scrape. Labels are topic, group
+/// and partition names: as many series as the operator made groups and
+/// partitions (bounded by `limits`), never per event or key.
+#[derive(Debug, Default)]
+struct StateGauges {
+    lag: Family<GroupPartitionLabels, Gauge>,
+    in_flight: Family<GroupLabels, Gauge>,
+    pending: Family<GroupLabels, Gauge>,
+    dead_letters: Family<GroupLabels, Gauge>,
+    members: Family<GroupLabels, Gauge>,
+    topic_events: Family<TopicLabels, Gauge>,
+    topic_bytes: Family<TopicLabels, Gauge>,
+}
+
+fn gauge_value(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+impl StateGauges {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "herald_group_lag",
+            "Events of the partition the group has not finished (end offset minus committed)",
+            self.lag.clone(),
+        );
+        registry.register(
+            "herald_group_in_flight",
+            "Deliveries of the group leased and not settled",
+            self.in_flight.clone(),
+        );
+        registry.register(
+            "herald_group_pending",
+            "Events of the group waiting: delayed, backing off, or behind a busy key",
+            self.pending.clone(),
+        );
+        registry.register(
+            "herald_group_dead_letters_held",
+            "Dead letters listed for the group (not redriven)",
+            self.dead_letters.clone(),
+        );
+        registry.register(
+            "herald_group_members",
+            "Members the group has seen recently",
+            self.members.clone(),
+        );
+        registry.register(
+            "herald_topic_events",
+            "Events the topic keeps (end minus start offset, summed over partitions)",
+            self.topic_events.clone(),
+        );
+        registry.register(
+            "herald_topic_bytes",
+            "Bytes the topic's partitions take in storage",
+            self.topic_bytes.clone(),
+        );
+    }
+
+    async fn refresh(&self, backend: &dyn Backend) {
+        let families = [
+            &self.in_flight,
+            &self.pending,
+            &self.dead_letters,
+            &self.members,
+        ];
+        self.lag.clear();
+        for family in families {
+            family.clear();
+        }
+        self.topic_events.clear();
+        self.topic_bytes.clear();
+        let Ok(topics) = backend.list_topics().await else {
+            return;
+        };
+        for info in topics {
+            let topic = &info.spec.name;
+            let labels = TopicLabels {
+                topic: topic.to_string(),
+            };
+            if let Ok(description) = backend.describe_topic(topic).await {
+                let (events, bytes) = description.partition_info.iter().fold(
+                    (0u64, 0u64),
+                    |(events, bytes), partition| {
+                        (
+                            events + partition.end_offset.saturating_sub(partition.start_offset),
+                            bytes + partition.bytes,
+                        )
+                    },
+                );
+                self.topic_events
+                    .get_or_create(&labels)
+                    .set(gauge_value(events));
+                self.topic_bytes
+                    .get_or_create(&labels)
+                    .set(gauge_value(bytes));
+            }
+            let Ok(groups) = backend.list_groups(topic).await else {
+                continue;
+            };
+            for group in groups {
+                let Ok(status) = backend.group_status(topic, &group.name).await else {
+                    continue;
+                };
+                let labels = GroupLabels {
+                    topic: topic.to_string(),
+                    group: group.name.to_string(),
+                };
+                self.in_flight
+                    .get_or_create(&labels)
+                    .set(gauge_value(status.in_flight));
+                self.pending
+                    .get_or_create(&labels)
+                    .set(gauge_value(status.pending));
+                self.dead_letters
+                    .get_or_create(&labels)
+                    .set(gauge_value(status.dead_letters));
+                self.members
+                    .get_or_create(&labels)
+                    .set(gauge_value(status.members.len() as u64));
+                for partition in &status.partitions {
+                    let labels = GroupPartitionLabels {
+                        topic: labels.topic.clone(),
+                        group: labels.group.clone(),
+                        partition: partition.partition.to_string(),
+                    };
+                    self.lag
+                        .get_or_create(&labels)
+                        .set(gauge_value(partition.lag));
+                }
+            }
+        }
     }
 }
 

@@ -327,6 +327,9 @@ fn api_routes() -> OpenApiRouter<AppState> {
     )
 )]
 async fn metrics_text(State(state): State<AppState>) -> Response {
+    if let Ok(backend) = state.backend() {
+        state.metrics.refresh(backend).await;
+    }
     match state.metrics.encode() {
         Ok(text) => ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response(),
         Err(error) => {

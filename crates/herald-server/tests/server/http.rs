@@ -51,6 +51,79 @@ async fn given_requests_when_get_metrics_should_expose_log_and_http_metrics_as_o
     );
 }
 
+/// `GET /metrics` → its text.
+#[allow(clippy::unwrap_used, reason = "test helper")]
+async fn scrape(server: &TestServer) -> String {
+    let response = reqwest::get(server.url("/metrics")).await.unwrap();
+    response.text().await.unwrap()
+}
+
+#[tokio::test]
+async fn given_a_group_mid_work_when_get_metrics_should_give_its_lag_in_flight_and_dead_letters() {
+    let (server, api) = TestServer::start_ready().await;
+    api.create_topic(serde_json::json!({"name": "orders", "partitions": 1}))
+        .await;
+    let events: Vec<serde_json::Value> = (0..10)
+        .map(|index| {
+            serde_json::json!({"specversion": "1.0", "id": format!("e{index}"), "source": "/m", "type": "t"})
+        })
+        .collect();
+    api.publish("orders", serde_json::Value::Array(events))
+        .await;
+    api.put_group(
+        "orders",
+        "billing",
+        serde_json::json!({"mode": "queue", "start": "earliest"}),
+    )
+    .await;
+    let fetched = api.fetch("orders", "billing", "w1", 4, 1000).await;
+    let ids: Vec<String> = fetched["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|delivery| delivery["delivery_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 4);
+    // Offsets 0 and 1 acked, 2 rejected (a dead letter), 3 still leased.
+    api.group_call(
+        "orders",
+        "billing",
+        "ack",
+        serde_json::json!({"delivery_ids": &ids[..2]}),
+    )
+    .await;
+    api.group_call(
+        "orders",
+        "billing",
+        "reject",
+        serde_json::json!({"delivery_ids": [&ids[2]], "reason": "bad"}),
+    )
+    .await;
+
+    let text = scrape(&server).await;
+    for expected in [
+        r#"herald_group_lag{topic="orders",group="billing",partition="0"} 7"#,
+        r#"herald_group_in_flight{topic="orders",group="billing"} 1"#,
+        r#"herald_group_pending{topic="orders",group="billing"} 0"#,
+        r#"herald_group_dead_letters_held{topic="orders",group="billing"} 1"#,
+        r#"herald_group_members{topic="orders",group="billing"} 1"#,
+        r#"herald_topic_events{topic="orders"} 10"#,
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    let bytes = text
+        .lines()
+        .find_map(|line| line.strip_prefix(r#"herald_topic_bytes{topic="orders"} "#))
+        .expect("herald_topic_bytes for orders");
+    assert!(bytes.parse::<u64>().unwrap() > 0, "{bytes}");
+
+    // A deleted group leaves the metrics at the next scrape.
+    let response = api.delete("/v1/topics/orders/groups/billing").await;
+    assert_eq!(response.status(), 204);
+    let text = scrape(&server).await;
+    assert!(!text.contains(r#"group="billing""#), "{text}");
+}
+
 #[tokio::test]
 async fn given_unknown_path_when_requested_should_answer_404_problem_json() {
     let server = TestServer::start().await;
