@@ -59,11 +59,13 @@
 
 pub mod blobs;
 pub mod error;
+mod metrics;
 pub mod model;
 mod service;
 
 pub use blobs::{BLOB_COLLECTING_BUCKET, BLOB_REFS_BUCKET, BlobStorage, blob_is_referenced};
 pub use error::{Error, Result};
+pub use metrics::JobMetrics;
 pub use model::{
     CompleteRequest, Job, JobView, Notify, Outcome, Part, PartInput, PartStatus, Progress,
     ProgressRequest, Status, SubmitRequest,

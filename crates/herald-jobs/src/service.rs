@@ -123,6 +123,8 @@ pub struct Options {
     /// collector's race, see `blobs.rs`); `None` checks only the collector's
     /// marker.
     pub blob_storage: Option<Arc<dyn BlobStorage>>,
+    /// Where transitions and durations are counted.
+    pub metrics: Arc<crate::JobMetrics>,
 }
 
 impl Default for Options {
@@ -143,6 +145,7 @@ impl Default for Options {
             create_queues_on_fetch: false,
             orphan_grace_ms: 60_000,
             blob_storage: None,
+            metrics: Arc::default(),
         }
     }
 }
@@ -868,6 +871,9 @@ impl Shared {
     async fn announce(&self, job: &Job, effects: &[Effect]) {
         let job = Arc::new(job.clone());
         for effect in effects {
+            if let Effect::Emit(kind) = effect {
+                self.options.metrics.transition(&job, kind);
+            }
             if let Effect::Emit(kind) = effect
                 && let Err(error) = self.emit(&job, kind).await
             {

@@ -48,6 +48,7 @@ pub struct Metrics {
     tls: crate::tls::TlsMetrics,
     webhooks: Arc<herald_webhooks::WebhookMetrics>,
     workflows: Arc<herald_workflows::WorkflowMetrics>,
+    jobs: Arc<herald_jobs::JobMetrics>,
     state: StateGauges,
 }
 
@@ -67,6 +68,8 @@ impl Metrics {
         webhooks.register(&mut registry);
         let workflows = Arc::new(herald_workflows::WorkflowMetrics::default());
         workflows.register(&mut registry);
+        let jobs = Arc::new(herald_jobs::JobMetrics::default());
+        jobs.register(&mut registry);
         let state = StateGauges::default();
         state.register(&mut registry);
         Arc::new(Self {
@@ -77,6 +80,7 @@ impl Metrics {
             tls,
             webhooks,
             workflows,
+            jobs,
             state,
         })
     }
@@ -104,6 +108,11 @@ impl Metrics {
     /// The webhook service's metrics.
     pub fn webhooks(&self) -> &Arc<herald_webhooks::WebhookMetrics> {
         &self.webhooks
+    }
+
+    /// The job service's metrics.
+    pub fn jobs(&self) -> &Arc<herald_jobs::JobMetrics> {
+        &self.jobs
     }
 
     /// The workflow engine's metrics.

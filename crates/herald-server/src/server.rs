@@ -450,6 +450,7 @@ async fn start_services(
         herald_jobs::Options {
             // Pins are checked against the blobs themselves (the collector's race).
             blob_storage: Some(Arc::new(blobs.clone())),
+            metrics: Arc::clone(metrics.jobs()),
             ..options.jobs.service_options()
         },
         Arc::new(herald_jobs::SystemClock),

@@ -168,6 +168,21 @@ async fn given_submitted_job_when_worker_completes_should_notify_over_sse_long_p
     );
     // The delivery was acked with the completion: nothing comes back.
     assert!(fetch(&api, "resize", "w2", 300).await.is_empty());
+
+    // Each transition counted once, the duration observed once.
+    let metrics = api.get("/metrics").await.text().await.unwrap();
+    for expected in [
+        r#"herald_job_transitions_total{kind="submitted"} 1"#,
+        r#"herald_job_transitions_total{kind="running"} 1"#,
+        r#"herald_job_transitions_total{kind="progress"} 1"#,
+        r#"herald_job_transitions_total{kind="succeeded"} 1"#,
+        r#"herald_job_duration_seconds_count{status="succeeded"} 1"#,
+    ] {
+        assert!(
+            metrics.contains(expected),
+            "missing {expected:?} in:\n{metrics}"
+        );
+    }
 }
 
 /// `job[field]` as ms since the epoch, asserting it is RFC 3339 with ms in UTC.
