@@ -14,6 +14,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out_dir.join("herald_descriptor.bin"),
         prost::Message::encode_to_vec(&descriptors),
     )?;
+    // Every method's path (`/herald.v1.Events/Publish`), for metrics that
+    // label gRPC calls by method without letting unknown paths in.
+    let mut methods = Vec::new();
+    for file in &descriptors.file {
+        for service in &file.service {
+            for method in &service.method {
+                methods.push(format!(
+                    "    \"/{}.{}/{}\",\n",
+                    file.package(),
+                    service.name(),
+                    method.name()
+                ));
+            }
+        }
+    }
+    std::fs::write(
+        out_dir.join("herald_methods.rs"),
+        format!("&[\n{}]", methods.concat()),
+    )?;
     tonic_prost_build::configure()
         .bytes(".")
         .compile_fds(descriptors)?;

@@ -37,6 +37,10 @@ pub mod v1 {
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/herald_descriptor.bin"));
 
+/// The path of every `herald.v1` method (`/herald.v1.Events/Publish`), as
+/// gRPC calls them.
+pub const METHODS: &[&str] = include!(concat!(env!("OUT_DIR"), "/herald_methods.rs"));
+
 /// The `domain` of Herald's `google.rpc.ErrorInfo` details.
 pub const ERROR_DOMAIN: &str = "herald.dev";
 

@@ -393,6 +393,17 @@ fn panic_message(panic: &(dyn Any + Send)) -> &str {
         .unwrap_or("(not a string)")
 }
 
+/// The route label of a request matched as `template`: a gRPC call to a
+/// `herald.v1` method is labelled by its method's path (a bounded set),
+/// anything else by the template.
+fn grpc_route(template: &str, path: &str) -> String {
+    if template.ends_with("/{*method}") && herald_proto::METHODS.contains(&path) {
+        path.to_owned()
+    } else {
+        template.to_owned()
+    }
+}
+
 /// Counts and times every request (to its response head).
 async fn record_metrics(
     State(metrics): State<Arc<Metrics>>,
@@ -404,7 +415,7 @@ async fn record_metrics(
     let route = request
         .extensions()
         .get::<MatchedPath>()
-        .map(|matched| matched.as_str().to_owned());
+        .map(|matched| grpc_route(matched.as_str(), request.uri().path()));
     let response = next.run(request).await;
     let elapsed = started.elapsed();
     let labels = HttpLabels::new(&method, route.as_deref(), response.status());

@@ -51,7 +51,7 @@ async fn next_within(consumer: &mut herald_client::Consumer) -> herald_client::D
 
 #[tokio::test]
 async fn given_sdk_when_publishing_single_batched_and_pipelined_should_store_each_once_in_order() {
-    let (_server, client) = server_and_client().await;
+    let (server, client) = server_and_client().await;
     client
         .create_topic(TopicOptions::new("orders").partitions(4))
         .await
@@ -123,6 +123,23 @@ async fn given_sdk_when_publishing_single_batched_and_pipelined_should_store_eac
         .unwrap();
     assert!(again[0].duplicate);
     assert_eq!(again[0].offset, single[0].offset);
+
+    // gRPC calls are counted and timed by method.
+    let metrics = reqwest::get(server.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let create = r#"herald_http_request_duration_seconds_count{method="POST",route="/herald.v1.Topics/CreateTopic",status="2xx"} 1"#;
+    assert!(
+        metrics.contains(create),
+        "missing {create:?} in:\n{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"route="/herald.v1.Events/Publish""#),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
