@@ -116,12 +116,40 @@ async fn given_a_group_mid_work_when_get_metrics_should_give_its_lag_in_flight_a
         .find_map(|line| line.strip_prefix(r#"herald_topic_bytes{topic="orders"} "#))
         .expect("herald_topic_bytes for orders");
     assert!(bytes.parse::<u64>().unwrap() > 0, "{bytes}");
+    crate::support::assert_dashboard_metrics(
+        &text,
+        &[
+            "herald_group_",
+            "herald_topic_",
+            "herald_log_",
+            "herald_http_",
+        ],
+    );
 
     // A deleted group leaves the metrics at the next scrape.
     let response = api.delete("/v1/topics/orders/groups/billing").await;
     assert_eq!(response.status(), 204);
     let text = scrape(&server).await;
     assert!(!text.contains(r#"group="billing""#), "{text}");
+}
+
+/// The dashboard in `docs/grafana` queries only Herald's metric families;
+/// the tests that exercise each part check that its families exist
+/// (`support::assert_dashboard_metrics`), and together they cover every
+/// family the dashboard queries.
+#[test]
+fn given_the_grafana_dashboard_every_family_it_queries_is_checked_by_a_test() {
+    let queried = crate::support::dashboard_metrics();
+    assert!(queried.len() > 20, "{queried:?}");
+    let unchecked: Vec<&String> = queried
+        .iter()
+        .filter(|name| {
+            !crate::support::DASHBOARD_PREFIXES
+                .iter()
+                .any(|prefix| name.starts_with(prefix))
+        })
+        .collect();
+    assert!(unchecked.is_empty(), "no test checks {unchecked:?}");
 }
 
 #[tokio::test]

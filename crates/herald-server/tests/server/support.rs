@@ -575,3 +575,64 @@ pub async fn sse_frames(
     }
     frames
 }
+
+/// The prefixes of the metric families `docs/grafana/herald.json` queries,
+/// each checked by the test that exercises that part.
+pub const DASHBOARD_PREFIXES: &[&str] = &[
+    "herald_group_",
+    "herald_topic_",
+    "herald_log_",
+    "herald_http_",
+    "herald_job_",
+    "herald_webhook_",
+    "herald_workflow_",
+];
+
+/// The metric families the Grafana dashboard queries (sample suffixes
+/// `_bucket`, `_count`, `_sum` and `_total` taken off).
+pub fn dashboard_metrics() -> std::collections::BTreeSet<String> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/grafana/herald.json"
+    );
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut queried = std::collections::BTreeSet::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let mut rest = target["expr"].as_str().unwrap();
+            while let Some(start) = rest.find("herald_") {
+                let name: String = rest[start..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                    .collect();
+                rest = &rest[start + name.len()..];
+                let family = ["_bucket", "_count", "_sum", "_total"]
+                    .iter()
+                    .find_map(|suffix| name.strip_suffix(suffix))
+                    .unwrap_or(&name)
+                    .to_owned();
+                queried.insert(family);
+            }
+        }
+    }
+    queried
+}
+
+/// Asserts that every family the dashboard queries under `prefixes` is in
+/// the scraped `text` (a family shows once it has a sample).
+pub fn assert_dashboard_metrics(text: &str, prefixes: &[&str]) {
+    let families: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|line| line.split(' ').next())
+        .collect();
+    let missing: Vec<String> = dashboard_metrics()
+        .into_iter()
+        .filter(|name| prefixes.iter().any(|prefix| name.starts_with(prefix)))
+        .filter(|name| !families.contains(name.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "docs/grafana/herald.json queries {missing:?}, not in:\n{text}"
+    );
+}

@@ -277,6 +277,7 @@ async fn given_an_endpoint_created_over_rest_should_deliver_log_recover_and_dele
         )),
         "{metrics}"
     );
+    crate::support::assert_dashboard_metrics(&metrics, &["herald_webhook_"]);
 
     // Delete.
     assert_eq!(

@@ -381,6 +381,7 @@ async fn given_the_cli_should_deploy_start_and_inspect_workflows() {
             "{line} in:\n{metrics}"
         );
     }
+    crate::support::assert_dashboard_metrics(&metrics, &["herald_workflow_"]);
 }
 
 /// The history over SSE: every record in order from the first, ending after
