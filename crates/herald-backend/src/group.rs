@@ -510,6 +510,26 @@ pub struct GroupStatus {
     pub dead_letters: u64,
     /// Stream mode: the current generation.
     pub generation: u64,
+    /// What this process has done for the group since it started.
+    #[serde(default)]
+    pub counters: GroupCounters,
+}
+
+/// A group's work, counted by this process since it started (a restart
+/// starts them at zero, as Prometheus counters expect).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct GroupCounters {
+    /// Deliveries handed out (first deliveries and redeliveries).
+    pub delivered: u64,
+    /// Of those, redeliveries (attempt 2 or later).
+    pub redelivered: u64,
+    /// Deliveries acked.
+    pub acked: u64,
+    /// Deliveries nacked (to be redelivered after their delay).
+    pub nacked: u64,
+    /// Deliveries rejected (dead letters at once).
+    pub rejected: u64,
 }
 
 /// An event that exhausted its deliveries or was rejected.

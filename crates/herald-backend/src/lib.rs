@@ -40,8 +40,8 @@ use serde::Serialize;
 pub use error::{Error, Result};
 pub use group::{
     AckDurability, AckOutcome, CommitRequest, DeadLetter, Delivery, FetchRequest, FetchResponse,
-    GroupFilter, GroupInfo, GroupMode, GroupPartitionStatus, GroupSpec, GroupStatus, MemberStatus,
-    OrderBy, PartitionOffset, StartPosition,
+    GroupCounters, GroupFilter, GroupInfo, GroupMode, GroupPartitionStatus, GroupSpec, GroupStatus,
+    MemberStatus, OrderBy, PartitionOffset, StartPosition,
 };
 pub use kv::{Expect, KvDurability, KvEntry};
 pub use stream::{AppendResult, Direction, ExpectedVersion, Snapshot, StreamMetadata, StreamSlice};

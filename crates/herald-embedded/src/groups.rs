@@ -21,6 +21,7 @@ use herald_backend::PartitionOffset;
 use herald_backend::Result;
 use herald_backend::StartPosition;
 use herald_groups::GroupRuntime;
+use herald_groups::Settle;
 use herald_types::GroupName;
 use herald_types::StoredEvent;
 use herald_types::TopicName;
@@ -133,6 +134,7 @@ impl Groups for EmbeddedBackend {
             pending,
             dead_letters,
             generation,
+            counters: found.counters(),
         })
     }
 
@@ -184,7 +186,9 @@ impl Groups for EmbeddedBackend {
     ) -> Result<AckOutcome> {
         let (_, found) = self.inner.group(topic, group)?;
         let now = self.inner.now();
-        let (outcome, _) = found.settle(delivery_ids, |state, id| (state.ack(id, now), None));
+        let (outcome, _) = found.settle(delivery_ids, Settle::Ack, |state, id| {
+            (state.ack(id, now), None)
+        });
         self.inner.settled(&found, durability, false).await?;
         Ok(outcome)
     }
@@ -200,8 +204,9 @@ impl Groups for EmbeddedBackend {
         let (_, found) = self.inner.group(topic, group)?;
         let now = self.inner.now();
         let delay_ms = delay.map(|delay| u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
-        let (outcome, buried) =
-            found.settle(delivery_ids, |state, id| state.nack(id, delay_ms, now));
+        let (outcome, buried) = found.settle(delivery_ids, Settle::Nack, |state, id| {
+            state.nack(id, delay_ms, now)
+        });
         self.inner.settled(&found, durability, buried).await?;
         Ok(outcome)
     }
@@ -217,7 +222,7 @@ impl Groups for EmbeddedBackend {
         let (_, found) = self.inner.group(topic, group)?;
         let now = self.inner.now();
         let ack_wait_ms = ack_wait.map(|wait| u64::try_from(wait.as_millis()).unwrap_or(u64::MAX));
-        let (outcome, _) = found.settle(delivery_ids, |state, id| {
+        let (outcome, _) = found.settle(delivery_ids, Settle::Extend, |state, id| {
             (state.extend(id, ack_wait_ms, now), None)
         });
         self.inner.settled(&found, durability, false).await?;
@@ -234,7 +239,7 @@ impl Groups for EmbeddedBackend {
     ) -> Result<AckOutcome> {
         let (_, found) = self.inner.group(topic, group)?;
         let now = self.inner.now();
-        let (outcome, buried) = found.settle(delivery_ids, |state, id| {
+        let (outcome, buried) = found.settle(delivery_ids, Settle::Reject, |state, id| {
             let effect = state.reject(id, reason, now);
             (effect.is_some(), effect)
         });

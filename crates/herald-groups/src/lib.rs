@@ -27,8 +27,8 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use herald_backend::{
-    AckOutcome, Error, FetchRequest, FetchResponse, GroupInfo, GroupMode, GroupPartitionStatus,
-    GroupSpec, MemberStatus, ReadResult, Result,
+    AckOutcome, Error, FetchRequest, FetchResponse, GroupCounters, GroupInfo, GroupMode,
+    GroupPartitionStatus, GroupSpec, MemberStatus, ReadResult, Result,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
@@ -104,6 +104,21 @@ pub struct GroupRuntime {
     dirty: AtomicBool,
     /// One redrive at a time (it reads the list, then changes the state).
     pub redriving: tokio::sync::Mutex<()>,
+    /// What this process did for the group (metrics).
+    counters: Mutex<GroupCounters>,
+}
+
+/// Which settle [`GroupRuntime::settle`] applies, for the group's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settle {
+    /// Done with: never delivered again.
+    Ack,
+    /// Delivered again after a delay.
+    Nack,
+    /// The lease kept longer.
+    Extend,
+    /// A dead letter at once.
+    Reject,
 }
 
 /// Where a group reads its topic's events: the backend's partitions.
@@ -166,6 +181,7 @@ impl GroupRuntime {
             changed: Notify::new(),
             fetch_lock: tokio::sync::Mutex::new(()),
             dirty: AtomicBool::new(true),
+            counters: Mutex::new(GroupCounters::default()),
             redriving: tokio::sync::Mutex::new(()),
         }
     }
@@ -336,6 +352,15 @@ impl GroupRuntime {
             if !response.deliveries.is_empty() || buried {
                 self.dirty.store(true, Ordering::SeqCst);
             }
+            if !response.deliveries.is_empty() {
+                let mut counters = lock(&self.counters);
+                counters.delivered += response.deliveries.len() as u64;
+                counters.redelivered += response
+                    .deliveries
+                    .iter()
+                    .filter(|delivery| delivery.attempt > 1)
+                    .count() as u64;
+            }
             if !response.deliveries.is_empty() || Instant::now() >= deadline {
                 return Ok((response, buried));
             }
@@ -484,6 +509,7 @@ impl GroupRuntime {
     pub fn settle(
         &self,
         ids: &[String],
+        kind: Settle,
         mut apply: impl FnMut(&mut QueueState, &str) -> (bool, Option<DeadLetterEffect>),
     ) -> (AckOutcome, bool) {
         let mut outcome = AckOutcome::default();
@@ -513,6 +539,16 @@ impl GroupRuntime {
         if outcome.acked > 0 {
             self.dirty.store(true, Ordering::SeqCst);
             self.changed.notify_waiters();
+            let mut counters = lock(&self.counters);
+            let counter = match kind {
+                Settle::Ack => Some(&mut counters.acked),
+                Settle::Nack => Some(&mut counters.nacked),
+                Settle::Reject => Some(&mut counters.rejected),
+                Settle::Extend => None,
+            };
+            if let Some(counter) = counter {
+                *counter += outcome.acked;
+            }
         }
         (outcome, buried)
     }
@@ -609,6 +645,11 @@ impl GroupRuntime {
             self.changed.notify_waiters();
         }
         buried
+    }
+
+    /// What this process did for the group since it started.
+    pub fn counters(&self) -> GroupCounters {
+        *lock(&self.counters)
     }
 
     /// Positions, lag, members and counts for the status call.

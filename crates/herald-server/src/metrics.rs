@@ -158,6 +158,15 @@ struct GroupPartitionLabels {
     partition: String,
 }
 
+/// A group's counter series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GroupCountLabels {
+    topic: String,
+    group: String,
+    /// `delivered`, `redelivered`, `acked`, `nacked` or `rejected`.
+    kind: &'static str,
+}
+
 /// Gauges read from the backend at each scrape. Labels are topic, group
 /// and partition names: as many series as the operator made groups and
 /// partitions (bounded by `limits`), never per event or key.
@@ -170,6 +179,10 @@ struct StateGauges {
     members: Family<GroupLabels, Gauge>,
     topic_events: Family<TopicLabels, Gauge>,
     topic_bytes: Family<TopicLabels, Gauge>,
+    /// Counters the backend keeps per group (since the process started),
+    /// carried into Prometheus counters: the value last seen per series.
+    counts: Family<GroupCountLabels, Counter>,
+    seen: std::sync::Mutex<std::collections::HashMap<GroupCountLabels, u64>>,
 }
 
 fn gauge_value(value: u64) -> i64 {
@@ -204,6 +217,11 @@ impl StateGauges {
             self.members.clone(),
         );
         registry.register(
+            "herald_group_deliveries",
+            "Deliveries of the group by what became of them (delivered, redelivered, acked, nacked, rejected)",
+            self.counts.clone(),
+        );
+        registry.register(
             "herald_topic_events",
             "Events the topic keeps (end minus start offset, summed over partitions)",
             self.topic_events.clone(),
@@ -231,6 +249,7 @@ impl StateGauges {
         let Ok(topics) = backend.list_topics().await else {
             return;
         };
+        let mut counted = Vec::new();
         for info in topics {
             let topic = &info.spec.name;
             let labels = TopicLabels {
@@ -276,6 +295,23 @@ impl StateGauges {
                 self.members
                     .get_or_create(&labels)
                     .set(gauge_value(status.members.len() as u64));
+                let counters = status.counters;
+                for (kind, value) in [
+                    ("delivered", counters.delivered),
+                    ("redelivered", counters.redelivered),
+                    ("acked", counters.acked),
+                    ("nacked", counters.nacked),
+                    ("rejected", counters.rejected),
+                ] {
+                    counted.push((
+                        GroupCountLabels {
+                            topic: labels.topic.clone(),
+                            group: labels.group.clone(),
+                            kind,
+                        },
+                        value,
+                    ));
+                }
                 for partition in &status.partitions {
                     let labels = GroupPartitionLabels {
                         topic: labels.topic.clone(),
@@ -288,6 +324,34 @@ impl StateGauges {
                 }
             }
         }
+        self.count(counted);
+    }
+
+    /// Moves each group counter to the backend's value; a value below the
+    /// last seen (the group made anew) starts its series again, and groups
+    /// gone since the last scrape drop out.
+    fn count(&self, counted: Vec<(GroupCountLabels, u64)>) {
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut now = std::collections::HashMap::with_capacity(counted.len());
+        for (labels, value) in counted {
+            match seen.get(&labels) {
+                Some(&last) if value >= last => {
+                    self.counts.get_or_create(&labels).inc_by(value - last);
+                }
+                _ => {
+                    self.counts.remove(&labels);
+                    self.counts.get_or_create(&labels).inc_by(value);
+                }
+            }
+            now.insert(labels, value);
+        }
+        for gone in seen.keys().filter(|labels| !now.contains_key(*labels)) {
+            self.counts.remove(gone);
+        }
+        *seen = now;
     }
 }
 

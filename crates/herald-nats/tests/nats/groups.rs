@@ -10,7 +10,7 @@ use herald_backend::{
     Backend, Events, FetchRequest, GroupInfo, GroupMode, GroupSpec, StartPosition, TopicSpec,
     Topics,
 };
-use herald_groups::{Budget, GroupRuntime, Source};
+use herald_groups::{Budget, GroupRuntime, Settle, Source};
 use herald_types::{EventInput, TopicName};
 
 use crate::{Server, connect, keyed, nats_available, now_ms};
@@ -95,7 +95,8 @@ async fn keyed_and_queue_groups_run_over_nats_partitions() {
             delivered += deliveries.len();
             let ids: Vec<String> = deliveries.into_iter().map(|d| d.delivery_id).collect();
             let now = now_ms();
-            let (outcome, _) = keyed_group.settle(&ids, |state, id| (state.ack(id, now), None));
+            let (outcome, _) =
+                keyed_group.settle(&ids, Settle::Ack, |state, id| (state.ack(id, now), None));
             assert_eq!(outcome.acked as usize, ids.len());
         }
     }
@@ -114,7 +115,7 @@ async fn keyed_and_queue_groups_run_over_nats_partitions() {
         drained += deliveries.len();
         let ids: Vec<String> = deliveries.into_iter().map(|d| d.delivery_id).collect();
         let now = now_ms();
-        queue_group.settle(&ids, |state, id| (state.ack(id, now), None));
+        queue_group.settle(&ids, Settle::Ack, |state, id| (state.ack(id, now), None));
     }
     let publisher = {
         let (backend, orders) = (Arc::clone(&backend), orders.clone());
