@@ -443,6 +443,17 @@ pub struct HealthIssue {
     pub since_ms: i64,
 }
 
+/// What [`Backend::storage_stats`] reports of one topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicStorageStats {
+    /// The topic.
+    pub topic: TopicName,
+    /// Segment files over its partitions.
+    pub segments: u64,
+    /// Event ids in its dedup window.
+    pub dedup_ids: u64,
+}
+
 /// A whole backend.
 #[async_trait]
 pub trait Backend: Topics + Events + Groups + Kv + Streams + std::fmt::Debug {
@@ -455,6 +466,13 @@ pub trait Backend: Topics + Events + Groups + Kv + Streams + std::fmt::Debug {
     /// disk works again; so is group state that has failed to persist for a
     /// while (acks made since would be lost to a crash).
     fn health(&self) -> Vec<HealthIssue> {
+        Vec::new()
+    }
+
+    /// Storage figures per topic that only the backend knows (segment
+    /// files, ids in the dedup window), for metrics; empty where the
+    /// backend has none to give (the NATS server reports its own).
+    fn storage_stats(&self) -> Vec<TopicStorageStats> {
         Vec::new()
     }
 

@@ -212,8 +212,7 @@ impl Dedup {
     }
 
     /// Ids in the window (done or pending).
-    #[cfg(test)]
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.shards.iter().map(HashMap::len).sum()
     }
 }

@@ -697,6 +697,21 @@ impl Backend for EmbeddedBackend {
         issues
     }
 
+    fn storage_stats(&self) -> Vec<herald_backend::TopicStorageStats> {
+        self.inner
+            .topic_list()
+            .iter()
+            .map(|topic| {
+                let (segments, dedup_ids) = topic.storage_stats();
+                herald_backend::TopicStorageStats {
+                    topic: topic.name.clone(),
+                    segments,
+                    dedup_ids,
+                }
+            })
+            .collect()
+    }
+
     async fn shutdown(&self) -> Result<()> {
         let inner = &self.inner;
         if inner.closed.swap(true, Ordering::SeqCst) {

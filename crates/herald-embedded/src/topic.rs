@@ -158,6 +158,16 @@ impl TopicRuntime {
             })
     }
 
+    /// Segment files over the partitions, and ids in the dedup window.
+    pub(crate) fn storage_stats(&self) -> (u64, u64) {
+        let segments = self
+            .partitions
+            .iter()
+            .map(|handle| handle.reader().segment_count() as u64)
+            .sum();
+        (segments, lock(&self.dedup).len() as u64)
+    }
+
     /// One past the last event, per partition.
     pub(crate) fn end_offsets(&self) -> Vec<u64> {
         self.partitions

@@ -1916,6 +1916,11 @@ impl LogReader {
         *self.shared.end.borrow()
     }
 
+    /// How many segment files the log has.
+    pub fn segment_count(&self) -> usize {
+        self.shared.read_state().segments.len()
+    }
+
     /// Total bytes of the log's segments.
     pub fn size_bytes(&self) -> u64 {
         self.shared

@@ -179,6 +179,8 @@ struct StateGauges {
     members: Family<GroupLabels, Gauge>,
     topic_events: Family<TopicLabels, Gauge>,
     topic_bytes: Family<TopicLabels, Gauge>,
+    topic_segments: Family<TopicLabels, Gauge>,
+    topic_dedup_ids: Family<TopicLabels, Gauge>,
     /// Counters the backend keeps per group (since the process started),
     /// carried into Prometheus counters: the value last seen per series.
     counts: Family<GroupCountLabels, Counter>,
@@ -231,6 +233,16 @@ impl StateGauges {
             "Bytes the topic's partitions take in storage",
             self.topic_bytes.clone(),
         );
+        registry.register(
+            "herald_topic_segments",
+            "Segment files of the topic's partitions (embedded backend)",
+            self.topic_segments.clone(),
+        );
+        registry.register(
+            "herald_topic_dedup_ids",
+            "Event ids in the topic's dedup window (embedded backend)",
+            self.topic_dedup_ids.clone(),
+        );
     }
 
     async fn refresh(&self, backend: &dyn Backend) {
@@ -246,6 +258,19 @@ impl StateGauges {
         }
         self.topic_events.clear();
         self.topic_bytes.clear();
+        self.topic_segments.clear();
+        self.topic_dedup_ids.clear();
+        for stats in backend.storage_stats() {
+            let labels = TopicLabels {
+                topic: stats.topic.to_string(),
+            };
+            self.topic_segments
+                .get_or_create(&labels)
+                .set(gauge_value(stats.segments));
+            self.topic_dedup_ids
+                .get_or_create(&labels)
+                .set(gauge_value(stats.dedup_ids));
+        }
         let Ok(topics) = backend.list_topics().await else {
             return;
         };

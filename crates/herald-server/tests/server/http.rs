@@ -108,6 +108,8 @@ async fn given_a_group_mid_work_when_get_metrics_should_give_its_lag_in_flight_a
         r#"herald_group_dead_letters_held{topic="orders",group="billing"} 1"#,
         r#"herald_group_members{topic="orders",group="billing"} 1"#,
         r#"herald_topic_events{topic="orders"} 10"#,
+        r#"herald_topic_segments{topic="orders"} 1"#,
+        r#"herald_topic_dedup_ids{topic="orders"} 10"#,
         r#"herald_group_deliveries_total{topic="orders",group="billing",kind="delivered"} 4"#,
         r#"herald_group_deliveries_total{topic="orders",group="billing",kind="redelivered"} 0"#,
         r#"herald_group_deliveries_total{topic="orders",group="billing",kind="acked"} 2"#,
