@@ -44,6 +44,9 @@ pub(crate) enum Failure {
     Api(ApiError),
     /// No stream listens on the subject (no responders).
     NoStream,
+    /// A message is larger than the server's `max_payload`; nothing of
+    /// the batch was stored.
+    TooLarge,
     /// No answer, or none that could be read.
     Transport(String),
 }
@@ -57,6 +60,7 @@ impl std::fmt::Display for Failure {
                 error.description, error.code, error.err_code
             ),
             Self::NoStream => f.write_str("no stream for the subject"),
+            Self::TooLarge => f.write_str("a message is larger than the server's max_payload"),
             Self::Transport(detail) => f.write_str(detail),
         }
     }
@@ -113,6 +117,7 @@ pub(crate) async fn publish(
     .map_err(|_| Failure::Transport("no acknowledgement in time".into()))?
     .map_err(|error| match error.kind() {
         async_nats::RequestErrorKind::NoResponders => Failure::NoStream,
+        async_nats::RequestErrorKind::MaxPayloadExceeded => Failure::TooLarge,
         _ => Failure::Transport(error.to_string()),
     })?;
     parse(&reply.payload)
@@ -150,7 +155,10 @@ pub(crate) async fn publish_batch(
         client
             .publish_with_headers(message.subject, message.headers, message.payload)
             .await
-            .map_err(|error| Failure::Transport(error.to_string()))?;
+            .map_err(|error| match error.kind() {
+                async_nats::PublishErrorKind::MaxPayloadExceeded => Failure::TooLarge,
+                _ => Failure::Transport(error.to_string()),
+            })?;
     }
     sequence += 1;
     last.headers.insert("Nats-Batch-Id", batch.as_str());

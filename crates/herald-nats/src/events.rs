@@ -211,6 +211,16 @@ impl Inner {
                         self.repair_partition(topic, partition).await?;
                         repaired = true;
                     }
+                    Err(Failure::TooLarge) => {
+                        return Err(Error::PayloadTooLarge {
+                            size: chunk
+                                .iter()
+                                .map(|input| input.event.encoded_len())
+                                .max()
+                                .unwrap_or(0),
+                            max: self.client.max_payload(),
+                        });
+                    }
                     Err(Failure::Api(error))
                         if chunk.len() > 1 && dedup && error.is_duplicate() =>
                     {

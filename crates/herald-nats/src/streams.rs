@@ -282,6 +282,16 @@ impl Inner {
                 Err(Failure::NoStream) => {
                     self.repair_partition(&place.topic, place.partition).await?;
                 }
+                Err(Failure::TooLarge) => {
+                    return Err(Error::PayloadTooLarge {
+                        size: events
+                            .iter()
+                            .map(|input| input.event.encoded_len())
+                            .max()
+                            .unwrap_or(0),
+                        max: self.client.max_payload(),
+                    });
+                }
                 Err(error) => return Err(unavailable("stream append", error)),
             }
         }

@@ -222,3 +222,37 @@ checks!(
     publish_dedup_and_stream_appends_answer_the_same_after_a_restart,
     a_changed_dedup_window_answers_as_after_a_restart,
 );
+
+/// An event the topic accepts but the NATS server's `max_payload` does not
+/// is refused as too large, and nothing of its publish is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_above_the_servers_max_payload_is_refused_as_too_large() {
+    use herald_backend::{Error, Events, Topics};
+    if !nats_available() {
+        return;
+    }
+    let server = Server::start();
+    let backend = connect(&server.url).await;
+    let topic: herald_types::TopicName = "big".parse().unwrap();
+    let mut spec = herald_backend::TopicSpec::new(topic.clone());
+    spec.max_event_bytes = 16 * 1024 * 1024;
+    backend.create_topic(spec).await.unwrap();
+    let mut large = keyed("large", "k");
+    // Past the test server's 8 MB `max_payload`.
+    large.event.data = Some(bytes::Bytes::from(vec![b'x'; 9 * 1024 * 1024]));
+    for events in [vec![large.clone()], vec![keyed("small", "k"), large]] {
+        match backend.publish(&topic, events).await {
+            Err(Error::PayloadTooLarge { size, max }) => {
+                assert!(size > max, "{size} > {max}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let stored = backend.describe_topic(&topic).await.unwrap();
+    assert_eq!(stored.partition_info[0].end_offset, 0, "nothing stored");
+    backend
+        .publish(&topic, vec![keyed("small", "k")])
+        .await
+        .unwrap();
+    backend.shutdown().await.unwrap();
+}
