@@ -39,8 +39,14 @@ pub(crate) struct Extent {
     pub(crate) bytes: u64,
 }
 
-/// About how many bytes one read asks for.
+/// About how many bytes one read asks for at most.
 const READ_BYTES: usize = 1024 * 1024;
+
+/// About what a read of `max` events needs (2 KiB each, 64 KiB to
+/// [`READ_BYTES`]), as the embedded backend reads.
+pub(crate) fn read_bytes(max: usize) -> usize {
+    max.saturating_mul(2048).clamp(64 * 1024, READ_BYTES)
+}
 
 impl Inner {
     /// The API prefix of direct gets.
@@ -60,19 +66,18 @@ impl Inner {
         partition: u32,
         name: &str,
     ) -> Result<Extent> {
-        let info = match self.js.get_stream(name).await {
-            Ok(mut stream) => stream.info().await.map(|info| info.state.clone()),
+        // `get_stream` asks for the stream's info: its state is in it.
+        let stream = match self.js.get_stream(name).await {
+            Ok(stream) => stream,
             Err(_) => {
                 self.repair_partition(topic, partition).await?;
-                let mut stream = self
-                    .js
+                self.js
                     .get_stream(name)
                     .await
-                    .map_err(|error| unavailable("partition stream", error))?;
-                stream.info().await.map(|info| info.state.clone())
+                    .map_err(|error| unavailable("partition stream", error))?
             }
-        }
-        .map_err(|error| unavailable("partition stream", error))?;
+        };
+        let info = &stream.cached_info().state;
         Ok(Extent {
             first_sequence: info.first_sequence,
             last_sequence: info.last_sequence,
@@ -357,7 +362,7 @@ impl Events for NatsBackend {
         max: usize,
     ) -> Result<ReadResult> {
         let runtime = self.inner.topic(topic).await?;
-        let max_bytes = max.saturating_mul(2048).clamp(64 * 1024, READ_BYTES);
+        let max_bytes = read_bytes(max);
         self.inner
             .read_partition(&runtime, partition, from, max, max_bytes)
             .await

@@ -14,7 +14,7 @@ use herald_groups::Source;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use crate::events::stored_sequence;
+use crate::events::{read_bytes, stored_sequence};
 use crate::topic::Topic;
 use crate::{Inner, unavailable};
 
@@ -93,9 +93,8 @@ impl Source for PartitionSource {
     }
 
     async fn read(&self, partition: u32, from: u64, max: usize) -> Result<ReadResult> {
-        let max_bytes = max.saturating_mul(2048).clamp(64 * 1024, 1024 * 1024);
         self.inner
-            .read_partition(&self.topic, partition, from, max, max_bytes)
+            .read_partition(&self.topic, partition, from, max, read_bytes(max))
             .await
     }
 
