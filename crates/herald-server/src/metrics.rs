@@ -246,20 +246,23 @@ impl StateGauges {
     }
 
     async fn refresh(&self, backend: &dyn Backend) {
-        let families = [
+        self.lag.clear();
+        for family in [
             &self.in_flight,
             &self.pending,
             &self.dead_letters,
             &self.members,
-        ];
-        self.lag.clear();
-        for family in families {
+        ] {
             family.clear();
         }
-        self.topic_events.clear();
-        self.topic_bytes.clear();
-        self.topic_segments.clear();
-        self.topic_dedup_ids.clear();
+        for family in [
+            &self.topic_events,
+            &self.topic_bytes,
+            &self.topic_segments,
+            &self.topic_dedup_ids,
+        ] {
+            family.clear();
+        }
         for stats in backend.storage_stats() {
             let labels = TopicLabels {
                 topic: stats.topic.to_string(),
