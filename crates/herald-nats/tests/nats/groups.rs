@@ -117,26 +117,38 @@ async fn keyed_and_queue_groups_run_over_nats_partitions() {
         let now = now_ms();
         queue_group.settle(&ids, Settle::Ack, |state, id| (state.ack(id, now), None));
     }
+    // Caught up, it long-polls (60 s each) while events arrive one at a
+    // time: a poll that slept through one would miss the 30 s bound.
+    const LATE: usize = 20;
     let publisher = {
         let (backend, orders) = (Arc::clone(&backend), orders.clone());
         tokio::spawn(async move {
-            // Published once the fetch below is waiting (it waits up to
-            // 20 s; this lands within the first).
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            backend
-                .publish(&orders, vec![keyed("late", "k0")])
-                .await
-                .unwrap();
+            for index in 0..LATE {
+                let late = keyed(&format!("late{index}"), "k0");
+                backend.publish(&orders, vec![late]).await.unwrap();
+            }
         })
     };
-    let started = Instant::now();
-    let late = fetch(&queue_group, &*source, "m1", 20_000).await;
+    let woken = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut received = 0;
+        while received < LATE {
+            let deliveries = fetch(&queue_group, &*source, "m1", 60_000).await;
+            received += deliveries.len();
+            let ids: Vec<String> = deliveries.into_iter().map(|d| d.delivery_id).collect();
+            let now = now_ms();
+            queue_group.settle(&ids, Settle::Ack, |state, id| (state.ack(id, now), None));
+        }
+        received
+    })
+    .await;
     publisher.await.unwrap();
-    assert_eq!(late.len(), 1);
-    assert_eq!(late[0].event.event.id, "late");
+    assert_eq!(
+        woken.ok(),
+        Some(LATE),
+        "a long poll slept through new events"
+    );
     println!(
-        "groups over NATS: 60 keyed deliveries in order per key over 2 members, 60 queue deliveries, a long poll woken after {:?}",
-        started.elapsed()
+        "groups over NATS: 60 keyed deliveries in order per key over 2 members, 60 queue deliveries, {LATE} more by long polls woken as they were stored"
     );
     backend.shutdown().await.unwrap();
 }
