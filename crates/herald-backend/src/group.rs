@@ -406,7 +406,7 @@ impl FetchRequest {
 }
 
 /// One delivery of an event to a member.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Delivery {
     /// Opaque id to ack, nack, extend or reject this delivery with.
@@ -418,7 +418,7 @@ pub struct Delivery {
 }
 
 /// What a fetch returns.
-#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FetchResponse {
     /// The deliveries, possibly none.
@@ -533,7 +533,7 @@ pub struct GroupCounters {
 }
 
 /// An event that exhausted its deliveries or was rejected.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeadLetter {
     /// The dead letter's id in the group's list (for redrive).
     pub id: u64,

@@ -8,11 +8,9 @@ use crate::meta::DeadLetterRecord;
 use herald_backend::PartitionOffset;
 use herald_backend::Result;
 use herald_groups::DeadLetterEffect;
-use herald_types::Event;
+use herald_groups::dead_letter_copy;
 use herald_types::EventInput;
-use herald_types::ExtensionValue;
 use herald_types::GroupName;
-use herald_types::StoredEvent;
 use herald_types::TopicName;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -73,7 +71,13 @@ impl Inner {
                 continue;
             };
             let batch = batches.entry(target).or_default();
-            batch.0.push(dead_letter_copy(&event, &group, &record, id));
+            batch.0.push(dead_letter_copy(
+                &event,
+                &group,
+                &record.reason,
+                record.attempts,
+                id,
+            ));
             batch.1.push((key, id));
         }
         let now = self.now();
@@ -125,53 +129,6 @@ pub(crate) fn dead_letter_record(effect: &DeadLetterEffect) -> DeadLetterRecord 
         reason: effect.reason.clone(),
         attempts: effect.attempts,
         dead_at: effect.dead_at,
-    }
-}
-
-/// The event published to a dead-letter topic: the original, with extensions
-/// saying where it came from and why, and an id derived from the dead
-/// letter (`<topic>.<partition>.<offset>.<group>.<dead-letter id>`): the same
-/// for every attempt to publish it, so the dead-letter topic's dedup window
-/// drops a copy published again after a crash.
-pub(crate) fn dead_letter_copy(
-    original: &StoredEvent,
-    group: &GroupName,
-    record: &DeadLetterRecord,
-    id: u64,
-) -> EventInput {
-    let mut event: Event = original.event.clone();
-    event.id = format!(
-        "{}.{}.{}.{}.{}",
-        original.topic, original.partition, original.offset, group, id
-    );
-    event.deliver_at = None;
-    let extensions = [
-        (
-            "dltopic",
-            ExtensionValue::String(original.topic.to_string()),
-        ),
-        ("dlgroup", ExtensionValue::String(group.to_string())),
-        (
-            "dlpartition",
-            ExtensionValue::Integer(i64::from(original.partition)),
-        ),
-        (
-            "dloffset",
-            ExtensionValue::Integer(i64::try_from(original.offset).unwrap_or(i64::MAX)),
-        ),
-        ("dlreason", ExtensionValue::String(record.reason.clone())),
-        (
-            "dlattempts",
-            ExtensionValue::Integer(i64::from(record.attempts)),
-        ),
-        ("dlid", ExtensionValue::String(original.event.id.clone())),
-    ];
-    for (name, value) in extensions {
-        event.extensions.insert(name.to_owned(), value);
-    }
-    EventInput {
-        event,
-        partition: None,
     }
 }
 

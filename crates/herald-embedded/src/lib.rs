@@ -139,9 +139,9 @@ use tracing::{error, info, warn};
 
 use dead_letters::copy_loop;
 use erasure::compaction_loop;
-use herald_groups::{GroupRuntime, Snapshot};
+use herald_groups::{Flusher, GroupRuntime, Snapshot};
 use meta::Meta;
-use persist::{Flusher, flush_loop, timer_loop};
+use persist::{flush_loop, timer_loop};
 use stream::{StreamStore, TopicStreams};
 use topic::TopicRuntime;
 

@@ -14,8 +14,6 @@ use herald_groups::GroupRuntime;
 use herald_types::TopicName;
 use std::sync::Arc;
 use std::sync::PoisonError;
-use std::sync::atomic::AtomicU64;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::error;
@@ -28,38 +26,13 @@ use tracing::warn;
 /// that stays broken.
 const FLUSH_DEGRADED_AFTER_MS: i64 = 5_000;
 
-/// Group commit of group state: callers that need their changes persisted
-/// take a ticket and wait for a `group-flush` round that started after it.
-#[derive(Debug)]
-pub(crate) struct Flusher {
-    /// Tickets given out.
-    requested: AtomicU64,
-    /// Wakes the flush task early.
-    wake: tokio::sync::Notify,
-    /// The last round: the highest ticket it covered and its outcome.
-    rounds: tokio::sync::watch::Sender<(u64, Result<()>)>,
-}
-
-impl Flusher {
-    pub(crate) fn new() -> Self {
-        Self {
-            requested: AtomicU64::new(0),
-            wake: tokio::sync::Notify::new(),
-            rounds: tokio::sync::watch::Sender::new((0, Ok(()))),
-        }
-    }
-}
-
 impl Inner {
     /// The flush at shutdown (the `group-flush` task stopped): callers
     /// still waiting for a round get this one.
     pub(crate) async fn last_flush(&self) -> Result<()> {
         let flushed = self.flush().await;
         self.record_flush(&flushed);
-        let last = flushed.clone();
-        self.flusher
-            .rounds
-            .send_modify(|round| *round = (u64::MAX, last));
+        self.flusher.close(flushed.clone());
         flushed
     }
 
@@ -135,31 +108,14 @@ impl Inner {
     /// a round (one transaction). The round runs in that task, so a caller
     /// that goes away changes nothing.
     pub(crate) async fn persist_now(&self) -> Result<()> {
-        let mut rounds = self.flusher.rounds.subscribe();
-        let ticket = self.flusher.requested.fetch_add(1, Ordering::SeqCst) + 1;
-        self.flusher.wake.notify_one();
-        loop {
-            {
-                let round = rounds.borrow_and_update();
-                if round.0 >= ticket {
-                    return round.1.clone();
-                }
-            }
-            if rounds.changed().await.is_err() {
-                return Err(Error::ShuttingDown);
-            }
-        }
+        self.flusher.persist_now().await
     }
 
     /// Asks for a flush round soon, without waiting for it.
     pub(crate) fn kick_flush(&self) {
-        self.flusher.wake.notify_one();
+        self.flusher.kick();
     }
 
-    /// After a settle: persists before returning if the call or the group
-    /// wants it (`sync`), or if it produced dead letters (recorded before
-    /// the call returns). A failed persist fails a sync call; otherwise the
-    /// next round retries it.
     pub(crate) async fn settled(
         &self,
         group: &GroupRuntime,
@@ -278,15 +234,17 @@ pub(crate) async fn flush_loop(inner: Arc<Inner>, interval: Duration, cancel: Ca
         tokio::select! {
             () = cancel.cancelled() => return,
             () = tick => {}
-            () = inner.flusher.wake.notified() => {}
+            () = inner.flusher.asked() => {}
         }
-        let covered = inner.flusher.requested.load(Ordering::SeqCst);
-        let result = inner.flush().await;
-        inner.record_flush(&result);
-        inner
+        let result = inner
             .flusher
-            .rounds
-            .send_modify(|round| *round = (covered, result));
+            .round(async {
+                let result = inner.flush().await;
+                inner.record_flush(&result);
+                result
+            })
+            .await;
+        drop(result);
     }
 }
 

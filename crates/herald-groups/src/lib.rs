@@ -18,6 +18,7 @@
 //! the persisted state never has an event finished without its dead letter
 //! (or redriven while still listed).
 
+pub mod flusher;
 pub mod queue;
 pub mod ranges;
 pub mod stream;
@@ -33,6 +34,8 @@ use herald_backend::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
+pub use flusher::Flusher;
+use herald_types::{EventInput, ExtensionValue, GroupName, StoredEvent};
 pub use queue::{Budget, DeadLetterEffect, Memory};
 use queue::{QueueSnapshot, QueueState};
 use stream::{StreamSnapshot, StreamState};
@@ -109,7 +112,7 @@ pub struct GroupRuntime {
 }
 
 /// Which settle [`GroupRuntime::settle`] applies, for the group's counters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Settle {
     /// Done with: never delivered again.
     Ack,
@@ -707,5 +710,50 @@ impl GroupRuntime {
             })
             .collect();
         (members, partitions, in_flight, pending, generation)
+    }
+}
+
+/// The event published to a dead-letter topic: the original, with extensions
+/// saying where it came from and why, and an id derived from the dead
+/// letter (`<topic>.<partition>.<offset>.<group>.<dead-letter id>`): the same
+/// for every attempt to publish it, so the dead-letter topic's dedup window
+/// drops a copy published again after a crash.
+pub fn dead_letter_copy(
+    original: &StoredEvent,
+    group: &GroupName,
+    reason: &str,
+    attempts: u32,
+    id: u64,
+) -> EventInput {
+    let mut event: herald_types::Event = original.event.clone();
+    event.id = format!(
+        "{}.{}.{}.{}.{}",
+        original.topic, original.partition, original.offset, group, id
+    );
+    event.deliver_at = None;
+    let extensions = [
+        (
+            "dltopic",
+            ExtensionValue::String(original.topic.to_string()),
+        ),
+        ("dlgroup", ExtensionValue::String(group.to_string())),
+        (
+            "dlpartition",
+            ExtensionValue::Integer(i64::from(original.partition)),
+        ),
+        (
+            "dloffset",
+            ExtensionValue::Integer(i64::try_from(original.offset).unwrap_or(i64::MAX)),
+        ),
+        ("dlreason", ExtensionValue::String(reason.to_owned())),
+        ("dlattempts", ExtensionValue::Integer(i64::from(attempts))),
+        ("dlid", ExtensionValue::String(original.event.id.clone())),
+    ];
+    for (name, value) in extensions {
+        event.extensions.insert(name.to_owned(), value);
+    }
+    EventInput {
+        event,
+        partition: None,
     }
 }

@@ -278,14 +278,14 @@ pub(crate) fn decode(
     })
 }
 
-#[async_trait]
-impl Events for NatsBackend {
-    async fn publish(
+/// The operations of [`Events`] the backend's own machinery uses too.
+impl Inner {
+    pub(crate) async fn publish(
         &self,
         topic: &TopicName,
         events: Vec<EventInput>,
     ) -> Result<Vec<PublishResult>> {
-        let inner = &self.inner;
+        let inner = self;
         let runtime = inner.topic(topic).await?;
         let spec = &runtime.info.spec;
         spec.check_events(&events)?;
@@ -354,27 +354,13 @@ impl Events for NatsBackend {
         Ok(results)
     }
 
-    async fn read(
-        &self,
-        topic: &TopicName,
-        partition: u32,
-        from: u64,
-        max: usize,
-    ) -> Result<ReadResult> {
-        let runtime = self.inner.topic(topic).await?;
-        let max_bytes = read_bytes(max);
-        self.inner
-            .read_partition(&runtime, partition, from, max, max_bytes)
-            .await
-    }
-
-    async fn offset_for_time(
+    pub(crate) async fn offset_for_time(
         &self,
         topic: &TopicName,
         partition: u32,
         time_ms: i64,
     ) -> Result<u64> {
-        let inner = &self.inner;
+        let inner = self;
         let runtime = inner.topic(topic).await?;
         let index = Inner::partition_of(&runtime, topic, partition)?;
         let found = api::direct_get_batch(
@@ -398,6 +384,40 @@ impl Events for NatsBackend {
                 .await?
                 .last_sequence),
         }
+    }
+}
+
+#[async_trait]
+impl Events for NatsBackend {
+    async fn publish(
+        &self,
+        topic: &TopicName,
+        events: Vec<EventInput>,
+    ) -> Result<Vec<PublishResult>> {
+        self.inner.publish(topic, events).await
+    }
+
+    async fn read(
+        &self,
+        topic: &TopicName,
+        partition: u32,
+        from: u64,
+        max: usize,
+    ) -> Result<ReadResult> {
+        let runtime = self.inner.topic(topic).await?;
+        let max_bytes = read_bytes(max);
+        self.inner
+            .read_partition(&runtime, partition, from, max, max_bytes)
+            .await
+    }
+
+    async fn offset_for_time(
+        &self,
+        topic: &TopicName,
+        partition: u32,
+        time_ms: i64,
+    ) -> Result<u64> {
+        self.inner.offset_for_time(topic, partition, time_ms).await
     }
 
     async fn wait_for(

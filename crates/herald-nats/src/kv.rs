@@ -15,7 +15,6 @@ use async_nats::jetstream::message::StreamMessage;
 use async_nats::jetstream::stream::{Config, DiscardPolicy, StorageType};
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::TryStreamExt;
 use herald_backend::{Error, Expect, Kv, KvDurability, KvEntry, Result};
 
 use crate::api::{self, Failure, Outgoing, WRONG_LAST_SEQUENCE};
@@ -108,7 +107,7 @@ impl Inner {
         Ok(found(last, "key-value read")?.map_or(Last::Absent, last_of))
     }
 
-    fn kv_message(&self, bucket: &str, key: &str, value: Option<Bytes>) -> Outgoing {
+    pub(crate) fn kv_message(&self, bucket: &str, key: &str, value: Option<Bytes>) -> Outgoing {
         let mut headers = HeaderMap::new();
         let payload = match value {
             Some(value) => value,
@@ -279,6 +278,10 @@ impl Inner {
         Ok(deleted)
     }
 
+    /// Keys of `bucket` starting with `prefix`, after `after`, in order:
+    /// one pass over the bucket's messages (batched direct gets filtered by
+    /// the bucket's subjects; one message per key, so a tombstone is seen
+    /// as such without reading its key again).
     pub(crate) async fn kv_keys(
         &self,
         bucket: &str,
@@ -286,36 +289,50 @@ impl Inner {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<String>> {
-        let inner = self;
-        inner.check_open()?;
-        let stream = inner.stream(&inner.names.kv_stream()).await?;
-        let mut candidates: Vec<String> = stream
-            .info_with_subjects(inner.names.kv_bucket_filter(bucket))
+        self.check_open()?;
+        let stream = self.names.kv_stream();
+        let filter = self.names.kv_bucket_filter(bucket);
+        let mut keys = Vec::new();
+        let mut from = 1;
+        loop {
+            let messages = api::direct_get_batch(
+                &self.client,
+                self.api_prefix(),
+                api::Batch {
+                    stream: &stream,
+                    start: api::Start::Sequence(from),
+                    max: KEYS_BATCH,
+                    max_bytes: None,
+                    subject: Some(&filter),
+                },
+                self.timeout(),
+            )
             .await
-            .map_err(|error| unavailable("key-value listing", error))?
-            .map_ok(|(subject, _count)| subject)
-            .try_collect::<Vec<String>>()
-            .await
-            .map_err(|error| unavailable("key-value listing", error))?
-            .into_iter()
-            .filter_map(|subject| inner.names.kv_key(bucket, &subject))
-            .filter(|key| key.starts_with(prefix) && after.is_none_or(|after| key.as_str() > after))
-            .collect();
-        candidates.sort_unstable();
-        // Subjects whose last message is a tombstone are listed too until
-        // it expires: leave them out.
-        let mut keys = Vec::with_capacity(limit.min(candidates.len()));
-        for key in candidates {
-            if keys.len() >= limit {
+            .map_err(|error| unavailable("key-value listing", error))?;
+            let Some(last) = messages.last() else {
                 break;
-            }
-            if let Last::Value(_) = inner.kv_last(bucket, &key).await? {
-                keys.push(key);
+            };
+            from = last.sequence + 1;
+            for message in messages {
+                let Some(key) = self.names.kv_key(bucket, &message.subject) else {
+                    continue;
+                };
+                if key.starts_with(prefix)
+                    && after.is_none_or(|after| key.as_str() > after)
+                    && matches!(last_of(message), Last::Value(_))
+                {
+                    keys.push(key);
+                }
             }
         }
+        keys.sort_unstable();
+        keys.truncate(limit);
         Ok(keys)
     }
 }
+
+/// Messages per batched direct get of a key listing.
+const KEYS_BATCH: usize = 1000;
 
 #[async_trait]
 impl Kv for NatsBackend {
@@ -366,5 +383,53 @@ impl Inner {
             messages = rest;
         }
         Ok(())
+    }
+}
+
+/// One write of [`Inner::kv_write_many`]: `value` (a delete for `None`) at
+/// `key` of `bucket`, if the key is as `expect` says.
+#[derive(Debug)]
+pub(crate) struct KvWrite {
+    pub bucket: &'static str,
+    pub key: String,
+    pub value: Option<Bytes>,
+    pub expect: Expect,
+}
+
+impl Inner {
+    /// Writes `writes` in one atomic batch (at most [`api::MAX_BATCH`]),
+    /// each under its expectation: `Ok(Some(revision))` of the last write,
+    /// or `Ok(None)` if an expectation failed (nothing was written).
+    pub(crate) async fn kv_write_many(&self, writes: Vec<KvWrite>) -> Result<Option<u64>> {
+        self.check_open()?;
+        let mut messages = Vec::with_capacity(writes.len());
+        for write in writes {
+            let expected = match write.expect {
+                Expect::Any => None,
+                Expect::Revision(revision) => Some(revision),
+                Expect::Absent => {
+                    match self
+                        .kv_last(write.bucket, &write.key)
+                        .await?
+                        .absent_sequence()
+                    {
+                        Some(sequence) => Some(sequence),
+                        None => return Ok(None),
+                    }
+                }
+            };
+            let mut message = self.kv_message(write.bucket, &write.key, write.value);
+            if let Some(expected) = expected {
+                message
+                    .headers
+                    .insert("Nats-Expected-Last-Subject-Sequence", expected.to_string());
+            }
+            messages.push(message);
+        }
+        match api::publish_batch(&self.client, messages, self.timeout()).await {
+            Ok(ack) => Ok(Some(ack.sequence)),
+            Err(Failure::Api(error)) if error.err_code == WRONG_LAST_SEQUENCE => Ok(None),
+            Err(error) => Err(unavailable("key-value batch", error)),
+        }
     }
 }

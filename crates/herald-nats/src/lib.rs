@@ -37,6 +37,7 @@
 mod api;
 mod codec;
 mod events;
+mod group;
 mod groups;
 mod kv;
 mod names;
@@ -89,6 +90,11 @@ pub struct NatsOptions {
     pub prefix: String,
     /// How long a JetStream request may take.
     pub request_timeout: Duration,
+    /// How long a node's ownership of a consumer group lasts unrenewed:
+    /// when a node dies, its groups move to another node after this long.
+    pub group_lease: Duration,
+    /// Memory each consumer group may hold (as on the embedded backend).
+    pub group_budget: herald_groups::Budget,
 }
 
 impl NatsOptions {
@@ -107,6 +113,8 @@ impl NatsOptions {
             replicas: 1,
             prefix: "herald".into(),
             request_timeout: Duration::from_secs(10),
+            group_lease: Duration::from_secs(5),
+            group_budget: herald_groups::Budget::default(),
         }
     }
 }
@@ -128,6 +136,8 @@ struct Inner {
     /// How long a JetStream request may take.
     timeout: Duration,
     topics: Catalogue,
+    /// The consumer groups this node runs (`group.rs`).
+    groups: group::GroupHost,
     closed: AtomicBool,
 }
 
@@ -150,13 +160,6 @@ pub(crate) fn found(
         Ok(message) => Ok(Some(message)),
         Err(error) if error.kind() == jetstream::stream::DirectGetErrorKind::NotFound => Ok(None),
         Err(error) => Err(unavailable(what, error)),
-    }
-}
-
-/// A trait call this backend does not serve yet.
-pub(crate) fn not_built(what: &str) -> Error {
-    Error::Unavailable {
-        detail: format!("{what} are not on the NATS backend yet"),
     }
 }
 
@@ -235,9 +238,11 @@ impl NatsBackend {
             ),
             timeout: options.request_timeout,
             topics,
+            groups: group::GroupHost::new(options.group_lease, options.group_budget),
             closed: AtomicBool::new(false),
         });
         inner.ensure_kv_stream().await?;
+        inner.start_group_tasks();
         info!(urls = ?options.urls, prefix = %options.prefix, "NATS backend connected.");
         Ok(Self { inner })
     }
@@ -296,6 +301,12 @@ impl Backend for NatsBackend {
     }
 
     async fn shutdown(&self) -> Result<()> {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        // Group state written and leases given up while the connection is
+        // open; then no more calls.
+        let groups = self.inner.stop_groups().await;
         if self.inner.closed.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
@@ -307,6 +318,6 @@ impl Backend for NatsBackend {
             .await
             .map_err(|error| unavailable("flush", error))?;
         info!("NATS backend closed.");
-        Ok(())
+        groups
     }
 }

@@ -89,6 +89,12 @@ impl Names {
             name_token(topic.as_str())
         )
     }
+
+    /// The subject the owner of group `key` (`<topic>/<group>`) answers
+    /// forwarded calls on.
+    pub(crate) fn group_subject(&self, key: &str) -> String {
+        format!("{}.g.{}", self.prefix, key_token(key))
+    }
 }
 
 /// Where partition `partition`'s stream republishes each stored message's
@@ -102,8 +108,6 @@ pub(crate) fn stored_prefix(partition_prefix: &str) -> String {
 pub(crate) fn stream_subject(prefix: &str, stream: &str) -> String {
     format!("{prefix}.s.{}", key_token(stream))
 }
-
-impl Names {}
 
 /// A name (letters, digits, `.`, `_`, `-`) as a token; any other byte
 /// (none in a valid name) becomes `_x` and two hex digits.

@@ -311,6 +311,7 @@ impl Topics for NatsBackend {
             });
         }
         inner.topics.invalidate();
+        inner.forget_groups(topic).await?;
         for name in &current.streams {
             if let Err(error) = inner.js.delete_stream(name).await {
                 // The next create of the name replaces it.

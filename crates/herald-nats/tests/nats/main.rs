@@ -3,9 +3,7 @@
 //! server on a free port with a temp store. Without a `nats-server` the
 //! tests are skipped, except under CI.
 //!
-//! The backend conformance checks run here as far as the backend is built
-//! (topics, events, key-value, event streams); the group checks join when
-//! groups land.
+//! The whole backend conformance suite runs here, unchanged.
 
 #![allow(
     clippy::unwrap_used,
@@ -186,42 +184,9 @@ fn nats_available() -> bool {
     found
 }
 
-/// One test per conformance check, as `conformance_suite!` makes them,
-/// each skipped without a `nats-server`.
-macro_rules! checks {
-    ($($name:ident),* $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                if nats_available() {
-                    herald_backend::conformance::$name::<Nats>().await;
-                }
-            }
-        )*
-    };
-}
-
-checks!(
-    topics_are_created_listed_described_updated_and_deleted,
-    invalid_topic_settings_are_refused_and_change_nothing,
-    publish_assigns_dense_offsets_and_keys_keep_their_partition,
-    a_batch_lands_in_order_and_an_invalid_event_fails_it_whole,
-    republished_ids_within_the_window_are_not_appended_twice,
-    reads_by_offset_and_time_and_waits_for_new_events,
-    kv_compare_and_set,
-    kv_batches_are_written_and_deleted_whole_and_survive_a_restart,
-    a_publish_dropped_at_any_await_is_stored_once_and_a_republish_answers,
-    stream_appends_honour_each_expectation_and_conflicts_change_nothing,
-    stream_versions_are_dense_and_reads_page_forward_and_backward,
-    stream_metadata_and_soft_and_hard_delete,
-    stream_snapshots_are_kept_up_to_the_stream_version,
-    streams_survive_a_restart,
-    writers_racing_on_one_stream_get_one_winner_per_version,
-    a_stream_append_dropped_at_any_await_is_all_or_nothing,
-    a_hard_delete_dropped_at_any_await_is_all_or_nothing,
-    publish_dedup_and_stream_appends_answer_the_same_after_a_restart,
-    a_changed_dedup_window_answers_as_after_a_restart,
-);
+// Every conformance check, as on the embedded backend, each skipped
+// without a `nats-server`.
+herald_backend::conformance_suite!(Nats, run_if = nats_available);
 
 /// An event the topic accepts but the NATS server's `max_payload` does not
 /// is refused as too large, and nothing of its publish is stored.
