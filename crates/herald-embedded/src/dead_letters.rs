@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::error;
 use tracing::warn;
 
-use crate::groups::read_one;
+use herald_groups::read_one;
 
 /// A row of `dead_letter_copies`: the group's key and the dead letter's id.
 type CopyRow = (String, u64);
@@ -65,7 +65,7 @@ impl Inner {
                 dropped.push((key, id));
                 continue;
             }
-            let Some(event) = read_one(&source, record.original).await? else {
+            let Some(event) = read_one(&*source.runtime, record.original).await? else {
                 warn!(topic = %source.name, partition = record.original.partition, offset = record.original.offset, "A dead letter's event is gone from the log; no copy published.");
                 dropped.push((key, id));
                 continue;

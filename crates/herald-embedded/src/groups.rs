@@ -4,7 +4,6 @@
 use crate::EmbeddedBackend;
 use crate::blocking;
 use crate::meta::group_key;
-use crate::topic::TopicRuntime;
 use async_trait::async_trait;
 use herald_backend::AckDurability;
 use herald_backend::AckOutcome;
@@ -17,13 +16,12 @@ use herald_backend::GroupInfo;
 use herald_backend::GroupSpec;
 use herald_backend::GroupStatus;
 use herald_backend::Groups;
-use herald_backend::PartitionOffset;
 use herald_backend::Result;
 use herald_backend::StartPosition;
 use herald_groups::GroupRuntime;
 use herald_groups::Settle;
+use herald_groups::read_one;
 use herald_types::GroupName;
-use herald_types::StoredEvent;
 use herald_types::TopicName;
 use std::sync::Arc;
 use std::sync::PoisonError;
@@ -292,7 +290,7 @@ impl Groups for EmbeddedBackend {
         let records = blocking(move || meta.dead_letters(&key, limit)).await?;
         let mut letters = Vec::with_capacity(records.len());
         for (id, record) in records {
-            let event = read_one(&runtime, record.original).await?;
+            let event = read_one(&*runtime.runtime, record.original).await?;
             letters.push(DeadLetter {
                 id,
                 event,
@@ -329,28 +327,12 @@ impl Groups for EmbeddedBackend {
         for (id, record) in records {
             listed.push(id);
             // Gone from the log: it leaves the list, with nothing to deliver.
-            if let Some(event) = read_one(&runtime, record.original).await? {
+            if let Some(event) = read_one(&*runtime.runtime, record.original).await? {
                 events.push(event);
             }
         }
         let count = found.redrive(events, listed, self.inner.now());
         self.inner.persist_now().await?;
         Ok(count)
-    }
-}
-
-/// The event at `position`, or `None` if retention removed it.
-pub(crate) async fn read_one(
-    topic: &TopicRuntime,
-    position: PartitionOffset,
-) -> Result<Option<StoredEvent>> {
-    match topic.read(position.partition, position.offset, 1).await {
-        Ok(read) => Ok(read
-            .events
-            .into_iter()
-            .next()
-            .filter(|event| event.offset == position.offset)),
-        Err(Error::OffsetOutOfRange { .. }) => Ok(None),
-        Err(error) => Err(error),
     }
 }

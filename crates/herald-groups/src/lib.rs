@@ -757,3 +757,19 @@ pub fn dead_letter_copy(
         partition: None,
     }
 }
+
+/// The event at `position` of `source`, or `None` if retention removed it.
+pub async fn read_one(
+    source: &dyn Source,
+    position: herald_backend::PartitionOffset,
+) -> Result<Option<StoredEvent>> {
+    match source.read(position.partition, position.offset, 1).await {
+        Ok(read) => Ok(read
+            .events
+            .into_iter()
+            .next()
+            .filter(|event| event.offset == position.offset)),
+        Err(Error::OffsetOutOfRange { .. }) => Ok(None),
+        Err(error) => Err(error),
+    }
+}

@@ -39,6 +39,10 @@ pub(crate) struct Extent {
     pub(crate) bytes: u64,
 }
 
+/// How far ahead of this node's clock a seek by time still asks the
+/// server (its clock may be a little ahead).
+const FUTURE_SLACK_MS: i64 = 60_000;
+
 /// About how many bytes one read asks for at most.
 const READ_BYTES: usize = 1024 * 1024;
 
@@ -114,7 +118,7 @@ impl Inner {
             self.api_prefix(),
             api::Batch {
                 stream: &runtime.streams[index],
-                start: Start::Sequence(from + 1),
+                start: Start::Sequence(from.saturating_add(1)),
                 max,
                 max_bytes: Some(max_bytes),
                 subject: None,
@@ -142,7 +146,7 @@ impl Inner {
         if retains
             && messages
                 .first()
-                .is_none_or(|message| message.sequence > from + 1)
+                .is_none_or(|message| message.sequence > from.saturating_add(1))
         {
             let extent = self
                 .partition_state(runtime, partition, &runtime.streams[index])
@@ -363,6 +367,14 @@ impl Inner {
         let inner = self;
         let runtime = inner.topic(topic).await?;
         let index = Inner::partition_of(&runtime, topic, partition)?;
+        // Nothing is stored later than now, and the server's clock wraps
+        // past 2262 (nanoseconds in an i64): a time well ahead is the end.
+        if time_ms > crate::topics::now_ms().saturating_add(FUTURE_SLACK_MS) {
+            return Ok(inner
+                .partition_state(&runtime, partition, &runtime.streams[index])
+                .await?
+                .last_sequence);
+        }
         let found = api::direct_get_batch(
             &inner.client,
             inner.api_prefix(),

@@ -33,8 +33,10 @@ use herald_backend::{
     AckDurability, AckOutcome, CommitRequest, DeadLetter, Error, Expect, FetchRequest,
     FetchResponse, GroupInfo, GroupStatus, PartitionOffset, Result, StartPosition,
 };
-use herald_groups::{Budget, DirtyState, Flusher, GroupRuntime, Settle, Snapshot, Source};
-use herald_types::{GroupName, StoredEvent, TopicName};
+use herald_groups::{
+    Budget, DirtyState, Flusher, GroupRuntime, Settle, Snapshot, Source, read_one,
+};
+use herald_types::{GroupName, TopicName};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -432,6 +434,11 @@ impl Inner {
         flushed
     }
 
+    /// Waits until the state of the groups run here is persisted.
+    pub(crate) async fn flush_group_state(&self) -> Result<()> {
+        self.groups.flusher.persist_now().await
+    }
+
     /// Runs `call` on the group's owner: here, or forwarded to it.
     pub(crate) async fn group_call(
         self: &Arc<Self>,
@@ -519,6 +526,8 @@ impl Inner {
             return Ok(Route::Here(owned));
         }
         let Some(entry) = self.kv_get(GROUPS_BUCKET, key).await? else {
+            // The topic's absence is the better answer.
+            self.topic(topic).await?;
             return Err(Error::GroupNotFound {
                 topic: topic.to_string(),
                 group: group.to_string(),
@@ -754,7 +763,7 @@ impl Inner {
                 for (id, record) in self.dead_records(owned, keys).await? {
                     letters.push(DeadLetter {
                         id,
-                        event: read_one(&owned.source, record.original).await?,
+                        event: read_one(&*owned.source, record.original).await?,
                         reason: record.reason,
                         attempts: record.attempts,
                         original: record.original,
@@ -776,7 +785,7 @@ impl Inner {
                     listed.push(id);
                     // Gone from the log: it leaves the list, with nothing
                     // to deliver.
-                    if let Some(event) = read_one(&owned.source, record.original).await? {
+                    if let Some(event) = read_one(&*owned.source, record.original).await? {
                         events.push(event);
                     }
                 }
@@ -1131,7 +1140,7 @@ impl Inner {
                     .and_then(|id| id.parse::<u64>().ok())
                     .unwrap_or_default();
                 if let Some(target) = &target
-                    && let Some(event) = read_one(&owned.source, record.original).await?
+                    && let Some(event) = read_one(&*owned.source, record.original).await?
                 {
                     let copy = herald_groups::dead_letter_copy(
                         &event,
@@ -1162,22 +1171,6 @@ fn put(bucket: &'static str, key: String, value: Bytes) -> KvWrite {
         key,
         value: Some(value),
         expect: Expect::Any,
-    }
-}
-
-/// The event at `position`, or `None` if retention removed it.
-async fn read_one(
-    source: &PartitionSource,
-    position: PartitionOffset,
-) -> Result<Option<StoredEvent>> {
-    match source.read(position.partition, position.offset, 1).await {
-        Ok(read) => Ok(read
-            .events
-            .into_iter()
-            .next()
-            .filter(|event| event.offset == position.offset)),
-        Err(Error::OffsetOutOfRange { .. }) => Ok(None),
-        Err(error) => Err(error),
     }
 }
 

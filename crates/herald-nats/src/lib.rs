@@ -11,7 +11,8 @@
 //! subjects), `codec.rs` (an event as a NATS message), `api.rs` (the
 //! JetStream API requests async-nats has no call for: atomic batches,
 //! batched direct gets), `topic.rs` (the topic catalogue and its cache),
-//! `source.rs` (a topic's partitions as `herald-groups` reads them).
+//! `source.rs` (a topic's partitions as `herald-groups` reads them),
+//! `group.rs` (consumer groups: ownership, forwarding, state writes).
 //! This file holds the options, connecting, and [`Backend`].
 //!
 //! # Mapping
@@ -26,13 +27,10 @@
 //! | dedup window | the partition stream's `duplicate_window`, the event id as `Nats-Msg-Id` |
 //! | the events of one publish in one partition | one atomic batch (ADR-50): all stored, contiguous, or none |
 //! | event-sourcing stream `s` | its events on `<prefix>.t.<t>.<p>.s.<s>` in the partition of its id, version in `Herald-Version`; expected version = `Nats-Expected-Last-Subject-Sequence`; deleted streams' rows and snapshots in key-value buckets (`streams.rs`) |
+//! | consumer group | settings, state, lease and dead letters in key-value buckets; run by one owner node at a time, other nodes forward calls to it (`group.rs`) |
 //!
 //! Names are escaped (`names.rs`): topic names may hold `.`, which
 //! subjects and stream names cannot.
-//!
-//! Consumer groups are not on this backend yet: their calls fail with
-//! `unavailable`, and `herald serve` does not offer `backend = "nats"`
-//! until they are.
 
 mod api;
 mod codec;
@@ -95,6 +93,8 @@ pub struct NatsOptions {
     pub group_lease: Duration,
     /// Memory each consumer group may hold (as on the embedded backend).
     pub group_budget: herald_groups::Budget,
+    /// How many topics and partitions may be created.
+    pub topic_limits: herald_backend::topic::TopicLimits,
 }
 
 impl NatsOptions {
@@ -115,6 +115,7 @@ impl NatsOptions {
             request_timeout: Duration::from_secs(10),
             group_lease: Duration::from_secs(5),
             group_budget: herald_groups::Budget::default(),
+            topic_limits: herald_backend::topic::TopicLimits::default(),
         }
     }
 }
@@ -136,6 +137,7 @@ struct Inner {
     /// How long a JetStream request may take.
     timeout: Duration,
     topics: Catalogue,
+    topic_limits: herald_backend::topic::TopicLimits,
     /// The consumer groups this node runs (`group.rs`).
     groups: group::GroupHost,
     closed: AtomicBool,
@@ -238,6 +240,7 @@ impl NatsBackend {
             ),
             timeout: options.request_timeout,
             topics,
+            topic_limits: options.topic_limits,
             groups: group::GroupHost::new(options.group_lease, options.group_budget),
             closed: AtomicBool::new(false),
         });
@@ -249,6 +252,12 @@ impl NatsBackend {
 }
 
 impl NatsBackend {
+    /// Persists the consumer-group state this node runs now (acks, nacks,
+    /// leases), as the background flush does every 50 ms.
+    pub async fn flush_group_state(&self) -> Result<()> {
+        self.inner.flush_group_state().await
+    }
+
     /// The partitions of `topic` as consumer groups (`herald-groups`) read
     /// them: reads, and ends kept current by the streams' republished
     /// headers.

@@ -24,18 +24,47 @@ use crate::streams::{SNAPSHOTS_BUCKET, STREAMS_BUCKET};
 use crate::topic::{TOPICS_BUCKET, Topic};
 use crate::{Inner, NatsBackend, unavailable};
 
+/// JetStream's error code for a stream whose limits exceed what the
+/// server (or account) can reserve.
+const INSUFFICIENT_RESOURCES: u64 = 10047;
+
+/// A partition stream the server would not create (or update): settings
+/// it cannot hold are the caller's to change, anything else is transient.
+fn stream_refused(
+    partition: u32,
+    error: &async_nats::jetstream::context::CreateStreamError,
+) -> Error {
+    use async_nats::jetstream::context::CreateStreamErrorKind;
+    if let CreateStreamErrorKind::JetStream(source) = error.kind()
+        && source.error_code() == async_nats::jetstream::ErrorCode(INSUFFICIENT_RESOURCES)
+    {
+        return Error::invalid(
+            "retention.max_bytes",
+            format!("more than the NATS servers can reserve for a partition: {source}"),
+        );
+    }
+    unavailable(
+        &format!("create the stream of partition {partition}"),
+        error,
+    )
+}
+
+/// The longest duration a stream setting holds (nanoseconds in an i64).
+const MAX_DURATION_MS: u64 = i64::MAX as u64 / 1_000_000;
+
 /// The settings of partition `partition`'s stream.
 fn partition_config(inner: &Inner, topic: &Topic, partition: u32) -> Config {
     let spec = &topic.info.spec;
     let limit =
         |value: Option<u64>| value.map_or(-1, |value| i64::try_from(value).unwrap_or(i64::MAX));
+    // The server keeps durations as nanoseconds in an i64.
+    let duration = |ms: u64| Duration::from_millis(ms.min(MAX_DURATION_MS));
+    let max_age = spec.retention.max_age_ms.map_or(Duration::ZERO, duration);
+    let window = duration(spec.dedup_window_ms.max(1_000));
     Config {
         name: topic.streams[partition as usize].clone(),
         subjects: vec![format!("{}.>", topic.prefixes[partition as usize])],
-        max_age: spec
-            .retention
-            .max_age_ms
-            .map_or(Duration::ZERO, Duration::from_millis),
+        max_age,
         max_bytes: limit(spec.retention.max_bytes),
         max_messages: limit(spec.retention.max_events),
         discard: DiscardPolicy::Old,
@@ -43,7 +72,12 @@ fn partition_config(inner: &Inner, topic: &Topic, partition: u32) -> Config {
         num_replicas: inner.replicas,
         // 0 would mean the server's default (2 minutes); without
         // deduplication no message carries an id, so the window is moot.
-        duplicate_window: Duration::from_millis(spec.dedup_window_ms.max(1_000)),
+        // The server wants the window within the age limit.
+        duplicate_window: if max_age.is_zero() {
+            window
+        } else {
+            window.min(max_age)
+        },
         allow_direct: true,
         allow_atomic_publish: true,
         // Each stored message's headers (with its sequence), for waiters.
@@ -96,12 +130,7 @@ impl Inner {
             .create_stream(config)
             .await
             .map(drop)
-            .map_err(|error| {
-                unavailable(
-                    &format!("create the stream of partition {partition}"),
-                    error,
-                )
-            })
+            .map_err(|error| stream_refused(partition, &error))
     }
 
     /// Removes the stream rows and snapshots of topic `name` (its delete,
@@ -160,6 +189,16 @@ impl Topics for NatsBackend {
         let inner = &self.inner;
         inner.check_open()?;
         spec.validate()?;
+        // Checked against the catalogue as this node sees it: two nodes
+        // creating topics at once may both pass the last free place.
+        let existing = self.list_topics().await?;
+        let partitions = existing
+            .iter()
+            .map(|topic| u64::from(topic.spec.partitions))
+            .sum();
+        inner
+            .topic_limits
+            .check(&spec, existing.len(), partitions)?;
         let info = TopicInfo {
             spec: spec.clone(),
             created_at: now_ms(),

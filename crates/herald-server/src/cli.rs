@@ -10,7 +10,9 @@ use clap::builder::{NonEmptyStringValueParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 
 use crate::commands::{ClientArgs, ClientCommand};
-use crate::config::{AuthOverrides, LogFormat, LogLevel, LogOverrides, Overrides};
+use crate::config::{
+    AuthOverrides, BackendKind, LogFormat, LogLevel, LogOverrides, NatsOverrides, Overrides,
+};
 
 /// Herald: an event backbone in one binary.
 #[derive(Debug, Parser)]
@@ -62,6 +64,16 @@ pub struct ServeArgs {
     )]
     pub data_dir: Option<PathBuf>,
 
+    /// Storage backend: embedded (this machine) or nats (a NATS JetStream
+    /// cluster, see --nats-url) [default: embedded]
+    #[arg(long, value_name = "BACKEND")]
+    pub backend: Option<BackendKind>,
+
+    /// NATS server URLs, comma-separated (backend = nats)
+    /// [default: nats://127.0.0.1:4222]
+    #[arg(long, value_name = "URLS")]
+    pub nats_url: Option<String>,
+
     /// Log line format [default: text]
     #[arg(long, value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -82,6 +94,10 @@ impl ServeArgs {
         Overrides {
             listen: self.listen,
             data_dir: self.data_dir.clone(),
+            backend: self.backend,
+            nats: NatsOverrides {
+                url: self.nats_url.clone(),
+            },
             log: LogOverrides {
                 format: self.log_format,
                 level: self.log_level.clone(),

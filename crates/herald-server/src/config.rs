@@ -49,7 +49,14 @@ pub struct Options {
     /// Address of the one listener (HTTP API, health, metrics).
     pub listen: SocketAddr,
     /// Directory holding all durable state; locked by one server at a time.
+    /// With `backend = "nats"`, only blobs stored locally are kept here.
     pub data_dir: PathBuf,
+    /// Where topics, groups, event streams and key-value state live: the
+    /// embedded stores in `data_dir` (default), or a NATS JetStream
+    /// cluster (`[nats]`), which several Herald nodes can share.
+    pub backend: BackendKind,
+    /// The NATS backend (`[nats]`), with `backend = "nats"`.
+    pub nats: NatsConfig,
     /// Logging to stderr.
     pub log: LogOptions,
     /// Upper bound on draining in-flight requests at shutdown, in milliseconds.
@@ -81,6 +88,8 @@ impl Default for Options {
         Self {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 7800)),
             data_dir: PathBuf::from("herald-data"),
+            backend: BackendKind::default(),
+            nats: NatsConfig::default(),
             log: LogOptions::default(),
             shutdown_timeout_ms: 5_000,
             limits: LimitsOptions::default(),
@@ -101,6 +110,128 @@ impl Options {
     /// [`Options::shutdown_timeout_ms`] as a [`Duration`].
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_millis(self.shutdown_timeout_ms)
+    }
+}
+
+/// Which backend serves (`backend`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// One machine: herald-log and redb in `data_dir`.
+    #[default]
+    Embedded,
+    /// A NATS JetStream cluster (`[nats]`; docs/deploy.md).
+    Nats,
+}
+
+/// The NATS backend (`[nats]`). Strings and paths left empty are unset.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsConfig {
+    /// Server URLs: one (`nats://127.0.0.1:4222`), several separated by
+    /// commas, or a list; the client learns the rest of the cluster.
+    #[serde(deserialize_with = "one_or_many")]
+    pub url: Vec<String>,
+    /// A credentials file (JWT and NKey seed).
+    pub credentials_file: PathBuf,
+    /// An NKey seed (`SU…`).
+    pub nkey_seed: String,
+    /// A token.
+    pub token: String,
+    /// A user name (with `password`).
+    pub user: String,
+    /// The user's password.
+    pub password: String,
+    /// CA certificates (PEM) to verify the servers; implies TLS.
+    pub tls_ca_file: PathBuf,
+    /// A client certificate (PEM), with `tls_key_file`.
+    pub tls_cert_file: PathBuf,
+    /// The client certificate's key (PEM).
+    pub tls_key_file: PathBuf,
+    /// Require TLS (with the system's roots unless `tls_ca_file`).
+    pub tls_required: bool,
+    /// The JetStream domain (leaf-node setups); empty: the local one.
+    pub domain: String,
+    /// Replicas of every stream Herald creates: 1, or 3 on a cluster.
+    pub replicas: u8,
+    /// The first part of every stream name and subject, so several
+    /// Herald systems can share one NATS account.
+    pub prefix: String,
+    /// How long a JetStream request may take, in milliseconds.
+    pub request_timeout_ms: NonZeroU64,
+    /// How long a node's ownership of a consumer group lasts unrenewed, in
+    /// milliseconds: a dead node's groups move after this long.
+    pub group_lease_ms: NonZeroU64,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            url: vec!["nats://127.0.0.1:4222".to_owned()],
+            credentials_file: PathBuf::new(),
+            nkey_seed: String::new(),
+            token: String::new(),
+            user: String::new(),
+            password: String::new(),
+            tls_ca_file: PathBuf::new(),
+            tls_cert_file: PathBuf::new(),
+            tls_key_file: PathBuf::new(),
+            tls_required: false,
+            domain: String::new(),
+            replicas: 1,
+            prefix: "herald".to_owned(),
+            request_timeout_ms: NonZeroU64::new(10_000).unwrap_or(NonZeroU64::MIN),
+            group_lease_ms: NonZeroU64::new(5_000).unwrap_or(NonZeroU64::MIN),
+        }
+    }
+}
+
+/// A list, or one string of comma-separated items.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    let items = match OneOrMany::deserialize(deserializer)? {
+        OneOrMany::One(text) => text.split(',').map(|item| item.trim().to_owned()).collect(),
+        OneOrMany::Many(items) => items,
+    };
+    let items: Vec<String> = items.into_iter().filter(|item| !item.is_empty()).collect();
+    if items.is_empty() {
+        return Err(serde::de::Error::custom("at least one URL"));
+    }
+    Ok(items)
+}
+
+impl NatsConfig {
+    /// The backend's options from these.
+    pub fn options(
+        &self,
+        budget: herald_embedded::GroupBudget,
+        topic_limits: herald_backend::topic::TopicLimits,
+    ) -> herald_nats::NatsOptions {
+        let set = |text: &str| (!text.is_empty()).then(|| text.to_owned());
+        let path = |path: &Path| (!path.as_os_str().is_empty()).then(|| path.to_owned());
+        let mut options =
+            herald_nats::NatsOptions::new(self.url.first().cloned().unwrap_or_default());
+        options.urls = self.url.clone();
+        options.credentials_file = path(&self.credentials_file);
+        options.nkey_seed = set(&self.nkey_seed);
+        options.token = set(&self.token);
+        options.user_password = set(&self.user).map(|user| (user, self.password.clone()));
+        options.tls_ca_file = path(&self.tls_ca_file);
+        options.tls_client = path(&self.tls_cert_file).zip(path(&self.tls_key_file));
+        options.tls_required = self.tls_required;
+        options.domain = set(&self.domain);
+        options.replicas = usize::from(self.replicas);
+        options.prefix = self.prefix.clone();
+        options.request_timeout = Duration::from_millis(self.request_timeout_ms.get());
+        options.group_lease = Duration::from_millis(self.group_lease_ms.get());
+        options.group_budget = budget;
+        options.topic_limits = topic_limits;
+        options
     }
 }
 
@@ -848,6 +979,12 @@ pub struct Overrides {
     /// `--data-dir`
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
+    /// `--backend`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend: Option<BackendKind>,
+    /// `--nats-url`. Left out when not given.
+    #[serde(skip_serializing_if = "NatsOverrides::is_empty")]
+    pub nats: NatsOverrides,
     /// `--log-format`, `--log-level`. Left out when empty: an empty table
     /// would replace a wrong-typed `log` from a lower layer (`HERALD_LOG=x`)
     /// instead of letting it fail.
@@ -856,6 +993,21 @@ pub struct Overrides {
     /// `--insecure`. Left out when not given.
     #[serde(skip_serializing_if = "AuthOverrides::is_empty")]
     pub auth: AuthOverrides,
+}
+
+/// Command-line overrides of [`NatsConfig`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct NatsOverrides {
+    /// `--nats-url` (comma-separated URLs)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+impl NatsOverrides {
+    /// Whether no NATS flag was given.
+    pub fn is_empty(&self) -> bool {
+        self.url.is_none()
+    }
 }
 
 /// Command-line overrides of [`AuthOptions`].
@@ -1123,6 +1275,22 @@ fn check_ranges(options: &Options) -> Result<(), Error> {
             key: "limits.max_partitions_per_topic".to_owned(),
             origin: None,
             message: format!("must be at most {max}"),
+        });
+    }
+    if !(1..=5).contains(&options.nats.replicas) {
+        return Err(Error::InvalidValue {
+            key: "nats.replicas".to_owned(),
+            origin: None,
+            message: "must be between 1 and 5".to_owned(),
+        });
+    }
+    if options.nats.tls_cert_file.as_os_str().is_empty()
+        != options.nats.tls_key_file.as_os_str().is_empty()
+    {
+        return Err(Error::InvalidValue {
+            key: "nats.tls_cert_file".to_owned(),
+            origin: None,
+            message: "nats.tls_cert_file and nats.tls_key_file go together".to_owned(),
         });
     }
     options.webhooks.policy()?;

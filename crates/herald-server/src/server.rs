@@ -300,14 +300,20 @@ impl Server {
         // Storage opens in its own task (its file work on blocking threads):
         // recovery reads files. A signal that arrives meanwhile takes effect
         // once it has opened.
-        let opening = tokio::spawn(Storage::open(
-            data_dir,
-            Arc::clone(metrics.log()),
-            Arc::clone(metrics.groups()),
-            options.groups.budget(),
-            options.limits.topic_limits(),
-            options.storage.caches(),
-        ));
+        let choice = match options.backend {
+            crate::config::BackendKind::Embedded => crate::storage::BackendChoice::Embedded {
+                groups: Arc::clone(metrics.groups()),
+                budget: options.groups.budget(),
+                topic_limits: options.limits.topic_limits(),
+                caches: options.storage.caches(),
+            },
+            crate::config::BackendKind::Nats => crate::storage::BackendChoice::Nats(Box::new(
+                options
+                    .nats
+                    .options(options.groups.budget(), options.limits.topic_limits()),
+            )),
+        };
+        let opening = tokio::spawn(Storage::open(data_dir, Arc::clone(metrics.log()), choice));
         let storage = tokio::select! {
             opened = opening => match opened {
                 Ok(Ok(storage)) => storage,

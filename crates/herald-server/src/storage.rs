@@ -1,11 +1,12 @@
 //! The storage layer as the server sees it: opened once the listener is up,
 //! closed last at shutdown.
 //!
-//! Storage is a [`Backend`]; this is the one place that names a concrete
-//! one (today the embedded backend: herald-log plus redb in the data
-//! directory). [`Storage::open`] recovers it; [`Storage::shutdown`] persists
-//! group state, flushes and fsyncs every log, closes them, then releases the
-//! data directory's lock.
+//! Storage is a [`Backend`]; this is the one place that names the concrete
+//! ones: the embedded backend (herald-log plus redb in the data directory)
+//! or the NATS backend (a JetStream cluster). [`Storage::open`] recovers
+//! or connects; [`Storage::shutdown`] persists group state, flushes and
+//! closes the backend, then releases the data directory's lock (blobs
+//! stored locally stay there on either backend).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use herald_backend::Backend;
 use herald_backend::topic::TopicLimits;
 use herald_embedded::{EmbeddedBackend, EmbeddedOptions, GroupBudget, GroupMetrics, StoreCaches};
 use herald_log::LogMetrics;
+use herald_nats::{NatsBackend, NatsOptions};
 use tracing::info;
 
 use crate::data_dir::DataDir;
@@ -22,7 +24,37 @@ use crate::data_dir::DataDir;
 #[derive(Debug)]
 pub struct Storage {
     data_dir: DataDir,
-    backend: Arc<EmbeddedBackend>,
+    backend: Concrete,
+}
+
+/// The backend, with what it offers beyond the trait.
+#[derive(Clone, Debug)]
+enum Concrete {
+    Embedded(Arc<EmbeddedBackend>),
+    Nats(Arc<NatsBackend>),
+}
+
+impl Concrete {
+    fn shared(&self) -> Arc<dyn Backend> {
+        match self {
+            Self::Embedded(backend) => Arc::clone(backend) as Arc<dyn Backend>,
+            Self::Nats(backend) => Arc::clone(backend) as Arc<dyn Backend>,
+        }
+    }
+}
+
+/// Which backend [`Storage::open`] opens, with its settings.
+#[derive(Debug, Clone)]
+pub enum BackendChoice {
+    /// The embedded stores in the data directory.
+    Embedded {
+        groups: Arc<GroupMetrics>,
+        budget: GroupBudget,
+        topic_limits: TopicLimits,
+        caches: StoreCaches,
+    },
+    /// A NATS JetStream cluster.
+    Nats(Box<NatsOptions>),
 }
 
 /// What request handlers hold of open storage. Cheap to clone. It stays
@@ -30,18 +62,19 @@ pub struct Storage {
 /// [`herald_backend::Error::ShuttingDown`].
 #[derive(Clone, Debug)]
 pub struct StorageHandle {
-    backend: Arc<EmbeddedBackend>,
+    backend: Concrete,
+    shared: Arc<dyn Backend>,
 }
 
 impl StorageHandle {
     /// The backend.
     pub fn backend(&self) -> &dyn Backend {
-        &*self.backend
+        &*self.shared
     }
 
     /// The backend as a shared handle.
     pub fn shared_backend(&self) -> Arc<dyn Backend> {
-        Arc::clone(&self.backend) as Arc<dyn Backend>
+        Arc::clone(&self.shared)
     }
 
     /// Persists consumer-group state now (acks, nacks, leases), as the
@@ -49,17 +82,24 @@ impl StorageHandle {
     /// returns survive a crash. For operations and tests
     /// (`POST /v1/admin/flush`).
     pub async fn flush_group_state(&self) -> Result<(), herald_backend::Error> {
-        self.backend.flush_group_state().await
+        match &self.backend {
+            Concrete::Embedded(backend) => backend.flush_group_state().await,
+            Concrete::Nats(backend) => backend.flush_group_state().await,
+        }
     }
 
     /// Carries out every pending erasure of hard-deleted streams now (the
     /// backend does it in the background soon after each hard delete) and
     /// returns once their bytes are gone from the data directory. For
-    /// operations and tests (`POST /v1/admin/compact`).
+    /// operations and tests (`POST /v1/admin/compact`). On NATS a hard
+    /// delete purges at once: nothing is pending.
     pub async fn compact(
         &self,
     ) -> Result<herald_embedded::CompactionReport, herald_backend::Error> {
-        self.backend.compact().await
+        match &self.backend {
+            Concrete::Embedded(backend) => backend.compact().await,
+            Concrete::Nats(_) => Ok(herald_embedded::CompactionReport::default()),
+        }
     }
 }
 
@@ -82,44 +122,55 @@ pub enum Error {
 }
 
 impl Storage {
-    /// Opens (and, after a crash, recovers) storage in `data_dir`, creating
-    /// topics within `topic_limits` and holding at most `budget` per group.
-    /// The backend's file work runs on blocking threads.
+    /// Opens (and, after a crash, recovers) storage in `data_dir`, or
+    /// connects to NATS, as `choice` says. The embedded backend's file work
+    /// runs on blocking threads.
     pub async fn open(
         data_dir: DataDir,
         metrics: Arc<LogMetrics>,
-        groups: Arc<GroupMetrics>,
-        budget: GroupBudget,
-        topic_limits: TopicLimits,
-        caches: StoreCaches,
+        choice: BackendChoice,
     ) -> Result<Self, Error> {
-        let options = EmbeddedOptions {
-            topic_limits,
-            metrics: groups,
-            group_budget: budget,
-            caches,
-            ..EmbeddedOptions::new(data_dir.path())
+        let backend = match choice {
+            BackendChoice::Embedded {
+                groups,
+                budget,
+                topic_limits,
+                caches,
+            } => {
+                let options = EmbeddedOptions {
+                    topic_limits,
+                    metrics: groups,
+                    group_budget: budget,
+                    caches,
+                    ..EmbeddedOptions::new(data_dir.path())
+                };
+                let backend = EmbeddedBackend::open(options, metrics)
+                    .await
+                    .map_err(Error::Backend)?;
+                info!(path = %data_dir.path().display(), "Opened storage.");
+                Concrete::Embedded(Arc::new(backend))
+            }
+            BackendChoice::Nats(options) => {
+                let backend = NatsBackend::connect(*options)
+                    .await
+                    .map_err(Error::Backend)?;
+                Concrete::Nats(Arc::new(backend))
+            }
         };
-        let backend = EmbeddedBackend::open(options, metrics)
-            .await
-            .map_err(Error::Backend)?;
-        info!(path = %data_dir.path().display(), "Opened storage.");
-        Ok(Self {
-            data_dir,
-            backend: Arc::new(backend),
-        })
+        Ok(Self { data_dir, backend })
     }
 
     /// The backend, for the API handlers.
     pub fn backend(&self) -> Arc<dyn Backend> {
-        Arc::clone(&self.backend) as Arc<dyn Backend>
+        self.backend.shared()
     }
 
     /// A cheap handle for the API handlers: the backend, plus the
     /// operations of this storage that are not part of the backend trait.
     pub fn handle(&self) -> StorageHandle {
         StorageHandle {
-            backend: Arc::clone(&self.backend),
+            backend: self.backend.clone(),
+            shared: self.backend.shared(),
         }
     }
 
@@ -127,7 +178,12 @@ impl Storage {
     /// Called once HTTP has drained, so no request can still write.
     pub async fn shutdown(self) -> Result<(), Error> {
         let path = self.data_dir.path().display().to_string();
-        let closed = self.backend.shutdown().await.map_err(Error::Backend);
+        let closed = self
+            .backend
+            .shared()
+            .shutdown()
+            .await
+            .map_err(Error::Backend);
         self.data_dir.close();
         info!(%path, "Closed storage.");
         closed

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use tokio::io::AsyncBufReadExt as _;
 
-use crate::support::{STARTUP_TIMEOUT, TestServer, herald, run_to_exit, single_error};
+use crate::support::{STARTUP_TIMEOUT, TestServer, herald, run_to_exit, serve_at, single_error};
 
 pub(crate) async fn cli(server: &TestServer, args: &[&str]) -> Output {
     let dir = tempfile::tempdir().unwrap();
@@ -388,10 +388,7 @@ async fn given_a_tail_when_the_server_restarts_should_resume_and_print_each_even
     server.signal("TERM").await;
     let (status, _stderr, dir) = server.wait().await;
     assert!(status.success(), "graceful stop: {status}");
-    let mut command = herald(dir.path());
-    command
-        .args(["serve", "--listen", &addr.to_string(), "--data-dir"])
-        .arg(dir.path().join("data"));
+    let command = serve_at(dir.path(), &dir.path().join("data"), &addr.to_string());
     let (_server, api) = TestServer::ready(TestServer::spawn(dir, command).await).await;
     let after: Vec<Value> = (0..4)
         .map(|index| wide_event(&format!("after-{index}"), "k", index % 2))
@@ -787,10 +784,7 @@ async fn given_a_job_watch_when_the_server_restarts_should_follow_the_job_to_its
     server.signal("TERM").await;
     let (status, _stderr, dir) = server.wait().await;
     assert!(status.success(), "graceful stop: {status}");
-    let mut command = herald(dir.path());
-    command
-        .args(["serve", "--listen", &addr.to_string(), "--data-dir"])
-        .arg(dir.path().join("data"));
+    let command = serve_at(dir.path(), &dir.path().join("data"), &addr.to_string());
     let (_server, _api) = TestServer::ready(TestServer::spawn(dir, command).await).await;
 
     let mut last = first;

@@ -18,7 +18,7 @@ use herald_client::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::support::{TestServer, herald, serve};
+use crate::support::{TestServer, serve, serve_at};
 
 /// Long enough that only a prompt release (not expiry) explains a
 /// redelivery within a test.
@@ -167,10 +167,7 @@ async fn given_server_restarted_on_its_address_when_calling_unary_should_reconne
     server.signal("TERM").await;
     let (status, _stderr, dir) = server.wait().await;
     assert!(status.success(), "graceful stop: {status}");
-    let mut command = herald(dir.path());
-    command
-        .args(["serve", "--listen", &addr.to_string(), "--data-dir"])
-        .arg(dir.path().join("data"));
+    let command = serve_at(dir.path(), &dir.path().join("data"), &addr.to_string());
     let (_server, _api) = TestServer::ready(TestServer::spawn(dir, command).await).await;
 
     let after = client

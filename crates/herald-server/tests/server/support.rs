@@ -50,10 +50,30 @@ pub fn serve(dir: &Path) -> Command {
 }
 
 /// `herald serve` in `cwd` on port 0, with data directory `data_dir`.
+///
+/// With `HERALD_TEST_NATS_URL` set (`.ci/run` starts a `nats-server -js`
+/// for the scenario tests' second run), the server runs on the NATS
+/// backend at that URL, its streams under a prefix of its own derived
+/// from `data_dir`: tests stay apart, and a server restarted on the same
+/// data directory finds its state.
 pub fn serve_with_data_dir(cwd: &Path, data_dir: &Path) -> Command {
+    serve_at(cwd, data_dir, "127.0.0.1:0")
+}
+
+/// [`serve_with_data_dir`] listening on `listen`.
+pub fn serve_at(cwd: &Path, data_dir: &Path, listen: &str) -> Command {
     let mut command = herald(cwd);
-    command.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]);
+    command.args(["serve", "--listen", listen, "--data-dir"]);
     command.arg(data_dir);
+    if let Some(url) = std::env::var_os("HERALD_TEST_NATS_URL") {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        data_dir.hash(&mut hasher);
+        command
+            .args(["--backend", "nats", "--nats-url"])
+            .arg(url)
+            .env("HERALD_NATS__PREFIX", format!("t{:016x}", hasher.finish()));
+    }
     command
 }
 
