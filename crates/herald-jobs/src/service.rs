@@ -2,7 +2,7 @@
 //! dead-letter loops, `run(cancel)`) → [`Handle`] (cheap to clone; every
 //! API call).
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -125,6 +125,10 @@ pub struct Options {
     pub blob_storage: Option<Arc<dyn BlobStorage>>,
     /// Where transitions and durations are counted.
     pub metrics: Arc<crate::JobMetrics>,
+    /// Whether other Herald nodes share the backend (NATS): then the
+    /// service follows [`Options::events_topic`] and tells its waiters
+    /// (long polls, SSE) of transitions other nodes made too.
+    pub follow_other_nodes: bool,
 }
 
 impl Default for Options {
@@ -146,6 +150,7 @@ impl Default for Options {
             orphan_grace_ms: 60_000,
             blob_storage: None,
             metrics: Arc::default(),
+            follow_other_nodes: false,
         }
     }
 }
@@ -243,6 +248,9 @@ struct Shared {
     timer_added: tokio::sync::Notify,
     /// Transition events whose publish failed, retried by the timer loop.
     unpublished: Mutex<VecDeque<(Arc<Job>, &'static str)>>,
+    /// The last version of each job told to the waiters (this node's
+    /// changes, and other nodes' the follower saw), so one is told once.
+    told: Mutex<HashMap<String, u64>>,
 }
 
 impl Service {
@@ -266,6 +274,7 @@ impl Service {
                 queues: Mutex::new(HashSet::new()),
                 timer_added: tokio::sync::Notify::new(),
                 unpublished: Mutex::new(VecDeque::new()),
+                told: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -282,7 +291,8 @@ impl Service {
         info!("Job service running.");
         tokio::join!(
             timer_loop(&self.shared, &cancel),
-            dead_letter_loop(&self.shared, &cancel)
+            dead_letter_loop(&self.shared, &cancel),
+            follow_loop(&self.shared, &cancel),
         );
         info!("Job service stopped.");
     }
@@ -870,6 +880,8 @@ impl Shared {
     /// waiters.
     async fn announce(&self, job: &Job, effects: &[Effect]) {
         let job = Arc::new(job.clone());
+        // Before the events go out: the follower, seeing them, skips them.
+        self.told(&job);
         for effect in effects {
             if let Effect::Emit(kind) = effect {
                 self.options.metrics.transition(&job, kind);
@@ -883,6 +895,27 @@ impl Shared {
         }
         // No receivers is fine: nobody is waiting.
         let _ = self.updates.send(job);
+    }
+
+    /// Records that waiters are told of `job` at its version; false if they
+    /// were told of it (or a later version) already.
+    fn told(&self, job: &Job) -> bool {
+        let Ok(mut told) = self.told.lock() else {
+            return true;
+        };
+        if told
+            .get(&job.job_id)
+            .is_some_and(|&version| version >= job.version)
+        {
+            return false;
+        }
+        // Bounded: past this many jobs, forget them all (a job told again
+        // at worst).
+        if told.len() >= MAX_TOLD {
+            told.clear();
+        }
+        told.insert(job.job_id.clone(), job.version);
+        true
     }
 
     fn retry_later(&self, job: Arc<Job>, kind: &'static str) {
@@ -1020,6 +1053,97 @@ fn parse_timer_key(key: &str) -> Option<(i64, TimerKind, &str)> {
 /// passes), so an idle server does not read the timer bucket ten times a
 /// second: each such tick woke a runtime thread and a blocking thread
 /// (BENCHMARKS.md, W3).
+/// Jobs whose last told version [`Shared::told`] keeps at most.
+const MAX_TOLD: usize = 100_000;
+
+/// With [`Options::follow_other_nodes`]: follows the events topic from its
+/// end and tells this node's waiters of every transition another node
+/// made (the job as stored, read again).
+async fn follow_loop(shared: &Arc<Shared>, cancel: &CancellationToken) {
+    if !shared.options.follow_other_nodes {
+        return;
+    }
+    let topic = &shared.options.events_topic;
+    // The topic is made by the first submit on any node: if it is not
+    // there yet, all it will hold is news.
+    let mut absent = false;
+    let partitions = loop {
+        match shared.backend.describe_topic(topic).await {
+            Ok(described) => break described.partition_info,
+            Err(_) => {
+                absent = true;
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+            }
+        }
+    };
+    let followers = partitions.into_iter().map(|partition| async move {
+        let mut from = if absent {
+            partition.start_offset
+        } else {
+            partition.end_offset
+        };
+        while !cancel.is_cancelled() {
+            let waited = tokio::select! {
+                () = cancel.cancelled() => return,
+                waited = shared.backend.wait_for(topic, partition.partition, from, Duration::from_secs(5)) => waited,
+            };
+            let read = match waited {
+                Ok(end) if end > from => shared.backend.read(topic, partition.partition, from, 256).await,
+                Ok(_) => continue,
+                Err(error) => Err(error),
+            };
+            match read {
+                Ok(read) => {
+                    for stored in &read.events {
+                        shared.tell_remote(stored).await;
+                    }
+                    from = read.next_offset.max(from);
+                }
+                Err(herald_backend::Error::OffsetOutOfRange { start, .. }) => from = start,
+                Err(error) => {
+                    warn!(%error, "Following job events failed; retrying.");
+                    tokio::select! {
+                        () = cancel.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        }
+    });
+    futures::future::join_all(followers).await;
+}
+
+impl Shared {
+    /// A transition event seen on the events topic: if it is news here (made
+    /// by another node), the job as stored goes to the waiters.
+    async fn tell_remote(&self, stored: &herald_types::StoredEvent) {
+        let Some(job_id) = stored.event.subject.as_deref() else {
+            return;
+        };
+        let version = stored
+            .event
+            .id
+            .rsplit_once('.')
+            .and_then(|(_, version)| version.parse::<u64>().ok());
+        let known = self
+            .told
+            .lock()
+            .ok()
+            .and_then(|told| told.get(job_id).copied());
+        if version.is_some_and(|version| known.is_some_and(|known| known >= version)) {
+            return;
+        }
+        if let Ok((job, _)) = self.load(job_id).await
+            && self.told(&job)
+        {
+            let _ = self.updates.send(Arc::new(job));
+        }
+    }
+}
+
 async fn timer_loop(shared: &Arc<Shared>, cancel: &CancellationToken) {
     let mut ticker = tokio::time::interval(shared.options.timer_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

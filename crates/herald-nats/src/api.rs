@@ -14,9 +14,10 @@ use time::format_description::well_known::Rfc3339;
 /// The most messages one atomic batch may hold (a server limit).
 pub(crate) const MAX_BATCH: usize = 1000;
 
-/// JetStream's error code for a failed `Nats-Expected-Last-Subject-Sequence`
-/// (or `-Sequence`) check.
-pub(crate) const WRONG_LAST_SEQUENCE: u64 = 10071;
+/// JetStream's error codes for a failed `Nats-Expected-Last-Subject-Sequence`
+/// (or `-Sequence`) check: with the sequence in the message (10071), or
+/// without (10164, what a check in an atomic batch answers).
+const WRONG_LAST_SEQUENCE: [u64; 2] = [10071, 10164];
 
 /// An error reply of the JetStream API.
 #[derive(Debug, Clone, Deserialize)]
@@ -30,6 +31,11 @@ pub(crate) struct ApiError {
 }
 
 impl ApiError {
+    /// Whether an expected-last-sequence check failed (nothing was stored).
+    pub(crate) fn is_wrong_last_sequence(&self) -> bool {
+        WRONG_LAST_SEQUENCE.contains(&self.err_code)
+    }
+
     /// Whether the server refused a batch for holding an id it has seen
     /// (or one twice).
     pub(crate) fn is_duplicate(&self) -> bool {

@@ -7,8 +7,11 @@
 //!   every state write: each write is one atomic batch that ends with the
 //!   lease expecting its last revision, so a node that lost its lease (it
 //!   expired and another node took it) cannot overwrite its successor's
-//!   state; its batch fails whole and it stops serving the group. An owner
-//!   that cannot renew stops serving once its lease would have expired.
+//!   state; its batch fails whole and it stops running the group. An owner
+//!   that cannot renew (NATS unreachable) stops serving calls once its
+//!   lease would have expired, but keeps the group's state in memory: its
+//!   next write that still finds the lease's revision (nobody took over)
+//!   persists it and serving resumes with nothing lost.
 //! - **Calls.** Every call goes to the owner: run here if this node owns
 //!   the group, else forwarded by request/reply on the subject only the
 //!   owner subscribes to ([`crate::names::Names::group_subject`]). No
@@ -362,6 +365,10 @@ struct Owned {
     lease: Mutex<LeaseState>,
     /// The next dead letter's id and how many are listed, as persisted.
     dead: Mutex<(u64, u64)>,
+    /// One state write at a time (the flush task, and a call renewing a
+    /// stale lease): two would expect the same lease revision, and the
+    /// loser would take itself for deposed.
+    writing: tokio::sync::Mutex<()>,
     server: JoinHandle<()>,
 }
 
@@ -459,7 +466,16 @@ impl Inner {
             match route {
                 Route::Here(owned) => {
                     if !owned.valid(self.groups.lease_ms) {
-                        self.groups.forget(&owned, "lease not renewed in time");
+                        // Renewals failed (NATS unreachable, a leader
+                        // election): renew now. Still the lease's revision
+                        // → serving again with nothing lost; another node
+                        // took it → forgotten here, route again.
+                        if let Err(error) = self.flush(&owned).await {
+                            if Instant::now() >= deadline {
+                                return Err(error);
+                            }
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
                         continue;
                     }
                     let Some(call) = call.take() else {
@@ -638,6 +654,7 @@ impl Inner {
                 source,
                 lease: Mutex::new(lease),
                 dead: Mutex::new(dead),
+                writing: tokio::sync::Mutex::new(()),
                 server,
             }
         });
@@ -944,6 +961,7 @@ impl Inner {
     /// Writes `owned`'s changes with its outbox, renewing its lease in the
     /// same batch; renews the lease alone when it is a third through.
     async fn flush(&self, owned: &Owned) -> Result<()> {
+        let _one_at_a_time = owned.writing.lock().await;
         let now = now_ms();
         let lease = *lock(&owned.lease);
         let renew = now - lease.renewed_at >= self.groups.lease_ms / 3;
@@ -965,16 +983,24 @@ impl Inner {
                 Ok(())
             }
             Ok(None) => {
-                // Another node took the lease: its state wins.
+                // Another node took the lease: its state wins, and what
+                // changed here since the last write is void — callers
+                // waiting for this write must not hear it succeeded.
                 self.groups.forget(owned, "lease taken by another node");
-                Ok(())
+                Err(unavailable(
+                    "group state",
+                    format!(
+                        "group {:?} moved to another node; changes made here since its last write are void",
+                        owned.key
+                    ),
+                ))
             }
             Err(error) => {
+                // Kept, not served while the lease is stale (see `valid`):
+                // a later write that still finds the lease's revision
+                // persists everything; one that does not drops it.
                 if let Some(DirtyState { outbox, .. }) = dirty {
                     owned.runtime.restore_outbox(outbox);
-                }
-                if !owned.valid(self.groups.lease_ms) {
-                    self.groups.forget(owned, "lease not renewed in time");
                 }
                 Err(error)
             }

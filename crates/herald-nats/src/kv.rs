@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use herald_backend::{Error, Expect, Kv, KvDurability, KvEntry, Result};
 
-use crate::api::{self, Failure, Outgoing, WRONG_LAST_SEQUENCE};
+use crate::api::{self, Failure, Outgoing};
 use crate::{Inner, NatsBackend, found, unavailable};
 
 /// How long a deleted key's tombstone stays (long enough for every node
@@ -142,7 +142,7 @@ impl Inner {
         }
         match api::publish(&self.client, message, self.timeout()).await {
             Ok(ack) => Ok(Some(ack.sequence)),
-            Err(Failure::Api(error)) if error.err_code == WRONG_LAST_SEQUENCE => Ok(None),
+            Err(Failure::Api(error)) if error.is_wrong_last_sequence() => Ok(None),
             Err(error) => Err(unavailable("key-value write", error)),
         }
     }
@@ -428,7 +428,7 @@ impl Inner {
         }
         match api::publish_batch(&self.client, messages, self.timeout()).await {
             Ok(ack) => Ok(Some(ack.sequence)),
-            Err(Failure::Api(error)) if error.err_code == WRONG_LAST_SEQUENCE => Ok(None),
+            Err(Failure::Api(error)) if error.is_wrong_last_sequence() => Ok(None),
             Err(error) => Err(unavailable("key-value batch", error)),
         }
     }

@@ -120,6 +120,13 @@ impl NatsOptions {
     }
 }
 
+/// How long connecting waits for JetStream to answer (a cluster electing
+/// its leader) before giving up.
+const STARTUP_PATIENCE: Duration = Duration::from_secs(30);
+
+/// How long a shutdown spends writing group state and giving up leases.
+const STOP_GROUPS_WITHIN: Duration = Duration::from_secs(3);
+
 /// The NATS backend. Cheap to share behind an `Arc`.
 #[derive(Debug)]
 pub struct NatsBackend {
@@ -244,7 +251,19 @@ impl NatsBackend {
             groups: group::GroupHost::new(options.group_lease, options.group_budget),
             closed: AtomicBool::new(false),
         });
-        inner.ensure_kv_stream().await?;
+        // A cluster still electing its JetStream leader refuses stream
+        // requests for a few seconds: wait that out, not a misconfiguration.
+        let deadline = std::time::Instant::now() + STARTUP_PATIENCE;
+        loop {
+            match inner.ensure_kv_stream().await {
+                Ok(()) => break,
+                Err(error) if std::time::Instant::now() < deadline => {
+                    tracing::warn!(%error, "JetStream not ready yet; retrying.");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(error) => return Err(error),
+            }
+        }
         inner.start_group_tasks();
         info!(urls = ?options.urls, prefix = %options.prefix, "NATS backend connected.");
         Ok(Self { inner })
@@ -315,7 +334,16 @@ impl Backend for NatsBackend {
         }
         // Group state written and leases given up while the connection is
         // open; then no more calls.
-        let groups = self.inner.stop_groups().await;
+        let groups = match tokio::time::timeout(STOP_GROUPS_WITHIN, self.inner.stop_groups()).await
+        {
+            Ok(stopped) => stopped,
+            Err(_) => {
+                tracing::warn!(
+                    "Group state not written within the shutdown's bound; the groups move to another node once their leases expire."
+                );
+                Ok(())
+            }
+        };
         if self.inner.closed.swap(true, Ordering::SeqCst) {
             return Ok(());
         }

@@ -33,7 +33,7 @@ use herald_backend::{
 use herald_types::{EventInput, StoredEvent, StreamId, TopicName, partition_for_key};
 use serde::{Deserialize, Serialize};
 
-use crate::api::{self, Failure, Outgoing, Start, WRONG_LAST_SEQUENCE};
+use crate::api::{self, Failure, Outgoing, Start};
 use crate::names::stream_subject;
 use crate::topic::Topic;
 use crate::{Inner, NatsBackend, codec, events, found, unavailable};
@@ -278,7 +278,7 @@ impl Inner {
                 // Another writer moved the stream: look again (with
                 // `Any` this appends after it; otherwise the check above
                 // reports the conflict).
-                Err(Failure::Api(error)) if error.err_code == WRONG_LAST_SEQUENCE => {}
+                Err(Failure::Api(error)) if error.is_wrong_last_sequence() => {}
                 Err(Failure::NoStream) => {
                     self.repair_partition(&place.topic, place.partition).await?;
                 }

@@ -457,6 +457,7 @@ async fn start_services(
             // Pins are checked against the blobs themselves (the collector's race).
             blob_storage: Some(Arc::new(blobs.clone())),
             metrics: Arc::clone(metrics.jobs()),
+            follow_other_nodes: options.backend == crate::config::BackendKind::Nats,
             ..options.jobs.service_options()
         },
         Arc::new(herald_jobs::SystemClock),

@@ -9,6 +9,7 @@ mod auth_table;
 mod blobs;
 mod cli;
 mod cloudevents;
+mod cluster;
 mod config;
 mod disk_full;
 mod erasure;
