@@ -12,7 +12,7 @@ import pytest
 from playwright.sync_api import expect
 
 from conftest import BOOTSTRAP_KEY, Console, Seed
-from herald_support import Client, HeraldServer
+from herald_support import Client, HeraldServer, wait_until
 
 # The live tail's promise: a published event is on screen within this.
 TAIL_WITHIN_MS = 1000
@@ -174,3 +174,44 @@ def test_given_auth_when_console_opens_should_ask_for_a_key_and_work_with_it(
         assert len(refusals) == 4 and all("401" in problem for problem in refusals), refusals
     finally:
         console.close()
+
+
+def test_given_a_waiting_instance_when_cancelled_in_the_console_should_end_cancelled(
+    console: Console, client: Client, seed: Seed
+):
+    http = client.http
+    deployed = http.post("/v1/workflows", headers={"content-type": "application/yaml"}, content=(
+        b"document: { dsl: '1.0.0', namespace: shop, name: nap, version: '1' }\n"
+        b"do:\n  - nap: { wait: { seconds: 300 } }\n"
+    ))
+    assert deployed.status_code == 201, deployed.text
+    started = http.post("/v1/workflows/shop/nap/instances", json={"input": {}})
+    assert started.status_code == 201, started.text
+    instance = started.json()["instance_id"]
+    page = console.open(f"/workflow-instances/{instance}")
+    page.click("button.action-cancel")
+    expect(page.locator(".outcome")).to_have_text("Asked to cancel.")
+    # The polled status follows the engine.
+    expect(page.locator("dl.facts .badge")).to_have_text("cancelled", timeout=10_000)
+    assert http.get(f"/v1/workflow-instances/{instance}").json()["status"] == "cancelled"
+    # Ended: the page offers a re-run instead.
+    expect(page.locator("button.action-rerun")).to_be_visible()
+    console.check(page)
+
+
+def test_given_delivered_messages_when_one_is_redelivered_in_the_console_should_log_a_manual_attempt(
+    console: Console, client: Client, seed: Seed
+):
+    path = f"/v1/webhooks/endpoints/{seed.endpoint_id}/attempts"
+    page = console.open(f"/webhooks/{seed.endpoint_id}")
+    message = page.locator("tbody tr").first.locator("td code").inner_text()
+    page.locator("tbody tr").first.locator("button.redeliver").click()
+    expect(page.locator(".outcome")).to_contain_text(f"Redelivering {message}.")
+
+    def manual():
+        attempts = client.http.get(path, params={"message_id": message}).json()["attempts"]
+        return [attempt for attempt in attempts if attempt["trigger"] == "manual"]
+
+    [attempt] = wait_until(manual, "the manual attempt in the log")
+    assert attempt["succeeded"], attempt
+    console.check(page)

@@ -3,9 +3,7 @@
 // letters with inspect and redrive.
 
 import { api, gauge, seg } from '../api.js';
-import {
-  button, count, facts, field, h, heading, link, problem, section, select, sparkline, table, time, toggleDetail, values,
-} from '../dom.js';
+import { button, count, facts, field, fill, h, heading, link, problem, section, select, sparkline, table, time, toggleDetail, values } from '../dom.js';
 
 export async function list(view, context) {
   const body = h('div');
@@ -23,7 +21,7 @@ export async function list(view, context) {
         );
       }),
     );
-    body.replaceChildren(
+    fill(body, 
       table(
         [
           ['Topic', (group) => link(`/topics/${seg(group.topic)}`, group.topic)],
@@ -60,7 +58,7 @@ export async function detail(view, context) {
 
   async function refresh() {
     const status = await api(path);
-    summary.replaceChildren(
+    fill(summary, 
       facts([
         ['Mode', status.mode],
         ['In flight', count(status.in_flight)],
@@ -72,7 +70,7 @@ export async function detail(view, context) {
         ['Created', time(status.created_at)],
       ]),
     );
-    partitions.replaceChildren(
+    fill(partitions, 
       table(
         [
           ['Partition', (part) => part.partition],
@@ -85,7 +83,7 @@ export async function detail(view, context) {
         status.partitions,
       ),
     );
-    members.replaceChildren(
+    fill(members, 
       table(
         [
           ['Member', (member) => member.member],
@@ -116,7 +114,7 @@ export async function detail(view, context) {
         ],
       ],
     ];
-    letters.replaceChildren(
+    fill(letters, 
       table(columns, events, {
         empty: 'No dead letters.',
         rowAttrs: (letter) => ({ class: 'dead-letter', 'data-id': letter.id }),
@@ -128,9 +126,9 @@ export async function detail(view, context) {
   async function redrive(ids) {
     try {
       const { redriven } = await api(`${path}/dead-letters/redrive`, { method: 'POST', body: ids ? { ids } : {} });
-      outcome.replaceChildren(`Redriven: ${redriven}.`);
+      fill(outcome, `Redriven: ${redriven}.`);
     } catch (error) {
-      outcome.replaceChildren(problem(error));
+      fill(outcome, problem(error));
     }
     await Promise.all([refresh(), refreshLetters()]);
   }
@@ -161,9 +159,9 @@ function resetForm(path, outcome, after) {
     const target = where === 'offset' ? { offset: Number(value) } : where === 'time' ? { time: value } : where;
     try {
       await api(`${path}/reset`, { method: 'POST', body: { to: target } });
-      outcome.replaceChildren(`Reset to ${typeof target === 'string' ? target : value}.`);
+      fill(outcome, `Reset to ${typeof target === 'string' ? target : value}.`);
     } catch (error) {
-      outcome.replaceChildren(problem(error));
+      fill(outcome, problem(error));
     }
     await after();
   });

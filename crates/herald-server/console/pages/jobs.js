@@ -3,7 +3,7 @@
 // and one job (`GET /v1/jobs/{job_id}`): status, parts, progress, result.
 
 import { api, seg } from '../api.js';
-import { badge, facts, field, h, heading, json, link, section, table, time, values } from '../dom.js';
+import { badge, facts, field, fill, h, heading, json, link, section, table, time, values } from '../dom.js';
 
 const TRANSITIONS = 'herald.jobs';
 const RECENT = 200;
@@ -23,7 +23,7 @@ export async function list(view, context) {
   view.append(heading('Jobs'), form, section('Recent jobs', recent));
   await context.every(3000, async () => {
     const jobs = await recentJobs();
-    recent.replaceChildren(
+    fill(recent, 
       table(
         [
           ['Job', (job) => link(`/jobs/${seg(job.id)}`, job.id)],
@@ -72,7 +72,7 @@ export async function detail(view, context) {
   view.append(heading(`Job ${id}`), body);
   await context.every(2000, async () => {
     const job = await api(`/v1/jobs/${seg(id)}`);
-    body.replaceChildren(
+    fill(body, 
       facts([
         ['Status', badge(job.status)],
         ['Queue', link(`/topics/${seg(`jobs.${job.queue}`)}`, job.queue)],

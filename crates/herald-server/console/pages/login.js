@@ -3,7 +3,7 @@
 // (sessionStorage) or, when asked, in this browser (localStorage).
 
 import { api, apiKey, forgetApiKey, setApiKey } from '../api.js';
-import { button, facts, field, h, heading, json, problem, values } from '../dom.js';
+import { button, facts, field, fill, h, heading, json, problem, values } from '../dom.js';
 import { identify } from '../app.js';
 
 export async function page(view, context) {
@@ -22,10 +22,10 @@ export async function page(view, context) {
       const who = await api('/v1/auth/whoami', { key: key.trim() });
       setApiKey(key.trim(), Boolean(remember));
       await identify();
-      outcome.replaceChildren(`Logged in as ${who.identity}.`);
+      fill(outcome, `Logged in as ${who.identity}.`);
       location.hash = `#${context.query.next || '/'}`;
     } catch (error) {
-      outcome.replaceChildren(problem(error));
+      fill(outcome, problem(error));
     }
   });
   view.append(
@@ -39,7 +39,7 @@ export async function page(view, context) {
       button('Forget the key', async () => {
         forgetApiKey();
         await identify();
-        outcome.replaceChildren('The key is forgotten.');
+        fill(outcome, 'The key is forgotten.');
       }),
     );
   }

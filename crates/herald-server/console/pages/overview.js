@@ -2,7 +2,7 @@
 // growth of partition end offsets between polls), busiest topics first.
 
 import { document as openapi, readiness, sample, seg } from '../api.js';
-import { badge, bytes, count, h, heading, json, link, rate, section, sparkline, table } from '../dom.js';
+import { badge, bytes, count, fill, h, heading, json, link, rate, section, sparkline, table } from '../dom.js';
 import { describeTopics } from './topics.js';
 
 export async function page(view, context) {
@@ -17,7 +17,7 @@ export async function page(view, context) {
     const [ready, topics] = await Promise.all([readiness(), describeTopics()]);
     const ends = topics.reduce((sum, topic) => sum + topic.ends, 0);
     const total = sample('overview:ends', ends);
-    tiles.replaceChildren(
+    fill(tiles, 
       tile('Status', badge(ready.status || (ready.ok ? 'ready' : 'not ready'))),
       tile('Publish rate', rate(total.rate), sparkline(total.history, { width: 160, label: 'publish rate' })),
       tile('Topics', count(topics.length)),
@@ -27,7 +27,7 @@ export async function page(view, context) {
       version ? tile('Version', version) : null,
     );
     const ranked = [...topics].sort((a, b) => (b.rate ?? 0) - (a.rate ?? 0) || b.bytes - a.bytes).slice(0, 10);
-    busiest.replaceChildren(
+    fill(busiest, 
       table(
         [
           ['Topic', (topic) => link(`/topics/${seg(topic.name)}`, topic.name)],
@@ -40,7 +40,7 @@ export async function page(view, context) {
         { empty: 'No topics yet.' },
       ),
     );
-    health.replaceChildren(
+    fill(health, 
       ready.problems?.length ? json(ready.problems) : h('p', {}, `GET /readyz: ${ready.status || 'unknown'}`),
     );
   });

@@ -2,7 +2,7 @@
 // history forward or backward from a version, page by page.
 
 import { api, seg } from '../api.js';
-import { button, facts, field, h, heading, json, section, select, table, time, toggleDetail, values } from '../dom.js';
+import { button, facts, field, fill, h, heading, json, section, select, table, time, toggleDetail, values } from '../dom.js';
 import { topicChoice } from './topics.js';
 
 export async function page(view, context) {
@@ -54,9 +54,9 @@ export async function page(view, context) {
       // without one does not show a 404.
       button('Load snapshot', async () => {
         try {
-          snapshot.replaceChildren(json(await api(`${path}/snapshot`)));
+          fill(snapshot, json(await api(`${path}/snapshot`)));
         } catch (error) {
-          snapshot.replaceChildren(h('p', { class: 'empty' }, error.code === 'not_found' ? 'No snapshot.' : error.message));
+          fill(snapshot, h('p', { class: 'empty' }, error.code === 'not_found' ? 'No snapshot.' : error.message));
         }
       }),
       snapshot,

@@ -4,7 +4,7 @@
 // with Last-Event-ID after a broken connection.
 
 import { seg, sseUrl } from '../api.js';
-import { field, h, heading, link, problem, select, table, time, toggleDetail, values } from '../dom.js';
+import { field, fill, h, heading, link, problem, select, table, time, toggleDetail, values } from '../dom.js';
 import { topicChoice } from './topics.js';
 
 // Rows kept on the page; older ones drop off the bottom.
@@ -86,7 +86,7 @@ export async function page(view, context) {
   source.addEventListener('error', (message) => {
     if (message.data) {
       const body = JSON.parse(message.data);
-      problems.replaceChildren(problem({ code: body.code, message: body.detail || message.data }));
+      fill(problems, problem({ code: body.code, message: body.detail || message.data }));
       source.close();
     }
     state.textContent = source.readyState === EventSource.CLOSED ? 'closed' : 'reconnecting';

@@ -2,7 +2,7 @@
 // topic (settings, partitions with their offsets and rates, its groups).
 
 import { api, sample, seg } from '../api.js';
-import { bytes, count, facts, h, heading, link, millis, rate, section, sparkline, table, time } from '../dom.js';
+import { bytes, count, facts, fill, h, heading, link, millis, rate, section, sparkline, table, time } from '../dom.js';
 
 // A console for an operator, not a crawler: beyond this many topics the
 // list shows names only, without per-topic descriptions.
@@ -62,7 +62,7 @@ export async function list(view, context) {
   view.append(heading('Topics'), body);
   await context.every(2000, async () => {
     const topics = await describeTopics();
-    body.replaceChildren(
+    fill(body, 
       table(
         [
           ['Topic', (topic) => link(`/topics/${seg(topic.name)}`, topic.name)],
@@ -111,7 +111,7 @@ export async function detail(view, context) {
   );
   await context.every(2000, async () => {
     const topic = await api(path);
-    settings.replaceChildren(
+    fill(settings, 
       facts([
         ['Partitions', topic.partitions],
         ['Fsync', topic.fsync === 'interval' ? `every ${millis(topic.fsync_interval_ms)}` : topic.fsync],
@@ -122,7 +122,7 @@ export async function detail(view, context) {
         ['Created', time(topic.created_at)],
       ]),
     );
-    partitions.replaceChildren(
+    fill(partitions, 
       table(
         [
           ['Partition', (info) => info.partition],

@@ -2,14 +2,14 @@
 // attempts, and manual redelivery of a message.
 
 import { api, seg } from '../api.js';
-import { badge, button, count, facts, h, heading, link, problem, section, table, time } from '../dom.js';
+import { badge, button, count, facts, fill, h, heading, link, problem, section, table, time } from '../dom.js';
 
 export async function list(view, context) {
   const body = h('div');
   view.append(heading('Webhooks'), body);
   await context.every(3000, async () => {
     const { endpoints } = await api('/v1/webhooks/endpoints');
-    body.replaceChildren(
+    fill(body, 
       table(
         [
           ['Endpoint', (endpoint) => link(`/webhooks/${seg(endpoint.endpoint_id)}`, endpoint.endpoint_id)],
@@ -36,16 +36,16 @@ export async function detail(view, context) {
   async function redeliver(message) {
     try {
       await api(`${path}/messages/${seg(message)}/redeliver`, { method: 'POST' });
-      outcome.replaceChildren(`Redelivering ${message}.`);
+      fill(outcome, `Redelivering ${message}.`);
     } catch (error) {
-      outcome.replaceChildren(problem(error));
+      fill(outcome, problem(error));
     }
   }
 
   await context.every(3000, async () => {
     const [endpoint, log] = await Promise.all([api(path), api(`${path}/attempts`, { query: { limit: 100 } })]);
     const stats = endpoint.stats || {};
-    summary.replaceChildren(
+    fill(summary, 
       facts([
         ['URL', h('code', {}, endpoint.url)],
         ['State', badge(endpoint.state)],
@@ -59,7 +59,7 @@ export async function detail(view, context) {
         ['Last success', stats.last_success_at ? time(stats.last_success_at) : undefined],
       ]),
     );
-    attempts.replaceChildren(
+    fill(attempts, 
       table(
         [
           ['At', (attempt) => time(attempt.at)],

@@ -3,7 +3,7 @@
 // retry, re-run).
 
 import { api, seg } from '../api.js';
-import { badge, button, facts, h, heading, json, link, problem, section, select, table, time, toggleDetail } from '../dom.js';
+import { badge, button, facts, fill, h, heading, json, link, problem, section, select, table, time, toggleDetail } from '../dom.js';
 
 function instances(list, empty) {
   return table(
@@ -38,7 +38,7 @@ export async function list(view, context) {
   );
   await context.every(3000, async () => {
     const answer = await api('/v1/workflow-instances', { query: { limit: 50 } });
-    recent.replaceChildren(instances(answer.instances, 'No instances yet.'));
+    fill(recent, instances(answer.instances, 'No instances yet.'));
   });
 }
 
@@ -60,7 +60,7 @@ export async function definition(view, context) {
   );
   await context.every(3000, async () => {
     const answer = await api('/v1/workflow-instances', { query: { namespace, name, limit: 50 } });
-    started.replaceChildren(instances(answer.instances, 'No instances of this workflow yet.'));
+    fill(started, instances(answer.instances, 'No instances of this workflow yet.'));
   });
 }
 
@@ -82,16 +82,17 @@ export async function instance(view, context) {
         context.go(`/workflow-instances/${seg(answer.instance_id)}`);
         return;
       }
-      outcome.replaceChildren(`${verb}: now ${answer.status}.`);
+      // The engine acts on it shortly; the polled status shows when.
+      fill(outcome, `Asked to ${verb}.`);
     } catch (error) {
-      outcome.replaceChildren(problem(error));
+      fill(outcome, problem(error));
     }
     await refresh();
   }
 
   async function refresh() {
     const [shown, history] = await Promise.all([api(path), api(`${path}/history`)]);
-    summary.replaceChildren(
+    fill(summary, 
       facts([
         ['Workflow', link(`/workflows/${seg(shown.namespace)}/${seg(shown.name)}`, `${shown.namespace}/${shown.name}`)],
         ['Version', shown.version],
@@ -104,7 +105,7 @@ export async function instance(view, context) {
       shown.output !== undefined && shown.output !== null ? section('Output', json(shown.output)) : null,
     );
     const ended = ENDED.includes(shown.status);
-    actions.replaceChildren(
+    fill(actions, 
       ...[
         ['cancel', !ended],
         ['suspend', !ended && shown.status !== 'suspended'],
@@ -123,7 +124,7 @@ export async function instance(view, context) {
       ['Started', (step) => time(step.started_at)],
       ['Ended', (step) => time(step.ended_at)],
     ];
-    steps.replaceChildren(
+    fill(steps, 
       table(columns, history.steps, {
         empty: 'No step has run yet.',
         rowAttrs: (step) => ({

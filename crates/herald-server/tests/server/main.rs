@@ -10,6 +10,7 @@ mod blobs;
 mod cli;
 mod cloudevents;
 mod config;
+mod console;
 mod disk_full;
 mod erasure;
 mod events;
