@@ -94,7 +94,7 @@ export function sseUrl(path, query) {
 let openapi = null;
 
 /** `/openapi.json`, fetched once: what this server offers. */
-export async function document() {
+export async function openapiDocument() {
   openapi ??= api('/openapi.json').catch((error) => {
     openapi = null;
     throw error;
@@ -108,7 +108,7 @@ export async function document() {
  * answers it 404.
  */
 export async function offers(method, path) {
-  const doc = await document();
+  const doc = await openapiDocument();
   return Boolean(doc.paths?.[path]?.[method.toLowerCase()]);
 }
 

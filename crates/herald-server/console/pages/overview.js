@@ -1,7 +1,7 @@
 // Overview: readiness, what is stored, and the publish rate (from the
 // growth of partition end offsets between polls), busiest topics first.
 
-import { document as openapi, readiness, sample, seg } from '../api.js';
+import { openapiDocument, readiness, sample, seg } from '../api.js';
 import { badge, bytes, count, fill, h, heading, json, link, rate, section, sparkline, table } from '../dom.js';
 import { describeTopics } from './topics.js';
 
@@ -10,7 +10,7 @@ export async function page(view, context) {
   const busiest = h('div');
   const health = h('div');
   view.append(heading('Overview'), tiles, section('Busiest topics', busiest), section('Health', health));
-  const version = await openapi()
+  const version = await openapiDocument()
     .then((doc) => doc.info?.version)
     .catch(() => null);
   await context.every(2000, async () => {

@@ -130,7 +130,8 @@ fn serve(path: &str, headers: &HeaderMap) -> Response {
         .and_then(|value| value.to_str().ok())
         .is_some_and(|tags| {
             tags.split(',')
-                .any(|tag| matches!(tag.trim(), "*") || tag.trim() == asset.etag)
+                .map(str::trim)
+                .any(|tag| tag == "*" || tag == asset.etag)
         });
     let common = [
         (header::ETAG, HeaderValue::from_static(asset.etag)),
