@@ -107,7 +107,7 @@ def test_given_group_at_the_end_when_reset_to_earliest_in_the_console_should_hav
 
 
 def test_given_an_offset_when_entered_in_the_event_browser_should_find_that_event(
-    console: Console, seed: Seed
+    console: Console, client: Client, seed: Seed
 ):
     wanted = seed.published[len(seed.published) // 2]
     page = console.open("/events")
@@ -123,6 +123,18 @@ def test_given_an_offset_when_entered_in_the_event_browser_should_find_that_even
     detail = page.locator("tr.detail pre.json")
     expect(detail).to_contain_text(f'"id": "{wanted["id"]}"')
     expect(detail).to_contain_text(f'"offset": {wanted["offset"]}')
+    # From a time instead: the first event appended at or after it, as REST says.
+    [stored] = client.http.get(f"/v1/topics/{seed.topic}/events", params={
+        "partition": wanted["partition"], "from_offset": wanted["offset"], "limit": 1,
+    }).json()["events"]
+    [first] = client.http.get(f"/v1/topics/{seed.topic}/events", params={
+        "partition": wanted["partition"], "from_time": stored["appendedat"], "limit": 1,
+    }).json()["events"]
+    page.fill("form#event-query input[name=offset]", "")
+    page.fill("form#event-query input[name=time]", stored["appendedat"])
+    page.click("form#event-query button[type=submit]")
+    expect(page.locator("tr.event").first).to_have_attribute("data-offset", str(first["offset"]))
+    page.go_back()
     # Its own page: the JSON, and lineage only if the server offers it.
     found.locator("a").first.click()
     expect(page.locator("h1")).to_have_text(f"Event {seed.topic} / {wanted['partition']} / {wanted['offset']}")

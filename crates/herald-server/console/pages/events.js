@@ -32,10 +32,24 @@ export async function browser(view, context) {
     results.append(h('p', { class: 'empty' }, 'No topics yet.'));
     return;
   }
+  const partition = Number(query.partition || 0);
+  const extent = await partitionExtent(topic, partition);
+  if (!extent) {
+    results.append(h('p', { class: 'empty' }, `Topic ${topic} has no partition ${partition}.`));
+    return;
+  }
+  results.append(
+    h('p', { class: 'summary' }, `Partition ${partition} keeps offsets ${extent.start_offset} to ${extent.end_offset - 1} (end ${extent.end_offset}).`),
+  );
+  const from = query.offset === undefined || query.offset === '' ? extent.start_offset : Number(query.offset);
+  if (!query.time && (from < extent.start_offset || from > extent.end_offset)) {
+    results.append(h('p', { class: 'empty' }, `Offset ${from} is not kept: this partition keeps ${extent.start_offset} to ${extent.end_offset - 1}.`));
+    return;
+  }
   const answer = await api(`/v1/topics/${seg(topic)}/events`, {
     query: {
-      partition: query.partition || 0,
-      from_offset: query.time ? undefined : query.offset || 0,
+      partition,
+      from_offset: query.time ? undefined : from,
       from_time: query.time || undefined,
       limit: query.limit || 50,
     },
@@ -76,13 +90,22 @@ export async function browser(view, context) {
   );
 }
 
+/** A partition's `{start_offset, end_offset}`, or null when it has none of that number. */
+async function partitionExtent(topic, partition) {
+  const { partition_info: partitions } = await api(`/v1/topics/${seg(topic)}`);
+  return partitions.find((info) => info.partition === partition) || null;
+}
+
 export async function detail(view, context) {
   const { topic, partition, offset } = context.params;
-  const answer = await api(`/v1/topics/${seg(topic)}/events`, {
-    query: { partition, from_offset: offset, limit: 1 },
-  });
-  const [event] = answer.events;
   view.append(heading(`Event ${topic} / ${partition} / ${offset}`, link(`/events?topic=${seg(topic)}&partition=${partition}&offset=${offset}`, 'Around it')));
+  // Asked only where it can be: an offset retention removed is refused.
+  const extent = await partitionExtent(topic, Number(partition));
+  const kept = extent && Number(offset) >= extent.start_offset && Number(offset) < extent.end_offset;
+  const answer = kept
+    ? await api(`/v1/topics/${seg(topic)}/events`, { query: { partition, from_offset: offset, limit: 1 } })
+    : { events: [] };
+  const [event] = answer.events;
   if (!event || String(event.offset) !== String(offset)) {
     view.append(h('p', { class: 'empty' }, 'No event is kept at this offset.'));
     return;

@@ -63,7 +63,7 @@ export async function detail(view, context) {
       table(
         [
           ['At', (attempt) => time(attempt.at)],
-          ['Message', (attempt) => h('code', {}, attempt.message_id)],
+          ['Message', (attempt) => message(attempt.message_id)],
           ['Attempt', (attempt) => attempt.attempt],
           ['Outcome', (attempt) => badge(attempt.succeeded ? 'succeeded' : 'failed')],
           ['Status', (attempt) => attempt.status_code],
@@ -77,4 +77,11 @@ export async function detail(view, context) {
       ),
     );
   });
+}
+
+/** A message id, `<topic>.<partition>.<offset>`, linked to its event. */
+function message(id) {
+  const [, topic, partition, offset] = /^(.+)\.(\d+)\.(\d+)$/.exec(id) || [];
+  const text = h('code', {}, id);
+  return topic ? h('a', { href: `#/events/${seg(topic)}/${partition}/${offset}` }, text) : text;
 }
