@@ -27,7 +27,8 @@ pub const ACCESS_TOKEN: &str = "access_token";
 /// What a route needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rule {
-    /// Nothing: `/healthz`, `/readyz`, gRPC health.
+    /// Nothing: `/healthz`, `/readyz`, gRPC health, the console's files
+    /// (`/ui`).
     Open,
     /// Open when `auth.public_docs`, else any identity: `/openapi.json`,
     /// `/docs`, gRPC reflection.
@@ -97,7 +98,8 @@ const fn on(action: Action, resource: Resource) -> Rule {
 const TOPIC: Resource = Resource::Path("topic");
 const QUEUE: Resource = Resource::Path("queue");
 
-/// Every REST route (swagger UI's `/docs/...` aside: [`Rule::Docs`]).
+/// Every REST route (swagger UI's `/docs/...` aside: [`Rule::Docs`]; and
+/// the console's `/ui/...`: [`Rule::Open`]).
 pub const REST: &[RestRoute] = &[
     rest("GET", "/healthz", Rule::Open),
     rest("GET", "/readyz", Rule::Open),
@@ -516,6 +518,10 @@ pub const GRPC: &[(&str, Rule)] = &[
 pub fn rule(method: &Method, template: &str) -> Option<(Rule, bool)> {
     if template == "/docs" || template.starts_with("/docs/") {
         return Some((Rule::Docs, false));
+    }
+    // The console's files hold no data (its REST calls carry credentials).
+    if template == "/ui" || template.starts_with("/ui/") {
+        return Some((Rule::Open, false));
     }
     if let Some((_, rule)) = GRPC.iter().find(|(path, _)| *path == template) {
         return Some((*rule, false));

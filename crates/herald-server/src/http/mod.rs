@@ -8,6 +8,8 @@
 //!   `POST /v1/admin/compact` ([`admin`]);
 //! - `GET /openapi.json` (OpenAPI 3.1, generated from the handlers'
 //!   `#[utoipa::path]` attributes) and `GET /docs` ([`openapi`]);
+//! - the web console under `GET /ui` ([`console`]: static files compiled
+//!   into the binary; it calls the REST API like any client);
 //! - RFC 9457 problems for everything that fails, including unknown paths
 //!   (404) and methods (405).
 //!
@@ -28,6 +30,7 @@
 pub mod admin;
 pub mod auth;
 pub mod blobs;
+pub mod console;
 pub mod events;
 pub mod extract;
 pub mod groups;
@@ -214,6 +217,7 @@ pub fn router(state: AppState, grpc: Router) -> Router {
             get(openapi::serve).with_state(Arc::clone(&document)),
         )
         .merge(openapi::docs_page())
+        .merge(console::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

@@ -11,6 +11,7 @@ mod cli;
 mod cloudevents;
 mod cluster;
 mod config;
+mod console;
 mod disk_full;
 mod erasure;
 mod events;
