@@ -92,6 +92,8 @@ macro_rules! conformance_suite {
             a_changed_dedup_window_answers_as_after_a_restart,
             kv_compare_and_set,
             kv_batches_are_written_and_deleted_whole_and_survive_a_restart,
+            a_lease_has_one_holder_until_it_expires_or_is_given_up,
+            a_task_under_a_lease_runs_on_one_node_at_a_time,
             stream_appends_honour_each_expectation_and_conflicts_change_nothing,
             stream_versions_are_dense_and_reads_page_forward_and_backward,
             stream_metadata_and_soft_and_hard_delete,
@@ -2081,6 +2083,122 @@ pub async fn a_changed_dedup_window_answers_as_after_a_restart<H: Harness>() {
 }
 
 // --------------------------------------------------------------------- kv --
+
+/// Leases (`crate::lease`): one holder at a time; a holder that stops
+/// renewing loses it once it expires, and a release frees it at once.
+pub async fn a_lease_has_one_holder_until_it_expires_or_is_given_up<H: Harness>() {
+    use crate::lease::Lease;
+    let harness = H::start().await;
+    let backend = harness.backend();
+    let length = Duration::from_millis(400);
+    let mut first = Lease::new(Arc::clone(&backend), "timers", length);
+    let mut second = Lease::new(Arc::clone(&backend), "timers", length);
+    let mut other = Lease::new(Arc::clone(&backend), "collector", length);
+    assert!(first.try_hold().await.unwrap());
+    assert!(first.is_held());
+    assert!(!second.try_hold().await.unwrap(), "held by the first");
+    assert!(!second.is_held());
+    assert!(other.try_hold().await.unwrap(), "leases are by name");
+    assert!(first.try_hold().await.unwrap(), "the holder renews");
+
+    // The first stops renewing (a node that died): the second takes the
+    // lease once it has expired, and the first cannot take it back.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !second.try_hold().await.unwrap() {
+        assert!(Instant::now() < deadline, "an expired lease is never taken");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!first.try_hold().await.unwrap(), "a lost lease stays lost");
+    assert!(!first.is_held());
+
+    // Given up, it is free at once.
+    second.release().await;
+    assert!(first.try_hold().await.unwrap());
+    first.release().await;
+    other.release().await;
+    backend.shutdown().await.unwrap();
+}
+
+/// `crate::lease::run_while_held`: two nodes run the same task under one
+/// lease; it runs on one of them at a time, and moves to the other when the
+/// holder shuts down.
+pub async fn a_task_under_a_lease_runs_on_one_node_at_a_time<H: Harness>() {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio_util::sync::CancellationToken;
+
+    let harness = H::start().await;
+    let backend = harness.backend();
+    let running = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let starts = Arc::new(Mutex::new(Vec::<usize>::new()));
+    let nodes: Vec<(CancellationToken, tokio::task::JoinHandle<()>)> = (0..2)
+        .map(|node| {
+            let cancel = CancellationToken::new();
+            let (running, most, starts) =
+                (Arc::clone(&running), Arc::clone(&most), Arc::clone(&starts));
+            let runner = crate::lease::run_while_held(
+                Arc::clone(&backend),
+                "sweep",
+                Duration::from_millis(300),
+                cancel.clone(),
+                move |stop| {
+                    let (running, most, starts) =
+                        (Arc::clone(&running), Arc::clone(&most), Arc::clone(&starts));
+                    async move {
+                        let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now, Ordering::SeqCst);
+                        starts.lock().unwrap().push(node);
+                        stop.cancelled().await;
+                        running.fetch_sub(1, Ordering::SeqCst);
+                    }
+                },
+            );
+            (cancel, tokio::spawn(runner))
+        })
+        .collect();
+    let wait_for = |count: usize| {
+        let starts = Arc::clone(&starts);
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let seen = starts.lock().unwrap().clone();
+                if seen.len() >= count {
+                    return seen;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the task started {} times",
+                    seen.len()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let first = wait_for(1).await[0];
+    // Several renewal rounds of both nodes pass: still one run.
+    let mut lease = crate::lease::Lease::new(Arc::clone(&backend), "sweep", Duration::from_secs(1));
+    for _ in 0..5 {
+        assert!(
+            !lease.try_hold().await.unwrap(),
+            "the lease is held throughout"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(starts.lock().unwrap().len(), 1, "one node runs the task");
+
+    // The holder shuts down: its task stops and the other node's starts.
+    nodes[first].0.cancel();
+    let seen = wait_for(2).await;
+    assert_eq!(seen[1], 1 - first, "the other node takes over");
+    assert_eq!(most.load(Ordering::SeqCst), 1, "never two runs at once");
+    for (cancel, runner) in nodes {
+        cancel.cancel();
+        runner.await.unwrap();
+    }
+    assert_eq!(running.load(Ordering::SeqCst), 0);
+    backend.shutdown().await.unwrap();
+}
 
 /// Small durable state: revisions, compare-and-set, delete.
 pub async fn kv_compare_and_set<H: Harness>() {

@@ -24,6 +24,7 @@ pub mod cancel;
 pub mod error;
 pub mod group;
 pub mod kv;
+pub mod lease;
 pub mod stream;
 pub mod topic;
 

@@ -289,8 +289,22 @@ impl Service {
     /// Runs the timer loop and the dead-letter loop until `cancel` fires.
     pub async fn run(self, cancel: CancellationToken) {
         info!("Job service running.");
+        // Timers fire on one node of those sharing a backend at a time.
+        let timers = {
+            let shared = Arc::clone(&self.shared);
+            herald_backend::lease::run_while_held(
+                Arc::clone(&self.shared.backend),
+                TIMERS_LEASE,
+                LEASE_LENGTH,
+                cancel.clone(),
+                move |stop| {
+                    let shared = Arc::clone(&shared);
+                    async move { timer_loop(&shared, &stop).await }
+                },
+            )
+        };
         tokio::join!(
-            timer_loop(&self.shared, &cancel),
+            timers,
             dead_letter_loop(&self.shared, &cancel),
             follow_loop(&self.shared, &cancel),
         );
@@ -1146,6 +1160,11 @@ impl Shared {
 
 async fn timer_loop(shared: &Arc<Shared>, cancel: &CancellationToken) {
     let mut ticker = tokio::time::interval(shared.options.timer_interval);
+    let idle_rescan = if shared.options.follow_other_nodes {
+        shared.options.timer_interval * SHARED_IDLE_TICKS
+    } else {
+        IDLE_RESCAN
+    };
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -1161,7 +1180,7 @@ async fn timer_loop(shared: &Arc<Shared>, cancel: &CancellationToken) {
                 tokio::select! {
                     () = cancel.cancelled() => return,
                     () = &mut added => {}
-                    () = tokio::time::sleep(IDLE_RESCAN) => {}
+                    () = tokio::time::sleep(idle_rescan) => {}
                 }
                 ticker.reset_immediately();
             }
@@ -1172,8 +1191,18 @@ async fn timer_loop(shared: &Arc<Shared>, cancel: &CancellationToken) {
 }
 
 /// How long the timer loop sleeps with no timer stored before it looks
-/// again anyway (a timer written by another process of a shared backend).
+/// again anyway (a timer written by another process of a shared backend);
+/// with [`Options::follow_other_nodes`] (other nodes add timers this one
+/// is not woken for) the scan interval times [`SHARED_IDLE_TICKS`].
 const IDLE_RESCAN: Duration = Duration::from_secs(10);
+/// See [`IDLE_RESCAN`].
+const SHARED_IDLE_TICKS: u32 = 10;
+
+/// The lease (`herald_backend::lease`) under which one node fires timers.
+const TIMERS_LEASE: &str = "jobs.timers";
+/// How long a node's hold on [`TIMERS_LEASE`] lasts unrenewed: a dead
+/// node's timers fire late by at most this.
+const LEASE_LENGTH: Duration = Duration::from_secs(10);
 
 /// Whether timers are left after a scan.
 enum Pending {

@@ -12,7 +12,8 @@
 //! JetStream API requests async-nats has no call for: atomic batches,
 //! batched direct gets), `topic.rs` (the topic catalogue and its cache),
 //! `source.rs` (a topic's partitions as `herald-groups` reads them),
-//! `group.rs` (consumer groups: ownership, forwarding, state writes).
+//! `group.rs` (consumer groups: ownership, forwarding, state writes),
+//! `blobs.rs` (blobs in a JetStream object store, as an `object_store`).
 //! This file holds the options, connecting, and [`Backend`].
 //!
 //! # Mapping
@@ -27,12 +28,14 @@
 //! | dedup window | the partition stream's `duplicate_window`, the event id as `Nats-Msg-Id` |
 //! | the events of one publish in one partition | one atomic batch (ADR-50): all stored, contiguous, or none |
 //! | event-sourcing stream `s` | its events on `<prefix>.t.<t>.<p>.s.<s>` in the partition of its id, version in `Herald-Version`; expected version = `Nats-Expected-Last-Subject-Sequence`; deleted streams' rows and snapshots in key-value buckets (`streams.rs`) |
+//! | blob | an object in the object store bucket `<prefix>-blobs` (`blobs.rs`): chunks on `$O.<bucket>.C.<nuid>`, its description on `$O.<bucket>.M.<name>` |
 //! | consumer group | settings, state, lease and dead letters in key-value buckets; run by one owner node at a time, other nodes forward calls to it (`group.rs`) |
 //!
 //! Names are escaped (`names.rs`): topic names may hold `.`, which
 //! subjects and stream names cannot.
 
 mod api;
+pub mod blobs;
 mod codec;
 mod events;
 mod group;

@@ -39,6 +39,11 @@ impl Names {
         })
     }
 
+    /// The object store bucket of blobs (its stream: `OBJ_<bucket>`).
+    pub(crate) fn blob_bucket(&self) -> String {
+        format!("{}-blobs", self.prefix)
+    }
+
     /// The stream holding every key-value bucket.
     pub(crate) fn kv_stream(&self) -> String {
         format!("{}-kv", self.prefix)

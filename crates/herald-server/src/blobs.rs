@@ -8,7 +8,9 @@
 //! ```
 //!
 //! The store is `<data_dir>/blobs` (object_store's `LocalFileSystem`, with
-//! fsync), or an S3 bucket with the `s3` cargo feature.
+//! fsync), an S3 bucket with the `s3` cargo feature, or, with
+//! `backend = "nats"`, the system's JetStream object store bucket
+//! (`herald_nats::blobs`), so every node sees every blob.
 //!
 //! - Upload: the body streams into a multipart upload of `tmp/<uuid>` in
 //!   [`CHUNK_BYTES`] parts (at most [`UPLOAD_CONCURRENCY`] in flight) while
@@ -38,7 +40,7 @@
 
 use std::ops::Range;
 use std::path::{Path as FsPath, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use futures::stream::BoxStream;
@@ -63,7 +65,10 @@ pub const SPACE_CHECK_BYTES: u64 = 1024 * 1024;
 /// Where blobs are kept. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct BlobStore {
-    store: Arc<dyn ObjectStore>,
+    /// Set at open, or, for a store that lives in the backend (NATS), once
+    /// the backend has connected ([`BlobStore::attach`]); until then calls
+    /// fail with [`Error::NotReady`].
+    store: Arc<OnceLock<Arc<dyn ObjectStore>>>,
     max_bytes: u64,
     /// The local store's directory and the free space uploads must leave
     /// there; `None` for S3 or a zero reserve.
@@ -121,6 +126,9 @@ pub enum Error {
     /// The store failed.
     #[error("blob storage failed")]
     Store(#[from] object_store::Error),
+    /// The store lives in the backend, which has not connected yet.
+    #[error("blob storage is not ready yet (the backend is connecting)")]
+    NotReady,
     /// The store could not be set up.
     #[error("cannot open blob storage at {path}")]
     Open {
@@ -144,7 +152,38 @@ impl BlobStore {
     ) -> Result<Self, Error> {
         let reserve = (s3_bucket.is_empty() && min_free_bytes > 0)
             .then(|| (data_dir.join("blobs"), min_free_bytes));
-        let store: Arc<dyn ObjectStore> = if s3_bucket.is_empty() {
+        let store = Self::local_or_s3(data_dir, s3_bucket)?;
+        Ok(Self {
+            store: Arc::new(OnceLock::from(store)),
+            max_bytes,
+            reserve,
+        })
+    }
+
+    /// A store whose objects live in the backend: calls fail with
+    /// [`Error::NotReady`] until [`BlobStore::attach`] gives it them.
+    pub fn in_backend(max_bytes: u64) -> Self {
+        Self {
+            store: Arc::new(OnceLock::new()),
+            max_bytes,
+            reserve: None,
+        }
+    }
+
+    /// Gives a store made by [`BlobStore::in_backend`] its objects (every
+    /// clone sees them); a store that has them keeps its own.
+    pub fn attach(&self, store: Arc<dyn ObjectStore>) {
+        if self.store.set(store).is_err() {
+            warn!("Blob storage was attached twice; keeping the first.");
+        }
+    }
+
+    fn store(&self) -> Result<&Arc<dyn ObjectStore>, Error> {
+        self.store.get().ok_or(Error::NotReady)
+    }
+
+    fn local_or_s3(data_dir: &FsPath, s3_bucket: &str) -> Result<Arc<dyn ObjectStore>, Error> {
+        Ok(if s3_bucket.is_empty() {
             let root = data_dir.join("blobs");
             let open_error = |source| Error::Open {
                 path: root.display().to_string(),
@@ -160,11 +199,6 @@ impl BlobStore {
             Arc::new(object_store::local::LocalFileSystem::new_with_prefix(&root)?.with_fsync(true))
         } else {
             s3_store(s3_bucket)?
-        };
-        Ok(Self {
-            store,
-            max_bytes,
-            reserve,
         })
     }
 
@@ -209,7 +243,7 @@ impl BlobStore {
     ) -> Result<BlobInfo, Error> {
         let max = max.min(self.max_bytes);
         let temp = Path::from(format!("tmp/{}", uuid::Uuid::now_v7()));
-        let upload = self.store.put_multipart(&temp).await?;
+        let upload = self.store()?.put_multipart(&temp).await?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, CHUNK_BYTES);
         let mut hasher = Sha256::new();
         let mut size = 0_u64;
@@ -245,7 +279,7 @@ impl BlobStore {
             return Err(error);
         }
         let id = format!("sha256:{}", hex(&hasher.finalize()));
-        let store = Arc::clone(&self.store);
+        let store = Arc::clone(self.store()?);
         let stored = run_to_completion(async move {
             // A failed part aborts the whole upload; a failed rename leaves
             // the temporary object: either way nothing is left behind.
@@ -270,7 +304,7 @@ impl BlobStore {
         if !herald_jobs::model::is_blob_id(id) {
             return Err(not_found(id));
         }
-        match self.store.head(&blob_path(id)).await {
+        match self.store()?.head(&blob_path(id)).await {
             Ok(meta) => Ok(meta.size),
             Err(object_store::Error::NotFound { .. }) => Err(not_found(id)),
             Err(error) => Err(error.into()),
@@ -299,7 +333,7 @@ impl BlobStore {
             range: range.map(GetRange::Bounded),
             ..GetOptions::default()
         };
-        match self.store.get_opts(&blob_path(id), options).await {
+        match self.store()?.get_opts(&blob_path(id), options).await {
             Ok(result) => Ok(result.into_stream()),
             Err(object_store::Error::NotFound { .. }) => Err(not_found(id)),
             Err(error) => Err(error.into()),
@@ -330,7 +364,10 @@ impl BlobStore {
                 return Ok(deleted);
             }
         }
-        let mut listing = self.store.list(None);
+        let Ok(store) = self.store() else {
+            return Ok(0);
+        };
+        let mut listing = store.list(None);
         while let Some(meta) = listing.next().await {
             let meta = meta?;
             let age = now_ms.saturating_sub(meta.last_modified.timestamp_millis());
@@ -342,7 +379,7 @@ impl BlobStore {
                 let id = format!("sha256:{hex}");
                 deleted += usize::from(self.collect_one(backend, &id, true).await?);
             } else if location.starts_with("tmp/") && age > STALE_UPLOAD_MS {
-                self.store.delete(&meta.location).await?;
+                store.delete(&meta.location).await?;
             }
         }
         Ok(deleted)
@@ -376,7 +413,7 @@ impl BlobStore {
                 return Ok(false);
             }
         }
-        let removed = match self.store.delete(&blob_path(id)).await {
+        let removed = match self.store()?.delete(&blob_path(id)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => true,
             Err(error) => {
                 // The claim stays: the next pass finishes it.
@@ -472,8 +509,36 @@ fn s3_store(bucket: &str) -> Result<Arc<dyn ObjectStore>, Error> {
     })
 }
 
-/// Runs the collector every `interval_ms` until `cancel` fires.
+/// Runs the collector every `interval_ms` until `cancel` fires, on one
+/// node at a time of those sharing the backend (the lease
+/// `blobs.collector`, `herald_backend::lease`).
 pub async fn collect_loop(
+    blobs: BlobStore,
+    backend: Arc<dyn Backend>,
+    ttl_ms: u64,
+    interval_ms: u64,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    let shared = Arc::clone(&backend);
+    herald_backend::lease::run_while_held(
+        backend,
+        "blobs.collector",
+        std::time::Duration::from_secs(30),
+        cancel,
+        move |stop| {
+            collect_every(
+                blobs.clone(),
+                Arc::clone(&shared),
+                ttl_ms,
+                interval_ms,
+                stop,
+            )
+        },
+    )
+    .await;
+}
+
+async fn collect_every(
     blobs: BlobStore,
     backend: Arc<dyn Backend>,
     ttl_ms: u64,

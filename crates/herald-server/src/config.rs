@@ -49,7 +49,8 @@ pub struct Options {
     /// Address of the one listener (HTTP API, health, metrics).
     pub listen: SocketAddr,
     /// Directory holding all durable state; locked by one server at a time.
-    /// With `backend = "nats"`, only blobs stored locally are kept here.
+    /// With `backend = "nats"`, blobs live in NATS's object store (unless
+    /// `blobs.s3_bucket`) and it holds only the lock.
     pub data_dir: PathBuf,
     /// Where topics, groups, event streams and key-value state live: the
     /// embedded stores in `data_dir` (default), or a NATS JetStream

@@ -420,6 +420,7 @@ impl From<crate::blobs::Error> for Problem {
             crate::blobs::Error::InsufficientStorage { .. } => Code::InsufficientStorage,
             crate::blobs::Error::RangeNotSatisfiable { .. } => Code::RangeNotSatisfiable,
             crate::blobs::Error::CutOff(_) => Code::InvalidArgument,
+            crate::blobs::Error::NotReady => Code::StorageUnavailable,
             crate::blobs::Error::Store(_) | crate::blobs::Error::Open { .. } => {
                 error!(error = %failure, source = ?std::error::Error::source(&failure), "Blob storage failed.");
                 Code::Unavailable

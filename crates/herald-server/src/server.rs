@@ -186,13 +186,21 @@ impl Server {
         let listener =
             listen(options.listen, options.connections.listen_backlog.get()).map_err(bind_error)?;
         let local_addr = listener.local_addr().map_err(bind_error)?;
-        let blobs = BlobStore::open(
-            data_dir.path(),
-            &options.blobs.s3_bucket,
-            options.limits.max_blob_bytes(),
-            options.blobs.min_free_bytes,
-        )
-        .map_err(Error::OpenBlobs)?;
+        // On NATS (without S3) blobs live in the backend's object store,
+        // attached once the backend has connected.
+        let blobs = if options.backend == crate::config::BackendKind::Nats
+            && options.blobs.s3_bucket.is_empty()
+        {
+            BlobStore::in_backend(options.limits.max_blob_bytes())
+        } else {
+            BlobStore::open(
+                data_dir.path(),
+                &options.blobs.s3_bucket,
+                options.limits.max_blob_bytes(),
+                options.blobs.min_free_bytes,
+            )
+            .map_err(Error::OpenBlobs)?
+        };
         let storage_slot = StorageSlot::default();
         let auth = Auth::new(&options.auth, storage_slot.clone(), Arc::new(SystemClock))
             .map_err(Error::Auth)?;
@@ -329,6 +337,15 @@ impl Server {
             },
             served = &mut http_task => return Err(http_outcome(served).err().unwrap_or(Error::HttpStopped)),
         };
+        match storage.blob_objects().await {
+            Ok(Some(objects)) => blobs.attach(objects),
+            Ok(None) => {}
+            Err(error) => {
+                stop_http.cancel();
+                http_task.abort();
+                return Err(Error::OpenStorage(crate::storage::Error::Backend(error)));
+            }
+        }
         storage_slot.set(storage.handle());
         let services = CancellationToken::new();
         let service_tasks = match start_services(

@@ -5,8 +5,9 @@
 //! ones: the embedded backend (herald-log plus redb in the data directory)
 //! or the NATS backend (a JetStream cluster). [`Storage::open`] recovers
 //! or connects; [`Storage::shutdown`] persists group state, flushes and
-//! closes the backend, then releases the data directory's lock (blobs
-//! stored locally stay there on either backend).
+//! closes the backend, then releases the data directory's lock. Blobs live
+//! in the data directory (embedded), in the backend's object store (NATS),
+//! or in S3 (`blobs.s3_bucket`, either backend).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -163,6 +164,17 @@ impl Storage {
     /// The backend, for the API handlers.
     pub fn backend(&self) -> Arc<dyn Backend> {
         self.backend.shared()
+    }
+
+    /// The backend's own blob store, if it has one (NATS: the system's
+    /// object store bucket, shared by every node).
+    pub async fn blob_objects(
+        &self,
+    ) -> Result<Option<Arc<dyn object_store::ObjectStore>>, herald_backend::Error> {
+        match &self.backend {
+            Concrete::Embedded(_) => Ok(None),
+            Concrete::Nats(backend) => Ok(Some(Arc::new(backend.blobs().await?))),
+        }
     }
 
     /// A cheap handle for the API handlers: the backend, plus the

@@ -441,7 +441,21 @@ impl Service {
         shared
             .tasks
             .spawn(crate::jobs::jobs_loop(Arc::clone(shared), cancel.clone()));
-        tokio::join!(reconcile_loop(shared, &cancel), sweep_loop(shared, &cancel));
+        // The sweep runs on one node of those sharing a backend at a time.
+        let sweep = {
+            let swept = Arc::clone(shared);
+            herald_backend::lease::run_while_held(
+                Arc::clone(&shared.backend),
+                "webhooks.sweep",
+                Duration::from_secs(30),
+                cancel.clone(),
+                move |stop| {
+                    let shared = Arc::clone(&swept);
+                    async move { sweep_loop(&shared, &stop).await }
+                },
+            )
+        };
+        tokio::join!(reconcile_loop(shared, &cancel), sweep);
         let runners: Vec<_> = shared
             .runners
             .lock()

@@ -21,6 +21,7 @@ use herald_backend::Backend;
 use herald_backend::conformance::Harness;
 use herald_nats::{NatsBackend, NatsOptions};
 
+mod blobs;
 mod groups;
 mod nodes;
 

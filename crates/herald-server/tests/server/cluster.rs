@@ -461,6 +461,40 @@ async fn given_three_nats_servers_and_three_herald_nodes_should_serve_one_system
     .await;
     assert_eq!(frames.last().unwrap().data["result"], json!({"ok": true}));
 
+    // A blob uploaded through A is read whole and in part through B (the
+    // object store is the system's, not a node's).
+    let blob: Vec<u8> = (0..1_500_000_u32)
+        .map(|index| (index % 253) as u8)
+        .collect();
+    let uploaded = expect_json(
+        retried("upload", || async {
+            a.client
+                .post(a.url("/v1/blobs"))
+                .body(blob.clone())
+                .send()
+                .await
+                .unwrap()
+        })
+        .await,
+        201,
+    )
+    .await;
+    let blob_url = format!("/v1/blobs/{}", uploaded["id"].as_str().unwrap());
+    let read = retried("download", || b.get(&blob_url)).await;
+    assert_eq!(read.status(), 200);
+    assert_eq!(read.bytes().await.unwrap(), blob, "the blob read through B");
+    let part = retried("ranged download", || async {
+        b.client
+            .get(b.url(&blob_url))
+            .header("range", "bytes=700000-700099")
+            .send()
+            .await
+            .unwrap()
+    })
+    .await;
+    assert_eq!(part.status(), 206);
+    assert_eq!(part.bytes().await.unwrap(), blob[700_000..700_100]);
+
     // SSE resumed on another node with Last-Event-ID: every event once.
     let first = within(
         "SSE on A",
@@ -505,6 +539,20 @@ async fn given_three_nats_servers_and_three_herald_nodes_should_serve_one_system
         cluster.start_node(node);
     }
     wait_for_status(&a.client, &a.url("/readyz"), 200).await;
+
+    // A job with a deadline no worker meets, submitted just before every
+    // node that could hold the job timers' lease dies: the deadline fires
+    // on the node that comes back, once the dead holder's lease expires.
+    let never_worked = json!({"data": {}, "deadline_ms": 6_000});
+    let waiting = expect_json(
+        retried("submit with a deadline", || {
+            a.post("/v1/queues/nobody/jobs", &never_worked)
+        })
+        .await,
+        202,
+    )
+    .await;
+    let waiting_url = format!("/v1/jobs/{}", waiting["job_id"].as_str().unwrap());
 
     // Restart everything (kill -9): state is where it was.
     let mut dirs = Vec::new();
@@ -562,7 +610,24 @@ async fn given_three_nats_servers_and_three_herald_nodes_should_serve_one_system
     )
     .await;
     assert_eq!(stream["version"], 0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let ended = loop {
+        let job = expect_json(retried("read the job", || a.get(&waiting_url)).await, 200).await;
+        if job["status"] != "pending" && job["status"] != "running" {
+            break job;
+        }
+        assert!(Instant::now() < deadline, "the deadline never fired: {job}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(ended["status"], "failed", "{ended}");
+    assert!(
+        ended["error"].as_str().unwrap().contains("deadline"),
+        "{ended}"
+    );
+    let kept = retried("download after restart", || a.get(&blob_url)).await;
+    assert_eq!(kept.status(), 200);
+    assert_eq!(kept.bytes().await.unwrap(), blob, "the blob survives");
     println!(
-        "cluster: restarted 3 NATS servers and a Herald node: {stored} events, group fully acked, stream at version 0"
+        "cluster: restarted 3 NATS servers and a Herald node: {stored} events, group fully acked, stream at version 0, the 1.5 MB blob intact, the job deadline fired after its timer node died"
     );
 }
