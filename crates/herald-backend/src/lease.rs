@@ -155,6 +155,16 @@ impl Lease {
     }
 }
 
+/// Whether anyone holds the lease `name` now (by this node's clock): a
+/// node that keeps a lease of its own says it is alive this way.
+pub async fn is_held(backend: &dyn Backend, name: &str) -> Result<bool> {
+    Ok(backend
+        .kv_get(LEASES_BUCKET, name)
+        .await?
+        .and_then(|entry| serde_json::from_slice::<Holder>(&entry.value).ok())
+        .is_some_and(|holder| holder.until_ms > now_ms()))
+}
+
 /// Runs `task` while this node holds the lease `name` (see the module
 /// docs), until `cancel` fires: the task gets a token that fires when the
 /// lease is lost or at shutdown, and is started again whenever the lease
@@ -162,7 +172,7 @@ impl Lease {
 /// given up.
 pub async fn run_while_held<F, Fut>(
     backend: Arc<dyn Backend>,
-    name: &str,
+    name: impl Into<String>,
     length: Duration,
     cancel: CancellationToken,
     mut task: F,
@@ -170,6 +180,8 @@ pub async fn run_while_held<F, Fut>(
     F: FnMut(CancellationToken) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    let name: String = name.into();
+    let name = name.as_str();
     let mut lease = Lease::new(backend, name, length);
     let renew_every = length / 3;
     let mut running: Option<(CancellationToken, tokio::task::JoinHandle<()>)> = None;

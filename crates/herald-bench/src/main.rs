@@ -139,6 +139,12 @@ struct Args {
     /// trusting that CA.
     #[arg(long)]
     tls: bool,
+    /// The backend Herald runs on: `embedded` (its own storage), or `nats`
+    /// (a `nats-server -js` of its own per run, at the point's durability
+    /// level, its CPU counted as Herald's): Herald-on-NATS against raw
+    /// NATS shows the overhead Herald adds.
+    #[arg(long, value_parser = ["embedded", "nats"], default_value = "embedded")]
+    backend: String,
     /// Only redraw the charts and `summary.md` of an earlier run from its
     /// `summary.json`.
     #[arg(long)]
@@ -364,6 +370,9 @@ async fn main() -> Result<()> {
         postgres: args.pg_bin.clone().unwrap_or_else(peers::find_postgres),
         tmp: args.tmp.clone().unwrap_or_else(std::env::temp_dir),
     };
+    if args.backend == "nats" {
+        let _ = peers::HERALD_ON_NATS.set(bins.nats.clone());
+    }
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
     let timing = Timing {
@@ -529,7 +538,7 @@ async fn run_one(
             }
         }
         (workload, _) => {
-            let herald = Herald::start(bins, args.tls)?;
+            let herald = Herald::start_at(bins, args.tls, level)?;
             let (endpoint, pid) = (herald.endpoint.clone(), herald.pid());
             match workload {
                 "w1" => {

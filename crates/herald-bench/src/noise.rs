@@ -14,6 +14,19 @@ use serde_json::{Value, json};
 
 const TICKS_PER_SECOND: f64 = 100.0;
 
+/// Processes counted as part of every server tree besides its root (the
+/// `nats-server` a Herald on the NATS backend stores in). Dead ones count
+/// nothing.
+static EXTRA_SERVER_ROOTS: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+/// Counts `pid`'s tree as part of the server's from now on.
+pub fn add_server_root(pid: u32) {
+    if let Ok(mut roots) = EXTRA_SERVER_ROOTS.lock() {
+        roots.retain(|root| std::path::Path::new(&format!("/proc/{root}")).exists());
+        roots.push(pid);
+    }
+}
+
 /// Counters at one instant.
 #[derive(Debug, Clone, Copy)]
 pub struct Snapshot {
@@ -179,6 +192,9 @@ fn tree_counters(root: u32) -> (u64, u64) {
         }
     }
     let mut tree = vec![root];
+    if let Ok(roots) = EXTRA_SERVER_ROOTS.lock() {
+        tree.extend(roots.iter().filter(|pid| stats.contains_key(pid)));
+    }
     let mut index = 0;
     while let Some(&parent) = tree.get(index) {
         tree.extend(

@@ -55,12 +55,19 @@ impl Drop for Guard {
 /// measure the cost of authentication.
 pub static AUTH_KEY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
+/// The `nats-server` binary Herald itself runs on (`--backend nats`);
+/// unset: the embedded backend.
+pub static HERALD_ON_NATS: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
 /// A running `herald serve`.
 #[derive(Debug)]
 pub struct Herald {
     child: Guard,
     pub endpoint: Endpoint,
     dir: TempDir,
+    /// With `--backend nats`: the `nats-server` this Herald stores in (its
+    /// own, stopped after it: fields drop in order).
+    nats: Option<Nats>,
 }
 
 /// Where a Herald is and, over TLS, the CA its certificate comes from.
@@ -92,6 +99,29 @@ impl Herald {
     /// endpoint trusts.
     pub fn start(bins: &Binaries, tls: bool) -> Result<Self> {
         Self::launch(&bins.herald, &bins.tmp, Stdio::inherit(), tls)
+    }
+
+    /// [`Herald::start`] for a comparison at `level`: with `--backend nats`
+    /// ([`HERALD_ON_NATS`]) on a `nats-server` of its own at that level,
+    /// whose CPU counts as the server's ([`crate::noise`]).
+    pub fn start_at(bins: &Binaries, tls: bool, level: Level) -> Result<Self> {
+        let Some(nats_bin) = HERALD_ON_NATS.get() else {
+            return Self::start(bins, tls);
+        };
+        let nats_bins = Binaries {
+            nats: nats_bin.clone(),
+            ..bins.clone()
+        };
+        let nats = Nats::start(&nats_bins, level)?;
+        let env = [
+            ("HERALD_BACKEND", "nats"),
+            ("HERALD_NATS__URL", nats.url.as_str()),
+        ];
+        let mut herald =
+            Self::launch_with_env(&bins.herald, &bins.tmp, Stdio::inherit(), tls, &env)?;
+        crate::noise::add_server_root(nats.pid());
+        herald.nats = Some(nats);
+        Ok(herald)
     }
 
     /// `herald` (the binary) serving a fresh data dir under `tmp`, its log
@@ -165,6 +195,7 @@ impl Herald {
                 ca_pem,
             },
             dir,
+            nats: None,
         })
     }
 

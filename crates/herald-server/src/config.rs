@@ -827,6 +827,7 @@ impl WorkflowOptions {
             max_history_records: usize::try_from(self.max_history_records.get())
                 .unwrap_or(usize::MAX),
             secrets: self.secrets.clone().into_iter().collect(),
+            shared_backend: false,
         }
     }
 }

@@ -503,7 +503,10 @@ async fn start_services(
             http: Some(sender.clone()),
             jobs: Some(jobs_handle),
         },
-        options.workflows.engine_options(),
+        herald_workflows::Options {
+            shared_backend: options.backend == crate::config::BackendKind::Nats,
+            ..options.workflows.engine_options()
+        },
         Arc::clone(metrics.workflows()),
         cancel.child_token(),
     )

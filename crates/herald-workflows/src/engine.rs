@@ -7,6 +7,24 @@
 //! its status, input, output and error, for reads and lists. The history
 //! is the truth; the entry follows it, and a restart corrects an entry a
 //! crash left behind.
+//!
+//! # Several nodes on one backend
+//!
+//! With [`Options::shared_backend`] (NATS: several Herald nodes), each
+//! instance that has not ended is owned by the node running it: its id in
+//! the `Kv` bucket [`OWNERS_BUCKET`], written when a node starts, resumes
+//! or wakes it, removed when it ends. Each node keeps a lease of its own
+//! (`workflows.node.<node>`, `herald_backend::lease`) while it lives. A
+//! node that starts resumes only instances whose owner is not alive (its
+//! lease expired or given up), and one node at a time (the lease
+//! `workflows.adopt`) looks every [`ADOPT_EVERY`] for such instances and
+//! takes them over, by compare-and-set on the owner entry: a dead node's
+//! instances, timers included, go on elsewhere within a node lease's
+//! length, and an instance another node runs is not run twice. Should two
+//! nodes still run one instance (a node cut off from NATS past its lease),
+//! the history's optimistic concurrency lets one advance it; the other
+//! leaves it. On one node alone (the embedded backend) there are no owner
+//! entries: a start resumes every instance.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -31,6 +49,22 @@ use crate::store::{Definitions, StoreError, StoredDefinition};
 
 /// The `Kv` bucket of instances' entries, by instance id.
 pub const INSTANCES_BUCKET: &str = "workflows.instances";
+
+/// The `Kv` bucket of the node running each instance that has not ended,
+/// by instance id (with [`Options::shared_backend`]).
+pub const OWNERS_BUCKET: &str = "workflows.owners";
+
+/// How often a node looks for instances whose owner died.
+pub const ADOPT_EVERY: Duration = Duration::from_secs(5);
+
+/// How long a node's own lease lasts unrenewed: its instances move to
+/// another node this long after it dies.
+const NODE_LEASE: Duration = Duration::from_secs(15);
+
+/// The lease of the node `node`.
+fn node_lease(node: &str) -> String {
+    format!("workflows.node.{node}")
+}
 
 /// Where an instance is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -151,6 +185,9 @@ pub struct Options {
     pub max_history_records: usize,
     /// Secrets by name, for `$secrets`.
     pub secrets: HashMap<String, String>,
+    /// Whether other nodes run engines on the same backend (NATS): then
+    /// instances have owners (see the module docs).
+    pub shared_backend: bool,
 }
 
 impl Default for Options {
@@ -159,6 +196,7 @@ impl Default for Options {
             http_timeout: Duration::from_secs(30),
             max_history_records: 10_000,
             secrets: HashMap::new(),
+            shared_backend: false,
         }
     }
 }
@@ -219,6 +257,8 @@ struct Inner {
     history_ready: std::sync::atomic::AtomicBool,
     cancel: CancellationToken,
     tasks: TaskTracker,
+    /// This engine's id among those sharing the backend.
+    node: String,
 }
 
 impl Engine {
@@ -256,6 +296,7 @@ impl Engine {
                 history_ready: std::sync::atomic::AtomicBool::new(false),
                 cancel,
                 tasks: TaskTracker::new(),
+                node: uuid::Uuid::now_v7().to_string(),
             }),
         };
         let waker = engine.clone();
@@ -263,7 +304,156 @@ impl Engine {
             .inner
             .tasks
             .spawn(async move { waker.wake_parked().await });
+        if engine.inner.options.shared_backend {
+            engine.start_node_tasks();
+        }
         Ok(engine)
+    }
+
+    /// With a shared backend: keeps this node's lease, and adopts the
+    /// instances of dead nodes (one node at a time).
+    fn start_node_tasks(&self) {
+        let inner = &self.inner;
+        inner.tasks.spawn(herald_backend::lease::run_while_held(
+            Arc::clone(&inner.backend),
+            node_lease(&inner.node),
+            NODE_LEASE,
+            inner.cancel.clone(),
+            |alive| async move { alive.cancelled().await },
+        ));
+        let adopter = self.clone();
+        inner.tasks.spawn(herald_backend::lease::run_while_held(
+            Arc::clone(&inner.backend),
+            "workflows.adopt",
+            NODE_LEASE,
+            inner.cancel.clone(),
+            move |stop| {
+                let engine = adopter.clone();
+                async move {
+                    loop {
+                        if let Err(error) = engine.adopt_orphans().await {
+                            warn!(%error, "Could not look for workflow instances of dead nodes.");
+                        }
+                        tokio::select! {
+                            () = stop.cancelled() => return,
+                            () = tokio::time::sleep(ADOPT_EVERY) => {}
+                        }
+                    }
+                }
+            },
+        ));
+    }
+
+    /// Takes over the instances whose owner node is not alive (see the
+    /// module docs) and runs them here; returns how many. Called every
+    /// [`ADOPT_EVERY`] on one node with a shared backend.
+    pub async fn adopt_orphans(&self) -> Result<usize, EngineError> {
+        let backend = &*self.inner.backend;
+        let mut alive: HashMap<String, bool> = HashMap::new();
+        let mut adopted = 0;
+        let mut after: Option<String> = None;
+        loop {
+            let page = backend
+                .kv_keys(OWNERS_BUCKET, "", after.as_deref(), 1000)
+                .await?;
+            let full = page.len() == 1000;
+            for id in &page {
+                let Some(entry) = backend.kv_get(OWNERS_BUCKET, id).await? else {
+                    continue;
+                };
+                let owner = String::from_utf8_lossy(&entry.value).into_owned();
+                if owner == self.inner.node {
+                    continue;
+                }
+                let owner_alive = match alive.get(&owner) {
+                    Some(known) => *known,
+                    None => {
+                        let known =
+                            herald_backend::lease::is_held(backend, &node_lease(&owner)).await?;
+                        alive.insert(owner.clone(), known);
+                        known
+                    }
+                };
+                if owner_alive {
+                    continue;
+                }
+                // One adopter wins the owner entry.
+                match backend
+                    .kv_put(
+                        OWNERS_BUCKET,
+                        id,
+                        Bytes::from(self.inner.node.clone()),
+                        Expect::Revision(entry.revision),
+                    )
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(BackendError::RevisionMismatch { .. }) => continue,
+                    Err(error) => return Err(error.into()),
+                }
+                if self.resume_here(id).await? {
+                    info!(instance = %id, node = %owner, "Took over a workflow instance of a node that is gone.");
+                    adopted += 1;
+                }
+            }
+            after = page.last().cloned();
+            if !full {
+                return Ok(adopted);
+            }
+        }
+    }
+
+    /// Runs instance `id` here (parked if it waits on a timer) unless it
+    /// ended or is gone; an ended or missing one loses its owner entry.
+    async fn resume_here(&self, id: &str) -> Result<bool, EngineError> {
+        match self.read(id).await? {
+            Some(view) if !view.status.ended() => {
+                match (view.status, view.wake_at) {
+                    (Status::Waiting, Some(due)) => self.park(id, due),
+                    _ => self.spawn(id, Control::default()),
+                }
+                Ok(true)
+            }
+            _ => {
+                self.disown(id).await;
+                Ok(false)
+            }
+        }
+    }
+
+    /// With a shared backend: records this node as the one running `id`.
+    async fn own(&self, id: &str) {
+        if !self.inner.options.shared_backend {
+            return;
+        }
+        if let Err(error) = self
+            .inner
+            .backend
+            .kv_put(
+                OWNERS_BUCKET,
+                id,
+                Bytes::from(self.inner.node.clone()),
+                Expect::Any,
+            )
+            .await
+        {
+            warn!(instance = id, %error, "Could not record which node runs a workflow instance.");
+        }
+    }
+
+    /// With a shared backend: `id` ended, it needs no owner.
+    async fn disown(&self, id: &str) {
+        if !self.inner.options.shared_backend {
+            return;
+        }
+        if let Err(error) = self
+            .inner
+            .backend
+            .kv_delete(OWNERS_BUCKET, id, Expect::Any)
+            .await
+        {
+            warn!(instance = id, %error, "Could not remove an ended workflow instance's owner.");
+        }
     }
 
     /// How many instances run in a task now, and how many are parked on a
@@ -364,10 +554,26 @@ impl Engine {
             self.refresh_trigger(&namespace, &name).await?;
         }
         let mut resumed = 0;
+        let shared = self.inner.options.shared_backend;
         for id in self.ids().await? {
             let Some(view) = self.read(&id).await? else {
                 continue;
             };
+            if shared && !view.status.ended() {
+                // Another node's, while it lives: not ours to run. One
+                // without an owner entry (written before owners were) is
+                // taken; the adopter takes the others once theirs dies.
+                if let Some(entry) = self.inner.backend.kv_get(OWNERS_BUCKET, &id).await? {
+                    let owner = String::from_utf8_lossy(&entry.value).into_owned();
+                    if owner != self.inner.node
+                        && herald_backend::lease::is_held(&*self.inner.backend, &node_lease(&owner))
+                            .await?
+                    {
+                        continue;
+                    }
+                }
+                self.own(&id).await;
+            }
             match (view.status, view.wake_at) {
                 (status, _) if status.ended() => {}
                 // Parked on a timer: scheduled, not replayed now.
@@ -436,6 +642,8 @@ impl Engine {
             ended_at: None,
             wake_at: None,
         };
+        // Owned before it exists: no node starting now finds it ownerless.
+        self.own(id).await;
         let created = match self.write(&view, Expect::Absent).await {
             Ok(()) => {
                 self.inner.env.metrics.started();
@@ -718,7 +926,10 @@ impl Engine {
         self.inner.tasks.spawn(async move {
             tokio::select! {
                 () = cancel.cancelled() => {}
-                () = engine.drive(&id, sender) => {}
+                () = async {
+                    engine.own(&id).await;
+                    engine.drive(&id, sender).await;
+                } => {}
             }
             if let Ok(mut live) = engine.inner.live.lock() {
                 live.remove(&id);
@@ -732,7 +943,10 @@ impl Engine {
     async fn drive(&self, id: &str, control: Arc<watch::Sender<Control>>) {
         loop {
             match self.drive_once(id, &control).await {
-                Ok(Pass::Ended) => return,
+                Ok(Pass::Ended) => {
+                    self.disown(id).await;
+                    return;
+                }
                 Ok(Pass::Parked(due)) => {
                     self.park(id, due);
                     return;

@@ -1446,3 +1446,82 @@ output:
     engine.shutdown().await;
     backend.shutdown().await.unwrap();
 }
+
+/// An engine of a node sharing `backend` with others (as on NATS).
+async fn node(backend: &Arc<dyn Backend>) -> Engine {
+    let options = Options {
+        shared_backend: true,
+        ..Options::default()
+    };
+    Engine::start(
+        Arc::clone(backend),
+        herald_workflows::Services::default(),
+        options,
+        Arc::new(herald_workflows::WorkflowMetrics::default()),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap()
+}
+
+/// Several nodes on one backend: a node that starts does not run what a
+/// live node runs; once that node is gone, another takes its instances
+/// over (timers included) and they end once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_nodes_sharing_a_backend_should_run_each_instance_on_one_and_adopt_a_gone_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = open(dir.path()).await;
+    let first = node(&backend).await;
+    first.recover().await.unwrap();
+    first
+        .deploy(
+            &workflow(
+                "napping",
+                "do:\n  - nap: { wait: { milliseconds: 1500 } }\n  - after: { set: { done: true } }\n",
+            ),
+            "2026-12-03T00:00:00.000Z".into(),
+        )
+        .await
+        .unwrap();
+    let id = first
+        .start_instance("test", "napping", None, json!({}))
+        .await
+        .unwrap()
+        .instance_id;
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    while first.get(&id).await.unwrap().status != Status::Waiting {
+        assert!(tokio::time::Instant::now() < deadline, "never waiting");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // A second node starts: the first lives, so it neither resumes nor
+    // adopts the instance.
+    let second = node(&backend).await;
+    assert_eq!(second.recover().await.unwrap(), 0, "a live node's instance");
+    assert_eq!(second.adopt_orphans().await.unwrap(), 0);
+    assert_eq!(second.load(), (0, 0));
+
+    // The first goes away before the timer is due: the second takes the
+    // instance over and it ends there, after its recorded due time.
+    first.shutdown().await;
+    assert_eq!(second.adopt_orphans().await.unwrap(), 1);
+    assert_eq!(second.adopt_orphans().await.unwrap(), 0, "adopted once");
+    let view = second.wait(&id, SETTLE).await.unwrap();
+    assert_eq!(view.status, Status::Completed, "{view:?}");
+    assert_eq!(view.output, Some(json!({"done": true})));
+    let history = second.history(&id).await.unwrap();
+    let naps = history.iter().filter(|step| step.task == "nap").count();
+    assert_eq!(naps, 1, "the timer fired once: {history:?}");
+    // Ended: no owner left to adopt (removed right after the end).
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    while !backend
+        .kv_keys(herald_workflows::engine::OWNERS_BUCKET, "", None, 10)
+        .await
+        .unwrap()
+        .is_empty()
+    {
+        assert!(tokio::time::Instant::now() < deadline, "an owner stays");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    second.shutdown().await;
+}
