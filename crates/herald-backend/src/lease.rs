@@ -12,9 +12,9 @@
 //! lease has run out by its own clock, before any other node can take it
 //! (clocks are assumed to agree to well within a lease's length).
 //!
-//! One node alone (the embedded backend, which locks its data directory)
-//! takes every lease at once and keeps it; the tasks run as before, with a
-//! renewal write every few seconds.
+//! A backend no other process shares (the embedded one, which locks its
+//! data directory: [`Backend::is_shared`]) needs no lease:
+//! [`run_while_held`] runs the task at once and writes nothing.
 //!
 //! A task run under a lease must still be safe if it overlaps another
 //! node's run for a moment (a lease that expired during a long pause): the
@@ -180,6 +180,10 @@ pub async fn run_while_held<F, Fut>(
     F: FnMut(CancellationToken) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    if !backend.is_shared() {
+        task(cancel).await;
+        return;
+    }
     let name: String = name.into();
     let name = name.as_str();
     let mut lease = Lease::new(backend, name, length);

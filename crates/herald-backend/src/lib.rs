@@ -477,6 +477,13 @@ pub trait Backend: Topics + Events + Groups + Kv + Streams + std::fmt::Debug {
         Vec::new()
     }
 
+    /// Whether other processes (Herald nodes) may use the same storage at
+    /// once (NATS), so work that must run once needs a lease
+    /// ([`crate::lease`]); the embedded backend locks its data directory.
+    fn is_shared(&self) -> bool {
+        false
+    }
+
     /// Stops background work, persists group state, and closes storage
     /// cleanly (each partition flushed and fsynced). Calls after it fail with
     /// [`Error::ShuttingDown`].

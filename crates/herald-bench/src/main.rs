@@ -24,6 +24,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod charts;
+mod nodes;
 mod noise;
 mod peers;
 mod report;
@@ -71,6 +72,9 @@ enum Command {
     /// W8: a three-step durable workflow on Herald and on Restate, side by
     /// side: instances per second, start-to-completion p50/p99.
     Workflows(workflows::WorkflowArgs),
+    /// Three Herald nodes against one on one NATS server: publish and a
+    /// queue-group drain with the clients spread over the nodes.
+    Nodes(nodes::NodesArgs),
 }
 
 /// The side-by-side comparison (no subcommand).
@@ -319,11 +323,19 @@ fn points(args: &Args) -> Result<Vec<Point>> {
                         (32, 1, true),
                     ]
                 };
+                // Herald on NATS is set against raw NATS doing the same
+                // appends; the embedded backend against PostgreSQL.
+                let peer = if args.backend == "nats" {
+                    "nats"
+                } else {
+                    "postgres"
+                };
                 for &(producers, events, zipf) in shapes {
                     points.push(Point {
                         producers,
                         events,
                         zipf,
+                        peer,
                         ..Point::new("w6", Level::D2, 128)
                     });
                 }
@@ -342,6 +354,7 @@ async fn main() -> Result<()> {
         Some(Command::Webhooks(w7)) => return webhooks::run(w7).await,
         Some(Command::Timers(w8)) => return timers::run(w8).await,
         Some(Command::Workflows(w8)) => return workflows::run(w8).await,
+        Some(Command::Nodes(nodes)) => return nodes::run(nodes).await,
         None => {}
     }
     let mut args = cli.args;
@@ -534,6 +547,7 @@ async fn run_one(
                     workloads::w2_nats(&url, pid, producers, partitions, size, timing).await
                 }
                 "w5" => workloads::w5_nats(&url, pid, e2e, timing).await,
+                "w6" => workloads::w6_nats(&url, pid, point.w6(), size, timing).await,
                 _ => workloads::w4_nats(&url, pid, args.backlog, point.consumers, size).await,
             }
         }

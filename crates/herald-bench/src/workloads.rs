@@ -1140,6 +1140,126 @@ pub async fn w6_herald(
     Ok(run)
 }
 
+/// W6 on raw NATS JetStream: what an event-store append needs, done by
+/// hand, as Herald's NATS backend does it: one stream (`ACCOUNTS`, atomic
+/// publish allowed), one subject per event stream (`accounts.<stream>`),
+/// optimistic concurrency through `Nats-Expected-Last-Subject-Sequence` on
+/// the append's first message, and the events of one append as one atomic
+/// batch (ADR-50). Each writer owns its streams (as on Herald and
+/// PostgreSQL), so no conflict is expected; afterwards the stream's
+/// message count is checked against the acknowledged appends.
+pub async fn w6_nats(url: &str, pid: u32, spec: W6, size: usize, t: Timing) -> Result<Run> {
+    /// One writer's streams and the last sequence of each it knows.
+    struct Writer {
+        id: u64,
+        rng: Rng,
+        last: Vec<u64>,
+        appends: u64,
+    }
+    let client = async_nats::connect(url).await?;
+    let js = jetstream::new(client.clone());
+    let mut attempts = 0;
+    let mut stream = loop {
+        let created = js
+            .get_or_create_stream(jetstream::stream::Config {
+                name: "ACCOUNTS".to_owned(),
+                subjects: vec!["accounts.>".to_owned()],
+                storage: jetstream::stream::StorageType::File,
+                num_replicas: 1,
+                allow_atomic_publish: true,
+                ..Default::default()
+            })
+            .await;
+        match created {
+            Ok(stream) => break stream,
+            // JetStream may still be starting.
+            Err(_) if attempts < 50 => {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(error) => return Err(error.into()),
+        }
+    };
+    let payload = Bytes::from(vec![b'x'; size]);
+    let per = spec.per_writer();
+    let cdf: Option<Arc<Vec<f64>>> = spec.zipf.then(|| Arc::new(zipf_cdf(per, ZIPF_S)));
+    let init = |writer: u64| Writer {
+        id: writer,
+        rng: Rng(writer.wrapping_mul(0x2545_f491_4f6c_dd1d) ^ 0x5eed),
+        last: vec![0; per as usize],
+        appends: 0,
+    };
+    let batches = Arc::new(AtomicU64::new(0));
+    let (mut run, states) = concurrent(pid, spec.writers, t, init, move |mut w: Writer| {
+        let (client, js, payload, cdf) = (client.clone(), js.clone(), payload.clone(), cdf.clone());
+        let batches = Arc::clone(&batches);
+        async move {
+            let rank = draw(&mut w.rng, per, cdf.as_deref().map(Vec::as_slice));
+            let subject = format!("accounts.account-{}", rank as u64 * spec.writers + w.id);
+            let batch = format!("b{}", batches.fetch_add(1, Ordering::Relaxed));
+            let mut sent = 0;
+            for index in 1..=spec.events {
+                let mut headers = async_nats::HeaderMap::new();
+                if index == 1 {
+                    headers.insert(
+                        "Nats-Expected-Last-Subject-Sequence",
+                        w.last[rank].to_string(),
+                    );
+                }
+                if spec.events > 1 {
+                    headers.insert("Nats-Batch-Id", batch.as_str());
+                    headers.insert("Nats-Batch-Sequence", index.to_string());
+                }
+                if index < spec.events {
+                    client
+                        .publish_with_headers(subject.clone(), headers, payload.clone())
+                        .await?;
+                    sent += 1;
+                    continue;
+                }
+                if spec.events > 1 {
+                    headers.insert("Nats-Batch-Commit", "1");
+                }
+                match js
+                    .publish_with_headers(subject.clone(), headers, payload.clone())
+                    .await?
+                    .await
+                {
+                    Ok(ack) => {
+                        w.last[rank] = ack.sequence;
+                        w.appends += 1;
+                    }
+                    // A conflict is not expected (each writer owns its
+                    // streams): any failure ends the run.
+                    Err(error) => {
+                        anyhow::bail!("append {batch} ({sent} sent before) failed: {error}");
+                    }
+                }
+            }
+            Ok(w)
+        }
+    })
+    .await?;
+    let appends_total: u64 = states.iter().map(|w| w.appends).sum();
+    let stored = stream.info().await?.state.messages;
+    let expected_events = appends_total * spec.events;
+    let appends = run.latency.map_or(0, |l| l.count);
+    let mut extra = spec.json();
+    extra["appends"] = json!(appends);
+    extra["events_per_s"] = json!(run.throughput * spec.events as f64);
+    extra["conflicts"] = json!(0);
+    extra["expected_conflicts"] = json!(0);
+    extra["verification"] = json!({
+        "appends_acknowledged_total": appends_total,
+        "events_expected": expected_events,
+        "events_stored": stored,
+        "ok": stored == expected_events,
+    });
+    extra["server_cpu_us_per_append"] = json!(run.noise.server_cpu * 1e6 / appends.max(1) as f64);
+    run.extra = extra;
+    Ok(run)
+}
+
 /// W6 on PostgreSQL: pgbench, `writers` clients (at most 2 threads), the
 /// same stream ownership and choice; each append is one INSERT of the
 /// stream's next `events` versions (the primary key refuses a duplicate
@@ -1350,4 +1470,88 @@ where
         }),
     };
     Ok((run, states))
+}
+
+// ------------------------------------------------------ several nodes
+
+/// Several Herald nodes sharing one backend (`herald-bench nodes`): W2's
+/// shape (`producers` tasks, one unary publish of one event in flight
+/// each, keyed by producer over 4 partitions), the producers spread
+/// round-robin over `endpoints`, each node's on a client of its own.
+pub async fn nodes_publish(
+    endpoints: &[Endpoint],
+    pid: u32,
+    level: Level,
+    producers: u64,
+    t: Timing,
+) -> Result<Run> {
+    herald_topic_partitions(&endpoints[0], level, 4).await?;
+    let mut clients = Vec::new();
+    for endpoint in endpoints {
+        clients.push(herald_client(endpoint).await?);
+    }
+    let payload = Bytes::from(vec![b'x'; 128]);
+    let count = clients.len() as u64;
+    let init = |task: u64| {
+        (
+            clients[usize::try_from(task % count).unwrap_or(0)].clone(),
+            format!("producer-{task}"),
+        )
+    };
+    let (mut run, _) = concurrent(
+        pid,
+        producers,
+        t,
+        init,
+        move |(client, key): (Client, String)| {
+            let mut event = herald_event(&payload);
+            event.key = Some(key.clone());
+            async move {
+                client.publish("bench", [event]).await?;
+                Ok((client, key))
+            }
+        },
+    )
+    .await?;
+    run.extra = json!({"nodes": endpoints.len(), "producers": producers, "partitions": 4});
+    Ok(run)
+}
+
+/// Several Herald nodes sharing one backend: W4's drain of a `backlog`
+/// (filled through the first node) by `consumers` consumers of one queue
+/// group spread round-robin over `endpoints` (a group runs on one node;
+/// the others forward to it).
+pub async fn nodes_drain(
+    endpoints: &[Endpoint],
+    pid: u32,
+    level: Level,
+    backlog: u64,
+    consumers: u64,
+) -> Result<Run> {
+    let client = herald_topic(&endpoints[0], level).await?;
+    herald_group(&client, "drain").await?;
+    let publisher = client.publisher("bench").max_batch(1000).window(64).build();
+    fill(backlog, 128, FILL_WINDOW, |payload| {
+        herald_send(publisher.clone(), payload)
+    })
+    .await?;
+    let drain = Drain {
+        pid,
+        backlog,
+        consumers,
+        size: 128,
+    };
+    let mut next = 0;
+    let mut run = drain
+        .run(
+            |sink| {
+                let endpoint = endpoints[next % endpoints.len()].clone();
+                next += 1;
+                async move { herald_subscriber(&endpoint, "drain", sink).await }
+            },
+            || herald_settled(&client, "drain"),
+        )
+        .await?;
+    run.extra["nodes"] = json!(endpoints.len());
+    Ok(run)
 }

@@ -331,6 +331,10 @@ impl Backend for NatsBackend {
         }]
     }
 
+    fn is_shared(&self) -> bool {
+        true
+    }
+
     async fn shutdown(&self) -> Result<()> {
         if self.inner.closed.load(Ordering::SeqCst) {
             return Ok(());

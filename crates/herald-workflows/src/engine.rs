@@ -305,22 +305,39 @@ impl Engine {
             .tasks
             .spawn(async move { waker.wake_parked().await });
         if engine.inner.options.shared_backend {
-            engine.start_node_tasks();
+            engine.start_node_tasks().await;
         }
         Ok(engine)
     }
 
-    /// With a shared backend: keeps this node's lease, and adopts the
-    /// instances of dead nodes (one node at a time).
-    fn start_node_tasks(&self) {
+    /// With a shared backend: takes this node's lease (before any instance
+    /// runs here) and keeps it, and adopts the instances of dead nodes (one
+    /// node at a time).
+    async fn start_node_tasks(&self) {
         let inner = &self.inner;
-        inner.tasks.spawn(herald_backend::lease::run_while_held(
+        let mut alive = herald_backend::lease::Lease::new(
             Arc::clone(&inner.backend),
-            node_lease(&inner.node),
+            &node_lease(&inner.node),
             NODE_LEASE,
-            inner.cancel.clone(),
-            |alive| async move { alive.cancelled().await },
-        ));
+        );
+        // Held before the engine answers, so other nodes see this one alive
+        // before any instance runs here.
+        if let Err(error) = alive.try_hold().await {
+            warn!(%error, "Could not take this node's workflow lease; retrying.");
+        }
+        let cancel = inner.cancel.clone();
+        inner.tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    () = tokio::time::sleep(NODE_LEASE / 3) => {}
+                }
+                if let Err(error) = alive.try_hold().await {
+                    warn!(%error, "Could not renew this node's workflow lease; retrying.");
+                }
+            }
+            alive.release().await;
+        });
         let adopter = self.clone();
         inner.tasks.spawn(herald_backend::lease::run_while_held(
             Arc::clone(&inner.backend),
