@@ -723,7 +723,28 @@ pub async fn w4_herald(
     consumers: u64,
     size: usize,
 ) -> Result<Run> {
-    let client = herald_topic(endpoint, level).await?;
+    drain_over(
+        std::slice::from_ref(endpoint),
+        pid,
+        level,
+        backlog,
+        consumers,
+        size,
+    )
+    .await
+}
+
+/// W4 on Herald with the consumers spread round-robin over `endpoints`
+/// (nodes sharing one backend; the backlog is filled through the first).
+async fn drain_over(
+    endpoints: &[Endpoint],
+    pid: u32,
+    level: Level,
+    backlog: u64,
+    consumers: u64,
+    size: usize,
+) -> Result<Run> {
+    let client = herald_topic(&endpoints[0], level).await?;
     herald_group(&client, "drain").await?;
     let publisher = client.publisher("bench").max_batch(1000).window(64).build();
     fill(backlog, size, FILL_WINDOW, |payload| {
@@ -736,9 +757,14 @@ pub async fn w4_herald(
         consumers,
         size,
     };
+    let mut next = 0;
     drain
         .run(
-            |sink| herald_subscriber(endpoint, "drain", sink),
+            |sink| {
+                let endpoint = endpoints[next % endpoints.len()].clone();
+                next += 1;
+                async move { herald_subscriber(&endpoint, "drain", sink).await }
+            },
             || herald_settled(&client, "drain"),
         )
         .await
@@ -1528,30 +1554,7 @@ pub async fn nodes_drain(
     backlog: u64,
     consumers: u64,
 ) -> Result<Run> {
-    let client = herald_topic(&endpoints[0], level).await?;
-    herald_group(&client, "drain").await?;
-    let publisher = client.publisher("bench").max_batch(1000).window(64).build();
-    fill(backlog, 128, FILL_WINDOW, |payload| {
-        herald_send(publisher.clone(), payload)
-    })
-    .await?;
-    let drain = Drain {
-        pid,
-        backlog,
-        consumers,
-        size: 128,
-    };
-    let mut next = 0;
-    let mut run = drain
-        .run(
-            |sink| {
-                let endpoint = endpoints[next % endpoints.len()].clone();
-                next += 1;
-                async move { herald_subscriber(&endpoint, "drain", sink).await }
-            },
-            || herald_settled(&client, "drain"),
-        )
-        .await?;
+    let mut run = drain_over(endpoints, pid, level, backlog, consumers, 128).await?;
     run.extra["nodes"] = json!(endpoints.len());
     Ok(run)
 }
