@@ -375,6 +375,14 @@ impl Inner {
                 .await?
                 .last_sequence);
         }
+        // The end is read before the lookup: when nothing at or after the
+        // time is stored yet, the answer is that end. Read after, it could
+        // include an event stored in between, which the caller (a listen
+        // starting now) would then skip.
+        let end = inner
+            .partition_state(&runtime, partition, &runtime.streams[index])
+            .await?
+            .last_sequence;
         let found = api::direct_get_batch(
             &inner.client,
             inner.api_prefix(),
@@ -391,10 +399,7 @@ impl Inner {
         .map_err(|error| unavailable("seek by time", error))?;
         match found.first() {
             Some(message) => Ok(message.sequence - 1),
-            None => Ok(inner
-                .partition_state(&runtime, partition, &runtime.streams[index])
-                .await?
-                .last_sequence),
+            None => Ok(end),
         }
     }
 }

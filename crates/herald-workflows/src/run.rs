@@ -167,6 +167,11 @@ pub struct Run {
     workflow: Value,
     runtime: Value,
     secrets: Value,
+    /// When this run last began to publish an event (ms since the Unix
+    /// epoch): a `listen` after it also sees events stored since then, so
+    /// an answer to what it emitted, stored before the listen began, is
+    /// not missed.
+    emitted_at: std::sync::atomic::AtomicI64,
 }
 
 impl std::fmt::Debug for Run {
@@ -225,6 +230,7 @@ impl Run {
             workflow,
             runtime: json!({"name": "herald", "version": env!("CARGO_PKG_VERSION")}),
             secrets: Value::Object(secrets),
+            emitted_at: std::sync::atomic::AtomicI64::new(i64::MAX),
         }
     }
 
@@ -1285,8 +1291,11 @@ impl Run {
             .or_insert_with(|| json!(self.id));
         let body = serde_json::to_vec(&Value::Object(attributes))
             .map_err(|error| WorkflowError::runtime(error.to_string()))?;
-        let event = EventInput::from_json(&body, now_ms())
+        let sending = now_ms();
+        let event = EventInput::from_json(&body, sending)
             .map_err(|error| WorkflowError::validation(format!("the emitted event: {error}")))?;
+        self.emitted_at
+            .fetch_min(sending, std::sync::atomic::Ordering::Relaxed);
         let outcome = match self.env.backend.publish(&topic, vec![event]).await {
             Ok(results) => {
                 let result = results.first();
@@ -1597,8 +1606,11 @@ impl Run {
     }
 
     /// `listen`: waits for the events the consumption strategy asks for,
-    /// on the topics its filters name, from when the listen began (recorded:
-    /// a restart keeps listening from there, and sees what came meanwhile).
+    /// on the topics its filters name, from when the listen began, or from
+    /// when the run's last `emit` before it began publishing if the listen
+    /// follows one (a reply to it may be stored before the listen starts;
+    /// recorded: a restart keeps listening from there, and sees what came
+    /// meanwhile).
     async fn listen(
         &self,
         consumption: &EventConsumption,
@@ -1620,13 +1632,19 @@ impl Run {
             match journal.effect(&since_key) {
                 Some(Outcome::Ok(since)) => since.as_i64().unwrap_or(0),
                 _ => {
+                    // From now, or from this run's last emit if that came
+                    // first: a reply to it may already be stored.
                     let now = now_ms();
+                    let since = self
+                        .emitted_at
+                        .swap(i64::MAX, std::sync::atomic::Ordering::Relaxed)
+                        .min(now);
                     journal.push(Record::Effect {
                         key: since_key,
-                        outcome: Outcome::Ok(json!(now)),
+                        outcome: Outcome::Ok(json!(since)),
                         at: now,
                     });
-                    now
+                    since
                 }
             }
         };
