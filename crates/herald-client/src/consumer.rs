@@ -195,6 +195,26 @@ impl Delivery {
         &self.event
     }
 
+    /// A span for processing this delivery (`process`, kind consumer): a
+    /// child of Herald's `deliver` span (the delivered event's
+    /// `traceparent`) and linked to it. Instrument the handler with it, and
+    /// what the handler does (its own spans, a job it submits with
+    /// [`crate::trace::traceparent`] of it) continues the event's trace.
+    /// Exported by the application's own `tracing-opentelemetry` layer.
+    pub fn span(&self) -> tracing::Span {
+        let event = &self.event().event;
+        let traceparent = event.traceparent.as_deref();
+        let span = tracing::info_span!(
+            "process",
+            otel.kind = "consumer",
+            messaging.message.id = %event.id,
+            trace_id = tracing::field::Empty,
+        );
+        herald_trace::follow(&span, traceparent);
+        herald_trace::link(&span, traceparent);
+        span
+    }
+
     /// Done: the event is not delivered to this group again. In stream mode
     /// this commits the partition past the event. Pipelined: returns once
     /// queued; fails only if the consumer is gone.

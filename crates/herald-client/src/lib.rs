@@ -79,6 +79,9 @@ pub use consumer::{Consumer, ConsumerBuilder, Delivery};
 pub use error::{Error, ErrorCode, Result};
 pub use herald_proto::v1 as proto;
 pub use herald_proto::v1::{PublishResult, StreamMetadata, TopicDescription};
+/// W3C trace context helpers: [`trace::traceparent`] of a span to hand on
+/// (a job submitted from a [`Delivery::span`]), [`trace::parse`].
+pub use herald_trace as trace;
 pub use herald_types::{Event, EventInput, ExtensionValue, StoredEvent};
 pub use jobs::{BlobInfo, Job, JobSpec, JobStatus, JobTask, JobWorker};
 pub use options::{AckDurability, Expected, Fsync, GroupMode, GroupOptions, Start, TopicOptions};

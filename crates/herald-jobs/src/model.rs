@@ -181,6 +181,16 @@ pub struct Job {
     pub expires_at: Option<i64>,
     /// Transitions so far (the sequence number of its events).
     pub version: u64,
+    /// The trace it continues (W3C `traceparent`), carried by its requests
+    /// and transition events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    /// The correlation id its requests and transition events carry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlationid: Option<String>,
+    /// The id of the event that caused it, carried on likewise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub causationid: Option<String>,
 }
 
 /// A job as the API renders it (`GET /v1/jobs/{job_id}`, its SSE events,
@@ -235,6 +245,15 @@ pub struct JobView {
     pub expires_at: Option<String>,
     /// Transitions so far (the sequence number of its events).
     pub version: u64,
+    /// The trace it continues.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    /// Its correlation id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub correlationid: Option<String>,
+    /// The id of the event that caused it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub causationid: Option<String>,
 }
 
 impl From<Job> for JobView {
@@ -258,6 +277,9 @@ impl From<Job> for JobView {
             result_ttl_ms: job.result_ttl_ms,
             expires_at: job.expires_at.map(herald_types::format_rfc3339_ms),
             version: job.version,
+            traceparent: job.traceparent,
+            correlationid: job.correlationid,
+            causationid: job.causationid,
         }
     }
 }
@@ -286,6 +308,16 @@ pub struct SubmitRequest {
     /// Where to notify when it ends.
     #[serde(default)]
     pub notify: Option<Notify>,
+    /// The trace the job continues (W3C `traceparent`; over HTTP the
+    /// request's `traceparent` header when absent here).
+    #[serde(default)]
+    pub traceparent: Option<String>,
+    /// The correlation id of what caused it (lineage follows it).
+    #[serde(default)]
+    pub correlationid: Option<String>,
+    /// The id of the event that caused it (lineage draws the job under it).
+    #[serde(default)]
+    pub causationid: Option<String>,
 }
 
 /// One part of a submit.
@@ -455,6 +487,7 @@ pub fn new_job(
     limits: SubmitLimits,
     now: i64,
 ) -> Result<(Job, Vec<Effect>)> {
+    check_context(&request)?;
     let parts = match request.parts {
         None => Vec::new(),
         Some(parts) => check_parts(parts, limits)?,
@@ -516,6 +549,9 @@ pub fn new_job(
         result_ttl_ms,
         expires_at: None,
         version: 1,
+        traceparent: request.traceparent,
+        correlationid: request.correlationid,
+        causationid: request.causationid,
     };
     let mut effects = Vec::new();
     if let Some(blob) = &job.blob {
@@ -530,6 +566,28 @@ pub fn new_job(
     effects.push(Effect::Dispatch);
     effects.push(Effect::Emit("submitted"));
     Ok((job, effects))
+}
+
+/// A submit's trace and lineage context follows the rules of the same
+/// event attributes (non-empty; a well-formed `traceparent`).
+fn check_context(request: &SubmitRequest) -> Result<()> {
+    for (field, value) in [
+        ("traceparent", &request.traceparent),
+        ("correlationid", &request.correlationid),
+        ("causationid", &request.causationid),
+    ] {
+        let Some(value) = value else { continue };
+        let mut probe = herald_types::Event::new("probe", "probe", "probe");
+        match field {
+            "traceparent" => probe.traceparent = Some(value.clone()),
+            "correlationid" => probe.correlationid = Some(value.clone()),
+            _ => probe.causationid = Some(value.clone()),
+        }
+        probe
+            .validate()
+            .map_err(|error| Error::invalid(field, error.to_string()))?;
+    }
+    Ok(())
 }
 
 /// Applies `command` to `job` at `now`.
@@ -845,6 +903,9 @@ mod tests {
             deadline_ms: Some(500),
             result_ttl_ms: None,
             notify: None,
+            traceparent: None,
+            correlationid: None,
+            causationid: None,
         };
         new_job("j1".into(), "q".into(), request, LIMITS, 100)
             .unwrap()
@@ -931,6 +992,9 @@ mod tests {
                 deadline_ms: None,
                 result_ttl_ms: None,
                 notify: None,
+                traceparent: None,
+                correlationid: None,
+                causationid: None,
             };
             let error = new_job("j".into(), "q".into(), request, LIMITS, 0).unwrap_err();
             assert!(

@@ -197,6 +197,10 @@ pub struct JobDelivery {
     /// The request.
     #[serde(flatten)]
     pub request: JobRequest,
+    /// The trace context of this dispatch (W3C `traceparent`; while tracing
+    /// is on, or when the job carries one): a worker's span continues it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// The data of a transition event on the job events topic.
@@ -356,7 +360,16 @@ impl Handle {
             max_ttl_ms: options.max_ttl_ms,
         };
         let now = shared.clock.now_ms();
-        let (job, effects) = model::new_job(job_id, queue.to_owned(), request, limits, now)?;
+        let span = herald_trace::hop!(
+            "job.submit",
+            request.traceparent.as_deref(),
+            herald.job_id = %job_id,
+            herald.queue = queue,
+        );
+        let (mut job, effects) = model::new_job(job_id, queue.to_owned(), request, limits, now)?;
+        if let Some(context) = herald_trace::traceparent(&span) {
+            job.traceparent = Some(context);
+        }
         let requests = requests_of(&job)?;
         shared.ensure_queue(queue, &topic).await?;
         let shared = Arc::clone(&self.shared);
@@ -470,10 +483,22 @@ impl Handle {
             };
             match shared.start(&request).await? {
                 Started::Deliver => {
+                    let traceparent = delivery.event.event.traceparent.as_deref();
+                    let span = herald_trace::hop!(
+                        "job.dispatch",
+                        traceparent,
+                        otel.kind = "consumer",
+                        herald.job_id = %request.job_id,
+                        herald.queue = queue,
+                        herald.attempt = delivery.attempt,
+                    );
+                    let traceparent =
+                        herald_trace::traceparent(&span).or_else(|| traceparent.map(str::to_owned));
                     deliveries.push(JobDelivery {
                         delivery_id: delivery.delivery_id,
                         attempt: delivery.attempt,
                         request,
+                        traceparent,
                     });
                 }
                 Started::Stale => stale.push(delivery.delivery_id),
@@ -977,6 +1002,15 @@ impl Shared {
             SOURCE,
             format!("herald.job.{kind}"),
         );
+        let span = herald_trace::hop!(
+            "job.transition",
+            job.traceparent.as_deref(),
+            otel.name = %format!("job.{kind}"),
+            herald.job_id = %job.job_id,
+        );
+        event.traceparent = herald_trace::traceparent(&span).or_else(|| job.traceparent.clone());
+        event.correlationid.clone_from(&job.correlationid);
+        event.causationid.clone_from(&job.causationid);
         event.subject = Some(job.job_id.clone());
         event.key = Some(job.job_id.clone());
         event.datacontenttype = Some("application/json".into());
@@ -1024,6 +1058,9 @@ fn requests_of(job: &Job) -> Result<Vec<EventInput>> {
             None => job.job_id.clone(),
         };
         let mut event = Event::new(id, SOURCE, REQUEST_TYPE);
+        event.traceparent.clone_from(&job.traceparent);
+        event.correlationid.clone_from(&job.correlationid);
+        event.causationid.clone_from(&job.causationid);
         event.subject = Some(key.clone());
         event.key = Some(key);
         event.datacontenttype = Some("application/json".into());

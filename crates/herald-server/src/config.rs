@@ -82,6 +82,8 @@ pub struct Options {
     pub webhooks: WebhookOptions,
     /// The workflow engine (`[workflows]`).
     pub workflows: WorkflowOptions,
+    /// Trace export over OpenTelemetry (`[telemetry]`).
+    pub telemetry: TelemetryOptions,
 }
 
 impl Default for Options {
@@ -103,6 +105,7 @@ impl Default for Options {
             tls: TlsOptions::default(),
             webhooks: WebhookOptions::default(),
             workflows: WorkflowOptions::default(),
+            telemetry: TelemetryOptions::default(),
         }
     }
 }
@@ -881,6 +884,78 @@ impl WebhookOptions {
             },
             ..herald_webhooks::Options::default()
         })
+    }
+}
+
+/// Trace export (`[telemetry]`): off until `otlp_endpoint` is set.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryOptions {
+    /// Where to export spans over OTLP: `http://host:4317` (gRPC) or
+    /// `http://host:4318/v1/traces` (HTTP/protobuf). Empty: tracing off.
+    pub otlp_endpoint: String,
+    /// The OTLP transport.
+    pub otlp_protocol: OtlpProtocol,
+    /// The share of new traces sampled, 0.0–1.0. A trace that arrives with a
+    /// `traceparent` keeps its caller's decision.
+    pub sample_ratio: SampleRatio,
+    /// `service.name` of the exported spans.
+    pub service_name: String,
+}
+
+impl Default for TelemetryOptions {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: String::new(),
+            otlp_protocol: OtlpProtocol::default(),
+            sample_ratio: SampleRatio(1.0),
+            service_name: "herald".to_owned(),
+        }
+    }
+}
+
+/// The OTLP transport (`telemetry.otlp_protocol`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OtlpProtocol {
+    /// OTLP/gRPC (port 4317 by convention).
+    #[default]
+    #[serde(rename = "grpc")]
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies (port 4318, path `/v1/traces`).
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+}
+
+/// A sampling ratio: a finite number from 0.0 to 1.0.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "f64", into = "f64")]
+pub struct SampleRatio(f64);
+
+impl SampleRatio {
+    /// The ratio.
+    pub fn get(self) -> f64 {
+        self.0
+    }
+}
+
+// Never NaN (refused on parse), so equality is total.
+impl Eq for SampleRatio {}
+
+impl TryFrom<f64> for SampleRatio {
+    type Error = String;
+
+    fn try_from(ratio: f64) -> Result<Self, Self::Error> {
+        if (0.0..=1.0).contains(&ratio) {
+            Ok(Self(ratio))
+        } else {
+            Err(format!("a sampling ratio is from 0.0 to 1.0, not {ratio}"))
+        }
+    }
+}
+
+impl From<SampleRatio> for f64 {
+    fn from(ratio: SampleRatio) -> Self {
+        ratio.0
     }
 }
 

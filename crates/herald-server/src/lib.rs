@@ -8,7 +8,7 @@
 //! herald serve
 //!   Cli::parse                      flags
 //!   config::load                    defaults → herald.toml → HERALD_* env → flags
-//!   telemetry::init                 tracing to stderr (text | json)
+//!   telemetry::init_with_traces     logs to stderr (text | json), spans over OTLP if set
 //!   Server::bind(options)           lock <data_dir>/LOCK, load the [tls] files, bind the listener
 //!   Server::run(cancel)             serve HTTP (TLS: reload the files on change/SIGHUP);
 //!                                   open storage; /readyz → 200
@@ -37,6 +37,7 @@ pub mod server;
 pub mod storage;
 pub mod telemetry;
 pub mod tls;
+mod trace;
 
 pub use config::Options;
 pub use server::Server;

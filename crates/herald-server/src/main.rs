@@ -56,14 +56,17 @@ fn main() -> ExitCode {
 fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let sources = Sources::from_process(args.config.clone(), args.overrides());
     let options = config::load(&sources)?;
-    telemetry::init(&options.log)?;
-    debug!(?options, "Loaded configuration.");
     disable_transparent_huge_pages();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("herald-worker")
         .build()
         .context("cannot start the async runtime")?;
+    // The OTLP gRPC exporter's channel lives on the runtime: built and
+    // flushed (the guard's drop) inside its context.
+    let _context = runtime.enter();
+    let _spans = telemetry::init_with_traces(&options.log, &options.telemetry)?;
+    debug!(?options, "Loaded configuration.");
     runtime.block_on(run(options, sources))
 }
 

@@ -16,6 +16,7 @@ use herald_types::webhook::{
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::ssrf::{GuardedResolver, Refused, TargetPolicy};
+use tracing::Instrument as _;
 
 /// Bytes of a response body kept in the attempt record.
 pub const EXCERPT_BYTES: usize = 1024;
@@ -89,7 +90,8 @@ pub struct Message<'a> {
     pub id: &'a str,
     /// The CloudEvent, structured JSON, exactly as signed.
     pub body: &'a [u8],
-    /// The event's W3C `traceparent`, sent on when it has one.
+    /// The event's W3C `traceparent`: the attempt's span continues it and
+    /// sends its own (this one while tracing is off).
     pub traceparent: Option<&'a str>,
 }
 
@@ -146,6 +148,59 @@ impl Sender {
         timestamp: i64,
         timeout: Duration,
     ) -> Outcome {
+        let span = herald_trace::hop!(
+            "webhook.attempt",
+            message.traceparent,
+            otel.kind = "client",
+            http.request.method = "POST",
+            webhook.id = message.id,
+            http.response.status_code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        let traceparent = herald_trace::traceparent(&span);
+        let outcome = self
+            .attempt(
+                url,
+                secrets,
+                headers,
+                message,
+                traceparent.as_deref(),
+                timestamp,
+                timeout,
+            )
+            .instrument(span.clone())
+            .await;
+        if let Some(code) = outcome.status_code {
+            span.record("http.response.status_code", code);
+        }
+        if !outcome.succeeded() {
+            span.record("otel.status_code", "ERROR");
+        }
+        span.in_scope(|| {
+            tracing::debug!(
+                status = outcome.status_code,
+                latency_ms = outcome.latency.as_millis(),
+                succeeded = outcome.succeeded(),
+                "Webhook attempt sent.",
+            );
+        });
+        outcome
+    }
+
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "send's arguments and its span's context"
+    )]
+    async fn attempt(
+        &self,
+        url: &reqwest::Url,
+        secrets: &[&Secret],
+        headers: &[(HeaderName, HeaderValue)],
+        message: &Message<'_>,
+        traceparent: Option<&str>,
+        timestamp: i64,
+        timeout: Duration,
+    ) -> Outcome {
         let started = Instant::now();
         if let Err(refused) = self.policy.check_url(url) {
             return refused_outcome(&refused, started);
@@ -169,8 +224,8 @@ impl Sender {
         ]
         .into_iter()
         .chain(
-            message
-                .traceparent
+            traceparent
+                .or(message.traceparent)
                 .map(|value| ("traceparent", value.to_owned())),
         ) {
             if let Ok(value) = HeaderValue::from_str(&value) {

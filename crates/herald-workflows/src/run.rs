@@ -22,6 +22,7 @@ use herald_types::{EventInput, TopicName};
 use rand::Rng as _;
 use serde_json::{Map, Value, json};
 use tokio::sync::watch;
+use tracing::Instrument as _;
 
 use crate::dsl::{
     Backoff, Call, CallOutput, Catch, Endpoint, ErrorRef, EventConsumption, FlowDirective,
@@ -262,12 +263,18 @@ impl Run {
                 .transform(from, "input.from", &raw, &frame.scope)?,
             None => raw,
         };
+        let span = herald_trace::hop!(
+            "workflow.run",
+            self.traceparent().as_deref(),
+            herald.workflow.instance = %self.id,
+        );
         let body = async {
             let (output, _) = self
                 .list(&workflow.do_, "do", "/do", input.clone(), &frame)
                 .await?;
             Ok::<_, Fault>(output)
-        };
+        }
+        .instrument(span);
         let output = match &workflow.timeout {
             Some(timeout) => {
                 let after = self.timeout_of(timeout);
@@ -598,6 +605,14 @@ impl Run {
                 return Ok((raw, Flow::Continue));
             }
             let context_before = self.context.lock().map_or(Value::Null, |c| c.clone());
+            // A child of the run's span, or of the task this one is in.
+            let span = herald_trace::hop!(
+                "workflow.task",
+                None,
+                otel.name = %format!("task {reference}"),
+                herald.workflow.task = name,
+                otel.status_code = tracing::field::Empty,
+            );
             let result = async {
                 let input = match common.input.as_ref().and_then(|input| input.from.as_ref()) {
                     Some(from) => self.compiled.transform(
@@ -675,7 +690,11 @@ impl Run {
                 };
                 Ok::<_, Fault>((output, flow))
             }
+            .instrument(span.clone())
             .await;
+            if let Err(Fault::Error(_)) = &result {
+                span.record("otel.status_code", "ERROR");
+            }
             let now = now_ms();
             if let Ok(_) | Err(Fault::Error(_)) = &result {
                 self.env
@@ -1289,6 +1308,11 @@ impl Run {
         attributes
             .entry("causationid")
             .or_insert_with(|| json!(self.id));
+        if let Some(context) = herald_trace::traceparent(&tracing::Span::current()) {
+            attributes
+                .entry("traceparent")
+                .or_insert_with(|| json!(context));
+        }
         let body = serde_json::to_vec(&Value::Object(attributes))
             .map_err(|error| WorkflowError::runtime(error.to_string()))?;
         let sending = now_ms();
@@ -1326,9 +1350,19 @@ impl Run {
         replayed(outcome).map(|_| ())
     }
 
+    /// The trace the instance continues: the triggering event's, when an
+    /// event started it.
+    fn traceparent(&self) -> Option<String> {
+        self.workflow["input"]
+            .get(0)
+            .and_then(|event| event.get("traceparent"))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    }
+
     /// The correlation id of what the instance emits: the triggering event's
     /// when an event started it, else the instance's id.
-    fn correlation(&self) -> String {
+    pub(crate) fn correlation(&self) -> String {
         self.workflow["input"]
             .get(0)
             .and_then(|event| event.get("correlationid").or_else(|| event.get("id")))
@@ -1548,6 +1582,10 @@ impl Run {
         request = request
             .header("idempotency-key", format!("{}:{key}", self.id))
             .timeout(self.env.http_timeout);
+        // The call is part of the task's span: the callee continues it.
+        if let Some(context) = herald_trace::traceparent(&tracing::Span::current()) {
+            request = request.header("traceparent", context);
+        }
         if let Some(body) = &body {
             request = request.json(body);
         }

@@ -93,6 +93,9 @@ fn scatter(parts: &[&str], blob: bool) -> SubmitRequest {
         deadline_ms: Some(3_600_000),
         result_ttl_ms: None,
         notify: None,
+        traceparent: None,
+        correlationid: None,
+        causationid: None,
     }
 }
 

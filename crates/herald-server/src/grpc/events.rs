@@ -53,8 +53,10 @@ impl v1::events_server::Events for EventsService {
     ) -> Result<Response<v1::PublishResponse>, Status> {
         let caller = caller(&request)?;
         let backend = self.state.backend()?;
+        let traceparent = traceparent(&request);
         let request = request.into_inner();
-        let results = publish(&*backend, &caller, request, self.state.clock.now_ms())
+        let now_ms = self.state.clock.now_ms();
+        let results = publish(&*backend, &caller, request, now_ms, traceparent.as_deref())
             .await
             .map_err(Status::from)?;
         Ok(Response::new(v1::PublishResponse { results }))
@@ -68,6 +70,7 @@ impl v1::events_server::Events for EventsService {
     ) -> Result<Response<Self::PublishStreamStream>, Status> {
         let caller = caller(&request)?;
         let backend = self.state.backend()?;
+        let traceparent = traceparent(&request);
         let incoming = request.into_inner();
         let (sender, receiver) = mpsc::channel(SEND_BUFFER);
         let clock = Arc::clone(&self.state.clock);
@@ -75,9 +78,10 @@ impl v1::events_server::Events for EventsService {
             let backend = Arc::clone(&backend);
             let caller = caller.clone();
             let now_ms = clock.now_ms();
+            let traceparent = traceparent.clone();
             async move {
                 let request_id = request.request_id;
-                match publish(&*backend, &caller, request, now_ms).await {
+                match publish(&*backend, &caller, request, now_ms, traceparent.as_deref()).await {
                     Ok(results) => v1::PublishAck {
                         request_id,
                         results,
@@ -177,16 +181,27 @@ impl v1::events_server::Events for EventsService {
     }
 }
 
+/// The call's `traceparent` metadata (while tracing is on).
+pub(super) fn traceparent<T>(request: &Request<T>) -> Option<String> {
+    if !herald_trace::enabled() {
+        return None;
+    }
+    let value = request.metadata().get("traceparent")?;
+    value.to_str().ok().map(str::to_owned)
+}
+
 /// One publish: decode, check, append; the results once durable.
 async fn publish(
     backend: &dyn Backend,
     caller: &Caller,
     request: v1::PublishRequest,
     now_ms: i64,
+    traceparent: Option<&str>,
 ) -> Result<Vec<v1::PublishResult>, Problem> {
     caller.require(Action::TopicsPublish, &request.topic)?;
-    let (topic, inputs) = convert::publish_request(request, now_ms)?;
+    let (topic, mut inputs) = convert::publish_request(request, now_ms)?;
     caller.publish(inputs.len(), crate::auth::limits::payload_bytes(&inputs))?;
+    let _spans = crate::trace::publishing(&topic, &mut inputs, traceparent);
     let results = backend.publish(&topic, inputs).await?;
     Ok(results.into_iter().map(convert::publish_result).collect())
 }

@@ -332,27 +332,33 @@ impl Session {
             }
             Request::Ack(ids) => {
                 let durability = convert::durability(ids.sync);
-                backend
+                let outcome = backend
                     .ack(topic, group, &ids.delivery_ids, durability)
-                    .await
+                    .await;
+                crate::trace::settled("ack", group, &ids.delivery_ids);
+                outcome
             }
             Request::Nack(nack) => {
                 let delay = nack.delay_ms.map(Duration::from_millis);
                 let durability = convert::durability(nack.sync);
-                backend
+                let outcome = backend
                     .nack(topic, group, &nack.delivery_ids, delay, durability)
-                    .await
+                    .await;
+                crate::trace::settled("nack", group, &nack.delivery_ids);
+                outcome
             }
             Request::Extend(extend) => {
                 let wait = extend.ack_wait_ms.map(Duration::from_millis);
                 let durability = convert::durability(extend.sync);
-                backend
+                let outcome = backend
                     .extend(topic, group, &extend.delivery_ids, wait, durability)
-                    .await
+                    .await;
+                crate::trace::settled("extend", group, &extend.delivery_ids);
+                outcome
             }
             Request::Reject(reject) => {
                 let durability = convert::durability(reject.sync);
-                backend
+                let outcome = backend
                     .reject(
                         topic,
                         group,
@@ -360,7 +366,9 @@ impl Session {
                         &reject.reason,
                         durability,
                     )
-                    .await
+                    .await;
+                crate::trace::settled("reject", group, &reject.delivery_ids);
+                outcome
             }
             Request::Commit(commit) => {
                 let request = CommitRequest {
@@ -449,7 +457,10 @@ async fn fetch_loop(
             }
         };
         let response = match fetched {
-            Ok(response) => response,
+            Ok(mut response) => {
+                crate::trace::delivered(&topic, &group, &mut response);
+                response
+            }
             Err(error) => {
                 let _ = sender.send(Err(backend_status(error))).await;
                 return;

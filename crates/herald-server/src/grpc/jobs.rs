@@ -72,9 +72,13 @@ impl v1::jobs_server::Jobs for JobsService {
     ) -> Result<Response<v1::JobResponse>, Status> {
         let jobs = self.jobs()?;
         let caller = caller(&request)?;
+        let traceparent = super::events::traceparent(&request);
         let request = request.into_inner();
         caller.require(Action::JobsSubmit, &request.queue)?;
-        let submit: SubmitRequest = body("request_json", &request.request_json)?;
+        let mut submit: SubmitRequest = body("request_json", &request.request_json)?;
+        if submit.traceparent.is_none() {
+            submit.traceparent = traceparent;
+        }
         if let Some(blob) = &submit.blob {
             require_blob(&self.state.blobs, "blob", blob).await?;
         }

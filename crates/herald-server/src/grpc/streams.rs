@@ -33,10 +33,13 @@ impl v1::streams_server::Streams for StreamsService {
     ) -> Result<Response<v1::AppendResponse>, Status> {
         let backend = self.state.backend()?;
         let caller = caller(&request)?;
+        let traceparent = super::events::traceparent(&request);
         let request = request.into_inner();
         caller.require(Action::StreamsAppend, &request.topic)?;
-        let (topic, stream, expected, inputs) =
+        let (topic, stream, expected, mut inputs) =
             convert::append_request(request, self.state.clock.now_ms())?;
+        let incoming = traceparent.as_deref();
+        let _spans = crate::trace::appending(&topic, &stream, &mut inputs, incoming);
         let appended = backend
             .append(&topic, &stream, inputs, expected)
             .await

@@ -68,9 +68,11 @@ pub async fn publish(
     Extension(caller): Extension<crate::auth::Caller>,
     TopicPath(topic): TopicPath,
     _query: NoQuery,
-    PublishBody(events): PublishBody,
+    headers: axum::http::HeaderMap,
+    PublishBody(mut events): PublishBody,
 ) -> Result<(StatusCode, Json<PublishResponse>), Problem> {
     caller.publish(events.len(), crate::auth::limits::payload_bytes(&events))?;
+    let _spans = crate::trace::publishing(&topic, &mut events, crate::trace::incoming(&headers));
     let results = state.backend()?.publish(&topic, events).await?;
     Ok((StatusCode::CREATED, Json(PublishResponse { results })))
 }

@@ -155,7 +155,11 @@ pub async fn fetch(
     // leased is delivered again after its lease, or after the restart.
     tokio::select! {
         biased;
-        fetched = backend.fetch(&path.topic, &path.group, request) => Ok(Json(fetched?)),
+        fetched = backend.fetch(&path.topic, &path.group, request) => {
+            let mut fetched = fetched?;
+            crate::trace::delivered(&path.topic, &path.group, &mut fetched);
+            Ok(Json(fetched))
+        }
         () = state.stopping.cancelled() => Err(Problem::new(
             Code::ShuttingDown,
             "The server is shutting down; fetch again once it is back (or from another).",
@@ -239,6 +243,7 @@ pub async fn ack(
             durability(request.sync),
         )
         .await?;
+    crate::trace::settled("ack", &path.group, &request.delivery_ids);
     Ok(Json(outcome))
 }
 
@@ -266,6 +271,7 @@ pub async fn nack(
             durability(request.sync),
         )
         .await?;
+    crate::trace::settled("nack", &path.group, &request.delivery_ids);
     Ok(Json(outcome.into()))
 }
 
@@ -299,6 +305,7 @@ pub async fn extend(
             durability(request.sync),
         )
         .await?;
+    crate::trace::settled("extend", &path.group, &request.delivery_ids);
     Ok(Json(outcome.into()))
 }
 
@@ -332,6 +339,7 @@ pub async fn reject(
             durability(request.sync),
         )
         .await?;
+    crate::trace::settled("reject", &path.group, &request.delivery_ids);
     Ok(Json(outcome.into()))
 }
 

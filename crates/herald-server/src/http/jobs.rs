@@ -166,9 +166,13 @@ pub async fn submit(
     State(state): State<AppState>,
     QueuePath(queue): QueuePath,
     _query: NoQuery,
-    JsonBody(request): JsonBody<SubmitRequest>,
+    headers: axum::http::HeaderMap,
+    JsonBody(mut request): JsonBody<SubmitRequest>,
 ) -> Result<Response, Problem> {
     let jobs = state.jobs()?;
+    if request.traceparent.is_none() {
+        request.traceparent = crate::trace::incoming(&headers).map(str::to_owned);
+    }
     if let Some(blob) = &request.blob {
         require_blob(&state.blobs, "blob", blob).await?;
     }

@@ -369,7 +369,8 @@ async fn group_socket(
         };
         tokio::select! {
             fetched = fetch => match fetched {
-                Ok(response) => {
+                Ok(mut response) => {
+                    crate::trace::delivered(&topic, &group, &mut response);
                     for delivery in response.deliveries {
                         unsettled.insert(delivery.delivery_id.clone());
                         let message = json!({ "delivery": delivery });
@@ -425,17 +426,20 @@ async fn settle(
     if let Some(ids) = &settlement.ack {
         forget(ids);
         outcome["ack"] = result_json(backend.ack(topic, group, ids, durability).await);
+        crate::trace::settled("ack", group, ids);
     }
     if let Some(ids) = &settlement.nack {
         forget(ids);
         let delay = settlement.delay_ms.map(Duration::from_millis);
         let result = backend.nack(topic, group, ids, delay, durability).await;
         outcome["nack"] = result_json(result.map(NackOutcome::from));
+        crate::trace::settled("nack", group, ids);
     }
     if let Some(ids) = &settlement.extend {
         let wait = settlement.ack_wait_ms.map(Duration::from_millis);
         let result = backend.extend(topic, group, ids, wait, durability).await;
         outcome["extend"] = result_json(result.map(ExtendOutcome::from));
+        crate::trace::settled("extend", group, ids);
     }
     if let Some(ids) = &settlement.reject {
         forget(ids);
@@ -445,6 +449,7 @@ async fn settle(
             .unwrap_or("rejected over WebSocket");
         let result = backend.reject(topic, group, ids, reason, durability).await;
         outcome["reject"] = result_json(result.map(RejectOutcome::from));
+        crate::trace::settled("reject", group, ids);
     }
     outcome
 }

@@ -94,7 +94,7 @@ pub async fn append(
     })?;
     let (events, body_expected) = split_body(value)?;
     let now = state.clock.now_ms();
-    let inputs = match events {
+    let mut inputs = match events {
         Value::Array(_) => {
             EventInput::batch_from_json(&serde_json::to_vec(&events).unwrap_or_default(), now)?
         }
@@ -104,6 +104,8 @@ pub async fn append(
         )?],
     };
     let expected = expectation(&headers, body_expected)?;
+    let incoming = crate::trace::incoming(&headers);
+    let _spans = crate::trace::appending(&topic, &stream, &mut inputs, incoming);
     let result = backend.append(&topic, &stream, inputs, expected).await?;
     let etag = format!("\"{}\"", result.last_version);
     let mut response = (

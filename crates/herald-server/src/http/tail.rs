@@ -170,7 +170,8 @@ pub(crate) fn follow(
 
 async fn next(state: &mut State) -> Result<Tailed> {
     loop {
-        if let Some(tailed) = state.ready.pop_front() {
+        if let Some(mut tailed) = state.ready.pop_front() {
+            crate::trace::pushed(&mut tailed.event);
             return Ok(tailed);
         }
         if !read_some(state).await? {

@@ -32,5 +32,6 @@ mod support;
 mod support_workflow;
 mod tls;
 mod topics;
+mod traces;
 mod webhooks;
 mod workflows;

@@ -80,10 +80,17 @@ impl Run {
                 "herald.job names its queue in `queue`",
             )));
         };
-        let request: herald_jobs::SubmitRequest = serde_json::from_value(Value::Object(arguments))
-            .map_err(|error| {
+        let mut request: herald_jobs::SubmitRequest =
+            serde_json::from_value(Value::Object(arguments)).map_err(|error| {
                 WorkflowError::validation(format!("herald.job's arguments: {error}"))
             })?;
+        // The job continues the task's trace and the instance's lineage.
+        if request.traceparent.is_none() {
+            request.traceparent = herald_trace::traceparent(&tracing::Span::current());
+        }
+        if request.correlationid.is_none() {
+            request.correlationid = Some(self.correlation());
+        }
         // The job's id, chosen once and written before the submit.
         let chosen = format!("{key}#job");
         let recorded = match self.journal.lock().await.effect(&chosen) {
