@@ -114,6 +114,9 @@ def seed(client: Client, receiver: str) -> Seed:
             "specversion": "1.0", "id": f"order-{n}-{kind}", "source": "/shop",
             "type": f"order.{kind}", "subject": f"order-{n}", "key": f"order-{n}",
             "data": {"order": n, "total": 10 * n},
+            # Lineage: the payment follows from the order.
+            "correlationid": f"order-{n}",
+            **({"causationid": f"order-{n}-created"} if kind == "paid" else {}),
         }
         for n in range(12)
         for kind in ("created", "paid")

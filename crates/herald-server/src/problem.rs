@@ -153,6 +153,9 @@ codes! {
     GroupNotFound => "group_not_found", NOT_FOUND, NOT_FOUND, "Group not found";
     /// The topic has no such partition.
     PartitionNotFound => "partition_not_found", NOT_FOUND, NOT_FOUND, "Partition not found";
+    /// No event at that position (lineage's starting event): never
+    /// appended there, or removed by retention.
+    EventNotFound => "event_not_found", NOT_FOUND, NOT_FOUND, "Event not found";
     /// A topic by that name exists already.
     TopicExists => "topic_exists", CONFLICT, ALREADY_EXISTS, "Topic exists";
     /// Creating it would pass a configured limit (`limits.max_topics`,

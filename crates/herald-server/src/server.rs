@@ -43,7 +43,8 @@ use crate::connections;
 use crate::data_dir::{self, DataDir};
 use crate::grpc::{self, GrpcState};
 use crate::http::{
-    self, AppState, JobsSlot, Phase, Readiness, StorageSlot, WebhooksSlot, WorkflowsSlot,
+    self, AppState, JobsSlot, LineageSlot, Phase, Readiness, StorageSlot, WebhooksSlot,
+    WorkflowsSlot,
 };
 use crate::metrics::Metrics;
 use crate::storage::{self, Storage};
@@ -262,6 +263,7 @@ impl Server {
         let jobs_slot = JobsSlot::default();
         let webhooks_slot = WebhooksSlot::default();
         let workflows_slot = WorkflowsSlot::default();
+        let lineage_slot = LineageSlot::default();
         let (grpc_routes, health) = grpc::router(GrpcState {
             storage: storage_slot.clone(),
             clock: Arc::new(SystemClock),
@@ -287,6 +289,7 @@ impl Server {
                 jobs: jobs_slot.clone(),
                 webhooks: webhooks_slot.clone(),
                 workflows: workflows_slot.clone(),
+                lineage: lineage_slot.clone(),
                 auth: Arc::clone(&auth),
             },
             grpc_routes,
@@ -352,7 +355,7 @@ impl Server {
             &options,
             &storage,
             blobs,
-            (&jobs_slot, &webhooks_slot, &workflows_slot),
+            (&jobs_slot, &webhooks_slot, &workflows_slot, &lineage_slot),
             &metrics,
             &services,
         )
@@ -456,14 +459,19 @@ fn check_exposure(options: &Options) -> Result<(), Error> {
     Ok(())
 }
 
-/// Starts the job service, the webhook service, the workflow engine and
-/// the blob collector on open storage; returns their tasks (they stop when
+/// Starts the job service, the webhook service, the workflow engine, the
+/// lineage indexer and the blob collector on open storage; returns their tasks (they stop when
 /// `cancel` fires).
 async fn start_services(
     options: &Options,
     storage: &Storage,
     blobs: BlobStore,
-    (jobs_slot, webhooks_slot, workflows_slot): (&JobsSlot, &WebhooksSlot, &WorkflowsSlot),
+    (jobs_slot, webhooks_slot, workflows_slot, lineage_slot): (
+        &JobsSlot,
+        &WebhooksSlot,
+        &WorkflowsSlot,
+        &LineageSlot,
+    ),
     metrics: &Metrics,
     cancel: &CancellationToken,
 ) -> Result<Vec<JoinHandle<()>>, Error> {
@@ -519,6 +527,13 @@ async fn start_services(
         Arc::clone(metrics.webhooks()),
     );
     webhooks_slot.set(webhooks.handle());
+    let indexer = herald_lineage::Indexer::new(Arc::clone(&backend));
+    lineage_slot.set(herald_lineage::Lineage::new(
+        Arc::clone(&backend),
+        Some(webhooks.handle()),
+        indexer.handle(),
+    ));
+    let lineage = tokio::spawn(indexer.run(cancel.clone()));
     let webhooks = tokio::spawn(webhooks.run(cancel.clone()));
     let collector = tokio::spawn(crate::blobs::collect_loop(
         blobs,
@@ -539,7 +554,7 @@ async fn start_services(
             engine.shutdown().await;
         }
     });
-    Ok(vec![jobs, webhooks, collector, workflows])
+    Ok(vec![jobs, webhooks, collector, workflows, lineage])
 }
 
 /// Waits for in-flight requests, at most `shutdown_timeout_ms`.

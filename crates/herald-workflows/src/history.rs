@@ -749,6 +749,18 @@ fn encode(record: &Record, source: &str) -> Result<EventInput, HistoryError> {
     })?;
     let now = crate::now_ms();
     let mut event = Event::new(Event::generate_id(now), source, record.event_type());
+    // An instance an event started names it as its cause (lineage).
+    if let Record::Started { input, .. } = record
+        && let Some(trigger) = input.get(0).and_then(Value::as_object)
+        && let Some(Value::String(id)) = trigger.get("id")
+    {
+        let correlation = match trigger.get("correlationid") {
+            Some(Value::String(correlation)) => correlation,
+            _ => id,
+        };
+        event.correlationid = Some(correlation.clone());
+        event.causationid = Some(id.clone());
+    }
     event.data = Some(data.into());
     event.datacontenttype = Some("application/json".to_owned());
     Ok(EventInput {

@@ -140,18 +140,39 @@ async function lineage(topic, partition, offset) {
   if (!available) {
     return section('Lineage', h('p', { class: 'empty', id: 'lineage' }, 'This server does not offer lineage queries (GET /v1/lineage).'));
   }
-  const { nodes } = await api('/v1/lineage', { query: { topic, partition, offset } });
+  const { nodes, truncated } = await api('/v1/lineage', { query: { topic, partition, offset } });
+  // Each node comes after its parent: indenting by depth draws the tree.
+  const what = (node) => {
+    switch (node.kind) {
+      case 'event':
+        return `${node.type} on ${node.topic}/${node.partition}/${node.offset}`;
+      case 'delivery':
+        return `${node.group}: ${node.state}`;
+      case 'webhook_attempt':
+        return `${node.endpoint}: ${node.succeeded ? 'succeeded' : 'failed'} ${node.status_code ?? ''}`;
+      default:
+        return [node.name, node.status].filter(Boolean).join(': ');
+    }
+  };
   return section(
     'Lineage',
-    table(
-      [
-        ['Kind', (node) => node.kind],
-        ['Id', (node) => h('code', {}, node.id)],
-        ['Parent', (node) => node.parent],
-        ['At', (node) => time(node.at)],
-      ],
-      nodes,
-      { empty: 'Nothing followed from this event.' },
+    h(
+      'div',
+      { id: 'lineage' },
+      table(
+        [
+          ['Kind', (node) => h('span', { class: `tree depth-${Math.min(node.depth, 8)}` }, node.depth ? `└ ${node.kind}` : node.kind)],
+          ['Id', (node) => h('code', {}, node.id)],
+          ['What', what],
+          ['At', (node) => (node.at ? time(node.at) : '')],
+        ],
+        nodes,
+        {
+          empty: 'Nothing followed from this event.',
+          rowAttrs: (node) => ({ class: 'lineage-node', 'data-kind': node.kind, 'data-depth': String(node.depth) }),
+        },
+      ),
+      truncated ? h('p', { class: 'empty' }, 'Cut short: too many nodes.') : null,
     ),
   );
 }

@@ -422,6 +422,8 @@ pub const REST: &[RestRoute] = &[
         "/v1/blobs/{id}",
         on(Action::BlobsRead, Resource::Blob),
     ),
+    // lineage: it follows events across topics
+    rest("GET", "/v1/lineage", on(Action::TopicsRead, Resource::Any)),
     // administration
     rest("POST", "/v1/admin/flush", on(Action::Admin, Resource::Any)),
     rest(

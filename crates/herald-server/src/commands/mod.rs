@@ -23,6 +23,7 @@ mod consume;
 mod context;
 mod group;
 mod job;
+mod lineage;
 mod publish;
 mod sse;
 mod tail;
@@ -43,6 +44,7 @@ pub use consume::ConsumeArgs;
 pub use context::{ContextCommand, Settings};
 pub use group::GroupCommand;
 pub use job::JobCommand;
+pub use lineage::LineageArgs;
 pub use publish::PublishArgs;
 pub use tail::TailArgs;
 pub use topic::TopicCommand;
@@ -141,6 +143,9 @@ pub enum ClientCommand {
     /// Upload and download blobs.
     #[command(subcommand)]
     Blob(BlobCommand),
+    /// What one event caused (events, deliveries, jobs, workflow steps,
+    /// webhook attempts), drawn as a tree.
+    Lineage(LineageArgs),
     /// API keys and the caller's identity.
     #[command(subcommand)]
     Auth(AuthCommand),
@@ -217,6 +222,7 @@ pub fn run(client: &ClientArgs, command: ClientCommand) -> Result<(), Error> {
             ClientCommand::Group(command) => group::run(&api, command).await,
             ClientCommand::Job(command) => job::run(&api, command).await,
             ClientCommand::Blob(command) => blob::run(&api, command).await,
+            ClientCommand::Lineage(args) => lineage::run(&api, args).await,
             ClientCommand::Auth(command) => auth::run(&api, command).await,
             ClientCommand::Webhook(command) => webhook::run(&api, command).await,
             ClientCommand::Workflow(command) => workflow::run(&api, command).await,

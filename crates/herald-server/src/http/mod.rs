@@ -36,6 +36,7 @@ pub mod extract;
 pub mod groups;
 pub mod health;
 pub mod jobs;
+pub mod lineage;
 pub mod openapi;
 mod openapi_refine;
 mod push;
@@ -100,6 +101,8 @@ pub struct AppState {
     pub webhooks: WebhooksSlot,
     /// The workflow engine, once storage is open.
     pub workflows: WorkflowsSlot,
+    /// Lineage queries, once storage is open.
+    pub lineage: LineageSlot,
     /// Credentials, permissions, rate limits, audit.
     pub auth: Arc<crate::auth::Auth>,
 }
@@ -159,6 +162,9 @@ pub type WebhooksSlot = ServiceSlot<herald_webhooks::Handle>;
 
 /// Where the workflow engine goes once storage has opened.
 pub type WorkflowsSlot = ServiceSlot<herald_workflows::Engine>;
+
+/// Where lineage queries go once storage has opened.
+pub type LineageSlot = ServiceSlot<herald_lineage::Lineage>;
 
 impl AppState {
     /// The job service, or 503 `unavailable` while storage is still opening.
@@ -282,6 +288,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(push::group_ws))
         .routes(routes!(admin::flush))
         .routes(routes!(admin::compact))
+        .routes(routes!(lineage::lineage))
         .routes(routes!(jobs::submit))
         .routes(routes!(jobs::status))
         .routes(routes!(jobs::events))

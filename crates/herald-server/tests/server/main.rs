@@ -20,6 +20,7 @@ mod http;
 mod jobs;
 mod lifecycle;
 mod limits;
+mod lineage;
 mod openapi;
 mod order_payment;
 mod push;

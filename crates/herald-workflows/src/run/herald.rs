@@ -91,6 +91,9 @@ impl Run {
         if request.correlationid.is_none() {
             request.correlationid = Some(self.correlation());
         }
+        if request.causationid.is_none() {
+            request.causationid = Some(self.id.clone());
+        }
         // The job's id, chosen once and written before the submit.
         let chosen = format!("{key}#job");
         let recorded = match self.journal.lock().await.effect(&chosen) {
