@@ -609,8 +609,8 @@ impl Run {
             let span = herald_trace::hop!(
                 "workflow.task",
                 None,
-                otel.name = %format!("task {reference}"),
-                herald.workflow.task = name,
+                otel.name = %format!("task {name}"),
+                herald.workflow.task = reference,
                 otel.status_code = tracing::field::Empty,
             );
             let result = async {

@@ -180,10 +180,26 @@ fn named(received: &Received, name: &str) -> Vec<Span> {
 /// Waits for the one span named `name`, and checks it is in the trace and
 /// a child of `parent`.
 async fn hop(received: &Received, name: &str, parent: &str) -> Span {
-    let span = until(&format!("span {name}"), || {
-        named(received, name).into_iter().next()
-    })
-    .await;
+    let seen = || {
+        let received = received.lock().unwrap();
+        let names: Vec<(String, String)> = received
+            .iter()
+            .map(|(_, span)| (span.name.clone(), hex(&span.parent_span_id)))
+            .collect();
+        format!("span {name} (received: {names:?})")
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let span = loop {
+        if let Some(span) = named(received, name).into_iter().next() {
+            break span;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {}",
+            seen()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
     assert_eq!(hex(&span.trace_id), TRACE_ID, "{name} is in the trace");
     assert_eq!(hex(&span.parent_span_id), parent, "{name}'s parent");
     span
@@ -361,4 +377,56 @@ async fn given_tracing_off_when_an_event_is_published_should_store_it_as_sent() 
     .await;
     let stored = api.partition_events("plain", 0).await;
     assert!(stored[0].1.get("traceparent").is_none(), "{:?}", stored[0]);
+}
+
+#[tokio::test]
+async fn given_otlp_when_an_event_starts_a_workflow_and_a_stream_append_continues_a_trace_should_export_their_spans()
+ {
+    let (otlp, received) = http_receiver().await;
+    let (_server, api) = server(&format!("http://{otlp}/v1/traces"), "http/protobuf").await;
+    for topic in ["questions", "tasks", "carts"] {
+        api.create_topic(json!({"name": topic, "partitions": 1}))
+            .await;
+    }
+    let definition = "document: { dsl: '1.0.0', namespace: support, name: triage, version: '1' }\n\
+        schedule: { on: { one: { with: { topic: questions, type: question.asked } } } }\n\
+        do:\n\
+        \x20 - read: { set: { text: '${ $workflow.input[0].data.text }' } }\n\
+        \x20 - ask: { emit: { event: { with: { topic: tasks, source: /support, type: agent.task } } } }\n";
+    let deployed = api
+        .post_raw(
+            "/v1/workflows",
+            Some("application/yaml"),
+            &[],
+            definition.as_bytes().to_vec(),
+        )
+        .await;
+    expect_json(deployed, 201).await;
+    let client = format!("00-{TRACE_ID}-{CLIENT_SPAN}-01");
+    api.publish(
+        "questions",
+        json!([{"specversion": "1.0", "id": "q-1", "source": "/web", "type": "question.asked",
+                "traceparent": client, "data": {"text": "where?"}}]),
+    )
+    .await;
+    let publish = hop(&received, "publish", CLIENT_SPAN).await;
+    let run = hop(&received, "workflow.run", &hex(&publish.span_id)).await;
+    let read = hop(&received, "task read", &hex(&run.span_id)).await;
+    let ask = hop(&received, "task ask", &hex(&run.span_id)).await;
+    assert!(read.end_time_unix_nano <= ask.start_time_unix_nano);
+    // What the task emitted carries the task's context.
+    let tasks = api.partition_events("tasks", 0).await;
+    let stamped = tasks[0].1["traceparent"].as_str().unwrap().to_owned();
+    assert_eq!(span_of(&stamped), hex(&ask.span_id));
+
+    // A stream append continues the request's trace.
+    let appended = reqwest::Client::new()
+        .post(api.url("/v1/topics/carts/streams/cart-1/events"))
+        .header("traceparent", &client)
+        .json(&json!({"specversion": "1.0", "id": "c-1", "source": "/shop", "type": "cart.opened"}))
+        .send()
+        .await
+        .unwrap();
+    expect_json(appended, 201).await;
+    hop(&received, "append", CLIENT_SPAN).await;
 }
