@@ -7,12 +7,19 @@
 //! | `c.<h(correlationid)>.<position>` | the event's [`Entry`] |
 //! | `k.<h(causationid)>.<position>` | the same |
 //! | `i.<h(id)>.<position>` | the same |
-//! | `p.<h(topic)>.<partition>` | the next offset to index (a checkpoint) |
+//! | `x.<position>` | the event's keys above (to remove them) |
+//! | `p.<t(topic)>.<partition>` | the next offset to index (a checkpoint) |
 //!
 //! `h` is the first 16 bytes of SHA-256 in hex (ids of any length and
 //! character make keys of one length and alphabet, which every backend's
-//! `Kv` takes); `<position>` is `<h8(topic)>.<partition>.<offset>`, so one
-//! event is one key per index. The entries keep the id itself, and a query
+//! `Kv` takes), `t` its first 8; `<position>` is
+//! `<t(topic)>.<partition>.<offset>` (20 digits), so one event is one key
+//! per index.
+//!
+//! The index follows the log's retention: when a partition's first offset
+//! moves on, the entries of the events before it go (through their `x`
+//! keys), and so do all of a topic's when it is deleted (or made again:
+//! its offsets start over). The entries keep the id itself, and a query
 //! drops any entry whose id is not the one asked for.
 //!
 //! [`Indexer`] follows every partition of every topic from its checkpoint,
@@ -22,7 +29,7 @@
 //! query first asks it for a pass that starts after the query
 //! ([`IndexerHandle::caught_up`]), so what was appended before is listed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -98,14 +105,14 @@ impl Entry {
     /// Where it is: one key per event in each index.
     fn position(&self) -> String {
         format!(
-            "{}.{}.{:020}",
-            &hash(&self.topic)[..16],
-            self.partition,
+            "{}{:020}",
+            partition_prefix(&self.topic, self.partition),
             self.offset
         )
     }
 
-    /// Its keys and the value under each (none: not indexed).
+    /// Its keys in the indexes (none: not indexed). Its `x` key, which
+    /// lists them, is [`Entry::position`] after `x.`.
     fn keys(&self) -> Vec<String> {
         if self.correlationid.is_none() && self.causationid.is_none() {
             return Vec::new();
@@ -190,8 +197,18 @@ fn hash(value: &str) -> String {
         .collect()
 }
 
+/// `<t(topic)>.`: every position of a topic starts so.
+fn topic_prefix(topic: &str) -> String {
+    format!("{}.", &hash(topic)[..16])
+}
+
+/// `<t(topic)>.<partition>.`: every position of a partition starts so.
+fn partition_prefix(topic: &str, partition: u32) -> String {
+    format!("{}{partition}.", topic_prefix(topic))
+}
+
 fn checkpoint_key(topic: &str, partition: u32) -> String {
-    format!("p.{}.{partition}", hash(topic))
+    format!("p.{}", partition_prefix(topic, partition))
 }
 
 /// Follows every partition and keeps the index; see the module docs.
@@ -200,6 +217,11 @@ pub struct Indexer {
     backend: Arc<dyn Backend>,
     /// Next offset to index, per topic and partition, once known.
     next: HashMap<(String, u32), u64>,
+    /// Entries of events before this offset are removed, per partition.
+    pruned: HashMap<(String, u32), u64>,
+    /// The topics of the last pass (their key prefixes); none before the
+    /// first, which compares the checkpoints' with the topics there are.
+    topics: Option<HashSet<String>>,
     shared: Arc<Shared>,
 }
 
@@ -248,6 +270,8 @@ impl Indexer {
         Self {
             backend,
             next: HashMap::new(),
+            pruned: HashMap::new(),
+            topics: None,
             shared: Arc::new(Shared {
                 started: AtomicU64::new(0),
                 done,
@@ -282,6 +306,8 @@ impl Indexer {
                     let mut indexer = indexer.lock().await;
                     // Checkpoints may have moved on another node meanwhile.
                     indexer.next.clear();
+                    indexer.pruned.clear();
+                    indexer.topics = None;
                     indexer.follow(held).await;
                 }
             },
@@ -320,7 +346,28 @@ impl Indexer {
     /// One pass over every partition; whether anything was read.
     async fn pass(&mut self) -> Result<bool, BackendError> {
         let mut progressed = false;
-        for info in self.backend.list_topics().await? {
+        let listed = self.backend.list_topics().await?;
+        let current: HashSet<String> = listed
+            .iter()
+            .map(|info| topic_prefix(info.spec.name.as_str()))
+            .collect();
+        // Deleted topics: those of the last pass, or (the first pass) of a
+        // checkpoint, that are gone.
+        let before = match self.topics.take() {
+            Some(before) => before,
+            None => self.checkpointed_topics().await?,
+        };
+        for gone in before.difference(&current) {
+            self.remove(&format!("x.{gone}"), None).await?;
+            self.remove_keys(&format!("p.{gone}")).await?;
+            progressed = true;
+        }
+        self.next
+            .retain(|(topic, _), _| current.contains(&topic_prefix(topic)));
+        self.pruned
+            .retain(|(topic, _), _| current.contains(&topic_prefix(topic)));
+        self.topics = Some(current);
+        for info in listed {
             let topic = info.spec.name;
             let description = match self.backend.describe_topic(&topic).await {
                 Ok(description) => description,
@@ -334,8 +381,21 @@ impl Indexer {
                     Some(next) => *next,
                     None => self.checkpoint(&topic, partition.partition).await?,
                 };
-                // Before the start: retention took it. Past the end: the
-                // topic was deleted and made again. Either way, from the start.
+                let positions = format!(
+                    "x.{}",
+                    partition_prefix(topic.as_str(), partition.partition)
+                );
+                // Past the end: the topic was deleted and made again; what
+                // the index holds of it is of the old one.
+                if next > end {
+                    self.remove(&positions, None).await?;
+                    self.pruned.insert(key.clone(), start);
+                }
+                // Retention took events: their entries go too.
+                if start > self.pruned.get(&key).copied().unwrap_or(0) {
+                    self.remove(&positions, Some(start)).await?;
+                    self.pruned.insert(key.clone(), start);
+                }
                 let mut next = if next < start || next > end {
                     start
                 } else {
@@ -388,6 +448,8 @@ impl Indexer {
                 continue;
             }
             let value = Bytes::from(serde_json::to_vec(&entry).unwrap_or_default());
+            let listed = Bytes::from(serde_json::to_vec(&keys).unwrap_or_default());
+            writes.push((BUCKET.to_owned(), format!("x.{}", entry.position()), listed));
             for key in keys {
                 writes.push((BUCKET.to_owned(), key, value.clone()));
             }
@@ -404,6 +466,79 @@ impl Indexer {
             .kv_put_many(writes, KvDurability::Deferred)
             .await?;
         Ok(Some(read.next_offset))
+    }
+
+    /// The topic prefixes the checkpoints name.
+    async fn checkpointed_topics(&self) -> Result<HashSet<String>, BackendError> {
+        let mut topics = HashSet::new();
+        let mut after: Option<String> = None;
+        loop {
+            let keys = self
+                .backend
+                .kv_keys(BUCKET, "p.", after.as_deref(), 1_000)
+                .await?;
+            let Some(last) = keys.last() else { break };
+            after = Some(last.clone());
+            for key in &keys {
+                if let Some(topic) = key.strip_prefix("p.").and_then(|rest| rest.get(..17)) {
+                    topics.insert(topic.to_owned());
+                }
+            }
+        }
+        Ok(topics)
+    }
+
+    /// Removes the entries of the events whose `x` keys start with
+    /// `positions`, those before offset `below` only when given.
+    async fn remove(&self, positions: &str, below: Option<u64>) -> Result<(), BackendError> {
+        loop {
+            let keys = self.backend.kv_keys(BUCKET, positions, None, 256).await?;
+            let last_page = keys.len() < 256;
+            let mut deletes = Vec::new();
+            let mut reached = false;
+            for key in keys {
+                let offset = key
+                    .rsplit('.')
+                    .next()
+                    .and_then(|tail| tail.parse::<u64>().ok());
+                if let (Some(below), Some(offset)) = (below, offset)
+                    && offset >= below
+                {
+                    reached = true;
+                    break;
+                }
+                if let Some(listed) = self.backend.kv_get(BUCKET, &key).await?
+                    && let Ok(entries) = serde_json::from_slice::<Vec<String>>(&listed.value)
+                {
+                    deletes.extend(entries.into_iter().map(|entry| (BUCKET.to_owned(), entry)));
+                }
+                deletes.push((BUCKET.to_owned(), key));
+            }
+            if deletes.is_empty() {
+                return Ok(());
+            }
+            let removed = deletes.len();
+            self.backend.kv_delete_many(deletes).await?;
+            debug!(positions, removed, "Removed lineage entries.");
+            if reached || last_page {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Removes every key starting with `prefix`.
+    async fn remove_keys(&self, prefix: &str) -> Result<(), BackendError> {
+        loop {
+            let keys = self.backend.kv_keys(BUCKET, prefix, None, 1_000).await?;
+            if keys.is_empty() {
+                return Ok(());
+            }
+            let deletes = keys
+                .into_iter()
+                .map(|key| (BUCKET.to_owned(), key))
+                .collect();
+            self.backend.kv_delete_many(deletes).await?;
+        }
     }
 
     async fn checkpoint(&self, topic: &TopicName, partition: u32) -> Result<u64, BackendError> {
@@ -505,12 +640,32 @@ mod tests {
         assert_eq!(caused[0].id, "e-203");
         let own = lookup(&*backend, By::Id, "e-204", 10).await.unwrap();
         assert_eq!(own[0].causationid.as_deref(), Some("e-203"));
-        // An id no event carries, and one that only hashes alike, find nothing.
+        // An id no event carries finds nothing.
         assert!(
             lookup(&*backend, By::Correlation, "d", 10)
                 .await
                 .unwrap()
                 .is_empty()
         );
+
+        // A deleted topic's entries go; made again, only its new events are there.
+        backend.delete_topic(&topic).await.unwrap();
+        assert!(index(&backend).await.is_empty());
+        let mut spec = TopicSpec::new(topic.clone());
+        spec.partitions = 1;
+        backend.create_topic(spec).await.unwrap();
+        backend
+            .publish(&topic, events(300, 302, true))
+            .await
+            .unwrap();
+        let ids: Vec<String> = index(&backend)
+            .await
+            .into_iter()
+            .map(|entry| entry.id)
+            .collect();
+        assert_eq!(ids.len(), 2, "{ids:?}");
+        let leftover = backend.kv_keys(BUCKET, "", None, 1_000).await.unwrap();
+        // Two events × (i, c, k, x) and one checkpoint.
+        assert_eq!(leftover.len(), 9, "{leftover:?}");
     }
 }

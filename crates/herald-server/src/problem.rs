@@ -415,6 +415,18 @@ impl From<herald_workflows::EngineError> for Problem {
     }
 }
 
+impl From<herald_lineage::Error> for Problem {
+    fn from(error: herald_lineage::Error) -> Self {
+        match error {
+            herald_lineage::Error::Backend(error) => Self::from(error),
+            not_found @ herald_lineage::Error::EventNotFound { .. } => {
+                Self::new(Code::EventNotFound, not_found.to_string())
+            }
+            other => Self::new(Code::Internal, other.to_string()),
+        }
+    }
+}
+
 impl From<crate::blobs::Error> for Problem {
     fn from(failure: crate::blobs::Error) -> Self {
         let code = match &failure {

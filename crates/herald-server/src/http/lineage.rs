@@ -77,15 +77,3 @@ pub async fn lineage(
     let answer = state.lineage.get()?.query(start).await?;
     Ok(Json(answer))
 }
-
-impl From<herald_lineage::Error> for Problem {
-    fn from(error: herald_lineage::Error) -> Self {
-        match error {
-            herald_lineage::Error::Backend(error) => Self::from(error),
-            not_found @ herald_lineage::Error::EventNotFound { .. } => {
-                Self::new(Code::EventNotFound, not_found.to_string())
-            }
-            other => Self::new(Code::Internal, other.to_string()),
-        }
-    }
-}
