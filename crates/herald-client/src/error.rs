@@ -179,6 +179,8 @@ pub enum ErrorCode {
     GroupNotFound,
     /// `partition_not_found`.
     PartitionNotFound,
+    /// `event_not_found` (no event at a lineage query's position).
+    EventNotFound,
     /// `topic_exists`.
     TopicExists,
     /// `limit_exceeded`: creating it would pass a server limit
@@ -266,6 +268,7 @@ const CODES: &[(ErrorCode, &str)] = &[
     (ErrorCode::TopicNotFound, "topic_not_found"),
     (ErrorCode::GroupNotFound, "group_not_found"),
     (ErrorCode::PartitionNotFound, "partition_not_found"),
+    (ErrorCode::EventNotFound, "event_not_found"),
     (ErrorCode::TopicExists, "topic_exists"),
     (ErrorCode::LimitExceeded, "limit_exceeded"),
     (ErrorCode::GroupConflict, "group_conflict"),
