@@ -172,6 +172,11 @@ pub(crate) fn prepare(input: EventInput) -> Result<v1::Event> {
     if event.id.is_empty() {
         event.id = Event::generate_id(now_ms);
     }
+    if event.traceparent.is_none() {
+        // The caller's trace, when the application exports spans (an
+        // OpenTelemetry layer): Herald's `publish` span continues it.
+        event.traceparent = herald_trace::traceparent(&tracing::Span::current());
+    }
     Ok(EventInput::from_parts(event, partition, None, now_ms)?.into())
 }
 
@@ -405,5 +410,43 @@ fn fail_all(in_flight: &mut VecDeque<InFlight>, batch: &mut Vec<Queued>, error: 
     }
     for queued in batch.drain(..) {
         let _ = queued.reply.send(Err(describe()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    use super::*;
+
+    #[test]
+    fn given_a_span_of_the_caller_when_an_event_is_prepared_should_carry_its_trace() {
+        let exporter = InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("app")));
+        let (inside, outside, own) = tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("checkout");
+            let inside = span.in_scope(|| prepare(Event::new("a", "/s", "t").into()).unwrap());
+            let outside = prepare(Event::new("b", "/s", "t").into()).unwrap();
+            let mut given = Event::new("c", "/s", "t");
+            given.traceparent =
+                Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
+            let own = span.in_scope(|| prepare(given.into()).unwrap());
+            (inside, outside, own)
+        });
+        let spans = exporter.get_finished_spans().unwrap();
+        let checkout = spans.iter().find(|span| span.name == "checkout").unwrap();
+        let carried = herald_trace::parse(inside.traceparent.as_deref().unwrap()).unwrap();
+        assert_eq!(carried.span_id(), checkout.span_context.span_id());
+        assert_eq!(outside.traceparent, None);
+        assert_eq!(
+            own.traceparent.as_deref(),
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        );
     }
 }

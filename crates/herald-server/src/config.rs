@@ -2142,6 +2142,35 @@ mod tests {
     }
 
     #[test]
+    fn given_telemetry_keys_when_loaded_should_take_valid_ones_and_refuse_others_naming_the_key() {
+        let options = from_toml_str(
+            Path::new("herald.toml"),
+            "[telemetry]\notlp_endpoint = \"http://c:4318/v1/traces\"\n\
+             otlp_protocol = \"http/protobuf\"\nsample_ratio = 0.25\n",
+        )
+        .unwrap();
+        assert_eq!(options.telemetry.otlp_protocol, OtlpProtocol::HttpProtobuf);
+        assert!((options.telemetry.sample_ratio.get() - 0.25).abs() < f64::EPSILON);
+        for (text, key) in [
+            (
+                "[telemetry]\nsample_ratio = 1.5\n",
+                "telemetry.sample_ratio",
+            ),
+            (
+                "[telemetry]\nsample_ratio = -0.1\n",
+                "telemetry.sample_ratio",
+            ),
+            (
+                "[telemetry]\notlp_protocol = \"http/json\"\n",
+                "telemetry.otlp_protocol",
+            ),
+        ] {
+            let error = from_toml_str(Path::new("herald.toml"), text).unwrap_err();
+            assert!(error.to_string().contains(key), "{text}: {error}");
+        }
+    }
+
+    #[test]
     fn given_toml_syntax_error_when_loaded_should_fail_with_one_line_and_position() {
         let error = from_toml_str(Path::new("herald.toml"), "listen = \"127.0.0.1:0\"\nx = \n")
             .unwrap_err();
