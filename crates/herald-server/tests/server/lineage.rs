@@ -244,9 +244,10 @@ async fn given_a_chain_over_topics_a_job_and_a_dead_letter_lineage_should_draw_t
     assert!(lineage(&api, "correlationid=unknown").await.is_empty());
 }
 
-#[tokio::test]
-async fn given_a_workflow_an_event_started_lineage_should_show_its_steps_and_what_it_emitted() {
-    let (_server, api) = TestServer::start_ready().await;
+/// Topics `questions` and `tasks`, and the workflow `support/triage`: each
+/// `question.asked` on `questions` starts an instance that sets the text and
+/// emits an `agent.task` on `tasks`.
+pub(crate) async fn triage_workflow(api: &Api) {
     for topic in ["questions", "tasks"] {
         api.create_topic(json!({"name": topic, "partitions": 1}))
             .await;
@@ -265,6 +266,12 @@ async fn given_a_workflow_an_event_started_lineage_should_show_its_steps_and_wha
         )
         .await;
     expect_json(deployed, 201).await;
+}
+
+#[tokio::test]
+async fn given_a_workflow_an_event_started_lineage_should_show_its_steps_and_what_it_emitted() {
+    let (_server, api) = TestServer::start_ready().await;
+    triage_workflow(&api).await;
     api.publish(
         "questions",
         json!([{"specversion": "1.0", "id": "q-1", "source": "/web", "type": "question.asked",

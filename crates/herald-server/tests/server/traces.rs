@@ -384,24 +384,9 @@ async fn given_otlp_when_an_event_starts_a_workflow_and_a_stream_append_continue
  {
     let (otlp, received) = http_receiver().await;
     let (_server, api) = server(&format!("http://{otlp}/v1/traces"), "http/protobuf").await;
-    for topic in ["questions", "tasks", "carts"] {
-        api.create_topic(json!({"name": topic, "partitions": 1}))
-            .await;
-    }
-    let definition = "document: { dsl: '1.0.0', namespace: support, name: triage, version: '1' }\n\
-        schedule: { on: { one: { with: { topic: questions, type: question.asked } } } }\n\
-        do:\n\
-        \x20 - read: { set: { text: '${ $workflow.input[0].data.text }' } }\n\
-        \x20 - ask: { emit: { event: { with: { topic: tasks, source: /support, type: agent.task } } } }\n";
-    let deployed = api
-        .post_raw(
-            "/v1/workflows",
-            Some("application/yaml"),
-            &[],
-            definition.as_bytes().to_vec(),
-        )
+    crate::lineage::triage_workflow(&api).await;
+    api.create_topic(json!({"name": "carts", "partitions": 1}))
         .await;
-    expect_json(deployed, 201).await;
     let client = format!("00-{TRACE_ID}-{CLIENT_SPAN}-01");
     api.publish(
         "questions",
