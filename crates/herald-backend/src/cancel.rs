@@ -68,6 +68,11 @@ impl<T: Send + 'static> Drop for RunToCompletion<T> {
     }
 }
 
+/// [`drop_at_each_await`] tries every poll count up to this one, then
+/// doubles it.
+#[cfg(feature = "test-util")]
+pub const EVERY_POLL_UP_TO: usize = 64;
+
 /// What [`drop_at_each_await`] saw at one step count.
 #[cfg(feature = "test-util")]
 #[derive(Debug)]
@@ -85,7 +90,13 @@ pub enum Outcome<T> {
 /// runs `check(outcome)`, which asserts the invariant the operation must
 /// keep (everything or nothing; a retry answers normally). It stops after
 /// the first `n` at which the operation finishes and returns that `n`.
-/// Panics if none of `1..=max_polls` does.
+/// Panics if none up to `max_polls` does.
+///
+/// `n` takes every value up to [`EVERY_POLL_UP_TO`], then doubles: an
+/// operation whose wakes grow with what earlier rounds left behind (a
+/// network backend's listing wakes its task per message received, and each
+/// round adds a topic) is still outrun, and its first awaits, where most of
+/// the state changes, are each tried.
 #[cfg(feature = "test-util")]
 pub async fn drop_at_each_await<Op, Prepare, PrepareFut, Check, CheckFut>(
     max_polls: usize,
@@ -99,7 +110,11 @@ where
     Check: FnMut(Outcome<Op::Output>) -> CheckFut,
     CheckFut: Future<Output = ()>,
 {
-    for polls in 1..=max_polls {
+    let counts = (1..=EVERY_POLL_UP_TO.min(max_polls)).chain(
+        std::iter::successors(Some(EVERY_POLL_UP_TO * 2), |polls| Some(polls * 2))
+            .take_while(move |polls| *polls <= max_polls),
+    );
+    for polls in counts {
         let mut operation = Box::pin(prepare(polls).await);
         let mut finished = None;
         for _ in 0..polls {

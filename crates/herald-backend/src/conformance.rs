@@ -2971,8 +2971,9 @@ pub async fn writers_racing_on_one_stream_get_one_winner_per_version<H: Harness>
 // (`cancel::drop_at_each_await`) and then checks that it either completed
 // or left nothing behind, and that a retry answers as it normally would.
 
-/// The most polls a cancellation check drives one operation through.
-const MAX_POLLS: usize = 64;
+/// The most polls a cancellation check drives one operation through
+/// (every count up to 64, then doubling: `cancel::drop_at_each_await`).
+const MAX_POLLS: usize = 4096;
 
 /// Every event of `topic`, by id, with its positions.
 async fn stored_positions(
