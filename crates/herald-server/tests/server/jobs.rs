@@ -67,7 +67,8 @@ pub async fn ended(api: &Api, job_id: &str) -> Value {
     panic!("job {job_id} did not end within 30 s");
 }
 
-async fn complete(api: &Api, job_id: &str, body: Value) -> reqwest::Response {
+/// `POST /v1/jobs/{job_id}/complete` with `body` → the response.
+pub(crate) async fn complete(api: &Api, job_id: &str, body: Value) -> reqwest::Response {
     api.post(&format!("/v1/jobs/{job_id}/complete"), &body)
         .await
 }

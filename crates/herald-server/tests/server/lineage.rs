@@ -129,15 +129,8 @@ async fn given_a_chain_over_topics_a_job_and_a_dead_letter_lineage_should_draw_t
     api.group_call("orders", "billing", "ack", json!({"delivery_ids": ids}))
         .await;
     let work = crate::jobs::fetch_one(&api, "invoices", "w1").await;
-    expect_json(
-        api.post(
-            &format!("/v1/jobs/{job_id}/complete"),
-            &json!({"delivery_id": work["delivery_id"], "result": {"invoice": 7}}),
-        )
-        .await,
-        200,
-    )
-    .await;
+    let body = json!({"delivery_id": work["delivery_id"], "result": {"invoice": 7}});
+    expect_json(crate::jobs::complete(&api, &job_id, body).await, 200).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     while *hook.lock().unwrap() == 0 {
         assert!(Instant::now() < deadline, "no webhook");

@@ -264,15 +264,8 @@ async fn given_otlp_http_when_an_event_travels_to_a_job_and_its_webhook_should_e
     // A worker does the job; its end is notified.
     let work = crate::jobs::fetch_one(&api, "invoices", "w1").await;
     let dispatched = work["traceparent"].as_str().unwrap().to_owned();
-    expect_json(
-        api.post(
-            &format!("/v1/jobs/{job_id}/complete"),
-            &json!({"delivery_id": work["delivery_id"], "result": {"invoice": 7}}),
-        )
-        .await,
-        200,
-    )
-    .await;
+    let body = json!({"delivery_id": work["delivery_id"], "result": {"invoice": 7}});
+    expect_json(crate::jobs::complete(&api, &job_id, body).await, 200).await;
     let notified = until("the webhook", || {
         let seen = seen.lock().unwrap();
         seen.first()
