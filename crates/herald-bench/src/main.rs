@@ -28,6 +28,7 @@ mod nodes;
 mod noise;
 mod peers;
 mod report;
+mod restart;
 mod soak;
 mod timers;
 mod webhooks;
@@ -72,6 +73,9 @@ enum Command {
     /// W8: a three-step durable workflow on Herald and on Restate, side by
     /// side: instances per second, start-to-completion p50/p99.
     Workflows(workflows::WorkflowArgs),
+    /// W9's recovery: time until serving again, and RSS then, after
+    /// `kill -9` and after a clean stop, at growing log sizes.
+    Restart(restart::RestartArgs),
     /// Three Herald nodes against one on one NATS server: publish and a
     /// queue-group drain with the clients spread over the nodes.
     Nodes(nodes::NodesArgs),
@@ -355,6 +359,7 @@ async fn main() -> Result<()> {
         Some(Command::Timers(w8)) => return timers::run(w8).await,
         Some(Command::Workflows(w8)) => return workflows::run(w8).await,
         Some(Command::Nodes(nodes)) => return nodes::run(nodes).await,
+        Some(Command::Restart(w9)) => return restart::run(w9).await,
         None => {}
     }
     let mut args = cli.args;

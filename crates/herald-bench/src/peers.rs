@@ -65,6 +65,9 @@ pub struct Herald {
     child: Guard,
     pub endpoint: Endpoint,
     dir: TempDir,
+    /// How it was started (binary, environment, stderr), for [`Herald::restart`].
+    herald: PathBuf,
+    env: Vec<(String, String)>,
     /// With `--backend nats`: the `nats-server` this Herald stores in (its
     /// own, stopped after it: fields drop in order).
     nats: Option<Nats>,
@@ -142,10 +145,12 @@ impl Herald {
         let dir = tempfile::Builder::new()
             .prefix("herald-bench-")
             .tempdir_in(tmp)?;
-        let mut command = Command::new(herald);
-        command.envs(env.iter().copied());
+        let mut env: Vec<(String, String)> = env
+            .iter()
+            .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+            .collect();
         if let Some(key) = AUTH_KEY.get() {
-            command.env("HERALD_AUTH__BOOTSTRAP_KEY", key);
+            env.push(("HERALD_AUTH__BOOTSTRAP_KEY".to_owned(), key.clone()));
         }
         let ca_pem = if tls {
             let (ca, cert, key) = test_certificates()?;
@@ -153,40 +158,19 @@ impl Herald {
                 (dir.path().join("server.pem"), dir.path().join("server.key"));
             std::fs::write(&cert_file, cert)?;
             std::fs::write(&key_file, key)?;
-            command
-                .env("HERALD_TLS__CERT_FILE", cert_file)
-                .env("HERALD_TLS__KEY_FILE", key_file);
+            env.push((
+                "HERALD_TLS__CERT_FILE".to_owned(),
+                cert_file.display().to_string(),
+            ));
+            env.push((
+                "HERALD_TLS__KEY_FILE".to_owned(),
+                key_file.display().to_string(),
+            ));
             Some(ca)
         } else {
             None
         };
-        let mut child = command
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--log-level",
-                "warn",
-                "--data-dir",
-            ])
-            .arg(dir.path().join("data"))
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .with_context(|| format!("cannot start {}", herald.display()))?;
-        let stdout = child.stdout.take().context("no stdout")?;
-        let mut child = Guard(child);
-        let mut lines = BufReader::new(stdout).lines();
-        let addr = loop {
-            let Some(line) = lines.next() else {
-                bail!("herald exited before listening: {:?}", child.0.wait());
-            };
-            if let Some(addr) = line?.strip_prefix("herald listening on ") {
-                break addr.trim().to_owned();
-            }
-        };
-        // Keep reading stdout so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        let (child, addr) = spawn_herald(herald, &dir.path().join("data"), stderr, &env)?;
         let scheme = if ca_pem.is_some() { "https" } else { "http" };
         Ok(Self {
             child,
@@ -195,7 +179,47 @@ impl Herald {
                 ca_pem,
             },
             dir,
+            herald: herald.to_owned(),
+            env,
             nats: None,
+        })
+    }
+
+    /// Stops the server (with `crash`: `kill -9`; else SIGTERM, then waits
+    /// for its exit) and starts it again on the same data dir, its log going
+    /// to `stderr`. Returns when the new process has been spawned: the
+    /// caller times what follows (`listening`, `/readyz`).
+    pub fn restart(&mut self, crash: bool, stderr: Stdio) -> Result<Restarted> {
+        let pid = self.pid();
+        if crash {
+            self.child.0.kill()?;
+        } else {
+            let status = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()?;
+            anyhow::ensure!(status.success(), "kill -TERM {pid} failed");
+        }
+        let stopping = Instant::now();
+        let status = self.child.0.wait()?;
+        let stopped_in = stopping.elapsed();
+        anyhow::ensure!(
+            crash || status.success(),
+            "herald exited with {status} after SIGTERM"
+        );
+        let started = Instant::now();
+        let (child, addr) = spawn_herald(&self.herald, &self.data_dir(), stderr, &self.env)?;
+        let listening_in = started.elapsed();
+        self.child = child;
+        let scheme = if self.endpoint.ca_pem.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        self.endpoint.url = format!("{scheme}://{addr}");
+        Ok(Restarted {
+            started,
+            stopped_in,
+            listening_in,
         })
     }
 
@@ -203,10 +227,68 @@ impl Herald {
         self.child.0.id()
     }
 
+    /// Stops the server (SIGKILL) and keeps its data dir, whose path it
+    /// returns, instead of deleting it.
+    pub fn stop_and_keep(self) -> PathBuf {
+        let Self { child, dir, .. } = self;
+        drop(child);
+        dir.keep().join("data")
+    }
+
     /// The server's data dir.
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
+}
+
+/// What [`Herald::restart`] timed.
+#[derive(Debug, Clone, Copy)]
+pub struct Restarted {
+    /// When the new process was spawned.
+    pub started: Instant,
+    /// From the signal to the old process's exit.
+    pub stopped_in: Duration,
+    /// From spawning to its "herald listening on" line.
+    pub listening_in: Duration,
+}
+
+/// Spawns `herald serve` on `data_dir` and a free port; returns it once it
+/// prints the address it listens on.
+fn spawn_herald(
+    herald: &Path,
+    data_dir: &Path,
+    stderr: Stdio,
+    env: &[(String, String)],
+) -> Result<(Guard, String)> {
+    let mut child = Command::new(herald)
+        .envs(env.iter().map(|(key, value)| (key, value)))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-level",
+            "warn",
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .with_context(|| format!("cannot start {}", herald.display()))?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let mut child = Guard(child);
+    let mut lines = BufReader::new(stdout).lines();
+    let addr = loop {
+        let Some(line) = lines.next() else {
+            bail!("herald exited before listening: {:?}", child.0.wait());
+        };
+        if let Some(addr) = line?.strip_prefix("herald listening on ") {
+            break addr.trim().to_owned();
+        }
+    };
+    // Keep reading stdout so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Ok((child, addr))
 }
 
 /// A CA, and a server certificate and key for 127.0.0.1 it signed (PEM).

@@ -27,10 +27,13 @@
 //! is told it was stored), and at 100k ids/s over a 2-minute window a
 //! 64-bit hash would make one about every half year.
 
-use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 
 use tokio::sync::watch;
+use tracing::error;
+
+use crate::dedup_runs::{IdHasher, NewRun, Run, RunEntry};
 
 /// Maps of the window (a power of two).
 pub(crate) const SHARDS: usize = 16;
@@ -80,6 +83,14 @@ fn pack(partition: u32, offset: u64) -> Option<u64> {
 pub(crate) struct Key(u64, u64);
 
 impl Key {
+    pub(crate) fn new(high: u64, low: u64) -> Self {
+        Self(high, low)
+    }
+
+    pub(crate) fn words64(self) -> (u64, u64) {
+        (self.0, self.1)
+    }
+
     /// Which shard holds it: the top `log2(SHARDS)` bits.
     fn shard(self) -> usize {
         (self.0 >> (64 - SHARDS.trailing_zeros())) as usize
@@ -115,7 +126,7 @@ type Shard = HashMap<Key, u64, BuildHasherDefault<KeyedHash>>;
 /// The window of one topic.
 #[derive(Debug)]
 pub(crate) struct Dedup {
-    hashers: (RandomState, RandomState),
+    hasher: IdHasher,
     shards: Box<[Shard]>,
     /// The recorded keys in append order, with their times, for expiry.
     /// Each recorded key has exactly one entry: a key is recorded only when
@@ -123,22 +134,77 @@ pub(crate) struct Dedup {
     order: Expiry,
     /// Bumped when pending publishes finish, for the publishes waiting on them.
     pub(crate) finished: watch::Sender<u64>,
+    /// The window on disk (`dedup_runs.rs`); `None` in memory-only use.
+    runs: Option<Runs>,
+}
+
+/// What the window keeps for its runs on disk.
+#[derive(Debug, Default)]
+pub(crate) struct Runs {
+    /// Runs written before the open with ids still in the window, newest
+    /// first: the ids the memory map does not hold.
+    pub(crate) old: Vec<Run>,
+    /// Each partition's end when the topic opened: a run's position at or
+    /// past it is not in the log (a tail lost to power loss).
+    pub(crate) ends_at_open: Vec<u64>,
+    /// The window's start as of the last expiry.
+    cutoff: i64,
+    /// Ids recorded since the last run was taken, and the oldest's time.
+    fresh: Vec<RunEntry>,
+    fresh_since: i64,
+    /// Publishes appending with reserved ids: (partition, the partition's
+    /// end when they reserved) → how many.
+    in_flight: BTreeMap<(u32, u64), u32>,
+    /// The next run's sequence number.
+    pub(crate) next_seq: u64,
+    /// Set when the topic closes: no run is taken after its last.
+    closed: bool,
+}
+
+impl Runs {
+    /// What a topic opened with: the runs still in the window (newest
+    /// first), its partitions' ends, the next sequence number.
+    pub(crate) fn new(old: Vec<Run>, ends_at_open: Vec<u64>, next_seq: u64, cutoff: i64) -> Self {
+        Self {
+            old,
+            ends_at_open,
+            cutoff,
+            next_seq,
+            ..Self::default()
+        }
+    }
 }
 
 impl Dedup {
+    /// A window keyed at random, in memory only.
     pub(crate) fn new() -> Self {
+        Self::with_hasher(IdHasher::random())
+    }
+
+    pub(crate) fn with_hasher(hasher: IdHasher) -> Self {
         Self {
-            hashers: (RandomState::new(), RandomState::new()),
+            hasher,
             shards: (0..SHARDS).map(|_| HashMap::default()).collect(),
             order: Expiry::default(),
             finished: watch::Sender::new(0),
+            runs: None,
         }
     }
 
-    /// The id's 128-bit hash, keyed per process (so ids cannot be chosen to
+    /// Keeps runs from now on (see `dedup_runs.rs`): lookups also search
+    /// `runs.old`, and recorded ids gather for the next run.
+    pub(crate) fn persist(&mut self, runs: Runs) {
+        self.runs = Some(runs);
+    }
+
+    /// The id's 128-bit hash, keyed per topic (so ids cannot be chosen to
     /// collide): the key of every other call.
     pub(crate) fn hash(&self, id: &[u8]) -> Key {
-        Key(self.hashers.0.hash_one(id), self.hashers.1.hash_one(id))
+        self.hasher.hash(id)
+    }
+
+    pub(crate) fn hasher(&self) -> IdHasher {
+        self.hasher
     }
 
     fn shard(&self, key: Key) -> &Shard {
@@ -150,7 +216,100 @@ impl Dedup {
     }
 
     pub(crate) fn get(&self, key: Key) -> Option<Slot> {
-        self.shard(key).get(&key).copied().map(Slot::unpack)
+        if let Some(&packed) = self.shard(key).get(&key) {
+            return Some(Slot::unpack(packed));
+        }
+        let runs = self.runs.as_ref()?;
+        for run in &runs.old {
+            match run.find(key) {
+                Ok(Some(entry)) if entry.appended_at >= runs.cutoff => {
+                    if let Slot::Done { partition, offset } = Slot::unpack(entry.packed)
+                        && runs
+                            .ends_at_open
+                            .get(partition as usize)
+                            .is_some_and(|&end| offset < end)
+                    {
+                        return Some(Slot::Done { partition, offset });
+                    }
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    error!(seq = run.seq, %error, "A dedup run could not be read; an id it holds may be appended again.");
+                }
+            }
+        }
+        None
+    }
+
+    /// Notes a publish about to append reserved ids to `partition`, whose
+    /// end is `end`: until [`Dedup::appended`], a run covers no further.
+    pub(crate) fn appending(&mut self, partition: u32, end: u64) {
+        if let Some(runs) = &mut self.runs {
+            *runs.in_flight.entry((partition, end)).or_default() += 1;
+        }
+    }
+
+    /// The publish noted by [`Dedup::appending`] recorded or released its ids.
+    pub(crate) fn appended(&mut self, partition: u32, end: u64) {
+        if let Some(runs) = &mut self.runs
+            && let std::collections::btree_map::Entry::Occupied(mut entry) =
+                runs.in_flight.entry((partition, end))
+        {
+            *entry.get_mut() -= 1;
+            if *entry.get() == 0 {
+                entry.remove();
+            }
+        }
+    }
+
+    /// Whether the ids gathered should go to disk now: `run_ids` of them,
+    /// or the oldest `interval` ms old.
+    pub(crate) fn run_due(&self, now: i64, interval: i64, run_ids: usize) -> bool {
+        self.runs.as_ref().is_some_and(|runs| {
+            !runs.closed
+                && (runs.fresh.len() >= run_ids
+                    || (!runs.fresh.is_empty() && now.saturating_sub(runs.fresh_since) >= interval))
+        })
+    }
+
+    /// Takes the ids gathered as the next run, with what it covers given
+    /// the partitions' ends now (`last`: the topic is closing, and no run is
+    /// taken after this one).
+    pub(crate) fn take_run(&mut self, ends: &[u64], last: bool) -> Option<NewRun> {
+        let runs = self.runs.as_mut()?;
+        if runs.closed {
+            return None;
+        }
+        runs.closed = last;
+        let covered = (0u32..)
+            .zip(ends)
+            .map(|(partition, &end)| {
+                runs.in_flight
+                    .range((partition, 0)..=(partition, u64::MAX))
+                    .next()
+                    .map_or(end, |(&(_, reserved_at), _)| reserved_at.min(end))
+            })
+            .collect();
+        let seq = runs.next_seq;
+        runs.next_seq += 1;
+        Some(NewRun {
+            seq,
+            entries: std::mem::take(&mut runs.fresh),
+            covered,
+        })
+    }
+
+    fn gather(&mut self, key: Key, packed: u64, appended_at: i64) {
+        if let Some(runs) = &mut self.runs {
+            if runs.fresh.is_empty() {
+                runs.fresh_since = appended_at;
+            }
+            runs.fresh.push(RunEntry {
+                key,
+                packed,
+                appended_at,
+            });
+        }
     }
 
     /// Marks `key` as being appended.
@@ -176,6 +335,7 @@ impl Dedup {
         };
         self.shard_mut(key).insert(key, packed);
         self.order.push_back(appended_at, key);
+        self.gather(key, packed, appended_at);
     }
 
     /// Records `key` found in the log at `appended_at`, unless the window
@@ -188,11 +348,16 @@ impl Dedup {
         if let std::collections::hash_map::Entry::Vacant(vacant) = self.shard_mut(key).entry(key) {
             vacant.insert(packed);
             self.order.push_back(appended_at, key);
+            self.gather(key, packed, appended_at);
         }
     }
 
     /// Forgets every id appended before `cutoff`.
     pub(crate) fn expire(&mut self, cutoff: i64) {
+        if let Some(runs) = &mut self.runs {
+            runs.cutoff = cutoff;
+            runs.old.retain(|run| run.max_time >= cutoff);
+        }
         while let Some((appended_at, key)) = self.order.front() {
             if appended_at >= cutoff {
                 break;
@@ -213,7 +378,11 @@ impl Dedup {
 
     /// Ids in the window (done or pending).
     pub(crate) fn len(&self) -> usize {
-        self.shards.iter().map(HashMap::len).sum()
+        let on_disk = self
+            .runs
+            .as_ref()
+            .map_or(0, |runs| runs.old.iter().map(Run::len).sum());
+        self.shards.iter().map(HashMap::len).sum::<usize>() + on_disk
     }
 }
 

@@ -103,6 +103,7 @@
 mod codec;
 mod dead_letters;
 mod dedup;
+mod dedup_runs;
 mod erasure;
 mod events;
 mod groups;
@@ -215,6 +216,9 @@ pub struct EmbeddedOptions {
     pub metrics: Arc<GroupMetrics>,
     /// Injected failures of metadata writes (tests); `None` in production.
     pub meta_faults: Option<Arc<MetaFaults>>,
+    /// Ids per dedup run at most: what a crash can leave for the next open
+    /// to read back from the log (see `dedup_runs.rs`).
+    pub dedup_run_ids: usize,
 }
 
 impl EmbeddedOptions {
@@ -231,6 +235,7 @@ impl EmbeddedOptions {
             caches: StoreCaches::default(),
             metrics: GroupMetrics::new(),
             meta_faults: None,
+            dedup_run_ids: dedup_runs::RUN_IDS,
         }
     }
 }
@@ -300,6 +305,7 @@ struct Inner {
     /// is none).
     group_added: tokio::sync::Notify,
     group_budget: GroupBudget,
+    dedup_run_ids: usize,
     metrics: Arc<GroupMetrics>,
     flusher: Flusher,
     /// Since when (ms) group state has failed to persist, and why.
@@ -368,6 +374,7 @@ impl EmbeddedBackend {
             compacting: tokio::sync::Mutex::new(()),
             group_added: tokio::sync::Notify::new(),
             group_budget: options.group_budget,
+            dedup_run_ids: options.dedup_run_ids.max(1),
             metrics: Arc::clone(&options.metrics),
             flusher: Flusher::new(),
             flush_failing: Mutex::new(None),
@@ -547,8 +554,9 @@ impl Inner {
                 info.clone(),
                 self.topic_dir(&info.spec.name),
                 partitions,
+                self.dedup_run_ids,
             )));
-            runtime.rebuild_dedup(now).await?;
+            runtime.open_dedup(now).await?;
             self.topics
                 .write()
                 .unwrap_or_else(PoisonError::into_inner)

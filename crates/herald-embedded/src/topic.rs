@@ -4,8 +4,9 @@
 //!
 //! Deduplication keeps, for the last `dedup_window_ms`, a map from a 128-bit
 //! hash of each event id to the position it was appended at. The log is the
-//! source of truth: on open the map is rebuilt by reading the window's tail
-//! of every partition, so a re-publish after a crash is still caught. A
+//! source of truth; the ids also go to disk in runs (`dedup_runs.rs`), so
+//! that on open only the log's tail past the last run is read back, and a
+//! re-publish after a crash or a restart is still caught. A
 //! publish reserves its ids before appending; a concurrent publish of the
 //! same id waits for that append and then reports the original position.
 //! Once ids are reserved the publish runs to completion even if its caller
@@ -23,9 +24,11 @@ use herald_backend::{
 };
 use herald_log::{FsyncPolicy, LogError, LogHandle, LogOptions, Retention};
 use herald_types::{EventInput, TopicName, partition_for_key};
+use tracing::warn;
 
 use crate::codec;
-use crate::dedup::{Dedup, Key, Slot};
+use crate::dedup::{Dedup, Key, Runs, Slot};
+use crate::dedup_runs::{self, IdHasher, NewRun};
 use crate::erasure::ErasedOffsets;
 
 /// Bytes read from a log per read call.
@@ -82,6 +85,10 @@ pub(crate) struct TopicRuntime {
     info: RwLock<TopicInfo>,
     partitions: Vec<LogHandle>,
     dedup: Mutex<Dedup>,
+    /// Held while a dedup run is written (one at a time, in order).
+    run_writer: Arc<tokio::sync::Mutex<()>>,
+    /// Ids per dedup run at most.
+    run_ids: usize,
     round_robin: AtomicU64,
     /// Per partition: offsets of hard-deleted events not yet compacted away;
     /// reads skip them (see `erasure.rs`).
@@ -111,7 +118,12 @@ enum Plan {
 }
 
 impl TopicRuntime {
-    pub(crate) fn new(info: TopicInfo, dir: PathBuf, partitions: Vec<LogHandle>) -> Self {
+    pub(crate) fn new(
+        info: TopicInfo,
+        dir: PathBuf,
+        partitions: Vec<LogHandle>,
+        run_ids: usize,
+    ) -> Self {
         let erased = partitions.iter().map(|_| Arc::default()).collect();
         Self {
             name: info.spec.name.clone(),
@@ -119,6 +131,8 @@ impl TopicRuntime {
             info: RwLock::new(info),
             partitions,
             dedup: Mutex::new(Dedup::new()),
+            run_writer: Arc::default(),
+            run_ids,
             round_robin: AtomicU64::new(0),
             erased,
         }
@@ -189,23 +203,97 @@ impl TopicRuntime {
             .collect()
     }
 
-    /// Rebuilds the dedup index from the tail of every partition: every id
-    /// published within the window (at open, and when the window changes),
-    /// so a publish answers after a restart as it did before. Ids already in
-    /// the index keep their position (the first one wins, as for
-    /// publishes); events appended to streams are skipped, as stream
-    /// appends do not enter the window.
+    fn dedup_dir(&self) -> PathBuf {
+        self.dir.join("dedup")
+    }
+
+    /// Opens the dedup window (at open and when the topic is created): its
+    /// hash key, the runs on disk still inside the window, and the ids of
+    /// the log's tail past the last intact run, so a publish answers after
+    /// a restart as it did before. Ids already in the index keep their
+    /// position (the first one wins, as for publishes); events appended to
+    /// streams are skipped, as stream appends do not enter the window.
+    pub(crate) async fn open_dedup(&self, now: i64) -> Result<()> {
+        let window = i64::try_from(self.info().spec.dedup_window_ms).unwrap_or(i64::MAX);
+        let cutoff = if window == 0 {
+            i64::MAX
+        } else {
+            now.saturating_sub(window)
+        };
+        let (dir, partitions) = (self.dedup_dir(), self.partitions.len());
+        let (hasher, opened) = tokio::task::spawn_blocking(move || {
+            let hasher = dedup_runs::load_key(&dir)?;
+            Ok::<_, std::io::Error>((hasher, dedup_runs::open(&dir, partitions, cutoff)?))
+        })
+        .await
+        .map_err(|error| Error::Unavailable {
+            detail: format!("dedup open task: {error}"),
+        })?
+        .map_err(|error| Error::Unavailable {
+            detail: format!("{}: {error}", self.dedup_dir().display()),
+        })?;
+        for (path, error) in &opened.damaged {
+            warn!(topic = %self.name, path = %path.display(), %error, "A dedup run is unreadable; the log is read back from the run before it.");
+        }
+        let ends = self.end_offsets();
+        let runs = Runs::new(opened.runs, ends, opened.next_seq, cutoff);
+        *lock(&self.dedup) = Dedup::with_hasher(hasher);
+        if window == 0 {
+            lock(&self.dedup).persist(runs);
+            return Ok(());
+        }
+        let from = opened
+            .covered
+            .unwrap_or_else(|| vec![0; self.partitions.len()]);
+        let found = self.scan_ids(hasher, cutoff, &from).await?;
+        let mut dedup = lock(&self.dedup);
+        dedup.persist(runs);
+        for (partition, entries) in (0u32..).zip(found) {
+            for (key, offset, appended_at) in entries {
+                dedup.record_found(key, partition, offset, appended_at);
+            }
+        }
+        dedup.sort_order();
+        Ok(())
+    }
+
+    /// Reads the whole window of every partition back into the dedup index
+    /// (when the window changes: a longer one holds ids no run kept).
     pub(crate) async fn rebuild_dedup(&self, now: i64) -> Result<()> {
         let window = i64::try_from(self.info().spec.dedup_window_ms).unwrap_or(i64::MAX);
         if window == 0 {
             return Ok(());
         }
         let cutoff = now.saturating_sub(window);
-        for (partition, handle) in self.partitions.iter().enumerate() {
+        let hasher = lock(&self.dedup).hasher();
+        let found = self
+            .scan_ids(hasher, cutoff, &vec![0; self.partitions.len()])
+            .await?;
+        let mut dedup = lock(&self.dedup);
+        for (partition, entries) in (0u32..).zip(found) {
+            for (key, offset, appended_at) in entries {
+                dedup.record_found(key, partition, offset, appended_at);
+            }
+        }
+        dedup.sort_order();
+        Ok(())
+    }
+
+    /// The id hash, offset and append time of every published event of each
+    /// partition from `from` (or the window's start at `cutoff`, if later)
+    /// to its end; the partitions read at once.
+    async fn scan_ids(
+        &self,
+        hasher: IdHasher,
+        cutoff: i64,
+        from: &[u64],
+    ) -> Result<Vec<Vec<(Key, u64, i64)>>> {
+        let scans = (0u32..).zip(&self.partitions).map(|(partition, handle)| {
             let reader = handle.reader().clone();
-            let entries = tokio::task::spawn_blocking(
-                move || -> std::result::Result<Vec<(Vec<u8>, u64, i64)>, LogError> {
-                    let mut next = reader.offset_for_timestamp(cutoff)?;
+            let from = from.get(partition as usize).copied().unwrap_or(0);
+            let scan = tokio::task::spawn_blocking(
+                move || -> std::result::Result<Vec<(Key, u64, i64)>, LogError> {
+                    let mut next = reader.offset_for_timestamp(cutoff)?.max(from);
                     let mut entries = Vec::new();
                     loop {
                         let batch = reader.read_skipping_lost(next, READ_BYTES)?;
@@ -214,29 +302,52 @@ impl TopicRuntime {
                         }
                         next = batch.next_offset;
                         for record in &batch.records {
-                            if codec::record_stream(record).is_some() {
+                            if record.timestamp < cutoff || codec::record_stream(record).is_some() {
                                 continue;
                             }
                             if let Some(id) = codec::record_id(record) {
-                                entries.push((id.to_vec(), record.offset, record.timestamp));
+                                entries.push((hasher.hash(id), record.offset, record.timestamp));
                             }
                         }
                     }
                 },
-            )
-            .await
-            .map_err(|error| Error::Unavailable {
-                detail: format!("dedup rebuild task: {error}"),
-            })?
-            .map_err(|error| log_error(partition as u32, error))?;
-            let mut dedup = lock(&self.dedup);
-            for (id, offset, appended_at) in entries {
-                let key = dedup.hash(&id);
-                dedup.record_found(key, partition as u32, offset, appended_at);
+            );
+            async move {
+                scan.await
+                    .map_err(|error| Error::Unavailable {
+                        detail: format!("dedup rebuild task: {error}"),
+                    })?
+                    .map_err(|error| log_error(partition, error))
             }
-        }
-        lock(&self.dedup).sort_order();
-        Ok(())
+        });
+        futures::future::try_join_all(scans).await
+    }
+
+    /// Writes a run taken from the window, off the caller's path; `writer`
+    /// is the run writer's lock, taken by the caller so runs go to disk one
+    /// at a time in the order they were taken.
+    fn write_run(
+        &self,
+        run: NewRun,
+        writer: tokio::sync::OwnedMutexGuard<()>,
+    ) -> tokio::task::JoinHandle<()> {
+        let dir = self.dedup_dir();
+        let window = i64::try_from(self.info().spec.dedup_window_ms).unwrap_or(i64::MAX);
+        let topic = self.name.clone();
+        tokio::task::spawn_blocking(move || {
+            let newest = run.entries.iter().map(|entry| entry.appended_at).max();
+            let seq = run.seq;
+            if let Err(error) = dedup_runs::write(&dir, run) {
+                warn!(%topic, seq, %error, "Could not write a dedup run; a restart reads more of the log back.");
+            }
+            if let Some(newest) = newest {
+                let cutoff = newest.saturating_sub(window);
+                if let Err(error) = dedup_runs::remove_expired(&dir, cutoff) {
+                    warn!(%topic, %error, "Could not remove expired dedup runs.");
+                }
+            }
+            drop(writer);
+        })
     }
 
     /// See [`herald_backend::Events::publish`].
@@ -256,7 +367,7 @@ impl TopicRuntime {
         spec.check_events(&inputs)?;
         let dedup = spec.dedup_window_ms > 0;
         loop {
-            let plans = self.plan(&inputs, spec.dedup_window_ms, now);
+            let (plans, appending) = self.plan(&inputs, spec.dedup_window_ms, now);
             if self.wait_for_pending(&plans).await {
                 continue;
             }
@@ -264,23 +375,33 @@ impl TopicRuntime {
                 .iter()
                 .any(|plan| matches!(plan, Plan::Append { hash: Some(_), .. }));
             if !reserved {
-                return self.execute(&inputs, plans, dedup).await;
+                return self.execute(&inputs, plans, &appending, dedup, now).await;
             }
             let topic = Arc::clone(self);
-            return run_to_completion(async move { topic.execute(&inputs, plans, dedup).await })
-                .await;
+            return run_to_completion(async move {
+                topic.execute(&inputs, plans, &appending, dedup, now).await
+            })
+            .await;
         }
     }
 
     /// Decides, under the dedup lock, what happens to each event, reserving
-    /// the ids to append.
-    fn plan(&self, inputs: &[EventInput], window_ms: u64, now: i64) -> Vec<Plan> {
+    /// the ids to append; returns with the plans the partitions it will
+    /// append reserved ids to and their ends now (see [`Dedup::appending`]),
+    /// which `execute` releases.
+    fn plan(
+        &self,
+        inputs: &[EventInput],
+        window_ms: u64,
+        now: i64,
+    ) -> (Vec<Plan>, Vec<(u32, u64)>) {
         let mut dedup = lock(&self.dedup);
         if window_ms > 0 {
             dedup.expire(now.saturating_sub(i64::try_from(window_ms).unwrap_or(i64::MAX)));
         }
         let mut seen: HashMap<Key, usize> = HashMap::new();
         let mut plans = Vec::with_capacity(inputs.len());
+        let mut appending = Vec::new();
         let waiting = inputs.iter().any(|input| {
             window_ms > 0
                 && matches!(
@@ -311,6 +432,11 @@ impl TopicRuntime {
                     seen.insert(hash, index);
                     if !waiting {
                         dedup.reserve(hash);
+                        if !appending.iter().any(|&(noted, _)| noted == partition) {
+                            let end = self.partitions[partition as usize].reader().end_offset();
+                            dedup.appending(partition, end);
+                            appending.push((partition, end));
+                        }
                     }
                     plans.push(Plan::Append {
                         partition,
@@ -319,7 +445,7 @@ impl TopicRuntime {
                 }
             }
         }
-        plans
+        (plans, appending)
     }
 
     /// If some ids are being appended by another publish, waits until a
@@ -343,7 +469,9 @@ impl TopicRuntime {
         &self,
         inputs: &[EventInput],
         plans: Vec<Plan>,
+        appending: &[(u32, u64)],
         dedup: bool,
+        now: i64,
     ) -> Result<Vec<PublishResult>> {
         // Group the appends by partition, keeping call order.
         let mut by_partition: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
@@ -394,8 +522,18 @@ impl TopicRuntime {
                     }
                 }
             }
+            for &(partition, end) in appending {
+                state.appended(partition, end);
+            }
             if dedup {
                 state.finished.send_modify(|count| *count += 1);
+            }
+            let interval = dedup_runs::run_interval(self.info().spec.dedup_window_ms);
+            if state.run_due(now, interval, self.run_ids)
+                && let Ok(writer) = Arc::clone(&self.run_writer).try_lock_owned()
+                && let Some(run) = state.take_run(&self.end_offsets(), false)
+            {
+                drop(self.write_run(run, writer));
             }
         }
         if let Some(error) = failure {
@@ -618,8 +756,14 @@ impl TopicRuntime {
         Ok(())
     }
 
-    /// Closes every partition cleanly.
+    /// Closes every partition cleanly, after writing the dedup window's last
+    /// run (so the next open reads nothing back).
     pub(crate) async fn close(&self) -> Result<()> {
+        let writer = Arc::clone(&self.run_writer).lock_owned().await;
+        let last = lock(&self.dedup).take_run(&self.end_offsets(), true);
+        if let Some(run) = last {
+            let _ = self.write_run(run, writer).await;
+        }
         let mut first_error = None;
         for (partition, handle) in self.partitions.iter().enumerate() {
             if let Err(error) = handle.close().await

@@ -59,7 +59,16 @@ impl Topics for EmbeddedBackend {
             // A topic of the same name deleted earlier leaves no stream index.
             inner.streams.purge(&spec.name).await?;
             let partitions = inner.open_partitions(&spec).await?;
-            let runtime = Arc::new(Topic::new(TopicRuntime::new(info.clone(), dir, partitions)));
+            let runtime = Arc::new(Topic::new(TopicRuntime::new(
+                info.clone(),
+                dir,
+                partitions,
+                inner.dedup_run_ids,
+            )));
+            if let Err(error) = runtime.open_dedup(inner.now()).await {
+                let _ = runtime.close().await;
+                return Err(error);
+            }
             let (meta, stored) = (inner.meta.clone(), info.clone());
             if let Err(error) = blocking(move || meta.put_topic(&stored)).await {
                 let _ = runtime.close().await;

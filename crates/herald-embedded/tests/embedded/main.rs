@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
 mod damage;
+mod dedup;
 mod erasure;
 mod groups;
 mod kill;
