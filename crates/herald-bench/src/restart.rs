@@ -104,16 +104,19 @@ pub async fn run(args: RestartArgs) -> Result<()> {
             bytes as f64 / 1e9
         );
         for crash in [true, false] {
-            let result = restart(&mut herald, &http, crash, acked).await?;
-            acked += 1; // the probe publish
+            let result = restart(&mut herald, &http, &payload, crash, acked).await?;
+            // The probe and the events published after the restart.
+            acked += 1 + result["published_after"].as_u64().unwrap_or(0);
             println!(
-                "restart: {} at {:.2} GB: listening in {:.0} ms, ready in {:.0} ms, first publish in {:.0} ms, RSS at ready {:.1} MB",
+                "restart: {} at {:.2} GB: listening in {:.0} ms, ready in {:.0} ms, first publish in {:.0} ms, RSS at ready {:.1} MB; then {:.0} events/s (fill: {:.0}/s)",
                 if crash { "kill -9" } else { "SIGTERM" },
                 bytes as f64 / 1e9,
                 result["listening_ms"].as_f64().unwrap_or(0.0),
                 result["ready_ms"].as_f64().unwrap_or(0.0),
                 result["first_publish_ms"].as_f64().unwrap_or(0.0),
                 result["rss_at_ready_bytes"].as_f64().unwrap_or(0.0) / 1e6,
+                result["publish_rate_after"].as_f64().unwrap_or(0.0),
+                added as f64 / fill_seconds,
             );
             let mut result = result;
             result["size_gb"] = json!(size_gb);
@@ -142,6 +145,30 @@ pub async fn run(args: RestartArgs) -> Result<()> {
 /// Publishes until the topic holds `target` bytes; returns the events
 /// acknowledged.
 async fn fill(herald: &Herald, payload: &Bytes, target: u64) -> Result<u64> {
+    publish_until(herald, payload, |_| async move {
+        Ok(topic_bytes(herald).await? >= target)
+    })
+    .await
+}
+
+/// Publishes for `duration`; returns how many events were
+/// acknowledged.
+async fn fill_for(herald: &Herald, payload: &Bytes, duration: Duration) -> Result<u64> {
+    let started = Instant::now();
+    publish_until(herald, payload, |_| async move {
+        Ok(started.elapsed() >= duration)
+    })
+    .await
+}
+
+/// Publishes with the SDK's Publisher (at most 1,000 unacknowledged) until
+/// `done` (asked about every 100 ms) says so; returns the events
+/// acknowledged.
+async fn publish_until<F, Fut>(herald: &Herald, payload: &Bytes, done: F) -> Result<u64>
+where
+    F: Fn(()) -> Fut,
+    Fut: std::future::Future<Output = Result<bool>>,
+{
     let client = herald.endpoint.client().await?;
     let publisher = client
         .publisher(TOPIC)
@@ -153,9 +180,9 @@ async fn fill(herald: &Herald, payload: &Bytes, target: u64) -> Result<u64> {
     let mut acked = 0u64;
     let mut checked = Instant::now();
     loop {
-        if checked.elapsed() > Duration::from_secs(1) {
+        if checked.elapsed() > Duration::from_millis(100) {
             checked = Instant::now();
-            if topic_bytes(herald).await? >= target {
+            if done(()).await? {
                 break;
             }
         }
@@ -189,6 +216,7 @@ async fn topic_bytes(herald: &Herald) -> Result<u64> {
 async fn restart(
     herald: &mut Herald,
     http: &reqwest::Client,
+    payload: &Bytes,
     crash: bool,
     acked: u64,
 ) -> Result<Value> {
@@ -225,8 +253,15 @@ async fn restart(
         "after the restart the topic holds {kept} events; {} were acknowledged",
         acked + 1
     );
+    // The publish rate right after the restart, while the window's ids
+    // from before it are on disk (runs), against the fill's.
+    let measuring = Instant::now();
+    let after = fill_for(herald, payload, Duration::from_secs(3)).await?;
+    let after_rate = after as f64 / measuring.elapsed().as_secs_f64();
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     Ok(json!({
+        "publish_rate_after": after_rate,
+        "published_after": after,
         "stop": if crash { "kill -9" } else { "SIGTERM" },
         "stopped_ms": ms(restarted.stopped_in),
         "listening_ms": ms(restarted.listening_in),

@@ -43,7 +43,7 @@ use crate::dedup::Key;
 
 /// Ids per run at most: what a crash can leave to read at the next open
 /// (with 1 KiB events, about half a gigabyte over the partitions).
-pub(crate) const RUN_IDS: usize = 256 * 1024;
+pub(crate) const RUN_IDS: usize = 128 * 1024;
 
 /// Entries per block: one CRC, one fence, one read per lookup hit.
 const BLOCK: usize = 128;

@@ -7,6 +7,8 @@
 //!   meta.redb                    topics, groups, group state, dead letters, kv
 //!   streams.redb                 the stream index (derived from the logs)
 //!   topics/<topic>/<partition>/  one herald-log per partition
+//!   topics/<topic>/dedup/        the dedup window's hash key and runs
+//!                                (derived from the logs: `dedup_runs.rs`)
 //! ```
 //!
 //! # Layout
@@ -20,7 +22,8 @@
 //! (hard-deleted events: the erased set and the `stream-compactor` task),
 //! `persist.rs` (group state persistence: the `group-flush` and
 //! `group-timer` tasks), `dead_letters.rs` (the `dead-letter-copies`
-//! task), `meta.rs` (the redb tables), `dedup.rs`, `codec.rs`,
+//! task), `meta.rs` (the redb tables), `dedup.rs` and `dedup_runs.rs`
+//! (the window in memory and on disk), `codec.rs`,
 //! `metrics.rs`. The group state machines and their fetch/settle runtime
 //! are `herald-groups`; this backend persists their snapshots in redb.
 //! This file holds the options, opening and recovery, and [`Backend`]
@@ -35,7 +38,10 @@
 //! checkpoint) is derived from those headers: its writes are group-committed
 //! by one thread without an fsync of their own, and on open every
 //! partition's log is re-indexed from its checkpoint, so the index always
-//! catches up with the log, which stays the source of truth. Reading a stream
+//! catches up with the log, which stays the source of truth (the
+//! `stream-checkpoint` task moves the checkpoints every second while the
+//! logs grow, so after a crash that is about a second of log, plain
+//! publishes included). Reading a stream
 //! is a range scan of the index plus one log read per event. Appends to one
 //! stream are serialized by a per-stream lock held only while used;
 //! appends to different streams run concurrently and share group commits.
@@ -400,6 +406,7 @@ impl EmbeddedBackend {
             )),
             tokio::spawn(meta_probe_loop(Arc::clone(&inner), cancel.clone())),
             tokio::spawn(copy_loop(Arc::clone(&inner), cancel.clone())),
+            tokio::spawn(stream_checkpoint_loop(Arc::clone(&inner), cancel.clone())),
         ];
         inner.ready.store(true, Ordering::SeqCst);
         Ok(Self {
@@ -653,6 +660,38 @@ impl Inner {
 /// While `meta.redb` is failed (a write failed: disk full, I/O error),
 /// tries to reopen it every [`meta::REOPEN_BACKOFF`], so it recovers by
 /// itself once the disk works, without waiting for a call.
+/// The `stream-checkpoint` task: every [`stream::DURABLE_EVERY`] while some
+/// log grows, moves the stream index's checkpoints to the logs' ends, so
+/// that the open after a crash re-reads about a second of each log, not
+/// everything published since the last clean stop (a partition with only
+/// plain publishes has no stream append to move its checkpoint).
+async fn stream_checkpoint_loop(inner: Arc<Inner>, cancel: CancellationToken) {
+    let mut ticker = tokio::time::interval(stream::DURABLE_EVERY);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_ends: Vec<Vec<u64>> = Vec::new();
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let topics = inner.topic_list();
+        let ends: Vec<Vec<u64>> = topics.iter().map(|topic| topic.end_offsets()).collect();
+        if ends == last_ends {
+            continue;
+        }
+        let streams: Vec<Arc<TopicStreams>> = topics
+            .iter()
+            .map(|topic| Arc::clone(&topic.streams))
+            .collect();
+        match inner.streams.checkpoint(&streams, false).await {
+            Ok(()) => last_ends = ends,
+            Err(error) => {
+                warn!(%error, "Moving the stream index's checkpoints failed; will retry.");
+            }
+        }
+    }
+}
+
 async fn meta_probe_loop(inner: Arc<Inner>, cancel: CancellationToken) {
     loop {
         tokio::select! {
@@ -751,7 +790,7 @@ impl Backend for EmbeddedBackend {
             .iter()
             .map(|topic| Arc::clone(&topic.streams))
             .collect();
-        if let Err(error) = inner.streams.checkpoint(&streams).await {
+        if let Err(error) = inner.streams.checkpoint(&streams, true).await {
             result = result.and(Err(error));
         }
         if let Err(error) = inner.streams.close().await {

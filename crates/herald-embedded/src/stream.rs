@@ -334,10 +334,12 @@ enum Op {
         state: Vec<u8>,
     },
     /// Moves the checkpoints of these partitions as far as they can go
-    /// (used at shutdown, so partitions that only had plain publishes are
-    /// not re-read on the next open).
+    /// (every second while their logs grow, and at shutdown, so partitions
+    /// that only had plain publishes are not re-read on the next open);
+    /// `durable` at shutdown, else durable with the next durable commit.
     Checkpoint {
         partitions: Vec<(String, u32, Arc<PartitionTracker>)>,
+        durable: bool,
     },
     /// Removes everything of a topic (deleted or created anew).
     Purge { topic: String },
@@ -353,7 +355,10 @@ enum Op {
 
 impl Op {
     fn needs_durability(&self) -> bool {
-        !matches!(self, Self::Append { .. })
+        !matches!(
+            self,
+            Self::Append { .. } | Self::Checkpoint { durable: false, .. }
+        )
     }
 }
 
@@ -454,8 +459,14 @@ impl StreamStore {
     }
 
     /// Moves every partition's checkpoint of `topics` to what is indexed
-    /// (at shutdown: their ends). Durable when it returns.
-    pub(crate) async fn checkpoint(&self, topics: &[Arc<TopicStreams>]) -> Result<()> {
+    /// (at shutdown: their ends). Durable when it returns if `durable`, else
+    /// with the writer's next durable commit (within [`DURABLE_EVERY`] or
+    /// [`IDLE_SYNC`]).
+    pub(crate) async fn checkpoint(
+        &self,
+        topics: &[Arc<TopicStreams>],
+        durable: bool,
+    ) -> Result<()> {
         let partitions = topics
             .iter()
             .flat_map(|topic| {
@@ -468,7 +479,11 @@ impl StreamStore {
                     })
             })
             .collect();
-        self.send(Op::Checkpoint { partitions }).await
+        self.send(Op::Checkpoint {
+            partitions,
+            durable,
+        })
+        .await
     }
 
     /// Removes the index of a topic. Durable when it returns.
@@ -1263,7 +1278,7 @@ fn commit_ops(
                         version,
                         state,
                     } => *outcome = tables.snapshot(topic, stream, *version, state)?,
-                    Op::Checkpoint { partitions } => {
+                    Op::Checkpoint { partitions, .. } => {
                         for (topic, partition, tracker) in partitions {
                             trackers.insert((topic.as_str(), *partition), tracker);
                         }

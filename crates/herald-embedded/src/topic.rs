@@ -24,7 +24,7 @@ use herald_backend::{
 };
 use herald_log::{FsyncPolicy, LogError, LogHandle, LogOptions, Retention};
 use herald_types::{EventInput, TopicName, partition_for_key};
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::codec;
 use crate::dedup::{Dedup, Key, Runs, Slot};
@@ -245,7 +245,11 @@ impl TopicRuntime {
         let from = opened
             .covered
             .unwrap_or_else(|| vec![0; self.partitions.len()]);
+        let started = std::time::Instant::now();
         let found = self.scan_ids(hasher, cutoff, &from).await?;
+        let read_back: usize = found.iter().map(Vec::len).sum();
+        let on_disk: usize = runs.old.iter().map(dedup_runs::Run::len).sum();
+        info!(topic = %self.name, runs = runs.old.len(), ids_in_runs = on_disk, ids_read_back = read_back, elapsed_ms = started.elapsed().as_millis() as u64, "Opened the dedup window.");
         let mut dedup = lock(&self.dedup);
         dedup.persist(runs);
         for (partition, entries) in (0u32..).zip(found) {
