@@ -24,6 +24,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod charts;
+mod http;
 mod nodes;
 mod noise;
 mod peers;
@@ -73,6 +74,9 @@ enum Command {
     /// W8: a three-step durable workflow on Herald and on Restate, side by
     /// side: instances per second, start-to-completion p50/p99.
     Workflows(workflows::WorkflowArgs),
+    /// The REST gateway: publish of one event and of 100 per request
+    /// against a plain axum handler, and SSE fan-out to many subscribers.
+    Http(http::HttpArgs),
     /// W9's recovery: time until serving again, and RSS then, after
     /// `kill -9` and after a clean stop, at growing log sizes.
     Restart(restart::RestartArgs),
@@ -360,6 +364,7 @@ async fn main() -> Result<()> {
         Some(Command::Workflows(w8)) => return workflows::run(w8).await,
         Some(Command::Nodes(nodes)) => return nodes::run(nodes).await,
         Some(Command::Restart(w9)) => return restart::run(w9).await,
+        Some(Command::Http(points)) => return http::run(points).await,
         None => {}
     }
     let mut args = cli.args;
