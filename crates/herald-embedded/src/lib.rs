@@ -449,6 +449,14 @@ impl EmbeddedBackend {
         Ok(found.memory())
     }
 
+    /// The stream index's checkpoint of each partition `(topic, partition,
+    /// offset)`: the next open re-indexes the log from there. For tests.
+    #[doc(hidden)]
+    pub async fn stream_checkpoints(&self) -> Result<Vec<(String, u32, u64)>> {
+        self.inner.check_open()?;
+        self.inner.streams.checkpoints().await
+    }
+
     /// Carries out every pending erasure of hard-deleted streams now (the
     /// `stream-compactor` task does it soon after each hard delete) and
     /// returns once their bytes are gone from the segments and from the

@@ -857,6 +857,25 @@ impl StreamStore {
         .await
     }
 
+    /// Every partition's checkpoint `(topic, partition, offset)`: the next
+    /// open re-indexes its log from there.
+    pub(crate) async fn checkpoints(&self) -> Result<Vec<(String, u32, u64)>> {
+        let db = Arc::clone(&self.db);
+        blocking(move || {
+            let db = db.shared();
+            let txn = db.begin_read().map_err(storage)?;
+            let table = txn.open_table(CHECKPOINTS).map_err(storage)?;
+            let mut all = Vec::new();
+            for entry in table.iter().map_err(storage)? {
+                let (key, value) = entry.map_err(storage)?;
+                let (topic, partition) = key.value();
+                all.push((topic.to_owned(), partition, value.value()));
+            }
+            Ok(all)
+        })
+        .await
+    }
+
     /// The erasures still pending compaction: per (topic, partition), the
     /// offsets, ascending.
     pub(crate) async fn pending_erasures(&self) -> Result<Vec<(String, u32, Vec<u64>)>> {

@@ -1,7 +1,9 @@
-//! The dedup window across restarts, now that its ids go to disk in runs
-//! (`dedup_runs.rs`) and an open reads back only the log past the last
-//! one: a `kill -9` while publishing, and runs naming positions a log lost
-//! to power loss.
+//! What an open reads back from the logs. The dedup window across
+//! restarts, now that its ids go to disk in runs (`dedup_runs.rs`) and an
+//! open reads back only the log past the last one: a `kill -9` while
+//! publishing, and runs naming positions a log lost to power loss. And the
+//! stream index's checkpoints, which follow logs that only take plain
+//! publishes.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -260,5 +262,57 @@ async fn given_runs_naming_a_lost_tail_when_the_ids_are_republished_should_appen
         .map(|result| result.offset)
         .collect();
     assert_eq!(appended, (end..10).collect::<Vec<_>>());
+    backend.shutdown().await.unwrap();
+}
+
+/// A topic with only plain publishes (no stream append to move its stream
+/// index checkpoints) still has them follow its logs, within about a
+/// second, so the open after a crash re-indexes about a second of log, not
+/// everything since the last clean stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_only_plain_publishes_when_the_logs_grow_should_move_the_stream_checkpoints_to_their_ends()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = EmbeddedBackend::open(EmbeddedOptions::new(dir.path()), LogMetrics::new())
+        .await
+        .unwrap();
+    let mut spec = TopicSpec::new(topic());
+    spec.partitions = 2;
+    backend.create_topic(spec).await.unwrap();
+    backend
+        .publish(
+            &topic(),
+            (0..50)
+                .map(|index| input(&format!("plain-{index}")))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    let ends: Vec<u64> = backend
+        .describe_topic(&topic())
+        .await
+        .unwrap()
+        .partition_info
+        .iter()
+        .map(|partition| partition.end_offset)
+        .collect();
+    assert_eq!(ends.iter().sum::<u64>(), 50);
+    let wanted: Vec<(String, u32, u64)> = (0u32..)
+        .zip(&ends)
+        .map(|(partition, &end)| ("orders".to_owned(), partition, end))
+        .collect();
+    let started = std::time::Instant::now();
+    loop {
+        let mut checkpoints = backend.stream_checkpoints().await.unwrap();
+        checkpoints.sort();
+        if checkpoints == wanted {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "the checkpoints stayed at {checkpoints:?}; the logs end at {ends:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     backend.shutdown().await.unwrap();
 }
