@@ -98,7 +98,7 @@ pub async fn run(args: RestartArgs) -> Result<()> {
         let added = fill(&herald, &payload, target).await?;
         acked += added;
         let fill_seconds = filling.elapsed().as_secs_f64();
-        let bytes = topic_bytes(&herald).await?;
+        let bytes = topic_bytes(&herald.endpoint.client().await?).await?;
         println!(
             "restart: {:.2} GB in {acked} events ({added} added in {fill_seconds:.1} s)",
             bytes as f64 / 1e9
@@ -145,8 +145,10 @@ pub async fn run(args: RestartArgs) -> Result<()> {
 /// Publishes until the topic holds `target` bytes; returns the events
 /// acknowledged.
 async fn fill(herald: &Herald, payload: &Bytes, target: u64) -> Result<u64> {
+    let client = herald.endpoint.client().await?;
+    let client = &client;
     publish_until(herald, payload, |_| async move {
-        Ok(topic_bytes(herald).await? >= target)
+        Ok(topic_bytes(client).await? >= target)
     })
     .await
 }
@@ -204,8 +206,7 @@ where
 }
 
 /// The topic's bytes on disk, over its partitions.
-async fn topic_bytes(herald: &Herald) -> Result<u64> {
-    let client = herald.endpoint.client().await?;
+async fn topic_bytes(client: &herald_client::Client) -> Result<u64> {
     let described = client.describe_topic(TOPIC).await?;
     Ok(described.partitions.iter().map(|p| p.bytes).sum())
 }

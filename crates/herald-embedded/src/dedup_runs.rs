@@ -505,6 +505,19 @@ mod tests {
         .collect()
     }
 
+    /// Runs `0..count` of one partition, 100 ids each (run `seq` holds ids
+    /// `seq * 100..`), covering `seq * covered_step`.
+    fn write_runs(dir: &Path, hasher: IdHasher, count: u64, covered_step: u64) {
+        for seq in 0..count {
+            let run = NewRun {
+                seq,
+                entries: entries(hasher, seq * 100..seq * 100 + 100),
+                covered: vec![seq * covered_step],
+            };
+            write(dir, run).unwrap();
+        }
+    }
+
     #[test]
     fn a_written_run_finds_every_id_it_holds_and_almost_no_other() {
         let dir = tempfile::tempdir().unwrap();
@@ -541,17 +554,7 @@ mod tests {
     fn a_damaged_or_missing_run_ends_the_chain_before_it() {
         let dir = tempfile::tempdir().unwrap();
         let hasher = load_key(dir.path()).unwrap();
-        for seq in 0..4u64 {
-            write(
-                dir.path(),
-                NewRun {
-                    seq,
-                    entries: entries(hasher, seq * 100..seq * 100 + 100),
-                    covered: vec![seq * 10],
-                },
-            )
-            .unwrap();
-        }
+        write_runs(dir.path(), hasher, 4, 10);
         // Run 2's Bloom filter loses a byte: it is not loaded, and the chain
         // ends at run 1.
         let path = run_path(dir.path(), 2);
@@ -590,17 +593,7 @@ mod tests {
     fn expired_runs_are_removed_oldest_first_keeping_the_newest() {
         let dir = tempfile::tempdir().unwrap();
         let hasher = load_key(dir.path()).unwrap();
-        for seq in 0..3u64 {
-            write(
-                dir.path(),
-                NewRun {
-                    seq,
-                    entries: entries(hasher, seq * 100..seq * 100 + 100),
-                    covered: vec![seq],
-                },
-            )
-            .unwrap();
-        }
+        write_runs(dir.path(), hasher, 3, 1);
         // Max times 1099, 1199, 1299.
         remove_expired(dir.path(), 1_150).unwrap();
         assert_eq!(list(dir.path()).unwrap(), vec![1, 2]);

@@ -369,9 +369,9 @@ impl TopicRuntime {
     ) -> Result<Vec<PublishResult>> {
         let spec = self.info().spec;
         spec.check_events(&inputs)?;
-        let dedup = spec.dedup_window_ms > 0;
+        let window_ms = spec.dedup_window_ms;
         loop {
-            let (plans, appending) = self.plan(&inputs, spec.dedup_window_ms, now);
+            let (plans, appending) = self.plan(&inputs, window_ms, now);
             if self.wait_for_pending(&plans).await {
                 continue;
             }
@@ -379,11 +379,15 @@ impl TopicRuntime {
                 .iter()
                 .any(|plan| matches!(plan, Plan::Append { hash: Some(_), .. }));
             if !reserved {
-                return self.execute(&inputs, plans, &appending, dedup, now).await;
+                return self
+                    .execute(&inputs, plans, &appending, window_ms, now)
+                    .await;
             }
             let topic = Arc::clone(self);
             return run_to_completion(async move {
-                topic.execute(&inputs, plans, &appending, dedup, now).await
+                topic
+                    .execute(&inputs, plans, &appending, window_ms, now)
+                    .await
             })
             .await;
         }
@@ -474,7 +478,7 @@ impl TopicRuntime {
         inputs: &[EventInput],
         plans: Vec<Plan>,
         appending: &[(u32, u64)],
-        dedup: bool,
+        window_ms: u64,
         now: i64,
     ) -> Result<Vec<PublishResult>> {
         // Group the appends by partition, keeping call order.
@@ -529,10 +533,10 @@ impl TopicRuntime {
             for &(partition, end) in appending {
                 state.appended(partition, end);
             }
-            if dedup {
+            if window_ms > 0 {
                 state.finished.send_modify(|count| *count += 1);
             }
-            let interval = dedup_runs::run_interval(self.info().spec.dedup_window_ms);
+            let interval = dedup_runs::run_interval(window_ms);
             if state.run_due(now, interval, self.run_ids)
                 && let Ok(writer) = Arc::clone(&self.run_writer).try_lock_owned()
                 && let Some(run) = state.take_run(&self.end_offsets(), false)
