@@ -637,8 +637,9 @@ impl TopicRuntime {
                     let removals = erased.removals();
                     // Offsets lost to damage (fenced off by the log's
                     // recovery, which reported them) are stepped over.
+                    // Decode no more than the events still wanted.
                     let batch = reader
-                        .read_skipping_lost(next, max_bytes)
+                        .read_skipping_lost_limited(next, max_bytes, max - events.len())
                         .map_err(|error| log_error(partition, error))?;
                     let range = batch
                         .records

@@ -46,10 +46,10 @@ use tracing::{debug, warn};
 /// The `Kv` bucket of the index.
 pub const BUCKET: &str = "lineage";
 /// Events read per partition per batch.
-const BATCH: usize = 512;
+const BATCH: usize = 4096;
 /// Batches per partition per pass, so one busy partition does not hold up
 /// the others.
-const BATCHES_PER_PASS: usize = 16;
+const BATCHES_PER_PASS: usize = 4;
 /// The longest wait between passes while nothing is appended.
 const IDLE_MAX: Duration = Duration::from_millis(500);
 const IDLE_MIN: Duration = Duration::from_millis(20);

@@ -1938,7 +1938,21 @@ impl LogReader {
     /// returns those; the next read, from there, fails with it. Blocking I/O:
     /// call it from a blocking context.
     pub fn read(&self, from: u64, max_bytes: usize) -> Result<ReadBatch, LogError> {
+        self.read_limited(from, max_bytes, usize::MAX)
+    }
+
+    /// Like [`LogReader::read`], but stops decoding once `max_records`
+    /// records are read (whole batches: the last one may take it past
+    /// them). A caller that wants a few events does not pay for decoding
+    /// `max_bytes` of them.
+    pub fn read_limited(
+        &self,
+        from: u64,
+        max_bytes: usize,
+        max_records: usize,
+    ) -> Result<ReadBatch, LogError> {
         let max_bytes = max_bytes.max(1);
+        let max_records = max_records.max(1);
         let mut records = Vec::new();
         let mut next = from;
         let mut bytes_read = 0;
@@ -1954,7 +1968,7 @@ impl LogReader {
             let progressed = match self.read_segment(
                 &location,
                 next,
-                max_bytes,
+                (max_bytes, max_records),
                 &mut records,
                 &mut bytes_read,
             ) {
@@ -1974,7 +1988,7 @@ impl LogReader {
                 }
             };
             next = records.last().map_or(next, |record| record.offset + 1);
-            if !progressed || bytes_read >= max_bytes {
+            if !progressed || bytes_read >= max_bytes || records.len() >= max_records {
                 break;
             }
         }
@@ -1990,9 +2004,20 @@ impl LogReader {
     /// recovery reported the loss. Other errors, such as a corrupt batch
     /// found by this read, still fail it.
     pub fn read_skipping_lost(&self, from: u64, max_bytes: usize) -> Result<ReadBatch, LogError> {
+        self.read_skipping_lost_limited(from, max_bytes, usize::MAX)
+    }
+
+    /// [`LogReader::read_skipping_lost`] with [`LogReader::read_limited`]'s
+    /// record limit.
+    pub fn read_skipping_lost_limited(
+        &self,
+        from: u64,
+        max_bytes: usize,
+        max_records: usize,
+    ) -> Result<ReadBatch, LogError> {
         let mut from = from;
         loop {
-            match self.read(from, max_bytes) {
+            match self.read_limited(from, max_bytes, max_records) {
                 Err(LogError::Lost { resume_at, .. }) if resume_at > from => {
                     debug!(dir = %self.shared.dir.display(), from, resume_at, "Stepping over offsets lost to damage.");
                     from = resume_at;
@@ -2043,12 +2068,13 @@ impl LogReader {
         }))
     }
 
-    /// Reads from one segment; returns whether any record was added.
+    /// Reads from one segment until `max_bytes` are read or `max_records`
+    /// are in `records`; returns whether any record was added.
     fn read_segment(
         &self,
         location: &Location,
         from: u64,
-        max_bytes: usize,
+        (max_bytes, max_records): (usize, usize),
         records: &mut Vec<Record>,
         bytes_read: &mut usize,
     ) -> Result<bool, LogError> {
@@ -2068,7 +2094,10 @@ impl LogReader {
         let mut position = location.position;
         let mut expected = location.expected_offset;
         let added_before = records.len();
-        while position < location.end && *bytes_read < max_bytes {
+        let wanted = |records: &Vec<Record>, bytes_read: usize| {
+            bytes_read < max_bytes && records.len() < max_records
+        };
+        while position < location.end && wanted(records, *bytes_read) {
             let want = (max_bytes - *bytes_read + SLACK).min((location.end - position) as usize);
             let want = want.max(BATCH_HEADER_LEN.min((location.end - position) as usize));
             let mut chunk = vec![0u8; want];
@@ -2078,7 +2107,7 @@ impl LogReader {
                 .map_err(|source| LogError::io("read", path(), source))?;
             let mut chunk = Bytes::from(chunk);
             let mut cursor = 0usize;
-            while cursor + BATCH_HEADER_LEN <= chunk.len() && *bytes_read < max_bytes {
+            while cursor + BATCH_HEADER_LEN <= chunk.len() && wanted(records, *bytes_read) {
                 let at = position + cursor as u64;
                 let header =
                     BatchHeader::parse(&chunk[cursor..]).map_err(|source| corrupt(at, source))?;
