@@ -1,5 +1,5 @@
-//! `herald-bench http`: the REST gateway's points of issue 22, each beside
-//! a ceiling on the same machine.
+//! `herald-bench http`: the gateway's points of issue 22, each beside a
+//! ceiling on the same machine.
 //!
 //! ```text
 //! cargo build --release -p herald-bench -p herald-server --bin herald --bin herald-bench
@@ -15,7 +15,13 @@
 //!    `results` array shaped like Herald's. The two alternate, `--pairs`
 //!    times per point. The events carry no id (Herald assigns one), so no
 //!    request is a duplicate.
-//! 2. **SSE fan-out**: `--subscribers` subscribers of
+//! 2. **gRPC unary publish of one event** (W2 D1's shape): `--concurrency`
+//!    tasks on one SDK client, each with one `Publish` in flight, against
+//!    Herald (topic `bench-unary`, one partition, `--fsync`) and against a
+//!    ceiling: tonic's generated `herald.v1.Events` service in an axum
+//!    router, as Herald serves it, answering with a result per event and
+//!    storing nothing. The floor of the RPC stack itself, client and server.
+//! 3. **SSE fan-out**: `--subscribers` subscribers of
 //!    `GET /v1/topics/bench/events/stream` (from latest), one connection
 //!    each; the SDK publishes `--sse-rate` events per second for
 //!    `--sse-seconds`, each stamped with its send time; every subscriber
@@ -37,7 +43,8 @@ use serde_json::{Value, json};
 
 use crate::noise::ProcessFootprint;
 use crate::peers::{self, Herald};
-use crate::workloads::{Latency, histogram, nanos};
+use crate::workloads::{Latency, Run, Timing, concurrent, herald_event, histogram, nanos};
+use herald_client::proto as v1;
 
 /// The HTTP points' settings.
 #[derive(Debug, Clone, clap::Args)]
@@ -75,6 +82,7 @@ pub struct HttpArgs {
 }
 
 const TOPIC: &str = "bench";
+const UNARY_TOPIC: &str = "bench-unary";
 const STAMP: &str = "sentns";
 
 /// One CloudEvent without an id, as JSON.
@@ -88,19 +96,11 @@ fn event_json(payload: &str) -> Value {
     })
 }
 
-/// The ceiling: parses the body as JSON and answers 201 with a result per
-/// event, on a runtime of its own (`workers` threads); returns its address.
-fn start_ceiling(workers: usize) -> Result<std::net::SocketAddr> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .thread_name("ceiling")
-        .enable_all()
-        .build()?;
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    listener.set_nonblocking(true)?;
-    let addr = listener.local_addr()?;
+/// The REST ceiling: parses the body as JSON and answers 201 with a
+/// result per event.
+fn rest_ceiling() -> axum::Router {
     let offset = Arc::new(AtomicU64::new(0));
-    let router = axum::Router::new().route(
+    axum::Router::new().route(
         "/v1/topics/{topic}/events",
         axum::routing::post(move |body: axum::body::Bytes| {
             let offset = Arc::clone(&offset);
@@ -121,7 +121,88 @@ fn start_ceiling(workers: usize) -> Result<std::net::SocketAddr> {
                 )
             }
         }),
-    );
+    )
+}
+
+/// The gRPC ceiling: `herald.v1.Events` answering `Publish` with a result
+/// per event and storing nothing, served as Herald serves it (tonic's
+/// generated service in an axum router).
+#[derive(Default)]
+struct CeilingEvents {
+    offset: AtomicU64,
+}
+
+type Unanswered<T> = futures::stream::Empty<Result<T, tonic::Status>>;
+
+#[tonic::async_trait]
+impl v1::events_server::Events for CeilingEvents {
+    async fn publish(
+        &self,
+        request: tonic::Request<v1::PublishRequest>,
+    ) -> Result<tonic::Response<v1::PublishResponse>, tonic::Status> {
+        let count = request.get_ref().events.len() as u64;
+        let first = self.offset.fetch_add(count, Ordering::Relaxed);
+        let results = (first..first + count)
+            .map(|offset| v1::PublishResult {
+                id: format!("e-{offset}"),
+                partition: 0,
+                offset,
+                duplicate: false,
+            })
+            .collect();
+        Ok(tonic::Response::new(v1::PublishResponse { results }))
+    }
+
+    type PublishStreamStream = Unanswered<v1::PublishAck>;
+
+    async fn publish_stream(
+        &self,
+        _: tonic::Request<tonic::Streaming<v1::PublishRequest>>,
+    ) -> Result<tonic::Response<Self::PublishStreamStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented(
+            "the ceiling answers Publish only",
+        ))
+    }
+
+    async fn read(
+        &self,
+        _: tonic::Request<v1::ReadRequest>,
+    ) -> Result<tonic::Response<v1::ReadResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented(
+            "the ceiling answers Publish only",
+        ))
+    }
+
+    type SubscribeStream = Unanswered<v1::SubscribeResponse>;
+
+    async fn subscribe(
+        &self,
+        _: tonic::Request<v1::SubscribeRequest>,
+    ) -> Result<tonic::Response<Self::SubscribeStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented(
+            "the ceiling answers Publish only",
+        ))
+    }
+}
+
+fn grpc_ceiling() -> axum::Router {
+    axum::Router::new().route_service(
+        "/herald.v1.Events/{*method}",
+        v1::events_server::EventsServer::new(CeilingEvents::default()),
+    )
+}
+
+/// Serves `router` on a runtime of its own (`workers` threads), apart from
+/// the bench's clients; returns its address.
+fn serve_apart(router: axum::Router, workers: usize) -> Result<std::net::SocketAddr> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .thread_name("ceiling")
+        .enable_all()
+        .build()?;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
     std::thread::Builder::new()
         .name("ceiling".into())
         .spawn(move || {
@@ -217,7 +298,7 @@ pub async fn run(args: HttpArgs) -> Result<()> {
         .create_topic(TopicOptions::new(TOPIC).partitions(4).fsync(fsync))
         .await?;
     let workers = std::thread::available_parallelism().map_or(2, usize::from);
-    let ceiling = start_ceiling(workers)?;
+    let ceiling = serve_apart(rest_ceiling(), workers)?;
 
     let payload = "x".repeat(args.size);
     let one = Bytes::from(event_json(&payload).to_string());
@@ -273,6 +354,7 @@ pub async fn run(args: HttpArgs) -> Result<()> {
         }));
     }
 
+    let unary = grpc_unary(&herald, fsync, workers, &args).await?;
     let sse = sse_fan_out(&herald, &args).await?;
     let summary = json!({
         "concurrency": args.concurrency,
@@ -281,12 +363,83 @@ pub async fn run(args: HttpArgs) -> Result<()> {
         "fsync": args.fsync,
         "herald": peers::version(&herald_bin),
         "publish": results,
+        "grpc_unary": unary,
         "sse": sse,
     });
     let path = args.out.join("summary.json");
     std::fs::write(&path, serde_json::to_vec_pretty(&summary)?)?;
     println!("http: wrote {}", path.display());
     Ok(())
+}
+
+/// The gRPC point: `--concurrency` tasks on one SDK client, each with one
+/// unary `Publish` of one event in flight (W2's shape), against the tonic
+/// ceiling and against Herald (a topic of one partition, `--fsync`),
+/// alternating `--pairs` times. The ceiling runs in this process, so its
+/// CPU per call is the client's and the ceiling's together.
+async fn grpc_unary(
+    herald: &Herald,
+    fsync: Fsync,
+    workers: usize,
+    args: &HttpArgs,
+) -> Result<Value> {
+    let herald_client = herald.endpoint.client().await?;
+    herald_client
+        .create_topic(TopicOptions::new(UNARY_TOPIC).partitions(1).fsync(fsync))
+        .await?;
+    let ceiling = serve_apart(grpc_ceiling(), workers)?;
+    let ceiling_client = herald_client::Client::connect(format!("http://{ceiling}")).await?;
+    let timing = Timing {
+        warmup: Duration::from_secs(1),
+        measure: Duration::from_secs_f64(args.seconds),
+    };
+    let run = |client: herald_client::Client, pid: u32| {
+        let payload = Bytes::from(vec![b'x'; args.size]);
+        concurrent(
+            pid,
+            args.concurrency as u64,
+            timing,
+            |_| (),
+            move |()| {
+                let (client, event) = (client.clone(), herald_event(&payload));
+                async move {
+                    client.publish(UNARY_TOPIC, [event]).await?;
+                    Ok(())
+                }
+            },
+        )
+    };
+    let per_call =
+        |cpu: f64, run: &Run| cpu * 1e6 / run.latency.map_or(1, |l| l.count.max(1)) as f64;
+    let mut pairs = Vec::new();
+    let mut ratios = Vec::new();
+    for pair in 0..args.pairs {
+        let (ceiling_run, _) = run(ceiling_client.clone(), std::process::id()).await?;
+        let (herald_run, _) = run(herald_client.clone(), herald.pid()).await?;
+        let ceiling_cpu = per_call(ceiling_run.noise.client_cpu, &ceiling_run);
+        let (server_cpu, client_cpu) = (
+            per_call(herald_run.noise.server_cpu, &herald_run),
+            per_call(herald_run.noise.client_cpu, &herald_run),
+        );
+        let ratio = herald_run.throughput / ceiling_run.throughput;
+        println!(
+            "http: gRPC unary pair {pair}: ceiling {:.0} calls/s ({ceiling_cpu:.1} µs CPU per call, client and ceiling), herald {:.0} calls/s ({server_cpu:.1} µs server + {client_cpu:.1} µs client CPU per call) = {ratio:.2}",
+            ceiling_run.throughput, herald_run.throughput,
+        );
+        ratios.push(ratio);
+        pairs.push(json!({
+            "ceiling_calls_per_s": ceiling_run.throughput,
+            "ceiling_cpu_us_per_call": ceiling_cpu,
+            "herald_calls_per_s": herald_run.throughput,
+            "herald_server_cpu_us_per_call": server_cpu,
+            "herald_client_cpu_us_per_call": client_cpu,
+            "latency_us": {
+                "ceiling": ceiling_run.latency.map(Latency::to_json),
+                "herald": herald_run.latency.map(Latency::to_json),
+            },
+        }));
+    }
+    Ok(json!({ "pairs": pairs, "ratio_median": median(&mut ratios) }))
 }
 
 /// The SSE fan-out point.

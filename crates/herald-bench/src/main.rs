@@ -74,8 +74,9 @@ enum Command {
     /// W8: a three-step durable workflow on Herald and on Restate, side by
     /// side: instances per second, start-to-completion p50/p99.
     Workflows(workflows::WorkflowArgs),
-    /// The REST gateway: publish of one event and of 100 per request
-    /// against a plain axum handler, and SSE fan-out to many subscribers.
+    /// The gateway: REST publish of one event and of 100 per request
+    /// against a plain axum handler, gRPC unary publish against tonic's
+    /// service storing nothing, and SSE fan-out to many subscribers.
     Http(http::HttpArgs),
     /// W9's recovery: time until serving again, and RSS then, after
     /// `kill -9` and after a clean stop, at growing log sizes.
@@ -105,6 +106,10 @@ struct Args {
     /// Workloads, in order (w1, w2, w3, w4, w5, w6).
     #[arg(long, value_delimiter = ',', default_value = "w1,w3,w5,w4,w6,w2")]
     workloads: Vec<String>,
+    /// Only these points of the workloads (ids as in the results, e.g.
+    /// `w6-D2-128B-1w-1e`): to profile one point at a time.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
     /// Acks in flight for W1, on both sides (events).
     #[arg(long, default_value_t = 1000)]
     window: usize,
@@ -350,6 +355,15 @@ fn points(args: &Args) -> Result<Vec<Point>> {
             }
             other => anyhow::bail!("unknown workload {other} (w1, w2, w3, w4, w5, w6)"),
         }
+    }
+    if !args.only.is_empty() {
+        points.retain(|point| args.only.contains(&point.id()));
+        anyhow::ensure!(
+            !points.is_empty(),
+            "--only {} names no point of --workloads {}",
+            args.only.join(","),
+            args.workloads.join(",")
+        );
     }
     Ok(points)
 }

@@ -83,7 +83,7 @@ fn herald_fsync(level: Level) -> Fsync {
     }
 }
 
-fn herald_event(payload: &Bytes) -> Event {
+pub(crate) fn herald_event(payload: &Bytes) -> Event {
     let mut event = Event::new("", "/bench", "bench.event");
     event.datacontenttype = Some("application/octet-stream".to_owned());
     event.data = Some(payload.clone());
@@ -1442,7 +1442,7 @@ pub async fn w2_herald(
 /// Runs `op` in a loop on `tasks` tasks, each with its own state (from
 /// `init`, passed through every call) until the end of the run; counts and
 /// times the operations started after the warm-up. Returns the states too.
-async fn concurrent<S, I, F, Fut>(
+pub(crate) async fn concurrent<S, I, F, Fut>(
     pid: u32,
     tasks: u64,
     t: Timing,
