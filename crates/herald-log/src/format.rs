@@ -584,6 +584,48 @@ mod tests {
         }
     }
 
+    /// The sample batch with `change` applied to its bytes and its CRC
+    /// computed again: damage only the record framing can catch.
+    fn resealed(change: impl FnOnce(&mut Vec<u8>)) -> Bytes {
+        let mut buffer = Vec::new();
+        encode_batch(&mut buffer, 7, 5, &sample());
+        change(&mut buffer);
+        let crc = checksum(&buffer[16..]);
+        buffer[12..16].copy_from_slice(&crc.to_le_bytes());
+        Bytes::from(buffer)
+    }
+
+    #[test]
+    fn given_bad_record_framing_under_a_valid_crc_when_decoded_should_say_where() {
+        // The first record: length at 40, delta 44, key length 48, key
+        // "order-1" 52..59, header count 59, name length 61, name "type"
+        // 63..67, value length 67, value "created" 71..78, value length 78.
+        let h = BATCH_HEADER_LEN;
+        let reason = |bytes: Bytes| match decode_batch(&bytes) {
+            Err(FormatError::BadRecord { index, reason }) => (index, reason),
+            other => panic!("expected a bad record, got {other:?}"),
+        };
+        let key_too_long = resealed(|b| b[h + 8..h + 12].copy_from_slice(&1_000u32.to_le_bytes()));
+        assert_eq!(reason(key_too_long), (0, "key past the record end"));
+        let name_not_utf8 = resealed(|b| b[h + 23] = 0xff);
+        assert_eq!(reason(name_not_utf8), (0, "header name is not UTF-8"));
+        let header_value_too_long =
+            resealed(|b| b[h + 27..h + 31].copy_from_slice(&1_000u32.to_le_bytes()));
+        assert_eq!(
+            reason(header_value_too_long),
+            (0, "header value past the record end")
+        );
+        let record_too_long = resealed(|b| b[h..h + 4].copy_from_slice(&100_000u32.to_le_bytes()));
+        assert_eq!(reason(record_too_long), (0, "length out of bounds"));
+        let too_many_records = resealed(|b| b[20..24].copy_from_slice(&3u32.to_le_bytes()));
+        assert_eq!(reason(too_many_records), (2, "length past the batch end"));
+        let too_few_records = resealed(|b| b[20..24].copy_from_slice(&1u32.to_le_bytes()));
+        assert_eq!(
+            reason(too_few_records),
+            (1, "trailing bytes after the last record")
+        );
+    }
+
     #[test]
     fn given_truncated_batch_when_decoded_should_fail() {
         let mut buffer = Vec::new();
