@@ -34,7 +34,7 @@ use herald_types::{Event, EventInput, GroupName, StoredEvent, StreamId, TopicNam
 use crate::{
     AckDurability, Backend, CommitRequest, Delivery, Direction, Error, Expect, ExpectedVersion,
     FetchRequest, Fsync, GroupFilter, GroupMode, GroupSpec, KvDurability, PartitionOffset,
-    RetentionSpec, StartPosition, TopicSpec, TopicUpdate,
+    ReadResult, RetentionSpec, StartPosition, TopicSpec, TopicUpdate,
 };
 
 /// What the suite needs from a backend's test setup.
@@ -64,6 +64,7 @@ macro_rules! conformance_suite {
             a_batch_lands_in_order_and_an_invalid_event_fails_it_whole,
             republished_ids_within_the_window_are_not_appended_twice,
             reads_by_offset_and_time_and_waits_for_new_events,
+            correlated_reads_keep_only_correlated_events_of_the_offsets_looked_at,
             queue_hands_out_each_event_once_and_acked_events_never_return,
             groups_are_listed_per_topic_by_name,
             acks_are_idempotent_and_unknown_ids_are_reported,
@@ -572,6 +573,50 @@ pub async fn reads_by_offset_and_time_and_waits_for_new_events<H: Harness>() {
     };
     publish_all(&*backend, &log, vec![event("r5", "t")]).await;
     assert_eq!(waiter.await.unwrap(), 6);
+    backend.shutdown().await.unwrap();
+}
+
+/// A correlated read returns, among the `max` offsets it looks at, only the
+/// events with a correlation or causation id (whole), and moves past all of
+/// them, so a stretch without any is walked at a bounded cost.
+pub async fn correlated_reads_keep_only_correlated_events_of_the_offsets_looked_at<H: Harness>() {
+    let harness = H::start().await;
+    let backend = harness.backend();
+    let log = make_topic(&*backend, "lineage-read", 1).await;
+    let events = (0..10)
+        .map(|index| {
+            let mut input = event(&format!("l{index}"), "t");
+            match index {
+                1 | 4 | 7 => input.event.correlationid = Some(format!("c{index}")),
+                8 => input.event.causationid = Some("l7".into()),
+                _ => {}
+            }
+            input
+        })
+        .collect();
+    publish_all(&*backend, &log, events).await;
+    let offsets = |read: &ReadResult| {
+        read.events
+            .iter()
+            .map(|stored| stored.offset)
+            .collect::<Vec<_>>()
+    };
+    let first = backend.read_correlated(&log, 0, 0, 5).await.unwrap();
+    assert_eq!(offsets(&first), [1, 4]);
+    assert_eq!(first.next_offset, 5);
+    assert_eq!(first.events[0].event.id, "l1");
+    assert_eq!(first.events[0].event.correlationid.as_deref(), Some("c1"));
+    assert_eq!(
+        first.events[0].event.data.as_deref(),
+        Some(&b"{\"id\":\"l1\"}"[..])
+    );
+    let rest = backend.read_correlated(&log, 0, 5, 100).await.unwrap();
+    assert_eq!(offsets(&rest), [7, 8]);
+    assert_eq!(rest.events[1].event.causationid.as_deref(), Some("l7"));
+    assert_eq!(rest.next_offset, 10);
+    let end = backend.read_correlated(&log, 0, 10, 100).await.unwrap();
+    assert!(end.events.is_empty());
+    assert_eq!(end.next_offset, 10);
     backend.shutdown().await.unwrap();
 }
 

@@ -128,6 +128,26 @@ pub trait Events: Send + Sync {
         max: usize,
     ) -> Result<ReadResult>;
 
+    /// Reads the events with a `correlationid` or a `causationid` among the
+    /// next `max` offsets of one partition from `from` (what the lineage
+    /// index files); `next_offset` follows the last offset looked at, so a
+    /// partition without such events is still walked `max` at a time.
+    /// Errors as [`Events::read`]. The default reads every event and keeps
+    /// those; a backend that can tell them apart before decoding does so.
+    async fn read_correlated(
+        &self,
+        topic: &TopicName,
+        partition: u32,
+        from: u64,
+        max: usize,
+    ) -> Result<ReadResult> {
+        let mut read = self.read(topic, partition, from, max).await?;
+        read.events.retain(|stored| {
+            stored.event.correlationid.is_some() || stored.event.causationid.is_some()
+        });
+        Ok(read)
+    }
+
     /// The offset of the first event of the partition appended at or after
     /// `time_ms`, or the end offset.
     async fn offset_for_time(&self, topic: &TopicName, partition: u32, time_ms: i64)

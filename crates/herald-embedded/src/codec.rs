@@ -23,22 +23,12 @@
 //! Unknown headers are ignored on read, so later versions may add some.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use herald_log::{Header, NewRecord, Record};
+use herald_log::{Header, HeaderName, NewRecord, Record};
 use herald_types::{Event, ExtensionValue, StoredEvent, TopicName};
 
-/// The record for `event`.
+/// The record for `event`. Header names are static; the values are copied
+/// into one buffer the headers share (one allocation, not one per header).
 pub(crate) fn encode(event: &Event) -> NewRecord {
-    let mut headers = Vec::with_capacity(8);
-    let mut text = |name: &str, value: &str| {
-        headers.push(Header {
-            name: name.to_owned(),
-            value: Bytes::copy_from_slice(value.as_bytes()),
-        });
-    };
-    text("id", &event.id);
-    text("src", &event.source);
-    text("type", &event.ty);
-    text("sv", &event.specversion);
     let optional = [
         ("sub", &event.subject),
         ("time", &event.time),
@@ -49,44 +39,66 @@ pub(crate) fn encode(event: &Event) -> NewRecord {
         ("tp", &event.traceparent),
         ("ts", &event.tracestate),
     ];
+    let mut values = BytesMut::with_capacity(
+        event.id.len()
+            + event.source.len()
+            + event.ty.len()
+            + event.specversion.len()
+            + optional
+                .iter()
+                .map(|(_, value)| value.as_ref().map_or(0, String::len))
+                .sum::<usize>()
+            + if event.deliver_at.is_some() { 8 } else { 0 },
+    );
+    // Each header's name and the end of its value in `values`.
+    let mut ends: Vec<(HeaderName, usize)> = Vec::with_capacity(8 + event.extensions.len());
+    let mut text = |name: &'static str, value: &str, values: &mut BytesMut| {
+        values.put_slice(value.as_bytes());
+        ends.push((HeaderName::from_static(name), values.len()));
+    };
+    text("id", &event.id, &mut values);
+    text("src", &event.source, &mut values);
+    text("type", &event.ty, &mut values);
+    text("sv", &event.specversion, &mut values);
     for (name, value) in optional {
         if let Some(value) = value {
-            text(name, value);
+            text(name, value, &mut values);
         }
     }
     if let Some(at) = event.deliver_at {
-        headers.push(Header {
-            name: "at".into(),
-            value: Bytes::copy_from_slice(&at.to_le_bytes()),
-        });
+        values.put_slice(&at.to_le_bytes());
+        ends.push((HeaderName::from_static("at"), values.len()));
     }
     if event.data.is_none() {
-        headers.push(Header {
-            name: "nodata".into(),
-            value: Bytes::new(),
-        });
+        ends.push((HeaderName::from_static("nodata"), values.len()));
     }
     for (name, value) in &event.extensions {
-        let mut bytes = BytesMut::new();
         match value {
             ExtensionValue::String(text) => {
-                bytes.put_u8(b's');
-                bytes.put_slice(text.as_bytes());
+                values.put_u8(b's');
+                values.put_slice(text.as_bytes());
             }
             ExtensionValue::Bool(flag) => {
-                bytes.put_u8(b'b');
-                bytes.put_u8(u8::from(*flag));
+                values.put_u8(b'b');
+                values.put_u8(u8::from(*flag));
             }
             ExtensionValue::Integer(number) => {
-                bytes.put_u8(b'i');
-                bytes.put_i64_le(*number);
+                values.put_u8(b'i');
+                values.put_i64_le(*number);
             }
         }
-        headers.push(Header {
-            name: format!("x:{name}"),
-            value: bytes.freeze(),
-        });
+        ends.push((HeaderName::from(format!("x:{name}")), values.len()));
     }
+    let values = values.freeze();
+    let mut start = 0;
+    let headers = ends
+        .into_iter()
+        .map(|(name, end)| {
+            let value = values.slice(start..end);
+            start = end;
+            Header { name, value }
+        })
+        .collect();
     NewRecord {
         key: event
             .key
@@ -102,11 +114,11 @@ pub(crate) fn encode(event: &Event) -> NewRecord {
 pub(crate) fn encode_in_stream(event: &Event, stream: &str, version: u64) -> NewRecord {
     let mut record = encode(event);
     record.headers.push(Header {
-        name: STREAM_HEADER.into(),
+        name: HeaderName::from_static(STREAM_HEADER),
         value: Bytes::copy_from_slice(stream.as_bytes()),
     });
     record.headers.push(Header {
-        name: VERSION_HEADER.into(),
+        name: HeaderName::from_static(VERSION_HEADER),
         value: Bytes::copy_from_slice(&version.to_le_bytes()),
     });
     record
@@ -172,20 +184,20 @@ pub(crate) fn decode(
         extensions: Default::default(),
     };
     for header in &record.headers {
-        match header.name.as_str() {
-            "id" => event.id = text(&header.value)?,
-            "src" => event.source = text(&header.value)?,
-            "type" => event.ty = text(&header.value)?,
-            "sv" => event.specversion = text(&header.value)?,
-            "sub" => event.subject = Some(text(&header.value)?),
-            "time" => event.time = Some(text(&header.value)?),
-            "dct" => event.datacontenttype = Some(text(&header.value)?),
-            "dsc" => event.dataschema = Some(text(&header.value)?),
-            "cor" => event.correlationid = Some(text(&header.value)?),
-            "cau" => event.causationid = Some(text(&header.value)?),
-            "tp" => event.traceparent = Some(text(&header.value)?),
-            "ts" => event.tracestate = Some(text(&header.value)?),
-            "at" => {
+        match header.name.as_bytes() {
+            b"id" => event.id = text(&header.value)?,
+            b"src" => event.source = text(&header.value)?,
+            b"type" => event.ty = text(&header.value)?,
+            b"sv" => event.specversion = text(&header.value)?,
+            b"sub" => event.subject = Some(text(&header.value)?),
+            b"time" => event.time = Some(text(&header.value)?),
+            b"dct" => event.datacontenttype = Some(text(&header.value)?),
+            b"dsc" => event.dataschema = Some(text(&header.value)?),
+            b"cor" => event.correlationid = Some(text(&header.value)?),
+            b"cau" => event.causationid = Some(text(&header.value)?),
+            b"tp" => event.traceparent = Some(text(&header.value)?),
+            b"ts" => event.tracestate = Some(text(&header.value)?),
+            b"at" => {
                 let bytes: [u8; 8] = header
                     .value
                     .as_ref()
@@ -193,9 +205,9 @@ pub(crate) fn decode(
                     .map_err(|_| bad("deliver_at is not 8 bytes".into()))?;
                 event.deliver_at = Some(i64::from_le_bytes(bytes));
             }
-            "nodata" => event.data = None,
-            name => {
-                if let Some(extension) = name.strip_prefix("x:") {
+            b"nodata" => event.data = None,
+            _ => {
+                if let Some(extension) = header.name.as_str().strip_prefix("x:") {
                     let value = decode_extension(&header.value)
                         .ok_or_else(|| bad(format!("extension {extension} is malformed")))?;
                     event.extensions.insert(extension.to_owned(), value);
@@ -236,6 +248,15 @@ fn decode_extension(bytes: &[u8]) -> Option<ExtensionValue> {
             .map(|bytes: [u8; 8]| ExtensionValue::Integer(i64::from_le_bytes(bytes))),
         _ => None,
     }
+}
+
+/// Whether a stored record's event has a correlation or causation id,
+/// without decoding it.
+pub(crate) fn is_correlated(record: &Record) -> bool {
+    record
+        .headers
+        .iter()
+        .any(|header| matches!(header.name.as_bytes(), b"cor" | b"cau"))
 }
 
 /// The event id of a stored record, without decoding the rest.

@@ -32,6 +32,19 @@ impl Events for EmbeddedBackend {
         self.inner.topic(topic)?.read(partition, from, max).await
     }
 
+    async fn read_correlated(
+        &self,
+        topic: &TopicName,
+        partition: u32,
+        from: u64,
+        max: usize,
+    ) -> Result<ReadResult> {
+        self.inner
+            .topic(topic)?
+            .read_correlated(partition, from, max)
+            .await
+    }
+
     async fn offset_for_time(
         &self,
         topic: &TopicName,

@@ -594,11 +594,35 @@ impl TopicRuntime {
 
     /// See [`herald_backend::Events::read`].
     pub(crate) async fn read(&self, partition: u32, from: u64, max: usize) -> Result<ReadResult> {
-        // Read about what `max` events need (2 KiB each, 64 KiB to 1 MiB),
-        // not a fixed megabyte: many small readers (subscriptions at the
-        // tail) would each hold a megabyte buffer otherwise.
+        self.read_sized(partition, from, max, Select::All).await
+    }
+
+    /// See [`herald_backend::Events::read_correlated`]: the records are
+    /// looked at by their headers, and only those with a correlation or
+    /// causation id are decoded.
+    pub(crate) async fn read_correlated(
+        &self,
+        partition: u32,
+        from: u64,
+        max: usize,
+    ) -> Result<ReadResult> {
+        self.read_sized(partition, from, max, Select::Correlated)
+            .await
+    }
+
+    /// Reads about what `max` events need (2 KiB each, 64 KiB to 1 MiB),
+    /// not a fixed megabyte: many small readers (subscriptions at the tail)
+    /// would each hold a megabyte buffer otherwise.
+    async fn read_sized(
+        &self,
+        partition: u32,
+        from: u64,
+        max: usize,
+        select: Select,
+    ) -> Result<ReadResult> {
         let max_bytes = max.saturating_mul(2048).clamp(64 * 1024, READ_BYTES);
-        self.read_bounded(partition, from, max, max_bytes).await
+        self.read_bounded(partition, from, max, max_bytes, select)
+            .await
     }
 
     /// Reads about `max_bytes` of whole batches from `from`: every event they
@@ -610,16 +634,19 @@ impl TopicRuntime {
         from: u64,
         max_bytes: usize,
     ) -> Result<ReadResult> {
-        self.read_bounded(partition, from, usize::MAX, max_bytes)
+        self.read_bounded(partition, from, usize::MAX, max_bytes, Select::All)
             .await
     }
 
+    /// Reads from `from` until `max` records are counted (see [`Select`])
+    /// or about `max_bytes` are read.
     async fn read_bounded(
         &self,
         partition: u32,
         from: u64,
         max: usize,
         max_bytes: usize,
+        select: Select,
     ) -> Result<ReadResult> {
         let reader = self.handle(partition)?.reader().clone();
         let erased = Arc::clone(&self.erased[partition as usize]);
@@ -628,7 +655,10 @@ impl TopicRuntime {
         tokio::task::spawn_blocking(move || {
             let mut events = Vec::new();
             let mut next = from;
-            while events.len() < max {
+            // Records counted toward `max`: events returned, or with
+            // `Select::Correlated` every record looked at.
+            let mut counted = 0;
+            while counted < max {
                 // Erased events are skipped: those pending compaction by the
                 // set, those compacted by their empty records. A removal from
                 // the set during the log read means a compaction switched
@@ -639,7 +669,7 @@ impl TopicRuntime {
                     // recovery, which reported them) are stepped over.
                     // Decode no more than the events still wanted.
                     let batch = reader
-                        .read_skipping_lost_limited(next, max_bytes, max - events.len())
+                        .read_skipping_lost_limited(next, max_bytes, max - counted)
                         .map_err(|error| log_error(partition, error))?;
                     let range = batch
                         .records
@@ -654,10 +684,16 @@ impl TopicRuntime {
                     break;
                 }
                 for record in batch.records {
-                    if events.len() == max {
+                    if counted == max {
                         break;
                     }
                     next = record.offset + 1;
+                    if select == Select::Correlated {
+                        counted += 1;
+                        if !codec::is_correlated(&record) {
+                            continue;
+                        }
+                    }
                     if record.is_erased()
                         || skip
                             .as_ref()
@@ -671,6 +707,9 @@ impl TopicRuntime {
                         }
                     })?;
                     events.push(event);
+                    if select == Select::All {
+                        counted += 1;
+                    }
                 }
                 if max == usize::MAX {
                     break;
@@ -783,6 +822,16 @@ impl TopicRuntime {
         }
         first_error.map_or(Ok(()), Err)
     }
+}
+
+/// Which records a read returns, and what its `max` counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Select {
+    /// Every event; `max` counts the events returned.
+    All,
+    /// Events with a correlation or causation id; `max` counts the records
+    /// looked at, so a partition without any is read at a bounded cost.
+    Correlated,
 }
 
 /// Groups read the topic's partitions through this.

@@ -433,7 +433,10 @@ impl Indexer {
         partition: u32,
         from: u64,
     ) -> Result<Option<u64>, BackendError> {
-        let read = self.backend.read(topic, partition, from, BATCH).await?;
+        let read = self
+            .backend
+            .read_correlated(topic, partition, from, BATCH)
+            .await?;
         if read.events.is_empty() && read.next_offset <= from {
             return Ok(None);
         }

@@ -56,9 +56,85 @@ pub(crate) const MIN_RECORD_LEN: usize = 4 + 4 + 4 + 2 + 4;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
     /// The header's name.
-    pub name: String,
+    pub name: HeaderName,
     /// The header's value.
     pub value: Bytes,
+}
+
+/// A header's name: UTF-8 text, held without a copy of its own (a static
+/// string on append, a slice of the batch read on decode), so reading a
+/// record allocates nothing per header.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct HeaderName(Bytes);
+
+impl HeaderName {
+    /// A name from a static string (no allocation).
+    pub const fn from_static(name: &'static str) -> Self {
+        Self(Bytes::from_static(name.as_bytes()))
+    }
+
+    /// A name from bytes read back, if they are UTF-8.
+    fn from_utf8(bytes: Bytes) -> Option<Self> {
+        std::str::from_utf8(&bytes).ok()?;
+        Some(Self(bytes))
+    }
+
+    /// The name's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        // Every constructor takes UTF-8 (checked on decode).
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+
+    /// The name's length in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the name is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<String> for HeaderName {
+    fn from(name: String) -> Self {
+        Self(Bytes::from(name))
+    }
+}
+
+impl From<&str> for HeaderName {
+    fn from(name: &str) -> Self {
+        Self(Bytes::copy_from_slice(name.as_bytes()))
+    }
+}
+
+impl PartialEq<str> for HeaderName {
+    fn eq(&self, other: &str) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl PartialEq<&str> for HeaderName {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl std::fmt::Debug for HeaderName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl std::fmt::Display for HeaderName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// A record to append.
@@ -470,7 +546,7 @@ pub fn decode_batch(bytes: &Bytes) -> Result<(BatchHeader, Vec<Record>), FormatE
             let name = take(&mut record, name_length)
                 .ok_or_else(|| bad("header name past the record end"))?;
             let name =
-                String::from_utf8(name.to_vec()).map_err(|_| bad("header name is not UTF-8"))?;
+                HeaderName::from_utf8(name).ok_or_else(|| bad("header name is not UTF-8"))?;
             if record.remaining() < 4 {
                 return Err(bad("header value past the record end"));
             }

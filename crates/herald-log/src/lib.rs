@@ -128,7 +128,7 @@ pub mod writer;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::LogError;
-pub use format::{Header, NewRecord, Record};
+pub use format::{Header, HeaderName, NewRecord, Record};
 pub use fs::{File, Filesystem, StdFs};
 pub use log::{
     AppendAck, Erased, FsyncPolicy, Log, LogEnv, LogFailure, LogOptions, LogReader, ReadBatch,
