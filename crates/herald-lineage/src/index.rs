@@ -52,7 +52,25 @@ const BATCH: usize = 4096;
 const BATCHES_PER_PASS: usize = 4;
 /// The longest wait between passes while nothing is appended.
 const IDLE_MAX: Duration = Duration::from_millis(500);
+/// The wait after a pass that caught up with every partition: events that
+/// trickle in are indexed in passes of many, not one pass (and one
+/// checkpoint) per event.
 const IDLE_MIN: Duration = Duration::from_millis(20);
+/// A partition's checkpoint is written with every batch that files
+/// entries, else once it is this many offsets behind: a restart reads
+/// again at most this many events without any (their keys are idempotent).
+const CHECKPOINT_EVERY: u64 = 65_536;
+
+/// What a pass did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Progress {
+    /// A partition has more to read than one pass takes: pass again now.
+    Behind,
+    /// Read up to every partition's end.
+    CaughtUp,
+    /// Nothing to read.
+    None,
+}
 
 /// What the index keeps of an event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -219,6 +237,8 @@ pub struct Indexer {
     next: HashMap<(String, u32), u64>,
     /// Entries of events before this offset are removed, per partition.
     pruned: HashMap<(String, u32), u64>,
+    /// The checkpoint last written or read, per partition.
+    checkpointed: HashMap<(String, u32), u64>,
     /// The topics of the last pass (their key prefixes); none before the
     /// first, which compares the checkpoints' with the topics there are.
     topics: Option<HashSet<String>>,
@@ -271,6 +291,7 @@ impl Indexer {
             backend,
             next: HashMap::new(),
             pruned: HashMap::new(),
+            checkpointed: HashMap::new(),
             topics: None,
             shared: Arc::new(Shared {
                 started: AtomicU64::new(0),
@@ -307,6 +328,7 @@ impl Indexer {
                     // Checkpoints may have moved on another node meanwhile.
                     indexer.next.clear();
                     indexer.pruned.clear();
+                    indexer.checkpointed.clear();
                     indexer.topics = None;
                     indexer.follow(held).await;
                 }
@@ -321,18 +343,22 @@ impl Indexer {
         let mut idle = IDLE_MIN;
         while !cancel.is_cancelled() {
             let pass = shared.started.fetch_add(1, Ordering::AcqRel) + 1;
-            let progressed = match self.pass().await {
-                Ok(progressed) => progressed,
+            let progress = match self.pass().await {
+                Ok(progress) => progress,
                 Err(error) => {
                     warn!(%error, "Lineage indexing failed; trying again.");
-                    false
+                    Progress::None
                 }
             };
             shared.done.send_replace(pass);
-            if progressed {
-                idle = IDLE_MIN;
-                tokio::task::yield_now().await;
-                continue;
+            match progress {
+                Progress::Behind => {
+                    idle = IDLE_MIN;
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+                Progress::CaughtUp => idle = IDLE_MIN,
+                Progress::None => {}
             }
             tokio::select! {
                 () = cancel.cancelled() => break,
@@ -343,9 +369,10 @@ impl Indexer {
         shared.running.store(false, Ordering::Release);
     }
 
-    /// One pass over every partition; whether anything was read.
-    async fn pass(&mut self) -> Result<bool, BackendError> {
+    /// One pass over every partition.
+    async fn pass(&mut self) -> Result<Progress, BackendError> {
         let mut progressed = false;
+        let mut behind = false;
         let listed = self.backend.list_topics().await?;
         let current: HashSet<String> = listed
             .iter()
@@ -419,16 +446,23 @@ impl Indexer {
                         Err(error) => return Err(error),
                     }
                 }
+                behind |= next < end;
                 self.next.insert(key, next);
             }
         }
-        Ok(progressed)
+        Ok(if behind {
+            Progress::Behind
+        } else if progressed {
+            Progress::CaughtUp
+        } else {
+            Progress::None
+        })
     }
 
     /// Indexes one batch from `from`; the offset after it (none: nothing
     /// there yet).
     async fn batch(
-        &self,
+        &mut self,
         topic: &TopicName,
         partition: u32,
         from: u64,
@@ -457,6 +491,11 @@ impl Indexer {
                 writes.push((BUCKET.to_owned(), key, value.clone()));
             }
         }
+        let key = (topic.as_str().to_owned(), partition);
+        let checkpointed = self.checkpointed.get(&key).copied().unwrap_or(0);
+        if writes.is_empty() && read.next_offset.saturating_sub(checkpointed) < CHECKPOINT_EVERY {
+            return Ok(Some(read.next_offset));
+        }
         if !writes.is_empty() {
             debug!(topic = %topic, partition, entries = writes.len(), "Indexed lineage.");
         }
@@ -468,6 +507,7 @@ impl Indexer {
         self.backend
             .kv_put_many(writes, KvDurability::Deferred)
             .await?;
+        self.checkpointed.insert(key, read.next_offset);
         Ok(Some(read.next_offset))
     }
 
@@ -544,14 +584,17 @@ impl Indexer {
         }
     }
 
-    async fn checkpoint(&self, topic: &TopicName, partition: u32) -> Result<u64, BackendError> {
+    async fn checkpoint(&mut self, topic: &TopicName, partition: u32) -> Result<u64, BackendError> {
         let stored = self
             .backend
             .kv_get(BUCKET, &checkpoint_key(topic.as_str(), partition))
             .await?;
-        Ok(stored
+        let offset = stored
             .and_then(|entry| std::str::from_utf8(&entry.value).ok()?.parse().ok())
-            .unwrap_or(0))
+            .unwrap_or(0);
+        self.checkpointed
+            .insert((topic.as_str().to_owned(), partition), offset);
+        Ok(offset)
     }
 }
 
@@ -670,5 +713,38 @@ mod tests {
         let leftover = backend.kv_keys(BUCKET, "", None, 1_000).await.unwrap();
         // Two events × (i, c, k, x) and one checkpoint.
         assert_eq!(leftover.len(), 9, "{leftover:?}");
+    }
+
+    #[tokio::test]
+    async fn given_only_uncorrelated_events_when_indexed_should_write_nothing_until_a_checkpoint_is_due()
+     {
+        let dir = tempfile::tempdir().unwrap();
+        let topic: TopicName = "clicks".parse().unwrap();
+        let backend = open(dir.path()).await;
+        backend
+            .create_topic(TopicSpec::new(topic.clone()))
+            .await
+            .unwrap();
+        backend
+            .publish(&topic, events(0, 300, false))
+            .await
+            .unwrap();
+        assert!(index(&backend).await.is_empty());
+        // No entries and far fewer offsets than CHECKPOINT_EVERY: no write
+        // at all (a restart reads them again, finding nothing).
+        let keys = backend.kv_keys(BUCKET, "", None, 10).await.unwrap();
+        assert!(keys.is_empty(), "{keys:?}");
+        // An entry brings its checkpoint with it.
+        backend
+            .publish(&topic, events(300, 301, true))
+            .await
+            .unwrap();
+        assert_eq!(index(&backend).await.len(), 1);
+        let checkpoint = backend
+            .kv_get(BUCKET, &checkpoint_key("clicks", 0))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&checkpoint.value[..], b"301");
     }
 }

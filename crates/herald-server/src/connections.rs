@@ -39,9 +39,9 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -53,7 +53,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
@@ -248,7 +247,7 @@ async fn http<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let activity = Arc::new(Activity::default());
+    let activity = Arc::new(Activity::new());
     let service = {
         let activity = Arc::clone(&activity);
         hyper::service::service_fn(move |mut request: Request<Incoming>| {
@@ -292,29 +291,50 @@ async fn http<I>(
     }
 }
 
-/// Requests in flight on one connection.
-#[derive(Debug, Default)]
+/// Requests in flight on one connection, and when the last one ended. Kept
+/// with atomics only: a request's start and end never wake the connection's
+/// task (each wake would poll the whole HTTP/2 connection again); the idle
+/// check wakes on a timer instead, at most once per `idle_timeout`.
+#[derive(Debug)]
 struct Activity {
     in_flight: AtomicUsize,
-    changed: Notify,
+    /// When the last request ended (or the connection opened), in ms since
+    /// `opened`.
+    last_end_ms: AtomicU64,
+    opened: Instant,
 }
 
 impl Activity {
+    fn new() -> Self {
+        Self {
+            in_flight: AtomicUsize::new(0),
+            last_end_ms: AtomicU64::new(0),
+            opened: Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
     /// Resolves once no request has been in flight for `timeout` in a row.
     async fn idle_for(&self, timeout: Duration) {
         loop {
-            // Created before the count is read: a change in between still
-            // wakes it (`Notify::notify_waiters` reaches every `Notified`
-            // that exists).
-            let changed = self.changed.notified();
-            if self.in_flight.load(Ordering::Acquire) == 0 {
-                tokio::select! {
-                    () = changed => {}
-                    () = tokio::time::sleep(timeout) => return,
+            let wait = if self.in_flight.load(Ordering::Acquire) == 0 {
+                let idle = Duration::from_millis(
+                    self.now_ms()
+                        .saturating_sub(self.last_end_ms.load(Ordering::Acquire)),
+                );
+                if idle >= timeout {
+                    return;
                 }
+                timeout - idle
             } else {
-                changed.await;
-            }
+                // Busy: look again a whole timeout later (a request that
+                // ends meanwhile records its end, counted from then).
+                timeout
+            };
+            tokio::time::sleep(wait).await;
         }
     }
 }
@@ -327,15 +347,16 @@ struct InFlight(Arc<Activity>);
 impl InFlight {
     fn start(activity: &Arc<Activity>) -> Self {
         activity.in_flight.fetch_add(1, Ordering::AcqRel);
-        activity.changed.notify_waiters();
         Self(Arc::clone(activity))
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        // The end's time first: whoever sees the count drop sees it too.
+        let now = self.0.now_ms();
+        self.0.last_end_ms.fetch_max(now, Ordering::AcqRel);
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.0.changed.notify_waiters();
     }
 }
 

@@ -220,6 +220,29 @@ async fn given_clients_that_send_nothing_or_half_a_preface_when_idle_timeout_pas
 }
 
 #[tokio::test]
+async fn given_a_connection_served_several_times_when_it_then_idles_past_idle_timeout_should_be_closed()
+ {
+    // The header read timeout (which also closes an idle HTTP/1 connection)
+    // is far beyond the guard: only the idle timeout, counted from the last
+    // answer, can close this one.
+    let (server, _api) = server_with(&[
+        ("HERALD_CONNECTIONS__IDLE_TIMEOUT_MS", "300"),
+        ("HERALD_CONNECTIONS__HEADER_READ_TIMEOUT_MS", "600000"),
+    ])
+    .await;
+    let mut kept = TcpStream::connect(server.addr).await.unwrap();
+    for _ in 0..3 {
+        kept.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buffer = [0_u8; 512];
+        let read = kept.read(&mut buffer).await.unwrap();
+        assert!(buffer[..read].starts_with(b"HTTP/1.1 200"));
+    }
+    assert!(closed_by_server(&mut kept).await.is_empty());
+}
+
+#[tokio::test]
 async fn given_a_request_body_that_stalls_when_idle_timeout_passes_should_fail_and_close_the_connection()
  {
     let (server, _api) = server_with(&[("HERALD_CONNECTIONS__IDLE_TIMEOUT_MS", "300")]).await;
