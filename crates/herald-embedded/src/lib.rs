@@ -107,6 +107,7 @@
 //! every log.
 
 mod codec;
+mod correlated;
 mod dead_letters;
 mod dedup;
 mod dedup_runs;

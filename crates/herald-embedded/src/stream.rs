@@ -94,7 +94,7 @@ use tokio::sync::oneshot;
 use tracing::{error, info};
 
 use crate::codec;
-use crate::topic::{TopicRuntime, log_error};
+use crate::topic::{TopicRuntime, correlated_positions, log_error};
 
 /// The longest the index goes without an `Immediate` commit while busy: the
 /// most index work a crash can cost at recovery (re-reading this much log).
@@ -601,11 +601,12 @@ impl StreamStore {
             .collect();
         let tracker = Arc::clone(&state.trackers[partition as usize]);
         let low = tracker.register();
-        let ack = match topic.handle(partition)?.append(records).await {
+        let correlated = correlated_positions(events.iter().map(|input| &input.event));
+        let ack = match topic.append(partition, records, &correlated).await {
             Ok(ack) => ack,
             Err(error) => {
                 tracker.release(low);
-                return Err(log_error(partition, error));
+                return Err(error);
             }
         };
         let count = events.len() as u64;

@@ -22,11 +22,12 @@ use herald_backend::cancel::run_to_completion;
 use herald_backend::{
     Error, Fsync, PartitionInfo, PublishResult, ReadResult, Result, TopicInfo, TopicSpec,
 };
-use herald_log::{FsyncPolicy, LogError, LogHandle, LogOptions, Retention};
-use herald_types::{EventInput, TopicName, partition_for_key};
+use herald_log::{AppendAck, FsyncPolicy, LogError, LogHandle, LogOptions, NewRecord, Retention};
+use herald_types::{Event, EventInput, TopicName, partition_for_key};
 use tracing::{info, warn};
 
 use crate::codec;
+use crate::correlated::{CorrelatedOffsets, Stretch};
 use crate::dedup::{Dedup, Key, Runs, Slot};
 use crate::dedup_runs::{self, IdHasher, NewRun};
 use crate::erasure::ErasedOffsets;
@@ -93,6 +94,9 @@ pub(crate) struct TopicRuntime {
     /// Per partition: offsets of hard-deleted events not yet compacted away;
     /// reads skip them (see `erasure.rs`).
     pub(crate) erased: Vec<Arc<ErasedOffsets>>,
+    /// Per partition: where this process appended correlated events (see
+    /// `correlated.rs`).
+    correlated: Vec<CorrelatedOffsets>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -125,6 +129,10 @@ impl TopicRuntime {
         run_ids: usize,
     ) -> Self {
         let erased = partitions.iter().map(|_| Arc::default()).collect();
+        let correlated = partitions
+            .iter()
+            .map(|handle| CorrelatedOffsets::new(handle.reader().end_offset()))
+            .collect();
         Self {
             name: info.spec.name.clone(),
             dir,
@@ -135,6 +143,7 @@ impl TopicRuntime {
             run_ids,
             round_robin: AtomicU64::new(0),
             erased,
+            correlated,
         }
     }
 
@@ -160,6 +169,33 @@ impl TopicRuntime {
             .zip(&self.partitions)
             .filter_map(|(partition, handle)| Some((partition, handle.failure()?)))
             .collect()
+    }
+
+    /// Appends `records` to `partition`; `correlated` are the positions
+    /// (in `records`) of events with a correlation or causation id, which
+    /// the partition's [`CorrelatedOffsets`] learn of.
+    pub(crate) async fn append(
+        &self,
+        partition: u32,
+        records: Vec<NewRecord>,
+        correlated: &[usize],
+    ) -> Result<AppendAck> {
+        let handle = self.handle(partition)?;
+        let hints = &self.correlated[partition as usize];
+        let tracked =
+            (!correlated.is_empty()).then(|| hints.begin(|| handle.reader().end_offset()));
+        let ack = handle
+            .append(records)
+            .await
+            .map_err(|error| log_error(partition, error))?;
+        if let Some(tracked) = tracked {
+            let offsets: Vec<u64> = correlated
+                .iter()
+                .map(|&position| ack.base_offset + position as u64)
+                .collect();
+            tracked.finish(&offsets);
+        }
+        Ok(ack)
     }
 
     pub(crate) fn handle(&self, partition: u32) -> Result<&LogHandle> {
@@ -493,8 +529,12 @@ impl TopicRuntime {
                 .iter()
                 .map(|&index| codec::encode(&inputs[index].event))
                 .collect();
-            let handle = &self.partitions[partition as usize];
-            async move { (partition, handle.append(records).await) }
+            let correlated =
+                correlated_positions(indexes.iter().map(|&index| &inputs[index].event));
+            async move {
+                let outcome = self.append(partition, records, &correlated).await;
+                (partition, outcome)
+            }
         });
         let outcomes = futures::future::join_all(appends).await;
 
@@ -526,7 +566,7 @@ impl TopicRuntime {
                                 state.release(hash);
                             }
                         }
-                        failure = Some(log_error(partition, error));
+                        failure = Some(error);
                     }
                 }
             }
@@ -606,8 +646,22 @@ impl TopicRuntime {
         from: u64,
         max: usize,
     ) -> Result<ReadResult> {
-        self.read_sized(partition, from, max, Select::Correlated)
-            .await
+        let reader = self.handle(partition)?.reader();
+        let stretch =
+            self.correlated[partition as usize]
+                .clear_until(from, reader.start_offset(), || reader.end_offset());
+        match stretch {
+            // Appended by this process without a correlated event: nothing
+            // to read.
+            Stretch::Clear { until } => Ok(ReadResult {
+                events: Vec::new(),
+                next_offset: until,
+            }),
+            Stretch::Read => {
+                self.read_sized(partition, from, max, Select::Correlated)
+                    .await
+            }
+        }
     }
 
     /// Reads about what `max` events need (2 KiB each, 64 KiB to 1 MiB),
@@ -822,6 +876,15 @@ impl TopicRuntime {
         }
         first_error.map_or(Ok(()), Err)
     }
+}
+
+/// The positions of the events with a correlation or causation id.
+pub(crate) fn correlated_positions<'a>(events: impl Iterator<Item = &'a Event>) -> Vec<usize> {
+    events
+        .enumerate()
+        .filter(|(_, event)| event.correlationid.is_some() || event.causationid.is_some())
+        .map(|(position, _)| position)
+        .collect()
 }
 
 /// Which records a read returns, and what its `max` counts.

@@ -8,6 +8,7 @@ mod dedup;
 mod erasure;
 mod groups;
 mod kill;
+mod lineage;
 mod stream_kill;
 mod sync_kill;
 
