@@ -7,6 +7,7 @@
 //! labelled by method (a fixed set), route *template* (`/v1/topics/{name}`,
 //! never the concrete path) and status class.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -389,17 +390,17 @@ pub struct HttpLabels {
     /// A standard method name, or `OTHER`.
     pub method: &'static str,
     /// The matched route template, or [`UNMATCHED_ROUTE`].
-    pub route: String,
+    pub route: Cow<'static, str>,
     /// `1xx` … `5xx`.
     pub status: &'static str,
 }
 
 impl HttpLabels {
     /// Labels of one request.
-    pub fn new(method: &Method, route: Option<&str>, status: StatusCode) -> Self {
+    pub fn new(method: &Method, route: Option<Cow<'static, str>>, status: StatusCode) -> Self {
         Self {
             method: method_label(method),
-            route: route.unwrap_or(UNMATCHED_ROUTE).to_owned(),
+            route: route.unwrap_or(Cow::Borrowed(UNMATCHED_ROUTE)),
             status: status_class(status),
         }
     }
@@ -483,7 +484,7 @@ mod tests {
     #[test]
     fn given_request_when_observed_should_expose_counter_and_histogram_with_labels() {
         let metrics = Metrics::new();
-        let labels = HttpLabels::new(&Method::GET, Some("/healthz"), StatusCode::OK);
+        let labels = HttpLabels::new(&Method::GET, Some("/healthz".into()), StatusCode::OK);
         metrics.http().observe(&labels, Duration::from_millis(3));
         let text = metrics.encode().unwrap();
         assert!(

@@ -37,6 +37,7 @@ pub mod groups;
 pub mod health;
 pub mod jobs;
 pub mod lineage;
+mod observe;
 pub mod openapi;
 mod openapi_refine;
 mod push;
@@ -46,29 +47,25 @@ pub mod topics;
 pub mod webhooks;
 pub mod workflows;
 
-use std::any::Any;
-use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{Method, Uri, header};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use futures::FutureExt as _;
 use herald_backend::Backend;
 use herald_log::Clock;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error};
+use tracing::error;
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt as _};
 use utoipa_axum::routes;
 
 use crate::blobs::BlobStore;
 use crate::connections::IdleBody;
-use crate::metrics::{self, HttpLabels, Metrics};
+use crate::metrics::{self, Metrics};
 use crate::problem::{Code, Problem};
 use crate::storage::StorageHandle;
 
@@ -241,10 +238,9 @@ pub fn router(state: AppState, grpc: Router) -> Router {
             crate::auth::policy::enforce,
         ))
         .layer(body_limit)
-        .layer(middleware::from_fn(catch_panic))
         // `Router::layer` runs after routing, so `MatchedPath` is known; it
         // also wraps the fallbacks, so 404s and 405s are counted too.
-        .layer(middleware::from_fn_with_state(metrics, record_metrics))
+        .layer(observe::ObserveLayer::new(metrics))
 }
 
 /// The OpenAPI document of [`router`] (as JSON), without a server behind it.
@@ -379,66 +375,6 @@ async fn method_not_allowed(method: Method, uri: Uri) -> Problem {
         Code::MethodNotAllowed,
         format!("{} does not support {method}.", uri.path()),
     )
-}
-
-/// Answers a panicking handler with a 500 problem instead of dropping the
-/// connection. A panic is a bug: it is logged at ERROR with its message.
-async fn catch_panic(request: Request, next: Next) -> Response {
-    let method = request.method().clone();
-    let path = request.uri().path().to_owned();
-    match AssertUnwindSafe(next.run(request)).catch_unwind().await {
-        Ok(response) => response,
-        Err(panic) => {
-            let message = panic_message(panic.as_ref());
-            error!(%method, %path, panic = message, "Handler panicked.");
-            Problem::new(Code::Internal, "The server failed on this request.").into_response()
-        }
-    }
-}
-
-fn panic_message(panic: &(dyn Any + Send)) -> &str {
-    panic
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("(not a string)")
-}
-
-/// The route label of a request matched as `template`: a gRPC call to a
-/// `herald.v1` method is labelled by its method's path (a bounded set),
-/// anything else by the template.
-fn grpc_route(template: &str, path: &str) -> String {
-    if template.ends_with("/{*method}") && herald_proto::METHODS.contains(&path) {
-        path.to_owned()
-    } else {
-        template.to_owned()
-    }
-}
-
-/// Counts and times every request (to its response head).
-async fn record_metrics(
-    State(metrics): State<Arc<Metrics>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let started = Instant::now();
-    let method = request.method().clone();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|matched| grpc_route(matched.as_str(), request.uri().path()));
-    let response = next.run(request).await;
-    let elapsed = started.elapsed();
-    let labels = HttpLabels::new(&method, route.as_deref(), response.status());
-    metrics.http().observe(&labels, elapsed);
-    debug!(
-        %method,
-        route = %labels.route,
-        status = response.status().as_u16(),
-        elapsed_us = elapsed.as_micros(),
-        "Answered request."
-    );
-    response
 }
 
 #[cfg(test)]
