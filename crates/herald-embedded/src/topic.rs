@@ -13,6 +13,7 @@
 //! goes away (see [`TopicRuntime::publish`]).
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::BuildHasherDefault;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
@@ -28,7 +29,7 @@ use tracing::{info, warn};
 
 use crate::codec;
 use crate::correlated::{CorrelatedOffsets, Stretch};
-use crate::dedup::{Dedup, Key, Runs, Slot};
+use crate::dedup::{Dedup, Key, KeyedHash, Runs, Slot};
 use crate::dedup_runs::{self, IdHasher, NewRun};
 use crate::erasure::ErasedOffsets;
 
@@ -443,31 +444,41 @@ impl TopicRuntime {
         if window_ms > 0 {
             dedup.expire(now.saturating_sub(i64::try_from(window_ms).unwrap_or(i64::MAX)));
         }
-        let mut seen: HashMap<Key, usize> = HashMap::new();
+        // Each id hashed and looked up once; the lookups stay valid below,
+        // where only this call's own reservations change the index (and
+        // `seen` catches those).
+        let looked_up: Vec<(Key, Option<Slot>)> = if window_ms > 0 {
+            inputs
+                .iter()
+                .map(|input| {
+                    let hash = dedup.hash(input.event.id.as_bytes());
+                    (hash, dedup.get(hash))
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let waiting = looked_up
+            .iter()
+            .any(|(_, slot)| matches!(slot, Some(Slot::Pending)));
+        let mut seen: HashMap<Key, usize, BuildHasherDefault<KeyedHash>> =
+            HashMap::with_capacity_and_hasher(looked_up.len(), BuildHasherDefault::default());
         let mut plans = Vec::with_capacity(inputs.len());
         let mut appending = Vec::new();
-        let waiting = inputs.iter().any(|input| {
-            window_ms > 0
-                && matches!(
-                    dedup.get(dedup.hash(input.event.id.as_bytes())),
-                    Some(Slot::Pending)
-                )
-        });
         for (index, input) in inputs.iter().enumerate() {
             let partition = self.choose_partition(input);
-            if window_ms == 0 {
+            let Some(&(hash, slot)) = looked_up.get(index) else {
                 plans.push(Plan::Append {
                     partition,
                     hash: None,
                 });
                 continue;
-            }
-            let hash = dedup.hash(input.event.id.as_bytes());
+            };
             if let Some(&first) = seen.get(&hash) {
                 plans.push(Plan::SameAs(first));
                 continue;
             }
-            match dedup.get(hash) {
+            match slot {
                 Some(Slot::Done { partition, offset }) => {
                     plans.push(Plan::Duplicate { partition, offset });
                 }
