@@ -22,16 +22,17 @@
 //! when the partition was opened (appended by an earlier process), and
 //! everything once an append with a correlated event was abandoned midway
 //! (its future dropped, or the log failed it: where its records went, if
-//! anywhere, is unknown) or once too many offsets wait to be read.
+//! anywhere, is unknown); and, once too many offsets wait to be read,
+//! everything up to the last of them.
 //!
 //! [`Events::read_correlated`]: herald_backend::Events::read_correlated
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-/// Correlated offsets kept at most before the partition falls back to
-/// reading everything (an indexer that stopped following).
-const MAX_KNOWN: usize = 1 << 20;
+/// Correlated offsets kept per partition at most (about 40 bytes each)
+/// before those are forgotten and read instead (an indexer far behind).
+const MAX_KNOWN: usize = 1 << 16;
 
 /// One partition's correlated offsets.
 #[derive(Debug)]
@@ -123,7 +124,22 @@ impl CorrelatedOffsets {
             Some(offsets) if state.offsets.len() + offsets.len() <= MAX_KNOWN => {
                 state.offsets.extend(offsets);
             }
-            _ => {
+            // Too many waiting to be read: forget them, and have everything
+            // up to the last of them read instead (appends recorded later
+            // are vouched for again).
+            Some(offsets) => {
+                let last = offsets
+                    .iter()
+                    .chain(state.offsets.last())
+                    .max()
+                    .copied()
+                    .unwrap_or(0);
+                state.known_from = state.known_from.max(last.saturating_add(1));
+                state.offsets.clear();
+            }
+            // Abandoned: its records may still reach the log at any offset
+            // later on, so nothing is vouched for until a restart.
+            None => {
                 state.known_from = u64::MAX;
                 state.offsets.clear();
             }
@@ -192,6 +208,30 @@ mod tests {
         );
         // Retention took `from`: read (the read reports it).
         assert_eq!(offsets.clear_until(150, 160, || 170), Stretch::Read);
+    }
+
+    #[test]
+    fn given_more_correlated_offsets_than_kept_should_read_up_to_the_last_and_step_over_after() {
+        let offsets = CorrelatedOffsets::new(0);
+        let many: Vec<u64> = (0..MAX_KNOWN as u64).map(|n| n * 2).collect();
+        offsets.begin(|| 0).finish(&many);
+        let last = 2 * MAX_KNOWN as u64 + 10;
+        offsets.begin(|| last - 5).finish(&[last]);
+        let end = last + 100;
+        // Forgotten: read up to and including the last of them.
+        assert_eq!(offsets.clear_until(0, 0, || end), Stretch::Read);
+        assert_eq!(offsets.clear_until(last, 0, || end), Stretch::Read);
+        // Past it, appends are vouched for again.
+        assert_eq!(
+            offsets.clear_until(last + 1, 0, || end),
+            Stretch::Clear { until: end }
+        );
+        offsets.begin(|| end).finish(&[end + 3]);
+        assert_eq!(offsets.clear_until(end, 0, || end + 10), Stretch::Read);
+        assert_eq!(
+            offsets.clear_until(end + 4, 0, || end + 10),
+            Stretch::Clear { until: end + 10 }
+        );
     }
 
     #[test]
