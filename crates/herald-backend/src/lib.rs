@@ -142,9 +142,7 @@ pub trait Events: Send + Sync {
         max: usize,
     ) -> Result<ReadResult> {
         let mut read = self.read(topic, partition, from, max).await?;
-        read.events.retain(|stored| {
-            stored.event.correlationid.is_some() || stored.event.causationid.is_some()
-        });
+        read.events.retain(|stored| stored.event.is_correlated());
         Ok(read)
     }
 

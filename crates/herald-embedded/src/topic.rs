@@ -893,7 +893,7 @@ impl TopicRuntime {
 pub(crate) fn correlated_positions<'a>(events: impl Iterator<Item = &'a Event>) -> Vec<usize> {
     events
         .enumerate()
-        .filter(|(_, event)| event.correlationid.is_some() || event.causationid.is_some())
+        .filter(|(_, event)| event.is_correlated())
         .map(|(position, _)| position)
         .collect()
 }

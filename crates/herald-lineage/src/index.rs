@@ -476,9 +476,6 @@ impl Indexer {
         }
         let mut writes = Vec::new();
         for stored in &read.events {
-            if stored.event.correlationid.is_none() && stored.event.causationid.is_none() {
-                continue;
-            }
             let entry = Entry::of(stored);
             let keys = entry.keys();
             if keys.is_empty() {

@@ -271,6 +271,12 @@ impl EventError {
 }
 
 impl Event {
+    /// Whether it names a correlation or a causation (what the lineage
+    /// index files).
+    pub fn is_correlated(&self) -> bool {
+        self.correlationid.is_some() || self.causationid.is_some()
+    }
+
     /// A minimal event: `specversion` 1.0, the given `id`, `source` and `type`,
     /// nothing else.
     pub fn new(id: impl Into<String>, source: impl Into<String>, ty: impl Into<String>) -> Self {
