@@ -422,8 +422,11 @@ impl Inner {
     pub(crate) async fn stop_groups(&self) -> Result<()> {
         self.groups.cancel.cancel();
         let tasks: Vec<JoinHandle<()>> = lock(&self.groups.tasks).drain(..).collect();
+        // Each loop returns at its next turn once cancelled; none is aborted,
+        // so a state write in flight completes and its lease revision is
+        // known to the last flush below (an aborted one would leave the
+        // lease a revision ahead of what this node expects).
         for task in tasks {
-            task.abort();
             let _ = task.await;
         }
         let flushed = self.flush_all().await;
@@ -470,7 +473,13 @@ impl Inner {
                         // election): renew now. Still the lease's revision
                         // → serving again with nothing lost; another node
                         // took it → forgotten here, route again.
-                        if let Err(error) = self.flush(&owned).await {
+                        // In a task of its own: a caller that goes away
+                        // must not cut a state write in half.
+                        let (inner, flushing) = (Arc::clone(self), Arc::clone(&owned));
+                        let renewed = tokio::spawn(async move { inner.flush(&flushing).await })
+                            .await
+                            .unwrap_or_else(|error| Err(unavailable("group state", error)));
+                        if let Err(error) = renewed {
                             if Instant::now() >= deadline {
                                 return Err(error);
                             }
@@ -969,7 +978,16 @@ impl Inner {
         if dirty.is_none() && !renew {
             return Ok(());
         }
-        let result = self.write_state(owned, dirty.as_ref(), lease, now).await;
+        let mut result = self.write_state(owned, dirty.as_ref(), lease, now).await;
+        if let Ok(None) = result
+            && let Some(revision) = self.lease_still_here(owned, lease.revision).await
+        {
+            // A write of ours whose answer was lost (a timeout) landed: the
+            // lease moved on without leaving this node. Write again from
+            // the revision it left.
+            let lease = LeaseState { revision, ..lease };
+            result = self.write_state(owned, dirty.as_ref(), lease, now).await;
+        }
         match result {
             Ok(Some((revision, dead, copies))) => {
                 *lock(&owned.lease) = LeaseState {
@@ -1005,6 +1023,15 @@ impl Inner {
                 Err(error)
             }
         }
+    }
+
+    /// The lease's current revision if this node still holds it at a later
+    /// revision than `expected` (only this node writes its own id into the
+    /// lease, so such a revision is one of its own writes).
+    async fn lease_still_here(&self, owned: &Owned, expected: u64) -> Option<u64> {
+        let entry = self.kv_get(OWNERS_BUCKET, &owned.key).await.ok()??;
+        let lease: Lease = decode(&entry.value, "group lease").ok()?;
+        (lease.node == self.groups.node && entry.revision > expected).then_some(entry.revision)
     }
 
     /// One group's state write: `Ok(Some(lease revision, dead counters,

@@ -152,3 +152,74 @@ async fn keyed_and_queue_groups_run_over_nats_partitions() {
     );
     backend.shutdown().await.unwrap();
 }
+
+/// A state write whose answer was lost (it landed, the owner never heard)
+/// leaves the lease a revision ahead of what the owner expects; the lease
+/// still names this node, so the owner writes on from there instead of
+/// taking itself for deposed and voiding its changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_write_whose_answer_was_lost_does_not_depose_the_owner() {
+    use herald_backend::{AckDurability, Groups};
+    if !nats_available() {
+        return;
+    }
+    let server = Server::start();
+    let backend = connect(&server.url).await;
+    let orders: TopicName = "orders".parse().unwrap();
+    backend
+        .create_topic(TopicSpec::new(orders.clone()))
+        .await
+        .unwrap();
+    let workers = "workers".parse().unwrap();
+    let mut spec = GroupSpec::new(GroupMode::Queue);
+    spec.start = StartPosition::Earliest;
+    backend.put_group(&orders, &workers, spec).await.unwrap();
+    backend
+        .publish(&orders, vec![keyed("e1", "k"), keyed("e2", "k")])
+        .await
+        .unwrap();
+    let request = |max| FetchRequest {
+        member: "m".into(),
+        max,
+        wait_ms: 2_000,
+    };
+    let first = backend.fetch(&orders, &workers, request(1)).await.unwrap();
+    assert_eq!(first.deliveries.len(), 1);
+
+    // The lease written again as this node wrote it: what a write of its
+    // own whose acknowledgement never arrived leaves behind.
+    let client = async_nats::connect(&server.url).await.unwrap();
+    let jetstream = async_nats::jetstream::new(client);
+    let subject = "herald.kv.groups_downers.orders%2Fworkers";
+    let lease = jetstream
+        .get_stream("herald-kv")
+        .await
+        .unwrap()
+        .get_last_raw_message_by_subject(subject)
+        .await
+        .unwrap();
+    jetstream
+        .publish(subject, lease.payload)
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    // The ack is confirmed once persisted: that write finds the lease moved.
+    let ids = [first.deliveries[0].delivery_id.clone()];
+    backend
+        .ack(&orders, &workers, &ids, AckDurability::Sync)
+        .await
+        .unwrap();
+    backend.shutdown().await.unwrap();
+
+    let backend = connect(&server.url).await;
+    let next = backend.fetch(&orders, &workers, request(10)).await.unwrap();
+    let ids: Vec<&str> = next
+        .deliveries
+        .iter()
+        .map(|delivery| delivery.event.event.id.as_str())
+        .collect();
+    assert_eq!(ids, ["e2"], "the acked event stays acked");
+    backend.shutdown().await.unwrap();
+}
