@@ -36,6 +36,7 @@ use hdrhistogram::Histogram;
 use herald_client::{Client, Event, ExtensionValue, TopicOptions};
 use serde_json::{Value, json};
 
+use crate::noise::Snapshot;
 use crate::peers::{self, Herald};
 use crate::workloads::{Latency, histogram, nanos};
 
@@ -168,8 +169,9 @@ fn event(payload: &Bytes, n: u64, sent_ns: Option<u64>) -> Event {
     event
 }
 
-/// The receiver's own rate under `concurrency` posters for `seconds`.
-async fn ceiling(addr: SocketAddr, args: &WebhookArgs, body: Bytes) -> Result<f64> {
+/// The receiver's own rate under `concurrency` posters for `seconds`, and
+/// this process's CPU per request (client and receiver together).
+async fn ceiling(addr: SocketAddr, args: &WebhookArgs, body: Bytes) -> Result<(f64, f64)> {
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
@@ -177,6 +179,7 @@ async fn ceiling(addr: SocketAddr, args: &WebhookArgs, body: Bytes) -> Result<f6
     let url = format!("http://{addr}/hook");
     let end = Instant::now() + Duration::from_secs_f64(args.seconds);
     let started = Instant::now();
+    let before = Snapshot::take(None);
     let mut tasks = Vec::new();
     for _ in 0..args.concurrency {
         let (http, url, body) = (http.clone(), url.clone(), body.clone());
@@ -199,7 +202,38 @@ async fn ceiling(addr: SocketAddr, args: &WebhookArgs, body: Bytes) -> Result<f6
     for task in tasks {
         total += task.await??;
     }
-    Ok(total as f64 / started.elapsed().as_secs_f64())
+    let cpu = Snapshot::take(None).since(&before).client_cpu;
+    Ok((
+        total as f64 / started.elapsed().as_secs_f64(),
+        per_unit(cpu, total),
+    ))
+}
+
+/// Microseconds of `cpu` seconds per one of `units`.
+fn per_unit(cpu: f64, units: u64) -> f64 {
+    cpu * 1e6 / units.max(1) as f64
+}
+
+/// One throughput phase: `count` events published, then waited for at the
+/// receiver; its rate, and the server's and this process's CPU per delivery
+/// (the publish included).
+async fn phase(
+    client: &Client,
+    payload: &Bytes,
+    counts: &Counts,
+    count: u64,
+    server: u32,
+) -> Result<(f64, f64, f64)> {
+    counts.reset();
+    let before = Snapshot::take(Some(server));
+    publish_all(client, payload, count).await?;
+    wait_for(counts, count, Duration::from_secs(300)).await?;
+    let noise = Snapshot::take(Some(server)).since(&before);
+    Ok((
+        counts.rate(),
+        per_unit(noise.server_cpu, count),
+        per_unit(noise.client_cpu, count),
+    ))
 }
 
 async fn create_endpoint(
@@ -263,9 +297,9 @@ pub async fn run(args: WebhookArgs) -> Result<()> {
         "appendedat": "2026-12-02T00:00:00.000Z", "datacontenttype": "application/octet-stream",
         "data_base64": "eHh4",
     }))?;
-    let ceiling = ceiling(healthy, &args, Bytes::from(sample)).await?;
+    let (ceiling, ceiling_cpu) = ceiling(healthy, &args, Bytes::from(sample)).await?;
     eprintln!(
-        "w7: receiver ceiling {ceiling:.0} req/s ({} concurrent)",
+        "w7: receiver ceiling {ceiling:.0} req/s ({} concurrent, {ceiling_cpu:.1} µs CPU per request, client and receiver)",
         args.concurrency
     );
 
@@ -286,19 +320,16 @@ pub async fn run(args: WebhookArgs) -> Result<()> {
         .await?;
     let http = reqwest::Client::new();
     create_endpoint(&http, &server, healthy).await?;
-    counts.reset();
-    publish_all(&client, &payload, args.events).await?;
-    wait_for(&counts, args.events, Duration::from_secs(300)).await?;
-    let alone = counts.rate();
-    eprintln!("w7: {alone:.0} deliveries/s to one endpoint");
+    let (alone, server_cpu, bench_cpu) =
+        phase(&client, &payload, &counts, args.events, herald.pid()).await?;
+    eprintln!(
+        "w7: {alone:.0} deliveries/s to one endpoint ({server_cpu:.1} µs server + {bench_cpu:.1} µs receiver and publisher CPU per delivery)"
+    );
 
     // 3. Beside a failing, slow endpoint.
     let (failing, failing_counts) = receiver(clock, 500, Duration::from_secs(1)).await?;
     create_endpoint(&http, &server, failing).await?;
-    counts.reset();
-    publish_all(&client, &payload, args.events).await?;
-    wait_for(&counts, args.events, Duration::from_secs(300)).await?;
-    let beside = counts.rate();
+    let (beside, _, _) = phase(&client, &payload, &counts, args.events, herald.pid()).await?;
     eprintln!(
         "w7: {beside:.0} deliveries/s beside a failing endpoint (it got {} attempts)",
         failing_counts.received.load(Ordering::SeqCst)
@@ -330,7 +361,10 @@ pub async fn run(args: WebhookArgs) -> Result<()> {
     let latency = Latency::from_histogram(&latency);
     let summary = json!({
         "receiver_ceiling_per_s": ceiling,
+        "ceiling_cpu_us_per_request": ceiling_cpu,
         "deliveries_per_s": alone,
+        "server_cpu_us_per_delivery": server_cpu,
+        "bench_cpu_us_per_delivery": bench_cpu,
         "share_of_ceiling": alone / ceiling,
         "deliveries_per_s_beside_failing": beside,
         "beside_vs_alone": beside / alone,
