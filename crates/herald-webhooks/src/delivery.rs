@@ -39,6 +39,8 @@ pub(crate) struct Live {
     pub(crate) revision: u64,
     pub(crate) url: reqwest::Url,
     pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
+    /// The consumer group delivering to it ([`group_name`]).
+    pub(crate) group: GroupName,
 }
 
 impl Live {
@@ -46,6 +48,7 @@ impl Live {
         let spec = spec_of(&record);
         let checked = spec.check_fields(new_secret)?;
         Ok(Self {
+            group: group_name(&record.endpoint_id),
             record,
             revision,
             url: checked.url,
@@ -105,13 +108,13 @@ pub(crate) async fn topic_loop(shared: Arc<Shared>, runner: Arc<Runner>, topic: 
             max: u32::try_from(permits.len()).unwrap_or(1),
             wait_ms: 1_000,
         };
-        let group = group_name(&endpoint_id);
+        let group = &live.group;
         let fetched = tokio::select! {
             () = cancel.cancelled() => {
                 runner.probe_unused(permit);
                 return;
             }
-            fetched = shared.backend.fetch(&topic, &group, request) => fetched,
+            fetched = shared.backend.fetch(&topic, group, request) => fetched,
         };
         let deliveries = match fetched {
             Ok(fetched) => fetched.deliveries,
@@ -321,10 +324,10 @@ async fn deliver(
 ) {
     let live = runner.live();
     let endpoint_id = live.record.endpoint_id.clone();
-    let group = group_name(&endpoint_id);
+    let group = &live.group;
     let event = &delivery.event;
     if !live.record.filter.matches(event) {
-        settle(&shared, &topic, &group, &delivery.delivery_id, Settle::Ack).await;
+        settle(&shared, &topic, group, &delivery.delivery_id, Settle::Ack).await;
         return;
     }
     if let Ok(mut stats) = runner.stats.lock() {
@@ -365,7 +368,7 @@ async fn deliver(
         settle(
             &shared,
             &topic,
-            &group,
+            group,
             &delivery.delivery_id,
             Settle::Nack(delay),
         )
@@ -427,7 +430,7 @@ async fn deliver(
     );
     shared.note_outcome(&endpoint_id, &outcome, &record);
     shared.log_attempt(&record).await;
-    settle(&shared, &topic, &group, &delivery.delivery_id, settle_how).await;
+    settle(&shared, &topic, group, &delivery.delivery_id, settle_how).await;
     runner.done();
     // When this run of failures began, kept here as it happens (the stored
     // record follows, through the reconcile).

@@ -326,6 +326,10 @@ impl std::fmt::Debug for LogWrite {
 /// Most records one attempt-log write takes.
 const LOG_BATCH: usize = 512;
 
+/// How long the attempt log waits for more records when a write would
+/// take few.
+const LOG_GATHER: Duration = Duration::from_millis(1);
+
 /// Writes attempt records as they come, each batch in one step
 /// (`Kv::kv_put_many`): attempts in flight at once share a write. The
 /// write is [`KvDurability::Deferred`]: no fsync of its own, durable with
@@ -336,6 +340,21 @@ const LOG_BATCH: usize = 512;
 async fn log_writer(backend: Arc<dyn Backend>, mut requests: mpsc::Receiver<LogWrite>) {
     let mut batch = Vec::with_capacity(LOG_BATCH);
     while requests.recv_many(&mut batch, LOG_BATCH).await > 0 {
+        if (2..LOG_BATCH / 8).contains(&batch.len()) {
+            // Records came in while the last write ran: under load they keep
+            // coming, and a moment's wait lets one commit take many (a
+            // commit costs about as much as all the inserts of a small
+            // batch). The deliveries went out already; only their settles
+            // wait. A lone record (one in flight, an ordered endpoint's
+            // next message waiting on its settle) is written at once.
+            tokio::time::sleep(LOG_GATHER).await;
+            while batch.len() < LOG_BATCH {
+                match requests.try_recv() {
+                    Ok(write) => batch.push(write),
+                    Err(_) => break,
+                }
+            }
+        }
         let mut entries = Vec::with_capacity(batch.len() * 2);
         let mut waiting = Vec::with_capacity(batch.len());
         for write in batch.drain(..) {
