@@ -11,7 +11,9 @@
 //!   that cannot renew (NATS unreachable) stops serving calls once its
 //!   lease would have expired, but keeps the group's state in memory: its
 //!   next write that still finds the lease's revision (nobody took over)
-//!   persists it and serving resumes with nothing lost.
+//!   persists it and serving resumes with nothing lost. A write that finds
+//!   the lease moved but still naming this node was its own, its answer
+//!   lost (a timeout): the owner writes on from that revision.
 //! - **Calls.** Every call goes to the owner: run here if this node owns
 //!   the group, else forwarded by request/reply on the subject only the
 //!   owner subscribes to ([`crate::names::Names::group_subject`]). No

@@ -190,6 +190,8 @@ async fn a_state_write_whose_answer_was_lost_does_not_depose_the_owner() {
     // own whose acknowledgement never arrived leaves behind.
     let client = async_nats::connect(&server.url).await.unwrap();
     let jetstream = async_nats::jetstream::new(client);
+    // `Names::kv_subject("groups.owners", "orders/workers")` under the
+    // default prefix: `.` in a bucket name is `_d`, `/` in a key `%2F`.
     let subject = "herald.kv.groups_downers.orders%2Fworkers";
     let lease = jetstream
         .get_stream("herald-kv")
