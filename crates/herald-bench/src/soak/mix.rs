@@ -421,6 +421,45 @@ impl Appender {
     }
 }
 
+/// Appends `events` events of `size` bytes to [`ACCOUNTS`] before the run,
+/// [`SEED_PER_APPEND`] per append, each to a new stream `seed-<n>`, from
+/// [`SEED_TASKS`] tasks at once (the SDK's retries on: this is setup, not
+/// the measured mix).
+pub async fn seed_streams(client: &Client, events: u64, size: usize) -> Result<()> {
+    let payload = Bytes::from(vec![b's'; size]);
+    let appends = events.div_ceil(SEED_PER_APPEND);
+    let mut tasks = tokio::task::JoinSet::new();
+    for task in 0..SEED_TASKS {
+        let client = client.clone();
+        let payload = payload.clone();
+        tasks.spawn(async move {
+            for n in (task..appends).step_by(SEED_TASKS as usize) {
+                let count = SEED_PER_APPEND.min(events - n * SEED_PER_APPEND);
+                let batch = (0..count).map(|_| {
+                    let mut event = Event::new("", "/soak", "account.opened");
+                    event.datacontenttype = Some("application/octet-stream".to_owned());
+                    event.data = Some(payload.clone());
+                    event
+                });
+                client
+                    .append(ACCOUNTS, &format!("seed-{n}"), batch, Expected::NoStream)
+                    .await
+                    .with_context(|| format!("seeding stream seed-{n}"))?;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(result) = tasks.join_next().await {
+        result??;
+    }
+    Ok(())
+}
+
+/// Events per append of [`seed_streams`].
+const SEED_PER_APPEND: u64 = 100;
+/// Appends in flight at once in [`seed_streams`].
+const SEED_TASKS: u64 = 8;
+
 /// Submits `rate` jobs per second to [`JOBS`], each stamped with its
 /// submit time; results are kept `ttl` (so records expire during the soak).
 pub async fn job_submitter(
