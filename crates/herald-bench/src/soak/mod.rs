@@ -144,9 +144,9 @@ pub struct SoakArgs {
     /// retention runs during the soak, and the data, and what grows with it
     /// (the server's RSS grew about 6 MB per 100 MB of data until retention
     /// began, BENCHMARKS.md "Soak"), reaches its steady state inside the
-    /// warm-up: at the rates this machine calibrates to (2,000–2,900
-    /// events/s, ~0.8 MB/s) 4 × 64 MiB fill in about 5 minutes. (It was
-    /// 256 MiB, which filled after 25 minutes of a 30-minute run.)
+    /// warm-up: at the rates of 2026-12-04 (4,300–5,000 events/s) 4 × 64
+    /// MiB fill in about 3 minutes (at 2,000–2,900 events/s, about 5). (It
+    /// was 256 MiB, which filled after 25 minutes of a 30-minute run.)
     #[arg(long, default_value_t = 64)]
     retention_mib: u64,
     /// Seconds between samples.
@@ -154,9 +154,9 @@ pub struct SoakArgs {
     sample_every: f64,
     /// Share of the run that is warm-up, left out of the verdict. A
     /// third: with the event store seeded (`--seed-stream-events`) the
-    /// server's memory grows for its first ~5 minutes at the rates this
-    /// machine calibrates to (the dedup window fills in 2, the topics reach
-    /// retention, 4 × 2 × 64 MiB, in about 5) and then stays level
+    /// server's memory grew for its first 5–9 minutes at 4,300–5,000
+    /// events/s (the dedup window fills in 2, the topics reach retention,
+    /// 4 × 2 × 64 MiB, in about 5) and then stayed level
     /// (BENCHMARKS.md, "Soak"), so a 30-minute soak judges the last 20
     /// minutes, thirds of ~7 minutes. (It was half while the stream index's
     /// cache filled for 20 minutes, and a fifth before that was known.)
