@@ -68,6 +68,9 @@ enum Command {
     /// W7: webhook deliveries per second against the receiver's own
     /// ceiling, beside a failing endpoint, and publish → receipt latency.
     Webhooks(webhooks::WebhookArgs),
+    /// W7's ceiling client in a process of its own (run by `webhooks`).
+    #[command(hide = true)]
+    WebhookClient(webhooks::ClientArgs),
     /// W8's timers: many workflow instances waiting on durable timers at
     /// once; the server's RSS while they wait, and how late they fire.
     Timers(timers::TimerArgs),
@@ -374,6 +377,7 @@ async fn main() -> Result<()> {
     match cli.command {
         Some(Command::Soak(soak)) => return soak::run(*soak).await,
         Some(Command::Webhooks(w7)) => return webhooks::run(w7).await,
+        Some(Command::WebhookClient(client)) => return webhooks::client(client).await,
         Some(Command::Timers(w8)) => return timers::run(w8).await,
         Some(Command::Workflows(w8)) => return workflows::run(w8).await,
         Some(Command::Nodes(nodes)) => return nodes::run(nodes).await,

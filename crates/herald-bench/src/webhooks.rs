@@ -7,13 +7,19 @@
 //!
 //! 1. **Ceiling**: a receiver in this process (axum, answering 204 after
 //!    parsing the JSON body, as it does for Herald) is driven directly by
-//!    `--concurrency` tasks posting the same CloudEvent body through one
-//!    reqwest client (the stack Herald's sender uses: hyper, rustls
-//!    unused on `http://`), for `--seconds`: the receiver's raw rate.
+//!    `--concurrency` posters of a CloudEvent body of the same shape
+//!    through one reqwest client (the stack Herald's sender uses: hyper,
+//!    rustls unused on `http://`), for `--seconds`: the receiver's raw
+//!    rate. The reference runs the posters in a process of their own
+//!    (`herald-bench webhook-client`, as Herald is one), each request with
+//!    Herald's headers and per-request timeout; the same with plain
+//!    requests from this process is reported beside it.
 //! 2. **Throughput**: `herald serve` (release, fresh temp dir, allowed to
-//!    reach loopback), a topic of 4 partitions and one endpoint on it;
-//!    `--events` events published in batches of 500 first, then the rate
-//!    from the first delivery to the last.
+//!    reach loopback), a topic of 4 partitions and one endpoint on it.
+//!    First from a backlog: `--events` events published while the
+//!    endpoint is disabled, then it is enabled (deliveries alone, as the
+//!    ceiling sends alone). Then `--events` events published in batches of
+//!    500 while it delivers; each rate from the first delivery to the last.
 //! 3. **Beside a failing endpoint**: a second endpoint on the same topic
 //!    whose receiver waits 1 s and answers 500 (it fills its own in-flight
 //!    budget and its circuit opens); `--events` more, the healthy
@@ -169,30 +175,77 @@ fn event(payload: &Bytes, n: u64, sent_ns: Option<u64>) -> Event {
     event
 }
 
-/// The receiver's own rate under `concurrency` posters for `seconds`, and
-/// this process's CPU per request (client and receiver together).
-async fn ceiling(addr: SocketAddr, args: &WebhookArgs, body: Bytes) -> Result<(f64, f64)> {
+/// The ceiling's requests: a plain POST of the body, or one shaped as
+/// Herald's sender shapes an attempt (its headers, of the same lengths,
+/// and a per-request timeout: a timer armed and dropped each time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Shape {
+    Plain,
+    Herald,
+}
+
+/// The headers of Herald's attempts, with values of their usual lengths
+/// (`webhook-signature` is one `v1,` HMAC-SHA256 in base64).
+const HERALD_HEADERS: [(&str, &str); 5] = [
+    ("content-type", "application/cloudevents+json"),
+    (
+        "user-agent",
+        concat!("Herald-Webhooks/", env!("CARGO_PKG_VERSION")),
+    ),
+    ("webhook-id", "w7.events.0.1234567"),
+    ("webhook-timestamp", "1764633600"),
+    (
+        "webhook-signature",
+        "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=",
+    ),
+];
+
+/// Herald's attempt timeout (`webhooks.attempt_timeout_ms`'s default).
+const HERALD_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The body the ceiling posts: a CloudEvent of the shape Herald delivers.
+fn sample_body() -> Result<Bytes> {
+    Ok(Bytes::from(serde_json::to_vec(&json!({
+        "specversion": "1.0", "id": "0190f0f0-0000-7000-8000-000000000000", "source": "/w7",
+        "type": "w7.created", "subject": "s-1", "topic": TOPIC, "partition": 0, "offset": 0,
+        "appendedat": "2026-12-02T00:00:00.000Z", "datacontenttype": "application/octet-stream",
+        "data_base64": "eHh4",
+    }))?))
+}
+
+/// `concurrency` posters of `body` to `url` through one reqwest client
+/// (Herald's sender's stack: hyper, rustls unused on `http://`) for
+/// `seconds`: the requests answered, and this process's CPU seconds.
+async fn post_for(
+    url: &str,
+    concurrency: usize,
+    seconds: f64,
+    shape: Shape,
+    body: Bytes,
+) -> Result<(u64, f64)> {
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
         .build()?;
-    let url = format!("http://{addr}/hook");
-    let end = Instant::now() + Duration::from_secs_f64(args.seconds);
-    let started = Instant::now();
+    let end = Instant::now() + Duration::from_secs_f64(seconds);
     let before = Snapshot::take(None);
     let mut tasks = Vec::new();
-    for _ in 0..args.concurrency {
-        let (http, url, body) = (http.clone(), url.clone(), body.clone());
+    for _ in 0..concurrency {
+        let (http, url, body) = (http.clone(), url.to_owned(), body.clone());
         tasks.push(tokio::spawn(async move {
             let mut sent = 0u64;
             while Instant::now() < end {
-                let response = http
-                    .post(&url)
-                    .header("content-type", "application/cloudevents+json")
-                    .body(body.clone())
-                    .send()
-                    .await?;
-                response.bytes().await?;
+                let mut request = http.post(&url).body(body.clone());
+                request = match shape {
+                    Shape::Plain => request.header("content-type", "application/cloudevents+json"),
+                    Shape::Herald => HERALD_HEADERS
+                        .iter()
+                        .fold(request, |request, (name, value)| {
+                            request.header(*name, *value)
+                        })
+                        .timeout(HERALD_TIMEOUT),
+                };
+                request.send().await?.bytes().await?;
                 sent += 1;
             }
             Ok::<_, anyhow::Error>(sent)
@@ -202,11 +255,92 @@ async fn ceiling(addr: SocketAddr, args: &WebhookArgs, body: Bytes) -> Result<(f
     for task in tasks {
         total += task.await??;
     }
-    let cpu = Snapshot::take(None).since(&before).client_cpu;
+    Ok((total, Snapshot::take(None).since(&before).client_cpu))
+}
+
+/// The receiver's own rate under `concurrency` posters from this process,
+/// plain requests, and this process's CPU per request (client and receiver
+/// together): the figure W7 compared against until 2026-12-05.
+async fn ceiling_in_process(addr: SocketAddr, args: &WebhookArgs) -> Result<(f64, f64)> {
+    let started = Instant::now();
+    let (total, cpu) = post_for(
+        &format!("http://{addr}/hook"),
+        args.concurrency,
+        args.seconds,
+        Shape::Plain,
+        sample_body()?,
+    )
+    .await?;
     Ok((
         total as f64 / started.elapsed().as_secs_f64(),
         per_unit(cpu, total),
     ))
+}
+
+/// The receiver's rate under `concurrency` posters in a process of their
+/// own (`herald-bench webhook-client`), each request shaped as Herald's:
+/// the same client stack in the same place as Herald's sender, so the
+/// receiver does the same work per request. Its CPU per request, client
+/// and receiver (this process) together.
+async fn ceiling_separate(addr: SocketAddr, args: &WebhookArgs) -> Result<(f64, f64)> {
+    let before = Snapshot::take(None);
+    let output = tokio::process::Command::new(std::env::current_exe()?)
+        .args([
+            "webhook-client",
+            "--url",
+            &format!("http://{addr}/hook"),
+            "--concurrency",
+            &args.concurrency.to_string(),
+            "--seconds",
+            &args.seconds.to_string(),
+            "--shape",
+            "herald",
+        ])
+        .stderr(Stdio::inherit())
+        .output()
+        .await?;
+    // This process's CPU counts the waited-for child's (`cutime`): client
+    // and receiver together.
+    let cpu = Snapshot::take(None).since(&before).client_cpu;
+    if !output.status.success() {
+        bail!("the ceiling's client failed: {}", output.status);
+    }
+    let report: Value = serde_json::from_slice(&output.stdout)?;
+    let requests = report["requests"].as_u64().context("requests")?;
+    let seconds = report["seconds"].as_f64().context("seconds")?;
+    Ok((requests as f64 / seconds, per_unit(cpu, requests)))
+}
+
+/// `herald-bench webhook-client`: the ceiling's posters in their own
+/// process; prints `{requests, seconds, cpu_s}` (its own CPU).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClientArgs {
+    #[arg(long)]
+    url: String,
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    #[arg(long, value_enum, default_value_t = Shape::Herald)]
+    shape: Shape,
+}
+
+/// Runs [`ClientArgs`].
+pub async fn client(args: ClientArgs) -> Result<()> {
+    let started = Instant::now();
+    let (requests, cpu) = post_for(
+        &args.url,
+        args.concurrency,
+        args.seconds,
+        args.shape,
+        sample_body()?,
+    )
+    .await?;
+    println!(
+        "{}",
+        json!({"requests": requests, "seconds": started.elapsed().as_secs_f64(), "cpu_s": cpu})
+    );
+    Ok(())
 }
 
 /// Microseconds of `cpu` seconds per one of `units`.
@@ -236,14 +370,48 @@ async fn phase(
     ))
 }
 
+/// A throughput phase from a backlog: `count` events published while the
+/// endpoint is disabled, then it is enabled; its rate, and the server's
+/// CPU per delivery from the enabling to the last receipt (deliveries
+/// only: no publishing beside them, as none runs beside the ceiling).
+async fn backlog_phase(
+    client: &Client,
+    http: &reqwest::Client,
+    endpoint: &str,
+    payload: &Bytes,
+    counts: &Counts,
+    count: u64,
+    server: u32,
+) -> Result<(f64, f64)> {
+    publish_all(client, payload, count).await?;
+    counts.reset();
+    let before = Snapshot::take(Some(server));
+    let response = http
+        .patch(endpoint)
+        .json(&json!({"enabled": true}))
+        .send()
+        .await?;
+    if !response.status().is_success() {
+        bail!("enabling the endpoint: {}", response.status());
+    }
+    wait_for(counts, count, Duration::from_secs(300)).await?;
+    let noise = Snapshot::take(Some(server)).since(&before);
+    Ok((counts.rate(), per_unit(noise.server_cpu, count)))
+}
+
 async fn create_endpoint(
     http: &reqwest::Client,
     server: &str,
     target: SocketAddr,
+    enabled: bool,
 ) -> Result<String> {
     let response = http
         .post(format!("{server}/v1/webhooks/endpoints"))
-        .json(&json!({"url": format!("http://{target}/hook"), "filter": {"topics": [TOPIC]}}))
+        .json(&json!({
+            "url": format!("http://{target}/hook"),
+            "filter": {"topics": [TOPIC]},
+            "enabled": enabled,
+        }))
         .send()
         .await?;
     let status = response.status();
@@ -290,17 +458,16 @@ pub async fn run(args: WebhookArgs) -> Result<()> {
     let payload = Bytes::from(vec![b'x'; args.size]);
     let (healthy, counts) = receiver(clock, 204, Duration::ZERO).await?;
 
-    // 1. The receiver's ceiling, with a body of the same shape.
-    let sample = serde_json::to_vec(&json!({
-        "specversion": "1.0", "id": "0190f0f0-0000-7000-8000-000000000000", "source": "/w7",
-        "type": "w7.created", "subject": "s-1", "topic": TOPIC, "partition": 0, "offset": 0,
-        "appendedat": "2026-12-02T00:00:00.000Z", "datacontenttype": "application/octet-stream",
-        "data_base64": "eHh4",
-    }))?;
-    let (ceiling, ceiling_cpu) = ceiling(healthy, &args, Bytes::from(sample)).await?;
+    // 1. The receiver's ceiling: Herald's requests from a process of
+    // their own (the reference), and plain ones from this process.
+    let (ceiling, ceiling_cpu) = ceiling_separate(healthy, &args).await?;
     eprintln!(
-        "w7: receiver ceiling {ceiling:.0} req/s ({} concurrent, {ceiling_cpu:.1} µs CPU per request, client and receiver)",
+        "w7: receiver ceiling {ceiling:.0} req/s ({} concurrent from another process, Herald's request shape, {ceiling_cpu:.1} µs CPU per request, client and receiver)",
         args.concurrency
+    );
+    let (in_process, in_process_cpu) = ceiling_in_process(healthy, &args).await?;
+    eprintln!(
+        "w7: receiver ceiling {in_process:.0} req/s (plain requests from this process, {in_process_cpu:.1} µs CPU per request)"
     );
 
     // 2. Herald delivering to it.
@@ -319,7 +486,20 @@ pub async fn run(args: WebhookArgs) -> Result<()> {
         .create_topic(TopicOptions::new(TOPIC).partitions(4))
         .await?;
     let http = reqwest::Client::new();
-    create_endpoint(&http, &server, healthy).await?;
+    let endpoint = create_endpoint(&http, &server, healthy, false).await?;
+    let (backlog, backlog_cpu) = backlog_phase(
+        &client,
+        &http,
+        &format!("{server}/v1/webhooks/endpoints/{endpoint}"),
+        &payload,
+        &counts,
+        args.events,
+        herald.pid(),
+    )
+    .await?;
+    eprintln!(
+        "w7: {backlog:.0} deliveries/s to one endpoint from a backlog ({backlog_cpu:.1} µs server CPU per delivery)"
+    );
     let (alone, server_cpu, bench_cpu) =
         phase(&client, &payload, &counts, args.events, herald.pid()).await?;
     eprintln!(
@@ -328,7 +508,7 @@ pub async fn run(args: WebhookArgs) -> Result<()> {
 
     // 3. Beside a failing, slow endpoint.
     let (failing, failing_counts) = receiver(clock, 500, Duration::from_secs(1)).await?;
-    create_endpoint(&http, &server, failing).await?;
+    create_endpoint(&http, &server, failing, true).await?;
     let (beside, _, _) = phase(&client, &payload, &counts, args.events, herald.pid()).await?;
     eprintln!(
         "w7: {beside:.0} deliveries/s beside a failing endpoint (it got {} attempts)",
@@ -366,6 +546,12 @@ pub async fn run(args: WebhookArgs) -> Result<()> {
         "server_cpu_us_per_delivery": server_cpu,
         "bench_cpu_us_per_delivery": bench_cpu,
         "share_of_ceiling": alone / ceiling,
+        "receiver_ceiling_in_process_per_s": in_process,
+        "ceiling_in_process_cpu_us_per_request": in_process_cpu,
+        "share_of_ceiling_in_process": alone / in_process,
+        "deliveries_per_s_from_backlog": backlog,
+        "server_cpu_us_per_delivery_from_backlog": backlog_cpu,
+        "share_of_ceiling_from_backlog": backlog / ceiling,
         "deliveries_per_s_beside_failing": beside,
         "beside_vs_alone": beside / alone,
         "failing_endpoint_attempts": failing_counts.received.load(Ordering::SeqCst),

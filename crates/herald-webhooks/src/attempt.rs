@@ -88,8 +88,9 @@ impl Outcome {
 pub struct Message<'a> {
     /// `webhook-id`: the same on every attempt of one message.
     pub id: &'a str,
-    /// The CloudEvent, structured JSON, exactly as signed.
-    pub body: &'a [u8],
+    /// The CloudEvent, structured JSON, exactly as signed (sent without a
+    /// copy).
+    pub body: bytes::Bytes,
     /// The event's W3C `traceparent`: the attempt's span continues it and
     /// sends its own (this one while tracing is off).
     pub traceparent: Option<&'a str>,
@@ -210,8 +211,12 @@ impl Sender {
             request_headers.append(name.clone(), value.clone());
         }
         // Herald's own headers after the endpoint's: never overridden.
-        let signature =
-            signature_header(secrets.iter().copied(), message.id, timestamp, message.body);
+        let signature = signature_header(
+            secrets.iter().copied(),
+            message.id,
+            timestamp,
+            &message.body,
+        );
         for (name, value) in [
             ("content-type", CLOUDEVENTS_JSON.to_owned()),
             (
@@ -236,7 +241,7 @@ impl Sender {
             .client
             .post(url.clone())
             .headers(request_headers)
-            .body(message.body.to_vec())
+            .body(message.body.clone())
             .timeout(timeout);
         let response = match request.send().await {
             Ok(response) => response,

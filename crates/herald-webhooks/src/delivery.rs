@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use herald_backend::{AckDurability, Delivery, FetchRequest};
-use herald_types::{GroupName, TopicName};
+use herald_types::webhook::Secret;
+use herald_types::{GroupName, TopicName, format_rfc3339_ms};
 use reqwest::header::{HeaderName, HeaderValue};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -14,8 +15,11 @@ use tracing::warn;
 
 use crate::attempt::{ErrorClass, Outcome};
 use crate::circuit::{Circuit, Permit};
+use crate::metrics::EndpointMetrics;
 use crate::schedule::Schedule;
-use crate::service::{Error, Result, Shared, group_name, millis, new_secret, now_ms, spec_of};
+use crate::service::{
+    Error, Result, Shared, event_message_id, group_name, millis, new_secret, now_ms, spec_of,
+};
 use crate::store::{Endpoint, EndpointStats, Trigger};
 
 /// An endpoint's delivery machinery in this process.
@@ -23,13 +27,42 @@ use crate::store::{Endpoint, EndpointStats, Trigger};
 pub(crate) struct Runner {
     pub(crate) live: RwLock<Arc<Live>>,
     pub(crate) circuit: Mutex<Circuit>,
-    pub(crate) stats: Mutex<EndpointStats>,
+    pub(crate) stats: Mutex<Counts>,
+    /// Its series in the service's metrics.
+    pub(crate) metrics: EndpointMetrics,
     pub(crate) budget: Arc<Semaphore>,
     /// The rate limit's next free slot.
     pub(crate) next_slot: tokio::sync::Mutex<Option<Instant>>,
     /// When the current run of failures began (ms), `None` after a success.
     pub(crate) failing_since: Mutex<Option<i64>>,
     pub(crate) cancel: CancellationToken,
+}
+
+/// What a runner counted since this process started: the API's
+/// [`EndpointStats`], its times kept as ms until shown.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Counts {
+    pub(crate) attempts: u64,
+    pub(crate) succeeded: u64,
+    pub(crate) failed: u64,
+    pub(crate) consecutive_failures: u32,
+    pub(crate) in_flight: u32,
+    pub(crate) last_attempt_ms: Option<i64>,
+    pub(crate) last_success_ms: Option<i64>,
+}
+
+impl Counts {
+    pub(crate) fn view(&self) -> EndpointStats {
+        EndpointStats {
+            attempts: self.attempts,
+            succeeded: self.succeeded,
+            failed: self.failed,
+            consecutive_failures: self.consecutive_failures,
+            in_flight: self.in_flight,
+            last_attempt_at: self.last_attempt_ms.map(format_rfc3339_ms),
+            last_success_at: self.last_success_ms.map(format_rfc3339_ms),
+        }
+    }
 }
 
 /// An endpoint as delivery uses it.
@@ -39,6 +72,8 @@ pub(crate) struct Live {
     pub(crate) revision: u64,
     pub(crate) url: reqwest::Url,
     pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
+    /// Its secrets, parsed, each with the end of its overlap (ms).
+    pub(crate) secrets: Vec<(Secret, Option<i64>)>,
     /// The consumer group delivering to it ([`group_name`]).
     pub(crate) group: GroupName,
 }
@@ -47,13 +82,29 @@ impl Live {
     pub(crate) fn new(record: Endpoint, revision: u64) -> Result<Self> {
         let spec = spec_of(&record);
         let checked = spec.check_fields(new_secret)?;
+        let secrets = record
+            .secrets
+            .iter()
+            .filter_map(|stored| Some((Secret::parse(&stored.secret).ok()?, stored.expires_at)))
+            .collect();
         Ok(Self {
             group: group_name(&record.endpoint_id),
             record,
             revision,
             url: checked.url,
             headers: checked.headers,
+            secrets,
         })
+    }
+
+    /// The secrets that sign at `now_ms`: the current one and those whose
+    /// overlap has not ended.
+    pub(crate) fn signing(&self, now_ms: i64) -> Vec<&Secret> {
+        self.secrets
+            .iter()
+            .filter(|(_, expires)| expires.is_none_or(|end| end > now_ms))
+            .map(|(secret, _)| secret)
+            .collect()
     }
 }
 
@@ -89,7 +140,7 @@ pub(crate) async fn topic_loop(shared: Arc<Shared>, runner: Arc<Runner>, topic: 
             .circuit
             .lock()
             .map_or(Permit::Open, |mut circuit| circuit.permit(Instant::now()));
-        shared.metrics.circuit(&endpoint_id, &runner.circuit_now());
+        runner.metrics.circuit(&runner.circuit_now());
         let max = match permit {
             Permit::Wait(until) => {
                 if !wait(until.saturating_duration_since(Instant::now())).await {
@@ -219,22 +270,46 @@ pub(crate) async fn pause(cancel: &CancellationToken, duration: Duration) -> boo
     }
 }
 
+/// Slots a fetch waits a moment to gather once every slot was taken.
+const REFILL: usize = 16;
+
+/// How long a fetch waits for [`REFILL`] slots.
+const REFILL_WAIT: Duration = Duration::from_millis(1);
+
 /// One slot of `budget` (waiting for it), then as many more as are free,
-/// up to `max` in all; `None` once `cancel` fires.
+/// up to `max` in all; `None` once `cancel` fires. When every slot was
+/// taken (the endpoint is kept busy), it waits up to [`REFILL_WAIT`] for
+/// [`REFILL`] of them: a busy endpoint's attempts end one by one, and a
+/// fetch per freed slot cost more than the attempt's own work around it.
 pub(crate) async fn take_slots(
     budget: &Arc<Semaphore>,
     max: usize,
     cancel: &CancellationToken,
 ) -> Option<Vec<OwnedSemaphorePermit>> {
-    let first = tokio::select! {
-        () = cancel.cancelled() => return None,
-        permit = Arc::clone(budget).acquire_owned() => permit.ok()?,
+    let (first, waited) = match Arc::clone(budget).try_acquire_owned() {
+        Ok(permit) => (permit, false),
+        Err(_) => tokio::select! {
+            () = cancel.cancelled() => return None,
+            permit = Arc::clone(budget).acquire_owned() => (permit.ok()?, true),
+        },
     };
     let mut slots = vec![first];
     while slots.len() < max {
         match Arc::clone(budget).try_acquire_owned() {
             Ok(permit) => slots.push(permit),
             Err(_) => break,
+        }
+    }
+    let enough = max.min(REFILL);
+    if waited && slots.len() < enough {
+        let deadline = tokio::time::Instant::now() + REFILL_WAIT;
+        while slots.len() < enough {
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => return None,
+                permit = Arc::clone(budget).acquire_owned() => slots.push(permit.ok()?),
+                () = tokio::time::sleep_until(deadline) => break,
+            }
         }
     }
     Some(slots)
@@ -333,6 +408,7 @@ async fn deliver(
     if let Ok(mut stats) = runner.stats.lock() {
         stats.in_flight += 1;
     }
+    let message_id = event_message_id(event);
     let held = if probe {
         None
     } else {
@@ -358,7 +434,7 @@ async fn deliver(
         };
         let record = shared.attempt_record(
             &endpoint_id,
-            event,
+            message_id,
             delivery.attempt,
             &outcome,
             Trigger::Scheduled,
@@ -377,7 +453,7 @@ async fn deliver(
         return;
     }
     runner.pace(live.record.rate_limit_per_s).await;
-    let outcome = shared.send(&live, event).await;
+    let outcome = shared.send(&live, event, &message_id).await;
     // The budget bounds requests to the endpoint; logging and settling go on
     // without it (the log's writer batches them), so the next attempt need
     // not wait for this one's record to be durable.
@@ -397,7 +473,7 @@ async fn deliver(
     if opened {
         warn!(endpoint = %endpoint_id, "Webhook endpoint's circuit opened.");
     }
-    shared.metrics.circuit(&endpoint_id, &runner.circuit_now());
+    runner.metrics.circuit(&runner.circuit_now());
     if let Ok(mut stats) = runner.stats.lock() {
         stats.consecutive_failures = if outcome.succeeded() {
             0
@@ -422,13 +498,13 @@ async fn deliver(
     };
     let record = shared.attempt_record(
         &endpoint_id,
-        event,
+        message_id,
         delivery.attempt,
         &outcome,
         Trigger::Scheduled,
         next,
     );
-    shared.note_outcome(&endpoint_id, &outcome, &record);
+    runner.note(&outcome);
     shared.log_attempt(&record).await;
     settle(&shared, &topic, group, &delivery.delivery_id, settle_how).await;
     runner.done();
@@ -457,6 +533,22 @@ async fn deliver(
 }
 
 impl Runner {
+    /// Counts an attempt's outcome in the stats and the metrics.
+    pub(crate) fn note(&self, outcome: &Outcome) {
+        self.metrics.attempt(outcome);
+        if let Ok(mut stats) = self.stats.lock() {
+            let now = now_ms();
+            stats.attempts += 1;
+            stats.last_attempt_ms = Some(now);
+            if outcome.succeeded() {
+                stats.succeeded += 1;
+                stats.last_success_ms = Some(now);
+            } else {
+                stats.failed += 1;
+            }
+        }
+    }
+
     fn done(&self) {
         if let Ok(mut stats) = self.stats.lock() {
             stats.in_flight = stats.in_flight.saturating_sub(1);

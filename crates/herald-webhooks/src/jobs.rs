@@ -178,11 +178,11 @@ async fn notify(shared: Arc<Shared>, delivery: Delivery, _permit: OwnedSemaphore
     notification.event.datacontenttype = Some("application/json".to_owned());
     let view = herald_jobs::JobView::from(job);
     notification.event.data = Some(Bytes::from(serde_json::to_vec(&view).unwrap_or_default()));
-    let body = serde_json::to_vec(&notification).unwrap_or_default();
+    let body = Bytes::from(serde_json::to_vec(&notification).unwrap_or_default());
     let id = message_id(event.topic.as_str(), event.partition, event.offset);
     let message = Message {
         id: &id,
-        body: &body,
+        body,
         traceparent: event.event.traceparent.as_deref(),
     };
     let now = now_ms();
@@ -206,13 +206,13 @@ async fn notify(shared: Arc<Shared>, delivery: Delivery, _permit: OwnedSemaphore
     );
     let record = shared.attempt_record(
         JOBS_ENDPOINT_ID,
-        event,
+        id,
         delivery.attempt,
         &outcome,
         Trigger::Scheduled,
         next,
     );
-    shared.note_outcome(JOBS_ENDPOINT_ID, &outcome, &record);
+    shared.note_outcome(JOBS_ENDPOINT_ID, &outcome);
     shared.log_attempt(&record).await;
     settle(&shared, &topic, &group, &delivery.delivery_id, how).await;
 }

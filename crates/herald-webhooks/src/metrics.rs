@@ -78,15 +78,10 @@ impl WebhookMetrics {
     }
 
     pub(crate) fn attempt(&self, endpoint: &str, outcome: &Outcome) {
-        let label = if outcome.succeeded() {
-            "succeeded"
-        } else {
-            outcome.class.as_str()
-        };
         self.attempts
             .get_or_create(&AttemptLabels {
                 endpoint: endpoint.to_owned(),
-                outcome: label,
+                outcome: outcome_label(outcome),
             })
             .inc();
         self.latency
@@ -96,12 +91,24 @@ impl WebhookMetrics {
             .observe(outcome.latency.as_secs_f64());
     }
 
-    pub(crate) fn circuit(&self, endpoint: &str, circuit: &Circuit) {
-        self.circuit
-            .get_or_create(&EndpointLabels {
-                endpoint: endpoint.to_owned(),
-            })
-            .set(circuit.gauge());
+    /// `endpoint`'s series, looked up once: a delivery counts through them
+    /// without building labels or locking the families.
+    pub(crate) fn endpoint(&self, endpoint: &str) -> EndpointMetrics {
+        let labels = EndpointLabels {
+            endpoint: endpoint.to_owned(),
+        };
+        EndpointMetrics {
+            attempts: OUTCOMES.map(|outcome| {
+                self.attempts
+                    .get_or_create(&AttemptLabels {
+                        endpoint: endpoint.to_owned(),
+                        outcome,
+                    })
+                    .clone()
+            }),
+            latency: self.latency.get_or_create(&labels).clone(),
+            circuit: self.circuit.get_or_create(&labels).clone(),
+        }
     }
 
     pub(crate) fn set_disabled(&self, disabled: i64) {
@@ -115,18 +122,52 @@ impl WebhookMetrics {
         };
         self.circuit.remove(&labels);
         self.latency.remove(&labels);
-        for outcome in [
-            "succeeded",
-            "status",
-            "timeout",
-            "connect",
-            "target_not_allowed",
-            "circuit_open",
-        ] {
+        for outcome in OUTCOMES {
             self.attempts.remove(&AttemptLabels {
                 endpoint: endpoint.to_owned(),
                 outcome,
             });
         }
+    }
+}
+
+/// Every value of the `outcome` label.
+const OUTCOMES: [&str; 6] = [
+    "succeeded",
+    "status",
+    "timeout",
+    "connect",
+    "target_not_allowed",
+    "circuit_open",
+];
+
+/// `succeeded` or the error class.
+fn outcome_label(outcome: &Outcome) -> &'static str {
+    if outcome.succeeded() {
+        "succeeded"
+    } else {
+        outcome.class.as_str()
+    }
+}
+
+/// One endpoint's series (shared with the registry's families).
+#[derive(Debug, Clone)]
+pub(crate) struct EndpointMetrics {
+    attempts: [Counter; OUTCOMES.len()],
+    latency: Histogram,
+    circuit: Gauge,
+}
+
+impl EndpointMetrics {
+    pub(crate) fn attempt(&self, outcome: &Outcome) {
+        let label = outcome_label(outcome);
+        if let Some(index) = OUTCOMES.iter().position(|known| *known == label) {
+            self.attempts[index].inc();
+        }
+        self.latency.observe(outcome.latency.as_secs_f64());
+    }
+
+    pub(crate) fn circuit(&self, circuit: &Circuit) {
+        self.circuit.set(circuit.gauge());
     }
 }

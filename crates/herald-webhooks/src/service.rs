@@ -50,7 +50,7 @@ use tracing::{debug, info, warn};
 
 use crate::attempt::{Message, Outcome, Sender};
 use crate::circuit::{Circuit, CircuitOptions};
-use crate::delivery::{Live, Runner, topic_loop};
+use crate::delivery::{Counts, Live, Runner, topic_loop};
 use crate::endpoint::{EndpointSpec, Filter, InvalidEndpoint};
 use crate::metrics::WebhookMetrics;
 use crate::schedule::Schedule;
@@ -754,19 +754,20 @@ impl Handle {
         let shared = Arc::clone(shared);
         let tasks = shared.tasks.clone();
         tasks.spawn(async move {
+            let message_id = event_message_id(&event);
             let previous = shared
-                .attempts_of(&live.record.endpoint_id, &event_message_id(&event))
+                .attempts_of(&live.record.endpoint_id, &message_id)
                 .await;
-            let outcome = shared.send(&live, &event).await;
+            let outcome = shared.send(&live, &event, &message_id).await;
             let record = shared.attempt_record(
                 &live.record.endpoint_id,
-                &event,
+                message_id,
                 previous + 1,
                 &outcome,
                 Trigger::Manual,
                 "none".to_owned(),
             );
-            shared.note_outcome(&live.record.endpoint_id, &outcome, &record);
+            shared.note_outcome(&live.record.endpoint_id, &outcome);
             shared.log_attempt(&record).await;
         });
         Ok(())
@@ -833,7 +834,7 @@ impl Handle {
     }
 }
 
-fn event_message_id(event: &herald_types::StoredEvent) -> String {
+pub(crate) fn event_message_id(event: &herald_types::StoredEvent) -> String {
     message_id(event.topic.as_str(), event.partition, event.offset)
 }
 
@@ -902,7 +903,7 @@ impl Shared {
             .and_then(|runners| runners.get(&record.endpoint_id).cloned());
         let (stats, open) = runner.map_or((EndpointStats::default(), false), |runner| {
             (
-                runner.stats.lock().map(|s| s.clone()).unwrap_or_default(),
+                runner.stats.lock().map(|s| s.view()).unwrap_or_default(),
                 runner.circuit.lock().is_ok_and(|c| c.is_open()),
             )
         });
@@ -1040,7 +1041,8 @@ impl Shared {
         let runner = Arc::new(Runner {
             live: RwLock::new(Arc::new(live)),
             circuit: Mutex::new(Circuit::default()),
-            stats: Mutex::new(EndpointStats::default()),
+            stats: Mutex::new(Counts::default()),
+            metrics: self.metrics.endpoint(&endpoint_id),
             budget: Arc::new(Semaphore::new(self.options.max_in_flight.max(1) as usize)),
             next_slot: tokio::sync::Mutex::new(None),
             failing_since: Mutex::new(failing_since),
@@ -1056,22 +1058,24 @@ impl Shared {
         }
     }
 
-    /// One attempt of `event` to `live`'s endpoint, now.
-    pub(crate) async fn send(&self, live: &Live, event: &herald_types::StoredEvent) -> Outcome {
+    /// One attempt of `event` (its `webhook-id` is `id`) to `live`'s
+    /// endpoint, now.
+    pub(crate) async fn send(
+        &self,
+        live: &Live,
+        event: &herald_types::StoredEvent,
+        id: &str,
+    ) -> Outcome {
         let now = now_ms();
-        let secrets = live.record.live_secrets(now);
-        let secret_refs: Vec<&Secret> = secrets.iter().collect();
-        let body = serde_json::to_vec(event).unwrap_or_default();
-        let id = event_message_id(event);
         let message = Message {
-            id: &id,
-            body: &body,
+            id,
+            body: Bytes::from(serde_json::to_vec(event).unwrap_or_default()),
             traceparent: event.event.traceparent.as_deref(),
         };
         self.sender
             .send(
                 &live.url,
-                &secret_refs,
+                &live.signing(now),
                 &live.headers,
                 &message,
                 now / 1000,
@@ -1083,7 +1087,7 @@ impl Shared {
     pub(crate) fn attempt_record(
         &self,
         endpoint_id: &str,
-        event: &herald_types::StoredEvent,
+        message_id: String,
         attempt: u32,
         outcome: &Outcome,
         trigger: Trigger,
@@ -1093,7 +1097,7 @@ impl Shared {
         AttemptRecord {
             attempt_id: attempt_id(at, self.unique.fetch_add(1, Ordering::Relaxed)),
             endpoint_id: endpoint_id.to_owned(),
-            message_id: event_message_id(event),
+            message_id,
             attempt,
             at: format_rfc3339_ms(at),
             succeeded: outcome.succeeded(),
@@ -1107,30 +1111,18 @@ impl Shared {
         }
     }
 
-    /// Counts an outcome in the endpoint's stats and the metrics.
-    pub(crate) fn note_outcome(
-        &self,
-        endpoint_id: &str,
-        outcome: &Outcome,
-        record: &AttemptRecord,
-    ) {
-        self.metrics.attempt(endpoint_id, outcome);
+    /// Counts an outcome in the endpoint's stats and the metrics (an
+    /// endpoint without a runner here, as jobs' notifications: the
+    /// metrics only).
+    pub(crate) fn note_outcome(&self, endpoint_id: &str, outcome: &Outcome) {
         let runner = self
             .runners
             .lock()
             .ok()
             .and_then(|runners| runners.get(endpoint_id).cloned());
-        if let Some(runner) = runner
-            && let Ok(mut stats) = runner.stats.lock()
-        {
-            stats.attempts += 1;
-            stats.last_attempt_at = Some(record.at.clone());
-            if outcome.succeeded() {
-                stats.succeeded += 1;
-                stats.last_success_at = Some(record.at.clone());
-            } else {
-                stats.failed += 1;
-            }
+        match runner {
+            Some(runner) => runner.note(outcome),
+            None => self.metrics.attempt(endpoint_id, outcome),
         }
     }
 

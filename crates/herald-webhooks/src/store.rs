@@ -14,7 +14,6 @@
 use std::collections::BTreeMap;
 
 use herald_types::TopicName;
-use herald_types::webhook::Secret;
 use serde::{Deserialize, Serialize};
 
 use crate::endpoint::Filter;
@@ -65,16 +64,6 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// The secrets that sign at `now_ms`: the current one and those whose
-    /// overlap has not ended.
-    pub fn live_secrets(&self, now_ms: i64) -> Vec<Secret> {
-        self.secrets
-            .iter()
-            .filter(|stored| stored.expires_at.is_none_or(|end| end > now_ms))
-            .filter_map(|stored| Secret::parse(&stored.secret).ok())
-            .collect()
-    }
-
     /// The topics it reads (checked when it was stored).
     pub fn topics(&self) -> Vec<TopicName> {
         self.filter

@@ -79,7 +79,7 @@ const BODY: &[u8] = br#"{"specversion":"1.0","id":"e1","source":"/t","type":"ord
 fn message(id: &str) -> Message<'_> {
     Message {
         id,
-        body: BODY,
+        body: bytes::Bytes::from_static(BODY),
         traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
     }
 }
