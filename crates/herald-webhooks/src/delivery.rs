@@ -440,7 +440,7 @@ async fn deliver(
             Trigger::Scheduled,
             format!("retry_in_ms:{}", millis(delay)),
         );
-        shared.log_attempt(&record).await;
+        shared.log_attempt(record).await;
         settle(
             &shared,
             &topic,
@@ -505,7 +505,7 @@ async fn deliver(
         next,
     );
     runner.note(&outcome);
-    shared.log_attempt(&record).await;
+    shared.log_attempt(record).await;
     settle(&shared, &topic, group, &delivery.delivery_id, settle_how).await;
     runner.done();
     // When this run of failures began, kept here as it happens (the stored

@@ -213,6 +213,6 @@ async fn notify(shared: Arc<Shared>, delivery: Delivery, _permit: OwnedSemaphore
         next,
     );
     shared.note_outcome(JOBS_ENDPOINT_ID, &outcome);
-    shared.log_attempt(&record).await;
+    shared.log_attempt(record).await;
     settle(&shared, &topic, &group, &delivery.delivery_id, how).await;
 }

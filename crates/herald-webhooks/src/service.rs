@@ -31,7 +31,6 @@
 //! (logged as an attempt of class `circuit_open`, and counted as one).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -56,8 +55,8 @@ use crate::metrics::WebhookMetrics;
 use crate::schedule::Schedule;
 use crate::store::{
     ATTEMPTS_BUCKET, AttemptRecord, BY_MESSAGE_BUCKET, ENDPOINTS_BUCKET, Endpoint, EndpointStats,
-    EndpointView, State, StoredSecret, Trigger, attempt_id, attempts_older_than, message_id,
-    parse_message_id,
+    EndpointView, State, StoredSecret, Trigger, attempt_in_page, attempts_older_than, decode_page,
+    message_id, page_id, page_of, parse_message_id,
 };
 
 /// The source of the service's own events.
@@ -300,7 +299,6 @@ pub(crate) struct Shared {
     pub(crate) runners: Mutex<HashMap<String, Arc<Runner>>>,
     /// Wakes the reconcile loop after a change made here.
     pub(crate) changed: Notify,
-    pub(crate) unique: AtomicU64,
     /// Topic loops and attempts in flight: a stop waits for them, so an
     /// attempt that went out is logged and settled before storage closes.
     pub(crate) tasks: TaskTracker,
@@ -308,9 +306,9 @@ pub(crate) struct Shared {
     pub(crate) log: mpsc::Sender<LogWrite>,
 }
 
-/// Attempt records to write, and who waits for them.
+/// An attempt record to write, and who waits for it.
 pub(crate) struct LogWrite {
-    entries: Vec<(String, String, Bytes)>,
+    record: AttemptRecord,
     written: oneshot::Sender<()>,
 }
 
@@ -318,7 +316,7 @@ impl std::fmt::Debug for LogWrite {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         formatter
             .debug_struct("LogWrite")
-            .field("entries", &self.entries.len())
+            .field("message_id", &self.record.message_id)
             .finish_non_exhaustive()
     }
 }
@@ -331,13 +329,17 @@ const LOG_BATCH: usize = 512;
 const LOG_GATHER: Duration = Duration::from_millis(1);
 
 /// Writes attempt records as they come, each batch in one step
-/// (`Kv::kv_put_many`): attempts in flight at once share a write. The
-/// write is [`KvDurability::Deferred`]: no fsync of its own, durable with
-/// the group-state flush that carries the settles made after it, so a
-/// crash never leaves an acked delivery without its record (it can lose
-/// the last records only with their settles: those deliveries come back
-/// and are attempted, and logged, again). Ends when the service is dropped.
+/// (`Kv::kv_put_many`): attempts in flight at once share a write, and each
+/// endpoint's attempts of one write share a page (one stored row; each
+/// attempt adds only its key in the by-message index). The write gives the
+/// attempts their ids ([`crate::store::page_id`]). It is
+/// [`KvDurability::Deferred`]: no fsync of its own, durable with the
+/// group-state flush that carries the settles made after it, so a crash
+/// never leaves an acked delivery without its record (it can lose the last
+/// records only with their settles: those deliveries come back and are
+/// attempted, and logged, again). Ends when the service is dropped.
 async fn log_writer(backend: Arc<dyn Backend>, mut requests: mpsc::Receiver<LogWrite>) {
+    let mut pages: u64 = rand::random();
     let mut batch = Vec::with_capacity(LOG_BATCH);
     while requests.recv_many(&mut batch, LOG_BATCH).await > 0 {
         if (2..LOG_BATCH / 8).contains(&batch.len()) {
@@ -355,11 +357,41 @@ async fn log_writer(backend: Arc<dyn Backend>, mut requests: mpsc::Receiver<LogW
                 }
             }
         }
-        let mut entries = Vec::with_capacity(batch.len() * 2);
         let mut waiting = Vec::with_capacity(batch.len());
+        let mut by_endpoint: Vec<Vec<AttemptRecord>> = Vec::new();
+        let mut index: HashMap<String, usize> = HashMap::new();
         for write in batch.drain(..) {
-            entries.extend(write.entries);
             waiting.push(write.written);
+            let at = *index
+                .entry(write.record.endpoint_id.clone())
+                .or_insert_with(|| {
+                    by_endpoint.push(Vec::new());
+                    by_endpoint.len() - 1
+                });
+            by_endpoint[at].push(write.record);
+        }
+        let now = now_ms();
+        let mut entries = Vec::with_capacity(waiting.len() + by_endpoint.len());
+        for mut records in by_endpoint {
+            let page = page_id(now, pages);
+            pages = pages.wrapping_add(1);
+            let count = records.len();
+            let endpoint_id = records[0].endpoint_id.clone();
+            for (at, record) in records.iter_mut().enumerate() {
+                record.attempt_id = attempt_in_page(&page, at, count);
+                entries.push((
+                    BY_MESSAGE_BUCKET.to_owned(),
+                    format!("{endpoint_id}/{}/{}", record.message_id, record.attempt_id),
+                    Bytes::new(),
+                ));
+            }
+            // Newest first, as their ids sort.
+            records.reverse();
+            entries.push((
+                ATTEMPTS_BUCKET.to_owned(),
+                format!("{endpoint_id}/{page}"),
+                encode(&records),
+            ));
         }
         if let Err(error) = backend.kv_put_many(entries, KvDurability::Deferred).await {
             warn!(%error, "Could not write webhook attempt records.");
@@ -437,7 +469,6 @@ impl Service {
                 metrics,
                 runners: Mutex::new(HashMap::new()),
                 changed: Notify::new(),
-                unique: AtomicU64::new(rand::random()),
                 tasks: TaskTracker::new(),
                 log,
             }),
@@ -693,35 +724,67 @@ impl Handle {
             Some("failed") => !record.succeeded,
             _ => true,
         };
-        let (bucket, prefix) = match &query.message_id {
-            Some(message) => (BY_MESSAGE_BUCKET, format!("{endpoint_id}/{message}/")),
-            None => (ATTEMPTS_BUCKET, format!("{endpoint_id}/")),
-        };
-        let mut after = query
-            .before
-            .as_ref()
-            .map(|before| format!("{prefix}{before}"));
         let mut found = Vec::new();
-        // Filtering by status may skip many: bounded pages.
+        let mut keep = |record: AttemptRecord| {
+            if wanted(&record) {
+                found.push(record);
+            }
+            found.len() >= limit
+        };
+        // Both indexes list newest first: pages by their ids, the
+        // by-message index by attempt ids.
+        if let Some(message) = &query.message_id {
+            let prefix = format!("{endpoint_id}/{message}/");
+            let mut after = query
+                .before
+                .as_ref()
+                .map(|before| format!("{prefix}{before}"));
+            // Filtering by status may skip many: bounded pages.
+            for _ in 0..64 {
+                let keys = shared
+                    .backend
+                    .kv_keys(BY_MESSAGE_BUCKET, &prefix, after.as_deref(), 256)
+                    .await?;
+                let Some(last) = keys.last() else { break };
+                after = Some(last.clone());
+                for key in &keys {
+                    if let Some(record) = shared.attempt_by_message(key).await?
+                        && keep(record)
+                    {
+                        return Ok(found);
+                    }
+                }
+            }
+            return Ok(found);
+        }
+        let prefix = format!("{endpoint_id}/");
+        let mut after = None;
+        if let Some(before) = &query.before {
+            // The rest of the page holding `before`, then the pages after.
+            let page = page_of(before);
+            for record in shared.page(endpoint_id, page).await? {
+                if record.attempt_id.as_str() > before.as_str() && keep(record) {
+                    return Ok(found);
+                }
+            }
+            after = Some(format!("{prefix}{page}"));
+        }
         for _ in 0..64 {
             let keys = shared
                 .backend
-                .kv_keys(bucket, &prefix, after.as_deref(), 256)
+                .kv_keys(ATTEMPTS_BUCKET, &prefix, after.as_deref(), 64)
                 .await?;
             let Some(last) = keys.last() else { break };
             after = Some(last.clone());
             for key in &keys {
-                if let Some(record) = shared.attempt_at(bucket, key).await?
-                    && wanted(&record)
-                {
-                    found.push(record);
-                    if found.len() >= limit {
+                let page = &key[prefix.len()..];
+                for record in shared.page(endpoint_id, page).await? {
+                    if keep(record) {
                         return Ok(found);
                     }
                 }
             }
         }
-        // Both indexes key by attempt id last: newest first.
         Ok(found)
     }
 
@@ -768,7 +831,7 @@ impl Handle {
                 "none".to_owned(),
             );
             shared.note_outcome(&live.record.endpoint_id, &outcome);
-            shared.log_attempt(&record).await;
+            shared.log_attempt(record).await;
         });
         Ok(())
     }
@@ -1095,7 +1158,8 @@ impl Shared {
     ) -> AttemptRecord {
         let at = now_ms();
         AttemptRecord {
-            attempt_id: attempt_id(at, self.unique.fetch_add(1, Ordering::Relaxed)),
+            // Given when it is written (its page's).
+            attempt_id: String::new(),
             endpoint_id: endpoint_id.to_owned(),
             message_id,
             attempt,
@@ -1126,50 +1190,43 @@ impl Shared {
         }
     }
 
-    /// Writes an attempt record, and its key in the by-message index (no
-    /// value: the record is read from [`ATTEMPTS_BUCKET`]), with the
-    /// attempts in flight beside it. A failure is logged, not returned: the
-    /// delivery's outcome stands without its record.
-    pub(crate) async fn log_attempt(&self, record: &AttemptRecord) {
-        let entries = vec![
-            (
-                ATTEMPTS_BUCKET.to_owned(),
-                format!("{}/{}", record.endpoint_id, record.attempt_id),
-                encode(record),
-            ),
-            (
-                BY_MESSAGE_BUCKET.to_owned(),
-                format!(
-                    "{}/{}/{}",
-                    record.endpoint_id, record.message_id, record.attempt_id
-                ),
-                Bytes::new(),
-            ),
-        ];
+    /// Logs an attempt record ([`log_writer`]), with the attempts in
+    /// flight beside it. A failure is logged, not returned: the delivery's
+    /// outcome stands without its record.
+    pub(crate) async fn log_attempt(&self, record: AttemptRecord) {
         let (written, done) = oneshot::channel();
-        if self.log.send(LogWrite { entries, written }).await.is_ok() {
+        if self.log.send(LogWrite { record, written }).await.is_ok() {
             let _ = done.await;
         }
     }
 
-    /// The attempt record a key of `bucket` names: an [`ATTEMPTS_BUCKET`]
-    /// key is the record's own; a [`BY_MESSAGE_BUCKET`] key
-    /// (`endpoint/message/attempt`) names `endpoint/attempt` there (every
-    /// attempt is written to both). `None` when gone or unreadable.
-    async fn attempt_at(&self, bucket: &str, key: &str) -> Result<Option<AttemptRecord>> {
-        let target = if bucket == BY_MESSAGE_BUCKET {
-            let Some(target) = key.split_once('/').and_then(|(endpoint_id, rest)| {
-                let (_, attempt_id) = rest.rsplit_once('/')?;
-                Some(format!("{endpoint_id}/{attempt_id}"))
-            }) else {
-                return Ok(None);
-            };
-            target
-        } else {
-            key.to_owned()
+    /// `endpoint_id`'s attempt page `page`, newest first (empty when gone
+    /// or unreadable).
+    async fn page(&self, endpoint_id: &str, page: &str) -> Result<Vec<AttemptRecord>> {
+        let entry = self
+            .backend
+            .kv_get(ATTEMPTS_BUCKET, &format!("{endpoint_id}/{page}"))
+            .await?;
+        Ok(entry
+            .and_then(|entry| decode_page(&entry.value))
+            .unwrap_or_default())
+    }
+
+    /// The attempt a [`BY_MESSAGE_BUCKET`] key
+    /// (`endpoint/message/attempt`) names, read from its page; `None` when
+    /// gone or unreadable.
+    async fn attempt_by_message(&self, key: &str) -> Result<Option<AttemptRecord>> {
+        let Some((endpoint_id, attempt_id)) = key
+            .split_once('/')
+            .and_then(|(endpoint_id, rest)| Some((endpoint_id, rest.rsplit_once('/')?.1)))
+        else {
+            return Ok(None);
         };
-        let entry = self.backend.kv_get(ATTEMPTS_BUCKET, &target).await?;
-        Ok(entry.and_then(|entry| decode::<AttemptRecord>(&entry.value).ok()))
+        Ok(self
+            .page(endpoint_id, page_of(attempt_id))
+            .await?
+            .into_iter()
+            .find(|record| record.attempt_id == attempt_id))
     }
 
     /// How many attempts of `message` are logged.
@@ -1199,25 +1256,26 @@ impl Shared {
             if keys.is_empty() {
                 return Ok(deleted);
             }
-            // A page in one durable step: a sweep keeps up with attempts
-            // logged thousands a second (one fsync per record did not).
+            // A listing's pages in one durable step: a sweep keeps up with
+            // attempts logged thousands a second (one fsync per record did
+            // not).
             let mut doomed = Vec::with_capacity(keys.len() * 2);
             for key in &keys {
-                if let Some(entry) = self.backend.kv_get(ATTEMPTS_BUCKET, key).await?
-                    && let Ok(record) = decode::<AttemptRecord>(&entry.value)
-                {
-                    doomed.push((
-                        BY_MESSAGE_BUCKET.to_owned(),
-                        format!(
-                            "{}/{}/{}",
-                            record.endpoint_id, record.message_id, record.attempt_id
-                        ),
-                    ));
+                if let Some(entry) = self.backend.kv_get(ATTEMPTS_BUCKET, key).await? {
+                    for record in decode_page(&entry.value).unwrap_or_default() {
+                        doomed.push((
+                            BY_MESSAGE_BUCKET.to_owned(),
+                            format!(
+                                "{}/{}/{}",
+                                record.endpoint_id, record.message_id, record.attempt_id
+                            ),
+                        ));
+                        deleted += 1;
+                    }
                 }
                 doomed.push((ATTEMPTS_BUCKET.to_owned(), key.clone()));
             }
             self.backend.kv_delete_many(doomed).await?;
-            deleted += keys.len() as u64;
             after = keys.last().cloned();
         }
     }

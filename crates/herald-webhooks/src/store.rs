@@ -4,12 +4,16 @@
 //! | what | bucket | key |
 //! |---|---|---|
 //! | endpoints | `webhooks.endpoints` | endpoint id |
-//! | attempts, newest first | `webhooks.attempts` | `<endpoint>/<attempt id>` |
+//! | attempts, in pages, newest first | `webhooks.attempts` | `<endpoint>/<page id>` |
 //! | attempts per message | `webhooks.attempts.by_message` | `<endpoint>/<message id>/<attempt id>` |
 //!
-//! An attempt id starts with `u64::MAX - at_ms` in 20 digits, so an
-//! endpoint's keys list newest first and everything older than a time is a
-//! key range (the retention sweep deletes from there on).
+//! The attempt log writes an endpoint's attempts of one write as one page:
+//! a JSON array of records, newest first (an attempt logged before pages
+//! is a page of one, a JSON object). A page id starts with `u64::MAX -
+//! at_ms` in 20 digits, so an endpoint's pages list newest first and
+//! everything older than a time is a key range (the retention sweep
+//! deletes from there on); an attempt id is its page's id and its place in
+//! the page ([`page_of`]), so ids sort as the pages and records do.
 
 use std::collections::BTreeMap;
 
@@ -169,14 +173,47 @@ pub struct AttemptRecord {
     pub next: String,
 }
 
-/// An attempt id for `at_ms`: newest sorts first; `unique` keeps two
-/// attempts of one millisecond apart.
+/// An id for `at_ms`: newest sorts first; `unique` keeps two of one
+/// millisecond apart (pages written before 2026-12-05 gave it to each
+/// attempt).
 pub fn attempt_id(at_ms: i64, unique: u64) -> String {
     let at = u64::try_from(at_ms).unwrap_or(0);
     format!("{:020}{:016x}", u64::MAX - at, unique)
 }
 
-/// The time an attempt id carries, ms.
+/// Characters of an attempt id that name its page.
+pub const PAGE_ID_LEN: usize = 36;
+
+/// The id of the `counter`-th page a writer wrote at `at_ms`: a later page
+/// of the same millisecond sorts first, as a later one does.
+pub fn page_id(at_ms: i64, counter: u64) -> String {
+    attempt_id(at_ms, u64::MAX - counter)
+}
+
+/// The id of the `index`-th of `count` attempts (oldest first) of page
+/// `page`: the later sorts first.
+pub fn attempt_in_page(page: &str, index: usize, count: usize) -> String {
+    format!("{page}{:04x}", count.saturating_sub(index + 1))
+}
+
+/// The id of the page holding `attempt_id` (an attempt logged before
+/// pages is its own page).
+pub fn page_of(attempt_id: &str) -> &str {
+    attempt_id.get(..PAGE_ID_LEN).unwrap_or(attempt_id)
+}
+
+/// A stored page's records, newest first; `None` when it does not parse.
+pub fn decode_page(bytes: &[u8]) -> Option<Vec<AttemptRecord>> {
+    let mut records = if bytes.first() == Some(&b'[') {
+        serde_json::from_slice::<Vec<AttemptRecord>>(bytes).ok()?
+    } else {
+        vec![serde_json::from_slice::<AttemptRecord>(bytes).ok()?]
+    };
+    records.sort_by(|a, b| a.attempt_id.cmp(&b.attempt_id));
+    Some(records)
+}
+
+/// The time an attempt (or page) id carries, ms.
 pub fn attempt_time(attempt_id: &str) -> Option<i64> {
     let inverted: u64 = attempt_id.get(..20)?.parse().ok()?;
     i64::try_from(u64::MAX - inverted).ok()
@@ -218,6 +255,44 @@ mod tests {
         let cut = attempts_older_than("ep", 2_000);
         assert!(format!("ep/{old}") > cut);
         assert!(format!("ep/{new}") < cut);
+    }
+
+    #[test]
+    fn given_pages_when_sorted_should_put_the_newest_page_and_attempt_first() {
+        let earlier = page_id(1_000, 7);
+        let later_same_ms = page_id(1_000, 8);
+        let newer = page_id(2_000, 9);
+        assert!(newer < later_same_ms && later_same_ms < earlier);
+        let first = attempt_in_page(&earlier, 0, 3);
+        let last = attempt_in_page(&earlier, 2, 3);
+        assert!(last < first, "the later attempt of a page sorts first");
+        // Every attempt of a newer page sorts before every one of an older.
+        assert!(attempt_in_page(&later_same_ms, 0, 1) < last);
+        assert!(attempt_in_page(&newer, 0, 1) < attempt_in_page(&later_same_ms, 0, 1));
+        assert_eq!(page_of(&first), earlier);
+        assert_eq!(page_of(&earlier), earlier, "an attempt logged before pages");
+        assert_eq!(attempt_time(&first), Some(1_000));
+        let record = |id: &str| AttemptRecord {
+            attempt_id: id.to_owned(),
+            endpoint_id: "ep".into(),
+            message_id: "t.0.1".into(),
+            attempt: 1,
+            at: "2026-12-05T00:00:00.000Z".into(),
+            succeeded: true,
+            status_code: Some(204),
+            latency_ms: 1,
+            error_class: "none".into(),
+            error: None,
+            response_excerpt: String::new(),
+            trigger: Trigger::Scheduled,
+            next: "acked".into(),
+        };
+        let page = serde_json::to_vec(&[record(&first), record(&last)]).unwrap();
+        let read = decode_page(&page).unwrap();
+        assert_eq!(read[0].attempt_id, last);
+        let single = serde_json::to_vec(&record(&earlier)).unwrap();
+        assert_eq!(decode_page(&single).unwrap()[0].attempt_id, earlier);
+        assert!(decode_page(b"{").is_none());
     }
 
     #[test]

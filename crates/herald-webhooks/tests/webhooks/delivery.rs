@@ -370,6 +370,91 @@ async fn given_an_endpoint_when_events_are_published_should_deliver_each_signed_
 }
 
 #[tokio::test]
+async fn given_attempts_in_several_pages_when_listed_by_cursor_should_give_each_once_newest_first()
+{
+    let (addr, _receiver) = Receiver::start(StatusCode::OK).await;
+    let fixture = Fixture::start(fast_options()).await;
+    let created = fixture.handle.create(spec(addr)).await.unwrap();
+    let endpoint = &created.endpoint_id;
+    // Three rounds, each logged before the next: three writes at least.
+    let mut logged = 0;
+    for round in 0..3 {
+        let events: Vec<(String, String)> = (0..12)
+            .map(|n| (format!("r{round}-{n}"), format!("s{n}")))
+            .collect();
+        let events: Vec<(&str, &str)> = events
+            .iter()
+            .map(|(id, subject)| (id.as_str(), subject.as_str()))
+            .collect();
+        fixture.publish(&events).await;
+        logged += events.len();
+        until("the round logged", async || {
+            (fixture.attempts(endpoint, None).await.len() >= logged).then_some(())
+        })
+        .await;
+    }
+    let all = fixture.attempts(endpoint, None).await;
+    assert_eq!(all.len(), 36);
+    assert!(
+        all.windows(2).all(|w| w[0].attempt_id < w[1].attempt_id),
+        "newest first, by id"
+    );
+    assert!(
+        all.windows(2).all(|w| w[0].at >= w[1].at),
+        "newest first, by time"
+    );
+    let stored_pages = fixture
+        .backend
+        .kv_keys(ATTEMPTS_BUCKET, &format!("{endpoint}/"), None, 100)
+        .await
+        .unwrap();
+    // A round's attempts arrive together: pages of several, so the
+    // cursors below land inside pages.
+    assert!(
+        (3..36).contains(&stored_pages.len()),
+        "{} pages",
+        stored_pages.len()
+    );
+    // Pages of 5 by cursor: the same attempts in the same order, each once.
+    let mut paged: Vec<AttemptRecord> = Vec::new();
+    loop {
+        let page = fixture
+            .handle
+            .attempts(
+                endpoint,
+                AttemptQuery {
+                    limit: Some(5),
+                    before: paged.last().map(|last| last.attempt_id.clone()),
+                    ..AttemptQuery::default()
+                },
+            )
+            .await
+            .unwrap();
+        if page.is_empty() {
+            break;
+        }
+        paged.extend(page);
+    }
+    assert_eq!(paged, all);
+    // Each attempt is found by its message too.
+    for record in [&all[0], &all[17], &all[35]] {
+        let found = fixture
+            .handle
+            .attempts(
+                endpoint,
+                AttemptQuery {
+                    message_id: Some(record.message_id.clone()),
+                    ..AttemptQuery::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(found, vec![record.clone()]);
+    }
+    fixture.stop().await;
+}
+
+#[tokio::test]
 async fn given_filters_when_events_do_not_match_should_not_deliver_them() {
     let (addr, receiver) = Receiver::start(StatusCode::OK).await;
     let fixture = Fixture::start(fast_options()).await;
