@@ -440,15 +440,15 @@ async fn deliver(
             Trigger::Scheduled,
             format!("retry_in_ms:{}", millis(delay)),
         );
-        shared.log_attempt(record).await;
-        settle(
-            &shared,
-            &topic,
-            group,
-            &delivery.delivery_id,
-            Settle::Nack(delay),
-        )
-        .await;
+        shared
+            .log_and_settle(
+                record,
+                &topic,
+                group,
+                &delivery.delivery_id,
+                Settle::Nack(delay),
+            )
+            .await;
         runner.done();
         return;
     }
@@ -505,8 +505,9 @@ async fn deliver(
         next,
     );
     runner.note(&outcome);
-    shared.log_attempt(record).await;
-    settle(&shared, &topic, group, &delivery.delivery_id, settle_how).await;
+    shared
+        .log_and_settle(record, &topic, group, &delivery.delivery_id, settle_how)
+        .await;
     runner.done();
     // When this run of failures began, kept here as it happens (the stored
     // record follows, through the reconcile).

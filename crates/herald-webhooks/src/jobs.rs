@@ -213,6 +213,7 @@ async fn notify(shared: Arc<Shared>, delivery: Delivery, _permit: OwnedSemaphore
         next,
     );
     shared.note_outcome(JOBS_ENDPOINT_ID, &outcome);
-    shared.log_attempt(record).await;
-    settle(&shared, &topic, &group, &delivery.delivery_id, how).await;
+    shared
+        .log_and_settle(record, &topic, &group, &delivery.delivery_id, how)
+        .await;
 }

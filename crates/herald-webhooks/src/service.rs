@@ -36,8 +36,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use herald_backend::{
-    Backend, Expect, GroupFilter, GroupMode, GroupSpec, KvDurability, OrderBy, StartPosition,
-    TopicSpec,
+    AckDurability, Backend, Expect, GroupFilter, GroupMode, GroupSpec, KvDurability, OrderBy,
+    StartPosition, TopicSpec,
 };
 use herald_types::webhook::Secret;
 use herald_types::{Event, EventInput, GroupName, TopicName, format_rfc3339_ms};
@@ -49,7 +49,7 @@ use tracing::{debug, info, warn};
 
 use crate::attempt::{Message, Outcome, Sender};
 use crate::circuit::{Circuit, CircuitOptions};
-use crate::delivery::{Counts, Live, Runner, topic_loop};
+use crate::delivery::{Counts, Live, Runner, Settle, settle, topic_loop};
 use crate::endpoint::{EndpointSpec, Filter, InvalidEndpoint};
 use crate::metrics::WebhookMetrics;
 use crate::schedule::Schedule;
@@ -306,10 +306,20 @@ pub(crate) struct Shared {
     pub(crate) log: mpsc::Sender<LogWrite>,
 }
 
-/// An attempt record to write, and who waits for it.
+/// An attempt record to write, the delivery to ack once it is, and who
+/// waits for both.
 pub(crate) struct LogWrite {
     record: AttemptRecord,
+    ack: Option<Ack>,
     written: oneshot::Sender<()>,
+}
+
+/// A delivery acked by the attempt log's writer, with the others of its
+/// write and group in one call.
+pub(crate) struct Ack {
+    pub(crate) topic: TopicName,
+    pub(crate) group: GroupName,
+    pub(crate) delivery_id: String,
 }
 
 impl std::fmt::Debug for LogWrite {
@@ -332,7 +342,9 @@ const LOG_GATHER: Duration = Duration::from_millis(1);
 /// (`Kv::kv_put_many`): attempts in flight at once share a write, and each
 /// endpoint's attempts of one write share a page (one stored row; each
 /// attempt adds only its key in the by-message index). The write gives the
-/// attempts their ids ([`crate::store::page_id`]). It is
+/// attempts their ids ([`crate::store::page_id`]); the deliveries to ack
+/// after it are acked per group in one call (a nack or a reject, which
+/// can wait on a durable dead letter, is left to its delivery). It is
 /// [`KvDurability::Deferred`]: no fsync of its own, durable with the
 /// group-state flush that carries the settles made after it, so a crash
 /// never leaves an acked delivery without its record (it can lose the last
@@ -358,10 +370,20 @@ async fn log_writer(backend: Arc<dyn Backend>, mut requests: mpsc::Receiver<LogW
             }
         }
         let mut waiting = Vec::with_capacity(batch.len());
+        let mut acks: Vec<((TopicName, GroupName), Vec<String>)> = Vec::new();
         let mut by_endpoint: Vec<Vec<AttemptRecord>> = Vec::new();
         let mut index: HashMap<String, usize> = HashMap::new();
         for write in batch.drain(..) {
             waiting.push(write.written);
+            if let Some(ack) = write.ack {
+                match acks
+                    .iter_mut()
+                    .find(|((topic, group), _)| *topic == ack.topic && *group == ack.group)
+                {
+                    Some((_, ids)) => ids.push(ack.delivery_id),
+                    None => acks.push(((ack.topic, ack.group), vec![ack.delivery_id])),
+                }
+            }
             let at = *index
                 .entry(write.record.endpoint_id.clone())
                 .or_insert_with(|| {
@@ -395,6 +417,14 @@ async fn log_writer(backend: Arc<dyn Backend>, mut requests: mpsc::Receiver<LogW
         }
         if let Err(error) = backend.kv_put_many(entries, KvDurability::Deferred).await {
             warn!(%error, "Could not write webhook attempt records.");
+        }
+        for ((topic, group), ids) in acks {
+            if let Err(error) = backend
+                .ack(&topic, &group, &ids, AckDurability::Async)
+                .await
+            {
+                warn!(%error, topic = %topic, group = %group, "Could not ack webhook deliveries; they come back.");
+            }
         }
         for written in waiting {
             let _ = written.send(());
@@ -1194,8 +1224,46 @@ impl Shared {
     /// flight beside it. A failure is logged, not returned: the delivery's
     /// outcome stands without its record.
     pub(crate) async fn log_attempt(&self, record: AttemptRecord) {
+        self.write_log(record, None).await;
+    }
+
+    /// Logs an attempt record, then settles its delivery `delivery_id` of
+    /// `group` on `topic` as `how` says (an ack in one call with the
+    /// others of its write). A failure to settle is logged: the lease
+    /// expires and the message comes back (at least once).
+    pub(crate) async fn log_and_settle(
+        &self,
+        record: AttemptRecord,
+        topic: &TopicName,
+        group: &GroupName,
+        delivery_id: &str,
+        how: Settle,
+    ) {
+        if matches!(how, Settle::Ack) {
+            let ack = Ack {
+                topic: topic.clone(),
+                group: group.clone(),
+                delivery_id: delivery_id.to_owned(),
+            };
+            self.write_log(record, Some(ack)).await;
+        } else {
+            self.write_log(record, None).await;
+            settle(self, topic, group, delivery_id, how).await;
+        }
+    }
+
+    async fn write_log(&self, record: AttemptRecord, ack: Option<Ack>) {
         let (written, done) = oneshot::channel();
-        if self.log.send(LogWrite { record, written }).await.is_ok() {
+        if self
+            .log
+            .send(LogWrite {
+                record,
+                ack,
+                written,
+            })
+            .await
+            .is_ok()
+        {
             let _ = done.await;
         }
     }
