@@ -13,7 +13,9 @@
 //!    rate. The reference runs the posters in a process of their own
 //!    (`herald-bench webhook-client`, as Herald is one), each request with
 //!    Herald's headers and per-request timeout; the same with plain
-//!    requests from this process is reported beside it.
+//!    requests from this process is reported beside it. The reference is
+//!    measured again once Herald has stopped, and the mean of both taken
+//!    (this host's speed drifts by ±10% within a minute).
 //! 2. **Throughput**: `herald serve` (release, fresh temp dir, allowed to
 //!    reach loopback), a topic of 4 partitions and one endpoint on it.
 //!    First from a backlog: `--events` events published while the
@@ -460,9 +462,9 @@ pub async fn run(args: WebhookArgs) -> Result<()> {
 
     // 1. The receiver's ceiling: Herald's requests from a process of
     // their own (the reference), and plain ones from this process.
-    let (ceiling, ceiling_cpu) = ceiling_separate(healthy, &args).await?;
+    let (ceiling_before, ceiling_cpu_before) = ceiling_separate(healthy, &args).await?;
     eprintln!(
-        "w7: receiver ceiling {ceiling:.0} req/s ({} concurrent from another process, Herald's request shape, {ceiling_cpu:.1} µs CPU per request, client and receiver)",
+        "w7: receiver ceiling {ceiling_before:.0} req/s ({} concurrent from another process, Herald's request shape, {ceiling_cpu_before:.1} µs CPU per request, client and receiver)",
         args.concurrency
     );
     let (in_process, in_process_cpu) = ceiling_in_process(healthy, &args).await?;
@@ -539,9 +541,26 @@ pub async fn run(args: WebhookArgs) -> Result<()> {
         .and_then(|mut latency| latency.take())
         .context("latency histogram")?;
     let latency = Latency::from_histogram(&latency);
+    drop(herald);
+
+    // 5. The ceiling again, Herald stopped: this host's speed drifts by
+    // ±10% within a minute, so the reference is the mean of both.
+    let (ceiling_after, ceiling_cpu_after) = ceiling_separate(healthy, &args).await?;
+    eprintln!(
+        "w7: receiver ceiling {ceiling_after:.0} req/s after ({ceiling_cpu_after:.1} µs CPU per request)"
+    );
+    let ceiling = f64::midpoint(ceiling_before, ceiling_after);
+    let ceiling_cpu = f64::midpoint(ceiling_cpu_before, ceiling_cpu_after);
+    eprintln!(
+        "w7: {:.1}% of the ceiling from a backlog, {:.1}% with publishing beside",
+        100.0 * backlog / ceiling,
+        100.0 * alone / ceiling
+    );
     let summary = json!({
         "receiver_ceiling_per_s": ceiling,
         "ceiling_cpu_us_per_request": ceiling_cpu,
+        "receiver_ceiling_before_per_s": ceiling_before,
+        "receiver_ceiling_after_per_s": ceiling_after,
         "deliveries_per_s": alone,
         "server_cpu_us_per_delivery": server_cpu,
         "bench_cpu_us_per_delivery": bench_cpu,
@@ -563,6 +582,5 @@ pub async fn run(args: WebhookArgs) -> Result<()> {
         serde_json::to_string_pretty(&summary)?,
     )?;
     println!("{}", serde_json::to_string_pretty(&summary)?);
-    drop(herald);
     Ok(())
 }

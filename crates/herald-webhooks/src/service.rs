@@ -54,9 +54,10 @@ use crate::endpoint::{EndpointSpec, Filter, InvalidEndpoint};
 use crate::metrics::WebhookMetrics;
 use crate::schedule::Schedule;
 use crate::store::{
-    ATTEMPTS_BUCKET, AttemptRecord, BY_MESSAGE_BUCKET, ENDPOINTS_BUCKET, Endpoint, EndpointStats,
-    EndpointView, State, StoredSecret, Trigger, attempt_in_page, attempts_older_than, decode_page,
-    message_id, page_id, page_of, parse_message_id,
+    ATTEMPTS_BUCKET, AttemptRecord, BY_MESSAGE_BUCKET, BY_OFFSET_BUCKET, ENDPOINTS_BUCKET,
+    Endpoint, EndpointStats, EndpointView, State, StoredSecret, Trigger, attempt_in_page,
+    attempts_older_than, decode_page, message_id, page_id, page_of, parse_message_id, parse_run,
+    run_keys, runs_around,
 };
 
 /// The source of the service's own events.
@@ -340,8 +341,8 @@ const LOG_GATHER: Duration = Duration::from_millis(1);
 
 /// Writes attempt records as they come, each batch in one step
 /// (`Kv::kv_put_many`): attempts in flight at once share a write, and each
-/// endpoint's attempts of one write share a page (one stored row; each
-/// attempt adds only its key in the by-message index). The write gives the
+/// endpoint's attempts of one write share a page (one stored row, and a
+/// few more for its runs of offsets: [`crate::store::run_keys`]). The write gives the
 /// attempts their ids ([`crate::store::page_id`]); the deliveries to ack
 /// after it are acked per group in one call (a nack or a reject, which
 /// can wait on a durable dead letter, is left to its delivery). It is
@@ -401,11 +402,9 @@ async fn log_writer(backend: Arc<dyn Backend>, mut requests: mpsc::Receiver<LogW
             let endpoint_id = records[0].endpoint_id.clone();
             for (at, record) in records.iter_mut().enumerate() {
                 record.attempt_id = attempt_in_page(&page, at, count);
-                entries.push((
-                    BY_MESSAGE_BUCKET.to_owned(),
-                    format!("{endpoint_id}/{}/{}", record.message_id, record.attempt_id),
-                    Bytes::new(),
-                ));
+            }
+            for key in run_keys(&endpoint_id, &page, &records) {
+                entries.push((BY_OFFSET_BUCKET.to_owned(), key, Bytes::new()));
             }
             // Newest first, as their ids sort.
             records.reverse();
@@ -761,32 +760,22 @@ impl Handle {
             }
             found.len() >= limit
         };
-        // Both indexes list newest first: pages by their ids, the
-        // by-message index by attempt ids.
         if let Some(message) = &query.message_id {
-            let prefix = format!("{endpoint_id}/{message}/");
-            let mut after = query
-                .before
-                .as_ref()
-                .map(|before| format!("{prefix}{before}"));
-            // Filtering by status may skip many: bounded pages.
-            for _ in 0..64 {
-                let keys = shared
-                    .backend
-                    .kv_keys(BY_MESSAGE_BUCKET, &prefix, after.as_deref(), 256)
-                    .await?;
-                let Some(last) = keys.last() else { break };
-                after = Some(last.clone());
-                for key in &keys {
-                    if let Some(record) = shared.attempt_by_message(key).await?
-                        && keep(record)
-                    {
-                        return Ok(found);
-                    }
+            // A message's attempts are few (its schedule's, and any by
+            // hand): all of them, then newest first from the cursor.
+            for record in shared.attempts_of_message(endpoint_id, message).await? {
+                if query
+                    .before
+                    .as_ref()
+                    .is_none_or(|before| record.attempt_id.as_str() > before.as_str())
+                    && keep(record)
+                {
+                    break;
                 }
             }
             return Ok(found);
         }
+        // Pages list newest first by their ids, and so do a page's records.
         let prefix = format!("{endpoint_id}/");
         let mut after = None;
         if let Some(before) = &query.before {
@@ -1280,30 +1269,76 @@ impl Shared {
             .unwrap_or_default())
     }
 
-    /// The attempt a [`BY_MESSAGE_BUCKET`] key
-    /// (`endpoint/message/attempt`) names, read from its page; `None` when
-    /// gone or unreadable.
-    async fn attempt_by_message(&self, key: &str) -> Result<Option<AttemptRecord>> {
-        let Some((endpoint_id, attempt_id)) = key
-            .split_once('/')
-            .and_then(|(endpoint_id, rest)| Some((endpoint_id, rest.rsplit_once('/')?.1)))
-        else {
-            return Ok(None);
-        };
-        Ok(self
-            .page(endpoint_id, page_of(attempt_id))
-            .await?
-            .into_iter()
-            .find(|record| record.attempt_id == attempt_id))
+    /// Every logged attempt of `message` to `endpoint_id`, newest first:
+    /// those its runs of offsets name ([`BY_OFFSET_BUCKET`]), and those
+    /// logged before runs ([`BY_MESSAGE_BUCKET`]).
+    pub(crate) async fn attempts_of_message(
+        &self,
+        endpoint_id: &str,
+        message: &str,
+    ) -> Result<Vec<AttemptRecord>> {
+        let mut pages: Vec<String> = Vec::new();
+        let mut old = Vec::new();
+        if let Some((topic, partition, offset)) = parse_message_id(message) {
+            let (prefix, mut after) = runs_around(endpoint_id, &topic, partition, offset);
+            'runs: loop {
+                let keys = self
+                    .backend
+                    .kv_keys(BY_OFFSET_BUCKET, &prefix, Some(&after), 256)
+                    .await?;
+                let Some(last) = keys.last() else { break };
+                after.clone_from(last);
+                for key in &keys {
+                    let Some((first, last, page)) = parse_run(&key[prefix.len()..]) else {
+                        continue;
+                    };
+                    if first > offset {
+                        break 'runs;
+                    }
+                    if last >= offset && !pages.iter().any(|known| known == page) {
+                        pages.push(page.to_owned());
+                    }
+                }
+            }
+        }
+        let prefix = format!("{endpoint_id}/{message}/");
+        let mut after = None;
+        loop {
+            let keys = self
+                .backend
+                .kv_keys(BY_MESSAGE_BUCKET, &prefix, after.as_deref(), 256)
+                .await?;
+            let Some(last) = keys.last() else { break };
+            after = Some(last.clone());
+            old.extend(keys.iter().map(|key| key[prefix.len()..].to_owned()));
+        }
+        for attempt_id in &old {
+            let page = page_of(attempt_id);
+            if !pages.iter().any(|known| known == page) {
+                pages.push(page.to_owned());
+            }
+        }
+        let mut records = Vec::new();
+        for page in &pages {
+            records.extend(
+                self.page(endpoint_id, page)
+                    .await?
+                    .into_iter()
+                    .filter(|record| record.message_id == message),
+            );
+        }
+        records.sort_by(|a, b| a.attempt_id.cmp(&b.attempt_id));
+        records.dedup_by(|a, b| a.attempt_id == b.attempt_id);
+        Ok(records)
     }
 
     /// How many attempts of `message` are logged.
     pub(crate) async fn attempts_of(&self, endpoint_id: &str, message: &str) -> u32 {
-        let prefix = format!("{endpoint_id}/{message}/");
-        self.backend
-            .kv_keys(BY_MESSAGE_BUCKET, &prefix, None, 10_000)
+        self.attempts_of_message(endpoint_id, message)
             .await
-            .map_or(0, |keys| u32::try_from(keys.len()).unwrap_or(u32::MAX))
+            .map_or(0, |records| {
+                u32::try_from(records.len()).unwrap_or(u32::MAX)
+            })
     }
 
     /// Deletes `endpoint_id`'s attempt records older than `before_ms`
@@ -1329,16 +1364,29 @@ impl Shared {
             // not).
             let mut doomed = Vec::with_capacity(keys.len() * 2);
             for key in &keys {
-                if let Some(entry) = self.backend.kv_get(ATTEMPTS_BUCKET, key).await? {
-                    for record in decode_page(&entry.value).unwrap_or_default() {
-                        doomed.push((
-                            BY_MESSAGE_BUCKET.to_owned(),
-                            format!(
-                                "{}/{}/{}",
-                                record.endpoint_id, record.message_id, record.attempt_id
-                            ),
-                        ));
-                        deleted += 1;
+                if let Some(entry) = self.backend.kv_get(ATTEMPTS_BUCKET, key).await?
+                    && let Some(records) = decode_page(&entry.value)
+                {
+                    deleted += records.len() as u64;
+                    if entry.value.first() == Some(&b'[') {
+                        // A page: indexed by runs of offsets.
+                        let page = &key[prefix.len()..];
+                        doomed.extend(
+                            run_keys(endpoint_id, page, &records)
+                                .into_iter()
+                                .map(|run| (BY_OFFSET_BUCKET.to_owned(), run)),
+                        );
+                    } else {
+                        // An attempt logged before pages: by its message.
+                        doomed.extend(records.iter().map(|record| {
+                            (
+                                BY_MESSAGE_BUCKET.to_owned(),
+                                format!(
+                                    "{}/{}/{}",
+                                    record.endpoint_id, record.message_id, record.attempt_id
+                                ),
+                            )
+                        }));
                     }
                 }
                 doomed.push((ATTEMPTS_BUCKET.to_owned(), key.clone()));

@@ -5,7 +5,15 @@
 //! |---|---|---|
 //! | endpoints | `webhooks.endpoints` | endpoint id |
 //! | attempts, in pages, newest first | `webhooks.attempts` | `<endpoint>/<page id>` |
-//! | attempts per message | `webhooks.attempts.by_message` | `<endpoint>/<message id>/<attempt id>` |
+//! | attempts per message: runs of offsets in a page | `webhooks.attempts.by_offset` | `<endpoint>/<topic>.<partition>/<first offset>.<span>.<page id>` |
+//! | attempts per message, logged before runs | `webhooks.attempts.by_message` | `<endpoint>/<message id>/<attempt id>` |
+//!
+//! A page's attempts are indexed by message as runs: per topic and
+//! partition, its offsets in order, cut where one is missing or a run
+//! would span more than [`RUN_SPAN`] offsets (a delivery's fetches take
+//! offsets in order, so a page's attempts make a few runs). The first
+//! offset is 16 hex digits and the span 2, so the runs that may hold an
+//! offset are a key range; a lookup reads the pages they name.
 //!
 //! The attempt log writes an endpoint's attempts of one write as one page:
 //! a JSON array of records, newest first (an attempt logged before pages
@@ -26,10 +34,88 @@ use crate::endpoint::Filter;
 pub const ENDPOINTS_BUCKET: &str = "webhooks.endpoints";
 /// The attempt log, per endpoint, newest first.
 pub const ATTEMPTS_BUCKET: &str = "webhooks.attempts";
-/// The attempt log indexed per endpoint and message: keys only
-/// (`endpoint/message/attempt`); the record is in [`ATTEMPTS_BUCKET`]
-/// (entries written before d91d2c3 also hold a copy, never read).
+/// The attempt log indexed per endpoint and message as it was before
+/// [`BY_OFFSET_BUCKET`]: keys only (`endpoint/message/attempt`), the record
+/// in [`ATTEMPTS_BUCKET`] (entries written before d91d2c3 also hold a
+/// copy, never read). Read and swept; no longer written.
 pub const BY_MESSAGE_BUCKET: &str = "webhooks.attempts.by_message";
+
+/// The attempt log indexed per endpoint and message: runs of offsets of
+/// one page (keys only).
+pub const BY_OFFSET_BUCKET: &str = "webhooks.attempts.by_offset";
+
+/// Most offsets one run of [`BY_OFFSET_BUCKET`] spans.
+pub const RUN_SPAN: u64 = 256;
+
+/// The [`BY_OFFSET_BUCKET`] keys of `endpoint`'s page `page`, holding
+/// `records` (message ids that do not parse are not indexed).
+pub fn run_keys(endpoint: &str, page: &str, records: &[AttemptRecord]) -> Vec<String> {
+    let mut offsets: Vec<(TopicName, u32, u64)> = records
+        .iter()
+        .filter_map(|record| parse_message_id(&record.message_id))
+        .collect();
+    offsets.sort_by(|a, b| (a.0.as_str(), a.1, a.2).cmp(&(b.0.as_str(), b.1, b.2)));
+    offsets.dedup();
+    let mut keys = Vec::new();
+    let mut run: Option<(&TopicName, u32, u64, u64)> = None;
+    for (topic, partition, offset) in &offsets {
+        match &mut run {
+            Some((t, p, first, last))
+                if *t == topic
+                    && *p == *partition
+                    && *offset == *last + 1
+                    && *offset - *first < RUN_SPAN =>
+            {
+                *last = *offset;
+            }
+            _ => {
+                if let Some((t, p, first, last)) = run {
+                    keys.push(run_key(endpoint, t, p, first, last, page));
+                }
+                run = Some((topic, *partition, *offset, *offset));
+            }
+        }
+    }
+    if let Some((t, p, first, last)) = run {
+        keys.push(run_key(endpoint, t, p, first, last, page));
+    }
+    keys
+}
+
+fn run_key(
+    endpoint: &str,
+    topic: &TopicName,
+    partition: u32,
+    first: u64,
+    last: u64,
+    page: &str,
+) -> String {
+    format!(
+        "{endpoint}/{topic}.{partition}/{first:016x}.{:02x}.{page}",
+        last - first
+    )
+}
+
+/// Where the [`BY_OFFSET_BUCKET`] runs that may hold `offset` of `topic`'s
+/// `partition` are: the keys' prefix, and the key they all sort after.
+pub fn runs_around(
+    endpoint: &str,
+    topic: &TopicName,
+    partition: u32,
+    offset: u64,
+) -> (String, String) {
+    let prefix = format!("{endpoint}/{topic}.{partition}/");
+    let after = format!("{prefix}{:016x}", offset.saturating_sub(RUN_SPAN));
+    (prefix, after)
+}
+
+/// A run key's first offset, last offset and page (after its prefix).
+pub fn parse_run(rest: &str) -> Option<(u64, u64, &str)> {
+    let mut parts = rest.splitn(3, '.');
+    let first = u64::from_str_radix(parts.next()?, 16).ok()?;
+    let span = u64::from_str_radix(parts.next()?, 16).ok()?;
+    Some((first, first.checked_add(span)?, parts.next()?))
+}
 
 /// A signing secret and, once rotated out, when it stops being used.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -293,6 +379,64 @@ mod tests {
         let single = serde_json::to_vec(&record(&earlier)).unwrap();
         assert_eq!(decode_page(&single).unwrap()[0].attempt_id, earlier);
         assert!(decode_page(b"{").is_none());
+    }
+
+    #[test]
+    fn given_a_page_of_offsets_should_index_runs_that_hold_each_one() {
+        let record = |message: &str| AttemptRecord {
+            attempt_id: String::new(),
+            endpoint_id: "ep".into(),
+            message_id: message.into(),
+            attempt: 1,
+            at: String::new(),
+            succeeded: true,
+            status_code: None,
+            latency_ms: 0,
+            error_class: "none".into(),
+            error: None,
+            response_excerpt: String::new(),
+            trigger: Trigger::Scheduled,
+            next: "acked".into(),
+        };
+        let mut records: Vec<AttemptRecord> =
+            (10..300).map(|o| record(&format!("t.1.{o}"))).collect();
+        records.extend(["t.1.5", "t.0.11", "t.1.11", "u.v.1.7", "nonsense"].map(record));
+        let keys = run_keys("ep", "p", &records);
+        let runs: Vec<(String, u64, u64)> = keys
+            .iter()
+            .map(|key| {
+                let (prefix, rest) = key.rsplit_once('/').unwrap();
+                let (first, last, page) = parse_run(rest).unwrap();
+                assert_eq!(page, "p");
+                (prefix.to_owned(), first, last)
+            })
+            .collect();
+        // t.1: 5 alone, 10..=265 (256 offsets), 266..=299; t.0: 11; u.v.1: 7.
+        assert_eq!(
+            runs,
+            vec![
+                ("ep/t.0".into(), 11, 11),
+                ("ep/t.1".into(), 5, 5),
+                ("ep/t.1".into(), 10, 265),
+                ("ep/t.1".into(), 266, 299),
+                ("ep/u.v.1".into(), 7, 7),
+            ]
+        );
+        // Every offset's runs sort after its lookup's start.
+        for (topic, partition, offset) in [("t", 1, 5), ("t", 1, 265), ("t", 1, 299), ("t", 0, 11)]
+        {
+            let topic: TopicName = topic.parse().unwrap();
+            let (prefix, after) = runs_around("ep", &topic, partition, offset);
+            let holding: Vec<&String> = keys
+                .iter()
+                .filter(|key| key.starts_with(&prefix) && key.as_str() > after.as_str())
+                .filter(|key| {
+                    let (first, last, _) = parse_run(&key[prefix.len()..]).unwrap();
+                    (first..=last).contains(&offset)
+                })
+                .collect();
+            assert_eq!(holding.len(), 1, "{topic}.{partition}.{offset}");
+        }
     }
 
     #[test]

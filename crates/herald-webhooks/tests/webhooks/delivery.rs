@@ -23,7 +23,7 @@ use herald_types::{Event, EventInput, TopicName};
 use herald_webhooks::circuit::CircuitOptions;
 use herald_webhooks::endpoint::{EndpointSpec, Filter};
 use herald_webhooks::service::group_name;
-use herald_webhooks::store::{ATTEMPTS_BUCKET, BY_MESSAGE_BUCKET, State};
+use herald_webhooks::store::{ATTEMPTS_BUCKET, BY_MESSAGE_BUCKET, BY_OFFSET_BUCKET, State};
 use herald_webhooks::{
     AttemptQuery, AttemptRecord, EndpointPatch, Handle, Options, Schedule, Sender, Service,
     TargetPolicy, WebhookMetrics,
@@ -450,6 +450,87 @@ async fn given_attempts_in_several_pages_when_listed_by_cursor_should_give_each_
             .await
             .unwrap();
         assert_eq!(found, vec![record.clone()]);
+    }
+    fixture.stop().await;
+}
+
+#[tokio::test]
+async fn given_attempts_logged_before_pages_should_list_find_and_forget_them_beside_new_ones() {
+    let (addr, _receiver) = Receiver::start(StatusCode::OK).await;
+    let fixture = Fixture::start(fast_options()).await;
+    let created = fixture.handle.create(spec(addr)).await.unwrap();
+    let endpoint = created.endpoint_id.clone();
+    // As the log stored an attempt before pages: one record per row, keyed
+    // by its own 36-character id, and its key by message.
+    let old_id = herald_webhooks::store::attempt_id(1_000, 7);
+    let old = AttemptRecord {
+        attempt_id: old_id.clone(),
+        endpoint_id: endpoint.clone(),
+        message_id: "orders.0.0".into(),
+        attempt: 1,
+        at: "1970-01-01T00:00:01.000Z".into(),
+        succeeded: false,
+        status_code: Some(500),
+        latency_ms: 3,
+        error_class: "status".into(),
+        error: Some("the receiver answered 500".into()),
+        response_excerpt: String::new(),
+        trigger: herald_webhooks::store::Trigger::Scheduled,
+        next: "retry_in_ms:10".into(),
+    };
+    fixture
+        .backend
+        .kv_put_many(
+            vec![
+                (
+                    ATTEMPTS_BUCKET.to_owned(),
+                    format!("{endpoint}/{old_id}"),
+                    Bytes::from(serde_json::to_vec(&old).unwrap()),
+                ),
+                (
+                    BY_MESSAGE_BUCKET.to_owned(),
+                    format!("{endpoint}/orders.0.0/{old_id}"),
+                    Bytes::new(),
+                ),
+            ],
+            herald_backend::KvDurability::Sync,
+        )
+        .await
+        .unwrap();
+    // The event at orders.0.0 is then delivered: a new attempt, in a page.
+    fixture.publish(&[("e1", "a")]).await;
+    let all = until("both attempts listed", async || {
+        let all = fixture.attempts(&endpoint, None).await;
+        (all.len() >= 2).then_some(all)
+    })
+    .await;
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[1], old, "the old attempt, last: it is the oldest");
+    let message = all[0].message_id.clone();
+    let by_message = fixture
+        .handle
+        .attempts(
+            &endpoint,
+            AttemptQuery {
+                message_id: Some("orders.0.0".into()),
+                ..AttemptQuery::default()
+            },
+        )
+        .await
+        .unwrap();
+    if message == "orders.0.0" {
+        assert_eq!(by_message, all, "found through both indexes, newest first");
+    } else {
+        assert_eq!(by_message, vec![old.clone()]);
+    }
+    fixture.handle.delete(&endpoint).await.unwrap();
+    for bucket in [ATTEMPTS_BUCKET, BY_MESSAGE_BUCKET, BY_OFFSET_BUCKET] {
+        let keys = fixture
+            .backend
+            .kv_keys(bucket, &format!("{endpoint}/"), None, 10)
+            .await
+            .unwrap();
+        assert!(keys.is_empty(), "{bucket}: {keys:?}");
     }
     fixture.stop().await;
 }
@@ -1067,6 +1148,7 @@ async fn given_attempts_older_than_the_retention_should_be_swept() {
     };
     until("the attempt swept", async || {
         let swept = keys(ATTEMPTS_BUCKET).await.is_empty()
+            && keys(BY_OFFSET_BUCKET).await.is_empty()
             && keys(BY_MESSAGE_BUCKET).await.is_empty()
             && by_message().await.is_empty();
         swept.then_some(())
