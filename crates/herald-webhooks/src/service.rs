@@ -1149,9 +1149,16 @@ impl Shared {
         id: &str,
     ) -> Outcome {
         let now = now_ms();
+        // Room for the attributes and the data as base64, so the body is
+        // written without growing.
+        let data = event.event.data.as_ref().map_or(0, Bytes::len);
+        let mut body = Vec::with_capacity(512 + data / 3 * 4 + 4);
+        if serde_json::to_writer(&mut body, event).is_err() {
+            body.clear();
+        }
         let message = Message {
             id,
-            body: Bytes::from(serde_json::to_vec(event).unwrap_or_default()),
+            body: Bytes::from(body),
             traceparent: event.event.traceparent.as_deref(),
         };
         self.sender
