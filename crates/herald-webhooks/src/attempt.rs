@@ -217,12 +217,15 @@ impl Sender {
             timestamp,
             &message.body,
         );
+        request_headers.insert(
+            reqwest::header::CONTENT_TYPE,
+            HeaderValue::from_static(CLOUDEVENTS_JSON),
+        );
+        request_headers.insert(
+            reqwest::header::USER_AGENT,
+            HeaderValue::from_static(concat!("Herald-Webhooks/", env!("CARGO_PKG_VERSION"))),
+        );
         for (name, value) in [
-            ("content-type", CLOUDEVENTS_JSON.to_owned()),
-            (
-                "user-agent",
-                concat!("Herald-Webhooks/", env!("CARGO_PKG_VERSION")).to_owned(),
-            ),
             (HEADER_ID, message.id.to_owned()),
             (HEADER_TIMESTAMP, timestamp.to_string()),
             (HEADER_SIGNATURE, signature),
@@ -233,17 +236,16 @@ impl Sender {
                 .or(message.traceparent)
                 .map(|value| ("traceparent", value.to_owned())),
         ) {
-            if let Ok(value) = HeaderValue::from_str(&value) {
+            if let Ok(value) = HeaderValue::try_from(value) {
                 request_headers.insert(HeaderName::from_static(name), value);
             }
         }
-        let request = self
-            .client
-            .post(url.clone())
-            .headers(request_headers)
-            .body(message.body.clone())
-            .timeout(timeout);
-        let response = match request.send().await {
+        // The request built whole: no builder merging the headers in.
+        let mut request = reqwest::Request::new(reqwest::Method::POST, url.clone());
+        *request.headers_mut() = request_headers;
+        *request.body_mut() = Some(message.body.clone().into());
+        *request.timeout_mut() = Some(timeout);
+        let response = match self.client.execute(request).await {
             Ok(response) => response,
             Err(error) => return failure_outcome(&error, started),
         };
