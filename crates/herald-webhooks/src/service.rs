@@ -343,7 +343,7 @@ const LOG_GATHER: Duration = Duration::from_millis(1);
 /// (`Kv::kv_put_many`): attempts in flight at once share a write, and each
 /// endpoint's attempts of one write share a page (one stored row, and a
 /// few more for its runs of offsets: [`crate::store::run_keys`]). The write gives the
-/// attempts their ids ([`crate::store::page_id`]); the deliveries to ack
+/// attempts their ids ([`crate::store::page_id`]) and times; the deliveries to ack
 /// after it are acked per group in one call (a nack or a reject, which
 /// can wait on a durable dead letter, is left to its delivery). It is
 /// [`KvDurability::Deferred`]: no fsync of its own, durable with the
@@ -395,13 +395,17 @@ async fn log_writer(backend: Arc<dyn Backend>, mut requests: mpsc::Receiver<LogW
         }
         let now = now_ms();
         let mut entries = Vec::with_capacity(waiting.len() + by_endpoint.len());
+        let logged_at = format_rfc3339_ms(now);
         for mut records in by_endpoint {
             let page = page_id(now, pages);
             pages = pages.wrapping_add(1);
             let count = records.len();
             let endpoint_id = records[0].endpoint_id.clone();
-            for (at, record) in records.iter_mut().enumerate() {
-                record.attempt_id = attempt_in_page(&page, at, count);
+            // The page's time on each record too, so a listing's order (by
+            // id) and its times agree.
+            for (place, record) in records.iter_mut().enumerate() {
+                record.attempt_id = attempt_in_page(&page, place, count);
+                record.at.clone_from(&logged_at);
             }
             for key in run_keys(&endpoint_id, &page, &records) {
                 entries.push((BY_OFFSET_BUCKET.to_owned(), key, Bytes::new()));
@@ -1182,14 +1186,13 @@ impl Shared {
         trigger: Trigger,
         next: String,
     ) -> AttemptRecord {
-        let at = now_ms();
         AttemptRecord {
-            // Given when it is written (its page's).
+            // Both given when it is logged (its page's id and time).
             attempt_id: String::new(),
             endpoint_id: endpoint_id.to_owned(),
             message_id,
             attempt,
-            at: format_rfc3339_ms(at),
+            at: String::new(),
             succeeded: outcome.succeeded(),
             status_code: outcome.status_code,
             latency_ms: millis(outcome.latency),
@@ -1285,7 +1288,6 @@ impl Shared {
         message: &str,
     ) -> Result<Vec<AttemptRecord>> {
         let mut pages: Vec<String> = Vec::new();
-        let mut old = Vec::new();
         if let Some((topic, partition, offset)) = parse_message_id(message) {
             let (prefix, mut after) = runs_around(endpoint_id, &topic, partition, offset);
             'runs: loop {
@@ -1317,12 +1319,11 @@ impl Shared {
                 .await?;
             let Some(last) = keys.last() else { break };
             after = Some(last.clone());
-            old.extend(keys.iter().map(|key| key[prefix.len()..].to_owned()));
-        }
-        for attempt_id in &old {
-            let page = page_of(attempt_id);
-            if !pages.iter().any(|known| known == page) {
-                pages.push(page.to_owned());
+            for key in &keys {
+                let page = page_of(&key[prefix.len()..]);
+                if !pages.iter().any(|known| known == page) {
+                    pages.push(page.to_owned());
+                }
             }
         }
         let mut records = Vec::new();

@@ -240,7 +240,8 @@ pub struct AttemptRecord {
     pub message_id: String,
     /// 1 for the message's first attempt.
     pub attempt: u32,
-    /// RFC 3339.
+    /// When it was logged, RFC 3339 (its answer came a moment before),
+    /// so the attempts list newest first by this time as by their ids.
     pub at: String,
     pub succeeded: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -260,8 +261,8 @@ pub struct AttemptRecord {
 }
 
 /// An id for `at_ms`: newest sorts first; `unique` keeps two of one
-/// millisecond apart (pages written before 2026-12-05 gave it to each
-/// attempt).
+/// millisecond apart. A page's id ([`page_id`]); before pages, each
+/// attempt's own.
 pub fn attempt_id(at_ms: i64, unique: u64) -> String {
     let at = u64::try_from(at_ms).unwrap_or(0);
     format!("{:020}{:016x}", u64::MAX - at, unique)
