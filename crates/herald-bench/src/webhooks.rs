@@ -18,7 +18,7 @@
 //!    (this host's speed drifts by ±10% within a minute).
 //! 2. **Throughput**: `herald serve` (release, fresh temp dir, allowed to
 //!    reach loopback), a topic of 4 partitions and one endpoint on it.
-//!    First from a backlog: `--events` events published while the
+//!    First from a backlog: `--backlog-events` events published while the
 //!    endpoint is disabled, then it is enabled (deliveries alone, as the
 //!    ceiling sends alone). Then `--events` events published in batches of
 //!    500 while it delivers; each rate from the first delivery to the last.
@@ -51,9 +51,14 @@ use crate::workloads::{Latency, histogram, nanos};
 /// W7's settings.
 #[derive(Debug, Clone, clap::Args)]
 pub struct WebhookArgs {
-    /// Events per throughput phase.
+    /// Events per throughput phase with publishing beside.
     #[arg(long, default_value_t = 20_000)]
     events: u64,
+    /// Events of the phase from a backlog: enough for seconds of delivery,
+    /// so its rate is not a moment's (it is compared with the ceiling's
+    /// `--seconds`).
+    #[arg(long, default_value_t = 200_000)]
+    backlog_events: u64,
     /// Concurrent requests of the ceiling phase (Herald's per-endpoint
     /// in-flight budget is `webhooks.max_in_flight`, 64 by default).
     #[arg(long, default_value_t = 64)]
@@ -495,7 +500,7 @@ pub async fn run(args: WebhookArgs) -> Result<()> {
         &format!("{server}/v1/webhooks/endpoints/{endpoint}"),
         &payload,
         &counts,
-        args.events,
+        args.backlog_events,
         herald.pid(),
     )
     .await?;

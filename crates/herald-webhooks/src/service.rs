@@ -1157,7 +1157,7 @@ impl Shared {
         // written without growing.
         let data = event.event.data.as_ref().map_or(0, Bytes::len);
         let mut body = Vec::with_capacity(512 + data / 3 * 4 + 4);
-        if serde_json::to_writer(&mut body, event).is_err() {
+        if event.write_json(&mut body).is_err() {
             body.clear();
         }
         let message = Message {
