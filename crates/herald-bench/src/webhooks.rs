@@ -7,10 +7,11 @@
 //!
 //! 1. **Ceiling**: a receiver in this process (axum, answering 204 after
 //!    parsing the JSON body, as it does for Herald) is driven directly by
-//!    `--concurrency` posters of a CloudEvent body of the same shape
-//!    through one reqwest client (the stack Herald's sender uses: hyper,
-//!    rustls unused on `http://`), for `--seconds`: the receiver's raw
-//!    rate. The reference runs the posters in a process of their own
+//!    `--concurrency` posters of the body Herald delivers for one of this
+//!    run's events (same attributes, `--size` bytes of data; until
+//!    2026-12-05 a body with 3 bytes of data, about half the size) through
+//!    one reqwest client (the stack Herald's sender uses: hyper, rustls
+//!    unused on `http://`), for `--seconds`: the receiver's raw rate. The reference runs the posters in a process of their own
 //!    (`herald-bench webhook-client`, as Herald is one), each request with
 //!    Herald's headers and per-request timeout; the same with plain
 //!    requests from this process is reported beside it. The reference is
@@ -210,14 +211,20 @@ const HERALD_HEADERS: [(&str, &str); 5] = [
 /// Herald's attempt timeout (`webhooks.attempt_timeout_ms`'s default).
 const HERALD_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// The body the ceiling posts: a CloudEvent of the shape Herald delivers.
-fn sample_body() -> Result<Bytes> {
-    Ok(Bytes::from(serde_json::to_vec(&json!({
-        "specversion": "1.0", "id": "0190f0f0-0000-7000-8000-000000000000", "source": "/w7",
-        "type": "w7.created", "subject": "s-1", "topic": TOPIC, "partition": 0, "offset": 0,
-        "appendedat": "2026-12-02T00:00:00.000Z", "datacontenttype": "application/octet-stream",
-        "data_base64": "eHh4",
-    }))?))
+/// The body the ceiling posts: what Herald delivers for one of this run's
+/// events (`size` bytes of data, as Herald serializes a stored event), so
+/// the receiver reads and parses as much per request as from Herald.
+fn sample_body(size: usize) -> Result<Bytes> {
+    let mut event = event(&Bytes::from(vec![b'x'; size]), 1, None);
+    event.id = "0190f0f0-0000-7000-8000-000000000000".to_owned();
+    let stored = herald_types::StoredEvent {
+        topic: TOPIC.parse()?,
+        partition: 0,
+        offset: 1_234_567,
+        appended_at: 1_764_633_600_000,
+        event,
+    };
+    Ok(Bytes::from(serde_json::to_vec(&stored)?))
 }
 
 /// `concurrency` posters of `body` to `url` through one reqwest client
@@ -275,7 +282,7 @@ async fn ceiling_in_process(addr: SocketAddr, args: &WebhookArgs) -> Result<(f64
         args.concurrency,
         args.seconds,
         Shape::Plain,
-        sample_body()?,
+        sample_body(args.size)?,
     )
     .await?;
     Ok((
@@ -302,6 +309,8 @@ async fn ceiling_separate(addr: SocketAddr, args: &WebhookArgs) -> Result<(f64, 
             &args.seconds.to_string(),
             "--shape",
             "herald",
+            "--size",
+            &args.size.to_string(),
         ])
         .stderr(Stdio::inherit())
         .output()
@@ -330,6 +339,9 @@ pub struct ClientArgs {
     seconds: f64,
     #[arg(long, value_enum, default_value_t = Shape::Herald)]
     shape: Shape,
+    /// Event payload bytes.
+    #[arg(long, default_value_t = 256)]
+    size: usize,
 }
 
 /// Runs [`ClientArgs`].
@@ -340,7 +352,7 @@ pub async fn client(args: ClientArgs) -> Result<()> {
         args.concurrency,
         args.seconds,
         args.shape,
-        sample_body()?,
+        sample_body(args.size)?,
     )
     .await?;
     println!(

@@ -385,12 +385,14 @@ async fn log_writer(backend: Arc<dyn Backend>, mut requests: mpsc::Receiver<LogW
                     None => acks.push(((ack.topic, ack.group), vec![ack.delivery_id])),
                 }
             }
-            let at = *index
-                .entry(write.record.endpoint_id.clone())
-                .or_insert_with(|| {
+            let at = match index.get(&write.record.endpoint_id) {
+                Some(at) => *at,
+                None => {
                     by_endpoint.push(Vec::new());
+                    index.insert(write.record.endpoint_id.clone(), by_endpoint.len() - 1);
                     by_endpoint.len() - 1
-                });
+                }
+            };
             by_endpoint[at].push(write.record);
         }
         let now = now_ms();
