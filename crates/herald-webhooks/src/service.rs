@@ -55,8 +55,8 @@ use crate::metrics::WebhookMetrics;
 use crate::schedule::Schedule;
 use crate::store::{
     ATTEMPTS_BUCKET, AttemptRecord, BY_MESSAGE_BUCKET, BY_OFFSET_BUCKET, ENDPOINTS_BUCKET,
-    Endpoint, EndpointStats, EndpointView, State, StoredSecret, Trigger, attempt_in_page,
-    attempts_older_than, decode_page, message_id, page_id, page_of, parse_message_id, parse_run,
+    Endpoint, EndpointStats, EndpointView, State, StoredSecret, Trigger, attempts_older_than,
+    decode_page, encode_page, is_page, message_id, page_id, page_of, parse_message_id, parse_run,
     run_keys, runs_around,
 };
 
@@ -397,27 +397,20 @@ async fn log_writer(backend: Arc<dyn Backend>, mut requests: mpsc::Receiver<LogW
         }
         let now = now_ms();
         let mut entries = Vec::with_capacity(waiting.len() + by_endpoint.len());
-        let logged_at = format_rfc3339_ms(now);
-        for mut records in by_endpoint {
+        for records in by_endpoint {
+            // The page's id gives its records their ids (by their places)
+            // and their time, so a listing's order (by id) and its times
+            // agree.
             let page = page_id(now, pages);
             pages = pages.wrapping_add(1);
-            let count = records.len();
-            let endpoint_id = records[0].endpoint_id.clone();
-            // The page's time on each record too, so a listing's order (by
-            // id) and its times agree.
-            for (place, record) in records.iter_mut().enumerate() {
-                record.attempt_id = attempt_in_page(&page, place, count);
-                record.at.clone_from(&logged_at);
-            }
-            for key in run_keys(&endpoint_id, &page, &records) {
+            let endpoint_id = &records[0].endpoint_id;
+            for key in run_keys(endpoint_id, &page, &records) {
                 entries.push((BY_OFFSET_BUCKET.to_owned(), key, Bytes::new()));
             }
-            // Newest first, as their ids sort.
-            records.reverse();
             entries.push((
                 ATTEMPTS_BUCKET.to_owned(),
                 format!("{endpoint_id}/{page}"),
-                encode(&records),
+                encode_page(&records),
             ));
         }
         if let Err(error) = backend.kv_put_many(entries, KvDurability::Deferred).await {
@@ -1189,7 +1182,7 @@ impl Shared {
         next: String,
     ) -> AttemptRecord {
         AttemptRecord {
-            // Both given when it is logged (its page's id and time).
+            // Both given by its page, when read back (its id and time).
             attempt_id: String::new(),
             endpoint_id: endpoint_id.to_owned(),
             message_id,
@@ -1277,7 +1270,7 @@ impl Shared {
             .kv_get(ATTEMPTS_BUCKET, &format!("{endpoint_id}/{page}"))
             .await?;
         Ok(entry
-            .and_then(|entry| decode_page(&entry.value))
+            .and_then(|entry| decode_page(endpoint_id, page, &entry.value))
             .unwrap_or_default())
     }
 
@@ -1374,13 +1367,13 @@ impl Shared {
             // not).
             let mut doomed = Vec::with_capacity(keys.len() * 2);
             for key in &keys {
+                let page = &key[prefix.len()..];
                 if let Some(entry) = self.backend.kv_get(ATTEMPTS_BUCKET, key).await?
-                    && let Some(records) = decode_page(&entry.value)
+                    && let Some(records) = decode_page(endpoint_id, page, &entry.value)
                 {
                     deleted += records.len() as u64;
-                    if entry.value.first() == Some(&b'[') {
+                    if is_page(&entry.value) {
                         // A page: indexed by runs of offsets.
-                        let page = &key[prefix.len()..];
                         doomed.extend(
                             run_keys(endpoint_id, page, &records)
                                 .into_iter()

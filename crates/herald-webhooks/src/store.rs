@@ -15,9 +15,10 @@
 //! offset is 16 hex digits and the span 2, so the runs that may hold an
 //! offset are a key range; a lookup reads the pages they name.
 //!
-//! The attempt log writes an endpoint's attempts of one write as one page:
-//! a JSON array of records, newest first (an attempt logged before pages
-//! is a page of one, a JSON object). A page id starts with `u64::MAX -
+//! The attempt log writes an endpoint's attempts of one write as one page,
+//! compact ([`encode_page`]: each record without what the page's key and
+//! id say; pages written before are JSON arrays of whole records, and an
+//! attempt logged before pages is a page of one, a JSON object). A page id starts with `u64::MAX -
 //! at_ms` in 20 digits, so an endpoint's pages list newest first and
 //! everything older than a time is a key range (the retention sweep
 //! deletes from there on); an attempt id is its page's id and its place in
@@ -289,15 +290,108 @@ pub fn page_of(attempt_id: &str) -> &str {
     attempt_id.get(..PAGE_ID_LEN).unwrap_or(attempt_id)
 }
 
-/// A stored page's records, newest first; `None` when it does not parse.
-pub fn decode_page(bytes: &[u8]) -> Option<Vec<AttemptRecord>> {
-    let mut records = if bytes.first() == Some(&b'[') {
-        serde_json::from_slice::<Vec<AttemptRecord>>(bytes).ok()?
-    } else {
-        vec![serde_json::from_slice::<AttemptRecord>(bytes).ok()?]
+/// The first byte of a page in the compact format: then a JSON array of
+/// its records, oldest first, each a [`Compact`] tuple. Pages written
+/// before it (2026-12-05) are a JSON array of whole records (`[`), or one
+/// record (`{`), and are read as they are.
+const COMPACT_PAGE: u8 = 0x02;
+
+/// A record in a compact page: what its page's key does not say (the
+/// endpoint, and the page's id, which gives each attempt's id by its place
+/// and the time they were logged): `message_id`, `attempt`, `status_code`,
+/// `latency_ms`, `error_class`, `error`, `response_excerpt`, `trigger`,
+/// `next`, without member names. About a fifth of a whole record's JSON:
+/// the log is written on every delivery, thousands a second.
+type Compact = (
+    String,
+    u32,
+    Option<u16>,
+    u64,
+    String,
+    Option<String>,
+    String,
+    Trigger,
+    String,
+);
+
+/// A page of `records` (oldest first, as their places in the page give
+/// their ids: [`attempt_in_page`]), compact.
+pub fn encode_page(records: &[AttemptRecord]) -> bytes::Bytes {
+    let tuples: Vec<_> = records
+        .iter()
+        .map(|record| {
+            (
+                &record.message_id,
+                record.attempt,
+                record.status_code,
+                record.latency_ms,
+                &record.error_class,
+                &record.error,
+                &record.response_excerpt,
+                record.trigger,
+                &record.next,
+            )
+        })
+        .collect();
+    let mut bytes = Vec::with_capacity(1 + records.len() * 64);
+    bytes.push(COMPACT_PAGE);
+    // Strings, numbers and options: cannot fail.
+    let _ = serde_json::to_writer(&mut bytes, &tuples);
+    bytes.into()
+}
+
+/// The records of page `page` of `endpoint_id` as stored (`bytes`),
+/// newest first; `None` when they do not parse.
+pub fn decode_page(endpoint_id: &str, page: &str, bytes: &[u8]) -> Option<Vec<AttemptRecord>> {
+    let mut records = match bytes.split_first() {
+        Some((&COMPACT_PAGE, rest)) => {
+            let tuples: Vec<Compact> = serde_json::from_slice(rest).ok()?;
+            let count = tuples.len();
+            let at = herald_types::format_rfc3339_ms(attempt_time(page)?);
+            tuples
+                .into_iter()
+                .enumerate()
+                .map(|(place, tuple)| {
+                    let (
+                        message_id,
+                        attempt,
+                        status_code,
+                        latency_ms,
+                        error_class,
+                        error,
+                        excerpt,
+                        trigger,
+                        next,
+                    ) = tuple;
+                    AttemptRecord {
+                        attempt_id: attempt_in_page(page, place, count),
+                        endpoint_id: endpoint_id.to_owned(),
+                        message_id,
+                        attempt,
+                        at: at.clone(),
+                        succeeded: error_class == "none",
+                        status_code,
+                        latency_ms,
+                        error_class,
+                        error,
+                        response_excerpt: excerpt,
+                        trigger,
+                        next,
+                    }
+                })
+                .collect()
+        }
+        Some((b'[', _)) => serde_json::from_slice::<Vec<AttemptRecord>>(bytes).ok()?,
+        _ => vec![serde_json::from_slice::<AttemptRecord>(bytes).ok()?],
     };
     records.sort_by(|a, b| a.attempt_id.cmp(&b.attempt_id));
     Some(records)
+}
+
+/// Whether stored attempt bytes are a page (indexed by runs of offsets),
+/// not one attempt logged before pages (indexed by its message).
+pub fn is_page(bytes: &[u8]) -> bool {
+    bytes.first() != Some(&b'{')
 }
 
 /// The time an attempt (or page) id carries, ms.
@@ -374,12 +468,94 @@ mod tests {
             trigger: Trigger::Scheduled,
             next: "acked".into(),
         };
+        // Pages written before the compact format: whole records.
         let page = serde_json::to_vec(&[record(&first), record(&last)]).unwrap();
-        let read = decode_page(&page).unwrap();
+        let read = decode_page("ep", &earlier, &page).unwrap();
         assert_eq!(read[0].attempt_id, last);
+        assert!(is_page(&page));
         let single = serde_json::to_vec(&record(&earlier)).unwrap();
-        assert_eq!(decode_page(&single).unwrap()[0].attempt_id, earlier);
-        assert!(decode_page(b"{").is_none());
+        assert_eq!(
+            decode_page("ep", &earlier, &single).unwrap()[0].attempt_id,
+            earlier
+        );
+        assert!(!is_page(&single));
+        assert!(decode_page("ep", &earlier, b"{").is_none());
+        assert!(decode_page("ep", &earlier, b"\x02[").is_none());
+    }
+
+    #[test]
+    fn given_a_compact_page_when_read_back_should_give_whole_records_newest_first() {
+        let page = page_id(1_764_633_600_123, 5);
+        let at = "2025-12-02T00:00:00.123Z".to_owned();
+        let written = [
+            AttemptRecord {
+                attempt_id: attempt_in_page(&page, 0, 3),
+                endpoint_id: "ep_1".into(),
+                message_id: "orders.0.41".into(),
+                attempt: 1,
+                at: at.clone(),
+                succeeded: true,
+                status_code: Some(204),
+                latency_ms: 3,
+                error_class: "none".into(),
+                error: None,
+                response_excerpt: String::new(),
+                trigger: Trigger::Scheduled,
+                next: "acked".into(),
+            },
+            AttemptRecord {
+                attempt_id: attempt_in_page(&page, 1, 3),
+                endpoint_id: "ep_1".into(),
+                message_id: "orders.1.7".into(),
+                attempt: 3,
+                at: at.clone(),
+                succeeded: false,
+                status_code: Some(500),
+                latency_ms: 12,
+                error_class: "status".into(),
+                error: Some("the receiver answered 500 \"quoted\"".into()),
+                response_excerpt: "{\"error\":\"down\"}\n".into(),
+                trigger: Trigger::Manual,
+                next: "retry_in_ms:5000".into(),
+            },
+            AttemptRecord {
+                attempt_id: attempt_in_page(&page, 2, 3),
+                endpoint_id: "ep_1".into(),
+                message_id: "orders.0.42".into(),
+                attempt: 2,
+                at,
+                succeeded: false,
+                status_code: None,
+                latency_ms: 15_000,
+                error_class: "timeout".into(),
+                error: Some("no whole answer within 15000 ms".into()),
+                response_excerpt: String::new(),
+                trigger: Trigger::Scheduled,
+                next: "dead_lettered".into(),
+            },
+        ];
+        // Records as the writer has them: ids and times not given yet.
+        let bare: Vec<AttemptRecord> = written
+            .iter()
+            .cloned()
+            .map(|record| AttemptRecord {
+                attempt_id: String::new(),
+                at: String::new(),
+                ..record
+            })
+            .collect();
+        let bytes = encode_page(&bare);
+        assert!(is_page(&bytes));
+        let whole = serde_json::to_vec(&written).unwrap();
+        assert!(
+            bytes.len() * 3 < whole.len(),
+            "{} of {}",
+            bytes.len(),
+            whole.len()
+        );
+        let read = decode_page("ep_1", &page, &bytes).unwrap();
+        let newest_first: Vec<AttemptRecord> = written.into_iter().rev().collect();
+        assert_eq!(read, newest_first);
     }
 
     #[test]
