@@ -29,6 +29,7 @@ use std::collections::BTreeMap;
 use herald_types::TopicName;
 use serde::{Deserialize, Serialize};
 
+use crate::attempt::ErrorClass;
 use crate::endpoint::Filter;
 
 /// Endpoints.
@@ -369,7 +370,7 @@ pub fn decode_page(endpoint_id: &str, page: &str, bytes: &[u8]) -> Option<Vec<At
                         message_id,
                         attempt,
                         at: at.clone(),
-                        succeeded: error_class == "none",
+                        succeeded: error_class == ErrorClass::None.as_str(),
                         status_code,
                         latency_ms,
                         error_class,

@@ -250,13 +250,14 @@ impl Fixture {
         .await;
     }
 
-    async fn publish(&self, events: &[(&str, &str)]) {
+    async fn publish(&self, events: &[(impl AsRef<str>, impl AsRef<str>)]) {
         let inputs = events
             .iter()
             .map(|(id, subject)| {
-                let mut event = Event::new(*id, "/test", "order.created");
-                event.subject = Some((*subject).to_owned());
-                event.key = Some((*subject).to_owned());
+                let (id, subject) = (id.as_ref(), subject.as_ref());
+                let mut event = Event::new(id, "/test", "order.created");
+                event.subject = Some(subject.to_owned());
+                event.key = Some(subject.to_owned());
                 event.datacontenttype = Some("application/json".into());
                 event.data = Some(Bytes::from(format!(r#"{{"id":"{id}"}}"#)));
                 EventInput {
@@ -381,10 +382,6 @@ async fn given_attempts_in_several_pages_when_listed_by_cursor_should_give_each_
     for round in 0..3 {
         let events: Vec<(String, String)> = (0..12)
             .map(|n| (format!("r{round}-{n}"), format!("s{n}")))
-            .collect();
-        let events: Vec<(&str, &str)> = events
-            .iter()
-            .map(|(id, subject)| (id.as_str(), subject.as_str()))
             .collect();
         fixture.publish(&events).await;
         logged += events.len();
@@ -865,11 +862,7 @@ async fn given_an_ordered_endpoint_should_deliver_each_subject_in_order_one_at_a
     let events: Vec<(String, String)> = (0..12)
         .map(|n| (format!("e{n}"), format!("s{}", n % 3)))
         .collect();
-    let refs: Vec<(&str, &str)> = events
-        .iter()
-        .map(|(a, b)| (a.as_str(), b.as_str()))
-        .collect();
-    fixture.publish(&refs).await;
+    fixture.publish(&events).await;
     until("12 successful deliveries", async || {
         (receiver.got().len() >= 24).then_some(())
     })
@@ -1085,11 +1078,7 @@ async fn given_a_rate_limit_should_space_deliveries_to_it() {
     let events: Vec<(String, String)> = (0..10)
         .map(|n| (format!("e{n}"), format!("s{n}")))
         .collect();
-    let refs: Vec<(&str, &str)> = events
-        .iter()
-        .map(|(a, b)| (a.as_str(), b.as_str()))
-        .collect();
-    fixture.publish(&refs).await;
+    fixture.publish(&events).await;
     until("10 deliveries", async || {
         (receiver.got().len() >= 10).then_some(())
     })
